@@ -1,0 +1,55 @@
+# timelined — the two commands a newcomer needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CONFIG ?= config.toml
+ROUNDS ?= 50
+STAMP_RUN  := $(VENV)/.installed-run
+STAMP_TEST := $(VENV)/.installed-test
+
+.PHONY: run test lint typecheck pytest bench bench-quick stress clean venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP_RUN): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(STAMP_TEST): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test,dev]'
+	touch $@ $(STAMP_RUN)
+
+venv: $(STAMP_TEST)
+
+## make run: start the daemon in the foreground on $(CONFIG) (state in ./var)
+run: $(STAMP_RUN)
+	$(BIN)/timelined serve --config $(CONFIG)
+
+## make test: lint, type-check and the whole test suite
+test: $(STAMP_TEST) lint typecheck pytest
+
+lint: $(STAMP_TEST)
+	$(BIN)/ruff check timelined tests tools benchmarks
+	$(BIN)/ruff format --check timelined tests tools benchmarks
+
+typecheck: $(STAMP_TEST)
+	$(BIN)/mypy
+
+pytest: $(STAMP_TEST)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+## make bench: every performance target, measured against this machine's raw limits
+bench: $(STAMP_TEST)
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+bench-quick: $(STAMP_TEST)
+	$(BIN)/python -m benchmarks --quick
+
+## make stress ROUNDS=N: the long torture runs (kill -9, crash states, fuzzing)
+stress: $(STAMP_TEST)
+	TIMELINED_STRESS_ROUNDS=$(ROUNDS) $(BIN)/python -m pytest -q -m stress -p no:cacheprovider tests/stress $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info

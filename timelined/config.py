@@ -1,0 +1,222 @@
+"""config.toml → frozen, validated settings; every key is documented in the shipped config.toml.
+
+Lookup order for the file: `--config PATH`, else `$TIMELINED_CONFIG`, else
+`$CONFIGURATION_DIRECTORY/config.toml`, else `./config.toml`; with none of them, the defaults.
+Relative paths in the file are resolved against the file's directory, so that the shipped
+config.toml keeps its state in `./var` wherever the daemon is started from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from timelined.errors import ConfigError
+
+FsyncMode = Literal["always", "interval", "off"]
+DriftAction = Literal["report", "repair"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+_MiB = 1024 * 1024
+
+
+class DaemonConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    state_dir: str = ""  # "" → $STATE_DIRECTORY, else ./var
+    socket_path: str = ""  # "" → $RUNTIME_DIRECTORY/timelined.sock, else STATE_DIR/timelined.sock
+    socket_mode: Annotated[str, msgspec.Meta(pattern=r"^0?[0-7]{3}$")] = "0660"
+    log_level: LogLevel = "info"
+
+    @property
+    def socket_mode_int(self) -> int:
+        return int(self.socket_mode, 8)
+
+
+class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    fsync: FsyncMode = "always"
+    fsync_interval_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 50
+    segment_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 64 * _MiB
+    max_batch: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 512
+
+
+class VerifyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    on_boot: bool = True
+    interval_s: Annotated[int, msgspec.Meta(ge=0)] = 3600  # 0 disables the periodic run
+    on_drift: DriftAction = "report"
+
+
+class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    max_message_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1024 * _MiB)] = 16 * _MiB
+    max_block_bytes: Annotated[int, msgspec.Meta(ge=64, le=1024 * _MiB)] = 4 * _MiB
+    max_connections: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 256
+    idle_timeout_s: Annotated[int, msgspec.Meta(ge=0)] = 600  # 0 keeps idle connections forever
+
+
+class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # None → the daemon's own uid and root (0); an explicit list replaces that default.
+    allow_uids: list[Annotated[int, msgspec.Meta(ge=0)]] | None = None
+    allow_gids: list[Annotated[int, msgspec.Meta(ge=0)]] = msgspec.field(default_factory=list)
+    read_only_gids: list[Annotated[int, msgspec.Meta(ge=0)]] = msgspec.field(
+        default_factory=list
+    )
+
+    def effective_allow_uids(self) -> frozenset[int]:
+        if self.allow_uids is None:
+            return frozenset({os.getuid(), 0})
+        return frozenset(self.allow_uids)
+
+
+class _FileConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+    verify: VerifyConfig = msgspec.field(default_factory=VerifyConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+
+
+class Config(msgspec.Struct, frozen=True):
+    """The whole validated configuration, with paths resolved to absolute ones."""
+
+    daemon: DaemonConfig
+    log: LogConfig
+    verify: VerifyConfig
+    limits: LimitsConfig
+    auth: AuthConfig
+    state_dir: Path
+    socket_path: Path
+    source: Path | None  # the file it came from, None for pure defaults
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "log"
+
+    @property
+    def state_db(self) -> Path:
+        return self.state_dir / "state.db"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.state_dir / "reports"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.state_dir / "quarantine"
+
+    @property
+    def marker_path(self) -> Path:
+        return self.state_dir / "clean-shutdown"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.state_dir / "lock"
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some top-level fields changed (tests and reload use it)."""
+        return msgspec.structs.replace(self, **changes)
+
+
+_AT = re.compile(r" - at `\$\.?([^`]*)`")
+
+
+def _key_of(err: msgspec.ValidationError) -> tuple[str, str]:
+    text = str(err)
+    m = _AT.search(text)
+    problem = _AT.sub("", text)
+    key = m.group(1) if m else ""
+    unknown = re.search(r"unknown field `([^`]+)`", text)
+    if unknown:
+        key = f"{key}.{unknown.group(1)}" if key else unknown.group(1)
+        problem = "unknown key"
+    return key.replace("[", ".").replace("]", "") or "(top level)", problem
+
+
+def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The config file by DESIGN.md's lookup order, or None when none exists (defaults)."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("TIMELINED_CONFIG")
+    if env:
+        return Path(env)
+    conf_dir = os.environ.get("CONFIGURATION_DIRECTORY")
+    if conf_dir:
+        candidate = Path(conf_dir.split(":")[0]) / "config.toml"
+        if candidate.exists():
+            return candidate
+    local = Path("config.toml")
+    return local if local.exists() else None
+
+
+def parse_config(text: str, source: Path | None = None) -> Config:
+    """Validate TOML text; any unknown key or bad value raises ConfigError naming the key."""
+    where = str(source) if source else None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("(syntax)", str(exc), where) from exc
+    try:
+        fc = msgspec.convert(raw, _FileConfig, strict=True)
+    except msgspec.ValidationError as exc:
+        key, problem = _key_of(exc)
+        raise ConfigError(key, problem, where) from exc
+    base = source.resolve().parent if source else Path.cwd()
+    return _resolve(fc, base, source)
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
+    """Find, read and validate the configuration."""
+    path = find_config_file(explicit)
+    if path is None:
+        return _resolve(_FileConfig(), Path.cwd(), None)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("(file)", f"cannot read: {exc.strerror}", str(path)) from exc
+    return parse_config(text, path)
+
+
+def _resolve(fc: _FileConfig, base: Path, source: Path | None) -> Config:
+    if fc.daemon.state_dir:
+        state_dir = base / os.path.expandvars(fc.daemon.state_dir)
+    elif os.environ.get("STATE_DIRECTORY"):
+        state_dir = Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    else:
+        state_dir = base / "var"
+    if fc.daemon.socket_path:
+        socket_path = base / os.path.expandvars(fc.daemon.socket_path)
+    elif os.environ.get("RUNTIME_DIRECTORY"):
+        socket_path = Path(os.environ["RUNTIME_DIRECTORY"].split(":")[0]) / "timelined.sock"
+    else:
+        socket_path = state_dir / "timelined.sock"
+    state_dir = Path(os.path.normpath(state_dir.absolute()))
+    socket_path = Path(os.path.normpath(socket_path.absolute()))
+    # sun_path holds 108 bytes; say so at load time rather than as an obscure bind error.
+    if len(os.fsencode(socket_path)) >= 108:
+        raise ConfigError(
+            "daemon.socket_path",
+            f"{socket_path} is {len(os.fsencode(socket_path))} bytes; a Unix socket path must "
+            "be shorter than 108",
+            str(source) if source else None,
+        )
+    return Config(
+        daemon=fc.daemon,
+        log=fc.log,
+        verify=fc.verify,
+        limits=fc.limits,
+        auth=fc.auth,
+        state_dir=state_dir,
+        socket_path=socket_path,
+        source=source,
+    )
+
+
+def default_config(state_dir: Path, **sections: Any) -> Config:
+    """Defaults with a given state dir and some sections replaced (tests, benchmarks, tools)."""
+    fc = _FileConfig(**sections)
+    fc = msgspec.structs.replace(
+        fc, daemon=msgspec.structs.replace(fc.daemon, state_dir=str(state_dir))
+    )
+    return _resolve(fc, Path.cwd(), None)

@@ -1,0 +1,321 @@
+"""The one error root of timelined and its named subclasses.
+
+Every refusal a client or operator can meet is a subclass of `TimelinedError`. Each class has:
+
+- `name`: the Varlink error name suffix (`io.timelined.<name>`), stable across releases;
+- `recoverable`: whether the same call may succeed later without an operator (a full disk that
+  empties, a daemon that restarts) — litestream's habit of saying so in every error;
+- `params`: the JSON-ready parameters that say what was wrong (sent as the Varlink error's
+  parameters), always including `message`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+JSONValue = Any  # a value orjson/msgspec can encode; errors carry small scalars and lists
+
+
+class TimelinedError(Exception):
+    """Root of every error timelined raises on purpose."""
+
+    name: ClassVar[str] = "Error"
+    recoverable: ClassVar[bool] = False
+
+    def __init__(self, message: str, **params: JSONValue) -> None:
+        super().__init__(message)
+        self.message = message
+        self.params: Mapping[str, JSONValue] = {**params, "message": message}
+
+    @property
+    def varlink_name(self) -> str:
+        return f"io.timelined.{self.name}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+class ConfigError(TimelinedError):
+    """config.toml has an unknown key or a bad value; `key` names it (dotted, e.g. log.fsync)."""
+
+    name = "ConfigError"
+
+    def __init__(self, key: str, problem: str, path: str | None = None) -> None:
+        where = f"{path}: " if path else ""
+        super().__init__(f"{where}{key}: {problem}", key=key, problem=problem, path=path)
+        self.key = key
+
+
+# --- not found ---------------------------------------------------------------------------------
+
+
+class ConversationNotFound(TimelinedError):
+    name = "ConversationNotFound"
+
+    def __init__(self, id: str) -> None:
+        super().__init__(f"no conversation with id {id!r}", id=id)
+
+
+class ContextNotFound(TimelinedError):
+    name = "ContextNotFound"
+
+    def __init__(self, id: str) -> None:
+        super().__init__(f"no context with id {id!r}", id=id)
+
+
+class BlockNotFound(TimelinedError):
+    name = "BlockNotFound"
+
+    def __init__(self, id: str) -> None:
+        super().__init__(f"no block with id {id!r}", id=id)
+
+
+class ReportNotFound(TimelinedError):
+    name = "ReportNotFound"
+
+    def __init__(self, id: str) -> None:
+        super().__init__(f"no report with id {id!r}", id=id)
+
+
+# --- refused by the rules ----------------------------------------------------------------------
+
+
+class InvalidTransition(TimelinedError):
+    """An action that the context's (or conversation's) current status does not allow."""
+
+    name = "InvalidTransition"
+
+    def __init__(self, id: str, status: str, action: str, reason: str | None = None) -> None:
+        why = f": {reason}" if reason else ""
+        super().__init__(
+            f"cannot {action} {id!r} while it is {status}{why}",
+            id=id,
+            status=status,
+            action=action,
+            reason=reason,
+        )
+
+
+class CycleError(TimelinedError):
+    name = "CycleError"
+
+    def __init__(self, id: str, new_parent_id: str) -> None:
+        super().__init__(
+            f"cannot move {id!r} under {new_parent_id!r}: it is the context itself or one of its "
+            "descendants",
+            id=id,
+            new_parent_id=new_parent_id,
+        )
+
+
+class CrossConversationMove(TimelinedError):
+    name = "CrossConversationMove"
+
+    def __init__(self, id: str, conversation_id: str, new_parent_id: str, target: str) -> None:
+        super().__init__(
+            f"cannot move {id!r} (conversation {conversation_id!r}) under {new_parent_id!r} "
+            f"(conversation {target!r}): contexts do not cross conversations",
+            id=id,
+            conversation_id=conversation_id,
+            new_parent_id=new_parent_id,
+            target_conversation_id=target,
+        )
+
+
+class BlockIdConflict(TimelinedError):
+    name = "BlockIdConflict"
+
+    def __init__(self, id: str, context_id: str) -> None:
+        super().__init__(
+            f"block id {id!r} already exists (in context {context_id!r}) with other content",
+            id=id,
+            context_id=context_id,
+        )
+
+
+class LimitExceeded(TimelinedError):
+    name = "LimitExceeded"
+
+    def __init__(self, limit: str, size: int, maximum: int) -> None:
+        super().__init__(
+            f"{limit} exceeded: {size} > {maximum}", limit=limit, size=size, maximum=maximum
+        )
+
+
+class InvalidArgument(TimelinedError):
+    """A parameter that has the right type but a value the engine refuses."""
+
+    name = "InvalidArgument"
+
+    def __init__(self, parameter: str, reason: str) -> None:
+        super().__init__(f"{parameter}: {reason}", parameter=parameter, reason=reason)
+
+
+class BadQuery(TimelinedError):
+    name = "BadQuery"
+
+    def __init__(self, query: str, reason: str) -> None:
+        super().__init__(f"bad search query {query!r}: {reason}", query=query, reason=reason)
+
+
+class ImportRejected(TimelinedError):
+    name = "ImportRejected"
+
+    def __init__(self, reason: str, seq: int | None = None) -> None:
+        super().__init__(f"import refused: {reason}", reason=reason, seq=seq)
+
+
+# --- access ------------------------------------------------------------------------------------
+
+
+class PermissionDenied(TimelinedError):
+    name = "PermissionDenied"
+
+    def __init__(self, uid: int, gid: int, method: str, reason: str) -> None:
+        super().__init__(
+            f"uid {uid} gid {gid} may not call {method}: {reason}",
+            uid=uid,
+            gid=gid,
+            method=method,
+            reason=reason,
+        )
+
+
+# --- storage -----------------------------------------------------------------------------------
+
+
+class LogDamaged(TimelinedError):
+    """The log is damaged before its tail: the daemon serves reads and refuses every write."""
+
+    name = "LogDamaged"
+
+    def __init__(self, seq: int | None, reason: str, segment: str | None = None) -> None:
+        at = f" at seq {seq}" if seq is not None else ""
+        super().__init__(
+            f"the audit log is damaged{at}: {reason}; writes are refused until an operator "
+            "acts (see docs/recovery.md)",
+            seq=seq,
+            reason=reason,
+            segment=segment,
+        )
+
+
+class DiskFull(TimelinedError):
+    """A write hit ENOSPC; the batch was refused and the log truncated back to where it was."""
+
+    name = "DiskFull"
+    recoverable = True
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"no space left on the device holding {path}; the write was refused and nothing of "
+            "it was kept; free space and retry",
+            path=path,
+        )
+
+
+class StorageError(TimelinedError):
+    """An I/O error on a write that was refused cleanly (not fsync: that one is fatal)."""
+
+    name = "StorageError"
+    recoverable = True
+
+    def __init__(self, path: str, errno: int, strerror: str) -> None:
+        super().__init__(
+            f"I/O error on {path}: {strerror} (errno {errno}); the write was refused",
+            path=path,
+            errno=errno,
+        )
+
+
+class FatalStorageError(TimelinedError):
+    """fsync failed: the page cache may have dropped our data, so the only safe move is to stop.
+
+    PostgreSQL's lesson of 2018: retrying fsync can report success for data that is gone. The
+    daemon acknowledges nothing of the batch, exits non-zero, and recovery replays the log.
+    """
+
+    name = "FatalStorageError"
+
+    def __init__(self, path: str, errno: int, strerror: str) -> None:
+        super().__init__(
+            f"fsync of {path} failed: {strerror} (errno {errno}); the daemon stops so that "
+            "recovery can run from the log",
+            path=path,
+            errno=errno,
+        )
+
+
+class ShuttingDown(TimelinedError):
+    name = "ShuttingDown"
+    recoverable = True
+
+    def __init__(self) -> None:
+        super().__init__("the daemon is shutting down; retry after it restarts")
+
+
+class StateLocked(TimelinedError):
+    """Another daemon holds STATE_DIR/lock."""
+
+    name = "StateLocked"
+
+    def __init__(self, path: str, pid: int | None) -> None:
+        holder = f"process {pid}" if pid else "another process"
+        super().__init__(
+            f"{path} is locked by {holder}: another timelined already serves this state "
+            "directory",
+            path=path,
+            pid=pid,
+        )
+
+
+class SlowConsumer(TimelinedError):
+    name = "SlowConsumer"
+    recoverable = True
+
+    def __init__(self, buffered: int) -> None:
+        super().__init__(
+            f"the watcher fell {buffered} events behind and was disconnected; reconnect with "
+            "after_seq to catch up",
+            buffered=buffered,
+        )
+
+
+class DaemonUnavailable(TimelinedError):
+    """The client could not reach the daemon (no socket, refused, closed mid-call)."""
+
+    name = "DaemonUnavailable"
+    recoverable = True
+
+    def __init__(self, socket_path: str, reason: str) -> None:
+        super().__init__(
+            f"cannot reach timelined at {socket_path}: {reason}",
+            socket_path=socket_path,
+            reason=reason,
+        )
+
+
+class ProtocolError(TimelinedError):
+    """A reply from the daemon that does not follow the Varlink protocol."""
+
+    name = "ProtocolError"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"protocol error: {reason}", reason=reason)
+
+
+def all_error_classes() -> list[type[TimelinedError]]:
+    """Every named error class, for the interface files and the client's name → class map."""
+    seen: list[type[TimelinedError]] = []
+    stack: list[type[TimelinedError]] = [TimelinedError]
+    while stack:
+        cls = stack.pop()
+        for sub in cls.__subclasses__():
+            if sub not in seen:
+                seen.append(sub)
+                stack.append(sub)
+    return seen
