@@ -1,0 +1,1 @@
+"""Tests of the systemd pieces: units, notify, socket activation, journal logging."""
