@@ -60,9 +60,7 @@ class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # None → the daemon's own uid and root (0); an explicit list replaces that default.
     allow_uids: list[Annotated[int, msgspec.Meta(ge=0)]] | None = None
     allow_gids: list[Annotated[int, msgspec.Meta(ge=0)]] = msgspec.field(default_factory=list)
-    read_only_gids: list[Annotated[int, msgspec.Meta(ge=0)]] = msgspec.field(
-        default_factory=list
-    )
+    read_only_gids: list[Annotated[int, msgspec.Meta(ge=0)]] = msgspec.field(default_factory=list)
 
     def effective_allow_uids(self) -> frozenset[int]:
         if self.allow_uids is None:

@@ -74,6 +74,13 @@ class BlockNotFound(TimelinedError):
         super().__init__(f"no block with id {id!r}", id=id)
 
 
+class CrossRefNotFound(TimelinedError):
+    name = "CrossRefNotFound"
+
+    def __init__(self, id: str) -> None:
+        super().__init__(f"no live cross-reference with id {id!r}", id=id)
+
+
 class ReportNotFound(TimelinedError):
     name = "ReportNotFound"
 
@@ -266,8 +273,7 @@ class StateLocked(TimelinedError):
     def __init__(self, path: str, pid: int | None) -> None:
         holder = f"process {pid}" if pid else "another process"
         super().__init__(
-            f"{path} is locked by {holder}: another timelined already serves this state "
-            "directory",
+            f"{path} is locked by {holder}: another timelined already serves this state directory",
             path=path,
             pid=pid,
         )

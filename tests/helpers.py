@@ -1,0 +1,49 @@
+"""Helpers shared by the test suites: state dumps for comparing a state with a replay."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from timelined.state.replay import rebuild
+
+TABLES = {
+    "meta": "id",
+    "conversations": "id",
+    "contexts": "id",
+    "blocks": "seq",
+    "focus": "id",
+    "crossrefs": "id",
+}
+
+
+def dump_state(db: Path | sqlite3.Connection) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of every entity table, ordered by key: two equal dumps are equal states."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True) if isinstance(db, Path) else db
+    try:
+        return {
+            table: conn.execute(f"SELECT * FROM {table} ORDER BY {key}").fetchall()
+            for table, key in TABLES.items()
+        }
+    finally:
+        if isinstance(db, Path):
+            conn.close()
+
+
+def replay_dump(log_dir: Path, scratch: Path) -> dict[str, list[tuple[object, ...]]]:
+    """The dump of a fresh replay of the log."""
+    if scratch.exists():
+        scratch.unlink()
+    rebuild(log_dir, scratch)
+    return dump_state(scratch)
+
+
+def fts_ok(db: Path) -> bool:
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute("INSERT INTO blocks_fts(blocks_fts) VALUES ('integrity-check')")
+        return True
+    except sqlite3.DatabaseError:
+        return False
+    finally:
+        conn.close()

@@ -1,0 +1,125 @@
+"""The write commands: what a client asks the engine to change.
+
+Each class is also the parameter type of the Varlink method of the same name, so the types that
+validate a call on the socket are the ones the engine checks: one definition, never two.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+from timelined.events import SubBlock
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+Text = Annotated[str, msgspec.Meta(max_length=65536)]
+Role = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+Count = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
+Tokens = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class _Command(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+class CreateConversation(_Command, frozen=True):
+    name: Name
+    metadata: dict[str, Any] | None = None
+
+
+class UpdateConversation(_Command, frozen=True):
+    id: Id
+    name: Name | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class ArchiveConversation(_Command, frozen=True):
+    id: Id
+    reason: Text | None = None
+
+
+class SpawnSidebar(_Command, frozen=True):
+    parent_id: Id
+    reason: Text
+    inherit_last: Count | None = None
+
+
+class PauseContext(_Command, frozen=True):
+    id: Id
+
+
+class ResumeContext(_Command, frozen=True):
+    id: Id
+
+
+class MergeContext(_Command, frozen=True):
+    id: Id
+    summary: str | None = None
+
+
+class ArchiveContext(_Command, frozen=True):
+    id: Id
+    reason: Text | None = None
+
+
+class RestoreContext(_Command, frozen=True):
+    id: Id
+
+
+class ReparentContext(_Command, frozen=True):
+    id: Id
+    new_parent_id: Id
+
+
+class Focus(_Command, frozen=True):
+    context_id: Id
+
+
+class AppendBlock(_Command, frozen=True):
+    context_id: Id
+    role: Role
+    content: str
+    id: Id | None = None
+    timestamp: str | None = None
+    time_taken: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    tokens_input: Tokens | None = None
+    tokens_output: Tokens | None = None
+    metadata: dict[str, Any] | None = None
+    sub_blocks: list[SubBlock] | None = None
+
+
+class SetTags(_Command, frozen=True):
+    context_id: Id
+    tags: list[Annotated[str, msgspec.Meta(min_length=1, max_length=128)]]
+
+
+class AddCrossRef(_Command, frozen=True):
+    from_id: Id
+    to_id: Id
+    kind: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    note: Text | None = None
+
+
+class RevokeCrossRef(_Command, frozen=True):
+    id: Id
+
+
+Command = (
+    CreateConversation
+    | UpdateConversation
+    | ArchiveConversation
+    | SpawnSidebar
+    | PauseContext
+    | ResumeContext
+    | MergeContext
+    | ArchiveContext
+    | RestoreContext
+    | ReparentContext
+    | Focus
+    | AppendBlock
+    | SetTags
+    | AddCrossRef
+    | RevokeCrossRef
+)

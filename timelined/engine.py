@@ -1,0 +1,457 @@
+"""The single writer: command → checks → event → log → state → reply.
+
+Contract (DESIGN.md's write path):
+
+- `submit` queues a command and waits for its batch. The writer task takes every waiting command
+  (up to `log.max_batch`) and runs the whole batch in ONE worker-thread call: BEGIN; for each
+  command a SAVEPOINT, the rules' checks, its events encoded with the next seqs and applied, then
+  RELEASE (a refusal: ROLLBACK TO, the named error, no trace); one log write; fsync per
+  `log.fsync`; meta(last_seq, last_hash); COMMIT. Only then are the batch's callers answered.
+- Invariant: SQLite never commits an event that is not already in the log.
+- A full disk refuses the whole batch (`DiskFull`, the log truncated back, the transaction rolled
+  back) and writes resume when space returns. A failed fsync is fatal: nothing of the batch is
+  acknowledged, every later call gets `FatalStorageError`, and `on_fatal` tells the daemon to exit
+  non-zero so that recovery replays the log.
+- Cancelling a waiting `submit` does not cancel the command: once queued it runs to its end.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import msgspec
+
+from timelined import commands as cmd
+from timelined import rules
+from timelined.auditlog import (
+    FileOps,
+    LogWriter,
+    OsFileOps,
+    TailScan,
+    encode_record,
+    scan_tail,
+)
+from timelined.config import Config, LimitsConfig
+from timelined.errors import (
+    FatalStorageError,
+    LogDamaged,
+    ShuttingDown,
+    StorageError,
+    TimelinedError,
+)
+from timelined.events import DAEMON, ActorLike, Event, Record
+from timelined.ids import utc_now
+from timelined.state.apply import apply, set_meta
+from timelined.state.db import open_write, read_meta
+from timelined.state.reads import Readers
+from timelined.state.replay import roll_forward
+
+log = logging.getLogger("timelined.engine")
+
+
+def _tail_problem(scan: TailScan) -> LogDamaged | None:
+    """Why the engine may not open on this tail (boot recovery resolves each of these first)."""
+    if scan.damage is not None:
+        return scan.damage.error()
+    if scan.torn is not None:
+        return LogDamaged(
+            scan.torn.seq, "the log has a torn tail; boot recovery cuts it", scan.torn.segment
+        )
+    if scan.anchor in ("mismatch", "missing"):
+        return LogDamaged(scan.last_seq, f"the state's last seq is {scan.anchor} in the log")
+    return None
+
+
+class InternalError(TimelinedError):
+    """A bug: a command raised something that is not a named refusal. It left no trace."""
+
+    name = "InternalError"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"internal error, the command was not applied: {detail}", detail=detail)
+
+
+@dataclass
+class EngineStats:
+    """Counters the metrics endpoint reads; mutated only by the writer task."""
+
+    commands: int = 0
+    refused: int = 0
+    events: int = 0
+    batches: int = 0
+    batch_sizes: list[int] = field(default_factory=list)  # bounded ring, see _observe
+    fsync_seconds: list[float] = field(default_factory=list)
+    disk_full: int = 0
+
+    def observe(self, batch_size: int, fsync_s: float | None) -> None:
+        self.batches += 1
+        self.batch_sizes.append(batch_size)
+        if fsync_s is not None:
+            self.fsync_seconds.append(fsync_s)
+        # Keep the samples bounded: metrics summarise recent behaviour, memory stays flat.
+        if len(self.batch_sizes) > 4096:
+            del self.batch_sizes[:2048]
+        if len(self.fsync_seconds) > 4096:
+            del self.fsync_seconds[:2048]
+
+
+class _Pending:
+    __slots__ = ("actor", "command", "done", "error", "result")
+
+    def __init__(self, command: cmd.Command, actor: ActorLike) -> None:
+        self.command = command
+        self.actor = actor
+        self.done = anyio.Event()
+        self.result: rules.Result | None = None
+        self.error: TimelinedError | None = None
+
+
+class _CommandTx:
+    """One command's view of the batch: emits events with seqs continuing the batch's."""
+
+    __slots__ = ("_conn", "_limits", "actor", "lines", "prev", "records", "seq", "ts")
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        limits: LimitsConfig,
+        seq: int,
+        prev: str,
+        actor: ActorLike,
+        ts: str,
+    ) -> None:
+        self._conn = conn
+        self._limits = limits
+        self.seq = seq
+        self.prev = prev
+        self.actor = actor
+        self.ts = ts
+        self.lines: list[bytes] = []
+        self.records: list[Record] = []
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        return self._conn
+
+    @property
+    def limits(self) -> LimitsConfig:
+        return self._limits
+
+    def emit(self, event: Event) -> Record:
+        record, line = encode_record(self.seq + 1, self.ts, self.actor, event, self.prev)
+        apply(self._conn, record)
+        self.seq = record.seq
+        self.prev = record.hash
+        self.lines.append(line)
+        self.records.append(record)
+        return record
+
+
+class Engine:
+    """The state's single writer, and the owner of the read pool."""
+
+    def __init__(
+        self,
+        config: Config,
+        conn: sqlite3.Connection,
+        writer: LogWriter | None,
+        readers: Readers,
+        read_only: LogDamaged | None = None,
+    ) -> None:
+        self.config = config
+        self.limits = config.limits
+        self._conn = conn
+        self._writer = writer
+        self.readers = readers
+        self.read_only = read_only
+        meta = read_meta(conn)
+        self.last_seq = meta.last_seq
+        self.last_hash = meta.last_hash
+        self.stats = EngineStats()
+        self.fatal: FatalStorageError | None = None
+        self.on_fatal: Callable[[FatalStorageError], None] | None = None
+        self._queue: deque[_Pending] = deque()
+        self._wakeup = anyio.Event()
+        self._closing = False
+        self._stopped = anyio.Event()
+        self._subscribers: list[Callable[[list[Record]], None]] = []
+        self._limiter = anyio.CapacityLimiter(1)
+        self._pause_depth = 0
+        self._resumed = anyio.Event()
+        self._resumed.set()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        config: Config,
+        *,
+        fileops: FileOps | None = None,
+        read_only: LogDamaged | None = None,
+        readers: int = 3,
+    ) -> AsyncIterator[Engine]:
+        """Open the state, roll it forward from the log, and run the writer until exit."""
+        engine = await anyio.to_thread.run_sync(
+            lambda: cls._open_sync(config, fileops or OsFileOps(), read_only)
+        )
+        await engine.readers.open()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(engine._writer_loop)
+                try:
+                    yield engine
+                finally:
+                    await engine.drain()
+        finally:
+            await engine._close()
+
+    @classmethod
+    def _open_sync(cls, config: Config, fileops: FileOps, read_only: LogDamaged | None) -> Engine:
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        conn = open_write(config.state_db)
+        writer: LogWriter | None = None
+        if read_only is None:
+            meta = read_meta(conn)
+            scan = scan_tail(config.log_dir, meta.last_seq, meta.last_hash, fileops)
+            problem = _tail_problem(scan)
+            if problem is not None:
+                conn.close()
+                raise problem
+            rolled = roll_forward(conn, config.log_dir)
+            if rolled.applied:
+                log.info(
+                    "rolled the state forward by %d events to seq %d",
+                    rolled.applied,
+                    rolled.last_seq,
+                )
+            writer = LogWriter(
+                config.log_dir,
+                scan.head,
+                fileops=fileops,
+                segment_bytes=config.log.segment_bytes,
+                fsync=config.log.fsync,
+                fsync_interval_ms=config.log.fsync_interval_ms,
+            )
+        return cls(config, conn, writer, Readers(config.state_db), read_only)
+
+    async def drain(self) -> None:
+        """Refuse new commands, finish every queued one, then stop the writer task."""
+        self._closing = True
+        self._wakeup.set()
+        await self._stopped.wait()
+
+    async def _close(self) -> None:
+        await self.readers.close()
+
+        def close_sync() -> None:
+            if self.fatal is None and self._writer is not None:
+                self._writer.close()  # syncs: nothing acknowledged in interval mode is left
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._conn.close()
+
+        await anyio.to_thread.run_sync(close_sync, limiter=self._limiter)
+
+    # --- writing -------------------------------------------------------------------------------
+
+    async def submit(self, command: cmd.Command, actor: ActorLike = DAEMON) -> rules.Result:
+        """Run one command through the writer; returns its result or raises its named error."""
+        if self.fatal is not None:
+            raise self.fatal
+        if self.read_only is not None:
+            raise self.read_only
+        if self._closing:
+            raise ShuttingDown()
+        pending = _Pending(command, actor)
+        self._queue.append(pending)
+        self._wakeup.set()
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        assert pending.result is not None
+        return pending.result
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def subscribe(self, callback: Callable[[list[Record]], None]) -> Callable[[], None]:
+        """Call `callback` with every committed batch's records (on the event loop)."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback)
+
+    @asynccontextmanager
+    async def paused(self) -> AsyncIterator[sqlite3.Connection]:
+        """Hold the writer between batches (a repair swaps the state file meanwhile)."""
+        self._pause_depth += 1
+        self._resumed = anyio.Event()
+        try:
+            async with self._limiter:
+                yield self._conn
+        finally:
+            self._pause_depth -= 1
+            if self._pause_depth == 0:
+                self._resumed.set()
+
+    def replace_connection(self, conn: sqlite3.Connection) -> None:
+        """Swap in a rebuilt state database (only inside `paused()`)."""
+        self._conn = conn
+        meta = read_meta(conn)
+        assert (meta.last_seq, meta.last_hash) == (self.last_seq, self.last_hash)
+
+    async def _writer_loop(self) -> None:
+        interval = (
+            self.config.log.fsync_interval_ms / 1000
+            if self.config.log.fsync == "interval"
+            else None
+        )
+        try:
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        return
+                    self._wakeup = anyio.Event()
+                    if interval is None:
+                        await self._wakeup.wait()
+                    else:
+                        with anyio.move_on_after(interval):
+                            await self._wakeup.wait()
+                        await anyio.to_thread.run_sync(self._sync_if_due, limiter=self._limiter)
+                    continue
+                await self._resumed.wait()
+                batch = [
+                    self._queue.popleft()
+                    for _ in range(min(len(self._queue), self.config.log.max_batch))
+                ]
+                committed = await anyio.to_thread.run_sync(
+                    self._run_batch, batch, limiter=self._limiter
+                )
+                for pending in batch:
+                    pending.done.set()
+                if committed:
+                    for callback in list(self._subscribers):
+                        try:
+                            callback(committed)
+                        except Exception:
+                            log.exception("a commit subscriber failed; it was skipped")
+                if self.fatal is not None:
+                    self._fail_queued(self.fatal)
+                    return
+        finally:
+            self._stopped.set()
+
+    def _fail_queued(self, error: TimelinedError) -> None:
+        while self._queue:
+            pending = self._queue.popleft()
+            pending.error = error
+            pending.done.set()
+
+    def _sync_if_due(self) -> None:
+        try:
+            if self._writer is not None:
+                self._writer.sync_if_due()
+        except FatalStorageError as exc:
+            self._go_fatal(exc)
+
+    def _go_fatal(self, exc: FatalStorageError) -> None:
+        if self.fatal is None:
+            self.fatal = exc
+            log.critical("%s", exc.message)
+            if self.on_fatal is not None:
+                self.on_fatal(exc)
+
+    def _run_batch(self, batch: list[_Pending]) -> list[Record]:
+        """The whole batch, on the writer's thread. Returns the committed records."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        seq, prev = self.last_seq, self.last_hash
+        lines: list[bytes] = []
+        records: list[Record] = []
+        accepted: list[_Pending] = []
+        for pending in batch:
+            tx = _CommandTx(conn, self.limits, seq, prev, pending.actor, utc_now())
+            conn.execute("SAVEPOINT command")
+            try:
+                pending.result = rules.execute(tx, pending.command, tx.ts)
+            except TimelinedError as exc:
+                conn.execute("ROLLBACK TO command")
+                conn.execute("RELEASE command")
+                pending.error = exc
+                self.stats.refused += 1
+                continue
+            except (sqlite3.Error, msgspec.ValidationError, ValueError, KeyError) as exc:
+                conn.execute("ROLLBACK TO command")
+                conn.execute("RELEASE command")
+                log.exception("command %s failed unexpectedly", type(pending.command).__name__)
+                pending.error = InternalError(f"{type(exc).__name__}: {exc}")
+                self.stats.refused += 1
+                continue
+            conn.execute("RELEASE command")
+            seq, prev = tx.seq, tx.prev
+            lines.extend(tx.lines)
+            records.extend(tx.records)
+            accepted.append(pending)
+        self.stats.commands += len(batch)
+        if not lines:
+            conn.execute("COMMIT")  # only idempotent retries and refusals: nothing to log
+            return []
+        assert self._writer is not None, "read-only engines refuse commands in submit()"
+        try:
+            started = time.perf_counter()
+            self._writer.write_batch(b"".join(lines), records[0].seq, seq, prev)
+            fsync_s = time.perf_counter() - started
+        except FatalStorageError as exc:
+            conn.execute("ROLLBACK")
+            self._refuse(accepted, exc)
+            self._go_fatal(exc)
+            return []
+        except (StorageError, TimelinedError) as exc:
+            conn.execute("ROLLBACK")
+            self._refuse(accepted, exc)
+            self.stats.disk_full += 1
+            log.error("a batch of %d commands was refused: %s", len(accepted), exc.message)
+            return []
+        try:
+            set_meta(conn, seq, prev)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # The events are durable in the log but not in the state. Stopping is safe: the
+            # boot rolls them forward. Answering them as failed is honest (the outcome is
+            # unknown to the client) and block ids make a retry idempotent.
+            fatal = FatalStorageError(str(self.config.state_db), 0, f"state commit failed: {exc}")
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            self._refuse(accepted, fatal)
+            self._go_fatal(fatal)
+            return []
+        self.last_seq, self.last_hash = seq, prev
+        self.stats.events += len(records)
+        self.stats.observe(len(batch), fsync_s)
+        return records
+
+    @property
+    def writer(self) -> LogWriter | None:
+        return self._writer
+
+    @staticmethod
+    def _refuse(accepted: list[_Pending], error: TimelinedError) -> None:
+        for pending in accepted:
+            pending.result = None
+            pending.error = error
+
+    # --- reading -------------------------------------------------------------------------------
+
+    async def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a query function from state.queries on a read-only connection."""
+        return await self.readers.run(fn, *args, **kwargs)

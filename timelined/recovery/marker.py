@@ -1,0 +1,81 @@
+"""The clean-shutdown marker: written last at a clean stop, read and removed first at boot.
+
+Its presence says "the daemon stopped cleanly and the log ended here": if its seq, hash and log
+size match the log's tail, the boot skips every scan. It is written atomically (temporary file,
+fsync, rename, fsync of the directory) so that a power cut leaves either no marker or a whole
+one; it is removed, with the directory fsynced, before the daemon writes anything else, so that a
+crash after boot can never be mistaken for a clean stop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+from timelined import __version__
+from timelined.auditlog.fileops import FileOps, OsFileOps, write_all
+from timelined.events import SCHEMA_VERSION
+from timelined.ids import utc_now
+
+
+class Marker(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    last_seq: int
+    last_hash: str
+    log_bytes: int  # size of the last segment, to see that nothing was appended after the stop
+    segment: str  # the last segment's file name
+    version: str
+    event_schema: int
+    written_at: str
+
+
+def make_marker(last_seq: int, last_hash: str, segment: str, log_bytes: int) -> Marker:
+    return Marker(
+        last_seq=last_seq,
+        last_hash=last_hash,
+        log_bytes=log_bytes,
+        segment=segment,
+        version=__version__,
+        event_schema=SCHEMA_VERSION,
+        written_at=utc_now(),
+    )
+
+
+def write_marker(path: Path, marker: Marker, fileops: FileOps | None = None) -> None:
+    ops = fileops or OsFileOps()
+    tmp = path.with_name(path.name + ".tmp")
+    fd = ops.open_new(str(tmp))
+    try:
+        write_all(ops, fd, msgspec.json.encode(marker) + b"\n")
+        ops.fsync(fd)
+    finally:
+        ops.close(fd)
+    ops.rename(str(tmp), str(path))
+    ops.fsync_dir(str(path.parent))
+
+
+class MarkerRead(msgspec.Struct, frozen=True):
+    """What the boot found: the marker, or why there was none usable."""
+
+    marker: Marker | None
+    problem: str | None  # "absent", or why a present file was not a valid marker
+
+
+def take_marker(path: Path, fileops: FileOps | None = None) -> MarkerRead:
+    """Read and remove the marker (directory fsynced), before anything else is written."""
+    ops = fileops or OsFileOps()
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return MarkerRead(None, "absent")
+    try:
+        marker: Marker | None = msgspec.json.decode(raw, type=Marker)
+        problem = None
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        marker, problem = None, f"unreadable marker: {exc}"
+    ops.unlink(str(path))
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        ops.unlink(str(tmp))  # a stop that died mid-write committed no marker
+    ops.fsync_dir(str(path.parent))  # a stop that died mid-write: no marker was committed
+    return MarkerRead(marker, problem)

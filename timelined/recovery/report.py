@@ -1,0 +1,196 @@
+"""Boot records and crash-recovery reports: what the boot found, what it did, what to do next.
+
+Every boot writes `reports/boot-<time>.json`; an unclean boot or any repair also writes a full
+`reports/recovery-<time>.json`. Both are the same Struct; `kind` tells them apart. Reports are
+written atomically (temporary file, fsync, rename) so a report is never half there.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from time import perf_counter
+from typing import Literal
+
+import msgspec
+
+Verdict = Literal["clean", "recovered", "recovered_with_loss", "degraded", "failed"]
+Kind = Literal["boot", "recovery", "repair"]
+
+
+class PhaseTime(msgspec.Struct, frozen=True):
+    name: str
+    seconds: float
+
+
+class TornTail(msgspec.Struct, frozen=True):
+    segment: str
+    offset: int
+    length: int
+    quarantined_to: str
+
+
+class Damage(msgspec.Struct, frozen=True):
+    seq: int | None
+    segment: str | None
+    offset: int | None
+    reason: str
+
+
+class Rebuild(msgspec.Struct, frozen=True):
+    reason: str
+    quarantined_to: str | None  # where the old state database was kept
+    events_replayed: int
+    events_lost: int  # events the old state had that the log does not
+
+
+class Report(msgspec.Struct, kw_only=True):
+    id: str
+    kind: Kind
+    verdict: Verdict = "clean"
+    version: str
+    started_at: str
+    finished_at: str = ""
+    marker_found: bool = False
+    marker_problem: str | None = None
+    fast_path: bool = False
+    segments_scanned: int = 0
+    lines_scanned: int = 0
+    log_last_seq: int = 0
+    state_last_seq_before: int | None = None
+    events_rolled_forward: int = 0
+    integrity_check: str = "skipped"
+    torn: list[TornTail] = msgspec.field(default_factory=list)
+    damage: Damage | None = None
+    rebuilds: list[Rebuild] = msgspec.field(default_factory=list)
+    events_lost: int = 0
+    phases: list[PhaseTime] = msgspec.field(default_factory=list)
+    actions: list[str] = msgspec.field(default_factory=list)
+    error: str | None = None
+    path: str | None = None
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time a phase of the boot into the report."""
+        started = perf_counter()
+        try:
+            yield
+        finally:
+            self.phases.append(PhaseTime(name, round(perf_counter() - started, 6)))
+
+
+class ReportInfo(msgspec.Struct, frozen=True):
+    """One line of `ListReports`."""
+
+    id: str
+    kind: str
+    verdict: str
+    started_at: str
+
+
+def report_id(kind: str, started_at: str) -> str:
+    stamp = started_at.replace("-", "").replace(":", "").replace(".", "")
+    return f"{kind}-{stamp}-{os.getpid()}"
+
+
+def write_report(reports_dir: Path, report: Report) -> Path:
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    path = reports_dir / f"{report.id}.json"
+    report.path = str(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(msgspec.json.format(msgspec.json.encode(report), indent=2) + b"\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+    dir_fd = os.open(reports_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def read_report(path: Path) -> Report:
+    return msgspec.json.decode(path.read_bytes(), type=Report)
+
+
+def list_reports(
+    reports_dir: Path, prefixes: tuple[str, ...] = ("boot", "recovery", "repair")
+) -> list[Path]:
+    """Report files, newest first."""
+    if not reports_dir.exists():
+        return []
+    found = [
+        p for p in reports_dir.iterdir() if p.suffix == ".json" and p.name.startswith(prefixes)
+    ]
+    return sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
+
+
+_VERDICT_MEANING = {
+    "clean": "The daemon had stopped cleanly; nothing needed to be scanned or repaired.",
+    "recovered": "The daemon had not stopped cleanly. Everything acknowledged was recovered "
+    "from the log; nothing was lost.",
+    "recovered_with_loss": "The state database held events the log does not (possible only "
+    "with log.fsync other than 'always', or by tampering). It was rebuilt from the log; those "
+    "events are lost.",
+    "degraded": "The audit log is damaged before its tail. The daemon serves reads and refuses "
+    "every write until an operator acts.",
+    "failed": "The boot could not complete; the daemon did not start.",
+}
+
+
+def render_summary(report: Report) -> str:
+    """A human summary: what happened, what was done, what to do, where quarantined bytes are."""
+    lines = [
+        f"{report.kind} report {report.id}",
+        f"verdict: {report.verdict} — {_VERDICT_MEANING.get(report.verdict, '')}",
+        f"started {report.started_at}, finished {report.finished_at or '(unfinished)'}",
+        "",
+        "What was found:",
+        f"  clean-shutdown marker: {'found' if report.marker_found else 'absent'}"
+        + (f" ({report.marker_problem})" if report.marker_problem else ""),
+    ]
+    if report.fast_path:
+        lines.append("  marker matched the log's tail: nothing was scanned")
+    else:
+        lines.append(
+            f"  scanned {report.lines_scanned} log lines in {report.segments_scanned} segment(s); "
+            f"log ends at seq {report.log_last_seq}"
+        )
+    if report.state_last_seq_before is not None:
+        lines.append(f"  state database was at seq {report.state_last_seq_before}")
+    lines.append(f"  state integrity check: {report.integrity_check}")
+    if report.damage is not None:
+        d = report.damage
+        lines.append(f"  LOG DAMAGE at seq {d.seq} ({d.segment} offset {d.offset}): {d.reason}")
+    lines += ["", "What was done:"]
+    done = False
+    for torn in report.torn:
+        done = True
+        lines.append(
+            f"  cut a torn tail of {torn.length} bytes from {torn.segment} at offset "
+            f"{torn.offset}; the bytes are kept in {torn.quarantined_to}"
+        )
+    for rebuild in report.rebuilds:
+        done = True
+        lines.append(
+            f"  rebuilt the state from the log ({rebuild.reason}): {rebuild.events_replayed} "
+            f"events replayed, {rebuild.events_lost} lost"
+            + (f"; old state kept in {rebuild.quarantined_to}" if rebuild.quarantined_to else "")
+        )
+    if report.events_rolled_forward:
+        done = True
+        lines.append(f"  rolled the state forward by {report.events_rolled_forward} events")
+    if not done:
+        lines.append("  nothing")
+    if report.error:
+        lines += ["", f"Error: {report.error}"]
+    lines += ["", "What to do:"]
+    lines += [f"  {a}" for a in report.actions] or ["  nothing"]
+    if report.phases:
+        lines += ["", "Time per phase:"]
+        lines += [f"  {p.name:<16} {p.seconds * 1000:9.1f} ms" for p in report.phases]
+    return "\n".join(lines)

@@ -1,0 +1,370 @@
+"""The rules: a command, checked against the current state, becomes event(s) or a named refusal.
+
+`execute` runs inside the writer's transaction, under the command's own savepoint: a refusal
+raises before anything is emitted (or the savepoint is rolled back), so a refused command leaves
+no trace in the log or the state. Every refusal names the current state and what was asked.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import msgspec
+
+from timelined import commands as cmd
+from timelined import events as ev
+from timelined.config import LimitsConfig
+from timelined.errors import (
+    BlockIdConflict,
+    ContextNotFound,
+    ConversationNotFound,
+    CrossConversationMove,
+    CrossRefNotFound,
+    CycleError,
+    InvalidArgument,
+    InvalidTransition,
+    LimitExceeded,
+)
+from timelined.ids import new_id, normalize_ts
+from timelined.state import queries as q
+from timelined.state.model import Block, Context, Conversation, CrossRef
+
+
+class AppendResult(msgspec.Struct, frozen=True):
+    block: Block
+    seq: int
+
+
+Result = Conversation | Context | AppendResult | CrossRef
+
+
+class Tx(Protocol):
+    """What the writer gives the rules: its connection, the limits, and a way to emit events."""
+
+    @property
+    def conn(self) -> sqlite3.Connection: ...
+
+    @property
+    def limits(self) -> LimitsConfig: ...
+
+    def emit(self, event: ev.Event) -> ev.Record:
+        """Encode with the next seq, apply to the state, queue the line for the batch's write."""
+        ...
+
+
+# --- lookups that refuse with a named error ----------------------------------------------------
+
+
+def _conversation(conn: sqlite3.Connection, id: str) -> Conversation:
+    found = q.get_conversation(conn, id)
+    if found is None:
+        raise ConversationNotFound(id)
+    return found
+
+
+def _context(conn: sqlite3.Connection, id: str) -> Context:
+    found = q.get_context(conn, id, crossrefs=False)
+    if found is None:
+        raise ContextNotFound(id)
+    return found
+
+
+def _writable_conversation(conn: sqlite3.Connection, ctx: Context, action: str) -> None:
+    conv = _conversation(conn, ctx.conversation_id)
+    if conv.status == "archived":
+        raise InvalidTransition(
+            conv.id, "archived", action, "the conversation is archived (read-only)"
+        )
+
+
+def _require(
+    ctx: Context, allowed: tuple[str, ...], action: str, reason: str | None = None
+) -> None:
+    if ctx.status not in allowed:
+        why = reason or f"{action} needs status {' or '.join(allowed)}"
+        raise InvalidTransition(ctx.id, ctx.status, action, why)
+
+
+def _check_size(tx: Tx, event: ev.Event, limit: str = "max_block_bytes") -> None:
+    size = len(ev.encode_data(event))
+    if size > tx.limits.max_block_bytes:
+        raise LimitExceeded(limit, size, tx.limits.max_block_bytes)
+
+
+# --- conversations -----------------------------------------------------------------------------
+
+
+def _create_conversation(tx: Tx, c: cmd.CreateConversation) -> Conversation:
+    event = ev.ConversationCreated(
+        conversation_id=new_id("conv"),
+        name=c.name,
+        root_context_id=new_id("ctx"),
+        metadata=c.metadata or {},
+    )
+    _check_size(tx, event)
+    tx.emit(event)
+    return _conversation(tx.conn, event.conversation_id)
+
+
+def _update_conversation(tx: Tx, c: cmd.UpdateConversation) -> Conversation:
+    conv = _conversation(tx.conn, c.id)
+    if conv.status == "archived":
+        raise InvalidTransition(c.id, "archived", "update", "an archived conversation is read-only")
+    if c.name is None and c.metadata is None:
+        raise InvalidArgument("name", "give a new name, new metadata, or both")
+    event = ev.ConversationUpdated(conversation_id=c.id, name=c.name, metadata=c.metadata)
+    _check_size(tx, event)
+    tx.emit(event)
+    return _conversation(tx.conn, c.id)
+
+
+def _archive_conversation(tx: Tx, c: cmd.ArchiveConversation) -> Conversation:
+    conv = _conversation(tx.conn, c.id)
+    if conv.status == "archived":
+        raise InvalidTransition(c.id, "archived", "archive", "it is archived already")
+    tx.emit(ev.ConversationArchived(conversation_id=c.id, reason=c.reason or ""))
+    return _conversation(tx.conn, c.id)
+
+
+# --- contexts ----------------------------------------------------------------------------------
+
+
+def _spawn_sidebar(tx: Tx, c: cmd.SpawnSidebar) -> Context:
+    parent = _context(tx.conn, c.parent_id)
+    _writable_conversation(tx.conn, parent, "spawn a sidebar from")
+    _require(
+        parent,
+        ("active", "paused"),
+        "spawn a sidebar from",
+        "a sidebar cannot be spawned from an archived or merged context",
+    )
+    event = ev.ContextSpawned(
+        context_id=new_id("ctx"),
+        conversation_id=parent.conversation_id,
+        parent_id=parent.id,
+        reason=c.reason,
+        inherit_last=c.inherit_last or 0,
+        parent_blocks=q.own_block_count(tx.conn, parent.id),
+    )
+    tx.emit(event)
+    return _context(tx.conn, event.context_id)
+
+
+def _pause(tx: Tx, c: cmd.PauseContext) -> Context:
+    ctx = _context(tx.conn, c.id)
+    _writable_conversation(tx.conn, ctx, "pause")
+    _require(ctx, ("active",), "pause")
+    tx.emit(ev.ContextPaused(context_id=c.id))
+    return _context(tx.conn, c.id)
+
+
+def _resume(tx: Tx, c: cmd.ResumeContext) -> Context:
+    ctx = _context(tx.conn, c.id)
+    _writable_conversation(tx.conn, ctx, "resume")
+    _require(ctx, ("paused",), "resume")
+    tx.emit(ev.ContextResumed(context_id=c.id))
+    return _context(tx.conn, c.id)
+
+
+def _merge(tx: Tx, c: cmd.MergeContext) -> Context:
+    ctx = _context(tx.conn, c.id)
+    _writable_conversation(tx.conn, ctx, "merge")
+    if ctx.parent_id is None:
+        raise InvalidTransition(ctx.id, ctx.status, "merge", "a root context cannot be merged")
+    _require(ctx, ("active", "paused"), "merge", "only an active or paused sidebar can be merged")
+    parent = _context(tx.conn, ctx.parent_id)
+    _require(
+        parent,
+        ("active", "paused"),
+        "merge into",
+        f"the parent {parent.id!r} is {parent.status} and cannot take the merge",
+    )
+    event = ev.ContextMerged(
+        context_id=ctx.id,
+        parent_id=parent.id,
+        summary=c.summary or "",
+        block_id=new_id("blk"),
+        block_count=q.own_block_count(tx.conn, ctx.id),
+    )
+    _check_size(tx, event)
+    tx.emit(event)
+    return _context(tx.conn, c.id)
+
+
+def _archive(tx: Tx, c: cmd.ArchiveContext) -> Context:
+    ctx = _context(tx.conn, c.id)
+    _writable_conversation(tx.conn, ctx, "archive")
+    _require(ctx, ("active", "paused", "merged"), "archive", "it is archived already")
+    tx.emit(ev.ContextArchived(context_id=c.id, reason=c.reason or ""))
+    return _context(tx.conn, c.id)
+
+
+def _restore(tx: Tx, c: cmd.RestoreContext) -> Context:
+    ctx = _context(tx.conn, c.id)
+    _writable_conversation(tx.conn, ctx, "restore")
+    _require(ctx, ("archived",), "restore", "only an archived context can be restored")
+    tx.emit(ev.ContextRestored(context_id=c.id))
+    return _context(tx.conn, c.id)
+
+
+def _reparent(tx: Tx, c: cmd.ReparentContext) -> Context:
+    ctx = _context(tx.conn, c.id)
+    target = _context(tx.conn, c.new_parent_id)
+    _writable_conversation(tx.conn, ctx, "reparent")
+    if target.conversation_id != ctx.conversation_id:
+        raise CrossConversationMove(ctx.id, ctx.conversation_id, target.id, target.conversation_id)
+    if ctx.id in q.ancestors(tx.conn, target.id):
+        raise CycleError(ctx.id, target.id)
+    if ctx.parent_id == target.id:
+        raise InvalidTransition(
+            ctx.id, ctx.status, "reparent", f"it is already a child of {target.id!r}"
+        )
+    assert ctx.parent_id is not None  # a root is an ancestor of every context: refused above
+    tx.emit(
+        ev.ContextReparented(
+            context_id=ctx.id, old_parent_id=ctx.parent_id, new_parent_id=target.id
+        )
+    )
+    return _context(tx.conn, c.id)
+
+
+def _focus(tx: Tx, c: cmd.Focus) -> Context:
+    ctx = _context(tx.conn, c.context_id)
+    _writable_conversation(tx.conn, ctx, "focus")
+    _require(ctx, ("active", "paused"), "focus", "only an active or paused context takes focus")
+    tx.emit(ev.ContextFocused(context_id=ctx.id))
+    return _context(tx.conn, ctx.id)
+
+
+def _set_tags(tx: Tx, c: cmd.SetTags) -> Context:
+    ctx = _context(tx.conn, c.context_id)
+    _writable_conversation(tx.conn, ctx, "tag")
+    tags = list(dict.fromkeys(c.tags))  # keep the caller's order, drop repeats
+    tx.emit(ev.ContextTagged(context_id=ctx.id, tags=tags))
+    return _context(tx.conn, ctx.id)
+
+
+def _add_crossref(tx: Tx, c: cmd.AddCrossRef) -> CrossRef:
+    source = _context(tx.conn, c.from_id)
+    _context(tx.conn, c.to_id)
+    _writable_conversation(tx.conn, source, "add a cross-reference from")
+    if c.from_id == c.to_id:
+        raise InvalidArgument("to_id", "a context cannot refer to itself")
+    ref_id = new_id("xref")
+    tx.emit(
+        ev.CrossRefAdded(
+            ref_id=ref_id, from_id=c.from_id, to_id=c.to_id, kind=c.kind, note=c.note or ""
+        )
+    )
+    found = q.get_crossref(tx.conn, ref_id)
+    assert found is not None
+    return found
+
+
+def _revoke_crossref(tx: Tx, c: cmd.RevokeCrossRef) -> CrossRef:
+    found = q.get_crossref(tx.conn, c.id)
+    if found is None:
+        raise CrossRefNotFound(c.id)
+    tx.emit(ev.CrossRefRevoked(ref_id=c.id))
+    return found
+
+
+# --- blocks ------------------------------------------------------------------------------------
+
+
+def _same_block(stored: Block, wanted: ev.BlockData, timestamp_given: bool) -> bool:
+    return (
+        stored.context_id == wanted.context_id
+        and stored.role == wanted.role
+        and stored.content == wanted.content
+        and (not timestamp_given or stored.timestamp == wanted.timestamp)
+        and stored.time_taken == wanted.time_taken
+        and stored.tokens_input == wanted.tokens_input
+        and stored.tokens_output == wanted.tokens_output
+        and stored.metadata == wanted.metadata
+        and stored.sub_blocks == wanted.sub_blocks
+    )
+
+
+def block_from_data(data: ev.BlockData, seq: int, position: int) -> Block:
+    """The stored form of a block written by `data` at `seq`."""
+    return Block(
+        id=data.id,
+        context_id=data.context_id,
+        role=data.role,
+        content=data.content,
+        timestamp=data.timestamp,
+        seq=seq,
+        position=position,
+        time_taken=data.time_taken,
+        tokens_input=data.tokens_input,
+        tokens_output=data.tokens_output,
+        metadata=data.metadata,
+        sub_blocks=data.sub_blocks,
+    )
+
+
+def _append_block(tx: Tx, c: cmd.AppendBlock, now: str) -> AppendResult:
+    if c.timestamp is not None:
+        try:
+            timestamp = normalize_ts(c.timestamp)
+        except ValueError as exc:
+            raise InvalidArgument("timestamp", f"not an ISO 8601 time: {exc}") from exc
+    else:
+        timestamp = now
+    data = ev.BlockData(
+        id=c.id or new_id("blk"),
+        context_id=c.context_id,
+        role=c.role,
+        content=c.content,
+        timestamp=timestamp,
+        time_taken=c.time_taken,
+        tokens_input=c.tokens_input,
+        tokens_output=c.tokens_output,
+        metadata=c.metadata or {},
+        sub_blocks=c.sub_blocks or [],
+    )
+    if c.id is not None:
+        stored = q.get_block(tx.conn, c.id)
+        if stored is not None:
+            if _same_block(stored, data, c.timestamp is not None):
+                return AppendResult(block=stored, seq=stored.seq)  # a safe retry: no new event
+            raise BlockIdConflict(c.id, stored.context_id)
+    ctx = _context(tx.conn, c.context_id)
+    _require(
+        ctx, ("active", "paused"), "append a block to", "blocks go to active or paused contexts"
+    )
+    _writable_conversation(tx.conn, ctx, "append a block to")
+    event = ev.BlockAppended(block=data)
+    _check_size(tx, event)
+    record = tx.emit(event)
+    return AppendResult(
+        block=block_from_data(data, record.seq, ctx.block_count + 1), seq=record.seq
+    )
+
+
+_RULES: dict[type, Callable[[Tx, Any], Result]] = {
+    cmd.CreateConversation: _create_conversation,
+    cmd.UpdateConversation: _update_conversation,
+    cmd.ArchiveConversation: _archive_conversation,
+    cmd.SpawnSidebar: _spawn_sidebar,
+    cmd.PauseContext: _pause,
+    cmd.ResumeContext: _resume,
+    cmd.MergeContext: _merge,
+    cmd.ArchiveContext: _archive,
+    cmd.RestoreContext: _restore,
+    cmd.ReparentContext: _reparent,
+    cmd.Focus: _focus,
+    cmd.SetTags: _set_tags,
+    cmd.AddCrossRef: _add_crossref,
+    cmd.RevokeCrossRef: _revoke_crossref,
+}
+
+
+def execute(tx: Tx, command: cmd.Command, now: str) -> Result:
+    """Check `command` against the state and emit its events; raises a TimelinedError to refuse."""
+    if isinstance(command, cmd.AppendBlock):
+        return _append_block(tx, command, now)
+    return _RULES[type(command)](tx, command)

@@ -1,0 +1,261 @@
+"""apply(conn, record): the one place where an event becomes rows.
+
+The writer, replay, recovery and the verifier all call this, so the state a daemon serves and
+the state a replay of the log produces cannot differ by construction. `apply` trusts the event
+(the engine checked it before logging it); it never reads the clock or draws random ids: every
+value comes from the record, so replaying the same log gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from timelined import events as ev
+from timelined.events import Record
+
+_json = msgspec.json.Encoder(order="deterministic")
+
+
+def dump_json(value: Any) -> str:
+    """JSON text as the state stores it: deterministic, so equal values give equal text."""
+    return _json.encode(value).decode()
+
+
+def set_meta(conn: sqlite3.Connection, last_seq: int, last_hash: str) -> None:
+    conn.execute("UPDATE meta SET last_seq = ?, last_hash = ? WHERE id = 1", (last_seq, last_hash))
+
+
+def _set_focus(conn: sqlite3.Connection, context_id: str | None, seq: int) -> None:
+    conn.execute(
+        "UPDATE focus SET context_id = ?1, seq = ?2, conversation_id = "
+        "(SELECT conversation_id FROM contexts WHERE id = ?1) WHERE id = 1",
+        (context_id, seq),
+    )
+
+
+def _set_status(conn: sqlite3.Connection, r: Record, context_id: str, status: str) -> None:
+    conn.execute(
+        "UPDATE contexts SET status = ?, updated_at = ?, updated_seq = ? WHERE id = ?",
+        (status, r.ts, r.seq, context_id),
+    )
+
+
+def _conversation_created(conn: sqlite3.Connection, r: Record, e: ev.ConversationCreated) -> None:
+    imported = dump_json(e.imported_from) if e.imported_from is not None else None
+    conn.execute(
+        "INSERT INTO conversations (id, name, root_context_id, status, metadata, imported_from, "
+        "created_at, created_seq, updated_at, updated_seq) "
+        "VALUES (?, ?, ?, 'active', ?, ?, ?, ?, ?, ?)",
+        (
+            e.conversation_id,
+            e.name,
+            e.root_context_id,
+            dump_json(e.metadata),
+            imported,
+            r.ts,
+            r.seq,
+            r.ts,
+            r.seq,
+        ),
+    )
+    conn.execute(
+        "INSERT INTO contexts (id, conversation_id, parent_id, status, reason, inherit_from, "
+        "inherit_last, inherit_upto, tags, created_at, created_seq, updated_at, updated_seq) "
+        "VALUES (?, ?, NULL, 'active', 'root', NULL, 0, 0, '[]', ?, ?, ?, ?)",
+        (e.root_context_id, e.conversation_id, r.ts, r.seq, r.ts, r.seq),
+    )
+    _set_focus(conn, e.root_context_id, r.seq)
+
+
+def _conversation_updated(conn: sqlite3.Connection, r: Record, e: ev.ConversationUpdated) -> None:
+    if e.name is not None:
+        conn.execute("UPDATE conversations SET name = ? WHERE id = ?", (e.name, e.conversation_id))
+    if e.metadata is not None:
+        conn.execute(
+            "UPDATE conversations SET metadata = ? WHERE id = ?",
+            (dump_json(e.metadata), e.conversation_id),
+        )
+    _touch_conversation(conn, r, e.conversation_id)
+
+
+def _touch_conversation(conn: sqlite3.Connection, r: Record, conversation_id: str) -> None:
+    conn.execute(
+        "UPDATE conversations SET updated_at = ?, updated_seq = ? WHERE id = ?",
+        (r.ts, r.seq, conversation_id),
+    )
+
+
+def _conversation_archived(conn: sqlite3.Connection, r: Record, e: ev.ConversationArchived) -> None:
+    conn.execute(
+        "UPDATE conversations SET status = 'archived', archive_reason = ? WHERE id = ?",
+        (e.reason, e.conversation_id),
+    )
+    _touch_conversation(conn, r, e.conversation_id)
+    # A UI must not start inside an archived conversation: focus there is dropped.
+    conn.execute(
+        "UPDATE focus SET context_id = NULL, conversation_id = NULL, seq = ? "
+        "WHERE id = 1 AND conversation_id = ?",
+        (r.seq, e.conversation_id),
+    )
+
+
+def _context_spawned(conn: sqlite3.Connection, r: Record, e: ev.ContextSpawned) -> None:
+    conn.execute(
+        "INSERT INTO contexts (id, conversation_id, parent_id, status, reason, inherit_from, "
+        "inherit_last, inherit_upto, tags, created_at, created_seq, updated_at, updated_seq) "
+        "VALUES (?, ?, ?, 'active', ?, ?, ?, ?, '[]', ?, ?, ?, ?)",
+        (
+            e.context_id,
+            e.conversation_id,
+            e.parent_id,
+            e.reason,
+            e.parent_id,
+            e.inherit_last,
+            e.parent_blocks,
+            r.ts,
+            r.seq,
+            r.ts,
+            r.seq,
+        ),
+    )
+    _set_status(conn, r, e.parent_id, "paused")
+    _set_focus(conn, e.context_id, r.seq)
+
+
+def _context_paused(conn: sqlite3.Connection, r: Record, e: ev.ContextPaused) -> None:
+    _set_status(conn, r, e.context_id, "paused")
+
+
+def _context_resumed(conn: sqlite3.Connection, r: Record, e: ev.ContextResumed) -> None:
+    _set_status(conn, r, e.context_id, "active")
+    _set_focus(conn, e.context_id, r.seq)
+
+
+def _context_merged(conn: sqlite3.Connection, r: Record, e: ev.ContextMerged) -> None:
+    _set_status(conn, r, e.context_id, "merged")
+    metadata = {"merged_context_id": e.context_id, "merged_block_count": e.block_count}
+    _insert_block(
+        conn,
+        r.seq,
+        ev.BlockData(
+            id=e.block_id,
+            context_id=e.parent_id,
+            role="system",
+            content=e.summary,
+            timestamp=r.ts,
+            metadata=metadata,
+        ),
+    )
+    _set_status(conn, r, e.parent_id, "active")
+    _set_focus(conn, e.parent_id, r.seq)
+
+
+def _context_archived(conn: sqlite3.Connection, r: Record, e: ev.ContextArchived) -> None:
+    conn.execute(
+        "UPDATE contexts SET status = 'archived', archive_reason = ?, updated_at = ?, "
+        "updated_seq = ? WHERE id = ?",
+        (e.reason, r.ts, r.seq, e.context_id),
+    )
+    row = conn.execute("SELECT context_id FROM focus WHERE id = 1").fetchone()
+    if row is not None and row[0] == e.context_id:
+        parent = conn.execute(
+            "SELECT parent_id FROM contexts WHERE id = ?", (e.context_id,)
+        ).fetchone()
+        _set_focus(conn, parent[0] if parent else None, r.seq)
+
+
+def _context_restored(conn: sqlite3.Connection, r: Record, e: ev.ContextRestored) -> None:
+    conn.execute(
+        "UPDATE contexts SET status = 'paused', archive_reason = NULL, updated_at = ?, "
+        "updated_seq = ? WHERE id = ?",
+        (r.ts, r.seq, e.context_id),
+    )
+
+
+def _context_reparented(conn: sqlite3.Connection, r: Record, e: ev.ContextReparented) -> None:
+    conn.execute(
+        "UPDATE contexts SET parent_id = ?, updated_at = ?, updated_seq = ? WHERE id = ?",
+        (e.new_parent_id, r.ts, r.seq, e.context_id),
+    )
+
+
+def _context_focused(conn: sqlite3.Connection, r: Record, e: ev.ContextFocused) -> None:
+    _set_focus(conn, e.context_id, r.seq)
+
+
+def _context_tagged(conn: sqlite3.Connection, r: Record, e: ev.ContextTagged) -> None:
+    conn.execute(
+        "UPDATE contexts SET tags = ?, updated_at = ?, updated_seq = ? WHERE id = ?",
+        (dump_json(e.tags), r.ts, r.seq, e.context_id),
+    )
+
+
+def _crossref_added(conn: sqlite3.Connection, r: Record, e: ev.CrossRefAdded) -> None:
+    conn.execute(
+        "INSERT INTO crossrefs (id, from_id, to_id, kind, note, created_at, created_seq) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (e.ref_id, e.from_id, e.to_id, e.kind, e.note, r.ts, r.seq),
+    )
+
+
+def _crossref_revoked(conn: sqlite3.Connection, r: Record, e: ev.CrossRefRevoked) -> None:
+    conn.execute("UPDATE crossrefs SET revoked_seq = ? WHERE id = ?", (r.seq, e.ref_id))
+
+
+def _insert_block(conn: sqlite3.Connection, seq: int, b: ev.BlockData) -> None:
+    conn.execute(
+        "INSERT INTO blocks (seq, id, context_id, position, role, content, timestamp, time_taken, "
+        "tokens_input, tokens_output, metadata, sub_blocks) VALUES (?1, ?2, ?3, "
+        "(SELECT coalesce(max(position), 0) + 1 FROM blocks WHERE context_id = ?3), "
+        "?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        (
+            seq,
+            b.id,
+            b.context_id,
+            b.role,
+            b.content,
+            b.timestamp,
+            b.time_taken,
+            b.tokens_input,
+            b.tokens_output,
+            dump_json(b.metadata),
+            dump_json(b.sub_blocks),
+        ),
+    )
+    conn.execute("INSERT INTO blocks_fts (rowid, content) VALUES (?, ?)", (seq, b.content))
+
+
+def _block_appended(conn: sqlite3.Connection, r: Record, e: ev.BlockAppended) -> None:
+    _insert_block(conn, r.seq, e.block)
+
+
+_Handler = Callable[[sqlite3.Connection, Record, Any], None]
+
+_HANDLERS: dict[type, _Handler] = {
+    ev.ConversationCreated: _conversation_created,
+    ev.ConversationUpdated: _conversation_updated,
+    ev.ConversationArchived: _conversation_archived,
+    ev.ContextSpawned: _context_spawned,
+    ev.ContextPaused: _context_paused,
+    ev.ContextResumed: _context_resumed,
+    ev.ContextMerged: _context_merged,
+    ev.ContextArchived: _context_archived,
+    ev.ContextRestored: _context_restored,
+    ev.ContextReparented: _context_reparented,
+    ev.ContextFocused: _context_focused,
+    ev.ContextTagged: _context_tagged,
+    ev.CrossRefAdded: _crossref_added,
+    ev.CrossRefRevoked: _crossref_revoked,
+    ev.BlockAppended: _block_appended,
+}
+
+assert set(_HANDLERS) == set(ev.EVENT_CLASSES), "every event type needs exactly one handler"
+
+
+def apply(conn: sqlite3.Connection, record: Record) -> None:
+    """Turn one logged event into rows (inside the caller's transaction)."""
+    _HANDLERS[type(record.event)](conn, record, record.event)

@@ -1,0 +1,58 @@
+"""Opening the state database: one write connection, read-only readers, and the meta row."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from timelined.state.model import Meta
+from timelined.state.schema import migrate
+
+
+def open_write(path: Path, *, create: bool = True) -> sqlite3.Connection:
+    """The one write connection: WAL, synchronous=NORMAL (the log is fsynced first), migrated.
+
+    `isolation_level=None` hands transaction control to the caller: the writer issues BEGIN,
+    SAVEPOINT and COMMIT itself, exactly as DESIGN.md's write path describes.
+    """
+    if not create and not path.exists():
+        raise FileNotFoundError(str(path))
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = OFF")
+    # Checkpoints happen on the writer's thread between batches; 4000 pages keeps the WAL small
+    # without making each checkpoint long.
+    conn.execute("PRAGMA wal_autocheckpoint = 4000")
+    conn.execute("PRAGMA cache_size = -16000")
+    migrate(conn)
+    return conn
+
+
+def open_scratch(path: Path | str) -> sqlite3.Connection:
+    """A throwaway database for replays: no journal, no fsync; it is rebuilt if lost."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode = OFF")
+    conn.execute("PRAGMA synchronous = OFF")
+    conn.execute("PRAGMA cache_size = -64000")
+    migrate(conn)
+    return conn
+
+
+def open_read(path: Path) -> sqlite3.Connection:
+    """A read-only connection (never takes a write lock, never sees 'database is locked')."""
+    conn = sqlite3.connect(
+        f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+    )
+    conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
+def read_meta(conn: sqlite3.Connection) -> Meta:
+    row = conn.execute("SELECT last_seq, last_hash, event_schema FROM meta WHERE id = 1").fetchone()
+    return Meta(int(row[0]), str(row[1]), int(row[2]))
+
+
+def data_version(conn: sqlite3.Connection) -> int:
+    """Moves only when another connection commits to the database (tamper detection)."""
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])

@@ -1,0 +1,422 @@
+"""Every query, written once as a plain function over an sqlite3 connection.
+
+The writer calls these for its checks on its own connection; the daemon's readers run the same
+functions on aiosqlite read-only connections (`reads.py`); replay, the verifier and the tests use
+them directly. Cursors for paging are positions and seqs, which only ever grow, so a page never
+repeats or skips a row while writers append.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import msgspec
+
+from timelined.errors import BadQuery
+from timelined.events import SubBlock
+from timelined.state.model import (
+    Block,
+    Context,
+    Conversation,
+    ConversationStats,
+    CrossRef,
+    Focus,
+    HistoryBlock,
+    SearchHit,
+    StartupState,
+)
+
+_meta_decoder = msgspec.json.Decoder(dict[str, Any])
+_tags_decoder = msgspec.json.Decoder(list[str])
+_subs_decoder = msgspec.json.Decoder(list[SubBlock])
+
+_CONVERSATION_COLUMNS = (
+    "id, name, root_context_id, status, created_at, updated_at, metadata, archive_reason, "
+    "imported_from"
+)
+
+
+def _conversation(row: sqlite3.Row | tuple[Any, ...]) -> Conversation:
+    return Conversation(
+        id=row[0],
+        name=row[1],
+        root_context_id=row[2],
+        status=row[3],
+        created_at=row[4],
+        updated_at=row[5],
+        metadata=_meta_decoder.decode(row[6]),
+        archive_reason=row[7],
+        imported_from=_meta_decoder.decode(row[8]) if row[8] is not None else None,
+    )
+
+
+_CONTEXT_COLUMNS = (
+    "c.id, c.conversation_id, c.parent_id, c.status, c.reason, c.created_at, c.updated_at, "
+    "c.inherit_from, c.inherit_last, "
+    "(SELECT coalesce(max(position), 0) FROM blocks WHERE context_id = c.id), "
+    "c.archive_reason, c.tags"
+)
+
+
+def _context(
+    row: sqlite3.Row | tuple[Any, ...], crossrefs: list[CrossRef] | None = None
+) -> Context:
+    return Context(
+        id=row[0],
+        conversation_id=row[1],
+        parent_id=row[2],
+        status=row[3],
+        reason=row[4],
+        created_at=row[5],
+        updated_at=row[6],
+        inherit_from=row[7],
+        inherit_last=row[8],
+        block_count=row[9],
+        archive_reason=row[10],
+        tags=_tags_decoder.decode(row[11]),
+        crossrefs=crossrefs or [],
+    )
+
+
+_BLOCK_COLUMNS = (
+    "id, context_id, role, content, timestamp, seq, position, time_taken, tokens_input, "
+    "tokens_output, metadata, sub_blocks"
+)
+
+
+def _block(row: sqlite3.Row | tuple[Any, ...]) -> Block:
+    return Block(
+        id=row[0],
+        context_id=row[1],
+        role=row[2],
+        content=row[3],
+        timestamp=row[4],
+        seq=row[5],
+        position=row[6],
+        time_taken=row[7],
+        tokens_input=row[8],
+        tokens_output=row[9],
+        metadata=_meta_decoder.decode(row[10]),
+        sub_blocks=_subs_decoder.decode(row[11]),
+    )
+
+
+# --- conversations -----------------------------------------------------------------------------
+
+
+def get_conversation(conn: sqlite3.Connection, id: str) -> Conversation | None:
+    row = conn.execute(
+        f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE id = ?", (id,)
+    ).fetchone()
+    return _conversation(row) if row else None
+
+
+def list_conversations(
+    conn: sqlite3.Connection, *, include_archived: bool, limit: int, after: int | None
+) -> tuple[list[Conversation], int | None]:
+    """A page in creation order; the second value is the cursor of the next page, if any."""
+    where = "created_seq > ?" + ("" if include_archived else " AND status != 'archived'")
+    rows = conn.execute(
+        f"SELECT {_CONVERSATION_COLUMNS}, created_seq FROM conversations WHERE {where} "
+        "ORDER BY created_seq LIMIT ?",
+        (after or 0, limit + 1),
+    ).fetchall()
+    page = rows[:limit]
+    next_cursor = int(page[-1][9]) if len(rows) > limit else None
+    return [_conversation(r) for r in page], next_cursor
+
+
+# --- contexts ----------------------------------------------------------------------------------
+
+
+def _crossrefs_of(conn: sqlite3.Connection, context_id: str) -> list[CrossRef]:
+    rows = conn.execute(
+        "SELECT id, from_id, to_id, kind, note, created_at FROM crossrefs "
+        "WHERE (from_id = ?1 OR to_id = ?1) AND revoked_seq IS NULL ORDER BY created_seq",
+        (context_id,),
+    ).fetchall()
+    return [
+        CrossRef(id=r[0], from_id=r[1], to_id=r[2], kind=r[3], note=r[4], created_at=r[5])
+        for r in rows
+    ]
+
+
+def get_context(conn: sqlite3.Connection, id: str, *, crossrefs: bool = True) -> Context | None:
+    row = conn.execute(
+        f"SELECT {_CONTEXT_COLUMNS} FROM contexts c WHERE c.id = ?", (id,)
+    ).fetchone()
+    if row is None:
+        return None
+    return _context(row, _crossrefs_of(conn, id) if crossrefs else None)
+
+
+def get_tree(conn: sqlite3.Connection, conversation_id: str) -> list[Context]:
+    """Every context of a conversation, in creation order (the root first)."""
+    rows = conn.execute(
+        f"SELECT {_CONTEXT_COLUMNS} FROM contexts c WHERE c.conversation_id = ? "
+        "ORDER BY c.created_seq",
+        (conversation_id,),
+    ).fetchall()
+    return [_context(r, _crossrefs_of(conn, r[0])) for r in rows]
+
+
+def ancestors(conn: sqlite3.Connection, context_id: str) -> list[str]:
+    """The context's id and its ancestors' ids, up to the root."""
+    rows = conn.execute(
+        "WITH RECURSIVE up(id, parent_id) AS ("
+        " SELECT id, parent_id FROM contexts WHERE id = ?"
+        " UNION ALL SELECT c.id, c.parent_id FROM contexts c JOIN up ON c.id = up.parent_id)"
+        " SELECT id FROM up",
+        (context_id,),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def own_block_count(conn: sqlite3.Connection, context_id: str) -> int:
+    row = conn.execute(
+        "SELECT coalesce(max(position), 0) FROM blocks WHERE context_id = ?", (context_id,)
+    ).fetchone()
+    return int(row[0])
+
+
+def get_crossref(conn: sqlite3.Connection, id: str) -> CrossRef | None:
+    r = conn.execute(
+        "SELECT id, from_id, to_id, kind, note, created_at FROM crossrefs "
+        "WHERE id = ? AND revoked_seq IS NULL",
+        (id,),
+    ).fetchone()
+    if r is None:
+        return None
+    return CrossRef(id=r[0], from_id=r[1], to_id=r[2], kind=r[3], note=r[4], created_at=r[5])
+
+
+# --- blocks ------------------------------------------------------------------------------------
+
+
+def get_block(conn: sqlite3.Connection, id: str) -> Block | None:
+    row = conn.execute(f"SELECT {_BLOCK_COLUMNS} FROM blocks WHERE id = ?", (id,)).fetchone()
+    return _block(row) if row else None
+
+
+def list_blocks(
+    conn: sqlite3.Connection,
+    context_id: str,
+    *,
+    limit: int,
+    after: int | None = None,
+    before: int | None = None,
+    roles: list[str] | None = None,
+    since: str | None = None,
+    until: str | None = None,
+) -> tuple[list[Block], int | None]:
+    """Keyset page of a context's own blocks by position.
+
+    Forward (default, or `after`): positions ascending, next cursor = last position. Backward
+    (`before`): the `limit` blocks just before `before`, returned ascending; the next cursor is
+    the first position, to pass as `before` for the page before it.
+    """
+    clauses = ["context_id = ?"]
+    params: list[Any] = [context_id]
+    if after is not None:
+        clauses.append("position > ?")
+        params.append(after)
+    if before is not None:
+        clauses.append("position < ?")
+        params.append(before)
+    if roles:
+        clauses.append(f"role IN ({','.join('?' * len(roles))})")
+        params.extend(roles)
+    if since is not None:
+        clauses.append("timestamp >= ?")
+        params.append(since)
+    if until is not None:
+        clauses.append("timestamp < ?")
+        params.append(until)
+    backward = before is not None and after is None
+    order = "DESC" if backward else "ASC"
+    rows = conn.execute(
+        f"SELECT {_BLOCK_COLUMNS} FROM blocks WHERE {' AND '.join(clauses)} "
+        f"ORDER BY position {order} LIMIT ?",
+        (*params, limit + 1),
+    ).fetchall()
+    page = [_block(r) for r in rows[:limit]]
+    more = len(rows) > limit
+    if backward:
+        page.reverse()
+        return page, (page[0].position if more and page else None)
+    return page, (page[-1].position if more and page else None)
+
+
+def _own_window(
+    conn: sqlite3.Connection, context_id: str, upto: int | None, count: int
+) -> list[Block]:
+    """The last `count` own blocks of a context with position <= upto (all when upto is None)."""
+    if count <= 0:
+        return []
+    rows = conn.execute(
+        f"SELECT {_BLOCK_COLUMNS} FROM blocks WHERE context_id = ? AND position <= ? "
+        "ORDER BY position DESC LIMIT ?",
+        (context_id, upto if upto is not None else 2**62, count),
+    ).fetchall()
+    return [_block(r) for r in reversed(rows)]
+
+
+def history(
+    conn: sqlite3.Connection, context_id: str, *, limit: int | None = None
+) -> list[HistoryBlock]:
+    """What a model is given for a context: inherited blocks, then its own, oldest first.
+
+    A sidebar inherits the last `inherit_last` blocks of its spawn parent's history as it stood
+    at the spawn (the parent's own blocks up to `inherit_upto`, preceded by what the parent
+    itself inherited). Each level reads at most the rows it contributes, so the cost follows the
+    size of the answer, not of the conversation. With `limit`, only the last `limit` blocks.
+    """
+    out: list[HistoryBlock] = []
+    _history_into(conn, context_id, None, limit, out, inherited=False)
+    return out
+
+
+def _history_into(
+    conn: sqlite3.Connection,
+    context_id: str,
+    upto: int | None,
+    want: int | None,
+    out: list[HistoryBlock],
+    *,
+    inherited: bool,
+) -> None:
+    row = conn.execute(
+        "SELECT inherit_from, inherit_last, inherit_upto FROM contexts WHERE id = ?",
+        (context_id,),
+    ).fetchone()
+    if row is None:
+        return
+    inherit_from, inherit_last, inherit_upto = row
+    own_total = own_block_count(conn, context_id) if upto is None else upto
+    take_own = own_total if want is None else min(want, own_total)
+    still = None if want is None else want - take_own
+    if inherit_from is not None and inherit_last > 0 and (still is None or still > 0):
+        from_parent = inherit_last if still is None else min(inherit_last, still)
+        _history_into(conn, inherit_from, inherit_upto, from_parent, out, inherited=True)
+    for b in _own_window(conn, context_id, upto, take_own):
+        out.append(HistoryBlock(block=b, source_context_id=context_id, inherited=inherited))
+
+
+# --- search and stats --------------------------------------------------------------------------
+
+
+def search(
+    conn: sqlite3.Connection,
+    query: str,
+    *,
+    conversation_id: str | None = None,
+    context_id: str | None = None,
+    role: str | None = None,
+    limit: int = 20,
+) -> list[SearchHit]:
+    """FTS5 search, best first; a malformed query raises BadQuery, never an SQL error."""
+    clauses = ["blocks_fts MATCH ?"]
+    params: list[Any] = [query]
+    if conversation_id is not None:
+        clauses.append("c.conversation_id = ?")
+        params.append(conversation_id)
+    if context_id is not None:
+        clauses.append("b.context_id = ?")
+        params.append(context_id)
+    if role is not None:
+        clauses.append("b.role = ?")
+        params.append(role)
+    sql = (
+        "SELECT b.id, b.context_id, c.conversation_id, b.role, b.seq, "
+        "snippet(blocks_fts, 0, '[', ']', '…', 12), bm25(blocks_fts) "
+        "FROM blocks_fts JOIN blocks b ON b.seq = blocks_fts.rowid "
+        "JOIN contexts c ON c.id = b.context_id "
+        f"WHERE {' AND '.join(clauses)} ORDER BY bm25(blocks_fts) LIMIT ?"
+    )
+    try:
+        rows = conn.execute(sql, (*params, limit)).fetchall()
+    except sqlite3.OperationalError as exc:
+        raise BadQuery(query, str(exc)) from exc
+    return [
+        SearchHit(
+            block_id=r[0],
+            context_id=r[1],
+            conversation_id=r[2],
+            role=r[3],
+            seq=r[4],
+            snippet=r[5],
+            rank=float(r[6]),
+        )
+        for r in rows
+    ]
+
+
+def conversation_stats(conn: sqlite3.Connection, conversation_id: str) -> ConversationStats:
+    per_role: dict[str, int] = {}
+    total = tin = tout = 0
+    taken = 0.0
+    for role, n, i, o, t in conn.execute(
+        "SELECT b.role, count(*), coalesce(sum(b.tokens_input), 0), "
+        "coalesce(sum(b.tokens_output), 0), coalesce(sum(b.time_taken), 0.0) "
+        "FROM blocks b JOIN contexts c ON c.id = b.context_id WHERE c.conversation_id = ? "
+        "GROUP BY b.role ORDER BY b.role",
+        (conversation_id,),
+    ):
+        per_role[role] = n
+        total += n
+        tin += i
+        tout += o
+        taken += t
+    per_status = dict(
+        conn.execute(
+            "SELECT status, count(*) FROM contexts WHERE conversation_id = ? GROUP BY status "
+            "ORDER BY status",
+            (conversation_id,),
+        ).fetchall()
+    )
+    return ConversationStats(
+        conversation_id=conversation_id,
+        blocks=total,
+        blocks_per_role=per_role,
+        tokens_input=tin,
+        tokens_output=tout,
+        time_taken=taken,
+        contexts_per_status=per_status,
+    )
+
+
+# --- focus and startup -------------------------------------------------------------------------
+
+
+def focus(conn: sqlite3.Connection) -> Focus:
+    row = conn.execute("SELECT context_id, conversation_id FROM focus WHERE id = 1").fetchone()
+    return Focus(context_id=row[0], conversation_id=row[1])
+
+
+def startup_state(conn: sqlite3.Connection) -> StartupState:
+    if conn.execute("SELECT 1 FROM conversations LIMIT 1").fetchone() is None:
+        return StartupState(has_data=False)
+    f = focus(conn)
+    focused = get_context(conn, f.context_id) if f.context_id else None
+    focused_conv = get_conversation(conn, f.conversation_id) if f.conversation_id else None
+    # The last active conversation: the one touched by the newest block or conversation event,
+    # ignoring archived ones (a UI reopens what the user was working in).
+    row = conn.execute(
+        "SELECT conversation_id FROM ("
+        " SELECT c.conversation_id AS conversation_id, b.seq AS seq FROM blocks b"
+        "  JOIN contexts c ON c.id = b.context_id"
+        "  JOIN conversations v ON v.id = c.conversation_id AND v.status != 'archived'"
+        "  ORDER BY b.seq DESC LIMIT 1)"
+        " UNION ALL SELECT * FROM ("
+        " SELECT id, max(updated_seq, created_seq) FROM conversations WHERE status != 'archived'"
+        "  ORDER BY max(updated_seq, created_seq) DESC LIMIT 1)"
+        " ORDER BY 2 DESC LIMIT 1"
+    ).fetchone()
+    last = get_conversation(conn, row[0]) if row else None
+    return StartupState(
+        has_data=True,
+        focused_context=focused,
+        focused_conversation=focused_conv,
+        last_active_conversation=last,
+    )

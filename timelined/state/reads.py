@@ -1,0 +1,98 @@
+"""The async read side: query functions from `queries.py`, run on aiosqlite read-only threads.
+
+aiosqlite gives each connection its own thread and a queue of callables; `ReadConnection.run`
+puts a whole query function on that queue, so a multi-statement read (history, startup state)
+is one hop to the thread and one consistent snapshot, and queries are written once for the
+writer, the readers, replay and the verifier.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar, cast
+
+import aiosqlite
+import anyio
+
+from timelined.state.db import open_read
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _in_snapshot(
+    fn: Callable[Concatenate[sqlite3.Connection, P], T],
+    conn: sqlite3.Connection,
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    # One read transaction: every SELECT of the function sees the same WAL snapshot.
+    conn.execute("BEGIN")
+    try:
+        return fn(conn, *args, **kwargs)
+    finally:
+        conn.execute("COMMIT")
+
+
+class ReadConnection(aiosqlite.Connection):
+    """An aiosqlite connection that runs whole query functions on its thread."""
+
+    async def run(
+        self,
+        fn: Callable[Concatenate[sqlite3.Connection, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        # _execute is aiosqlite's own bridge (queue a callable, await its future); every public
+        # method of aiosqlite is built on it. tests/state/test_reads.py pins that it exists.
+        result = await self._execute(  # type: ignore[no-untyped-call]
+            _in_snapshot, fn, self._conn, *args, **kwargs
+        )
+        return cast(T, result)
+
+
+class Readers:
+    """A fixed pool of read-only connections; a slow reader never blocks the writer."""
+
+    def __init__(self, path: Path, size: int = 3) -> None:
+        self._path = path
+        self._size = size
+        self._free: list[ReadConnection] = []
+        self._all: list[ReadConnection] = []
+        self._slots = anyio.Semaphore(size)
+
+    async def open(self) -> None:
+        for _ in range(self._size):
+            conn = ReadConnection(lambda: open_read(self._path), iter_chunk_size=64)
+            await conn
+            self._free.append(conn)
+            self._all.append(conn)
+
+    async def run(
+        self,
+        fn: Callable[Concatenate[sqlite3.Connection, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        async with self._slots:
+            conn = self._free.pop()
+            try:
+                return await conn.run(fn, *args, **kwargs)
+            finally:
+                self._free.append(conn)
+
+    async def reopen(self) -> None:
+        """Close and reopen every connection (after the state file was swapped by a repair)."""
+        await self.close()
+        await self.open()
+
+    async def close(self) -> None:
+        for conn in self._all:
+            await conn.close()
+        self._all.clear()
+        self._free.clear()
+
+
+__all__ = ["ReadConnection", "Readers"]
