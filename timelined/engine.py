@@ -33,6 +33,7 @@ from timelined import commands as cmd
 from timelined import rules
 from timelined.auditlog import (
     FileOps,
+    LogHead,
     LogWriter,
     OsFileOps,
     TailScan,
@@ -198,11 +199,16 @@ class Engine:
         *,
         fileops: FileOps | None = None,
         read_only: LogDamaged | None = None,
-        readers: int = 3,
+        head: LogHead | None = None,
     ) -> AsyncIterator[Engine]:
-        """Open the state, roll it forward from the log, and run the writer until exit."""
+        """Open the state and run the writer until exit.
+
+        `head` is where boot recovery found the log to end (the state already rolled forward to
+        it); without it the engine scans the tail itself and rolls the state forward, refusing a
+        tail that needs recovery (torn, damaged, or disagreeing with the state).
+        """
         engine = await anyio.to_thread.run_sync(
-            lambda: cls._open_sync(config, fileops or OsFileOps(), read_only)
+            lambda: cls._open_sync(config, fileops or OsFileOps(), read_only, head)
         )
         await engine.readers.open()
         try:
@@ -216,11 +222,17 @@ class Engine:
             await engine._close()
 
     @classmethod
-    def _open_sync(cls, config: Config, fileops: FileOps, read_only: LogDamaged | None) -> Engine:
+    def _open_sync(
+        cls,
+        config: Config,
+        fileops: FileOps,
+        read_only: LogDamaged | None,
+        head: LogHead | None,
+    ) -> Engine:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         conn = open_write(config.state_db)
         writer: LogWriter | None = None
-        if read_only is None:
+        if read_only is None and head is None:
             meta = read_meta(conn)
             scan = scan_tail(config.log_dir, meta.last_seq, meta.last_hash, fileops)
             problem = _tail_problem(scan)
@@ -234,9 +246,12 @@ class Engine:
                     rolled.applied,
                     rolled.last_seq,
                 )
+            head = scan.head
+        if read_only is None:
+            assert head is not None
             writer = LogWriter(
                 config.log_dir,
-                scan.head,
+                head,
                 fileops=fileops,
                 segment_bytes=config.log.segment_bytes,
                 fsync=config.log.fsync,

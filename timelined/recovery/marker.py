@@ -79,3 +79,13 @@ def take_marker(path: Path, fileops: FileOps | None = None) -> MarkerRead:
         ops.unlink(str(tmp))  # a stop that died mid-write committed no marker
     ops.fsync_dir(str(path.parent))  # a stop that died mid-write: no marker was committed
     return MarkerRead(marker, problem)
+
+
+def mark_clean(
+    path: Path, head_seq: int, head_hash: str, segment_path: str | None, size: int
+) -> Marker:
+    """Write the marker for a log that ends at `head_seq` in `segment_path` of `size` bytes."""
+    name = Path(segment_path).name if segment_path else ""
+    marker = make_marker(head_seq, head_hash, name, size)
+    write_marker(path, marker)
+    return marker

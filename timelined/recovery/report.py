@@ -69,6 +69,7 @@ class Report(msgspec.Struct, kw_only=True):
     phases: list[PhaseTime] = msgspec.field(default_factory=list)
     actions: list[str] = msgspec.field(default_factory=list)
     error: str | None = None
+    recovery_report: str | None = None  # on a boot record: the id of the full report
     path: str | None = None
 
     @contextmanager

@@ -84,9 +84,8 @@ def roll_forward(
     meta = read_meta(conn)
     if not log_dir.exists():
         return ReplayResult(0, meta.last_seq, meta.last_hash, 0.0)
-    return apply_records(
-        conn, read_records(log_dir, after_seq=meta.last_seq), progress=progress, stop_at=stop_at
-    )
+    records = read_records(log_dir, after_seq=meta.last_seq, upto_seq=stop_at)
+    return apply_records(conn, records, progress=progress, stop_at=stop_at)
 
 
 def rebuild(

@@ -1,0 +1,72 @@
+"""`timelined`: serve, check-config, verify (one function per verb)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from timelined import __version__
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from timelined.daemon.lifecycle import serve
+
+    return serve(args.config, args.log_level)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from timelined.config import load_config
+    from timelined.errors import ConfigError
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"timelined: config refused: {exc.message}", file=sys.stderr)
+        return 78
+    if args.json:
+        out = msgspec.to_builtins(config)
+        sys.stdout.write(msgspec.json.format(msgspec.json.encode(out)).decode() + "\n")
+    else:
+        print(f"config OK: {config.source or '(defaults)'}")
+        print(f"  state_dir   {config.state_dir}")
+        print(f"  socket_path {config.socket_path}")
+        print(f"  log.fsync   {config.log.fsync}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from timelined.verifier.offline import run_offline
+
+    return run_offline(Path(args.state_dir), as_json=args.json, progress=sys.stderr.isatty())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="timelined", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"timelined {__version__}")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    p = verbs.add_parser("serve", help="run the daemon in the foreground")
+    p.add_argument("--config", help="config.toml (default: $TIMELINED_CONFIG, ...)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(run=_serve)
+    p = verbs.add_parser("check-config", help="validate a config file and exit")
+    p.add_argument("--config")
+    p.add_argument("--json", action="store_true", help="print the resolved config as JSON")
+    p.set_defaults(run=_check_config)
+    p = verbs.add_parser("verify", help="verify a stopped daemon's state directory, read-only")
+    p.add_argument("--state-dir", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

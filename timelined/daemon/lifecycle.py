@@ -1,0 +1,305 @@
+"""The daemon's life: config → boot recovery → engine → socket → READY → serve → clean stop.
+
+Exit codes (sysexits, and what systemd does with them):
+
+- 0: clean shutdown on SIGTERM/SIGINT; the marker was written.
+- 78 (EX_CONFIG): the config was refused; `RestartPreventExitStatus=78` stops restart loops.
+- 75 (EX_TEMPFAIL): another daemon holds the state directory's lock.
+- 74 (EX_IOERR): an fsync failed (or the state could not commit): the daemon stops at once
+  without acknowledging the batch; systemd restarts it and recovery replays the log.
+- 70 (EX_SOFTWARE): the boot failed; its report is in STATE_DIR/reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+from anyio.abc import SocketListener, TaskGroup
+
+from timelined import __version__
+from timelined.config import Config, load_config
+from timelined.daemon.activation import take_listener
+from timelined.daemon.app import App
+from timelined.daemon.notify import Notifier, StatusText, run_watchdog, watchdog_interval
+from timelined.daemon.varlink import (
+    ServerLimits,
+    ServiceInfo,
+    VarlinkServer,
+    listen_unix,
+    listener_from_socket,
+)
+from timelined.engine import Engine
+from timelined.errors import ConfigError, FatalStorageError, StateLocked
+from timelined.ids import utc_now
+from timelined.logs import setup_logging
+from timelined.recovery.boot import BootFailed, BootResult, boot
+from timelined.recovery.marker import mark_clean
+
+log = logging.getLogger("timelined.daemon")
+
+EX_OK = 0
+EX_SOFTWARE = 70
+EX_IOERR = 74
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+
+SHUTDOWN_GRACE_S = 10.0
+
+
+@dataclass
+class _Run:
+    """What the serving phase reports back to `serve`."""
+
+    exit_code: int = EX_OK
+    clean: bool = False
+
+
+def serve(config_path: str | None, log_level: str | None = None) -> int:
+    """Run the daemon in the foreground until a signal; returns the exit code."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        setup_logging(log_level or "info")
+        log.error("configuration refused: %s", exc.message)
+        return EX_CONFIG
+    setup_logging(log_level or config.daemon.log_level)
+    notifier = Notifier.from_environ(unset=True)
+    notifier.status(StatusText.booting())
+    log.info("timelined %s starting; state in %s", __version__, config.state_dir)
+
+    def progress(phase: str, done: int, total: int) -> None:
+        notifier.status(StatusText.recovering(done, total))
+        notifier.extend_timeout(30_000_000)  # each progress step buys 30 s more to start
+        log.info("%s: %d of %d events", phase, done, total)
+
+    try:
+        result = boot(config, progress=progress)
+    except StateLocked as exc:
+        log.error("%s", exc.message)
+        notifier.errno(11)  # EAGAIN: the resource is busy
+        return EX_TEMPFAIL
+    except BootFailed as exc:
+        log.error("%s", exc.message)
+        notifier.errno(5)
+        return EX_SOFTWARE
+    log.info(
+        "boot verdict %s (%s path, %d events rolled forward)",
+        result.report.verdict,
+        "fast" if result.report.fast_path else "recovery",
+        result.report.events_rolled_forward,
+    )
+    try:
+        run = anyio.run(_serve_async, config, config_path, result, notifier, backend="asyncio")
+    finally:
+        result.lock.release()
+    if run.exit_code != EX_OK:
+        notifier.errno(5)
+    log.info("timelined stopped (exit %d)", run.exit_code)
+    return run.exit_code
+
+
+async def _listener(config: Config) -> tuple[SocketListener, bool]:
+    """The socket from systemd (socket activation), else one we bind; True if ours."""
+    passed = take_listener()
+    if passed is not None:
+        log.info("serving on the socket passed by systemd")
+        return await listener_from_socket(passed), False
+    return await listen_unix(config.socket_path, config.daemon.socket_mode_int), True
+
+
+async def _serve_async(
+    config: Config, config_path: str | None, booted: BootResult, notifier: Notifier
+) -> _Run:
+    run = _Run()
+    fatal = anyio.Event()
+    stop = anyio.Event()
+
+    async with Engine.open(config, head=booted.head, read_only=booted.read_only) as engine:
+
+        def on_fatal(exc: FatalStorageError) -> None:
+            run.exit_code = EX_IOERR
+            try:
+                anyio.from_thread.run_sync(fatal.set)
+            except RuntimeError:
+                fatal.set()  # already on the event loop's thread
+
+        engine.on_fatal = on_fatal
+        server = VarlinkServer(
+            ServiceInfo(
+                vendor="timelined",
+                product="timelined",
+                version=__version__,
+                url="https://varlink.org",
+            ),
+            limits=ServerLimits.from_config(config.limits),
+        )
+        app = App(
+            config=config, engine=engine, boot=booted.report, server=server, started_at=utc_now()
+        )
+        _register(server, app)
+        listener, ours = await _listener(config)
+        async with anyio.create_task_group() as tg:
+            await tg.start(server.serve, listener)
+            if booted.read_only is not None:
+                notifier.ready(StatusText.degraded(booted.read_only.message))
+                log.error("serving READ-ONLY: %s", booted.read_only.message)
+            else:
+                notifier.ready(StatusText.serving(engine.last_seq, str(config.socket_path)))
+            log.info("serving on %s (last seq %d)", config.socket_path, engine.last_seq)
+            tg.start_soon(run_watchdog, notifier, watchdog_interval())
+            reload = _Reloader(app, config_path, notifier)
+            app.extras["reload"] = reload.reload
+            tg.start_soon(reload.watch_file, stop)
+            _start_features(tg, app, notifier)
+            tg.start_soon(_signals, reload, stop)
+            tg.start_soon(_wait_fatal, fatal, stop)
+            await stop.wait()
+            notifier.stopping(StatusText.stopping())
+            log.info("stopping: finishing calls in progress")
+            await server.shutdown(SHUTDOWN_GRACE_S)
+            tg.cancel_scope.cancel()
+        if ours:
+            Path(config.socket_path).unlink(missing_ok=True)
+        # Leaving Engine.open drains the queue, fsyncs the log and checkpoints the WAL.
+    if run.exit_code == EX_OK and engine.fatal is None and booted.read_only is None:
+        writer = engine.writer
+        assert writer is not None
+        stats = writer.stats()
+        mark_clean(
+            config.marker_path, stats.head_seq, stats.head_hash, stats.segment, stats.segment_size
+        )
+        log.info("clean shutdown at seq %d; marker written", stats.head_seq)
+        run.clean = True
+    return run
+
+
+def _register(server: VarlinkServer, app: App) -> None:
+    from timelined.daemon.auth import authorizer
+    from timelined.daemon.methods import register_all
+
+    register_all(server, app)
+    server.authorize = authorizer(app)
+
+
+def _start_features(tg: TaskGroup, app: App, notifier: Notifier) -> None:
+    """Background parts that grow with the features: the verifier, watch hub, metrics."""
+    try:
+        from timelined.verifier import Verifier
+    except ImportError:
+        return
+    verifier = Verifier(app.config, app.engine, notifier.status)
+    app.verifier = verifier
+    tg.start_soon(verifier.run_forever)
+
+
+async def _wait_fatal(fatal: anyio.Event, stop: anyio.Event) -> None:
+    await fatal.wait()
+    log.critical("stopping after a fatal storage error; recovery will replay the log at boot")
+    stop.set()
+
+
+async def _signals(reload: _Reloader, stop: anyio.Event) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                await reload.reload()
+                continue
+            log.info("received %s", signal.Signals(signum).name)
+            stop.set()
+            return
+
+
+# Sections a reload may change in place; anything else needs a restart and is reported as such.
+_RELOADABLE = ("limits", "auth", "verify")
+
+
+class _Reloader:
+    """SIGHUP, a change of config.toml, or Admin.Reload: apply what can change without restart."""
+
+    def __init__(self, app: App, config_path: str | None, notifier: Notifier) -> None:
+        self.app = app
+        self.notifier = notifier
+        self.path = app.config.source
+        self._config_path = config_path
+
+    async def reload(self) -> list[str]:
+        """Returns the changed keys applied; a refused file changes nothing."""
+        self.notifier.reloading(StatusText.reloading())
+        try:
+            return self._apply()
+        finally:
+            self.notifier.ready(
+                StatusText.serving(self.app.engine.last_seq, str(self.app.config.socket_path))
+            )
+
+    def _apply(self) -> list[str]:
+        old = self.app.config
+        try:
+            new = load_config(self._config_path)
+        except ConfigError as exc:
+            log.error("reload refused, the running config stays: %s", exc.message)
+            return []
+        changed: list[str] = []
+        needs_restart: list[str] = []
+        for section in ("daemon", "log", "verify", "limits", "auth"):
+            before = msgspec.to_builtins(getattr(old, section))
+            after = msgspec.to_builtins(getattr(new, section))
+            for key in sorted(set(before) | set(after)):
+                if before.get(key) == after.get(key):
+                    continue
+                name = f"{section}.{key}"
+                if section in _RELOADABLE or name == "daemon.log_level":
+                    changed.append(name)
+                else:
+                    needs_restart.append(name)
+        kept: dict[str, Any] = {
+            "limits": new.limits,
+            "auth": new.auth,
+            "verify": new.verify,
+            "daemon": msgspec.structs.replace(old.daemon, log_level=new.daemon.log_level),
+        }
+        config = old.replace(**kept)
+        self.app.config = config
+        self.app.engine.config = config
+        self.app.engine.limits = config.limits
+        self.app.server.limits = ServerLimits.from_config(config.limits)
+        if "daemon.log_level" in changed:
+            setup_logging(config.daemon.log_level)
+        if changed:
+            log.info("reloaded config: changed %s", ", ".join(changed))
+        else:
+            log.info("reloaded config: nothing changed")
+        if needs_restart:
+            log.warning(
+                "config keys that take effect only after a restart: %s", ", ".join(needs_restart)
+            )
+        return changed
+
+    async def watch_file(self, stop: anyio.Event) -> None:
+        """Reload when config.toml changes (editors replace the file: watch its directory)."""
+        if self.path is None:
+            return
+        import watchfiles
+
+        target = os.path.realpath(self.path)
+
+        def only_config(change: watchfiles.Change, path: str) -> bool:
+            return os.path.realpath(path) == target
+
+        async for _ in watchfiles.awatch(
+            self.path.parent, watch_filter=only_config, stop_event=stop, debounce=200, step=50
+        ):
+            log.info("config file changed: reloading")
+            await self.reload()
+
+
+def main_serve(argv_config: str | None, log_level: str | None) -> None:
+    sys.exit(serve(argv_config, log_level))

@@ -1,0 +1,361 @@
+"""Boot: lock, marker, tail scan, torn-tail cut, state check, rebuild, roll-forward, report.
+
+The procedure of DESIGN.md's "Boot, shutdown and recovery", steps 1–5. Its contract:
+
+- Fast path: a marker that matches the log's tail and the state's meta means nothing is scanned;
+  the work done does not depend on the size of the history.
+- Unclean path: only the log past the state's `last_seq` is read. A torn tail is cut into
+  quarantine. Damage before the tail is never repaired: the boot ends `degraded` and the daemon
+  serves reads only. A state database that is missing, unreadable, of an unknown schema, failing
+  `quick_check`, ahead of the log or disagreeing with it is moved to quarantine and rebuilt.
+- Every boot writes a boot record; an unclean boot also writes a full recovery report. A boot
+  that fails still writes its report, then raises `BootFailed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from timelined import __version__
+from timelined.auditlog import (
+    GENESIS_PREV,
+    FileOps,
+    LogHead,
+    OsFileOps,
+    TailScan,
+    cut_torn_tail,
+    list_segments,
+    scan_tail,
+)
+from timelined.config import Config
+from timelined.errors import LogDamaged, TimelinedError
+from timelined.ids import utc_now
+from timelined.recovery.lock import StateLock
+from timelined.recovery.marker import Marker, take_marker
+from timelined.recovery.report import (
+    Damage,
+    Rebuild,
+    Report,
+    TornTail,
+    report_id,
+    write_report,
+)
+from timelined.state.db import open_write, read_meta
+from timelined.state.model import Meta
+from timelined.state.replay import rebuild, roll_forward
+from timelined.state.schema import UnknownSchema
+
+log = logging.getLogger("timelined.recovery")
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
+class BootFailed(TimelinedError):
+    name = "BootFailed"
+
+    def __init__(self, reason: str, report_path: str | None) -> None:
+        super().__init__(
+            f"boot failed: {reason}" + (f" (report: {report_path})" if report_path else ""),
+            reason=reason,
+            report=report_path,
+        )
+
+
+@dataclass(frozen=True)
+class BootResult:
+    report: Report
+    head: LogHead | None  # where the writer appends; None when the log is damaged (read-only)
+    read_only: LogDamaged | None
+    lock: StateLock
+
+
+def boot(
+    config: Config, *, fileops: FileOps | None = None, progress: Progress | None = None
+) -> BootResult:
+    """Run the boot procedure; the returned lock is held until the daemon exits."""
+    ops = fileops or OsFileOps()
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    lock = StateLock.acquire(config.lock_path)  # StateLocked: a second daemon refuses to start
+    started = utc_now()
+    report = Report(
+        id=report_id("boot", started), kind="boot", version=__version__, started_at=started
+    )
+    try:
+        result = _boot(config, ops, report, lock, progress or _no_progress)
+    except BaseException as exc:
+        report.verdict = "failed"
+        report.error = (
+            exc.message if isinstance(exc, TimelinedError) else f"{type(exc).__name__}: {exc}"
+        )
+        report.actions.append(
+            "Read the error above and docs/recovery.md ('failed'); the log was not modified. "
+            "Fix the cause (permissions, disk space, a damaged file) and start the daemon again."
+        )
+        path = _finish(config, report)
+        lock.release()
+        if isinstance(exc, KeyboardInterrupt | SystemExit):
+            raise
+        log.error("boot failed: %s", report.error)
+        raise BootFailed(report.error, path) from exc
+    _finish(config, report)
+    return result
+
+
+def _no_progress(phase: str, done: int, total: int) -> None:
+    return None
+
+
+def _finish(config: Config, report: Report) -> str:
+    report.finished_at = utc_now()
+    if report.kind == "recovery":
+        full = msgspec.structs.replace(report, id=report.id.replace("boot-", "recovery-", 1))
+        write_report(config.reports_dir, full)
+        report.recovery_report = full.id
+        report.path = None
+    return str(write_report(config.reports_dir, report))
+
+
+def _boot(
+    config: Config, ops: FileOps, report: Report, lock: StateLock, progress: Progress
+) -> BootResult:
+    with report.phase("marker"):
+        taken = take_marker(config.marker_path, ops)
+    marker = taken.marker
+    report.marker_found = marker is not None
+    if taken.problem not in (None, "absent"):
+        report.marker_problem = taken.problem
+
+    if marker is None and _is_fresh(config):
+        with report.phase("create-state"):
+            open_write(config.state_db).close()
+        report.verdict = "clean"
+        report.integrity_check = "skipped (new state directory)"
+        report.actions.append("A new, empty state directory was set up.")
+        return BootResult(report, LogHead(0, GENESIS_PREV, 0), None, lock)
+
+    with report.phase("open-state"):
+        conn, state_problem = _open_state(config)
+    meta = read_meta(conn) if conn is not None else None
+    report.state_last_seq_before = meta.last_seq if meta is not None else None
+
+    if conn is not None and meta is not None and marker is not None:
+        with report.phase("fast-path"):
+            head = _fast_path_head(config, ops, marker, meta)
+        if head is not None:
+            conn.close()
+            report.fast_path = True
+            report.log_last_seq = head.seq
+            report.integrity_check = "skipped (clean stop)"
+            report.verdict = "clean"
+            return BootResult(report, head, None, lock)
+
+    # Unclean path (or a marker that does not match what is on disk).
+    report.kind = "recovery"
+    if marker is not None:
+        report.marker_problem = report.marker_problem or "the marker does not match the log's tail"
+    lost = 0
+    if conn is not None:
+        with report.phase("quick-check"):
+            check = _quick_check(conn)
+        report.integrity_check = check
+        if check != "ok":
+            conn.close()
+            conn, state_problem = None, f"quick_check failed: {check}"
+    else:
+        report.integrity_check = f"not run: {state_problem}"
+
+    after_seq = meta.last_seq if conn is not None and meta is not None else 0
+    expected = meta.last_hash if conn is not None and meta is not None else None
+    with report.phase("scan"):
+        scan = scan_tail(config.log_dir, after_seq, expected, ops)
+    report.segments_scanned += scan.segments_scanned
+    report.lines_scanned += scan.lines_scanned
+
+    if conn is not None and after_seq > 0 and scan.anchor in ("mismatch", "missing"):
+        # The state is ahead of the log or disagrees with it at its last seq: it holds events
+        # the log does not (log.fsync other than "always", or tampering). The log wins.
+        assert meta is not None
+        lost = max(meta.last_seq - scan.last_seq, 1 if scan.anchor == "mismatch" else 0)
+        conn.close()
+        conn = None
+        state_problem = f"the state is at seq {meta.last_seq} but the log " + (
+            "ends at seq " + str(scan.last_seq)
+            if scan.anchor == "missing"
+            else "has a different event there"
+        )
+        with report.phase("rescan"):
+            scan = scan_tail(config.log_dir, 0, None, ops)
+        report.segments_scanned += scan.segments_scanned
+        report.lines_scanned += scan.lines_scanned
+
+    read_only: LogDamaged | None = None
+    if scan.damage is not None:
+        d = scan.damage
+        read_only = d.error()
+        report.damage = Damage(
+            seq=d.seq, segment=d.segment, offset=d.offset, reason=f"{d.kind}: {d.detail}"
+        )
+        report.actions += [
+            f"The audit log is damaged at seq {d.seq} ({d.segment}, offset {d.offset}): {d.kind}.",
+            "The daemon serves reads and refuses writes (io.timelined.LogDamaged).",
+            "Keep a copy of the state directory, run `timelined verify --state-dir DIR` on it, "
+            "and restore the damaged segment from a backup (docs/recovery.md, 'degraded').",
+        ]
+    elif scan.torn is not None:
+        with report.phase("cut-torn-tail"):
+            kept = cut_torn_tail(
+                config.log_dir, scan.torn, quarantine_dir=config.quarantine_dir, fileops=ops
+            )
+        report.torn.append(
+            TornTail(
+                segment=scan.torn.segment,
+                offset=scan.torn.offset,
+                length=scan.torn.length,
+                quarantined_to=kept,
+            )
+        )
+        log.warning(
+            "cut a torn tail of %d bytes from %s at offset %d into %s",
+            scan.torn.length,
+            scan.torn.segment,
+            scan.torn.offset,
+            kept,
+        )
+
+    if conn is None:
+        with report.phase("rebuild"):
+            conn, replayed = _rebuild(config, ops, state_problem or "state missing", scan, progress)
+        report.rebuilds.append(
+            Rebuild(
+                reason=state_problem or "state missing",
+                quarantined_to=replayed[1],
+                events_replayed=replayed[0],
+                events_lost=lost,
+            )
+        )
+    else:
+        with report.phase("roll-forward"):
+            rolled = roll_forward(
+                conn,
+                config.log_dir,
+                stop_at=scan.last_seq,
+                progress=lambda done, seq: progress(
+                    "roll-forward", done, scan.last_seq - after_seq
+                ),
+            )
+        report.events_rolled_forward = rolled.applied
+
+    final = read_meta(conn)
+    conn.close()
+    report.log_last_seq = scan.last_seq
+    report.events_lost = lost
+    if read_only is not None:
+        report.verdict = "degraded"
+        return BootResult(report, None, read_only, lock)
+    if final.last_seq != scan.last_seq:
+        raise LogDamaged(
+            final.last_seq,
+            f"the state reached seq {final.last_seq}, the log ends at {scan.last_seq}",
+        )
+    report.verdict = "recovered_with_loss" if lost else "recovered"
+    if lost:
+        report.actions.append(
+            f"{lost} event(s) the state database held are not in the log and are lost. If "
+            "log.fsync is not 'always', consider 'always'; if it is, treat this as tampering "
+            "and compare the quarantined state with a backup."
+        )
+    return BootResult(report, LogHead(scan.last_seq, scan.last_hash, scan.end_offset), None, lock)
+
+
+def _is_fresh(config: Config) -> bool:
+    """Nothing was ever written here: no state database and no log segment."""
+    if config.state_db.exists():
+        return False
+    return not config.log_dir.exists() or not any(config.log_dir.glob("*.jsonl"))
+
+
+def _open_state(config: Config) -> tuple[sqlite3.Connection | None, str | None]:
+    """The state's write connection, or None with the reason it must be rebuilt."""
+    if not config.state_db.exists():
+        return None, "the state database is missing"
+    try:
+        conn = open_write(config.state_db, create=False)
+        read_meta(conn)
+    except UnknownSchema as exc:
+        return None, str(exc)
+    except sqlite3.DatabaseError as exc:
+        return None, f"the state database cannot be opened: {exc}"
+    return conn, None
+
+
+def _quick_check(conn: sqlite3.Connection) -> str:
+    try:
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as exc:
+        return f"error: {exc}"
+    text = "; ".join(str(r[0]) for r in rows[:5])
+    return "ok" if text == "ok" else text
+
+
+def _fast_path_head(config: Config, ops: FileOps, marker: Marker, meta: Meta) -> LogHead | None:
+    """The head the marker promises, if the state and the log's last segment agree with it."""
+    if (meta.last_seq, meta.last_hash) != (marker.last_seq, marker.last_hash):
+        return None
+    segments = list_segments(config.log_dir, ops) if config.log_dir.exists() else []
+    if not segments:
+        return LogHead(0, marker.last_hash, 0) if marker.last_seq == 0 else None
+    last = segments[-1]
+    try:
+        size = ops.size(last.path)
+    except OSError:
+        return None
+    if last.name != marker.segment or size != marker.log_bytes:
+        return None
+    return LogHead(marker.last_seq, marker.last_hash, size)
+
+
+def _quarantine_state(config: Config, ops: FileOps) -> str | None:
+    """Move state.db (and its -wal/-shm) into quarantine; returns where the database went."""
+    if not config.state_db.exists():
+        return None
+    config.quarantine_dir.mkdir(parents=True, exist_ok=True)
+    stamp = utc_now().replace(":", "").replace("-", "").replace(".", "")
+    target = config.quarantine_dir / f"state-{stamp}.db"
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(str(config.state_db) + suffix)
+        if src.exists():
+            ops.rename(str(src), str(target) + suffix)
+    ops.fsync_dir(str(config.quarantine_dir))
+    ops.fsync_dir(str(config.state_dir))
+    return str(target)
+
+
+def _rebuild(
+    config: Config, ops: FileOps, reason: str, scan: TailScan, progress: Progress
+) -> tuple[sqlite3.Connection, tuple[int, str | None]]:
+    log.warning("rebuilding the state database from the log: %s", reason)
+    kept = _quarantine_state(config, ops)
+    tmp = config.state_dir / "state.db.rebuild"
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(str(tmp) + suffix).unlink(missing_ok=True)
+    result = rebuild(
+        config.log_dir,
+        tmp,
+        upto_seq=scan.last_seq,
+        progress=lambda done, seq: progress("rebuild", done, scan.last_seq),
+    )
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # the scratch replay ran without fsync; make the file durable before use
+    finally:
+        os.close(fd)
+    ops.rename(str(tmp), str(config.state_db))
+    ops.fsync_dir(str(config.state_dir))
+    return open_write(config.state_db), (result.applied, kept)
