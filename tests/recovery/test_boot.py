@@ -8,6 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from tests.helpers import dump_state, replay_dump
 from timelined import commands as cmd
 from timelined.auditlog import LogHead, list_segments
 from timelined.config import Config, LogConfig, default_config
@@ -17,7 +18,6 @@ from timelined.recovery.boot import BootResult, boot
 from timelined.recovery.marker import mark_clean
 from timelined.recovery.report import list_reports, read_report, render_summary
 from timelined.state import queries as q
-from tests.helpers import dump_state, replay_dump
 
 
 def make_config(tmp_path: Path) -> Config:

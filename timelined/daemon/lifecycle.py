@@ -13,7 +13,6 @@ Exit codes (sysexits, and what systemd does with them):
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -167,7 +166,8 @@ async def _serve_async(
             await server.shutdown(SHUTDOWN_GRACE_S)
             tg.cancel_scope.cancel()
         if ours:
-            Path(config.socket_path).unlink(missing_ok=True)
+            # A socket systemd passed in is systemd's to remove; ours we clean up.
+            await anyio.Path(config.socket_path).unlink(missing_ok=True)
         # Leaving Engine.open drains the queue, fsyncs the log and checkpoints the WAL.
     if run.exit_code == EX_OK and engine.fatal is None and booted.read_only is None:
         writer = engine.writer
@@ -289,10 +289,10 @@ class _Reloader:
             return
         import watchfiles
 
-        target = os.path.realpath(self.path)
+        target = str(await anyio.Path(self.path).resolve())
 
         def only_config(change: watchfiles.Change, path: str) -> bool:
-            return os.path.realpath(path) == target
+            return str(Path(path).resolve()) == target
 
         async for _ in watchfiles.awatch(
             self.path.parent, watch_filter=only_config, stop_event=stop, debounce=200, step=50

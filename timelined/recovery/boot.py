@@ -1,6 +1,6 @@
 """Boot: lock, marker, tail scan, torn-tail cut, state check, rebuild, roll-forward, report.
 
-The procedure of DESIGN.md's "Boot, shutdown and recovery", steps 1–5. Its contract:
+The procedure of DESIGN.md's "Boot, shutdown and recovery", steps 1-5. Its contract:
 
 - Fast path: a marker that matches the log's tail and the state's meta means nothing is scanned;
   the work done does not depend on the size of the history.
