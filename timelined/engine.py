@@ -49,6 +49,7 @@ from timelined.errors import (
     TimelinedError,
 )
 from timelined.events import DAEMON, ActorLike, Event, Record
+from timelined.histogram import BATCH_SIZE_BOUNDS, SECONDS_BOUNDS, Histogram
 from timelined.ids import utc_now
 from timelined.state.apply import apply, set_meta
 from timelined.state.db import open_write, read_meta
@@ -82,26 +83,21 @@ class InternalError(TimelinedError):
 
 @dataclass
 class EngineStats:
-    """Counters the metrics endpoint reads; mutated only by the writer task."""
+    """Counters the metrics endpoint reads; mutated only by the writer (one batch at a time)."""
 
     commands: int = 0
     refused: int = 0
     events: int = 0
     batches: int = 0
-    batch_sizes: list[int] = field(default_factory=list)  # bounded ring, see _observe
-    fsync_seconds: list[float] = field(default_factory=list)
     disk_full: int = 0
+    batch_sizes: Histogram = field(default_factory=lambda: Histogram(BATCH_SIZE_BOUNDS))
+    write_seconds: Histogram = field(default_factory=lambda: Histogram(SECONDS_BOUNDS))
+    fsync_seconds: Histogram = field(default_factory=lambda: Histogram(SECONDS_BOUNDS))
 
-    def observe(self, batch_size: int, fsync_s: float | None) -> None:
+    def observe(self, batch_size: int, write_s: float) -> None:
         self.batches += 1
-        self.batch_sizes.append(batch_size)
-        if fsync_s is not None:
-            self.fsync_seconds.append(fsync_s)
-        # Keep the samples bounded: metrics summarise recent behaviour, memory stays flat.
-        if len(self.batch_sizes) > 4096:
-            del self.batch_sizes[:2048]
-        if len(self.fsync_seconds) > 4096:
-            del self.fsync_seconds[:2048]
+        self.batch_sizes.observe(batch_size)
+        self.write_seconds.observe(write_s)
 
 
 class _Pending:
@@ -166,6 +162,7 @@ class Engine:
         writer: LogWriter | None,
         readers: Readers,
         read_only: LogDamaged | None = None,
+        stats: EngineStats | None = None,
     ) -> None:
         self.config = config
         self.limits = config.limits
@@ -176,7 +173,7 @@ class Engine:
         meta = read_meta(conn)
         self.last_seq = meta.last_seq
         self.last_hash = meta.last_hash
-        self.stats = EngineStats()
+        self.stats = stats or EngineStats()
         self.fatal: FatalStorageError | None = None
         self.on_fatal: Callable[[FatalStorageError], None] | None = None
         self._queue: deque[_Pending] = deque()
@@ -232,6 +229,7 @@ class Engine:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         conn = open_write(config.state_db)
         writer: LogWriter | None = None
+        stats = EngineStats()
         if read_only is None and head is None:
             meta = read_meta(conn)
             scan = scan_tail(config.log_dir, meta.last_seq, meta.last_hash, fileops)
@@ -256,8 +254,9 @@ class Engine:
                 segment_bytes=config.log.segment_bytes,
                 fsync=config.log.fsync,
                 fsync_interval_ms=config.log.fsync_interval_ms,
+                on_fsync=stats.fsync_seconds.observe,
             )
-        return cls(config, conn, writer, Readers(config.state_db), read_only)
+        return cls(config, conn, writer, Readers(config.state_db), read_only, stats)
 
     async def drain(self) -> None:
         """Refuse new commands, finish every queued one, then stop the writer task."""
