@@ -1,0 +1,284 @@
+"""The verifier's full walk and tools/verify_log.py: every tampering names the right seq."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from timelined.auditlog import list_segments, walk_chain
+
+from .conftest import segment_files, write_log
+
+ROOT = Path(__file__).resolve().parents[2]
+TOOL = ROOT / "tools" / "verify_log.py"
+COUNT = 30
+
+
+def load_tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("verify_log", TOOL)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tool = load_tool()
+
+
+def tool_verdict(log_dir: Path) -> int | None:
+    """The seq the standalone tool names, None when it passes."""
+    try:
+        tool.verify(log_dir)
+    except ValueError as exc:
+        return int(str(exc).split(":")[0].removeprefix("seq "))
+    return None
+
+
+def rehash(line: bytes) -> bytes:
+    body = line[: line.rindex(b',"hash":"')]
+    return body + b',"hash":"' + hashlib.sha256(body + b"}").hexdigest().encode() + b'"}\n'
+
+
+class Log:
+    """A written log and line-level edits to it (seq-addressed, across segments)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.dir = log_dir
+        write_log(log_dir, COUNT, segment_bytes=3000, batch=2)
+        self.segments = list_segments(log_dir)
+        assert len(self.segments) >= 4
+
+    def where(self, seq: int) -> tuple[Path, list[bytes], int]:
+        seg = [s for s in self.segments if s.first_seq <= seq][-1]
+        path = Path(seg.path)
+        return path, path.read_bytes().splitlines(keepends=True), seq - seg.first_seq
+
+    def edit(self, seq: int, change: Callable[[list[bytes], int], object]) -> None:
+        path, lines, i = self.where(seq)
+        change(lines, i)
+        path.write_bytes(b"".join(lines))
+
+    def line(self, seq: int) -> bytes:
+        _, lines, i = self.where(seq)
+        return lines[i]
+
+
+def forged_after(log: Log, seq: int, new_seq: int, link: bool) -> bytes:
+    """A line with a valid own hash: a copy of `seq`'s line renumbered, linked to it or not."""
+    original = log.line(seq)
+    prev_hash = original[-67:-3] if link else b"1" * 64
+    body = original[: original.rindex(b',"prev":"')]
+    body = body.replace(b'{"seq":%d,' % seq, b'{"seq":%d,' % new_seq, 1)
+    return rehash(body + b',"prev":"' + prev_hash + b'","hash":"x"}\n')
+
+
+def flip_prev(line: bytes) -> bytes:
+    """The line with the first hex digit of its prev member changed (prev is line[-141:-77])."""
+    digit = b"1" if line[-141:-140] == b"0" else b"0"
+    return line[:-141] + digit + line[-140:]
+
+
+CASES: dict[str, tuple[Callable[[Log], None], int, str]] = {
+    "edit": (
+        lambda log: log.edit(12, lambda ls, i: ls.__setitem__(i, ls[i].replace(b"ctx_", b"ctX_"))),
+        12,
+        "hash mismatch",
+    ),
+    "deleted line": (lambda log: log.edit(12, lambda ls, i: ls.pop(i)), 12, "gap"),
+    "swapped lines": (
+        lambda log: log.edit(12, lambda ls, i: ls.__setitem__(slice(i, i + 2), [ls[i + 1], ls[i]])),
+        12,
+        "gap",
+    ),
+    "duplicated line": (
+        lambda log: log.edit(12, lambda ls, i: ls.insert(i, ls[i])),
+        12,
+        "duplicate",
+    ),
+    "forged line, linked": (
+        lambda log: log.edit(12, lambda ls, i: ls.insert(i + 1, forged_after(log, 12, 13, True))),
+        13,
+        "duplicate",
+    ),
+    "forged line, unlinked": (
+        lambda log: log.edit(12, lambda ls, i: ls.insert(i + 1, forged_after(log, 12, 13, False))),
+        13,
+        "broken link",
+    ),
+    "forged line, far seq": (
+        lambda log: log.edit(12, lambda ls, i: ls.insert(i + 1, forged_after(log, 12, 99, True))),
+        13,
+        "gap",
+    ),
+    "changed prev": (
+        lambda log: log.edit(12, lambda ls, i: ls.__setitem__(i, flip_prev(ls[i]))),
+        12,
+        "hash mismatch",
+    ),
+    "changed prev, rehashed": (
+        lambda log: log.edit(
+            12,
+            lambda ls, i: ls.__setitem__(i, rehash(flip_prev(ls[i]))),
+        ),
+        12,
+        "broken link",
+    ),
+}
+
+
+def segment_case(log: Log, what: str) -> tuple[int, str]:
+    middle = log.segments[1]
+    after = log.segments[2]
+    path = Path(middle.path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    if what == "truncated middle segment":
+        path.write_bytes(b"".join(lines[:-2]))
+        return after.first_seq - 2, "missing segment"
+    if what == "middle segment cut mid-line":
+        data = b"".join(lines[:-1])
+        path.write_bytes(data + lines[-1][:100])
+        return after.first_seq - 1, "incomplete line"
+    if what == "deleted segment":
+        path.unlink()
+        return middle.first_seq, "missing segment"
+    if what == "renamed segment":
+        path.rename(path.with_name(f"{middle.first_seq + 1:020d}.jsonl"))
+        return middle.first_seq, "segment name mismatch"
+    if what == "empty segment":
+        (log.dir / f"{middle.first_seq - 1:020d}.jsonl").write_bytes(b"")
+        return middle.first_seq - 1, "extra segment"
+    if what == "first segment deleted":
+        Path(log.segments[0].path).unlink()
+        return 1, "missing segment"
+    raise AssertionError(what)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_line_tampering_is_named(log_dir: Path, case: str) -> None:
+    log = Log(log_dir)
+    tamper, seq, kind = CASES[case]
+    tamper(log)
+    report = walk_chain(log_dir)
+    assert report.damage is not None, case
+    assert (report.damage.seq, report.damage.kind) == (seq, kind), report.damage
+    assert report.head_seq == (seq if kind == "duplicate" else seq - 1) and not report.ok
+    assert tool_verdict(log_dir) == seq
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "truncated middle segment",
+        "middle segment cut mid-line",
+        "deleted segment",
+        "renamed segment",
+        "empty segment",
+        "first segment deleted",
+    ],
+)
+def test_segment_tampering_is_named(log_dir: Path, case: str) -> None:
+    log = Log(log_dir)
+    seq, kind = segment_case(log, case)
+    report = walk_chain(log_dir)
+    assert report.damage is not None, case
+    assert (report.damage.seq, report.damage.kind) == (seq, kind), report.damage
+    assert tool_verdict(log_dir) == seq
+
+
+def test_a_good_log_walks_clean_with_progress(log_dir: Path) -> None:
+    items = write_log(log_dir, 70_000 // 100, segment_bytes=40_000, batch=50)
+    seen: list[tuple[int, int]] = []
+    report = walk_chain(log_dir, progress=lambda seq, done: seen.append((seq, done)))
+    assert report.ok and report.torn is None
+    assert (report.head_seq, report.head_hash) == (len(items), items[-1][0].hash)
+    assert report.segments == len(segment_files(log_dir)) > 1
+    assert report.bytes_scanned == sum(p.stat().st_size for p in segment_files(log_dir))
+    assert walk_chain(log_dir, deep=True).ok
+    assert tool_verdict(log_dir) is None
+    assert seen == []  # fewer lines than the progress step
+    assert walk_chain(log_dir, upto_seq=100).head_seq == 100
+
+
+def test_torn_tail_is_reported_apart_and_upto_past_the_end_is_truncation(log_dir: Path) -> None:
+    write_log(log_dir, 10)
+    path = segment_files(log_dir)[-1]
+    path.write_bytes(path.read_bytes()[:-30])
+    report = walk_chain(log_dir)
+    assert report.ok and report.torn is not None and report.torn.seq == 10
+    assert report.head_seq == 9
+    assert tool_verdict(log_dir) == 10  # the standalone tool accepts only a whole log
+    report = walk_chain(log_dir, upto_seq=12)
+    assert report.damage is not None and (report.damage.seq, report.damage.kind) == (
+        10,
+        "truncated",
+    )
+
+
+def test_deep_walk_checks_data(log_dir: Path) -> None:
+    items = write_log(log_dir, 5)
+    path = segment_files(log_dir)[-1]
+    lines = [line for _, line in items]
+    lines[-1] = rehash(lines[-1].replace(b'"context_id"', b'"context"'))
+    path.write_bytes(b"".join(lines))
+    assert walk_chain(log_dir).ok
+    report = walk_chain(log_dir, deep=True)
+    assert report.damage is not None and (report.damage.seq, report.damage.kind) == (
+        5,
+        "bad data",
+    )
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_any_changed_byte_names_its_record(tmp_path: Path, data: st.DataObject) -> None:
+    log_dir = Path(tempfile.mkdtemp(dir=tmp_path)) / "log"
+    items = write_log(log_dir, 12, segment_bytes=2500, batch=3)
+    lines = [line for _, line in items]
+    # A byte of any record but the last (whose damage would be a torn tail).
+    seq = data.draw(st.integers(1, len(items) - 1))
+    line = lines[seq - 1]
+    pos = data.draw(st.integers(0, len(line) - 1))
+    new = data.draw(st.integers(0, 255).filter(lambda b: b != line[pos]))
+    segs = list_segments(log_dir)
+    seg = [s for s in segs if s.first_seq <= seq][-1]
+    offset = sum(len(x) for x in lines[seg.first_seq - 1 : seq - 1]) + pos
+    path = Path(seg.path)
+    raw = bytearray(path.read_bytes())
+    raw[offset] = new
+    path.write_bytes(bytes(raw))
+    report = walk_chain(log_dir)
+    assert report.damage is not None and report.damage.seq == seq, report.damage
+    assert tool_verdict(log_dir) == seq
+
+
+def test_tool_as_a_program(log_dir: Path) -> None:
+    items = write_log(log_dir, 25, segment_bytes=3000, batch=4)
+    run = subprocess.run(
+        [sys.executable, str(TOOL), str(log_dir)], capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == f"OK 25 events, head hash {items[-1][0].hash}"
+    log = Log.__new__(Log)  # the written log, without writing another
+    log.dir, log.segments = log_dir, list_segments(log_dir)
+    log.edit(17, lambda ls, i: ls.__setitem__(i, ls[i].replace(b'"ts":"2026', b'"ts":"2027')))
+    run = subprocess.run(
+        [sys.executable, str(TOOL), str(log_dir)], capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 1
+    assert run.stderr.strip() == "FAIL seq 17: hash mismatch"
+    run = subprocess.run([sys.executable, str(TOOL)], capture_output=True, text=True, check=False)
+    assert run.returncode != 0 and "usage" in run.stderr

@@ -1,0 +1,82 @@
+"""Readers: records and raw lines of a seq range, across segments, starting at the right one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from timelined.auditlog import list_segments, read_lines, read_records
+from timelined.auditlog.reader import read_last_line
+from timelined.errors import LogDamaged
+
+from .conftest import FaultyOps, segment_files, write_log
+
+
+def test_records_of_a_range_across_segments(log_dir: Path) -> None:
+    items = write_log(log_dir, 60, segment_bytes=3000, batch=4)
+    assert len(segment_files(log_dir)) >= 5
+    assert list(read_records(log_dir)) == [record for record, _ in items]
+    for after, upto in [(0, 1), (0, 60), (7, 23), (59, None), (60, None), (12, 12), (30, 200)]:
+        got = [r.seq for r in read_records(log_dir, after_seq=after, upto_seq=upto)]
+        assert got == list(range(after + 1, min(upto or 60, 60) + 1))
+
+
+def test_starts_at_the_segment_holding_the_range(log_dir: Path) -> None:
+    write_log(log_dir, 60, segment_bytes=3000, batch=4)
+    segments = list_segments(log_dir)
+    target = segments[3]
+    ops = FaultyOps()
+    first = next(read_records(log_dir, after_seq=target.first_seq, fileops=ops))
+    assert first.seq == target.first_seq + 1
+    assert ops.opened == [target.name]
+    ops = FaultyOps()  # the range starts exactly at a segment's first record
+    assert next(read_lines(log_dir, after_seq=target.first_seq - 1, fileops=ops))[0] == (
+        target.first_seq
+    )
+    assert ops.opened == [target.name]
+
+
+def test_raw_lines_reproduce_the_files(log_dir: Path) -> None:
+    write_log(log_dir, 40, segment_bytes=4000, batch=3)
+    raw = b"".join(line for _, line in read_lines(log_dir))
+    assert raw == b"".join(p.read_bytes() for p in segment_files(log_dir))
+    seqs = [seq for seq, _ in read_lines(log_dir, after_seq=10, upto_seq=20)]
+    assert seqs == list(range(11, 21))
+
+
+def test_a_partial_last_line_is_not_read(log_dir: Path) -> None:
+    items = write_log(log_dir, 10)
+    with segment_files(log_dir)[-1].open("ab") as f:
+        f.write(items[0][1][:50])  # a write in progress, or a torn tail
+    assert [r.seq for r in read_records(log_dir)] == list(range(1, 11))
+
+
+def test_damage_raises_log_damaged_with_the_seq(log_dir: Path) -> None:
+    write_log(log_dir, 10)
+    path = segment_files(log_dir)[0]
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[4] = lines[4].replace(b'"seq":5', b'"seq":6')
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(LogDamaged) as caught:
+        list(read_records(log_dir))
+    assert caught.value.params["seq"] == 5
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[4] = lines[4].replace(b'"seq":6', b'"seq":5').replace(b'"ctx_', b'"ctY_', 1)
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(LogDamaged) as caught:
+        list(read_lines(log_dir))
+    assert caught.value.params["seq"] == 5
+    assert [r.seq for r in read_records(log_dir, upto_seq=4)] == [1, 2, 3, 4]
+
+
+def test_last_line_found_backwards(tmp_path: Path) -> None:
+    ops = FaultyOps()
+    path = tmp_path / "f"
+    for content in [b"a\n", b"a\nbb\n", b"x" * 200_000 + b"\n" + b"y" * 70_000 + b"\n"]:
+        path.write_bytes(content)
+        offset, line = read_last_line(ops, str(path)) or (-1, b"")
+        assert content[offset:] == line + b"\n"
+    for content in [b"", b"a\nb"]:
+        path.write_bytes(content)
+        assert read_last_line(ops, str(path)) is None

@@ -1,0 +1,138 @@
+"""Framing and the hash rule: encode/decode round trips, every refusal kind, the doc's example."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from timelined.auditlog import GENESIS_PREV, RecordError, decode_line, encode_record, line_hash
+from timelined.events import DAEMON, Actor, BlockAppended, BlockData, ContextFocused
+
+from .conftest import TS, actor_for, make_lines, sample_event
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "log-format.md"
+
+
+def rehash(body: bytes) -> bytes:
+    """A line whose hash member is right for `body` (the bytes before `,"hash":`)."""
+    digest = hashlib.sha256(body + b"}").hexdigest().encode()
+    return body + b',"hash":"' + digest + b'"}\n'
+
+
+def body_of(line: bytes) -> bytes:
+    return line[: line.rindex(b',"hash":"')]
+
+
+def test_round_trip_of_every_sample() -> None:
+    for record, line in make_lines(40):
+        assert line.endswith(b"\n") and line.count(b"\n") == 1
+        assert decode_line(line) == record
+
+
+def test_members_in_order_and_hash_rule_by_hand() -> None:
+    prev = GENESIS_PREV
+    for seq in range(1, 9):
+        record, line = encode_record(seq, TS, actor_for(seq), sample_event(seq), prev)
+        obj = json.loads(line)
+        assert list(obj) == ["seq", "ts", "type", "actor", "data", "prev", "hash"]
+        assert obj["seq"] == seq and obj["prev"] == prev and obj["type"] == record.type
+        # The rule: sha256 of the bytes before the LAST `,"hash":` plus `}` (data may hold one).
+        cut = line.rfind(b',"hash":')
+        assert hashlib.sha256(line[:cut] + b"}").hexdigest() == obj["hash"] == record.hash
+        assert line_hash(line[:-1]) == record.hash
+        prev = record.hash
+    assert b',"hash":"not the member"' in make_lines(3)[1][1]  # the sample's trap is present
+
+
+def test_actor_forms() -> None:
+    _, line = encode_record(1, TS, DAEMON, ContextFocused(context_id="c"), GENESIS_PREV)
+    assert b',"actor":"daemon",' in line
+    actor = Actor(uid=1000, gid=100, pid=42)
+    _, line = encode_record(1, TS, actor, ContextFocused(context_id="c"), GENESIS_PREV)
+    assert b',"actor":{"uid":1000,"gid":100,"pid":42},' in line
+    assert decode_line(line).actor == actor
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    seq=st.integers(min_value=1, max_value=10**19),
+    content=st.text(),
+    uid=st.integers(min_value=0, max_value=2**32 - 1),
+    daemon=st.booleans(),
+    metadata=st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8)),
+    prev=st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
+)
+def test_round_trip_property(
+    seq: int, content: str, uid: int, daemon: bool, metadata: dict[str, object], prev: str
+) -> None:
+    block = BlockData(
+        id="blk_x",
+        context_id="ctx_x",
+        role="user",
+        content=content,
+        timestamp=TS,
+        metadata=metadata,
+    )
+    actor = DAEMON if daemon else Actor(uid=uid, gid=uid, pid=1)
+    record, line = encode_record(seq, TS, actor, BlockAppended(block=block), prev)
+    assert line.count(b"\n") == 1
+    assert decode_line(line) == record
+    assert json.loads(line)["data"]["block"]["content"] == content
+
+
+@pytest.mark.parametrize(
+    ("mutate", "kind"),
+    [
+        (lambda line: line[:-1], "framing"),  # no newline
+        (lambda line: line + line, "framing"),  # two lines
+        (lambda line: line.replace(b'"type":"context', b'"type":"kontext'), "hash mismatch"),
+        (lambda line: b" " + line, "framing"),
+        (lambda line: line.replace(b'"hash":"', b'"hash": "'), "framing"),
+        (lambda line: rehash(body_of(line).replace(b'"ts":', b'"ts";')), "unparsable"),
+        (lambda line: rehash(body_of(line).replace(b'"context.focused"', b'"x.y"')), "bad data"),
+        (lambda line: rehash(body_of(line).replace(b'"context_id"', b'"ctx"')), "bad data"),
+        (lambda line: rehash(body_of(line).replace(TS.encode(), b"2026-11-22 03:38")), "bad field"),
+        (lambda line: rehash(body_of(line).replace(b'"daemon"', b'"root"')), "bad field"),
+        (lambda line: rehash(body_of(line).replace(b'{"seq":7', b'{"seq":07')), "framing"),
+        (lambda line: rehash(body_of(line).replace(b'"prev":"0', b'"prev":"A')), "bad field"),
+    ],
+)
+def test_refusals_name_their_kind(mutate: object, kind: str) -> None:
+    _, line = encode_record(7, TS, DAEMON, ContextFocused(context_id="ctx_1"), GENESIS_PREV)
+    assert callable(mutate)
+    with pytest.raises(RecordError) as caught:
+        decode_line(mutate(line))
+    assert caught.value.kind == kind
+
+
+def test_encode_refuses_what_would_break_the_line() -> None:
+    event = ContextFocused(context_id="c")
+    with pytest.raises(ValueError, match="timestamp"):
+        encode_record(1, '2026-11-22T03:38:00"Z', DAEMON, event, GENESIS_PREV)
+    with pytest.raises(ValueError, match="prev"):
+        encode_record(1, TS, DAEMON, event, "A" * 64)
+    with pytest.raises(ValueError, match="seq"):
+        encode_record(0, TS, DAEMON, event, GENESIS_PREV)
+
+
+def doc_example() -> tuple[bytes, str]:
+    """The worked example of docs/log-format.md, computed by the code."""
+    event = ContextFocused(context_id="ctx_01jd2k3m4n5p6q7r8s9t0v1w2x")
+    record, line = encode_record(
+        1, "2026-11-22T03:38:00.123456Z", Actor(uid=1000, gid=1000, pid=4242), event, GENESIS_PREV
+    )
+    return line, record.hash
+
+
+def test_docs_worked_example_is_what_the_code_writes() -> None:
+    line, digest = doc_example()
+    text = DOC.read_text(encoding="utf-8")
+    covered = body_of(line) + b"}"
+    assert line.decode().rstrip("\n") in text
+    assert covered.decode() in text
+    assert digest in text

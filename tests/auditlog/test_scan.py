@@ -1,0 +1,217 @@
+"""The boot's tail scan: torn tails at every byte, damage before the tail, the cut, anchors."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from timelined.auditlog import (
+    LogWriter,
+    cut_torn_tail,
+    list_segments,
+    read_records,
+    scan_tail,
+    walk_chain,
+)
+from timelined.errors import FatalStorageError, LogDamaged
+
+from .conftest import FaultyOps, make_lines, segment_files, write_log
+
+
+def test_torn_tail_at_every_byte_of_the_last_three_records(tmp_path: Path) -> None:
+    log_dir = tmp_path / "log"
+    items = write_log(log_dir, 14, segment_bytes=3500, batch=2)
+    last = segment_files(log_dir)[-1]
+    full = last.read_bytes()
+    first_in_last = list_segments(log_dir)[-1].first_seq
+    ends = []  # (seq, end offset in the last segment) of every record in it
+    pos = 0
+    for record, line in items[first_in_last - 1 :]:
+        pos += len(line)
+        ends.append((record.seq, pos))
+    assert len(ends) >= 3 and pos == len(full)
+    start = ends[-4][1] if len(ends) > 3 else 0
+    anchor_seq = first_in_last - 1  # the anchor is the last line of the previous segment
+    anchor_hash = items[anchor_seq - 1][0].hash
+    for cut in range(start, len(full)):
+        last.write_bytes(full[:cut])
+        good = [(seq, end) for seq, end in ends if end <= cut]
+        last_seq, end = good[-1] if good else (first_in_last - 1, 0)
+        for scan in (scan_tail(log_dir), scan_tail(log_dir, anchor_seq, anchor_hash)):
+            assert scan.damage is None, (cut, scan.damage)
+            assert (scan.last_seq, scan.end_offset) == (last_seq, end), cut
+            assert scan.last_hash == items[last_seq - 1][0].hash
+            assert scan.segment == last.name
+            if end == cut:
+                assert scan.torn is None
+            else:
+                assert scan.torn is not None
+                assert (scan.torn.offset, scan.torn.data) == (end, full[end:cut])
+                assert scan.torn.length == cut - end and scan.torn.seq == last_seq + 1
+        assert scan.anchor == "ok"
+
+
+@pytest.mark.parametrize("cut_back", [1, 37, 200, "line", "two lines"])
+def test_cut_quarantines_the_torn_bytes_whole(tmp_path: Path, cut_back: int | str) -> None:
+    log_dir = tmp_path / "log"
+    items = write_log(log_dir, 9, segment_bytes=3000)
+    path = segment_files(log_dir)[-1]
+    full = path.read_bytes()
+    # A crash mid-batch: the last one or two lines partly written.
+    if cut_back == "line":
+        keep = len(full) - len(items[-1][1]) + 1
+    elif cut_back == "two lines":
+        keep = len(full) - len(items[-1][1]) - len(items[-2][1]) // 2
+    else:
+        assert isinstance(cut_back, int)
+        keep = len(full) - cut_back
+    path.write_bytes(full[:keep])
+    scan = scan_tail(log_dir)
+    assert scan.torn is not None and scan.damage is None
+    ops = FaultyOps()
+    kept = cut_torn_tail(log_dir, scan.torn, fileops=ops)
+    assert kept == str(tmp_path / "quarantine" / f"{path.name}.{scan.torn.offset}.torn")
+    assert Path(kept).read_bytes() == full[scan.torn.offset : keep]
+    assert path.read_bytes() == full[: scan.torn.offset]
+    assert not list((tmp_path / "quarantine").glob("*.tmp"))
+    assert ops.calls["fsync"] == 2 and ops.calls["fsync_dir"] == 2  # copy, dir, parent; segment
+    again = scan_tail(log_dir)
+    assert again.torn is None and again.damage is None and again.last_seq == scan.last_seq
+    # The writer continues exactly where the good records end.
+    more = make_lines(3, start=scan.last_seq + 1, prev=scan.last_hash)
+    writer = LogWriter(log_dir, again.head)
+    writer.write_batch(b"".join(line for _, line in more), more[0][0].seq, more[-1][0].seq, "h")
+    writer.close()
+    assert walk_chain(log_dir).ok and walk_chain(log_dir).head_seq == scan.last_seq + 3
+
+
+def test_cut_refuses_a_segment_that_changed_and_fails_hard_on_fsync(tmp_path: Path) -> None:
+    log_dir = tmp_path / "log"
+    write_log(log_dir, 5)
+    path = segment_files(log_dir)[-1]
+    path.write_bytes(path.read_bytes()[:-10])
+    torn = scan_tail(log_dir).torn
+    assert torn is not None
+    with path.open("ab") as f:
+        f.write(b"more")
+    with pytest.raises(LogDamaged):
+        cut_torn_tail(log_dir, torn)
+    path.write_bytes(path.read_bytes()[:-4])
+    ops = FaultyOps()
+    ops.fail_fsync_at = 1
+    with pytest.raises(FatalStorageError) as caught:
+        cut_torn_tail(log_dir, torn, fileops=ops)
+    assert caught.value.params["errno"] == errno.EIO
+    assert path.stat().st_size == torn.offset + torn.length  # not cut before the copy is safe
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"\x00" * 300, b"\x00" * 4096 + b"\n", b'{"seq":99}\n', b"\n", b"junk\njunk"],
+)
+def test_garbage_after_the_last_record_is_torn(log_dir: Path, garbage: bytes) -> None:
+    items = write_log(log_dir, 6)
+    with segment_files(log_dir)[-1].open("ab") as f:
+        f.write(garbage)
+    scan = scan_tail(log_dir)
+    assert scan.damage is None and scan.last_seq == 6
+    assert scan.torn is not None and scan.torn.data == garbage
+    assert scan.end_offset == sum(len(line) for _, line in items)
+
+
+def test_a_changed_byte_before_the_tail_is_damage_not_torn(log_dir: Path) -> None:
+    items = write_log(log_dir, 12, segment_bytes=2500)
+    files = segment_files(log_dir)
+    assert len(files) >= 2
+    lines = [line for _, line in items]
+    for seq in (2, len(items) - 2, len(items) - 1):
+        segs = list_segments(log_dir)
+        first = [s.first_seq for s in segs if s.first_seq <= seq][-1]
+        path = log_dir / next(s.name for s in segs if s.first_seq == first)
+        original = path.read_bytes()
+        index = seq - first
+        within = sum(len(line) for line in lines[first - 1 : first - 1 + index])
+        target = within + 25  # inside the timestamp: the framing stays intact
+        damaged = original[:target] + bytes([original[target] ^ 0x01]) + original[target + 1 :]
+        path.write_bytes(damaged)
+        # Also tear the tail: damage before it still wins, and nothing is marked torn.
+        last = files[-1]
+        tail = last.read_bytes()
+        last.write_bytes(tail[:-5])
+        scan = scan_tail(log_dir)
+        if seq == len(items) - 1:
+            # The boundary: a bad line followed only by a torn one is all torn tail (no
+            # complete valid record follows it, so nothing after it can have been acknowledged).
+            assert scan.damage is None and scan.torn is not None
+            assert (scan.torn.seq, scan.last_seq) == (seq, seq - 1)
+            last.write_bytes(tail)  # with the last line whole, the same change is damage
+            scan = scan_tail(log_dir)
+        assert scan.torn is None
+        assert scan.damage is not None
+        assert (scan.damage.seq, scan.damage.kind) == (seq, "hash mismatch")
+        assert scan.last_seq == seq - 1
+        assert isinstance(scan.damage.error(), LogDamaged)
+        last.write_bytes(tail)
+        path.write_bytes(original)
+    assert scan_tail(log_dir).damage is None
+
+
+def test_a_bad_line_followed_by_a_good_one_is_damage_even_at_the_end(log_dir: Path) -> None:
+    items = write_log(log_dir, 6)
+    path = segment_files(log_dir)[-1]
+    lines = [line for _, line in items]
+    lines[4] = lines[4][:40] + b"X" + lines[4][41:]
+    path.write_bytes(b"".join(lines))
+    scan = scan_tail(log_dir)
+    assert scan.torn is None and scan.damage is not None and scan.damage.seq == 5
+    # A whole line with a valid hash but a wrong seq is never torn either.
+    path.write_bytes(b"".join(line for _, line in items) + items[2][1])
+    scan = scan_tail(log_dir)
+    assert scan.torn is None and scan.damage is not None
+    assert (scan.damage.seq, scan.damage.kind) == (3, "duplicate")
+
+
+def test_anchor_ok_mismatch_missing(log_dir: Path) -> None:
+    items = write_log(log_dir, 40, segment_bytes=3000, batch=3)
+    segs = list_segments(log_dir)
+    middle = segs[2].first_seq + 2
+    ops = FaultyOps()
+    scan = scan_tail(log_dir, middle, items[middle - 1][0].hash, fileops=ops)
+    assert scan.anchor == "ok" and scan.last_seq == 40 and scan.damage is None
+    assert ops.opened[0] == segs[2].name and segs[0].name not in ops.opened
+    assert scan.segments_scanned == len(segs) - 2
+    scan = scan_tail(log_dir, middle, "f" * 64)
+    assert scan.anchor == "mismatch" and scan.anchor_hash == items[middle - 1][0].hash
+    assert scan.last_seq == 40 and scan.damage is None
+    scan = scan_tail(log_dir, 55, "f" * 64)  # the state is ahead of the log
+    assert scan.anchor == "missing" and scan.last_seq == 40 and scan.damage is None
+    assert scan.segment == segs[-1].name
+    scan = scan_tail(log_dir, 40, items[39][0].hash)
+    assert scan.anchor == "ok" and scan.last_seq == 40 and scan.torn is None
+    assert scan_tail(log_dir, 40).anchor == "unchecked"
+    boundary = segs[3].first_seq - 1
+    ops = FaultyOps()
+    scan = scan_tail(log_dir, boundary, items[boundary - 1][0].hash, fileops=ops)
+    assert scan.anchor == "ok" and ops.opened[0] == segs[2].name and scan.last_seq == 40
+
+
+def test_empty_log_and_empty_last_segment(log_dir: Path) -> None:
+    scan = scan_tail(log_dir)
+    assert (scan.last_seq, scan.segment, scan.anchor, scan.torn) == (0, None, "genesis", None)
+    assert scan_tail(log_dir, 5, "a" * 64).anchor == "missing"
+    items = write_log(log_dir, 5)
+    (log_dir / "00000000000000000006.jsonl").write_bytes(b"")  # rotated, crashed before write
+    scan = scan_tail(log_dir, 5, items[4][0].hash)
+    assert scan.damage is None and scan.torn is None
+    assert (scan.segment, scan.end_offset, scan.last_seq) == ("00000000000000000006.jsonl", 0, 5)
+    more = make_lines(2, start=6, prev=items[4][0].hash)
+    writer = LogWriter(log_dir, scan.head)
+    writer.write_batch(b"".join(line for _, line in more), 6, 7, more[-1][0].hash)
+    writer.close()
+    assert [r.seq for r in read_records(log_dir)] == list(range(1, 8))
+    (log_dir / "00000000000000000009.jsonl").write_bytes(b"")  # named past the head
+    scan = scan_tail(log_dir)
+    assert scan.damage is not None
+    assert (scan.damage.seq, scan.damage.kind) == (8, "missing segment")

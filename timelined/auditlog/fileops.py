@@ -1,0 +1,130 @@
+"""The one seam between the audit log and the file system.
+
+Every file operation the log performs goes through a `FileOps`: tests swap in one that fails the
+N-th fsync with EIO, refuses a write with ENOSPC, or records every call to enumerate the states a
+crash could leave. Operations are fd-based and explicit (no buffered file objects) so that a fake
+sees exactly what reaches the kernel, in order.
+
+Errors are the `OSError`s the `os` functions raise; callers translate them into timelined errors.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Protocol
+
+Handle = int  # an open file: a real fd for OsFileOps, any int a fake chooses
+
+
+class FileOps(Protocol):
+    """The file operations the log uses; paths are plain strings."""
+
+    def open_append(self, path: str, *, create: bool = False) -> Handle:
+        """Open for appending; `create` makes a new file and fails if it already exists."""
+        ...
+
+    def open_new(self, path: str) -> Handle:
+        """Create (or empty) a file for writing: used for quarantine copies."""
+        ...
+
+    def open_read(self, path: str) -> Handle: ...
+
+    def write(self, handle: Handle, data: bytes | memoryview) -> int:
+        """One write(2): may write fewer bytes than given; returns how many it wrote."""
+        ...
+
+    def pread(self, handle: Handle, size: int, offset: int) -> bytes: ...
+
+    def fsync(self, handle: Handle) -> None: ...
+
+    def fsync_dir(self, path: str) -> None:
+        """Make the directory's entries (a created, renamed or removed file) durable."""
+        ...
+
+    def ftruncate(self, handle: Handle, length: int) -> None: ...
+
+    def close(self, handle: Handle) -> None: ...
+
+    def fstat_size(self, handle: Handle) -> int: ...
+
+    def size(self, path: str) -> int: ...
+
+    def listdir(self, path: str) -> list[str]: ...
+
+    def mkdir(self, path: str) -> None: ...
+
+    def rename(self, src: str, dst: str) -> None: ...
+
+    def unlink(self, path: str) -> None: ...
+
+
+class OsFileOps:
+    """`FileOps` on the real file system through `os`."""
+
+    def open_append(self, path: str, *, create: bool = False) -> Handle:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
+        if create:
+            flags |= os.O_CREAT | os.O_EXCL
+        return os.open(path, flags, 0o640)
+
+    def open_new(self, path: str) -> Handle:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+
+    def open_read(self, path: str) -> Handle:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def write(self, handle: Handle, data: bytes | memoryview) -> int:
+        return os.write(handle, data)
+
+    def pread(self, handle: Handle, size: int, offset: int) -> bytes:
+        return os.pread(handle, size, offset)
+
+    def fsync(self, handle: Handle) -> None:
+        os.fsync(handle)
+
+    def fsync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def ftruncate(self, handle: Handle, length: int) -> None:
+        os.ftruncate(handle, length)
+
+    def close(self, handle: Handle) -> None:
+        os.close(handle)
+
+    def fstat_size(self, handle: Handle) -> int:
+        return os.fstat(handle).st_size
+
+    def size(self, path: str) -> int:
+        return Path(path).stat().st_size
+
+    def listdir(self, path: str) -> list[str]:
+        return [entry.name for entry in os.scandir(path)]
+
+    def mkdir(self, path: str) -> None:
+        Path(path).mkdir(mode=0o750)
+
+    def rename(self, src: str, dst: str) -> None:
+        Path(src).rename(dst)
+
+    def unlink(self, path: str) -> None:
+        Path(path).unlink()
+
+
+OS_FILEOPS = OsFileOps()
+
+
+def write_all(fileops: FileOps, handle: Handle, data: bytes | memoryview) -> None:
+    """Write every byte, continuing after short writes; a write of 0 bytes is ENOSPC."""
+    view = memoryview(data)
+    while view:
+        n = fileops.write(handle, view)
+        if n <= 0:
+            # write(2) returning 0 for a non-empty buffer means the device took nothing more.
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[n:]

@@ -1,0 +1,166 @@
+"""Streaming reads of the log: records or raw lines of a seq range, across segments.
+
+Readers run while the writer appends. A last line without its newline is a write in progress
+(or a torn tail the next boot cuts), so readers stop before it; anything wrong before the end of
+the log is damage and raises `LogDamaged`. Pass `upto_seq` = the engine's committed head to read
+only acknowledged records: the writer appends a batch's lines before it commits them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from timelined.auditlog.fileops import OS_FILEOPS, FileOps, Handle
+from timelined.auditlog.record import (
+    GENESIS_PREV,
+    RecordError,
+    check_frame,
+    decode_content,
+    peek_seq,
+)
+from timelined.auditlog.segments import list_segments, segment_index_for
+from timelined.errors import LogDamaged
+from timelined.events import Record
+
+CHUNK_SIZE = 1 << 20
+
+
+def iter_lines(
+    fileops: FileOps, handle: Handle, offset: int = 0, chunk_size: int = CHUNK_SIZE
+) -> Iterator[tuple[int, bytes, bool]]:
+    """(offset, line without its newline, complete) for each line from `offset` to the end.
+
+    Only the last item can be incomplete (the bytes after the last newline). Memory stays
+    bounded by the chunk size and the longest line.
+    """
+    pos = offset
+    start = offset
+    pending: list[bytes] = []
+    while True:
+        data = fileops.pread(handle, chunk_size, pos)
+        if not data:
+            break
+        pos += len(data)
+        if b"\n" not in data:
+            pending.append(data)  # joined once, when the line's newline arrives
+            continue
+        if pending:
+            pending.append(data)
+            data = b"".join(pending)
+            pending = []
+        parts = data.split(b"\n")
+        rest = parts.pop()
+        for part in parts:
+            yield start, part, True
+            start += len(part) + 1
+        if rest:
+            pending.append(rest)
+    if pending:
+        yield start, b"".join(pending), False
+
+
+def read_last_line(fileops: FileOps, path: str) -> tuple[int, bytes] | None:
+    """(offset, line without newline) of a file's last line, reading backwards from its end.
+
+    None when the file is empty or does not end with a newline.
+    """
+    handle = fileops.open_read(path)
+    try:
+        size = fileops.fstat_size(handle)
+        if size == 0 or fileops.pread(handle, 1, size - 1) != b"\n":
+            return None
+        end = size - 1
+        pieces: list[bytes] = []
+        pos = end
+        while pos > 0:
+            step = min(65536, pos)
+            pos -= step
+            data = fileops.pread(handle, step, pos)
+            pieces.append(data)
+            if b"\n" in data:
+                break
+        tail = b"".join(reversed(pieces))  # the bytes [pos, end): the final newline excluded
+        cut = tail.rfind(b"\n")
+        return pos + cut + 1, tail[cut + 1 :]
+    finally:
+        fileops.close(handle)
+
+
+def _iter_range(
+    log_dir: str | os.PathLike[str], after_seq: int, upto_seq: int | None, fops: FileOps
+) -> Iterator[tuple[int, bytes, str]]:
+    """(seq, line without newline, segment name) for seq after_seq+1 … upto_seq, in order."""
+    segments = list_segments(log_dir, fops)
+    if not segments or (upto_seq is not None and upto_seq <= after_seq):
+        return
+    expected = after_seq + 1
+    index = segment_index_for(segments, expected)
+    if index < 0:
+        raise LogDamaged(expected, "the segment holding this seq is missing", segments[0].name)
+    for k in range(index, len(segments)):
+        seg = segments[k]
+        last = k == len(segments) - 1
+        handle = fops.open_read(seg.path)
+        try:
+            for _offset, content, complete in iter_lines(fops, handle):
+                if not complete:
+                    if last:
+                        return
+                    raise LogDamaged(expected, "incomplete line inside the log", seg.name)
+                seq = peek_seq(content)
+                if seq is None:
+                    raise LogDamaged(expected, "unparsable line", seg.name)
+                if seq <= after_seq and expected == after_seq + 1:
+                    continue  # before the range, in the range's first segment
+                if seq != expected:
+                    raise LogDamaged(expected, f"expected seq {expected}, found {seq}", seg.name)
+                yield seq, content, seg.name
+                if seq == upto_seq:
+                    return
+                expected += 1
+        finally:
+            fops.close(handle)
+
+
+def read_records(
+    log_dir: str | os.PathLike[str],
+    after_seq: int = 0,
+    upto_seq: int | None = None,
+    fileops: FileOps | None = None,
+) -> Iterator[Record]:
+    """Every record with after_seq < seq <= upto_seq, fully checked (hash, link, data)."""
+    fops = fileops or OS_FILEOPS
+    prev: str | None = GENESIS_PREV if after_seq == 0 else None
+    for seq, content, segment in _iter_range(log_dir, after_seq, upto_seq, fops):
+        try:
+            record = decode_content(content)
+        except RecordError as exc:
+            raise LogDamaged(seq, f"{exc.kind}: {exc.detail}", segment) from None
+        if prev is not None and record.prev != prev:
+            raise LogDamaged(seq, "prev does not match the previous record's hash", segment)
+        prev = record.hash
+        yield record
+
+
+def read_lines(
+    log_dir: str | os.PathLike[str],
+    after_seq: int = 0,
+    upto_seq: int | None = None,
+    fileops: FileOps | None = None,
+) -> Iterator[tuple[int, bytes]]:
+    """(seq, exact line bytes with newline) for after_seq < seq <= upto_seq; hash and link checked.
+
+    Joining the lines reproduces the log's bytes for the range.
+    """
+    fops = fileops or OS_FILEOPS
+    prev: bytes | None = GENESIS_PREV.encode() if after_seq == 0 else None
+    for seq, content, segment in _iter_range(log_dir, after_seq, upto_seq, fops):
+        try:
+            _, link, digest = check_frame(content)
+        except RecordError as exc:
+            raise LogDamaged(seq, f"{exc.kind}: {exc.detail}", segment) from None
+        if prev is not None and link != prev:
+            raise LogDamaged(seq, "prev does not match the previous record's hash", segment)
+        prev = digest
+        yield seq, content + b"\n"

@@ -1,0 +1,183 @@
+"""Framing of one log line: encoding, decoding and the hash rule (docs/log-format.md).
+
+A line is `{"seq":N,"ts":"…","type":"…","actor":…,"data":…,"prev":"<64 hex>","hash":"<64 hex>"}`
+and a newline, members in exactly that order, no whitespace. Because `prev` and `hash` are the
+last two members and have fixed widths, both sit at fixed offsets from the line's end: checking
+a line's hash and reading its link needs byte slicing only, never a JSON parse.
+
+The hash is the lowercase hex SHA-256 of the line's bytes up to (not including) `,"hash":`,
+followed by the byte `}`.
+"""
+
+from __future__ import annotations
+
+import re
+from hashlib import sha256
+from typing import Literal
+
+import msgspec
+
+from timelined.events import Actor, ActorLike, Event, Record, decode_data, encode_data
+
+GENESIS_PREV = "0" * 64
+
+RecordErrorKind = Literal["framing", "unparsable", "bad field", "hash mismatch", "bad data"]
+
+# Fixed-width tail of every line (newline excluded): ,"prev":"<64>","hash":"<64>"}
+_PREFIX = b'{"seq":'
+_HASH_TAIL = 75  # len(',"hash":"') + 64 + len('"}'): the bytes not covered by the hash
+_MIN_LINE = len(_PREFIX) + 1 + 149  # prefix, one digit, the prev and hash members
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", re.ASCII)
+_DAEMON_JSON = b'"daemon"'
+_actor_encoder = msgspec.json.Encoder()  # Actor's fields in class order: uid, gid, pid
+_actor_json: dict[Actor, bytes] = {}  # a few clients write most records: reuse their bytes
+_valid_ts = ""
+_valid_prev = GENESIS_PREV
+
+
+class RecordError(Exception):
+    """A line that is not a valid record; `kind` says which check refused it."""
+
+    def __init__(self, kind: RecordErrorKind, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind: RecordErrorKind = kind
+        self.detail = detail
+
+
+class _Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    seq: int
+    ts: str
+    type: str
+    actor: Actor | Literal["daemon"]
+    data: msgspec.Raw
+    prev: str
+    hash: str
+
+
+_envelope = msgspec.json.Decoder(_Envelope)
+
+
+def encode_record(
+    seq: int, ts: str, actor: ActorLike, event: Event, prev: str
+) -> tuple[Record, bytes]:
+    """The record and its line (newline included), hashed by the rule above."""
+    global _valid_ts, _valid_prev
+    if seq < 1:
+        raise ValueError(f"seq must be >= 1, not {seq}")
+    # The checks keep unescaped text out of the line; skip them for the values seen last
+    # (a batch shares its timestamps, and each prev is the hash made just before).
+    if ts != _valid_ts:
+        if _TS.fullmatch(ts) is None:
+            raise ValueError(f"timestamp {ts!r} is not in the log's format")
+        _valid_ts = ts
+    if prev is not _valid_prev and _HEX64.fullmatch(prev) is None:
+        raise ValueError(f"prev {prev!r} is not 64 lowercase hex digits")
+    if actor == "daemon":
+        actor_json = _DAEMON_JSON
+    elif isinstance(actor, Actor):
+        actor_json = _actor_json.get(actor) or _encode_actor(actor)
+    else:
+        raise TypeError(f"actor must be an Actor or 'daemon', not {actor!r}")
+    body = b"".join(
+        (
+            b'{"seq":%d,"ts":"%s","type":"%s","actor":'
+            % (seq, ts.encode(), event.type_name.encode()),
+            actor_json,
+            b',"data":',
+            encode_data(event),
+            b',"prev":"',
+            prev.encode(),
+            b'"',
+        )
+    )
+    digest = sha256(body + b"}").hexdigest()
+    _valid_prev = digest
+    record = Record(seq=seq, ts=ts, actor=actor, event=event, prev=prev, hash=digest)
+    return record, b"".join((body, b',"hash":"', digest.encode(), b'"}\n'))
+
+
+def _encode_actor(actor: Actor) -> bytes:
+    if len(_actor_json) >= 4096:
+        _actor_json.clear()
+    encoded = _actor_json[actor] = _actor_encoder.encode(actor)
+    return encoded
+
+
+def line_hash(content: bytes) -> str:
+    """The hash a line (without its newline) must carry: SHA-256 of the covered bytes + `}`."""
+    return sha256(content[:-_HASH_TAIL] + b"}").hexdigest()
+
+
+def check_frame(content: bytes) -> tuple[int, bytes, bytes]:
+    """Light check of a line without its newline: framing, seq and the line's own hash.
+
+    Returns (seq, prev, hash) with prev and hash as ASCII bytes; raises RecordError
+    ("framing" or "hash mismatch"). The JSON between is not parsed: see `decode_content`.
+    """
+    if (
+        len(content) < _MIN_LINE
+        or content[:7] != _PREFIX
+        or content[-76:-66] != b'","hash":"'
+        or content[-2:] != b'"}'
+        or content[-149:-140] != b',"prev":"'
+    ):
+        raise RecordError("framing", "not a record line (members missing or out of order)")
+    digest = content[-66:-2]
+    if sha256(content[:-_HASH_TAIL] + b"}").hexdigest().encode() != digest:
+        raise RecordError("hash mismatch", "the line's bytes do not hash to its hash member")
+    end = content.find(b",", 7)
+    digits = content[7:end]
+    if not digits.isdigit() or digits[0] == 0x30:  # no sign, spaces, underscores, leading 0
+        raise RecordError("framing", "seq is not a positive integer")
+    return int(digits), content[-140:-76], digest
+
+
+def peek_seq(content: bytes) -> int | None:
+    """The seq a line claims, read from its prefix without any check of the rest."""
+    if content[:7] != _PREFIX:
+        return None
+    end = content.find(b",", 7, 40)
+    digits = content[7:end] if end > 0 else b""
+    if not digits.isdigit() or digits[0] == 0x30:
+        return None
+    return int(digits)
+
+
+def decode_content(content: bytes) -> Record:
+    """Fully check and decode a line given without its newline; raises RecordError."""
+    return decode_framed(content, check_frame(content))
+
+
+def decode_framed(content: bytes, frame: tuple[int, bytes, bytes]) -> Record:
+    """The rest of `decode_content` for a line whose `check_frame` result is `frame`."""
+    seq, prev, digest = frame
+    try:
+        env = _envelope.decode(content)
+    except msgspec.ValidationError as exc:
+        raise RecordError("bad field", str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise RecordError("unparsable", str(exc)) from None
+    if env.seq != seq or env.prev.encode() != prev or env.hash.encode() != digest:
+        raise RecordError("framing", "members repeated or escaped in the fixed positions")
+    if _HEX64.fullmatch(env.prev) is None:
+        raise RecordError("bad field", "prev is not 64 lowercase hex digits")
+    if _TS.fullmatch(env.ts) is None:
+        raise RecordError("bad field", f"timestamp {env.ts!r} is not in the log's format")
+    try:
+        event = decode_data(env.type, env.data)
+    except KeyError:
+        raise RecordError("bad data", f"unknown event type {env.type!r}") from None
+    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+        raise RecordError("bad data", f"{env.type}: {exc}") from None
+    return Record(seq=seq, ts=env.ts, actor=env.actor, event=event, prev=env.prev, hash=env.hash)
+
+
+def decode_line(line: bytes) -> Record:
+    """Fully check and decode one line, which must end with its newline; raises RecordError."""
+    if line[-1:] != b"\n":
+        raise RecordError("framing", "the line does not end with a newline")
+    content = line[:-1]
+    if b"\n" in content:
+        raise RecordError("framing", "more than one line")
+    return decode_content(content)

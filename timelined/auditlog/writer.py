@@ -1,0 +1,367 @@
+"""The log's single writer: one write and (per `log.fsync`) one fsync per batch.
+
+Failure rules (docs/log-format.md, "Durability"):
+
+- a write that fails (ENOSPC or any other error, including a short write that cannot be
+  completed) is undone: the segment is truncated back to its size before the batch, or removed
+  if it was created for the batch, and that undo is made durable. The head does not move, the
+  caller gets `DiskFull` / `StorageError`, and the writer stays usable;
+- an fsync that fails is fatal: the kernel may have dropped the dirty pages and a retried fsync
+  can report success for data that is gone (PostgreSQL, 2018). The writer raises
+  `FatalStorageError` and refuses every later call with it; the daemon must exit and recover
+  from the log.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from timelined.auditlog.fileops import OS_FILEOPS, FileOps, Handle, write_all
+from timelined.auditlog.record import GENESIS_PREV
+from timelined.auditlog.segments import list_segments, segment_name
+from timelined.config import FsyncMode
+from timelined.errors import DiskFull, FatalStorageError, LogDamaged, StorageError
+
+DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+@dataclass(frozen=True, slots=True)
+class LogHead:
+    """Where the log ends: last seq and hash, and the byte length of the last segment."""
+
+    seq: int = 0
+    hash: str = GENESIS_PREV
+    end_offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStats:
+    """Counters for metrics; `durable_seq` is the last seq known to be fsynced."""
+
+    head_seq: int
+    head_hash: str
+    durable_seq: int
+    segment: str | None
+    segment_size: int
+    writes: int
+    bytes_written: int
+    fsyncs: int
+    dir_fsyncs: int
+    rotations: int
+    write_errors: int
+    last_fsync_seconds: float
+    failed: bool
+
+
+class LogWriter:
+    """Appends batches of encoded lines to the log directory's last segment.
+
+    Thread-safe: the engine writes from its worker thread while a timer may call `sync_if_due`.
+    """
+
+    def __init__(
+        self,
+        log_dir: str | os.PathLike[str],
+        head: LogHead,
+        *,
+        fileops: FileOps | None = None,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        fsync: FsyncMode = "always",
+        fsync_interval_ms: int = 50,
+        on_fsync: Callable[[float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if fsync not in ("always", "interval", "off"):
+            raise ValueError(f"unknown fsync mode {fsync!r}")
+        if segment_bytes < 1:
+            raise ValueError("segment_bytes must be positive")
+        self._fops = fileops or OS_FILEOPS
+        self._dir = os.fspath(log_dir)
+        self._segment_bytes = segment_bytes
+        self._mode: FsyncMode = fsync
+        self._interval = fsync_interval_ms / 1000.0
+        self._on_fsync = on_fsync
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._handle: Handle | None = None
+        self._path: str | None = None
+        self._size = 0
+        self._head_seq = head.seq
+        self._head_hash = head.hash
+        self._durable_seq = head.seq  # what the boot found on disk
+        self._dirty = False
+        self._last_sync = clock()
+        self._failure: tuple[str, int, str] | None = None
+        self._closed = False
+        self._writes = self._bytes = self._fsyncs = self._dir_fsyncs = 0
+        self._rotations = self._write_errors = 0
+        self._last_fsync_seconds = 0.0
+        self._open(head)
+
+    # --- opening -------------------------------------------------------------------------------
+
+    def _open(self, head: LogHead) -> None:
+        fops = self._fops
+        try:
+            fops.listdir(self._dir)
+        except FileNotFoundError:
+            self._make_dir()
+        except OSError as exc:
+            raise _write_error(self._dir, exc) from exc
+        segments = list_segments(self._dir, fops)
+        if not segments:
+            if head.seq != 0 or head.end_offset != 0:
+                raise LogDamaged(head.seq, "the log has no segment but its head is past seq 0")
+            return
+        last = segments[-1]
+        if last.first_seq > head.seq + 1:
+            raise LogDamaged(head.seq + 1, "the last segment starts past the head", last.name)
+        try:
+            handle = fops.open_append(last.path)
+        except OSError as exc:
+            raise _write_error(last.path, exc) from exc
+        try:
+            size = fops.fstat_size(handle)
+        except OSError as exc:
+            fops.close(handle)
+            raise _write_error(last.path, exc) from exc
+        # An empty last segment must be the one the next record starts; a non-empty one must
+        # end exactly where the scan found the last good record.
+        if size != head.end_offset or ((last.first_seq == head.seq + 1) != (size == 0)):
+            fops.close(handle)
+            raise LogDamaged(
+                head.seq + 1,
+                f"the last segment holds {size} bytes but the head ends at {head.end_offset}",
+                last.name,
+            )
+        self._handle, self._path, self._size = handle, last.path, size
+
+    def _make_dir(self) -> None:
+        try:
+            self._fops.mkdir(self._dir)
+        except OSError as exc:
+            raise _write_error(self._dir, exc) from exc
+        if self._mode != "off":
+            parent = os.path.dirname(os.path.abspath(self._dir))  # noqa: PTH100, PTH120
+            self._fsync_dir(parent)
+
+    # --- the public API ------------------------------------------------------------------------
+
+    def write_batch(self, data: bytes, first_seq: int, last_seq: int, last_hash: str) -> None:
+        """Append a batch's lines (seq first_seq … last_seq) with one write, then fsync per mode.
+
+        Raises DiskFull / StorageError with nothing of the batch kept (the writer stays usable),
+        or FatalStorageError (the writer is failed for good).
+        """
+        with self._lock:
+            self._check_usable()
+            if first_seq != self._head_seq + 1 or last_seq < first_seq:
+                raise ValueError(
+                    f"batch {first_seq}..{last_seq} does not follow the head {self._head_seq}"
+                )
+            if data[-1:] != b"\n":
+                raise ValueError("a batch must be whole lines")
+            handle, path, before = self._handle, self._path, self._size
+            created = False
+            if handle is None or path is None or before >= self._segment_bytes:
+                if handle is not None and self._dirty and self._mode != "off":
+                    # Only the last segment may ever hold a torn tail: sync the old one first.
+                    self._fsync_locked()
+                handle, path = self._create_segment(first_seq)
+                before, created = 0, True
+            try:
+                write_all(self._fops, handle, data)
+            except OSError as exc:
+                self._write_errors += 1
+                self._roll_back(handle, path, before, created)
+                raise _write_error(path, exc) from exc
+            if created:
+                self._switch_to(handle, path)
+            self._size = before + len(data)
+            self._head_seq, self._head_hash = last_seq, last_hash
+            self._writes += 1
+            self._bytes += len(data)
+            self._dirty = True
+            if self._mode == "always" or (
+                self._mode == "interval" and self._clock() - self._last_sync >= self._interval
+            ):
+                self._fsync_locked()
+
+    def sync_if_due(self) -> bool:
+        """In "interval" mode, fsync if anything is unsynced and the interval has passed."""
+        with self._lock:
+            self._check_usable()
+            if (
+                self._mode != "interval"
+                or not self._dirty
+                or self._clock() - self._last_sync < self._interval
+            ):
+                return False
+            self._fsync_locked()
+            return True
+
+    def sync(self) -> None:
+        """fsync now if anything is unsynced (never in "off" mode)."""
+        with self._lock:
+            self._check_usable()
+            if self._dirty and self._mode != "off":
+                self._fsync_locked()
+
+    def close(self) -> None:
+        """Sync (unless "off") and close; a failed writer closes its file and raises again."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                if self._failure is None and self._dirty and self._mode != "off":
+                    self._fsync_locked()
+            finally:
+                self._closed = True
+                if self._handle is not None:
+                    try:
+                        self._fops.close(self._handle)
+                    except OSError:
+                        pass  # nothing left to protect: data was synced or the writer failed
+                    self._handle = None
+            self._check_failed()
+
+    # --- state for the engine and metrics -------------------------------------------------------
+
+    @property
+    def head_seq(self) -> int:
+        return self._head_seq
+
+    @property
+    def head_hash(self) -> str:
+        return self._head_hash
+
+    @property
+    def durable_seq(self) -> int:
+        return self._durable_seq
+
+    @property
+    def segment_path(self) -> str | None:
+        return self._path
+
+    @property
+    def segment_size(self) -> int:
+        return self._size
+
+    @property
+    def failed(self) -> bool:
+        return self._failure is not None
+
+    @property
+    def last_fsync_seconds(self) -> float:
+        return self._last_fsync_seconds
+
+    @property
+    def head(self) -> LogHead:
+        return LogHead(self._head_seq, self._head_hash, self._size)
+
+    def stats(self) -> WriterStats:
+        return WriterStats(
+            head_seq=self._head_seq,
+            head_hash=self._head_hash,
+            durable_seq=self._durable_seq,
+            segment=os.path.basename(self._path) if self._path else None,  # noqa: PTH119
+            segment_size=self._size,
+            writes=self._writes,
+            bytes_written=self._bytes,
+            fsyncs=self._fsyncs,
+            dir_fsyncs=self._dir_fsyncs,
+            rotations=self._rotations,
+            write_errors=self._write_errors,
+            last_fsync_seconds=self._last_fsync_seconds,
+            failed=self._failure is not None,
+        )
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _check_failed(self) -> None:
+        if self._failure is not None:
+            raise FatalStorageError(*self._failure)
+
+    def _check_usable(self) -> None:
+        self._check_failed()
+        if self._closed:
+            raise ValueError("the log writer is closed")
+
+    def _fail(self, path: str, exc: OSError, doing: str = "") -> FatalStorageError:
+        strerror = exc.strerror or str(exc)
+        self._failure = (path, exc.errno or 0, f"{strerror}{doing}")
+        return FatalStorageError(*self._failure)
+
+    def _fsync_locked(self) -> None:
+        assert self._handle is not None and self._path is not None
+        start = time.perf_counter()
+        try:
+            self._fops.fsync(self._handle)
+        except OSError as exc:
+            raise self._fail(self._path, exc) from exc
+        elapsed = time.perf_counter() - start
+        self._fsyncs += 1
+        self._last_fsync_seconds = elapsed
+        self._durable_seq = self._head_seq
+        self._dirty = False
+        self._last_sync = self._clock()
+        if self._on_fsync is not None:
+            self._on_fsync(elapsed)
+
+    def _fsync_dir(self, path: str) -> None:
+        try:
+            self._fops.fsync_dir(path)
+        except OSError as exc:
+            raise self._fail(path, exc) from exc
+        self._dir_fsyncs += 1
+
+    def _create_segment(self, first_seq: int) -> tuple[Handle, str]:
+        path = os.path.join(self._dir, segment_name(first_seq))  # noqa: PTH118
+        try:
+            handle = self._fops.open_append(path, create=True)
+        except OSError as exc:
+            raise _write_error(path, exc) from exc
+        if self._mode != "off":
+            try:
+                self._fsync_dir(self._dir)
+            except FatalStorageError:
+                self._fops.close(handle)
+                raise
+        return handle, path
+
+    def _switch_to(self, handle: Handle, path: str) -> None:
+        if self._handle is not None:
+            try:
+                self._fops.close(self._handle)
+            except OSError:
+                pass  # the old segment was synced before rotating; close errors change nothing
+        self._handle, self._path = handle, path
+        self._rotations += 1
+
+    def _roll_back(self, handle: Handle, path: str, before: int, created: bool) -> None:
+        """Undo a failed write durably, so that a crash cannot bring refused lines back."""
+        fops = self._fops
+        try:
+            if created:
+                fops.close(handle)
+                fops.unlink(path)
+                if self._mode != "off":
+                    self._fsync_dir(self._dir)
+                return
+            fops.ftruncate(handle, before)
+        except OSError as exc:
+            raise self._fail(path, exc, " (while undoing a refused write)") from exc
+        if self._mode != "off":
+            self._fsync_locked()
+
+
+def _write_error(path: str, exc: OSError) -> DiskFull | StorageError:
+    if exc.errno in _FULL:
+        return DiskFull(path)
+    return StorageError(path, exc.errno or 0, exc.strerror or str(exc))
