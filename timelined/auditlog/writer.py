@@ -266,6 +266,7 @@ class LogWriter:
         return LogHead(self._head_seq, self._head_hash, self._size)
 
     def stats(self) -> WriterStats:
+        """A snapshot for metrics, read without the lock (an fsync may hold it for a while)."""
         return WriterStats(
             head_seq=self._head_seq,
             head_hash=self._head_hash,
