@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from timelined.events import SubBlock
+from timelined.events import Event, SubBlock
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
@@ -106,6 +106,17 @@ class RevokeCrossRef(_Command, frozen=True):
     id: Id
 
 
+class ImportEvents(_Command, frozen=True):
+    """Internal (not a Varlink method): re-create a verified export's history here.
+
+    The daemon's ImportConversation method verifies the document off the writer's thread
+    (timelined.exchange) and submits the resulting events with this command.
+    """
+
+    events: list[Event]
+    mode: str = "new"
+
+
 Command = (
     CreateConversation
     | UpdateConversation
@@ -122,4 +133,5 @@ Command = (
     | SetTags
     | AddCrossRef
     | RevokeCrossRef
+    | ImportEvents
 )

@@ -36,16 +36,25 @@ ActorLike = Actor | Literal["daemon"]
 
 
 class ImportSource(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """Where imported data came from: the exporting daemon's ids and the hashes behind them."""
+    """Where an imported conversation came from: the exporting daemon's id, time and head."""
 
     conversation_id: str
     exported_at: str
     head_hash: str
-    original_hashes: list[str] = msgspec.field(default_factory=list)
+    mode: str = "new"
 
 
-class _Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class _Event(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, omit_defaults=True
+):
+    """Base of every event. Members equal to their default are left out of `data`.
+
+    `original_hash`: on an event written by an import, the hash of the event it reproduces in
+    the exporting daemon's log (docs/log-format.md, "Imported events").
+    """
+
     type_name: ClassVar[str]
+    original_hash: str | None = None
 
 
 # --- conversations -----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from timelined.errors import (
     CrossConversationMove,
     CrossRefNotFound,
     CycleError,
+    ImportRejected,
     InvalidArgument,
     InvalidTransition,
     LimitExceeded,
@@ -345,6 +346,28 @@ def _append_block(tx: Tx, c: cmd.AppendBlock, now: str) -> AppendResult:
     )
 
 
+def _import(tx: Tx, c: cmd.ImportEvents) -> Conversation:
+    first = c.events[0] if c.events else None
+    if not isinstance(first, ev.ConversationCreated):
+        raise ImportRejected("an import starts with the conversation's creation")
+    if c.mode == "keep":
+        _refuse_existing(tx.conn, c.events)
+    for event in c.events:
+        tx.emit(event)
+    return _conversation(tx.conn, first.conversation_id)
+
+
+def _refuse_existing(conn: sqlite3.Connection, events: list[ev.Event]) -> None:
+    """In "keep" mode every id must be new here: an import never overwrites."""
+    for e in events:
+        if isinstance(e, ev.ConversationCreated) and q.get_conversation(conn, e.conversation_id):
+            raise ImportRejected(f"conversation {e.conversation_id!r} already exists here")
+        if isinstance(e, ev.ContextSpawned) and q.get_context(conn, e.context_id, crossrefs=False):
+            raise ImportRejected(f"context {e.context_id!r} already exists here")
+        if isinstance(e, ev.BlockAppended) and q.get_block(conn, e.block.id):
+            raise ImportRejected(f"block {e.block.id!r} already exists here")
+
+
 _RULES: dict[type, Callable[[Tx, Any], Result]] = {
     cmd.CreateConversation: _create_conversation,
     cmd.UpdateConversation: _update_conversation,
@@ -360,6 +383,7 @@ _RULES: dict[type, Callable[[Tx, Any], Result]] = {
     cmd.SetTags: _set_tags,
     cmd.AddCrossRef: _add_crossref,
     cmd.RevokeCrossRef: _revoke_crossref,
+    cmd.ImportEvents: _import,
 }
 
 

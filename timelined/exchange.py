@@ -1,0 +1,327 @@
+"""Export and import of a conversation, with the audit events that prove it.
+
+An export is a stream of parts: a header (the conversation and its tree), the audit events
+behind them exactly as the log holds them (so each line's hash can be checked by the log-format
+rule), the blocks, and an end part with counts. `timelinectl export` writes one part per line.
+
+An importer trusts nothing in the document: every event line must carry its own correct hash,
+and replaying the events (with the same `apply` the daemon uses) must give exactly the
+conversation, tree and blocks the document claims. Only then is the history re-created in the
+importing daemon through normal events, each naming the event it reproduces (`original_hash`),
+the conversation naming its source (`imported_from`). Ids are new (mode "new") or kept ("keep").
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import msgspec
+
+from timelined import __version__
+from timelined import events as ev
+from timelined.auditlog import RecordError, decode_content, read_lines
+from timelined.errors import ImportRejected
+from timelined.events import Record
+from timelined.ids import new_id, utc_now
+from timelined.state import queries as q
+from timelined.state.apply import apply
+from timelined.state.db import open_scratch
+from timelined.state.model import Block, Context, Conversation
+
+FORMAT = "timelined-export/1"
+EVENTS_PER_PART = 500
+BLOCKS_PER_PART = 500
+ImportMode = Literal["new", "keep"]
+
+
+class ExportHeader(msgspec.Struct, frozen=True, kw_only=True):
+    format: str
+    exported_at: str
+    source_version: str
+    source_last_seq: int
+    source_head_hash: str
+    conversation: Conversation
+    contexts: list[Context]
+
+
+class ExportEnd(msgspec.Struct, frozen=True, kw_only=True):
+    events: int
+    blocks: int
+
+
+class ExportPart(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One streamed piece of an export; exactly one of the members is set."""
+
+    header: ExportHeader | None = None
+    events: list[str] | None = None  # log lines, without their newline
+    blocks: list[Block] | None = None
+    end: ExportEnd | None = None
+
+
+class ExportDocument(msgspec.Struct, frozen=True, kw_only=True):
+    """A whole export, as ImportConversation takes it (the parts joined)."""
+
+    header: ExportHeader
+    events: list[str]
+    blocks: list[Block]
+
+
+# --- which events concern a conversation -------------------------------------------------------
+
+
+class _Membership:
+    """Tracks the ids of one conversation while its events stream by, in log order."""
+
+    def __init__(self, conversation_id: str) -> None:
+        self.conversation_id = conversation_id
+        self.contexts: set[str] = set()
+        self.refs: set[str] = set()
+
+    def concerns(self, event: ev.Event) -> bool:
+        if isinstance(event, ev.ConversationCreated):
+            if event.conversation_id == self.conversation_id:
+                self.contexts.add(event.root_context_id)
+                return True
+            return False
+        if isinstance(event, ev.ConversationUpdated | ev.ConversationArchived):
+            return event.conversation_id == self.conversation_id
+        if isinstance(event, ev.ContextSpawned):
+            if event.conversation_id == self.conversation_id:
+                self.contexts.add(event.context_id)
+                return True
+            return False
+        if isinstance(event, ev.BlockAppended):
+            return event.block.context_id in self.contexts
+        if isinstance(event, ev.CrossRefAdded):
+            if event.from_id in self.contexts:
+                self.refs.add(event.ref_id)
+                return True
+            return False
+        if isinstance(event, ev.CrossRefRevoked):
+            return event.ref_id in self.refs
+        return getattr(event, "context_id", None) in self.contexts
+
+
+def export_parts(
+    conn: sqlite3.Connection, log_dir: str, conversation_id: str, upto_seq: int, head_hash: str
+) -> Iterator[ExportPart]:
+    """The parts of an export at seq `upto_seq`, streaming (memory does not grow with size).
+
+    `conn` is a read connection inside one snapshot whose last seq is `upto_seq`.
+    """
+    from timelined.errors import ConversationNotFound
+
+    conversation = q.get_conversation(conn, conversation_id)
+    if conversation is None:
+        raise ConversationNotFound(conversation_id)
+    created = conn.execute(
+        "SELECT created_seq FROM conversations WHERE id = ?", (conversation_id,)
+    ).fetchone()[0]
+    yield ExportPart(
+        header=ExportHeader(
+            format=FORMAT,
+            exported_at=utc_now(),
+            source_version=__version__,
+            source_last_seq=upto_seq,
+            source_head_hash=head_hash,
+            conversation=conversation,
+            contexts=q.get_tree(conn, conversation_id),
+        )
+    )
+    members = _Membership(conversation_id)
+    batch: list[str] = []
+    events = 0
+    for _, line in read_lines(log_dir, after_seq=created - 1, upto_seq=upto_seq):
+        content = line[:-1]
+        record = decode_content(content)
+        if members.concerns(record.event):
+            batch.append(content.decode())
+            events += 1
+            if len(batch) >= EVENTS_PER_PART:
+                yield ExportPart(events=batch)
+                batch = []
+    if batch:
+        yield ExportPart(events=batch)
+    blocks = 0
+    for ctx_id in sorted(members.contexts):
+        after: int | None = None
+        while True:
+            page, after = q.list_blocks(conn, ctx_id, limit=BLOCKS_PER_PART, after=after)
+            if page:
+                blocks += len(page)
+                yield ExportPart(blocks=page)
+            if after is None:
+                break
+    yield ExportPart(end=ExportEnd(events=events, blocks=blocks))
+
+
+def join_parts(parts: Iterator[ExportPart] | list[ExportPart]) -> ExportDocument:
+    header: ExportHeader | None = None
+    events: list[str] = []
+    blocks: list[Block] = []
+    for part in parts:
+        if part.header is not None:
+            header = part.header
+        events.extend(part.events or [])
+        blocks.extend(part.blocks or [])
+    if header is None:
+        raise ImportRejected("the document has no header part")
+    return ExportDocument(header=header, events=events, blocks=blocks)
+
+
+# --- import ------------------------------------------------------------------------------------
+
+
+def verify_document(doc: ExportDocument) -> list[Record]:
+    """Check an export against itself; returns its records, or raises ImportRejected."""
+    h = doc.header
+    if h.format != FORMAT:
+        raise ImportRejected(f"unknown format {h.format!r}; this daemon reads {FORMAT!r}")
+    records: list[Record] = []
+    last = 0
+    for line in doc.events:
+        try:
+            record = decode_content(line.encode())
+        except RecordError as exc:
+            seq = _seq_of(line)
+            raise ImportRejected(
+                f"event {seq if seq is not None else '?'} is not intact: {exc.kind}", seq
+            ) from None
+        if record.seq <= last:
+            raise ImportRejected(f"events out of order at seq {record.seq}", record.seq)
+        last = record.seq
+        records.append(record)
+    if not records or not isinstance(records[0].event, ev.ConversationCreated):
+        raise ImportRejected("the first event must create the conversation")
+    if records[0].event.conversation_id != h.conversation.id:
+        raise ImportRejected("the events create another conversation than the header names")
+    members = _Membership(h.conversation.id)
+    for r in records:
+        if not members.concerns(r.event):
+            raise ImportRejected(f"event {r.seq} does not belong to the conversation", r.seq)
+    conn = open_scratch(":memory:")
+    try:
+        conn.execute("BEGIN")
+        for r in records:
+            apply(conn, r)
+        conn.execute("COMMIT")
+        _compare(conn, doc)
+    finally:
+        conn.close()
+    return records
+
+
+def _seq_of(line: str) -> int | None:
+    try:
+        value = msgspec.json.decode(line.encode(), type=dict[str, Any]).get("seq")
+    except msgspec.DecodeError:
+        return None
+    return value if isinstance(value, int) else None
+
+
+def _compare(conn: sqlite3.Connection, doc: ExportDocument) -> None:
+    h = doc.header
+    replayed = q.get_conversation(conn, h.conversation.id)
+    if replayed != h.conversation:
+        raise ImportRejected("the conversation in the header does not match its events")
+    if q.get_tree(conn, h.conversation.id) != h.contexts:
+        raise ImportRejected("the tree in the header does not match its events")
+    claimed = {b.id: b for b in doc.blocks}
+    if len(claimed) != len(doc.blocks):
+        raise ImportRejected("a block appears twice in the document")
+    count = 0
+    for ctx in h.contexts:
+        after: int | None = None
+        while True:
+            page, after = q.list_blocks(conn, ctx.id, limit=1000, after=after)
+            for block in page:
+                count += 1
+                if claimed.get(block.id) != block:
+                    raise ImportRejected(
+                        f"block {block.id!r} in the document does not match its events",
+                        block.seq,
+                    )
+            if after is None:
+                break
+    if count != len(claimed):
+        raise ImportRejected("the document holds blocks that no event wrote")
+
+
+_ID_FIELDS = {
+    "conversation_id",
+    "root_context_id",
+    "context_id",
+    "parent_id",
+    "old_parent_id",
+    "new_parent_id",
+    "block_id",
+    "ref_id",
+    "from_id",
+    "to_id",
+    "id",
+}
+
+
+class IdMap:
+    """Source id → id in this daemon: new ids (keeping the kind's prefix) or the same ids."""
+
+    def __init__(self, mode: ImportMode) -> None:
+        self.mode = mode
+        self.ids: dict[str, str] = {}
+
+    def __call__(self, source: str) -> str:
+        if self.mode == "keep":
+            return source
+        found = self.ids.get(source)
+        if found is None:
+            prefix = source.split("_", 1)[0] if "_" in source else "blk"
+            if prefix not in ("conv", "ctx", "blk", "xref"):
+                prefix = "blk"
+            found = self.ids[source] = new_id(prefix)
+        return found
+
+
+def _remap(value: Any, ids: IdMap) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: (ids(v) if k in _ID_FIELDS and isinstance(v, str) else _remap(v, ids))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_remap(v, ids) for v in value]
+    return value
+
+
+def imported_events(records: list[Record], doc: ExportDocument, mode: ImportMode) -> list[ev.Event]:
+    """The events that re-create the document's history here (ids mapped, sources named).
+
+    Focus changes are not imported (the importer's user did not move); cross-references to
+    contexts outside the conversation are dropped (their targets do not exist here).
+    """
+    ids = IdMap(mode)
+    source = ev.ImportSource(
+        conversation_id=doc.header.conversation.id,
+        exported_at=doc.header.exported_at,
+        head_hash=doc.header.source_head_hash,
+        mode=mode,
+    )
+    members = {c.id for c in doc.header.contexts}
+    dropped_refs: set[str] = set()
+    out: list[ev.Event] = []
+    for r in records:
+        e = r.event
+        if isinstance(e, ev.ContextFocused):
+            continue
+        if isinstance(e, ev.CrossRefAdded) and e.to_id not in members:
+            dropped_refs.add(e.ref_id)
+            continue
+        if isinstance(e, ev.CrossRefRevoked) and e.ref_id in dropped_refs:
+            continue
+        data = _remap(msgspec.to_builtins(e), ids)
+        data["original_hash"] = r.hash
+        if isinstance(e, ev.ConversationCreated):
+            data["imported_from"] = msgspec.to_builtins(source)
+        out.append(msgspec.convert(data, type(e)))
+    return out
