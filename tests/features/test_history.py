@@ -55,9 +55,12 @@ def test_history_matches_the_model_across_three_levels_with_merges(tmp_path: Pat
                     nodes[cid].own.append(text)
 
             await append(conv.root_context_id, 6)
-            for _ in range(12):
+            for _ in range(30):
                 live = [c for c in nodes if levels[c] < 3]
-                parent = rng.choice(live)
+                deepest = max(levels[c] for c in live)
+                # Lean towards the deepest contexts so the tree reaches three levels.
+                pool = [c for c in live if levels[c] == deepest] if rng.random() < 0.5 else live
+                parent = rng.choice(pool)
                 ctx_now = await engine.read(q.get_context, parent)
                 if ctx_now.status not in ("active", "paused"):
                     continue
