@@ -1,0 +1,52 @@
+"""GetMetrics text parses with prometheus_client's parser and carries the counters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+from prometheus_client.parser import text_string_to_metric_families
+
+from timelined import commands as cmd
+from timelined.config import LogConfig, default_config
+from timelined.daemon.app import App
+from timelined.daemon.metrics import render
+from timelined.daemon.varlink import ServiceInfo, VarlinkServer
+from timelined.daemon.watch import WatchHub
+from timelined.engine import Engine
+from timelined.ids import utc_now
+from timelined.recovery.report import Report
+from timelined.state.model import Conversation
+
+
+def test_metrics_parse_and_count(tmp_path: Path) -> None:
+    async def go() -> str:
+        config = default_config(tmp_path / "s", log=LogConfig(fsync="always"))
+        async with Engine.open(config) as engine:
+            conv = await engine.submit(cmd.CreateConversation(name="m"))
+            assert isinstance(conv, Conversation)
+            for i in range(10):
+                await engine.submit(
+                    cmd.AppendBlock(context_id=conv.root_context_id, role="user", content=str(i))
+                )
+            server = VarlinkServer(ServiceInfo(vendor="t", product="t", version="0", url="u"))
+            report = Report(
+                id="boot-x", kind="boot", version="0", started_at=utc_now(), verdict="recovered"
+            )
+            app = App(
+                config=config, engine=engine, boot=report, server=server, started_at=utc_now()
+            )
+            app.extras["watch"] = WatchHub(engine)
+            return render(app, started_monotonic=0.0)
+
+    text = anyio.run(go)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["timelined_events"].samples[0].value == 11
+    assert families["timelined_last_seq"].samples[0].value == 11
+    fsync = families["timelined_fsync_seconds"]
+    count = next(s for s in fsync.samples if s.name == "timelined_fsync_seconds_count")
+    assert count.value >= 1
+    verdicts = {s.labels["verdict"]: s.value for s in families["timelined_boot_verdict"].samples}
+    assert verdicts["recovered"] == 1 and verdicts["clean"] == 0
+    assert families["timelined_verify_state"].type == "gauge"
+    assert "timelined_watchers" in families
