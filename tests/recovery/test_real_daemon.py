@@ -1,0 +1,177 @@
+"""The real daemon under real signals: kill -9 at random moments, and SIGTERM under load.
+
+Writers are 16 threads, each with its own connection, appending blocks with client-chosen ids
+and recording the id only once the reply arrived (acknowledged). After every restart every
+acknowledged block must be there, the state must equal a replay of the log, and the boot must
+have written the report its stop calls for.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.daemon.harness import DaemonProcess, short_tempdir
+from tests.helpers import dump_state, replay_dump
+from timelined.daemon.varlink.client import Connection
+from timelined.errors import TimelinedError
+from timelined.recovery.report import list_reports, read_report
+
+WRITERS = 16
+ROUNDS = int(os.environ.get("TIMELINED_KILL9_ROUNDS", "20"))
+
+
+class Writers:
+    """16 threads appending until stopped or until their connection dies."""
+
+    def __init__(self, socket_path: Path, context_id: str, round_no: int) -> None:
+        self.socket_path = socket_path
+        self.context_id = context_id
+        self.round_no = round_no
+        self.acked: list[str] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(n,)) for n in range(WRITERS)]
+
+    def _run(self, n: int) -> None:
+        try:
+            conn = Connection.open(self.socket_path, timeout=10)
+        except TimelinedError:
+            return
+        i = 0
+        try:
+            while not self.stop.is_set():
+                block_id = f"r{self.round_no}-w{n}-{i}"
+                try:
+                    conn.call(
+                        "io.timelined.Timeline.AppendBlock",
+                        {
+                            "context_id": self.context_id,
+                            "role": "user",
+                            "content": block_id,
+                            "id": block_id,
+                        },
+                    )
+                except (TimelinedError, OSError):
+                    return  # the daemon died: this write is not acknowledged
+                with self.lock:
+                    self.acked.append(block_id)
+                i += 1
+        finally:
+            conn.close()
+
+    def __enter__(self) -> Writers:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    with short_tempdir("tlk") as path:
+        yield path
+
+
+def stored_ids(daemon: DaemonProcess, ids: list[str]) -> set[str]:
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{daemon.state_dir / 'state.db'}?mode=ro", uri=True)
+    try:
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found |= {
+                r[0] for r in conn.execute(f"SELECT id FROM blocks WHERE id IN ({marks})", chunk)
+            }
+        return found
+    finally:
+        conn.close()
+
+
+def newest_boot(daemon: DaemonProcess):  # type: ignore[no-untyped-def]
+    reports = [p for p in list_reports(daemon.state_dir / "reports") if p.name.startswith("boot-")]
+    return read_report(reports[0])
+
+
+def create_root(daemon: DaemonProcess) -> str:
+    conn = Connection.open(daemon.socket_path, timeout=10)
+    try:
+        reply = conn.call("io.timelined.Timeline.CreateConversation", {"name": "torture"})
+    finally:
+        conn.close()
+    root: str = reply["conversation"]["root_context_id"]
+    return root
+
+
+def test_kill9_torture_loses_nothing_acknowledged(base: Path, tmp_path: Path) -> None:
+    rng = random.Random(int(os.environ.get("TIMELINED_SEED", "9")))
+    daemon = DaemonProcess(base).start()
+    root = create_root(daemon)
+    acked: list[str] = []
+    for round_no in range(ROUNDS):
+        with Writers(daemon.socket_path, root, round_no) as writers:
+            time.sleep(rng.uniform(0.05, 0.4))
+            daemon.kill()  # SIGKILL at a random moment under 16 concurrent writers
+        acked += writers.acked
+        daemon.start()
+        report = newest_boot(daemon)
+        assert report.verdict == "recovered", (round_no, report)
+        assert report.kind == "recovery" and not report.marker_found
+        missing = set(acked) - stored_ids(daemon, acked)
+        assert not missing, f"round {round_no}: {len(missing)} acknowledged blocks lost"
+    assert len(acked) > ROUNDS * WRITERS, "the writers must have made progress"
+    assert daemon.stop() == 0
+    assert dump_state(daemon.state_dir / "state.db") == replay_dump(
+        daemon.state_dir / "log", tmp_path / "replay.db"
+    )
+
+
+def test_sigterm_under_load_is_a_clean_stop(base: Path, tmp_path: Path) -> None:
+    daemon = DaemonProcess(base).start()
+    root = create_root(daemon)
+    with Writers(daemon.socket_path, root, 0) as writers:
+        time.sleep(0.5)
+        daemon.signal(signal.SIGTERM)  # in-flight commands finish, then the marker
+        assert daemon.proc is not None
+        code = daemon.proc.wait(30)
+        daemon.proc = None
+    assert code == 0, daemon.log()
+    assert (daemon.state_dir / "clean-shutdown").exists(), "the marker was written"
+    acked = writers.acked
+    assert len(acked) > WRITERS
+    daemon.start()
+    report = newest_boot(daemon)
+    assert (report.verdict, report.fast_path, report.lines_scanned) == ("clean", True, 0)
+    assert set(acked) <= stored_ids(daemon, acked)
+    assert daemon.stop() == 0
+    assert dump_state(daemon.state_dir / "state.db") == replay_dump(
+        daemon.state_dir / "log", tmp_path / "replay.db"
+    )
+
+
+def test_a_second_daemon_on_the_same_state_refuses(base: Path) -> None:
+    first = DaemonProcess(base).start()
+    try:
+        second = DaemonProcess(base)
+        second.sections["daemon"]["socket_path"] = str(base / "run2" / "tl.sock")
+        second.socket_path = base / "run2" / "tl.sock"
+        second.log_path = base / "second.log"
+        with pytest.raises(RuntimeError, match="exited with 75"):
+            second.start(timeout=15)
+        assert first.proc is not None
+        assert f"locked by process {first.proc.pid}" in second.log()
+    finally:
+        assert first.stop() == 0
