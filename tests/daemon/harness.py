@@ -1,0 +1,244 @@
+"""Test harness for the daemon: a real `timelined serve` subprocess, or an in-process server.
+
+Reusable from other suites:
+
+    from tests.daemon.harness import DaemonProcess, inprocess_daemon, short_tempdir
+
+- `DaemonProcess(dir, **config)` writes `dir/config.toml`, starts
+  `python -m timelined serve --config dir/config.toml`, waits for the socket to answer
+  `GetStatus`, and on `stop()` sends SIGTERM and waits for the exit code.
+- `inprocess_daemon(dir)` runs boot recovery, the engine and the Varlink server with the real
+  `register_all` and `authorizer` in the current event loop (fast tests, no subprocess).
+- `short_tempdir()`: Unix socket paths must be shorter than 108 bytes, pytest's tmp_path often
+  is not; this makes a short directory under /tmp (mode 0755, so other uids can reach it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from timelined.config import AuthConfig, Config, LogConfig, VerifyConfig, default_config
+from timelined.daemon.app import App
+from timelined.daemon.auth import authorizer
+from timelined.daemon.methods import register_all
+from timelined.daemon.varlink import (
+    ServerLimits,
+    ServiceInfo,
+    VarlinkClient,
+    VarlinkServer,
+    listen_unix,
+)
+from timelined.engine import Engine
+from timelined.errors import DaemonUnavailable
+from timelined.ids import utc_now
+from timelined.recovery.boot import boot
+
+REPO = Path(__file__).resolve().parents[2]
+
+# The gid the shared test daemon treats as read-only, and a uid/gid it does not know.
+READ_ONLY_GID = 4242
+STRANGER = 65534
+
+
+@contextmanager
+def short_tempdir(prefix: str = "tl") -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def config_text(sections: Mapping[str, Mapping[str, Any]]) -> str:
+    out: list[str] = []
+    for section, keys in sections.items():
+        out.append(f"[{section}]")
+        out.extend(f"{k} = {_toml_value(v)}" for k, v in keys.items())
+        out.append("")
+    return "\n".join(out)
+
+
+def default_sections(base: Path) -> dict[str, dict[str, Any]]:
+    """A config for tests: state and socket under `base`, socket open to every uid (the
+    uid/gid checks of [auth] are what the permission tests exercise)."""
+    return {
+        "daemon": {
+            "state_dir": str(base / "state"),
+            "socket_path": str(base / "run" / "tl.sock"),
+            "socket_mode": "0666",
+            "log_level": "info",
+        },
+        "log": {"fsync": "always"},
+        "verify": {"on_boot": False, "interval_s": 0},
+        "auth": {"read_only_gids": [READ_ONLY_GID]},
+    }
+
+
+def merged(
+    base: dict[str, dict[str, Any]], overrides: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    out = {k: dict(v) for k, v in base.items()}
+    for section, keys in overrides.items():
+        out.setdefault(section, {}).update(keys)
+    return out
+
+
+class DaemonProcess:
+    """`timelined serve` as a subprocess on a config written into `base`."""
+
+    def __init__(self, base: Path, **overrides: Mapping[str, Any]) -> None:
+        self.base = base
+        self.sections = merged(default_sections(base), overrides)
+        self.config_path = base / "config.toml"
+        self.socket_path = Path(self.sections["daemon"]["socket_path"])
+        self.state_dir = Path(self.sections["daemon"]["state_dir"])
+        self.log_path = base / "daemon.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def write_config(self) -> None:
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        self.socket_path.parent.chmod(0o755)
+        self.config_path.write_text(config_text(self.sections), encoding="utf-8")
+
+    def start(self, timeout: float = 20.0) -> DaemonProcess:
+        self.write_config()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "LISTEN_"))}
+        env["PYTHONUNBUFFERED"] = "1"
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "timelined", "serve", "--config", str(self.config_path)],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc is not None
+            code = self.proc.poll()
+            if code is not None:
+                raise RuntimeError(f"the daemon exited with {code} while starting:\n{self.log()}")
+            try:
+                with VarlinkClient(self.socket_path, timeout=5) as client:
+                    client.call("io.timelined.Admin.GetStatus")
+                return
+            except DaemonUnavailable:
+                pass
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"the daemon did not answer within {timeout}s:\n{self.log()}")
+            time.sleep(0.02)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait; the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> DaemonProcess:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class InProcess:
+    app: App
+    config: Config
+    socket_path: Path
+
+
+def inprocess_config(base: Path, **sections: Any) -> Config:
+    sections.setdefault("log", LogConfig(fsync="off"))
+    sections.setdefault("verify", VerifyConfig(on_boot=False, interval_s=0))
+    sections.setdefault("auth", AuthConfig(read_only_gids=[READ_ONLY_GID]))
+    return default_config(base / "state", **sections)
+
+
+@asynccontextmanager
+async def inprocess_daemon(
+    base: Path, *, config: Config | None = None, socket_mode: int = 0o666
+) -> AsyncIterator[InProcess]:
+    """Boot, engine, server with the real handlers and authorizer, in this event loop."""
+    config = config or inprocess_config(base)
+    booted = await anyio.to_thread.run_sync(boot, config)
+    try:
+        async with Engine.open(config, head=booted.head, read_only=booted.read_only) as engine:
+            server = VarlinkServer(
+                ServiceInfo("timelined", "timelined", "test", "https://varlink.org"),
+                limits=ServerLimits.from_config(config.limits),
+            )
+            app = App(
+                config=config,
+                engine=engine,
+                boot=booted.report,
+                server=server,
+                started_at=utc_now(),
+            )
+            register_all(server, app)
+            server.authorize = authorizer(app)
+            listener = await listen_unix(config.socket_path, socket_mode)
+            config.socket_path.parent.chmod(0o755)
+            async with anyio.create_task_group() as tg:
+                await tg.start(server.serve, listener)
+                try:
+                    yield InProcess(app, config, config.socket_path)
+                finally:
+                    await server.shutdown(2.0)
+    finally:
+        booted.lock.release()

@@ -1,0 +1,730 @@
+"""The client library: a typed method per Varlink method of timelined, async and blocking.
+
+    from timelined.client import Client
+
+    with Client() as tl:                       # $TIMELINED_SOCKET, else the config's socket
+        conv = tl.create_conversation("Trip planning")
+        tl.append_block(conv.root_context_id, "user", "Where should we go?")
+        side = tl.spawn_sidebar(conv.root_context_id, "look up trains", inherit_last=1)
+        for item in tl.get_history(side.id):
+            print(item.source_context_id, item.block.role, item.block.content)
+
+`AsyncClient` has the same methods as coroutines (anyio: asyncio or trio). Both keep a small
+pool of connections, so consecutive calls reuse one and concurrent callers (tasks, threads) each
+get their own; both are safe to share.
+
+Replies are the model Structs of `timelined.state.model` (and the reply Structs of
+`timelined.daemon.api` where a reply has several parts, e.g. a page and its `next` cursor),
+decoded with msgspec straight from the wire. Errors are raised as the same named exception
+classes the daemon raises (`timelined.errors`: `ContextNotFound`, `InvalidTransition`, …) with
+their parameters (`exc.params`, and each parameter as an attribute, e.g. `exc.id`); the Varlink
+service errors as `InvalidParameter`, `MethodNotFound`, `MethodNotImplemented`,
+`InterfaceNotFound` (below); an error name this library does not know as `RemoteError`. A daemon
+that is not running raises `DaemonUnavailable`, saying where it looked and why it failed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from timelined.config import load_config
+from timelined.daemon.api import (
+    METHODS,
+    BlockReply,
+    BlocksReply,
+    ContextReply,
+    ContextsReply,
+    ConversationReply,
+    ConversationsReply,
+    CrossRefReply,
+    HistoryReply,
+    ReadLogReply,
+    RecoveryReportReply,
+    ReloadReply,
+    RepairReply,
+    ReportsReply,
+    SearchReply,
+    StartupStateReply,
+    StatsReply,
+    Status,
+    StatusReply,
+    VerifyReply,
+    VerifyReportReply,
+)
+from timelined.daemon.varlink import AsyncVarlinkClient, VarlinkClient, VarlinkErrorReply
+from timelined.daemon.varlink.service import GetInfoReply, GetInterfaceDescriptionReply
+from timelined.errors import DaemonUnavailable, TimelinedError, all_error_classes
+from timelined.events import SubBlock
+from timelined.recovery.report import Report, ReportInfo
+from timelined.rules import AppendResult
+from timelined.state.model import (
+    Block,
+    Context,
+    Conversation,
+    ConversationStats,
+    CrossRef,
+    HistoryBlock,
+    SearchHit,
+    StartupState,
+)
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "DaemonUnavailable",
+    "InterfaceNotFound",
+    "InvalidParameter",
+    "MethodNotFound",
+    "MethodNotImplemented",
+    "RemoteError",
+    "VarlinkServiceError",
+    "error_from_reply",
+    "socket_path",
+]
+
+T = TypeVar("T")
+
+TIMELINE = "io.timelined.Timeline."
+ADMIN = "io.timelined.Admin."
+SERVICE = "org.varlink.service."
+SOCKET_ENV = "TIMELINED_SOCKET"
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+class VarlinkServiceError(TimelinedError):
+    """An error of the standard interface `org.varlink.service`."""
+
+    name = "VarlinkServiceError"
+
+    @property
+    def varlink_name(self) -> str:
+        return f"{SERVICE}{self.name}"
+
+
+class InvalidParameter(VarlinkServiceError):
+    """A parameter of the wrong type, missing, or unknown; `parameter` names it."""
+
+    name = "InvalidParameter"
+
+    def __init__(self, parameter: str, message: str | None = None) -> None:
+        super().__init__(message or f"invalid parameter {parameter!r}", parameter=parameter)
+        self.parameter = parameter
+
+
+class MethodNotFound(VarlinkServiceError):
+    name = "MethodNotFound"
+
+    def __init__(self, method: str) -> None:
+        super().__init__(f"no method {method!r}", method=method)
+        self.method = method
+
+
+class MethodNotImplemented(VarlinkServiceError):
+    name = "MethodNotImplemented"
+
+    def __init__(self, method: str) -> None:
+        super().__init__(f"method {method!r} is declared but not implemented", method=method)
+        self.method = method
+
+
+class InterfaceNotFound(VarlinkServiceError):
+    name = "InterfaceNotFound"
+
+    def __init__(self, interface: str) -> None:
+        super().__init__(f"no interface {interface!r}", interface=interface)
+        self.interface = interface
+
+
+class RemoteError(TimelinedError):
+    """A named error this library has no class for: `error` is its full Varlink name."""
+
+    name = "RemoteError"
+
+    def __init__(self, error: str, parameters: Mapping[str, Any]) -> None:
+        params = {k: v for k, v in parameters.items() if k != "message"}
+        super().__init__(str(parameters.get("message") or error), **params)
+        self.error = error
+
+    @property
+    def varlink_name(self) -> str:
+        return self.error
+
+
+_RESERVED = frozenset({"message", "params", "error"})
+_classes: dict[str, type[TimelinedError]] = {}
+
+
+def _error_classes() -> dict[str, type[TimelinedError]]:
+    if not _classes:
+        import timelined.engine  # noqa: F401 — defines InternalError, sent by the daemon
+
+        for cls in all_error_classes():
+            if cls is RemoteError or cls is VarlinkServiceError:
+                continue
+            prefix = SERVICE if issubclass(cls, VarlinkServiceError) else "io.timelined."
+            _classes.setdefault(prefix + cls.name, cls)
+    return _classes
+
+
+def error_from_reply(reply: VarlinkErrorReply) -> TimelinedError:
+    """The named exception for a Varlink error reply, its parameters restored."""
+    cls = _error_classes().get(reply.name)
+    params = reply.parameters
+    if cls is None:
+        return RemoteError(reply.name, params)
+    # The classes' constructors take what the daemon knew; the reply carries what it said. Set
+    # the parameters as they arrived (the message included) rather than guessing arguments.
+    exc = cls.__new__(cls)
+    message = params.get("message")
+    if not isinstance(message, str) or not message:
+        message = _fallback_message(cls, params)
+    TimelinedError.__init__(exc, message, **{k: v for k, v in params.items() if k != "message"})
+    for key, value in params.items():
+        if key not in _RESERVED and key.isidentifier() and not hasattr(cls, key):
+            setattr(exc, key, value)
+    return exc
+
+
+def _fallback_message(cls: type[TimelinedError], params: Mapping[str, Any]) -> str:
+    details = ", ".join(f"{k}={v!r}" for k, v in params.items())
+    return f"{cls.name}: {details}" if details else cls.name
+
+
+# --- where the daemon is -----------------------------------------------------------------------
+
+
+def socket_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The daemon's socket: `explicit`, else $TIMELINED_SOCKET, else the config's socket_path
+    (config.toml found as the daemon finds it: $TIMELINED_CONFIG, …, ./config.toml)."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(SOCKET_ENV)
+    if env:
+        return Path(env)
+    return load_config().socket_path
+
+
+def _params(**kwargs: Any) -> dict[str, Any]:
+    """Call parameters without the ones left out (None), as optional Varlink fields are."""
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+# --- async -------------------------------------------------------------------------------------
+
+
+class AsyncClient:
+    """timelined over Varlink, for anyio (asyncio or trio) programs."""
+
+    def __init__(self, socket: str | os.PathLike[str] | None = None, *, max_idle: int = 8) -> None:
+        self.socket_path = socket_path(socket)
+        self._varlink = AsyncVarlinkClient(self.socket_path, max_idle=max_idle)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._varlink.aclose()
+
+    async def _call(self, method: str, params: Any, reply: type[T]) -> T:
+        try:
+            return await self._varlink.call_typed(method, params, reply)
+        except VarlinkErrorReply as exc:
+            raise error_from_reply(exc) from None
+
+    async def call(self, method: str, parameters: Mapping[str, Any] | None = None) -> Any:
+        """Any method by its full name; the reply as its typed Struct (declared methods) or
+        as a dict (org.varlink.service and methods this library does not declare)."""
+        declared = METHODS.get(method)
+        if declared is not None:
+            return await self._call(method, parameters or {}, declared.reply)
+        try:
+            return await self._varlink.call(method, parameters)
+        except VarlinkErrorReply as exc:
+            raise error_from_reply(exc) from None
+
+    # org.varlink.service
+
+    async def get_info(self) -> GetInfoReply:
+        return await self._call(SERVICE + "GetInfo", {}, GetInfoReply)
+
+    async def get_interface_description(self, interface: str) -> str:
+        reply = await self._call(
+            SERVICE + "GetInterfaceDescription",
+            {"interface": interface},
+            GetInterfaceDescriptionReply,
+        )
+        return reply.description
+
+    # conversations
+
+    async def create_conversation(
+        self, name: str, metadata: Mapping[str, Any] | None = None
+    ) -> Conversation:
+        params = _params(name=name, metadata=metadata)
+        reply = await self._call(TIMELINE + "CreateConversation", params, ConversationReply)
+        return reply.conversation
+
+    async def list_conversations(
+        self, include_archived: bool = False, limit: int | None = None, after: int | None = None
+    ) -> ConversationsReply:
+        params = _params(include_archived=include_archived or None, limit=limit, after=after)
+        return await self._call(TIMELINE + "ListConversations", params, ConversationsReply)
+
+    async def get_conversation(self, id: str) -> Conversation:
+        reply = await self._call(TIMELINE + "GetConversation", {"id": id}, ConversationReply)
+        return reply.conversation
+
+    async def update_conversation(
+        self, id: str, name: str | None = None, metadata: Mapping[str, Any] | None = None
+    ) -> Conversation:
+        params = _params(id=id, name=name, metadata=metadata)
+        reply = await self._call(TIMELINE + "UpdateConversation", params, ConversationReply)
+        return reply.conversation
+
+    async def archive_conversation(self, id: str, reason: str | None = None) -> Conversation:
+        params = _params(id=id, reason=reason)
+        reply = await self._call(TIMELINE + "ArchiveConversation", params, ConversationReply)
+        return reply.conversation
+
+    async def get_conversation_stats(self, id: str) -> ConversationStats:
+        reply = await self._call(TIMELINE + "GetConversationStats", {"id": id}, StatsReply)
+        return reply.stats
+
+    # contexts
+
+    async def _context(self, method: str, params: dict[str, Any]) -> Context:
+        reply = await self._call(TIMELINE + method, params, ContextReply)
+        return reply.context
+
+    async def spawn_sidebar(
+        self, parent_id: str, reason: str, inherit_last: int | None = None
+    ) -> Context:
+        params = _params(parent_id=parent_id, reason=reason, inherit_last=inherit_last)
+        return await self._context("SpawnSidebar", params)
+
+    async def pause_context(self, id: str) -> Context:
+        return await self._context("PauseContext", {"id": id})
+
+    async def resume_context(self, id: str) -> Context:
+        return await self._context("ResumeContext", {"id": id})
+
+    async def merge_context(self, id: str, summary: str | None = None) -> Context:
+        return await self._context("MergeContext", _params(id=id, summary=summary))
+
+    async def archive_context(self, id: str, reason: str | None = None) -> Context:
+        return await self._context("ArchiveContext", _params(id=id, reason=reason))
+
+    async def restore_context(self, id: str) -> Context:
+        return await self._context("RestoreContext", {"id": id})
+
+    async def reparent_context(self, id: str, new_parent_id: str) -> Context:
+        return await self._context("ReparentContext", {"id": id, "new_parent_id": new_parent_id})
+
+    async def get_context(self, id: str) -> Context:
+        return await self._context("GetContext", {"id": id})
+
+    async def focus(self, context_id: str) -> Context:
+        return await self._context("Focus", {"context_id": context_id})
+
+    async def set_tags(self, context_id: str, tags: list[str]) -> Context:
+        return await self._context("SetTags", {"context_id": context_id, "tags": list(tags)})
+
+    async def get_tree(self, conversation_id: str) -> list[Context]:
+        params = {"conversation_id": conversation_id}
+        reply = await self._call(TIMELINE + "GetTree", params, ContextsReply)
+        return reply.contexts
+
+    async def get_startup_state(self) -> StartupState:
+        reply = await self._call(TIMELINE + "GetStartupState", {}, StartupStateReply)
+        return reply.state
+
+    async def add_crossref(
+        self, from_id: str, to_id: str, kind: str, note: str | None = None
+    ) -> CrossRef:
+        params = _params(from_id=from_id, to_id=to_id, kind=kind, note=note)
+        reply = await self._call(TIMELINE + "AddCrossRef", params, CrossRefReply)
+        return reply.crossref
+
+    async def revoke_crossref(self, id: str) -> CrossRef:
+        reply = await self._call(TIMELINE + "RevokeCrossRef", {"id": id}, CrossRefReply)
+        return reply.crossref
+
+    # blocks
+
+    async def append_block(
+        self,
+        context_id: str,
+        role: str,
+        content: str,
+        *,
+        id: str | None = None,
+        timestamp: str | None = None,
+        time_taken: float | None = None,
+        tokens_input: int | None = None,
+        tokens_output: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        sub_blocks: list[SubBlock] | list[Mapping[str, Any]] | None = None,
+    ) -> AppendResult:
+        """Append a block; durable when this returns. Pass `id` to make a retry safe."""
+        params = {"context_id": context_id, "role": role, "content": content}
+        if id is not None:
+            params["id"] = id
+        if timestamp is not None or time_taken is not None or tokens_input is not None:
+            params.update(
+                _params(timestamp=timestamp, time_taken=time_taken, tokens_input=tokens_input)
+            )
+        if tokens_output is not None or metadata is not None or sub_blocks is not None:
+            params.update(
+                _params(tokens_output=tokens_output, metadata=metadata, sub_blocks=sub_blocks)
+            )
+        return await self._call(TIMELINE + "AppendBlock", params, AppendResult)
+
+    async def get_block(self, id: str) -> Block:
+        reply = await self._call(TIMELINE + "GetBlock", {"id": id}, BlockReply)
+        return reply.block
+
+    async def list_blocks(
+        self,
+        context_id: str,
+        *,
+        after: int | None = None,
+        before: int | None = None,
+        limit: int | None = None,
+        roles: list[str] | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> BlocksReply:
+        params = _params(
+            context_id=context_id,
+            after=after,
+            before=before,
+            limit=limit,
+            roles=roles,
+            since=since,
+            until=until,
+        )
+        return await self._call(TIMELINE + "ListBlocks", params, BlocksReply)
+
+    async def get_history(self, context_id: str, limit: int | None = None) -> list[HistoryBlock]:
+        params = _params(context_id=context_id, limit=limit)
+        reply = await self._call(TIMELINE + "GetHistory", params, HistoryReply)
+        return reply.blocks
+
+    async def search_blocks(
+        self,
+        query: str,
+        *,
+        conversation_id: str | None = None,
+        context_id: str | None = None,
+        role: str | None = None,
+        limit: int | None = None,
+    ) -> list[SearchHit]:
+        params = _params(
+            query=query,
+            conversation_id=conversation_id,
+            context_id=context_id,
+            role=role,
+            limit=limit,
+        )
+        reply = await self._call(TIMELINE + "SearchBlocks", params, SearchReply)
+        return reply.hits
+
+    # admin
+
+    async def get_status(self) -> Status:
+        reply = await self._call(ADMIN + "GetStatus", {}, StatusReply)
+        return reply.status
+
+    async def read_log(self, after_seq: int = 0, limit: int | None = None) -> ReadLogReply:
+        """Raw log events: `events` are the log's lines byte for byte (`msgspec.Raw`; decode
+        with `msgspec.json.decode`, or hash `bytes(raw)` to check the chain)."""
+        params = _params(after_seq=after_seq, limit=limit)
+        return await self._call(ADMIN + "ReadLog", params, ReadLogReply)
+
+    async def get_recovery_report(self, id: str | None = None) -> Report | None:
+        reply = await self._call(ADMIN + "GetRecoveryReport", _params(id=id), RecoveryReportReply)
+        return reply.report
+
+    async def list_reports(
+        self, limit: int | None = None, kind: str | None = None
+    ) -> list[ReportInfo]:
+        reply = await self._call(
+            ADMIN + "ListReports", _params(limit=limit, kind=kind), ReportsReply
+        )
+        return reply.reports
+
+    async def verify(self, wait: bool = False) -> VerifyReply:
+        return await self._call(ADMIN + "Verify", {"wait": wait}, VerifyReply)
+
+    async def get_verify_report(self) -> dict[str, Any] | None:
+        reply = await self._call(ADMIN + "GetVerifyReport", {}, VerifyReportReply)
+        return reply.report
+
+    async def repair(self) -> dict[str, Any] | None:
+        reply = await self._call(ADMIN + "Repair", {}, RepairReply)
+        return reply.result
+
+    async def reload(self) -> ReloadReply:
+        return await self._call(ADMIN + "Reload", {}, ReloadReply)
+
+
+# --- blocking ----------------------------------------------------------------------------------
+
+
+class Client:
+    """timelined over Varlink, blocking; safe to share between threads."""
+
+    def __init__(
+        self,
+        socket: str | os.PathLike[str] | None = None,
+        *,
+        timeout: float | None = None,
+        max_idle: int = 8,
+    ) -> None:
+        self.socket_path = socket_path(socket)
+        self._varlink = VarlinkClient(self.socket_path, timeout=timeout, max_idle=max_idle)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._varlink.close()
+
+    def _call(self, method: str, params: Any, reply: type[T]) -> T:
+        try:
+            return self._varlink.call_typed(method, params, reply)
+        except VarlinkErrorReply as exc:
+            raise error_from_reply(exc) from None
+
+    def call(self, method: str, parameters: Mapping[str, Any] | None = None) -> Any:
+        """Any method by its full name; the reply as its typed Struct (declared methods) or
+        as a dict (org.varlink.service and methods this library does not declare)."""
+        declared = METHODS.get(method)
+        if declared is not None:
+            return self._call(method, parameters or {}, declared.reply)
+        try:
+            return self._varlink.call(method, parameters)
+        except VarlinkErrorReply as exc:
+            raise error_from_reply(exc) from None
+
+    # org.varlink.service
+
+    def get_info(self) -> GetInfoReply:
+        return self._call(SERVICE + "GetInfo", {}, GetInfoReply)
+
+    def get_interface_description(self, interface: str) -> str:
+        reply = self._call(
+            SERVICE + "GetInterfaceDescription",
+            {"interface": interface},
+            GetInterfaceDescriptionReply,
+        )
+        return reply.description
+
+    # conversations
+
+    def create_conversation(
+        self, name: str, metadata: Mapping[str, Any] | None = None
+    ) -> Conversation:
+        params = _params(name=name, metadata=metadata)
+        return self._call(TIMELINE + "CreateConversation", params, ConversationReply).conversation
+
+    def list_conversations(
+        self, include_archived: bool = False, limit: int | None = None, after: int | None = None
+    ) -> ConversationsReply:
+        params = _params(include_archived=include_archived or None, limit=limit, after=after)
+        return self._call(TIMELINE + "ListConversations", params, ConversationsReply)
+
+    def get_conversation(self, id: str) -> Conversation:
+        return self._call(TIMELINE + "GetConversation", {"id": id}, ConversationReply).conversation
+
+    def update_conversation(
+        self, id: str, name: str | None = None, metadata: Mapping[str, Any] | None = None
+    ) -> Conversation:
+        params = _params(id=id, name=name, metadata=metadata)
+        return self._call(TIMELINE + "UpdateConversation", params, ConversationReply).conversation
+
+    def archive_conversation(self, id: str, reason: str | None = None) -> Conversation:
+        params = _params(id=id, reason=reason)
+        return self._call(TIMELINE + "ArchiveConversation", params, ConversationReply).conversation
+
+    def get_conversation_stats(self, id: str) -> ConversationStats:
+        return self._call(TIMELINE + "GetConversationStats", {"id": id}, StatsReply).stats
+
+    # contexts
+
+    def _context(self, method: str, params: dict[str, Any]) -> Context:
+        return self._call(TIMELINE + method, params, ContextReply).context
+
+    def spawn_sidebar(
+        self, parent_id: str, reason: str, inherit_last: int | None = None
+    ) -> Context:
+        params = _params(parent_id=parent_id, reason=reason, inherit_last=inherit_last)
+        return self._context("SpawnSidebar", params)
+
+    def pause_context(self, id: str) -> Context:
+        return self._context("PauseContext", {"id": id})
+
+    def resume_context(self, id: str) -> Context:
+        return self._context("ResumeContext", {"id": id})
+
+    def merge_context(self, id: str, summary: str | None = None) -> Context:
+        return self._context("MergeContext", _params(id=id, summary=summary))
+
+    def archive_context(self, id: str, reason: str | None = None) -> Context:
+        return self._context("ArchiveContext", _params(id=id, reason=reason))
+
+    def restore_context(self, id: str) -> Context:
+        return self._context("RestoreContext", {"id": id})
+
+    def reparent_context(self, id: str, new_parent_id: str) -> Context:
+        return self._context("ReparentContext", {"id": id, "new_parent_id": new_parent_id})
+
+    def get_context(self, id: str) -> Context:
+        return self._context("GetContext", {"id": id})
+
+    def focus(self, context_id: str) -> Context:
+        return self._context("Focus", {"context_id": context_id})
+
+    def set_tags(self, context_id: str, tags: list[str]) -> Context:
+        return self._context("SetTags", {"context_id": context_id, "tags": list(tags)})
+
+    def get_tree(self, conversation_id: str) -> list[Context]:
+        params = {"conversation_id": conversation_id}
+        return self._call(TIMELINE + "GetTree", params, ContextsReply).contexts
+
+    def get_startup_state(self) -> StartupState:
+        return self._call(TIMELINE + "GetStartupState", {}, StartupStateReply).state
+
+    def add_crossref(
+        self, from_id: str, to_id: str, kind: str, note: str | None = None
+    ) -> CrossRef:
+        params = _params(from_id=from_id, to_id=to_id, kind=kind, note=note)
+        return self._call(TIMELINE + "AddCrossRef", params, CrossRefReply).crossref
+
+    def revoke_crossref(self, id: str) -> CrossRef:
+        return self._call(TIMELINE + "RevokeCrossRef", {"id": id}, CrossRefReply).crossref
+
+    # blocks
+
+    def append_block(
+        self,
+        context_id: str,
+        role: str,
+        content: str,
+        *,
+        id: str | None = None,
+        timestamp: str | None = None,
+        time_taken: float | None = None,
+        tokens_input: int | None = None,
+        tokens_output: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        sub_blocks: list[SubBlock] | list[Mapping[str, Any]] | None = None,
+    ) -> AppendResult:
+        """Append a block; durable when this returns. Pass `id` to make a retry safe."""
+        params = {"context_id": context_id, "role": role, "content": content}
+        if id is not None:
+            params["id"] = id
+        if timestamp is not None or time_taken is not None or tokens_input is not None:
+            params.update(
+                _params(timestamp=timestamp, time_taken=time_taken, tokens_input=tokens_input)
+            )
+        if tokens_output is not None or metadata is not None or sub_blocks is not None:
+            params.update(
+                _params(tokens_output=tokens_output, metadata=metadata, sub_blocks=sub_blocks)
+            )
+        return self._call(TIMELINE + "AppendBlock", params, AppendResult)
+
+    def get_block(self, id: str) -> Block:
+        return self._call(TIMELINE + "GetBlock", {"id": id}, BlockReply).block
+
+    def list_blocks(
+        self,
+        context_id: str,
+        *,
+        after: int | None = None,
+        before: int | None = None,
+        limit: int | None = None,
+        roles: list[str] | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> BlocksReply:
+        params = _params(
+            context_id=context_id,
+            after=after,
+            before=before,
+            limit=limit,
+            roles=roles,
+            since=since,
+            until=until,
+        )
+        return self._call(TIMELINE + "ListBlocks", params, BlocksReply)
+
+    def get_history(self, context_id: str, limit: int | None = None) -> list[HistoryBlock]:
+        params = _params(context_id=context_id, limit=limit)
+        return self._call(TIMELINE + "GetHistory", params, HistoryReply).blocks
+
+    def search_blocks(
+        self,
+        query: str,
+        *,
+        conversation_id: str | None = None,
+        context_id: str | None = None,
+        role: str | None = None,
+        limit: int | None = None,
+    ) -> list[SearchHit]:
+        params = _params(
+            query=query,
+            conversation_id=conversation_id,
+            context_id=context_id,
+            role=role,
+            limit=limit,
+        )
+        return self._call(TIMELINE + "SearchBlocks", params, SearchReply).hits
+
+    # admin
+
+    def get_status(self) -> Status:
+        return self._call(ADMIN + "GetStatus", {}, StatusReply).status
+
+    def read_log(self, after_seq: int = 0, limit: int | None = None) -> ReadLogReply:
+        """Raw log events: `events` are the log's lines byte for byte (`msgspec.Raw`; decode
+        with `msgspec.json.decode`, or hash `bytes(raw)` to check the chain)."""
+        params = _params(after_seq=after_seq, limit=limit)
+        return self._call(ADMIN + "ReadLog", params, ReadLogReply)
+
+    def get_recovery_report(self, id: str | None = None) -> Report | None:
+        return self._call(ADMIN + "GetRecoveryReport", _params(id=id), RecoveryReportReply).report
+
+    def list_reports(self, limit: int | None = None, kind: str | None = None) -> list[ReportInfo]:
+        params = _params(limit=limit, kind=kind)
+        return self._call(ADMIN + "ListReports", params, ReportsReply).reports
+
+    def verify(self, wait: bool = False) -> VerifyReply:
+        return self._call(ADMIN + "Verify", {"wait": wait}, VerifyReply)
+
+    def get_verify_report(self) -> dict[str, Any] | None:
+        return self._call(ADMIN + "GetVerifyReport", {}, VerifyReportReply).report
+
+    def repair(self) -> dict[str, Any] | None:
+        return self._call(ADMIN + "Repair", {}, RepairReply).result
+
+    def reload(self) -> ReloadReply:
+        return self._call(ADMIN + "Reload", {}, ReloadReply)
+
+
+def to_json(value: Any) -> bytes:
+    """A reply (or any Struct) as JSON bytes, as it travels on the wire."""
+    return msgspec.json.encode(value)

@@ -1,0 +1,7 @@
+"""`python -m timelined.ctl` is `timelinectl`."""
+
+import sys
+
+from timelined.ctl.main import main
+
+sys.exit(main())

@@ -1,0 +1,176 @@
+"""Verbs for blocks: append, block, blocks, history, search."""
+
+from __future__ import annotations
+
+import sys
+
+from timelined.ctl.common import TIMELINE, Ctl, Verbs, count, json_array, json_object, positive
+from timelined.state.model import Block
+
+
+def register(verbs: Verbs) -> None:
+    p = verbs.add_parser(
+        "append", help="append a block to a context (content from stdin by default)"
+    )
+    p.add_argument("context_id")
+    p.add_argument("content", nargs="?", help="the block's content; '-' or absent: read stdin")
+    p.add_argument(
+        "-r", "--role", default="user", help="user, assistant, system, … (default: user)"
+    )
+    p.add_argument("--id", help="your own block id: a retry with the same id and content is safe")
+    p.add_argument("--timestamp", help="ISO 8601 (default: now)")
+    p.add_argument("--time-taken", type=float, metavar="SECONDS")
+    p.add_argument("--tokens-input", type=count, metavar="N")
+    p.add_argument("--tokens-output", type=count, metavar="N")
+    p.add_argument("--metadata", type=json_object, metavar="JSON", help="a JSON object")
+    p.add_argument("--sub-blocks", type=json_array, metavar="JSON", help="a JSON array")
+    p.set_defaults(run=append)
+
+    p = verbs.add_parser("block", help="show one block")
+    p.add_argument("id")
+    p.set_defaults(run=block)
+
+    p = verbs.add_parser("blocks", help="a context's own blocks, a page at a time")
+    p.add_argument("context_id")
+    p.add_argument("--after", type=count, metavar="POS", help="the page after this position")
+    p.add_argument("--before", type=count, metavar="POS", help="the page before this position")
+    p.add_argument("--limit", type=positive, help="at most N (1..1000, default 100)")
+    p.add_argument("--role", action="append", dest="roles", metavar="ROLE", help="repeatable")
+    p.add_argument("--since", metavar="TIME", help="at or after this ISO 8601 time")
+    p.add_argument("--until", metavar="TIME", help="before this ISO 8601 time")
+    p.set_defaults(run=blocks)
+
+    p = verbs.add_parser("history", help="what a model is given for a context")
+    p.add_argument("context_id")
+    p.add_argument("--limit", type=positive, help="only the last N blocks")
+    p.set_defaults(run=history)
+
+    p = verbs.add_parser("search", help="full-text search over blocks (FTS5 query syntax)")
+    p.add_argument("query")
+    p.add_argument("--conversation", metavar="ID")
+    p.add_argument("--context", metavar="ID")
+    p.add_argument("--role")
+    p.add_argument("--limit", type=positive, help="at most N (1..1000, default 20)")
+    p.set_defaults(run=search)
+
+
+def append(ctl: Ctl) -> int:
+    a = ctl.args
+    content = a.content
+    if content is None or content == "-":
+        content = sys.stdin.read()
+    reply = ctl.call(
+        TIMELINE + "AppendBlock",
+        context_id=a.context_id,
+        role=a.role,
+        content=content,
+        id=a.id,
+        timestamp=a.timestamp,
+        time_taken=a.time_taken,
+        tokens_input=a.tokens_input,
+        tokens_output=a.tokens_output,
+        metadata=a.metadata,
+        sub_blocks=a.sub_blocks,
+    )
+    b = reply.block
+    ctl.out.reply(
+        reply,
+        lambda: ctl.out.line(f"{b.id}  seq {reply.seq}  position {b.position} in {b.context_id}"),
+    )
+    return 0
+
+
+def show_block(ctl: Ctl, b: Block) -> None:
+    out = ctl.out
+    out.fields(
+        [
+            ("id", b.id),
+            ("context", b.context_id),
+            ("role", b.role),
+            ("timestamp", b.timestamp),
+            ("seq", b.seq),
+            ("position", b.position),
+            ("time taken", b.time_taken),
+            ("tokens in", b.tokens_input),
+            ("tokens out", b.tokens_output),
+            ("metadata", b.metadata or None),
+        ]
+    )
+    for sub in b.sub_blocks:
+        out.line(f"sub-block  {sub.type}: {' '.join(sub.content.split())}")
+    out.line("")
+    out.line(b.content)
+
+
+def block(ctl: Ctl) -> int:
+    reply = ctl.call(TIMELINE + "GetBlock", id=ctl.args.id)
+    ctl.out.reply(reply, lambda: show_block(ctl, reply.block))
+    return 0
+
+
+def blocks(ctl: Ctl) -> int:
+    a = ctl.args
+    reply = ctl.call(
+        TIMELINE + "ListBlocks",
+        context_id=a.context_id,
+        after=a.after,
+        before=a.before,
+        limit=a.limit,
+        roles=a.roles,
+        since=a.since,
+        until=a.until,
+    )
+
+    def human() -> None:
+        ctl.out.table(
+            ["POS", "SEQ", "ROLE", "TIMESTAMP", "CONTENT"],
+            [[b.position, b.seq, b.role, b.timestamp[:23], b.content] for b in reply.blocks],
+        )
+        if reply.next is not None:
+            way = "--before" if a.before is not None and a.after is None else "--after"
+            ctl.out.note(f"more: timelinectl blocks {a.context_id} {way} {reply.next}")
+
+    ctl.out.reply(reply, human)
+    return 0
+
+
+def history(ctl: Ctl) -> int:
+    reply = ctl.call(TIMELINE + "GetHistory", context_id=ctl.args.context_id, limit=ctl.args.limit)
+
+    def human() -> None:
+        ctl.out.table(
+            ["FROM", "", "ROLE", "CONTENT"],
+            [
+                [
+                    h.source_context_id,
+                    "inherited" if h.inherited else "own",
+                    h.block.role,
+                    h.block.content,
+                ]
+                for h in reply.blocks
+            ],
+        )
+
+    ctl.out.reply(reply, human)
+    return 0
+
+
+def search(ctl: Ctl) -> int:
+    a = ctl.args
+    reply = ctl.call(
+        TIMELINE + "SearchBlocks",
+        query=a.query,
+        conversation_id=a.conversation,
+        context_id=a.context,
+        role=a.role,
+        limit=a.limit,
+    )
+
+    def human() -> None:
+        ctl.out.table(
+            ["BLOCK", "CONTEXT", "ROLE", "SNIPPET"],
+            [[h.block_id, h.context_id, h.role, h.snippet] for h in reply.hits],
+        )
+
+    ctl.out.reply(reply, human)
+    return 0

@@ -1,0 +1,84 @@
+"""What every verb of timelinectl shares: the client, the parsed arguments, the output."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+import msgspec
+
+from timelined.client import Client
+from timelined.ctl.output import Output
+
+TIMELINE = "io.timelined.Timeline."
+ADMIN = "io.timelined.Admin."
+
+
+@dataclass
+class Ctl:
+    """One run of timelinectl: `call` a method, print with `out`."""
+
+    args: argparse.Namespace
+    out: Output
+    _client: Client | None = field(default=None, repr=False)
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(self.args.socket)
+        return self._client
+
+    def call(self, method: str, **params: Any) -> Any:
+        """The method by its full name, parameters left out when None; the typed reply."""
+        return self.client.call(method, {k: v for k, v in params.items() if v is not None})
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+Run = Callable[[Ctl], int]
+Verbs: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """An argparse type: a JSON object."""
+    try:
+        value = msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def json_array(text: str) -> list[Any]:
+    """An argparse type: a JSON array."""
+    try:
+        value = msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError("expected a JSON array")
+    return value
+
+
+def count(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def positive(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    value = count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value

@@ -1,0 +1,503 @@
+"""The Varlink methods: each handler maps one call to an engine command or a read.
+
+Handlers are thin. A write is `await app.engine.submit(command, actor)`: the parameters ARE the
+command (timelined.commands), the actor is the caller's uid/gid/pid from SO_PEERCRED. A read is
+`await app.engine.read(fn, ...)`: one function over a read-only connection, run in one WAL
+snapshot, raising the named NotFound error itself so that the check and the answer agree.
+
+`app` is read at call time (`app.config`, `app.verifier`, `app.extras`): a reload replaces the
+config, and parts such as the verifier may arrive after the server started.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import re
+import sqlite3
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import anyio
+import msgspec
+
+from timelined import __version__
+from timelined import commands as cmd
+from timelined.auditlog import read_lines
+from timelined.daemon.api import (
+    ADMIN,
+    TIMELINE,
+    BlockReply,
+    BlocksReply,
+    BootStatus,
+    ByIdParams,
+    ConnectionStats,
+    ContextReply,
+    ContextsReply,
+    ConversationReply,
+    ConversationsReply,
+    CrossRefReply,
+    EmptyParams,
+    FeatureUnavailable,
+    GetHistoryParams,
+    GetRecoveryReportParams,
+    GetTreeParams,
+    HistoryReply,
+    ListBlocksParams,
+    ListConversationsParams,
+    ListReportsParams,
+    ReadLogParams,
+    ReadLogReply,
+    RecoveryReportReply,
+    ReloadReply,
+    RepairReply,
+    ReportsReply,
+    SearchBlocksParams,
+    SearchReply,
+    StartupStateReply,
+    StatsReply,
+    Status,
+    StatusReply,
+    VerifyParams,
+    VerifyReply,
+    VerifyReportReply,
+    WriterStats,
+)
+from timelined.daemon.app import App
+from timelined.daemon.varlink import CallContext, Handler, PeerCredentials, VarlinkServer
+from timelined.errors import (
+    BlockNotFound,
+    ContextNotFound,
+    ConversationNotFound,
+    InvalidArgument,
+    ReportNotFound,
+)
+from timelined.events import Actor
+from timelined.ids import normalize_ts, parse_ts
+from timelined.recovery.report import Report, ReportInfo, list_reports, read_report
+from timelined.rules import AppendResult
+from timelined.state import queries as q
+from timelined.state.model import Block, Context, Conversation, CrossRef, StartupState
+
+__all__ = ["admin_handlers", "register_all", "timeline_handlers"]
+
+log = logging.getLogger("timelined.daemon.methods")
+
+
+def register_all(server: VarlinkServer, app: App) -> None:
+    """Serve io.timelined.Timeline and io.timelined.Admin on `server` for `app`."""
+    server.register(TIMELINE, timeline_handlers(app))
+    server.register(ADMIN, admin_handlers(app))
+
+
+def _actor(peer: PeerCredentials) -> Actor:
+    return Actor(uid=peer.uid, gid=peer.gid, pid=peer.pid)
+
+
+# --- reads: one function per method, run in one snapshot on a read-only connection ----------
+
+
+def _context_exists(conn: sqlite3.Connection, id: str) -> None:
+    if conn.execute("SELECT 1 FROM contexts WHERE id = ?", (id,)).fetchone() is None:
+        raise ContextNotFound(id)
+
+
+def _conversation_exists(conn: sqlite3.Connection, id: str) -> None:
+    if conn.execute("SELECT 1 FROM conversations WHERE id = ?", (id,)).fetchone() is None:
+        raise ConversationNotFound(id)
+
+
+def read_conversation(conn: sqlite3.Connection, id: str) -> Conversation:
+    found = q.get_conversation(conn, id)
+    if found is None:
+        raise ConversationNotFound(id)
+    return found
+
+
+def read_context(conn: sqlite3.Connection, id: str) -> Context:
+    found = q.get_context(conn, id)
+    if found is None:
+        raise ContextNotFound(id)
+    return found
+
+
+def read_block(conn: sqlite3.Connection, id: str) -> Block:
+    found = q.get_block(conn, id)
+    if found is None:
+        raise BlockNotFound(id)
+    return found
+
+
+def read_tree(conn: sqlite3.Connection, conversation_id: str) -> list[Context]:
+    _conversation_exists(conn, conversation_id)
+    return q.get_tree(conn, conversation_id)
+
+
+def read_blocks(
+    conn: sqlite3.Connection, p: ListBlocksParams, since: str | None, until: str | None
+) -> BlocksReply:
+    _context_exists(conn, p.context_id)
+    blocks, next_cursor = q.list_blocks(
+        conn,
+        p.context_id,
+        limit=p.limit,
+        after=p.after,
+        before=p.before,
+        roles=p.roles or None,
+        since=since,
+        until=until,
+    )
+    return BlocksReply(blocks, next_cursor)
+
+
+def read_history(conn: sqlite3.Connection, p: GetHistoryParams) -> HistoryReply:
+    _context_exists(conn, p.context_id)
+    return HistoryReply(q.history(conn, p.context_id, limit=p.limit))
+
+
+def read_search(conn: sqlite3.Connection, p: SearchBlocksParams) -> SearchReply:
+    if p.conversation_id is not None:
+        _conversation_exists(conn, p.conversation_id)
+    if p.context_id is not None:
+        _context_exists(conn, p.context_id)
+    hits = q.search(
+        conn,
+        p.query,
+        conversation_id=p.conversation_id,
+        context_id=p.context_id,
+        role=p.role,
+        limit=p.limit,
+    )
+    return SearchReply(hits)
+
+
+def read_stats(conn: sqlite3.Connection, id: str) -> StatsReply:
+    _conversation_exists(conn, id)
+    return StatsReply(q.conversation_stats(conn, id))
+
+
+_LAST_ACTIVE = (
+    "SELECT conversation_id, seq FROM ("
+    " SELECT c.conversation_id AS conversation_id, b.seq AS seq FROM blocks b"
+    "  JOIN contexts c ON c.id = b.context_id"
+    "  JOIN conversations v ON v.id = c.conversation_id AND v.status != 'archived'"
+    "  ORDER BY b.seq DESC LIMIT 1)"
+    " UNION ALL SELECT * FROM ("
+    " SELECT id, max(updated_seq, created_seq) FROM conversations WHERE status != 'archived'"
+    "  ORDER BY max(updated_seq, created_seq) DESC LIMIT 1)"
+    " ORDER BY 2 DESC LIMIT 1"
+)
+
+
+def read_startup_state(conn: sqlite3.Connection) -> StartupState:
+    """queries.startup_state, with its last-active query's UNION given equal column counts.
+
+    TODO(state owner): queries.startup_state selects one column on the left of its UNION ALL
+    and two on the right, which SQLite refuses; once fixed there, call it directly.
+    """
+    try:
+        return q.startup_state(conn)
+    except sqlite3.OperationalError:
+        pass
+    f = q.focus(conn)
+    row = conn.execute(_LAST_ACTIVE).fetchone()
+    return StartupState(
+        has_data=True,
+        focused_context=q.get_context(conn, f.context_id) if f.context_id else None,
+        focused_conversation=(
+            q.get_conversation(conn, f.conversation_id) if f.conversation_id else None
+        ),
+        last_active_conversation=q.get_conversation(conn, row[0]) if row else None,
+    )
+
+
+def _timestamp(name: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return normalize_ts(value)
+    except ValueError as exc:
+        raise InvalidArgument(name, f"not an ISO 8601 time: {exc}") from None
+
+
+# --- io.timelined.Timeline ---------------------------------------------------------------------
+
+
+def timeline_handlers(app: App) -> dict[str, Handler]:
+    """The handlers of io.timelined.Timeline, by method name."""
+
+    async def conversation_command(p: cmd.Command, ctx: CallContext) -> ConversationReply:
+        result = await app.engine.submit(p, _actor(ctx.peer))
+        return ConversationReply(cast(Conversation, result))
+
+    async def context_command(p: cmd.Command, ctx: CallContext) -> ContextReply:
+        result = await app.engine.submit(p, _actor(ctx.peer))
+        return ContextReply(cast(Context, result))
+
+    async def crossref_command(p: cmd.Command, ctx: CallContext) -> CrossRefReply:
+        result = await app.engine.submit(p, _actor(ctx.peer))
+        return CrossRefReply(cast(CrossRef, result))
+
+    async def append_block(p: cmd.AppendBlock, ctx: CallContext) -> AppendResult:
+        # The hot path: the parameters are the command, the result is the reply.
+        return cast(
+            AppendResult,
+            await app.engine.submit(p, Actor(uid=ctx.peer.uid, gid=ctx.peer.gid, pid=ctx.peer.pid)),
+        )
+
+    async def list_conversations(
+        p: ListConversationsParams, ctx: CallContext
+    ) -> ConversationsReply:
+        page, next_cursor = await app.engine.read(
+            q.list_conversations,
+            include_archived=p.include_archived,
+            limit=p.limit,
+            after=p.after,
+        )
+        return ConversationsReply(page, next_cursor)
+
+    async def get_conversation(p: ByIdParams, ctx: CallContext) -> ConversationReply:
+        return ConversationReply(await app.engine.read(read_conversation, p.id))
+
+    async def get_context(p: ByIdParams, ctx: CallContext) -> ContextReply:
+        return ContextReply(await app.engine.read(read_context, p.id))
+
+    async def get_tree(p: GetTreeParams, ctx: CallContext) -> ContextsReply:
+        return ContextsReply(await app.engine.read(read_tree, p.conversation_id))
+
+    async def get_startup_state(p: EmptyParams, ctx: CallContext) -> StartupStateReply:
+        return StartupStateReply(await app.engine.read(read_startup_state))
+
+    async def get_block(p: ByIdParams, ctx: CallContext) -> BlockReply:
+        return BlockReply(await app.engine.read(read_block, p.id))
+
+    async def list_blocks(p: ListBlocksParams, ctx: CallContext) -> BlocksReply:
+        since = _timestamp("since", p.since)
+        until = _timestamp("until", p.until)
+        reply: BlocksReply = await app.engine.read(read_blocks, p, since, until)
+        return reply
+
+    async def get_history(p: GetHistoryParams, ctx: CallContext) -> HistoryReply:
+        reply: HistoryReply = await app.engine.read(read_history, p)
+        return reply
+
+    async def search_blocks(p: SearchBlocksParams, ctx: CallContext) -> SearchReply:
+        reply: SearchReply = await app.engine.read(read_search, p)
+        return reply
+
+    async def get_conversation_stats(p: ByIdParams, ctx: CallContext) -> StatsReply:
+        reply: StatsReply = await app.engine.read(read_stats, p.id)
+        return reply
+
+    handlers: dict[str, Handler] = {
+        "CreateConversation": conversation_command,
+        "ListConversations": list_conversations,
+        "GetConversation": get_conversation,
+        "UpdateConversation": conversation_command,
+        "ArchiveConversation": conversation_command,
+        "SpawnSidebar": context_command,
+        "PauseContext": context_command,
+        "ResumeContext": context_command,
+        "MergeContext": context_command,
+        "ArchiveContext": context_command,
+        "RestoreContext": context_command,
+        "ReparentContext": context_command,
+        "GetContext": get_context,
+        "GetTree": get_tree,
+        "Focus": context_command,
+        "GetStartupState": get_startup_state,
+        "AppendBlock": append_block,
+        "GetBlock": get_block,
+        "ListBlocks": list_blocks,
+        "GetHistory": get_history,
+        "SearchBlocks": search_blocks,
+        "GetConversationStats": get_conversation_stats,
+        "SetTags": context_command,
+        "AddCrossRef": crossref_command,
+        "RevokeCrossRef": crossref_command,
+    }
+    return handlers
+
+
+# --- io.timelined.Admin ------------------------------------------------------------------------
+
+_REPORT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+def _builtins(value: Any) -> dict[str, Any] | None:
+    """A part's answer (Struct, dataclass, dict, …) as a JSON object for an `object` field."""
+    if value is None:
+        return None
+    plain = msgspec.to_builtins(value)
+    if isinstance(plain, dict):
+        return plain
+    return {"value": plain}
+
+
+def _read_log_lines(log_dir: Path, after_seq: int, upto_seq: int) -> list[msgspec.Raw]:
+    # Each line is a JSON object already: embedded as raw bytes, the reply carries the log's
+    # bytes exactly, so a client can recompute every hash from what it received.
+    return [msgspec.Raw(line[:-1]) for _, line in read_lines(log_dir, after_seq, upto_seq)]
+
+
+def _report_path(reports_dir: Path, id: str) -> Path:
+    name = id.removesuffix(".json")
+    if not _REPORT_ID.match(name):
+        raise ReportNotFound(id)
+    path = reports_dir / f"{name}.json"
+    if not path.is_file():
+        raise ReportNotFound(id)
+    return path
+
+
+def _load_report(reports_dir: Path, id: str | None) -> Report | None:
+    if id is not None:
+        return read_report(_report_path(reports_dir, id))
+    for path in list_reports(reports_dir, ("recovery",)):
+        try:
+            return read_report(path)
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("unreadable report %s: %s", path, exc)
+    return None
+
+
+def _report_infos(reports_dir: Path, limit: int, kind: str | None) -> list[ReportInfo]:
+    prefixes = (kind,) if kind else ("boot", "recovery", "repair")
+    infos: list[ReportInfo] = []
+    for path in list_reports(reports_dir, prefixes)[:limit]:
+        try:
+            r = read_report(path)
+            infos.append(ReportInfo(r.id, r.kind, r.verdict, r.started_at))
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+            infos.append(ReportInfo(path.stem, path.stem.split("-", 1)[0], "unreadable", ""))
+    return infos
+
+
+def _uptime(started_at: str) -> float:
+    try:
+        return round((datetime.now(UTC) - parse_ts(started_at)).total_seconds(), 3)
+    except ValueError:
+        return 0.0
+
+
+def status_of(app: App) -> Status:
+    """The daemon's status, as GetStatus answers it."""
+    engine = app.engine
+    boot = app.boot
+    verifier = app.verifier
+    verify = _builtins(verifier.status()) if verifier is not None else None
+    server = app.server.stats()
+    stats = engine.stats
+    return Status(
+        version=__version__,
+        pid=os.getpid(),
+        started_at=app.started_at,
+        uptime_s=_uptime(app.started_at),
+        state_dir=str(app.config.state_dir),
+        socket_path=str(app.config.socket_path),
+        last_seq=engine.last_seq,
+        head_hash=engine.last_hash,
+        boot=BootStatus(
+            verdict=boot.verdict,
+            report_id=boot.id,
+            recovery_report=boot.recovery_report,
+            started_at=boot.started_at,
+            fast_path=boot.fast_path,
+            events_rolled_forward=boot.events_rolled_forward,
+        ),
+        verify=verify if verify is not None else {"state": "never"},
+        connections=ConnectionStats(
+            open=server.connections_open,
+            total=server.connections_total,
+            rejected=server.connections_rejected,
+            streams=server.streams_open,
+            calls=server.calls_total,
+            errors=server.errors_total,
+        ),
+        writer=WriterStats(
+            commands=stats.commands,
+            refused=stats.refused,
+            events=stats.events,
+            batches=stats.batches,
+            queue_depth=engine.queue_depth,
+        ),
+        read_only=engine.read_only.message if engine.read_only is not None else None,
+        fatal=engine.fatal.message if engine.fatal is not None else None,
+    )
+
+
+def _reload_reply(result: Any) -> ReloadReply:
+    if result is None:
+        return ReloadReply(changed=[])
+    if isinstance(result, list | tuple):
+        return ReloadReply(changed=[str(k) for k in result])
+    return msgspec.convert(msgspec.to_builtins(result), ReloadReply)
+
+
+def admin_handlers(app: App) -> dict[str, Handler]:
+    """The handlers of io.timelined.Admin, by method name."""
+
+    def verifier() -> Any:
+        found = app.verifier
+        if found is None:
+            raise FeatureUnavailable("verifier", "the background verifier is not running")
+        return found
+
+    async def get_status(p: EmptyParams, ctx: CallContext) -> StatusReply:
+        return StatusReply(status_of(app))
+
+    async def read_log(p: ReadLogParams, ctx: CallContext) -> ReadLogReply:
+        head = app.engine.last_seq  # committed: the writer appends lines before it commits
+        if p.after_seq >= head:
+            return ReadLogReply(events=[])
+        upto = min(head, p.after_seq + p.limit)
+        events = await anyio.to_thread.run_sync(
+            _read_log_lines, app.config.log_dir, p.after_seq, upto
+        )
+        return ReadLogReply(events=events, next=upto if upto < head else None)
+
+    async def get_recovery_report(
+        p: GetRecoveryReportParams, ctx: CallContext
+    ) -> RecoveryReportReply:
+        report = await anyio.to_thread.run_sync(_load_report, app.config.reports_dir, p.id)
+        return RecoveryReportReply(report)
+
+    async def list_reports_(p: ListReportsParams, ctx: CallContext) -> ReportsReply:
+        infos = await anyio.to_thread.run_sync(
+            _report_infos, app.config.reports_dir, p.limit, p.kind
+        )
+        return ReportsReply(infos)
+
+    async def verify(p: VerifyParams, ctx: CallContext) -> VerifyReply:
+        v = verifier()
+        result = await v.verify(p.wait)
+        return VerifyReply(result=_builtins(result), status=_builtins(v.status()))
+
+    async def get_verify_report(p: EmptyParams, ctx: CallContext) -> VerifyReportReply:
+        return VerifyReportReply(_builtins(verifier().latest()))
+
+    async def repair(p: EmptyParams, ctx: CallContext) -> RepairReply:
+        return RepairReply(_builtins(await verifier().repair()))
+
+    async def reload(p: EmptyParams, ctx: CallContext) -> ReloadReply:
+        fn: Callable[[], Any] | None = app.extras.get("reload")
+        if fn is None:
+            raise FeatureUnavailable("reload", "this daemon was started without a config reloader")
+        result = fn()
+        if inspect.isawaitable(result):
+            result = await result
+        return _reload_reply(result)
+
+    return {
+        "GetStatus": get_status,
+        "ReadLog": read_log,
+        "GetRecoveryReport": get_recovery_report,
+        "ListReports": list_reports_,
+        "Verify": verify,
+        "GetVerifyReport": get_verify_report,
+        "Repair": repair,
+        "Reload": reload,
+    }
