@@ -1,0 +1,179 @@
+"""The socket load generator, run as its own process: `python -m benchmarks.loadgen ARGS_JSON`.
+
+It opens `conns` connections to the daemon, gives each its own conversation (or uses the
+contexts it was given), prints `ready`, waits for a line on stdin, then runs `repeats` windows of
+closed-loop AppendBlock calls (one call in flight per connection: each connection is a chat
+client waiting for its durable acknowledgement) and prints one JSON line per window: the rate
+of acknowledged appends and the latency from sending a call to having its reply.
+
+It speaks the wire protocol with asyncio protocols and pre-encoded calls, so that it needs as
+little CPU as possible on a 2-core machine where it shares the cores with the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+import msgspec
+
+from benchmarks.dataset import TextGen
+from benchmarks.stats import summary_ms
+from benchmarks.wire import TIMELINE, decode_reply, encode_call
+
+
+class _Conn(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.waiter: asyncio.Future[bytes] | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.find(0)
+        if end >= 0:  # one call in flight: at most one reply
+            frame = bytes(self.buf[:end])
+            del self.buf[: end + 1]
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("the daemon closed the connection"))
+
+    async def call(self, data: bytes) -> bytes:
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(data)
+        return await self.waiter
+
+
+class _Error(msgspec.Struct):
+    error: str | None = None
+
+
+_error = msgspec.json.Decoder(_Error)
+
+
+async def main(args: dict[str, Any]) -> None:
+    loop = asyncio.get_running_loop()
+    conns: list[_Conn] = []
+    for _ in range(args["conns"]):
+        _, proto = await loop.create_unix_connection(_Conn, args["socket"])
+        conns.append(proto)
+    contexts: list[str] = list(args.get("contexts") or [])
+    for i, c in enumerate(conns[len(contexts) :]):
+        frame = await c.call(encode_call(f"{TIMELINE}.CreateConversation", {"name": f"load {i}"}))
+        contexts.append(decode_reply(frame)["conversation"]["root_context_id"])
+    gen = TextGen(seed=99)
+    texts = [gen.text() for _ in range(256)]
+    calls = [
+        [
+            encode_call(
+                f"{TIMELINE}.AppendBlock",
+                {"context_id": contexts[n % len(contexts)], "role": "user", "content": t},
+            )
+            for t in texts[n % 7 :: 7]
+        ]
+        for n in range(len(conns))
+    ]
+    print("ready", flush=True)
+    await loop.run_in_executor(None, sys.stdin.readline)
+
+    clock = time.perf_counter
+    state: dict[str, Any] = {}
+
+    async def worker(n: int) -> None:
+        conn, mine = conns[n], calls[n]
+        i = 0
+        while not state["stop"]:
+            t = clock()
+            frame = await conn.call(mine[i % len(mine)])
+            done = clock()
+            i += 1
+            if not state["measure"]:
+                continue
+            if frame.startswith(b'{"error"') or _error.decode(frame).error is not None:
+                err = _error.decode(frame).error or "?"
+                state["errors"][err] = state["errors"].get(err, 0) + 1
+                continue
+            state["lat"].append(done - t)
+
+    for _ in range(args.get("repeats", 1)):
+        state.update(stop=False, measure=False, lat=[], errors={})
+        tasks = [asyncio.create_task(worker(n)) for n in range(len(conns))]
+        await asyncio.sleep(args.get("warmup", 0.3))
+        state["measure"] = True
+        start = clock()
+        await asyncio.sleep(args["window"])
+        state["measure"] = False
+        elapsed = clock() - start
+        lat: list[float] = state["lat"]
+        state["stop"] = True
+        await asyncio.gather(*tasks)
+        out = {"rate": len(lat) / elapsed, "ok": len(lat), "errors": state["errors"]}
+        out.update(summary_ms(lat))
+        print(json.dumps(out), flush=True)
+
+
+class Load:
+    """The parent's handle on one load-generator process."""
+
+    def __init__(
+        self,
+        socket_path: str,
+        conns: int,
+        window: float,
+        *,
+        repeats: int = 1,
+        warmup: float = 0.3,
+        contexts: list[str] | None = None,
+    ) -> None:
+        args = {
+            "socket": socket_path,
+            "conns": conns,
+            "window": window,
+            "repeats": repeats,
+            "warmup": warmup,
+            "contexts": contexts or [],
+        }
+        self.repeats = repeats
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.loadgen", json.dumps(args)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            self.proc.kill()
+            raise RuntimeError(f"the load generator failed to start: {line!r}")
+
+    def go(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def results(self, timeout: float = 600) -> list[dict[str, Any]]:
+        assert self.proc.stdout is not None
+        out = [json.loads(self.proc.stdout.readline()) for _ in range(self.repeats)]
+        if self.proc.wait(timeout) != 0:
+            raise RuntimeError(f"the load generator exited with {self.proc.returncode}")
+        return out
+
+    def run(self) -> list[dict[str, Any]]:
+        self.go()
+        return self.results()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(json.loads(sys.argv[1])))

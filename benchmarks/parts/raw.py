@@ -1,0 +1,162 @@
+"""The machine's own limits, on the filesystem the state directory lives on.
+
+- JSONL append + fsync per record: one `write` of a real log line (an AppendBlock with 320 bytes
+  of text, ~700 bytes in all, encoded by `auditlog.encode_record`) then `fsync`, in a loop: what
+  one durable append can cost at best.
+- the same with one fsync per batch of 64 records (one write of 64 lines): the group-commit
+  ceiling that the engine and the socket are compared with.
+- SQLite (WAL) single-row transactions with `synchronous=FULL` (durable per commit) and `NORMAL`
+  (what the state database uses: durable at checkpoints only), and 1000-row transactions.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmarks.env import Env
+from benchmarks.stats import median, summary_ms
+from timelined.auditlog import GENESIS_PREV, encode_record
+from timelined.events import Actor, BlockAppended, BlockData
+
+PART = "raw"
+
+
+def sample_line(content_bytes: int = 320) -> bytes:
+    """One log line as the daemon writes it for an AppendBlock of `content_bytes` of text."""
+    text = ("lorem ipsum dolor sit amet consectetur " * 20)[:content_bytes]
+    event = BlockAppended(
+        block=BlockData(
+            id="blk_01jd7k3m4n5p6q7r8s9t0v1w2x",
+            context_id="ctx_01jd7k3m4n5p6q7r8s9t0v1w2x",
+            role="user",
+            content=text,
+            timestamp="2026-01-01T00:00:00.000000Z",
+        )
+    )
+    _, line = encode_record(
+        1, "2026-01-01T00:00:00.000000Z", Actor(uid=1000, gid=1000, pid=4242), event, GENESIS_PREV
+    )
+    return line
+
+
+def _loop(window: float, step: Callable[[], int]) -> tuple[float, list[float]]:
+    """Run `step` (returns records done) for `window` seconds: (records/s, step latencies)."""
+    lat: list[float] = []
+    done = 0
+    clock = time.perf_counter
+    start = clock()
+    end = start + window
+    now = start
+    while now < end:
+        t = clock()
+        done += step()
+        now = clock()
+        lat.append(now - t)
+    return done / (now - start), lat
+
+
+def jsonl(path: Path, window: float, batch: int) -> tuple[float, list[float]]:
+    line = sample_line()
+    data = line * batch
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)  # the file exists and has blocks before the clock starts
+
+        def step() -> int:
+            os.write(fd, data)
+            os.fsync(fd)
+            return batch
+
+        return _loop(window, step)
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+
+
+def sqlite_rows(path: Path, window: float, sync: str, rows: int) -> tuple[float, list[float]]:
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {sync}")
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, data TEXT NOT NULL)")
+        payload = sample_line().decode()
+        values = [(payload,)] * rows
+
+        def step() -> int:
+            conn.execute("BEGIN")
+            if rows == 1:
+                conn.execute("INSERT INTO t (data) VALUES (?)", values[0])
+            else:
+                conn.executemany("INSERT INTO t (data) VALUES (?)", values)
+            conn.execute("COMMIT")
+            return rows
+
+        return _loop(window, step)
+    finally:
+        conn.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+
+
+def run(env: Env) -> None:
+    res = env.results
+    lim = res.limits
+    res.part_data(PART)["line_bytes"] = len(sample_line())
+    d = env.scratch("raw")
+
+    cases: list[tuple[str, str, Callable[[], tuple[float, list[float]]]]] = [
+        ("jsonl_fsync", "JSONL append+fsync per record", lambda: jsonl(d / "a.jsonl", w, 1)),
+        ("jsonl_batch64", "JSONL one fsync per 64 records", lambda: jsonl(d / "b.jsonl", w, 64)),
+        (
+            "sqlite_full",
+            "SQLite WAL 1-row txn, synchronous=FULL",
+            lambda: sqlite_rows(d / "f.db", w, "FULL", 1),
+        ),
+        (
+            "sqlite_normal",
+            "SQLite WAL 1-row txn, synchronous=NORMAL",
+            lambda: sqlite_rows(d / "n.db", w, "NORMAL", 1),
+        ),
+        (
+            "sqlite_1000_full",
+            "SQLite WAL 1000-row txns, synchronous=FULL",
+            lambda: sqlite_rows(d / "g.db", w, "FULL", 1000),
+        ),
+        (
+            "sqlite_1000_normal",
+            "SQLite WAL 1000-row txns, synchronous=NORMAL",
+            lambda: sqlite_rows(d / "m.db", w, "NORMAL", 1000),
+        ),
+    ]
+    w = env.window_s / 2 if not env.quick else 0.2
+    for key, name, fn in cases:
+        runs = [fn() for _ in range(env.repeats)]
+        rates = [r[0] for r in runs]
+        rate = median(rates)
+        best = sorted(runs, key=lambda r: r[0])[(len(runs) - 1) // 2]
+        lat = summary_ms(best[1])
+        lim[f"{key}_rate"] = rate
+        lim[f"{key}_p50_ms"] = lat["p50_ms"]
+        lim[f"{key}_p99_ms"] = lat["p99_ms"]
+        unit_lat = "per commit" if key.startswith("sqlite") else "per write+fsync"
+        res.add(
+            PART,
+            f"{name}: rate",
+            rate,
+            "rows/s" if key.startswith("sqlite") else "records/s",
+            detail={"runs": rates, **lat},
+            note=f"p50 {lat['p50_ms']:.3f} ms, p99 {lat['p99_ms']:.3f} ms {unit_lat}",
+        )
+    res.add(
+        PART,
+        "JSONL append+fsync per record: p50 latency",
+        lim["jsonl_fsync_p50_ms"],
+        "ms",
+    )

@@ -1,0 +1,37 @@
+"""`python -m benchmarks --quick` runs every part's code path and writes valid JSON.
+
+It asserts nothing about speed: it keeps the benchmark code from rotting (`make test` runs it).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.cli import PARTS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_quick_benchmark_runs_every_part(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["quick"] is True
+    assert set(doc["parts"]) == set(PARTS)
+    for name, part in doc["parts"].items():
+        assert part["status"] == "ok", (name, part.get("error"))
+        assert part["figures"], name
+        for figure in part["figures"]:
+            assert figure["status"] in ("PASS", "MISS", "info", "n/a"), figure
+    assert doc["limits"]["jsonl_fsync_rate"] > 0
