@@ -211,6 +211,18 @@ def socket_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return load_config().socket_path
 
 
+# Errors after which the server hangs up: the pooled connection must not be reused (the next
+# call on it could meet the hang-up instead of an answer).
+_HANGS_UP = frozenset(
+    {
+        "io.timelined.PermissionDenied",
+        "io.timelined.ProtocolError",
+        "io.timelined.LimitExceeded",
+        "io.timelined.ShuttingDown",
+    }
+)
+
+
 def _params(**kwargs: Any) -> dict[str, Any]:
     """Call parameters without the ones left out (None), as optional Varlink fields are."""
     return {k: v for k, v in kwargs.items() if v is not None}
@@ -224,6 +236,7 @@ class AsyncClient:
 
     def __init__(self, socket: str | os.PathLike[str] | None = None, *, max_idle: int = 8) -> None:
         self.socket_path = socket_path(socket)
+        self._max_idle = max_idle
         self._varlink = AsyncVarlinkClient(self.socket_path, max_idle=max_idle)
 
     async def __aenter__(self) -> AsyncClient:
@@ -239,7 +252,14 @@ class AsyncClient:
         try:
             return await self._varlink.call_typed(method, params, reply)
         except VarlinkErrorReply as exc:
+            await self._after_error(exc)
             raise error_from_reply(exc) from None
+
+    async def _after_error(self, exc: VarlinkErrorReply) -> None:
+        if exc.name in _HANGS_UP:
+            old = self._varlink
+            self._varlink = AsyncVarlinkClient(self.socket_path, max_idle=self._max_idle)
+            await old.aclose()  # idle connections now; busy ones as their calls end
 
     async def call(self, method: str, parameters: Mapping[str, Any] | None = None) -> Any:
         """Any method by its full name; the reply as its typed Struct (declared methods) or
@@ -250,6 +270,7 @@ class AsyncClient:
         try:
             return await self._varlink.call(method, parameters)
         except VarlinkErrorReply as exc:
+            await self._after_error(exc)
             raise error_from_reply(exc) from None
 
     # org.varlink.service
@@ -492,6 +513,8 @@ class Client:
         max_idle: int = 8,
     ) -> None:
         self.socket_path = socket_path(socket)
+        self._timeout = timeout
+        self._max_idle = max_idle
         self._varlink = VarlinkClient(self.socket_path, timeout=timeout, max_idle=max_idle)
 
     def __enter__(self) -> Client:
@@ -507,7 +530,16 @@ class Client:
         try:
             return self._varlink.call_typed(method, params, reply)
         except VarlinkErrorReply as exc:
+            self._after_error(exc)
             raise error_from_reply(exc) from None
+
+    def _after_error(self, exc: VarlinkErrorReply) -> None:
+        if exc.name in _HANGS_UP:
+            old = self._varlink
+            self._varlink = VarlinkClient(
+                self.socket_path, timeout=self._timeout, max_idle=self._max_idle
+            )
+            old.close()  # idle connections now; busy ones as their calls end
 
     def call(self, method: str, parameters: Mapping[str, Any] | None = None) -> Any:
         """Any method by its full name; the reply as its typed Struct (declared methods) or
@@ -518,6 +550,7 @@ class Client:
         try:
             return self._varlink.call(method, parameters)
         except VarlinkErrorReply as exc:
+            self._after_error(exc)
             raise error_from_reply(exc) from None
 
     # org.varlink.service

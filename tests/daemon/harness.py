@@ -42,7 +42,7 @@ from timelined.daemon.varlink import (
     listen_unix,
 )
 from timelined.engine import Engine
-from timelined.errors import DaemonUnavailable
+from timelined.errors import DaemonUnavailable, LogDamaged
 from timelined.ids import utc_now
 from timelined.recovery.boot import boot
 
@@ -212,13 +212,21 @@ def inprocess_config(base: Path, **sections: Any) -> Config:
 
 @asynccontextmanager
 async def inprocess_daemon(
-    base: Path, *, config: Config | None = None, socket_mode: int = 0o666
+    base: Path,
+    *,
+    config: Config | None = None,
+    socket_mode: int = 0o666,
+    read_only: LogDamaged | None = None,
 ) -> AsyncIterator[InProcess]:
-    """Boot, engine, server with the real handlers and authorizer, in this event loop."""
+    """Boot, engine, server with the real handlers and authorizer, in this event loop.
+
+    `read_only`: open the engine read-only with this reason (as after finding log damage)."""
     config = config or inprocess_config(base)
     booted = await anyio.to_thread.run_sync(boot, config)
+    head = booted.head if read_only is None else None
+    read_only = read_only or booted.read_only
     try:
-        async with Engine.open(config, head=booted.head, read_only=booted.read_only) as engine:
+        async with Engine.open(config, head=head, read_only=read_only) as engine:
             server = VarlinkServer(
                 ServiceInfo("timelined", "timelined", "test", "https://varlink.org"),
                 limits=ServerLimits.from_config(config.limits),

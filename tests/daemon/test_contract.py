@@ -13,7 +13,8 @@ import msgspec
 import pytest
 import varlink
 
-import timelined.engine  # noqa: F401 — defines InternalError, which the daemon sends
+import timelined.engine
+import timelined.recovery.boot  # noqa: F401 — defines BootFailed
 from timelined import client as client_mod
 from timelined.daemon import api
 from timelined.daemon.auth import READ_ONLY_METHODS, WRITE_METHODS

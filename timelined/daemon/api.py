@@ -375,6 +375,11 @@ class DaemonUnavailableError(_E, frozen=True):
     reason: str
 
 
+class BootFailedError(_E, frozen=True):
+    reason: str
+    report: str | None
+
+
 class ReasonError(_E, frozen=True):
     reason: str
 
@@ -490,6 +495,11 @@ E = {
         StateLockedError,
         "Never sent on the socket: a second daemon refused to start on a locked state.",
     ),
+    "BootFailed": _error(
+        "BootFailed",
+        BootFailedError,
+        "Never sent on the socket: the boot could not complete and the daemon did not start.",
+    ),
     "DaemonUnavailable": _error(
         "DaemonUnavailable",
         DaemonUnavailableError,
@@ -529,6 +539,7 @@ ADMIN_ERRORS = [
     "FeatureUnavailable",
     "StorageError",
     "StateLocked",
+    "BootFailed",
     "DaemonUnavailable",
     *_COMMON,
 ]

@@ -1,0 +1,33 @@
+"""Fixtures: one real daemon subprocess shared by the module tests of tests/daemon.
+
+Other suites reuse the harness: `from tests.daemon.harness import DaemonProcess, ...`
+(see harness.py), or this fixture by importing it into their conftest:
+`from tests.daemon.conftest import daemon  # noqa: F401`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.daemon.harness import DaemonProcess, short_tempdir
+from timelined.client import Client
+
+
+@pytest.fixture(scope="session")
+def daemon() -> Iterator[DaemonProcess]:
+    """A real `timelined serve` on a fresh state dir; SIGTERM at the end must exit 0."""
+    with short_tempdir() as base:
+        proc = DaemonProcess(base, limits={"max_message_bytes": 1024 * 1024}).start()
+        try:
+            yield proc
+        finally:
+            code = proc.stop()
+        assert code == 0, f"the daemon exited {code}:\n{proc.log()}"
+
+
+@pytest.fixture
+def client(daemon: DaemonProcess) -> Iterator[Client]:
+    with Client(daemon.socket_path, timeout=30) as c:
+        yield c

@@ -1,0 +1,336 @@
+"""The real daemon (`python -m timelined serve`) on a real socket, called by our client library
+(blocking and async), by the independent `varlink` package, by peers of other uids, and with
+malformed frames."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import varlink
+
+from tests.daemon.harness import READ_ONLY_GID, REPO, STRANGER, DaemonProcess, short_tempdir
+from timelined.client import AsyncClient, Client
+from timelined.daemon.api import ADMIN, TIMELINE
+from timelined.errors import ContextNotFound, LimitExceeded, TimelinedError
+
+
+def test_blocking_and_async_clients(daemon: DaemonProcess, client: Client) -> None:
+    conv = client.create_conversation("real daemon", {"source": "test"})
+    appended = client.append_block(conv.root_context_id, "user", "hello over the socket")
+    assert client.get_block(appended.block.id) == appended.block
+    # The actor of every event is the caller: its uid, gid and pid from SO_PEERCRED.
+    page = client.read_log(after_seq=appended.seq - 1, limit=1)
+    event = json.loads(bytes(page.events[0]))
+    assert event["seq"] == appended.seq
+    assert event["actor"] == {"uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid()}
+
+    async def use_async() -> None:
+        async with AsyncClient(daemon.socket_path) as ac:
+            side = await ac.spawn_sidebar(conv.root_context_id, "async side", inherit_last=1)
+            history = await ac.get_history(side.id)
+            assert [h.block.content for h in history] == ["hello over the socket"]
+            async with anyio.create_task_group() as tg:  # concurrent calls: one pool
+                for i in range(20):
+                    tg.start_soon(ac.append_block, side.id, "user", f"parallel {i}")
+            assert (await ac.get_context(side.id)).block_count == 20
+            with pytest.raises(ContextNotFound):
+                await ac.get_context("ctx_nope")
+
+    anyio.run(use_async)
+    status = client.get_status()
+    assert status.boot.verdict == "clean" and status.last_seq >= 23
+
+
+def test_the_independent_varlink_package(daemon: DaemonProcess) -> None:
+    with varlink.Client(address=f"unix:{daemon.socket_path}") as vc:
+        assert {"io.timelined.Timeline", "io.timelined.Admin"} <= set(vc.get_interfaces())
+        with vc.open("org.varlink.service") as service:
+            for interface in (TIMELINE, ADMIN):
+                reply = service.GetInterfaceDescription(interface.name)
+                text = reply["description"] if isinstance(reply, dict) else reply.description
+                assert text == interface.description
+                parsed = varlink.Interface(text)
+                assert {m.name for m in interface.methods} <= set(parsed.members)
+        # open() fetches and parses our description, then calls through it.
+        with vc.open("io.timelined.Timeline") as tl:
+            conv = tl.CreateConversation(name="via python-varlink", metadata={"k": [1, 2]})
+            conv = conv["conversation"]
+            assert conv["metadata"] == {"k": [1, 2]}
+            ctx = conv["root_context_id"]
+            appended = tl.AppendBlock(
+                context_id=ctx, role="assistant", content="hi", tokens_output=2
+            )
+            assert appended["block"]["tokens_output"] == 2 and appended["seq"] > 0
+            page = tl.ListBlocks(context_id=ctx, limit=10)
+            assert [b["content"] for b in page["blocks"]] == ["hi"]
+            with pytest.raises(varlink.VarlinkError) as err:
+                tl.GetContext(id="ctx_nope")
+            assert err.value.error() == "io.timelined.ContextNotFound"
+            assert err.value.parameters()["id"] == "ctx_nope"
+            with pytest.raises(varlink.VarlinkError) as bad:
+                tl.PauseContext(id=ctx)
+                tl.PauseContext(id=ctx)
+            assert bad.value.error() == "io.timelined.InvalidTransition"
+            assert bad.value.parameters()["status"] == "paused"
+        with vc.open("io.timelined.Admin", namespaced=True) as admin:
+            status = admin.GetStatus().status
+            assert status.version and status.last_seq >= 2 and status.boot.verdict == "clean"
+
+
+PEER = r"""
+import json, socket, sys
+from timelined.client import Client
+from timelined.errors import TimelinedError
+
+path, ctx = sys.argv[1], sys.argv[2]
+out = {}
+
+def attempt(name, fn):
+    try:
+        fn()
+        out[name] = "ok"
+    except TimelinedError as exc:
+        out[name] = exc.name
+
+with Client(path, timeout=10) as c:
+    attempt("GetInfo", c.get_info)
+    attempt("GetStatus", c.get_status)
+    attempt("ListConversations", c.list_conversations)
+    attempt("GetContext", lambda: c.get_context(ctx))
+    attempt("GetHistory", lambda: c.get_history(ctx))
+    attempt("SearchBlocks", lambda: c.search_blocks("peer"))
+    attempt("ReadLog", c.read_log)
+    attempt("AppendBlock", lambda: c.append_block(ctx, "user", "sneaky"))
+    attempt("CreateConversation", lambda: c.create_conversation("sneaky"))
+    attempt("Reload", c.reload)
+    attempt("GetStatus again", c.get_status)
+
+# A refused call is answered, then the server hangs up.
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(path)
+s.sendall(b'{"method":"io.timelined.Timeline.CreateConversation","parameters":{"name":"x"}}\0')
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+out["raw"] = json.loads(data.split(b"\0")[0])
+print(json.dumps(out))
+"""
+
+
+def _as_peer(daemon: DaemonProcess, uid: int, gid: int, ctx: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={uid}",
+            f"--regid={gid}",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            PEER,
+            str(daemon.socket_path),
+            ctx,
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another uid")
+def test_a_peer_outside_auth_is_refused_and_disconnected(
+    daemon: DaemonProcess, client: Client
+) -> None:
+    ctx = client.create_conversation("private").root_context_id
+    before = client.get_status().last_seq
+    got = _as_peer(daemon, STRANGER, STRANGER, ctx)
+    refused = {k: v for k, v in got.items() if k != "raw"}
+    assert set(refused.values()) == {"PermissionDenied"}, refused
+    assert got["raw"]["error"] == "io.timelined.PermissionDenied"
+    assert got["raw"]["parameters"]["uid"] == STRANGER
+    assert got["raw"]["parameters"]["method"] == "io.timelined.Timeline.CreateConversation"
+    assert client.get_status().last_seq == before  # nothing was written
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another uid")
+def test_a_read_only_peer_reads_and_cannot_write(daemon: DaemonProcess, client: Client) -> None:
+    conv = client.create_conversation("shared for reading")
+    client.append_block(conv.root_context_id, "user", "peer visible text")
+    before = client.get_status().last_seq
+    got = _as_peer(daemon, STRANGER, READ_ONLY_GID, conv.root_context_id)
+    assert got["GetInfo"] == "ok"
+    for reading in ("GetStatus", "ListConversations", "GetContext", "GetHistory", "ReadLog"):
+        assert got[reading] == "ok", (reading, got)
+    assert got["SearchBlocks"] == "ok"
+    for writing in ("AppendBlock", "CreateConversation", "Reload"):
+        assert got[writing] == "PermissionDenied", (writing, got)
+    assert got["GetStatus again"] == "ok"  # a new connection after the hang-up
+    assert got["raw"]["error"] == "io.timelined.PermissionDenied"
+    assert got["raw"]["parameters"]["gid"] == READ_ONLY_GID
+    assert client.get_status().last_seq == before
+
+
+def _exchange(path: Path, payload: bytes, *, until_closed: bool) -> list[dict[str, Any]]:
+    """Send raw bytes; the reply frames (all of them until EOF when `until_closed`)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        try:
+            s.sendall(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server stopped reading a frame it refused: its answer is still there
+        data = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            data += chunk
+            if not until_closed and b"\0" in data:
+                break
+    return [json.loads(f) for f in data.split(b"\0") if f]
+
+
+def test_bad_frames_get_named_errors_and_others_keep_being_served(
+    daemon: DaemonProcess, client: Client
+) -> None:
+    ctx = client.create_conversation("neighbour").root_context_id
+    stop = threading.Event()
+    answers: list[int] = []
+    failures: list[BaseException] = []
+
+    def neighbour() -> None:
+        with Client(daemon.socket_path, timeout=10) as c:
+            while not stop.is_set():
+                try:
+                    c.append_block(ctx, "user", "still here")
+                    answers.append(1)
+                except BaseException as exc:
+                    failures.append(exc)
+                    return
+
+    thread = threading.Thread(target=neighbour)
+    thread.start()
+    try:
+        huge = b'{"method":"io.timelined.Admin.GetStatus","parameters":{"pad":"'
+        huge += b"x" * (10 * 1024 * 1024) + b'"}}\0'
+        cases: list[tuple[bytes, str, bool]] = [
+            (b"this is not json\0", "io.timelined.ProtocolError", True),
+            (b'{"method":"io.timelined.Admin.Get\0Status"}\0', "io.timelined.ProtocolError", True),
+            (b"[1, 2, 3]\0", "io.timelined.ProtocolError", True),
+            (b'"a string"\0', "io.timelined.ProtocolError", True),
+            (huge, "io.timelined.LimitExceeded", True),
+            (
+                b'{"method":"io.timelined.Timeline.GetContext","parameters":{"id":1}}\0',
+                "org.varlink.service.InvalidParameter",
+                False,
+            ),
+            (
+                b'{"method":"io.timelined.Timeline.Nope"}\0',
+                "org.varlink.service.MethodNotFound",
+                False,
+            ),
+            (b'{"method":"io.nope.Thing.Do"}\0', "org.varlink.service.InterfaceNotFound", False),
+        ]
+        for payload, error, closes in cases:
+            before = len(answers)
+            frames = _exchange(daemon.socket_path, payload, until_closed=closes)
+            assert frames and frames[0].get("error") == error, (payload[:60], frames)
+            if error.endswith("InvalidParameter"):
+                assert frames[0]["parameters"]["parameter"] == "id"
+            if error.endswith("LimitExceeded"):
+                assert frames[0]["parameters"]["limit"] == "max_message_bytes"
+            deadline = time.monotonic() + 5
+            while len(answers) == before and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert len(answers) > before, "the neighbour stopped being served"
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not failures, failures
+    assert client.get_status().fatal is None
+
+
+def test_sigterm_under_load_keeps_every_acknowledged_block_and_reload_applies() -> None:
+    with short_tempdir() as base:
+        first = DaemonProcess(base).start()
+        try:
+            with Client(first.socket_path, timeout=30) as c:
+                ctx = c.create_conversation("load").root_context_id
+                # Reload: a new limit applies at once (the file watcher may have applied it
+                # first, in which case Reload finds nothing left to change).
+                first.sections["limits"] = {"max_block_bytes": 2048}
+                first.write_config()
+                reply = c.reload()
+                assert reply.changed in (["limits.max_block_bytes"], [])
+                with pytest.raises(LimitExceeded) as big:
+                    c.append_block(ctx, "user", "x" * 4096)
+                assert big.value.params["maximum"] == 2048
+
+            acked: list[list[str]] = [[] for _ in range(16)]
+
+            def writer(i: int) -> None:
+                with Client(first.socket_path, timeout=30) as wc:
+                    n = 0
+                    while True:
+                        try:
+                            r = wc.append_block(ctx, "user", f"w{i}-{n}", id=f"blk_w{i}_{n}")
+                        except TimelinedError:
+                            return
+                        acked[i].append(r.block.id)
+                        n += 1
+
+            threads = [threading.Thread(target=writer, args=(i,)) for i in range(16)]
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + 10
+            while sum(map(len, acked)) < 200 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            first.signal(signal.SIGTERM)
+            assert first.stop() == 0
+            for t in threads:
+                t.join(30)
+        finally:
+            first.kill()
+        assert (base / "state" / "clean-shutdown").exists()
+        total = sum(map(len, acked))
+        assert total >= 200
+
+        second = DaemonProcess(base).start()
+        try:
+            with Client(second.socket_path, timeout=30) as c:
+                status = c.get_status()
+                assert status.boot.verdict == "clean" and status.boot.fast_path
+                stored = set()
+                after: int | None = None
+                while True:
+                    page = c.list_blocks(ctx, after=after, limit=1000)
+                    stored |= {b.id for b in page.blocks}
+                    if page.next is None:
+                        break
+                    after = page.next
+                missing = [b for ids in acked for b in ids if b not in stored]
+                assert not missing, f"{len(missing)} acknowledged blocks lost of {total}"
+        finally:
+            assert second.stop() == 0
