@@ -43,6 +43,31 @@ def _verify(args: argparse.Namespace) -> int:
     return run_offline(Path(args.state_dir), as_json=args.json, progress=sys.stderr.isatty())
 
 
+def _backup(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from timelined.backup import BackupError, backup
+
+    def say(text: str) -> None:
+        if sys.stderr.isatty() and not args.json:
+            print(text, file=sys.stderr)
+
+    try:
+        result = backup(Path(args.state_dir), Path(args.to), progress=say)
+    except BackupError as exc:
+        print(f"timelined: backup failed: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+    else:
+        print(
+            f"backup in {result.destination}: state at seq {result.state_last_seq}, log to seq "
+            f"{result.log_last_seq} ({result.segments} segments, {result.log_bytes} bytes) in "
+            f"{result.seconds:.2f}s"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="timelined", description=__doc__)
     parser.add_argument("--version", action="version", version=f"timelined {__version__}")
@@ -59,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", required=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=_verify)
+    p = verbs.add_parser("backup", help="copy a state directory, safely, while the daemon runs")
+    p.add_argument("--state-dir", required=True)
+    p.add_argument("--to", required=True, help="a new (or empty) directory")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_backup)
     return parser
 
 

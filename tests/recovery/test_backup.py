@@ -1,0 +1,88 @@
+"""An online backup taken under writers restores as `recovered`, with all acknowledged before."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.daemon.harness import DaemonProcess, short_tempdir
+from tests.helpers import dump_state, replay_dump
+from tests.recovery.test_real_daemon import Writers, create_root, newest_boot, stored_ids
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    with short_tempdir("tlb") as path:
+        yield path
+
+
+def test_backup_while_writing_restores_everything_acknowledged_before_it(
+    base: Path, tmp_path: Path
+) -> None:
+    daemon = DaemonProcess(base).start()
+    root = create_root(daemon)
+    with Writers(daemon.socket_path, root, 0) as writers:
+        time.sleep(0.3)
+        with writers.lock:
+            before = list(writers.acked)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "timelined",
+                "backup",
+                "--state-dir",
+                str(daemon.state_dir),
+                "--to",
+                str(base / "copy"),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        time.sleep(0.1)
+    assert out.returncode == 0, out.stderr
+    assert daemon.stop() == 0
+    restored = DaemonProcess(base / "r")
+    restored.sections["daemon"]["state_dir"] = str(base / "copy")
+    restored.state_dir = base / "copy"
+    (base / "r").mkdir()
+    restored.start()
+    report = newest_boot(restored)
+    assert report.verdict == "recovered", report
+    assert set(before) <= stored_ids(restored, before)
+    assert restored.stop() == 0
+    assert dump_state(base / "copy" / "state.db") == replay_dump(
+        base / "copy" / "log", tmp_path / "r.db"
+    )
+
+
+def test_backup_refuses_a_non_empty_destination(tmp_path: Path) -> None:
+    (tmp_path / "state" / "log").mkdir(parents=True)
+    (tmp_path / "state" / "state.db").write_bytes(b"")
+    (tmp_path / "dest").mkdir()
+    (tmp_path / "dest" / "x").write_text("x")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "timelined",
+            "backup",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--to",
+            str(tmp_path / "dest"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert out.returncode == 1 and "not empty" in out.stderr
