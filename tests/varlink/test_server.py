@@ -1,0 +1,510 @@
+"""The server on a real socket: dispatch, errors, bad frames, limits, streams, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+from tests.varlink.demo import (
+    Running,
+    raw_connect,
+    read_frames,
+    read_until_closed,
+    serving,
+    wait_until,
+)
+from timelined.daemon.varlink import (
+    AsyncConnection,
+    AsyncVarlinkClient,
+    PeerCredentials,
+    ServerLimits,
+    VarlinkErrorReply,
+)
+from timelined.errors import PermissionDenied
+
+ECHO = "io.timelined.Test.Echo"
+
+
+def call(method: str, parameters: Any = None, **flags: Any) -> bytes:
+    msg: dict[str, Any] = {"method": method, **flags}
+    if parameters is not None:
+        msg["parameters"] = parameters
+    return msgspec.json.encode(msg) + b"\0"
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[Running]:
+    # pytest-asyncio may run a fixture's setup and teardown in different tasks, and a task
+    # group must be left in the task that entered it: serve from a task of our own.
+    done = asyncio.Event()
+    ready: asyncio.Future[Running] = asyncio.get_running_loop().create_future()
+
+    async def host() -> None:
+        async with serving(tmp_path) as r:
+            ready.set_result(r)
+            await done.wait()
+
+    task = asyncio.create_task(host())
+    yield await ready
+    done.set()
+    await task
+
+
+class Bystander:
+    """A second client that keeps calling while a test misbehaves on another connection."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.answers = 0
+        self.stop = anyio.Event()
+
+    async def run(self) -> None:
+        conn = await AsyncConnection.open(self.path)
+        try:
+            while not self.stop.is_set():
+                assert await conn.call(ECHO, {"text": "still here"}) == {"text": "still here"}
+                self.answers += 1
+                await anyio.sleep(0.005)
+        finally:
+            conn.close()
+
+
+async def with_bystander(path: Path, body: Any) -> int:
+    b = Bystander(path)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(b.run)
+        await anyio.sleep(0.02)
+        before = b.answers
+        await body()
+        await anyio.sleep(0.05)
+        b.stop.set()
+    assert b.answers > before, "the other client got no answers meanwhile"
+    return b.answers
+
+
+# --- calls and named errors --------------------------------------------------------------------
+
+
+async def test_echo_getinfo_and_description(running: Running) -> None:
+    async with AsyncVarlinkClient(running.path) as c:
+        assert await c.call(ECHO, {"text": "ab", "times": 3}) == {"text": "ababab"}
+        info = await c.call("org.varlink.service.GetInfo")
+        assert info["interfaces"] == ["org.varlink.service", "io.timelined.Test"]
+        assert info["product"] == "test"
+        desc = await c.call(
+            "org.varlink.service.GetInterfaceDescription", {"interface": "io.timelined.Test"}
+        )
+        assert desc["description"].startswith("# A demo interface")
+        with pytest.raises(VarlinkErrorReply) as err:
+            await c.call("org.varlink.service.GetInterfaceDescription", {"interface": "x.y"})
+        assert err.value.name == "org.varlink.service.InterfaceNotFound"
+        assert err.value.parameters == {"interface": "x.y"}
+
+
+T = "io.timelined.Test."
+SVC = "org.varlink.service."
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "name", "expected"),
+    [
+        (T + "Fail", {"id": "ctx_1"}, "io.timelined.ContextNotFound", {"id": "ctx_1"}),
+        (T + "Nope", {}, SVC + "MethodNotFound", {"method": T + "Nope"}),
+        ("io.nope.Thing.Do", {}, SVC + "InterfaceNotFound", {"interface": "io.nope.Thing"}),
+        ("NoDots", {}, SVC + "InterfaceNotFound", {"interface": ""}),
+        (T + "Unimplemented", {}, SVC + "MethodNotImplemented", {"method": T + "Unimplemented"}),
+        (ECHO, {"text": 5}, SVC + "InvalidParameter", {"parameter": "text"}),
+        (ECHO, {"text": "1", "times": "2"}, SVC + "InvalidParameter", {"parameter": "times"}),
+        (ECHO, {"text": "1", "times": 0}, SVC + "InvalidParameter", {"parameter": "times"}),
+        (ECHO, {}, SVC + "InvalidParameter", {"parameter": "text"}),
+        (ECHO, {"text": "x", "color": "red"}, SVC + "InvalidParameter", {"parameter": "color"}),
+        (ECHO, [1, 2], SVC + "InvalidParameter", {"parameter": "parameters"}),
+        (
+            T + "Bag",
+            {"items": [{"name": "a", "kind": "odd"}]},
+            SVC + "InvalidParameter",
+            {"parameter": "items[0].kind"},
+        ),
+        (
+            T + "Bag",
+            {"items": [{"kind": "plain"}]},
+            SVC + "InvalidParameter",
+            {"parameter": "items[0].name"},
+        ),
+        (T + "Boom", {}, "io.timelined.InternalError", {"exception": "RuntimeError"}),
+    ],
+)
+async def test_named_errors(
+    running: Running, method: str, params: Any, name: str, expected: dict[str, Any]
+) -> None:
+    conn = await AsyncConnection.open(running.path)
+    try:
+        with pytest.raises(VarlinkErrorReply) as err:
+            await conn.call(method, params)
+        assert err.value.name == name
+        assert expected.items() <= err.value.parameters.items()
+        # The connection survives every one of these.
+        assert await conn.call(ECHO, {"text": "ok"}) == {"text": "ok"}
+    finally:
+        conn.close()
+
+
+async def test_timelined_error_carries_its_params(running: Running) -> None:
+    async with AsyncVarlinkClient(running.path) as c:
+        with pytest.raises(VarlinkErrorReply) as err:
+            await c.call("io.timelined.Test.Fail", {"id": "ctx_9"})
+    assert err.value.parameters == {"id": "ctx_9", "message": "no context with id 'ctx_9'"}
+
+
+async def test_null_or_missing_parameters_mean_none(running: Running) -> None:
+    s = await raw_connect(running.path)
+    async with s:
+        null = b'{"method":"io.timelined.Test.WhoAmI","parameters":null}\0'
+        await s.send(call("io.timelined.Test.WhoAmI") + null)
+        replies = await read_frames(s, 2)
+    assert all("error" not in r for r in replies)
+
+
+async def test_peer_credentials(running: Running) -> None:
+    async with AsyncVarlinkClient(running.path) as c:
+        me = await c.call("io.timelined.Test.WhoAmI")
+    assert me == {"uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid()}
+
+
+async def test_oneway_gets_no_reply_but_runs(running: Running) -> None:
+    s = await raw_connect(running.path)
+    async with s:
+        await s.send(call(ECHO, {"text": "quiet"}, oneway=True) + call(ECHO, {"text": "loud"}))
+        await s.send(call("io.timelined.Test.Fail", {"id": "x"}, oneway=True))
+        await s.send(call(ECHO, {"text": "last"}))
+        replies = await read_frames(s, 2)
+    assert replies == [{"parameters": {"text": "loud"}}, {"parameters": {"text": "last"}}]
+    assert running.probe.oneway_calls == ["quiet"]
+
+
+# --- pipelining --------------------------------------------------------------------------------
+
+
+async def test_100_pipelined_calls_answered_in_order(running: Running) -> None:
+    frames = []
+    for i in range(100):
+        if i % 10 == 3:
+            frames.append(call(ECHO, {"text": i}))  # wrong type: an error, in its place
+        elif i % 10 == 7:
+            frames.append(call("io.timelined.Test.Slow", {"seconds": 0.001}))
+        else:
+            frames.append(call(ECHO, {"text": str(i)}))
+    s = await raw_connect(running.path)
+    async with s:
+        await s.send(b"".join(frames))
+        replies = await read_frames(s, 100)
+    for i, reply in enumerate(replies):
+        if i % 10 == 3:
+            assert reply["error"] == "org.varlink.service.InvalidParameter"
+        elif i % 10 == 7:
+            assert reply["parameters"] == {"slept": 0.001}
+        else:
+            assert reply["parameters"] == {"text": str(i)}
+
+
+# --- bad frames --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"this is not json\0",
+        b"\xff\xfe\x00",  # not UTF-8
+        b'{"method":"io.timelined.Test.Echo","parameters":{"t":"a\0b"}}\0',  # NUL inside
+        b"[1]\0",
+        b'"x"\0',
+        b'{"parameters":{}}\0',
+        b'{"method":["x"]}\0',
+    ],
+)
+async def test_bad_frames_get_an_error_and_a_close(running: Running, payload: bytes) -> None:
+    async def misbehave() -> None:
+        s = await raw_connect(running.path)
+        async with s:
+            # A good call first: it is answered before the bad frame's error.
+            await s.send(call(ECHO, {"text": "before"}) + payload + call(ECHO, {"text": "after"}))
+            replies = await read_until_closed(s)
+        assert replies[0] == {"parameters": {"text": "before"}}
+        assert replies[1]["error"] == "io.timelined.ProtocolError"
+        assert replies[1]["parameters"]["reason"]
+        assert len(replies) == 2  # nothing after the bad frame is trusted
+
+    await with_bystander(running.path, misbehave)
+    assert running.server.stats().protocol_errors_total == 1
+
+
+async def test_ten_megabyte_frame_is_refused_without_reading_it(tmp_path: Path) -> None:
+    limits = ServerLimits(max_message_bytes=64 * 1024)
+    async with serving(tmp_path, limits=limits) as r:
+
+        async def misbehave() -> None:
+            s = await raw_connect(r.path)
+            async with s:
+                body = b'{"method":"io.timelined.Test.Echo","parameters":{"text":"'
+                body += b"x" * (10 * 1024 * 1024) + b'"}}\0'
+                try:
+                    await s.send(body)
+                except (anyio.BrokenResourceError, OSError):
+                    pass  # the server may hang up before we finish: the error is still there
+                replies = await read_until_closed(s)
+            assert len(replies) == 1
+            err = replies[0]
+            assert err["error"] == "io.timelined.LimitExceeded"
+            assert err["parameters"]["limit"] == "max_message_bytes"
+            assert err["parameters"]["maximum"] == 64 * 1024
+            assert err["parameters"]["size"] > 64 * 1024
+
+        await with_bystander(r.path, misbehave)
+
+
+async def test_peer_hanging_up_mid_frame_is_harmless(running: Running) -> None:
+    async def misbehave() -> None:
+        s = await raw_connect(running.path)
+        await s.send(b'{"method":"io.timelined.Test.Ec')
+        await s.aclose()
+
+    await with_bystander(running.path, misbehave)
+
+
+# --- limits ------------------------------------------------------------------------------------
+
+
+async def test_excess_connection_gets_a_polite_error(tmp_path: Path) -> None:
+    async with serving(tmp_path, limits=ServerLimits(max_connections=3)) as r:
+        conns = [await AsyncConnection.open(r.path) for _ in range(3)]
+        for c in conns:
+            assert await c.call(ECHO, {"text": "in"}) == {"text": "in"}
+        extra = await AsyncConnection.open(r.path)
+        with pytest.raises(VarlinkErrorReply) as err:
+            await extra.call(ECHO, {"text": "me too"})
+        extra.close()
+        assert err.value.name == "io.timelined.LimitExceeded"
+        assert err.value.parameters["limit"] == "max_connections"
+        assert err.value.parameters["maximum"] == 3
+        assert r.server.stats().connections_rejected == 1
+        conns.pop().close()
+        await wait_until(lambda: r.server.stats().connections_open < 3)
+        again = await AsyncConnection.open(r.path)
+        assert await again.call(ECHO, {"text": "now"}) == {"text": "now"}
+        for c in [*conns, again]:
+            c.close()
+
+
+async def test_idle_connections_are_closed(tmp_path: Path) -> None:
+    async with serving(tmp_path, limits=ServerLimits(idle_timeout_s=0.3)) as r:
+        s = await raw_connect(r.path)
+        async with s:
+            await s.send(call(ECHO, {"text": "hi"}))
+            assert await read_frames(s, 1) == [{"parameters": {"text": "hi"}}]
+            with anyio.fail_after(2):
+                assert await read_until_closed(s) == []
+        # A connection that is busy (a long call) is not idle.
+        c = await AsyncConnection.open(r.path)
+        assert await c.call("io.timelined.Test.Slow", {"seconds": 0.6}) == {"slept": 0.6}
+        c.close()
+
+
+async def test_limits_reload_applies_to_open_connections(running: Running) -> None:
+    c = await AsyncConnection.open(running.path)
+    assert await c.call(ECHO, {"text": "x" * 2000}) == {"text": "x" * 2000}
+    running.server.limits = ServerLimits(max_message_bytes=1024)
+    with pytest.raises(VarlinkErrorReply) as err:
+        await c.call(ECHO, {"text": "x" * 2000})
+    assert err.value.name == "io.timelined.LimitExceeded"
+    c.close()
+
+
+# --- authorization -----------------------------------------------------------------------------
+
+
+async def test_refused_peer_gets_permission_denied_and_is_disconnected(tmp_path: Path) -> None:
+    seen: list[tuple[PeerCredentials, str, str]] = []
+
+    def authorize(peer: PeerCredentials, interface: str, method: str) -> None:
+        seen.append((peer, interface, method))
+        if method == "Echo":
+            raise PermissionDenied(peer.uid, peer.gid, f"{interface}.{method}", "read-only peer")
+
+    async with serving(tmp_path, authorize=authorize) as r:
+        s = await raw_connect(r.path)
+        async with s:
+            await s.send(
+                call("io.timelined.Test.WhoAmI")
+                + call(ECHO, {"text": "no"})
+                + call("io.timelined.Test.WhoAmI")
+            )
+            replies = await read_until_closed(s)
+        assert "parameters" in replies[0] and "error" not in replies[0]
+        assert replies[1]["error"] == "io.timelined.PermissionDenied"
+        assert replies[1]["parameters"]["reason"] == "read-only peer"
+        assert len(replies) == 2
+        assert seen[0][0].pid == os.getpid()
+        assert seen[1][1:] == ("io.timelined.Test", "Echo")
+
+
+# --- streams -----------------------------------------------------------------------------------
+
+
+async def test_streaming_replies(running: Running) -> None:
+    s = await raw_connect(running.path)
+    async with s:
+        await s.send(
+            call("io.timelined.Test.Count", {"n": 4}, more=True) + call(ECHO, {"text": "next"})
+        )
+        replies = await read_frames(s, 5)
+    assert replies[:4] == [
+        {"parameters": {"i": 0}, "continues": True},
+        {"parameters": {"i": 1}, "continues": True},
+        {"parameters": {"i": 2}, "continues": True},
+        {"parameters": {"i": 3}},
+    ]
+    assert replies[4] == {"parameters": {"text": "next"}}
+
+
+async def test_stream_through_the_client(running: Running) -> None:
+    async with AsyncVarlinkClient(running.path) as c:
+        got = [r["i"] async for r in await c.call("io.timelined.Test.Count", {"n": 3}, more=True)]
+        assert got == [0, 1, 2]
+        # Without more, a streaming method answers with its first reply.
+        assert await c.call("io.timelined.Test.Count", {"n": 3}) == {"i": 0}
+        with pytest.raises(VarlinkErrorReply) as err:
+            async for _ in c.stream("io.timelined.Test.Count", {"n": 5, "fail_at": 2}):
+                pass
+        assert err.value.name == "io.timelined.SlowConsumer"
+        assert await c.call(ECHO, {"text": "after"}) == {"text": "after"}
+    assert running.probe.streams_closed == 3
+
+
+async def test_disconnect_mid_stream_is_harmless(running: Running) -> None:
+    async def misbehave() -> None:
+        s = await raw_connect(running.path)
+        await s.send(call("io.timelined.Test.Count", {"n": 1000, "delay_s": 0.5}, more=True))
+        await anyio.sleep(0.05)
+        await s.aclose()  # while the handler waits for its next item
+        await wait_until(lambda: running.probe.streams_closed >= 1)
+
+    await with_bystander(running.path, misbehave)
+    assert running.server.stats().streams_open == 0
+
+
+async def test_abandoned_stream_in_the_client_discards_the_connection(running: Running) -> None:
+    async with AsyncVarlinkClient(running.path) as c:
+        async for r in c.stream("io.timelined.Test.Count", {"n": 100, "delay_s": 0.01}):
+            if r["i"] == 2:
+                break
+        assert await c.call(ECHO, {"text": "fresh"}) == {"text": "fresh"}
+
+
+# --- connection reuse, counters, shutdown ------------------------------------------------------
+
+
+async def test_client_reuses_its_connection(running: Running) -> None:
+    async with AsyncVarlinkClient(running.path) as c:
+        for i in range(20):
+            assert await c.call(ECHO, {"text": str(i)}) == {"text": str(i)}
+    stats = running.server.stats()
+    assert stats.connections_total == 1
+    assert stats.calls_total == 20
+
+
+async def test_client_replaces_a_connection_the_server_closed(tmp_path: Path) -> None:
+    async with (
+        serving(tmp_path, limits=ServerLimits(idle_timeout_s=0.2)) as r,
+        AsyncVarlinkClient(r.path) as c,
+    ):
+        assert await c.call(ECHO, {"text": "1"}) == {"text": "1"}
+        await anyio.sleep(0.7)  # the server closes the pooled connection meanwhile
+        assert await c.call(ECHO, {"text": "2"}) == {"text": "2"}
+        assert r.server.stats().connections_total == 2
+
+
+async def test_graceful_shutdown_finishes_calls_in_flight(tmp_path: Path) -> None:
+    async with serving(tmp_path) as r:
+        idle = await raw_connect(r.path)
+        busy = await AsyncConnection.open(r.path)
+        streaming = await raw_connect(r.path)
+        await streaming.send(call("io.timelined.Test.Count", {"n": 100, "delay_s": 1}, more=True))
+        results: list[Any] = []
+
+        async def slow_call() -> None:
+            results.append(await busy.call("io.timelined.Test.Slow", {"seconds": 0.3}))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(slow_call)
+            await anyio.sleep(0.1)
+            with anyio.fail_after(3):
+                await r.server.shutdown(grace_s=2)
+        assert results == [{"slept": 0.3}]
+        assert await read_until_closed(idle) == []
+        stream_replies = await read_until_closed(streaming)
+        assert stream_replies[-1]["error"] == "io.timelined.ShuttingDown"
+        with pytest.raises(OSError):
+            await anyio.connect_unix(os.fspath(r.path))
+        busy.close()
+        await idle.aclose()
+        await streaming.aclose()
+
+
+async def test_shutdown_deadline_cuts_stuck_calls(tmp_path: Path) -> None:
+    async with serving(tmp_path, grace_s=0.2) as r:
+        c = await AsyncConnection.open(r.path)
+        async with anyio.create_task_group() as tg:
+
+            async def stuck() -> None:
+                with pytest.raises(Exception):  # closed under it: any transport error
+                    await c.call("io.timelined.Test.Slow", {"seconds": 30})
+
+            tg.start_soon(stuck)
+            await anyio.sleep(0.1)
+            with anyio.fail_after(2):
+                await r.server.shutdown(grace_s=0.2)
+        c.close()
+
+
+async def test_counters(running: Running) -> None:
+    async with AsyncVarlinkClient(running.path) as c:
+        await c.call(ECHO, {"text": "a"})
+        with pytest.raises(VarlinkErrorReply):
+            await c.call("io.timelined.Test.Boom")
+        stats = running.server.stats()
+    assert stats.calls_total == 2
+    assert stats.errors_total == 1
+    assert stats.internal_errors_total == 1
+    assert stats.connections_open == 1
+
+
+async def test_peer_that_reads_no_replies_is_dropped(tmp_path: Path) -> None:
+    async with serving(tmp_path, limits=ServerLimits(idle_timeout_s=0.3)) as r:
+
+        async def misbehave() -> None:
+            s = await raw_connect(r.path)
+            big = call(ECHO, {"text": "y" * 50_000, "times": 100})  # a 5 MB reply
+            await s.send(big)
+            await wait_until(lambda: r.server.stats().connections_open == 1, limit_s=3)
+            await s.aclose()
+
+        await with_bystander(r.path, misbehave)
+
+
+async def test_a_failing_authorization_hook_denies(tmp_path: Path) -> None:
+    def authorize(peer: PeerCredentials, interface: str, method: str) -> None:
+        raise KeyError("bug in the hook")
+
+    async with serving(tmp_path, authorize=authorize) as r:
+        s = await raw_connect(r.path)
+        async with s:
+            await s.send(call(ECHO, {"text": "x"}) + call(ECHO, {"text": "y"}))
+            replies = await read_until_closed(s)
+    assert [x["error"] for x in replies] == ["io.timelined.InternalError"]

@@ -1,0 +1,292 @@
+"""NUL-terminated Varlink frames over a byte stream, with a hard size limit.
+
+A Varlink message is one JSON object followed by a NUL byte. `FrameSplitter` is the sans-I/O
+part (bytes in, complete frames out) shared by the server, the async client and the blocking
+client; `FrameReader` drives it from an anyio byte stream.
+
+The limit is enforced while a frame is still arriving: once a frame's bytes exceed
+`max_message_bytes` the splitter stops accepting input and reports `FrameTooLarge`, so a peer
+sending 10 GB without a NUL costs at most one read chunk beyond the limit, never the rest.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import anyio
+import anyio.lowlevel
+import msgspec
+from anyio.abc import ByteReceiveStream, ByteSendStream, SocketAttribute, SocketStream
+
+__all__ = [
+    "DEFAULT_RECEIVE_SIZE",
+    "CallMessage",
+    "FrameError",
+    "FrameReader",
+    "FrameSplitter",
+    "FrameTooLarge",
+    "IncompleteFrame",
+    "MalformedMessage",
+    "decode_call",
+    "send_all",
+]
+
+DEFAULT_RECEIVE_SIZE = 256 * 1024
+
+
+class FrameError(Exception):
+    """A frame the protocol cannot accept; the connection cannot continue after it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class FrameTooLarge(FrameError):
+    """A frame grew past the limit; `size` is how many of its bytes were seen (> `maximum`).
+
+    `frames` holds the good frames that came before it in the same chunk, so that a reader can
+    still answer them, in order, before it reports the error.
+    """
+
+    def __init__(self, size: int, maximum: int, frames: list[bytes] | None = None) -> None:
+        super().__init__(f"message of at least {size} bytes exceeds the limit of {maximum}")
+        self.size = size
+        self.maximum = maximum
+        self.frames: list[bytes] = frames or []
+
+
+class IncompleteFrame(FrameError):
+    """The stream ended in the middle of a frame."""
+
+
+class MalformedMessage(FrameError):
+    """A complete frame that is not a Varlink message (bad JSON, not an object, bad fields)."""
+
+
+_EMPTY_PARAMETERS = msgspec.Raw(b"{}")
+
+
+class CallMessage(msgspec.Struct, frozen=True):
+    """A call as sent by a client; `parameters` stays raw so that it is decoded exactly once."""
+
+    method: str
+    parameters: msgspec.Raw = _EMPTY_PARAMETERS
+    more: bool = False
+    oneway: bool = False
+
+
+_CALL_DECODER = msgspec.json.Decoder(CallMessage)
+
+
+def decode_call(frame: bytes) -> CallMessage:
+    """Decode one frame as a call; anything else raises MalformedMessage with a reason."""
+    try:
+        return _CALL_DECODER.decode(frame)
+    except msgspec.ValidationError as exc:
+        # Valid JSON that is not a call: `[1]`, `"x"`, a missing or non-string method.
+        raise MalformedMessage(f"not a Varlink call: {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # A NUL inside a JSON string ends the frame early, so it lands here as truncated JSON.
+        raise MalformedMessage(f"malformed JSON: {exc}") from None
+
+
+class FrameSplitter:
+    """Sans-I/O splitter: `feed(chunk)` returns the frames the chunk completed, in order."""
+
+    __slots__ = ("_partial", "max_message_bytes")
+
+    def __init__(self, max_message_bytes: int) -> None:
+        self.max_message_bytes = max_message_bytes
+        self._partial = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete frame held back."""
+        return len(self._partial)
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Split `chunk`; raises FrameTooLarge (with the good frames before it) once any frame
+        exceeds the limit; the splitter is unusable after that."""
+        limit = self.max_message_bytes
+        parts = chunk.split(b"\0")
+        if len(parts) == 1:
+            self._partial += chunk
+            if len(self._partial) > limit:
+                raise FrameTooLarge(len(self._partial), limit)
+            return []
+        if self._partial:
+            self._partial += parts[0]
+            parts[0] = bytes(self._partial)
+        tail = parts.pop()
+        self._partial = bytearray(tail)
+        # The happy path: a chunk no longer than the limit cannot hold an oversized frame.
+        if len(chunk) > limit or len(parts[0]) > limit:
+            for i, frame in enumerate(parts):
+                if len(frame) > limit:
+                    raise FrameTooLarge(len(frame), limit, parts[:i])
+            if len(self._partial) > limit:
+                raise FrameTooLarge(len(self._partial), limit, parts)
+        return parts
+
+
+class FrameReader:
+    """Reads complete frames from an anyio byte stream.
+
+    `receive_frames()` returns every frame that is complete (at least one), so pipelined calls
+    that arrived in one read are handled as one batch. `fill()` reads one chunk into the
+    pending frames without returning them; the server uses it to notice a peer that hangs up
+    during a long stream while still keeping its pipelined calls for later.
+
+    On a socket stream it reads the raw non-blocking socket directly and waits with
+    `anyio.wait_readable` only when nothing is there. Unlike a pending stream `receive`, such a
+    wait can be cancelled cleanly (the server cancels one whenever a stream ends), and no read
+    is ever cancelled halfway, so no data is lost to a cancellation.
+    """
+
+    __slots__ = ("_error", "_frames", "_receive_size", "_sock", "_splitter", "_stream")
+
+    def __init__(
+        self,
+        stream: ByteReceiveStream,
+        max_message_bytes: int,
+        receive_size: int = DEFAULT_RECEIVE_SIZE,
+    ) -> None:
+        self._stream = stream
+        self._sock: socket.socket | None = None
+        if isinstance(stream, SocketStream):
+            sock = stream.extra(SocketAttribute.raw_socket, None)  # noqa: S610
+            if sock is not None and sock.gettimeout() == 0.0:
+                self._sock = sock
+        self._splitter = FrameSplitter(max_message_bytes)
+        self._receive_size = receive_size
+        self._frames: list[bytes] = []
+        self._error: FrameError | None = None
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self._splitter.max_message_bytes
+
+    @max_message_bytes.setter
+    def max_message_bytes(self, value: int) -> None:
+        self._splitter.max_message_bytes = value
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes held in complete-but-unreturned frames and in the partial frame."""
+        return sum(len(f) for f in self._frames) + self._splitter.buffered
+
+    @property
+    def failed(self) -> bool:
+        """A FrameError is waiting to be raised once the frames before it are taken."""
+        return self._error is not None
+
+    def take_frames(self) -> list[bytes]:
+        """The complete frames already buffered (possibly none), without reading."""
+        frames = self._frames
+        self._frames = []
+        return frames
+
+    async def receive_frames(self) -> list[bytes]:
+        """At least one complete frame; raises FrameError or anyio.EndOfStream at a clean end."""
+        if self._frames:
+            return self.take_frames()
+        while True:
+            if self._error is not None:
+                raise self._error
+            await self.fill()
+            if self._frames:
+                return self.take_frames()
+
+    async def fill(self) -> None:
+        """Read one chunk into the pending frames; a FrameError is kept for `receive_frames`.
+
+        Raises anyio.EndOfStream at a clean end, BrokenResourceError when the peer reset.
+        """
+        if self._error is not None:
+            return
+        sock = self._sock
+        if sock is None:
+            try:
+                chunk = await self._stream.receive(self._receive_size)
+            except anyio.EndOfStream:
+                chunk = b""
+        else:
+            # Yield first: it keeps a peer that keeps its socket full from starving the others,
+            # and gives a peer that is about to send the round to do so, so the read below
+            # usually finds data without registering a wait (measured: ~1.5x calls/s on one
+            # connection). Nothing has been read yet, so a cancellation here loses nothing.
+            await anyio.lowlevel.checkpoint()
+            while True:
+                try:
+                    chunk = sock.recv(self._receive_size)
+                    break
+                except BlockingIOError:
+                    await anyio.wait_readable(sock)
+                except OSError as exc:
+                    raise _broken(sock, exc) from exc
+        if not chunk:
+            if self._splitter.buffered:
+                self._error = IncompleteFrame(
+                    f"connection closed inside a frame ({self._splitter.buffered} bytes)"
+                )
+                return
+            raise anyio.EndOfStream
+        try:
+            frames = self._splitter.feed(chunk)
+        except FrameTooLarge as exc:
+            self._frames.extend(exc.frames)
+            exc.frames = []
+            self._error = exc
+            return
+        if self._frames:
+            self._frames.extend(frames)
+        else:
+            self._frames = frames
+
+
+async def send_all(
+    stream: ByteSendStream,
+    sock: socket.socket | None,
+    data: bytes,
+    timeout_s: float | None = None,
+) -> None:
+    """Write `data`: straight to the non-blocking socket when it takes it all (no loop round),
+    else wait for the socket to drain, at most `timeout_s` (then BrokenResourceError: a peer
+    that does not read its replies only ever holds up itself, and not forever).
+
+    Waits use `anyio.wait_writable`, which can be cancelled cleanly, unlike a pending stream
+    `send` on anyio's raw-socket streams.
+    """
+    if sock is None:
+        with anyio.fail_after(timeout_s):
+            await stream.send(data)
+        return
+    view = memoryview(data)
+    try:
+        sent = sock.send(view)
+    except BlockingIOError:
+        sent = 0
+    except OSError as exc:
+        raise _broken(sock, exc) from exc
+    if sent == len(view):
+        return
+    view = view[sent:]
+    try:
+        with anyio.fail_after(timeout_s):
+            while view:
+                await anyio.wait_writable(sock)
+                try:
+                    view = view[sock.send(view) :]
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    raise _broken(sock, exc) from exc
+    except TimeoutError:
+        raise anyio.BrokenResourceError(f"peer read nothing for {timeout_s}s") from None
+
+
+def _broken(sock: socket.socket, exc: OSError) -> Exception:
+    if sock.fileno() < 0:
+        return anyio.ClosedResourceError()
+    return anyio.BrokenResourceError(str(exc))

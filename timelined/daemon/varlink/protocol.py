@@ -1,0 +1,116 @@
+"""Varlink message vocabulary shared by the server and the clients: error names, replies.
+
+Error names this layer sends on its own (everything else comes from a handler):
+
+- `org.varlink.service.InterfaceNotFound`, `MethodNotFound`, `MethodNotImplemented`,
+  `InvalidParameter` — the standard ones, with the standard parameter (`InvalidParameter`
+  also carries `message`, the validator's text, which clients that do not know it ignore);
+- `io.timelined.ProtocolError` (`reason`, `message`) — a frame that is not a Varlink call:
+  malformed JSON, a NUL inside the JSON (it splits the frame), JSON that is not an object, a
+  missing or non-string `method`. The connection is closed after it: once framing is in
+  doubt, nothing after it on the stream can be trusted;
+- `io.timelined.LimitExceeded` (`limit`, `size`, `maximum`, `message`) — a frame over
+  `max_message_bytes` (then closed) or a connection over `max_connections` (then closed);
+- `io.timelined.InternalError` (`message`, `exception`) — a handler failed unexpectedly; the
+  traceback is in the daemon's log, the connection keeps working;
+- `io.timelined.ShuttingDown` — a call that arrived (or a stream that was running) when the
+  server began to stop.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "INTERFACE_NOT_FOUND",
+    "INTERNAL_ERROR",
+    "INVALID_PARAMETER",
+    "METHOD_NOT_FOUND",
+    "METHOD_NOT_IMPLEMENTED",
+    "SERVICE_INTERFACE",
+    "VarlinkErrorReply",
+    "append_reply",
+    "encode_call",
+    "encode_error",
+    "invalid_parameter",
+]
+
+SERVICE_INTERFACE = "org.varlink.service"
+INTERFACE_NOT_FOUND = "org.varlink.service.InterfaceNotFound"
+METHOD_NOT_FOUND = "org.varlink.service.MethodNotFound"
+METHOD_NOT_IMPLEMENTED = "org.varlink.service.MethodNotImplemented"
+INVALID_PARAMETER = "org.varlink.service.InvalidParameter"
+# Not a TimelinedError subclass on purpose: it is never raised, only sent.
+INTERNAL_ERROR = "io.timelined.InternalError"
+
+
+class VarlinkErrorReply(Exception):
+    """A Varlink error reply: raised by the clients on an error reply, and by handlers that
+    want to send a named error which is not a TimelinedError (e.g. InvalidParameter)."""
+
+    def __init__(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
+        self.name = name
+        self.parameters: dict[str, Any] = dict(parameters or {})
+        message = self.parameters.get("message")
+        super().__init__(f"{name}: {message}" if message else name)
+
+    def __repr__(self) -> str:
+        return f"VarlinkErrorReply({self.name!r}, {self.parameters!r})"
+
+
+class _ErrorReply(msgspec.Struct):
+    error: str
+    parameters: Mapping[str, Any]
+
+
+class _Call(msgspec.Struct, omit_defaults=True):
+    method: str
+    parameters: Any = None
+    more: bool = False
+    oneway: bool = False
+
+
+_ENCODER = msgspec.json.Encoder()
+_REPLY_HEAD = b'{"parameters":'
+_REPLY_LAST = b"}\0"
+_REPLY_CONTINUES = b',"continues":true}\0'
+
+
+def append_reply(out: bytearray, reply: Any, continues: bool = False) -> None:
+    """Append one reply frame (NUL included) to `out` without an intermediate bytes object."""
+    out += _REPLY_HEAD
+    _ENCODER.encode_into(reply, out, -1)
+    out += _REPLY_CONTINUES if continues else _REPLY_LAST
+
+
+def encode_error(name: str, parameters: Mapping[str, Any]) -> bytes:
+    """One error reply frame, NUL included."""
+    return _ENCODER.encode(_ErrorReply(name, parameters)) + b"\0"
+
+
+def encode_call(
+    method: str, parameters: Any = None, *, more: bool = False, oneway: bool = False
+) -> bytes:
+    """One call frame, NUL included; `parameters` is a mapping, a Struct or None."""
+    return _ENCODER.encode(_Call(method, parameters, more, oneway)) + b"\0"
+
+
+_AT = re.compile(r" - at `\$\.?([^`]*)`$")
+_FIELD = re.compile(r"(?:missing required|unknown) field `([^`]*)`")
+
+
+def invalid_parameter(exc: msgspec.ValidationError) -> dict[str, str]:
+    """InvalidParameter's parameters from a msgspec validation error (`parameter` names the
+    field by its path, e.g. `limit`, `items[2].name`; `message` says what was wrong)."""
+    text = str(exc)
+    at = _AT.search(text)
+    path = at.group(1) if at else ""
+    field = _FIELD.search(text)
+    if field:
+        path = f"{path}.{field.group(1)}" if path else field.group(1)
+    problem = _AT.sub("", text)
+    return {"parameter": path or "parameters", "message": problem}

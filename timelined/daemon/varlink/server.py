@@ -1,0 +1,808 @@
+"""An anyio Varlink server on a Unix socket: framing, dispatch, limits, streams, shutdown.
+
+Each connection is one task. It reads whatever frames have arrived, answers them strictly in
+order (calls that arrived together are answered with one write), and awaits its own writes, so
+a slow reader only ever slows itself. Concurrency comes from many connections, as the protocol
+intends. A call costs one decode of the envelope, one typed decode of the parameters straight
+into the method's Struct, the handler, and one encode of the reply into the output buffer: no
+task, no regex and no intermediate dict per call.
+
+Errors the server sends on its own, and when it closes the connection, are listed in
+`protocol.py`. The authorization hook runs before every call; when it raises, the error is
+sent and the connection is closed.
+
+Streaming (`more: true`): a handler that is an async generator (or returns an async iterator)
+yields replies; each is sent at once with `continues: true`, and the one wrapped in `Final` is
+sent last without it. An exception from the iterator ends the stream with that error. While a
+stream runs, the connection is watched for a hang-up, so an idle `Watch` whose client went away
+is torn down at once rather than at its next event. Without `more`, a streaming handler's first
+reply is the answer.
+"""
+
+from __future__ import annotations
+
+import errno
+import inspect
+import itertools
+import logging
+import os
+import socket
+import stat
+import struct
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar, cast
+
+import anyio
+import msgspec
+from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
+
+from timelined.config import LimitsConfig
+from timelined.daemon.varlink.framing import (
+    CallMessage,
+    FrameError,
+    FrameReader,
+    FrameTooLarge,
+    IncompleteFrame,
+    decode_call,
+    send_all,
+)
+from timelined.daemon.varlink.interface import Interface
+from timelined.daemon.varlink.protocol import (
+    INTERFACE_NOT_FOUND,
+    INTERNAL_ERROR,
+    INVALID_PARAMETER,
+    METHOD_NOT_FOUND,
+    METHOD_NOT_IMPLEMENTED,
+    VarlinkErrorReply,
+    append_reply,
+    encode_error,
+    invalid_parameter,
+)
+from timelined.daemon.varlink.service import (
+    SERVICE,
+    GetInfoParams,
+    GetInfoReply,
+    GetInterfaceDescriptionParams,
+    GetInterfaceDescriptionReply,
+    ServiceInfo,
+)
+from timelined.errors import LimitExceeded, ProtocolError, ShuttingDown, TimelinedError
+
+__all__ = [
+    "Authorizer",
+    "CallContext",
+    "Final",
+    "Handler",
+    "PeerCredentials",
+    "ServerLimits",
+    "ServerStats",
+    "VarlinkServer",
+    "bind_unix_socket",
+    "listen_unix",
+    "listener_from_socket",
+    "peer_credentials",
+]
+
+log = logging.getLogger("timelined.daemon.varlink")
+
+R = TypeVar("R")
+
+_FLUSH_BYTES = 64 * 1024  # a pipelined batch flushes early once its replies exceed this
+_LINGER_S = 1.0  # after a fatal error: how long to drain input so the peer can read the error
+_MAX_LINGERING = 64  # rejected connections allowed to linger at once; beyond, closed at once
+_EMPTY_REPLY = msgspec.Raw(b"{}")
+_PEERCRED = struct.Struct("3i")
+
+
+class PeerCredentials(msgspec.Struct, frozen=True):
+    """The connecting process as the kernel saw it at connect time (SO_PEERCRED)."""
+
+    uid: int
+    gid: int
+    pid: int
+
+
+def peer_credentials(sock: socket.socket) -> PeerCredentials:
+    """SO_PEERCRED of a connected Unix socket."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    pid, uid, gid = _PEERCRED.unpack(raw)
+    return PeerCredentials(uid=uid, gid=gid, pid=pid)
+
+
+class CallContext(msgspec.Struct, frozen=True):
+    """What a handler knows about the call besides its parameters."""
+
+    peer: PeerCredentials
+    interface: str
+    method: str
+    more: bool
+    oneway: bool
+    connection_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Final(Generic[R]):
+    """Wraps the last reply of a stream: sent without `continues`, then the stream ends."""
+
+    reply: R
+
+
+# A handler gets the validated parameters and the context. It is a coroutine function returning
+# the reply Struct (or an async iterator, to stream), or an async generator function (a stream).
+Handler = Callable[[Any, CallContext], Awaitable[Any] | AsyncIterator[Any]]
+# Raises (PermissionDenied, or any TimelinedError / VarlinkErrorReply) to refuse the call; the
+# server sends the error and closes the connection.
+Authorizer = Callable[[PeerCredentials, str, str], None]
+
+
+class ServerLimits(msgspec.Struct, frozen=True):
+    """The `[limits]` the protocol layer enforces; `idle_timeout_s` 0 keeps idle peers."""
+
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_connections: int = 256
+    idle_timeout_s: float = 600.0
+
+    @classmethod
+    def from_config(cls, limits: LimitsConfig) -> ServerLimits:
+        return cls(
+            max_message_bytes=limits.max_message_bytes,
+            max_connections=limits.max_connections,
+            idle_timeout_s=float(limits.idle_timeout_s),
+        )
+
+
+class ServerStats(msgspec.Struct, frozen=True):
+    """Counters for metrics; totals count since the server object was created."""
+
+    connections_open: int
+    connections_total: int
+    connections_rejected: int
+    streams_open: int
+    calls_total: int
+    errors_total: int
+    protocol_errors_total: int
+    internal_errors_total: int
+
+
+class _Entry:
+    """One dispatchable method, looked up by its full name."""
+
+    __slots__ = ("decoder", "full_name", "handler", "interface", "is_gen", "method")
+
+    def __init__(
+        self, interface: str, method: str, params: type[Any], handler: Handler | None
+    ) -> None:
+        self.interface = interface
+        self.method = method
+        self.full_name = f"{interface}.{method}"
+        # JSON decoding is strict: no str → int coercion; the same rules as msgspec.convert
+        # with strict=True, in one pass from bytes to the Struct.
+        self.decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(params)
+        self.handler = handler
+        self.is_gen = handler is not None and inspect.isasyncgenfunction(handler)
+
+
+# Connection states: only an _IDLE connection (waiting for a frame) may be closed by the idle
+# sweeper or at shutdown without losing a call.
+_IDLE = 0
+_BUSY = 1
+_STREAMING = 2
+
+
+class _Conn:
+    __slots__ = (
+        "id",
+        "idle_since",
+        "out",
+        "peer",
+        "peer_gone",
+        "reader",
+        "sock",
+        "state",
+        "stream",
+        "stream_scope",
+    )
+
+    def __init__(self, cid: int, stream: SocketStream, max_message_bytes: int) -> None:
+        self.id = cid
+        self.stream = stream
+        self.reader = FrameReader(stream, max_message_bytes)
+        self.sock: socket.socket = stream.extra(SocketAttribute.raw_socket)  # noqa: S610
+        self.peer = PeerCredentials(uid=-1, gid=-1, pid=0)
+        self.state: int = _BUSY
+        self.idle_since = time.monotonic()
+        self.stream_scope: anyio.CancelScope | None = None
+        self.peer_gone = False
+        self.out = bytearray()
+
+
+class VarlinkServer:
+    """Serves registered interfaces (and org.varlink.service) on a listening Unix socket."""
+
+    def __init__(
+        self,
+        info: ServiceInfo,
+        *,
+        limits: ServerLimits | None = None,
+        authorize: Authorizer | None = None,
+    ) -> None:
+        self.info = info
+        self._limits = limits or ServerLimits()
+        # A peer that reads none of its replies for this long is dropped (the idle limit, for
+        # the other direction).
+        self._write_timeout: float | None = self._limits.idle_timeout_s or None
+        self.authorize = authorize
+        self._interfaces: dict[str, Interface] = {}
+        self._methods: dict[str, _Entry] = {}
+        self._conns: dict[int, _Conn] = {}
+        self._ids = itertools.count(1)
+        self._closing = False
+        self._lingering = 0
+        self._tg: TaskGroup | None = None
+        self._listener: SocketListener | None = None
+        self._drained = anyio.Event()
+        self._stopped = anyio.Event()
+        self._running = False
+        self._connections_total = 0
+        self._connections_rejected = 0
+        self._streams = 0
+        self._calls = 0
+        self._errors = 0
+        self._protocol_errors = 0
+        self._internal_errors = 0
+        self.register(
+            SERVICE,
+            {
+                "GetInfo": self._get_info,
+                "GetInterfaceDescription": self._get_interface_description,
+            },
+        )
+
+    # --- configuration ---------------------------------------------------------------------
+
+    def register(self, interface: Interface, handlers: Mapping[str, Handler]) -> None:
+        """Serve `interface`; a declared method without a handler answers MethodNotImplemented."""
+        if interface.name in self._interfaces:
+            raise ValueError(f"interface {interface.name} is already registered")
+        declared = {m.name for m in interface.methods}
+        extra = sorted(set(handlers) - declared)
+        if extra:
+            raise ValueError(f"{interface.name} declares no methods {extra}")
+        self._interfaces[interface.name] = interface
+        for m in interface.methods:
+            entry = _Entry(interface.name, m.name, m.parameters, handlers.get(m.name))
+            self._methods[entry.full_name] = entry
+
+    @property
+    def interfaces(self) -> list[str]:
+        return list(self._interfaces)
+
+    @property
+    def limits(self) -> ServerLimits:
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: ServerLimits) -> None:
+        """New limits apply at once, to open connections too (config reload)."""
+        self._limits = limits
+        self._write_timeout = limits.idle_timeout_s or None
+        for conn in self._conns.values():
+            conn.reader.max_message_bytes = limits.max_message_bytes
+
+    def stats(self) -> ServerStats:
+        return ServerStats(
+            connections_open=len(self._conns),
+            connections_total=self._connections_total,
+            connections_rejected=self._connections_rejected,
+            streams_open=self._streams,
+            calls_total=self._calls,
+            errors_total=self._errors,
+            protocol_errors_total=self._protocol_errors,
+            internal_errors_total=self._internal_errors,
+        )
+
+    # --- org.varlink.service ---------------------------------------------------------------
+
+    async def _get_info(self, params: GetInfoParams, ctx: CallContext) -> GetInfoReply:
+        i = self.info
+        return GetInfoReply(i.vendor, i.product, i.version, i.url, list(self._interfaces))
+
+    async def _get_interface_description(
+        self, params: GetInterfaceDescriptionParams, ctx: CallContext
+    ) -> GetInterfaceDescriptionReply:
+        interface = self._interfaces.get(params.interface)
+        if interface is None:
+            raise VarlinkErrorReply(INTERFACE_NOT_FOUND, {"interface": params.interface})
+        return GetInterfaceDescriptionReply(interface.description)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def serve(
+        self, listener: SocketListener, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Accept and serve until `shutdown()` (or cancellation); the listener is closed after."""
+        if self._running:
+            raise RuntimeError("the server is already serving")
+        self._running = True
+        self._listener = listener
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._accept_loop, listener)
+                tg.start_soon(self._sweep_idle)
+                task_status.started()
+        finally:
+            self._closing = True
+            with anyio.CancelScope(shield=True):
+                await listener.aclose()
+            self._stopped.set()
+
+    async def shutdown(self, grace_s: float = 10.0) -> None:
+        """Stop accepting, let calls in progress finish (up to `grace_s`), then close all."""
+        if not self._closing:
+            self._closing = True
+            if self._listener is not None:
+                await self._listener.aclose()
+            for conn in list(self._conns.values()):
+                if conn.state == _IDLE:
+                    _hang_up(conn)
+                elif conn.state == _STREAMING and conn.stream_scope is not None:
+                    conn.stream_scope.cancel()
+            if not self._conns:
+                self._drained.set()
+            with anyio.move_on_after(grace_s):
+                await self._drained.wait()
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+        if self._running:
+            await self._stopped.wait()
+
+    async def _accept_loop(self, listener: SocketListener) -> None:
+        assert self._tg is not None
+        while not self._closing:
+            try:
+                stream = await listener.accept()
+            except anyio.ClosedResourceError:
+                return
+            except (anyio.BrokenResourceError, OSError) as exc:
+                # EMFILE and friends: back off instead of spinning; existing peers keep working.
+                log.warning("accept failed: %s", exc.__cause__ or exc)
+                await anyio.sleep(0.1)
+                continue
+            if self._closing:
+                await _close_quietly(stream)
+                return
+            if len(self._conns) >= self._limits.max_connections:
+                self._connections_rejected += 1
+                self._tg.start_soon(self._reject, stream)
+                continue
+            cid = next(self._ids)
+            conn = _Conn(cid, stream, self._limits.max_message_bytes)
+            # Registered before its task runs, so that a burst of accepts counts it.
+            self._conns[cid] = conn
+            self._connections_total += 1
+            self._tg.start_soon(self._run_connection, conn)
+
+    async def _reject(self, stream: SocketStream) -> None:
+        limit = self._limits.max_connections
+        exc = LimitExceeded("max_connections", limit + 1, limit)
+        frame = encode_error(exc.varlink_name, exc.params)
+        try:
+            await stream.send(frame)
+            if self._lingering < _MAX_LINGERING:
+                self._lingering += 1
+                try:
+                    await _drain_and_close(stream, _LINGER_S)
+                finally:
+                    self._lingering -= 1
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+        finally:
+            await _close_quietly(stream)
+
+    async def _sweep_idle(self) -> None:
+        """Close connections idle past `idle_timeout_s` (a timer per wait would cost per call)."""
+        while True:
+            idle = self._limits.idle_timeout_s
+            await anyio.sleep(min(1.0, idle / 4) if idle > 0 else 1.0)
+            if idle <= 0:
+                continue
+            deadline = time.monotonic() - idle
+            for conn in list(self._conns.values()):
+                if conn.state == _IDLE and conn.idle_since < deadline:
+                    log.debug("connection %d idle for %.1fs: closing", conn.id, idle)
+                    _hang_up(conn)
+
+    # --- one connection --------------------------------------------------------------------
+
+    async def _run_connection(self, conn: _Conn) -> None:
+        try:
+            conn.peer = peer_credentials(conn.sock)
+            await self._serve_connection(conn)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream):
+            pass  # the peer went away; nothing to tell it
+        except OSError as exc:
+            log.debug("connection %d: %s", conn.id, exc)
+        except Exception:
+            log.exception("connection %d failed", conn.id)
+        finally:
+            self._conns.pop(conn.id, None)
+            await _close_quietly(conn.stream)
+            if self._closing and not self._conns:
+                self._drained.set()
+
+    async def _serve_connection(self, conn: _Conn) -> None:
+        reader = conn.reader
+        stream = conn.stream
+        while True:
+            frames = reader.take_frames()
+            if not frames:
+                if self._closing:
+                    return
+                conn.idle_since = time.monotonic()
+                conn.state = _IDLE
+                try:
+                    frames = await reader.receive_frames()
+                except anyio.EndOfStream:
+                    return
+                except FrameError as exc:
+                    conn.state = _BUSY
+                    await self._fail_connection(conn, exc)
+                    return
+                finally:
+                    conn.state = _BUSY
+            for frame in frames:
+                if self._closing:
+                    stop = ShuttingDown()
+                    await self._fatal_reply(conn, encode_error(stop.varlink_name, stop.params))
+                    return
+                try:
+                    call = decode_call(frame)
+                except FrameError as exc:
+                    await self._fail_connection(conn, exc)
+                    return
+                if not await self._dispatch(conn, call):
+                    await self._fatal_reply(conn, b"")
+                    return
+                if len(conn.out) > _FLUSH_BYTES:
+                    await self._flush(conn)
+            if conn.out:
+                out = conn.out
+                conn.out = bytearray()
+                await send_all(stream, conn.sock, cast(bytes, out), self._write_timeout)
+
+    async def _flush(self, conn: _Conn) -> None:
+        if conn.out:
+            out = conn.out
+            conn.out = bytearray()
+            await send_all(conn.stream, conn.sock, cast(bytes, out), self._write_timeout)
+
+    async def _fail_connection(self, conn: _Conn, exc: FrameError) -> None:
+        """A frame we cannot trust: answer what came before it, say why, and hang up."""
+        self._protocol_errors += 1
+        if isinstance(exc, IncompleteFrame):
+            await self._flush(conn)  # the peer hung up mid-frame: nobody to explain it to
+            return
+        err: TimelinedError
+        if isinstance(exc, FrameTooLarge):
+            err = LimitExceeded("max_message_bytes", exc.size, exc.maximum)
+        else:
+            err = ProtocolError(exc.reason)
+        log.info("connection %d (pid %d): %s; closing", conn.id, conn.peer.pid, exc.reason)
+        self._errors += 1
+        await self._fatal_reply(conn, encode_error(err.varlink_name, err.params))
+
+    async def _fatal_reply(self, conn: _Conn, frame: bytes) -> None:
+        conn.out += frame
+        await self._flush(conn)
+        # While stopping, nobody waits for a straggler to finish sending.
+        await _drain_and_close(conn.stream, 0.0 if self._closing else _LINGER_S)
+
+    async def _dispatch(self, conn: _Conn, call: CallMessage) -> bool:
+        """Answer one call into `conn.out`; False when the connection must close after it."""
+        self._calls += 1
+        entry = self._methods.get(call.method)
+        if entry is None:
+            return self._unknown_method(conn, call)
+        if self.authorize is not None and not self._authorized(
+            conn, call, entry.interface, entry.method
+        ):
+            return False
+        if entry.handler is None:
+            self._error(conn, call, METHOD_NOT_IMPLEMENTED, {"method": entry.full_name})
+            return True
+        try:
+            params = entry.decoder.decode(call.parameters)
+        except msgspec.ValidationError as exc:
+            if bytes(call.parameters) == b"null":  # `"parameters": null` means none
+                try:
+                    params = entry.decoder.decode(b"{}")
+                except msgspec.ValidationError as exc2:
+                    self._error(conn, call, INVALID_PARAMETER, invalid_parameter(exc2))
+                    return True
+            else:
+                self._error(conn, call, INVALID_PARAMETER, invalid_parameter(exc))
+                return True
+        ctx = CallContext(conn.peer, entry.interface, entry.method, call.more, call.oneway, conn.id)
+        mark = len(conn.out)
+        try:
+            result: Any = entry.handler(params, ctx)
+            if not entry.is_gen:
+                result = await result
+                if isinstance(result, msgspec.Struct) or not hasattr(result, "__anext__"):
+                    if not call.oneway:
+                        append_reply(conn.out, _EMPTY_REPLY if result is None else result)
+                    return True
+        except (TimelinedError, VarlinkErrorReply) as exc:
+            del conn.out[mark:]
+            self._send_exception(conn, call, exc)
+            return True
+        except Exception as exc:
+            del conn.out[mark:]
+            self._internal_error(conn, call, exc)
+            return True
+        return await self._stream(conn, call, result)
+
+    def _unknown_method(self, conn: _Conn, call: CallMessage) -> bool:
+        interface, _, method = call.method.rpartition(".")
+        if self.authorize is not None and not self._authorized(conn, call, interface, method):
+            return False
+        if interface in self._interfaces:
+            self._error(conn, call, METHOD_NOT_FOUND, {"method": call.method})
+        else:
+            self._error(conn, call, INTERFACE_NOT_FOUND, {"interface": interface})
+        return True
+
+    def _authorized(self, conn: _Conn, call: CallMessage, interface: str, method: str) -> bool:
+        """Run the hook; a refusal (or a failing hook: deny by default) is sent, then False."""
+        assert self.authorize is not None
+        try:
+            self.authorize(conn.peer, interface, method)
+        except (TimelinedError, VarlinkErrorReply) as exc:
+            self._refuse(conn, call, exc)
+            return False
+        except Exception as exc:
+            self._internal_error(conn, call, exc)
+            return False
+        return True
+
+    def _refuse(self, conn: _Conn, call: CallMessage, exc: Exception) -> None:
+        log.info(
+            "refused %s for uid %d gid %d pid %d: %s",
+            call.method,
+            conn.peer.uid,
+            conn.peer.gid,
+            conn.peer.pid,
+            exc,
+        )
+        # Sent even for oneway calls: the peer is about to be disconnected and should know why.
+        self._errors += 1
+        name, params = _error_of(exc)
+        conn.out += encode_error(name, params)
+
+    def _error(self, conn: _Conn, call: CallMessage, name: str, params: Mapping[str, Any]) -> None:
+        self._errors += 1
+        if not call.oneway:
+            conn.out += encode_error(name, params)
+
+    def _send_exception(self, conn: _Conn, call: CallMessage, exc: Exception) -> None:
+        name, params = _error_of(exc)
+        try:
+            frame = encode_error(name, params)
+        except (TypeError, ValueError) as enc:
+            self._internal_error(conn, call, enc)
+            return
+        self._errors += 1
+        if not call.oneway:
+            conn.out += frame
+
+    def _internal_error(self, conn: _Conn, call: CallMessage, exc: BaseException) -> None:
+        self._internal_errors += 1
+        log.error("%s failed (connection %d)", call.method, conn.id, exc_info=exc)
+        self._error(
+            conn,
+            call,
+            INTERNAL_ERROR,
+            {
+                "message": f"internal error in {call.method}; the daemon's log has the details",
+                "exception": type(exc).__name__,
+            },
+        )
+
+    # --- streams ---------------------------------------------------------------------------
+
+    async def _stream(self, conn: _Conn, call: CallMessage, iterator: Any) -> bool:
+        if not call.more or call.oneway:
+            return await self._first_reply(conn, call, iterator)
+        await self._flush(conn)  # earlier replies of the batch must not wait for the stream
+        self._streams += 1
+        conn.state = _STREAMING
+        try:
+            with anyio.CancelScope() as scope:
+                conn.stream_scope = scope
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._watch_peer, conn, scope)
+                    await self._pump(conn, call, iterator)
+                    tg.cancel_scope.cancel()
+        finally:
+            conn.stream_scope = None
+            conn.state = _BUSY
+            self._streams -= 1
+            await _aclose_iterator(iterator)
+        if conn.peer_gone:
+            return False
+        if scope.cancelled_caught and self._closing:
+            exc = ShuttingDown()
+            conn.out += encode_error(exc.varlink_name, exc.params)
+            return False
+        return True
+
+    async def _pump(self, conn: _Conn, call: CallMessage, iterator: Any) -> None:
+        """Send every reply of the stream; never raises but for cancellation."""
+        stream = conn.stream
+        try:
+            async for item in iterator:
+                buf = bytearray()
+                if isinstance(item, Final):
+                    append_reply(buf, item.reply)
+                    await send_all(stream, conn.sock, cast(bytes, buf), self._write_timeout)
+                    return
+                append_reply(buf, item, continues=True)
+                await send_all(stream, conn.sock, cast(bytes, buf), self._write_timeout)
+            raise RuntimeError(f"the stream of {call.method} ended without a Final reply")
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            conn.peer_gone = True
+        except (TimelinedError, VarlinkErrorReply) as exc:
+            self._send_exception(conn, call, exc)
+        except Exception as exc:
+            self._internal_error(conn, call, exc)
+        # An error ends the stream: send it now, the connection may stay open for more calls.
+        if conn.out and not conn.peer_gone:
+            try:
+                await self._flush(conn)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                conn.peer_gone = True
+
+    async def _watch_peer(self, conn: _Conn, scope: anyio.CancelScope) -> None:
+        """During a stream, read ahead (bounded) so that a hang-up ends the stream at once.
+
+        `fill` waits with `wait_readable`, which (unlike a pending stream `receive`) can be
+        cancelled cleanly when the stream ends.
+        """
+        reader = conn.reader
+        try:
+            while reader.pending_bytes <= reader.max_message_bytes and not reader.failed:
+                await reader.fill()
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            conn.peer_gone = True
+            scope.cancel()
+
+    async def _first_reply(self, conn: _Conn, call: CallMessage, iterator: Any) -> bool:
+        """A streaming method called without `more`: its first reply is the answer."""
+        try:
+            try:
+                item = await iterator.__anext__()
+            finally:
+                await _aclose_iterator(iterator)
+            if isinstance(item, Final):
+                item = item.reply
+            if not call.oneway:
+                append_reply(conn.out, item)
+        except StopAsyncIteration:
+            self._internal_error(conn, call, RuntimeError(f"{call.method} replied nothing"))
+        except (TimelinedError, VarlinkErrorReply) as exc:
+            self._send_exception(conn, call, exc)
+        except Exception as exc:
+            self._internal_error(conn, call, exc)
+        return True
+
+
+def _hang_up(conn: _Conn) -> None:
+    """End an idle connection: its pending receive sees EOF and the task ends normally (no
+    cancellation of a receive in flight, which anyio's raw-socket streams do not take well)."""
+    try:
+        conn.sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _error_of(exc: Exception) -> tuple[str, Mapping[str, Any]]:
+    if isinstance(exc, TimelinedError):
+        return exc.varlink_name, exc.params
+    if isinstance(exc, VarlinkErrorReply):
+        return exc.name, exc.parameters
+    return INTERNAL_ERROR, {"message": str(exc), "exception": type(exc).__name__}
+
+
+async def _aclose_iterator(iterator: Any) -> None:
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is None:
+        return
+    with anyio.move_on_after(5, shield=True):
+        try:
+            await aclose()
+        except Exception:
+            log.exception("closing a reply stream failed")
+
+
+async def _drain_and_close(stream: SocketStream, linger_s: float) -> None:
+    """Half-close, then discard input for a moment so the peer can finish sending and read
+    our last reply instead of meeting EPIPE; nothing read here is kept."""
+    sock: socket.socket = stream.extra(SocketAttribute.raw_socket)  # noqa: S610
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        with anyio.move_on_after(linger_s):
+            while True:
+                await anyio.wait_readable(sock)  # cancellable cleanly, unlike stream.receive
+                try:
+                    if not sock.recv(65536):
+                        break
+                except BlockingIOError:
+                    continue
+    except OSError:
+        pass
+    finally:
+        await _close_quietly(stream)
+
+
+async def _close_quietly(stream: SocketStream) -> None:
+    with anyio.CancelScope(shield=True):
+        try:
+            await stream.aclose()
+        except Exception as exc:
+            log.debug("closing a connection: %s", exc)
+
+
+# --- listening sockets -----------------------------------------------------------------------
+
+
+def bind_unix_socket(path: str | os.PathLike[str], mode: int = 0o660) -> socket.socket:
+    """A listening Unix socket at `path` with `mode`; the parent is created 0750 if missing.
+
+    A stale socket file is replaced; a socket that still answers (another server is
+    listening on it) or a path that is not a socket is refused rather than taken over.
+    """
+    p = Path(path)
+    if not p.parent.exists():
+        p.parent.mkdir(parents=True, mode=0o750)
+        p.parent.chmod(0o750)  # mkdir's mode is filtered by the umask
+    try:
+        st = p.lstat()
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise FileExistsError(errno.EEXIST, "exists and is not a socket", str(p))
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(p))
+        except OSError:
+            p.unlink(missing_ok=True)  # stale: nobody listens
+        else:
+            raise OSError(errno.EADDRINUSE, "another server is listening on this socket", str(p))
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(p))
+        p.chmod(mode)
+        sock.listen(min(socket.SOMAXCONN, 4096))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def listen_unix(path: str | os.PathLike[str], mode: int = 0o660) -> SocketListener:
+    """`bind_unix_socket` wrapped as an anyio listener."""
+    return await listener_from_socket(bind_unix_socket(path, mode))
+
+
+async def listener_from_socket(sock: socket.socket) -> SocketListener:
+    """An already listening socket (systemd socket activation) as an anyio listener."""
+    sock.setblocking(False)
+    return await SocketListener.from_socket(sock)
