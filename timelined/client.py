@@ -185,6 +185,8 @@ def error_from_reply(reply: VarlinkErrorReply) -> TimelinedError:
     message = params.get("message")
     if not isinstance(message, str) or not message:
         message = _fallback_message(cls, params)
+    elif cls is InvalidParameter and "parameter" in params:
+        message = f"invalid parameter {params['parameter']!r}: {message}"
     TimelinedError.__init__(exc, message, **{k: v for k, v in params.items() if k != "message"})
     for key, value in params.items():
         if key not in _RESERVED and key.isidentifier() and not hasattr(cls, key):
