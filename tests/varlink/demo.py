@@ -48,6 +48,7 @@ class CountParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     n: int
     delay_s: float = 0.0
     fail_at: int | None = None
+    forget_final: bool = False
 
 
 class CountReply(msgspec.Struct, frozen=True):
@@ -142,7 +143,7 @@ def handlers(probe: Probe) -> dict[str, Any]:
                 if p.delay_s:
                     await anyio.sleep(p.delay_s)
                 reply = CountReply(i)
-                yield Final(reply) if i == p.n - 1 else reply
+                yield Final(reply) if i == p.n - 1 and not p.forget_final else reply
         finally:
             probe.streams_closed += 1
 

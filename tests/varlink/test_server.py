@@ -508,3 +508,19 @@ async def test_a_failing_authorization_hook_denies(tmp_path: Path) -> None:
             await s.send(call(ECHO, {"text": "x"}) + call(ECHO, {"text": "y"}))
             replies = await read_until_closed(s)
     assert [x["error"] for x in replies] == ["io.timelined.InternalError"]
+
+
+async def test_stream_edge_cases(running: Running) -> None:
+    s = await raw_connect(running.path)
+    async with s:
+        await s.send(
+            call("io.timelined.Test.Count", {"n": 2, "forget_final": True}, more=True)
+            + call(ECHO, {"text": "plain"}, more=True)  # more on a one-reply method
+        )
+        replies = await read_frames(s, 4)
+    assert replies[:2] == [
+        {"parameters": {"i": 0}, "continues": True},
+        {"parameters": {"i": 1}, "continues": True},
+    ]
+    assert replies[2]["error"] == "io.timelined.InternalError"  # a stream must end with Final
+    assert replies[3] == {"parameters": {"text": "plain"}}

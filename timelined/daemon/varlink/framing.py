@@ -282,8 +282,16 @@ async def send_all(
                     continue
                 except OSError as exc:
                     raise _broken(sock, exc) from exc
-    except TimeoutError:
-        raise anyio.BrokenResourceError(f"peer read nothing for {timeout_s}s") from None
+    except BaseException as exc:
+        # Cut off (timeout, cancellation) possibly in the middle of a frame: nothing may follow
+        # the partial frame, so end the byte stream here; the peer sees a truncated frame.
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        if isinstance(exc, TimeoutError):
+            raise anyio.BrokenResourceError(f"peer read nothing for {timeout_s}s") from None
+        raise
 
 
 def _broken(sock: socket.socket, exc: OSError) -> Exception:

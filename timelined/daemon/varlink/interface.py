@@ -45,6 +45,7 @@ __all__ = [
     "InterfaceDefinitionError",
     "Method",
     "check_interface_file",
+    "iter_interfaces",
     "render_interface",
 ]
 

@@ -690,7 +690,9 @@ class VarlinkServer:
             if isinstance(item, Final):
                 item = item.reply
             if not call.oneway:
-                append_reply(conn.out, item)
+                buf = bytearray()  # not straight into conn.out: encoding may fail halfway
+                append_reply(buf, item)
+                conn.out += buf
         except StopAsyncIteration:
             self._internal_error(conn, call, RuntimeError(f"{call.method} replied nothing"))
         except (TimelinedError, VarlinkErrorReply) as exc:
