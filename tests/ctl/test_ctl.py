@@ -177,10 +177,8 @@ def test_admin_verbs(ctl: Ctl, client: Client) -> None:
     out, _ = ctl("status")
     assert "timelined" in out and "last seq" in out and "boot" in out and "clean" in out
     status = ctl.json("status")["status"]
-    assert (
-        (status["boot"]["verdict"] == "clean"
-        and status["verify"]["state"] in ("never",))
-        or (status["verify"])
+    assert (status["boot"]["verdict"] == "clean" and status["verify"]["state"] in ("never",)) or (
+        status["verify"]
     )
 
     out, _ = ctl("log", "--limit", "2")

@@ -79,7 +79,7 @@ def status(ctl: Ctl) -> int:
                 ("state", s.state_dir),
                 ("log", f"last seq {s.last_seq}, head {s.head_hash[:16]}…"),
                 ("boot", f"{b.verdict} ({b.report_id}){recovery}"),
-                ("verify", _inline(s.verify)),
+                ("verify", _verify_summary(s.verify)),
                 (
                     "writer",
                     f"queue {w.queue_depth}; {w.events} events in {w.batches} batches, "
@@ -147,24 +147,33 @@ def reports(ctl: Ctl) -> int:
     return 0
 
 
-_PROGRESS_PAIRS = (
-    ("done", "total"),
-    ("events_checked", "events_total"),
-    ("checked", "total"),
-    ("seq", "last_seq"),
-)
-
-
 def _progress(verify: dict[str, Any]) -> str | None:
-    """A progress line from the verifier's status, if it reports progress at all."""
-    for done_key, total_key in _PROGRESS_PAIRS:
-        done, total = verify.get(done_key), verify.get(total_key)
-        if isinstance(done, int) and isinstance(total, int) and total > 0:
-            return f"verifying: {100 * done // total}% ({done}/{total})"
+    """A progress line from the verifier's status (`progress`: phase, done, total), if any."""
     progress = verify.get("progress")
-    if isinstance(progress, int | float) and 0 <= progress <= 1:
-        return f"verifying: {progress:.0%}"
+    if isinstance(progress, dict):
+        done, total = progress.get("done"), progress.get("total")
+        phase = progress.get("phase") or "verifying"
+        if isinstance(done, int) and isinstance(total, int) and total > 0:
+            return f"verifying ({phase}): {100 * min(done, total) // total}% ({done}/{total})"
     return None
+
+
+def _verify_summary(verify: dict[str, Any]) -> str:
+    """The verifier's status in one line."""
+    if "state" not in verify:
+        return _inline(verify)
+    parts = [str(verify["state"])]
+    line = _progress(verify)
+    if line is not None:
+        parts.append(line)
+    if verify.get("last_run_at"):
+        last = f" ({verify['last_state']})" if verify.get("last_state") else ""
+        parts.append(f"last run {verify['last_run_at']}{last}")
+    if verify.get("differences"):
+        parts.append(f"{verify['differences']} differences")
+    if verify.get("last_report_id"):
+        parts.append(f"report {verify['last_report_id']}")
+    return "; ".join(parts)
 
 
 def _failed(result: dict[str, Any] | None) -> bool:
@@ -210,13 +219,23 @@ def _wait_with_progress(ctl: Ctl) -> Any:
     return outcome["reply"]
 
 
+def _show_result(ctl: Ctl, result: dict[str, Any]) -> None:
+    """A verification report: its summary and scalar fields, then each difference."""
+    if result.get("summary"):
+        ctl.out.line(str(result["summary"]))
+    scalars = [(k, v) for k, v in sorted(result.items()) if not isinstance(v, dict | list)]
+    ctl.out.fields([(k, v) for k, v in scalars if k != "summary"])
+    for diff in result.get("differences") or []:
+        ctl.out.line(f"difference  {_inline(diff) if isinstance(diff, dict) else diff}")
+
+
 def verify(ctl: Ctl) -> int:
     if not ctl.args.wait:
         reply = ctl.call(ADMIN + "Verify", wait=False)
         ctl.out.reply(
             reply,
             lambda: ctl.out.line(
-                f"verification started ({_inline(reply.status)}); "
+                f"verification started ({_verify_summary(reply.status or {})}); "
                 "see `timelinectl status`, or wait with `timelinectl verify --wait`"
             ),
         )
@@ -231,7 +250,7 @@ def verify(ctl: Ctl) -> int:
         if result is None:
             ctl.out.line("verification finished (the verifier returned no report)")
             return
-        ctl.out.fields(sorted(result.items()))
+        _show_result(ctl, result)
 
     ctl.out.reply(reply, human)
     return 1 if _failed(result) else 0
@@ -244,7 +263,7 @@ def verify_report(ctl: Ctl) -> int:
         if reply.report is None:
             ctl.out.line("no verification has finished yet")
         else:
-            ctl.out.fields(sorted(reply.report.items()))
+            _show_result(ctl, reply.report)
 
     ctl.out.reply(reply, human)
     return 1 if _failed(reply.report) else 0
