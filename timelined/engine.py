@@ -43,6 +43,7 @@ from timelined.auditlog import (
 from timelined.config import Config, LimitsConfig
 from timelined.errors import (
     FatalStorageError,
+    InternalError,
     LogDamaged,
     ShuttingDown,
     StorageError,
@@ -70,15 +71,6 @@ def _tail_problem(scan: TailScan) -> LogDamaged | None:
     if scan.anchor in ("mismatch", "missing"):
         return LogDamaged(scan.last_seq, f"the state's last seq is {scan.anchor} in the log")
     return None
-
-
-class InternalError(TimelinedError):
-    """A bug: a command raised something that is not a named refusal. It left no trace."""
-
-    name = "InternalError"
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(f"internal error, the command was not applied: {detail}", detail=detail)
 
 
 @dataclass
@@ -384,7 +376,29 @@ class Engine:
                 self.on_fatal(exc)
 
     def _run_batch(self, batch: list[_Pending]) -> list[Record]:
-        """The whole batch, on the writer's thread. Returns the committed records."""
+        """The whole batch, on the writer's thread. Returns the committed records.
+
+        A state database error outside a command's own checks (BEGIN refused because another
+        process holds the write lock, a failing SAVEPOINT or COMMIT) leaves the write connection
+        in an unknown state: it is fatal like a failed fsync. Nothing of the batch is answered
+        as done; what the log already holds, the next boot rolls forward.
+        """
+        try:
+            return self._run_batch_unguarded(batch)
+        except sqlite3.Error as exc:
+            fatal = FatalStorageError(str(self.config.state_db), 0, f"state database: {exc}")
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # no transaction was open, or the connection is unusable: both are fatal
+            for pending in batch:
+                if pending.error is None:
+                    pending.result = None
+                    pending.error = fatal
+            self._go_fatal(fatal)
+            return []
+
+    def _run_batch_unguarded(self, batch: list[_Pending]) -> list[Record]:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         seq, prev = self.last_seq, self.last_hash

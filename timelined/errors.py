@@ -305,6 +305,15 @@ class DaemonUnavailable(TimelinedError):
         )
 
 
+class InternalError(TimelinedError):
+    """A bug: something failed that is not a named refusal. Nothing of the call was applied."""
+
+    name = "InternalError"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"internal error, nothing was applied: {detail}", detail=detail)
+
+
 class ProtocolError(TimelinedError):
     """A reply from the daemon that does not follow the Varlink protocol."""
 
