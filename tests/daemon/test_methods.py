@@ -501,3 +501,22 @@ async def test_the_blocking_client(base: Path) -> None:
                 assert c.get_status().last_seq == 3  # the connection survives an error
 
         await anyio.to_thread.run_sync(use)
+
+
+async def test_list_reports_includes_verification_reports(base: Path) -> None:
+    async with inprocess_daemon(base) as run, AsyncClient(run.socket_path) as c:
+        reports_dir = run.config.reports_dir
+        verify_id = "verify-20991231T000000000000Z-1"
+
+        def write() -> None:
+            body = {"id": verify_id, "kind": "verify", "state": "drift", "started_at": "t"}
+            (reports_dir / f"{verify_id}.json").write_bytes(msgspec.json.encode(body))
+            (reports_dir / "recovery-broken.json").write_bytes(b"{not json")
+
+        await anyio.to_thread.run_sync(write)
+        infos = {r.id: r for r in await c.list_reports()}
+        assert infos[verify_id].kind == "verify" and infos[verify_id].verdict == "drift"
+        assert infos["recovery-broken"].verdict == "unreadable"
+        assert [r.id for r in await c.list_reports(kind="verify")] == [verify_id]
+        with pytest.raises(InvalidArgument):
+            await c.get_recovery_report(verify_id)

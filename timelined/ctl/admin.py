@@ -26,9 +26,9 @@ def register(verbs: Verbs) -> None:
     p.add_argument("id", nargs="?")
     p.set_defaults(run=recovery_report)
 
-    p = verbs.add_parser("reports", help="boot, recovery and repair reports, newest first")
+    p = verbs.add_parser("reports", help="boot, recovery, repair and verify reports, newest first")
     p.add_argument("--limit", type=positive)
-    p.add_argument("--kind", choices=["boot", "recovery", "repair"])
+    p.add_argument("--kind", choices=["boot", "recovery", "repair", "verify"])
     p.set_defaults(run=reports)
 
     p = verbs.add_parser("verify", help="verify the log and the state (start a run, or --wait)")

@@ -1,5 +1,10 @@
 """The public contract: the interfaces `io.timelined.Timeline` and `io.timelined.Admin`.
 
+Adding a method (Watch, ExportConversation, GetMetrics, …): declare it below, add its handler
+to `methods.py`, classify it in `auth.py` (reading or writing), give the client a typed method
+and timelinectl a verb, and regenerate the `.varlink` files; tests/daemon/test_contract.py
+fails until each of these is done.
+
 One definition. The parameter Structs of the write methods are the engine's commands
 (`timelined.commands`); the replies carry the state's model Structs (`timelined.state.model`).
 The same Structs validate a call on the socket, type the client library's replies, and render
@@ -181,7 +186,7 @@ class GetRecoveryReportParams(_Params, frozen=True):
     id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
 
 
-ReportKind = Literal["boot", "recovery", "repair"]
+ReportKind = Literal["boot", "recovery", "repair", "verify"]
 
 
 class ListReportsParams(_Params, frozen=True):

@@ -355,7 +355,13 @@ def _report_path(reports_dir: Path, id: str) -> Path:
 
 def _load_report(reports_dir: Path, id: str | None) -> Report | None:
     if id is not None:
-        return read_report(_report_path(reports_dir, id))
+        path = _report_path(reports_dir, id)
+        try:
+            return read_report(path)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise InvalidArgument(
+                "id", f"{id} is not a boot, recovery or repair report ({exc})"
+            ) from None
     for path in list_reports(reports_dir, ("recovery",)):
         try:
             return read_report(path)
@@ -364,13 +370,24 @@ def _load_report(reports_dir: Path, id: str | None) -> Report | None:
     return None
 
 
+class _ReportHead(msgspec.Struct):
+    """What ListReports needs of any report file (recovery Reports and verify reports)."""
+
+    id: str
+    kind: str
+    started_at: str
+    verdict: str | None = None
+    state: str | None = None
+
+
 def _report_infos(reports_dir: Path, limit: int, kind: str | None) -> list[ReportInfo]:
-    prefixes = (kind,) if kind else ("boot", "recovery", "repair")
+    prefixes = (kind,) if kind else ("boot", "recovery", "repair", "verify")
     infos: list[ReportInfo] = []
     for path in list_reports(reports_dir, prefixes)[:limit]:
         try:
-            r = read_report(path)
-            infos.append(ReportInfo(r.id, r.kind, r.verdict, r.started_at))
+            head = msgspec.json.decode(path.read_bytes(), type=_ReportHead)
+            verdict = head.verdict or head.state or "?"
+            infos.append(ReportInfo(head.id, head.kind, verdict, head.started_at))
         except (OSError, msgspec.DecodeError, msgspec.ValidationError):
             infos.append(ReportInfo(path.stem, path.stem.split("-", 1)[0], "unreadable", ""))
     return infos
