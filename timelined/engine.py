@@ -53,7 +53,7 @@ from timelined.events import DAEMON, ActorLike, Event, Record
 from timelined.histogram import BATCH_SIZE_BOUNDS, SECONDS_BOUNDS, Histogram
 from timelined.ids import utc_now
 from timelined.state.apply import apply, set_meta
-from timelined.state.db import open_write, read_meta
+from timelined.state.db import data_version, open_write, read_meta
 from timelined.state.reads import Readers
 from timelined.state.replay import roll_forward
 
@@ -177,6 +177,7 @@ class Engine:
         self._pause_depth = 0
         self._resumed = anyio.Event()
         self._resumed.set()
+        self._data_version = data_version(conn)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -313,6 +314,23 @@ class Engine:
         self._conn = conn
         meta = read_meta(conn)
         assert (meta.last_seq, meta.last_hash) == (self.last_seq, self.last_hash)
+        self._data_version = data_version(conn)
+
+    async def data_version_changed(self) -> bool:
+        """Whether another connection committed to the state database since the last call.
+
+        `PRAGMA data_version` on the write connection moves only when another connection (a
+        process writing the file behind the daemon's back) commits; the verifier polls this.
+        Runs on the writer's thread, between batches.
+        """
+
+        def check() -> bool:
+            version = data_version(self._conn)
+            changed = version != self._data_version
+            self._data_version = version
+            return changed
+
+        return await anyio.to_thread.run_sync(check, limiter=self._limiter)
 
     async def _writer_loop(self) -> None:
         interval = (
