@@ -27,6 +27,7 @@ from timelined.errors import (
     BadQuery,
     BlockIdConflict,
     BlockNotFound,
+    ConfigError,
     ContextNotFound,
     ConversationNotFound,
     CrossConversationMove,
@@ -469,6 +470,14 @@ async def test_admin_delegates_to_the_verifier_and_reloader(base: Path) -> None:
         run.app.extras["reload"] = lambda: {"changed": [], "restart_required": ["log.fsync"]}
         reply = await c.reload()
         assert reply.changed == [] and reply.restart_required == ["log.fsync"]
+
+        def refuse() -> None:
+            raise ConfigError("limits.max_connections", "expected >= 1", "/etc/x.toml")
+
+        run.app.extras["reload"] = refuse
+        with pytest.raises(ConfigError) as refused:
+            await c.reload()
+        assert refused.value.params["key"] == "limits.max_connections"
 
 
 async def test_a_read_only_engine_refuses_writes_and_serves_reads(base: Path) -> None:
