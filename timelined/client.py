@@ -163,8 +163,6 @@ _classes: dict[str, type[TimelinedError]] = {}
 
 def _error_classes() -> dict[str, type[TimelinedError]]:
     if not _classes:
-        import timelined.engine  # noqa: F401 — defines InternalError, sent by the daemon
-
         for cls in all_error_classes():
             if cls is RemoteError or cls is VarlinkServiceError:
                 continue

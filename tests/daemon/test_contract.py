@@ -13,7 +13,6 @@ import msgspec
 import pytest
 import varlink
 
-import timelined.engine
 import timelined.recovery.boot  # noqa: F401 — defines BootFailed
 from timelined import client as client_mod
 from timelined.daemon import api
