@@ -53,6 +53,11 @@ EX_CONFIG = 78
 SHUTDOWN_GRACE_S = 10.0
 
 
+class ReloadResult(msgspec.Struct, frozen=True):
+    changed: list[str]
+    restart_required: list[str]
+
+
 @dataclass
 class _Run:
     """What the serving phase reports back to `serve`."""
@@ -195,7 +200,9 @@ def _start_features(tg: TaskGroup, app: App, notifier: Notifier) -> None:
         from timelined.verifier import Verifier
     except ImportError:
         return
-    verifier = Verifier(app.config, app.engine, notifier.status)
+    verifier = Verifier(
+        app.config, app.engine, lambda text: None if notifier.status(text) else None
+    )
     app.verifier = verifier
     tg.start_soon(verifier.run_forever)
 
@@ -210,7 +217,7 @@ async def _signals(reload: _Reloader, stop: anyio.Event) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             if signum == signal.SIGHUP:
-                await reload.reload()
+                await reload.reload_quietly()
                 continue
             log.info("received %s", signal.Signals(signum).name)
             stop.set()
@@ -230,8 +237,8 @@ class _Reloader:
         self.path = app.config.source
         self._config_path = config_path
 
-    async def reload(self) -> list[str]:
-        """Returns the changed keys applied; a refused file changes nothing."""
+    async def reload(self) -> ReloadResult:
+        """Apply what can change now; a refused file raises ConfigError and changes nothing."""
         self.notifier.reloading(StatusText.reloading())
         try:
             return self._apply()
@@ -240,13 +247,13 @@ class _Reloader:
                 StatusText.serving(self.app.engine.last_seq, str(self.app.config.socket_path))
             )
 
-    def _apply(self) -> list[str]:
+    def _apply(self) -> ReloadResult:
         old = self.app.config
         try:
             new = load_config(self._config_path)
         except ConfigError as exc:
             log.error("reload refused, the running config stays: %s", exc.message)
-            return []
+            raise
         changed: list[str] = []
         needs_restart: list[str] = []
         for section in ("daemon", "log", "verify", "limits", "auth"):
@@ -281,7 +288,14 @@ class _Reloader:
             log.warning(
                 "config keys that take effect only after a restart: %s", ", ".join(needs_restart)
             )
-        return changed
+        return ReloadResult(changed=changed, restart_required=needs_restart)
+
+    async def reload_quietly(self) -> None:
+        """SIGHUP and file changes: a refused file is logged (by `_apply`), never fatal."""
+        try:
+            await self.reload()
+        except ConfigError:
+            pass
 
     async def watch_file(self, stop: anyio.Event) -> None:
         """Reload when config.toml changes (editors replace the file: watch its directory)."""
@@ -298,7 +312,7 @@ class _Reloader:
             self.path.parent, watch_filter=only_config, stop_event=stop, debounce=200, step=50
         ):
             log.info("config file changed: reloading")
-            await self.reload()
+            await self.reload_quietly()
 
 
 def main_serve(argv_config: str | None, log_level: str | None) -> None:

@@ -80,7 +80,7 @@ from timelined.ids import normalize_ts, parse_ts
 from timelined.recovery.report import Report, ReportInfo, list_reports, read_report
 from timelined.rules import AppendResult
 from timelined.state import queries as q
-from timelined.state.model import Block, Context, Conversation, CrossRef, StartupState
+from timelined.state.model import Block, Context, Conversation, CrossRef
 
 __all__ = ["admin_handlers", "register_all", "timeline_handlers"]
 
@@ -179,41 +179,6 @@ def read_stats(conn: sqlite3.Connection, id: str) -> StatsReply:
     return StatsReply(q.conversation_stats(conn, id))
 
 
-_LAST_ACTIVE = (
-    "SELECT conversation_id, seq FROM ("
-    " SELECT c.conversation_id AS conversation_id, b.seq AS seq FROM blocks b"
-    "  JOIN contexts c ON c.id = b.context_id"
-    "  JOIN conversations v ON v.id = c.conversation_id AND v.status != 'archived'"
-    "  ORDER BY b.seq DESC LIMIT 1)"
-    " UNION ALL SELECT * FROM ("
-    " SELECT id, max(updated_seq, created_seq) FROM conversations WHERE status != 'archived'"
-    "  ORDER BY max(updated_seq, created_seq) DESC LIMIT 1)"
-    " ORDER BY 2 DESC LIMIT 1"
-)
-
-
-def read_startup_state(conn: sqlite3.Connection) -> StartupState:
-    """queries.startup_state, with its last-active query's UNION given equal column counts.
-
-    TODO(state owner): queries.startup_state selects one column on the left of its UNION ALL
-    and two on the right, which SQLite refuses; once fixed there, call it directly.
-    """
-    try:
-        return q.startup_state(conn)
-    except sqlite3.OperationalError:
-        pass
-    f = q.focus(conn)
-    row = conn.execute(_LAST_ACTIVE).fetchone()
-    return StartupState(
-        has_data=True,
-        focused_context=q.get_context(conn, f.context_id) if f.context_id else None,
-        focused_conversation=(
-            q.get_conversation(conn, f.conversation_id) if f.conversation_id else None
-        ),
-        last_active_conversation=q.get_conversation(conn, row[0]) if row else None,
-    )
-
-
 def _timestamp(name: str, value: str | None) -> str | None:
     if value is None:
         return None
@@ -269,7 +234,7 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
         return ContextsReply(await app.engine.read(read_tree, p.conversation_id))
 
     async def get_startup_state(p: EmptyParams, ctx: CallContext) -> StartupStateReply:
-        return StartupStateReply(await app.engine.read(read_startup_state))
+        return StartupStateReply(await app.engine.read(q.startup_state))
 
     async def get_block(p: ByIdParams, ctx: CallContext) -> BlockReply:
         return BlockReply(await app.engine.read(read_block, p.id))

@@ -403,7 +403,7 @@ def startup_state(conn: sqlite3.Connection) -> StartupState:
     # The last active conversation: the one touched by the newest block or conversation event,
     # ignoring archived ones (a UI reopens what the user was working in).
     row = conn.execute(
-        "SELECT conversation_id FROM ("
+        "SELECT conversation_id, seq FROM ("
         " SELECT c.conversation_id AS conversation_id, b.seq AS seq FROM blocks b"
         "  JOIN contexts c ON c.id = b.context_id"
         "  JOIN conversations v ON v.id = c.conversation_id AND v.status != 'archived'"
