@@ -9,7 +9,11 @@ breaks the chain, in log order. Everything from B's first byte to the end of the
    hash to its `hash` member. (A line that hashes correctly was written whole; if its seq, link
    or data is wrong, no crash explains it.);
 3. no complete, self-consistent line follows B: every later line of the segment is also
-   incomplete, broken or mis-hashed.
+   incomplete, broken or mis-hashed — unless B holds a *crash hole*: a run of NUL bytes that
+   starts at B's first byte or at a 512-byte boundary of the file and ends at one. The writer
+   never writes a NUL (JSON escapes it); such a run is an unsynced append whose later sectors
+   reached the disk before an earlier one (reordered writeback reads the missing one as zeros),
+   so B and every line after it belong to that unsynced write and are cut with it.
 
 Anything else is **damage**: it is reported with the first bad seq and never repaired. A crash
 can only produce a torn tail: the writer fsyncs a segment before starting the next one, and the
@@ -53,6 +57,7 @@ Anchor = Literal["genesis", "ok", "mismatch", "missing", "unchecked"]
 
 _GENESIS = GENESIS_PREV.encode()
 _PROGRESS_EVERY = 1 << 16
+_SECTOR = 512  # the unit a disk writes atomically (at best): the granularity of a crash hole
 _SELF_INVALID: dict[str, tuple[DamageKind, str]] = {
     "incomplete line": ("incomplete line", "the line has no newline"),
     "framing": ("unparsable", "the line is not framed as a record"),
@@ -198,11 +203,13 @@ class _Chain:
                 self.lines += 1
                 self.bytes += len(content) + complete
                 if not complete:
-                    self._bad_line(seg, handle, last, lines, off, expect, "incomplete line")
+                    self._bad_line(
+                        seg, handle, last, lines, off, content, expect, "incomplete line"
+                    )
                 try:
                     frame = check_frame(content)
                 except RecordError as exc:
-                    self._bad_line(seg, handle, last, lines, off, expect, exc.kind)
+                    self._bad_line(seg, handle, last, lines, off, content, expect, exc.kind)
                 seq, link, digest = frame
                 if at_start:
                     self._segment_start(seg, off, seq, expect)
@@ -260,6 +267,7 @@ class _Chain:
         last: bool,
         lines: Iterator[tuple[int, bytes, bool]],
         off: int,
+        bad: bytes,
         expect: int,
         why: str,
     ) -> NoReturn:
@@ -269,6 +277,7 @@ class _Chain:
             self._segment_start(seg, off, -1, expect)
         if not last:
             self._damage(expect, kind, seg, off, reason)
+        hole = _crash_hole(bad, off)
         for later, content, complete in lines:
             self.lines += 1
             self.bytes += len(content) + complete
@@ -278,6 +287,8 @@ class _Chain:
                 check_frame(content)
             except RecordError:
                 continue
+            if hole:
+                continue  # written by the same unsynced append as the hole: never acknowledged
             detail = f"{reason}, and a good line follows at offset {later}"
             self._damage(expect, kind, seg, off, detail)
         size = self.fops.fstat_size(handle)
@@ -296,6 +307,24 @@ class _Chain:
     ) -> NoReturn:
         self.damage = Damage(seq, kind, seg.name, off, detail, found)
         raise _Stop
+
+
+def _crash_hole(line: bytes, offset: int) -> bool:
+    """Whether `line` (at file `offset`) holds a run of NULs bounded by sector boundaries.
+
+    Such a run is what a power cut leaves when a later sector of an unsynced append reached the
+    disk and an earlier one did not: the file grew, the missing sector reads as zeros.
+    """
+    i = line.find(b"\0")
+    while i != -1:
+        j = i
+        while j < len(line) and line[j] == 0:
+            j += 1
+        start, end = offset + i, offset + j
+        if (i == 0 or start % _SECTOR == 0) and end % _SECTOR == 0:
+            return True
+        i = line.find(b"\0", j)
+    return False
 
 
 def _as_text(digest: bytes | None) -> str | None:

@@ -81,7 +81,7 @@ def boot(
 ) -> BootResult:
     """Run the boot procedure; the returned lock is held until the daemon exits."""
     ops = fileops or OsFileOps()
-    config.state_dir.mkdir(parents=True, exist_ok=True)
+    _make_dirs(config.state_dir, ops)
     lock = StateLock.acquire(config.lock_path)  # StateLocked: a second daemon refuses to start
     started = utc_now()
     report = Report(
@@ -106,6 +106,18 @@ def boot(
         raise BootFailed(report.error, path) from exc
     _finish(config, report)
     return result
+
+
+def _make_dirs(path: Path, ops: FileOps) -> None:
+    """`mkdir -p` whose new entries are durable: a power cut must not take back the state
+    directory, and with it the log fsynced inside it."""
+    missing: list[Path] = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+        ops.fsync_dir(str(directory.parent))
 
 
 def _no_progress(phase: str, done: int, total: int) -> None:

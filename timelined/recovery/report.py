@@ -97,7 +97,9 @@ def report_id(kind: str, started_at: str) -> str:
 
 
 def write_report(reports_dir: Path, report: Report) -> Path:
-    reports_dir.mkdir(parents=True, exist_ok=True)
+    if not reports_dir.is_dir():
+        reports_dir.mkdir(parents=True, exist_ok=True)
+        _fsync_dir(reports_dir.parent)  # the new directory's entry, or a power cut takes it back
     path = reports_dir / f"{report.id}.json"
     report.path = str(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -106,12 +108,16 @@ def write_report(reports_dir: Path, report: Report) -> Path:
         fh.flush()
         os.fsync(fh.fileno())
     tmp.replace(path)
-    dir_fd = os.open(reports_dir, os.O_RDONLY | os.O_DIRECTORY)
+    _fsync_dir(reports_dir)
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return path
 
 
 def read_report(path: Path) -> Report:

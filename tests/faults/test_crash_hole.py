@@ -1,0 +1,106 @@
+"""A power cut that reorders the sectors of an unsynced append: a *crash hole* is a torn tail.
+
+Found by the crash-state suite: a batch of several lines, appended with one write and not yet
+fsynced, can reach the disk later sectors first. The file then holds the earlier lines' bytes as
+zeros (a 512-byte-aligned run of NULs) followed by the batch's later, complete and self-
+consistent lines. Those lines were never acknowledged (their fsync had not returned), so the boot
+must cut from the hole on — not declare the log damaged and refuse every write. Anything that is
+not such a hole stays damage (Rule 3).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from timelined.auditlog import (
+    GENESIS_PREV,
+    LogHead,
+    LogWriter,
+    cut_torn_tail,
+    encode_record,
+    scan_tail,
+    walk_chain,
+)
+from timelined.events import DAEMON, BlockAppended, BlockData
+
+TS = "2026-11-22T03:38:00.123456Z"
+
+
+def lines(count: int, size: int = 400) -> list[bytes]:
+    out, prev = [], GENESIS_PREV
+    for seq in range(1, count + 1):
+        block = BlockData(
+            id=f"blk_{seq}", context_id="ctx_1", role="user", content="y" * size, timestamp=TS
+        )
+        record, line = encode_record(seq, TS, DAEMON, BlockAppended(block=block), prev)
+        out.append(line)
+        prev = record.hash
+    return out
+
+
+def write(log_dir: Path, items: list[bytes], segment_bytes: int = 1 << 20) -> Path:
+    writer = LogWriter(log_dir, LogHead(), segment_bytes=segment_bytes, fsync="off")
+    for seq, line in enumerate(items, start=1):
+        writer.write_batch(line, seq, seq, "0" * 64)
+    writer.close()
+    return sorted(log_dir.glob("*.jsonl"))[-1]
+
+
+def punch(path: Path, start: int, end: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[start:end] = bytes(end - start)
+    path.write_bytes(bytes(data))
+
+
+def test_a_sector_hole_followed_by_complete_lines_is_a_torn_tail(tmp_path: Path) -> None:
+    items = lines(8)
+    durable = b"".join(items[:5])  # fsynced before the crash
+    seg = write(tmp_path / "log", items)  # the last 3 lines: one unsynced batch
+    start = ((len(durable) // 512) + 1) * 512
+    punch(seg, start, start + 512)  # that sector never reached the disk; later ones did
+    assert seg.read_bytes()[-len(items[-1]) :] == items[-1], "a complete line follows the hole"
+    unsynced = seg.read_bytes()[len(durable) :]
+    scan = scan_tail(tmp_path / "log")
+    assert scan.damage is None, scan.damage
+    assert scan.torn is not None and scan.last_seq == 5 and scan.end_offset == len(durable)
+    assert walk_chain(tmp_path / "log").ok
+    kept = cut_torn_tail(tmp_path / "log", scan.torn, quarantine_dir=tmp_path / "q")
+    assert seg.read_bytes() == durable
+    assert Path(kept).read_bytes() == unsynced, "the cut bytes are kept whole in quarantine"
+
+
+def test_a_hole_at_the_start_of_the_batch_is_a_torn_tail(tmp_path: Path) -> None:
+    items = lines(6)
+    durable = b"".join(items[:3])
+    seg = write(tmp_path / "log", items)
+    punch(seg, len(durable), ((len(durable) // 512) + 1) * 512)  # from the batch's first byte
+    scan = scan_tail(tmp_path / "log")
+    assert scan.damage is None and scan.torn is not None and scan.last_seq == 3
+
+
+def test_nuls_that_are_not_a_sector_hole_are_damage(tmp_path: Path) -> None:
+    items = lines(8)
+    seg = write(tmp_path / "log", items)
+    at = len(b"".join(items[:5])) + 100
+    punch(seg, at, at + 7)  # a few zeroed bytes mid-line: no crash leaves that
+    scan = scan_tail(tmp_path / "log")
+    assert scan.damage is not None and scan.damage.seq == 6
+
+
+def test_an_edited_line_followed_by_good_lines_is_still_damage(tmp_path: Path) -> None:
+    items = lines(8)
+    seg = write(tmp_path / "log", items)
+    data = bytearray(seg.read_bytes())
+    data[len(b"".join(items[:6])) + 200] ^= 0x01  # one flipped bit in seq 7
+    seg.write_bytes(bytes(data))
+    scan = scan_tail(tmp_path / "log")
+    assert scan.damage is not None and scan.damage.seq == 7 and scan.torn is None
+
+
+def test_a_hole_in_a_segment_before_the_last_is_damage(tmp_path: Path) -> None:
+    items = lines(8)
+    write(tmp_path / "log", items, segment_bytes=1500)
+    first = sorted((tmp_path / "log").glob("*.jsonl"))[0]
+    punch(first, 512, 1024)
+    scan = scan_tail(tmp_path / "log")
+    assert scan.damage is not None and scan.torn is None
