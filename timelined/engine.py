@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import msgspec
 
 from timelined import commands as cmd
 from timelined import rules
@@ -52,7 +51,7 @@ from timelined.errors import (
 from timelined.events import DAEMON, ActorLike, Event, Record
 from timelined.histogram import BATCH_SIZE_BOUNDS, SECONDS_BOUNDS, Histogram
 from timelined.ids import utc_now
-from timelined.state.apply import apply, set_meta
+from timelined.state.apply import FtsRows, apply, insert_fts, set_meta
 from timelined.state.db import data_version, open_write, read_meta
 from timelined.state.reads import Readers
 from timelined.state.replay import roll_forward
@@ -106,7 +105,7 @@ class _Pending:
 class _CommandTx:
     """One command's view of the batch: emits events with seqs continuing the batch's."""
 
-    __slots__ = ("_conn", "_limits", "actor", "lines", "prev", "records", "seq", "ts")
+    __slots__ = ("_conn", "_limits", "actor", "fts", "lines", "prev", "records", "seq", "ts")
 
     def __init__(
         self,
@@ -125,6 +124,7 @@ class _CommandTx:
         self.ts = ts
         self.lines: list[bytes] = []
         self.records: list[Record] = []
+        self.fts: FtsRows = []  # indexed once per batch, after the savepoints (see `apply`)
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -136,7 +136,7 @@ class _CommandTx:
 
     def emit(self, event: Event) -> Record:
         record, line = encode_record(self.seq + 1, self.ts, self.actor, event, self.prev)
-        apply(self._conn, record)
+        apply(self._conn, record, self.fts)
         self.seq = record.seq
         self.prev = record.hash
         self.lines.append(line)
@@ -422,6 +422,7 @@ class Engine:
         seq, prev = self.last_seq, self.last_hash
         lines: list[bytes] = []
         records: list[Record] = []
+        fts: FtsRows = []
         accepted: list[_Pending] = []
         for pending in batch:
             tx = _CommandTx(conn, self.limits, seq, prev, pending.actor, utc_now())
@@ -434,7 +435,9 @@ class Engine:
                 pending.error = exc
                 self.stats.refused += 1
                 continue
-            except (sqlite3.Error, msgspec.ValidationError, ValueError, KeyError) as exc:
+            except Exception as exc:
+                # Any other failure is a bug in one command: it must not stop the writer (and
+                # with it every other client), so it is undone and answered like a refusal.
                 conn.execute("ROLLBACK TO command")
                 conn.execute("RELEASE command")
                 log.exception("command %s failed unexpectedly", type(pending.command).__name__)
@@ -445,6 +448,7 @@ class Engine:
             seq, prev = tx.seq, tx.prev
             lines.extend(tx.lines)
             records.extend(tx.records)
+            fts.extend(tx.fts)
             accepted.append(pending)
         self.stats.commands += len(batch)
         if not lines:
@@ -467,6 +471,8 @@ class Engine:
             log.error("a batch of %d commands was refused: %s", len(accepted), exc.message)
             return []
         try:
+            if fts:
+                insert_fts(conn, fts)
             set_meta(conn, seq, prev)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:

@@ -19,6 +19,8 @@ from timelined.events import Record
 
 _json = msgspec.json.Encoder(order="deterministic")
 
+FtsRows = list[tuple[int, str]]  # (rowid = the block's seq, content) for blocks_fts
+
 
 def dump_json(value: Any) -> str:
     """JSON text as the state stores it: deterministic, so equal values give equal text."""
@@ -135,7 +137,9 @@ def _context_resumed(conn: sqlite3.Connection, r: Record, e: ev.ContextResumed) 
     _set_focus(conn, e.context_id, r.seq)
 
 
-def _context_merged(conn: sqlite3.Connection, r: Record, e: ev.ContextMerged) -> None:
+def _context_merged(
+    conn: sqlite3.Connection, r: Record, e: ev.ContextMerged, fts: FtsRows | None = None
+) -> None:
     _set_status(conn, r, e.context_id, "merged")
     metadata = {"merged_context_id": e.context_id, "merged_block_count": e.block_count}
     _insert_block(
@@ -149,6 +153,7 @@ def _context_merged(conn: sqlite3.Connection, r: Record, e: ev.ContextMerged) ->
             timestamp=r.ts,
             metadata=metadata,
         ),
+        fts,
     )
     _set_status(conn, r, e.parent_id, "active")
     _set_focus(conn, e.parent_id, r.seq)
@@ -206,7 +211,9 @@ def _crossref_revoked(conn: sqlite3.Connection, r: Record, e: ev.CrossRefRevoked
     conn.execute("UPDATE crossrefs SET revoked_seq = ? WHERE id = ?", (r.seq, e.ref_id))
 
 
-def _insert_block(conn: sqlite3.Connection, seq: int, b: ev.BlockData) -> None:
+def _insert_block(
+    conn: sqlite3.Connection, seq: int, b: ev.BlockData, fts: FtsRows | None = None
+) -> None:
     conn.execute(
         "INSERT INTO blocks (seq, id, context_id, position, role, content, timestamp, time_taken, "
         "tokens_input, tokens_output, metadata, sub_blocks) VALUES (?1, ?2, ?3, "
@@ -228,12 +235,23 @@ def _insert_block(conn: sqlite3.Connection, seq: int, b: ev.BlockData) -> None:
     )
     # The verifier's scratch replays compare blocks.content itself and check the live search
     # index on their own: their connections say `search_index = False` (verifier/replay.py).
-    if getattr(conn, "search_index", True):
+    if not getattr(conn, "search_index", True):
+        return
+    if fts is None:
         conn.execute("INSERT INTO blocks_fts (rowid, content) VALUES (?, ?)", (seq, b.content))
+    else:
+        fts.append((seq, b.content))
 
 
-def _block_appended(conn: sqlite3.Connection, r: Record, e: ev.BlockAppended) -> None:
-    _insert_block(conn, r.seq, e.block)
+def insert_fts(conn: sqlite3.Connection, rows: FtsRows) -> None:
+    """Index blocks collected by `apply(..., fts=rows)`, all at once."""
+    conn.executemany("INSERT INTO blocks_fts (rowid, content) VALUES (?, ?)", rows)
+
+
+def _block_appended(
+    conn: sqlite3.Connection, r: Record, e: ev.BlockAppended, fts: FtsRows | None = None
+) -> None:
+    _insert_block(conn, r.seq, e.block, fts)
 
 
 _Handler = Callable[[sqlite3.Connection, Record, Any], None]
@@ -258,7 +276,24 @@ _HANDLERS: dict[type, _Handler] = {
 
 assert set(_HANDLERS) == set(ev.EVENT_CLASSES), "every event type needs exactly one handler"
 
+# The handlers that create a block, and so a full-text row.
+_WITH_BLOCK: dict[type, Callable[[sqlite3.Connection, Record, Any, FtsRows], None]] = {
+    ev.BlockAppended: _block_appended,
+    ev.ContextMerged: _context_merged,
+}
 
-def apply(conn: sqlite3.Connection, record: Record) -> None:
-    """Turn one logged event into rows (inside the caller's transaction)."""
-    _HANDLERS[type(record.event)](conn, record, record.event)
+
+def apply(conn: sqlite3.Connection, record: Record, fts: FtsRows | None = None) -> None:
+    """Turn one logged event into rows (inside the caller's transaction).
+
+    With `fts`, a new block's full-text row is appended to that list instead of inserted; the
+    caller inserts the rows with `insert_fts` before it commits. The writer does so because it
+    runs each command under a SAVEPOINT, and FTS5 flushes its pending terms to disk at every
+    savepoint: one tiny index segment per block (and the merges they cause) instead of one
+    per batch.
+    """
+    event = record.event
+    if fts is not None and type(event) in _WITH_BLOCK:
+        _WITH_BLOCK[type(event)](conn, record, event, fts)
+    else:
+        _HANDLERS[type(event)](conn, record, event)
