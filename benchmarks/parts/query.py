@@ -76,7 +76,7 @@ def run(env: Env) -> None:
             "SearchBlocks, one of the 10 most common words",
             search_common,
             None,
-            max(20, calls // 20),
+            min(40, calls // 5),
         ),
     ]
     with Daemon(config) as daemon:
