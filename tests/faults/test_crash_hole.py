@@ -104,3 +104,30 @@ def test_a_hole_in_a_segment_before_the_last_is_damage(tmp_path: Path) -> None:
     punch(first, 512, 1024)
     scan = scan_tail(tmp_path / "log")
     assert scan.damage is not None and scan.torn is None
+
+
+def test_a_hole_before_the_states_anchor_is_found(tmp_path: Path) -> None:
+    """log.fsync = "interval": the state committed seq 8 before the log's fsync; the power cut
+    kept seq 7 and 8 but not a sector of seq 6. The anchor line (seq 8) is whole, but the log
+    before it is not: the boot must not trust it, nor skip the hole."""
+    items = lines(8, size=1500)
+    durable = b"".join(items[:5])
+    seg = write(tmp_path / "log", items)
+    start = ((len(durable) + 100) // 512 + 1) * 512  # past seq 6's `{"seq":6,`: it still reads
+    assert start + 512 < len(durable) + len(items[5]), "the hole is inside seq 6"
+    punch(seg, start, start + 512)
+    anchor_hash = encode_hashes(items)[8]
+    scan = scan_tail(tmp_path / "log", 8, anchor_hash)
+    assert scan.anchor == "missing", "seq 8 is past a torn tail: the state is ahead of the log"
+    assert scan.damage is None and scan.torn is not None
+    assert (scan.last_seq, scan.end_offset) == (5, len(durable))
+
+
+def encode_hashes(items: list[bytes]) -> dict[int, str]:
+    from timelined.auditlog.record import check_frame
+
+    out = {}
+    for line in items:
+        seq, _, digest = check_frame(line[:-1])
+        out[seq] = digest.decode()
+    return out

@@ -396,7 +396,13 @@ def scan_tail(
 
 
 def _locate_anchor(chain: _Chain, after_seq: int) -> tuple[int, int, bytes] | None:
-    """(segment index, offset after the anchor line, anchor hash), found by seq prefix only."""
+    """(segment index, offset after the anchor line, anchor hash), found by seq prefix only.
+
+    A line before the anchor holding a NUL byte is a crash hole (see the module docstring): the
+    state got ahead of the last fsync (log.fsync other than "always") and a power cut kept later
+    sectors of that unsynced write but not this one. Then there is no clean anchor, and the whole
+    segment is checked: the hole and everything after it is a torn tail, the state is rebuilt.
+    """
     segments, fops = chain.segments, chain.fops
     index = segment_index_for(segments, after_seq + 1)
     if index < 0:
@@ -420,7 +426,7 @@ def _locate_anchor(chain: _Chain, after_seq: int) -> tuple[int, int, bytes] | No
             chain.lines += 1
             chain.bytes += len(content) + complete
             claimed = peek_seq(content)
-            if not complete or claimed is None or claimed > after_seq:
+            if not complete or claimed is None or claimed > after_seq or b"\0" in content:
                 return None
             if claimed == after_seq:
                 try:
@@ -504,8 +510,10 @@ def cut_torn_tail(
 
     Order makes a crash at any point safe: the copy is durable (file and directory fsynced)
     before the segment is truncated, and a repeated cut rewrites the same copy. The copy is
-    `<quarantine>/<segment>.<offset>.torn`; the quarantine directory defaults to the log
-    directory's sibling `quarantine` (STATE_DIR/quarantine).
+    `<quarantine>/<segment>.<offset>.torn`, or `<segment>.<offset>.<n>.torn` when an earlier
+    crash tore different bytes at the same offset (that copy is kept, never replaced); the
+    quarantine directory defaults to the log directory's sibling `quarantine`
+    (STATE_DIR/quarantine).
     """
     fops = fileops or OS_FILEOPS
     base = os.fspath(log_dir)
@@ -515,8 +523,7 @@ def cut_torn_tail(
         else os.path.join(os.path.dirname(os.path.abspath(base)), "quarantine")  # noqa: PTH100, PTH118, PTH120
     )
     seg_path = os.path.join(base, torn.segment)  # noqa: PTH118
-    final = os.path.join(qdir, f"{torn.segment}.{torn.offset}.torn")  # noqa: PTH118
-    tmp = final + ".tmp"
+    final = tmp = ""
     current = ""
     try:
         current = qdir
@@ -534,6 +541,9 @@ def cut_torn_tail(
             fops.close(handle)
         if size != torn.offset + torn.length or data != torn.data:
             raise LogDamaged(torn.seq, "the segment changed since it was scanned", torn.segment)
+        current = qdir
+        final = _quarantine_name(fops, qdir, f"{torn.segment}.{torn.offset}", data)
+        tmp = final + ".tmp"
         current = tmp
         handle = fops.open_new(tmp)
         try:
@@ -554,6 +564,27 @@ def cut_torn_tail(
     except OSError as exc:
         raise _write_error(current, exc) from exc
     return final
+
+
+def _quarantine_name(fops: FileOps, qdir: str, stem: str, data: bytes) -> str:
+    """`<stem>.torn`, unless it holds other bytes (an earlier crash tore the same offset): then
+    the first `<stem>.<n>.torn` that is free or already holds these bytes (a repeated cut)."""
+    names = set(fops.listdir(qdir))
+    n = 0
+    while True:
+        name = f"{stem}.torn" if n == 0 else f"{stem}.{n}.torn"
+        path = os.path.join(qdir, name)  # noqa: PTH118
+        if name not in names or _holds(fops, path, data):
+            return path
+        n += 1
+
+
+def _holds(fops: FileOps, path: str, data: bytes) -> bool:
+    handle = fops.open_read(path)
+    try:
+        return fops.fstat_size(handle) == len(data) and fops.pread(handle, len(data), 0) == data
+    finally:
+        fops.close(handle)
 
 
 def _fsync(fops: FileOps, handle: Handle, path: str) -> None:
