@@ -55,6 +55,7 @@ class Results:
 
     quick: bool
     started: datetime = field(default_factory=lambda: datetime.now(UTC))
+    loadavg_at_start: tuple[float, ...] = field(default_factory=os.getloadavg)
     figures: list[Figure] = field(default_factory=list)
     parts: dict[str, dict[str, Any]] = field(default_factory=dict)
     limits: dict[str, float] = field(default_factory=dict)
@@ -114,7 +115,7 @@ class Results:
             "date": self.started.isoformat(timespec="seconds"),
             "quick": self.quick,
             "seconds": round(seconds, 1),
-            "machine": machine_info(),
+            "machine": {"loadavg_at_start": self.loadavg_at_start, **machine_info()},
             "limits": self.limits,
             "summary": {
                 "pass": sum(1 for f in self.figures if f.status == "PASS"),
@@ -191,6 +192,7 @@ def _fmt(value: float | None) -> str:
 
 def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
+        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "cpus": os.cpu_count(),

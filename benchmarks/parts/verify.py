@@ -25,7 +25,7 @@ from benchmarks.env import Env
 from benchmarks.loadgen import Load
 from benchmarks.report import Target
 from benchmarks.stats import median
-from benchmarks.wire import ADMIN, VarlinkError
+from benchmarks.wire import ADMIN, VarlinkError, WireClient
 from timelined.auditlog import walk_chain
 from timelined.state.replay import rebuild
 
@@ -98,7 +98,7 @@ def _offline(env: Env, n: int) -> None:
 
 
 def _verify_call(daemon: Daemon, wait: bool) -> dict[str, Any]:
-    with daemon.client() as c:
+    with WireClient(daemon.socket_path, timeout=3600) as c:  # a full run at 1M takes a while
         return c.call(f"{ADMIN}.Verify", {"wait": wait})
 
 
