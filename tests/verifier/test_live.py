@@ -1,0 +1,171 @@
+"""The verifier beside a live Engine: no false positives while writers append; log changes the
+writer did not make are told apart from its own appends and rotations."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from tests.verifier.conftest import config_for
+from tests.verifier.workload import append_blocks, populate
+from timelined.auditlog import list_segments
+from timelined.engine import Engine
+from timelined.verifier import Verifier
+from timelined.verifier.model import VerifyReport
+from timelined.verifier.reports import list_reports, read_report
+from timelined.verifier.watch import LogWatch
+
+
+def append_bytes(path: Path, data: bytes) -> None:
+    with path.open("ab") as fh:
+        fh.write(data)
+
+
+def cut_bytes(path: Path, count: int) -> None:
+    os.truncate(path, path.stat().st_size - count)
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def remove(path: Path) -> None:
+    path.unlink()
+
+
+def first_line_length(path: Path) -> int:
+    return path.read_bytes().index(b"\n") + 1
+
+
+def open_contexts(db: Path) -> list[str]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT id FROM contexts WHERE status IN ('active', 'paused')")
+        return [str(r[0]) for r in rows]
+    finally:
+        conn.close()
+
+
+async def test_verification_while_writers_append(large_dir: Path) -> None:
+    """~20k events verified twice while 8 writers append through the engine, with small
+    segments (many rotations): every run is clean, the watchers start no run of their own, and
+    no write is refused."""
+    config = config_for(large_dir, segment_bytes=64 * 1024)
+    async with Engine.open(config) as engine:
+        start_seq = engine.last_seq
+        assert start_seq >= 20_000
+        verifier = Verifier(config, engine, processes=True)
+        contexts = open_contexts(config.state_db)
+        stop = anyio.Event()
+        done = anyio.Event()
+        outcome: dict[str, tuple[int, list[BaseException]]] = {}
+        reports: list[VerifyReport] = []
+
+        async def writers() -> None:
+            try:
+                outcome["writers"] = await append_blocks(
+                    engine, contexts, stop, writers=8, pause=0.002
+                )
+            finally:
+                done.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(verifier.run_forever)
+            tg.start_soon(writers)
+            await anyio.sleep(0.3)
+            for _ in range(2):
+                report = await verifier.verify()
+                assert report is not None
+                reports.append(report)
+            stop.set()
+            await done.wait()
+            await anyio.sleep(1.5)  # time for a false alarm from the watchers to show up
+            status = verifier.status()
+            tg.cancel_scope.cancel()
+    appended, errors = outcome["writers"]
+    assert errors == []
+    assert appended > 300
+    assert engine.last_seq == start_seq + appended
+    for report in reports:
+        assert report.state == "ok", report.summary
+        assert report.events_checked == report.snapshot_seq >= start_seq
+        assert report.chain is not None and report.chain.head_seq >= report.snapshot_seq
+    assert reports[-1].snapshot_seq > start_seq  # the writers' changes were part of a run
+    triggers = [read_report(p).trigger for p in list_reports(config.reports_dir)]
+    assert status.runs == 2 and status.drift_runs == 0, (status, triggers)
+    assert len(list_segments(config.log_dir)) > len(list_segments(config.log_dir)) // 2 > 5
+
+
+async def test_log_watch_tells_our_writes_from_others(small_dir: Path) -> None:
+    config = config_for(small_dir, segment_bytes=4096)
+    async with Engine.open(config) as engine:
+        writer = engine.writer
+        assert writer is not None
+        watch = LogWatch(config.log_dir, writer.stats, retries=3, settle=0.01)
+        await anyio.to_thread.run_sync(watch.baseline)
+        await populate(engine, engine.last_seq + 60, writers=4)  # appends and rotations
+        names = [s.name for s in list_segments(config.log_dir)]
+        assert await anyio.to_thread.run_sync(watch.check, names) == []
+
+        segments = list_segments(config.log_dir)
+        active = Path(segments[-1].path)
+        sealed = Path(segments[len(segments) // 2].path)
+
+        append_bytes(active, b'{"seq":999999}\n')
+        found = await anyio.to_thread.run_sync(watch.check, [active.name])
+        assert found and "added" in found[0][1], found
+        cut_bytes(active, 15)
+        assert await anyio.to_thread.run_sync(watch.check, [active.name]) == []
+
+        flip_byte(sealed, 100)
+        found = await anyio.to_thread.run_sync(watch.check, [sealed.name])
+        assert found and "changed after it was sealed" in found[0][1], found
+
+        stranger = config.log_dir / f"{99_999_999:020d}.jsonl"
+        append_bytes(stranger, b"")
+        found = await anyio.to_thread.run_sync(watch.check, [stranger.name])
+        assert found and "not a segment" in found[0][1], found
+
+        other = Path(segments[1].path)
+        remove(other)
+        found = await anyio.to_thread.run_sync(watch.check, [other.name])
+        assert found and "removed" in found[0][1], found
+
+
+@pytest.mark.parametrize("how", ["flip a byte", "remove"])
+async def test_changed_sealed_segment_starts_a_run(small_dir: Path, how: str) -> None:
+    config = config_for(small_dir)
+    async with Engine.open(config) as engine:
+        verifier = Verifier(config, engine)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(verifier.run_forever)
+            await anyio.sleep(0.5)  # the watcher's baseline
+            segments = list_segments(config.log_dir)
+            target = Path(segments[len(segments) // 2].path)
+            if how == "remove":
+                remove(target)
+                seq = segments[len(segments) // 2].first_seq
+            else:
+                flip_byte(target, first_line_length(target) + 60)  # inside the second line
+                seq = segments[len(segments) // 2].first_seq + 1
+            started = time.monotonic()
+            while time.monotonic() - started < 8:
+                latest = verifier.latest()
+                if latest is not None and latest.trigger.startswith("watch:log/"):
+                    break
+                await anyio.sleep(0.05)
+            else:
+                raise AssertionError(f"no watch-triggered run; latest: {verifier.latest()}")
+            tg.cancel_scope.cancel()
+    assert latest is not None
+    assert latest.trigger == f"watch:log/{target.name}"
+    assert latest.state == "damaged", latest.summary
+    assert latest.chain is not None and latest.chain.damage is not None
+    assert latest.chain.damage.seq == seq

@@ -1,0 +1,55 @@
+"""The chain check: auditlog.walk_chain over every segment, as a verifier result."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from timelined.auditlog import walk_chain
+from timelined.verifier.model import ChainDamage, ChainResult, ChainTorn
+
+
+def check_chain(
+    log_dir: Path,
+    *,
+    upto_seq: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ChainResult:
+    """Walk the chain to `upto_seq` (or the log's end); the result names the first bad seq.
+
+    `progress(seq, bytes)` is called every 65536 lines.
+    """
+    started = time.perf_counter()
+    walked = walk_chain(log_dir, progress, upto_seq=upto_seq)
+    damage = walked.damage
+    torn = walked.torn
+    return ChainResult(
+        ok=damage is None,
+        upto_seq=upto_seq,
+        records=walked.records,
+        segments=walked.segments,
+        bytes_scanned=walked.bytes_scanned,
+        head_seq=walked.head_seq,
+        head_hash=walked.head_hash,
+        seconds=round(time.perf_counter() - started, 6),
+        damage=None
+        if damage is None
+        else ChainDamage(
+            seq=damage.seq,
+            kind=damage.kind,
+            segment=damage.segment,
+            offset=damage.offset,
+            detail=damage.detail,
+            found_seq=damage.found_seq,
+        ),
+        torn=None
+        if torn is None
+        else ChainTorn(
+            segment=torn.segment,
+            offset=torn.offset,
+            length=torn.length,
+            seq=torn.seq,
+            reason=torn.reason,
+        ),
+    )

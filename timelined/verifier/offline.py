@@ -1,0 +1,150 @@
+"""`timelined verify --state-dir DIR`: both checks, read-only, on a stopped daemon's directory.
+
+Nothing is written into DIR: the state database (and its WAL) is copied into a temporary
+directory first (opening a WAL database, even read-only, would create files next to it), and
+the scratch replay goes there too. A daemon running on DIR (its lock is held) is refused: use
+`timelinectl verify`, or verify a copy.
+
+Exit codes: 0 all is well; 1 drift or damage found; 2 the check could not run.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import TextIO
+
+import msgspec
+
+from timelined.verifier.model import VerifyProgress, VerifyReport
+from timelined.verifier.runner import Paths, verify_paths
+
+EXIT_OK = 0
+EXIT_FOUND = 1
+EXIT_CANNOT = 2
+
+
+def _daemon_running(lock_path: Path) -> bool:
+    """Whether a daemon holds STATE_DIR/lock (a shared probe, released at once)."""
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing the descriptor releases the probe's lock
+    return False
+
+
+def _problem(state_dir: Path) -> str | None:
+    """Why `state_dir` cannot be verified offline, if it cannot."""
+    if not state_dir.is_dir():
+        return f"{state_dir} is not a directory"
+    if not (state_dir / "state.db").is_file() or not (state_dir / "log").is_dir():
+        return f"{state_dir} is not a timelined state directory (no state.db and log/ in it)"
+    if _daemon_running(state_dir / "lock"):
+        return (
+            f"a timelined daemon is running on {state_dir}; use `timelinectl verify`, or verify "
+            "a copy of the directory"
+        )
+    return None
+
+
+class _ProgressLine:
+    """One line on a terminal's stderr, rewritten in place."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.shown = False
+
+    def __call__(self, progress: VerifyProgress) -> None:
+        total = max(progress.total, 1)
+        pct = 100 * min(progress.done, total) // total
+        text = f"verifying ({progress.phase}): {pct}% ({progress.done}/{progress.total})"
+        self.stream.write("\r" + text.ljust(60))
+        self.stream.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            self.stream.write("\r" + " " * 60 + "\r")
+            self.stream.flush()
+
+
+def run_offline(state_dir: Path, *, as_json: bool, progress: bool) -> int:
+    """Verify `state_dir` read-only; print a human report (or JSON); return the exit code."""
+    problem = _problem(state_dir)
+    if problem is not None:
+        if as_json:
+            sys.stdout.write(
+                msgspec.json.encode({"state": "cannot run", "error": problem}).decode() + "\n"
+            )
+        print(f"timelined verify: {problem}", file=sys.stderr)
+        return EXIT_CANNOT
+    line = _ProgressLine(sys.stderr) if progress and sys.stderr.isatty() else None
+    with tempfile.TemporaryDirectory(prefix="timelined-verify-") as work:
+        paths = Paths(state_dir / "state.db", state_dir / "log", Path(work))
+        try:
+            report = verify_paths(
+                paths, trigger="offline", mode="offline", copy=True, progress=line
+            )
+        except OSError as exc:
+            if line is not None:
+                line.clear()
+            print(f"timelined verify: cannot run: {exc}", file=sys.stderr)
+            return EXIT_CANNOT
+        finally:
+            if line is not None:
+                line.clear()
+    if as_json:
+        sys.stdout.write(msgspec.json.format(msgspec.json.encode(report)).decode() + "\n")
+    else:
+        sys.stdout.write(render(report, state_dir) + "\n")
+    if report.state == "ok":
+        return EXIT_OK
+    return EXIT_FOUND if report.state in ("drift", "damaged") else EXIT_CANNOT
+
+
+def render(report: VerifyReport, state_dir: Path | None = None) -> str:
+    """A verification report for a person."""
+    lines = [f"timelined verify: {state_dir}" if state_dir else f"verification {report.id}"]
+    lines.append(f"result: {report.state.upper()}: {report.summary}")
+    chain = report.chain
+    if chain is not None:
+        scope = f"up to seq {chain.upto_seq}" if chain.upto_seq is not None else "the whole log"
+        lines.append(
+            f"log: {scope}: {chain.records} records in {chain.segments} segment(s), "
+            f"{chain.bytes_scanned} bytes"
+        )
+        if chain.damage is not None:
+            d = chain.damage
+            where = f" in {d.segment}" if d.segment else ""
+            where += f" at offset {d.offset}" if d.offset is not None else ""
+            lines.append(f"  FIRST BAD SEQ {d.seq}{where}: {d.kind}: {d.detail}")
+        else:
+            lines.append(f"  hash chain intact through seq {chain.head_seq}")
+    lines.append(
+        f"state: snapshot at seq {report.snapshot_seq}; {report.events_checked} events replayed "
+        "and compared entity by entity"
+    )
+    if report.search_index:
+        lines.append(f"  search index: {report.search_index}")
+    if report.differences_total:
+        shown = len(report.differences)
+        lines.append(
+            f"differences: {report.differences_total}"
+            + (f" (the first {shown} are listed)" if shown < report.differences_total else "")
+        )
+        lines += [f"  - {d.describe()}" for d in report.differences]
+    for note in report.notes:
+        lines.append(f"note: {note}")
+    if report.error:
+        lines.append(f"error: {report.error}")
+    lines.append(f"time: {report.seconds:.2f} s ({report.events_per_second:,.0f} events/s)")
+    return "\n".join(lines)

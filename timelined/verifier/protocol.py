@@ -1,0 +1,44 @@
+"""Messages from the verifier's child processes (worker.py) to the run driver (runner.py).
+
+One JSON object per line on the child's stdout: progress, then one final message.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from timelined.verifier.model import ChainResult, StateResult, VerifyProgress
+
+
+class Snapshot(msgspec.Struct, frozen=True, tag="snapshot"):
+    seq: int
+    hash: str
+
+
+class Progress(msgspec.Struct, frozen=True, tag="progress"):
+    progress: VerifyProgress
+
+
+class StateDone(msgspec.Struct, frozen=True, tag="state"):
+    result: StateResult
+
+
+class ChainDone(msgspec.Struct, frozen=True, tag="chain"):
+    result: ChainResult
+
+
+class RebuildDone(msgspec.Struct, frozen=True, tag="rebuild"):
+    applied: int
+    last_seq: int
+    last_hash: str
+    seconds: float
+
+
+class Failed(msgspec.Struct, frozen=True, tag="failed"):
+    error: str
+    log_seq: int | None = None  # set when the failure is the log's (LogDamaged)
+
+
+Message = Snapshot | Progress | StateDone | ChainDone | RebuildDone | Failed
+decode_message = msgspec.json.Decoder(Message).decode
+encode_message = msgspec.json.Encoder().encode

@@ -1,0 +1,81 @@
+"""Verification reports: `STATE_DIR/reports/verify-<time>-<pid>.json`, written atomically.
+
+Written like the recovery reports (temporary file, fsync, rename, fsync the directory), so a
+report is never half there. Old reports of clean runs are pruned (the newest `KEEP_OK` stay);
+reports of drift, damage or failure are kept until an operator removes them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+
+from timelined.verifier.model import VerifyReport
+
+PREFIX = "verify-"
+KEEP_OK = 100
+
+
+def report_id(started_at: str) -> str:
+    """`verify-<time>-<pid>` from a log-format timestamp (2026-11-22T03:38:00.123456Z)."""
+    stamp = started_at.replace("-", "").replace(":", "").replace(".", "")
+    return f"{PREFIX}{stamp}-{os.getpid()}"
+
+
+def write_report(reports_dir: Path, report: VerifyReport) -> Path:
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    path = reports_dir / f"{report.id}.json"
+    report.path = str(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(msgspec.json.format(msgspec.json.encode(report), indent=2) + b"\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+    fsync_dir(reports_dir)
+    return path
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_report(path: Path) -> VerifyReport:
+    return msgspec.json.decode(path.read_bytes(), type=VerifyReport)
+
+
+def list_reports(reports_dir: Path) -> list[Path]:
+    """Verification report files, newest first (their names sort by time)."""
+    if not reports_dir.is_dir():
+        return []
+    found = [p for p in reports_dir.iterdir() if p.name.startswith(PREFIX) and p.suffix == ".json"]
+    return sorted(found, key=lambda p: p.name, reverse=True)
+
+
+def latest_report(reports_dir: Path) -> VerifyReport | None:
+    """The newest readable verification report, if any."""
+    for path in list_reports(reports_dir):
+        try:
+            return read_report(path)
+        except (OSError, msgspec.DecodeError):
+            continue
+    return None
+
+
+def prune_reports(reports_dir: Path, keep_ok: int = KEEP_OK) -> int:
+    """Remove clean-run reports beyond the newest `keep_ok`; returns how many went."""
+    removed = 0
+    for path in list_reports(reports_dir)[keep_ok:]:
+        try:
+            if read_report(path).state == "ok":
+                path.unlink()
+                removed += 1
+        except (OSError, msgspec.DecodeError):
+            continue
+    return removed

@@ -1,0 +1,440 @@
+"""One verification run: the state check and the chain check, combined into a report.
+
+Blocking code, for a worker thread of the daemon or for the offline command. With
+`processes=True` (the default) both checks run in two child processes (worker.py says why):
+once the state child has its snapshot, the chain child walks the whole log while the state
+child replays and compares.
+
+The chain is walked to the log's end, in the daemon too: lines past the state's snapshot S are
+batches written and not yet committed (or committed since), valid continuations of the chain;
+an unfinished last line there is a batch being written (a note, not damage). When the log ends
+before S:
+
+- in the daemon, if S is also past the daemon's committed head, the state database claims
+  more than the writer ever committed: it was changed behind the daemon's back (drift; the
+  meta row's difference says so);
+- otherwise records are missing from the log's end (or, offline, the state was changed, which
+  nothing can tell apart): damage.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import msgspec
+
+from timelined.auditlog import list_segments
+from timelined.ids import utc_now
+from timelined.verifier.chain import check_chain
+from timelined.verifier.model import (
+    MAX_DIFFERENCES,
+    ChainDamage,
+    ChainResult,
+    Mode,
+    StateResult,
+    VerifyProgress,
+    VerifyReport,
+    VerifyState,
+)
+from timelined.verifier.protocol import (
+    ChainDone,
+    Failed,
+    Message,
+    Progress,
+    RebuildDone,
+    Snapshot,
+    StateDone,
+    decode_message,
+)
+from timelined.verifier.reports import report_id
+
+ProgressFn = Callable[[VerifyProgress], None]
+PROCESS_THRESHOLD_BYTES = 8 << 20  # below this much log, a run is quicker in-process
+
+
+def log_bytes(log_dir: Path) -> int:
+    """The log's size: the sum of its segments' sizes."""
+    total = 0
+    for seg in list_segments(log_dir):
+        try:
+            total += os.stat(seg.path).st_size  # noqa: PTH116
+        except FileNotFoundError:
+            continue
+    return total
+
+
+class Cancelled(Exception):
+    """The run was cancelled (the daemon is stopping); its children were killed."""
+
+
+class WorkerFailed(Exception):
+    """A child process failed; `log_seq` is set when it failed on the log."""
+
+    def __init__(self, error: str, log_seq: int | None = None) -> None:
+        super().__init__(error)
+        self.error = error
+        self.log_seq = log_seq
+
+
+@dataclass(frozen=True, slots=True)
+class Paths:
+    """Where a run reads and where it may write scratch files."""
+
+    state_db: Path
+    log_dir: Path
+    work_dir: Path
+
+    @classmethod
+    def of(cls, state_dir: Path, work_dir: Path | None = None) -> Paths:
+        return cls(state_dir / "state.db", state_dir / "log", work_dir or state_dir / "tmp")
+
+
+class _Child:
+    """A worker process and the messages it has sent."""
+
+    def __init__(self, args: list[str]) -> None:
+        command = [sys.executable, "-m", "timelined.verifier.worker", "--parent", str(os.getpid())]
+        self.proc = subprocess.Popen(
+            [*command, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+        )
+        assert self.proc.stdout is not None
+        self.stdout: IO[bytes] = self.proc.stdout
+        self.buffer = b""
+        self.final: Message | None = None
+        self.eof = False
+
+    def feed(self, data: bytes) -> list[Message]:
+        if not data:
+            self.eof = True
+            return []
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        messages = []
+        for line in lines:
+            try:
+                message = decode_message(line)
+            except msgspec.DecodeError:
+                message = Failed(f"unreadable message from the verifier's child: {line[:200]!r}")
+            if isinstance(message, StateDone | ChainDone | RebuildDone | Failed):
+                self.final = message
+            messages.append(message)
+        return messages
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.stdout.close()
+
+    def finish(self) -> Message:
+        code = self.proc.wait()
+        self.stdout.close()
+        if self.final is None:
+            return Failed(f"the verifier's child exited with status {code} before finishing")
+        return self.final
+
+
+def _pump(
+    children: list[_Child],
+    on_message: Callable[[_Child, Message], None],
+    cancel: threading.Event | None,
+    until: Callable[[], bool] | None = None,
+) -> None:
+    """Read the children's messages until every one reached EOF (or `until()` holds)."""
+    with selectors.DefaultSelector() as sel:
+        for child in children:
+            if not child.eof:
+                os.set_blocking(child.stdout.fileno(), False)
+                sel.register(child.stdout, selectors.EVENT_READ, child)
+        while sel.get_map():
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            for key, _ in sel.select(timeout=0.1):
+                child = key.data
+                assert isinstance(child, _Child)
+                try:
+                    data = os.read(child.stdout.fileno(), 1 << 16)
+                except BlockingIOError:
+                    continue
+                for message in child.feed(data):
+                    on_message(child, message)
+                if child.eof:
+                    sel.unregister(child.stdout)
+                if until is not None and until():
+                    return
+
+
+def run_child(
+    args: list[str], progress: ProgressFn | None = None, cancel: threading.Event | None = None
+) -> Message:
+    """Run one worker to its end; returns its final message."""
+    child = _Child(args)
+    try:
+
+        def on_message(_child: _Child, message: Message) -> None:
+            if isinstance(message, Progress) and progress is not None:
+                progress(message.progress)
+
+        _pump([child], on_message, cancel)
+        return child.finish()
+    finally:
+        child.kill()
+
+
+def verify_paths(
+    paths: Paths,
+    *,
+    trigger: str,
+    mode: Mode = "daemon",
+    copy: bool = False,
+    head: Callable[[], int] | None = None,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+    processes: bool = True,
+    cap: int = MAX_DIFFERENCES,
+) -> VerifyReport:
+    """Run both checks and build the report (not written: see reports.write_report)."""
+    started_at = utc_now()
+    started = time.perf_counter()
+    heads: list[int] = []
+
+    def on_snapshot(_seq: int) -> None:
+        if head is not None:
+            heads.append(head())  # the committed head as the snapshot was taken
+
+    if processes:
+        state, chain, error = _run_children(paths, copy, cap, on_snapshot, progress, cancel)
+    else:
+        state, chain, error = _run_inline(paths, copy, cap, on_snapshot, progress)
+    seconds = time.perf_counter() - started
+    return _report(
+        started_at=started_at,
+        seconds=seconds,
+        trigger=trigger,
+        mode=mode,
+        state=state,
+        chain=chain,
+        error=error,
+        daemon_head=heads[0] if heads else None,
+    )
+
+
+def _run_inline(
+    paths: Paths,
+    copy: bool,
+    cap: int,
+    on_snapshot: Callable[[int], None],
+    progress: ProgressFn | None,
+) -> tuple[StateResult | None, ChainResult | None, str | None]:
+    from timelined.verifier.state import check_state
+
+    state = check_state(
+        paths.state_db,
+        paths.log_dir,
+        paths.work_dir,
+        copy=copy,
+        cap=cap,
+        on_snapshot=lambda seq, _hash: on_snapshot(seq),
+        progress=progress,
+    )
+    chain = check_chain(paths.log_dir)
+    return state, chain, None
+
+
+def _run_children(
+    paths: Paths,
+    copy: bool,
+    cap: int,
+    on_snapshot: Callable[[int], None],
+    progress: ProgressFn | None,
+    cancel: threading.Event | None,
+) -> tuple[StateResult | None, ChainResult | None, str | None]:
+    state_args = [
+        "state",
+        "--state-db",
+        str(paths.state_db),
+        "--log-dir",
+        str(paths.log_dir),
+        "--work-dir",
+        str(paths.work_dir),
+        "--cap",
+        str(cap),
+    ] + (["--copy"] if copy else [])
+    children: list[_Child] = []
+    state_seen: list[bool] = []
+    snapshot: list[int] = []
+
+    def on_message(child: _Child, message: Message) -> None:
+        if isinstance(message, Snapshot):
+            on_snapshot(message.seq)
+            snapshot.append(message.seq)
+        elif isinstance(message, Progress) and progress is not None:
+            # The state check decides the run's time: show the chain's progress only until
+            # the state check has some of its own.
+            if message.progress.phase != "chain":
+                state_seen.append(True)
+                progress(message.progress)
+            elif not state_seen:
+                progress(message.progress)
+
+    try:
+        state_child = _Child(state_args)
+        children.append(state_child)
+        # The chain child starts once the snapshot is taken: every record up to S is in the log
+        # before S commits, so a walk that lists the segments after that reaches S.
+        _pump(children, on_message, cancel, until=lambda: bool(snapshot))
+        chain_child = _Child(["chain", "--log-dir", str(paths.log_dir)])
+        children.append(chain_child)
+        _pump(children, on_message, cancel)
+        state_msg = state_child.finish()
+        chain_msg = chain_child.finish()
+    finally:
+        for child in children:
+            child.kill()
+    errors = []
+    state = state_msg.result if isinstance(state_msg, StateDone) else None
+    chain = chain_msg.result if isinstance(chain_msg, ChainDone) else None
+    for name, msg in (("state check", state_msg), ("chain check", chain_msg)):
+        if isinstance(msg, Failed):
+            errors.append(f"{name}: {msg.error}")
+    return state, chain, "; ".join(errors) or None
+
+
+def _report(
+    *,
+    started_at: str,
+    seconds: float,
+    trigger: str,
+    mode: Mode,
+    state: StateResult | None,
+    chain: ChainResult | None,
+    error: str | None,
+    daemon_head: int | None,
+) -> VerifyReport:
+    notes: list[str] = []
+    snapshot = state.snapshot_seq if state is not None else -1
+    if chain is not None and state is not None:
+        chain = _log_findings(chain, state, mode, daemon_head, notes)
+    verdict: VerifyState
+    if chain is not None and not chain.ok:
+        verdict = "damaged"
+    elif state is None or chain is None:
+        verdict = "failed"
+    elif state.differences_total:
+        verdict = "drift"
+    else:
+        verdict = "ok"
+    checked = state.events_replayed if state is not None else 0
+    report = VerifyReport(
+        id=report_id(started_at),
+        mode=mode,
+        trigger=trigger,
+        state=verdict,
+        started_at=started_at,
+        finished_at=utc_now(),
+        seconds=round(seconds, 6),
+        snapshot_seq=snapshot,
+        log_head_seq=chain.head_seq if chain is not None else None,
+        events_checked=checked,
+        events_per_second=round(checked / seconds, 1) if seconds > 0 else 0.0,
+        chain=chain,
+        differences=state.differences if state is not None else [],
+        differences_total=state.differences_total if state is not None else 0,
+        search_index=state.search_index if state is not None else "",
+        error=error if verdict == "failed" else None,
+        notes=notes + ([f"also failed: {error}"] if error and verdict != "failed" else []),
+    )
+    report.summary = summarize(report)
+    return report
+
+
+def _log_findings(
+    chain: ChainResult,
+    state: StateResult,
+    mode: Mode,
+    daemon_head: int | None,
+    notes: list[str],
+) -> ChainResult:
+    """Fold what the state check learnt about the log into the chain result and notes."""
+    snapshot = state.snapshot_seq
+    if chain.ok and state.log_error is not None:
+        # The chain walk checks hashes and links, not whether data fits its event type: a line
+        # whose hash is right but whose data cannot be decoded is damage found by the replay.
+        seq = state.log_error_seq if state.log_error_seq is not None else state.replayed_seq + 1
+        return msgspec.structs.replace(
+            chain,
+            ok=False,
+            damage=ChainDamage(
+                seq=seq, kind="bad data", segment=None, offset=None, detail=state.log_error
+            ),
+        )
+    if chain.torn is not None:
+        why = (
+            "a batch being written"
+            if mode == "daemon"
+            else "not damage; the next boot cuts it into quarantine"
+        )
+        notes.append(
+            f"the log ends with an unfinished line at seq {chain.torn.seq} ({chain.torn.segment}"
+            f" offset {chain.torn.offset}, {chain.torn.length} bytes): {why}"
+        )
+    if not chain.ok or snapshot <= chain.head_seq:
+        if chain.ok and 0 <= snapshot < chain.head_seq and mode == "offline":
+            notes.append(
+                f"the log holds {chain.head_seq - snapshot} events past the state's last seq "
+                f"{snapshot}; the daemon's next boot rolls them forward"
+            )
+        return chain
+    if daemon_head is not None and snapshot > daemon_head and chain.head_seq >= daemon_head:
+        notes.append(
+            f"the state database claims seq {snapshot}, past the daemon's committed head "
+            f"{daemon_head}: it was changed behind the daemon's back"
+        )
+        return chain
+    return msgspec.structs.replace(
+        chain,
+        ok=False,
+        damage=ChainDamage(
+            seq=chain.head_seq + 1,
+            kind="truncated",
+            segment=None,
+            offset=None,
+            detail=f"the log ends at seq {chain.head_seq} but the state database is at seq "
+            f"{snapshot}: records are missing from the log's end"
+            + (", or the state database was changed" if daemon_head is None else ""),
+        ),
+    )
+
+
+def summarize(report: VerifyReport) -> str:
+    """One line saying what the run found."""
+    if report.state == "ok":
+        return (
+            f"ok: the state database equals the replay of the log at seq {report.snapshot_seq}; "
+            f"the chain is intact through seq {report.log_head_seq}"
+        )
+    if report.state == "damaged" and report.chain is not None and report.chain.damage:
+        d = report.chain.damage
+        where = f" in {d.segment}" if d.segment else ""
+        return f"damaged: the log's chain breaks at seq {d.seq}{where} ({d.kind}): {d.detail}"
+    if report.state == "drift":
+        named = "; ".join(d.describe() for d in report.differences[:3])
+        more = report.differences_total - min(3, len(report.differences))
+        return (
+            f"drift: {report.differences_total} difference(s) between the state database and "
+            f"the log at seq {report.snapshot_seq}: {named}"
+            + (f"; and {more} more" if more else "")
+        )
+    return f"{report.state}: {report.error or 'the verification could not run'}"

@@ -1,0 +1,433 @@
+"""The daemon's background verifier: when runs happen, one at a time, and what they report.
+
+Runs happen:
+
+- once after boot (`verify.on_boot`), in the background: the daemon starts `run_forever` after
+  READY;
+- every `verify.interval_s` seconds (0: never);
+- on request (`verify()`, Admin.Verify);
+- at once (debounced 200 ms) when files change under the daemon: `watchfiles` watches
+  STATE_DIR; a change to a log segment that the writer did not make (watch.py) starts a run,
+  and a change to state.db or its WAL makes the verifier ask the engine whether
+  `PRAGMA data_version` moved on the write connection, which happens only when another
+  connection committed. The data version is also polled every second, since file events may
+  be coalesced or missed.
+
+Requests coalesce: one run at a time; any number of requests during a run make one more run
+after it. `verify(wait=True)` returns the report of a run that started after the request.
+
+Each run's work happens in child processes (worker.py), driven from a worker thread, so the
+event loop and the writer keep their GIL and their cores; a log under 8 MiB is verified in the
+worker thread itself, where a run takes milliseconds and a process start would dominate.
+Settings are read from `engine.config.verify` at each use, so a reload applies them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import anyio
+import watchfiles
+
+from timelined.auditlog import WriterStats
+from timelined.auditlog.segments import parse_segment_name
+from timelined.config import VerifyConfig
+from timelined.ids import utc_now
+from timelined.verifier.model import (
+    RepairResult,
+    StatusState,
+    VerifyProgress,
+    VerifyReport,
+    VerifyState,
+    VerifyStatus,
+)
+from timelined.verifier.repair import repair_state
+from timelined.verifier.reports import latest_report, prune_reports, report_id, write_report
+from timelined.verifier.runner import (
+    PROCESS_THRESHOLD_BYTES,
+    Cancelled,
+    Paths,
+    log_bytes,
+    summarize,
+    verify_paths,
+)
+from timelined.verifier.watch import LogWatch
+
+if TYPE_CHECKING:
+    from timelined.config import Config
+    from timelined.engine import Engine
+
+log = logging.getLogger("timelined.verifier")
+T = TypeVar("T")
+
+DEBOUNCE_S = 0.2
+DATA_VERSION_POLL_S = 1.0
+
+
+class Verifier:
+    """Owned by the daemon: `run_forever` in its task group; the rest from Admin methods."""
+
+    def __init__(
+        self,
+        config: Config,
+        engine: Engine,
+        publish: Callable[[str], None] | None = None,
+        *,
+        processes: bool | None = None,
+    ) -> None:
+        self._engine = engine
+        self._publish = publish
+        self._processes = processes
+        self._state_dir = config.state_dir
+        self._paths = Paths.of(config.state_dir)
+        self._reports_dir = config.reports_dir
+        self._lock = anyio.Lock()  # one run or repair at a time
+        self._requested = 0  # requests so far
+        self._completed = 0  # requests answered by a finished run
+        self._trigger: str | None = None  # the first trigger since the last run started
+        self._not_before = 0.0
+        self._wakeup = anyio.Event()
+        self._finished = anyio.Event()
+        self._serving = False  # run_forever is running
+        self._running = False
+        self._progress: VerifyProgress | None = None
+        self._latest: VerifyReport | None = latest_report(config.reports_dir)
+        self._last_state: VerifyState | None = None  # of a run since this daemon started
+        self._runs = self._drift_runs = self._damaged_runs = self._repairs = 0
+        self._last_repair_at: str | None = None
+        self._poke_data_version = anyio.Event()
+        self._logwatch = LogWatch(config.log_dir, self._writer_stats)
+
+    # --- the API the daemon uses -----------------------------------------------------------------
+
+    async def run_forever(self) -> None:
+        """Run until cancelled: the boot run, the interval, requests, the file watchers."""
+        self._serving = True
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._runner)
+                tg.start_soon(self._watch_files)
+                tg.start_soon(self._poll_data_version)
+                tg.start_soon(self._every_interval)
+                if self._settings.on_boot:
+                    self._request("boot")
+        finally:
+            self._serving = False
+
+    async def verify(self, wait: bool = True) -> VerifyReport | None:
+        """Request a run; with `wait`, the report of a run that started after this request.
+
+        Without `run_forever` running, `wait=True` runs the verification in this task and
+        `wait=False` only records the request.
+        """
+        wanted = self._request("request")
+        if not wait:
+            return None
+        while self._completed < wanted:
+            if self._serving:
+                finished = self._finished
+                if self._completed >= wanted:
+                    break
+                await finished.wait()
+            else:
+                await self._execute()
+        return self._latest
+
+    def status(self) -> VerifyStatus:
+        latest = self._latest
+        state: StatusState = "running" if self._running else (self._last_state or "never")
+        return VerifyStatus(
+            state=state,
+            last_state=self._last_state,
+            last_run_at=latest.finished_at if latest is not None else None,
+            last_report_id=latest.id if latest is not None else None,
+            snapshot_seq=latest.snapshot_seq if latest is not None else None,
+            events_checked=latest.events_checked if latest is not None else 0,
+            differences=latest.differences_total if latest is not None else 0,
+            runs=self._runs,
+            drift_runs=self._drift_runs,
+            damaged_runs=self._damaged_runs,
+            repairs=self._repairs,
+            last_repair_at=self._last_repair_at,
+            progress=self._progress if self._running else None,
+        )
+
+    def latest(self) -> VerifyReport | None:
+        """The newest report (from an earlier daemon, too, until this one finishes a run)."""
+        return self._latest
+
+    async def repair(self) -> RepairResult:
+        """Rebuild the state from the log and swap it in; a verification run follows."""
+        async with self._lock:
+            result = await self._repair("requested")
+        self._request("repair")
+        return result
+
+    # --- scheduling ----------------------------------------------------------------------------
+
+    @property
+    def _settings(self) -> VerifyConfig:
+        return self._engine.config.verify
+
+    def _request(self, trigger: str, *, debounce: bool = False) -> int:
+        self._requested += 1
+        if self._trigger is None:
+            self._trigger = trigger
+        if debounce:
+            self._not_before = max(self._not_before, anyio.current_time() + DEBOUNCE_S)
+        self._wakeup.set()
+        return self._requested
+
+    async def _runner(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+            while True:  # debounced triggers: later ones may push the start back
+                delay = self._not_before - anyio.current_time()
+                if delay <= 0:
+                    break
+                await anyio.sleep(delay)
+            try:
+                await self._execute()
+            except Exception:
+                log.exception("the verifier failed; it keeps running")
+
+    async def _every_interval(self) -> None:
+        while True:
+            interval = self._settings.interval_s
+            if interval <= 0:
+                await anyio.sleep(60)  # a reload may turn it on
+                continue
+            await anyio.sleep(interval)
+            if self._settings.interval_s > 0:
+                self._request("interval")
+
+    async def _execute(self) -> None:
+        """One run, if any request is not answered yet; then the drift action."""
+        async with self._lock:
+            target = self._requested
+            if self._completed >= target:
+                return
+            trigger = self._trigger or "request"
+            self._trigger = None
+            self._not_before = 0.0
+            try:
+                report = await self._run(trigger)
+            finally:
+                self._completed = target
+                finished, self._finished = self._finished, anyio.Event()
+                finished.set()
+            if report.state == "drift" and self._settings.on_drift == "repair":
+                try:
+                    await self._repair("verification found drift")
+                except Exception:
+                    log.exception("the automatic repair after drift failed")
+                    return
+                self._request("repair")
+
+    async def _run(self, trigger: str) -> VerifyReport:
+        self._running = True
+        self._progress = None
+        self._say(f"serving; verifying chain and state up to seq {self._engine.last_seq}")
+        try:
+            try:
+                report = await self._in_thread(
+                    lambda cancel: verify_paths(
+                        self._paths,
+                        trigger=trigger,
+                        head=lambda: self._engine.last_seq,
+                        progress=self._on_progress,
+                        cancel=cancel,
+                        processes=self._use_processes(),
+                    )
+                )
+            except (Exception, Cancelled) as exc:
+                if isinstance(exc, Cancelled):
+                    raise
+                log.exception("a verification run failed")
+                report = _failed_report(trigger, f"{type(exc).__name__}: {exc}")
+            await anyio.to_thread.run_sync(self._save, report)
+        finally:
+            self._running = False
+            self._progress = None
+        self._record(report)
+        return report
+
+    def _save(self, report: VerifyReport) -> None:
+        try:
+            write_report(self._reports_dir, report)
+            prune_reports(self._reports_dir)
+        except OSError as exc:
+            log.error("could not write the verification report %s: %s", report.id, exc)
+
+    def _record(self, report: VerifyReport) -> None:
+        self._latest = report
+        self._last_state = report.state
+        self._runs += 1
+        where = report.path or report.id
+        if report.state == "ok":
+            log.info(
+                "verification ok at seq %d: %d events in %.2f s (%.0f events/s)",
+                report.snapshot_seq,
+                report.events_checked,
+                report.seconds,
+                report.events_per_second,
+            )
+            self._say_serving()
+        elif report.state == "drift":
+            self._drift_runs += 1
+            named = "; ".join(d.describe() for d in report.differences[:10])
+            more = report.differences_total - min(10, len(report.differences))
+            log.warning(
+                "state drift at seq %d: %d difference(s): %s%s; report %s",
+                report.snapshot_seq,
+                report.differences_total,
+                named,
+                f"; and {more} more" if more > 0 else "",
+                where,
+            )
+            self._say(
+                f"serving; DRIFT FOUND: {report.differences_total} differences, "
+                f"see report {report.id}"
+            )
+        elif report.state == "damaged":
+            self._damaged_runs += 1
+            log.error("%s; report %s", report.summary, where)
+            damage = report.chain.damage if report.chain is not None else None
+            at = f" at seq {damage.seq} ({damage.kind})" if damage is not None else ""
+            self._say(f"serving; LOG DAMAGED{at}, see report {report.id}")
+        else:
+            log.error("verification failed: %s; report %s", report.error, where)
+            self._say(f"serving; verification failed, see report {report.id}")
+
+    async def _repair(self, reason: str) -> RepairResult:
+        """Repair with the run lock held."""
+        self._say("serving; repairing the state database from the log")
+        try:
+            result = await repair_state(
+                self._engine.config,
+                self._engine,
+                reason=reason,
+                in_thread=self._in_thread,
+                processes=self._use_processes(),
+            )
+        except BaseException:
+            self._say("serving; repair failed, see the journal")
+            raise
+        self._repairs += 1
+        self._last_repair_at = result.finished_at
+        self._say_serving()
+        return result
+
+    def _use_processes(self) -> bool:
+        """Child processes, unless the log is small enough that their start-up would dominate
+        (a run over a few thousand events takes milliseconds: the GIL is not held for long)."""
+        if self._processes is not None:
+            return self._processes
+        return log_bytes(self._paths.log_dir) >= PROCESS_THRESHOLD_BYTES
+
+    def _on_progress(self, progress: VerifyProgress) -> None:
+        self._progress = progress  # from the worker thread: one reference assignment
+
+    def _say_serving(self) -> None:
+        """The daemon's own serving line (daemon.notify.StatusText.serving), all being well."""
+        config = self._engine.config
+        self._say(f"serving on {config.socket_path}, log at seq {self._engine.last_seq}")
+
+    def _say(self, text: str) -> None:
+        if self._publish is not None:
+            try:
+                self._publish(text)
+            except Exception:
+                log.exception("publishing the verifier's status failed")
+
+    async def _in_thread(self, fn: Callable[[threading.Event], T]) -> T:
+        """Run blocking work in a worker thread; on cancellation, stop it and wait for it."""
+        cancel = threading.Event()
+        done = threading.Event()
+
+        def work() -> T:
+            try:
+                return fn(cancel)
+            finally:
+                done.set()
+
+        try:
+            return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            cancel.set()
+            with anyio.CancelScope(shield=True):
+                # The work notices `cancel` within 0.1 s and kills its child processes.
+                await anyio.to_thread.run_sync(done.wait, 10.0)
+            raise
+
+    # --- watching ------------------------------------------------------------------------------
+
+    def _writer_stats(self) -> WriterStats | None:
+        writer = self._engine.writer
+        return writer.stats() if writer is not None else None
+
+    def _watch_filter(self, _change: watchfiles.Change, path: str) -> bool:
+        p = Path(path)
+        if p.parent == self._paths.log_dir:
+            return parse_segment_name(p.name) is not None
+        return p.parent == self._state_dir and p.name in ("state.db", "state.db-wal")
+
+    async def _watch_files(self) -> None:
+        self._paths.log_dir.mkdir(parents=True, exist_ok=True)
+        await anyio.to_thread.run_sync(self._logwatch.baseline)
+        async for changes in watchfiles.awatch(
+            self._state_dir,
+            watch_filter=self._watch_filter,
+            debounce=200,
+            step=50,
+            recursive=True,
+        ):
+            segments = {Path(p).name for _c, p in changes if Path(p).parent == self._paths.log_dir}
+            if len(segments) < len(changes):
+                self._poke_data_version.set()
+            if not segments:
+                continue
+            foreign = await anyio.to_thread.run_sync(self._logwatch.check, segments)
+            if foreign:
+                log.warning(
+                    "the audit log changed under the daemon: %s",
+                    "; ".join(problem for _name, problem in foreign),
+                )
+                self._request(f"watch:log/{foreign[0][0]}", debounce=True)
+
+    async def _poll_data_version(self) -> None:
+        while True:
+            with anyio.move_on_after(DATA_VERSION_POLL_S):
+                await self._poke_data_version.wait()
+            self._poke_data_version = anyio.Event()
+            try:
+                changed = await self._engine.data_version_changed()
+            except Exception as exc:  # the engine closed or failed: nothing left to watch
+                log.debug("data_version poll stopped: %s", exc)
+                return
+            if changed:
+                log.warning("another process wrote the state database; verifying it")
+                self._request("data_version", debounce=True)
+
+
+def _failed_report(trigger: str, error: str) -> VerifyReport:
+    now = utc_now()
+    report = VerifyReport(
+        id=report_id(now),
+        trigger=trigger,
+        state="failed",
+        started_at=now,
+        finished_at=now,
+        seconds=0.0,
+        snapshot_seq=-1,
+        events_checked=0,
+        events_per_second=0.0,
+        error=error,
+    )
+    report.summary = summarize(report)
+    return report

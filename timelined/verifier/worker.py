@@ -1,0 +1,149 @@
+"""The verifier's child processes: `python -m timelined.verifier.worker state|chain|rebuild …`.
+
+Why processes, not threads: replaying and hashing are CPU-bound Python. In a thread of the
+daemon they would hold the GIL for most of a run, and the writer thread (which hops in and out
+of the GIL around every SQLite call of a batch) would wait up to the 5 ms switch interval at
+each hop: append latency would climb during every verification. A child process has its own
+GIL, runs at a lower priority (nice 10, where the sandbox allows it), and its memory goes away
+with it. The state and chain checks run in two children at once, on two cores.
+
+Each child writes JSON lines to stdout (protocol.py): progress, then one final message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from timelined.errors import LogDamaged
+from timelined.verifier.chain import check_chain
+from timelined.verifier.model import VerifyProgress
+from timelined.verifier.protocol import (
+    ChainDone,
+    Failed,
+    Message,
+    Progress,
+    RebuildDone,
+    Snapshot,
+    StateDone,
+    encode_message,
+)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _emit(message: Message) -> None:
+    sys.stdout.buffer.write(encode_message(message) + b"\n")
+    sys.stdout.buffer.flush()
+
+
+def _settle(parent: int | None) -> None:
+    """Low priority; die with the daemon; fewer garbage-collector passes (records are acyclic)."""
+    try:
+        os.nice(10)
+    except OSError:
+        pass  # a sandbox may refuse setpriority (systemd's ~@resources): run at normal priority
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if parent is not None and os.getppid() != parent:
+        sys.exit(3)  # the parent died before PDEATHSIG was armed
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 50)
+
+
+class _Throttle:
+    """Emit progress at most every `interval` seconds (and always the last step)."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.last = 0.0
+
+    def __call__(self, progress: VerifyProgress) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.interval or progress.done >= progress.total:
+            self.last = now
+            _emit(Progress(progress))
+
+
+def _state(args: argparse.Namespace) -> None:
+    from timelined.verifier.state import check_state
+
+    result = check_state(
+        Path(args.state_db),
+        Path(args.log_dir),
+        Path(args.work_dir),
+        copy=args.copy,
+        cap=args.cap,
+        on_snapshot=lambda seq, digest: _emit(Snapshot(seq, digest)),
+        progress=_Throttle(),
+    )
+    _emit(StateDone(result))
+
+
+def _chain(args: argparse.Namespace) -> None:
+    upto = args.upto if args.upto is not None and args.upto >= 0 else None
+    throttle = _Throttle()
+    total = upto or 0
+    result = check_chain(
+        Path(args.log_dir),
+        upto_seq=upto,
+        progress=lambda seq, _bytes: throttle(VerifyProgress("chain", seq, max(total, seq))),
+    )
+    _emit(ChainDone(result))
+
+
+def _rebuild(args: argparse.Namespace) -> None:
+    from timelined.state.replay import rebuild
+
+    throttle = _Throttle()
+    result = rebuild(
+        Path(args.log_dir),
+        Path(args.out),
+        upto_seq=args.upto,
+        progress=lambda done, seq: throttle(VerifyProgress("rebuild", seq, args.upto)),
+    )
+    _emit(RebuildDone(result.applied, result.last_seq, result.last_hash, result.seconds))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m timelined.verifier.worker")
+    parser.add_argument("--parent", type=int, default=None)
+    sub = parser.add_subparsers(dest="command", required=True)
+    state = sub.add_parser("state")
+    state.add_argument("--state-db", required=True)
+    state.add_argument("--log-dir", required=True)
+    state.add_argument("--work-dir", required=True)
+    state.add_argument("--copy", action="store_true")
+    state.add_argument("--cap", type=int, default=1000)
+    chain = sub.add_parser("chain")
+    chain.add_argument("--log-dir", required=True)
+    chain.add_argument("--upto", type=int, default=None)
+    rebuild = sub.add_parser("rebuild")
+    rebuild.add_argument("--log-dir", required=True)
+    rebuild.add_argument("--out", required=True)
+    rebuild.add_argument("--upto", type=int, required=True)
+    args = parser.parse_args(argv)
+    _settle(args.parent)
+    run = {"state": _state, "chain": _chain, "rebuild": _rebuild}[args.command]
+    try:
+        run(args)
+    except LogDamaged as exc:
+        _emit(Failed(exc.message, exc.params.get("seq")))
+        return 1
+    except Exception as exc:
+        _emit(Failed(f"{type(exc).__name__}: {exc}"))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
