@@ -73,7 +73,6 @@ class Recording:
     config: Config
     sim: SimDisk
     acked: list[tuple[int, int, str]] = field(default_factory=list)  # (ops done, seq, hash)
-    refused: int = 0
 
     def acked_at(self, point: CrashPoint) -> list[tuple[int, str]]:
         """What must survive a crash at `point`: with fsync "always", every acknowledged event;

@@ -3,8 +3,9 @@
 Each round draws (from its own seed) a starting point (a fresh directory, a clean stop with the
 marker, or an unclean stop with a torn tail to cut at boot), a segment size, a random workload of
 every kind of command — single commands and concurrent batches of up to six, blocks from a few
-bytes to several sectors — sometimes a disk that fills up part-way through a batch, and a clean
-or an unclean stop. Every crash point of the round is enumerated with every crash state
+bytes to several sectors — sometimes a disk that fills up part-way through a batch, sometimes
+log.fsync = "interval" (then what must survive is what was fsynced), and a clean or an unclean
+stop. Every crash point of the round is enumerated with every crash state
 (tests/faults/simdisk.py) and every state-database variant, booted and checked as in
 tests/faults/test_crash_states.py. One summary line:
 
@@ -82,10 +83,12 @@ def random_workload(seed: int, steps: int) -> Workload:
                     contexts.append(child.id)
             elif r < 0.85:
                 await submit(cmd.MergeContext(id=rng.choice(contexts), summary="merged back"))
-            elif r < 0.92:
+            elif r < 0.9:
                 await submit(cmd.PauseContext(id=rng.choice(contexts)))
-            else:
+            elif r < 0.95:
                 await submit(cmd.Focus(context_id=rng.choice(contexts)))
+            else:
+                await anyio.sleep(0.004)  # lets an "interval" fsync fall due (or the timer fire)
 
     return workload
 
@@ -100,8 +103,14 @@ def one_round(seed: int) -> Tally:
     steps = rng.randint(4, 9)
     full_disk = rng.random() < 0.3
     older = rng.random() < 0.35  # the older-database variant in a third of the rounds
+    interval = rng.random() < 0.25  # log.fsync = "interval": only fsynced events must survive
     with fast_dir(f"tl-stress-{seed}-") as work:
-        config = make_config(work / "live" / "state", segment_bytes)
+        config = make_config(
+            work / "live" / "state",
+            segment_bytes,
+            "interval" if interval else "always",
+            rng.choice((1, 3, 10)),
+        )
         if start != "fresh":
             prepare(config, random_workload(seed + 10**6, 4), clean=start == "clean")
         if start == "torn":

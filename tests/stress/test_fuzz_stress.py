@@ -1,0 +1,56 @@
+"""The fuzzer of tests/fuzz for longer: `make stress ROUNDS=N`.
+
+The same campaigns as tests/fuzz/test_fuzz_frames.py against one real daemon, with examples
+scaled by N (FRAMES_PER_ROUND random payloads and HANGUPS_PER_ROUND hang-ups a round), in
+chunks so that memory can be watched as the run goes; a seeded random run (the seed is printed;
+TIMELINED_FUZZ_SEED replays one). One summary line:
+
+    fuzz: trials=N frames=N crashes=0 hangs=0 canary_failures=0
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.fuzz.campaign import (
+    RSS_MARGIN_KIB,
+    check_health,
+    fuzz_target,
+    run_frames,
+    run_hangups,
+    stress_seed,
+)
+from tests.stress.rounds import stress_rounds, summary
+
+FRAMES_PER_ROUND = 20
+HANGUPS_PER_ROUND = 5
+CHUNKS = 10
+
+
+@pytest.mark.stress
+def test_fuzz_for_rounds() -> None:
+    rounds = stress_rounds()
+    seed = stress_seed()
+    started = time.monotonic()
+    rss: list[int] = []
+    with fuzz_target() as target:
+        try:
+            for chunk in range(CHUNKS):
+                frames = (FRAMES_PER_ROUND * rounds) // CHUNKS + (chunk == 0)
+                hangups = (HANGUPS_PER_ROUND * rounds) // CHUNKS + (chunk == 0)
+                run_frames(target, frames, seed + chunk)
+                run_hangups(target, hangups, seed + chunk)
+                rss.append(target.rss_kib())
+            facts = check_health(target)
+        finally:
+            summary(target.summary())
+            print(
+                f"fuzz detail: rounds={rounds} seed={seed} bytes={target.stats.bytes} "
+                f"rss_kib={rss} violations={dict(target.stats.violations)} "
+                f"seconds={time.monotonic() - started:.0f}"
+            )
+    # No creeping growth: the second half of the run adds little to the first.
+    assert rss[-1] - rss[len(rss) // 2] <= RSS_MARGIN_KIB // 2, rss
+    assert facts["canary_calls"] > 0
