@@ -105,7 +105,7 @@ def test_crash_while_cutting_a_torn_tail(fragment: int) -> None:
         assert_clean(tally, rec, min_points=12, min_trials=25)
 
 
-@pytest.mark.parametrize(("nth", "room"), [(3, 200), (5, 100), (6, 600), (8, 1)])
+@pytest.mark.parametrize(("nth", "room"), [(3, 200), (6, 600)])  # truncate back; unlink
 def test_crash_while_undoing_a_refused_write(nth: int, room: int) -> None:
     """ENOSPC part-way through a batch: truncate back (or unlink a new segment) and fsync."""
     refused: list[DiskFull] = []
@@ -152,7 +152,7 @@ def test_interval_mode_loses_at_most_the_unsynced_interval_never_corrupts() -> N
         kinds = [op.kind for op in rec.sim.trace]
         writes, fsyncs = kinds.count("write"), kinds.count("fsync")
         tally = Tally()
-        check_recording(rec, work, tally)
+        check_recording(rec, work, tally, older=False)
         print(tally.line(), f"writes={writes} fsyncs={fsyncs} verdicts={dict(tally.verdicts)}")
         assert not tally.failures, "\n".join(tally.failures)
         assert tally.acknowledged_checked > 0 and tally.trials >= 60
