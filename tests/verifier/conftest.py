@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -14,6 +14,15 @@ from timelined.config import Config, LogConfig, VerifyConfig, default_config
 from timelined.engine import Engine
 
 SEGMENT_BYTES = 8192  # many segments from a few hundred events
+
+
+async def until(predicate: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Wait for `predicate()` to hold; fails the test after `seconds`."""
+    with anyio.fail_after(seconds):
+        while True:
+            if predicate():
+                return
+            await anyio.sleep(0.02)
 
 
 def config_for(state_dir: Path, segment_bytes: int = SEGMENT_BYTES, **verify: object) -> Config:

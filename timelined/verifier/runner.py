@@ -133,8 +133,13 @@ class _Child:
         return messages
 
     def kill(self) -> None:
+        """Stop the child: SIGTERM lets it remove its scratch files; SIGKILL if it lingers."""
         if self.proc.poll() is None:
-            self.proc.kill()
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
         self.proc.wait()
         self.stdout.close()
 

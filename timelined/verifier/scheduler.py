@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -235,16 +236,7 @@ class Verifier:
         self._say(f"serving; verifying chain and state up to seq {self._engine.last_seq}")
         try:
             try:
-                report = await self._in_thread(
-                    lambda cancel: verify_paths(
-                        self._paths,
-                        trigger=trigger,
-                        head=lambda: self._engine.last_seq,
-                        progress=self._on_progress,
-                        cancel=cancel,
-                        processes=self._use_processes(),
-                    )
-                )
+                report = await self._in_thread(partial(self._verify_sync, trigger))
             except (Exception, Cancelled) as exc:
                 if isinstance(exc, Cancelled):
                     raise
@@ -256,6 +248,24 @@ class Verifier:
             self._progress = None
         self._record(report)
         return report
+
+    def _verify_sync(self, trigger: str, cancel: threading.Event) -> VerifyReport:
+        self._clean_scratch()
+        return verify_paths(
+            self._paths,
+            trigger=trigger,
+            head=lambda: self._engine.last_seq,
+            progress=self._on_progress,
+            cancel=cancel,
+            processes=self._use_processes(),
+        )
+
+    def _clean_scratch(self) -> None:
+        """Remove scratch files a killed run left in STATE_DIR/tmp (one run at a time here)."""
+        work = self._paths.work_dir
+        if work.is_dir():
+            for leftover in [*work.glob("verify-*.db*"), *work.glob("state-*.db*")]:
+                leftover.unlink(missing_ok=True)
 
     def _save(self, report: VerifyReport) -> None:
         try:

@@ -56,6 +56,8 @@ def _settle(parent: int | None) -> None:
         pass
     if parent is not None and os.getppid() != parent:
         sys.exit(3)  # the parent died before PDEATHSIG was armed
+    # Stopped by the parent (a cancelled run): unwind, so that scratch files are removed.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(128 + signal.SIGTERM))
     gc.freeze()
     gc.set_threshold(100_000, 50, 50)
 

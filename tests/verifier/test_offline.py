@@ -1,0 +1,100 @@
+"""`run_offline`: exit codes, human and JSON output, and a directory left exactly as it was."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from tests.verifier.test_drift import drift_cases, sqlite3_cli
+from tests.verifier.test_tamper import changed_value
+from timelined.verifier.model import VerifyReport
+from timelined.verifier.offline import run_offline
+
+
+def fingerprint(root: Path) -> dict[str, tuple[str, int]]:
+    """Every file under `root` (names included) with its content hash and mode."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+        found[str(path.relative_to(root))] = (digest, st.st_mode)
+    return found
+
+
+def test_good_directory_exits_0_and_is_untouched(
+    small_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = fingerprint(small_dir)
+    assert run_offline(small_dir, as_json=False, progress=True) == 0
+    assert fingerprint(small_dir) == before
+    out = capsys.readouterr().out
+    assert "result: OK" in out and "hash chain intact through seq" in out
+
+
+def test_drifted_directory_exits_1_naming_the_entity_and_is_untouched(
+    small_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    case = drift_cases(small_dir / "state.db")[0]
+    sqlite3_cli(small_dir / "state.db", case.sql)
+    before = fingerprint(small_dir)
+    assert run_offline(small_dir, as_json=False, progress=False) == 1
+    assert fingerprint(small_dir) == before
+    out = capsys.readouterr().out
+    assert "DRIFT" in out and f"block {case.id}" in out and "content" in out
+
+
+def test_damaged_log_as_json(small_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    seq, kind = changed_value(small_dir / "log")
+    before = fingerprint(small_dir)
+    assert run_offline(small_dir, as_json=True, progress=False) == 1
+    assert fingerprint(small_dir) == before
+    report = msgspec.json.decode(capsys.readouterr().out, type=VerifyReport)
+    assert report.state == "damaged" and report.mode == "offline"
+    assert report.chain is not None and report.chain.damage is not None
+    assert (report.chain.damage.seq, report.chain.damage.kind) == (seq, kind)
+
+
+def test_state_with_uncheckpointed_wal_is_read_from_a_copy(
+    small_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A crashed daemon leaves a -wal next to state.db: it is part of the state, and it stays."""
+    db = small_dir / "state.db"
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+    conn.execute("UPDATE focus SET context_id = NULL")
+    conn.commit()
+    # Leave the WAL behind as a crash would: copy the files while the connection is open.
+    saved = {s: Path(f"{db}{s}").read_bytes() for s in ("", "-wal")}
+    conn.close()
+    for suffix, data in saved.items():
+        Path(f"{db}{suffix}").write_bytes(data)
+    before = fingerprint(small_dir)
+    assert run_offline(small_dir, as_json=True, progress=False) == 1
+    assert fingerprint(small_dir) == before
+    report = msgspec.json.decode(capsys.readouterr().out, type=VerifyReport)
+    assert any(d.entity == "focus" for d in report.differences)
+
+
+def test_not_a_state_directory_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_offline(tmp_path, as_json=False, progress=False) == 2
+    assert "not a timelined state directory" in capsys.readouterr().err
+    assert run_offline(tmp_path / "missing", as_json=True, progress=False) == 2
+    assert json.loads(capsys.readouterr().out)["state"] == "cannot run"
+
+
+def test_running_daemon_is_refused(small_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fd = os.open(small_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert run_offline(small_dir, as_json=False, progress=False) == 2
+        assert "daemon is running" in capsys.readouterr().err
+    finally:
+        os.close(fd)
+    assert run_offline(small_dir, as_json=False, progress=False) == 0
