@@ -17,7 +17,29 @@ Name = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
 Text = Annotated[str, msgspec.Meta(max_length=65536)]
 Role = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 Count = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
-Tokens = Annotated[int, msgspec.Meta(ge=0)]
+# Stored in SQLite INTEGER columns: a larger number would overflow them inside the writer.
+Tokens = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
+# Metadata deeper than this is refused: the daemon could decode a little under Python's
+# recursion limit, but a client reading the block back from deeper in its own stack could not.
+MAX_NESTING = 64
+
+
+def check_nesting(name: str, value: Any) -> None:
+    """Raise ValueError (InvalidParameter `name`) when `value` nests past MAX_NESTING."""
+    if not value:
+        return
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_NESTING:
+            # The suffix is msgspec's own way of naming the parameter (InvalidParameter).
+            raise ValueError(f"nested deeper than {MAX_NESTING} levels - at `$.{name}`")
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
 
 
 class _Command(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -28,11 +50,17 @@ class CreateConversation(_Command, frozen=True):
     name: Name
     metadata: dict[str, Any] | None = None
 
+    def __post_init__(self) -> None:
+        check_nesting("metadata", self.metadata)
+
 
 class UpdateConversation(_Command, frozen=True):
     id: Id
     name: Name | None = None
     metadata: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        check_nesting("metadata", self.metadata)
 
 
 class ArchiveConversation(_Command, frozen=True):
@@ -88,6 +116,11 @@ class AppendBlock(_Command, frozen=True):
     tokens_output: Tokens | None = None
     metadata: dict[str, Any] | None = None
     sub_blocks: list[SubBlock] | None = None
+
+    def __post_init__(self) -> None:
+        check_nesting("metadata", self.metadata)
+        for i, sub in enumerate(self.sub_blocks or ()):
+            check_nesting(f"sub_blocks[{i}].metadata", sub.metadata)
 
 
 class SetTags(_Command, frozen=True):

@@ -28,7 +28,9 @@ def utc_now() -> str:
 
 
 def format_ts(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    utc = moment.astimezone(UTC)
+    # %Y does not pad years before 1000 ("1-01-01…"), so the year is formatted by hand.
+    return f"{utc.year:04d}-{utc:%m-%dT%H:%M:%S.%f}Z"
 
 
 def parse_ts(text: str) -> datetime:
@@ -40,5 +42,9 @@ def parse_ts(text: str) -> datetime:
 
 
 def normalize_ts(text: str) -> str:
-    """A client's timestamp in the log's format; raises ValueError when it is not ISO 8601."""
-    return format_ts(parse_ts(text))
+    """A client's timestamp in the log's format; raises ValueError when it is not ISO 8601
+    or not representable in UTC (an offset that moves year 1 or 9999 out of range)."""
+    try:
+        return format_ts(parse_ts(text))
+    except OverflowError:
+        raise ValueError(f"{text!r} is out of range in UTC") from None

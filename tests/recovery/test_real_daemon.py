@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -116,27 +117,81 @@ def create_root(daemon: DaemonProcess) -> str:
     return root
 
 
-def test_kill9_torture_loses_nothing_acknowledged(base: Path, tmp_path: Path) -> None:
-    rng = random.Random(int(os.environ.get("TIMELINED_SEED", "9")))
+@dataclass
+class Kill9Result:
+    """What a torture run saw; `problems` says what went wrong, round by round."""
+
+    trials: int = 0
+    acknowledged_checked: int = 0
+    lost: int = 0
+    failed_boots: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (
+            f"kill9: trials={self.trials} acknowledged_checked={self.acknowledged_checked} "
+            f"lost={self.lost} failed_boots={self.failed_boots}"
+        )
+
+
+def kill9_torture(base: Path, scratch: Path, rounds: int, seed: int) -> Kill9Result:
+    """`rounds` times: 16 writers, SIGKILL at a random moment, restart; after every restart
+    the boot must be a recovery and every block acknowledged so far must be there. At the
+    end: a clean stop, and the state must equal a replay of the log. (Shared with
+    tests/stress/test_kill9_stress.py, which runs it for ROUNDS rounds.)"""
+    rng = random.Random(seed)
+    result = Kill9Result()
     daemon = DaemonProcess(base).start()
-    root = create_root(daemon)
-    acked: list[str] = []
-    for round_no in range(ROUNDS):
-        with Writers(daemon.socket_path, root, round_no) as writers:
-            time.sleep(rng.uniform(0.05, 0.4))
-            daemon.kill()  # SIGKILL at a random moment under 16 concurrent writers
-        acked += writers.acked
-        daemon.start()
-        report = newest_boot(daemon)
-        assert report.verdict == "recovered", (round_no, report)
-        assert report.kind == "recovery" and not report.marker_found
-        missing = set(acked) - stored_ids(daemon, acked)
-        assert not missing, f"round {round_no}: {len(missing)} acknowledged blocks lost"
-    assert len(acked) > ROUNDS * WRITERS, "the writers must have made progress"
-    assert daemon.stop() == 0
-    assert dump_state(daemon.state_dir / "state.db") == replay_dump(
-        daemon.state_dir / "log", tmp_path / "replay.db"
-    )
+    try:
+        root = create_root(daemon)
+        acked: list[str] = []
+        lost: set[str] = set()
+        for round_no in range(rounds):
+            with Writers(daemon.socket_path, root, round_no) as writers:
+                time.sleep(rng.uniform(0.05, 0.4))
+                daemon.kill()  # SIGKILL at a random moment under 16 concurrent writers
+            acked += writers.acked
+            result.trials += 1
+            try:
+                daemon.start()
+            except RuntimeError as exc:
+                result.failed_boots += 1
+                result.problems.append(f"round {round_no}: no boot: {exc}")
+                break
+            report = newest_boot(daemon)
+            if (report.verdict, report.kind, report.marker_found) != (
+                "recovered",
+                "recovery",
+                False,
+            ):
+                result.failed_boots += 1
+                result.problems.append(f"round {round_no}: boot {report}")
+            missing = set(acked) - stored_ids(daemon, acked)
+            if missing - lost:
+                result.problems.append(
+                    f"round {round_no}: {len(missing - lost)} acknowledged blocks lost"
+                )
+            lost |= missing
+            result.lost = len(lost)
+            result.acknowledged_checked = len(acked)
+        if daemon.proc is not None:
+            code = daemon.stop()
+            if code != 0:
+                result.problems.append(f"the last stop exited {code}")
+            elif dump_state(daemon.state_dir / "state.db") != replay_dump(
+                daemon.state_dir / "log", scratch / "replay.db"
+            ):
+                result.problems.append("the state differs from a replay of the log")
+    finally:
+        daemon.kill()
+    return result
+
+
+def test_kill9_torture_loses_nothing_acknowledged(base: Path, tmp_path: Path) -> None:
+    result = kill9_torture(base, tmp_path, ROUNDS, int(os.environ.get("TIMELINED_SEED", "9")))
+    assert not result.problems, "\n".join(result.problems)
+    assert result.lost == 0 and result.failed_boots == 0
+    assert result.acknowledged_checked > ROUNDS * WRITERS, "the writers must have made progress"
 
 
 def test_sigterm_under_load_is_a_clean_stop(base: Path, tmp_path: Path) -> None:

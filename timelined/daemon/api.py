@@ -60,7 +60,7 @@ SearchLimit = Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT, description="1..10
 HistoryLimit = Annotated[
     int, msgspec.Meta(ge=1, le=1_000_000, description="only the last N blocks; default all")
 ]
-Cursor = Annotated[int, msgspec.Meta(ge=0)]
+Cursor = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]  # bound to SQLite INTEGER
 Timestamp = Annotated[
     str, msgspec.Meta(min_length=1, max_length=64, description="ISO 8601; naive times are UTC")
 ]

@@ -84,9 +84,21 @@ class Readers:
                 self._free.append(conn)
 
     async def reopen(self) -> None:
-        """Close and reopen every connection (after the state file was swapped by a repair)."""
-        await self.close()
-        await self.open()
+        """Close and reopen every connection (after the state file was swapped by a repair).
+
+        Every slot is taken first, so reads in progress finish on their old connection: one
+        closed under them would fail, and would go back to the pool closed.
+        """
+        taken = 0
+        try:
+            while taken < self._size:
+                await self._slots.acquire()
+                taken += 1
+            await self.close()
+            await self.open()
+        finally:
+            for _ in range(taken):
+                self._slots.release()
 
     async def close(self) -> None:
         for conn in self._all:

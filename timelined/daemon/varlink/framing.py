@@ -89,6 +89,9 @@ def decode_call(frame: bytes) -> CallMessage:
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         # A NUL inside a JSON string ends the frame early, so it lands here as truncated JSON.
         raise MalformedMessage(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        # Thousands of nested arrays or objects: msgspec stops at Python's recursion limit.
+        raise MalformedMessage("malformed JSON: nested too deeply") from None
 
 
 class FrameSplitter:

@@ -516,6 +516,15 @@ class VarlinkServer:
             return True
         try:
             params = entry.decoder.decode(call.parameters)
+        except RecursionError:
+            # Nested too deeply to decode (the envelope only skipped over it).
+            self._error(
+                conn,
+                call,
+                INVALID_PARAMETER,
+                {"parameter": "parameters", "message": "nested too deeply"},
+            )
+            return True
         except msgspec.ValidationError as exc:
             if bytes(call.parameters) == b"null":  # `"parameters": null` means none
                 try:
@@ -526,6 +535,14 @@ class VarlinkServer:
             else:
                 self._error(conn, call, INVALID_PARAMETER, invalid_parameter(exc))
                 return True
+        except (UnicodeDecodeError, msgspec.DecodeError) as exc:
+            # The envelope skipped over the parameters without checking their text: invalid
+            # UTF-8 in them makes the frame malformed JSON, like anywhere else in it.
+            self._protocol_errors += 1
+            self._errors += 1
+            err = ProtocolError(f"malformed JSON: {exc}")
+            conn.out += encode_error(err.varlink_name, err.params)
+            return False
         ctx = CallContext(conn.peer, entry.interface, entry.method, call.more, call.oneway, conn.id)
         mark = len(conn.out)
         try:
