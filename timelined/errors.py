@@ -248,12 +248,13 @@ class FatalStorageError(TimelinedError):
 
     name = "FatalStorageError"
 
-    def __init__(self, path: str, errno: int, strerror: str) -> None:
+    def __init__(self, path: str, errno: int, strerror: str, operation: str = "fsync") -> None:
         super().__init__(
-            f"fsync of {path} failed: {strerror} (errno {errno}); the daemon stops so that "
-            "recovery can run from the log",
+            f"{operation} of {path} failed: {strerror} (errno {errno}); the daemon stops so "
+            "that recovery can run from the log",
             path=path,
             errno=errno,
+            operation=operation,
         )
 
 

@@ -64,9 +64,15 @@ class MarkerRead(msgspec.Struct, frozen=True):
 def take_marker(path: Path, fileops: FileOps | None = None) -> MarkerRead:
     """Read and remove the marker (directory fsynced), before anything else is written."""
     ops = fileops or OsFileOps()
+    tmp = path.with_name(path.name + ".tmp")
+    stale_tmp = tmp.exists()  # a stop that died mid-write committed no marker
+    if stale_tmp:
+        ops.unlink(str(tmp))
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
+        if stale_tmp:
+            ops.fsync_dir(str(path.parent))
         return MarkerRead(None, "absent")
     try:
         marker: Marker | None = msgspec.json.decode(raw, type=Marker)
@@ -74,18 +80,20 @@ def take_marker(path: Path, fileops: FileOps | None = None) -> MarkerRead:
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         marker, problem = None, f"unreadable marker: {exc}"
     ops.unlink(str(path))
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        ops.unlink(str(tmp))  # a stop that died mid-write committed no marker
-    ops.fsync_dir(str(path.parent))  # a stop that died mid-write: no marker was committed
+    ops.fsync_dir(str(path.parent))
     return MarkerRead(marker, problem)
 
 
 def mark_clean(
-    path: Path, head_seq: int, head_hash: str, segment_path: str | None, size: int
+    path: Path,
+    head_seq: int,
+    head_hash: str,
+    segment_path: str | None,
+    size: int,
+    fileops: FileOps | None = None,
 ) -> Marker:
     """Write the marker for a log that ends at `head_seq` in `segment_path` of `size` bytes."""
     name = Path(segment_path).name if segment_path else ""
     marker = make_marker(head_seq, head_hash, name, size)
-    write_marker(path, marker)
+    write_marker(path, marker, fileops)
     return marker
