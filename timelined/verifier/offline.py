@@ -114,7 +114,8 @@ def run_offline(state_dir: Path, *, as_json: bool, progress: bool) -> int:
 def render(report: VerifyReport, state_dir: Path | None = None) -> str:
     """A verification report for a person."""
     lines = [f"timelined verify: {state_dir}" if state_dir else f"verification {report.id}"]
-    lines.append(f"result: {report.state.upper()}: {report.summary}")
+    _, _, said = report.summary.partition(": ")
+    lines.append(f"result: {report.state.upper()}: {said or report.summary}")
     chain = report.chain
     if chain is not None:
         scope = f"up to seq {chain.upto_seq}" if chain.upto_seq is not None else "the whole log"
@@ -126,14 +127,25 @@ def render(report: VerifyReport, state_dir: Path | None = None) -> str:
             d = chain.damage
             where = f" in {d.segment}" if d.segment else ""
             where += f" at offset {d.offset}" if d.offset is not None else ""
-            lines.append(f"  FIRST BAD SEQ {d.seq}{where}: {d.kind}: {d.detail}")
+            found = (
+                f" (the line there holds seq {d.found_seq})"
+                if d.found_seq is not None and d.found_seq != d.seq
+                else ""
+            )
+            lines.append(f"  FIRST BAD SEQ {d.seq}{where}: {d.kind}: {d.detail}{found}")
         else:
             lines.append(f"  hash chain intact through seq {chain.head_seq}")
-    lines.append(
-        f"state: snapshot at seq {report.snapshot_seq}; {report.events_checked} events replayed "
-        "and compared entity by entity"
-    )
-    if report.search_index:
+    if report.search_index.startswith("not checked: the log could not be replayed"):
+        lines.append(
+            f"state: snapshot at seq {report.snapshot_seq}; not compared: the log cannot be "
+            "replayed to it"
+        )
+    else:
+        lines.append(
+            f"state: snapshot at seq {report.snapshot_seq}; {report.events_checked} events "
+            "replayed and compared entity by entity"
+        )
+    if report.search_index and not report.search_index.startswith("not checked: the log"):
         lines.append(f"  search index: {report.search_index}")
     if report.differences_total:
         shown = len(report.differences)

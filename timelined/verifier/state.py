@@ -184,7 +184,8 @@ def _fts_integrity(conn: sqlite3.Connection, out: Differences) -> str:
                 entity="search index",
                 id="blocks_fts",
                 kind="changed",
-                detail=f"FTS5 integrity-check failed: {exc}",
+                detail="FTS5's integrity-check finds the index does not match the blocks' "
+                f"content (SQLite says: {exc})",
             )
         )
         return "integrity-check failed"
