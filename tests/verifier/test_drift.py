@@ -245,3 +245,26 @@ async def test_live_drift_is_noticed_repaired_and_clean_again(tmp_path: Path) ->
     assert any("DRIFT" in s for s in statuses)
     reports = sorted((state_dir / "reports").glob("repair-*.json"))
     assert len(reports) == 5
+
+
+def test_state_ahead_of_the_log(small_dir: Path) -> None:
+    """meta.last_seq pushed past the log's end: offline that is damage (records missing from
+    the log's end, or the state edited: nothing tells which); the daemon, knowing what it
+    committed, calls it drift."""
+    db = small_dir / "state.db"
+    head = int(str(query(db, "SELECT last_seq FROM meta")[0][0]))
+    sqlite3_cli(db, "UPDATE meta SET last_seq = last_seq + 5")
+    offline = verify_offline(small_dir)
+    assert offline.state == "damaged"
+    assert offline.chain is not None and offline.chain.damage is not None
+    assert (offline.chain.damage.kind, offline.chain.damage.seq) == ("truncated", head + 1)
+    daemon = verify_paths(
+        Paths.of(small_dir, small_dir.parent / "work"),
+        trigger="test",
+        head=lambda: head,
+        processes=False,
+    )
+    assert daemon.state == "drift", daemon.summary
+    diff = next(d for d in daemon.differences if d.entity == "meta")
+    assert {f.field for f in diff.fields} >= {"last_seq"}
+    assert any("past the daemon's committed head" in note for note in daemon.notes)

@@ -76,15 +76,6 @@ class Cancelled(Exception):
     """The run was cancelled (the daemon is stopping); its children were killed."""
 
 
-class WorkerFailed(Exception):
-    """A child process failed; `log_seq` is set when it failed on the log."""
-
-    def __init__(self, error: str, log_seq: int | None = None) -> None:
-        super().__init__(error)
-        self.error = error
-        self.log_seq = log_seq
-
-
 @dataclass(frozen=True, slots=True)
 class Paths:
     """Where a run reads and where it may write scratch files."""

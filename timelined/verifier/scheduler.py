@@ -139,6 +139,7 @@ class Verifier:
         return self._latest
 
     def status(self) -> VerifyStatus:
+        """The verifier's part of GetStatus (cheap: no I/O)."""
         latest = self._latest
         state: StatusState = "running" if self._running else (self._last_state or "never")
         return VerifyStatus(
@@ -237,9 +238,9 @@ class Verifier:
         try:
             try:
                 report = await self._in_thread(partial(self._verify_sync, trigger))
-            except (Exception, Cancelled) as exc:
-                if isinstance(exc, Cancelled):
-                    raise
+            except Cancelled:
+                raise
+            except Exception as exc:
                 log.exception("a verification run failed")
                 report = _failed_report(trigger, f"{type(exc).__name__}: {exc}")
             await anyio.to_thread.run_sync(self._save, report)
@@ -261,10 +262,12 @@ class Verifier:
         )
 
     def _clean_scratch(self) -> None:
-        """Remove scratch files a killed run left in STATE_DIR/tmp (one run at a time here)."""
+        """Remove scratch files a killed run or repair left in STATE_DIR/tmp (called with the
+        run lock held: no other run or repair is using the directory)."""
         work = self._paths.work_dir
         if work.is_dir():
-            for leftover in [*work.glob("verify-*.db*"), *work.glob("state-*.db*")]:
+            names = ("verify-*.db*", "state-*.db*", "repair-*.db*")
+            for leftover in [path for name in names for path in work.glob(name)]:
                 leftover.unlink(missing_ok=True)
 
     def _save(self, report: VerifyReport) -> None:
@@ -388,6 +391,14 @@ class Verifier:
         return p.parent == self._state_dir and p.name in ("state.db", "state.db-wal")
 
     async def _watch_files(self) -> None:
+        """Watch STATE_DIR; without file events (no inotify, say) the data_version poll and the
+        interval runs remain, so a failure here is logged, not fatal to the daemon."""
+        try:
+            await self._watch_files_unguarded()
+        except Exception:
+            log.exception("watching %s failed; changes are found by polling only", self._state_dir)
+
+    async def _watch_files_unguarded(self) -> None:
         self._paths.log_dir.mkdir(parents=True, exist_ok=True)
         await anyio.to_thread.run_sync(self._logwatch.baseline)
         async for changes in watchfiles.awatch(
@@ -397,9 +408,10 @@ class Verifier:
             step=50,
             recursive=True,
         ):
-            segments = {Path(p).name for _c, p in changes if Path(p).parent == self._paths.log_dir}
-            if len(segments) < len(changes):
-                self._poke_data_version.set()
+            paths = [Path(p) for _change, p in changes]
+            segments = {p.name for p in paths if p.parent == self._paths.log_dir}
+            if any(p.parent == self._state_dir for p in paths):
+                self._poke_data_version.set()  # state.db or its WAL: ask the write connection
             if not segments:
                 continue
             foreign = await anyio.to_thread.run_sync(self._logwatch.check, segments)
