@@ -50,6 +50,7 @@ from timelined.errors import (
 )
 from timelined.events import DAEMON, ActorLike, Event, Record
 from timelined.histogram import BATCH_SIZE_BOUNDS, SECONDS_BOUNDS, Histogram
+from timelined.hotstate import HotState
 from timelined.ids import utc_now
 from timelined.state.apply import FtsRows, apply, insert_fts, set_meta
 from timelined.state.db import data_version, open_write, read_meta
@@ -105,12 +106,24 @@ class _Pending:
 class _CommandTx:
     """One command's view of the batch: emits events with seqs continuing the batch's."""
 
-    __slots__ = ("_conn", "_limits", "actor", "fts", "lines", "prev", "records", "seq", "ts")
+    __slots__ = (
+        "_conn",
+        "_hot",
+        "_limits",
+        "actor",
+        "fts",
+        "lines",
+        "prev",
+        "records",
+        "seq",
+        "ts",
+    )
 
     def __init__(
         self,
         conn: sqlite3.Connection,
         limits: LimitsConfig,
+        hot: HotState,
         seq: int,
         prev: str,
         actor: ActorLike,
@@ -118,6 +131,7 @@ class _CommandTx:
     ) -> None:
         self._conn = conn
         self._limits = limits
+        self._hot = hot
         self.seq = seq
         self.prev = prev
         self.actor = actor
@@ -134,9 +148,14 @@ class _CommandTx:
     def limits(self) -> LimitsConfig:
         return self._limits
 
+    @property
+    def hot(self) -> HotState:
+        return self._hot
+
     def emit(self, event: Event) -> Record:
         record, line = encode_record(self.seq + 1, self.ts, self.actor, event, self.prev)
         apply(self._conn, record, self.fts)
+        self._hot.observe(event)
         self.seq = record.seq
         self.prev = record.hash
         self.lines.append(line)
@@ -178,6 +197,8 @@ class Engine:
         self._resumed = anyio.Event()
         self._resumed.set()
         self._data_version = data_version(conn)
+        # The writer's cache for appends; see hotstate.py for why it stays equal to the state.
+        self.hot = HotState()
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -303,7 +324,11 @@ class Engine:
         self._resumed = anyio.Event()
         try:
             async with self._limiter:
-                yield self._conn
+                self.hot.clear()  # the holder may change the state behind the writer
+                try:
+                    yield self._conn
+                finally:
+                    self.hot.clear()
         finally:
             self._pause_depth -= 1
             if self._pause_depth == 0:
@@ -312,6 +337,7 @@ class Engine:
     def replace_connection(self, conn: sqlite3.Connection) -> None:
         """Swap in a rebuilt state database (only inside `paused()`)."""
         self._conn = conn
+        self.hot.clear()
         meta = read_meta(conn)
         assert (meta.last_seq, meta.last_hash) == (self.last_seq, self.last_hash)
         self._data_version = data_version(conn)
@@ -328,6 +354,8 @@ class Engine:
             version = data_version(self._conn)
             changed = version != self._data_version
             self._data_version = version
+            if changed:
+                self.hot.clear()  # another process wrote the state: nothing cached holds
             return changed
 
         return await anyio.to_thread.run_sync(check, limiter=self._limiter)
@@ -404,6 +432,7 @@ class Engine:
         try:
             return self._run_batch_unguarded(batch)
         except sqlite3.Error as exc:
+            self.hot.clear()
             fatal = FatalStorageError(str(self.config.state_db), 0, f"state database: {exc}")
             try:
                 self._conn.execute("ROLLBACK")
@@ -425,11 +454,12 @@ class Engine:
         fts: FtsRows = []
         accepted: list[_Pending] = []
         for pending in batch:
-            tx = _CommandTx(conn, self.limits, seq, prev, pending.actor, utc_now())
+            tx = _CommandTx(conn, self.limits, self.hot, seq, prev, pending.actor, utc_now())
             conn.execute("SAVEPOINT command")
             try:
                 pending.result = rules.execute(tx, pending.command, tx.ts)
             except TimelinedError as exc:
+                self.hot.clear()  # whatever the command taught the cache is undone with it
                 conn.execute("ROLLBACK TO command")
                 conn.execute("RELEASE command")
                 pending.error = exc
@@ -438,6 +468,7 @@ class Engine:
             except Exception as exc:
                 # Any other failure is a bug in one command: it must not stop the writer (and
                 # with it every other client), so it is undone and answered like a refusal.
+                self.hot.clear()
                 conn.execute("ROLLBACK TO command")
                 conn.execute("RELEASE command")
                 log.exception("command %s failed unexpectedly", type(pending.command).__name__)
@@ -460,11 +491,13 @@ class Engine:
             self._writer.write_batch(b"".join(lines), records[0].seq, seq, prev)
             fsync_s = time.perf_counter() - started
         except FatalStorageError as exc:
+            self.hot.clear()
             conn.execute("ROLLBACK")
             self._refuse(accepted, exc)
             self._go_fatal(exc)
             return []
         except (StorageError, TimelinedError) as exc:
+            self.hot.clear()  # the batch is rolled back: so is everything cached from it
             conn.execute("ROLLBACK")
             self._refuse(accepted, exc)
             self.stats.disk_full += 1
@@ -480,6 +513,7 @@ class Engine:
             # boot rolls them forward. Answering them as failed is honest (the outcome is
             # unknown to the client) and block ids make a retry idempotent.
             fatal = FatalStorageError(str(self.config.state_db), 0, f"state commit failed: {exc}")
+            self.hot.clear()
             try:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:

@@ -28,6 +28,7 @@ from timelined.errors import (
     InvalidTransition,
     LimitExceeded,
 )
+from timelined.hotstate import HotState
 from timelined.ids import new_id, normalize_ts
 from timelined.state import queries as q
 from timelined.state.model import Block, Context, Conversation, CrossRef
@@ -49,6 +50,11 @@ class Tx(Protocol):
 
     @property
     def limits(self) -> LimitsConfig: ...
+
+    @property
+    def hot(self) -> HotState:
+        """The writer's cache of what appends check (`hotstate.py`), kept by `emit`."""
+        ...
 
     def emit(self, event: ev.Event) -> ev.Record:
         """Encode with the next seq, apply to the state, queue the line for the batch's write."""
@@ -333,17 +339,31 @@ def _append_block(tx: Tx, c: cmd.AppendBlock, now: str) -> AppendResult:
             if _same_block(stored, data, c.timestamp is not None):
                 return AppendResult(block=stored, seq=stored.seq)  # a safe retry: no new event
             raise BlockIdConflict(c.id, stored.context_id)
-    ctx = _context(tx.conn, c.context_id)
-    _require(
-        ctx, ("active", "paused"), "append a block to", "blocks go to active or paused contexts"
-    )
-    _writable_conversation(tx.conn, ctx, "append a block to")
+    # The context and its conversation from the writer's cache (hotstate.py): no SELECT after
+    # the first append to a context. Same checks, same order, same errors as `_context`,
+    # `_require` and `_writable_conversation`.
+    ctx = tx.hot.context(tx.conn, c.context_id)
+    if ctx is None:
+        raise ContextNotFound(c.context_id)
+    if ctx.status != "active" and ctx.status != "paused":
+        raise InvalidTransition(
+            ctx.id, ctx.status, "append a block to", "blocks go to active or paused contexts"
+        )
+    conv_status = tx.hot.conversation_status(tx.conn, ctx.conversation_id)
+    if conv_status is None:
+        raise ConversationNotFound(ctx.conversation_id)
+    if conv_status == "archived":
+        raise InvalidTransition(
+            ctx.conversation_id,
+            "archived",
+            "append a block to",
+            "the conversation is archived (read-only)",
+        )
+    position = ctx.blocks + 1
     event = ev.BlockAppended(block=data)
     _check_size(tx, event)
     record = tx.emit(event)
-    return AppendResult(
-        block=block_from_data(data, record.seq, ctx.block_count + 1), seq=record.seq
-    )
+    return AppendResult(block=block_from_data(data, record.seq, position), seq=record.seq)
 
 
 def _import(tx: Tx, c: cmd.ImportEvents) -> Conversation:
