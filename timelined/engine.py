@@ -152,8 +152,8 @@ class _CommandTx:
     def hot(self) -> HotState:
         return self._hot
 
-    def emit(self, event: Event) -> Record:
-        record, line = encode_record(self.seq + 1, self.ts, self.actor, event, self.prev)
+    def emit(self, event: Event, data: bytes | None = None) -> Record:
+        record, line = encode_record(self.seq + 1, self.ts, self.actor, event, self.prev, data)
         apply(self._conn, record, self.fts)
         self._hot.observe(event)
         self.seq = record.seq
@@ -453,29 +453,48 @@ class Engine:
         records: list[Record] = []
         fts: FtsRows = []
         accepted: list[_Pending] = []
+        hot, limits = self.hot, self.limits
+        ts = utc_now()  # one timestamp for the whole batch: its records are written together
         for pending in batch:
-            tx = _CommandTx(conn, self.limits, self.hot, seq, prev, pending.actor, utc_now())
-            conn.execute("SAVEPOINT command")
+            command = pending.command
+            tx = _CommandTx(conn, limits, hot, seq, prev, pending.actor, ts)
+            # An AppendBlock needs no savepoint: `rules._append_block` raises every refusal
+            # before it emits, and its one `emit` applies exactly one SQL statement (INSERT INTO
+            # blocks; the full-text row waits for the batch's `insert_fts`). A statement is atomic
+            # on its own, so a refused or failing append has nothing to undo. The one case that
+            # would need undoing (a failure after the INSERT, or an SQL error, which may have
+            # undone more than the statement) undoes the whole batch below.
+            guarded = type(command) is not cmd.AppendBlock
+            if guarded:
+                conn.execute("SAVEPOINT command")
             try:
-                pending.result = rules.execute(tx, pending.command, tx.ts)
+                pending.result = rules.execute(tx, command, ts)
             except TimelinedError as exc:
-                self.hot.clear()  # whatever the command taught the cache is undone with it
-                conn.execute("ROLLBACK TO command")
-                conn.execute("RELEASE command")
+                hot.clear()  # whatever the command taught the cache is undone with it
+                if guarded:
+                    conn.execute("ROLLBACK TO command")
+                    conn.execute("RELEASE command")
+                elif tx.records:
+                    return self._undo_batch(batch, exc)
                 pending.error = exc
                 self.stats.refused += 1
                 continue
             except Exception as exc:
                 # Any other failure is a bug in one command: it must not stop the writer (and
                 # with it every other client), so it is undone and answered like a refusal.
-                self.hot.clear()
-                conn.execute("ROLLBACK TO command")
-                conn.execute("RELEASE command")
-                log.exception("command %s failed unexpectedly", type(pending.command).__name__)
-                pending.error = InternalError(f"{type(exc).__name__}: {exc}")
+                hot.clear()
+                log.exception("command %s failed unexpectedly", type(command).__name__)
+                error = InternalError(f"{type(exc).__name__}: {exc}")
+                if guarded:
+                    conn.execute("ROLLBACK TO command")
+                    conn.execute("RELEASE command")
+                elif tx.records or isinstance(exc, sqlite3.Error):
+                    return self._undo_batch(batch, error)
+                pending.error = error
                 self.stats.refused += 1
                 continue
-            conn.execute("RELEASE command")
+            if guarded:
+                conn.execute("RELEASE command")
             seq, prev = tx.seq, tx.prev
             lines.extend(tx.lines)
             records.extend(tx.records)
@@ -525,6 +544,26 @@ class Engine:
         self.stats.events += len(records)
         self.stats.observe(len(batch), fsync_s)
         return records
+
+    def _undo_batch(self, batch: list[_Pending], error: TimelinedError) -> list[Record]:
+        """Roll the whole batch back and answer each of its commands with `error`.
+
+        For a command without a savepoint that failed after changing the state (never expected:
+        see `_run_batch_unguarded`): nothing of the batch is logged or committed, the writer
+        goes on. An SQL error may already have ended the transaction: then there is nothing to
+        roll back (and a failing ROLLBACK is fatal, through `_run_batch`).
+        """
+        self.hot.clear()
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+        log.error("a batch of %d commands was undone: %s", len(batch), error.message)
+        for pending in batch:
+            if pending.error is None:
+                pending.result = None
+                pending.error = error
+                self.stats.refused += 1
+        self.stats.commands += len(batch)
+        return []
 
     @property
     def writer(self) -> LogWriter | None:

@@ -56,8 +56,10 @@ class Tx(Protocol):
         """The writer's cache of what appends check (`hotstate.py`), kept by `emit`."""
         ...
 
-    def emit(self, event: ev.Event) -> ev.Record:
-        """Encode with the next seq, apply to the state, queue the line for the batch's write."""
+    def emit(self, event: ev.Event, data: bytes | None = None) -> ev.Record:
+        """Encode with the next seq, apply to the state, queue the line for the batch's write.
+
+        `data`: the event's `encode_data` bytes when the rule has them already (size check)."""
         ...
 
 
@@ -94,10 +96,12 @@ def _require(
         raise InvalidTransition(ctx.id, ctx.status, action, why)
 
 
-def _check_size(tx: Tx, event: ev.Event, limit: str = "max_block_bytes") -> None:
-    size = len(ev.encode_data(event))
-    if size > tx.limits.max_block_bytes:
-        raise LimitExceeded(limit, size, tx.limits.max_block_bytes)
+def _check_size(tx: Tx, event: ev.Event, limit: str = "max_block_bytes") -> bytes:
+    """The event's encoded data (passed on to `emit`: encoded once), or LimitExceeded."""
+    data = ev.encode_data(event)
+    if len(data) > tx.limits.max_block_bytes:
+        raise LimitExceeded(limit, len(data), tx.limits.max_block_bytes)
+    return data
 
 
 # --- conversations -----------------------------------------------------------------------------
@@ -110,8 +114,7 @@ def _create_conversation(tx: Tx, c: cmd.CreateConversation) -> Conversation:
         root_context_id=new_id("ctx"),
         metadata=c.metadata or {},
     )
-    _check_size(tx, event)
-    tx.emit(event)
+    tx.emit(event, _check_size(tx, event))
     return _conversation(tx.conn, event.conversation_id)
 
 
@@ -122,8 +125,7 @@ def _update_conversation(tx: Tx, c: cmd.UpdateConversation) -> Conversation:
     if c.name is None and c.metadata is None:
         raise InvalidArgument("name", "give a new name, new metadata, or both")
     event = ev.ConversationUpdated(conversation_id=c.id, name=c.name, metadata=c.metadata)
-    _check_size(tx, event)
-    tx.emit(event)
+    tx.emit(event, _check_size(tx, event))
     return _conversation(tx.conn, c.id)
 
 
@@ -195,8 +197,7 @@ def _merge(tx: Tx, c: cmd.MergeContext) -> Context:
         block_id=new_id("blk"),
         block_count=q.own_block_count(tx.conn, ctx.id),
     )
-    _check_size(tx, event)
-    tx.emit(event)
+    tx.emit(event, _check_size(tx, event))
     return _context(tx.conn, c.id)
 
 
@@ -361,8 +362,7 @@ def _append_block(tx: Tx, c: cmd.AppendBlock, now: str) -> AppendResult:
         )
     position = ctx.blocks + 1
     event = ev.BlockAppended(block=data)
-    _check_size(tx, event)
-    record = tx.emit(event)
+    record = tx.emit(event, _check_size(tx, event))
     return AppendResult(block=block_from_data(data, record.seq, position), seq=record.seq)
 
 

@@ -61,6 +61,7 @@ async def test_verification_while_writers_append(large_dir: Path) -> None:
     async with Engine.open(config) as engine:
         start_seq = engine.last_seq
         assert start_seq >= 20_000
+        segments_before = len(list_segments(config.log_dir))
         verifier = Verifier(config, engine, processes=True)
         contexts = open_contexts(config.state_db)
         stop = anyio.Event()
@@ -100,7 +101,7 @@ async def test_verification_while_writers_append(large_dir: Path) -> None:
     assert reports[-1].snapshot_seq > start_seq  # the writers' changes were part of a run
     triggers = [read_report(p).trigger for p in list_reports(config.reports_dir)]
     assert status.runs == 2 and status.drift_runs == 0, (status, triggers)
-    assert len(list_segments(config.log_dir)) > len(list_segments(config.log_dir)) // 2 > 5
+    assert len(list_segments(config.log_dir)) > segments_before + 3  # rotations meanwhile
 
 
 async def test_log_watch_tells_our_writes_from_others(small_dir: Path) -> None:

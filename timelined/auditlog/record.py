@@ -59,9 +59,13 @@ _envelope = msgspec.json.Decoder(_Envelope)
 
 
 def encode_record(
-    seq: int, ts: str, actor: ActorLike, event: Event, prev: str
+    seq: int, ts: str, actor: ActorLike, event: Event, prev: str, data: bytes | None = None
 ) -> tuple[Record, bytes]:
-    """The record and its line (newline included), hashed by the rule above."""
+    """The record and its line (newline included), hashed by the rule above.
+
+    `data`, when given, must be `encode_data(event)` (the writer encodes an event once, for its
+    size check and its line).
+    """
     global _valid_ts, _valid_prev
     if seq < 1:
         raise ValueError(f"seq must be >= 1, not {seq}")
@@ -85,7 +89,7 @@ def encode_record(
             % (seq, ts.encode(), event.type_name.encode()),
             actor_json,
             b',"data":',
-            encode_data(event),
+            encode_data(event) if data is None else data,
             b',"prev":"',
             prev.encode(),
             b'"',
