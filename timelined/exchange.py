@@ -20,11 +20,12 @@ from typing import Any, Literal
 import msgspec
 
 from timelined import __version__
+from timelined import commands as cmd
 from timelined import events as ev
 from timelined.auditlog import RecordError, decode_content, read_lines
 from timelined.errors import ImportRejected
 from timelined.events import Record
-from timelined.ids import new_id, utc_now
+from timelined.ids import new_id, normalize_ts, utc_now
 from timelined.state import queries as q
 from timelined.state.apply import apply
 from timelined.state.db import open_scratch
@@ -191,6 +192,11 @@ def verify_document(doc: ExportDocument) -> list[Record]:
             ) from None
         if record.seq <= last:
             raise ImportRejected(f"events out of order at seq {record.seq}", record.seq)
+        problem = _refused_directly(record.event)
+        if problem is not None:
+            # Anyone can make a self-consistent document: what a direct write refuses, an
+            # import refuses too.
+            raise ImportRejected(f"event {record.seq}: {problem}", record.seq)
         last = record.seq
         records.append(record)
     if not records or not isinstance(records[0].event, ev.ConversationCreated):
@@ -205,12 +211,45 @@ def verify_document(doc: ExportDocument) -> list[Record]:
     try:
         conn.execute("BEGIN")
         for r in records:
-            apply(conn, r)
+            try:
+                apply(conn, r)
+            except Exception as exc:  # a forged event the state cannot hold (or a bug)
+                raise ImportRejected(
+                    f"event {r.seq} does not replay: {type(exc).__name__}: {exc}", r.seq
+                ) from None
         conn.execute("COMMIT")
         _compare(conn, doc)
     finally:
         conn.close()
     return records
+
+
+def _refused_directly(event: ev.Event) -> str | None:
+    """Why a direct write would refuse what `event` holds (None: it would not)."""
+    try:
+        if isinstance(event, ev.BlockAppended):
+            block = event.block
+            msgspec.convert(msgspec.to_builtins(block), cmd.AppendBlock)
+            if normalize_ts(block.timestamp) != block.timestamp:
+                return f"block timestamp {block.timestamp!r} is not in the log's format"
+        elif isinstance(event, ev.ConversationCreated | ev.ConversationUpdated):
+            cmd.check_nesting("metadata", event.metadata)
+    except (msgspec.ValidationError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def _within(contexts: list[Context]) -> list[Context]:
+    """The contexts with only the cross-references inside the conversation: one from another
+    conversation is in the header (the tree as it is) but not in the events (that event
+    belongs to the other conversation), and an import drops those anyway."""
+    ids = {c.id for c in contexts}
+    return [
+        msgspec.structs.replace(
+            c, crossrefs=[x for x in c.crossrefs if x.from_id in ids and x.to_id in ids]
+        )
+        for c in contexts
+    ]
 
 
 def _seq_of(line: str) -> int | None:
@@ -226,7 +265,7 @@ def _compare(conn: sqlite3.Connection, doc: ExportDocument) -> None:
     replayed = q.get_conversation(conn, h.conversation.id)
     if replayed != h.conversation:
         raise ImportRejected("the conversation in the header does not match its events")
-    if q.get_tree(conn, h.conversation.id) != h.contexts:
+    if _within(q.get_tree(conn, h.conversation.id)) != _within(h.contexts):
         raise ImportRejected("the tree in the header does not match its events")
     claimed = {b.id: b for b in doc.blocks}
     if len(claimed) != len(doc.blocks):

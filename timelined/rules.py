@@ -373,8 +373,19 @@ def _import(tx: Tx, c: cmd.ImportEvents) -> Conversation:
     if c.mode == "keep":
         _refuse_existing(tx.conn, c.events)
     for event in c.events:
+        if isinstance(event, _SIZE_CHECKED):
+            _check_size(tx, event)  # as for the direct command
         tx.emit(event)
     return _conversation(tx.conn, first.conversation_id)
+
+
+# The events whose direct commands check max_block_bytes.
+_SIZE_CHECKED = (
+    ev.ConversationCreated,
+    ev.ConversationUpdated,
+    ev.ContextMerged,
+    ev.BlockAppended,
+)
 
 
 def _refuse_existing(conn: sqlite3.Connection, events: list[ev.Event]) -> None:

@@ -221,13 +221,14 @@ def test_a_burst_of_connections_over_the_limit(target: FuzzTarget) -> None:
 # --- hang-ups -----------------------------------------------------------------------------------
 
 
-def fill_context(target: FuzzTarget, blocks: int, size: int) -> str:
-    """A context whose ListBlocks reply is `blocks` * `size` bytes, for large replies."""
-    conv = exchange(
+def fill_context(target: FuzzTarget, blocks: int, size: int) -> tuple[str, str]:
+    """(conversation, context) whose ListBlocks reply is `blocks` * `size` bytes."""
+    reply = exchange(
         target.socket_path,
         [encode_call("io.timelined.Timeline.CreateConversation", {"name": "big"})],
     ).frames[0]
-    ctx = json.loads(conv)["parameters"]["conversation"]["root_context_id"]
+    conv = json.loads(reply)["parameters"]["conversation"]
+    ctx = conv["root_context_id"]
     calls = b"".join(
         encode_call(
             "io.timelined.Timeline.AppendBlock",
@@ -237,12 +238,17 @@ def fill_context(target: FuzzTarget, blocks: int, size: int) -> str:
     )
     done = exchange(target.socket_path, [calls], timeout=120)
     assert len(done.frames) == blocks and all(b'"error"' not in f[:10] for f in done.frames)
-    return str(ctx)
+    return str(conv["id"]), str(ctx)
 
 
 @pytest.fixture(scope="module")
-def big_context(target: FuzzTarget) -> str:
+def big(target: FuzzTarget) -> tuple[str, str]:
     return fill_context(target, 120, 30_000)  # ListBlocks(limit=1000): a 3.6 MB reply
+
+
+@pytest.fixture(scope="module")
+def big_context(big: tuple[str, str]) -> str:
+    return big[1]
 
 
 def test_hangups_mid_frame_and_mid_reply(target: FuzzTarget, big_context: str) -> None:
@@ -268,21 +274,27 @@ def test_hangups_mid_frame_and_mid_reply(target: FuzzTarget, big_context: str) -
     check_health(target)
 
 
-def test_clients_that_never_read_their_replies(target: FuzzTarget, big_context: str) -> None:
-    """Four clients pipeline 3.6 MB replies and never read: the daemon stops reading from them
-    (their replies wait in their own socket buffers), the others are served, memory stays
-    bounded, and all of it is released when they go."""
+def test_clients_that_never_read_their_replies(target: FuzzTarget, big: tuple[str, str]) -> None:
+    """Four clients pipeline 3.6 MB replies, two stream exports and a whole-log Watch, and
+    none reads: the daemon stops reading from them (their replies wait in their own socket
+    buffers), the others are served, memory stays bounded, and all of it is released when
+    they go."""
+    conversation, big_context = big
     wait_connections(target, at_most=1)
     rss_before = target.rss_kib()
     list_blocks = encode_call(
         "io.timelined.Timeline.ListBlocks", {"context_id": big_context, "limit": 1000}
     )
+    export = encode_call(
+        "io.timelined.Timeline.ExportConversation", {"id": conversation}, more=True
+    )
+    watch = encode_call("io.timelined.Timeline.Watch", {}, more=True)
     hogs = []
-    for _ in range(4):
+    for payload in [list_blocks * 40] * 4 + [export * 3] * 2 + [watch]:
         s = connect(target.socket_path)
         s.setblocking(False)
         with contextlib.suppress(BlockingIOError):
-            s.send(list_blocks * 40)  # 40 calls: 144 MB of replies if all were built
+            s.send(payload)  # 40 ListBlocks: 144 MB of replies if all were built at once
         hogs.append(s)
     served = canary_calls_during(target, 2.0)
     assert served > 20, f"the canary made only {served} calls next to the hogs"

@@ -20,6 +20,7 @@ import pytest
 
 from tests.daemon.harness import REPO, DaemonProcess, inprocess_daemon, short_tempdir
 from tests.fuzz.campaign import FuzzTarget, check_health
+from tests.fuzz.exchange_fuzz import FORGED, Mutation, import_and_check
 from tests.fuzz.wire import check_reply, exchange
 from timelined import rules
 from timelined.commands import MAX_NESTING
@@ -324,3 +325,51 @@ def test_metadata_nesting_is_bounded_and_what_is_accepted_reads_back_everywhere(
             assert verify.returncode == 0, (verify.stdout[-2000:], verify.stderr[-2000:])
         finally:
             daemon.kill()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [(f, v) for f, values in sorted(FORGED.items()) for v in values]
+)
+def test_a_forged_export_cannot_import_what_a_write_refuses(
+    target: FuzzTarget, field: str, value: Any
+) -> None:
+    """Was: a self-consistent forged document (hash recomputed) imported blocks a direct
+    AppendBlock refuses — metadata nested too deeply, a role outside its pattern, negative
+    tokens, content past max_block_bytes, a timestamp that is no time — and token counts past
+    SQLite's integers made the verification replay fail with an InternalError."""
+    import_and_check(target, target.pool.conversations[0], Mutation("forge", 0, 0, (field, value)))
+    check_health(target)
+
+
+def test_an_untouched_export_imports_and_keep_is_refused(target: FuzzTarget) -> None:
+    import_and_check(target, target.pool.conversations[0], Mutation("none"))
+    import_and_check(target, target.pool.conversations[0], Mutation("keep"))
+
+
+def test_an_export_with_a_cross_reference_from_another_conversation_imports(
+    target: FuzzTarget,
+) -> None:
+    """Was: a context referred to from another conversation was exported with that
+    cross-reference in the header's tree but without its event (it belongs to the other
+    conversation), so the export could never be imported: "the tree in the header does not
+    match its events"."""
+
+    def create(name: str) -> dict[str, Any]:
+        frame = exchange(
+            target.socket_path, [encode_call(T + "CreateConversation", {"name": name})]
+        )
+        return dict(json.loads(frame.frames[0])["parameters"]["conversation"])
+
+    a, b = create("referred to"), create("referring")
+    ref = exchange(
+        target.socket_path,
+        [
+            encode_call(
+                T + "AddCrossRef",
+                {"from_id": b["root_context_id"], "to_id": a["root_context_id"], "kind": "see"},
+            )
+        ],
+    )
+    assert check_reply(ref.frames[0], T + "AddCrossRef")[0] is None
+    import_and_check(target, a["id"], Mutation("none"))
+    import_and_check(target, b["id"], Mutation("none"))

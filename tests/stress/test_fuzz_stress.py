@@ -1,9 +1,9 @@
 """The fuzzer of tests/fuzz for longer: `make stress ROUNDS=N`.
 
 The same campaigns as tests/fuzz/test_fuzz_frames.py against one real daemon, with examples
-scaled by N (FRAMES_PER_ROUND random payloads and HANGUPS_PER_ROUND hang-ups a round), in
-chunks so that memory can be watched as the run goes; a seeded random run (the seed is printed;
-TIMELINED_FUZZ_SEED replays one). One summary line:
+scaled by N (FRAMES_PER_ROUND random payloads, HANGUPS_PER_ROUND hang-ups and IMPORTS_PER_ROUND
+broken or forged exports a round), in chunks so that memory can be watched as the run goes; a
+seeded random run (the seed is printed; TIMELINED_FUZZ_SEED replays one). One summary line:
 
     fuzz: trials=N frames=N crashes=0 hangs=0 canary_failures=0
 """
@@ -22,10 +22,12 @@ from tests.fuzz.campaign import (
     run_hangups,
     stress_seed,
 )
+from tests.fuzz.exchange_fuzz import run_exchange
 from tests.stress.rounds import stress_rounds, summary
 
 FRAMES_PER_ROUND = 20
 HANGUPS_PER_ROUND = 5
+IMPORTS_PER_ROUND = 2
 CHUNKS = 10
 
 
@@ -42,6 +44,7 @@ def test_fuzz_for_rounds() -> None:
                 hangups = (HANGUPS_PER_ROUND * rounds) // CHUNKS + (chunk == 0)
                 run_frames(target, frames, seed + chunk)
                 run_hangups(target, hangups, seed + chunk)
+                run_exchange(target, (IMPORTS_PER_ROUND * rounds) // CHUNKS + 1, seed + chunk)
                 rss.append(target.rss_kib())
             facts = check_health(target)
         finally:
