@@ -13,6 +13,17 @@
 pool of connections, so consecutive calls reuse one and concurrent callers (tasks, threads) each
 get their own; both are safe to share.
 
+Streams: `watch(...)` and `export_conversation(id)` return iterators (`async for` over what the
+AsyncClient's coroutine returns). The call returns once the first reply is in, so a refusal
+(ConversationNotFound, …) is raised by the call itself, and a watch is subscribed when `watch`
+returns: every event committed from then on is delivered.
+
+    with Client() as tl:
+        for event in tl.watch(after_seq=0):          # the log so far, then live; Ctrl-C ends
+            print(event.seq, event.type, event.data)
+        parts = list(tl.export_conversation(conv.id))
+        copy = other.import_conversation(parts)     # into another daemon (other: a Client)
+
 Replies are the model Structs of `timelined.state.model` (and the reply Structs of
 `timelined.daemon.api` where a reply has several parts, e.g. a page and its `next` cursor),
 decoded with msgspec straight from the wire. Errors are raised as the same named exception
@@ -26,12 +37,13 @@ that is not running raises `DaemonUnavailable`, saying where it looked and why i
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import msgspec
 
+from timelined.auditlog.record import RecordError, check_frame
 from timelined.config import load_config
 from timelined.daemon.api import (
     METHODS,
@@ -43,6 +55,8 @@ from timelined.daemon.api import (
     ConversationsReply,
     CrossRefReply,
     HistoryReply,
+    LogEvent,
+    MetricsReply,
     ReadLogReply,
     RecoveryReportReply,
     ReloadReply,
@@ -55,11 +69,18 @@ from timelined.daemon.api import (
     StatusReply,
     VerifyReply,
     VerifyReportReply,
+    WatchReply,
 )
-from timelined.daemon.varlink import AsyncVarlinkClient, VarlinkClient, VarlinkErrorReply
+from timelined.daemon.varlink import (
+    AsyncVarlinkClient,
+    Connection,
+    VarlinkClient,
+    VarlinkErrorReply,
+)
 from timelined.daemon.varlink.service import GetInfoReply, GetInterfaceDescriptionReply
-from timelined.errors import DaemonUnavailable, TimelinedError, all_error_classes
+from timelined.errors import DaemonUnavailable, ProtocolError, TimelinedError, all_error_classes
 from timelined.events import SubBlock
+from timelined.exchange import ExportDocument, ExportPart, join_parts
 from timelined.recovery.report import Report, ReportInfo
 from timelined.rules import AppendResult
 from timelined.state.model import (
@@ -79,6 +100,7 @@ __all__ = [
     "DaemonUnavailable",
     "InterfaceNotFound",
     "InvalidParameter",
+    "LogEvent",
     "MethodNotFound",
     "MethodNotImplemented",
     "RemoteError",
@@ -228,6 +250,45 @@ def _params(**kwargs: Any) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
+_LOG_EVENT = msgspec.json.Decoder(LogEvent)
+
+
+def log_event(raw: msgspec.Raw | bytes) -> LogEvent:
+    """One event of a Watch reply (a log line), its hash checked by the log-format rule."""
+    content = bytes(raw)
+    try:
+        check_frame(content)
+    except RecordError as exc:
+        raise ProtocolError(f"a watched event is not intact: {exc.kind}") from None
+    return _LOG_EVENT.decode(content)
+
+
+def _document(document: ExportDocument | Iterable[ExportPart]) -> ExportDocument:
+    return document if isinstance(document, ExportDocument) else join_parts(list(document))
+
+
+async def _watch_events(
+    first: WatchReply, replies: AsyncGenerator[WatchReply, None]
+) -> AsyncGenerator[LogEvent, None]:
+    try:
+        for raw in first.events:
+            yield log_event(raw)
+        async for reply in replies:
+            for raw in reply.events:
+                yield log_event(raw)
+    finally:
+        await replies.aclose()
+
+
+async def _then(first: T, rest: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+    try:
+        yield first
+        async for item in rest:
+            yield item
+    finally:
+        await rest.aclose()
+
+
 # --- async -------------------------------------------------------------------------------------
 
 
@@ -272,6 +333,43 @@ class AsyncClient:
         except VarlinkErrorReply as exc:
             await self._after_error(exc)
             raise error_from_reply(exc) from None
+
+    async def _replies(self, method: str, params: Any, reply: type[T]) -> AsyncGenerator[T, None]:
+        stream = cast(AsyncGenerator[T, None], self._varlink.stream_typed(method, params, reply))
+        try:
+            async for item in stream:
+                yield item
+        except VarlinkErrorReply as exc:
+            await self._after_error(exc)
+            raise error_from_reply(exc) from None
+        finally:
+            await stream.aclose()  # mid-stream: its connection is closed, never reused
+
+    def stream(
+        self,
+        method: str,
+        parameters: Mapping[str, Any] | None = None,
+        reply_type: type[Any] | None = None,
+    ) -> AsyncIterator[Any]:
+        """Any streaming method by its full name (a `more` call): its replies, typed as the
+        declared reply (else `reply_type`, else dicts; `msgspec.Raw` gives the bytes)."""
+        declared = METHODS.get(method)
+        tp = reply_type or (declared.reply if declared is not None else dict[str, Any])
+        return self._replies(method, parameters or {}, tp)
+
+    async def _open_stream(
+        self, method: str, params: Any, reply: type[T]
+    ) -> tuple[T, AsyncGenerator[T, None]]:
+        """The first reply (a refusal is raised here) and the stream of the rest."""
+        replies = self._replies(method, params, reply)
+        try:
+            first = await replies.__anext__()
+        except StopAsyncIteration:
+            raise ProtocolError(f"{method} sent no reply") from None
+        except BaseException:
+            await replies.aclose()
+            raise
+        return first, replies
 
     # org.varlink.service
 
@@ -320,6 +418,35 @@ class AsyncClient:
     async def get_conversation_stats(self, id: str) -> ConversationStats:
         reply = await self._call(TIMELINE + "GetConversationStats", {"id": id}, StatsReply)
         return reply.stats
+
+    async def export_conversation(self, id: str) -> AsyncGenerator[ExportPart, None]:
+        """The conversation as export parts (header, events, blocks, end), streamed: the
+        coroutine returns once the header is in; iterate the result for every part."""
+        first, rest = await self._open_stream(
+            TIMELINE + "ExportConversation", {"id": id}, ExportPart
+        )
+        return _then(first, rest)
+
+    async def import_conversation(
+        self, document: ExportDocument | Iterable[ExportPart], mode: str | None = None
+    ) -> Conversation:
+        """Import an export (a document, or its parts); mode "new" (default) or "keep"."""
+        params = _params(document=_document(document), mode=mode)
+        reply = await self._call(TIMELINE + "ImportConversation", params, ConversationReply)
+        return reply.conversation
+
+    async def watch(
+        self, conversation_id: str | None = None, after_seq: int | None = None
+    ) -> AsyncGenerator[LogEvent, None]:
+        """Events past `after_seq` (from the log), then every new one as it commits.
+
+        Returns once the watch is subscribed; iterate the result (`async for`). A watcher that
+        falls too far behind gets SlowConsumer: watch again with `after_seq` = the last seq it
+        received. Close the iterator (`aclose`, or `contextlib.aclosing`) to stop early.
+        """
+        params = _params(conversation_id=conversation_id, after_seq=after_seq)
+        first, rest = await self._open_stream(TIMELINE + "Watch", params, WatchReply)
+        return _watch_events(first, rest)
 
     # contexts
 
@@ -498,6 +625,10 @@ class AsyncClient:
     async def reload(self) -> ReloadReply:
         return await self._call(ADMIN + "Reload", {}, ReloadReply)
 
+    async def get_metrics(self) -> str:
+        """The daemon's metrics in the Prometheus text format."""
+        return (await self._call(ADMIN + "GetMetrics", {}, MetricsReply)).text
+
 
 # --- blocking ----------------------------------------------------------------------------------
 
@@ -553,6 +684,43 @@ class Client:
             self._after_error(exc)
             raise error_from_reply(exc) from None
 
+    def stream(
+        self,
+        method: str,
+        parameters: Mapping[str, Any] | None = None,
+        reply_type: type[Any] | None = None,
+    ) -> Iterator[Any]:
+        """Any streaming method by its full name (a `more` call): its replies, typed as the
+        declared reply (else `reply_type`, else dicts; `msgspec.Raw` gives the bytes)."""
+        declared = METHODS.get(method)
+        tp = reply_type or (declared.reply if declared is not None else dict[str, Any])
+        return self._replies(self._varlink.stream_typed(method, parameters or {}, tp))
+
+    def _replies(self, replies: Iterator[T]) -> Generator[T, None, None]:
+        try:
+            yield from replies
+        except VarlinkErrorReply as exc:
+            self._after_error(exc)
+            raise error_from_reply(exc) from None
+
+    @staticmethod
+    def _open_stream(replies: Generator[T, None, None], method: str) -> T:
+        try:
+            return next(replies)
+        except StopIteration:
+            raise ProtocolError(f"{method} sent no reply") from None
+        except BaseException:
+            replies.close()
+            raise
+
+    @staticmethod
+    def _then(first: T, rest: Generator[T, None, None]) -> Generator[T, None, None]:
+        try:
+            yield first
+            yield from rest
+        finally:
+            rest.close()
+
     # org.varlink.service
 
     def get_info(self) -> GetInfoReply:
@@ -595,6 +763,55 @@ class Client:
 
     def get_conversation_stats(self, id: str) -> ConversationStats:
         return self._call(TIMELINE + "GetConversationStats", {"id": id}, StatsReply).stats
+
+    def export_conversation(self, id: str) -> Generator[ExportPart, None, None]:
+        """The conversation as export parts (header, events, blocks, end), streamed; returns
+        once the header is in (a refusal is raised here)."""
+        method = TIMELINE + "ExportConversation"
+        rest = self._replies(self._varlink.stream_typed(method, {"id": id}, ExportPart))
+        return self._then(self._open_stream(rest, method), rest)
+
+    def import_conversation(
+        self, document: ExportDocument | Iterable[ExportPart], mode: str | None = None
+    ) -> Conversation:
+        """Import an export (a document, or its parts); mode "new" (default) or "keep"."""
+        params = _params(document=_document(document), mode=mode)
+        return self._call(TIMELINE + "ImportConversation", params, ConversationReply).conversation
+
+    def watch(
+        self, conversation_id: str | None = None, after_seq: int | None = None
+    ) -> Generator[LogEvent, None, None]:
+        """Events past `after_seq` (from the log), then every new one as it commits.
+
+        Returns once the watch is subscribed. The watch has a connection of its own without
+        the client's timeout (it may be idle for long); closing the iterator closes it. A
+        watcher that falls too far behind gets SlowConsumer: watch again with `after_seq` =
+        the last seq it received.
+        """
+        params = _params(conversation_id=conversation_id, after_seq=after_seq)
+        method = TIMELINE + "Watch"
+        conn = Connection.open(self.socket_path, timeout=None)
+        try:
+            rest = self._replies(conn.stream_typed(method, params, WatchReply))
+            first = self._open_stream(rest, method)
+        except BaseException:
+            conn.close()
+            raise
+        return self._watch_events(conn, first, rest)
+
+    @staticmethod
+    def _watch_events(
+        conn: Connection, first: WatchReply, rest: Generator[WatchReply, None, None]
+    ) -> Generator[LogEvent, None, None]:
+        try:
+            for raw in first.events:
+                yield log_event(raw)
+            for reply in rest:
+                for raw in reply.events:
+                    yield log_event(raw)
+        finally:
+            rest.close()
+            conn.close()
 
     # contexts
 
@@ -756,6 +973,10 @@ class Client:
 
     def reload(self) -> ReloadReply:
         return self._call(ADMIN + "Reload", {}, ReloadReply)
+
+    def get_metrics(self) -> str:
+        """The daemon's metrics in the Prometheus text format."""
+        return self._call(ADMIN + "GetMetrics", {}, MetricsReply).text
 
 
 def to_json(value: Any) -> bytes:

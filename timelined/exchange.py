@@ -14,7 +14,7 @@ the conversation naming its source (`imported_from`). Ids are new (mode "new") o
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any, Literal
 
 import msgspec
@@ -107,7 +107,7 @@ class _Membership:
 
 def export_parts(
     conn: sqlite3.Connection, log_dir: str, conversation_id: str, upto_seq: int, head_hash: str
-) -> Iterator[ExportPart]:
+) -> Generator[ExportPart, None, None]:
     """The parts of an export at seq `upto_seq`, streaming (memory does not grow with size).
 
     `conn` is a read connection inside one snapshot whose last seq is `upto_seq`.

@@ -1,8 +1,12 @@
-"""Administration verbs: status, log, recovery-report, reports, verify, repair, reload."""
+"""Administration verbs: status, log, recovery-report, reports, verify, repair, reload,
+metrics."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
+from pathlib import Path
 from typing import Any
 
 from timelined.ctl.common import ADMIN, Ctl, Verbs, count, positive
@@ -43,6 +47,15 @@ def register(verbs: Verbs) -> None:
 
     p = verbs.add_parser("reload", help="re-read config.toml and apply what can change")
     p.set_defaults(run=reload)
+
+    p = verbs.add_parser("metrics", help="the daemon's metrics (Prometheus text format)")
+    p.add_argument(
+        "--textfile",
+        metavar="PATH",
+        help="write them atomically to PATH (for node_exporter's textfile collector: a *.prom "
+        "file in its --collector.textfile.directory), e.g. from a systemd timer",
+    )
+    p.set_defaults(run=metrics)
 
 
 def _duration(seconds: float) -> str:
@@ -294,4 +307,29 @@ def reload(ctl: Ctl) -> int:
             ctl.out.line("need a restart: " + ", ".join(reply.restart_required))
 
     ctl.out.reply(reply, human)
+    return 0
+
+
+def metrics(ctl: Ctl) -> int:
+    reply = ctl.call(ADMIN + "GetMetrics")
+    target = ctl.args.textfile
+    if target is None:
+        ctl.out.reply(reply, lambda: print(reply.text, end="", file=ctl.out.stdout))
+        return 0
+    # node_exporter may read the file at any moment: write a temporary file next to it and
+    # rename it over, so that it only ever sees a whole scrape.
+    path = Path(target)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(reply.text)
+            Path(tmp).chmod(0o644)
+            Path(tmp).replace(path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        ctl.out.stderr.write(f"timelinectl: cannot write {path}: {exc.strerror}\n")
+        return 73  # EX_CANTCREAT
     return 0

@@ -32,7 +32,7 @@ from timelined.client import (
     MethodNotFound,
     MethodNotImplemented,
 )
-from timelined.ctl import admin, blocks, contexts, conversations
+from timelined.ctl import admin, blocks, contexts, conversations, streams
 from timelined.ctl.common import Ctl
 from timelined.ctl.output import Output
 from timelined.errors import (
@@ -52,7 +52,7 @@ EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
 EX_CONFIG = 78
 
-VERB_GROUPS = (admin, conversations, contexts, blocks)
+VERB_GROUPS = (admin, conversations, contexts, blocks, streams)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -111,8 +111,17 @@ def report_error(out: Output, exc: TimelinedError) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # `timelinectl log | head` must end quietly, not with a BrokenPipeError traceback.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    # `timelinectl log | head` must end quietly, not with a BrokenPipeError traceback. Called
+    # with `argv` (from Python, tests), the caller's SIGPIPE handling is given back after.
+    previous = signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    try:
+        return _run(argv)
+    finally:
+        if argv is not None:
+            signal.signal(signal.SIGPIPE, previous)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     out = Output(json=args.json)
     ctl = Ctl(args, out)

@@ -1,9 +1,9 @@
 """The public contract: the interfaces `io.timelined.Timeline` and `io.timelined.Admin`.
 
-Adding a method (Watch, ExportConversation, GetMetrics, …): declare it below, add its handler
-to `methods.py`, classify it in `auth.py` (reading or writing), give the client a typed method
-and timelinectl a verb, and regenerate the `.varlink` files; tests/daemon/test_contract.py
-fails until each of these is done.
+Adding a method: declare it below, add its handler to `methods.py`, classify it in `auth.py`
+(reading or writing), give the client a typed method and timelinectl a verb, and regenerate the
+`.varlink` files; tests/daemon/test_contract.py fails until each of these is done. Streaming
+methods (Watch, ExportConversation) are async generators yielding replies (`Final` for the last).
 
 One definition. The parameter Structs of the write methods are the engine's commands
 (`timelined.commands`); the replies carry the state's model Structs (`timelined.state.model`).
@@ -27,6 +27,7 @@ import msgspec
 from timelined import commands as cmd
 from timelined import errors as err
 from timelined.daemon.varlink import ErrorDef, Interface, Method
+from timelined.exchange import ExportDocument, ExportPart, ImportMode
 from timelined.recovery.report import Report, ReportInfo
 from timelined.rules import AppendResult
 from timelined.state.model import (
@@ -46,6 +47,7 @@ __all__ = [
     "METHODS",
     "TIMELINE",
     "FeatureUnavailable",
+    "LogEvent",
 ]
 
 TIMELINE_NAME = "io.timelined.Timeline"
@@ -125,6 +127,16 @@ class SearchBlocksParams(_Params, frozen=True):
     limit: SearchLimit = 20
 
 
+class WatchParams(_Params, frozen=True):
+    conversation_id: Id | None = None
+    after_seq: Cursor | None = None
+
+
+class ImportConversationParams(_Params, frozen=True):
+    document: ExportDocument
+    mode: ImportMode = "new"
+
+
 # --- Timeline: replies -------------------------------------------------------------------------
 
 
@@ -172,6 +184,30 @@ class StatsReply(msgspec.Struct, frozen=True):
 
 class CrossRefReply(msgspec.Struct, frozen=True):
     crossref: CrossRef
+
+
+class WatchReply(msgspec.Struct, frozen=True):
+    """`events`: log lines byte for byte, in seq order (as ReadLog's). `live`: the catch-up of
+    events past `after_seq` is over; these and all later events committed after the call."""
+
+    events: list[msgspec.Raw]
+    live: bool
+
+
+class LogEvent(msgspec.Struct, frozen=True):
+    """One audit-log event as the log holds it: what the client library's `watch` yields.
+
+    (Not on the wire as a type: `actor` is an object or the string "daemon", which Varlink
+    cannot declare; Watch sends the log's lines as `object`s.)
+    """
+
+    seq: int
+    ts: str
+    type: str
+    actor: dict[str, Any] | str
+    data: dict[str, Any]
+    prev: str
+    hash: str
 
 
 # --- Admin: parameters and replies -------------------------------------------------------------
@@ -282,6 +318,12 @@ class ReloadReply(msgspec.Struct, frozen=True):
 
 class EmptyReply(msgspec.Struct, frozen=True):
     pass
+
+
+class MetricsReply(msgspec.Struct, frozen=True):
+    """`text`: the Prometheus text exposition format, version 0.0.4."""
+
+    text: str
 
 
 # --- errors: the parameters of every named error -----------------------------------------------
@@ -664,6 +706,37 @@ TIMELINE_METHODS: list[Method[Any, Any]] = [
         doc="A cross-reference between two contexts.",
     ),
     Method("RevokeCrossRef", cmd.RevokeCrossRef, CrossRefReply),
+    Method(
+        "Watch",
+        WatchParams,
+        WatchReply,
+        doc="Streams (call with `more`) the committed events past `after_seq`, read from the\n"
+        "log, then every new event as it commits, without gap or repeat; only the\n"
+        "conversation's events with `conversation_id`. The first reply after the catch-up has\n"
+        "`live` set (sent at once, empty, without `after_seq`): from then on nothing is missed.\n"
+        "A watcher that falls too far behind gets SlowConsumer and may reconnect with\n"
+        "`after_seq` set to the last seq it received. The stream ends only with an error.",
+    ),
+    Method(
+        "ExportConversation",
+        ByIdParams,
+        ExportPart,
+        doc="Streams (call with `more`) the conversation as parts, one member set in each: the\n"
+        "header (conversation and tree), the audit events behind them exactly as the log holds\n"
+        "them, the blocks, and the end (counts), last. All of it as of one snapshot. Joined,\n"
+        "the parts are the `document` of ImportConversation; `timelinectl export` writes one\n"
+        "part per line.",
+    ),
+    Method(
+        "ImportConversation",
+        ImportConversationParams,
+        ConversationReply,
+        doc="Checks an export against itself (every event's hash; replaying the events must\n"
+        "give the header's conversation and tree and the document's blocks), then re-creates\n"
+        "it through normal events naming their source (`imported_from`, `original_hash`).\n"
+        'Mode "new" (default) gives everything new ids; "keep" keeps the ids and is refused\n'
+        "when one exists. A refused document gets ImportRejected with the reason.",
+    ),
 ]
 
 ADMIN_METHODS: list[Method[Any, Any]] = [
@@ -714,6 +787,14 @@ ADMIN_METHODS: list[Method[Any, Any]] = [
         EmptyParams,
         ReloadReply,
         doc="Re-reads config.toml and applies what can change without a restart.",
+    ),
+    Method(
+        "GetMetrics",
+        EmptyParams,
+        MetricsReply,
+        doc="Counters, gauges and histograms in the Prometheus text format: appends, batch\n"
+        "sizes, fsync latency, queue depth, connections, watchers, verify runs and drift,\n"
+        "the boot verdict.",
     ),
 ]
 

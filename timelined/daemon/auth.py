@@ -43,11 +43,14 @@ READ_ONLY_METHODS = frozenset(
         f"{TIMELINE_NAME}.GetHistory",
         f"{TIMELINE_NAME}.SearchBlocks",
         f"{TIMELINE_NAME}.GetConversationStats",
+        f"{TIMELINE_NAME}.Watch",
+        f"{TIMELINE_NAME}.ExportConversation",
         f"{ADMIN_NAME}.GetStatus",
         f"{ADMIN_NAME}.ReadLog",
         f"{ADMIN_NAME}.GetRecoveryReport",
         f"{ADMIN_NAME}.ListReports",
         f"{ADMIN_NAME}.GetVerifyReport",
+        f"{ADMIN_NAME}.GetMetrics",
     }
 )
 """Methods that change nothing and start no work: what `read_only_gids` may call."""
@@ -69,6 +72,7 @@ WRITE_METHODS = frozenset(
         f"{TIMELINE_NAME}.SetTags",
         f"{TIMELINE_NAME}.AddCrossRef",
         f"{TIMELINE_NAME}.RevokeCrossRef",
+        f"{TIMELINE_NAME}.ImportConversation",
         f"{ADMIN_NAME}.Verify",
         f"{ADMIN_NAME}.Repair",
         f"{ADMIN_NAME}.Reload",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from timelined.daemon.varlink import (
     listen_unix,
     listener_from_socket,
 )
+from timelined.daemon.watch import WatchHub
 from timelined.engine import Engine
 from timelined.errors import ConfigError, FatalStorageError, StateLocked
 from timelined.ids import utc_now
@@ -148,6 +150,8 @@ async def _serve_async(
         app = App(
             config=config, engine=engine, boot=booted.report, server=server, started_at=utc_now()
         )
+        app.extras["started_monotonic"] = time.monotonic()  # GetMetrics' uptime
+        app.extras["watch"] = WatchHub(engine)  # subscribed before the first commit it serves
         _register(server, app)
         listener, ours = await _listener(config)
         async with anyio.create_task_group() as tg:

@@ -16,15 +16,16 @@ import logging
 import os
 import re
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any, cast
 
 import anyio
 import msgspec
 
-from timelined import __version__
+from timelined import __version__, exchange
 from timelined import commands as cmd
 from timelined.auditlog import read_lines
 from timelined.daemon.api import (
@@ -46,9 +47,11 @@ from timelined.daemon.api import (
     GetRecoveryReportParams,
     GetTreeParams,
     HistoryReply,
+    ImportConversationParams,
     ListBlocksParams,
     ListConversationsParams,
     ListReportsParams,
+    MetricsReply,
     ReadLogParams,
     ReadLogReply,
     RecoveryReportReply,
@@ -64,10 +67,14 @@ from timelined.daemon.api import (
     VerifyParams,
     VerifyReply,
     VerifyReportReply,
+    WatchParams,
+    WatchReply,
     WriterStats,
 )
 from timelined.daemon.app import App
-from timelined.daemon.varlink import CallContext, Handler, PeerCredentials, VarlinkServer
+from timelined.daemon.metrics import render as render_metrics
+from timelined.daemon.varlink import CallContext, Final, Handler, PeerCredentials, VarlinkServer
+from timelined.daemon.watch import WatchHub
 from timelined.errors import (
     BlockNotFound,
     ContextNotFound,
@@ -80,6 +87,7 @@ from timelined.ids import normalize_ts, parse_ts
 from timelined.recovery.report import Report, ReportInfo, list_reports, read_report
 from timelined.rules import AppendResult
 from timelined.state import queries as q
+from timelined.state.db import open_read, read_meta
 from timelined.state.model import Block, Context, Conversation, CrossRef
 
 __all__ = ["admin_handlers", "register_all", "timeline_handlers"]
@@ -188,6 +196,73 @@ def _timestamp(name: str, value: str | None) -> str | None:
         raise InvalidArgument(name, f"not an ISO 8601 time: {exc}") from None
 
 
+# --- watch, export, import ---------------------------------------------------------------------
+
+EXPORT_PARTS_PER_STEP = 4  # parts pulled per worker-thread step: a few hundred KB at most
+IMPORT_VERIFICATIONS = 2  # documents verified at once (CPU and memory); more calls wait
+
+
+def watch_hub(app: App) -> WatchHub:
+    """The daemon's watch hub (the lifecycle makes it at start; made here on first use else)."""
+    hub = app.extras.get("watch")
+    if hub is None:
+        hub = app.extras["watch"] = WatchHub(app.engine)
+    assert isinstance(hub, WatchHub)
+    return hub
+
+
+class _Snapshot:
+    """A read-only connection of its own, inside one transaction for a whole export: the
+    export's parts are pulled from it a few at a time in worker threads, as the socket takes
+    them, so memory stays flat however large the conversation is."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = open_read(path)
+        try:
+            self.conn.execute("BEGIN")
+            self.meta = read_meta(self.conn)  # the snapshot starts here
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def close(self) -> None:
+        try:
+            self.conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        self.conn.close()
+
+
+async def export_stream(app: App, conversation_id: str) -> AsyncGenerator[Any, None]:
+    """The parts of an export, the last one wrapped in `Final`."""
+    snap = await anyio.to_thread.run_sync(_Snapshot, app.config.state_db)
+    try:
+        parts = exchange.export_parts(
+            snap.conn,
+            str(app.config.log_dir),
+            conversation_id,
+            snap.meta.last_seq,
+            snap.meta.last_hash,
+        )
+        try:
+            while True:
+                step = await anyio.to_thread.run_sync(
+                    lambda: list(islice(parts, EXPORT_PARTS_PER_STEP))
+                )
+                if not step:
+                    raise RuntimeError("the export ended without its end part")
+                for part in step:
+                    if part.end is not None:
+                        yield Final(part)
+                        return
+                    yield part
+        finally:
+            parts.close()
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(snap.close)
+
+
 # --- io.timelined.Timeline ---------------------------------------------------------------------
 
 
@@ -257,6 +332,40 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
         reply: StatsReply = await app.engine.read(read_stats, p.id)
         return reply
 
+    async def watch(p: WatchParams, ctx: CallContext) -> AsyncIterator[WatchReply]:
+        batches = watch_hub(app).watch_batches(p.conversation_id, p.after_seq)
+        try:
+            async for batch in batches:
+                yield WatchReply([msgspec.Raw(line) for line in batch.lines], batch.live)
+        finally:
+            await batches.aclose()
+
+    async def export_conversation(p: ByIdParams, ctx: CallContext) -> AsyncIterator[Any]:
+        stream = export_stream(app, p.id)
+        try:
+            async for part in stream:
+                yield part
+        finally:
+            await stream.aclose()
+
+    verifying: list[anyio.CapacityLimiter] = []
+
+    async def import_conversation(
+        p: ImportConversationParams, ctx: CallContext
+    ) -> ConversationReply:
+        if not verifying:
+            verifying.append(anyio.CapacityLimiter(IMPORT_VERIFICATIONS))
+        # CPU-heavy (a replay of every event): in a worker thread, off the writer.
+        records = await anyio.to_thread.run_sync(
+            exchange.verify_document, p.document, limiter=verifying[0]
+        )
+        events = await anyio.to_thread.run_sync(
+            exchange.imported_events, records, p.document, p.mode, limiter=verifying[0]
+        )
+        command = cmd.ImportEvents(events=events, mode=p.mode)
+        result = await app.engine.submit(command, _actor(ctx.peer))
+        return ConversationReply(cast(Conversation, result))
+
     handlers: dict[str, Handler] = {
         "CreateConversation": conversation_command,
         "ListConversations": list_conversations,
@@ -283,6 +392,9 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
         "SetTags": context_command,
         "AddCrossRef": crossref_command,
         "RevokeCrossRef": crossref_command,
+        "Watch": watch,
+        "ExportConversation": export_conversation,
+        "ImportConversation": import_conversation,
     }
     return handlers
 
@@ -473,7 +585,11 @@ def admin_handlers(app: App) -> dict[str, Handler]:
             result = await result
         return _reload_reply(result)
 
+    async def get_metrics(p: EmptyParams, ctx: CallContext) -> MetricsReply:
+        return MetricsReply(render_metrics(app, app.extras.get("started_monotonic")))
+
     return {
+        "GetMetrics": get_metrics,
         "GetStatus": get_status,
         "ReadLog": read_log,
         "GetRecoveryReport": get_recovery_report,

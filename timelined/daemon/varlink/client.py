@@ -19,7 +19,7 @@ import select
 import socket
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, Literal, TypeVar, overload
 
 import anyio
@@ -187,7 +187,11 @@ class AsyncConnection:
         """One call; the reply decoded straight into `reply_type`."""
         return _decode(await self._roundtrip(encode_call(method, parameters)), reply_type)
 
-    async def _stream_raw(self, method: str, parameters: Parameters) -> AsyncIterator[msgspec.Raw]:
+    async def _stream_raw(
+        self, method: str, parameters: Parameters, decode: Callable[[msgspec.Raw], T]
+    ) -> AsyncGenerator[T, None]:
+        # One generator level (decoding included), so that its `finally` runs however the
+        # stream ends: closed midway, a decode error, or cancellation.
         if self.broken:
             raise DaemonUnavailable(self.path, "connection is broken")
         done = False
@@ -199,27 +203,26 @@ class AsyncConnection:
                 except VarlinkErrorReply:
                     done = True
                     raise
+                value = decode(params)
                 if not continues:
                     done = True
-                yield params
+                yield value
                 if done:
                     return
         finally:
             if not done:  # abandoned mid-stream: the rest of it would confuse the next call
                 self.broken = True
 
-    async def stream(
+    def stream(
         self, method: str, parameters: Parameters = None
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """A `more` call: every reply's parameters, until the last (or an error is raised)."""
-        async for raw in self._stream_raw(method, parameters):
-            yield _DICT.decode(raw)
+        return self._stream_raw(method, parameters, _DICT.decode)
 
-    async def stream_typed(
+    def stream_typed(
         self, method: str, parameters: Parameters, reply_type: type[T]
-    ) -> AsyncIterator[T]:
-        async for raw in self._stream_raw(method, parameters):
-            yield _decode(raw, reply_type)
+    ) -> AsyncGenerator[T, None]:
+        return self._stream_raw(method, parameters, lambda raw: _decode(raw, reply_type))
 
     def close(self) -> None:
         self.broken = True
@@ -316,20 +319,26 @@ class AsyncVarlinkClient:
         self, method: str, parameters: Parameters = None
     ) -> AsyncIterator[dict[str, Any]]:
         conn = await self._acquire()
+        replies = conn.stream(method, parameters)
         try:
-            async for reply in conn.stream(method, parameters):
+            async for reply in replies:
                 yield reply
         finally:
+            # Close the connection's stream first: abandoned midway, it marks the connection
+            # broken, so that the pool does not hand out a connection still streaming.
+            await replies.aclose()
             self._release(conn)
 
     async def stream_typed(
         self, method: str, parameters: Parameters, reply_type: type[T]
     ) -> AsyncIterator[T]:
         conn = await self._acquire()
+        replies = conn.stream_typed(method, parameters, reply_type)
         try:
-            async for reply in conn.stream_typed(method, parameters, reply_type):
+            async for reply in replies:
                 yield reply
         finally:
+            await replies.aclose()  # as in `stream`
             self._release(conn)
 
     async def aclose(self) -> None:
