@@ -404,6 +404,10 @@ class IoError(_E, frozen=True):
     errno: int
 
 
+class FatalIoError(IoError, frozen=True):
+    operation: str
+
+
 class MessageOnly(_E, frozen=True):
     pass
 
@@ -511,8 +515,9 @@ E = {
     "StorageError": _error("StorageError", IoError, "An I/O error; the write was refused."),
     "FatalStorageError": _error(
         "FatalStorageError",
-        IoError,
-        "fsync failed: the daemon stops and recovery replays the log at its next start.",
+        FatalIoError,
+        "fsync (or the state's commit) failed: the daemon stops and recovery replays the log at"
+        " its next start.",
     ),
     "ShuttingDown": _error(
         "ShuttingDown", MessageOnly, "The daemon is stopping; retry after it restarts."

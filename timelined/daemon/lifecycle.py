@@ -204,9 +204,11 @@ def _start_features(tg: TaskGroup, app: App, notifier: Notifier) -> None:
         from timelined.verifier import Verifier
     except ImportError:
         return
-    verifier = Verifier(
-        app.config, app.engine, lambda text: None if notifier.status(text) else None
-    )
+
+    def publish(text: str) -> None:
+        notifier.status(text)
+
+    verifier = Verifier(app.config, app.engine, publish)
     app.verifier = verifier
     tg.start_soon(verifier.run_forever)
 
@@ -313,7 +315,12 @@ class _Reloader:
             return str(Path(path).resolve()) == target
 
         async for _ in watchfiles.awatch(
-            self.path.parent, watch_filter=only_config, stop_event=stop, debounce=200, step=50
+            self.path.parent,
+            watch_filter=only_config,
+            stop_event=stop,
+            debounce=200,
+            step=50,
+            rust_timeout=500,
         ):
             log.info("config file changed: reloading")
             await self.reload_quietly()

@@ -407,6 +407,8 @@ class Verifier:
             debounce=200,
             step=50,
             recursive=True,
+            # Cancellation waits for the watcher thread's poll: keep a stop prompt (default 5 s).
+            rust_timeout=500,
         ):
             paths = [Path(p) for _change, p in changes]
             segments = {p.name for p in paths if p.parent == self._paths.log_dir}
