@@ -306,6 +306,11 @@ def _history_into(
 # --- search and stats --------------------------------------------------------------------------
 
 
+# Ranking is bounded: FTS5 must compute bm25 for every candidate before it can return the best
+# few, and a very common word matches hundreds of thousands of blocks (seconds at 1M events).
+SEARCH_RANKED_MATCHES = 2_000
+
+
 def search(
     conn: sqlite3.Connection,
     query: str,
@@ -315,41 +320,88 @@ def search(
     role: str | None = None,
     limit: int = 20,
 ) -> list[SearchHit]:
-    """FTS5 search, best first; a malformed query raises BadQuery, never an SQL error."""
-    clauses = ["blocks_fts MATCH ?"]
-    params: list[Any] = [query]
+    """FTS5 search, best first; a malformed query raises BadQuery, never an SQL error.
+
+    Semantics: the best (bm25) of the most recent `SEARCH_RANKED_MATCHES` (2,000) matches that
+    pass the filters; equal ranks newest first. A query with fewer matches is ranked over all
+    of them, as an unbounded search would; for a very common term, older matches beyond the
+    most recent 2,000 are not ranked. bm25's statistics (row count, how many rows hold each
+    term) are those of the whole index either way, so a hit's rank is the number an unbounded
+    search would give it.
+
+    Three statements (one read snapshot: `reads.py`), each reading only what it needs:
+    1. rank: the matches newest first (FTS5 reads its doclists in rowid order, DESC natively,
+       so this stops after 2,000 rows instead of scoring every match), bm25 only;
+       sorted here by rank, the best `limit` kept;
+    2. snippets for those rows only: one FTS5 scan over their rowid range; `snippet()` (which
+       reads and tokenizes the block's text) runs only for the kept rows, behind CASE (the `+`
+       keeps the IN list from becoming one FTS5 query per rowid);
+    3. the kept blocks' ids, context and conversation, by seq.
+    """
+    filters: list[str] = []
+    params: list[Any] = []
     if conversation_id is not None:
-        clauses.append("c.conversation_id = ?")
+        filters.append("c.conversation_id = ?")
         params.append(conversation_id)
     if context_id is not None:
-        clauses.append("b.context_id = ?")
+        filters.append("b.context_id = ?")
         params.append(context_id)
     if role is not None:
-        clauses.append("b.role = ?")
+        filters.append("b.role = ?")
         params.append(role)
-    sql = (
-        "SELECT b.id, b.context_id, c.conversation_id, b.role, b.seq, "
-        "snippet(blocks_fts, 0, '[', ']', '…', 12), bm25(blocks_fts) "
-        "FROM blocks_fts JOIN blocks b ON b.seq = blocks_fts.rowid "
-        "JOIN contexts c ON c.id = b.context_id "
-        f"WHERE {' AND '.join(clauses)} ORDER BY bm25(blocks_fts) LIMIT ?"
+    joins = (
+        "JOIN blocks b ON b.seq = blocks_fts.rowid JOIN contexts c ON c.id = b.context_id "
+        if filters
+        else ""
     )
+    where = "".join(f" AND {f}" for f in filters)
     try:
-        rows = conn.execute(sql, (*params, limit)).fetchall()
+        ranked = conn.execute(
+            f"SELECT blocks_fts.rowid, bm25(blocks_fts) FROM blocks_fts {joins}"
+            f"WHERE blocks_fts MATCH ?{where} ORDER BY blocks_fts.rowid DESC LIMIT ?",
+            (query, *params, SEARCH_RANKED_MATCHES),
+        ).fetchall()
+        if not ranked:
+            return []
+        ranked.sort(key=_rank_of)  # stable: equal ranks stay newest first
+        del ranked[limit:]
+        seqs = [r[0] for r in ranked]
+        marks = ",".join("?" * len(seqs))
+        snippets = dict(
+            conn.execute(
+                f"SELECT rowid, CASE WHEN +rowid IN ({marks}) "
+                "THEN snippet(blocks_fts, 0, '[', ']', '…', 12) END FROM blocks_fts "
+                "WHERE blocks_fts MATCH ? AND rowid BETWEEN ? AND ?",
+                (*seqs, query, min(seqs), max(seqs)),
+            ).fetchall()
+        )
+        blocks = {
+            r[0]: r
+            for r in conn.execute(
+                "SELECT b.seq, b.id, b.context_id, c.conversation_id, b.role FROM blocks b "
+                f"JOIN contexts c ON c.id = b.context_id WHERE b.seq IN ({marks})",
+                seqs,
+            )
+        }
     except sqlite3.OperationalError as exc:
         raise BadQuery(query, str(exc)) from exc
     return [
         SearchHit(
-            block_id=r[0],
-            context_id=r[1],
-            conversation_id=r[2],
-            role=r[3],
-            seq=r[4],
-            snippet=r[5],
-            rank=float(r[6]),
+            block_id=b[1],
+            context_id=b[2],
+            conversation_id=b[3],
+            role=b[4],
+            seq=seq,
+            snippet=snippets[seq],
+            rank=float(rank),
         )
-        for r in rows
+        for seq, rank in ranked
+        if (b := blocks.get(seq)) is not None
     ]
+
+
+def _rank_of(row: tuple[int, float]) -> float:
+    return row[1]
 
 
 def conversation_stats(conn: sqlite3.Connection, conversation_id: str) -> ConversationStats:

@@ -1,0 +1,179 @@
+"""The write path's fast paths and the bounded search (docs/performance.md).
+
+- AppendBlock's checks come from the writer's cache (hotstate.py): it follows every other
+  event (status changes, merges, archived conversations) and forgets what a refused command or
+  an undone batch taught it;
+- AppendBlock runs without a savepoint: a failure after its INSERT undoes the whole batch;
+- search ranks the most recent SEARCH_RANKED_MATCHES matches only, with the same ranks and
+  snippets as an unbounded search when there are fewer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from tests.helpers import dump_state, replay_dump
+from timelined import commands as cmd
+from timelined import engine as engine_module
+from timelined.config import LogConfig, default_config
+from timelined.engine import Engine
+from timelined.errors import BadQuery, InternalError, InvalidTransition, TimelinedError
+from timelined.rules import AppendResult
+from timelined.state import queries as q
+from timelined.state.apply import apply as real_apply
+from timelined.state.model import Context, Conversation
+
+
+def _config(tmp_path: Path) -> Any:
+    return default_config(tmp_path / "state", log=LogConfig(fsync="off"))
+
+
+def _state_equals_replay(tmp_path: Path, config: Any) -> None:
+    assert dump_state(config.state_db) == replay_dump(config.log_dir, tmp_path / "replay.db")
+
+
+def test_the_cache_follows_every_event(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+
+    async def main() -> None:
+        async with Engine.open(config) as engine:
+            conv = await engine.submit(cmd.CreateConversation(name="c"))
+            assert isinstance(conv, Conversation)
+            root = conv.root_context_id
+
+            async def append(ctx: str, text: str) -> AppendResult:
+                r = await engine.submit(cmd.AppendBlock(context_id=ctx, role="user", content=text))
+                assert isinstance(r, AppendResult)
+                return r
+
+            assert (await append(root, "one")).block.position == 1
+            assert (await append(root, "two")).block.position == 2
+            side = await engine.submit(cmd.SpawnSidebar(parent_id=root, reason="r"))
+            assert isinstance(side, Context)
+            assert (await append(side.id, "s1")).block.position == 1
+            assert (await append(root, "three")).block.position == 3  # a paused parent
+            await engine.submit(cmd.MergeContext(id=side.id, summary="sum"))
+            # the merge block took position 4 of the parent; the sidebar is merged
+            assert (await append(root, "four")).block.position == 5
+            with pytest.raises(InvalidTransition):
+                await append(side.id, "late")
+            await engine.submit(cmd.ArchiveConversation(id=conv.id))
+            with pytest.raises(InvalidTransition):
+                await append(root, "archived")
+        _state_equals_replay(tmp_path, config)
+
+    anyio.run(main)
+
+
+def test_a_failure_after_the_insert_undoes_the_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config(tmp_path)
+
+    def apply(conn: sqlite3.Connection, record: Any, fts: Any = None) -> None:
+        real_apply(conn, record, fts)
+        if getattr(record.event, "block", None) and record.event.block.content == "boom":
+            raise OverflowError("after the INSERT")
+
+    async def main() -> None:
+        async with Engine.open(config) as engine:
+            conv = await engine.submit(cmd.CreateConversation(name="c"))
+            assert isinstance(conv, Conversation)
+            root = conv.root_context_id
+            await engine.submit(cmd.AppendBlock(context_id=root, role="user", content="a"))
+            before = dump_state(config.state_db)
+            seq = engine.last_seq
+            monkeypatch.setattr(engine_module, "apply", apply)
+            results: list[Any] = []
+
+            async def one(text: str) -> None:
+                try:
+                    results.append(
+                        await engine.submit(
+                            cmd.AppendBlock(context_id=root, role="user", content=text)
+                        )
+                    )
+                except TimelinedError as exc:
+                    results.append(exc)
+
+            async with anyio.create_task_group() as tg:  # one batch: queued before it runs
+                for text in ("b", "boom", "c"):
+                    tg.start_soon(one, text)
+            assert len(results) == 3
+            assert all(isinstance(r, InternalError) for r in results), results
+            assert engine.last_seq == seq and engine.fatal is None
+            assert len(engine.hot) == 0
+            assert dump_state(config.state_db) == before
+            monkeypatch.setattr(engine_module, "apply", real_apply)
+            r = await engine.submit(cmd.AppendBlock(context_id=root, role="user", content="d"))
+            assert isinstance(r, AppendResult) and r.block.position == 2
+        _state_equals_replay(tmp_path, config)
+
+    anyio.run(main)
+
+
+def test_search_ranks_the_most_recent_matches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config(tmp_path)
+
+    async def main() -> None:
+        async with Engine.open(config) as engine:
+            conv = await engine.submit(cmd.CreateConversation(name="c"))
+            other = await engine.submit(cmd.CreateConversation(name="d"))
+            assert isinstance(conv, Conversation) and isinstance(other, Conversation)
+            texts = [
+                "apple " * (1 + i % 4) + f"filler number {i} and more words here" for i in range(30)
+            ]
+            for i, text in enumerate(texts):
+                ctx = conv.root_context_id if i % 2 == 0 else other.root_context_id
+                role = "user" if i % 3 else "assistant"
+                await engine.submit(cmd.AppendBlock(context_id=ctx, role=role, content=text))
+
+    anyio.run(main)
+    conn = sqlite3.connect(config.state_db)
+
+    def unbounded(query: str, **kw: Any) -> list[tuple[Any, ...]]:
+        monkeypatch.setattr(q, "SEARCH_RANKED_MATCHES", 10**9)
+        return [
+            (h.seq, h.rank, h.snippet, h.context_id, h.role) for h in q.search(conn, query, **kw)
+        ]
+
+    full = unbounded("apple", limit=100)
+    assert len(full) == 30
+    assert all("[apple]" in snippet for _, _, snippet, _, _ in full)
+    ranks = [rank for _, rank, _, _, _ in full]
+    assert ranks == sorted(ranks)
+    # equal ranks: newest first
+    for a, b in itertools.pairwise(full):
+        if a[1] == b[1]:
+            assert a[0] > b[0]
+    # bounded: only the 8 most recent matches are ranked, with the same ranks and snippets
+    monkeypatch.setattr(q, "SEARCH_RANKED_MATCHES", 8)
+    newest = sorted(seq for seq, *_ in full)[-8:]
+    got = [(h.seq, h.rank, h.snippet, h.context_id, h.role) for h in q.search(conn, "apple")]
+    assert sorted(seq for seq, *_ in got) == newest
+    assert got == [row for row in full if row[0] in newest]
+    assert [h.seq for h in q.search(conn, "apple", limit=3)] == [row[0] for row in got[:3]]
+    # filters apply before the bound: the 8 most recent matches of that context and role
+    root = conn.execute("SELECT root_context_id FROM conversations WHERE name = 'c'").fetchone()[0]
+    mine = [row for row in full if row[3] == root and row[4] == "user"]
+    newest_mine = sorted(row[0] for row in mine)[-8:]
+    got = [
+        (h.seq, h.rank, h.snippet, h.context_id, h.role)
+        for h in q.search(conn, "apple", context_id=root, role="user")
+    ]
+    assert got == [row for row in mine if row[0] in newest_mine]
+    conv_id = conn.execute("SELECT id FROM conversations WHERE name = 'c'").fetchone()[0]
+    by_conv = q.search(conn, "apple", conversation_id=conv_id, limit=100)
+    assert {h.conversation_id for h in by_conv} == {conv_id} and len(by_conv) == 8
+    assert q.search(conn, "nothingmatches") == []
+    with pytest.raises(BadQuery):
+        q.search(conn, 'apple AND "')
+    conn.close()
