@@ -86,6 +86,9 @@ _BLOCK_COLUMNS = (
 
 
 def _block(row: sqlite3.Row | tuple[Any, ...]) -> Block:
+    # Most blocks have no metadata and no sub-blocks (stored as '{}' and '[]'): no decode then.
+    metadata = row[10]
+    subs = row[11]
     return Block(
         id=row[0],
         context_id=row[1],
@@ -97,8 +100,8 @@ def _block(row: sqlite3.Row | tuple[Any, ...]) -> Block:
         time_taken=row[7],
         tokens_input=row[8],
         tokens_output=row[9],
-        metadata=_meta_decoder.decode(row[10]),
-        sub_blocks=_subs_decoder.decode(row[11]),
+        metadata={} if metadata == "{}" else _meta_decoder.decode(metadata),
+        sub_blocks=[] if subs == "[]" else _subs_decoder.decode(subs),
     )
 
 
