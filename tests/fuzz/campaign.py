@@ -231,9 +231,9 @@ def send_and_check(target: FuzzTarget, spec: Payload) -> None:
     target.stats.trials += 1
     target.stats.frames += data.count(b"\0") + (0 if data.endswith(b"\0") or not data else 1)
     target.stats.bytes += len(data)
-    # A Watch with `more` streams for as long as its client listens: a half-close ends it,
-    # but one after a partial frame does not (the daemon reads on only after the stream).
-    # Such a payload is read for a few seconds; a stream still running then is no hang.
+    # A Watch with `more` streams for as long as its client listens (a half-close does not
+    # end it: the client still reads). Such a payload is read for a few seconds; a stream
+    # still running then is no hang.
     watching = watches(data)
     result = exchange(
         target.socket_path,

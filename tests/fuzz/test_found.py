@@ -8,6 +8,7 @@ while everyone else is served.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +22,7 @@ import pytest
 from tests.daemon.harness import REPO, DaemonProcess, inprocess_daemon, short_tempdir
 from tests.fuzz.campaign import FuzzTarget, check_health
 from tests.fuzz.exchange_fuzz import FORGED, Mutation, import_and_check
-from tests.fuzz.wire import check_reply, exchange
+from tests.fuzz.wire import check_reply, connect, exchange
 from timelined import rules
 from timelined.commands import MAX_NESTING
 from timelined.daemon.varlink.client import AsyncConnection, Connection
@@ -373,3 +374,36 @@ def test_an_export_with_a_cross_reference_from_another_conversation_imports(
     assert check_reply(ref.frames[0], T + "AddCrossRef")[0] is None
     import_and_check(target, a["id"], Mutation("none"))
     import_and_check(target, b["id"], Mutation("none"))
+
+
+def test_a_half_closed_client_gets_its_whole_stream(target: FuzzTarget) -> None:
+    """Was: a client that sent ExportConversation with `more` and then shut its sending side
+    ("no more calls", as one-shot clients do) got nothing, or a frame torn in the middle: the
+    daemon took the half-close for a hang-up and cancelled the stream. Calls without `more`
+    were answered after a half-close all along; now streams are too, and a real close still
+    ends a stream at once."""
+    conv = target.pool.conversations[0]
+    export = encode_call(T + "ExportConversation", {"id": conv}, more=True)
+    result = exchange(target.socket_path, [export + STATUS_CALL])
+    assert result.closed and not result.tail
+    replies = [json.loads(f) for f in result.frames]
+    assert all(r.get("continues") for r in replies[:-2]), replies
+    assert "end" in replies[-2]["parameters"] and "continues" not in replies[-2]
+    assert check_reply(result.frames[-1], "io.timelined.Admin.GetStatus")[0] is None
+    # a Watch to a client that closes for good (after a half-close, or mid-frame) ends
+    watch = encode_call(T + "Watch", {"conversation_id": conv}, more=True)
+    for tail in (b"", b'{"meth'):
+        s = connect(target.socket_path)
+        s.sendall(watch + tail)
+        if not tail:
+            s.shutdown(socket.SHUT_WR)
+        time.sleep(0.3)
+        s.close()
+    deadline = time.monotonic() + 5
+    while True:
+        status = one(target.socket_path, STATUS_CALL, "io.timelined.Admin.GetStatus")[1]
+        if status["status"]["connections"]["streams"] == 0:
+            break
+        assert time.monotonic() < deadline, status["status"]["connections"]
+        time.sleep(0.1)
+    check_health(target)

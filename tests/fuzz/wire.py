@@ -415,7 +415,7 @@ def check_exchange(payload: bytes, result: Exchange, max_message_bytes: int) -> 
     i = 0
     for slot, method in want.slots:
         if slot == STREAM and i == len(got):
-            break  # a stream with nothing to send yet, ended by our hang-up
+            break  # a stream with nothing to send yet (a Watch we stopped reading)
         if slot == MAYBE_SILENT:
             if i < len(got) and _is_protocol_error(got[i]):
                 check_reply(got[i], None)
@@ -439,7 +439,7 @@ def check_exchange(payload: bytes, result: Exchange, max_message_bytes: int) -> 
                 if name is None:
                     found.append(params)
                 continue
-            break  # the stream ended with the connection (our hang-up): nothing may follow
+            break  # a stream we stopped reading (a Watch): nothing may follow
         if slot in (CALL, MAYBE):
             name, params = check_reply(frame, method)
             if name is None:

@@ -180,6 +180,11 @@ class FrameReader:
         return sum(len(f) for f in self._frames) + self._splitter.buffered
 
     @property
+    def at_eof(self) -> bool:
+        """The peer shut its sending side inside a frame (the error waiting is IncompleteFrame)."""
+        return isinstance(self._error, IncompleteFrame)
+
+    @property
     def failed(self) -> bool:
         """A FrameError is waiting to be raised once the frames before it are taken."""
         return self._error is not None

@@ -26,6 +26,7 @@ import inspect
 import itertools
 import logging
 import os
+import select
 import socket
 import stat
 import struct
@@ -92,6 +93,7 @@ R = TypeVar("R")
 
 _FLUSH_BYTES = 64 * 1024  # a pipelined batch flushes early once its replies exceed this
 _LINGER_S = 1.0  # after a fatal error: how long to drain input so the peer can read the error
+_HUP_POLL_S = 0.5  # during a stream to a half-closed peer: how often to look for its close
 _MAX_LINGERING = 64  # rejected connections allowed to linger at once; beyond, closed at once
 _EMPTY_REPLY = msgspec.Raw(b"{}")
 _PEERCRED = struct.Struct("3i")
@@ -693,9 +695,19 @@ class VarlinkServer:
         try:
             while reader.pending_bytes <= reader.max_message_bytes and not reader.failed:
                 await reader.fill()
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            conn.peer_gone = True
-            scope.cancel()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # reset: gone
+        except anyio.EndOfStream:
+            # A peer that shut only its sending side (a half-close: "no more calls") still
+            # reads its replies, as it does for a call without `more`: the stream goes on
+            # until the peer closes for good.
+            await _until_hung_up(conn.sock)
+        else:
+            if not reader.at_eof:
+                return  # read ahead as far as allowed: a hang-up shows at the next write
+            await _until_hung_up(conn.sock)  # the same, after a partial frame
+        conn.peer_gone = True
+        scope.cancel()
 
     async def _first_reply(self, conn: _Conn, call: CallMessage, iterator: Any) -> bool:
         """A streaming method called without `more`: its first reply is the answer."""
@@ -717,6 +729,17 @@ class VarlinkServer:
         except Exception as exc:
             self._internal_error(conn, call, exc)
         return True
+
+
+async def _until_hung_up(sock: socket.socket) -> None:
+    """Return once the peer has closed its end for good (POLLHUP on a Unix socket: a
+    half-close alone does not raise it)."""
+    if sock.fileno() < 0:
+        return
+    poller = select.poll()
+    poller.register(sock.fileno(), 0)  # POLLHUP and POLLERR are reported whatever the mask
+    while not poller.poll(0):  # noqa: ASYNC110 - the kernel has no event to await for it
+        await anyio.sleep(_HUP_POLL_S)
 
 
 def _hang_up(conn: _Conn) -> None:
