@@ -147,6 +147,7 @@ class DaemonProcess:
             assert self.proc is not None
             code = self.proc.poll()
             if code is not None:
+                self.proc = None  # gone: a later `with` starts a new one
                 raise RuntimeError(f"the daemon exited with {code} while starting:\n{self.log()}")
             try:
                 with VarlinkClient(self.socket_path, timeout=5) as client:

@@ -8,6 +8,7 @@ Exit codes (sysexits, and what systemd does with them):
 - 74 (EX_IOERR): an fsync failed (or the state could not commit): the daemon stops at once
   without acknowledging the batch; systemd restarts it and recovery replays the log.
 - 70 (EX_SOFTWARE): the boot failed; its report is in STATE_DIR/reports.
+- 71 (EX_OSERR): the socket could not be bound (path in use by another program, permissions).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from timelined import __version__
 from timelined.config import Config, load_config
 from timelined.daemon.activation import take_listener
 from timelined.daemon.app import App
+from timelined.daemon.memory import limit_malloc_arenas
 from timelined.daemon.notify import Notifier, StatusText, run_watchdog, watchdog_interval
 from timelined.daemon.varlink import (
     ServerLimits,
@@ -48,6 +50,7 @@ log = logging.getLogger("timelined.daemon")
 
 EX_OK = 0
 EX_SOFTWARE = 70
+EX_OSERR = 71
 EX_IOERR = 74
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
@@ -77,6 +80,7 @@ def serve(config_path: str | None, log_level: str | None = None) -> int:
         log.error("configuration refused: %s", exc.message)
         return EX_CONFIG
     setup_logging(log_level or config.daemon.log_level)
+    limit_malloc_arenas()
     notifier = Notifier.from_environ(unset=True)
     notifier.status(StatusText.booting())
     log.info("timelined %s starting; state in %s", __version__, config.state_dir)
@@ -104,6 +108,8 @@ def serve(config_path: str | None, log_level: str | None = None) -> int:
     )
     try:
         run = anyio.run(_serve_async, config, config_path, result, notifier, backend="asyncio")
+    except (FatalStorageError, _SocketUnavailable, OSError, ExceptionGroup) as exc:
+        run = _Run(exit_code=_failure_exit_code(exc))
     finally:
         result.lock.release()
     if run.exit_code != EX_OK:
@@ -112,13 +118,43 @@ def serve(config_path: str | None, log_level: str | None = None) -> int:
     return run.exit_code
 
 
+def _failure_exit_code(exc: BaseException) -> int:
+    """Log a failure of the serving phase in one line and give its exit code; re-raise others.
+
+    Task groups wrap what their tasks raise; the first known cause decides.
+    """
+    leaf = exc
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    if isinstance(leaf, FatalStorageError):
+        # Below the API (opening the engine, a commit): nothing unacknowledged was lost.
+        log.critical("%s; recovery will replay the log at the next boot", leaf.message)
+        return EX_IOERR
+    if isinstance(leaf, _SocketUnavailable):
+        log.error("%s", leaf)
+        return EX_OSERR
+    if isinstance(leaf, OSError):
+        log.critical("storage error while serving: %s; acknowledged writes are in the log", leaf)
+        return EX_IOERR
+    raise exc
+
+
+class _SocketUnavailable(Exception):
+    """The socket could not be bound; the message names the path and the reason."""
+
+
 async def _listener(config: Config) -> tuple[SocketListener, bool]:
     """The socket from systemd (socket activation), else one we bind; True if ours."""
     passed = take_listener()
     if passed is not None:
         log.info("serving on the socket passed by systemd")
         return await listener_from_socket(passed), False
-    return await listen_unix(config.socket_path, config.daemon.socket_mode_int), True
+    try:
+        return await listen_unix(config.socket_path, config.daemon.socket_mode_int), True
+    except OSError as exc:
+        raise _SocketUnavailable(
+            f"cannot listen on {config.socket_path}: {exc.strerror or exc}"
+        ) from exc
 
 
 async def _serve_async(
@@ -182,9 +218,25 @@ async def _serve_async(
         writer = engine.writer
         assert writer is not None
         stats = writer.stats()
-        mark_clean(
-            config.marker_path, stats.head_seq, stats.head_hash, stats.segment, stats.segment_size
-        )
+        try:
+            mark_clean(
+                config.marker_path,
+                stats.head_seq,
+                stats.head_hash,
+                stats.segment,
+                stats.segment_size,
+            )
+        except OSError as exc:
+            # Everything is on disk; without the marker the next boot only takes the slower,
+            # checking path. Exit non-zero so the operator sees why.
+            log.error(
+                "stopped with everything fsynced, but the clean-shutdown marker %s could not be "
+                "written (%s): the next boot will recover and verify",
+                config.marker_path,
+                exc.strerror or exc,
+            )
+            run.exit_code = EX_IOERR
+            return run
         log.info("clean shutdown at seq %d; marker written", stats.head_seq)
         run.clean = True
     return run

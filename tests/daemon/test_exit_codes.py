@@ -1,0 +1,60 @@
+"""`timelined serve` exits with a code that says what went wrong, and a log line naming it.
+
+The exit codes are the contract with systemd (RestartPreventExitStatus=78) and operators:
+see the docstring of timelined/daemon/lifecycle.py and docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.daemon.harness import DaemonProcess, short_tempdir
+from timelined.client import Client
+
+
+def test_a_refused_config_exits_78_naming_the_key() -> None:
+    with short_tempdir() as base:
+        daemon = DaemonProcess(base, log={"fsync": "sometimes"})
+        with pytest.raises(RuntimeError, match="exited with 78"):
+            daemon.start(timeout=15)
+        assert "log.fsync" in daemon.log()
+
+
+def test_a_socket_path_taken_by_a_file_exits_71_naming_the_path() -> None:
+    with short_tempdir() as base:
+        daemon = DaemonProcess(base)
+        daemon.socket_path.parent.mkdir(parents=True)
+        daemon.socket_path.write_text("not a socket")
+        with pytest.raises(RuntimeError, match="exited with 71"):
+            daemon.start(timeout=15)
+        assert f"cannot listen on {daemon.socket_path}" in daemon.log()
+        assert "Traceback" not in daemon.log()
+        assert daemon.socket_path.read_text() == "not a socket"  # not taken over
+        # The state was opened and closed again without harm: the next start is served.
+        daemon.socket_path.unlink()
+        with daemon, Client(daemon.socket_path) as tl:
+            assert tl.get_status().boot.verdict in {"clean", "recovered"}
+
+
+def test_a_marker_that_cannot_be_written_exits_74_and_the_next_boot_recovers() -> None:
+    with short_tempdir() as base:
+        daemon = DaemonProcess(base)
+        with daemon, Client(daemon.socket_path) as tl:
+            conv = tl.create_conversation("kept")
+            tl.append_block(conv.root_context_id, "user", "acknowledged before the stop")
+            marker = daemon.state_dir / "clean-shutdown"
+            assert not marker.exists()  # boot consumed it
+            marker.mkdir()  # a rename cannot replace a directory: the write fails for real
+            code = daemon.stop()
+            assert code == 74, daemon.log()
+        assert "clean-shutdown marker" in daemon.log()
+        assert "Traceback" not in daemon.log()
+        shutil.rmtree(marker)
+        with daemon, Client(daemon.socket_path) as tl:
+            status = tl.get_status()
+            assert not status.boot.fast_path  # no marker: the checking path
+            assert status.boot.verdict == "recovered"
+            blocks = tl.list_blocks(conv.root_context_id).blocks
+            assert [b.content for b in blocks] == ["acknowledged before the stop"]
