@@ -21,8 +21,8 @@ def make(tmp_path: Path, **auth: Any) -> tuple[Any, Any]:
     return app, authorizer(cast(App, app))
 
 
-def peer(uid: int, gid: int) -> PeerCredentials:
-    return PeerCredentials(uid=uid, gid=gid, pid=1234)
+def peer(uid: int, gid: int, *groups: int) -> PeerCredentials:
+    return PeerCredentials(uid=uid, gid=gid, pid=1234, groups=groups)
 
 
 def split(name: str) -> tuple[str, str]:
@@ -58,6 +58,20 @@ def test_allow_lists_and_read_only_groups(tmp_path: Path) -> None:
         assert "read-only" in denied.value.params["reason"]
     with pytest.raises(PermissionDenied):
         authorize(peer(7, 7), "io.timelined.Timeline", "NoSuchMethod")
+
+
+def test_supplementary_groups_count_like_the_primary_one(tmp_path: Path) -> None:
+    _, authorize = make(tmp_path, allow_gids=[2000], read_only_gids=[3000])
+    for name in READ_ONLY_METHODS | WRITE_METHODS:
+        authorize(peer(7, 7, 100, 2000), *split(name))
+        authorize(peer(7, 7, 3000, 2000), *split(name))  # full access wins over read-only
+    for name in READ_ONLY_METHODS:
+        authorize(peer(7, 7, 3000), *split(name))
+    with pytest.raises(PermissionDenied) as denied:
+        authorize(peer(7, 7, 3000), "io.timelined.Timeline", "AppendBlock")
+    assert "read-only" in denied.value.params["reason"]
+    with pytest.raises(PermissionDenied):
+        authorize(peer(7, 7, 100, 101), "io.timelined.Timeline", "GetContext")
 
 
 def test_a_reload_applies_to_the_next_call(tmp_path: Path) -> None:

@@ -132,13 +132,15 @@ print(json.dumps(out))
 """
 
 
-def _as_peer(daemon: DaemonProcess, uid: int, gid: int, ctx: str) -> dict[str, Any]:
+def _as_peer(
+    daemon: DaemonProcess, uid: int, gid: int, ctx: str, groups: tuple[int, ...] = ()
+) -> dict[str, Any]:
     done = subprocess.run(
         [
             "setpriv",
             f"--reuid={uid}",
             f"--regid={gid}",
-            "--clear-groups",
+            f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups",
             sys.executable,
             "-c",
             PEER,
@@ -186,6 +188,18 @@ def test_a_read_only_peer_reads_and_cannot_write(daemon: DaemonProcess, client: 
     assert got["GetStatus again"] == "ok"  # a new connection after the hang-up
     assert got["raw"]["error"] == "io.timelined.PermissionDenied"
     assert got["raw"]["parameters"]["gid"] == READ_ONLY_GID
+    assert client.get_status().last_seq == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another uid")
+def test_a_supplementary_group_admits_a_peer(daemon: DaemonProcess, client: Client) -> None:
+    """The kernel's SO_PEERGROUPS answer, over a real socket: `usermod -aG` is enough."""
+    conv = client.create_conversation("shared through a supplementary group")
+    before = client.get_status().last_seq
+    got = _as_peer(daemon, STRANGER, STRANGER, conv.root_context_id, groups=(READ_ONLY_GID,))
+    assert got["GetHistory"] == "ok" and got["ReadLog"] == "ok", got
+    assert got["AppendBlock"] == "PermissionDenied", got
+    assert got["raw"]["parameters"]["gid"] == STRANGER  # admitted by the group, not the gid
     assert client.get_status().last_seq == before
 
 

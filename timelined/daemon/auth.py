@@ -8,12 +8,11 @@
 - `org.varlink.service` (GetInfo, GetInterfaceDescription) is open to both.
 - Anyone else gets `io.timelined.PermissionDenied`, and the server closes the connection.
 
-Only the peer's primary gid (the one SO_PEERCRED reports) counts, not its supplementary groups:
-the kernel's answer at connect time is race-free, whereas reading /proc/<pid>/status later is
-not (the pid can be reused) and is hidden by the shipped unit's `ProtectProc=invisible` for
-peers of other users. A client that should be admitted through a group runs with that group as
-its primary one (`sg GROUP -c ...`, `newgrp`, or `Group=`/`SupplementaryGroups=` ordering in its
-own unit) — or is listed by uid.
+"The peer's groups" are its primary gid (SO_PEERCRED) and its supplementary groups
+(SO_PEERGROUPS), both as the kernel recorded them at connect time: race-free, unlike reading
+/proc/<pid>/status later (the pid can be reused, and the shipped unit's `ProtectProc=invisible`
+hides other users' processes). So adding a user to the socket's group (`usermod -aG`) is enough
+once they log in again. Full access wins over read-only when a peer is in both kinds of group.
 
 The config is read at every call: a reload that changes `[auth]` applies to the next call,
 including on connections that are already open.
@@ -95,6 +94,10 @@ class _Grants:
         self.read_only_gids = frozenset(auth.read_only_gids)
 
 
+def _in(peer: PeerCredentials, gids: frozenset[int]) -> bool:
+    return peer.gid in gids or not gids.isdisjoint(peer.groups)
+
+
 def authorizer(app: App) -> Authorizer:
     """The server's authorization hook for `app` (its config read at every call)."""
     grants = _Grants(app.config.auth)
@@ -104,10 +107,10 @@ def authorizer(app: App) -> Authorizer:
         auth = app.config.auth
         if auth is not grants.auth:
             grants = _Grants(auth)
-        if peer.uid in grants.allow_uids or peer.gid in grants.allow_gids:
+        if peer.uid in grants.allow_uids or _in(peer, grants.allow_gids):
             return
         full = f"{interface}.{method}"
-        if peer.gid in grants.read_only_gids:
+        if _in(peer, grants.read_only_gids):
             if interface in OPEN_INTERFACES or full in READ_ONLY_METHODS:
                 return
             if full not in _DECLARED:
@@ -116,7 +119,7 @@ def authorizer(app: App) -> Authorizer:
                 peer.uid, peer.gid, full, "read-only access (read_only_gids) cannot call it"
             )
         raise PermissionDenied(
-            peer.uid, peer.gid, full, "neither the uid nor the gid is allowed by [auth]"
+            peer.uid, peer.gid, full, "neither the uid nor any of its groups is allowed by [auth]"
         )
 
     return authorize

@@ -100,18 +100,43 @@ _PEERCRED = struct.Struct("3i")
 
 
 class PeerCredentials(msgspec.Struct, frozen=True):
-    """The connecting process as the kernel saw it at connect time (SO_PEERCRED)."""
+    """The connecting process as the kernel saw it at connect time.
+
+    `uid`, `gid`, `pid` from SO_PEERCRED; `groups` its supplementary groups from SO_PEERGROUPS
+    (Linux 4.13+; empty where the kernel does not have it).
+    """
 
     uid: int
     gid: int
     pid: int
+    groups: tuple[int, ...] = ()
+
+
+# SO_PEERGROUPS is not in Python's socket module; 59 on every Linux architecture.
+_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+_GID = struct.Struct("I")
+_MAX_GROUPS = 65536  # NGROUPS_MAX
 
 
 def peer_credentials(sock: socket.socket) -> PeerCredentials:
-    """SO_PEERCRED of a connected Unix socket."""
+    """SO_PEERCRED and SO_PEERGROUPS of a connected Unix socket."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
     pid, uid, gid = _PEERCRED.unpack(raw)
-    return PeerCredentials(uid=uid, gid=gid, pid=pid)
+    return PeerCredentials(uid=uid, gid=gid, pid=pid, groups=_peer_groups(sock))
+
+
+def _peer_groups(sock: socket.socket) -> tuple[int, ...]:
+    """The peer's supplementary groups as recorded at connect time (race-free, unlike /proc)."""
+    size = 64 * _GID.size
+    while True:
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, size)
+        except OSError as exc:
+            if exc.errno == errno.ERANGE and size < _MAX_GROUPS * _GID.size:
+                size *= 16  # more groups than the buffer holds
+                continue
+            return ()  # ENOPROTOOPT: an older kernel
+        return tuple(g for (g,) in _GID.iter_unpack(raw))
 
 
 class CallContext(msgspec.Struct, frozen=True):
