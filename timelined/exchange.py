@@ -34,6 +34,7 @@ from timelined.state.model import Block, Context, Conversation
 FORMAT = "timelined-export/1"
 EVENTS_PER_PART = 500
 BLOCKS_PER_PART = 500
+PART_BYTES = 4 * 2**20  # a part closes early past this: big blocks make fewer per part
 ImportMode = Literal["new", "keep"]
 
 
@@ -133,23 +134,28 @@ def export_parts(
     )
     members = _Membership(conversation_id)
     batch: list[str] = []
+    batch_bytes = 0
     events = 0
     for _, line in read_lines(log_dir, after_seq=created - 1, upto_seq=upto_seq):
         content = line[:-1]
         record = decode_content(content)
         if members.concerns(record.event):
             batch.append(content.decode())
+            batch_bytes += len(content)
             events += 1
-            if len(batch) >= EVENTS_PER_PART:
+            if len(batch) >= EVENTS_PER_PART or batch_bytes >= PART_BYTES:
                 yield ExportPart(events=batch)
                 batch = []
+                batch_bytes = 0
     if batch:
         yield ExportPart(events=batch)
     blocks = 0
     for ctx_id in sorted(members.contexts):
         after: int | None = None
         while True:
-            page, after = q.list_blocks(conn, ctx_id, limit=BLOCKS_PER_PART, after=after)
+            page, after = q.list_blocks(
+                conn, ctx_id, limit=BLOCKS_PER_PART, after=after, budget=q.ReplyBudget(PART_BYTES)
+            )
             if page:
                 blocks += len(page)
                 yield ExportPart(blocks=page)

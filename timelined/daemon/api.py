@@ -682,14 +682,18 @@ TIMELINE_METHODS: list[Method[Any, Any]] = [
         ListBlocksParams,
         BlocksReply,
         doc="A context's own blocks by position. Forward with `after`, backward with `before`\n"
-        "(pass `next` back as the same parameter); filters by roles and time range.",
+        "(pass `next` back as the same parameter); filters by roles and time range.\n"
+        "A page holds fewer than `limit` blocks (and `next`) when more would pass\n"
+        "limits.max_message_bytes; never none while blocks remain.",
     ),
     Method(
         "GetHistory",
         GetHistoryParams,
         HistoryReply,
         doc="What a model is given for a context: the blocks inherited from each ancestor\n"
-        "as of its spawn, then its own; each says which context it came from.",
+        "as of its spawn, then its own; each says which context it came from.\n"
+        "Whole or refused: LimitExceeded when it would pass limits.max_message_bytes\n"
+        "(ask for the last blocks only with `limit`).",
     ),
     Method(
         "SearchBlocks",
@@ -756,7 +760,8 @@ ADMIN_METHODS: list[Method[Any, Any]] = [
         ReadLogParams,
         ReadLogReply,
         doc="Committed log events with seq > after_seq, exactly as in the log; pass `next`\n"
-        "as `after_seq` for the next page.",
+        "as `after_seq` for the next page. Fewer than `limit` when more would pass\n"
+        "limits.max_message_bytes; never none while events remain.",
     ),
     Method(
         "GetRecoveryReport",

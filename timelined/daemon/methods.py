@@ -145,7 +145,11 @@ def read_tree(conn: sqlite3.Connection, conversation_id: str) -> list[Context]:
 
 
 def read_blocks(
-    conn: sqlite3.Connection, p: ListBlocksParams, since: str | None, until: str | None
+    conn: sqlite3.Connection,
+    p: ListBlocksParams,
+    since: str | None,
+    until: str | None,
+    reply_bytes: int,
 ) -> BlocksReply:
     _context_exists(conn, p.context_id)
     blocks, next_cursor = q.list_blocks(
@@ -157,13 +161,15 @@ def read_blocks(
         roles=p.roles or None,
         since=since,
         until=until,
+        budget=q.ReplyBudget(reply_bytes),
     )
     return BlocksReply(blocks, next_cursor)
 
 
-def read_history(conn: sqlite3.Connection, p: GetHistoryParams) -> HistoryReply:
+def read_history(conn: sqlite3.Connection, p: GetHistoryParams, reply_bytes: int) -> HistoryReply:
     _context_exists(conn, p.context_id)
-    return HistoryReply(q.history(conn, p.context_id, limit=p.limit))
+    budget = q.ReplyBudget(reply_bytes)
+    return HistoryReply(q.history(conn, p.context_id, limit=p.limit, budget=budget))
 
 
 def read_search(conn: sqlite3.Connection, p: SearchBlocksParams) -> SearchReply:
@@ -317,11 +323,13 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
     async def list_blocks(p: ListBlocksParams, ctx: CallContext) -> BlocksReply:
         since = _timestamp("since", p.since)
         until = _timestamp("until", p.until)
-        reply: BlocksReply = await app.engine.read(read_blocks, p, since, until)
+        reply_bytes = app.config.limits.max_message_bytes
+        reply: BlocksReply = await app.engine.read(read_blocks, p, since, until, reply_bytes)
         return reply
 
     async def get_history(p: GetHistoryParams, ctx: CallContext) -> HistoryReply:
-        reply: HistoryReply = await app.engine.read(read_history, p)
+        reply_bytes = app.config.limits.max_message_bytes
+        reply: HistoryReply = await app.engine.read(read_history, p, reply_bytes)
         return reply
 
     async def search_blocks(p: SearchBlocksParams, ctx: CallContext) -> SearchReply:
@@ -414,10 +422,23 @@ def _builtins(value: Any) -> dict[str, Any] | None:
     return {"value": plain}
 
 
-def _read_log_lines(log_dir: Path, after_seq: int, upto_seq: int) -> list[msgspec.Raw]:
+def _read_log_lines(
+    log_dir: Path, after_seq: int, upto_seq: int, reply_bytes: int
+) -> tuple[list[msgspec.Raw], int]:
+    """The lines after `after_seq` up to `upto_seq`, fewer if the reply would pass
+    `reply_bytes` (never none); and the seq of the last one returned."""
     # Each line is a JSON object already: embedded as raw bytes, the reply carries the log's
     # bytes exactly, so a client can recompute every hash from what it received.
-    return [msgspec.Raw(line[:-1]) for _, line in read_lines(log_dir, after_seq, upto_seq)]
+    lines: list[msgspec.Raw] = []
+    last = after_seq
+    used = 0
+    for seq, line in read_lines(log_dir, after_seq, upto_seq):
+        used += len(line)
+        if lines and used > reply_bytes:
+            break  # the generator is closed (its file with it) as it goes out of scope
+        lines.append(msgspec.Raw(line[:-1]))
+        last = seq
+    return lines, last
 
 
 def _report_path(reports_dir: Path, id: str) -> Path:
@@ -548,10 +569,14 @@ def admin_handlers(app: App) -> dict[str, Handler]:
         if p.after_seq >= head:
             return ReadLogReply(events=[])
         upto = min(head, p.after_seq + p.limit)
-        events = await anyio.to_thread.run_sync(
-            _read_log_lines, app.config.log_dir, p.after_seq, upto
+        events, last = await anyio.to_thread.run_sync(
+            _read_log_lines,
+            app.config.log_dir,
+            p.after_seq,
+            upto,
+            app.config.limits.max_message_bytes,
         )
-        return ReadLogReply(events=events, next=upto if upto < head else None)
+        return ReadLogReply(events=events, next=last if last < head else None)
 
     async def get_recovery_report(
         p: GetRecoveryReportParams, ctx: CallContext

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from timelined.errors import BadQuery
+from timelined.errors import BadQuery, LimitExceeded
 from timelined.events import SubBlock
 from timelined.state.model import (
     Block,
@@ -103,6 +103,34 @@ def _block(row: sqlite3.Row | tuple[Any, ...]) -> Block:
         metadata={} if metadata == "{}" else _meta_decoder.decode(metadata),
         sub_blocks=[] if subs == "[]" else _subs_decoder.decode(subs),
     )
+
+
+# What a block costs in a reply besides its text: ids, role, timestamps, numbers, JSON keys.
+_BLOCK_OVERHEAD = 256
+
+
+def _reply_bytes(row: sqlite3.Row | tuple[Any, ...]) -> int:
+    """About what a block row takes in a reply (characters, before JSON escaping)."""
+    return len(row[3]) + len(row[10]) + len(row[11]) + _BLOCK_OVERHEAD
+
+
+class ReplyBudget:
+    """The bytes a reply may still take; a read that would pass it stops or refuses (by call)."""
+
+    __slots__ = ("maximum", "used")
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+        self.used = 0
+
+    def fits(self, size: int) -> bool:
+        return self.used + size <= self.maximum
+
+    def take(self, size: int) -> None:
+        """Count `size`; LimitExceeded (naming the config key) when the reply would not fit."""
+        self.used += size
+        if self.used > self.maximum:
+            raise LimitExceeded("limits.max_message_bytes (reply)", self.used, self.maximum)
 
 
 # --- conversations -----------------------------------------------------------------------------
@@ -212,12 +240,14 @@ def list_blocks(
     roles: list[str] | None = None,
     since: str | None = None,
     until: str | None = None,
+    budget: ReplyBudget | None = None,
 ) -> tuple[list[Block], int | None]:
     """Keyset page of a context's own blocks by position.
 
     Forward (default, or `after`): positions ascending, next cursor = last position. Backward
     (`before`): the `limit` blocks just before `before`, returned ascending; the next cursor is
-    the first position, to pass as `before` for the page before it.
+    the first position, to pass as `before` for the page before it. With a `budget`, a page
+    holds fewer than `limit` blocks (and a cursor) when more would not fit; never none.
     """
     clauses = ["context_id = ?"]
     params: list[Any] = [context_id]
@@ -238,13 +268,29 @@ def list_blocks(
         params.append(until)
     backward = before is not None and after is None
     order = "DESC" if backward else "ASC"
-    rows = conn.execute(
+    cursor = conn.execute(
         f"SELECT {_BLOCK_COLUMNS} FROM blocks WHERE {' AND '.join(clauses)} "
         f"ORDER BY position {order} LIMIT ?",
         (*params, limit + 1),
-    ).fetchall()
-    page = [_block(r) for r in rows[:limit]]
-    more = len(rows) > limit
+    )
+    page: list[Block] = []
+    more = False
+    try:
+        # Row by row: a page stops early (with a cursor) before its reply outgrows the budget,
+        # and rows it will not send are never read into memory.
+        for row in cursor:
+            if len(page) == limit:
+                more = True
+                break
+            if budget is not None:
+                size = _reply_bytes(row)
+                if page and not budget.fits(size):
+                    more = True
+                    break
+                budget.used += size
+            page.append(_block(row))
+    finally:
+        cursor.close()
     if backward:
         page.reverse()
         return page, (page[0].position if more and page else None)
@@ -252,21 +298,38 @@ def list_blocks(
 
 
 def _own_window(
-    conn: sqlite3.Connection, context_id: str, upto: int | None, count: int
+    conn: sqlite3.Connection,
+    context_id: str,
+    upto: int | None,
+    count: int,
+    budget: ReplyBudget | None,
 ) -> list[Block]:
     """The last `count` own blocks of a context with position <= upto (all when upto is None)."""
     if count <= 0:
         return []
-    rows = conn.execute(
+    cursor = conn.execute(
         f"SELECT {_BLOCK_COLUMNS} FROM blocks WHERE context_id = ? AND position <= ? "
         "ORDER BY position DESC LIMIT ?",
         (context_id, upto if upto is not None else 2**62, count),
-    ).fetchall()
-    return [_block(r) for r in reversed(rows)]
+    )
+    blocks: list[Block] = []
+    try:
+        for row in cursor:
+            if budget is not None:
+                budget.take(_reply_bytes(row))
+            blocks.append(_block(row))
+    finally:
+        cursor.close()
+    blocks.reverse()
+    return blocks
 
 
 def history(
-    conn: sqlite3.Connection, context_id: str, *, limit: int | None = None
+    conn: sqlite3.Connection,
+    context_id: str,
+    *,
+    limit: int | None = None,
+    budget: ReplyBudget | None = None,
 ) -> list[HistoryBlock]:
     """What a model is given for a context: inherited blocks, then its own, oldest first.
 
@@ -274,9 +337,10 @@ def history(
     at the spawn (the parent's own blocks up to `inherit_upto`, preceded by what the parent
     itself inherited). Each level reads at most the rows it contributes, so the cost follows the
     size of the answer, not of the conversation. With `limit`, only the last `limit` blocks.
+    A history is whole or refused: past the `budget`, LimitExceeded (ask for fewer with `limit`).
     """
     out: list[HistoryBlock] = []
-    _history_into(conn, context_id, None, limit, out, inherited=False)
+    _history_into(conn, context_id, None, limit, out, budget, inherited=False)
     return out
 
 
@@ -286,6 +350,7 @@ def _history_into(
     upto: int | None,
     want: int | None,
     out: list[HistoryBlock],
+    budget: ReplyBudget | None,
     *,
     inherited: bool,
 ) -> None:
@@ -301,8 +366,8 @@ def _history_into(
     still = None if want is None else want - take_own
     if inherit_from is not None and inherit_last > 0 and (still is None or still > 0):
         from_parent = inherit_last if still is None else min(inherit_last, still)
-        _history_into(conn, inherit_from, inherit_upto, from_parent, out, inherited=True)
-    for b in _own_window(conn, context_id, upto, take_own):
+        _history_into(conn, inherit_from, inherit_upto, from_parent, out, budget, inherited=True)
+    for b in _own_window(conn, context_id, upto, take_own, budget):
         out.append(HistoryBlock(block=b, source_context_id=context_id, inherited=inherited))
 
 

@@ -1,0 +1,111 @@
+"""Replies stay within `limits.max_message_bytes`: pages shrink, a history too big is refused.
+
+A page of 1,000 blocks of 4 MiB would be a 4 GB reply: the daemon would build it in memory and
+no client would accept it. So ListBlocks and ReadLog return fewer items than `limit` (with a
+cursor) when more would not fit, never none; GetHistory is whole or refused with a named error
+(a model's history silently cut short would be worse); export parts close early.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from tests.daemon.harness import inprocess_config, inprocess_daemon, short_tempdir
+from timelined import exchange
+from timelined.client import AsyncClient
+from timelined.config import LimitsConfig
+from timelined.errors import LimitExceeded
+
+BUDGET = 64 * 1024
+BLOCK = 10_000  # characters: about six blocks fit in a reply
+COUNT = 20
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    with short_tempdir() as path:
+        yield path
+
+
+def _limits() -> LimitsConfig:
+    return LimitsConfig(max_message_bytes=BUDGET, max_block_bytes=16 * 1024)
+
+
+async def test_pages_and_histories_within_the_reply_budget(base: Path) -> None:
+    config = inprocess_config(base, limits=_limits())
+    async with inprocess_daemon(base, config=config) as run, AsyncClient(run.socket_path) as c:
+        conv = await c.create_conversation("big blocks")
+        ctx = conv.root_context_id
+        texts = [f"{i:04d}" + "x" * BLOCK for i in range(COUNT)]
+        for text in texts:
+            await c.append_block(ctx, "user", text)
+
+        # Forward: short pages with a cursor, every block exactly once, in order.
+        seen: list[str] = []
+        sizes: list[int] = []
+        after: int | None = None
+        while True:
+            page = await c.list_blocks(ctx, after=after, limit=1000)
+            assert page.blocks, "a page is never empty while blocks remain"
+            sizes.append(len(page.blocks))
+            seen.extend(b.content for b in page.blocks)
+            if page.next is None:
+                break
+            after = page.next
+        assert seen == texts
+        assert max(sizes) < COUNT and max(sizes) <= BUDGET // BLOCK
+        assert len(sizes) >= COUNT * BLOCK // BUDGET
+
+        # Backward from the end: the same blocks, each page ascending.
+        back: list[str] = []
+        before: int | None = COUNT + 1
+        while before is not None:
+            page = await c.list_blocks(ctx, before=before, limit=1000)
+            assert page.blocks
+            back[:0] = [b.content for b in page.blocks]
+            before = page.next
+        assert back == texts
+
+        # A history that does not fit is refused by name; a shorter one is whole.
+        with pytest.raises(LimitExceeded) as refused:
+            await c.get_history(ctx)
+        assert refused.value.params["limit"] == "limits.max_message_bytes (reply)"
+        assert refused.value.params["maximum"] == BUDGET
+        last = await c.get_history(ctx, limit=3)
+        assert [h.block.content for h in last] == texts[-3:]
+
+        # ReadLog: fewer lines than asked, `next` at the last one sent, no seq skipped.
+        seqs: list[int] = []
+        after_seq = 0
+        rounds = 0
+        while True:
+            reply = await c.read_log(after_seq=after_seq, limit=1000)
+            assert reply.events
+            seqs.extend(msgspec.json.decode(bytes(e))["seq"] for e in reply.events)
+            rounds += 1
+            if reply.next is None:
+                break
+            after_seq = reply.next
+        assert seqs == list(range(1, COUNT + 2))
+        assert rounds > 1
+
+
+async def test_export_parts_close_early_for_big_blocks(
+    base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(exchange, "PART_BYTES", 3 * BLOCK)
+    async with inprocess_daemon(base) as run, AsyncClient(run.socket_path) as c:
+        conv = await c.create_conversation("export")
+        for i in range(COUNT):
+            await c.append_block(conv.root_context_id, "user", f"{i}" + "y" * BLOCK)
+        parts = [part async for part in await c.export_conversation(conv.id)]
+    block_parts = [len(p.blocks) for p in parts if p.blocks]
+    event_parts = [len(p.events) for p in parts if p.events]
+    assert sum(block_parts) == COUNT and max(block_parts) <= 3
+    assert sum(event_parts) == COUNT + 1 and max(event_parts) <= 4
+    doc = exchange.join_parts(parts)
+    assert len(exchange.verify_document(doc)) == COUNT + 1  # still a whole, verifiable export
