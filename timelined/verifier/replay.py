@@ -9,7 +9,9 @@ Two things make it faster than `state.replay.rebuild` without changing what `app
   whose hash verifies is byte for byte what the writer wrote);
 - the scratch's FTS5 index stays empty: its connection tells `apply` to skip it. The search
   index is derived from `blocks.content`, which is compared in full; the live index is checked
-  on its own (compare.py).
+  on its own (compare.py, blocks.py);
+- the scratch's blocks table stays empty too: `apply` hands each block's row to the verifier's
+  merge with the state's blocks (blocks.py) instead of inserting it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from timelined.auditlog import OS_FILEOPS, list_segments
 from timelined.auditlog.reader import iter_lines
 from timelined.errors import LogDamaged
 from timelined.events import Actor, Record, decode_data
+from timelined.state.apply import BlockRows
 from timelined.state.replay import ReplayResult, apply_records
 from timelined.state.schema import migrate
 
@@ -94,9 +97,11 @@ def log_records(log_dir: Path, upto_seq: int | None = None) -> Iterator[Record]:
 
 
 class ReplayConnection(sqlite3.Connection):
-    """A scratch connection whose replays skip the FTS index (state.apply reads this flag)."""
+    """A scratch connection whose replays skip the FTS index and, given `block_rows`, hand the
+    blocks on as rows instead of inserting them (state.apply reads both attributes)."""
 
     search_index = False
+    block_rows: BlockRows | None = None
 
 
 def open_replay_scratch(path: Path) -> sqlite3.Connection:

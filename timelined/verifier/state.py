@@ -21,9 +21,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 from timelined.errors import LogDamaged
-from timelined.verifier.compare import Differences, compare_all
+from timelined.state.apply import BlockRows
+from timelined.verifier.blocks import BlockStream
+from timelined.verifier.compare import (
+    Differences,
+    blocks_table,
+    compare_all,
+    compare_schema,
+    has_search_index,
+)
 from timelined.verifier.model import MAX_DIFFERENCES, Difference, StateResult, VerifyProgress
-from timelined.verifier.replay import open_replay_scratch, remove_db, replay_into
+from timelined.verifier.replay import (
+    ReplayConnection,
+    open_replay_scratch,
+    remove_db,
+    replay_into,
+)
 
 ProgressFn = Callable[[VerifyProgress], None]
 
@@ -76,6 +89,7 @@ def _check(
     progress: ProgressFn | None,
 ) -> StateResult:
     writer = open_replay_scratch(scratch)
+    assert isinstance(writer, ReplayConnection)
     uri = f"file:{live}" if copy else f"file:{live}?mode=ro"
     conn: sqlite3.Connection | None = None
     snapshot_seq, snapshot_hash = -1, ""
@@ -95,6 +109,24 @@ def _check(
             snapshot_seq, snapshot_hash = row
         if on_snapshot is not None:
             on_snapshot(snapshot_seq, snapshot_hash)
+        # The schema is read first: the blocks are compared while the replay makes them.
+        schema = Differences(out.cap)
+        schema_error: sqlite3.DatabaseError | None = None
+        stream: BlockStream | None = None
+        columns: dict[str, tuple[str, ...]] = {}
+        try:
+            columns = compare_schema(conn, schema)
+            if "blocks" in columns:
+                stream = BlockStream(
+                    conn,
+                    blocks_table(),
+                    columns["blocks"],
+                    search_index=has_search_index(conn),
+                    cap=out.cap,
+                )
+        except sqlite3.DatabaseError as exc:
+            schema_error = exc  # raised after the replay, as the comparison would have
+        writer.block_rows = BlockRows(stream.emit if stream is not None else _discard)
         started = time.perf_counter()
         try:
             total = max(snapshot_seq, 0)
@@ -118,12 +150,19 @@ def _check(
         replay_seconds = time.perf_counter() - started
         started = time.perf_counter()
         if log_error is None:
+            out.extend(schema)
+            if schema_error is not None:
+                raise schema_error
+            if stream is not None:
+                stream.finish()
             note = compare_all(
                 conn,
                 out,
                 None
                 if progress is None
                 else lambda done, total: progress(VerifyProgress("compare", done, total)),
+                columns=columns,
+                blocks=stream,
             )
         conn.execute("COMMIT")
         if copy and log_error is None and "no search index" not in note:
@@ -156,6 +195,10 @@ def _check(
         log_error=log_error,
         log_error_seq=log_error_seq,
     )
+
+
+def _discard(_row: object) -> None:
+    """The blocks' rows when the state database has no blocks table to compare them with."""
 
 
 def _read_meta(conn: sqlite3.Connection) -> tuple[int, str] | None:
