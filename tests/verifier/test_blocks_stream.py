@@ -115,3 +115,25 @@ def test_unreadable_blocks_are_database_damage(small_dir: Path, tmp_path: Path) 
     assert any(
         isinstance(d, Difference) and "cannot read" in (d.detail or "") for d in result.differences
     )
+
+
+@pytest.mark.parametrize("damaged", [False, True])
+def test_offline_integrity_check_runs_alongside_the_replay(
+    small_dir: Path, tmp_path: Path, damaged: bool
+) -> None:
+    """On a copy, FTS5's token-level check (run in a thread during the replay) still reports."""
+    db = small_dir / "state.db"
+    if damaged:
+        # Terms gone from the index while every document (docsize) stays: only the token-level
+        # check can see it.
+        _tamper(db, ["DELETE FROM blocks_fts_data WHERE id > 10"])
+    result = check_state(db, small_dir / "log", tmp_path / "work", copy=True)
+    if damaged:
+        assert result.search_index == "documents checked: ok; integrity-check failed"
+        assert [(d.entity, d.id, d.kind) for d in result.differences] == [
+            ("search index", "blocks_fts", "changed")
+        ]
+    else:
+        assert result.search_index == "documents checked: ok; integrity-check ok"
+        assert result.differences_total == 0
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == []
