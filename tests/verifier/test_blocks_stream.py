@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from timelined.events import Record, decode_data
+from timelined.verifier import replay
 from timelined.verifier.compare import Differences, compare_all
 from timelined.verifier.model import Difference
 from timelined.verifier.replay import open_replay_scratch, remove_db, replay_into
@@ -137,3 +139,34 @@ def test_offline_integrity_check_runs_alongside_the_replay(
         assert result.search_index == "documents checked: ok; integrity-check ok"
         assert result.differences_total == 0
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == []
+
+
+def test_block_lines_decode_as_in_two_steps(small_dir: Path) -> None:
+    """decode_record's one-pass path for block.appended lines gives what the two steps give."""
+    lines = [
+        line
+        for seg in sorted((small_dir / "log").iterdir())
+        for line in seg.read_bytes().split(b"\n")
+        if line
+    ]
+    assert any(b'"type":"block.appended"' in line for line in lines)
+    for line in lines:
+        envelope = replay._line.decode(line)
+        want = Record(
+            seq=envelope.seq,
+            ts=envelope.ts,
+            actor=envelope.actor,
+            event=decode_data(envelope.type, envelope.data),
+            prev=envelope.prev,
+            hash=envelope.hash,
+        )
+        assert replay.decode_record(line) == want
+    block = next(line for line in lines if b'"type":"block.appended"' in line)
+    # Data that does not fit is refused, named by the two steps' message.
+    for bad in (
+        block.replace(b'"role":', b'"unknown":1,"role":'),
+        block.replace(b'"type":"block.appended"', b'"type":"context.paused"'),
+        block.replace(b'"seq":', b'"seq":"x","s":'),
+    ):
+        with pytest.raises(ValueError):
+            replay.decode_record(bad)

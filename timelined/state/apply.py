@@ -229,12 +229,13 @@ BLOCK_COLUMNS = (
 BlockRow = tuple[Any, ...]  # the values of BLOCK_COLUMNS
 
 
-def _block_values(seq: int, b: ev.BlockData) -> tuple[Any, ...]:
-    """A block's values but its position: BLOCK_COLUMNS without "position"."""
+def _block_row(seq: int, b: ev.BlockData, position: int | None) -> BlockRow:
+    """A block's row, in BLOCK_COLUMNS order (`position` None: the INSERT computes it)."""
     return (
         seq,
         b.id,
         b.context_id,
+        position,
         b.role,
         b.content,
         b.timestamp,
@@ -265,8 +266,7 @@ class BlockRows:
     def add(self, seq: int, b: ev.BlockData) -> None:
         position = self.positions.get(b.context_id, 0) + 1
         self.positions[b.context_id] = position
-        v = _block_values(seq, b)
-        self.emit((v[0], v[1], v[2], position, *v[3:]))
+        self.emit(_block_row(seq, b, position))
 
 
 def _insert_block(
@@ -276,12 +276,13 @@ def _insert_block(
     if rows is not None:
         rows.add(seq, b)
         return
+    # ?4, the position, is not bound to a value: the subquery computes it.
     conn.execute(
         "INSERT INTO blocks (seq, id, context_id, position, role, content, timestamp, time_taken, "
         "tokens_input, tokens_output, metadata, sub_blocks) VALUES (?1, ?2, ?3, "
         "(SELECT coalesce(max(position), 0) + 1 FROM blocks WHERE context_id = ?3), "
-        "?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        _block_values(seq, b),
+        "?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        _block_row(seq, b, None),
     )
     # The verifier's scratch replays compare blocks.content itself and check the live search
     # index on their own: their connections say `search_index = False` (verifier/replay.py).

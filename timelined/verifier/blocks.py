@@ -14,7 +14,7 @@ scratch database and compared in SQL (compare.py).
 What is reported is what `compare.compare_table` and `compare.compare_search_index` report for
 the blocks, in the same order: changed and extra rows by seq, then missing ones; then, for the
 search index, blocks without a document, then documents without a block. Memory stays flat: one
-batch of state rows at a time, and at most `cap` kept differences of each kind.
+state row at a time (the cursor is the iterator), and at most `cap` kept differences of each kind.
 """
 
 from __future__ import annotations
@@ -27,17 +27,8 @@ from timelined.state.apply import BLOCK_COLUMNS, BlockRow
 from timelined.verifier.compare import Differences, Table, _ident, clip
 from timelined.verifier.model import Difference, FieldDiff
 
-_FETCH = 1024
 _SEQ = BLOCK_COLUMNS.index("seq")
 _ID = BLOCK_COLUMNS.index("id")
-
-
-def _batches(cursor: sqlite3.Cursor) -> Iterator[tuple[Any, ...]]:
-    while True:
-        batch = cursor.fetchmany(_FETCH)
-        if not batch:
-            return
-        yield from batch
 
 
 class BlockStream:
@@ -68,17 +59,16 @@ class BlockStream:
             indexes = [BLOCK_COLUMNS.index(c) for c in columns]
             self._pick = lambda row: tuple(row[i] for i in indexes)
         names = ", ".join(f'"{c}"' for c in columns)
+        # The cursors themselves are the iterators (one SQLite step per row, no Python frame).
         self._state: Iterator[tuple[Any, ...]] | None = None
         self._docs: Iterator[tuple[Any, ...]] | None = None
         self._s: tuple[Any, ...] | None = None
         self._d: int | None = None
         try:
-            self._state = _batches(conn.execute(f'SELECT {names} FROM main.blocks ORDER BY "seq"'))
+            self._state = conn.execute(f'SELECT {names} FROM main.blocks ORDER BY "seq"')
             self._s = next(self._state, None)
             if search_index:
-                self._docs = _batches(
-                    conn.execute("SELECT id FROM main.blocks_fts_docsize ORDER BY id")
-                )
+                self._docs = conn.execute("SELECT id FROM main.blocks_fts_docsize ORDER BY id")
                 self._d = self._next_doc()
         except sqlite3.DatabaseError as exc:
             self._fail(exc)
@@ -92,7 +82,7 @@ class BlockStream:
         try:
             self._row(row)
             if self._docs is not None:
-                self._doc(row)
+                self._doc(row[_SEQ], row)
         except sqlite3.DatabaseError as exc:
             # The state database cannot be read: reported as such once the replay is over
             # (not as a failure of the scratch replay, which this runs inside of).
@@ -130,6 +120,8 @@ class BlockStream:
         seq = row[_SEQ]
         s = self._s
         k = self._key
+        state = self._state
+        assert state is not None
         while s is not None:
             key = s[k]
             if isinstance(key, int | float) and key >= seq:
@@ -137,12 +129,12 @@ class BlockStream:
             # A lower seq, or no number at all (SQLite sorts NULL first, text and blobs last;
             # no replayed block can have such a key): a row the replay does not have.
             self._extra(s)
-            s = self._next_state()
+            s = next(state, None)
         want = row if self._pick is None else self._pick(row)
         if s is not None and s[k] == seq:
             if s != want:
                 self._changed(s, want)
-            s = self._next_state()
+            s = next(state, None)
         else:
             ident, key = _ident(self.table, self.columns, want)
             self.missing.add(
@@ -150,8 +142,7 @@ class BlockStream:
             )
         self._s = s
 
-    def _doc(self, row: BlockRow) -> None:
-        seq = row[_SEQ]
+    def _doc(self, seq: int, row: BlockRow) -> None:
         d = self._d
         while d is not None and d < seq:
             self._extra_doc(d)
