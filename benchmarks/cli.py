@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=RESULTS_DIR,
         help="where scratch state dirs and the dataset cache live (the filesystem measured)",
     )
+    p.add_argument(
+        "--verify-events",
+        type=int,
+        default=None,
+        help="history size of the verify part (default: the 1M of a full run, 2k with --quick)",
+    )
     p.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     p.add_argument("--plots", action="store_true", help="write PNG plots (needs matplotlib)")
     return p
@@ -58,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     results = Results(quick=args.quick)
     env = Env(quick=args.quick, results=results, root=args.dir)
     env._limit_source = _runner("raw")
+    env.verify_events = args.verify_events
     started = time.perf_counter()
     failed: list[str] = []
     try:

@@ -18,6 +18,7 @@ class Env:
     quick: bool
     results: Results
     root: Path = RESULTS_DIR  # where results, the dataset cache and the scratch dirs live
+    verify_events: int | None = None  # --verify-events: the verify part's size instead of `big`
     _n: int = 0
     _limit_source: Callable[[Env], None] | None = field(default=None, repr=False)
 

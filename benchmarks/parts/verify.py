@@ -182,7 +182,7 @@ def _wait_idle(daemon: Daemon, timeout: float = 900) -> None:
 
 
 def run(env: Env) -> None:
-    n = env.big
+    n = env.verify_events or env.big
     if not verifier_available():
         _proxy(env, n)
         env.results.add(

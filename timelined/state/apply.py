@@ -211,27 +211,78 @@ def _crossref_revoked(conn: sqlite3.Connection, r: Record, e: ev.CrossRefRevoked
     conn.execute("UPDATE crossrefs SET revoked_seq = ? WHERE id = ?", (r.seq, e.ref_id))
 
 
+# The columns of a block row, in the schema's order (tests/state check it against the schema).
+BLOCK_COLUMNS = (
+    "seq",
+    "id",
+    "context_id",
+    "position",
+    "role",
+    "content",
+    "timestamp",
+    "time_taken",
+    "tokens_input",
+    "tokens_output",
+    "metadata",
+    "sub_blocks",
+)
+BlockRow = tuple[Any, ...]  # the values of BLOCK_COLUMNS
+
+
+def _block_row(seq: int, b: ev.BlockData, position: int | None) -> BlockRow:
+    """A block's row, in BLOCK_COLUMNS order (`position` None: the INSERT computes it)."""
+    return (
+        seq,
+        b.id,
+        b.context_id,
+        position,
+        b.role,
+        b.content,
+        b.timestamp,
+        b.time_taken,
+        b.tokens_input,
+        b.tokens_output,
+        dump_json(b.metadata),
+        dump_json(b.sub_blocks),
+    )
+
+
+class BlockRows:
+    """Blocks handed on as rows instead of inserted: the verifier's replay (verifier/blocks.py).
+
+    A connection with a `block_rows` attribute holding one of these gets no block rows from
+    `apply`: each new block's full row (BLOCK_COLUMNS) goes to `emit`, in seq order. The
+    position is what the INSERT's subquery computes (one more than the context's highest), kept
+    per context here: blocks are never deleted or moved, so it is the context's block count.
+    Only for a replay from an empty database (the positions start at 0).
+    """
+
+    __slots__ = ("emit", "positions")
+
+    def __init__(self, emit: Callable[[BlockRow], None]) -> None:
+        self.emit = emit
+        self.positions: dict[str, int] = {}
+
+    def add(self, seq: int, b: ev.BlockData) -> None:
+        position = self.positions.get(b.context_id, 0) + 1
+        self.positions[b.context_id] = position
+        self.emit(_block_row(seq, b, position))
+
+
 def _insert_block(
     conn: sqlite3.Connection, seq: int, b: ev.BlockData, fts: FtsRows | None = None
 ) -> None:
+    rows: BlockRows | None = getattr(conn, "block_rows", None)
+    if rows is not None:
+        rows.add(seq, b)
+        return
+    # ?4, the position, is not bound to a value: the subquery computes it.
     conn.execute(
         "INSERT INTO blocks (seq, id, context_id, position, role, content, timestamp, time_taken, "
         "tokens_input, tokens_output, metadata, sub_blocks) VALUES (?1, ?2, ?3, "
         "(SELECT coalesce(max(position), 0) + 1 FROM blocks WHERE context_id = ?3), "
-        "?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        (
-            seq,
-            b.id,
-            b.context_id,
-            b.role,
-            b.content,
-            b.timestamp,
-            b.time_taken,
-            b.tokens_input,
-            b.tokens_output,
-            dump_json(b.metadata),
-            dump_json(b.sub_blocks),
-        ),
+        "?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        _block_row(seq, b, None),
     )
     # The verifier's scratch replays compare blocks.content itself and check the live search
     # index on their own: their connections say `search_index = False` (verifier/replay.py).

@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, Protocol
 
 from timelined.state.schema import SCHEMA_VERSION, migrate
 from timelined.verifier.model import MAX_DIFFERENCES, MAX_TEXT, Difference, FieldDiff
@@ -57,6 +57,12 @@ class Differences:
         self.total += 1
         if len(self.items) < self.cap:
             self.items.append(difference)
+
+    def extend(self, other: Differences) -> None:
+        """Add another collection's differences after these (counted all, kept up to `cap`)."""
+        for difference in other.items:
+            self.add(difference)
+        self.total += other.total - len(other.items)
 
 
 SchemaRow = tuple[str, str, str, str | None]  # type, name, tbl_name, sql
@@ -241,22 +247,56 @@ def compare_search_index(conn: sqlite3.Connection, out: Differences) -> str:
     return "documents checked: " + ("ok" if not found else f"{found} differences")
 
 
+def blocks_table() -> Table:
+    """The blocks table as the current schema defines it."""
+    _, tables = expected_schema()
+    return next(t for t in tables if t.name == "blocks")
+
+
+def has_search_index(conn: sqlite3.Connection) -> bool:
+    """Whether the state database has the search index's document table."""
+    row = conn.execute(
+        "SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = 'blocks_fts_docsize'"
+    ).fetchone()
+    return row is not None
+
+
 def compare_all(
     conn: sqlite3.Connection,
     out: Differences,
     progress: Callable[[int, int], None] | None = None,
+    *,
+    columns: dict[str, tuple[str, ...]] | None = None,
+    blocks: BlockDiffs | None = None,
 ) -> str:
-    """Schema, every entity table, then the search index's documents; returns the index note."""
-    columns = compare_schema(conn, out)
+    """Schema, every entity table, then the search index's documents; returns the index note.
+
+    `columns`: compare_schema's result, when the caller ran it already. `blocks`: the blocks
+    and their search documents were compared while the replay ran (blocks.py); their
+    differences are folded in where this function would have found them.
+    """
+    if columns is None:
+        columns = compare_schema(conn, out)
     _, tables = expected_schema()
     for done, table in enumerate(tables):
         if table.name in columns:
-            compare_table(conn, table, columns[table.name], out)
+            if table.name == "blocks" and blocks is not None:
+                blocks.fold(out)
+            else:
+                compare_table(conn, table, columns[table.name], out)
         if progress is not None:
             progress(done + 1, len(tables) + 1)
     if "blocks" not in columns:
         return "not checked: the state database has no blocks table"
-    note = compare_search_index(conn, out)
+    note = compare_search_index(conn, out) if blocks is None else blocks.fold_search_index(out)
     if progress is not None:
         progress(len(tables) + 1, len(tables) + 1)
     return note
+
+
+class BlockDiffs(Protocol):
+    """What compare_all needs of a blocks comparison made elsewhere (blocks.BlockStream)."""
+
+    def fold(self, out: Differences) -> None: ...
+
+    def fold_search_index(self, out: Differences) -> str: ...

@@ -9,7 +9,9 @@ Two things make it faster than `state.replay.rebuild` without changing what `app
   whose hash verifies is byte for byte what the writer wrote);
 - the scratch's FTS5 index stays empty: its connection tells `apply` to skip it. The search
   index is derived from `blocks.content`, which is compared in full; the live index is checked
-  on its own (compare.py).
+  on its own (compare.py, blocks.py);
+- the scratch's blocks table stays empty too: `apply` hands each block's row to the verifier's
+  merge with the state's blocks (blocks.py) instead of inserting it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import msgspec
 from timelined.auditlog import OS_FILEOPS, list_segments
 from timelined.auditlog.reader import iter_lines
 from timelined.errors import LogDamaged
-from timelined.events import Actor, Record, decode_data
+from timelined.events import Actor, BlockAppended, Record, decode_data
+from timelined.state.apply import BlockRows
 from timelined.state.replay import ReplayResult, apply_records
 from timelined.state.schema import migrate
 
@@ -47,8 +50,42 @@ class _Line(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 _line = msgspec.json.Decoder(_Line)
 
 
+class _BlockLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A block.appended line (nearly every line of a log), decoded in one pass."""
+
+    seq: int
+    ts: str
+    type: str
+    actor: Actor | Literal["daemon"]
+    data: BlockAppended
+    prev: str
+    hash: str
+
+
+_block_line = msgspec.json.Decoder(_BlockLine)
+
+
 def decode_record(content: bytes) -> Record:
-    """A line (without its newline) as a typed Record; raises ValueError when it is not one."""
+    """A line (without its newline) as a typed Record; raises ValueError when it is not one.
+
+    A block.appended line is decoded in one pass: the same members and the same validation of
+    its data as the two steps below (`data` as BlockAppended, with its own struct's rules).
+    Any other line, or one that does not fit, takes the two steps, which name what is wrong.
+    """
+    try:
+        block = _block_line.decode(content)
+    except msgspec.DecodeError:
+        pass
+    else:
+        if block.type == BlockAppended.type_name:
+            return Record(
+                seq=block.seq,
+                ts=block.ts,
+                actor=block.actor,
+                event=block.data,
+                prev=block.prev,
+                hash=block.hash,
+            )
     try:
         line = _line.decode(content)
         event = decode_data(line.type, line.data)
@@ -94,9 +131,11 @@ def log_records(log_dir: Path, upto_seq: int | None = None) -> Iterator[Record]:
 
 
 class ReplayConnection(sqlite3.Connection):
-    """A scratch connection whose replays skip the FTS index (state.apply reads this flag)."""
+    """A scratch connection whose replays skip the FTS index and, given `block_rows`, hand the
+    blocks on as rows instead of inserting them (state.apply reads both attributes)."""
 
     search_index = False
+    block_rows: BlockRows | None = None
 
 
 def open_replay_scratch(path: Path) -> sqlite3.Connection:

@@ -8,7 +8,10 @@ to the same connection) and the two are compared (compare.py).
 `copy=True` (offline verification) first copies the database and its WAL into the work
 directory: opening a WAL database, even read-only, creates its -wal and -shm files, and an
 auditor's directory must not change. The copy is writable, so FTS5's own `integrity-check` can
-run on it as well.
+run on it as well (in a thread, alongside the replay).
+
+The blocks are not replayed into the scratch database: they are compared with the state's as the
+replay makes them (blocks.py), once the schema has been compared.
 """
 
 from __future__ import annotations
@@ -16,14 +19,28 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from timelined.errors import LogDamaged
-from timelined.verifier.compare import Differences, compare_all
+from timelined.state.apply import BlockRows
+from timelined.verifier.blocks import BlockStream
+from timelined.verifier.compare import (
+    Differences,
+    blocks_table,
+    compare_all,
+    compare_schema,
+    has_search_index,
+)
 from timelined.verifier.model import MAX_DIFFERENCES, Difference, StateResult, VerifyProgress
-from timelined.verifier.replay import open_replay_scratch, remove_db, replay_into
+from timelined.verifier.replay import (
+    ReplayConnection,
+    open_replay_scratch,
+    remove_db,
+    replay_into,
+)
 
 ProgressFn = Callable[[VerifyProgress], None]
 
@@ -76,8 +93,10 @@ def _check(
     progress: ProgressFn | None,
 ) -> StateResult:
     writer = open_replay_scratch(scratch)
+    assert isinstance(writer, ReplayConnection)
     uri = f"file:{live}" if copy else f"file:{live}?mode=ro"
     conn: sqlite3.Connection | None = None
+    fts: _FtsIntegrity | None = None
     snapshot_seq, snapshot_hash = -1, ""
     replayed_seq = applied = 0
     replay_seconds = 0.0
@@ -95,6 +114,27 @@ def _check(
             snapshot_seq, snapshot_hash = row
         if on_snapshot is not None:
             on_snapshot(snapshot_seq, snapshot_hash)
+        # The schema is read first: the blocks are compared while the replay makes them.
+        schema = Differences(out.cap)
+        schema_error: sqlite3.DatabaseError | None = None
+        stream: BlockStream | None = None
+        columns: dict[str, tuple[str, ...]] = {}
+        try:
+            columns = compare_schema(conn, schema)
+            if "blocks" in columns:
+                stream = BlockStream(
+                    conn,
+                    blocks_table(),
+                    columns["blocks"],
+                    search_index=has_search_index(conn),
+                    cap=out.cap,
+                )
+        except sqlite3.DatabaseError as exc:
+            schema_error = exc  # raised after the replay, as the comparison would have
+        writer.block_rows = BlockRows(stream.emit if stream is not None else _discard)
+        if copy:
+            fts = _FtsIntegrity(live)
+            fts.start()
         started = time.perf_counter()
         try:
             total = max(snapshot_seq, 0)
@@ -118,16 +158,23 @@ def _check(
         replay_seconds = time.perf_counter() - started
         started = time.perf_counter()
         if log_error is None:
+            out.extend(schema)
+            if schema_error is not None:
+                raise schema_error
+            if stream is not None:
+                stream.finish()
             note = compare_all(
                 conn,
                 out,
                 None
                 if progress is None
                 else lambda done, total: progress(VerifyProgress("compare", done, total)),
+                columns=columns,
+                blocks=stream,
             )
         conn.execute("COMMIT")
-        if copy and log_error is None and "no search index" not in note:
-            note += "; " + _fts_integrity(conn, out)
+        if fts is not None and log_error is None and "no search index" not in note:
+            note += "; " + fts.result(out)
     except sqlite3.DatabaseError as exc:
         # The state database cannot be read as one (not a database, malformed pages): the
         # state differs from the log as much as it can.
@@ -140,6 +187,8 @@ def _check(
             )
         )
     finally:
+        if fts is not None:
+            fts.stop()
         if conn is not None:
             conn.close()
         writer.close()
@@ -158,6 +207,10 @@ def _check(
     )
 
 
+def _discard(_row: object) -> None:
+    """The blocks' rows when the state database has no blocks table to compare them with."""
+
+
 def _read_meta(conn: sqlite3.Connection) -> tuple[int, str] | None:
     """The snapshot's (last_seq, last_hash); None when the meta row or table is gone."""
     try:
@@ -173,20 +226,56 @@ def _read_meta(conn: sqlite3.Connection) -> tuple[int, str] | None:
     return int(row[0]), str(row[1])
 
 
-def _fts_integrity(conn: sqlite3.Connection, out: Differences) -> str:
-    """FTS5's token-level check of the index against block content (needs a writable copy)."""
-    conn.execute("PRAGMA query_only = OFF")
-    try:
-        conn.execute("INSERT INTO main.blocks_fts (blocks_fts, rank) VALUES ('integrity-check', 1)")
-    except sqlite3.DatabaseError as exc:
-        out.add(
-            Difference(
-                entity="search index",
-                id="blocks_fts",
-                kind="changed",
-                detail="FTS5's integrity-check finds the index does not match the blocks' "
-                f"content (SQLite says: {exc})",
+class _FtsIntegrity(threading.Thread):
+    """FTS5's token-level check of the index against block content, on the writable copy.
+
+    It runs in a thread while the replay runs: the statement is SQLite's own work, done with the
+    GIL released, so it takes the second core's idle time instead of adding to the run's. Its
+    own connection opens the copy (the check is an INSERT: it cannot share the read-only
+    snapshot); nothing writes the copy, so it sees the same content.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(name="fts-integrity-check", daemon=True)
+        self.path = path
+        self.error: sqlite3.DatabaseError | None = None
+        self.conn: sqlite3.Connection | None = None
+
+    def run(self) -> None:
+        try:
+            self.conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=600
             )
-        )
-        return "integrity-check failed"
-    return "integrity-check ok"
+            self.conn.execute(
+                "INSERT INTO main.blocks_fts (blocks_fts, rank) VALUES ('integrity-check', 1)"
+            )
+        except sqlite3.DatabaseError as exc:
+            self.error = exc
+        finally:
+            if self.conn is not None:
+                self.conn.close()
+
+    def stop(self) -> None:
+        """Abandon the check (the run ends without needing it)."""
+        conn = self.conn
+        if conn is not None and self.is_alive():
+            try:
+                conn.interrupt()
+            except sqlite3.ProgrammingError:
+                pass  # closed meanwhile
+        self.join()
+
+    def result(self, out: Differences) -> str:
+        self.join()
+        if self.error is not None:
+            out.add(
+                Difference(
+                    entity="search index",
+                    id="blocks_fts",
+                    kind="changed",
+                    detail="FTS5's integrity-check finds the index does not match the blocks' "
+                    f"content (SQLite says: {self.error})",
+                )
+            )
+            return "integrity-check failed"
+        return "integrity-check ok"
