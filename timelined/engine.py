@@ -3,10 +3,12 @@
 Contract (DESIGN.md's write path):
 
 - `submit` queues a command and waits for its batch. The writer task takes every waiting command
-  (up to `log.max_batch`) and runs the whole batch in ONE worker-thread call: BEGIN; for each
-  command a SAVEPOINT, the rules' checks, its events encoded with the next seqs and applied, then
-  RELEASE (a refusal: ROLLBACK TO, the named error, no trace); one log write; fsync per
-  `log.fsync`; meta(last_seq, last_hash); COMMIT. Only then are the batch's callers answered.
+  (up to `log.max_batch`) and runs the whole batch in ONE call on the writer's own thread
+  (`SerialThread`: every use of the write connection runs there, one call at a time): BEGIN;
+  for each command a SAVEPOINT, the rules' checks, its events encoded with the next seqs and
+  applied, then RELEASE (a refusal: ROLLBACK TO, the named error, no trace); one log write;
+  fsync per `log.fsync`; meta(last_seq, last_hash); COMMIT. Only then are the batch's callers
+  answered.
 - Invariant: SQLite never commits an event that is not already in the log.
 - A full disk refuses the whole batch (`DiskFull`, the log truncated back, the transaction rolled
   back) and writes resume when space returns. A failed fsync is fatal: nothing of the batch is
@@ -17,6 +19,7 @@ Contract (DESIGN.md's write path):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -24,7 +27,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -52,12 +55,15 @@ from timelined.events import DAEMON, ActorLike, Event, Record
 from timelined.histogram import BATCH_SIZE_BOUNDS, SECONDS_BOUNDS, Histogram
 from timelined.hotstate import HotState
 from timelined.ids import utc_now
+from timelined.serial_thread import SerialThread
 from timelined.state.apply import FtsRows, apply, insert_fts, set_meta
 from timelined.state.db import data_version, open_write, read_meta
 from timelined.state.reads import Readers
 from timelined.state.replay import roll_forward
 
 log = logging.getLogger("timelined.engine")
+
+T = TypeVar("T")
 
 
 def _tail_problem(scan: TailScan) -> LogDamaged | None:
@@ -98,9 +104,14 @@ class _Pending:
     def __init__(self, command: cmd.Command, actor: ActorLike) -> None:
         self.command = command
         self.actor = actor
-        self.done = anyio.Event()
+        # A bare future, not an anyio.Event: one fewer object and wake-up per command.
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.result: rules.Result | None = None
         self.error: TimelinedError | None = None
+
+    def answer(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
 
 
 class _CommandTx:
@@ -192,7 +203,10 @@ class Engine:
         self._closing = False
         self._stopped = anyio.Event()
         self._subscribers: list[Callable[[list[Record]], None]] = []
-        self._limiter = anyio.CapacityLimiter(1)
+        # The write connection is used only on this thread, and only under `_lock`, which
+        # `paused()` also holds so that a repair can swap the state between two batches.
+        self._thread = SerialThread("timelined-writer")
+        self._lock = asyncio.Lock()
         self._pause_depth = 0
         self._resumed = anyio.Event()
         self._resumed.set()
@@ -221,8 +235,8 @@ class Engine:
         engine = await anyio.to_thread.run_sync(
             lambda: cls._open_sync(config, fileops or OsFileOps(), read_only, head)
         )
-        await engine.readers.open()
         try:
+            await engine.readers.open()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(engine._writer_loop)
                 try:
@@ -279,15 +293,22 @@ class Engine:
         await self._stopped.wait()
 
     async def _close(self) -> None:
-        await self.readers.close()
-
         def close_sync() -> None:
             if self.fatal is None and self._writer is not None:
                 self._writer.close()  # syncs: nothing acknowledged in interval mode is left
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.close()
 
-        await anyio.to_thread.run_sync(close_sync, limiter=self._limiter)
+        try:
+            await self.readers.close()
+            await self._on_writer_thread(close_sync)
+        finally:
+            self._thread.close()
+
+    async def _on_writer_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(*args)` on the writer's thread, between batches and outside `paused()`."""
+        async with self._lock:
+            return await self._thread.run(fn, *args)
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -302,7 +323,7 @@ class Engine:
         pending = _Pending(command, actor)
         self._queue.append(pending)
         self._wakeup.set()
-        await pending.done.wait()
+        await pending.done
         if pending.error is not None:
             raise pending.error
         assert pending.result is not None
@@ -323,7 +344,7 @@ class Engine:
         self._pause_depth += 1
         self._resumed = anyio.Event()
         try:
-            async with self._limiter:
+            async with self._lock:
                 self.hot.clear()  # the holder may change the state behind the writer
                 try:
                     yield self._conn
@@ -358,7 +379,7 @@ class Engine:
                 self.hot.clear()  # another process wrote the state: nothing cached holds
             return changed
 
-        return await anyio.to_thread.run_sync(check, limiter=self._limiter)
+        return await self._on_writer_thread(check)
 
     async def _writer_loop(self) -> None:
         interval = (
@@ -377,18 +398,16 @@ class Engine:
                     else:
                         with anyio.move_on_after(interval):
                             await self._wakeup.wait()
-                        await anyio.to_thread.run_sync(self._sync_if_due, limiter=self._limiter)
+                        await self._on_writer_thread(self._sync_if_due)
                     continue
                 await self._resumed.wait()
                 batch = [
                     self._queue.popleft()
                     for _ in range(min(len(self._queue), self.config.log.max_batch))
                 ]
-                committed = await anyio.to_thread.run_sync(
-                    self._run_batch, batch, limiter=self._limiter
-                )
+                committed = await self._on_writer_thread(self._run_batch, batch)
                 for pending in batch:
-                    pending.done.set()
+                    pending.answer()
                 if committed:
                     for callback in list(self._subscribers):
                         try:
@@ -405,7 +424,7 @@ class Engine:
         while self._queue:
             pending = self._queue.popleft()
             pending.error = error
-            pending.done.set()
+            pending.answer()
 
     def _sync_if_due(self) -> None:
         try:

@@ -286,6 +286,30 @@ def test_bad_frames_get_named_errors_and_others_keep_being_served(
     assert client.get_status().fatal is None
 
 
+def test_editing_config_toml_reloads_without_a_call() -> None:
+    """The file watcher alone applies an edit; it watches the config's directory, not the state
+    under it (./var in the default layout), so writes do not wake it."""
+    with short_tempdir() as base, DaemonProcess(base) as daemon:
+        assert daemon.state_dir.parent == daemon.config_path.parent
+        with Client(daemon.socket_path, timeout=30) as c:
+            ctx = c.create_conversation("watched").root_context_id
+            for i in range(50):  # writes under the watched directory: no reload comes of them
+                c.append_block(ctx, "user", f"before the edit {i}")
+            assert "config file changed" not in daemon.log()
+            daemon.sections["limits"] = {"max_block_bytes": 2048}
+            daemon.write_config()
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    c.append_block(ctx, "user", "x" * 4096)
+                except LimitExceeded as big:
+                    assert big.params["maximum"] == 2048
+                    break
+                assert time.monotonic() < deadline, f"no reload after the edit:\n{daemon.log()}"
+                time.sleep(0.1)
+        assert "config file changed: reloading" in daemon.log()
+
+
 def test_sigterm_under_load_keeps_every_acknowledged_block_and_reload_applies() -> None:
     with short_tempdir() as base:
         first = DaemonProcess(base).start()

@@ -356,7 +356,11 @@ class _Reloader:
             pass
 
     async def watch_file(self, stop: anyio.Event) -> None:
-        """Reload when config.toml changes (editors replace the file: watch its directory)."""
+        """Reload when config.toml changes (editors replace the file: watch its directory).
+
+        Not recursively: the default layout keeps the state (./var) under the config's
+        directory, and a recursive watch woke the watcher thread on every log and WAL write.
+        """
         if self.path is None:
             return
         import watchfiles
@@ -369,6 +373,7 @@ class _Reloader:
         async for _ in watchfiles.awatch(
             self.path.parent,
             watch_filter=only_config,
+            recursive=False,
             stop_event=stop,
             debounce=200,
             step=50,

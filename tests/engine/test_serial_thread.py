@@ -1,0 +1,88 @@
+"""SerialThread: the writer's own thread (order, one thread, errors, cancellation, close)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from timelined.serial_thread import SerialThread
+
+
+async def test_calls_run_in_submission_order_on_one_named_thread() -> None:
+    thread = SerialThread("tl-test")
+    seen: list[tuple[int, str]] = []
+
+    def record(i: int) -> int:
+        time.sleep(0.001 * (i % 3))  # uneven work must not reorder anything
+        seen.append((i, threading.current_thread().name))
+        return i * 2
+
+    results: dict[int, int] = {}
+
+    async def call(i: int) -> None:
+        results[i] = await thread.run(record, i)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon(call, i)
+                await anyio.lowlevel.checkpoint()  # submit in this order
+        assert [i for i, _ in seen] == list(range(40))
+        assert {name for _, name in seen} == {"tl-test"}
+        assert results == {i: i * 2 for i in range(40)}
+    finally:
+        thread.close()
+
+
+async def test_exceptions_reach_the_caller_and_the_thread_survives() -> None:
+    thread = SerialThread("tl-test")
+
+    def fail(exc: BaseException) -> None:
+        raise exc
+
+    try:
+        with pytest.raises(ValueError, match="named"):
+            await thread.run(fail, ValueError("named"))
+        with pytest.raises(SystemExit):
+            await thread.run(fail, SystemExit(3))
+        assert await thread.run(lambda: "alive") == "alive"
+    finally:
+        thread.close()
+
+
+async def test_a_cancelled_caller_waits_for_its_call_to_end() -> None:
+    thread = SerialThread("tl-test")
+    started, finished = threading.Event(), threading.Event()
+
+    def slow() -> None:
+        started.set()
+        time.sleep(0.2)
+        finished.set()
+
+    try:
+        with anyio.move_on_after(0.01) as scope:
+            await thread.run(slow)
+        # The timeout fired while the call ran, but the caller came back only once it ended.
+        assert scope.cancel_called
+        assert started.is_set() and finished.is_set()
+    finally:
+        thread.close()
+
+
+async def test_close_finishes_queued_calls_then_refuses_new_ones() -> None:
+    thread = SerialThread("tl-test")
+    done: list[int] = []
+    async with anyio.create_task_group() as tg:
+        for i in range(5):
+            tg.start_soon(thread.run, done.append, i)
+        await anyio.sleep(0.05)
+    thread.close()
+    thread.close()  # idempotent
+    assert done == list(range(5))
+    assert not thread._thread.is_alive()
+    with pytest.raises(RuntimeError, match="tl-test is closed"):
+        await thread.run(done.append, 99)
