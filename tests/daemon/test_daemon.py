@@ -4,6 +4,7 @@ malformed frames."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -310,6 +311,34 @@ def test_editing_config_toml_reloads_without_a_call() -> None:
         assert "config file changed: reloading" in daemon.log()
 
 
+def test_sighup_reloads_what_the_watcher_does_not_see() -> None:
+    """config.toml a symlink into another directory: an edit of its target reaches the daemon
+    by SIGHUP alone (the watcher sees the link's directory only, as documented)."""
+    with short_tempdir() as base:
+        daemon = DaemonProcess(base)
+        (base / "etc").mkdir()
+        daemon.config_path.symlink_to(base / "etc" / "config.toml")
+        with daemon, Client(daemon.socket_path, timeout=30) as c:
+            ctx = c.create_conversation("hup").root_context_id
+            c.append_block(ctx, "user", "x" * 4096)
+            daemon.sections["limits"] = {"max_block_bytes": 2048}
+            daemon.write_config()  # through the link: the target in etc/ changes
+            time.sleep(1.0)  # longer than the watcher's debounce: it would have reloaded by now
+            c.append_block(ctx, "user", "y" * 4096)
+            daemon.signal(signal.SIGHUP)
+            deadline = time.monotonic() + 15
+            while "reloaded config: changed limits.max_block_bytes" not in daemon.log():
+                assert time.monotonic() < deadline, f"no reload after SIGHUP:\n{daemon.log()}"
+                time.sleep(0.05)
+            with pytest.raises(LimitExceeded) as big:
+                c.append_block(ctx, "user", "z" * 4096)
+            assert big.value.params["maximum"] == 2048
+            assert c.get_status().fatal is None
+        text = daemon.log()
+        assert "received SIGHUP: reloading the config" in text
+        assert "config file changed" not in text
+
+
 def test_sigterm_under_load_keeps_every_acknowledged_block_and_reload_applies() -> None:
     with short_tempdir() as base:
         first = DaemonProcess(base).start()
@@ -372,3 +401,11 @@ def test_sigterm_under_load_keeps_every_acknowledged_block_and_reload_applies() 
                 assert not missing, f"{len(missing)} acknowledged blocks lost of {total}"
         finally:
             assert second.stop() == 0
+
+
+def test_the_daemon_runs_on_uvloop_when_it_is_installed(daemon: DaemonProcess) -> None:
+    if importlib.util.find_spec("uvloop") is None:
+        pytest.skip("uvloop is not installed (it is a dependency on Linux only)")
+    assert daemon.proc is not None
+    maps = Path(f"/proc/{daemon.proc.pid}/maps").read_text(encoding="utf-8")
+    assert "uvloop" in maps, "the daemon did not load uvloop's event loop"
