@@ -120,6 +120,29 @@ def test_truncate_and_unlink_are_volatile_until_synced(tmp_path: Path) -> None:
     assert contents(states, "gone") == {None, b"x"}
 
 
+def test_a_truncate_may_be_lost_alone_but_no_write_leaves_a_hole_of_its_own_range(
+    tmp_path: Path,
+) -> None:
+    """An ENOSPC truncate-back among unsynced appends: the truncate may reach the disk or not,
+    but an earlier append's exact byte range as zeros before later data is not a state: no
+    sector written back ever held a later append's bytes without the earlier one's."""
+    durable = b"d" * 300
+    (tmp_path / "seg").write_bytes(durable)
+    sim = SimDisk(tmp_path)
+    fd = sim.open_append(str(tmp_path / "seg"))
+    first, second, partial = b"a" * 100 + b"\n", b"b" * 200 + b"\n", b"c" * 50
+    for data in (first, second, partial):
+        sim.write(fd, data)
+    sim.ftruncate(fd, len(durable + first + second))  # the partial write cut back
+    found = {s.name: s.files["seg"] for s in final_states(sim)}
+    assert durable + first + second + partial in found.values()  # the truncate lost
+    impossible = durable + bytes(len(first)) + second  # the first append alone dropped
+    assert impossible not in found.values()
+    # Of the four pending operations only the truncate (the fourth) is dropped on its own.
+    writes_dropped = {f"ops-without-{i}" for i in range(3)}
+    assert not [name for name in found if name.split(":")[-1] in writes_dropped]
+
+
 def test_untracked_files_pass_through_and_states_are_unique(tmp_path: Path) -> None:
     sim = SimDisk(tmp_path)
     fd = sim.open_new(str(tmp_path / "state.db-journal"))  # SQLite's: not modelled
