@@ -22,6 +22,7 @@ import pytest
 from tests.daemon.harness import DaemonProcess, short_tempdir
 from tests.helpers import dump_state, replay_dump
 from timelined.daemon.varlink.client import Connection
+from timelined.daemon.varlink.protocol import VarlinkErrorReply
 from timelined.errors import TimelinedError
 from timelined.recovery.report import list_reports, read_report
 
@@ -60,8 +61,11 @@ class Writers:
                             "id": block_id,
                         },
                     )
-                except (TimelinedError, OSError):
-                    return  # the daemon died: this write is not acknowledged
+                except (TimelinedError, VarlinkErrorReply, OSError):
+                    # The daemon died, or is stopping and answered io.timelined.ShuttingDown
+                    # (the raw connection raises error replies as VarlinkErrorReply): this write
+                    # is not acknowledged.
+                    return
                 with self.lock:
                     self.acked.append(block_id)
                 i += 1

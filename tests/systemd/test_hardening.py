@@ -49,6 +49,12 @@ async def main():
     await anyio.to_thread.run_sync(lambda: None)
 
 anyio.run(main)
+try:
+    import uvloop  # the daemon's event loop where installed (a dependency on Linux)
+except ImportError:
+    pass
+else:
+    anyio.run(main, backend_options={"use_uvloop": True})
 print("OK")
 """
 

@@ -1,0 +1,46 @@
+"""The verifier's children give way to the daemon: SCHED_IDLE, or nice 10 where it is refused."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import os, sys
+from timelined.verifier import worker
+worker._settle(None)
+print(os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0))
+"""
+
+REFUSED = (
+    """
+import os
+def refuse(*args):
+    raise PermissionError(1, "Operation not permitted")
+os.sched_setscheduler = refuse  # as systemd's SystemCallFilter=~@resources would answer
+"""
+    + PROBE
+)
+
+
+def probe(code: str) -> tuple[int, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.split()
+    return int(out[0]), int(out[1])
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="no SCHED_IDLE on this platform")
+def test_a_worker_runs_in_sched_idle() -> None:
+    policy, _ = probe(PROBE)
+    assert policy == os.SCHED_IDLE
+
+
+def test_a_worker_falls_back_to_nice_10_when_the_scheduler_call_is_refused() -> None:
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    policy, nice = probe(REFUSED)
+    assert policy == os.SCHED_OTHER
+    assert nice == min(before + 10, 19)
