@@ -12,8 +12,8 @@ Contract (DESIGN.md's write path):
 - Invariant: SQLite never commits an event that is not already in the log.
 - A full disk refuses the whole batch (`DiskFull`, the log truncated back, the transaction rolled
   back) and writes resume when space returns. A failed fsync is fatal: nothing of the batch is
-  acknowledged, every later call gets `FatalStorageError`, and `on_fatal` tells the daemon to exit
-  non-zero so that recovery replays the log.
+  acknowledged, every later call gets `FatalStorageError`, and `on_fatal` (called once, on the
+  event loop) tells the daemon to exit non-zero so that recovery replays the log.
 - Cancelling a waiting `submit` does not cancel the command: once queued it runs to its end.
 """
 
@@ -197,15 +197,14 @@ class Engine:
         self.last_hash = meta.last_hash
         self.stats = stats or EngineStats()
         self.fatal: FatalStorageError | None = None
+        # Called once, on the event loop, when the engine goes fatal (the daemon exits 74).
         self.on_fatal: Callable[[FatalStorageError], None] | None = None
+        self._fatal_reported = False
         self._queue: deque[_Pending] = deque()
         self._wakeup = anyio.Event()
         self._closing = False
         self._stopped = anyio.Event()
         self._subscribers: list[Callable[[list[Record]], None]] = []
-        # The write connection is used only on this thread, and only under `_lock`, which
-        # `paused()` also holds so that a repair can swap the state between two batches.
-        self._thread = SerialThread("timelined-writer")
         self._lock = asyncio.Lock()
         self._pause_depth = 0
         self._resumed = anyio.Event()
@@ -213,6 +212,10 @@ class Engine:
         self._data_version = data_version(conn)
         # The writer's cache for appends; see hotstate.py for why it stays equal to the state.
         self.hot = HotState()
+        # The write connection is used only on this thread, and only under `_lock`, which
+        # `paused()` also holds so that a repair can swap the state between two batches.
+        # Started last: nothing above can fail and leave it running.
+        self._thread = SerialThread("timelined-writer")
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -299,16 +302,32 @@ class Engine:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.close()
 
-        try:
-            await self.readers.close()
-            await self._on_writer_thread(close_sync)
-        finally:
-            self._thread.close()
+        # Shielded: a cancelled shutdown must still sync the log (interval mode acknowledges
+        # before its fsync) and close the state cleanly.
+        with anyio.CancelScope(shield=True):
+            try:
+                try:
+                    await self.readers.close()
+                finally:
+                    await self._on_writer_thread(close_sync)
+            finally:
+                self._thread.close()
 
     async def _on_writer_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn(*args)` on the writer's thread, between batches and outside `paused()`."""
+        """Run `fn(*args)` on the writer's thread, between batches and outside `paused()`
+        (the lock is not re-entrant: a `paused()` holder must not call this)."""
         async with self._lock:
-            return await self._thread.run(fn, *args)
+            try:
+                return await self._thread.run(fn, *args)
+            finally:
+                self._report_fatal()
+
+    def _report_fatal(self) -> None:
+        """Tell `on_fatal` once, here on the event loop: the writer's thread only records it."""
+        if self.fatal is not None and not self._fatal_reported:
+            self._fatal_reported = True
+            if self.on_fatal is not None:
+                self.on_fatal(self.fatal)
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -434,11 +453,10 @@ class Engine:
             self._go_fatal(exc)
 
     def _go_fatal(self, exc: FatalStorageError) -> None:
+        """On the writer's thread: record the fatal error (`_report_fatal` tells the daemon)."""
         if self.fatal is None:
             self.fatal = exc
             log.critical("%s", exc.message)
-            if self.on_fatal is not None:
-                self.on_fatal(exc)
 
     def _run_batch(self, batch: list[_Pending]) -> list[Record]:
         """The whole batch, on the writer's thread. Returns the committed records.

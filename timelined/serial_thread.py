@@ -22,6 +22,7 @@ asyncio only (the daemon's backend); the loop is the one running when `run` is c
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -30,6 +31,8 @@ from typing import Any, TypeVar
 import anyio
 
 T = TypeVar("T")
+
+log = logging.getLogger("timelined.serial_thread")
 
 _Job = tuple[Callable[[], Any], asyncio.AbstractEventLoop, "asyncio.Future[Any]"] | None
 
@@ -73,9 +76,17 @@ class SerialThread:
             try:
                 result = call()
             except BaseException as exc:  # handed to the caller, who decides what is fatal
-                loop.call_soon_threadsafe(_settle_error, future, exc)
+                settle: Callable[..., None] = _settle_error
+                outcome: Any = exc
             else:
-                loop.call_soon_threadsafe(_settle, future, result)
+                settle, outcome = _settle, result
+            try:
+                loop.call_soon_threadsafe(settle, future, outcome)
+            except RuntimeError:  # the loop is closed: nobody waits; the thread stays usable
+                if settle is _settle_error:
+                    log.error(
+                        "%s: a call failed after its loop closed", self.name, exc_info=outcome
+                    )
 
 
 def _settle(future: asyncio.Future[Any], result: Any) -> None:
@@ -86,3 +97,5 @@ def _settle(future: asyncio.Future[Any], result: Any) -> None:
 def _settle_error(future: asyncio.Future[Any], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
+    else:  # the caller was cancelled natively (not through anyio's shield) and left
+        log.error("a call failed after its caller left", exc_info=exc)

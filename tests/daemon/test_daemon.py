@@ -20,7 +20,14 @@ import anyio
 import pytest
 import varlink
 
-from tests.daemon.harness import READ_ONLY_GID, REPO, STRANGER, DaemonProcess, short_tempdir
+from tests.daemon.harness import (
+    READ_ONLY_GID,
+    REPO,
+    STRANGER,
+    DaemonProcess,
+    config_text,
+    short_tempdir,
+)
 from timelined.client import AsyncClient, Client
 from timelined.daemon.api import ADMIN, TIMELINE
 from timelined.errors import ContextNotFound, LimitExceeded, TimelinedError
@@ -313,7 +320,8 @@ def test_editing_config_toml_reloads_without_a_call() -> None:
 
 def test_sighup_reloads_what_the_watcher_does_not_see() -> None:
     """config.toml a symlink into another directory: an edit of its target reaches the daemon
-    by SIGHUP alone (the watcher sees the link's directory only, as documented)."""
+    by SIGHUP alone (the watcher sees the link's directory only, as documented); re-pointing
+    the link (`ln -sfn`) is seen by the watcher."""
     with short_tempdir() as base:
         daemon = DaemonProcess(base)
         (base / "etc").mkdir()
@@ -333,10 +341,28 @@ def test_sighup_reloads_what_the_watcher_does_not_see() -> None:
             with pytest.raises(LimitExceeded) as big:
                 c.append_block(ctx, "user", "z" * 4096)
             assert big.value.params["maximum"] == 2048
+            assert "received SIGHUP: reloading the config" in daemon.log()
+            assert "config file changed" not in daemon.log()
+
+            # A deploy that re-points the link at a new file (ln -sfn: a new link renamed over).
+            daemon.sections["limits"] = {"max_block_bytes": 1024}
+            (base / "etc2").mkdir()
+            (base / "etc2" / "config.toml").write_text(
+                config_text(daemon.sections), encoding="utf-8"
+            )
+            (base / "new-link").symlink_to(base / "etc2" / "config.toml")
+            (base / "new-link").rename(daemon.config_path)
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    c.append_block(ctx, "user", "w" * 1500)
+                except LimitExceeded as smaller:
+                    assert smaller.params["maximum"] == 1024
+                    break
+                assert time.monotonic() < deadline, f"re-pointed link not seen:\n{daemon.log()}"
+                time.sleep(0.1)
+            assert "config file changed: reloading" in daemon.log()
             assert c.get_status().fatal is None
-        text = daemon.log()
-        assert "received SIGHUP: reloading the config" in text
-        assert "config file changed" not in text
 
 
 def test_sigterm_under_load_keeps_every_acknowledged_block_and_reload_applies() -> None:

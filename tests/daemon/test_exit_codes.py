@@ -7,11 +7,13 @@ see the docstring of timelined/daemon/lifecycle.py and docs/operations.md.
 from __future__ import annotations
 
 import shutil
+import sqlite3
 
 import pytest
 
 from tests.daemon.harness import DaemonProcess, short_tempdir
 from timelined.client import Client
+from timelined.errors import TimelinedError
 
 
 def test_a_refused_config_exits_78_naming_the_key() -> None:
@@ -58,3 +60,33 @@ def test_a_marker_that_cannot_be_written_exits_74_and_the_next_boot_recovers() -
             assert status.boot.verdict == "recovered"
             blocks = tl.list_blocks(conv.root_context_id).blocks
             assert [b.content for b in blocks] == ["acknowledged before the stop"]
+
+
+def test_a_state_database_locked_by_another_process_is_fatal_exit_74_then_recovered() -> None:
+    """A real fatal storage error while serving: another process holds SQLite's write lock, so
+    the batch's BEGIN IMMEDIATE fails after the busy timeout. Nothing of the batch is
+    acknowledged, the daemon stops with 74 (systemd restarts it), the next boot recovers."""
+    with short_tempdir() as base:
+        daemon = DaemonProcess(base)
+        with daemon, Client(daemon.socket_path, timeout=30) as tl:
+            ctx = tl.create_conversation("kept").root_context_id
+            tl.append_block(ctx, "user", "acknowledged before the lock")
+            holder = sqlite3.connect(daemon.state_dir / "state.db", isolation_level=None)
+            try:
+                holder.execute("BEGIN IMMEDIATE")
+                with pytest.raises(TimelinedError):
+                    tl.append_block(ctx, "user", "never acknowledged", id="blk_refused")
+                assert daemon.proc is not None
+                code = daemon.proc.wait(30)
+                daemon.proc = None
+            finally:
+                holder.close()
+        assert code == 74, daemon.log()
+        assert "state database" in daemon.log()
+        assert "Traceback" not in daemon.log()
+        with daemon, Client(daemon.socket_path) as tl:
+            status = tl.get_status()
+            assert status.fatal is None
+            assert status.boot.verdict == "recovered"
+            contents = [b.content for b in tl.list_blocks(ctx).blocks]
+            assert contents == ["acknowledged before the lock"]

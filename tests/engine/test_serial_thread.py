@@ -76,13 +76,20 @@ async def test_a_cancelled_caller_waits_for_its_call_to_end() -> None:
 async def test_close_finishes_queued_calls_then_refuses_new_ones() -> None:
     thread = SerialThread("tl-test")
     done: list[int] = []
+
+    def slow_then(i: int) -> None:
+        if i == 0:
+            time.sleep(0.2)  # the others queue up behind this one
+        done.append(i)
+
     async with anyio.create_task_group() as tg:
         for i in range(5):
-            tg.start_soon(thread.run, done.append, i)
-        await anyio.sleep(0.05)
-    thread.close()
+            tg.start_soon(thread.run, slow_then, i)
+        await anyio.sleep(0.05)  # all five submitted; the first still running
+        assert done == []
+        thread.close()  # waits for the queued calls, then joins
+        assert done == list(range(5))
+        assert not thread._thread.is_alive()
     thread.close()  # idempotent
-    assert done == list(range(5))
-    assert not thread._thread.is_alive()
     with pytest.raises(RuntimeError, match="tl-test is closed"):
         await thread.run(done.append, 99)

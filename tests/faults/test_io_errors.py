@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import shutil
 import sqlite3
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -398,8 +399,14 @@ def _state_failure(template: Path, work: Path, inject: str) -> None:
     other = sqlite3.connect(config.state_db, isolation_level=None, timeout=0.05)
 
     async def go() -> None:
+        loop_thread, fatal_threads = threading.get_ident(), []
+
+        def on_fatal(exc: FatalStorageError) -> None:
+            s.on_fatal.append(exc)
+            fatal_threads.append(threading.get_ident())
+
         async with Engine.open(config, head=result.head) as engine:
-            engine.on_fatal = s.on_fatal.append
+            engine.on_fatal = on_fatal
             engine.subscribe(lambda recs: s.acked.extend((r.seq, r.hash) for r in recs))
             conv = await engine.submit(cmd.CreateConversation(name="<before>"))
             s.accepted.append("<before>")
@@ -419,6 +426,8 @@ def _state_failure(template: Path, work: Path, inject: str) -> None:
             s.refused.append(("<x>", info.value))
             s.errors.append(info.value)
             assert engine.fatal is info.value and s.on_fatal == [info.value]
+            # on the event loop (the daemon's handler sets an anyio.Event), not the writer's
+            assert fatal_threads == [loop_thread]
             with pytest.raises(FatalStorageError):
                 await engine.submit(cmd.CreateConversation(name="<late>"))
             if inject == "locked":

@@ -13,7 +13,6 @@ Exit codes (sysexits, and what systemd does with them):
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import signal
 import sys
@@ -175,12 +174,9 @@ async def _serve_async(
 
     async with Engine.open(config, head=booted.head, read_only=booted.read_only) as engine:
 
-        def on_fatal(exc: FatalStorageError) -> None:
+        def on_fatal(exc: FatalStorageError) -> None:  # the engine calls it on the loop
             run.exit_code = EX_IOERR
-            try:
-                anyio.from_thread.run_sync(fatal.set)
-            except RuntimeError:
-                fatal.set()  # already on the event loop's thread
+            fatal.set()
 
         engine.on_fatal = on_fatal
         server = VarlinkServer(
@@ -275,9 +271,14 @@ def _start_features(tg: TaskGroup, app: App, notifier: Notifier) -> None:
 
 
 def _loop_options() -> dict[str, Any]:
-    """uvloop when installed (a dependency on Linux): ~10 % more appends/s at 64 connections,
+    """uvloop when it imports (a dependency on Linux): ~10 % more appends/s at 64 connections,
     the event loop's share of the daemon's CPU being the socket work (docs/performance.md)."""
-    return {"use_uvloop": importlib.util.find_spec("uvloop") is not None}
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        log.info("uvloop is not importable: the event loop is plain asyncio")
+        return {}
+    return {"use_uvloop": True}
 
 
 async def _wait_fatal(fatal: anyio.Event, stop: anyio.Event) -> None:
@@ -383,13 +384,15 @@ class _Reloader:
             return
         import watchfiles
 
-        target = str(await anyio.Path(self.path).resolve())
+        config = self.path.absolute()
 
         def only_config(change: watchfiles.Change, path: str) -> bool:
-            return str(Path(path).resolve()) == target
+            # The name itself (a file replaced, or a link re-pointed elsewhere, `ln -sfn`), or
+            # the same file reached another way; resolved now, not at start, as links move.
+            return Path(path).absolute() == config or Path(path).resolve() == config.resolve()
 
         async for _ in watchfiles.awatch(
-            self.path.parent,
+            config.parent,
             watch_filter=only_config,
             recursive=False,
             stop_event=stop,

@@ -191,7 +191,7 @@ def _rebuild_inline(config: Config, fresh: Path, target: int) -> Message:
 
 
 class _Swap:
-    """Step 2, on a worker thread while the engine is paused (its limiter is held by us)."""
+    """Step 2, on a worker thread while the engine is paused (its lock is held by us)."""
 
     def __init__(
         self, config: Config, engine: Engine, old: sqlite3.Connection, fresh: Path, stamp: str
