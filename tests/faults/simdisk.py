@@ -17,7 +17,7 @@ POSIX file system may leave after a power cut there:
 - every pending data operation kept / dropped; op-level prefixes (the file's size at each
   write); a truncate lost while the writes around it were kept (a size change reordered; a
   plain write is never dropped alone with later ones kept: its exact byte range as a hole is
-  not a state, the sector holes below are);
+  not a state, the sector holes below are), with the sector variants below of that content;
 - the unsynced region torn at each 512-byte boundary, a single 512-byte-aligned piece missing
   (reordered sector writes: the file grew but that sector never reached the platter, reading as
   zeros), the unsynced region filled with zeros, or with garbage;
@@ -580,17 +580,28 @@ def data_variants(inode: Inode, seed: int) -> list[tuple[str, bytes]]:
                 if k != i:
                     content = apply_data(content, op)
             out.append((f"ops-without-{i}", content))
-    lo, hi = _common_prefix(durable, current), len(current)
+            # ...and that size's data reaching the disk in part, as below for the current one.
+            out.extend(_sector_variants(f"ops-without-{i}:", durable, content, seed))
+    out.extend(_sector_variants("", durable, current, seed))
+    return out
+
+
+def _sector_variants(
+    prefix: str, durable: bytes, content: bytes, seed: int
+) -> list[tuple[str, bytes]]:
+    """`content`'s unsynced region torn at each sector, one sector missing, zeros, garbage."""
+    out: list[tuple[str, bytes]] = []
+    lo, hi = _common_prefix(durable, content), len(content)
     if hi > lo:
         bounds = list(range((lo // SECTOR + 1) * SECTOR, hi, SECTOR))
         for b in bounds:
-            out.append((f"torn@{b}", current[:b]))
+            out.append((f"{prefix}torn@{b}", content[:b]))
         pieces = [lo, *bounds, hi]
         if len(pieces) > 2:
             for a, b in itertools.pairwise(pieces):
-                out.append((f"hole@{a}-{b}", current[:a] + bytes(b - a) + current[b:]))
-        out.append(("zeros", current[:lo] + bytes(hi - lo)))
-        out.append(("garbage", current[:lo] + _garbage(hi - lo, seed)))
+                out.append((f"{prefix}hole@{a}-{b}", content[:a] + bytes(b - a) + content[b:]))
+        out.append((f"{prefix}zeros", content[:lo] + bytes(hi - lo)))
+        out.append((f"{prefix}garbage", content[:lo] + _garbage(hi - lo, seed)))
     return out
 
 
