@@ -294,6 +294,19 @@ def test_bad_frames_get_named_errors_and_others_keep_being_served(
     assert client.get_status().fatal is None
 
 
+def wait_for_block_limit(daemon: DaemonProcess, c: Client, ctx: str, maximum: int) -> None:
+    """Append blocks larger than `maximum` until the daemon refuses one naming that limit."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            c.append_block(ctx, "user", "x" * (maximum + 476))
+        except LimitExceeded as refused:
+            assert refused.params["maximum"] == maximum
+            return
+        assert time.monotonic() < deadline, f"no reload to {maximum}:\n{daemon.log()}"
+        time.sleep(0.1)
+
+
 def test_editing_config_toml_reloads_without_a_call() -> None:
     """The file watcher alone applies an edit; it watches the config's directory, not the state
     under it (./var in the default layout), so writes do not wake it."""
@@ -306,15 +319,7 @@ def test_editing_config_toml_reloads_without_a_call() -> None:
             assert "config file changed" not in daemon.log()
             daemon.sections["limits"] = {"max_block_bytes": 2048}
             daemon.write_config()
-            deadline = time.monotonic() + 15
-            while True:
-                try:
-                    c.append_block(ctx, "user", "x" * 4096)
-                except LimitExceeded as big:
-                    assert big.params["maximum"] == 2048
-                    break
-                assert time.monotonic() < deadline, f"no reload after the edit:\n{daemon.log()}"
-                time.sleep(0.1)
+            wait_for_block_limit(daemon, c, ctx, 2048)
         assert "config file changed: reloading" in daemon.log()
 
 
@@ -352,15 +357,7 @@ def test_sighup_reloads_what_the_watcher_does_not_see() -> None:
             )
             (base / "new-link").symlink_to(base / "etc2" / "config.toml")
             (base / "new-link").rename(daemon.config_path)
-            deadline = time.monotonic() + 15
-            while True:
-                try:
-                    c.append_block(ctx, "user", "w" * 1500)
-                except LimitExceeded as smaller:
-                    assert smaller.params["maximum"] == 1024
-                    break
-                assert time.monotonic() < deadline, f"re-pointed link not seen:\n{daemon.log()}"
-                time.sleep(0.1)
+            wait_for_block_limit(daemon, c, ctx, 1024)
             assert "config file changed: reloading" in daemon.log()
             assert c.get_status().fatal is None
 
@@ -435,3 +432,52 @@ def test_the_daemon_runs_on_uvloop_when_it_is_installed(daemon: DaemonProcess) -
     assert daemon.proc is not None
     maps = Path(f"/proc/{daemon.proc.pid}/maps").read_text(encoding="utf-8")
     assert "uvloop" in maps, "the daemon did not load uvloop's event loop"
+
+
+def test_signals_during_a_stop_do_not_cut_it_short() -> None:
+    """A second SIGTERM, a SIGINT (a second Ctrl-C) or a SIGHUP while the daemon stops under
+    load: logged and ignored; the stop finishes with the marker and exit 0."""
+    with short_tempdir() as base:
+        daemon = DaemonProcess(base).start()
+        try:
+            with Client(daemon.socket_path, timeout=30) as c:
+                ctx = c.create_conversation("stop").root_context_id
+            stopping = threading.Event()
+
+            def writer(i: int) -> None:
+                with Client(daemon.socket_path, timeout=30) as wc:
+                    n = 0
+                    while not stopping.is_set():
+                        try:
+                            wc.append_block(ctx, "user", f"w{i}-{n}")
+                        except TimelinedError:
+                            return
+                        n += 1
+
+            threads = [threading.Thread(target=writer, args=(i,)) for i in range(16)]
+            for t in threads:
+                t.start()
+            time.sleep(0.5)
+            assert daemon.proc is not None
+            daemon.signal(signal.SIGTERM)
+            for _ in range(2000):  # until it has exited: every 2 ms, each of the three
+                if daemon.proc.poll() is not None:
+                    break
+                for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    try:
+                        daemon.signal(signum)
+                    except ProcessLookupError:
+                        break
+                time.sleep(0.002)
+            code = daemon.proc.wait(30)
+            daemon.proc = None
+            stopping.set()
+            for t in threads:
+                t.join(30)
+        finally:
+            daemon.kill()
+        assert code == 0, daemon.log()
+        assert (daemon.state_dir / "clean-shutdown").exists()
+        text = daemon.log()
+        assert "received SIGTERM again: already stopping" in text, text
+        assert "Traceback" not in text

@@ -17,6 +17,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,8 +166,35 @@ async def _listener(config: Config) -> tuple[SocketListener, bool]:
         ) from exc
 
 
+# Handled for the daemon's whole life: from boot to the marker, a signal never takes the default
+# action (termination) half-way through a stop.
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 async def _serve_async(
     config: Config, config_path: str | None, booted: BootResult, notifier: Notifier
+) -> _Run:
+    """Serve with the signals received from before READY until after the marker is written.
+
+    A second SIGTERM or SIGINT during a stop (an operator's second Ctrl-C, a second `kill`) is
+    logged and ignored: the stop finishes, the marker is written. SIGKILL abandons a stop; the
+    next boot recovers.
+    """
+    try:
+        with anyio.open_signal_receiver(*_SIGNALS) as signals:
+            return await _serve_with(signals, config, config_path, booted, notifier)
+    finally:
+        # The receiver restored the default actions; what is left is the process's exit.
+        for signum in _SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+
+
+async def _serve_with(
+    signals: AsyncIterator[int],
+    config: Config,
+    config_path: str | None,
+    booted: BootResult,
+    notifier: Notifier,
 ) -> _Run:
     run = _Run()
     fatal = anyio.Event()
@@ -208,7 +236,7 @@ async def _serve_async(
             app.extras["reload"] = reload.reload
             tg.start_soon(reload.watch_file, stop)
             _start_features(tg, app, notifier)
-            tg.start_soon(_signals, reload, stop)
+            tg.start_soon(_signals, signals, reload, stop)
             tg.start_soon(_wait_fatal, fatal, stop)
             await stop.wait()
             notifier.stopping(StatusText.stopping())
@@ -287,16 +315,20 @@ async def _wait_fatal(fatal: anyio.Event, stop: anyio.Event) -> None:
     stop.set()
 
 
-async def _signals(reload: _Reloader, stop: anyio.Event) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                log.info("received SIGHUP: reloading the config")
-                await reload.reload_quietly()
+async def _signals(signals: AsyncIterator[int], reload: _Reloader, stop: anyio.Event) -> None:
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            if stop.is_set():
+                log.info("received SIGHUP while stopping: no reload")
                 continue
-            log.info("received %s", signal.Signals(signum).name)
+            log.info("received SIGHUP: reloading the config")
+            await reload.reload_quietly()
+        elif stop.is_set():
+            log.info("received %s again: already stopping (SIGKILL abandons the stop)", name)
+        else:
+            log.info("received %s", name)
             stop.set()
-            return
 
 
 # Sections a reload may change in place; anything else needs a restart and is reported as such.
