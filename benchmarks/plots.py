@@ -6,6 +6,12 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+_BOOT_LABELS = {
+    "clean": "after a clean stop",
+    "unclean": "after kill -9, tail 0",
+    "tail": "after kill -9, 10k-event tail",
+}
+
 
 def plot(doc: dict[str, Any], stem: Path) -> str:
     """Write `<stem>-latency.png` and `<stem>-boot.png`; returns what was done."""
@@ -42,7 +48,8 @@ def plot(doc: dict[str, Any], stem: Path) -> str:
         fig, ax = plt.subplots(figsize=(6, 4))
         for scenario, by_size in ready.items():
             sizes = sorted(int(n) for n in by_size)
-            ax.plot(sizes, [by_size[str(n)] for n in sizes], marker="o", label=scenario)
+            label = _BOOT_LABELS.get(scenario, scenario)
+            ax.plot(sizes, [by_size[str(n)] for n in sizes], marker="o", label=label)
         ax.set_xscale("log")
         ax.set_xlabel("events in the history")
         ax.set_ylabel("time to READY, ms")
