@@ -479,5 +479,7 @@ def test_signals_during_a_stop_do_not_cut_it_short() -> None:
         assert code == 0, daemon.log()
         assert (daemon.state_dir / "clean-shutdown").exists()
         text = daemon.log()
-        assert "received SIGTERM again: already stopping" in text, text
+        # SIGTERMs sent close together may reach the daemon as one (the kernel keeps one pending
+        # signal per number); the SIGINT right behind the first SIGTERM always comes "again".
+        assert "again: already stopping" in text, text
         assert "Traceback" not in text
