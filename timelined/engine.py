@@ -324,10 +324,9 @@ class Engine:
 
     def _report_fatal(self) -> None:
         """Tell `on_fatal` once, here on the event loop: the writer's thread only records it."""
-        if self.fatal is not None and not self._fatal_reported:
+        if self.fatal is not None and not self._fatal_reported and self.on_fatal is not None:
             self._fatal_reported = True
-            if self.on_fatal is not None:
-                self.on_fatal(self.fatal)
+            self.on_fatal(self.fatal)
 
     # --- writing -------------------------------------------------------------------------------
 

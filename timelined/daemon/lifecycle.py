@@ -91,6 +91,9 @@ def serve(config_path: str | None, log_level: str | None = None) -> int:
         notifier.extend_timeout(30_000_000)  # each progress step buys 30 s more to start
         log.info("%s: %d of %d events", phase, done, total)
 
+    # A `systemctl reload` during a long recovery must not kill it (SIGHUP's default action);
+    # there is nothing to reload before serving. SIGTERM and SIGINT still end a boot.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         result = boot(config, progress=progress)
     except StateLocked as exc:
@@ -166,15 +169,24 @@ async def _listener(config: Config) -> tuple[SocketListener, bool]:
         ) from exc
 
 
-# Handled for the daemon's whole life: from boot to the marker, a signal never takes the default
-# action (termination) half-way through a stop.
+# Received from the engine's opening to the marker: a signal never takes its default action
+# (termination) half-way through a stop. (During boot, before, SIGHUP is ignored and SIGTERM /
+# SIGINT end the boot, which the next boot resumes; after, all three are ignored.)
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+@dataclass
+class _Signalled:
+    """What the signal task acts on: the stop, and the reloader once serving."""
+
+    stop: anyio.Event
+    reload: _Reloader | None = None
 
 
 async def _serve_async(
     config: Config, config_path: str | None, booted: BootResult, notifier: Notifier
 ) -> _Run:
-    """Serve with the signals received from before READY until after the marker is written.
+    """Serve, with the signals handled by one task from the engine's opening to the marker.
 
     A second SIGTERM or SIGINT during a stop (an operator's second Ctrl-C, a second `kill`) is
     logged and ignored: the stop finishes, the marker is written. SIGKILL abandons a stop; the
@@ -182,7 +194,12 @@ async def _serve_async(
     """
     try:
         with anyio.open_signal_receiver(*_SIGNALS) as signals:
-            return await _serve_with(signals, config, config_path, booted, notifier)
+            signalled = _Signalled(anyio.Event())
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_signals, signals, signalled)
+                run = await _serve_with(signalled, config, config_path, booted, notifier)
+                tg.cancel_scope.cancel()
+            return run
     finally:
         # The receiver restored the default actions; what is left is the process's exit.
         for signum in _SIGNALS:
@@ -190,7 +207,7 @@ async def _serve_async(
 
 
 async def _serve_with(
-    signals: AsyncIterator[int],
+    signalled: _Signalled,
     config: Config,
     config_path: str | None,
     booted: BootResult,
@@ -198,7 +215,7 @@ async def _serve_with(
 ) -> _Run:
     run = _Run()
     fatal = anyio.Event()
-    stop = anyio.Event()
+    stop = signalled.stop
 
     async with Engine.open(config, head=booted.head, read_only=booted.read_only) as engine:
 
@@ -234,9 +251,9 @@ async def _serve_with(
             tg.start_soon(run_watchdog, notifier, watchdog_interval())
             reload = _Reloader(app, config_path, notifier)
             app.extras["reload"] = reload.reload
+            signalled.reload = reload
             tg.start_soon(reload.watch_file, stop)
             _start_features(tg, app, notifier)
-            tg.start_soon(_signals, signals, reload, stop)
             tg.start_soon(_wait_fatal, fatal, stop)
             await stop.wait()
             notifier.stopping(StatusText.stopping())
@@ -315,15 +332,18 @@ async def _wait_fatal(fatal: anyio.Event, stop: anyio.Event) -> None:
     stop.set()
 
 
-async def _signals(signals: AsyncIterator[int], reload: _Reloader, stop: anyio.Event) -> None:
+async def _signals(signals: AsyncIterator[int], signalled: _Signalled) -> None:
+    stop = signalled.stop
     async for signum in signals:
         name = signal.Signals(signum).name
         if signum == signal.SIGHUP:
             if stop.is_set():
                 log.info("received SIGHUP while stopping: no reload")
-                continue
-            log.info("received SIGHUP: reloading the config")
-            await reload.reload_quietly()
+            elif signalled.reload is None:
+                log.info("received SIGHUP before serving: no reload (the config was just read)")
+            else:
+                log.info("received SIGHUP: reloading the config")
+                await signalled.reload.reload_quietly()
         elif stop.is_set():
             log.info("received %s again: already stopping (SIGKILL abandons the stop)", name)
         else:
@@ -421,19 +441,32 @@ class _Reloader:
         def only_config(change: watchfiles.Change, path: str) -> bool:
             # The name itself (a file replaced, or a link re-pointed elsewhere, `ln -sfn`), or
             # the same file reached another way; resolved now, not at start, as links move.
-            return Path(path).absolute() == config or Path(path).resolve() == config.resolve()
+            if Path(path).absolute() == config:
+                return True
+            try:
+                return Path(path).resolve() == config.resolve()
+            except (OSError, RuntimeError):  # a dangling or looping link: not our file
+                return False
 
-        async for _ in watchfiles.awatch(
-            config.parent,
-            watch_filter=only_config,
-            recursive=False,
-            stop_event=stop,
-            debounce=200,
-            step=50,
-            rust_timeout=500,
-        ):
-            log.info("config file changed: reloading")
-            await self.reload_quietly()
+        try:
+            async for _ in watchfiles.awatch(
+                config.parent,
+                watch_filter=only_config,
+                recursive=False,
+                stop_event=stop,
+                debounce=200,
+                step=50,
+                rust_timeout=500,
+            ):
+                log.info("config file changed: reloading")
+                await self.reload_quietly()
+        except Exception as exc:  # the watcher is a convenience: serving goes on without it
+            log.error(
+                "the config file watcher stopped (%s: %s); reload with SIGHUP "
+                "(systemctl reload) from now on",
+                type(exc).__name__,
+                exc,
+            )
 
 
 def main_serve(argv_config: str | None, log_level: str | None) -> None:
