@@ -248,10 +248,12 @@ def test_any_changed_byte_names_its_record(tmp_path: Path, data: st.DataObject) 
     log_dir = Path(tempfile.mkdtemp(dir=tmp_path)) / "log"
     items = write_log(log_dir, 12, segment_bytes=2500, batch=3)
     lines = [line for _, line in items]
-    # A byte of any record but the last (whose damage would be a torn tail).
+    # A byte of any record but the last (whose damage would be a torn tail), and not the newline
+    # ending the last-but-one: changed, it joins the two into one bad last line, also a torn
+    # tail by the rule (test_a_changed_newline_before_the_last_line_is_a_torn_tail).
     seq = data.draw(st.integers(1, len(items) - 1))
     line = lines[seq - 1]
-    pos = data.draw(st.integers(0, len(line) - 1))
+    pos = data.draw(st.integers(0, len(line) - (2 if seq == len(items) - 1 else 1)))
     new = data.draw(st.integers(0, 255).filter(lambda b: b != line[pos]))
     segs = list_segments(log_dir)
     seg = [s for s in segs if s.first_seq <= seq][-1]
@@ -263,6 +265,22 @@ def test_any_changed_byte_names_its_record(tmp_path: Path, data: st.DataObject) 
     report = walk_chain(log_dir)
     assert report.damage is not None and report.damage.seq == seq, report.damage
     assert tool_verdict(log_dir) == seq
+
+
+def test_a_changed_newline_before_the_last_line_is_a_torn_tail(log_dir: Path) -> None:
+    """Records n-1 and n become one line that is not self-consistent, with nothing good after:
+    by docs/log-format.md's rule that is a torn tail starting at n-1, not damage."""
+    items = write_log(log_dir, 12, segment_bytes=2500, batch=3)
+    last = Path(list_segments(log_dir)[-1].path)
+    raw = bytearray(last.read_bytes())
+    end_of_11 = len(raw) - len(items[-1][1]) - 1
+    assert raw[end_of_11] == ord("\n")
+    raw[end_of_11] = ord("x")
+    last.write_bytes(bytes(raw))
+    report = walk_chain(log_dir)
+    assert report.damage is None
+    assert report.torn is not None and report.torn.seq == 11
+    assert report.head_seq == 10
 
 
 def test_tool_as_a_program(log_dir: Path) -> None:
