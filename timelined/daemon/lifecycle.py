@@ -253,7 +253,7 @@ async def _serve_with(
             app.extras["reload"] = reload.reload
             signalled.reload = reload
             tg.start_soon(reload.watch_file, stop)
-            _start_features(tg, app, notifier)
+            _start_features(tg, app, notifier, stop)
             tg.start_soon(_wait_fatal, fatal, stop)
             await stop.wait()
             notifier.stopping(StatusText.stopping())
@@ -300,7 +300,7 @@ def _register(server: VarlinkServer, app: App) -> None:
     server.authorize = authorizer(app)
 
 
-def _start_features(tg: TaskGroup, app: App, notifier: Notifier) -> None:
+def _start_features(tg: TaskGroup, app: App, notifier: Notifier, stopping: anyio.Event) -> None:
     """Background parts that grow with the features: the verifier, watch hub, metrics."""
     try:
         from timelined.verifier import Verifier
@@ -312,7 +312,7 @@ def _start_features(tg: TaskGroup, app: App, notifier: Notifier) -> None:
 
     verifier = Verifier(app.config, app.engine, publish)
     app.verifier = verifier
-    tg.start_soon(verifier.run_forever)
+    tg.start_soon(verifier.run_forever, stopping)
 
 
 def _loop_options() -> dict[str, Any]:

@@ -105,13 +105,17 @@ class Verifier:
 
     # --- the API the daemon uses -----------------------------------------------------------------
 
-    async def run_forever(self) -> None:
-        """Run until cancelled: the boot run, the interval, requests, the file watchers."""
+    async def run_forever(self, stopping: anyio.Event | None = None) -> None:
+        """Run until cancelled: the boot run, the interval, requests, the file watchers.
+
+        `stopping`, set when the daemon begins to stop, ends the file watcher at once; without
+        it, cancelling waits for the watcher thread's next poll (up to half a second).
+        """
         self._serving = True
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._runner)
-                tg.start_soon(self._watch_files)
+                tg.start_soon(self._watch_files, stopping)
                 tg.start_soon(self._poll_data_version)
                 tg.start_soon(self._every_interval)
                 if self._settings.on_boot:
@@ -390,15 +394,15 @@ class Verifier:
             return parse_segment_name(p.name) is not None
         return p.parent == self._state_dir and p.name in ("state.db", "state.db-wal")
 
-    async def _watch_files(self) -> None:
+    async def _watch_files(self, stopping: anyio.Event | None) -> None:
         """Watch STATE_DIR; without file events (no inotify, say) the data_version poll and the
         interval runs remain, so a failure here is logged, not fatal to the daemon."""
         try:
-            await self._watch_files_unguarded()
+            await self._watch_files_unguarded(stopping)
         except Exception:
             log.exception("watching %s failed; changes are found by polling only", self._state_dir)
 
-    async def _watch_files_unguarded(self) -> None:
+    async def _watch_files_unguarded(self, stopping: anyio.Event | None) -> None:
         self._paths.log_dir.mkdir(parents=True, exist_ok=True)
         await anyio.to_thread.run_sync(self._logwatch.baseline)
         async for changes in watchfiles.awatch(
@@ -407,8 +411,10 @@ class Verifier:
             debounce=200,
             step=50,
             recursive=True,
-            # Cancellation waits for the watcher thread's poll: keep a stop prompt (default 5 s).
+            # Cancellation waits for the watcher thread's poll (default 5 s); `stopping` ends it
+            # within a step instead.
             rust_timeout=500,
+            stop_event=stopping,
         ):
             paths = [Path(p) for _change, p in changes]
             segments = {p.name for p in paths if p.parent == self._paths.log_dir}
