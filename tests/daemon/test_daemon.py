@@ -28,6 +28,7 @@ from tests.daemon.harness import (
     config_text,
     short_tempdir,
 )
+from tests.recovery.test_real_daemon import Writers
 from timelined.client import AsyncClient, Client
 from timelined.daemon.api import ADMIN, TIMELINE
 from timelined.errors import ContextNotFound, LimitExceeded, TimelinedError
@@ -448,38 +449,21 @@ def test_signals_during_a_stop_do_not_cut_it_short() -> None:
         try:
             with Client(daemon.socket_path, timeout=30) as c:
                 ctx = c.create_conversation("stop").root_context_id
-            stopping = threading.Event()
-
-            def writer(i: int) -> None:
-                with Client(daemon.socket_path, timeout=30) as wc:
-                    n = 0
-                    while not stopping.is_set():
-                        try:
-                            wc.append_block(ctx, "user", f"w{i}-{n}")
-                        except TimelinedError:
-                            return
-                        n += 1
-
-            threads = [threading.Thread(target=writer, args=(i,)) for i in range(16)]
-            for t in threads:
-                t.start()
-            time.sleep(0.5)
-            assert daemon.proc is not None
-            daemon.signal(signal.SIGTERM)
-            for _ in range(2000):  # until it has exited: every 2 ms, each of the three
-                if daemon.proc.poll() is not None:
-                    break
-                for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                    try:
-                        daemon.signal(signum)
-                    except ProcessLookupError:
+            with Writers(daemon.socket_path, ctx, 0):
+                time.sleep(0.5)
+                assert daemon.proc is not None
+                daemon.signal(signal.SIGTERM)
+                for _ in range(2000):  # until it has exited: every 2 ms, each of the three
+                    if daemon.proc.poll() is not None:
                         break
-                time.sleep(0.002)
-            code = daemon.proc.wait(30)
-            daemon.proc = None
-            stopping.set()
-            for t in threads:
-                t.join(30)
+                    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                        try:
+                            daemon.signal(signum)
+                        except ProcessLookupError:
+                            break
+                    time.sleep(0.002)
+                code = daemon.proc.wait(30)
+                daemon.proc = None
         finally:
             daemon.kill()
         assert code == 0, daemon.log()

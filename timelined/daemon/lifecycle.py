@@ -214,14 +214,16 @@ async def _serve_with(
     notifier: Notifier,
 ) -> _Run:
     run = _Run()
-    fatal = anyio.Event()
     stop = signalled.stop
 
     async with Engine.open(config, head=booted.head, read_only=booted.read_only) as engine:
 
-        def on_fatal(exc: FatalStorageError) -> None:  # the engine calls it on the loop
+        def on_fatal(exc: FatalStorageError) -> None:  # the engine calls it once, on the loop
             run.exit_code = EX_IOERR
-            fatal.set()
+            log.critical(
+                "stopping after a fatal storage error; recovery will replay the log at boot"
+            )
+            stop.set()
 
         engine.on_fatal = on_fatal
         server = VarlinkServer(
@@ -254,7 +256,6 @@ async def _serve_with(
             signalled.reload = reload
             tg.start_soon(reload.watch_file, stop)
             _start_features(tg, app, notifier, stop)
-            tg.start_soon(_wait_fatal, fatal, stop)
             await stop.wait()
             notifier.stopping(StatusText.stopping())
             log.info("stopping: finishing calls in progress")
@@ -324,12 +325,6 @@ def _loop_options() -> dict[str, Any]:
         log.info("uvloop is not importable: the event loop is plain asyncio")
         return {}
     return {"use_uvloop": True}
-
-
-async def _wait_fatal(fatal: anyio.Event, stop: anyio.Event) -> None:
-    await fatal.wait()
-    log.critical("stopping after a fatal storage error; recovery will replay the log at boot")
-    stop.set()
 
 
 async def _signals(signals: AsyncIterator[int], signalled: _Signalled) -> None:
