@@ -5,7 +5,8 @@ directory; a load-generator process (`benchmarks.loadgen`) opens 1, 8 and 64 con
 appending blocks to its own conversation in a closed loop (one call in flight per connection).
 Figures: acknowledged appends/s, and p50/p99/max latency from sending the call to the reply,
 as ratios of the raw limits measured in the same run. The daemon's CPU use over the window is
-recorded too (a figure near 100 % of one core means the daemon's Python is the bottleneck).
+recorded too, split into the event loop's thread and the writer's (their sum near one core means
+the daemon is bound by the GIL they share), with the mean commands per group commit.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from benchmarks.env import Env
 from benchmarks.loadgen import Load
 from benchmarks.report import Target
 from benchmarks.stats import median
+from timelined.client import Client
 
 PART = "socket"
 CONNS = (1, 8, 64)
@@ -27,17 +29,54 @@ CONNS = (1, 8, 64)
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    return _ticks(Path(f"/proc/{pid}/stat")) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """utime + stime of each thread of a process, seconds, by thread id."""
+    out: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out[int(task.name)] = _ticks(task / "stat") / os.sysconf("SC_CLK_TCK")
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the thread ended while we looked
+    return out
+
+
+def _ticks(stat: Path) -> int:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def batch_counts(socket_path: str) -> tuple[float, float]:
+    """The daemon's (batches, commands in batches) so far, from its metrics."""
+    found = {"timelined_batch_size_count": 0.0, "timelined_batch_size_sum": 0.0}
+    for line in Client(socket_path).get_metrics().splitlines():
+        name, _, value = line.partition(" ")
+        if name in found:
+            found[name] = float(value)
+    return found["timelined_batch_size_count"], found["timelined_batch_size_sum"]
 
 
 def measure(daemon: Daemon, conns: int, env: Env, window: float | None = None) -> dict[str, Any]:
-    """Median run of `repeats` windows of `conns` connections appending."""
+    """Median run of `repeats` windows of `conns` connections appending.
+
+    Besides the rate and latency: the daemon's CPU over the windows (1.0 = one core), split into
+    its main thread (the event loop: Varlink framing, decoding, replies) and its busiest other
+    thread (the writer: rules, SQLite, the log), and the mean commands per group commit. The two
+    threads share one GIL: their sum near 1.0 means the daemon is bound by it.
+    """
     load = Load(str(daemon.socket_path), conns, window or env.window_s, repeats=env.repeats)
+    batches0, commands0 = batch_counts(str(daemon.socket_path))
+    threads0 = thread_cpu_seconds(daemon.pid)
     cpu0, t0 = cpu_seconds(daemon.pid), time.perf_counter()
     runs = load.run()
-    cpu = (cpu_seconds(daemon.pid) - cpu0) / (time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    cpu = (cpu_seconds(daemon.pid) - cpu0) / wall
+    threads1 = thread_cpu_seconds(daemon.pid)
+    batches1, commands1 = batch_counts(str(daemon.socket_path))
+    used = {tid: (t - threads0.get(tid, 0.0)) / wall for tid, t in threads1.items()}
+    loop_cpu = used.pop(daemon.pid, 0.0)
     mid = sorted(runs, key=lambda r: r["rate"])[(len(runs) - 1) // 2]
     return {
         "rate": median([r["rate"] for r in runs]),
@@ -45,6 +84,9 @@ def measure(daemon: Daemon, conns: int, env: Env, window: float | None = None) -
         "p99_ms": mid["p99_ms"],
         "max_ms": mid["max_ms"],
         "daemon_cpu": cpu,
+        "loop_cpu": loop_cpu,
+        "writer_cpu": max(used.values(), default=0.0),
+        "mean_batch": (commands1 - commands0) / max(1.0, batches1 - batches0),
         "errors": {k: v for r in runs for k, v in r["errors"].items()},
         "runs": runs,
     }
@@ -63,7 +105,8 @@ def run(env: Env) -> None:
             label = f"{conns} conn{'s' if conns > 1 else ''}"
             note = (
                 f"p50 {m['p50_ms']:.2f} ms, p99 {m['p99_ms']:.2f} ms, max {m['max_ms']:.1f} ms; "
-                f"daemon CPU {m['daemon_cpu'] * 100:.0f} %"
+                f"daemon CPU {m['daemon_cpu']:.2f} (loop {m['loop_cpu']:.2f}, "
+                f"writer {m['writer_cpu']:.2f}); mean batch {m['mean_batch']:.1f}"
             )
             if m["errors"]:
                 note += f"; errors {m['errors']}"
