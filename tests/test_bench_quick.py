@@ -35,6 +35,7 @@ def test_quick_benchmark_runs_every_part(tmp_path: Path) -> None:
         for figure in part["figures"]:
             assert figure["status"] in ("PASS", "MISS", "info", "n/a"), figure
     assert doc["limits"]["jsonl_fsync_rate"] > 0
+    assert doc["limits"]["state_blocks64_rate"] > 0
     # The socket part's profile figures: the daemon's threads and its group-commit batches.
     appends = [f for f in doc["parts"]["socket"]["figures"] if f["name"].endswith("appends/s")]
     assert appends, doc["parts"]["socket"]["figures"]

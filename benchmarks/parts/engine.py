@@ -75,6 +75,14 @@ async def _measure(env: Env, writers: int) -> dict[str, Any]:
     return {"runs": runs}
 
 
+def _ceiling_note(env: Env, rate: float, writers: int) -> str:
+    """The 64-writer rate against what the state database alone can take (raw part)."""
+    ceiling = env.limit("state_blocks64_rate")
+    if writers != 64 or not ceiling > 0:
+        return ""
+    return f"; {rate / ceiling:.2f}x the state schema's own SQL ceiling ({ceiling:,.0f} blocks/s)"
+
+
 def run(env: Env) -> None:
     res = env.results
     for writers in WRITERS:
@@ -99,5 +107,5 @@ def run(env: Env) -> None:
             ratio_to=(ref[1], env.limit(ref[0])),
             detail={"runs": runs},
             note=f"p50 {mid['p50_ms']:.2f} ms, p99 {mid['p99_ms']:.2f} ms, "
-            f"mean batch {mid['mean_batch']:.1f}",
+            f"mean batch {mid['mean_batch']:.1f}" + _ceiling_note(env, rate, writers),
         )

@@ -269,6 +269,16 @@ class BlockRows:
         self.emit(_block_row(seq, b, position))
 
 
+# A block's row, in BLOCK_COLUMNS order. ?4, the position, is not bound to a value: the
+# subquery computes it (one more than the context's highest). benchmarks/parts/raw.py times it.
+INSERT_BLOCK = (
+    "INSERT INTO blocks (seq, id, context_id, position, role, content, timestamp, time_taken, "
+    "tokens_input, tokens_output, metadata, sub_blocks) VALUES (?1, ?2, ?3, "
+    "(SELECT coalesce(max(position), 0) + 1 FROM blocks WHERE context_id = ?3), "
+    "?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+)
+
+
 def _insert_block(
     conn: sqlite3.Connection, seq: int, b: ev.BlockData, fts: FtsRows | None = None
 ) -> None:
@@ -276,14 +286,7 @@ def _insert_block(
     if rows is not None:
         rows.add(seq, b)
         return
-    # ?4, the position, is not bound to a value: the subquery computes it.
-    conn.execute(
-        "INSERT INTO blocks (seq, id, context_id, position, role, content, timestamp, time_taken, "
-        "tokens_input, tokens_output, metadata, sub_blocks) VALUES (?1, ?2, ?3, "
-        "(SELECT coalesce(max(position), 0) + 1 FROM blocks WHERE context_id = ?3), "
-        "?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        _block_row(seq, b, None),
-    )
+    conn.execute(INSERT_BLOCK, _block_row(seq, b, None))
     # The verifier's scratch replays compare blocks.content itself and check the live search
     # index on their own: their connections say `search_index = False` (verifier/replay.py).
     if not getattr(conn, "search_index", True):
