@@ -20,6 +20,7 @@ from pathlib import Path
 import msgspec
 
 from timelined.auditlog import list_segments, walk_chain
+from timelined.errors import BackupFailed
 
 
 class BackupResult(msgspec.Struct, frozen=True):
@@ -31,23 +32,56 @@ class BackupResult(msgspec.Struct, frozen=True):
     seconds: float
 
 
-class BackupError(Exception):
-    """The backup could not be made; nothing usable was left at the destination."""
-
-
 def backup(
     state_dir: Path, destination: Path, *, progress: Callable[[str], None] | None = None
 ) -> BackupResult:
-    started = time.perf_counter()
-    say = progress or (lambda _: None)
+    """Copy `state_dir` to `destination` (new, or an empty directory); raises BackupFailed.
+
+    The copy is built as `DESTINATION.partial` and renamed at the end: a failure at any step
+    removes it, so the destination holds a whole, checked backup or nothing.
+    """
     db = state_dir / "state.db"
     if not db.exists() or not (state_dir / "log").is_dir():
-        raise BackupError(f"{state_dir} is not a timelined state directory (no state.db or log/)")
-    if destination.exists() and any(destination.iterdir()):
-        raise BackupError(f"{destination} exists and is not empty")
+        raise BackupFailed(
+            "source",
+            f"{state_dir} is not a timelined state directory (no state.db or log/)",
+            str(state_dir),
+        )
+    try:
+        if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+            kind = "is not a directory" if not destination.is_dir() else "is not empty"
+            raise BackupFailed("destination", f"{destination} exists and {kind}", str(destination))
+    except OSError as exc:
+        raise BackupFailed(
+            "destination", f"cannot use {destination}: {exc.strerror}", str(destination)
+        ) from exc
     partial = destination.with_name(destination.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    (partial / "log").mkdir(parents=True)
+    try:
+        shutil.rmtree(partial, ignore_errors=True)
+        (partial / "log").mkdir(parents=True)
+    except OSError as exc:
+        raise BackupFailed(
+            "destination", f"cannot create {partial}: {exc.strerror}", str(destination)
+        ) from exc
+    try:
+        return _copy(state_dir, destination, partial, progress or (lambda _: None))
+    except BackupFailed:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    except (OSError, sqlite3.Error) as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        where = getattr(exc, "filename", None) or str(destination)
+        raise BackupFailed(
+            "copy", f"copying failed at {where}: {problem}", str(destination)
+        ) from exc
+
+
+def _copy(
+    state_dir: Path, destination: Path, partial: Path, say: Callable[[str], None]
+) -> BackupResult:
+    started = time.perf_counter()
+    db = state_dir / "state.db"
     say("copying the state database (one snapshot)")
     source = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     target = sqlite3.connect(partial / "state.db")
@@ -67,12 +101,16 @@ def backup(
     say("checking the copied log's chain")
     chain = walk_chain(partial / "log")
     if chain.damage is not None:
-        raise BackupError(
-            f"the copied log does not verify: {chain.damage.kind} at seq {chain.damage.seq}"
+        raise BackupFailed(
+            "copy",
+            f"the copied log does not verify: {chain.damage.kind} at seq {chain.damage.seq}",
+            str(destination),
         )
     if chain.head_seq < state_seq:
-        raise BackupError(
-            f"the copied log ends at seq {chain.head_seq}, before the state ({state_seq})"
+        raise BackupFailed(
+            "copy",
+            f"the copied log ends at seq {chain.head_seq}, before the state ({state_seq})",
+            str(destination),
         )
     _fsync_tree(partial)
     if destination.exists():

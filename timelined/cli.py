@@ -1,12 +1,20 @@
-"""`timelined`: serve, check-config, verify (one function per verb)."""
+"""`timelined`: serve, check-config, verify, backup (one function per verb).
+
+Exit codes (sysexits): 0 ok; 64 a bad command line; 78 a config refused. `serve` as in
+docs/operations.md ("Exit codes"); `verify` 0 verified, 1 a problem found, 2 could not run
+(docs/recovery.md); `backup` 66 the source is not a state directory, 73 the destination cannot
+be created or is not empty, 74 the copy failed (nothing is left at the destination).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from timelined import __version__
+from timelined.argparsing import UsageParser
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -25,9 +33,9 @@ def _check_config(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"timelined: config refused: {exc.message}", file=sys.stderr)
-        return 78
+        return os.EX_CONFIG
     if args.json:
-        out = msgspec.to_builtins(config)
+        out = msgspec.to_builtins(config, enc_hook=_paths)
         sys.stdout.write(msgspec.json.format(msgspec.json.encode(out)).decode() + "\n")
     else:
         print(f"config OK: {config.source or '(defaults)'}")
@@ -35,6 +43,13 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"  socket_path {config.socket_path}")
         print(f"  log.fsync   {config.log.fsync}")
     return 0
+
+
+def _paths(value: object) -> str:
+    """For msgspec: the config's paths as strings (nothing else is foreign to JSON)."""
+    if isinstance(value, Path):
+        return str(value)
+    raise NotImplementedError(f"cannot encode {type(value).__name__}")
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -46,7 +61,8 @@ def _verify(args: argparse.Namespace) -> int:
 def _backup(args: argparse.Namespace) -> int:
     import msgspec
 
-    from timelined.backup import BackupError, backup
+    from timelined.backup import backup
+    from timelined.errors import BackupFailed
 
     def say(text: str) -> None:
         if sys.stderr.isatty() and not args.json:
@@ -54,9 +70,13 @@ def _backup(args: argparse.Namespace) -> int:
 
     try:
         result = backup(Path(args.state_dir), Path(args.to), progress=say)
-    except BackupError as exc:
-        print(f"timelined: backup failed: {exc}", file=sys.stderr)
-        return 1
+    except BackupFailed as exc:
+        if args.json:
+            body = {"error": exc.varlink_name, "parameters": dict(exc.params)}
+            sys.stderr.write(msgspec.json.encode(body).decode() + "\n")
+        else:
+            print(f"timelined: backup failed: {exc.message}", file=sys.stderr)
+        return _BACKUP_EXIT[exc.side]
     if args.json:
         sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
     else:
@@ -68,10 +88,18 @@ def _backup(args: argparse.Namespace) -> int:
     return 0
 
 
+_BACKUP_EXIT = {"source": os.EX_NOINPUT, "destination": os.EX_CANTCREAT, "copy": os.EX_IOERR}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="timelined", description=__doc__)
+    parser = UsageParser(
+        prog="timelined",
+        description="The timelined daemon and its offline tools.",
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"timelined {__version__}")
-    verbs = parser.add_subparsers(dest="verb", required=True)
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=UsageParser)
     p = verbs.add_parser("serve", help="run the daemon in the foreground")
     p.add_argument("--config", help="config.toml (default: $TIMELINED_CONFIG, ...)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])

@@ -36,6 +36,7 @@ that is not running raises `DaemonUnavailable`, saying where it looked and why i
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -78,7 +79,13 @@ from timelined.daemon.varlink import (
     VarlinkErrorReply,
 )
 from timelined.daemon.varlink.service import GetInfoReply, GetInterfaceDescriptionReply
-from timelined.errors import DaemonUnavailable, ProtocolError, TimelinedError, all_error_classes
+from timelined.errors import (
+    DaemonUnavailable,
+    InvalidArgument,
+    ProtocolError,
+    TimelinedError,
+    all_error_classes,
+)
 from timelined.events import SubBlock
 from timelined.exchange import ExportDocument, ExportPart, join_parts
 from timelined.recovery.report import Report, ReportInfo
@@ -246,8 +253,19 @@ _HANGS_UP = frozenset(
 
 
 def _params(**kwargs: Any) -> dict[str, Any]:
-    """Call parameters without the ones left out (None), as optional Varlink fields are."""
+    """Call parameters without the ones left out (None), as optional Varlink fields are.
+
+    A NaN or an infinity is refused here: JSON cannot carry one, and an encoder would silently
+    send `null`, which the daemon takes as "left out".
+    """
+    _check_finite(kwargs)
     return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _check_finite(params: Mapping[str, Any]) -> None:
+    for name, value in params.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidArgument(name, f"must be a finite number, not {value}")
 
 
 _LOG_EVENT = msgspec.json.Decoder(LogEvent)
@@ -326,6 +344,7 @@ class AsyncClient:
         """Any method by its full name; the reply as its typed Struct (declared methods) or
         as a dict (org.varlink.service and methods this library does not declare)."""
         declared = METHODS.get(method)
+        _check_finite(parameters or {})
         if declared is not None:
             return await self._call(method, parameters or {}, declared.reply)
         try:
@@ -676,6 +695,7 @@ class Client:
         """Any method by its full name; the reply as its typed Struct (declared methods) or
         as a dict (org.varlink.service and methods this library does not declare)."""
         declared = METHODS.get(method)
+        _check_finite(parameters or {})
         if declared is not None:
             return self._call(method, parameters or {}, declared.reply)
         try:

@@ -292,6 +292,18 @@ class SlowConsumer(TimelinedError):
         )
 
 
+class BackupFailed(TimelinedError):
+    """`timelined backup` made no backup; `side` says whose fault: "source" (not a state
+    directory), "destination" (cannot be created, or not empty) or "copy" (reading, writing or
+    checking the copy failed). Nothing usable is left at the destination."""
+
+    name = "BackupFailed"
+
+    def __init__(self, side: str, problem: str, path: str) -> None:
+        super().__init__(problem, side=side, path=path)
+        self.side = side
+
+
 class DaemonUnavailable(TimelinedError):
     """The client could not reach the daemon (no socket, refused, closed mid-call)."""
 

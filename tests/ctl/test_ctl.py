@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -262,3 +264,80 @@ def test_the_console_script(daemon: DaemonProcess) -> None:
     assert "no socket there" in done.stderr and "is the daemon running?" in done.stderr
     done = _run("--frobnicate")
     assert done.returncode == 64
+
+
+def _hint(err: str) -> list[str]:
+    """The arguments of a `more: timelinectl ...` paging hint."""
+    line = next(line for line in err.splitlines() if line.startswith("more: "))
+    words = shlex.split(line.removeprefix("more: "))
+    assert words[0] == "timelinectl"
+    return words[1:]
+
+
+def test_paging_hints_repeat_the_command_line_with_its_filters(ctl: Ctl) -> None:
+    archived = ctl.json("create", "to archive")["conversation"]["id"]
+    ctl("archive-conversation", archived)
+    for name in ("first", "second"):
+        ctl("create", name)
+    seen: list[str] = []
+    argv = ["conversations", "-a", "--limit", "1"]
+    for _ in range(10):
+        out, err = ctl(*argv)
+        seen += [line.split()[0] for line in out.splitlines()[1:]]
+        if "more: " not in err:
+            break
+        argv = _hint(err)[2:]  # without --socket PATH, which the harness adds itself
+        assert argv[:4] == ["conversations", "-a", "--limit", "1"], argv
+    assert archived in seen  # followed hint by hint, the archived one is still listed
+
+    root = ctl.json("create", "Roles")["conversation"]["root_context_id"]
+    for n in range(4):
+        ctl("append", root, f"b{n}", "--role", "user" if n % 2 == 0 else "assistant")
+    _, err = ctl("blocks", root, "--role", "user", "--limit", "1")
+    assert _hint(err)[2:] == ["blocks", root, "--role", "user", "--limit", "1", "--after", "1"]
+    _, err = ctl("log", "--limit", "2", "--after-seq", "1")
+    assert _hint(err)[2:] == ["log", "--limit", "2", "--after-seq", "3"]
+
+
+def test_json_after_the_verb_and_argument_checks(ctl: Ctl, tmp_path: Path) -> None:
+    out, _ = ctl("status", "--json")
+    assert json.loads(out)["status"]["last_seq"] >= 0
+    _, err = ctl("xref", "revoke", "xref_nope", "--json", code=1)
+    assert json.loads(err)["error"] == "io.timelined.CrossRefNotFound"
+    root = ctl.json("create", "Checks")["conversation"]["root_context_id"]
+    _, err = ctl("tags", root, "a", "--clear", code=64)
+    assert "not both" in err
+    for bad in ("nan", "inf", "-inf"):
+        _, err = ctl("append", root, "x", f"--time-taken={bad}", code=65)
+        assert "time_taken" in err and "finite" in err, err
+    _, err = ctl("blocks", root, "--limit", "-3", code=64)
+    assert "must be 1 or more" in err
+    (tmp_path / "adir").mkdir()
+    _, err = ctl("export", root, "-o", str(tmp_path / "adir"), code=73)
+    assert "is a directory" in err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run timelinectl as another uid")
+def test_a_socket_this_user_may_not_open_exits_77(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(private / "s.sock"))
+    listener.listen()
+    try:
+        done = subprocess.run(
+            [
+                *("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"),
+                *(sys.executable, "-m", "timelined.ctl", "--socket", str(private / "s.sock")),
+                "status",
+            ],
+            cwd=Path(__file__).resolve().parents[2],
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        listener.close()
+    assert done.returncode == 77, done.stderr
+    assert "permission denied" in done.stderr and "socket's group" in done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -85,4 +86,55 @@ def test_backup_refuses_a_non_empty_destination(tmp_path: Path) -> None:
         check=False,
         timeout=60,
     )
-    assert out.returncode == 1 and "not empty" in out.stderr
+    assert out.returncode == 73 and "not empty" in out.stderr
+
+
+def _backup(state: Path, to: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "timelined",
+            "backup",
+            *("--state-dir", str(state), "--to", str(to)),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("kind", ["a regular file", "under a regular file", "not a state dir"])
+def test_backup_names_what_is_wrong_and_leaves_nothing(tmp_path: Path, kind: str) -> None:
+    state = tmp_path / "state"
+    (state / "log").mkdir(parents=True)
+    (state / "state.db").write_bytes(b"")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    if kind == "a regular file":
+        to, code, words = blocker, 73, "is not a directory"
+    elif kind == "under a regular file":
+        to, code, words = blocker / "sub", 73, "cannot create"
+    else:
+        state, to, code, words = tmp_path, tmp_path / "copy", 66, "not a timelined state directory"
+    out = _backup(state, to)
+    assert out.returncode == code, out.stderr
+    assert words in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not to.with_name(to.name + ".partial").exists()
+    out = _backup(state, to, "--json")
+    error = json.loads(out.stderr)
+    assert out.returncode == code and error["error"] == "io.timelined.BackupFailed", out.stderr
+    assert words in error["parameters"]["message"]
+
+
+def test_a_failed_copy_is_removed(tmp_path: Path) -> None:
+    # A state.db that is not a database: the copy fails after `.partial` was made.
+    state = tmp_path / "state"
+    (state / "log").mkdir(parents=True)
+    (state / "state.db").write_bytes(b"not a database, " * 512)
+    out = _backup(state, tmp_path / "copy")
+    assert out.returncode == 74, out.stderr
+    assert "copying failed" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not (tmp_path / "copy").exists() and not (tmp_path / "copy.partial").exists()

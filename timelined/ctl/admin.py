@@ -125,7 +125,7 @@ def log(ctl: Ctl) -> int:
         return 0
     _print_events(ctl, events)
     if reply.next is not None:
-        ctl.out.note(f"more: timelinectl log --after-seq {reply.next}")
+        ctl.more("--after-seq", reply.next)
     return 0
 
 

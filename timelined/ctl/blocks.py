@@ -128,7 +128,7 @@ def blocks(ctl: Ctl) -> int:
         )
         if reply.next is not None:
             way = "--before" if a.before is not None and a.after is None else "--after"
-            ctl.out.note(f"more: timelinectl blocks {a.context_id} {way} {reply.next}")
+            ctl.more(way, reply.next)
 
     ctl.out.reply(reply, human)
     return 0

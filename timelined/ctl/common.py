@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import shlex
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -22,6 +23,7 @@ class Ctl:
 
     args: argparse.Namespace
     out: Output
+    argv: Sequence[str] = ()  # the command line after `timelinectl`, for `more`
     _client: Client | None = field(default=None, repr=False)
 
     @property
@@ -33,6 +35,20 @@ class Ctl:
     def call(self, method: str, **params: Any) -> Any:
         """The method by its full name, parameters left out when None; the typed reply."""
         return self.client.call(method, {k: v for k, v in params.items() if v is not None})
+
+    def more(self, option: str, value: object) -> None:
+        """Tell how to get the next page: this command line again, with `option value` in place
+        of any `option` it had (every filter and option given is kept)."""
+        words: list[str] = []
+        skip = False
+        for word in self.argv:
+            if skip:
+                skip = False
+            elif word == option:
+                skip = True
+            elif not word.startswith(option + "="):
+                words.append(word)
+        self.out.note("more: " + shlex.join(["timelinectl", *words, option, str(value)]))
 
     def close(self) -> None:
         if self._client is not None:
@@ -78,7 +94,10 @@ def count(text: str) -> int:
 
 def positive(text: str) -> int:
     """An argparse type: an integer >= 1."""
-    value = count(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be 1 or more")
     return value

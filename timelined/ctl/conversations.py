@@ -62,7 +62,7 @@ def conversations(ctl: Ctl) -> int:
             ],
         )
         if reply.next is not None:
-            ctl.out.note(f"more: timelinectl conversations --after {reply.next}")
+            ctl.more("--after", reply.next)
 
     ctl.out.reply(reply, human)
     return 0

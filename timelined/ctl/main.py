@@ -9,10 +9,16 @@ Errors go to stderr (as JSON with --json). Exit codes (sysexits):
     1   refused: the daemon answered with a named error (ContextNotFound, InvalidTransition,
         PermissionDenied, ...); also `verify --wait` when the run found a problem
     64  usage: bad command line
-    65  bad data: InvalidParameter, InvalidArgument, BadQuery
+    65  bad data: InvalidParameter, InvalidArgument, BadQuery; a file to import that is cut off
+    66  no input: a file to import does not exist
     69  unavailable: the daemon is not running or cannot be reached
     70  software: an internal error or a reply that breaks the protocol
+    73  cannot create: an output file (export -o, metrics --textfile)
+    74  I/O error: writing an output file failed
+    77  no permission: this user may not open the daemon's socket
     78  config: the config file (used to find the socket) was refused
+
+`--json` may come before or after the verb.
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ import argparse
 import signal
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any
 
 import msgspec
 
 from timelined import __version__
+from timelined.argparsing import UsageParser
 from timelined.client import (
     InterfaceNotFound,
     InvalidParameter,
@@ -50,25 +57,19 @@ EX_USAGE = 64
 EX_DATAERR = 65
 EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
+EX_NOPERM = 77
 EX_CONFIG = 78
 
 VERB_GROUPS = (admin, conversations, contexts, blocks, streams)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, exiting 64 (EX_USAGE) on a bad command line."""
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = UsageParser(
         prog="timelinectl",
         description="Talk to timelined: conversations, contexts, blocks, and administration.",
-        epilog="Exit codes: 0 ok, 1 refused, 64 usage, 65 bad data, 69 daemon unavailable, "
-        "70 internal error, 78 config.",
+        epilog="Exit codes: 0 ok, 1 refused, 64 usage, 65 bad data, 66 no input file, 69 daemon "
+        "unavailable, 70 internal error, 73 cannot create an output file, 74 I/O error, 77 no "
+        "permission on the socket, 78 config.",
     )
     parser.add_argument("--version", action="version", version=f"timelinectl {__version__}")
     parser.add_argument(
@@ -77,13 +78,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="the daemon's socket (default: $TIMELINED_SOCKET, else the config's socket_path)",
     )
     parser.add_argument("--json", action="store_true", help="print the Varlink reply as JSON")
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=_Parser)
+    verbs = parser.add_subparsers(
+        dest="verb", required=True, metavar="VERB", parser_class=UsageParser
+    )
     for group in VERB_GROUPS:
         group.register(verbs)
+    _json_after_verbs(verbs)
     return parser
 
 
+def _json_after_verbs(verbs: argparse._SubParsersAction[Any]) -> None:
+    """Accept `--json` after any verb too (`timelinectl status --json`). SUPPRESS: a verb's
+    parser sets it only when given, so it never undoes a `--json` given before the verb."""
+    for parser in set(verbs.choices.values()):
+        parser.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _json_after_verbs(action)
+
+
+def _no_permission(exc: TimelinedError) -> bool:
+    return isinstance(exc, DaemonUnavailable) and str(exc.params.get("reason", "")).startswith(
+        "permission denied"
+    )
+
+
 def exit_code(exc: TimelinedError) -> int:
+    if _no_permission(exc):
+        return EX_NOPERM
     if isinstance(exc, DaemonUnavailable):
         return EX_UNAVAILABLE
     if isinstance(exc, InvalidParameter | InvalidArgument | BadQuery):
@@ -103,7 +127,12 @@ def report_error(out: Output, exc: TimelinedError) -> None:
         out.stderr.write(msgspec.json.encode(body).decode("utf-8") + "\n")
         return
     out.stderr.write(f"timelinectl: {exc.message} ({exc.varlink_name})\n")
-    if isinstance(exc, DaemonUnavailable):
+    if _no_permission(exc):
+        out.stderr.write(
+            "timelinectl: this user may not open the socket: it is for the socket's group "
+            "(`timelined` under systemd; see docs/operations.md, 'Who may use the socket')\n"
+        )
+    elif isinstance(exc, DaemonUnavailable):
         out.stderr.write(
             "timelinectl: is the daemon running? Start it with `make run` or "
             "`systemctl start timelined`; or point --socket / $TIMELINED_SOCKET at it\n"
@@ -122,9 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(words)
     out = Output(json=args.json)
-    ctl = Ctl(args, out)
+    ctl = Ctl(args, out, words)
     try:
         code: int = args.run(ctl)
         return code

@@ -29,6 +29,7 @@ from timelined.exchange import ExportDocument, ExportHeader, ExportPart
 EX_USAGE = 64
 EX_DATAERR = 65
 EX_CANTCREAT = 73
+EX_IOERR = 74
 
 
 def register(verbs: Verbs) -> None:
@@ -175,6 +176,9 @@ def export(ctl: Ctl) -> int:
             "(timelinectl export ID > FILE) or use -o FILE\n"
         )
         return EX_USAGE
+    if a.output is not None and Path(a.output).is_dir():
+        ctl.out.stderr.write(f"timelinectl: cannot write {a.output}: it is a directory\n")
+        return EX_CANTCREAT
     replies: Iterator[msgspec.Raw] = ctl.client.stream(
         TIMELINE + "ExportConversation", {"id": a.id}, msgspec.Raw
     )
@@ -194,6 +198,10 @@ def export(ctl: Ctl) -> int:
         with handle:
             _write_parts(handle, replies, progress, a.id)
         partial.replace(target)  # only a complete export takes the name
+    except OSError as exc:
+        where = exc.filename or partial
+        ctl.out.stderr.write(f"timelinectl: cannot write {where}: {exc.strerror or exc}\n")
+        return EX_IOERR
     finally:
         partial.unlink(missing_ok=True)
     return 0
