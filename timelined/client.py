@@ -45,7 +45,7 @@ from typing import Any, TypeVar, cast
 import msgspec
 
 from timelined.auditlog.record import RecordError, check_frame
-from timelined.config import load_config
+from timelined.config import find_config_file, load_config
 from timelined.daemon.api import (
     METHODS,
     BlockReply,
@@ -229,14 +229,21 @@ def _fallback_message(cls: type[TimelinedError], params: Mapping[str, Any]) -> s
 # --- where the daemon is -----------------------------------------------------------------------
 
 
+# Where the packaged systemd units put the socket (RuntimeDirectory=timelined).
+SYSTEMD_SOCKET = Path("/run/timelined/timelined.sock")
+
+
 def socket_path(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The daemon's socket: `explicit`, else $TIMELINED_SOCKET, else the config's socket_path
-    (config.toml found as the daemon finds it: $TIMELINED_CONFIG, …, ./config.toml)."""
+    """The daemon's socket: `explicit`, else $TIMELINED_SOCKET, else the socket_path of the
+    config.toml found as the daemon finds it ($TIMELINED_CONFIG, …, ./config.toml); with no
+    config file, the systemd service's socket if it exists, else the default (./var)."""
     if explicit:
         return Path(explicit)
     env = os.environ.get(SOCKET_ENV)
     if env:
         return Path(env)
+    if find_config_file() is None and SYSTEMD_SOCKET.is_socket():
+        return SYSTEMD_SOCKET
     return load_config().socket_path
 
 

@@ -347,6 +347,13 @@ class Engine:
         assert pending.result is not None
         return pending.result
 
+    def degrade(self, damage: LogDamaged) -> None:
+        """Refuse every write from now on (the verifier found the log damaged before its tail);
+        reads go on. Commands already queued still run: they were accepted before the damage
+        was known. Kept until the daemon stops; the first reason stays."""
+        if self.read_only is None:
+            self.read_only = damage
+
     @property
     def queue_depth(self) -> int:
         return len(self._queue)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from timelined import client
 
 
 def _timelined(*args: str) -> subprocess.CompletedProcess[str]:
@@ -40,3 +45,25 @@ def test_a_bad_command_line_exits_64() -> None:
     assert out.returncode == 64 and "expected one argument" in out.stderr
     out = _timelined("no-such-verb")
     assert out.returncode == 64 and "invalid choice" in out.stderr
+
+
+def test_the_client_finds_the_systemd_socket_without_a_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TIMELINED_SOCKET", raising=False)
+    monkeypatch.delenv("TIMELINED_CONFIG", raising=False)
+    monkeypatch.delenv("CONFIGURATION_DIRECTORY", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./config.toml here
+    fake = tmp_path / "run" / "timelined.sock"
+    monkeypatch.setattr(client, "SYSTEMD_SOCKET", fake)
+    assert client.socket_path() == tmp_path / "var" / "timelined.sock"  # not there: the default
+    fake.parent.mkdir()
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(fake))
+    try:
+        assert client.socket_path() == fake
+        (tmp_path / "config.toml").write_text('[daemon]\nsocket_path = "mine.sock"\n')
+        assert client.socket_path() == tmp_path / "mine.sock"  # a config file wins
+        assert client.socket_path("explicit.sock") == Path("explicit.sock")
+    finally:
+        listener.close()

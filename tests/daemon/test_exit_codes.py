@@ -90,3 +90,15 @@ def test_a_state_database_locked_by_another_process_is_fatal_exit_74_then_recove
             assert status.boot.verdict == "recovered"
             contents = [b.content for b in tl.list_blocks(ctx).blocks]
             assert contents == ["acknowledged before the lock"]
+
+
+def test_a_log_directory_that_is_a_file_exits_74_naming_it() -> None:
+    with short_tempdir() as base:
+        daemon = DaemonProcess(base)
+        daemon.state_dir.mkdir(parents=True)
+        (daemon.state_dir / "log").write_text("not a directory")
+        with pytest.raises(RuntimeError, match="exited with 74"):
+            daemon.start(timeout=15)
+        log = daemon.log()
+        assert "cannot serve" in log and str(daemon.state_dir / "log") in log, log
+        assert "Traceback" not in log, log

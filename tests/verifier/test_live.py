@@ -13,8 +13,10 @@ import pytest
 
 from tests.verifier.conftest import config_for
 from tests.verifier.workload import append_blocks, populate
+from timelined import commands as cmd
 from timelined.auditlog import list_segments
 from timelined.engine import Engine
+from timelined.errors import LogDamaged
 from timelined.verifier import Verifier
 from timelined.verifier.model import VerifyReport
 from timelined.verifier.reports import list_reports, read_report
@@ -170,3 +172,26 @@ async def test_changed_sealed_segment_starts_a_run(small_dir: Path, how: str) ->
     assert latest.state == "damaged", latest.summary
     assert latest.chain is not None and latest.chain.damage is not None
     assert latest.chain.damage.seq == seq
+
+
+async def test_damage_found_while_serving_refuses_writes_and_says_so(small_dir: Path) -> None:
+    config = config_for(small_dir)
+    said: list[str] = []
+    async with Engine.open(config) as engine:
+        verifier = Verifier(config, engine, said.append)
+        context = open_contexts(config.state_db)[0]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(verifier.run_forever)
+            await engine.submit(cmd.AppendBlock(context_id=context, role="user", content="before"))
+            first = Path(list_segments(config.log_dir)[0].path)
+            flip_byte(first, first_line_length(first) + 60)  # inside seq 2
+            report = await verifier.verify()
+            assert report is not None and report.state == "damaged", report
+            assert isinstance(engine.read_only, LogDamaged)
+            assert engine.read_only.params["seq"] == 2
+            assert report.id in engine.read_only.message
+            with pytest.raises(LogDamaged, match="damaged at seq 2"):
+                await engine.submit(cmd.AppendBlock(context_id=context, role="user", content="x"))
+            tg.cancel_scope.cancel()
+    assert said and said[-1].startswith("degraded (reads only): the audit log is damaged at seq 2")
+    assert "LOG DAMAGED at seq 2" in said[-1]

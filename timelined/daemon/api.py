@@ -435,6 +435,11 @@ class ReasonError(_E, frozen=True):
     reason: str
 
 
+class BackupFailedError(_E, frozen=True):
+    side: str
+    path: str
+
+
 class ConfigErrorParams(_E, frozen=True):
     key: str
     problem: str
@@ -557,6 +562,12 @@ E = {
         DaemonUnavailableError,
         "Never sent on the socket: the client library's error when the daemon is unreachable.",
     ),
+    "BackupFailed": _error(
+        "BackupFailed",
+        BackupFailedError,
+        "Never sent on the socket: `timelined backup` made no backup; `side` is source, "
+        "destination or copy.",
+    ),
 }
 
 _COMMON = [
@@ -593,6 +604,7 @@ ADMIN_ERRORS = [
     "StateLocked",
     "BootFailed",
     "DaemonUnavailable",
+    "BackupFailed",
     *_COMMON,
 ]
 

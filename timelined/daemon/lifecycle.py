@@ -41,7 +41,7 @@ from timelined.daemon.varlink import (
 )
 from timelined.daemon.watch import WatchHub
 from timelined.engine import Engine
-from timelined.errors import ConfigError, FatalStorageError, StateLocked
+from timelined.errors import ConfigError, FatalStorageError, StateLocked, StorageError
 from timelined.ids import utc_now
 from timelined.logs import setup_logging
 from timelined.recovery.boot import BootFailed, BootResult, boot
@@ -141,6 +141,11 @@ def _failure_exit_code(exc: BaseException) -> int:
     if isinstance(leaf, FatalStorageError):
         # Below the API (opening the engine, a commit): nothing unacknowledged was lost.
         log.critical("%s; recovery will replay the log at the next boot", leaf.message)
+        return EX_IOERR
+    if isinstance(leaf, StorageError):
+        # The log or the state could not be opened (a file where the log's directory should
+        # be, no permission): nothing was written; the message names the path.
+        log.critical("cannot serve: %s", leaf.message)
         return EX_IOERR
     if isinstance(leaf, _SocketUnavailable):
         log.error("%s", leaf)
@@ -245,10 +250,8 @@ async def _serve_with(
         async with anyio.create_task_group() as tg:
             await tg.start(server.serve, listener)
             if booted.read_only is not None:
-                notifier.ready(StatusText.degraded(booted.read_only.message))
                 log.error("serving READ-ONLY: %s", booted.read_only.message)
-            else:
-                notifier.ready(StatusText.serving(engine.last_seq, str(config.socket_path)))
+            notifier.ready(_serving_status(app))
             log.info("serving on %s (last seq %d)", config.socket_path, engine.last_seq)
             tg.start_soon(run_watchdog, notifier, watchdog_interval())
             reload = _Reloader(app, config_path, notifier)
@@ -265,7 +268,9 @@ async def _serve_with(
             # A socket systemd passed in is systemd's to remove; ours we clean up.
             await anyio.Path(config.socket_path).unlink(missing_ok=True)
         # Leaving Engine.open drains the queue, fsyncs the log and checkpoints the WAL.
-    if run.exit_code == EX_OK and engine.fatal is None and booted.read_only is None:
+    # No marker from a read-only daemon (damage found at boot or by the verifier since): the
+    # next boot takes the checking path and its verification finds the damage again.
+    if run.exit_code == EX_OK and engine.fatal is None and engine.read_only is None:
         writer = engine.writer
         assert writer is not None
         stats = writer.stats()
@@ -291,6 +296,13 @@ async def _serve_with(
         log.info("clean shutdown at seq %d; marker written", stats.head_seq)
         run.clean = True
     return run
+
+
+def _serving_status(app: App) -> str:
+    """The STATUS= line of a serving daemon: degraded while writes are refused."""
+    if app.engine.read_only is not None:
+        return StatusText.degraded(app.engine.read_only.message)
+    return StatusText.serving(app.engine.last_seq, str(app.config.socket_path))
 
 
 def _register(server: VarlinkServer, app: App) -> None:
@@ -365,9 +377,7 @@ class _Reloader:
         try:
             return self._apply()
         finally:
-            self.notifier.ready(
-                StatusText.serving(self.app.engine.last_seq, str(self.app.config.socket_path))
-            )
+            self.notifier.ready(_serving_status(self.app))
 
     def _apply(self) -> ReloadResult:
         old = self.app.config

@@ -37,6 +37,7 @@ import watchfiles
 from timelined.auditlog import WriterStats
 from timelined.auditlog.segments import parse_segment_name
 from timelined.config import VerifyConfig
+from timelined.errors import LogDamaged
 from timelined.ids import utc_now
 from timelined.verifier.model import (
     RepairResult,
@@ -316,6 +317,17 @@ class Verifier:
             log.error("%s; report %s", report.summary, where)
             damage = report.chain.damage if report.chain is not None else None
             at = f" at seq {damage.seq} ({damage.kind})" if damage is not None else ""
+            if damage is not None and self._engine.read_only is None:
+                # The same damage found at boot starts the daemon read-only: so does this.
+                self._engine.degrade(
+                    LogDamaged(
+                        damage.seq,
+                        f"{damage.kind} ({damage.detail}), found by the verifier, report "
+                        f"{report.id}",
+                        damage.segment,
+                    )
+                )
+                log.critical("the audit log is damaged%s: writes are refused from now on", at)
             self._say(f"serving; LOG DAMAGED{at}, see report {report.id}")
         else:
             log.error("verification failed: %s; report %s", report.error, where)
@@ -356,6 +368,9 @@ class Verifier:
         self._say(f"serving on {config.socket_path}, log at seq {self._engine.last_seq}")
 
     def _say(self, text: str) -> None:
+        damaged = self._engine.read_only
+        if damaged is not None:  # a read-only daemon says so first, whatever else it does
+            text = f"degraded (reads only): {damaged.message}; {text}"
         if self._publish is not None:
             try:
                 self._publish(text)
