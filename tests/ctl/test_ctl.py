@@ -315,6 +315,9 @@ def test_json_after_the_verb_and_argument_checks(ctl: Ctl, tmp_path: Path) -> No
     (tmp_path / "adir").mkdir()
     _, err = ctl("export", root, "-o", str(tmp_path / "adir"), code=73)
     assert "is a directory" in err
+    (tmp_path / "afile").write_text("x")
+    _, err = ctl("--socket", str(tmp_path / "afile"), "status", code=69)
+    assert "not a socket" in err
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run timelinectl as another uid")

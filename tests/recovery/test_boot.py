@@ -69,6 +69,7 @@ def test_fresh_directory_is_a_clean_boot(tmp_path: Path) -> None:
     assert result.report.verdict == "clean"
     assert config.state_db.exists()
     assert list_reports(config.reports_dir)
+    assert "A new state directory" in render_summary(result.report)
 
 
 def test_clean_stop_takes_the_fast_path_without_scanning(tmp_path: Path) -> None:
@@ -78,6 +79,7 @@ def test_clean_stop_takes_the_fast_path_without_scanning(tmp_path: Path) -> None
     second = boot_once(config)
     r = second.report
     assert (r.verdict, r.fast_path, r.kind) == ("clean", True, "boot")
+    assert "had stopped cleanly; nothing needed" in render_summary(r)
     assert r.lines_scanned == 0 and r.segments_scanned == 0
     assert not config.marker_path.exists(), "the marker is removed at boot"
     write_blocks(config, second.head, 5)  # the writer appends where the marker said
@@ -200,3 +202,16 @@ def test_second_boot_on_the_same_directory_refuses(tmp_path: Path) -> None:
         assert info.value.params["pid"] is not None
     finally:
         held.lock.release()
+
+
+def test_a_marker_the_files_do_not_match_is_checked_and_said_so(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    write_blocks(config, boot_once(config).head, 10)  # a clean stop: marker written
+    config.state_db.unlink()  # then the state goes missing behind its back
+    for suffix in ("-wal", "-shm"):
+        Path(str(config.state_db) + suffix).unlink(missing_ok=True)
+    r = boot_once(config).report
+    assert r.verdict == "recovered" and r.marker_found and not r.fast_path
+    summary = render_summary(r)
+    assert "had stopped cleanly, but the files did not match" in summary, summary
+    assert "had not stopped cleanly" not in summary

@@ -58,6 +58,8 @@ def append(ctl: Ctl) -> int:
     a = ctl.args
     content = a.content
     if content is None or content == "-":
+        if sys.stdin.isatty():  # a person at a terminal, not a pipe: say what is awaited
+            ctl.out.note("timelinectl append: type the block's content, then Ctrl-D")
         content = sys.stdin.read()
     reply = ctl.call(
         TIMELINE + "AppendBlock",

@@ -149,11 +149,24 @@ _VERDICT_MEANING = {
 }
 
 
+def _meaning(report: Report) -> str:
+    """What the verdict means, in the words that fit how this boot came to it."""
+    if report.verdict == "clean" and not report.marker_found and not report.fast_path:
+        return "A new state directory: there was nothing to recover."
+    if report.verdict == "recovered" and report.marker_found:
+        return (
+            "The daemon had stopped cleanly, but the files did not match its clean-shutdown "
+            "marker (see below), so the boot checked them. Everything acknowledged is there; "
+            "nothing was lost."
+        )
+    return _VERDICT_MEANING.get(report.verdict, "")
+
+
 def render_summary(report: Report) -> str:
     """A human summary: what happened, what was done, what to do, where quarantined bytes are."""
     lines = [
         f"{report.kind} report {report.id}",
-        f"verdict: {report.verdict} — {_VERDICT_MEANING.get(report.verdict, '')}",
+        f"verdict: {report.verdict} — {_meaning(report)}",
         f"started {report.started_at}, finished {report.finished_at or '(unfinished)'}",
         "",
         "What was found:",

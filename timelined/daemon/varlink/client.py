@@ -20,6 +20,7 @@ import socket
 import threading
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 
 import anyio
@@ -84,9 +85,18 @@ def _decode(raw: msgspec.Raw, reply_type: type[T]) -> T:
         raise ProtocolError(f"reply does not match {reply_type.__name__}: {exc}") from None
 
 
+def _is_socket(path: str) -> bool:
+    try:
+        return Path(path).is_socket() or not Path(path).exists()
+    except OSError:
+        return True  # cannot tell: keep the usual explanation
+
+
 def _unavailable(path: str, exc: OSError) -> DaemonUnavailable:
     if isinstance(exc, FileNotFoundError):
         reason = "no socket there (is the daemon running?)"
+    elif isinstance(exc, ConnectionRefusedError) and not _is_socket(path):
+        reason = "connection refused: that path is not a socket"
     elif isinstance(exc, ConnectionRefusedError):
         reason = "connection refused (the socket exists but nothing listens on it)"
     elif isinstance(exc, PermissionError):
