@@ -33,8 +33,8 @@ def _wait_read_only(client: Client, timeout: float = 20.0) -> str:
 def test_damage_found_while_serving() -> None:
     with short_tempdir("tld") as base:
         # The harness turns the boot's verification off for speed; this test needs it.
-        daemon = DaemonProcess(base, verify={"on_boot": True, "interval_s": 0}).start()
-        with Client(daemon.socket_path, timeout=10) as client:
+        daemon = DaemonProcess(base, verify={"on_boot": True, "interval_s": 0})
+        with daemon.start(), Client(daemon.socket_path, timeout=10) as client:
             root = client.create_conversation("kept").root_context_id
             for n in range(5):
                 client.append_block(root, "user", f"block {n}")
@@ -47,10 +47,10 @@ def test_damage_found_while_serving() -> None:
             with pytest.raises(LogDamaged, match="seq 2"):
                 client.append_block(root, "user", "refused")
             assert client.list_blocks(root).blocks  # reads go on
-        assert daemon.stop() == 0
+            assert daemon.stop() == 0  # (leaving the `with` stops it on a failure)
         assert not (daemon.state_dir / "clean-shutdown").exists()
 
-        daemon.start()  # no marker: the checking path; the boot's verification finds it again
-        with Client(daemon.socket_path, timeout=10) as client:
+        # No marker: the checking path; the boot's verification finds the damage again.
+        with daemon.start(), Client(daemon.socket_path, timeout=10) as client:
             assert "damaged at seq 2" in _wait_read_only(client)
-        assert daemon.stop() == 0
+            assert daemon.stop() == 0
