@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from timelined import __version__
-from timelined.argparsing import UsageParser
+from timelined.argparsing import UsageParser, json_usage_errors
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -32,7 +32,11 @@ def _check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"timelined: config refused: {exc.message}", file=sys.stderr)
+        if args.json:
+            body = {"error": exc.varlink_name, "parameters": dict(exc.params)}
+            sys.stderr.write(msgspec.json.encode(body).decode() + "\n")
+        else:
+            print(f"timelined: config refused: {exc.message}", file=sys.stderr)
         return os.EX_CONFIG
     if args.json:
         out = msgspec.to_builtins(config, enc_hook=_paths)
@@ -121,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    with json_usage_errors(words):
+        args = build_parser().parse_args(words)
     code: int = args.run(args)
     return code
 

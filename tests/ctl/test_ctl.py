@@ -304,7 +304,8 @@ def test_json_after_the_verb_and_argument_checks(ctl: Ctl, tmp_path: Path) -> No
     assert json.loads(out)["status"]["last_seq"] >= 0
     _, err = ctl("xref", "revoke", "xref_nope", "--json", code=1)
     assert json.loads(err)["error"] == "io.timelined.CrossRefNotFound"
-    root = ctl.json("create", "Checks")["conversation"]["root_context_id"]
+    conv = ctl.json("create", "Checks")["conversation"]
+    root = conv["root_context_id"]
     _, err = ctl("tags", root, "a", "--clear", code=64)
     assert "not both" in err
     for bad in ("nan", "inf", "-inf"):
@@ -315,6 +316,18 @@ def test_json_after_the_verb_and_argument_checks(ctl: Ctl, tmp_path: Path) -> No
     (tmp_path / "adir").mkdir()
     _, err = ctl("export", root, "-o", str(tmp_path / "adir"), code=73)
     assert "is a directory" in err
+    error = json.loads(ctl("--json", "export", root, "-o", str(tmp_path / "adir"), code=73)[1])
+    assert error["error"] == "timelinectl.CannotWrite"
+    assert error["parameters"]["path"] == str(tmp_path / "adir")
+    error = json.loads(ctl("blocks", root, "--limit", "0", "--json", code=64)[1])
+    assert (
+        error["error"] == "timelinectl.UsageError" and "1 or more" in error["parameters"]["message"]
+    )
+    written = ctl.json("export", conv["id"], "-o", str(tmp_path / "export.jsonl"))
+    assert written == {
+        "written": str(tmp_path / "export.jsonl"),
+        "bytes": (tmp_path / "export.jsonl").stat().st_size,
+    }
     (tmp_path / "afile").write_text("x")
     _, err = ctl("--socket", str(tmp_path / "afile"), "status", code=69)
     assert "not a socket" in err

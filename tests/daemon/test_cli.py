@@ -38,6 +38,10 @@ def test_check_config_refuses_a_bad_value_with_78_naming_the_key(tmp_path: Path)
     config.write_text('[log]\nfsync = "sometimes"\n')
     out = _timelined("check-config", "--config", str(config))
     assert out.returncode == 78 and "log.fsync" in out.stderr, out.stderr
+    out = _timelined("check-config", "--config", str(config), "--json")
+    error = json.loads(out.stderr)
+    assert out.returncode == 78 and error["error"] == "io.timelined.ConfigError", out.stderr
+    assert error["parameters"]["key"] == "log.fsync"
 
 
 def test_a_bad_command_line_exits_64() -> None:
@@ -45,6 +49,10 @@ def test_a_bad_command_line_exits_64() -> None:
     assert out.returncode == 64 and "expected one argument" in out.stderr
     out = _timelined("no-such-verb")
     assert out.returncode == 64 and "invalid choice" in out.stderr
+    out = _timelined("verify", "--json")  # --state-dir missing, asked for as JSON
+    error = json.loads(out.stderr)
+    assert out.returncode == 64 and error["error"] == "timelined.UsageError"
+    assert "--state-dir" in error["parameters"]["message"]
 
 
 def test_the_client_finds_the_systemd_socket_without_a_config(

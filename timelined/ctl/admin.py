@@ -330,6 +330,9 @@ def metrics(ctl: Ctl) -> int:
             Path(tmp).unlink(missing_ok=True)
             raise
     except OSError as exc:
-        ctl.out.stderr.write(f"timelinectl: cannot write {path}: {exc.strerror}\n")
-        return 73  # EX_CANTCREAT
+        return ctl.out.fail(
+            73, "CannotWrite", f"cannot write {path}: {exc.strerror}", path=str(path)
+        )  # 73: EX_CANTCREAT
+    if ctl.out.json:
+        ctl.out.print_json({"written": str(path), "bytes": len(reply.text.encode())})
     return 0

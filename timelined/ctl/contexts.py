@@ -119,8 +119,9 @@ def focus(ctl: Ctl) -> int:
 def tags(ctl: Ctl) -> int:
     a = ctl.args
     if bool(a.tags) == a.clear:
-        ctl.out.note("timelinectl tags: give tags, or --clear to remove them all (not both)")
-        return 64
+        return ctl.out.fail(
+            64, "UsageError", "tags: give tags, or --clear to remove them all (not both)"
+        )
     return _context_reply(ctl, "SetTags", context_id=a.id, tags=[] if a.clear else a.tags)
 
 

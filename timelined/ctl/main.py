@@ -3,7 +3,10 @@
     timelinectl [--socket PATH] [--json] VERB ...
 
 Human output by default (tables, a tree for `tree`); `--json` prints the Varlink reply as JSON.
-Errors go to stderr (as JSON with --json). Exit codes (sysexits):
+Errors go to stderr; with --json as one JSON object, `{"error": NAME, "parameters": {...,
+"message": ...}}`: the daemon's errors are named `io.timelined.<Name>`, timelinectl's own
+refusals `timelinectl.<Name>` (UsageError, CannotRead, CannotWrite, BadExport).
+Exit codes (sysexits):
 
     0   ok
     1   refused: the daemon answered with a named error (ContextNotFound, InvalidTransition,
@@ -32,7 +35,7 @@ from typing import Any
 import msgspec
 
 from timelined import __version__
-from timelined.argparsing import UsageParser
+from timelined.argparsing import UsageParser, json_usage_errors
 from timelined.client import (
     InterfaceNotFound,
     InvalidParameter,
@@ -152,7 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(argv: Sequence[str] | None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(words)
+    with json_usage_errors(words):
+        args = build_parser().parse_args(words)
     out = Output(json=args.json)
     ctl = Ctl(args, out, words)
     try:

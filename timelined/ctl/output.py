@@ -43,6 +43,19 @@ class Output:
         """A remark for people (paging hints and the like), on stderr so pipes stay clean."""
         self.stderr.write(text + "\n")
 
+    def fail(self, code: int, name: str, message: str, **params: Any) -> int:
+        """A refusal timelinectl makes itself (no daemon involved), on stderr; returns `code`.
+
+        With --json it has the shape of the daemon's errors, named `timelinectl.<name>`, so a
+        script reads every error the same way.
+        """
+        if self.json:
+            body = {"error": f"timelinectl.{name}", "parameters": {**params, "message": message}}
+            self.stderr.write(msgspec.json.encode(body).decode("utf-8") + "\n")
+        else:
+            self.stderr.write(f"timelinectl: {message}\n")
+        return code
+
     @property
     def unicode(self) -> bool:
         encoding = (getattr(self.stdout, "encoding", None) or "").lower().replace("-", "")

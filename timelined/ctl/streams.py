@@ -171,14 +171,19 @@ class _Counted(msgspec.Struct):
 def export(ctl: Ctl) -> int:
     a = ctl.args
     if a.output is None and ctl.out.stdout.isatty():
-        ctl.out.stderr.write(
-            "timelinectl: an export is JSON lines for a file: redirect it "
-            "(timelinectl export ID > FILE) or use -o FILE\n"
+        return ctl.out.fail(
+            EX_USAGE,
+            "UsageError",
+            "an export is JSON lines for a file: redirect it (timelinectl export ID > FILE) "
+            "or use -o FILE",
         )
-        return EX_USAGE
     if a.output is not None and Path(a.output).is_dir():
-        ctl.out.stderr.write(f"timelinectl: cannot write {a.output}: it is a directory\n")
-        return EX_CANTCREAT
+        return ctl.out.fail(
+            EX_CANTCREAT,
+            "CannotWrite",
+            f"cannot write {a.output}: it is a directory",
+            path=a.output,
+        )
     replies: Iterator[msgspec.Raw] = ctl.client.stream(
         TIMELINE + "ExportConversation", {"id": a.id}, msgspec.Raw
     )
@@ -192,18 +197,25 @@ def export(ctl: Ctl) -> int:
     try:
         handle = open(partial, "w", encoding="utf-8")  # noqa: SIM115 — closed below
     except OSError as exc:
-        ctl.out.stderr.write(f"timelinectl: cannot write {partial}: {exc.strerror}\n")
-        return EX_CANTCREAT
+        return ctl.out.fail(
+            EX_CANTCREAT,
+            "CannotWrite",
+            f"cannot write {partial}: {exc.strerror}",
+            path=str(partial),
+        )
     try:
         with handle:
             _write_parts(handle, replies, progress, a.id)
         partial.replace(target)  # only a complete export takes the name
     except OSError as exc:
-        where = exc.filename or partial
-        ctl.out.stderr.write(f"timelinectl: cannot write {where}: {exc.strerror or exc}\n")
-        return EX_IOERR
+        where = str(exc.filename or partial)
+        return ctl.out.fail(
+            EX_IOERR, "CannotWrite", f"cannot write {where}: {exc.strerror or exc}", path=where
+        )
     finally:
         partial.unlink(missing_ok=True)
+    if ctl.out.json:  # stdout is free: the export went to the file
+        ctl.out.print_json({"written": str(target), "bytes": target.stat().st_size})
     return 0
 
 
@@ -274,11 +286,12 @@ def import_(ctl: Ctl) -> int:
     a = ctl.args
     progress = _Progress(ctl)
     if a.file is None and sys.stdin.isatty():
-        ctl.out.stderr.write(
-            "timelinectl: reading an export from the terminal: give a FILE or redirect "
-            "(timelinectl import < FILE)\n"
+        return ctl.out.fail(
+            EX_USAGE,
+            "UsageError",
+            "reading an export from the terminal: give a FILE or redirect "
+            "(timelinectl import < FILE)",
         )
-        return EX_USAGE
     try:
         if a.file is None:
             document = read_export(sys.stdin, progress)
@@ -286,13 +299,13 @@ def import_(ctl: Ctl) -> int:
             with open(a.file, encoding="utf-8") as handle:
                 document = read_export(handle, progress)
     except OSError as exc:
-        ctl.out.stderr.write(f"timelinectl: cannot read {a.file}: {exc.strerror}\n")
-        return 66  # EX_NOINPUT
+        return ctl.out.fail(
+            66, "CannotRead", f"cannot read {a.file}: {exc.strerror}", path=a.file
+        )  # 66: EX_NOINPUT
     except (BadExport, UnicodeDecodeError) as exc:
         if progress.width:
             ctl.out.stderr.write("\n")
-        ctl.out.stderr.write(f"timelinectl: bad export: {exc}\n")
-        return EX_DATAERR
+        return ctl.out.fail(EX_DATAERR, "BadExport", f"bad export: {exc}")
     progress.done(
         f"read {len(document.events)} events, {len(document.blocks)} blocks; "
         "the daemon verifies and imports them"
