@@ -113,6 +113,8 @@ def test_conversation_and_context_verbs(ctl: Ctl) -> None:
     out, _ = ctl("conversation", conv["id"])
     assert "Verbs" in out and root in out
     assert ctl.json("rename", conv["id"], "Renamed")["conversation"]["name"] == "Renamed"
+    _, err = ctl("update", conv["id"], code=64)
+    assert "--name and/or --metadata" in err
     updated = ctl.json("update", conv["id"], "--metadata", '{"a": 1}')["conversation"]
     assert updated["metadata"] == {"a": 1} and updated["name"] == "Renamed"
     out, _ = ctl("conversations")

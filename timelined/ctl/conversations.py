@@ -88,6 +88,8 @@ def rename(ctl: Ctl) -> int:
 
 def update(ctl: Ctl) -> int:
     a = ctl.args
+    if a.name is None and a.metadata is None:
+        return ctl.out.fail(64, "UsageError", "update: give --name and/or --metadata")
     return _one(ctl, "UpdateConversation", id=a.id, name=a.name, metadata=a.metadata)
 
 
