@@ -40,8 +40,15 @@ def backup(
     The copy is built as `DESTINATION.partial` and renamed at the end: a failure at any step
     removes it, so the destination holds a whole, checked backup or nothing.
     """
+    destination = destination.absolute()  # `--to .` has a name to put `.partial` beside
     db = state_dir / "state.db"
-    if not db.exists() or not (state_dir / "log").is_dir():
+    try:
+        is_state = db.exists() and (state_dir / "log").is_dir()
+    except OSError as exc:  # e.g. run as a user who may not read it: sudo -u timelined
+        raise BackupFailed(
+            "source", f"cannot read {state_dir}: {exc.strerror}", str(state_dir)
+        ) from exc
+    if not is_state:
         raise BackupFailed(
             "source",
             f"{state_dir} is not a timelined state directory (no state.db or log/)",
@@ -56,8 +63,14 @@ def backup(
             "destination", f"cannot use {destination}: {exc.strerror}", str(destination)
         ) from exc
     partial = destination.with_name(destination.name + ".partial")
+    if os.path.lexists(partial):
+        # Never ours to delete: a backup killed mid-way leaves one, but so might anything else.
+        raise BackupFailed(
+            "destination",
+            f"{partial} exists (left by an interrupted backup?): remove it and try again",
+            str(destination),
+        )
     try:
-        shutil.rmtree(partial, ignore_errors=True)
         (partial / "log").mkdir(parents=True)
     except OSError as exc:
         raise BackupFailed(
@@ -75,6 +88,9 @@ def backup(
         raise BackupFailed(
             "copy", f"copying failed at {where}: {problem}", str(destination)
         ) from exc
+    except BaseException:  # anything else (Ctrl-C, a state.db without its meta row): no leftover
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
 
 
 def _copy(

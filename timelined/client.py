@@ -242,9 +242,18 @@ def socket_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     env = os.environ.get(SOCKET_ENV)
     if env:
         return Path(env)
-    if find_config_file() is None and SYSTEMD_SOCKET.is_socket():
+    if find_config_file() is None and _service_socket_there():
         return SYSTEMD_SOCKET
     return load_config().socket_path
+
+
+def _service_socket_there() -> bool:
+    try:
+        return SYSTEMD_SOCKET.is_socket()
+    except PermissionError:  # /run/timelined is 0750: it is there, this user may not use it
+        return True  # connecting then says so (timelinectl exits 77)
+    except OSError:
+        return False
 
 
 # Errors after which the server hangs up: the pooled connection must not be reused (the next
@@ -271,8 +280,20 @@ def _params(**kwargs: Any) -> dict[str, Any]:
 
 def _check_finite(params: Mapping[str, Any]) -> None:
     for name, value in params.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidArgument(name, f"must be a finite number, not {value}")
+        _finite(name, value)
+
+
+def _finite(where: str, value: Any) -> None:
+    """Down into metadata and sub-blocks too: a NaN there would become `null` as well."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidArgument(where, f"must be a finite number, not {value}")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _finite(f"{where}.{key}", item)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _finite(f"{where}[{index}]", item)
 
 
 _LOG_EVENT = msgspec.json.Decoder(LogEvent)

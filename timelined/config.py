@@ -109,6 +109,10 @@ class Config(msgspec.Struct, frozen=True):
         return self.state_dir / "clean-shutdown"
 
     @property
+    def damage_path(self) -> Path:
+        return self.state_dir / "log-damaged"
+
+    @property
     def lock_path(self) -> Path:
         return self.state_dir / "lock"
 

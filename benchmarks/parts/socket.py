@@ -51,7 +51,9 @@ def _ticks(stat: Path) -> int:
 def batch_counts(socket_path: str) -> tuple[float, float]:
     """The daemon's (batches, commands in batches) so far, from its metrics."""
     found = {"timelined_batch_size_count": 0.0, "timelined_batch_size_sum": 0.0}
-    for line in Client(socket_path).get_metrics().splitlines():
+    with Client(socket_path) as client:
+        text = client.get_metrics()
+    for line in text.splitlines():
         name, _, value = line.partition(" ")
         if name in found:
             found[name] = float(value)

@@ -75,3 +75,19 @@ def test_the_client_finds_the_systemd_socket_without_a_config(
         assert client.socket_path("explicit.sock") == Path("explicit.sock")
     finally:
         listener.close()
+
+
+def test_a_service_socket_this_user_may_not_see_is_still_chosen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Unreadable(type(Path())):  # type: ignore[misc]
+        def is_socket(self) -> bool:
+            raise PermissionError(13, "Permission denied")
+
+    monkeypatch.delenv("TIMELINED_SOCKET", raising=False)
+    monkeypatch.delenv("TIMELINED_CONFIG", raising=False)
+    monkeypatch.delenv("CONFIGURATION_DIRECTORY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    hidden = Unreadable("/run/timelined/timelined.sock")
+    monkeypatch.setattr(client, "SYSTEMD_SOCKET", hidden)
+    assert client.socket_path() == hidden  # connecting then fails with EACCES: exit 77

@@ -138,3 +138,23 @@ def test_a_failed_copy_is_removed(tmp_path: Path) -> None:
     assert out.returncode == 74, out.stderr
     assert "copying failed" in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert not (tmp_path / "copy").exists() and not (tmp_path / "copy.partial").exists()
+
+
+@pytest.mark.parametrize("what", ["a directory", "a symlink"])
+def test_a_partial_left_over_is_refused_not_deleted(tmp_path: Path, what: str) -> None:
+    state = tmp_path / "state"
+    (state / "log").mkdir(parents=True)
+    (state / "state.db").write_bytes(b"")
+    partial = tmp_path / "copy.partial"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious").write_text("keep me")
+    if what == "a directory":
+        partial.mkdir()
+        (partial / "precious").write_text("keep me")
+    else:
+        partial.symlink_to(elsewhere)
+    out = _backup(state, tmp_path / "copy")
+    assert out.returncode == 73 and "copy.partial exists" in out.stderr, out.stderr
+    assert (partial / "precious").read_text() == "keep me"
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["precious"]

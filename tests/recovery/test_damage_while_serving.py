@@ -1,5 +1,6 @@
-"""Damage the verifier finds while the daemon serves: writes refused, STATUS and GetStatus say
-so, no clean-shutdown marker, and the next boot's verification finds it again."""
+"""Damage the verifier finds while the daemon serves: writes refused, GetStatus says so, no
+clean-shutdown marker, and a record that makes the next boots walk the whole chain: still damaged,
+they start read-only (without waiting for a verification); restored, writes come back."""
 
 from __future__ import annotations
 
@@ -50,7 +51,25 @@ def test_damage_found_while_serving() -> None:
             assert daemon.stop() == 0  # (leaving the `with` stops it on a failure)
         assert not (daemon.state_dir / "clean-shutdown").exists()
 
-        # No marker: the checking path; the boot's verification finds the damage again.
+        assert (daemon.state_dir / "log-damaged").exists()
+
+        # The boot itself finds it again: no verification runs (on_boot off) and yet the very
+        # first call sees a read-only daemon, with the boot's verdict `degraded`.
+        daemon.sections["verify"]["on_boot"] = False
         with daemon.start(), Client(daemon.socket_path, timeout=10) as client:
-            assert "damaged at seq 2" in _wait_read_only(client)
+            status = client.get_status()
+            assert status.read_only is not None and "damaged at seq 2" in status.read_only
+            assert status.boot.verdict == "degraded"
+            with pytest.raises(LogDamaged):
+                client.append_block(root, "user", "still refused")
             assert daemon.stop() == 0
+
+        # An operator restores the segment: the next boot walks the chain, finds it whole,
+        # removes the record and takes writes again.
+        _flip_inside_second_line(segment)
+        with daemon.start(), Client(daemon.socket_path, timeout=10) as client:
+            status = client.get_status()
+            assert status.read_only is None, status.read_only
+            assert client.append_block(root, "user", "accepted again").seq > 0
+            assert daemon.stop() == 0
+        assert not (daemon.state_dir / "log-damaged").exists()

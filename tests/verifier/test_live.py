@@ -190,6 +190,7 @@ async def test_damage_found_while_serving_refuses_writes_and_says_so(small_dir: 
             assert isinstance(engine.read_only, LogDamaged)
             assert engine.read_only.params["seq"] == 2
             assert report.id in engine.read_only.message
+            assert config.damage_path.exists()  # for the next boots (recovery/damage.py)
             with pytest.raises(LogDamaged, match="damaged at seq 2"):
                 await engine.submit(cmd.AppendBlock(context_id=context, role="user", content="x"))
             tg.cancel_scope.cancel()

@@ -120,7 +120,7 @@ def serve(config_path: str | None, log_level: str | None = None) -> int:
             backend="asyncio",
             backend_options=_loop_options(),
         )
-    except (FatalStorageError, _SocketUnavailable, OSError, ExceptionGroup) as exc:
+    except (FatalStorageError, StorageError, _SocketUnavailable, OSError, ExceptionGroup) as exc:
         run = _Run(exit_code=_failure_exit_code(exc))
     finally:
         result.lock.release()

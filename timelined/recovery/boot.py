@@ -33,10 +33,13 @@ from timelined.auditlog import (
     cut_torn_tail,
     list_segments,
     scan_tail,
+    walk_chain,
 )
+from timelined.auditlog import Damage as ScanDamage
 from timelined.config import Config
 from timelined.errors import LogDamaged, TimelinedError
 from timelined.ids import utc_now
+from timelined.recovery.damage import clear_damage, recorded_damage
 from timelined.recovery.lock import StateLock
 from timelined.recovery.marker import Marker, take_marker
 from timelined.recovery.report import (
@@ -89,6 +92,7 @@ def boot(
     )
     try:
         result = _boot(config, ops, report, lock, progress or _no_progress)
+        result = _check_recorded_damage(config, result)
     except BaseException as exc:
         report.verdict = "failed"
         report.error = (
@@ -209,17 +213,7 @@ def _boot(
 
     read_only: LogDamaged | None = None
     if scan.damage is not None:
-        d = scan.damage
-        read_only = d.error()
-        report.damage = Damage(
-            seq=d.seq, segment=d.segment, offset=d.offset, reason=f"{d.kind}: {d.detail}"
-        )
-        report.actions += [
-            f"The audit log is damaged at seq {d.seq} ({d.segment}, offset {d.offset}): {d.kind}.",
-            "The daemon serves reads and refuses writes (io.timelined.LogDamaged).",
-            "Keep a copy of the state directory, run `timelined verify --state-dir DIR` on it, "
-            "and restore the damaged segment from a backup (docs/recovery.md, 'degraded').",
-        ]
+        read_only = _report_damage(report, scan.damage)
     elif scan.torn is not None:
         with report.phase("cut-torn-tail"):
             kept = cut_torn_tail(
@@ -284,6 +278,39 @@ def _boot(
             "and compare the quarantined state with a backup."
         )
     return BootResult(report, LogHead(scan.last_seq, scan.last_hash, scan.end_offset), None, lock)
+
+
+def _report_damage(report: Report, d: ScanDamage) -> LogDamaged:
+    report.damage = Damage(
+        seq=d.seq, segment=d.segment, offset=d.offset, reason=f"{d.kind}: {d.detail}"
+    )
+    report.actions += [
+        f"The audit log is damaged at seq {d.seq} ({d.segment}, offset {d.offset}): {d.kind}.",
+        "The daemon serves reads and refuses writes (io.timelined.LogDamaged).",
+        "Keep a copy of the state directory, run `timelined verify --state-dir DIR` on it, "
+        "and restore the damaged segment from a backup (docs/recovery.md, 'degraded').",
+    ]
+    return d.error()
+
+
+def _check_recorded_damage(config: Config, result: BootResult) -> BootResult:
+    """Damage a verification recorded (recovery/damage.py): walk the whole chain again."""
+    record = recorded_damage(config.damage_path)
+    if record is None or result.read_only is not None:
+        return result
+    report = result.report
+    with report.phase("recorded-damage"):
+        chain = walk_chain(config.log_dir)
+    if chain.damage is None:
+        clear_damage(config.damage_path)
+        report.actions.append(
+            f"The log damage a verification recorded (seq {record.seq}, {record.found_at}) is "
+            "gone: the whole chain verifies again, so writes are accepted again."
+        )
+        log.warning("the recorded log damage at seq %s is gone: the chain verifies", record.seq)
+        return result
+    report.verdict = "degraded"
+    return BootResult(report, None, _report_damage(report, chain.damage), result.lock)
 
 
 def _is_fresh(config: Config) -> bool:

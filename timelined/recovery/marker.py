@@ -42,11 +42,16 @@ def make_marker(last_seq: int, last_hash: str, segment: str, log_bytes: int) -> 
 
 
 def write_marker(path: Path, marker: Marker, fileops: FileOps | None = None) -> None:
+    write_atomically(path, msgspec.json.encode(marker) + b"\n", fileops)
+
+
+def write_atomically(path: Path, data: bytes, fileops: FileOps | None = None) -> None:
+    """A whole file or none after a power cut: temporary file, fsync, rename, fsync the dir."""
     ops = fileops or OsFileOps()
     tmp = path.with_name(path.name + ".tmp")
     fd = ops.open_new(str(tmp))
     try:
-        write_all(ops, fd, msgspec.json.encode(marker) + b"\n")
+        write_all(ops, fd, data)
         ops.fsync(fd)
     finally:
         ops.close(fd)

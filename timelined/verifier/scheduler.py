@@ -39,7 +39,9 @@ from timelined.auditlog.segments import parse_segment_name
 from timelined.config import VerifyConfig
 from timelined.errors import LogDamaged
 from timelined.ids import utc_now
+from timelined.recovery.damage import record_damage
 from timelined.verifier.model import (
+    ChainDamage,
     RepairResult,
     StatusState,
     VerifyProgress,
@@ -318,20 +320,35 @@ class Verifier:
             damage = report.chain.damage if report.chain is not None else None
             at = f" at seq {damage.seq} ({damage.kind})" if damage is not None else ""
             if damage is not None and self._engine.read_only is None:
-                # The same damage found at boot starts the daemon read-only: so does this.
-                self._engine.degrade(
-                    LogDamaged(
-                        damage.seq,
-                        f"{damage.kind} ({damage.detail}), found by the verifier, report "
-                        f"{report.id}",
-                        damage.segment,
-                    )
-                )
-                log.critical("the audit log is damaged%s: writes are refused from now on", at)
+                self._degrade(report, damage)
             self._say(f"serving; LOG DAMAGED{at}, see report {report.id}")
         else:
             log.error("verification failed: %s; report %s", report.error, where)
             self._say(f"serving; verification failed, see report {report.id}")
+
+    def _degrade(self, report: VerifyReport, damage: ChainDamage) -> None:
+        """The same damage found at boot starts the daemon read-only: so does this, and the
+        record makes the next boots check the whole chain (recovery/damage.py)."""
+        if damage.seq > report.snapshot_seq:
+            # Past what the state had committed when the run began: bytes the writer may be
+            # rewriting right now (a batch refused for a full disk is truncated back and the next
+            # one written over it). Not history yet: look again instead of refusing writes.
+            log.warning("damage past the snapshot (seq %d): verifying again", damage.seq)
+            self._request("recheck", debounce=True)
+            return
+        error = LogDamaged(
+            damage.seq,
+            f"{damage.kind} ({damage.detail}), found by the verifier, report {report.id}",
+            damage.segment,
+        )
+        self._engine.degrade(error)
+        log.critical(
+            "the audit log is damaged at seq %d: writes are refused from now on", damage.seq
+        )
+        try:
+            record_damage(self._engine.config.damage_path, error)
+        except OSError as exc:
+            log.error("could not record the damage for the next boot: %s", exc)
 
     async def _repair(self, reason: str) -> RepairResult:
         """Repair with the run lock held."""
