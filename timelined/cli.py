@@ -15,6 +15,7 @@ from pathlib import Path
 
 from timelined import __version__
 from timelined.argparsing import UsageParser, json_usage_errors
+from timelined.errors import TimelinedError
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -32,12 +33,7 @@ def _check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        if args.json:
-            body = {"error": exc.varlink_name, "parameters": dict(exc.params)}
-            sys.stderr.write(msgspec.json.encode(body).decode() + "\n")
-        else:
-            print(f"timelined: config refused: {exc.message}", file=sys.stderr)
-        return os.EX_CONFIG
+        return _refused(exc, "config refused", os.EX_CONFIG, as_json=args.json)
     if args.json:
         out = msgspec.to_builtins(config, enc_hook=_paths)
         sys.stdout.write(msgspec.json.format(msgspec.json.encode(out)).decode() + "\n")
@@ -47,6 +43,18 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"  socket_path {config.socket_path}")
         print(f"  log.fsync   {config.log.fsync}")
     return 0
+
+
+def _refused(exc: TimelinedError, what: str, code: int, *, as_json: bool) -> int:
+    """Say why on stderr (with --json as the same object the daemon's errors are) and exit."""
+    import msgspec
+
+    if as_json:
+        body = {"error": exc.varlink_name, "parameters": dict(exc.params)}
+        sys.stderr.write(msgspec.json.encode(body).decode() + "\n")
+    else:
+        print(f"timelined: {what}: {exc.message}", file=sys.stderr)
+    return code
 
 
 def _paths(value: object) -> str:
@@ -75,12 +83,7 @@ def _backup(args: argparse.Namespace) -> int:
     try:
         result = backup(Path(args.state_dir), Path(args.to), progress=say)
     except BackupFailed as exc:
-        if args.json:
-            body = {"error": exc.varlink_name, "parameters": dict(exc.params)}
-            sys.stderr.write(msgspec.json.encode(body).decode() + "\n")
-        else:
-            print(f"timelined: backup failed: {exc.message}", file=sys.stderr)
-        return _BACKUP_EXIT[exc.side]
+        return _refused(exc, "backup failed", _BACKUP_EXIT[exc.side], as_json=args.json)
     if args.json:
         sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
     else:
