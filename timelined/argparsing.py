@@ -1,15 +1,22 @@
-"""argparse for both command-line tools: a bad command line exits 64 (EX_USAGE, sysexits)."""
+"""What both command-line tools share: argparse that exits 64 (EX_USAGE, sysexits) on a bad
+command line, and the one JSON form of an error that --json prints on stderr."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import ClassVar, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 import msgspec
+
+
+def error_line(name: str, params: Mapping[str, Any]) -> str:
+    """`{"error": NAME, "parameters": {...}}` and a newline: the daemon's errors as the tools
+    print them with --json, and the tools' own in the same shape."""
+    return msgspec.json.encode({"error": name, "parameters": dict(params)}).decode() + "\n"
 
 
 class UsageParser(argparse.ArgumentParser):
@@ -20,12 +27,9 @@ class UsageParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         if UsageParser.json_errors:
-            tool = self.prog.split()[0]
-            body = {
-                "error": f"{tool}.UsageError",
-                "parameters": {"message": message, "usage": " ".join(self.format_usage().split())},
-            }
-            self.exit(os.EX_USAGE, msgspec.json.encode(body).decode("utf-8") + "\n")
+            usage = " ".join(self.format_usage().split())
+            name = f"{self.prog.split()[0]}.UsageError"
+            self.exit(os.EX_USAGE, error_line(name, {"message": message, "usage": usage}))
         self.print_usage(sys.stderr)
         self.exit(os.EX_USAGE, f"{self.prog}: error: {message}\n")
 

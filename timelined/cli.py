@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from timelined import __version__
-from timelined.argparsing import UsageParser, json_usage_errors
+from timelined.argparsing import UsageParser, error_line, json_usage_errors
 from timelined.errors import TimelinedError
 
 
@@ -47,11 +47,8 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _refused(exc: TimelinedError, what: str, code: int, *, as_json: bool) -> int:
     """Say why on stderr (with --json as the same object the daemon's errors are) and exit."""
-    import msgspec
-
     if as_json:
-        body = {"error": exc.varlink_name, "parameters": dict(exc.params)}
-        sys.stderr.write(msgspec.json.encode(body).decode() + "\n")
+        sys.stderr.write(error_line(exc.varlink_name, exc.params))
     else:
         print(f"timelined: {what}: {exc.message}", file=sys.stderr)
     return code

@@ -32,10 +32,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import msgspec
-
 from timelined import __version__
-from timelined.argparsing import UsageParser, json_usage_errors
+from timelined.argparsing import UsageParser, error_line, json_usage_errors
 from timelined.client import (
     InterfaceNotFound,
     InvalidParameter,
@@ -103,9 +101,8 @@ def _json_after_verbs(verbs: argparse._SubParsersAction[Any]) -> None:
 
 
 def _no_permission(exc: TimelinedError) -> bool:
-    return isinstance(exc, DaemonUnavailable) and str(exc.params.get("reason", "")).startswith(
-        "permission denied"
-    )
+    """The socket could not be opened for want of permission (the OS error it came from)."""
+    return isinstance(exc, DaemonUnavailable) and isinstance(exc.__cause__, PermissionError)
 
 
 def exit_code(exc: TimelinedError) -> int:
@@ -126,8 +123,7 @@ def exit_code(exc: TimelinedError) -> int:
 
 def report_error(out: Output, exc: TimelinedError) -> None:
     if out.json:
-        body = {"error": exc.varlink_name, "parameters": dict(exc.params)}
-        out.stderr.write(msgspec.json.encode(body).decode("utf-8") + "\n")
+        out.stderr.write(error_line(exc.varlink_name, exc.params))
         return
     out.stderr.write(f"timelinectl: {exc.message} ({exc.varlink_name})\n")
     if _no_permission(exc):

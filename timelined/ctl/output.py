@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 import msgspec
 
+from timelined.argparsing import error_line
 from timelined.state.model import Context, Conversation
 
 
@@ -50,8 +51,7 @@ class Output:
         script reads every error the same way.
         """
         if self.json:
-            body = {"error": f"timelinectl.{name}", "parameters": {**params, "message": message}}
-            self.stderr.write(msgspec.json.encode(body).decode("utf-8") + "\n")
+            self.stderr.write(error_line(f"timelinectl.{name}", {**params, "message": message}))
         else:
             self.stderr.write(f"timelinectl: {message}\n")
         return code

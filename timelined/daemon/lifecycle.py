@@ -269,7 +269,8 @@ async def _serve_with(
             await anyio.Path(config.socket_path).unlink(missing_ok=True)
         # Leaving Engine.open drains the queue, fsyncs the log and checkpoints the WAL.
     # No marker from a read-only daemon (damage found at boot or by the verifier since): the
-    # next boot takes the checking path and its verification finds the damage again.
+    # next boot takes the checking path; the verifier's record (recovery/damage.py) makes it
+    # walk the whole chain.
     if run.exit_code == EX_OK and engine.fatal is None and engine.read_only is None:
         writer = engine.writer
         assert writer is not None

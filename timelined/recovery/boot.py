@@ -92,7 +92,7 @@ def boot(
     )
     try:
         result = _boot(config, ops, report, lock, progress or _no_progress)
-        result = _check_recorded_damage(config, result)
+        result = _check_recorded_damage(config, ops, result)
     except BaseException as exc:
         report.verdict = "failed"
         report.error = (
@@ -293,16 +293,16 @@ def _report_damage(report: Report, d: ScanDamage) -> LogDamaged:
     return d.error()
 
 
-def _check_recorded_damage(config: Config, result: BootResult) -> BootResult:
+def _check_recorded_damage(config: Config, ops: FileOps, result: BootResult) -> BootResult:
     """Damage a verification recorded (recovery/damage.py): walk the whole chain again."""
     record = recorded_damage(config.damage_path)
     if record is None or result.read_only is not None:
         return result
     report = result.report
     with report.phase("recorded-damage"):
-        chain = walk_chain(config.log_dir)
+        chain = walk_chain(config.log_dir, fileops=ops)
     if chain.damage is None:
-        clear_damage(config.damage_path)
+        clear_damage(config.damage_path, ops)
         report.actions.append(
             f"The log damage a verification recorded (seq {record.seq}, {record.found_at}) is "
             "gone: the whole chain verifies again, so writes are accepted again."

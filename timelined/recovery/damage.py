@@ -9,13 +9,11 @@ segment): it removes the record and serves writes. Only this file costs a boot a
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
 import msgspec
 
-from timelined.errors import LogDamaged
+from timelined.auditlog.fileops import FileOps, OsFileOps
 from timelined.ids import utc_now
 from timelined.recovery.marker import write_atomically
 
@@ -27,15 +25,9 @@ class DamageRecord(msgspec.Struct, frozen=True, kw_only=True):
     found_at: str
 
 
-def record_damage(path: Path, damage: LogDamaged) -> None:
-    """Keep `damage` for the next boots (OSError: the caller logs it; the daemon goes on)."""
-    params = damage.params
-    record = DamageRecord(
-        seq=params.get("seq"),
-        reason=str(params.get("reason", damage.message)),
-        segment=params.get("segment"),
-        found_at=utc_now(),
-    )
+def record_damage(path: Path, seq: int, reason: str, segment: str | None) -> None:
+    """Keep the damage for the next boots (OSError: the caller logs it; the daemon goes on)."""
+    record = DamageRecord(seq=seq, reason=reason, segment=segment, found_at=utc_now())
     write_atomically(path, msgspec.json.encode(record) + b"\n")
 
 
@@ -54,11 +46,8 @@ def recorded_damage(path: Path) -> DamageRecord | None:
         )
 
 
-def clear_damage(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def clear_damage(path: Path, fileops: FileOps | None = None) -> None:
+    """Remove the record, durably (the directory fsynced), as the marker is removed."""
+    ops = fileops or OsFileOps()
+    ops.unlink(str(path))
+    ops.fsync_dir(str(path.parent))

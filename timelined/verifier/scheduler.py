@@ -336,17 +336,13 @@ class Verifier:
             log.warning("damage past the snapshot (seq %d): verifying again", damage.seq)
             self._request("recheck", debounce=True)
             return
-        error = LogDamaged(
-            damage.seq,
-            f"{damage.kind} ({damage.detail}), found by the verifier, report {report.id}",
-            damage.segment,
-        )
-        self._engine.degrade(error)
+        reason = f"{damage.kind} ({damage.detail}), found by the verifier, report {report.id}"
+        self._engine.degrade(LogDamaged(damage.seq, reason, damage.segment))
         log.critical(
             "the audit log is damaged at seq %d: writes are refused from now on", damage.seq
         )
         try:
-            record_damage(self._engine.config.damage_path, error)
+            record_damage(self._engine.config.damage_path, damage.seq, reason, damage.segment)
         except OSError as exc:
             log.error("could not record the damage for the next boot: %s", exc)
 
