@@ -4,7 +4,8 @@ It opens `conns` connections to the daemon, gives each its own conversation (or 
 contexts it was given), prints `ready`, waits for a line on stdin, then runs `repeats` windows of
 closed-loop AppendBlock calls (one call in flight per connection: each connection is a chat
 client waiting for its durable acknowledgement) and prints one JSON line per window: the rate
-of acknowledged appends and the latency from sending a call to having its reply.
+of acknowledged appends, the latency from sending a call to having its reply, and the load
+generator's own CPU over the window (it shares the machine's cores with the daemon).
 
 It speaks the wire protocol with asyncio protocols and pre-encoded calls, so that it needs as
 little CPU as possible on a 2-core machine where it shares the cores with the daemon.
@@ -112,14 +113,19 @@ async def main(args: dict[str, Any]) -> None:
         tasks = [asyncio.create_task(worker(n)) for n in range(len(conns))]
         await asyncio.sleep(args.get("warmup", 0.3))
         state["measure"] = True
-        start = clock()
+        start, cpu0 = clock(), time.process_time()
         await asyncio.sleep(args["window"])
         state["measure"] = False
-        elapsed = clock() - start
+        elapsed, cpu = clock() - start, time.process_time() - cpu0
         lat: list[float] = state["lat"]
         state["stop"] = True
         await asyncio.gather(*tasks)
-        out = {"rate": len(lat) / elapsed, "ok": len(lat), "errors": state["errors"]}
+        out = {
+            "rate": len(lat) / elapsed,
+            "ok": len(lat),
+            "errors": state["errors"],
+            "cpu": cpu / elapsed,  # this process's CPU over the window (1.0 = one core)
+        }
         out.update(summary_ms(lat))
         print(json.dumps(out), flush=True)
 

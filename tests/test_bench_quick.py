@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks.cli import PARTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +38,9 @@ def test_quick_benchmark_runs_every_part(tmp_path: Path) -> None:
             assert figure["status"] in ("PASS", "MISS", "info", "n/a"), figure
     assert doc["limits"]["jsonl_fsync_rate"] > 0
     assert doc["limits"]["state_blocks64_rate"] > 0
+    # The do-nothing server's round trips: the socket ceiling the daemon is read against.
+    assert doc["limits"]["echo1_rate"] > 0
+    assert doc["limits"]["echo64_rate"] > 0
     # The socket part's profile figures: the daemon's threads and its group-commit batches.
     appends = [f for f in doc["parts"]["socket"]["figures"] if f["name"].endswith("appends/s")]
     assert appends, doc["parts"]["socket"]["figures"]
@@ -44,3 +49,6 @@ def test_quick_benchmark_runs_every_part(tmp_path: Path) -> None:
         assert detail["mean_batch"] >= 1.0, figure["name"]
         assert 0.0 < detail["loop_cpu"] <= detail["daemon_cpu"] + 0.05, figure["name"]
         assert 0.0 < detail["writer_cpu"] <= detail["daemon_cpu"] + 0.05, figure["name"]
+        assert detail["load_cpu"] > 0.0, figure["name"]
+        both = (detail["daemon_cpu"] + detail["load_cpu"]) / detail["rate"] * 1e6
+        assert detail["cpu_us_per_append"] == pytest.approx(both), figure["name"]

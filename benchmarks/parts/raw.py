@@ -12,18 +12,27 @@
   block's row with its two indexes and its full-text row, `meta`, COMMIT — the real schema and
   pragmas (`state.db.open_write`) and the engine's own INSERT. One write connection can do no
   more than this: it is the ceiling of the engine's 64-writer rate on this machine.
+- Varlink round trips through a Unix socket with 1 and 64 connections, from the socket part's own
+  load generator (another process) to a server that does nothing (`benchmarks.echo`: one fixed
+  reply per frame, on the daemon's event loop, no decoding, no disk): the ceiling of what any
+  Python server reaches with this client on this machine, and the CPU both sides spend on it.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from benchmarks.dataset import TextGen
-from benchmarks.env import Env
+from benchmarks.env import Env, short_socket_path
+from benchmarks.loadgen import Load
+from benchmarks.procstat import cpu_seconds
 from benchmarks.stats import median, summary_ms
 from timelined.auditlog import GENESIS_PREV, encode_record
 from timelined.events import Actor, BlockAppended, BlockData
@@ -151,6 +160,35 @@ def _remove_db(path: Path) -> None:
         Path(str(path) + suffix).unlink(missing_ok=True)
 
 
+def round_trips(directory: Path, conns: int, window: float, repeats: int) -> dict[str, Any]:
+    """The load generator's round trips/s against the do-nothing server, and both sides' CPU."""
+    path = short_socket_path(directory, f"e{conns}")
+    path.unlink(missing_ok=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.echo", str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        if server.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the do-nothing server did not start (exit {server.poll()})")
+        load = Load(str(path), conns, window, repeats=repeats, contexts=["ctx_-"] * conns)
+        cpu0, t0 = cpu_seconds(server.pid), time.perf_counter()
+        runs = load.run()
+        server_cpu = (cpu_seconds(server.pid) - cpu0) / (time.perf_counter() - t0)
+    finally:
+        server.kill()
+        server.wait()
+    mid = sorted(runs, key=lambda r: r["rate"])[(len(runs) - 1) // 2]
+    return {
+        "rate": median([r["rate"] for r in runs]),
+        "p50_ms": mid["p50_ms"],
+        "p99_ms": mid["p99_ms"],
+        "server_cpu": server_cpu,
+        "load_cpu": mid["cpu"],
+        "runs": [r["rate"] for r in runs],
+    }
+
+
 def run(env: Env) -> None:
     res = env.results
     lim = res.limits
@@ -215,3 +253,20 @@ def run(env: Env) -> None:
         lim["jsonl_fsync_p50_ms"],
         "ms",
     )
+    for conns in (1, 64):
+        rt = round_trips(d, conns, env.window_s, env.repeats)
+        lim[f"echo{conns}_rate"] = rt["rate"]
+        lim[f"echo{conns}_p50_ms"] = rt["p50_ms"]
+        per = (rt["server_cpu"] + rt["load_cpu"]) / rt["rate"] * 1e6 if rt["rate"] > 0 else 0.0
+        res.add(
+            PART,
+            f"Varlink round trips, do-nothing server, {conns} conn{'s' if conns > 1 else ''}",
+            rt["rate"],
+            "round trips/s",
+            detail=rt,
+            note=(
+                f"p50 {rt['p50_ms']:.3f} ms, p99 {rt['p99_ms']:.3f} ms; CPU: server "
+                f"{rt['server_cpu']:.2f}, load generator {rt['load_cpu']:.2f}, "
+                f"{per:.0f} µs per round trip in both"
+            ),
+        )

@@ -6,46 +6,28 @@ appending blocks to its own conversation in a closed loop (one call in flight pe
 Figures: acknowledged appends/s, and p50/p99/max latency from sending the call to the reply,
 as ratios of the raw limits measured in the same run. The daemon's CPU use over the window is
 recorded too, split into the event loop's thread and the writer's (their sum near one core means
-the daemon is bound by the GIL they share), with the mean commands per group commit.
+the daemon is bound by the GIL they share), with the mean commands per group commit, and the CPU
+the daemon and the load generator spend per append between them (the machine's cores bound the
+rate by it). At 64 connections the rate is also read against the raw part's do-nothing server:
+the round trips per second the same load generator gets from a server that does no work.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from benchmarks.daemon import Daemon, write_config
 from benchmarks.env import Env
 from benchmarks.loadgen import Load
+from benchmarks.procstat import cpu_seconds, thread_cpu_seconds
 from benchmarks.report import Target
 from benchmarks.stats import median
 from timelined.client import Client
 
 PART = "socket"
 CONNS = (1, 8, 64)
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), seconds."""
-    return _ticks(Path(f"/proc/{pid}/stat")) / os.sysconf("SC_CLK_TCK")
-
-
-def thread_cpu_seconds(pid: int) -> dict[int, float]:
-    """utime + stime of each thread of a process, seconds, by thread id."""
-    out: dict[int, float] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            out[int(task.name)] = _ticks(task / "stat") / os.sysconf("SC_CLK_TCK")
-        except (FileNotFoundError, ProcessLookupError):
-            continue  # the thread ended while we looked
-    return out
-
-
-def _ticks(stat: Path) -> int:
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
 
 
 def batch_counts(socket_path: str) -> tuple[float, float]:
@@ -66,7 +48,9 @@ def measure(daemon: Daemon, conns: int, env: Env, window: float | None = None) -
     Besides the rate and latency: the daemon's CPU over the windows (1.0 = one core), split into
     its main thread (the event loop: Varlink framing, decoding, replies) and its busiest other
     thread (the writer: rules, SQLite, the log), and the mean commands per group commit. The two
-    threads share one GIL: their sum near 1.0 means the daemon is bound by it.
+    threads share one GIL: their sum near 1.0 means the daemon is bound by it. Also the load
+    generator's CPU, and the CPU both processes spend per acknowledged append: the machine's
+    cores divided by that is the most appends/s this client and this daemon could reach here.
     """
     load = Load(str(daemon.socket_path), conns, window or env.window_s, repeats=env.repeats)
     batches0, commands0 = batch_counts(str(daemon.socket_path))
@@ -80,8 +64,9 @@ def measure(daemon: Daemon, conns: int, env: Env, window: float | None = None) -
     used = {tid: (t - threads0.get(tid, 0.0)) / wall for tid, t in threads1.items()}
     loop_cpu = used.pop(daemon.pid, 0.0)
     mid = sorted(runs, key=lambda r: r["rate"])[(len(runs) - 1) // 2]
+    rate = median([r["rate"] for r in runs])
     return {
-        "rate": median([r["rate"] for r in runs]),
+        "rate": rate,
         "p50_ms": mid["p50_ms"],
         "p99_ms": mid["p99_ms"],
         "max_ms": mid["max_ms"],
@@ -89,6 +74,10 @@ def measure(daemon: Daemon, conns: int, env: Env, window: float | None = None) -
         "loop_cpu": loop_cpu,
         "writer_cpu": max(used.values(), default=0.0),
         "mean_batch": (commands1 - commands0) / max(1.0, batches1 - batches0),
+        "load_cpu": mid["cpu"],
+        # Both processes' CPU for one acknowledged append: on a machine of N cores, R appends/s
+        # need this below N / R seconds, however the work is split between threads or processes.
+        "cpu_us_per_append": (cpu + mid["cpu"]) / rate * 1e6 if rate > 0 else float("nan"),
         "errors": {k: v for r in runs for k, v in r["errors"].items()},
         "runs": runs,
     }
@@ -99,6 +88,7 @@ def run(env: Env) -> None:
     fsync_p50 = env.limit("jsonl_fsync_p50_ms")
     batch_rate = env.limit("jsonl_batch64_rate")
     fsync_rate = env.limit("jsonl_fsync_rate")
+    cores = os.cpu_count() or 1
     config = write_config(env.scratch("sock"))
     with Daemon(config) as daemon:
         daemon.start()
@@ -108,8 +98,12 @@ def run(env: Env) -> None:
             note = (
                 f"p50 {m['p50_ms']:.2f} ms, p99 {m['p99_ms']:.2f} ms, max {m['max_ms']:.1f} ms; "
                 f"daemon CPU {m['daemon_cpu']:.2f} (loop {m['loop_cpu']:.2f}, "
-                f"writer {m['writer_cpu']:.2f}); mean batch {m['mean_batch']:.1f}"
+                f"writer {m['writer_cpu']:.2f}); mean batch {m['mean_batch']:.1f}; "
+                f"load generator CPU {m['load_cpu']:.2f}; "
+                f"{m['cpu_us_per_append']:.0f} µs of CPU per append in both"
             )
+            if conns == 64:
+                note += f" ({cores} cores allow {cores / 20_000 * 1e6:.0f} µs at 20,000/s)"
             if m["errors"]:
                 note += f"; errors {m['errors']}"
             res.add(
@@ -136,6 +130,14 @@ def run(env: Env) -> None:
                     ratio_to=("raw fsync p50", fsync_p50),
                 )
             if conns == 64:
+                echo = env.limit("echo64_rate")
+                res.add(
+                    PART,
+                    "64 conns: share of the do-nothing server's round trips",
+                    m["rate"] / echo * 100 if echo > 0 else None,
+                    "%",
+                    note=f"raw: {echo:,.0f} round trips/s with 64 connections",
+                )
                 res.add(
                     PART,
                     "64 conns: share of the raw 1-fsync-per-64 JSONL rate",
