@@ -52,3 +52,5 @@ def test_quick_benchmark_runs_every_part(tmp_path: Path) -> None:
         assert detail["load_cpu"] > 0.0, figure["name"]
         both = (detail["daemon_cpu"] + detail["load_cpu"]) / detail["rate"] * 1e6
         assert detail["cpu_us_per_append"] == pytest.approx(both), figure["name"]
+        writer = detail["writer_cpu"] / detail["rate"] * 1e6
+        assert detail["writer_us_per_append"] == pytest.approx(writer), figure["name"]

@@ -63,6 +63,7 @@ def measure(daemon: Daemon, conns: int, env: Env, window: float | None = None) -
     batches1, commands1 = batch_counts(str(daemon.socket_path))
     used = {tid: (t - threads0.get(tid, 0.0)) / wall for tid, t in threads1.items()}
     loop_cpu = used.pop(daemon.pid, 0.0)
+    used_max = max(used.values(), default=0.0)
     mid = sorted(runs, key=lambda r: r["rate"])[(len(runs) - 1) // 2]
     rate = median([r["rate"] for r in runs])
     return {
@@ -72,9 +73,12 @@ def measure(daemon: Daemon, conns: int, env: Env, window: float | None = None) -
         "max_ms": mid["max_ms"],
         "daemon_cpu": cpu,
         "loop_cpu": loop_cpu,
-        "writer_cpu": max(used.values(), default=0.0),
+        "writer_cpu": used_max,
         "mean_batch": (commands1 - commands0) / max(1.0, batches1 - batches0),
         "load_cpu": mid["cpu"],
+        # The writer's thread alone: with a core of its own (a writer process) the daemon could
+        # not go faster than one core divided by this.
+        "writer_us_per_append": used_max / rate * 1e6 if rate > 0 else float("nan"),
         # Both processes' CPU for one acknowledged append: on a machine of N cores, R appends/s
         # need this below N / R seconds, however the work is split between threads or processes.
         "cpu_us_per_append": (cpu + mid["cpu"]) / rate * 1e6 if rate > 0 else float("nan"),
@@ -103,7 +107,11 @@ def run(env: Env) -> None:
                 f"{m['cpu_us_per_append']:.0f} µs of CPU per append in both"
             )
             if conns == 64:
-                note += f" ({cores} cores allow {cores / 20_000 * 1e6:.0f} µs at 20,000/s)"
+                note += (
+                    f" ({cores} cores allow {cores / 20_000 * 1e6:.0f} µs at 20,000/s); "
+                    f"the writer's thread {m['writer_us_per_append']:.0f} µs per append "
+                    f"(a core of its own: at most {1e6 / m['writer_us_per_append']:,.0f}/s)"
+                )
             if m["errors"]:
                 note += f"; errors {m['errors']}"
             res.add(
