@@ -91,3 +91,13 @@ def test_a_service_socket_this_user_may_not_see_is_still_chosen(
     hidden = Unreadable("/run/timelined/timelined.sock")
     monkeypatch.setattr(client, "SYSTEMD_SOCKET", hidden)
     assert client.socket_path() == hidden  # connecting then fails with EACCES: exit 77
+
+
+def test_serve_on_a_state_directory_it_cannot_use_exits_70_naming_it(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.write_text("")  # a file where the state directory should be
+    config = tmp_path / "config.toml"
+    config.write_text(f'[daemon]\nstate_dir = "{state}"\nsocket_path = "{tmp_path / "s"}"\n')
+    out = _timelined("serve", "--config", str(config))
+    assert out.returncode == 70, out.stderr
+    assert "Traceback" not in out.stderr and f"{state} exists and is not a directory" in out.stderr

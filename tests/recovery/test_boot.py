@@ -14,7 +14,7 @@ from timelined.auditlog import LogHead, list_segments
 from timelined.config import Config, LogConfig, default_config
 from timelined.engine import Engine
 from timelined.errors import LogDamaged, StateLocked
-from timelined.recovery.boot import BootResult, boot
+from timelined.recovery.boot import BootFailed, BootResult, boot
 from timelined.recovery.marker import mark_clean
 from timelined.recovery.report import list_reports, read_report, render_summary
 from timelined.state import queries as q
@@ -215,3 +215,25 @@ def test_a_marker_the_files_do_not_match_is_checked_and_said_so(tmp_path: Path) 
     summary = render_summary(r)
     assert "had stopped cleanly, but the files did not match" in summary, summary
     assert "had not stopped cleanly" not in summary
+
+
+def test_a_state_directory_that_is_a_file_fails_the_boot_naming_it(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    config.state_dir.write_text("not a directory\n")  # e.g. state_dir pointed at a file
+    with pytest.raises(BootFailed) as info:
+        boot(config)
+    assert f"{config.state_dir} exists and is not a directory" in info.value.message
+
+
+def test_a_report_that_cannot_be_written_fails_the_boot_saying_so(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    write_blocks(config, boot_once(config).head, 3)
+    shutil.rmtree(config.reports_dir)
+    config.reports_dir.write_text("")  # reports/ unusable, as a read-only one would be
+    with pytest.raises(BootFailed) as info:
+        boot(config)
+    assert "the report could not be written" in info.value.message
+    assert str(config.reports_dir) in info.value.message
+    config.reports_dir.unlink()  # the cause fixed, the next boot works and takes writes
+    result = boot_once(config)
+    assert result.report.verdict == "recovered" and result.read_only is None

@@ -37,7 +37,7 @@ from timelined.auditlog import (
 )
 from timelined.auditlog import Damage as ScanDamage
 from timelined.config import Config
-from timelined.errors import LogDamaged, TimelinedError
+from timelined.errors import LogDamaged, StorageError, TimelinedError
 from timelined.ids import utc_now
 from timelined.recovery.damage import clear_damage, recorded_damage
 from timelined.recovery.lock import StateLock
@@ -84,8 +84,14 @@ def boot(
 ) -> BootResult:
     """Run the boot procedure; the returned lock is held until the daemon exits."""
     ops = fileops or OsFileOps()
-    _make_dirs(config.state_dir, ops)
-    lock = StateLock.acquire(config.lock_path)  # StateLocked: a second daemon refuses to start
+    try:
+        _make_dirs(config.state_dir, ops)
+        lock = StateLock.acquire(config.lock_path)  # StateLocked: a second daemon refuses to start
+    except (OSError, StorageError) as exc:
+        # Without the lock there is no report to write: the directory may be another's.
+        reason = f"cannot use the state directory: {_os_reason(exc)}"
+        log.error("boot failed: %s", reason)
+        raise BootFailed(reason, None) from exc
     started = utc_now()
     report = Report(
         id=report_id("boot", started), kind="boot", version=__version__, started_at=started
@@ -93,23 +99,42 @@ def boot(
     try:
         result = _boot(config, ops, report, lock, progress or _no_progress)
         result = _check_recorded_damage(config, ops, result)
+        _finish(config, report)  # a report that cannot be written fails the boot, as documented
     except BaseException as exc:
         report.verdict = "failed"
-        report.error = (
-            exc.message if isinstance(exc, TimelinedError) else f"{type(exc).__name__}: {exc}"
+        error = (
+            exc.message
+            if isinstance(exc, TimelinedError)
+            else _os_reason(exc)
+            if isinstance(exc, OSError)
+            else f"{type(exc).__name__}: {exc}"
         )
+        report.error = error
         report.actions.append(
             "Read the error above and docs/recovery.md ('failed'); the log was not modified. "
             "Fix the cause (permissions, disk space, a damaged file) and start the daemon again."
         )
-        path = _finish(config, report)
+        try:
+            path: str | None = _finish(config, report)
+        except (OSError, StorageError) as unwritable:  # e.g. a read-only reports/: say so too
+            path = None
+            why = f"the report could not be written: {_os_reason(unwritable)}"
+            report.error = why if why.endswith(error) else f"{error}; {why}"
         lock.release()
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             raise
         log.error("boot failed: %s", report.error)
         raise BootFailed(report.error, path) from exc
-    _finish(config, report)
     return result
+
+
+def _os_reason(exc: OSError | StorageError) -> str:
+    """An OS error as `PATH: what went wrong`, the path first (a traceback's text is not)."""
+    if isinstance(exc, StorageError):
+        return exc.message
+    if isinstance(exc, FileExistsError):  # mkdir met a file where a directory should be
+        return f"{exc.filename} exists and is not a directory"
+    return f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
 
 
 def _make_dirs(path: Path, ops: FileOps) -> None:
