@@ -98,3 +98,26 @@ def test_running_daemon_is_refused(small_dir: Path, capsys: pytest.CaptureFixtur
     finally:
         os.close(fd)
     assert run_offline(small_dir, as_json=False, progress=False) == 0
+
+
+def test_a_lock_it_cannot_open_is_a_check_that_could_not_run(
+    small_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (small_dir / "lock").unlink(missing_ok=True)
+    (small_dir / "lock").symlink_to("lock")  # ELOOP; an unreadable lock fails the same way
+    assert run_offline(small_dir, as_json=False, progress=False) == 2
+    assert f"cannot read {small_dir / 'lock'}" in capsys.readouterr().err
+    assert run_offline(small_dir, as_json=True, progress=False) == 2
+    assert json.loads(capsys.readouterr().out)["state"] == "cannot run"
+
+
+def test_an_os_error_while_checking_is_json_too(
+    small_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> VerifyReport:
+        raise PermissionError(13, "Permission denied", str(small_dir / "state.db"))
+
+    monkeypatch.setattr("timelined.verifier.offline.verify_paths", refuse)
+    assert run_offline(small_dir, as_json=True, progress=False) == 2
+    out = capsys.readouterr()
+    assert json.loads(out.out)["state"] == "cannot run" and "Permission denied" in out.err

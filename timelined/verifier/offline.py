@@ -79,14 +79,12 @@ class _ProgressLine:
 
 def run_offline(state_dir: Path, *, as_json: bool, progress: bool) -> int:
     """Verify `state_dir` read-only; print a human report (or JSON); return the exit code."""
-    problem = _problem(state_dir)
+    try:
+        problem = _problem(state_dir)
+    except OSError as exc:  # e.g. an auditor outside the group of a 0750 state directory
+        problem = f"cannot read {exc.filename or state_dir}: {exc.strerror or exc}"
     if problem is not None:
-        if as_json:
-            sys.stdout.write(
-                msgspec.json.encode({"state": "cannot run", "error": problem}).decode() + "\n"
-            )
-        print(f"timelined verify: {problem}", file=sys.stderr)
-        return EXIT_CANNOT
+        return _cannot_run(problem, as_json=as_json)
     line = _ProgressLine(sys.stderr) if progress and sys.stderr.isatty() else None
     with tempfile.TemporaryDirectory(prefix="timelined-verify-") as work:
         paths = Paths(state_dir / "state.db", state_dir / "log", Path(work))
@@ -97,8 +95,7 @@ def run_offline(state_dir: Path, *, as_json: bool, progress: bool) -> int:
         except OSError as exc:
             if line is not None:
                 line.clear()
-            print(f"timelined verify: cannot run: {exc}", file=sys.stderr)
-            return EXIT_CANNOT
+            return _cannot_run(f"cannot run: {exc}", as_json=as_json)
         finally:
             if line is not None:
                 line.clear()
@@ -109,6 +106,16 @@ def run_offline(state_dir: Path, *, as_json: bool, progress: bool) -> int:
     if report.state == "ok":
         return EXIT_OK
     return EXIT_FOUND if report.state in ("drift", "damaged") else EXIT_CANNOT
+
+
+def _cannot_run(problem: str, *, as_json: bool) -> int:
+    """Say why the check could not run (with --json also as an object on stdout); exit 2."""
+    if as_json:
+        sys.stdout.write(
+            msgspec.json.encode({"state": "cannot run", "error": problem}).decode() + "\n"
+        )
+    print(f"timelined verify: {problem}", file=sys.stderr)
+    return EXIT_CANNOT
 
 
 def render(report: VerifyReport, state_dir: Path | None = None) -> str:
