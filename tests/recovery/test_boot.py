@@ -237,3 +237,16 @@ def test_a_report_that_cannot_be_written_fails_the_boot_saying_so(tmp_path: Path
     config.reports_dir.unlink()  # the cause fixed, the next boot works and takes writes
     result = boot_once(config)
     assert result.report.verdict == "recovered" and result.read_only is None
+
+
+def test_a_failed_boot_reports_where_the_log_ends(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    write_blocks(config, boot_once(config).head, 5, clean=False)  # seqs 1..6
+    with open(list_segments(config.log_dir)[-1].path, "ab") as fh:
+        fh.write(b'{"seq":7,')  # a torn tail to cut ...
+    config.quarantine_dir.write_text("")  # ... where it cannot be kept: the boot fails
+    with pytest.raises(BootFailed) as info:
+        boot(config)
+    report = read_report(Path(info.value.params["report"]))
+    assert report.verdict == "failed" and report.lines_scanned > 0
+    assert "log ends at seq 6" in render_summary(report), render_summary(report)

@@ -218,6 +218,7 @@ def _boot(
         scan = scan_tail(config.log_dir, after_seq, expected, ops)
     report.segments_scanned += scan.segments_scanned
     report.lines_scanned += scan.lines_scanned
+    report.log_last_seq = scan.last_seq  # known now: a boot that fails later reports it too
 
     if conn is not None and after_seq > 0 and scan.anchor in ("mismatch", "missing"):
         # The state is ahead of the log or disagrees with it at its last seq: it holds events
@@ -235,6 +236,7 @@ def _boot(
             scan = scan_tail(config.log_dir, 0, None, ops)
         report.segments_scanned += scan.segments_scanned
         report.lines_scanned += scan.lines_scanned
+        report.log_last_seq = scan.last_seq
 
     read_only: LogDamaged | None = None
     if scan.damage is not None:
