@@ -212,6 +212,7 @@ def test_a_marker_the_files_do_not_match_is_checked_and_said_so(tmp_path: Path) 
         Path(str(config.state_db) + suffix).unlink(missing_ok=True)
     r = boot_once(config).report
     assert r.verdict == "recovered" and r.marker_found and not r.fast_path
+    assert r.marker_problem == "the state database does not match it: the state database is missing"
     summary = render_summary(r)
     assert "had stopped cleanly, but the files did not match" in summary, summary
     assert "had not stopped cleanly" not in summary

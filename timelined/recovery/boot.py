@@ -199,8 +199,8 @@ def _boot(
 
     # Unclean path (or a marker that does not match what is on disk).
     report.kind = "recovery"
-    if marker is not None:
-        report.marker_problem = report.marker_problem or "the marker does not match the log's tail"
+    if marker is not None and not report.marker_problem:
+        report.marker_problem = _marker_mismatch(marker, meta, state_problem)
     lost = 0
     if conn is not None:
         with report.phase("quick-check"):
@@ -368,6 +368,15 @@ def _quick_check(conn: sqlite3.Connection) -> str:
         return f"error: {exc}"
     text = "; ".join(str(r[0]) for r in rows[:5])
     return "ok" if text == "ok" else text
+
+
+def _marker_mismatch(marker: Marker, meta: Meta | None, state_problem: str | None) -> str:
+    """Which side disagrees with a marker the fast path refused (the report names it)."""
+    if state_problem is not None or meta is None:
+        return f"the state database does not match it: {state_problem or 'no meta'}"
+    if (meta.last_seq, meta.last_hash) != (marker.last_seq, marker.last_hash):
+        return f"the state database is at seq {meta.last_seq}, the marker at {marker.last_seq}"
+    return "the marker does not match the log's tail"
 
 
 def _fast_path_head(config: Config, ops: FileOps, marker: Marker, meta: Meta) -> LogHead | None:
