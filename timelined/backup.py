@@ -19,7 +19,7 @@ from pathlib import Path
 
 import msgspec
 
-from timelined.auditlog import list_segments, walk_chain
+from timelined.auditlog import Damage, list_segments, walk_chain
 from timelined.errors import BackupFailed
 
 
@@ -117,11 +117,7 @@ def _copy(
     say("checking the copied log's chain")
     chain = walk_chain(partial / "log")
     if chain.damage is not None:
-        raise BackupFailed(
-            "copy",
-            f"the copied log does not verify: {chain.damage.kind} at seq {chain.damage.seq}",
-            str(destination),
-        )
+        raise BackupFailed("copy", _damage_cause(state_dir, chain.damage), str(destination))
     if chain.head_seq < state_seq:
         raise BackupFailed(
             "copy",
@@ -141,6 +137,20 @@ def _copy(
         log_bytes=total,
         seconds=round(time.perf_counter() - started, 3),
     )
+
+
+def _damage_cause(state_dir: Path, damage: Damage) -> str:
+    """Why the copy does not verify: the source's own damage, or the copying (rare, the disk)."""
+    where = f"{damage.kind} at seq {damage.seq}" + (
+        f" in {damage.segment}" if damage.segment else ""
+    )
+    source = walk_chain(state_dir / "log").damage
+    if source is not None and source.seq <= damage.seq:
+        return (
+            f"the source's log is damaged ({where}): there is no whole log to back up; "
+            "see docs/recovery.md ('degraded')"
+        )
+    return f"the copied log does not verify ({where}) though the source's does: check the disk"
 
 
 def _copy_prefix(src: Path, dst: Path) -> int:

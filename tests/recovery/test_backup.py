@@ -158,3 +158,17 @@ def test_a_partial_left_over_is_refused_not_deleted(tmp_path: Path, what: str) -
     assert out.returncode == 73 and "copy.partial exists" in out.stderr, out.stderr
     assert (partial / "precious").read_text() == "keep me"
     assert sorted(p.name for p in elsewhere.iterdir()) == ["precious"]
+
+
+def test_a_damaged_source_log_is_named_as_the_cause(tmp_path: Path) -> None:
+    from tests.recovery.test_boot import boot_once, make_config, write_blocks
+    from timelined.auditlog import list_segments
+
+    config = make_config(tmp_path)
+    write_blocks(config, boot_once(config).head, 3)
+    first = Path(list_segments(config.log_dir)[0].path)
+    first.write_bytes(first.read_bytes().replace(b'"m1"', b'"M1"'))  # an edited line, seq 3
+    out = _backup(config.state_dir, tmp_path / "copy")
+    assert out.returncode == 74, out.stderr
+    assert f"the source's log is damaged (hash mismatch at seq 3 in {first.name})" in out.stderr
+    assert not (tmp_path / "copy").exists() and not (tmp_path / "copy.partial").exists()
