@@ -104,6 +104,8 @@ def _copy(
     try:
         source.backup(target)
         state_seq = int(target.execute("SELECT last_seq FROM meta WHERE id = 1").fetchone()[0])
+    except sqlite3.Error as exc:  # SQLite does not say which file: the source, almost always
+        raise BackupFailed("copy", _state_copy_failed(state_dir, exc), str(destination)) from exc
     finally:
         target.close()
         source.close()
@@ -137,6 +139,21 @@ def _copy(
         log_bytes=total,
         seconds=round(time.perf_counter() - started, 3),
     )
+
+
+def _state_copy_failed(state_dir: Path, exc: sqlite3.Error) -> str:
+    """The state database's copy failed: name it, and the one cause SQLite words obscurely."""
+    db = state_dir / "state.db"
+    text = f"copying failed at {db}: {exc}"
+    wal_index = Path(f"{db}-shm")
+    if not wal_index.exists() and not os.access(state_dir, os.W_OK):
+        # A stopped daemon's WAL database needs its -shm created even to be read.
+        text += (
+            f" (SQLite cannot read it without creating {wal_index.name}, and {state_dir} is "
+            "read-only: back up from a writable copy, or copy log/ alone: the boot rebuilds "
+            "the state from it)"
+        )
+    return text
 
 
 def _damage_cause(state_dir: Path, damage: Damage) -> str:

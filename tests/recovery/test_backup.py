@@ -137,6 +137,7 @@ def test_a_failed_copy_is_removed(tmp_path: Path) -> None:
     out = _backup(state, tmp_path / "copy")
     assert out.returncode == 74, out.stderr
     assert "copying failed" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert f"copying failed at {state / 'state.db'}: file is not a database" in out.stderr
     assert not (tmp_path / "copy").exists() and not (tmp_path / "copy.partial").exists()
 
 
