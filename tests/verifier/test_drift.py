@@ -21,6 +21,7 @@ from tests.helpers import dump_state, fts_ok, replay_dump
 from tests.verifier.conftest import config_for
 from tests.verifier.workload import populate
 from timelined.engine import Engine
+from timelined.recovery.report import read_report, render_summary
 from timelined.verifier import Verifier
 from timelined.verifier.model import Difference, VerifyReport
 from timelined.verifier.runner import Paths, verify_paths
@@ -245,6 +246,9 @@ async def test_live_drift_is_noticed_repaired_and_clean_again(tmp_path: Path) ->
     assert any("DRIFT" in s for s in statuses)
     reports = sorted((state_dir / "reports").glob("repair-*.json"))
     assert len(reports) == 5
+    summary = render_summary(read_report(reports[0]))  # what `timelinectl recovery-report ID` shows
+    assert "rebuilt from the log while the daemon served" in summary, summary
+    assert "had not stopped cleanly" not in summary and "clean-shutdown marker" not in summary
 
 
 def test_state_ahead_of_the_log(small_dir: Path) -> None:

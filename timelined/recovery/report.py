@@ -150,7 +150,12 @@ _VERDICT_MEANING = {
 
 
 def _meaning(report: Report) -> str:
-    """What the verdict means, in the words that fit how this boot came to it."""
+    """What the verdict means, in the words that fit how this boot (or repair) came to it."""
+    if report.kind == "repair":
+        return (
+            "The state database was rebuilt from the log while the daemon served "
+            '(`timelinectl repair`, or verify.on_drift = "repair"); the log was not changed.'
+        )
     if report.verdict == "clean" and not report.marker_found and not report.fast_path:
         return "A new state directory: there was nothing to recover."
     if report.verdict == "recovered" and report.marker_found:
@@ -170,19 +175,25 @@ def render_summary(report: Report) -> str:
         f"started {report.started_at}, finished {report.finished_at or '(unfinished)'}",
         "",
         "What was found:",
-        f"  clean-shutdown marker: {'found' if report.marker_found else 'absent'}"
-        + (f" ({report.marker_problem})" if report.marker_problem else ""),
     ]
-    if report.fast_path:
-        lines.append("  marker matched the log's tail: nothing was scanned")
+    if report.kind == "repair":  # no marker, no scan, no integrity check: a replay of the log
+        lines.append(f"  the log ends at seq {report.log_last_seq}")
     else:
         lines.append(
-            f"  scanned {report.lines_scanned} log lines in {report.segments_scanned} segment(s); "
-            f"log ends at seq {report.log_last_seq}"
+            f"  clean-shutdown marker: {'found' if report.marker_found else 'absent'}"
+            + (f" ({report.marker_problem})" if report.marker_problem else "")
         )
+        if report.fast_path:
+            lines.append("  marker matched the log's tail: nothing was scanned")
+        else:
+            lines.append(
+                f"  scanned {report.lines_scanned} log lines in {report.segments_scanned} "
+                f"segment(s); log ends at seq {report.log_last_seq}"
+            )
     if report.state_last_seq_before is not None:
         lines.append(f"  state database was at seq {report.state_last_seq_before}")
-    lines.append(f"  state integrity check: {report.integrity_check}")
+    if report.kind != "repair":
+        lines.append(f"  state integrity check: {report.integrity_check}")
     if report.damage is not None:
         d = report.damage
         lines.append(f"  LOG DAMAGE at seq {d.seq} ({d.segment} offset {d.offset}): {d.reason}")
@@ -212,5 +223,6 @@ def render_summary(report: Report) -> str:
     lines += [f"  {a}" for a in report.actions] or ["  nothing"]
     if report.phases:
         lines += ["", "Time per phase:"]
-        lines += [f"  {p.name:<16} {p.seconds * 1000:9.1f} ms" for p in report.phases]
+        width = max(16, *(len(p.name) for p in report.phases))
+        lines += [f"  {p.name:<{width}} {p.seconds * 1000:9.1f} ms" for p in report.phases]
     return "\n".join(lines)
