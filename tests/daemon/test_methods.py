@@ -527,5 +527,5 @@ async def test_list_reports_includes_verification_reports(base: Path) -> None:
         assert infos[verify_id].kind == "verify" and infos[verify_id].verdict == "drift"
         assert infos["recovery-broken"].verdict == "unreadable"
         assert [r.id for r in await c.list_reports(kind="verify")] == [verify_id]
-        with pytest.raises(InvalidArgument):
+        with pytest.raises(InvalidArgument, match="is a verification report: `timelinectl ve"):
             await c.get_recovery_report(verify_id)

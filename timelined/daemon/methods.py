@@ -454,6 +454,12 @@ def _report_path(reports_dir: Path, id: str) -> Path:
 def _load_report(reports_dir: Path, id: str | None) -> Report | None:
     if id is not None:
         path = _report_path(reports_dir, id)
+        if path.name.startswith("verify-"):  # another shape, shown by another verb
+            raise InvalidArgument(
+                "id",
+                f"{id} is a verification report: `timelinectl verify-report` shows the latest; "
+                f"this one is {path}",
+            )
         try:
             return read_report(path)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
