@@ -50,6 +50,8 @@ def verify(log_dir: Path) -> tuple[int, str]:
 if __name__ == "__main__":
     if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
         sys.exit("usage: python tools/verify_log.py LOGDIR")
+    if (Path(sys.argv[1]) / "log").is_dir():  # a state directory would pass as an empty log
+        sys.exit(f"usage: python tools/verify_log.py LOGDIR ({sys.argv[1]}/log, not its parent)")
     try:
         count, head = verify(Path(sys.argv[1]))
     except ValueError as exc:

@@ -300,3 +300,9 @@ def test_tool_as_a_program(log_dir: Path) -> None:
     assert run.stderr.strip() == "FAIL seq 17: hash mismatch"
     run = subprocess.run([sys.executable, str(TOOL)], capture_output=True, text=True, check=False)
     assert run.returncode != 0 and "usage" in run.stderr
+    state_dir = log_dir.parent  # the state directory instead of its log/: not an empty "OK"
+    assert log_dir.name == "log", log_dir
+    run = subprocess.run(
+        [sys.executable, str(TOOL), str(state_dir)], capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 1 and f"{state_dir}/log, not its parent" in run.stderr, run.stdout
