@@ -54,6 +54,13 @@ def backup(
             f"{state_dir} is not a timelined state directory (no state.db or log/)",
             str(state_dir),
         )
+    if destination.is_symlink():  # the final rename cannot replace it: refuse before copying
+        raise BackupFailed(
+            "destination",
+            f"{destination} is a symbolic link: give the directory itself "
+            f"({destination.resolve()})",
+            str(destination),
+        )
     try:
         if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
             kind = "is not a directory" if not destination.is_dir() else "is not empty"

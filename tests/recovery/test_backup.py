@@ -106,7 +106,9 @@ def _backup(state: Path, to: Path, *extra: str) -> subprocess.CompletedProcess[s
     )
 
 
-@pytest.mark.parametrize("kind", ["a regular file", "under a regular file", "not a state dir"])
+@pytest.mark.parametrize(
+    "kind", ["a regular file", "under a regular file", "a symlink", "not a state dir"]
+)
 def test_backup_names_what_is_wrong_and_leaves_nothing(tmp_path: Path, kind: str) -> None:
     state = tmp_path / "state"
     (state / "log").mkdir(parents=True)
@@ -117,6 +119,10 @@ def test_backup_names_what_is_wrong_and_leaves_nothing(tmp_path: Path, kind: str
         to, code, words = blocker, 73, "is not a directory"
     elif kind == "under a regular file":
         to, code, words = blocker / "sub", 73, "cannot create"
+    elif kind == "a symlink":  # to an empty directory: it looked like a good destination
+        (tmp_path / "empty").mkdir()
+        to, code, words = tmp_path / "link", 73, "is a symbolic link"
+        to.symlink_to(tmp_path / "empty")
     else:
         state, to, code, words = tmp_path, tmp_path / "copy", 66, "not a timelined state directory"
     out = _backup(state, to)
