@@ -34,10 +34,13 @@ def test_a_socket_path_taken_by_a_file_exits_71_naming_the_path() -> None:
         assert f"cannot listen on {daemon.socket_path}" in daemon.log()
         assert "Traceback" not in daemon.log()
         assert daemon.socket_path.read_text() == "not a socket"  # not taken over
-        # The state was opened and closed again without harm: the next start is served.
+        # The state was opened and closed again as at a stop, marker included: the next start
+        # is an ordinary clean one, not a recovery from a crash that did not happen.
+        assert (daemon.state_dir / "clean-shutdown").exists()
         daemon.socket_path.unlink()
         with daemon, Client(daemon.socket_path) as tl:
-            assert tl.get_status().boot.verdict in {"clean", "recovered"}
+            boot = tl.get_status().boot
+            assert (boot.verdict, boot.fast_path) == ("clean", True)
 
 
 def test_a_marker_that_cannot_be_written_exits_74_and_the_next_boot_recovers() -> None:

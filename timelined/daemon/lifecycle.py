@@ -32,6 +32,8 @@ from timelined.daemon.activation import take_listener
 from timelined.daemon.app import App
 from timelined.daemon.memory import limit_malloc_arenas
 from timelined.daemon.notify import Notifier, StatusText, run_watchdog, watchdog_interval
+from timelined.daemon.signals import block as block_signals
+from timelined.daemon.signals import receive_signals
 from timelined.daemon.varlink import (
     ServerLimits,
     ServiceInfo,
@@ -110,6 +112,9 @@ def serve(config_path: str | None, log_level: str | None = None) -> int:
         "fast" if result.report.fast_path else "recovery",
         result.report.events_rolled_forward,
     )
+    # From here on the stop and reload signals are taken by a thread of their own, never by a
+    # handler whose removal would reset them to their default action (daemon/signals.py).
+    block_signals(_SIGNALS)
     try:
         run = anyio.run(
             _serve_async,
@@ -174,9 +179,9 @@ async def _listener(config: Config) -> tuple[SocketListener, bool]:
         ) from exc
 
 
-# Received from the engine's opening to the marker: a signal never takes its default action
-# (termination) half-way through a stop. (During boot, before, SIGHUP is ignored and SIGTERM /
-# SIGINT end the boot, which the next boot resumes; after, all three are ignored.)
+# Blocked and received from the serving phase's start to the process's exit: a signal never
+# takes its default action (termination) half-way through a stop or after it. (During boot,
+# before, SIGHUP is ignored and SIGTERM / SIGINT end the boot, which the next boot resumes.)
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -198,7 +203,7 @@ async def _serve_async(
     next boot recovers.
     """
     try:
-        with anyio.open_signal_receiver(*_SIGNALS) as signals:
+        with receive_signals(_SIGNALS) as signals:
             signalled = _Signalled(anyio.Event())
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_signals, signals, signalled)
@@ -206,7 +211,8 @@ async def _serve_async(
                 tg.cancel_scope.cancel()
             return run
     finally:
-        # The receiver restored the default actions; what is left is the process's exit.
+        # What is left is the process's exit: the signals stay blocked (daemon/signals.py) and
+        # are ignored too, so that nothing can act on one.
         for signum in _SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
 
@@ -246,32 +252,50 @@ async def _serve_with(
         app.extras["started_monotonic"] = time.monotonic()  # GetMetrics' uptime
         app.extras["watch"] = WatchHub(engine)  # subscribed before the first commit it serves
         _register(server, app)
-        listener, ours = await _listener(config)
-        async with anyio.create_task_group() as tg:
-            await tg.start(server.serve, listener)
-            if booted.read_only is not None:
-                log.error("serving READ-ONLY: %s", booted.read_only.message)
-            notifier.ready(_serving_status(app))
-            log.info("serving on %s (last seq %d)", config.socket_path, engine.last_seq)
-            tg.start_soon(run_watchdog, notifier, watchdog_interval())
-            reload = _Reloader(app, config_path, notifier)
-            app.extras["reload"] = reload.reload
-            signalled.reload = reload
-            tg.start_soon(reload.watch_file, stop)
-            _start_features(tg, app, notifier, stop)
-            await stop.wait()
-            notifier.stopping(StatusText.stopping())
-            log.info("stopping: finishing calls in progress")
-            await server.shutdown(SHUTDOWN_GRACE_S)
-            tg.cancel_scope.cancel()
-        if ours:
-            # A socket systemd passed in is systemd's to remove; ours we clean up.
-            await anyio.Path(config.socket_path).unlink(missing_ok=True)
+        try:
+            listener, ours = await _listener(config)
+        except _SocketUnavailable as exc:
+            # Nothing was served: the engine closes as at a stop and the marker is written, so
+            # that the next start (once the path is fixed) is an ordinary clean one.
+            log.error("%s", exc)
+            run.exit_code = EX_OSERR
+            unserved = True
+        else:
+            unserved = False
+            async with anyio.create_task_group() as tg:
+                await tg.start(server.serve, listener)
+                if booted.read_only is not None:
+                    log.error("serving READ-ONLY: %s", booted.read_only.message)
+                notifier.ready(_serving_status(app))
+                log.info("serving on %s (last seq %d)", config.socket_path, engine.last_seq)
+                tg.start_soon(run_watchdog, notifier, watchdog_interval())
+                reload = _Reloader(app, config_path, notifier)
+                app.extras["reload"] = reload.reload
+                signalled.reload = reload
+                tg.start_soon(reload.watch_file, stop)
+                _start_features(tg, app, notifier, stop)
+                await stop.wait()
+                notifier.stopping(StatusText.stopping())
+                log.info("stopping: finishing calls in progress")
+                await server.shutdown(SHUTDOWN_GRACE_S)
+                tg.cancel_scope.cancel()
+            if ours:
+                # A socket systemd passed in is systemd's to remove; ours we clean up.
+                await anyio.Path(config.socket_path).unlink(missing_ok=True)
         # Leaving Engine.open drains the queue, fsyncs the log and checkpoints the WAL.
-    # No marker from a read-only daemon (damage found at boot or by the verifier since): the
-    # next boot takes the checking path; the verifier's record (recovery/damage.py) makes it
-    # walk the whole chain.
-    if run.exit_code == EX_OK and engine.fatal is None and engine.read_only is None:
+    if run.exit_code != EX_OK and not unserved:
+        return run
+    return _mark_clean(config, engine, run)
+
+
+def _mark_clean(config: Config, engine: Engine, run: _Run) -> _Run:
+    """Write the clean-shutdown marker once the engine is closed (its exit code stays run's).
+
+    No marker from a read-only daemon (damage found at boot or by the verifier since) or after a
+    fatal storage error: the next boot takes the checking path; the verifier's record
+    (recovery/damage.py) makes it walk the whole chain.
+    """
+    if engine.fatal is None and engine.read_only is None:
         writer = engine.writer
         assert writer is not None
         stats = writer.stats()
