@@ -8,7 +8,8 @@ Exit codes (sysexits, and what systemd does with them):
 - 74 (EX_IOERR): an fsync failed (or the state could not commit): the daemon stops at once
   without acknowledging the batch; systemd restarts it and recovery replays the log.
 - 70 (EX_SOFTWARE): the boot failed; its report is in STATE_DIR/reports.
-- 71 (EX_OSERR): the socket could not be bound (path in use by another program, permissions).
+- 71 (EX_OSERR): the socket could not be bound (path in use by another program, permissions);
+  the engine was closed as at a stop and the marker written.
 """
 
 from __future__ import annotations
