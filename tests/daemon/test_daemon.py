@@ -295,6 +295,24 @@ def test_bad_frames_get_named_errors_and_others_keep_being_served(
     assert client.get_status().fatal is None
 
 
+def test_null_for_an_optional_parameter_means_absent(daemon: DaemonProcess, client: Client) -> None:
+    """The interface files declare `limit: ?int`: null is allowed there and means the default."""
+    client.create_conversation("nulls")
+    calls = [
+        ("io.timelined.Timeline.ListConversations", {"include_archived": None, "limit": None}),
+        ("io.timelined.Timeline.SearchBlocks", {"query": "nulls", "limit": None}),
+        ("io.timelined.Admin.ReadLog", {"after_seq": None, "limit": None}),
+        ("io.timelined.Admin.Verify", {"wait": None}),
+    ]
+    replies = {}
+    for method, params in calls:
+        payload = json.dumps({"method": method, "parameters": params}).encode() + b"\0"
+        frames = _exchange(daemon.socket_path, payload, until_closed=False)
+        assert frames and "error" not in frames[0], (method, frames)
+        replies[method] = frames[0]["parameters"]
+    assert replies["io.timelined.Admin.ReadLog"]["events"][0]["seq"] == 1  # after_seq 0
+
+
 def wait_for_block_limit(daemon: DaemonProcess, c: Client, ctx: str, maximum: int) -> None:
     """Append blocks larger than `maximum` until the daemon refuses one naming that limit."""
     deadline = time.monotonic() + 15

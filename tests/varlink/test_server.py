@@ -13,6 +13,7 @@ import msgspec
 import pytest
 
 from tests.varlink.demo import (
+    BagParams,
     Running,
     raw_connect,
     read_frames,
@@ -27,6 +28,7 @@ from timelined.daemon.varlink import (
     ServerLimits,
     VarlinkErrorReply,
 )
+from timelined.daemon.varlink.interface import without_optional_nulls
 from timelined.errors import PermissionDenied
 
 ECHO = "io.timelined.Test.Echo"
@@ -170,6 +172,33 @@ async def test_null_or_missing_parameters_mean_none(running: Running) -> None:
         await s.send(call("io.timelined.Test.WhoAmI") + null)
         replies = await read_frames(s, 2)
     assert all("error" not in r for r in replies)
+
+
+async def test_null_for_a_field_with_a_default_means_absent(running: Running) -> None:
+    """`?T` in the interface file allows null: a field with a default takes null as absent."""
+    s = await raw_connect(running.path)
+    async with s:
+        item = {"name": "a", "kind": "plain", "tags": None, "extra": None}
+        await s.send(
+            call(ECHO, {"text": "ab", "times": None})
+            + call(T + "Bag", {"items": [item], "counts": None})
+            + call(ECHO, {"text": None, "times": None})  # a required field stays required
+            + call(ECHO, {"text": "x", "times": None, "color": None})  # unknown stays unknown
+        )
+        replies = await read_frames(s, 4)
+    assert replies[0] == {"parameters": {"text": "ab"}}
+    assert replies[1] == {"parameters": {"total": 0, "names": ["a"]}}
+    assert replies[2]["error"] == SVC + "InvalidParameter"
+    assert replies[2]["parameters"]["parameter"] == "text"
+    assert replies[3]["error"] == SVC + "InvalidParameter"
+    assert replies[3]["parameters"]["parameter"] == "color"
+
+
+def test_nulls_inside_an_object_value_are_kept() -> None:
+    value = {"items": [{"name": "a", "kind": "plain", "tags": None, "extra": {"k": None}}]}
+    assert without_optional_nulls(BagParams, value) == {
+        "items": [{"name": "a", "kind": "plain", "extra": {"k": None}}]
+    }
 
 
 async def test_peer_credentials(running: Running) -> None:

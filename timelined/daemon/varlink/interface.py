@@ -19,7 +19,8 @@ Type mapping (Python → Varlink):
 | `Annotated[T, Meta(description=...)]` | `T`, with the description as a comment |
 
 A field with a non-None default is written `?T` because a caller may omit it; a reply that is
-always sent in full is still correct under `?T` (a client must then accept absence).
+always sent in full is still correct under `?T` (a client must then accept absence). `?T` also
+allows null, so the server takes a null there as absent (`without_optional_nulls`).
 """
 
 from __future__ import annotations
@@ -45,8 +46,10 @@ __all__ = [
     "InterfaceDefinitionError",
     "Method",
     "check_interface_file",
+    "has_optional_fields",
     "iter_interfaces",
     "render_interface",
+    "without_optional_nulls",
 ]
 
 P = TypeVar("P", bound=msgspec.Struct)
@@ -327,6 +330,58 @@ def render_interface(interface: Interface) -> str:
     blocks.extend(methods)
     blocks.extend(errors)
     return "\n\n".join("\n".join(b) for b in blocks) + "\n"
+
+
+def without_optional_nulls(tp: Any, value: Any) -> Any:
+    """`value` (decoded JSON meant for `tp`) without the nulls of fields that have a default.
+
+    Varlink's `?T` means "null or absent", and every field with a default is rendered `?T`; a
+    null there must therefore be taken as absent (the default), not refused. Values of type
+    `object` are left alone: a null inside metadata is data.
+    """
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return without_optional_nulls(get_args(tp)[0], value)
+    if origin in (Union, types.UnionType):
+        members = [a for a in get_args(tp) if a is not type(None)]
+        return without_optional_nulls(members[0], value) if len(members) == 1 else value
+    if isinstance(value, list) and (
+        origin in (list, Sequence) or (origin is tuple and _is_homogeneous(tp))
+    ):
+        item = get_args(tp)[0]
+        return [without_optional_nulls(item, v) for v in value]
+    if isinstance(value, dict) and origin is dict:
+        item = get_args(tp)[1]
+        return {k: without_optional_nulls(item, v) for k, v in value.items()}
+    if isinstance(value, dict) and isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        fields = {f.encode_name: f for f in msgspec.structs.fields(tp)}
+        out = {}
+        for key, v in value.items():
+            f = fields.get(key)
+            if f is None:
+                out[key] = v  # unknown: the decoder names it
+            elif v is not None:
+                out[key] = without_optional_nulls(f.type, v)
+            elif f.required:
+                out[key] = v  # null where a value is required: the decoder says so
+        return out
+    return value
+
+
+def has_optional_fields(tp: Any) -> bool:
+    """Whether any Struct reachable from `tp` has a field with a default (see above)."""
+    return _has_optional(tp, set())
+
+
+def _has_optional(tp: Any, seen: set[Any]) -> bool:
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        if tp in seen:
+            return False
+        seen.add(tp)
+        return any(
+            not f.required or _has_optional(f.type, seen) for f in msgspec.structs.fields(tp)
+        )
+    return any(_has_optional(a, seen) for a in get_args(tp) if a is not Ellipsis)
 
 
 def check_interface_file(interface: Interface, path: str | Path) -> str | None:

@@ -50,7 +50,11 @@ from timelined.daemon.varlink.framing import (
     decode_call,
     send_all,
 )
-from timelined.daemon.varlink.interface import Interface
+from timelined.daemon.varlink.interface import (
+    Interface,
+    has_optional_fields,
+    without_optional_nulls,
+)
 from timelined.daemon.varlink.protocol import (
     INTERFACE_NOT_FOUND,
     INTERNAL_ERROR,
@@ -197,7 +201,16 @@ class ServerStats(msgspec.Struct, frozen=True):
 class _Entry:
     """One dispatchable method, looked up by its full name."""
 
-    __slots__ = ("decoder", "full_name", "handler", "interface", "is_gen", "method")
+    __slots__ = (
+        "decoder",
+        "full_name",
+        "handler",
+        "interface",
+        "is_gen",
+        "method",
+        "optional_fields",
+        "params",
+    )
 
     def __init__(
         self, interface: str, method: str, params: type[Any], handler: Handler | None
@@ -207,9 +220,26 @@ class _Entry:
         self.full_name = f"{interface}.{method}"
         # JSON decoding is strict: no str → int coercion; the same rules as msgspec.convert
         # with strict=True, in one pass from bytes to the Struct.
+        self.params = params
         self.decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(params)
+        self.optional_fields = has_optional_fields(params)
         self.handler = handler
         self.is_gen = handler is not None and inspect.isasyncgenfunction(handler)
+
+    def decode_again(self, raw: msgspec.Raw, exc: msgspec.ValidationError) -> Any:
+        """The second try after `exc`: `"parameters": null` means none, and a null for a field
+        with a default means absent (`?T`); raises the error that remains.
+
+        msgspec refuses null for a field typed `int = 100`, so such calls fail the fast decode
+        and land here; nothing on the path of a valid call pays for it.
+        """
+        data = bytes(raw)
+        if data == b"null":
+            return self.decoder.decode(b"{}")
+        if not self.optional_fields or b"null" not in data:
+            raise exc
+        value = msgspec.json.decode(data)
+        return self.decoder.decode(msgspec.json.encode(without_optional_nulls(self.params, value)))
 
 
 # Connection states: only an _IDLE connection (waiting for a frame) may be closed by the idle
@@ -542,7 +572,10 @@ class VarlinkServer:
             self._error(conn, call, METHOD_NOT_IMPLEMENTED, {"method": entry.full_name})
             return True
         try:
-            params = entry.decoder.decode(call.parameters)
+            try:
+                params = entry.decoder.decode(call.parameters)
+            except msgspec.ValidationError as exc:
+                params = entry.decode_again(call.parameters, exc)
         except RecursionError:
             # Nested too deeply to decode (the envelope only skipped over it).
             self._error(
@@ -553,15 +586,8 @@ class VarlinkServer:
             )
             return True
         except msgspec.ValidationError as exc:
-            if bytes(call.parameters) == b"null":  # `"parameters": null` means none
-                try:
-                    params = entry.decoder.decode(b"{}")
-                except msgspec.ValidationError as exc2:
-                    self._error(conn, call, INVALID_PARAMETER, invalid_parameter(exc2))
-                    return True
-            else:
-                self._error(conn, call, INVALID_PARAMETER, invalid_parameter(exc))
-                return True
+            self._error(conn, call, INVALID_PARAMETER, invalid_parameter(exc))
+            return True
         except (UnicodeDecodeError, msgspec.DecodeError) as exc:
             # The envelope skipped over the parameters without checking their text: invalid
             # UTF-8 in them makes the frame malformed JSON, like anywhere else in it.
