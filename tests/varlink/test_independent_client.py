@@ -61,17 +61,19 @@ async def test_calls_streams_and_named_errors(tmp_path: Path) -> None:
 async def test_getinfo_and_interface_description(tmp_path: Path) -> None:
     async with serving(tmp_path) as r:
 
-        def work() -> tuple[list[str], dict[str, Any], str]:
+        def work() -> tuple[list[str], dict[str, Any], str, list[str]]:
             with varlink.Client(address=f"unix:{r.path}") as client:
                 interfaces = client.get_interfaces()
                 info = client.info
                 parsed = client.get_interface("io.timelined.Test")
-                return interfaces, info, parsed.description
+                service = client.get_interface("org.varlink.service")
+                return interfaces, info, parsed.description, list(service.members)
 
-        interfaces, info, description = await anyio.to_thread.run_sync(work)
+        interfaces, info, description, service = await anyio.to_thread.run_sync(work)
     assert interfaces == ["org.varlink.service", "io.timelined.Test"]
     assert info["vendor"] == "timelined"
     assert description == TEST.description
+    assert service[-2:] == ["PermissionDenied", "ExpectedMore"]  # the standard's, all of it
 
 
 async def test_unknown_interface_and_method(tmp_path: Path) -> None:

@@ -85,5 +85,13 @@ SERVICE = Interface(
             "The interface defines the requested method, but the service does not\nimplement it.",
         ),
         ErrorDef("InvalidParameter", _ParameterParam, "One of the passed parameters is invalid."),
+        # The last two are in the standard (varlink.org/Service) though older copies of it,
+        # such as the one in the `varlink` package, lack them.
+        ErrorDef("PermissionDenied", None, "Client is denied access"),
+        ErrorDef(
+            "ExpectedMore",
+            None,
+            "Method is expected to be called with 'more' set to true, but wasn't",
+        ),
     ],
 )
