@@ -311,6 +311,10 @@ def test_null_for_an_optional_parameter_means_absent(daemon: DaemonProcess, clie
         assert frames and "error" not in frames[0], (method, frames)
         replies[method] = frames[0]["parameters"]
     assert replies["io.timelined.Admin.ReadLog"]["events"][0]["seq"] == 1  # after_seq 0
+    # The call's own flags are `?bool` too.
+    flags = b'{"method":"io.timelined.Admin.GetStatus","more":null,"oneway":null}\0'
+    frames = _exchange(daemon.socket_path, flags, until_closed=False)
+    assert frames and "error" not in frames[0], frames
 
 
 def wait_for_block_limit(daemon: DaemonProcess, c: Client, ctx: str, maximum: int) -> None:

@@ -115,6 +115,12 @@ def test_a_call_decodes_with_defaults() -> None:
     assert (call.more, call.oneway) == (False, True)
 
 
+def test_null_flags_mean_false() -> None:
+    """The protocol declares `more: ?bool, oneway: ?bool`: null is a valid value."""
+    call = decode_call(b'{"method":"a.b.C","parameters":null,"more":null,"oneway":null}')
+    assert not call.more and not call.oneway
+
+
 async def test_reader_on_a_socket_pair() -> None:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     async with await anyio.abc.UNIXSocketStream.from_socket(b) as stream:

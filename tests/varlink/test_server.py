@@ -174,6 +174,16 @@ async def test_null_or_missing_parameters_mean_none(running: Running) -> None:
     assert all("error" not in r for r in replies)
 
 
+async def test_null_call_flags_mean_false(running: Running) -> None:
+    """A call declares `oneway: ?bool, more: ?bool`: null is no protocol error."""
+    s = await raw_connect(running.path)
+    async with s:
+        flags = b'{"method":"io.timelined.Test.Echo","parameters":{"text":"a"},'
+        await s.send(flags + b'"more":null,"oneway":null}\0' + call(ECHO, {"text": "b"}))
+        replies = await read_frames(s, 2)
+    assert replies == [{"parameters": {"text": "a"}}, {"parameters": {"text": "b"}}]
+
+
 async def test_null_for_a_field_with_a_default_means_absent(running: Running) -> None:
     """`?T` in the interface file allows null: a field with a default takes null as absent."""
     s = await raw_connect(running.path)

@@ -68,12 +68,16 @@ _EMPTY_PARAMETERS = msgspec.Raw(b"{}")
 
 
 class CallMessage(msgspec.Struct, frozen=True):
-    """A call as sent by a client; `parameters` stays raw so that it is decoded exactly once."""
+    """A call as sent by a client; `parameters` stays raw so that it is decoded exactly once.
+
+    The flags are `?bool` in the protocol's own definition of a call: null is allowed and,
+    like absence, means false (so test them for truth, not for `is False`).
+    """
 
     method: str
     parameters: msgspec.Raw = _EMPTY_PARAMETERS
-    more: bool = False
-    oneway: bool = False
+    more: bool | None = False
+    oneway: bool | None = False
 
 
 _CALL_DECODER = msgspec.json.Decoder(CallMessage)

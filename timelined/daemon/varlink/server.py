@@ -596,7 +596,9 @@ class VarlinkServer:
             err = ProtocolError(f"malformed JSON: {exc}")
             conn.out += encode_error(err.varlink_name, err.params)
             return False
-        ctx = CallContext(conn.peer, entry.interface, entry.method, call.more, call.oneway, conn.id)
+        ctx = CallContext(
+            conn.peer, entry.interface, entry.method, bool(call.more), bool(call.oneway), conn.id
+        )
         mark = len(conn.out)
         try:
             result: Any = entry.handler(params, ctx)
