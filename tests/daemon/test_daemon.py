@@ -317,6 +317,14 @@ def test_null_for_an_optional_parameter_means_absent(daemon: DaemonProcess, clie
     assert frames and "error" not in frames[0], frames
 
 
+def test_an_upgrade_is_refused(daemon: DaemonProcess) -> None:
+    """No method upgrades the connection: answering normally would confirm an upgrade."""
+    upgrade = b'{"method":"io.timelined.Admin.GetStatus","upgrade":true}\0'
+    frames = _exchange(daemon.socket_path, upgrade, until_closed=False)
+    assert frames[0]["error"] == "org.varlink.service.InvalidParameter", frames
+    assert frames[0]["parameters"]["parameter"] == "upgrade"
+
+
 def wait_for_block_limit(daemon: DaemonProcess, c: Client, ctx: str, maximum: int) -> None:
     """Append blocks larger than `maximum` until the daemon refuses one naming that limit."""
     deadline = time.monotonic() + 15

@@ -283,7 +283,7 @@ def classify(frame: bytes, max_message_bytes: int) -> tuple[str, str | None]:
         return BAD, None
     if not isinstance(msg, dict) or not isinstance(msg.get("method"), str) or _surrogates(msg):
         return BAD, None
-    for flag in ("more", "oneway"):
+    for flag in ("more", "oneway", "upgrade"):
         if msg.get(flag) is not None and not isinstance(msg[flag], bool):
             return BAD, None
     if maybe:

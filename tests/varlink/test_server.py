@@ -174,6 +174,17 @@ async def test_null_or_missing_parameters_mean_none(running: Running) -> None:
     assert all("error" not in r for r in replies)
 
 
+async def test_upgrade_is_refused_not_confirmed(running: Running) -> None:
+    """A plain reply to `upgrade: true` would confirm an upgrade the server never makes."""
+    s = await raw_connect(running.path)
+    async with s:
+        await s.send(call(ECHO, {"text": "a"}, upgrade=True) + call(ECHO, {"text": "b"}))
+        replies = await read_frames(s, 2)
+    assert replies[0]["error"] == SVC + "InvalidParameter"
+    assert replies[0]["parameters"]["parameter"] == "upgrade"
+    assert replies[1] == {"parameters": {"text": "b"}}  # still Varlink after the refusal
+
+
 async def test_null_call_flags_mean_false(running: Running) -> None:
     """A call declares `oneway: ?bool, more: ?bool`: null is no protocol error."""
     s = await raw_connect(running.path)

@@ -78,6 +78,7 @@ class CallMessage(msgspec.Struct, frozen=True):
     parameters: msgspec.Raw = _EMPTY_PARAMETERS
     more: bool | None = False
     oneway: bool | None = False
+    upgrade: bool | None = False
 
 
 _CALL_DECODER = msgspec.json.Decoder(CallMessage)

@@ -4,7 +4,8 @@ Error names this layer sends on its own (everything else comes from a handler):
 
 - `org.varlink.service.InterfaceNotFound`, `MethodNotFound`, `MethodNotImplemented`,
   `InvalidParameter` — the standard ones, with the standard parameter (`InvalidParameter`
-  also carries `message`, the validator's text, which clients that do not know it ignore);
+  also carries `message`, the validator's text, which clients that do not know it ignore;
+  `parameter` is `upgrade` for a call asking for a protocol upgrade, which no method offers);
 - `io.timelined.ProtocolError` (`reason`, `message`) — a frame that is not a Varlink call:
   malformed JSON, a NUL inside the JSON (it splits the frame), JSON that is not an object, a
   missing or non-string `method`. The connection is closed after it: once framing is in

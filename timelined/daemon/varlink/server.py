@@ -100,6 +100,10 @@ _LINGER_S = 1.0  # after a fatal error: how long to drain input so the peer can 
 _HUP_POLL_S = 0.5  # during a stream to a half-closed peer: how often to look for its close
 _MAX_LINGERING = 64  # rejected connections allowed to linger at once; beyond, closed at once
 _EMPTY_REPLY = msgspec.Raw(b"{}")
+_NO_UPGRADE = {
+    "parameter": "upgrade",
+    "message": "no method of this service upgrades the connection",
+}
 _PEERCRED = struct.Struct("3i")
 
 
@@ -568,6 +572,11 @@ class VarlinkServer:
             conn, call, entry.interface, entry.method
         ):
             return False
+        if call.upgrade:
+            # No method here takes the connection over, and any plain reply would read as
+            # the confirmation of the upgrade: refuse it, and the stream stays Varlink.
+            self._error(conn, call, INVALID_PARAMETER, _NO_UPGRADE)
+            return True
         if entry.handler is None:
             self._error(conn, call, METHOD_NOT_IMPLEMENTED, {"method": entry.full_name})
             return True
