@@ -22,7 +22,7 @@ from timelined.daemon.varlink import (
     bind_unix_socket,
     listener_from_socket,
 )
-from timelined.errors import DaemonUnavailable
+from timelined.errors import DaemonUnavailable, ProtocolError
 
 ECHO = "io.timelined.Test.Echo"
 
@@ -92,6 +92,48 @@ async def test_blocking_client_timeout_discards_the_connection(tmp_path: Path) -
                 assert c.call(ECHO, {"text": "fresh"}) == {"text": "fresh"}
 
         await anyio.to_thread.run_sync(work)
+
+
+def _serve_replies(path: Path, replies: list[bytes]) -> threading.Thread:
+    """A peer that answers one call per connection with each raw reply in turn."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(len(replies))
+
+    def run() -> None:
+        with listener:
+            for reply in replies:
+                peer, _ = listener.accept()
+                with peer:
+                    peer.recv(65536)
+                    peer.sendall(reply + b"\0")
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_null_members_of_a_reply_mean_absent_and_bad_ones_are_protocol_errors(
+    tmp_path: Path,
+) -> None:
+    """A reply is (parameters: ?object, continues: ?bool, error: ?string) by the protocol."""
+    path = tmp_path / "peer.sock"
+    replies = [
+        b'{"parameters":null}',
+        b'{"parameters":{"a":1},"continues":null,"error":null}',
+        b'{"error":"x.y.Failed","parameters":null}',
+        b'{"parameters":[1]}',
+    ]
+    thread = _serve_replies(path, replies)
+    with VarlinkClient(path, timeout=5, max_idle=0) as c:
+        assert c.call("x.y.Do") == {}
+        assert c.call("x.y.Do") == {"a": 1}
+        with pytest.raises(VarlinkErrorReply) as err:
+            c.call("x.y.Do")
+        assert (err.value.name, err.value.parameters) == ("x.y.Failed", {})
+        with pytest.raises(ProtocolError):
+            c.call("x.y.Do")  # was a bare msgspec.ValidationError
+    thread.join(5)
 
 
 def test_missing_socket_is_a_clear_error(tmp_path: Path) -> None:

@@ -49,8 +49,10 @@ _EMPTY = msgspec.Raw(b"{}")
 
 
 class _Reply(msgspec.Struct):
+    # The protocol declares a reply as (parameters: ?object, continues: ?bool, error: ?string):
+    # null is as good as absent in each.
     parameters: msgspec.Raw = _EMPTY
-    continues: bool = False
+    continues: bool | None = False
     error: str | None = None
 
 
@@ -70,12 +72,13 @@ def _parse(frame: bytes) -> tuple[msgspec.Raw, bool]:
     """(parameters, continues) of a reply; raises VarlinkErrorReply on an error reply."""
     try:
         reply = _REPLY.decode(frame)
+        parameters = _EMPTY if bytes(reply.parameters) == b"null" else reply.parameters
         if reply.error is not None:
-            params = _DICT.decode(reply.parameters)
+            params = _DICT.decode(parameters)
             raise VarlinkErrorReply(reply.error, params)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"reply is not a Varlink message: {exc}") from None
-    return reply.parameters, reply.continues
+    return parameters, bool(reply.continues)
 
 
 def _decode(raw: msgspec.Raw, reply_type: type[T]) -> T:
@@ -83,6 +86,14 @@ def _decode(raw: msgspec.Raw, reply_type: type[T]) -> T:
         return _decoder(reply_type).decode(raw)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"reply does not match {reply_type.__name__}: {exc}") from None
+
+
+def _as_dict(raw: msgspec.Raw) -> dict[str, Any]:
+    """A reply's parameters as a dict; anything but an object is a ProtocolError."""
+    try:
+        return _DICT.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"reply parameters are not an object: {exc}") from None
 
 
 def _is_socket(path: str) -> bool:
@@ -191,7 +202,7 @@ class AsyncConnection:
         if oneway:
             await self._send(encode_call(method, parameters, oneway=True))
             return {}
-        return _DICT.decode(await self._roundtrip(encode_call(method, parameters)))
+        return _as_dict(await self._roundtrip(encode_call(method, parameters)))
 
     async def call_typed(self, method: str, parameters: Parameters, reply_type: type[T]) -> T:
         """One call; the reply decoded straight into `reply_type`."""
@@ -227,7 +238,7 @@ class AsyncConnection:
         self, method: str, parameters: Parameters = None
     ) -> AsyncGenerator[dict[str, Any], None]:
         """A `more` call: every reply's parameters, until the last (or an error is raised)."""
-        return self._stream_raw(method, parameters, _DICT.decode)
+        return self._stream_raw(method, parameters, _as_dict)
 
     def stream_typed(
         self, method: str, parameters: Parameters, reply_type: type[T]
@@ -448,7 +459,7 @@ class Connection:
         if oneway:
             self._send(encode_call(method, parameters, oneway=True))
             return {}
-        return _DICT.decode(self._roundtrip(encode_call(method, parameters)))
+        return _as_dict(self._roundtrip(encode_call(method, parameters)))
 
     def call_typed(self, method: str, parameters: Parameters, reply_type: type[T]) -> T:
         return _decode(self._roundtrip(encode_call(method, parameters)), reply_type)
@@ -476,7 +487,7 @@ class Connection:
 
     def stream(self, method: str, parameters: Parameters = None) -> Iterator[dict[str, Any]]:
         for raw in self._stream_raw(method, parameters):
-            yield _DICT.decode(raw)
+            yield _as_dict(raw)
 
     def stream_typed(self, method: str, parameters: Parameters, reply_type: type[T]) -> Iterator[T]:
         for raw in self._stream_raw(method, parameters):
