@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 import varlink
 
@@ -32,6 +33,7 @@ from tests.recovery.test_real_daemon import Writers
 from timelined.client import AsyncClient, Client
 from timelined.daemon.api import ADMIN, TIMELINE
 from timelined.errors import ContextNotFound, LimitExceeded, TimelinedError
+from timelined.exchange import join_parts
 
 
 def test_blocking_and_async_clients(daemon: DaemonProcess, client: Client) -> None:
@@ -315,6 +317,22 @@ def test_null_for_an_optional_parameter_means_absent(daemon: DaemonProcess, clie
     flags = b'{"method":"io.timelined.Admin.GetStatus","more":null,"oneway":null}\0'
     frames = _exchange(daemon.socket_path, flags, until_closed=False)
     assert frames and "error" not in frames[0], frames
+
+
+def test_a_nullable_field_may_be_left_out(daemon: DaemonProcess, client: Client) -> None:
+    """`parent_id: ?string` (a root's is null) may be absent, as the interface file says."""
+    conv = client.create_conversation("no parent_id")
+    document = msgspec.to_builtins(join_parts(list(client.export_conversation(conv.id))))
+    for ctx in document["header"]["contexts"]:
+        if ctx["parent_id"] is None:
+            del ctx["parent_id"]
+    call = {
+        "method": "io.timelined.Timeline.ImportConversation",
+        "parameters": {"document": document},
+    }
+    frames = _exchange(daemon.socket_path, json.dumps(call).encode() + b"\0", until_closed=False)
+    assert frames and "error" not in frames[0], frames
+    assert frames[0]["parameters"]["conversation"]["name"] == "no parent_id"
 
 
 def test_an_upgrade_is_refused(daemon: DaemonProcess) -> None:

@@ -28,7 +28,7 @@ from timelined.daemon.varlink import (
     ServerLimits,
     VarlinkErrorReply,
 )
-from timelined.daemon.varlink.interface import without_optional_nulls
+from timelined.daemon.varlink.interface import normalize_optional
 from timelined.errors import PermissionDenied
 
 ECHO = "io.timelined.Test.Echo"
@@ -217,7 +217,7 @@ async def test_null_for_a_field_with_a_default_means_absent(running: Running) ->
 
 def test_nulls_inside_an_object_value_are_kept() -> None:
     value = {"items": [{"name": "a", "kind": "plain", "tags": None, "extra": {"k": None}}]}
-    assert without_optional_nulls(BagParams, value) == {
+    assert normalize_optional(BagParams, value) == {
         "items": [{"name": "a", "kind": "plain", "extra": {"k": None}}]
     }
 

@@ -20,7 +20,7 @@ Type mapping (Python → Varlink):
 
 A field with a non-None default is written `?T` because a caller may omit it; a reply that is
 always sent in full is still correct under `?T` (a client must then accept absence). `?T` also
-allows null, so the server takes a null there as absent (`without_optional_nulls`).
+allows null, so the server takes null and absence there as one (`normalize_optional`).
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ __all__ = [
     "check_interface_file",
     "has_optional_fields",
     "iter_interfaces",
+    "normalize_optional",
     "render_interface",
-    "without_optional_nulls",
 ]
 
 P = TypeVar("P", bound=msgspec.Struct)
@@ -332,27 +332,28 @@ def render_interface(interface: Interface) -> str:
     return "\n\n".join("\n".join(b) for b in blocks) + "\n"
 
 
-def without_optional_nulls(tp: Any, value: Any) -> Any:
-    """`value` (decoded JSON meant for `tp`) without the nulls of fields that have a default.
+def normalize_optional(tp: Any, value: Any) -> Any:
+    """`value` (decoded JSON meant for `tp`) with null and absence made one for `?T` fields.
 
-    Varlink's `?T` means "null or absent", and every field with a default is rendered `?T`; a
-    null there must therefore be taken as absent (the default), not refused. Values of type
-    `object` are left alone: a null inside metadata is data.
+    Varlink's `?T` means "null or absent". A field with a default is rendered `?T`, so a null
+    there is dropped (the default applies); a field typed `T | None` without a default is
+    rendered `?T` too, so its absence becomes null. Values of type `object` are left alone: a
+    null inside metadata is data.
     """
     origin = get_origin(tp)
     if origin is Annotated:
-        return without_optional_nulls(get_args(tp)[0], value)
+        return normalize_optional(get_args(tp)[0], value)
     if origin in (Union, types.UnionType):
         members = [a for a in get_args(tp) if a is not type(None)]
-        return without_optional_nulls(members[0], value) if len(members) == 1 else value
+        return normalize_optional(members[0], value) if len(members) == 1 else value
     if isinstance(value, list) and (
         origin in (list, Sequence) or (origin is tuple and _is_homogeneous(tp))
     ):
         item = get_args(tp)[0]
-        return [without_optional_nulls(item, v) for v in value]
+        return [normalize_optional(item, v) for v in value]
     if isinstance(value, dict) and origin is dict:
         item = get_args(tp)[1]
-        return {k: without_optional_nulls(item, v) for k, v in value.items()}
+        return {k: normalize_optional(item, v) for k, v in value.items()}
     if isinstance(value, dict) and isinstance(tp, type) and issubclass(tp, msgspec.Struct):
         fields = {f.encode_name: f for f in msgspec.structs.fields(tp)}
         out = {}
@@ -361,16 +362,25 @@ def without_optional_nulls(tp: Any, value: Any) -> Any:
             if f is None:
                 out[key] = v  # unknown: the decoder names it
             elif v is not None:
-                out[key] = without_optional_nulls(f.type, v)
+                out[key] = normalize_optional(f.type, v)
             elif f.required:
                 out[key] = v  # null where a value is required: the decoder says so
+        for key, f in fields.items():
+            if f.required and key not in out and _nullable(f.type):
+                out[key] = None
         return out
     return value
 
 
 def has_optional_fields(tp: Any) -> bool:
-    """Whether any Struct reachable from `tp` has a field with a default (see above)."""
+    """Whether any Struct reachable from `tp` has a `?T` field (see `normalize_optional`)."""
     return _has_optional(tp, set())
+
+
+def _nullable(tp: Any) -> bool:
+    if get_origin(tp) is Annotated:
+        return _nullable(get_args(tp)[0])
+    return type(None) in get_args(tp)
 
 
 def _has_optional(tp: Any, seen: set[Any]) -> bool:
@@ -379,7 +389,8 @@ def _has_optional(tp: Any, seen: set[Any]) -> bool:
             return False
         seen.add(tp)
         return any(
-            not f.required or _has_optional(f.type, seen) for f in msgspec.structs.fields(tp)
+            not f.required or _nullable(f.type) or _has_optional(f.type, seen)
+            for f in msgspec.structs.fields(tp)
         )
     return any(_has_optional(a, seen) for a in get_args(tp) if a is not Ellipsis)
 

@@ -53,7 +53,7 @@ from timelined.daemon.varlink.framing import (
 from timelined.daemon.varlink.interface import (
     Interface,
     has_optional_fields,
-    without_optional_nulls,
+    normalize_optional,
 )
 from timelined.daemon.varlink.protocol import (
     INTERFACE_NOT_FOUND,
@@ -231,19 +231,20 @@ class _Entry:
         self.is_gen = handler is not None and inspect.isasyncgenfunction(handler)
 
     def decode_again(self, raw: msgspec.Raw, exc: msgspec.ValidationError) -> Any:
-        """The second try after `exc`: `"parameters": null` means none, and a null for a field
-        with a default means absent (`?T`); raises the error that remains.
+        """The second try after `exc`: `"parameters": null` means none, and null and absence
+        mean the same for a `?T` field (`normalize_optional`); raises the error that remains.
 
-        msgspec refuses null for a field typed `int = 100`, so such calls fail the fast decode
-        and land here; nothing on the path of a valid call pays for it.
+        msgspec refuses null for a field typed `int = 100`, and absence for one typed
+        `str | None` without a default, so such calls fail the fast decode and land here;
+        nothing on the path of a valid call pays for it.
         """
         data = bytes(raw)
         if data == b"null":
             return self.decoder.decode(b"{}")
-        if not self.optional_fields or b"null" not in data:
+        if not self.optional_fields:
             raise exc
         value = msgspec.json.decode(data)
-        return self.decoder.decode(msgspec.json.encode(without_optional_nulls(self.params, value)))
+        return self.decoder.decode(msgspec.json.encode(normalize_optional(self.params, value)))
 
 
 # Connection states: only an _IDLE connection (waiting for a frame) may be closed by the idle
