@@ -30,7 +30,7 @@ decoded with msgspec straight from the wire. Errors are raised as the same named
 classes the daemon raises (`timelined.errors`: `ContextNotFound`, `InvalidTransition`, …) with
 their parameters (`exc.params`, and each parameter as an attribute, e.g. `exc.id`); the Varlink
 service errors as `InvalidParameter`, `MethodNotFound`, `MethodNotImplemented`,
-`InterfaceNotFound` (below); an error name this library does not know as `RemoteError`. A daemon
+`InterfaceNotFound`, `ExpectedMore` (below); an error name this library does not know as `RemoteError`. A daemon
 that is not running raises `DaemonUnavailable`, saying where it looked and why it failed.
 """
 
@@ -105,6 +105,7 @@ __all__ = [
     "AsyncClient",
     "Client",
     "DaemonUnavailable",
+    "ExpectedMore",
     "InterfaceNotFound",
     "InvalidParameter",
     "LogEvent",
@@ -169,6 +170,15 @@ class InterfaceNotFound(VarlinkServiceError):
     def __init__(self, interface: str) -> None:
         super().__init__(f"no interface {interface!r}", interface=interface)
         self.interface = interface
+
+
+class ExpectedMore(VarlinkServiceError):
+    """A method that streams its answer (ExportConversation) was called without `more`."""
+
+    name = "ExpectedMore"
+
+    def __init__(self) -> None:
+        super().__init__("this method streams its answer: call it with more (stream())")
 
 
 class RemoteError(TimelinedError):

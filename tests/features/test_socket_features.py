@@ -32,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.daemon.harness import DaemonProcess, inprocess_daemon, short_tempdir
 from timelined import commands as cmd
 from timelined import events as ev
-from timelined.client import AsyncClient, Client
+from timelined.client import AsyncClient, Client, ExpectedMore
 from timelined.config import LogConfig, default_config
 from timelined.ctl.main import main as timelinectl
 from timelined.engine import Engine
@@ -178,6 +178,15 @@ def test_an_edited_export_is_refused_with_the_reason(
         assert b.list_conversations(limit=1000).conversations == before  # nothing half-written
         with pytest.raises(ConversationNotFound):
             a.export_conversation("conv_nope")
+
+
+def test_an_export_called_without_more_is_refused_not_truncated(source: DaemonProcess) -> None:
+    """Its first part alone is only the header: ExpectedMore, and the connection goes on."""
+    with Client(source.socket_path) as tl:
+        conv = build_conversation(tl, "needs more")
+        with pytest.raises(ExpectedMore):
+            tl.call("io.timelined.Timeline.ExportConversation", {"id": conv.id})
+        assert join_parts(tl.export_conversation(conv.id)).header.conversation.id == conv.id
 
 
 def test_timelinectl_export_and_import(

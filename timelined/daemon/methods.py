@@ -74,6 +74,7 @@ from timelined.daemon.api import (
 from timelined.daemon.app import App
 from timelined.daemon.metrics import render as render_metrics
 from timelined.daemon.varlink import CallContext, Final, Handler, PeerCredentials, VarlinkServer
+from timelined.daemon.varlink.protocol import EXPECTED_MORE, VarlinkErrorReply
 from timelined.daemon.watch import WatchHub
 from timelined.errors import (
     BlockNotFound,
@@ -349,6 +350,10 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
             await batches.aclose()
 
     async def export_conversation(p: ByIdParams, ctx: CallContext) -> AsyncIterator[Any]:
+        if not ctx.more:
+            # Its first part alone is a header, not an export: answering with it would hand a
+            # client that forgot `more` a truncated document without a word.
+            raise VarlinkErrorReply(EXPECTED_MORE, {})
         stream = export_stream(app, p.id)
         try:
             async for part in stream:

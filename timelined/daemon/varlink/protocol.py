@@ -45,6 +45,7 @@ INTERFACE_NOT_FOUND = "org.varlink.service.InterfaceNotFound"
 METHOD_NOT_FOUND = "org.varlink.service.MethodNotFound"
 METHOD_NOT_IMPLEMENTED = "org.varlink.service.MethodNotImplemented"
 INVALID_PARAMETER = "org.varlink.service.InvalidParameter"
+EXPECTED_MORE = "org.varlink.service.ExpectedMore"
 # Not a TimelinedError subclass on purpose: it is never raised, only sent.
 INTERNAL_ERROR = "io.timelined.InternalError"
 

@@ -16,7 +16,7 @@ yields replies; each is sent at once with `continues: true`, and the one wrapped
 sent last without it. An exception from the iterator ends the stream with that error. While a
 stream runs, the connection is watched for a hang-up, so an idle `Watch` whose client went away
 is torn down at once rather than at its next event. Without `more`, a streaming handler's first
-reply is the answer.
+reply is the answer (a handler whose first reply means nothing alone raises ExpectedMore).
 """
 
 from __future__ import annotations
