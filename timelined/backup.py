@@ -1,4 +1,5 @@
-"""Online backup of a state directory, safe while the daemon runs (it only reads).
+"""Online backup of a state directory, safe while the daemon runs (it changes nothing it holds;
+SQLite may create the -wal/-shm files of a stopped daemon's state.db to read it).
 
 Order is what makes it consistent: first the state database, through SQLite's online backup API
 (one snapshot, at some seq S); then the log, whose segments are append-only, so a copy of each is
