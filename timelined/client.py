@@ -30,8 +30,9 @@ decoded with msgspec straight from the wire. Errors are raised as the same named
 classes the daemon raises (`timelined.errors`: `ContextNotFound`, `InvalidTransition`, …) with
 their parameters (`exc.params`, and each parameter as an attribute, e.g. `exc.id`); the Varlink
 service errors as `InvalidParameter`, `MethodNotFound`, `MethodNotImplemented`,
-`InterfaceNotFound`, `ExpectedMore` (below); an error name this library does not know as `RemoteError`. A daemon
-that is not running raises `DaemonUnavailable`, saying where it looked and why it failed.
+`InterfaceNotFound`, `ExpectedMore` (below); an error name this library does not know as
+`RemoteError`. A daemon that is not running raises `DaemonUnavailable`, saying where it looked
+and why it failed.
 """
 
 from __future__ import annotations
