@@ -43,6 +43,7 @@ STANDARD_ERRORS: dict[str, tuple[str, ...]] = {
     "org.varlink.service.MethodNotFound": ("method",),
     "org.varlink.service.MethodNotImplemented": ("method",),
     "org.varlink.service.InvalidParameter": ("parameter",),
+    "org.varlink.service.ExpectedMore": (),  # ExportConversation called without `more`
 }
 # Named errors the server sends on its own, whatever the method.
 PROTOCOL_ERROR = "io.timelined.ProtocolError"
