@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from timelined.auditlog import list_segments, walk_chain
+from timelined.auditlog import list_segments, scan_tail, walk_chain
 
 from .conftest import segment_files, write_log
 
@@ -306,3 +306,28 @@ def test_tool_as_a_program(log_dir: Path) -> None:
         [sys.executable, str(TOOL), str(state_dir)], capture_output=True, text=True, check=False
     )
     assert run.returncode == 1 and f"{state_dir}/log, not its parent" in run.stderr, run.stdout
+
+
+@pytest.mark.parametrize("seq", [b"6.0", b" 6", b"true", b"06", b"-6"])
+def test_a_hash_correct_line_with_a_malformed_seq_is_damage_not_torn(
+    log_dir: Path, seq: bytes
+) -> None:
+    """A line that hashes correctly was written whole, so no crash explains a bad seq in it
+    (docs/log-format.md, "Torn tail and damage"): damage even as the log's last line, never a
+    torn tail for the boot to cut."""
+    items = write_log(log_dir, 5)
+    last = items[-1][1]
+    body = last[: last.rindex(b',"prev":"')].replace(b'{"seq":5,', b'{"seq":' + seq + b",", 1)
+    forged = rehash(body + b',"prev":"' + last[-67:-3] + b'","hash":"x"}\n')
+    path = segment_files(log_dir)[-1]
+    path.write_bytes(path.read_bytes() + forged)
+    report = walk_chain(log_dir)
+    assert report.torn is None and report.damage is not None, report
+    assert (report.damage.seq, report.damage.kind) == (6, "unparsable"), report.damage
+    scan = scan_tail(log_dir, 5, items[-1][0].hash)
+    assert scan.torn is None and scan.damage is not None and scan.damage.seq == 6
+    # ... and after a torn line it is "a self-consistent line that follows": damage too.
+    path.write_bytes(b"".join(line for _, line in items[:-1]) + last[:50] + b"\n" + forged)
+    report = walk_chain(log_dir)
+    assert report.torn is None and report.damage is not None, report
+    assert report.damage.seq == 5, report.damage

@@ -133,7 +133,9 @@ def check_frame(content: bytes) -> tuple[int, bytes, bytes]:
     end = content.find(b",", 7)
     digits = content[7:end]
     if not digits.isdigit() or digits[0] == 0x30:  # no sign, spaces, underscores, leading 0
-        raise RecordError("framing", "seq is not a positive integer")
+        # "bad field", not "framing": the line hashes correctly, so it was written whole and no
+        # crash explains it; the chain walk must report it as damage, never cut it as torn.
+        raise RecordError("bad field", "seq is not a positive integer")
     return int(digits), content[-140:-76], digest
 
 

@@ -209,6 +209,10 @@ class _Chain:
                 try:
                     frame = check_frame(content)
                 except RecordError as exc:
+                    if exc.kind not in _SELF_INVALID:  # hashes correctly: damage, never torn
+                        if at_start:
+                            self._segment_start(seg, off, -1, expect)
+                        self._damage(expect, _SELF_VALID[exc.kind], seg, off, exc.detail)
                     self._bad_line(seg, handle, last, lines, off, content, expect, exc.kind)
                 seq, link, digest = frame
                 if at_start:
@@ -285,8 +289,9 @@ class _Chain:
                 continue
             try:
                 check_frame(content)
-            except RecordError:
-                continue
+            except RecordError as exc:
+                if exc.kind in _SELF_INVALID:
+                    continue  # a line that hashes correctly is self-consistent, whatever its seq
             if hole:
                 continue  # written by the same unsynced append as the hole: never acknowledged
             detail = f"{reason}, and a good line follows at offset {later}"
