@@ -331,3 +331,20 @@ def test_a_hash_correct_line_with_a_malformed_seq_is_damage_not_torn(
     report = walk_chain(log_dir)
     assert report.torn is None and report.damage is not None, report
     assert report.damage.seq == 5, report.damage
+
+
+def test_a_repeated_member_is_damage_for_the_boot(log_dir: Path) -> None:
+    """`…,"hash":"<junk>","prev":…,"hash":…}` hashes correctly and a decoder keeping the last
+    member would read it as a good record; the boot (scan_tail, deep) must refuse it."""
+    items = write_log(log_dir, 5)
+    last = items[-1][1]
+    body = last[: last.rindex(b',"prev":"')].replace(b'{"seq":5,', b'{"seq":6,', 1)
+    body += b',"hash":"' + b"a" * 64 + b'"'
+    forged = rehash(body + b',"prev":"' + last[-67:-3] + b'","hash":"x"}\n')
+    path = segment_files(log_dir)[-1]
+    path.write_bytes(path.read_bytes() + forged)
+    scan = scan_tail(log_dir, 5, items[-1][0].hash)
+    assert scan.torn is None and scan.damage is not None, scan
+    assert (scan.damage.seq, scan.damage.kind) == (6, "unparsable"), scan.damage
+    report = walk_chain(log_dir, deep=True)
+    assert report.damage is not None and report.damage.seq == 6, report

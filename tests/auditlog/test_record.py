@@ -100,6 +100,27 @@ def test_round_trip_property(
         (lambda line: rehash(body_of(line).replace(b'"daemon"', b'"root"')), "bad field"),
         (lambda line: rehash(body_of(line).replace(b'{"seq":7', b'{"seq":07')), "bad field"),
         (lambda line: rehash(body_of(line).replace(b'"prev":"0', b'"prev":"A')), "bad field"),
+        # Decoders keep the last of repeated members; the line must hold each exactly once.
+        (
+            lambda line: rehash(
+                body_of(line).replace(b',"prev":', b',"hash":"%s","prev":' % (b"a" * 64))
+            ),
+            "framing",
+        ),
+        (
+            lambda line: rehash(
+                body_of(line).replace(b',"prev":', b',"data":{"context_id":"x"},"prev":')
+            ),
+            "framing",
+        ),
+        (lambda line: rehash(body_of(line).replace(b'"ts":', b'"type":"x","ts":')), "framing"),
+        (lambda line: rehash(body_of(line).replace(b'"ts":"', b'"ts": "')), "framing"),
+        (
+            lambda line: rehash(
+                body_of(line).replace(b'"type":"context.', b'"type":"context\\u002e')
+            ),
+            "framing",
+        ),
     ],
 )
 def test_refusals_name_their_kind(mutate: object, kind: str) -> None:

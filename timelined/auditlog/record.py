@@ -26,6 +26,7 @@ RecordErrorKind = Literal["framing", "unparsable", "bad field", "hash mismatch",
 # Fixed-width tail of every line (newline excluded): ,"prev":"<64>","hash":"<64>"}
 _PREFIX = b'{"seq":'
 _HASH_TAIL = 75  # len(',"hash":"') + 64 + len('"}'): the bytes not covered by the hash
+_LINK_TAIL = 149  # len(',"prev":"') + 64 + len('"') + _HASH_TAIL: every byte after data's value
 _MIN_LINE = len(_PREFIX) + 1 + 149  # prefix, one digit, the prev and hash members
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", re.ASCII)
@@ -170,6 +171,23 @@ def decode_framed(content: bytes, frame: tuple[int, bytes, bytes]) -> Record:
         raise RecordError("bad field", "prev is not 64 lowercase hex digits")
     if _TS.fullmatch(env.ts) is None:
         raise RecordError("bad field", f"timestamp {env.ts!r} is not in the log's format")
+    # msgspec keeps the last of repeated members and skips whitespace, so a line such as
+    # `…,"hash":"<junk>","prev":"…","hash":"…"}` would decode. The writer's bytes are exactly
+    # this envelope: demand them, so every member is there once, in order, as written (an
+    # auditor's parser and tools/verify_log.py refuse anything else). Compared in place: a
+    # prefix, and data's length filling the rest up to prev (a repeat would make it longer).
+    if env.actor == "daemon":
+        actor = _DAEMON_JSON
+    else:
+        actor = _actor_json.get(env.actor) or _encode_actor(env.actor)
+    head = b'{"seq":%d,"ts":"%s","type":"%s","actor":%s,"data":' % (
+        seq,
+        env.ts.encode(),
+        env.type.encode(),
+        actor,
+    )
+    if not content.startswith(head) or len(head) + len(env.data) != len(content) - _LINK_TAIL:
+        raise RecordError("framing", "members repeated, reordered, escaped or spaced")
     try:
         event = decode_data(env.type, env.data)
     except KeyError:
