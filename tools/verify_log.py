@@ -8,18 +8,35 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 KEYS = ["seq", "ts", "type", "actor", "data", "prev", "hash"]
-TAIL = re.compile(rb',"hash":"([0-9a-f]{64})"\}\n\Z')
+TAIL = re.compile(rb',"prev":"[0-9a-f]{64}"(,"hash":"([0-9a-f]{64})"\}\n)\Z')  # 1: not hashed
+NAME = re.compile(r"[0-9]{20}\.jsonl")  # not \d: that matches any Unicode digit
+
+
+def parse(line: bytes) -> tuple[dict[str, Any], list[str]]:
+    """The line's object, and its own members' names with repeats (json.loads keeps the last)."""
+    objects: list[list[tuple[str, Any]]] = []  # innermost first: the line's own comes last
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        objects.append(pairs)
+        return dict(pairs)
+
+    obj = json.loads(line, object_pairs_hook=hook)
+    return obj, [k for k, _ in objects[-1]] if isinstance(obj, dict) else []
 
 
 def verify(log_dir: Path) -> tuple[int, str]:
     """(last seq, last hash) of a good log; raises ValueError('seq N: why') at the first fault."""
     seq, prev = 0, "0" * 64
-    segments = sorted(p for p in log_dir.iterdir() if re.fullmatch(r"\d{20}\.jsonl", p.name))
+    names = (p for p in log_dir.iterdir() if NAME.fullmatch(p.name) and int(p.name[:20]))
+    segments = sorted(names)  # seq 0 names no segment: 000…0.jsonl is ignored, as by timelined
     for n, path in enumerate(segments):
         first, named = seq + 1, int(path.name[:20])
         if named != first:  # the seq named: the first missing one, or the one seen again
+            with path.open("rb") as f:  # ... unless the records are right and only the name is
+                named = first if f.readline().startswith(b'{"seq":%d,' % first) else named
             raise ValueError(f"seq {min(first, named)}: segment {path.name} is not seq {first}")
         if path.stat().st_size == 0 and n < len(segments) - 1:
             raise ValueError(f"seq {first}: empty segment {path.name} before the last")
@@ -29,18 +46,32 @@ def verify(log_dir: Path) -> tuple[int, str]:
                 tail = TAIL.search(line)
                 if tail is None:
                     raise ValueError(f"seq {want}: line without hash member or newline")
-                digest = hashlib.sha256(line[: tail.start()] + b"}").hexdigest()
-                if digest != tail.group(1).decode():
+                digest = hashlib.sha256(line[: tail.start(1)] + b"}").hexdigest()
+                if digest != tail.group(2).decode():
                     raise ValueError(f"seq {want}: hash mismatch")
                 try:
-                    obj = json.loads(line)
+                    obj, keys = parse(line)
                 except ValueError:
                     raise ValueError(f"seq {want}: not JSON") from None
-                if not isinstance(obj, dict) or list(obj) != KEYS:
-                    raise ValueError(f"seq {want}: members missing or out of order")
+                if keys != KEYS:
+                    raise ValueError(f"seq {want}: members missing, repeated or out of order")
                 if type(obj["seq"]) is not int or obj["seq"] != want:
-                    found = obj["seq"] if type(obj["seq"]) is int else want
+                    found = obj["seq"] if type(obj["seq"]) is int and obj["seq"] > 0 else want
                     raise ValueError(f"seq {min(want, found)}: found seq {obj['seq']!r}")
+                # json.loads skips whitespace; the writer's envelope has none, and timelined
+                # refuses a line that is not exactly that (data is hashed as written).
+                ts, kind, actor = (
+                    json.dumps(obj[k], separators=(",", ":"), ensure_ascii=False).encode()
+                    for k in KEYS[1:4]
+                )
+                envelope = b'{"seq":%d,"ts":%s,"type":%s,"actor":%s,"data":' % (
+                    want,
+                    ts,
+                    kind,
+                    actor,
+                )
+                if not line.startswith(envelope):
+                    raise ValueError(f"seq {want}: members not written as the writer writes them")
                 if obj["prev"] != prev:
                     raise ValueError(f"seq {want}: prev does not link to seq {seq}")
                 seq, prev = want, digest

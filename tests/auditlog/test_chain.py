@@ -326,11 +326,13 @@ def test_a_hash_correct_line_with_a_malformed_seq_is_damage_not_torn(
     assert (report.damage.seq, report.damage.kind) == (6, "unparsable"), report.damage
     scan = scan_tail(log_dir, 5, items[-1][0].hash)
     assert scan.torn is None and scan.damage is not None and scan.damage.seq == 6
+    assert tool_verdict(log_dir) == 6
     # ... and after a torn line it is "a self-consistent line that follows": damage too.
     path.write_bytes(b"".join(line for _, line in items[:-1]) + last[:50] + b"\n" + forged)
     report = walk_chain(log_dir)
     assert report.torn is None and report.damage is not None, report
     assert report.damage.seq == 5, report.damage
+    assert tool_verdict(log_dir) == 5
 
 
 def test_a_repeated_member_is_damage_for_the_boot(log_dir: Path) -> None:
@@ -348,3 +350,43 @@ def test_a_repeated_member_is_damage_for_the_boot(log_dir: Path) -> None:
     assert (scan.damage.seq, scan.damage.kind) == (6, "unparsable"), scan.damage
     report = walk_chain(log_dir, deep=True)
     assert report.damage is not None and report.damage.seq == 6, report
+    assert tool_verdict(log_dir) == 6
+
+
+def test_tool_reads_segment_names_as_the_walk_does(log_dir: Path) -> None:
+    log = Log(log_dir)
+    # Not segments: Unicode digits (str.isdigit and \d accept them) and seq 0.
+    (log_dir / ("\u0660" * 18 + "10.jsonl")).write_bytes(b"x")
+    (log_dir / f"{0:020d}.jsonl").write_bytes(b"x")
+    assert walk_chain(log_dir).ok and tool_verdict(log_dir) is None
+    # A copy of a segment under an earlier name: its records are the expected ones, only the
+    # name is wrong, so both name the expected seq (not the seq in the name).
+    second = Path(log.segments[1].path)
+    second.rename(log_dir / f"{log.segments[0].first_seq + 1:020d}.jsonl")
+    report = walk_chain(log_dir)
+    assert report.damage is not None and report.damage.kind == "segment name mismatch"
+    assert report.damage.seq == log.segments[1].first_seq == tool_verdict(log_dir)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        (b'"ts":"', b'"ts": "'),
+        (b',"actor":', b' ,"actor":'),
+        (b'"actor":"daemon"', b'"actor":"daemo\\u006e"'),
+        (b'{"seq":', b'{"seq":7,"seq":'),
+    ],
+)
+def test_tool_refuses_what_the_boot_refuses(log_dir: Path, edit: tuple[bytes, bytes]) -> None:
+    """A hash-correct last line that is not written as the writer writes it: the boot refuses
+    it as damage, so the tool must not print OK."""
+    items = write_log(log_dir, 6)
+    lines = [line for _, line in items]
+    assert edit[0] in lines[-1]
+    lines[-1] = rehash(lines[-1].replace(*edit, 1))
+    segment_files(log_dir)[-1].write_bytes(b"".join(lines[-6:]))
+    for path in segment_files(log_dir)[:-1]:
+        path.unlink()
+    scan = scan_tail(log_dir, 5, items[-2][0].hash)
+    assert scan.damage is not None and scan.damage.seq == 6, scan
+    assert tool_verdict(log_dir) is not None
