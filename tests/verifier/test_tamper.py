@@ -286,3 +286,25 @@ def test_deleted_last_segment_is_damage_against_the_state(small_dir: Path) -> No
     assert report.chain is not None and report.chain.damage is not None
     assert report.chain.damage.kind == "truncated"
     assert report.chain.damage.seq == last.first_seq
+
+
+def test_a_torn_tail_below_the_state_is_truncation_not_bad_data(small_dir: Path) -> None:
+    """The newline between the last two lines changed: by docs/log-format.md a torn tail from
+    the last-but-one seq. The state is past it, so this is "truncated" at that seq, as when the
+    tail is cut mid-line; not "bad data" from the replay reading the torn bytes."""
+    last = Path(list_segments(small_dir / "log")[-1].path)
+    lines = last.read_bytes().splitlines(keepends=True)
+    assert len(lines) >= 2
+    seq = json.loads(lines[-2])["seq"]
+    rewrite(last, [*lines[:-2], lines[-2][:-1] + b"x", lines[-1]])
+    report = verify_paths(
+        Paths.of(small_dir, small_dir.parent / "work"),
+        trigger="test",
+        mode="offline",
+        copy=True,
+        processes=False,
+    )
+    assert report.chain is not None and report.chain.torn is not None
+    assert report.chain.torn.seq == seq
+    assert report.chain.damage is not None
+    assert (report.chain.damage.seq, report.chain.damage.kind) == (seq, "truncated")

@@ -365,10 +365,12 @@ def _log_findings(
 ) -> ChainResult:
     """Fold what the state check learnt about the log into the chain result and notes."""
     snapshot = state.snapshot_seq
-    if chain.ok and state.log_error is not None:
+    seq = state.log_error_seq if state.log_error_seq is not None else state.replayed_seq + 1
+    if chain.ok and state.log_error is not None and (chain.torn is None or seq < chain.torn.seq):
         # The chain walk checks hashes and links, not whether data fits its event type: a line
         # whose hash is right but whose data cannot be decoded is damage found by the replay.
-        seq = state.log_error_seq if state.log_error_seq is not None else state.replayed_seq + 1
+        # A line in the torn tail is not such a line: the replay read the crash's bytes, and
+        # the state being past them is "truncated" (below), as for any other torn tail.
         return msgspec.structs.replace(
             chain,
             ok=False,
