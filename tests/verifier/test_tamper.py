@@ -308,3 +308,35 @@ def test_a_torn_tail_below_the_state_is_truncation_not_bad_data(small_dir: Path)
     assert report.chain.torn.seq == seq
     assert report.chain.damage is not None
     assert (report.chain.damage.seq, report.chain.damage.kind) == (seq, "truncated")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        (b',"data":', b',"x":1,"data":'),  # a member timelined does not know
+        (b'"type":"', b'"type":"no.such.'),  # an event type it does not know
+    ],
+)
+def test_offline_checks_lines_past_the_state_as_the_boot_will(
+    small_dir: Path, edit: tuple[bytes, bytes]
+) -> None:
+    """A hash-correct, linked line past the state's seq that the boot refuses as damage:
+    `timelined verify` must not report "ok, the next boot rolls it forward"."""
+    last = Path(list_segments(small_dir / "log")[-1].path)
+    line = last.read_bytes().splitlines(keepends=True)[-1]
+    seq = json.loads(line)["seq"]
+    body = line[: line.rindex(b',"prev":"')].replace(b'{"seq":%d,' % seq, b'{"seq":%d,' % (seq + 1))
+    forged = rehash(body.replace(*edit, 1) + b',"prev":"' + line[-67:-3] + b'","hash":"x"}\n')
+    with last.open("ab") as f:
+        f.write(forged)
+    report = verify_paths(
+        Paths.of(small_dir, small_dir.parent / "work"),
+        trigger="test",
+        mode="offline",
+        copy=True,
+        processes=False,
+    )
+    assert report.state == "damaged", report.summary
+    assert report.chain is not None and report.chain.damage is not None
+    assert report.chain.damage.seq == seq + 1
+    assert report.chain.head_seq == seq

@@ -32,7 +32,7 @@ from typing import IO
 
 import msgspec
 
-from timelined.auditlog import list_segments
+from timelined.auditlog import list_segments, scan_tail
 from timelined.ids import utc_now
 from timelined.verifier.chain import check_chain
 from timelined.verifier.model import (
@@ -224,6 +224,7 @@ def verify_paths(
         chain=chain,
         error=error,
         daemon_head=heads[0] if heads else None,
+        log_dir=paths.log_dir,
     )
 
 
@@ -318,11 +319,12 @@ def _report(
     chain: ChainResult | None,
     error: str | None,
     daemon_head: int | None,
+    log_dir: Path | None = None,
 ) -> VerifyReport:
     notes: list[str] = []
     snapshot = state.snapshot_seq if state is not None else -1
     if chain is not None and state is not None:
-        chain = _log_findings(chain, state, mode, daemon_head, notes)
+        chain = _log_findings(chain, state, mode, daemon_head, notes, log_dir)
     verdict: VerifyState
     if chain is not None and not chain.ok:
         verdict = "damaged"
@@ -362,6 +364,7 @@ def _log_findings(
     mode: Mode,
     daemon_head: int | None,
     notes: list[str],
+    log_dir: Path | None = None,
 ) -> ChainResult:
     """Fold what the state check learnt about the log into the chain result and notes."""
     snapshot = state.snapshot_seq
@@ -390,6 +393,28 @@ def _log_findings(
         )
     if not chain.ok or snapshot <= chain.head_seq:
         if chain.ok and 0 <= snapshot < chain.head_seq and mode == "offline":
+            # Neither the walk nor the replay decoded the lines past the snapshot; the boot
+            # will (scan_tail decodes past its anchor) and refuses a bad one as damage. Check
+            # them the same way before promising that it rolls them forward.
+            scan = scan_tail(log_dir, snapshot) if log_dir is not None else None
+            damage = scan.damage if scan is not None else None
+            if scan is not None and damage is not None:
+                found = ChainDamage(
+                    seq=damage.seq,
+                    kind=damage.kind,
+                    segment=damage.segment,
+                    offset=damage.offset,
+                    detail=damage.detail,
+                    found_seq=damage.found_seq,
+                )
+                return msgspec.structs.replace(
+                    chain,
+                    ok=False,
+                    damage=found,
+                    records=scan.last_seq,  # the good chain ends before the damage
+                    head_seq=scan.last_seq,
+                    head_hash=scan.last_hash,
+                )
             notes.append(
                 f"the log holds {chain.head_seq - snapshot} events past the state's last seq "
                 f"{snapshot}; the daemon's next boot rolls them forward"
