@@ -15,6 +15,10 @@ TAIL = re.compile(rb',"prev":"[0-9a-f]{64}"(,"hash":"([0-9a-f]{64})"\}\n)\Z')  #
 NAME = re.compile(r"[0-9]{20}\.jsonl")  # not \d: that matches any Unicode digit
 
 
+def sha256(covered: bytes) -> bytes:
+    return hashlib.sha256(covered).hexdigest().encode()
+
+
 def parse(line: bytes) -> tuple[dict[str, Any], list[str]]:
     """The line's object, and its own members' names with repeats (json.loads keeps the last)."""
     objects: list[list[tuple[str, Any]]] = []  # innermost first: the line's own comes last
@@ -34,9 +38,11 @@ def verify(log_dir: Path) -> tuple[int, str]:
     segments = sorted(names)  # seq 0 names no segment: 000…0.jsonl is ignored, as by timelined
     for n, path in enumerate(segments):
         first, named = seq + 1, int(path.name[:20])
-        if named != first:  # the seq named: the first missing one, or the one seen again
-            with path.open("rb") as f:  # ... unless the records are right and only the name is
-                named = first if f.readline().startswith(b'{"seq":%d,' % first) else named
+        if named != first:  # the seq named: the first missing one, or the one seen again ...
+            with path.open("rb") as f:  # ... unless its first line is whole and holds `first`
+                line = f.readline()
+            if line.startswith(b'{"seq":%d,' % first) and (tail := TAIL.search(line)):
+                named = first if sha256(line[: tail.start(1)] + b"}") == tail.group(2) else named
             raise ValueError(f"seq {min(first, named)}: segment {path.name} is not seq {first}")
         if path.stat().st_size == 0 and n < len(segments) - 1:
             raise ValueError(f"seq {first}: empty segment {path.name} before the last")
@@ -46,7 +52,7 @@ def verify(log_dir: Path) -> tuple[int, str]:
                 tail = TAIL.search(line)
                 if tail is None:
                     raise ValueError(f"seq {want}: line without hash member or newline")
-                digest = hashlib.sha256(line[: tail.start(1)] + b"}").hexdigest()
+                digest = sha256(line[: tail.start(1)] + b"}").decode()
                 if digest != tail.group(2).decode():
                     raise ValueError(f"seq {want}: hash mismatch")
                 try:

@@ -366,6 +366,13 @@ def test_tool_reads_segment_names_as_the_walk_does(log_dir: Path) -> None:
     report = walk_chain(log_dir)
     assert report.damage is not None and report.damage.kind == "segment name mismatch"
     assert report.damage.seq == log.segments[1].first_seq == tool_verdict(log_dir)
+    # ... but when that first line is bad too, the name is all there is to go by.
+    renamed = log_dir / f"{log.segments[0].first_seq + 1:020d}.jsonl"
+    lines = renamed.read_bytes().splitlines(keepends=True)
+    renamed.write_bytes(b"".join([lines[0].replace(b"ctx_", b"ctX_", 1), *lines[1:]]))
+    report = walk_chain(log_dir)
+    assert report.damage is not None and report.damage.kind == "extra segment"
+    assert report.damage.seq == log.segments[0].first_seq + 1 == tool_verdict(log_dir)
 
 
 @pytest.mark.parametrize(
