@@ -44,6 +44,8 @@ def verify(log_dir: Path) -> tuple[int, str]:
             if line.startswith(b'{"seq":%d,' % first) and (tail := TAIL.search(line)):
                 named = first if sha256(line[: tail.start(1)] + b"}") == tail.group(2) else named
             raise ValueError(f"seq {min(first, named)}: segment {path.name} is not seq {first}")
+        if not path.is_file():  # a directory named like a segment: timelined refuses to boot
+            raise ValueError(f"seq {first}: {path.name} is not a regular file")
         if path.stat().st_size == 0 and n < len(segments) - 1:
             raise ValueError(f"seq {first}: empty segment {path.name} before the last")
         with path.open("rb") as lines:

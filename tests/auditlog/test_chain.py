@@ -283,6 +283,12 @@ def test_a_changed_newline_before_the_last_line_is_a_torn_tail(log_dir: Path) ->
     assert report.head_seq == 10
 
 
+def test_tool_names_a_directory_where_the_next_segment_would_be(log_dir: Path) -> None:
+    write_log(log_dir, 5)
+    (log_dir / f"{6:020d}.jsonl").mkdir()  # was an IsADirectoryError traceback
+    assert tool_verdict(log_dir) == 6
+
+
 def test_tool_as_a_program(log_dir: Path) -> None:
     items = write_log(log_dir, 25, segment_bytes=3000, batch=4)
     run = subprocess.run(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from timelined.auditlog import GENESIS_PREV, RecordError, decode_line, encode_record, line_hash
+from timelined.auditlog.record import _HEAD, _decode_fully, check_frame, decode_framed
 from timelined.events import DAEMON, Actor, BlockAppended, BlockData, ContextFocused
 
 from .conftest import TS, actor_for, make_lines, sample_event
@@ -115,6 +117,9 @@ def test_round_trip_property(
         ),
         (lambda line: rehash(body_of(line).replace(b'"ts":', b'"type":"x","ts":')), "framing"),
         (lambda line: rehash(body_of(line).replace(b'"ts":"', b'"ts": "')), "framing"),
+        (lambda line: rehash(body_of(line).replace(b'"data":{', b'"data": {')), "framing"),
+        (lambda line: rehash(body_of(line).replace(b',"prev":', b' ,"prev":')), "framing"),
+        (lambda line: rehash(body_of(line).replace(b'"daemon"', b'"daem\\u006fn"')), "framing"),
         (
             lambda line: rehash(
                 body_of(line).replace(b'"type":"context.', b'"type":"context\\u002e')
@@ -157,3 +162,36 @@ def test_docs_worked_example_is_what_the_code_writes() -> None:
     assert line.decode().rstrip("\n") in text
     assert covered.decode() in text
     assert digest in text
+
+
+def _outcome(decode: Callable[[bytes, tuple[int, bytes, bytes]], object], content: bytes) -> object:
+    try:
+        frame = check_frame(content)
+    except RecordError as exc:
+        return ("check_frame", exc.kind)
+    try:
+        return decode(content, frame)
+    except RecordError as exc:
+        return exc.kind
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    which=st.integers(min_value=0, max_value=39),
+    at=st.integers(min_value=0, max_value=10_000),
+    cut=st.integers(min_value=0, max_value=3),
+    insert=st.binary(max_size=4) | st.sampled_from([b" ", b",", b'"', b"{", b"}", b"\\u0041"]),
+)
+def test_the_short_way_decodes_exactly_as_the_full_checks(
+    which: int, at: int, cut: int, insert: bytes
+) -> None:
+    """decode_framed's short way for the writer's own lines accepts only what the full checks
+    accept, builds the same Record, and leaves every refusal to them (so the same kind)."""
+    _, line = make_lines(40)[which]
+    body = body_of(line)
+    at %= len(body)
+    content = rehash(body[:at] + insert + body[at + cut :])[:-1]  # edited, then hashed again
+    assert _outcome(decode_framed, content) == _outcome(_decode_fully, content)
+    original = line[:-1]
+    assert _HEAD.match(original) is not None  # the writer's lines do take the short way
+    assert _outcome(decode_framed, original) == _outcome(_decode_fully, original) != "framing"
