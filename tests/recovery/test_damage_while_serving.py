@@ -12,6 +12,7 @@ import pytest
 from tests.daemon.harness import DaemonProcess, short_tempdir
 from timelined.client import Client
 from timelined.errors import LogDamaged
+from timelined.recovery.report import render_summary
 
 
 def _flip_inside_second_line(segment: Path) -> None:
@@ -71,5 +72,9 @@ def test_damage_found_while_serving() -> None:
             status = client.get_status()
             assert status.read_only is None, status.read_only
             assert client.append_block(root, "user", "accepted again").seq > 0
+            # Not "had not stopped cleanly": the missing marker was the read-only run's choice.
+            report = client.get_recovery_report()
+            assert report is not None and report.read_only_before, report
+            assert "The last run served read-only" in render_summary(report)
             assert daemon.stop() == 0
         assert not (daemon.state_dir / "log-damaged").exists()

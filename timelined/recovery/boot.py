@@ -323,9 +323,12 @@ def _report_damage(report: Report, d: ScanDamage) -> LogDamaged:
 def _check_recorded_damage(config: Config, ops: FileOps, result: BootResult) -> BootResult:
     """Damage a verification recorded (recovery/damage.py): walk the whole chain again."""
     record = recorded_damage(config.damage_path)
-    if record is None or result.read_only is not None:
+    if record is None:
         return result
     report = result.report
+    report.read_only_before = True
+    if result.read_only is not None:
+        return result
     with report.phase("recorded-damage"):
         chain = walk_chain(config.log_dir, fileops=ops)
     if chain.damage is None:

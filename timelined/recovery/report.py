@@ -55,6 +55,9 @@ class Report(msgspec.Struct, kw_only=True):
     finished_at: str = ""
     marker_found: bool = False
     marker_problem: str | None = None
+    # The run before served read-only (log damage a verification recorded): such a run writes
+    # no clean-shutdown marker on purpose, so its absence says nothing about a crash.
+    read_only_before: bool = False
     fast_path: bool = False
     segments_scanned: int = 0
     lines_scanned: int = 0
@@ -158,6 +161,12 @@ def _meaning(report: Report) -> str:
         )
     if report.verdict == "clean" and not report.marker_found and not report.fast_path:
         return "A new state directory: there was nothing to recover."
+    if report.verdict == "recovered" and report.read_only_before:
+        return (
+            "The last run served read-only because a verification had found the log damaged; "
+            "a read-only daemon writes no clean-shutdown marker, so this boot checked the files. "
+            "The whole chain verifies again (see below): writes are accepted, nothing was lost."
+        )
     if report.verdict == "recovered" and report.marker_found:
         return (
             "The daemon had stopped cleanly, but the files did not match its clean-shutdown "
