@@ -106,7 +106,7 @@ def run(env: Env) -> None:
                 f"load generator CPU {m['load_cpu']:.2f}; "
                 f"{m['cpu_us_per_append']:.0f} µs of CPU per append in both"
             )
-            if conns == 64:
+            if conns == 64 and m["writer_us_per_append"] > 0:
                 note += (
                     f" ({cores} cores allow {cores / 20_000 * 1e6:.0f} µs at 20,000/s); "
                     f"the writer's thread {m['writer_us_per_append']:.0f} µs per append "

@@ -184,7 +184,7 @@ def test_an_export_called_without_more_is_refused_not_truncated(source: DaemonPr
     """Its first part alone is only the header: ExpectedMore, and the connection goes on."""
     with Client(source.socket_path) as tl:
         conv = build_conversation(tl, "needs more")
-        with pytest.raises(ExpectedMore):
+        with pytest.raises(ExpectedMore, match="call it with more"):
             tl.call("io.timelined.Timeline.ExportConversation", {"id": conv.id})
         assert join_parts(tl.export_conversation(conv.id)).header.conversation.id == conv.id
 

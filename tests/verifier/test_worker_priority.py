@@ -48,3 +48,21 @@ def test_a_worker_falls_back_to_nice_10_when_the_scheduler_call_is_refused() -> 
     policy, nice = probe(REFUSED)
     assert policy == os.SCHED_OTHER
     assert nice == min(before + 10, 19)
+
+
+def test_a_worker_takes_the_stop_signals_the_daemon_blocks() -> None:
+    """The daemon serves with SIGTERM/SIGINT/SIGHUP blocked and its children inherit the mask:
+    a worker unblocks them, and a SIGTERM already pending then runs its handler (exit 143)."""
+    code = """
+import os, signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+os.kill(os.getpid(), signal.SIGTERM)  # pending while blocked, as from a stop during start-up
+from timelined.verifier import worker
+worker._settle(None)
+print("not stopped")
+"""
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert run.returncode == 128 + 15, (run.returncode, run.stdout, run.stderr)
+    assert "not stopped" not in run.stdout

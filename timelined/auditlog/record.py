@@ -185,8 +185,8 @@ def decode_framed(content: bytes, frame: tuple[int, bytes, bytes]) -> Record:
         try:
             event = decode_data(head[2].decode(), memoryview(content)[head.end() - 1 : -_LINK_TAIL])
             actor = _actors.get(head[3]) or _decode_actor(head[3])
-        except (KeyError, msgspec.DecodeError):
-            pass
+        except (KeyError, msgspec.DecodeError, RecursionError):
+            pass  # RecursionError: data nested past the stack; the full checks say what they say
         else:
             return Record(
                 seq=seq,

@@ -290,7 +290,8 @@ async def _serve_with(
 
 
 def _mark_clean(config: Config, engine: Engine, run: _Run) -> _Run:
-    """Write the clean-shutdown marker once the engine is closed (its exit code stays run's).
+    """Write the clean-shutdown marker once the engine is closed (run's exit code stays, but
+    a marker that cannot be written makes it 74: the operator must see that first).
 
     No marker from a read-only daemon (damage found at boot or by the verifier since) or after a
     fatal storage error: the next boot takes the checking path; the verifier's record

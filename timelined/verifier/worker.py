@@ -64,6 +64,10 @@ def _settle(parent: int | None) -> None:
         sys.exit(3)  # the parent died before PDEATHSIG was armed
     # Stopped by the parent (a cancelled run): unwind, so that scratch files are removed.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(128 + signal.SIGTERM))
+    # The daemon blocks its stop signals while serving (daemon/signals.py) and a child inherits
+    # the mask: unblock them, after the handler is in place so that one already pending is
+    # handled, or a stop (the parent's SIGTERM, systemd's to the cgroup) would wait for SIGKILL.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     gc.freeze()
     gc.set_threshold(100_000, 50, 50)
 
