@@ -12,6 +12,8 @@ import pytest
 from tests.verifier.workload import populate
 from timelined.config import Config, LogConfig, VerifyConfig, default_config
 from timelined.engine import Engine
+from timelined.verifier.model import VerifyReport
+from timelined.verifier.runner import Paths, verify_paths
 
 SEGMENT_BYTES = 8192  # many segments from a few hundred events
 
@@ -73,3 +75,14 @@ def large_dir(large_base: Path, tmp_path: Path) -> Iterator[Path]:
     target = tmp_path / "state"
     shutil.copytree(large_base, target)
     yield target
+
+
+def verify_offline(state_dir: Path) -> VerifyReport:
+    """The full offline verification, in-process (the child-process path has its own tests)."""
+    return verify_paths(
+        Paths.of(state_dir, state_dir.parent / "work"),
+        trigger="test",
+        mode="offline",
+        copy=True,
+        processes=False,
+    )

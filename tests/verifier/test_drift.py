@@ -18,7 +18,7 @@ import anyio
 import pytest
 
 from tests.helpers import dump_state, fts_ok, replay_dump
-from tests.verifier.conftest import config_for
+from tests.verifier.conftest import config_for, verify_offline
 from tests.verifier.workload import populate
 from timelined.engine import Engine
 from timelined.recovery.report import read_report, render_summary
@@ -110,16 +110,6 @@ def find(report: VerifyReport, case: Drift) -> Difference:
             assert {f.field for f in diff.fields} >= set(case.fields), diff
             return diff
     raise AssertionError(f"{case.name}: not reported; got {report.differences[:5]}")
-
-
-def verify_offline(state_dir: Path) -> VerifyReport:
-    return verify_paths(
-        Paths.of(state_dir, state_dir.parent / "work"),
-        trigger="test",
-        mode="offline",
-        copy=True,
-        processes=False,
-    )
 
 
 def test_untouched_state_is_ok(small_dir: Path) -> None:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.verifier.conftest import verify_offline
 from timelined.auditlog import list_segments
 from timelined.verifier.chain import check_chain
 from timelined.verifier.offline import run_offline
-from timelined.verifier.runner import Paths, verify_paths
 
 
 @dataclass
@@ -233,13 +233,7 @@ def test_tamper_is_found_at_the_right_seq(
     assert (result.damage.seq, result.damage.kind) == (seq, kind), result.damage
 
     # The full verification (in-process here; the child-process path has its own tests).
-    report = verify_paths(
-        Paths.of(small_dir, small_dir.parent / "work"),
-        trigger="test",
-        mode="offline",
-        copy=True,
-        processes=False,
-    )
+    report = verify_offline(small_dir)
     assert report.state == "damaged"
     assert report.chain is not None and report.chain.damage is not None
     assert report.chain.damage.seq == seq
@@ -259,13 +253,7 @@ def test_offline_exit_code_names_the_seq(
 def test_data_that_does_not_fit_its_type_is_found_by_the_replay(small_dir: Path) -> None:
     seq, kind = forged_line_bad_data(small_dir / "log")
     assert check_chain(small_dir / "log").ok  # hashes and links were forged consistently
-    report = verify_paths(
-        Paths.of(small_dir, small_dir.parent / "work"),
-        trigger="test",
-        mode="offline",
-        copy=True,
-        processes=False,
-    )
+    report = verify_offline(small_dir)
     assert report.state == "damaged"
     assert report.chain is not None and report.chain.damage is not None
     assert (report.chain.damage.seq, report.chain.damage.kind) == (seq, kind)
@@ -275,13 +263,7 @@ def test_deleted_last_segment_is_damage_against_the_state(small_dir: Path) -> No
     """Deleting the last segment leaves a valid, shorter chain: the state's seq betrays it."""
     last = list_segments(small_dir / "log")[-1]
     Path(last.path).unlink()
-    report = verify_paths(
-        Paths.of(small_dir, small_dir.parent / "work"),
-        trigger="test",
-        mode="offline",
-        copy=True,
-        processes=False,
-    )
+    report = verify_offline(small_dir)
     assert report.state == "damaged"
     assert report.chain is not None and report.chain.damage is not None
     assert report.chain.damage.kind == "truncated"
@@ -297,13 +279,7 @@ def test_a_torn_tail_below_the_state_is_truncation_not_bad_data(small_dir: Path)
     assert len(lines) >= 2
     seq = json.loads(lines[-2])["seq"]
     rewrite(last, [*lines[:-2], lines[-2][:-1] + b"x", lines[-1]])
-    report = verify_paths(
-        Paths.of(small_dir, small_dir.parent / "work"),
-        trigger="test",
-        mode="offline",
-        copy=True,
-        processes=False,
-    )
+    report = verify_offline(small_dir)
     assert report.chain is not None and report.chain.torn is not None
     assert report.chain.torn.seq == seq
     assert report.chain.damage is not None
@@ -329,13 +305,7 @@ def test_offline_checks_lines_past_the_state_as_the_boot_will(
     forged = rehash(body.replace(*edit, 1) + b',"prev":"' + line[-67:-3] + b'","hash":"x"}\n')
     with last.open("ab") as f:
         f.write(forged)
-    report = verify_paths(
-        Paths.of(small_dir, small_dir.parent / "work"),
-        trigger="test",
-        mode="offline",
-        copy=True,
-        processes=False,
-    )
+    report = verify_offline(small_dir)
     assert report.state == "damaged", report.summary
     assert report.chain is not None and report.chain.damage is not None
     assert report.chain.damage.seq == seq + 1

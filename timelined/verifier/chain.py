@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from timelined.auditlog import walk_chain
+from timelined.auditlog import Damage, walk_chain
 from timelined.verifier.model import ChainDamage, ChainResult, ChainTorn
 
 
@@ -33,16 +33,7 @@ def check_chain(
         head_seq=walked.head_seq,
         head_hash=walked.head_hash,
         seconds=round(time.perf_counter() - started, 6),
-        damage=None
-        if damage is None
-        else ChainDamage(
-            seq=damage.seq,
-            kind=damage.kind,
-            segment=damage.segment,
-            offset=damage.offset,
-            detail=damage.detail,
-            found_seq=damage.found_seq,
-        ),
+        damage=None if damage is None else chain_damage(damage),
         torn=None
         if torn is None
         else ChainTorn(
@@ -52,4 +43,16 @@ def check_chain(
             seq=torn.seq,
             reason=torn.reason,
         ),
+    )
+
+
+def chain_damage(damage: Damage) -> ChainDamage:
+    """The log's damage (as a walk or a tail scan names it) in a verification report."""
+    return ChainDamage(
+        seq=damage.seq,
+        kind=damage.kind,
+        segment=damage.segment,
+        offset=damage.offset,
+        detail=damage.detail,
+        found_seq=damage.found_seq,
     )

@@ -34,7 +34,7 @@ import msgspec
 
 from timelined.auditlog import list_segments, scan_tail
 from timelined.ids import utc_now
-from timelined.verifier.chain import check_chain
+from timelined.verifier.chain import chain_damage, check_chain
 from timelined.verifier.model import (
     MAX_DIFFERENCES,
     ChainDamage,
@@ -399,18 +399,10 @@ def _log_findings(
             scan = scan_tail(log_dir, snapshot) if log_dir is not None else None
             damage = scan.damage if scan is not None else None
             if scan is not None and damage is not None:
-                found = ChainDamage(
-                    seq=damage.seq,
-                    kind=damage.kind,
-                    segment=damage.segment,
-                    offset=damage.offset,
-                    detail=damage.detail,
-                    found_seq=damage.found_seq,
-                )
                 return msgspec.structs.replace(
                     chain,
                     ok=False,
-                    damage=found,
+                    damage=chain_damage(damage),
                     records=scan.last_seq,  # the good chain ends before the damage
                     head_seq=scan.last_seq,
                     head_hash=scan.last_hash,
