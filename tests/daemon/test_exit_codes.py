@@ -6,12 +6,16 @@ see the docstring of timelined/daemon/lifecycle.py and docs/operations.md.
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
-from tests.daemon.harness import DaemonProcess, short_tempdir
+from tests.daemon.harness import REPO, DaemonProcess, short_tempdir
 from timelined.client import Client
 from timelined.errors import TimelinedError
 
@@ -41,6 +45,37 @@ def test_a_socket_path_taken_by_a_file_exits_71_naming_the_path() -> None:
         with daemon, Client(daemon.socket_path) as tl:
             boot = tl.get_status().boot
             assert (boot.verdict, boot.fast_path) == ("clean", True)
+
+
+def test_a_passed_socket_that_cannot_be_served_on_exits_71_with_the_marker() -> None:
+    """LISTEN_FDS naming a datagram socket (a unit with ListenDatagram=): one line, exit 71,
+    the state closed as at a stop. The wrapper sets LISTEN_PID to its own pid, which exec keeps,
+    as systemd-socket-activate does."""
+    with short_tempdir() as base, socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as dgram:
+        dgram.bind(str(base / "dgram"))
+        daemon = DaemonProcess(base)
+        daemon.write_config()
+        fd = dgram.fileno()
+        wrapper = (
+            f"import os, sys; os.dup2({fd}, 3); os.environ.update(LISTEN_PID=str(os.getpid()), "
+            f"LISTEN_FDS='1'); os.execv(sys.executable, [sys.executable, '-m', 'timelined', "
+            f"'serve', '--config', {str(daemon.config_path)!r}])"
+        )
+        run = subprocess.run(
+            [sys.executable, "-c", wrapper],
+            cwd=REPO,
+            env={k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_", "LISTEN_"))},
+            pass_fds=(fd,),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        output = run.stdout + run.stderr
+        assert run.returncode == 71, output
+        assert "cannot serve on the socket systemd passed" in output, output
+        assert "Traceback" not in output
+        assert (daemon.state_dir / "clean-shutdown").exists()
 
 
 def test_a_marker_that_cannot_be_written_exits_74_and_the_next_boot_recovers() -> None:

@@ -8,7 +8,8 @@ Exit codes (sysexits, and what systemd does with them):
 - 74 (EX_IOERR): an fsync failed (or the state could not commit): the daemon stops at once
   without acknowledging the batch; systemd restarts it and recovery replays the log.
 - 70 (EX_SOFTWARE): the boot failed; its report is in STATE_DIR/reports.
-- 71 (EX_OSERR): the socket could not be bound (path in use by another program, permissions);
+- 71 (EX_OSERR): the socket could not be bound (path in use by another program, permissions),
+  or the socket systemd passed is not a listening Unix stream socket;
   the engine was closed as at a stop and the marker written.
 """
 
@@ -29,7 +30,7 @@ from anyio.abc import SocketListener, TaskGroup
 
 from timelined import __version__
 from timelined.config import Config, load_config
-from timelined.daemon.activation import take_listener
+from timelined.daemon.activation import ActivationError, take_listener
 from timelined.daemon.app import App
 from timelined.daemon.memory import limit_malloc_arenas
 from timelined.daemon.notify import Notifier, StatusText, run_watchdog, watchdog_interval
@@ -168,7 +169,10 @@ class _SocketUnavailable(Exception):
 
 async def _listener(config: Config) -> tuple[SocketListener, bool]:
     """The socket from systemd (socket activation), else one we bind; True if ours."""
-    passed = take_listener()
+    try:
+        passed = take_listener()
+    except ActivationError as exc:  # the unit passed what cannot be served on: say so, exit 71
+        raise _SocketUnavailable(f"cannot serve on the socket systemd passed: {exc}") from exc
     if passed is not None:
         log.info("serving on the socket passed by systemd")
         return await listener_from_socket(passed), False
