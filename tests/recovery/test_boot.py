@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 import anyio
@@ -251,3 +252,32 @@ def test_a_failed_boot_reports_where_the_log_ends(tmp_path: Path) -> None:
     report = read_report(Path(info.value.params["report"]))
     assert report.verdict == "failed" and report.lines_scanned > 0
     assert "log ends at seq 6" in render_summary(report), render_summary(report)
+
+
+def test_listing_reports_survives_reports_pruned_meanwhile(tmp_path: Path) -> None:
+    """The verifier prunes its old reports while a client lists them (ListReports): a file gone
+    between the directory read and its stat is skipped, not an InternalError (found by the fuzz
+    stress run). A real race: one thread creates and removes report files as fast as it can."""
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    for n in range(50):
+        (reports / f"boot-{n:04d}.json").write_text("{}")
+    stop = threading.Event()
+
+    def churn() -> None:
+        n = 0
+        while not stop.is_set():
+            path = reports / f"verify-{n % 20:04d}.json"
+            path.write_text("{}")
+            path.unlink()
+            n += 1
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        for _ in range(3000):
+            listed = list_reports(reports, ("boot", "verify"))
+            assert sum(p.name.startswith("boot") for p in listed) == 50
+    finally:
+        stop.set()
+        thread.join()

@@ -133,10 +133,15 @@ def list_reports(
     """Report files, newest first."""
     if not reports_dir.exists():
         return []
-    found = [
-        p for p in reports_dir.iterdir() if p.suffix == ".json" and p.name.startswith(prefixes)
-    ]
-    return sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
+    found: list[tuple[int, str, Path]] = []
+    for p in reports_dir.iterdir():
+        if p.suffix != ".json" or not p.name.startswith(prefixes):
+            continue
+        try:
+            found.append((p.stat().st_mtime_ns, p.name, p))
+        except FileNotFoundError:  # pruned meanwhile (the verifier keeps only its newest)
+            continue
+    return [p for _, _, p in sorted(found, reverse=True)]
 
 
 _VERDICT_MEANING = {
