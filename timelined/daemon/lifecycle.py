@@ -264,9 +264,7 @@ async def _serve_with(
             # that the next start (once the path is fixed) is an ordinary clean one.
             log.error("%s", exc)
             run.exit_code = EX_OSERR
-            unserved = True
         else:
-            unserved = False
             async with anyio.create_task_group() as tg:
                 await tg.start(server.serve, listener)
                 if booted.read_only is not None:
@@ -288,8 +286,8 @@ async def _serve_with(
                 # A socket systemd passed in is systemd's to remove; ours we clean up.
                 await anyio.Path(config.socket_path).unlink(missing_ok=True)
         # Leaving Engine.open drains the queue, fsyncs the log and checkpoints the WAL.
-    if run.exit_code != EX_OK and not unserved:
-        return run
+    # A fatal storage error (the only other non-zero exit here) leaves engine.fatal set, which
+    # _mark_clean refuses: no flag needed to tell it from the unbound socket.
     return _mark_clean(config, engine, run)
 
 
