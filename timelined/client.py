@@ -25,7 +25,7 @@ returns: every event committed from then on is delivered.
         copy = other.import_conversation(parts)     # into another daemon (other: a Client)
 
 Replies are the model Structs of `timelined.state.model` (and the reply Structs of
-`timelined.daemon.api` where a reply has several parts, e.g. a page and its `next` cursor),
+`timelined.api` where a reply has several parts, e.g. a page and its `next` cursor),
 decoded with msgspec straight from the wire. Errors are raised as the same named exception
 classes the daemon raises (`timelined.errors`: `ContextNotFound`, `InvalidTransition`, …) with
 their parameters (`exc.params`, and each parameter as an attribute, e.g. `exc.id`); the Varlink
@@ -45,9 +45,7 @@ from typing import Any, TypeVar, cast
 
 import msgspec
 
-from timelined.auditlog.record import RecordError, check_frame
-from timelined.config import find_config_file, load_config
-from timelined.daemon.api import (
+from timelined.api import (
     METHODS,
     BlockReply,
     BlocksReply,
@@ -73,13 +71,8 @@ from timelined.daemon.api import (
     VerifyReportReply,
     WatchReply,
 )
-from timelined.daemon.varlink import (
-    AsyncVarlinkClient,
-    Connection,
-    VarlinkClient,
-    VarlinkErrorReply,
-)
-from timelined.daemon.varlink.service import GetInfoReply, GetInterfaceDescriptionReply
+from timelined.auditlog.record import RecordError, check_frame
+from timelined.config import find_config_file, load_config
 from timelined.errors import (
     DaemonUnavailable,
     InvalidArgument,
@@ -90,7 +83,6 @@ from timelined.errors import (
 from timelined.events import SubBlock
 from timelined.exchange import ExportDocument, ExportPart, join_parts
 from timelined.recovery.report import Report, ReportInfo
-from timelined.rules import AppendResult
 from timelined.state.model import (
     Block,
     Context,
@@ -101,6 +93,14 @@ from timelined.state.model import (
     SearchHit,
     StartupState,
 )
+from timelined.varlink import (
+    AsyncVarlinkClient,
+    Connection,
+    VarlinkClient,
+    VarlinkErrorReply,
+)
+from timelined.varlink.service import GetInfoReply, GetInterfaceDescriptionReply
+from timelined.writer.rules import AppendResult
 
 __all__ = [
     "AsyncClient",

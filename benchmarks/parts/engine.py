@@ -18,7 +18,7 @@ from benchmarks.report import Target
 from benchmarks.stats import median, summary_ms
 from timelined import commands as cmd
 from timelined.config import LogConfig, default_config
-from timelined.engine import Engine
+from timelined.writer.engine import Engine
 
 PART = "engine"
 WRITERS = (1, 64)

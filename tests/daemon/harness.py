@@ -34,17 +34,17 @@ from timelined.config import AuthConfig, Config, LogConfig, VerifyConfig, defaul
 from timelined.daemon.app import App
 from timelined.daemon.auth import authorizer
 from timelined.daemon.methods import register_all
-from timelined.daemon.varlink import (
+from timelined.errors import DaemonUnavailable, LogDamaged
+from timelined.ids import utc_now
+from timelined.recovery.boot import boot
+from timelined.varlink import (
     ServerLimits,
     ServiceInfo,
     VarlinkClient,
     VarlinkServer,
     listen_unix,
 )
-from timelined.engine import Engine
-from timelined.errors import DaemonUnavailable, LogDamaged
-from timelined.ids import utc_now
-from timelined.recovery.boot import boot
+from timelined.writer.engine import Engine
 
 REPO = Path(__file__).resolve().parents[2]
 

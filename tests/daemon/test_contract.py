@@ -14,11 +14,11 @@ import pytest
 import varlink
 
 import timelined.recovery.boot  # noqa: F401 — defines BootFailed
+from timelined import api
 from timelined import client as client_mod
-from timelined.daemon import api
 from timelined.daemon.auth import READ_ONLY_METHODS, WRITE_METHODS
-from timelined.daemon.varlink.gen import assert_interface_files_current
 from timelined.errors import TimelinedError, all_error_classes
+from timelined.varlink.gen import assert_interface_files_current
 
 CTL_DIR = Path(client_mod.__file__).parent / "ctl"
 
@@ -159,7 +159,7 @@ SERVER_SIDE = [
 @pytest.mark.parametrize("cls", SERVER_SIDE, ids=lambda c: c.name)
 def test_every_named_error_is_declared_with_its_parameters(cls: type[TimelinedError]) -> None:
     declared = [e for interface in api.INTERFACES for e in interface.errors if e.name == cls.name]
-    assert declared, f"{cls.name} is declared in no interface of timelined.daemon.api"
+    assert declared, f"{cls.name} is declared in no interface of timelined.api"
     for error_def in declared:
         assert error_def.parameters is not None
         for with_none in (False, True):

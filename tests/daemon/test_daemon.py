@@ -30,8 +30,8 @@ from tests.daemon.harness import (
     short_tempdir,
 )
 from tests.recovery.test_real_daemon import Writers
+from timelined.api import ADMIN, TIMELINE
 from timelined.client import AsyncClient, Client
-from timelined.daemon.api import ADMIN, TIMELINE
 from timelined.errors import ContextNotFound, LimitExceeded, TimelinedError
 from timelined.exchange import join_parts
 

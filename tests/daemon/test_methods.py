@@ -13,6 +13,7 @@ import msgspec
 import pytest
 
 from tests.daemon.harness import inprocess_config, inprocess_daemon, short_tempdir
+from timelined.api import FeatureUnavailable
 from timelined.auditlog import line_hash, list_segments
 from timelined.client import (
     AsyncClient,
@@ -22,7 +23,6 @@ from timelined.client import (
     MethodNotFound,
 )
 from timelined.config import LimitsConfig
-from timelined.daemon.api import FeatureUnavailable
 from timelined.errors import (
     BadQuery,
     BlockIdConflict,

@@ -9,7 +9,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from timelined.serial_thread import SerialThread
+from timelined.writer.serial_thread import SerialThread
 
 
 async def test_calls_run_in_submission_order_on_one_named_thread() -> None:

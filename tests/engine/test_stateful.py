@@ -20,7 +20,6 @@ from tests.helpers import dump_state, fts_ok, replay_dump
 from timelined import commands as cmd
 from timelined.auditlog import walk_chain
 from timelined.config import LimitsConfig, LogConfig, default_config
-from timelined.engine import Engine
 from timelined.errors import (
     BlockIdConflict,
     ContextNotFound,
@@ -32,8 +31,9 @@ from timelined.errors import (
     TimelinedError,
 )
 from timelined.events import Actor
-from timelined.rules import AppendResult
 from timelined.state.model import Context, Conversation
+from timelined.writer.engine import Engine
+from timelined.writer.rules import AppendResult
 
 ACTOR = Actor(uid=1000, gid=1000, pid=4242)
 

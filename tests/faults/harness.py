@@ -33,11 +33,11 @@ from timelined import commands as cmd
 from timelined.auditlog import FileOps, Handle, LogHead, OsFileOps, read_records
 from timelined.auditlog.record import check_frame
 from timelined.config import Config, FsyncMode, LogConfig, default_config
-from timelined.engine import Engine
 from timelined.events import Record
 from timelined.recovery.boot import boot
 from timelined.recovery.marker import make_marker, write_marker
 from timelined.recovery.report import read_report
+from timelined.writer.engine import Engine
 
 Workload = Callable[[Engine], Awaitable[None]]
 

@@ -30,8 +30,8 @@ from tests.faults.harness import (
 from tests.faults.simdisk import SimDisk, Tally
 from timelined import commands as cmd
 from timelined.auditlog import Handle, list_segments
-from timelined.engine import Engine
 from timelined.errors import DiskFull
+from timelined.writer.engine import Engine
 
 SEGMENT_BYTES = 2048  # small: the short workloads rotate segments several times
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import anyio
 
 from tests.faults.harness import conversation_workload, make_config
-from timelined.engine import Engine
 from timelined.recovery.boot import boot
 from timelined.recovery.marker import mark_clean
+from timelined.writer.engine import Engine
 
 
 def main(phase: str, state_dir: Path) -> int:

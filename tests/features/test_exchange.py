@@ -12,10 +12,10 @@ import pytest
 from timelined import commands as cmd
 from timelined import exchange
 from timelined.config import Config, LogConfig, default_config
-from timelined.engine import Engine
 from timelined.errors import ImportRejected
 from timelined.state import queries as q
 from timelined.state.model import Context, Conversation
+from timelined.writer.engine import Engine
 
 
 def cfg(path: Path) -> Config:

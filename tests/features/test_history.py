@@ -10,9 +10,9 @@ import anyio
 
 from timelined import commands as cmd
 from timelined.config import LogConfig, default_config
-from timelined.engine import Engine
 from timelined.state import queries as q
 from timelined.state.model import Context, Conversation
+from timelined.writer.engine import Engine
 
 
 @dataclass

@@ -11,12 +11,12 @@ from timelined import commands as cmd
 from timelined.config import LogConfig, default_config
 from timelined.daemon.app import App
 from timelined.daemon.metrics import render
-from timelined.daemon.varlink import ServiceInfo, VarlinkServer
 from timelined.daemon.watch import WatchHub
-from timelined.engine import Engine
 from timelined.ids import utc_now
 from timelined.recovery.report import Report
 from timelined.state.model import Conversation
+from timelined.varlink import ServiceInfo, VarlinkServer
+from timelined.writer.engine import Engine
 
 
 def test_metrics_parse_and_count(tmp_path: Path) -> None:

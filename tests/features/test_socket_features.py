@@ -35,13 +35,13 @@ from timelined import events as ev
 from timelined.client import AsyncClient, Client, ExpectedMore
 from timelined.config import LogConfig, default_config
 from timelined.ctl.main import main as timelinectl
-from timelined.engine import Engine
 from timelined.errors import ConversationNotFound, ImportRejected, ShuttingDown, SlowConsumer
 from timelined.exchange import ExportDocument, ExportPart, join_parts
 from timelined.ids import new_id, utc_now
 from timelined.recovery.boot import boot
 from timelined.recovery.marker import mark_clean
 from timelined.state.model import Context, Conversation
+from timelined.writer.engine import Engine
 
 TIMELINECTL = Path(sys.executable).with_name("timelinectl")
 FAST = {"log": {"fsync": "off"}}

@@ -10,9 +10,9 @@ import anyio
 from timelined import commands as cmd
 from timelined.config import LogConfig, default_config
 from timelined.daemon.watch import LogEvent, WatchHub
-from timelined.engine import Engine
 from timelined.errors import SlowConsumer
 from timelined.state.model import Conversation
+from timelined.writer.engine import Engine
 
 
 def config_for(tmp_path: Path):  # type: ignore[no-untyped-def]

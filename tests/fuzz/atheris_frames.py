@@ -18,8 +18,8 @@ with atheris.instrument_imports():
     import msgspec
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from timelined.daemon import api
-    from timelined.daemon.varlink.framing import (
+    from timelined import api
+    from timelined.varlink.framing import (
         FrameSplitter,
         FrameTooLarge,
         MalformedMessage,

@@ -34,7 +34,7 @@ from tests.fuzz.wire import (
     open_sockets,
     rss_kib,
 )
-from timelined.daemon.varlink.client import Connection
+from timelined.varlink.client import Connection
 
 # The fuzz daemon's limits: small enough that the fuzzer reaches them, large enough for real use.
 MAX_MESSAGE_BYTES = 256 * 1024

@@ -37,7 +37,7 @@ from tests.fuzz.wire import Violation, check_exchange, check_reply, connect, exc
 from timelined import events as ev
 from timelined.auditlog.record import decode_content, encode_record
 from timelined.commands import MAX_NESTING
-from timelined.daemon.varlink.protocol import encode_call
+from timelined.varlink.protocol import encode_call
 
 T = "io.timelined.Timeline."
 IMPORT = T + "ImportConversation"

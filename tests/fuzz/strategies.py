@@ -1,6 +1,6 @@
 """Hypothesis strategies for Varlink frames, drawn from the daemon's real interfaces.
 
-Calls are built from the parameter Structs of `timelined.daemon.api` (through
+Calls are built from the parameter Structs of `timelined.api` (through
 `msgspec.inspect`), so every method and every parameter the daemon declares is exercised,
 mostly with valid values (to get past validation into the engine) and sometimes with values
 just outside their constraints or of the wrong type. Ids are placeholders (`IdRef`) resolved

@@ -20,7 +20,7 @@ import pytest
 
 from tests.fuzz.campaign import FuzzTarget, check_health, fuzz_target
 from tests.fuzz.wire import check_reply, connect, exchange, reset_close
-from timelined.daemon.varlink.protocol import encode_call
+from timelined.varlink.protocol import encode_call
 
 MAX_CONNECTIONS = 12
 IDLE_TIMEOUT_S = 2

@@ -23,10 +23,10 @@ from tests.daemon.harness import REPO, DaemonProcess, inprocess_daemon, short_te
 from tests.fuzz.campaign import FuzzTarget, check_health
 from tests.fuzz.exchange_fuzz import FORGED, Mutation, import_and_check
 from tests.fuzz.wire import check_reply, connect, exchange
-from timelined import rules
 from timelined.commands import MAX_NESTING
-from timelined.daemon.varlink.client import AsyncConnection, Connection
-from timelined.daemon.varlink.protocol import VarlinkErrorReply, encode_call
+from timelined.varlink.client import AsyncConnection, Connection
+from timelined.varlink.protocol import VarlinkErrorReply, encode_call
+from timelined.writer import rules
 
 T = "io.timelined.Timeline."
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from tests.fuzz.strategies import IdPool, calls, json_values, raw_frames, render_frame
 from tests.fuzz.wire import METHODS, classify
-from timelined.daemon.varlink.framing import (
+from timelined.varlink.framing import (
     FrameSplitter,
     FrameTooLarge,
     MalformedMessage,

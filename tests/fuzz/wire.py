@@ -30,11 +30,11 @@ from typing import Any
 
 import msgspec
 
-from timelined.daemon import api
-from timelined.daemon.varlink.client import Connection
-from timelined.daemon.varlink.protocol import VarlinkErrorReply
-from timelined.daemon.varlink.service import SERVICE
+from timelined import api
 from timelined.errors import TimelinedError
+from timelined.varlink.client import Connection
+from timelined.varlink.protocol import VarlinkErrorReply
+from timelined.varlink.service import SERVICE
 
 # --- the daemon's vocabulary, read from the real interfaces -------------------------------------
 

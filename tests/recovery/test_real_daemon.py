@@ -21,10 +21,10 @@ import pytest
 
 from tests.daemon.harness import DaemonProcess, short_tempdir
 from tests.helpers import dump_state, replay_dump
-from timelined.daemon.varlink.client import Connection
-from timelined.daemon.varlink.protocol import VarlinkErrorReply
 from timelined.errors import TimelinedError
 from timelined.recovery.report import list_reports, read_report
+from timelined.varlink.client import Connection
+from timelined.varlink.protocol import VarlinkErrorReply
 
 WRITERS = 16
 ROUNDS = int(os.environ.get("TIMELINED_KILL9_ROUNDS", "20"))

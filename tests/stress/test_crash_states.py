@@ -39,8 +39,8 @@ from tests.faults.simdisk import SimDisk, Tally
 from tests.stress.rounds import stress_rounds, summary
 from timelined import commands as cmd
 from timelined.auditlog import list_segments
-from timelined.engine import Engine
 from timelined.errors import TimelinedError
+from timelined.writer.engine import Engine
 
 SIZES = (12, 200, 480, 700, 1500, 3000)
 

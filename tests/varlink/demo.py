@@ -12,7 +12,8 @@ from typing import Annotated, Any, Literal
 import anyio
 import msgspec
 
-from timelined.daemon.varlink import (
+from timelined.errors import ContextNotFound, SlowConsumer
+from timelined.varlink import (
     Authorizer,
     CallContext,
     ErrorDef,
@@ -24,7 +25,6 @@ from timelined.daemon.varlink import (
     VarlinkServer,
     listen_unix,
 )
-from timelined.errors import ContextNotFound, SlowConsumer
 
 
 class EchoParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -12,7 +12,8 @@ import anyio
 import pytest
 
 from tests.varlink.demo import INFO, TEST, CountReply, EchoReply, Probe, handlers, serving
-from timelined.daemon.varlink import (
+from timelined.errors import DaemonUnavailable, ProtocolError
+from timelined.varlink import (
     AsyncConnection,
     AsyncVarlinkClient,
     Connection,
@@ -22,7 +23,6 @@ from timelined.daemon.varlink import (
     bind_unix_socket,
     listener_from_socket,
 )
-from timelined.errors import DaemonUnavailable, ProtocolError
 
 ECHO = "io.timelined.Test.Echo"
 

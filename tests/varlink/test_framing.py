@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from timelined.daemon.varlink.framing import (
+from timelined.varlink.framing import (
     FrameReader,
     FrameSplitter,
     FrameTooLarge,

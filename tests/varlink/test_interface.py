@@ -11,14 +11,14 @@ import pytest
 import varlink
 
 from tests.varlink.demo import TEST
-from timelined.daemon.varlink import ErrorDef, Interface, InterfaceDefinitionError, Method
-from timelined.daemon.varlink.gen import (
+from timelined.varlink import ErrorDef, Interface, InterfaceDefinitionError, Method
+from timelined.varlink.gen import (
     assert_interface_files_current,
     check_interface_files,
     main,
     write_interface_files,
 )
-from timelined.daemon.varlink.service import SERVICE
+from timelined.varlink.service import SERVICE
 
 
 class Status(enum.Enum):

@@ -21,15 +21,15 @@ from tests.varlink.demo import (
     serving,
     wait_until,
 )
-from timelined.daemon.varlink import (
+from timelined.errors import PermissionDenied
+from timelined.varlink import (
     AsyncConnection,
     AsyncVarlinkClient,
     PeerCredentials,
     ServerLimits,
     VarlinkErrorReply,
 )
-from timelined.daemon.varlink.interface import normalize_optional
-from timelined.errors import PermissionDenied
+from timelined.varlink.interface import normalize_optional
 
 ECHO = "io.timelined.Test.Echo"
 

@@ -11,9 +11,9 @@ import pytest
 
 from tests.verifier.workload import populate
 from timelined.config import Config, LogConfig, VerifyConfig, default_config
-from timelined.engine import Engine
 from timelined.verifier.model import VerifyReport
 from timelined.verifier.runner import Paths, verify_paths
+from timelined.writer.engine import Engine
 
 SEGMENT_BYTES = 8192  # many segments from a few hundred events
 

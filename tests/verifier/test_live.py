@@ -15,12 +15,12 @@ from tests.verifier.conftest import config_for
 from tests.verifier.workload import append_blocks, populate
 from timelined import commands as cmd
 from timelined.auditlog import list_segments
-from timelined.engine import Engine
 from timelined.errors import LogDamaged
 from timelined.verifier import Verifier
 from timelined.verifier.model import VerifyReport
 from timelined.verifier.reports import list_reports, read_report
 from timelined.verifier.watch import LogWatch
+from timelined.writer.engine import Engine
 
 
 def append_bytes(path: Path, data: bytes) -> None:

@@ -12,9 +12,9 @@ import anyio
 
 from tests.verifier.conftest import config_for, until
 from tests.verifier.test_drift import sqlite3_cli
-from timelined.engine import Engine
 from timelined.verifier import Verifier
 from timelined.verifier.reports import list_reports, read_report
+from timelined.writer.engine import Engine
 
 
 def worker_children() -> list[int]:

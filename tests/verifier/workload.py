@@ -7,9 +7,9 @@ import random
 import anyio
 
 from timelined import commands as cmd
-from timelined.engine import Engine
 from timelined.errors import TimelinedError
 from timelined.events import Actor, SubBlock
+from timelined.writer.engine import Engine
 
 ACTOR = Actor(uid=1000, gid=1000, pid=4242)
 

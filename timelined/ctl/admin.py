@@ -9,8 +9,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from timelined.api import ReadLogReply
 from timelined.ctl.common import ADMIN, Ctl, Verbs, count, positive
-from timelined.daemon.api import ReadLogReply
 from timelined.recovery.report import render_summary
 
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from timelined.config import Config
-from timelined.daemon.varlink import VarlinkServer
-from timelined.engine import Engine
 from timelined.recovery.report import Report
+from timelined.varlink import VarlinkServer
+from timelined.writer.engine import Engine
 
 
 class VerifierLike(Protocol):

@@ -20,11 +20,11 @@ including on connections that are already open.
 
 from __future__ import annotations
 
+from timelined.api import ADMIN_NAME, INTERFACES, TIMELINE_NAME
 from timelined.config import AuthConfig
-from timelined.daemon.api import ADMIN_NAME, INTERFACES, TIMELINE_NAME
 from timelined.daemon.app import App
-from timelined.daemon.varlink import Authorizer, PeerCredentials
 from timelined.errors import PermissionDenied
+from timelined.varlink import Authorizer, PeerCredentials
 
 __all__ = ["OPEN_INTERFACES", "READ_ONLY_METHODS", "WRITE_METHODS", "authorizer"]
 

@@ -36,20 +36,20 @@ from timelined.daemon.memory import limit_malloc_arenas
 from timelined.daemon.notify import Notifier, StatusText, run_watchdog, watchdog_interval
 from timelined.daemon.signals import block as block_signals
 from timelined.daemon.signals import receive_signals
-from timelined.daemon.varlink import (
+from timelined.daemon.watch import WatchHub
+from timelined.errors import ConfigError, FatalStorageError, StateLocked, StorageError
+from timelined.ids import utc_now
+from timelined.logs import setup_logging
+from timelined.recovery.boot import BootFailed, BootResult, boot
+from timelined.recovery.marker import mark_clean
+from timelined.varlink import (
     ServerLimits,
     ServiceInfo,
     VarlinkServer,
     listen_unix,
     listener_from_socket,
 )
-from timelined.daemon.watch import WatchHub
-from timelined.engine import Engine
-from timelined.errors import ConfigError, FatalStorageError, StateLocked, StorageError
-from timelined.ids import utc_now
-from timelined.logs import setup_logging
-from timelined.recovery.boot import BootFailed, BootResult, boot
-from timelined.recovery.marker import mark_clean
+from timelined.writer.engine import Engine
 
 log = logging.getLogger("timelined.daemon")
 

@@ -27,8 +27,7 @@ import msgspec
 
 from timelined import __version__, exchange
 from timelined import commands as cmd
-from timelined.auditlog import read_lines
-from timelined.daemon.api import (
+from timelined.api import (
     ADMIN,
     TIMELINE,
     BlockReply,
@@ -71,10 +70,9 @@ from timelined.daemon.api import (
     WatchReply,
     WriterStats,
 )
+from timelined.auditlog import read_lines
 from timelined.daemon.app import App
 from timelined.daemon.metrics import render as render_metrics
-from timelined.daemon.varlink import CallContext, Final, Handler, PeerCredentials, VarlinkServer
-from timelined.daemon.varlink.protocol import EXPECTED_MORE, VarlinkErrorReply
 from timelined.daemon.watch import WatchHub
 from timelined.errors import (
     BlockNotFound,
@@ -86,10 +84,12 @@ from timelined.errors import (
 from timelined.events import Actor
 from timelined.ids import normalize_ts, parse_ts
 from timelined.recovery.report import Report, ReportInfo, list_reports, read_report
-from timelined.rules import AppendResult
 from timelined.state import queries as q
 from timelined.state.db import open_read, read_meta
 from timelined.state.model import Block, Context, Conversation, CrossRef
+from timelined.varlink import CallContext, Final, Handler, PeerCredentials, VarlinkServer
+from timelined.varlink.protocol import EXPECTED_MORE, VarlinkErrorReply
+from timelined.writer.rules import AppendResult
 
 __all__ = ["admin_handlers", "register_all", "timeline_handlers"]
 

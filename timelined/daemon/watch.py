@@ -29,12 +29,12 @@ import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from timelined import events as ev
+from timelined.api import LogEvent
 from timelined.auditlog import read_lines
 from timelined.auditlog.record import decode_content, encode_record
-from timelined.daemon.api import LogEvent
-from timelined.engine import Engine
 from timelined.errors import ConversationNotFound, SlowConsumer
 from timelined.events import Record
+from timelined.writer.engine import Engine
 
 __all__ = [
     "CATCH_UP_CHUNK",

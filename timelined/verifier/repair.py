@@ -41,7 +41,7 @@ from timelined.verifier.runner import run_child
 
 if TYPE_CHECKING:
     from timelined.config import Config
-    from timelined.engine import Engine
+    from timelined.writer.engine import Engine
 
 log = logging.getLogger("timelined.verifier")
 T = TypeVar("T")

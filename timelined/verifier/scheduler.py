@@ -63,7 +63,7 @@ from timelined.verifier.watch import LogWatch
 
 if TYPE_CHECKING:
     from timelined.config import Config
-    from timelined.engine import Engine
+    from timelined.writer.engine import Engine
 
 log = logging.getLogger("timelined.verifier")
 T = TypeVar("T")

@@ -27,9 +27,9 @@ import anyio
 import msgspec
 from anyio.abc import SocketAttribute, SocketStream
 
-from timelined.daemon.varlink.framing import FrameError, FrameReader, FrameSplitter, send_all
-from timelined.daemon.varlink.protocol import VarlinkErrorReply, encode_call
 from timelined.errors import DaemonUnavailable, ProtocolError
+from timelined.varlink.framing import FrameError, FrameReader, FrameSplitter, send_all
+from timelined.varlink.protocol import VarlinkErrorReply, encode_call
 
 __all__ = [
     "AsyncConnection",

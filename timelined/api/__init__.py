@@ -8,7 +8,7 @@ methods (Watch, ExportConversation) are async generators yielding replies (`Fina
 One definition. The parameter Structs of the write methods are the engine's commands
 (`timelined.commands`); the replies carry the state's model Structs (`timelined.state.model`).
 The same Structs validate a call on the socket, type the client library's replies, and render
-the `.varlink` files in `timelined/daemon/interfaces/` (`python -m timelined.daemon.varlink.gen`;
+the `.varlink` files in `timelined/api/interfaces/` (`python -m timelined.varlink.gen`;
 a test fails when the files drift from this module).
 
 Method and parameter names are the contract of issue 3 and DESIGN.md: clients are written
@@ -26,10 +26,8 @@ import msgspec
 
 from timelined import commands as cmd
 from timelined import errors as err
-from timelined.daemon.varlink import ErrorDef, Interface, Method
 from timelined.exchange import ExportDocument, ExportPart, ImportMode
 from timelined.recovery.report import Report, ReportInfo
-from timelined.rules import AppendResult
 from timelined.state.model import (
     Block,
     Context,
@@ -40,6 +38,8 @@ from timelined.state.model import (
     SearchHit,
     StartupState,
 )
+from timelined.varlink import ErrorDef, Interface, Method
+from timelined.writer.rules import AppendResult
 
 __all__ = [
     "ADMIN",

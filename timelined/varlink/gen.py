@@ -1,9 +1,9 @@
 """Write (or check) the `.varlink` files from the Python interface declarations.
 
-    python -m timelined.daemon.varlink.gen [--check] [--dir DIR] [MODULE:ATTR ...]
+    python -m timelined.varlink.gen [--check] [--dir DIR] [MODULE:ATTR ...]
 
 MODULE:ATTR names an `Interface` or a sequence of them (default: `DEFAULT_SOURCE`). Each is
-written to `DIR/<interface name>.varlink` (default: `timelined/daemon/interfaces/`). With
+written to `DIR/<interface name>.varlink` (default: `timelined/api/interfaces/`). With
 `--check` nothing is written; the exit status is 1 when a file differs from its declaration,
 with the diff on stderr — the same comparison the test suite makes.
 """
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from timelined.daemon.varlink.interface import Interface, check_interface_file, iter_interfaces
+from timelined.varlink.interface import Interface, check_interface_file, iter_interfaces
 
 __all__ = [
     "DEFAULT_DIR",
@@ -28,9 +28,9 @@ __all__ = [
     "write_interface_files",
 ]
 
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "interfaces"
+DEFAULT_DIR = Path(__file__).resolve().parent.parent / "api" / "interfaces"
 # Where the daemon's own declarations live; the methods module exports them as INTERFACES.
-DEFAULT_SOURCE = "timelined.daemon.api:INTERFACES"
+DEFAULT_SOURCE = "timelined.api:INTERFACES"
 
 
 def load_interfaces(spec: str) -> list[Interface]:
@@ -78,13 +78,13 @@ def assert_interface_files_current(
     if problems:
         raise AssertionError(
             "the committed .varlink files differ from the Python declarations; run\n"
-            "    python -m timelined.daemon.varlink.gen\n" + "\n".join(problems)
+            "    python -m timelined.varlink.gen\n" + "\n".join(problems)
         )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m timelined.daemon.varlink.gen", description=(__doc__ or "").split("\n\n")[0]
+        prog="python -m timelined.varlink.gen", description=(__doc__ or "").split("\n\n")[0]
     )
     parser.add_argument("sources", nargs="*", metavar="MODULE:ATTR", default=[DEFAULT_SOURCE])
     parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="output directory")

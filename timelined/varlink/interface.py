@@ -402,7 +402,7 @@ def check_interface_file(interface: Interface, path: str | Path) -> str | None:
     try:
         have = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return f"{p} is missing; generate it with python -m timelined.daemon.varlink.gen"
+        return f"{p} is missing; generate it with python -m timelined.varlink.gen"
     if have == want:
         return None
     diff = difflib.unified_diff(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from timelined.daemon.varlink.interface import ErrorDef, Interface, Method
+from timelined.varlink.interface import ErrorDef, Interface, Method
 
 __all__ = [
     "SERVICE",

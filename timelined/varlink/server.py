@@ -41,7 +41,8 @@ import msgspec
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
 
 from timelined.config import LimitsConfig
-from timelined.daemon.varlink.framing import (
+from timelined.errors import LimitExceeded, ProtocolError, ShuttingDown, TimelinedError
+from timelined.varlink.framing import (
     CallMessage,
     FrameError,
     FrameReader,
@@ -50,12 +51,12 @@ from timelined.daemon.varlink.framing import (
     decode_call,
     send_all,
 )
-from timelined.daemon.varlink.interface import (
+from timelined.varlink.interface import (
     Interface,
     has_optional_fields,
     normalize_optional,
 )
-from timelined.daemon.varlink.protocol import (
+from timelined.varlink.protocol import (
     INTERFACE_NOT_FOUND,
     INTERNAL_ERROR,
     INVALID_PARAMETER,
@@ -66,7 +67,7 @@ from timelined.daemon.varlink.protocol import (
     encode_error,
     invalid_parameter,
 )
-from timelined.daemon.varlink.service import (
+from timelined.varlink.service import (
     SERVICE,
     GetInfoParams,
     GetInfoReply,
@@ -74,7 +75,6 @@ from timelined.daemon.varlink.service import (
     GetInterfaceDescriptionReply,
     ServiceInfo,
 )
-from timelined.errors import LimitExceeded, ProtocolError, ShuttingDown, TimelinedError
 
 __all__ = [
     "Authorizer",
@@ -91,7 +91,7 @@ __all__ = [
     "peer_credentials",
 ]
 
-log = logging.getLogger("timelined.daemon.varlink")
+log = logging.getLogger("timelined.varlink")
 
 R = TypeVar("R")
 

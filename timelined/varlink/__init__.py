@@ -4,15 +4,15 @@ Generic: it knows Varlink and the shared error vocabulary (`timelined.errors`), 
 timelines. `timelined.daemon` declares the interfaces and registers their handlers.
 """
 
-from timelined.daemon.varlink.client import (
+from timelined.varlink.client import (
     AsyncConnection,
     AsyncVarlinkClient,
     Connection,
     VarlinkClient,
 )
-from timelined.daemon.varlink.interface import ErrorDef, Interface, InterfaceDefinitionError, Method
-from timelined.daemon.varlink.protocol import VarlinkErrorReply
-from timelined.daemon.varlink.server import (
+from timelined.varlink.interface import ErrorDef, Interface, InterfaceDefinitionError, Method
+from timelined.varlink.protocol import VarlinkErrorReply
+from timelined.varlink.server import (
     Authorizer,
     CallContext,
     Final,
@@ -25,7 +25,7 @@ from timelined.daemon.varlink.server import (
     listen_unix,
     listener_from_socket,
 )
-from timelined.daemon.varlink.service import ServiceInfo
+from timelined.varlink.service import ServiceInfo
 
 __all__ = [
     "AsyncConnection",

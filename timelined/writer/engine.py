@@ -32,7 +32,6 @@ from typing import Any, TypeVar
 import anyio
 
 from timelined import commands as cmd
-from timelined import rules
 from timelined.auditlog import (
     FileOps,
     LogHead,
@@ -53,15 +52,16 @@ from timelined.errors import (
 )
 from timelined.events import DAEMON, ActorLike, Event, Record
 from timelined.histogram import BATCH_SIZE_BOUNDS, SECONDS_BOUNDS, Histogram
-from timelined.hotstate import HotState
 from timelined.ids import utc_now
-from timelined.serial_thread import SerialThread
 from timelined.state.apply import FtsRows, apply, insert_fts, set_meta
 from timelined.state.db import data_version, open_write, read_meta
 from timelined.state.reads import Readers
 from timelined.state.replay import roll_forward
+from timelined.writer import rules
+from timelined.writer.hotstate import HotState
+from timelined.writer.serial_thread import SerialThread
 
-log = logging.getLogger("timelined.engine")
+log = logging.getLogger("timelined.writer.engine")
 
 T = TypeVar("T")
 

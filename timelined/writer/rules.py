@@ -28,10 +28,10 @@ from timelined.errors import (
     InvalidTransition,
     LimitExceeded,
 )
-from timelined.hotstate import HotState
 from timelined.ids import new_id, normalize_ts
 from timelined.state import queries as q
 from timelined.state.model import Block, Context, Conversation, CrossRef
+from timelined.writer.hotstate import HotState
 
 
 class AppendResult(msgspec.Struct, frozen=True):

@@ -32,7 +32,7 @@ import anyio
 
 T = TypeVar("T")
 
-log = logging.getLogger("timelined.serial_thread")
+log = logging.getLogger("timelined.writer.serial_thread")
 
 _Job = tuple[Callable[[], Any], asyncio.AbstractEventLoop, "asyncio.Future[Any]"] | None
 
