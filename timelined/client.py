@@ -71,6 +71,19 @@ from timelined.api import (
     VerifyReportReply,
     WatchReply,
 )
+from timelined.api.exchange import ExportDocument, ExportPart, join_parts
+from timelined.api.model import (
+    Block,
+    Context,
+    Conversation,
+    ConversationStats,
+    CrossRef,
+    HistoryBlock,
+    SearchHit,
+    StartupState,
+)
+from timelined.api.reports import Report, ReportInfo
+from timelined.api.timeline import AppendResult
 from timelined.auditlog.record import RecordError, check_frame
 from timelined.config import find_config_file, load_config
 from timelined.errors import (
@@ -81,18 +94,6 @@ from timelined.errors import (
     all_error_classes,
 )
 from timelined.events import SubBlock
-from timelined.exchange import ExportDocument, ExportPart, join_parts
-from timelined.recovery.report import Report, ReportInfo
-from timelined.state.model import (
-    Block,
-    Context,
-    Conversation,
-    ConversationStats,
-    CrossRef,
-    HistoryBlock,
-    SearchHit,
-    StartupState,
-)
 from timelined.varlink import (
     AsyncVarlinkClient,
     Connection,
@@ -100,7 +101,6 @@ from timelined.varlink import (
     VarlinkErrorReply,
 )
 from timelined.varlink.service import GetInfoReply, GetInterfaceDescriptionReply
-from timelined.writer.rules import AppendResult
 
 __all__ = [
     "AsyncClient",

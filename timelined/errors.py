@@ -6,7 +6,12 @@ Every refusal a client or operator can meet is a subclass of `TimelinedError`. E
 - `recoverable`: whether the same call may succeed later without an operator (a full disk that
   empties, a daemon that restarts) — litestream's habit of saying so in every error;
 - `params`: the JSON-ready parameters that say what was wrong (sent as the Varlink error's
-  parameters), always including `message`.
+  parameters), always including `message`;
+- `Params`: the Struct those parameters follow, declared once here: the interface files'
+  `error` lines are built from it (`timelined.api.errors`), with `doc` as their comment.
+
+Every named error lives in this module, so a client that imports only `timelined.client` knows
+every `io.timelined.<Name>` it may receive.
 """
 
 from __future__ import annotations
@@ -14,7 +19,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import msgspec
+
 JSONValue = Any  # a value orjson/msgspec can encode; errors carry small scalars and lists
+
+
+class ErrorParams(msgspec.Struct, frozen=True):
+    """The parameters every named error carries; each error's `Params` adds its own."""
+
+    message: str
 
 
 class TimelinedError(Exception):
@@ -22,6 +35,8 @@ class TimelinedError(Exception):
 
     name: ClassVar[str] = "Error"
     recoverable: ClassVar[bool] = False
+    doc: ClassVar[str] = ""  # what the interface files say of it
+    Params: ClassVar[type[ErrorParams]] = ErrorParams
 
     def __init__(self, message: str, **params: JSONValue) -> None:
         super().__init__(message)
@@ -43,6 +58,12 @@ class ConfigError(TimelinedError):
     """config.toml has an unknown key or a bad value; `key` names it (dotted, e.g. log.fsync)."""
 
     name = "ConfigError"
+    doc = "The configuration file was refused; `key` names the offending key."
+
+    class Params(ErrorParams, frozen=True):
+        key: str
+        problem: str
+        path: str | None
 
     def __init__(self, key: str, problem: str, path: str | None = None) -> None:
         where = f"{path}: " if path else ""
@@ -53,8 +74,14 @@ class ConfigError(TimelinedError):
 # --- not found ---------------------------------------------------------------------------------
 
 
+class _IdParams(ErrorParams, frozen=True):
+    id: str
+
+
 class ConversationNotFound(TimelinedError):
     name = "ConversationNotFound"
+    doc = "No conversation with this id."
+    Params = _IdParams
 
     def __init__(self, id: str) -> None:
         super().__init__(f"no conversation with id {id!r}", id=id)
@@ -62,6 +89,8 @@ class ConversationNotFound(TimelinedError):
 
 class ContextNotFound(TimelinedError):
     name = "ContextNotFound"
+    doc = "No context with this id."
+    Params = _IdParams
 
     def __init__(self, id: str) -> None:
         super().__init__(f"no context with id {id!r}", id=id)
@@ -69,6 +98,8 @@ class ContextNotFound(TimelinedError):
 
 class BlockNotFound(TimelinedError):
     name = "BlockNotFound"
+    doc = "No block with this id."
+    Params = _IdParams
 
     def __init__(self, id: str) -> None:
         super().__init__(f"no block with id {id!r}", id=id)
@@ -76,6 +107,8 @@ class BlockNotFound(TimelinedError):
 
 class CrossRefNotFound(TimelinedError):
     name = "CrossRefNotFound"
+    doc = "No live (unrevoked) cross-reference with this id."
+    Params = _IdParams
 
     def __init__(self, id: str) -> None:
         super().__init__(f"no live cross-reference with id {id!r}", id=id)
@@ -83,6 +116,8 @@ class CrossRefNotFound(TimelinedError):
 
 class ReportNotFound(TimelinedError):
     name = "ReportNotFound"
+    doc = "No report with this id."
+    Params = _IdParams
 
     def __init__(self, id: str) -> None:
         super().__init__(f"no report with id {id!r}", id=id)
@@ -95,6 +130,13 @@ class InvalidTransition(TimelinedError):
     """An action that the context's (or conversation's) current status does not allow."""
 
     name = "InvalidTransition"
+    doc = "The current status of the context (or conversation) does not allow the action."
+
+    class Params(ErrorParams, frozen=True):
+        id: str
+        status: str
+        action: str
+        reason: str | None
 
     def __init__(self, id: str, status: str, action: str, reason: str | None = None) -> None:
         why = f": {reason}" if reason else ""
@@ -109,6 +151,11 @@ class InvalidTransition(TimelinedError):
 
 class CycleError(TimelinedError):
     name = "CycleError"
+    doc = "A context cannot move under itself or its descendants."
+
+    class Params(ErrorParams, frozen=True):
+        id: str
+        new_parent_id: str
 
     def __init__(self, id: str, new_parent_id: str) -> None:
         super().__init__(
@@ -121,6 +168,13 @@ class CycleError(TimelinedError):
 
 class CrossConversationMove(TimelinedError):
     name = "CrossConversationMove"
+    doc = "Contexts do not cross conversations."
+
+    class Params(ErrorParams, frozen=True):
+        id: str
+        conversation_id: str
+        new_parent_id: str
+        target_conversation_id: str
 
     def __init__(self, id: str, conversation_id: str, new_parent_id: str, target: str) -> None:
         super().__init__(
@@ -135,6 +189,11 @@ class CrossConversationMove(TimelinedError):
 
 class BlockIdConflict(TimelinedError):
     name = "BlockIdConflict"
+    doc = "A block with this id exists with other content (the same content is a safe retry)."
+
+    class Params(ErrorParams, frozen=True):
+        id: str
+        context_id: str
 
     def __init__(self, id: str, context_id: str) -> None:
         super().__init__(
@@ -146,6 +205,12 @@ class BlockIdConflict(TimelinedError):
 
 class LimitExceeded(TimelinedError):
     name = "LimitExceeded"
+    doc = "A configured limit (max_block_bytes, max_message_bytes, max_connections) was exceeded."
+
+    class Params(ErrorParams, frozen=True):
+        limit: str
+        size: int
+        maximum: int
 
     def __init__(self, limit: str, size: int, maximum: int) -> None:
         super().__init__(
@@ -157,6 +222,11 @@ class InvalidArgument(TimelinedError):
     """A parameter that has the right type but a value the engine refuses."""
 
     name = "InvalidArgument"
+    doc = "A parameter of the right type with a value that is refused."
+
+    class Params(ErrorParams, frozen=True):
+        parameter: str
+        reason: str
 
     def __init__(self, parameter: str, reason: str) -> None:
         super().__init__(f"{parameter}: {reason}", parameter=parameter, reason=reason)
@@ -164,6 +234,11 @@ class InvalidArgument(TimelinedError):
 
 class BadQuery(TimelinedError):
     name = "BadQuery"
+    doc = "A malformed FTS5 search query."
+
+    class Params(ErrorParams, frozen=True):
+        query: str
+        reason: str
 
     def __init__(self, query: str, reason: str) -> None:
         super().__init__(f"bad search query {query!r}: {reason}", query=query, reason=reason)
@@ -171,6 +246,11 @@ class BadQuery(TimelinedError):
 
 class ImportRejected(TimelinedError):
     name = "ImportRejected"
+    doc = "An import document was refused."
+
+    class Params(ErrorParams, frozen=True):
+        reason: str
+        seq: int | None
 
     def __init__(self, reason: str, seq: int | None = None) -> None:
         super().__init__(f"import refused: {reason}", reason=reason, seq=seq)
@@ -181,6 +261,13 @@ class ImportRejected(TimelinedError):
 
 class PermissionDenied(TimelinedError):
     name = "PermissionDenied"
+    doc = "The caller's uid/gid may not call this method; the connection is closed after it."
+
+    class Params(ErrorParams, frozen=True):
+        uid: int
+        gid: int
+        method: str
+        reason: str
 
     def __init__(self, uid: int, gid: int, method: str, reason: str) -> None:
         super().__init__(
@@ -199,6 +286,12 @@ class LogDamaged(TimelinedError):
     """The log is damaged before its tail: the daemon serves reads and refuses every write."""
 
     name = "LogDamaged"
+    doc = "The audit log is damaged before its tail: reads are served, writes refused."
+
+    class Params(ErrorParams, frozen=True):
+        seq: int | None
+        reason: str
+        segment: str | None
 
     def __init__(self, seq: int | None, reason: str, segment: str | None = None) -> None:
         at = f" at seq {seq}" if seq is not None else ""
@@ -216,6 +309,10 @@ class DiskFull(TimelinedError):
 
     name = "DiskFull"
     recoverable = True
+    doc = "No space left; the write was refused and nothing of it kept."
+
+    class Params(ErrorParams, frozen=True):
+        path: str
 
     def __init__(self, path: str) -> None:
         super().__init__(
@@ -230,6 +327,11 @@ class StorageError(TimelinedError):
 
     name = "StorageError"
     recoverable = True
+    doc = "An I/O error; the write was refused."
+
+    class Params(ErrorParams, frozen=True):
+        path: str
+        errno: int
 
     def __init__(self, path: str, errno: int, strerror: str) -> None:
         super().__init__(
@@ -247,6 +349,13 @@ class FatalStorageError(TimelinedError):
     """
 
     name = "FatalStorageError"
+    doc = (
+        "fsync (or the state's commit) failed: the daemon stops and recovery replays the log at"
+        " its next start."
+    )
+
+    class Params(StorageError.Params, frozen=True):
+        operation: str
 
     def __init__(self, path: str, errno: int, strerror: str, operation: str = "fsync") -> None:
         super().__init__(
@@ -261,6 +370,7 @@ class FatalStorageError(TimelinedError):
 class ShuttingDown(TimelinedError):
     name = "ShuttingDown"
     recoverable = True
+    doc = "The daemon is stopping; retry after it restarts."
 
     def __init__(self) -> None:
         super().__init__("the daemon is shutting down; retry after it restarts")
@@ -270,6 +380,11 @@ class StateLocked(TimelinedError):
     """Another daemon holds STATE_DIR/lock."""
 
     name = "StateLocked"
+    doc = "Never sent on the socket: a second daemon refused to start on a locked state."
+
+    class Params(ErrorParams, frozen=True):
+        path: str
+        pid: int | None
 
     def __init__(self, path: str, pid: int | None) -> None:
         holder = f"process {pid}" if pid else "another process"
@@ -280,9 +395,31 @@ class StateLocked(TimelinedError):
         )
 
 
+class BootFailed(TimelinedError):
+    """The boot could not complete; its report (when one could be written) says why."""
+
+    name = "BootFailed"
+    doc = "Never sent on the socket: the boot could not complete and the daemon did not start."
+
+    class Params(ErrorParams, frozen=True):
+        reason: str
+        report: str | None
+
+    def __init__(self, reason: str, report_path: str | None) -> None:
+        super().__init__(
+            f"boot failed: {reason}" + (f" (report: {report_path})" if report_path else ""),
+            reason=reason,
+            report=report_path,
+        )
+
+
 class SlowConsumer(TimelinedError):
     name = "SlowConsumer"
     recoverable = True
+    doc = "A watcher fell too far behind and was disconnected."
+
+    class Params(ErrorParams, frozen=True):
+        buffered: int
 
     def __init__(self, buffered: int) -> None:
         super().__init__(
@@ -298,6 +435,14 @@ class BackupFailed(TimelinedError):
     checking the copy failed). Nothing usable is left at the destination."""
 
     name = "BackupFailed"
+    doc = (
+        "Never sent on the socket: `timelined backup` made no backup; `side` is source, "
+        "destination or copy."
+    )
+
+    class Params(ErrorParams, frozen=True):
+        side: str
+        path: str
 
     def __init__(self, side: str, problem: str, path: str) -> None:
         super().__init__(problem, side=side, path=path)
@@ -309,6 +454,11 @@ class DaemonUnavailable(TimelinedError):
 
     name = "DaemonUnavailable"
     recoverable = True
+    doc = "Never sent on the socket: the client library's error when the daemon is unreachable."
+
+    class Params(ErrorParams, frozen=True):
+        socket_path: str
+        reason: str
 
     def __init__(self, socket_path: str, reason: str) -> None:
         super().__init__(
@@ -318,10 +468,29 @@ class DaemonUnavailable(TimelinedError):
         )
 
 
+class FeatureUnavailable(TimelinedError):
+    """A method whose part of the daemon is not running (e.g. no verifier in this build)."""
+
+    name = "FeatureUnavailable"
+    doc = "The part of the daemon this method needs is not running."
+
+    class Params(ErrorParams, frozen=True):
+        feature: str
+        reason: str
+
+    def __init__(self, feature: str, reason: str) -> None:
+        super().__init__(f"{feature} is not available: {reason}", feature=feature, reason=reason)
+
+
 class InternalError(TimelinedError):
     """A bug: something failed that is not a named refusal. Nothing of the call was applied."""
 
     name = "InternalError"
+    doc = "A bug: the call failed unexpectedly and left no trace; the daemon's log has details."
+
+    class Params(ErrorParams, frozen=True):
+        detail: str | None = None
+        exception: str | None = None  # the server's own form names the exception's type
 
     def __init__(self, detail: str) -> None:
         super().__init__(f"internal error, nothing was applied: {detail}", detail=detail)
@@ -331,6 +500,10 @@ class ProtocolError(TimelinedError):
     """A reply from the daemon that does not follow the Varlink protocol."""
 
     name = "ProtocolError"
+    doc = "A frame that is not a Varlink call; the connection is closed after it."
+
+    class Params(ErrorParams, frozen=True):
+        reason: str
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"protocol error: {reason}", reason=reason)

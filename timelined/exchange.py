@@ -14,14 +14,22 @@ the conversation naming its source (`imported_from`). Ids are new (mode "new") o
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Generator, Iterator
-from typing import Any, Literal
+from collections.abc import Generator
+from typing import Any
 
 import msgspec
 
 from timelined import __version__
 from timelined import commands as cmd
 from timelined import events as ev
+from timelined.api.exchange import (
+    ExportDocument,
+    ExportEnd,
+    ExportHeader,
+    ExportPart,
+    ImportMode,
+)
+from timelined.api.model import Context
 from timelined.auditlog import RecordError, decode_content, read_lines
 from timelined.errors import ImportRejected
 from timelined.events import Record
@@ -29,45 +37,11 @@ from timelined.ids import new_id, normalize_ts, utc_now
 from timelined.state import queries as q
 from timelined.state.apply import apply
 from timelined.state.db import open_scratch
-from timelined.state.model import Block, Context, Conversation
 
 FORMAT = "timelined-export/1"
 EVENTS_PER_PART = 500
 BLOCKS_PER_PART = 500
 PART_BYTES = 4 * 2**20  # a part closes early past this: big blocks make fewer per part
-ImportMode = Literal["new", "keep"]
-
-
-class ExportHeader(msgspec.Struct, frozen=True, kw_only=True):
-    format: str
-    exported_at: str
-    source_version: str
-    source_last_seq: int
-    source_head_hash: str
-    conversation: Conversation
-    contexts: list[Context]
-
-
-class ExportEnd(msgspec.Struct, frozen=True, kw_only=True):
-    events: int
-    blocks: int
-
-
-class ExportPart(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """One streamed piece of an export; exactly one of the members is set."""
-
-    header: ExportHeader | None = None
-    events: list[str] | None = None  # log lines, without their newline
-    blocks: list[Block] | None = None
-    end: ExportEnd | None = None
-
-
-class ExportDocument(msgspec.Struct, frozen=True, kw_only=True):
-    """A whole export, as ImportConversation takes it (the parts joined)."""
-
-    header: ExportHeader
-    events: list[str]
-    blocks: list[Block]
 
 
 # --- which events concern a conversation -------------------------------------------------------
@@ -162,20 +136,6 @@ def export_parts(
             if after is None:
                 break
     yield ExportPart(end=ExportEnd(events=events, blocks=blocks))
-
-
-def join_parts(parts: Iterator[ExportPart] | list[ExportPart]) -> ExportDocument:
-    header: ExportHeader | None = None
-    events: list[str] = []
-    blocks: list[Block] = []
-    for part in parts:
-        if part.header is not None:
-            header = part.header
-        events.extend(part.events or [])
-        blocks.extend(part.blocks or [])
-    if header is None:
-        raise ImportRejected("the document has no header part")
-    return ExportDocument(header=header, events=events, blocks=blocks)
 
 
 # --- import ------------------------------------------------------------------------------------

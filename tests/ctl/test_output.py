@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import io
 
+from timelined.api.model import Context
 from timelined.ctl.admin import _failed, _progress, _verify_summary
 from timelined.ctl.output import Output, render_tree
-from timelined.state.model import Context
 
 
 def ctx(id: str, parent: str | None, status: str = "active", blocks: int = 0) -> Context:

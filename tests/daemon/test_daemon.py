@@ -31,9 +31,9 @@ from tests.daemon.harness import (
 )
 from tests.recovery.test_real_daemon import Writers
 from timelined.api import ADMIN, TIMELINE
+from timelined.api.exchange import join_parts
 from timelined.client import AsyncClient, Client
 from timelined.errors import ContextNotFound, LimitExceeded, TimelinedError
-from timelined.exchange import join_parts
 
 
 def test_blocking_and_async_clients(daemon: DaemonProcess, client: Client) -> None:

@@ -13,7 +13,6 @@ import msgspec
 import pytest
 
 from tests.daemon.harness import inprocess_config, inprocess_daemon, short_tempdir
-from timelined.api import FeatureUnavailable
 from timelined.auditlog import line_hash, list_segments
 from timelined.client import (
     AsyncClient,
@@ -33,6 +32,7 @@ from timelined.errors import (
     CrossConversationMove,
     CrossRefNotFound,
     CycleError,
+    FeatureUnavailable,
     InvalidArgument,
     InvalidTransition,
     LimitExceeded,

@@ -20,14 +20,14 @@ import pytest
 
 from tests.helpers import dump_state, replay_dump
 from timelined import commands as cmd
+from timelined.api.model import Context, Conversation
+from timelined.api.timeline import AppendResult
 from timelined.config import LogConfig, default_config
 from timelined.errors import BadQuery, InternalError, InvalidTransition, TimelinedError
 from timelined.state import queries as q
 from timelined.state.apply import apply as real_apply
-from timelined.state.model import Context, Conversation
 from timelined.writer import engine as engine_module
 from timelined.writer.engine import Engine
-from timelined.writer.rules import AppendResult
 
 
 def _config(tmp_path: Path) -> Any:

@@ -18,6 +18,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from tests.helpers import dump_state, fts_ok, replay_dump
 from timelined import commands as cmd
+from timelined.api.model import Context, Conversation
+from timelined.api.timeline import AppendResult
 from timelined.auditlog import walk_chain
 from timelined.config import LimitsConfig, LogConfig, default_config
 from timelined.errors import (
@@ -31,9 +33,7 @@ from timelined.errors import (
     TimelinedError,
 )
 from timelined.events import Actor
-from timelined.state.model import Context, Conversation
 from timelined.writer.engine import Engine
-from timelined.writer.rules import AppendResult
 
 ACTOR = Actor(uid=1000, gid=1000, pid=4242)
 

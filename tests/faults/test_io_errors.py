@@ -29,8 +29,8 @@ from tests.helpers import dump_state, replay_dump
 from timelined import commands as cmd
 from timelined.auditlog import read_records
 from timelined.config import Config
-from timelined.errors import DiskFull, FatalStorageError, StorageError, TimelinedError
-from timelined.recovery.boot import BootFailed, boot
+from timelined.errors import BootFailed, DiskFull, FatalStorageError, StorageError, TimelinedError
+from timelined.recovery.boot import boot
 from timelined.recovery.marker import make_marker, write_marker
 from timelined.recovery.report import read_report
 from timelined.state import queries as q

@@ -11,10 +11,10 @@ import pytest
 
 from timelined import commands as cmd
 from timelined import exchange
+from timelined.api.model import Context, Conversation
 from timelined.config import Config, LogConfig, default_config
 from timelined.errors import ImportRejected
 from timelined.state import queries as q
-from timelined.state.model import Context, Conversation
 from timelined.writer.engine import Engine
 
 

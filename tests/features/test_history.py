@@ -9,9 +9,9 @@ from pathlib import Path
 import anyio
 
 from timelined import commands as cmd
+from timelined.api.model import Context, Conversation
 from timelined.config import LogConfig, default_config
 from timelined.state import queries as q
-from timelined.state.model import Context, Conversation
 from timelined.writer.engine import Engine
 
 

@@ -8,13 +8,13 @@ import anyio
 from prometheus_client.parser import text_string_to_metric_families
 
 from timelined import commands as cmd
+from timelined.api.model import Conversation
+from timelined.api.reports import Report
 from timelined.config import LogConfig, default_config
 from timelined.daemon.app import App
 from timelined.daemon.metrics import render
 from timelined.daemon.watch import WatchHub
 from timelined.ids import utc_now
-from timelined.recovery.report import Report
-from timelined.state.model import Conversation
 from timelined.varlink import ServiceInfo, VarlinkServer
 from timelined.writer.engine import Engine
 

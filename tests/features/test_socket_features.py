@@ -32,15 +32,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.daemon.harness import DaemonProcess, inprocess_daemon, short_tempdir
 from timelined import commands as cmd
 from timelined import events as ev
+from timelined.api.exchange import ExportDocument, ExportPart, join_parts
+from timelined.api.model import Context, Conversation
 from timelined.client import AsyncClient, Client, ExpectedMore
 from timelined.config import LogConfig, default_config
 from timelined.ctl.main import main as timelinectl
 from timelined.errors import ConversationNotFound, ImportRejected, ShuttingDown, SlowConsumer
-from timelined.exchange import ExportDocument, ExportPart, join_parts
 from timelined.ids import new_id, utc_now
 from timelined.recovery.boot import boot
 from timelined.recovery.marker import mark_clean
-from timelined.state.model import Context, Conversation
 from timelined.writer.engine import Engine
 
 TIMELINECTL = Path(sys.executable).with_name("timelinectl")

@@ -8,10 +8,10 @@ from pathlib import Path
 import anyio
 
 from timelined import commands as cmd
+from timelined.api.model import Conversation
 from timelined.config import LogConfig, default_config
 from timelined.daemon.watch import LogEvent, WatchHub
 from timelined.errors import SlowConsumer
-from timelined.state.model import Conversation
 from timelined.writer.engine import Engine
 
 

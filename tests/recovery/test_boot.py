@@ -13,8 +13,8 @@ from tests.helpers import dump_state, replay_dump
 from timelined import commands as cmd
 from timelined.auditlog import LogHead, list_segments
 from timelined.config import Config, LogConfig, default_config
-from timelined.errors import LogDamaged, StateLocked
-from timelined.recovery.boot import BootFailed, BootResult, boot
+from timelined.errors import BootFailed, LogDamaged, StateLocked
+from timelined.recovery.boot import BootResult, boot
 from timelined.recovery.marker import mark_clean
 from timelined.recovery.report import list_reports, read_report, render_summary
 from timelined.state import queries as q

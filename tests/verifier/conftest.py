@@ -10,8 +10,8 @@ import anyio
 import pytest
 
 from tests.verifier.workload import populate
+from timelined.api.verify import VerifyReport
 from timelined.config import Config, LogConfig, VerifyConfig, default_config
-from timelined.verifier.model import VerifyReport
 from timelined.verifier.runner import Paths, verify_paths
 from timelined.writer.engine import Engine
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from timelined.api.verify import Difference
 from timelined.events import Record, decode_data
 from timelined.verifier import replay
 from timelined.verifier.compare import Differences, compare_all
-from timelined.verifier.model import Difference
 from timelined.verifier.replay import open_replay_scratch, remove_db, replay_into
 from timelined.verifier.state import check_state
 

@@ -14,10 +14,10 @@ import pytest
 from tests.verifier.conftest import config_for
 from tests.verifier.workload import append_blocks, populate
 from timelined import commands as cmd
+from timelined.api.verify import VerifyReport
 from timelined.auditlog import list_segments
 from timelined.errors import LogDamaged
 from timelined.verifier import Verifier
-from timelined.verifier.model import VerifyReport
 from timelined.verifier.reports import list_reports, read_report
 from timelined.verifier.watch import LogWatch
 from timelined.writer.engine import Engine

@@ -14,7 +14,7 @@ import pytest
 
 from tests.verifier.test_drift import drift_cases, sqlite3_cli
 from tests.verifier.test_tamper import changed_value
-from timelined.verifier.model import VerifyReport
+from timelined.api.verify import VerifyReport
 from timelined.verifier.offline import run_offline
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from timelined.api.model import Block
 from timelined.ctl.common import TIMELINE, Ctl, Verbs, count, json_array, json_object, positive
-from timelined.state.model import Block
 
 
 def register(verbs: Verbs) -> None:

@@ -10,8 +10,8 @@ from typing import Any, TextIO
 
 import msgspec
 
+from timelined.api.model import Context, Conversation
 from timelined.argparsing import error_line
-from timelined.state.model import Context, Conversation
 
 
 @dataclass

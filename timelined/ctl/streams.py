@@ -19,12 +19,12 @@ from typing import IO, Any
 import msgspec
 
 from timelined.api import LogEvent, WatchReply
+from timelined.api.exchange import ExportDocument, ExportHeader, ExportPart
 from timelined.auditlog.record import peek_seq
 from timelined.client import log_event
 from timelined.ctl.common import TIMELINE, Ctl, Verbs, count
 from timelined.ctl.output import show_conversation
 from timelined.errors import SlowConsumer
-from timelined.exchange import ExportDocument, ExportHeader, ExportPart
 
 EX_USAGE = 64
 EX_DATAERR = 65

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from timelined.api.reports import Report
 from timelined.config import Config
-from timelined.recovery.report import Report
 from timelined.varlink import VarlinkServer
 from timelined.writer.engine import Engine
 

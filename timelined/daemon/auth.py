@@ -3,8 +3,8 @@
 - A peer whose uid is in `[auth] allow_uids` (default: the daemon's own uid and root) or whose
   gid is in `allow_gids` may call every method.
 - A peer whose gid is in `read_only_gids` may call only the reading methods, `READ_ONLY_METHODS`
-  below (a closed list: a method added later is writable-only until it is listed here, and a
-  test fails until every declared method is classified as reading or writing).
+  below: those `timelined.api.methods` declares with access `read` (every method is declared
+  with its access class, so none is left unclassified).
 - `org.varlink.service` (GetInfo, GetInterfaceDescription) is open to both.
 - Anyone else gets `io.timelined.PermissionDenied`, and the server closes the connection.
 
@@ -20,7 +20,7 @@ including on connections that are already open.
 
 from __future__ import annotations
 
-from timelined.api import ADMIN_NAME, INTERFACES, TIMELINE_NAME
+from timelined.api import ACCESS
 from timelined.config import AuthConfig
 from timelined.daemon.app import App
 from timelined.errors import PermissionDenied
@@ -30,56 +30,11 @@ __all__ = ["OPEN_INTERFACES", "READ_ONLY_METHODS", "WRITE_METHODS", "authorizer"
 
 OPEN_INTERFACES = frozenset({"org.varlink.service"})
 
-READ_ONLY_METHODS = frozenset(
-    {
-        f"{TIMELINE_NAME}.ListConversations",
-        f"{TIMELINE_NAME}.GetConversation",
-        f"{TIMELINE_NAME}.GetContext",
-        f"{TIMELINE_NAME}.GetTree",
-        f"{TIMELINE_NAME}.GetStartupState",
-        f"{TIMELINE_NAME}.GetBlock",
-        f"{TIMELINE_NAME}.ListBlocks",
-        f"{TIMELINE_NAME}.GetHistory",
-        f"{TIMELINE_NAME}.SearchBlocks",
-        f"{TIMELINE_NAME}.GetConversationStats",
-        f"{TIMELINE_NAME}.Watch",
-        f"{TIMELINE_NAME}.ExportConversation",
-        f"{ADMIN_NAME}.GetStatus",
-        f"{ADMIN_NAME}.ReadLog",
-        f"{ADMIN_NAME}.GetRecoveryReport",
-        f"{ADMIN_NAME}.ListReports",
-        f"{ADMIN_NAME}.GetVerifyReport",
-        f"{ADMIN_NAME}.GetMetrics",
-    }
-)
+READ_ONLY_METHODS = frozenset(name for name, access in ACCESS.items() if access == "read")
 """Methods that change nothing and start no work: what `read_only_gids` may call."""
 
-WRITE_METHODS = frozenset(
-    {
-        f"{TIMELINE_NAME}.CreateConversation",
-        f"{TIMELINE_NAME}.UpdateConversation",
-        f"{TIMELINE_NAME}.ArchiveConversation",
-        f"{TIMELINE_NAME}.SpawnSidebar",
-        f"{TIMELINE_NAME}.PauseContext",
-        f"{TIMELINE_NAME}.ResumeContext",
-        f"{TIMELINE_NAME}.MergeContext",
-        f"{TIMELINE_NAME}.ArchiveContext",
-        f"{TIMELINE_NAME}.RestoreContext",
-        f"{TIMELINE_NAME}.ReparentContext",
-        f"{TIMELINE_NAME}.Focus",
-        f"{TIMELINE_NAME}.AppendBlock",
-        f"{TIMELINE_NAME}.SetTags",
-        f"{TIMELINE_NAME}.AddCrossRef",
-        f"{TIMELINE_NAME}.RevokeCrossRef",
-        f"{TIMELINE_NAME}.ImportConversation",
-        f"{ADMIN_NAME}.Verify",
-        f"{ADMIN_NAME}.Repair",
-        f"{ADMIN_NAME}.Reload",
-    }
-)
-"""Methods that change state or start work (a verification run): full access only."""
-
-_DECLARED = frozenset(f"{i.name}.{m.name}" for i in INTERFACES for m in i.methods)
+WRITE_METHODS = frozenset(ACCESS) - READ_ONLY_METHODS
+"""Methods that change state (access `write`) or act on the daemon (`admin`): full access only."""
 
 
 class _Grants:
@@ -113,7 +68,7 @@ def authorizer(app: App) -> Authorizer:
         if _in(peer, grants.read_only_gids):
             if interface in OPEN_INTERFACES or full in READ_ONLY_METHODS:
                 return
-            if full not in _DECLARED:
+            if full not in ACCESS:
                 return  # no such method: the server answers MethodNotFound / InterfaceNotFound
             raise PermissionDenied(
                 peer.uid, peer.gid, full, "read-only access (read_only_gids) cannot call it"

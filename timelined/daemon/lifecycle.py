@@ -37,10 +37,10 @@ from timelined.daemon.notify import Notifier, StatusText, run_watchdog, watchdog
 from timelined.daemon.signals import block as block_signals
 from timelined.daemon.signals import receive_signals
 from timelined.daemon.watch import WatchHub
-from timelined.errors import ConfigError, FatalStorageError, StateLocked, StorageError
+from timelined.errors import BootFailed, ConfigError, FatalStorageError, StateLocked, StorageError
 from timelined.ids import utc_now
 from timelined.logs import setup_logging
-from timelined.recovery.boot import BootFailed, BootResult, boot
+from timelined.recovery.boot import BootResult, boot
 from timelined.recovery.marker import mark_clean
 from timelined.varlink import (
     ServerLimits,

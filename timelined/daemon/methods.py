@@ -41,7 +41,6 @@ from timelined.api import (
     ConversationsReply,
     CrossRefReply,
     EmptyParams,
-    FeatureUnavailable,
     GetHistoryParams,
     GetRecoveryReportParams,
     GetTreeParams,
@@ -70,6 +69,9 @@ from timelined.api import (
     WatchReply,
     WriterStats,
 )
+from timelined.api.model import Block, Context, Conversation, CrossRef
+from timelined.api.reports import Report, ReportInfo
+from timelined.api.timeline import AppendResult
 from timelined.auditlog import read_lines
 from timelined.daemon.app import App
 from timelined.daemon.metrics import render as render_metrics
@@ -78,18 +80,17 @@ from timelined.errors import (
     BlockNotFound,
     ContextNotFound,
     ConversationNotFound,
+    FeatureUnavailable,
     InvalidArgument,
     ReportNotFound,
 )
 from timelined.events import Actor
 from timelined.ids import normalize_ts, parse_ts
-from timelined.recovery.report import Report, ReportInfo, list_reports, read_report
+from timelined.recovery.report import list_reports, read_report
 from timelined.state import queries as q
 from timelined.state.db import open_read, read_meta
-from timelined.state.model import Block, Context, Conversation, CrossRef
 from timelined.varlink import CallContext, Final, Handler, PeerCredentials, VarlinkServer
 from timelined.varlink.protocol import EXPECTED_MORE, VarlinkErrorReply
-from timelined.writer.rules import AppendResult
 
 __all__ = ["admin_handlers", "register_all", "timeline_handlers"]
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import msgspec
 
 from timelined import __version__
+from timelined.api.reports import Damage, Rebuild, Report, TornTail
 from timelined.auditlog import (
     GENESIS_PREV,
     FileOps,
@@ -37,19 +38,12 @@ from timelined.auditlog import (
 )
 from timelined.auditlog import Damage as ScanDamage
 from timelined.config import Config
-from timelined.errors import LogDamaged, StorageError, TimelinedError
+from timelined.errors import BootFailed, LogDamaged, StorageError, TimelinedError
 from timelined.ids import utc_now
 from timelined.recovery.damage import clear_damage, recorded_damage
 from timelined.recovery.lock import StateLock
 from timelined.recovery.marker import Marker, take_marker
-from timelined.recovery.report import (
-    Damage,
-    Rebuild,
-    Report,
-    TornTail,
-    report_id,
-    write_report,
-)
+from timelined.recovery.report import report_id, write_report
 from timelined.state.db import open_write, read_meta
 from timelined.state.model import Meta
 from timelined.state.replay import rebuild, roll_forward
@@ -58,17 +52,6 @@ from timelined.state.schema import UnknownSchema
 log = logging.getLogger("timelined.recovery")
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
-
-
-class BootFailed(TimelinedError):
-    name = "BootFailed"
-
-    def __init__(self, reason: str, report_path: str | None) -> None:
-        super().__init__(
-            f"boot failed: {reason}" + (f" (report: {report_path})" if report_path else ""),
-            reason=reason,
-            report=report_path,
-        )
 
 
 @dataclass(frozen=True)

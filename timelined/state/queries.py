@@ -13,9 +13,7 @@ from typing import Any
 
 import msgspec
 
-from timelined.errors import BadQuery, LimitExceeded
-from timelined.events import SubBlock
-from timelined.state.model import (
+from timelined.api.model import (
     Block,
     Context,
     Conversation,
@@ -26,6 +24,8 @@ from timelined.state.model import (
     SearchHit,
     StartupState,
 )
+from timelined.errors import BadQuery, LimitExceeded
+from timelined.events import SubBlock
 
 _meta_decoder = msgspec.json.Decoder(dict[str, Any])
 _tags_decoder = msgspec.json.Decoder(list[str])

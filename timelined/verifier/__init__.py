@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from timelined.verifier.model import (
+from timelined.api.verify import (
     ChainDamage,
     ChainResult,
     Difference,

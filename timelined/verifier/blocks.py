@@ -23,9 +23,9 @@ import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
+from timelined.api.verify import Difference, FieldDiff
 from timelined.state.apply import BLOCK_COLUMNS, BlockRow
 from timelined.verifier.compare import Differences, Table, _ident, clip
-from timelined.verifier.model import Difference, FieldDiff
 
 _SEQ = BLOCK_COLUMNS.index("seq")
 _ID = BLOCK_COLUMNS.index("id")

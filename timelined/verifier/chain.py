@@ -6,8 +6,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from timelined.api.verify import ChainDamage, ChainResult, ChainTorn
 from timelined.auditlog import Damage, walk_chain
-from timelined.verifier.model import ChainDamage, ChainResult, ChainTorn
 
 
 def check_chain(

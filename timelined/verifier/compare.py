@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any, Protocol
 
+from timelined.api.verify import Difference, FieldDiff
 from timelined.state.schema import SCHEMA_VERSION, migrate
-from timelined.verifier.model import MAX_DIFFERENCES, MAX_TEXT, Difference, FieldDiff
+from timelined.verifier.model import MAX_DIFFERENCES, MAX_TEXT
 
 ENTITY_NAMES = {
     "meta": "meta",

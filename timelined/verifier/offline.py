@@ -19,7 +19,7 @@ from typing import TextIO
 
 import msgspec
 
-from timelined.verifier.model import VerifyProgress, VerifyReport
+from timelined.api.verify import VerifyProgress, VerifyReport
 from timelined.verifier.runner import Paths, verify_paths
 
 EXIT_OK = 0

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import msgspec
 
-from timelined.verifier.model import ChainResult, StateResult, VerifyProgress
+from timelined.api.verify import ChainResult, VerifyProgress
+from timelined.verifier.model import StateResult
 
 
 class Snapshot(msgspec.Struct, frozen=True, tag="snapshot"):

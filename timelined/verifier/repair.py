@@ -27,13 +27,14 @@ from typing import TYPE_CHECKING, TypeVar
 import anyio
 
 from timelined import __version__
+from timelined.api.reports import PhaseTime, Rebuild, Report
+from timelined.api.verify import RepairResult
 from timelined.errors import LogDamaged, StorageError
 from timelined.ids import utc_now
-from timelined.recovery.report import PhaseTime, Rebuild, Report, write_report
 from timelined.recovery.report import report_id as recovery_report_id
+from timelined.recovery.report import write_report
 from timelined.state.db import open_scratch, open_write, read_meta
 from timelined.state.replay import rebuild, roll_forward
-from timelined.verifier.model import RepairResult
 from timelined.verifier.protocol import Failed, Message, RebuildDone
 from timelined.verifier.replay import remove_db
 from timelined.verifier.reports import fsync_dir

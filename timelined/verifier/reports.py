@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from timelined.verifier.model import VerifyReport
+from timelined.api.verify import VerifyReport
 
 PREFIX = "verify-"
 KEEP_OK = 100

@@ -32,19 +32,18 @@ from typing import IO
 
 import msgspec
 
-from timelined.auditlog import list_segments, scan_tail
-from timelined.ids import utc_now
-from timelined.verifier.chain import chain_damage, check_chain
-from timelined.verifier.model import (
-    MAX_DIFFERENCES,
+from timelined.api.verify import (
     ChainDamage,
     ChainResult,
     Mode,
-    StateResult,
     VerifyProgress,
     VerifyReport,
     VerifyState,
 )
+from timelined.auditlog import list_segments, scan_tail
+from timelined.ids import utc_now
+from timelined.verifier.chain import chain_damage, check_chain
+from timelined.verifier.model import MAX_DIFFERENCES, StateResult
 from timelined.verifier.protocol import (
     ChainDone,
     Failed,

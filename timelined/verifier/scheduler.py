@@ -34,13 +34,7 @@ from typing import TYPE_CHECKING, TypeVar
 import anyio
 import watchfiles
 
-from timelined.auditlog import WriterStats
-from timelined.auditlog.segments import parse_segment_name
-from timelined.config import VerifyConfig
-from timelined.errors import LogDamaged
-from timelined.ids import utc_now
-from timelined.recovery.damage import record_damage
-from timelined.verifier.model import (
+from timelined.api.verify import (
     ChainDamage,
     RepairResult,
     StatusState,
@@ -49,6 +43,12 @@ from timelined.verifier.model import (
     VerifyState,
     VerifyStatus,
 )
+from timelined.auditlog import WriterStats
+from timelined.auditlog.segments import parse_segment_name
+from timelined.config import VerifyConfig
+from timelined.errors import LogDamaged
+from timelined.ids import utc_now
+from timelined.recovery.damage import record_damage
 from timelined.verifier.repair import repair_state
 from timelined.verifier.reports import latest_report, prune_reports, report_id, write_report
 from timelined.verifier.runner import (

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from timelined.api.verify import Difference, VerifyProgress
 from timelined.errors import LogDamaged
 from timelined.state.apply import BlockRows
 from timelined.verifier.blocks import BlockStream
@@ -34,7 +35,7 @@ from timelined.verifier.compare import (
     compare_schema,
     has_search_index,
 )
-from timelined.verifier.model import MAX_DIFFERENCES, Difference, StateResult, VerifyProgress
+from timelined.verifier.model import MAX_DIFFERENCES, StateResult
 from timelined.verifier.replay import (
     ReplayConnection,
     open_replay_scratch,

@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+from timelined.api.verify import VerifyProgress
 from timelined.errors import LogDamaged
 from timelined.verifier.chain import check_chain
-from timelined.verifier.model import VerifyProgress
 from timelined.verifier.protocol import (
     ChainDone,
     Failed,

@@ -11,10 +11,10 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import msgspec
-
 from timelined import commands as cmd
 from timelined import events as ev
+from timelined.api.model import Block, Context, Conversation, CrossRef
+from timelined.api.timeline import AppendResult
 from timelined.config import LimitsConfig
 from timelined.errors import (
     BlockIdConflict,
@@ -30,14 +30,7 @@ from timelined.errors import (
 )
 from timelined.ids import new_id, normalize_ts
 from timelined.state import queries as q
-from timelined.state.model import Block, Context, Conversation, CrossRef
 from timelined.writer.hotstate import HotState
-
-
-class AppendResult(msgspec.Struct, frozen=True):
-    block: Block
-    seq: int
-
 
 Result = Conversation | Context | AppendResult | CrossRef
 

@@ -1,0 +1,334 @@
+"""Every method of the two interfaces, declared once: name, parameters, reply, doc, access class.
+
+The access class is what the peer authorization grants by (`timelined.daemon.auth`):
+
+- `read`: changes nothing and starts no work; `[auth] read_only_gids` may call it;
+- `write`: changes the state (through the writer); full access only;
+- `admin`: acts on the daemon itself (a verification run, a repair, a reload); full access only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import msgspec
+
+from timelined import commands as cmd
+from timelined.api.admin import (
+    GetRecoveryReportParams,
+    ListReportsParams,
+    MetricsReply,
+    ReadLogParams,
+    ReadLogReply,
+    RecoveryReportReply,
+    ReloadReply,
+    RepairReply,
+    ReportsReply,
+    StatusReply,
+    VerifyParams,
+    VerifyReply,
+    VerifyReportReply,
+)
+from timelined.api.errors import ADMIN_ERRORS, TIMELINE_ERRORS, error_def
+from timelined.api.exchange import ExportPart
+from timelined.api.scalars import EmptyParams
+from timelined.api.timeline import (
+    AppendResult,
+    BlockReply,
+    BlocksReply,
+    ByIdParams,
+    ContextReply,
+    ContextsReply,
+    ConversationReply,
+    ConversationsReply,
+    CrossRefReply,
+    GetHistoryParams,
+    GetTreeParams,
+    HistoryReply,
+    ImportConversationParams,
+    ListBlocksParams,
+    ListConversationsParams,
+    SearchBlocksParams,
+    SearchReply,
+    StartupStateReply,
+    StatsReply,
+    WatchParams,
+    WatchReply,
+)
+from timelined.varlink import Interface, Method
+
+TIMELINE_NAME = "io.timelined.Timeline"
+ADMIN_NAME = "io.timelined.Admin"
+
+Access = Literal["read", "write", "admin"]
+
+
+@dataclass(frozen=True, slots=True)
+class Declared:
+    """A method with its access class."""
+
+    access: Access
+    method: Method[Any, Any]
+
+
+class _Declare(Protocol):
+    def __call__(
+        self, name: str, params: type[msgspec.Struct], reply: type[msgspec.Struct], doc: str = ""
+    ) -> Declared: ...
+
+
+def _declare(access: Access) -> _Declare:
+    def declare(
+        name: str, params: type[msgspec.Struct], reply: type[msgspec.Struct], doc: str = ""
+    ) -> Declared:
+        return Declared(access, Method(name, params, reply, doc))
+
+    return declare
+
+
+read, write, admin = _declare("read"), _declare("write"), _declare("admin")
+
+# --- the interfaces ----------------------------------------------------------------------------
+
+TIMELINE_METHODS: tuple[Declared, ...] = (
+    write(
+        "CreateConversation",
+        cmd.CreateConversation,
+        ConversationReply,
+        doc="A new conversation with its root context (active, focused).",
+    ),
+    read(
+        "ListConversations",
+        ListConversationsParams,
+        ConversationsReply,
+        doc="Conversations in creation order; pass `next` as `after` for the next page.",
+    ),
+    read("GetConversation", ByIdParams, ConversationReply),
+    write(
+        "UpdateConversation",
+        cmd.UpdateConversation,
+        ConversationReply,
+        doc="Rename, or replace the metadata object, or both.",
+    ),
+    write(
+        "ArchiveConversation",
+        cmd.ArchiveConversation,
+        ConversationReply,
+        doc="The conversation becomes read-only.",
+    ),
+    write(
+        "SpawnSidebar",
+        cmd.SpawnSidebar,
+        ContextReply,
+        doc="A sidebar of `parent_id`: active and focused; it inherits the parent's last\n"
+        "`inherit_last` blocks as of now; the parent becomes paused.",
+    ),
+    write("PauseContext", cmd.PauseContext, ContextReply, doc="active -> paused."),
+    write("ResumeContext", cmd.ResumeContext, ContextReply, doc="paused -> active; takes focus."),
+    write(
+        "MergeContext",
+        cmd.MergeContext,
+        ContextReply,
+        doc="A sidebar becomes merged; a system block with the summary is appended to its\n"
+        "parent, which becomes active and takes focus.",
+    ),
+    write(
+        "ArchiveContext",
+        cmd.ArchiveContext,
+        ContextReply,
+        doc="Any status but archived -> archived; focus moves to the parent.",
+    ),
+    write("RestoreContext", cmd.RestoreContext, ContextReply, doc="archived -> paused."),
+    write(
+        "ReparentContext",
+        cmd.ReparentContext,
+        ContextReply,
+        doc="Moves the context and its subtree under `new_parent_id` (same conversation).",
+    ),
+    read("GetContext", ByIdParams, ContextReply, doc="The context with its tags and cross-refs."),
+    read(
+        "GetTree",
+        GetTreeParams,
+        ContextsReply,
+        doc="Every context of a conversation in creation order, the root first.",
+    ),
+    write("Focus", cmd.Focus, ContextReply, doc="Moves the focus to an active or paused context."),
+    read(
+        "GetStartupState",
+        EmptyParams,
+        StartupStateReply,
+        doc="What a chat UI needs on start: whether anything exists, the focused context,\n"
+        "the last active conversation.",
+    ),
+    write(
+        "AppendBlock",
+        cmd.AppendBlock,
+        AppendResult,
+        doc="Appends a block to an active or paused context; acknowledged once durable.\n"
+        "A repeated call with the same `id` and content returns the stored block.",
+    ),
+    read("GetBlock", ByIdParams, BlockReply),
+    read(
+        "ListBlocks",
+        ListBlocksParams,
+        BlocksReply,
+        doc="A context's own blocks by position. Forward with `after`, backward with `before`\n"
+        "(pass `next` back as the same parameter); filters by roles and time range.\n"
+        "A page holds fewer than `limit` blocks (and `next`) when more would pass\n"
+        "limits.max_message_bytes; never none while blocks remain.",
+    ),
+    read(
+        "GetHistory",
+        GetHistoryParams,
+        HistoryReply,
+        doc="What a model is given for a context: the blocks inherited from each ancestor\n"
+        "as of its spawn, then its own; each says which context it came from.\n"
+        "Whole or refused: LimitExceeded when it would pass limits.max_message_bytes\n"
+        "(ask for the last blocks only with `limit`).",
+    ),
+    read(
+        "SearchBlocks",
+        SearchBlocksParams,
+        SearchReply,
+        doc="Full-text search (FTS5), best first, with a snippet of the match.",
+    ),
+    read(
+        "GetConversationStats",
+        ByIdParams,
+        StatsReply,
+        doc="Blocks per role, tokens in/out, time taken, contexts per status.",
+    ),
+    write("SetTags", cmd.SetTags, ContextReply, doc="Replaces the context's tag set."),
+    write(
+        "AddCrossRef",
+        cmd.AddCrossRef,
+        CrossRefReply,
+        doc="A cross-reference between two contexts.",
+    ),
+    write("RevokeCrossRef", cmd.RevokeCrossRef, CrossRefReply),
+    read(
+        "Watch",
+        WatchParams,
+        WatchReply,
+        doc="Streams (call with `more`) the committed events past `after_seq`, read from the\n"
+        "log, then every new event as it commits, without gap or repeat; only the\n"
+        "conversation's events with `conversation_id`. The first reply after the catch-up has\n"
+        "`live` set (sent at once, empty, without `after_seq`): from then on nothing is missed.\n"
+        "A watcher that falls too far behind gets SlowConsumer and may reconnect with\n"
+        "`after_seq` set to the last seq it received. The stream ends only with an error.",
+    ),
+    read(
+        "ExportConversation",
+        ByIdParams,
+        ExportPart,
+        doc="Streams (call with `more`) the conversation as parts, one member set in each: the\n"
+        "header (conversation and tree), the audit events behind them exactly as the log holds\n"
+        "them, the blocks, and the end (counts), last. All of it as of one snapshot. Joined,\n"
+        "the parts are the `document` of ImportConversation; `timelinectl export` writes one\n"
+        "part per line.",
+    ),
+    write(
+        "ImportConversation",
+        ImportConversationParams,
+        ConversationReply,
+        doc="Checks an export against itself (every event's hash; replaying the events must\n"
+        "give the header's conversation and tree and the document's blocks), then re-creates\n"
+        "it through normal events naming their source (`imported_from`, `original_hash`).\n"
+        'Mode "new" (default) gives everything new ids; "keep" keeps the ids and is refused\n'
+        "when one exists. A refused document gets ImportRejected with the reason.",
+    ),
+)
+
+ADMIN_METHODS: tuple[Declared, ...] = (
+    read(
+        "GetStatus",
+        EmptyParams,
+        StatusReply,
+        doc="Version, log head, boot verdict, verifier state, connections, writer queue.",
+    ),
+    read(
+        "ReadLog",
+        ReadLogParams,
+        ReadLogReply,
+        doc="Committed log events with seq > after_seq, exactly as in the log; pass `next`\n"
+        "as `after_seq` for the next page. Fewer than `limit` when more would pass\n"
+        "limits.max_message_bytes; never none while events remain.",
+    ),
+    read(
+        "GetRecoveryReport",
+        GetRecoveryReportParams,
+        RecoveryReportReply,
+        doc="A report by id, or without id the latest crash-recovery report (none if every\n"
+        "boot was clean).",
+    ),
+    read(
+        "ListReports",
+        ListReportsParams,
+        ReportsReply,
+        doc="Boot, recovery and repair reports, newest first.",
+    ),
+    admin(
+        "Verify",
+        VerifyParams,
+        VerifyReply,
+        doc="Starts a verification run of the log and the state; with `wait`, returns its\n"
+        "result when done.",
+    ),
+    read("GetVerifyReport", EmptyParams, VerifyReportReply, doc="The latest verification report."),
+    admin(
+        "Repair",
+        EmptyParams,
+        RepairReply,
+        doc="Rebuilds the state from the log and swaps it in; the old file is quarantined.",
+    ),
+    admin(
+        "Reload",
+        EmptyParams,
+        ReloadReply,
+        doc="Re-reads config.toml and applies what can change without a restart.",
+    ),
+    read(
+        "GetMetrics",
+        EmptyParams,
+        MetricsReply,
+        doc="Counters, gauges and histograms in the Prometheus text format: appends, batch\n"
+        "sizes, fsync latency, queue depth, connections, watchers, verify runs and drift,\n"
+        "the boot verdict.",
+    ),
+)
+
+_DOC_TAIL = (
+    "\n\nErrors are sent as io.timelined.<Name>, the names declared below, whichever\n"
+    "interface the method belongs to."
+)
+
+TIMELINE = Interface(
+    name=TIMELINE_NAME,
+    doc="timelined: conversations, their trees of contexts, and the blocks of each context."
+    + _DOC_TAIL,
+    methods=[d.method for d in TIMELINE_METHODS],
+    errors=[error_def(cls) for cls in TIMELINE_ERRORS],
+)
+
+ADMIN = Interface(
+    name=ADMIN_NAME,
+    doc="timelined administration: status, the raw audit log, reports, verification, reload."
+    + _DOC_TAIL,
+    methods=[d.method for d in ADMIN_METHODS],
+    errors=[error_def(cls) for cls in ADMIN_ERRORS],
+)
+
+INTERFACES = (TIMELINE, ADMIN)
+
+_DECLARED = ((TIMELINE, TIMELINE_METHODS), (ADMIN, ADMIN_METHODS))
+
+METHODS: dict[str, Method[Any, Any]] = {
+    f"{interface.name}.{d.method.name}": d.method for interface, ds in _DECLARED for d in ds
+}
+"""Every method by its full name (`io.timelined.Timeline.AppendBlock`)."""
+
+ACCESS: dict[str, Access] = {
+    f"{interface.name}.{d.method.name}": d.access for interface, ds in _DECLARED for d in ds
+}
+"""Every method's access class by its full name (what `timelined.daemon.auth` grants by)."""

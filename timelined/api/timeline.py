@@ -1,0 +1,161 @@
+"""The parameters of Timeline's reading methods and the replies of all its methods.
+
+(The writing methods take the commands of `timelined.commands` as their parameters.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from timelined.api.exchange import ExportDocument, ImportMode
+from timelined.api.model import (
+    Block,
+    Context,
+    Conversation,
+    ConversationStats,
+    CrossRef,
+    HistoryBlock,
+    SearchHit,
+    StartupState,
+)
+from timelined.api.scalars import (
+    DEFAULT_LIMIT,
+    Cursor,
+    HistoryLimit,
+    Id,
+    Limit,
+    Params,
+    Query,
+    Role,
+    SearchLimit,
+    Timestamp,
+)
+
+# --- parameters --------------------------------------------------------------------------------
+
+
+class ByIdParams(Params, frozen=True):
+    id: Id
+
+
+class ListConversationsParams(Params, frozen=True):
+    include_archived: bool = False
+    limit: Limit = DEFAULT_LIMIT
+    after: Cursor | None = None
+
+
+class GetTreeParams(Params, frozen=True):
+    conversation_id: Id
+
+
+class ListBlocksParams(Params, frozen=True):
+    context_id: Id
+    after: Cursor | None = None
+    before: Cursor | None = None
+    limit: Limit = DEFAULT_LIMIT
+    roles: list[Role] | None = None
+    since: Timestamp | None = None
+    until: Timestamp | None = None
+
+
+class GetHistoryParams(Params, frozen=True):
+    context_id: Id
+    limit: HistoryLimit | None = None
+
+
+class SearchBlocksParams(Params, frozen=True):
+    query: Query
+    conversation_id: Id | None = None
+    context_id: Id | None = None
+    role: Role | None = None
+    limit: SearchLimit = 20
+
+
+class WatchParams(Params, frozen=True):
+    conversation_id: Id | None = None
+    after_seq: Cursor | None = None
+
+
+class ImportConversationParams(Params, frozen=True):
+    document: ExportDocument
+    mode: ImportMode = "new"
+
+
+# --- replies -----------------------------------------------------------------------------------
+
+
+class AppendResult(msgspec.Struct, frozen=True):
+    block: Block
+    seq: int
+
+
+class ConversationReply(msgspec.Struct, frozen=True):
+    conversation: Conversation
+
+
+class ConversationsReply(msgspec.Struct, frozen=True):
+    conversations: list[Conversation]
+    next: int | None = None
+
+
+class ContextReply(msgspec.Struct, frozen=True):
+    context: Context
+
+
+class ContextsReply(msgspec.Struct, frozen=True):
+    contexts: list[Context]
+
+
+class StartupStateReply(msgspec.Struct, frozen=True):
+    state: StartupState
+
+
+class BlockReply(msgspec.Struct, frozen=True):
+    block: Block
+
+
+class BlocksReply(msgspec.Struct, frozen=True):
+    blocks: list[Block]
+    next: int | None = None
+
+
+class HistoryReply(msgspec.Struct, frozen=True):
+    blocks: list[HistoryBlock]
+
+
+class SearchReply(msgspec.Struct, frozen=True):
+    hits: list[SearchHit]
+
+
+class StatsReply(msgspec.Struct, frozen=True):
+    stats: ConversationStats
+
+
+class CrossRefReply(msgspec.Struct, frozen=True):
+    crossref: CrossRef
+
+
+class WatchReply(msgspec.Struct, frozen=True):
+    """`events`: log lines byte for byte, in seq order (as ReadLog's). `live`: the catch-up of
+    events past `after_seq` is over; these and all later events committed after the call."""
+
+    events: list[msgspec.Raw]
+    live: bool
+
+
+class LogEvent(msgspec.Struct, frozen=True):
+    """One audit-log event as the log holds it: what the client library's `watch` yields.
+
+    (Not on the wire as a type: `actor` is an object or the string "daemon", which Varlink
+    cannot declare; Watch sends the log's lines as `object`s.)
+    """
+
+    seq: int
+    ts: str
+    type: str
+    actor: dict[str, Any] | str
+    data: dict[str, Any]
+    prev: str
+    hash: str
