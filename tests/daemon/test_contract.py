@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import json
 import re
+import subprocess
+import sys
 import types
 import typing
 from pathlib import Path
@@ -13,61 +16,73 @@ import msgspec
 import pytest
 import varlink
 
-import timelined.recovery.boot  # noqa: F401 — defines BootFailed
 from timelined import api
 from timelined import client as client_mod
+from timelined import errors as err
+from timelined.api.gen import COMMAND, stale_interface_files
 from timelined.daemon.auth import READ_ONLY_METHODS, WRITE_METHODS
 from timelined.errors import TimelinedError, all_error_classes
-from timelined.varlink.gen import assert_interface_files_current
 
 CTL_DIR = Path(client_mod.__file__).parent / "ctl"
 
-# The contract of issue 3 / issue 7: method → parameter names clients rely on.
-CONTRACT: dict[str, set[str]] = {
-    "Timeline.CreateConversation": {"name", "metadata"},
-    "Timeline.ListConversations": {"include_archived", "limit", "after"},
-    "Timeline.GetConversation": {"id"},
-    "Timeline.UpdateConversation": {"id", "name", "metadata"},
-    "Timeline.ArchiveConversation": {"id", "reason"},
-    "Timeline.SpawnSidebar": {"parent_id", "reason", "inherit_last"},
-    "Timeline.PauseContext": {"id"},
-    "Timeline.ResumeContext": {"id"},
-    "Timeline.MergeContext": {"id", "summary"},
-    "Timeline.ArchiveContext": {"id", "reason"},
-    "Timeline.RestoreContext": {"id"},
-    "Timeline.ReparentContext": {"id", "new_parent_id"},
-    "Timeline.GetContext": {"id"},
-    "Timeline.GetTree": {"conversation_id"},
-    "Timeline.Focus": {"context_id"},
-    "Timeline.GetStartupState": set(),
-    "Timeline.AppendBlock": {
-        "context_id",
-        "role",
-        "content",
-        "id",
-        "timestamp",
-        "time_taken",
-        "tokens_input",
-        "tokens_output",
-        "metadata",
-        "sub_blocks",
-    },
-    "Timeline.GetBlock": {"id"},
-    "Timeline.ListBlocks": {"context_id", "after", "before", "limit", "roles", "since", "until"},
-    "Timeline.GetHistory": {"context_id", "limit"},
-    "Timeline.SearchBlocks": {"query", "conversation_id", "context_id", "role", "limit"},
-    "Timeline.GetConversationStats": {"id"},
-    "Timeline.SetTags": {"context_id", "tags"},
-    "Timeline.AddCrossRef": {"from_id", "to_id", "kind", "note"},
-    "Timeline.RevokeCrossRef": {"id"},
-    "Admin.GetStatus": set(),
-    "Admin.ReadLog": {"after_seq", "limit"},
-    "Admin.GetRecoveryReport": {"id"},
-    "Admin.ListReports": {"limit", "kind"},
-    "Admin.Verify": {"wait"},
-    "Admin.GetVerifyReport": set(),
-    "Admin.Repair": set(),
-    "Admin.Reload": set(),
+# The contract of issue 3 / issue 7: method → its access class (what a read-only peer may call)
+# and the parameter names clients rely on. Pinned by hand on purpose: a method moved from read to
+# write, or a parameter renamed, breaks clients. A new method needs no line here.
+CONTRACT: dict[str, tuple[str, set[str]]] = {
+    "Timeline.CreateConversation": ("write", {"name", "metadata"}),
+    "Timeline.ListConversations": ("read", {"include_archived", "limit", "after"}),
+    "Timeline.GetConversation": ("read", {"id"}),
+    "Timeline.UpdateConversation": ("write", {"id", "name", "metadata"}),
+    "Timeline.ArchiveConversation": ("write", {"id", "reason"}),
+    "Timeline.SpawnSidebar": ("write", {"parent_id", "reason", "inherit_last"}),
+    "Timeline.PauseContext": ("write", {"id"}),
+    "Timeline.ResumeContext": ("write", {"id"}),
+    "Timeline.MergeContext": ("write", {"id", "summary"}),
+    "Timeline.ArchiveContext": ("write", {"id", "reason"}),
+    "Timeline.RestoreContext": ("write", {"id"}),
+    "Timeline.ReparentContext": ("write", {"id", "new_parent_id"}),
+    "Timeline.GetContext": ("read", {"id"}),
+    "Timeline.GetTree": ("read", {"conversation_id"}),
+    "Timeline.Focus": ("write", {"context_id"}),
+    "Timeline.GetStartupState": ("read", set()),
+    "Timeline.AppendBlock": (
+        "write",
+        {
+            "context_id",
+            "role",
+            "content",
+            "id",
+            "timestamp",
+            "time_taken",
+            "tokens_input",
+            "tokens_output",
+            "metadata",
+            "sub_blocks",
+        },
+    ),
+    "Timeline.GetBlock": ("read", {"id"}),
+    "Timeline.ListBlocks": (
+        "read",
+        {"context_id", "after", "before", "limit", "roles", "since", "until"},
+    ),
+    "Timeline.GetHistory": ("read", {"context_id", "limit"}),
+    "Timeline.SearchBlocks": ("read", {"query", "conversation_id", "context_id", "role", "limit"}),
+    "Timeline.GetConversationStats": ("read", {"id"}),
+    "Timeline.SetTags": ("write", {"context_id", "tags"}),
+    "Timeline.AddCrossRef": ("write", {"from_id", "to_id", "kind", "note"}),
+    "Timeline.RevokeCrossRef": ("write", {"id"}),
+    "Admin.GetStatus": ("read", set()),
+    "Admin.ReadLog": ("read", {"after_seq", "limit"}),
+    "Admin.GetRecoveryReport": ("read", {"id"}),
+    "Admin.ListReports": ("read", {"limit", "kind"}),
+    "Admin.Verify": ("admin", {"wait"}),
+    "Admin.GetVerifyReport": ("read", set()),
+    "Admin.Repair": ("admin", set()),
+    "Admin.Reload": ("admin", set()),
+    "Admin.GetMetrics": ("read", set()),
+    "Timeline.Watch": ("read", {"conversation_id", "after_seq"}),
+    "Timeline.ExportConversation": ("read", {"id"}),
+    "Timeline.ImportConversation": ("write", {"document", "mode"}),
 }
 REPLIES: dict[str, set[str]] = {
     "Timeline.CreateConversation": {"conversation"},
@@ -92,14 +107,16 @@ def _fields(tp: type[msgspec.Struct]) -> set[str]:
 
 
 def test_interface_files_match_the_declarations() -> None:
-    assert_interface_files_current(api.INTERFACES)
+    problems = stale_interface_files()
+    assert not problems, f"the .varlink files are stale; run {COMMAND}\n" + "\n".join(problems)
 
 
 def test_every_contract_method_has_its_exact_parameters() -> None:
     declared = {name.removeprefix("io.timelined."): m for name, m in api.METHODS.items()}
     assert set(CONTRACT) <= set(declared)
-    for name, params in CONTRACT.items():
+    for name, (access, params) in CONTRACT.items():
         assert _fields(declared[name].parameters) == params, name
+        assert api.ACCESS[f"io.timelined.{name}"] == access, name
     for name, fields in REPLIES.items():
         assert _fields(declared[name].reply) == fields, name
     status = _fields(api.Status)
@@ -193,13 +210,57 @@ def test_timeline_errors_cover_what_the_rules_raise() -> None:
     }
 
 
-def test_every_method_is_classified_for_auth() -> None:
-    declared = set(api.METHODS)
-    assert not READ_ONLY_METHODS & WRITE_METHODS
-    assert declared == READ_ONLY_METHODS | WRITE_METHODS, (
-        "classify every method as reading (READ_ONLY_METHODS) or writing (WRITE_METHODS) in "
-        "timelined/daemon/auth.py"
+def test_auth_lists_are_derived_from_the_access_classes() -> None:
+    assert set(api.ACCESS) == set(api.METHODS)
+    assert {name for name, a in api.ACCESS.items() if a == "read"} == READ_ONLY_METHODS
+    assert set(api.METHODS) - READ_ONLY_METHODS == WRITE_METHODS
+    admin = {name.rpartition(".")[2] for name, a in api.ACCESS.items() if a == "admin"}
+    assert admin == {"Verify", "Repair", "Reload"}
+
+
+def _declared_error_classes() -> dict[str, str]:
+    """Every error name an interface declares → the `timelined.errors` class declaring it."""
+    classes = {c.name: c for c in all_error_classes() if c.__module__ == err.__name__}
+    return {
+        f"io.timelined.{e.name}": classes[e.name].__qualname__
+        for interface in api.INTERFACES
+        for e in interface.errors
+    }
+
+
+_DECODE_IN_A_FRESH_CLIENT = """
+import json, sys
+from timelined.client import error_from_reply
+from timelined.varlink import VarlinkErrorReply
+
+decoded = {}
+for name in json.loads(sys.stdin.read()):
+    exc = error_from_reply(VarlinkErrorReply(name, {"message": "m"}))
+    decoded[name] = [type(exc).__module__, type(exc).__qualname__]
+print(json.dumps(decoded))
+"""
+
+
+def test_a_fresh_client_decodes_every_declared_error_to_its_class() -> None:
+    """Only `timelined.client` imported: its name → class table must not rely on import order."""
+    want = _declared_error_classes()
+    run = subprocess.run(
+        [sys.executable, "-c", _DECODE_IN_A_FRESH_CLIENT],
+        input=json.dumps(sorted(want)),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
+    got = json.loads(run.stdout)
+    assert got == {name: ["timelined.errors", cls] for name, cls in want.items()}
+
+
+def test_every_error_class_lives_in_errors_py() -> None:
+    declared = {e.name for interface in api.INTERFACES for e in interface.errors}
+    for name in declared:
+        assert isinstance(getattr(err, name, None), type), f"{name} is not in timelined/errors.py"
+    assert {"BootFailed", "FeatureUnavailable"} <= declared
 
 
 _SNAKE_EXCEPTIONS = {"AddCrossRef": "add_crossref", "RevokeCrossRef": "revoke_crossref"}
