@@ -19,6 +19,7 @@ import varlink
 from timelined import api
 from timelined import client as client_mod
 from timelined import errors as err
+from timelined.api import gen
 from timelined.api.gen import COMMAND, stale_interface_files
 from timelined.daemon.auth import READ_ONLY_METHODS, WRITE_METHODS
 from timelined.errors import TimelinedError, all_error_classes
@@ -109,6 +110,50 @@ def _fields(tp: type[msgspec.Struct]) -> set[str]:
 def test_interface_files_match_the_declarations() -> None:
     problems = stale_interface_files()
     assert not problems, f"the .varlink files are stale; run {COMMAND}\n" + "\n".join(problems)
+
+
+def test_the_generator_writes_and_checks_a_directory(tmp_path: Path) -> None:
+    assert gen.main(["--dir", str(tmp_path)]) == 0
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == sorted(i.file_name for i in api.INTERFACES)
+    assert gen.main(["--check", "--dir", str(tmp_path)]) == 0
+    stale = tmp_path / api.ADMIN.file_name
+    stale.write_text(stale.read_text().replace("method Reload", "method Reloaded"))
+    assert gen.main(["--check", "--dir", str(tmp_path)]) == 1
+    assert stale_interface_files(tmp_path)
+
+
+_LOWER_LAYER_ONLY = """
+import sys
+import timelined.api
+print("\\n".join(sorted(sys.modules)))
+"""
+_ABOVE_THE_API = (
+    "timelined.auditlog",
+    "timelined.client",
+    "timelined.ctl",
+    "timelined.daemon",
+    "timelined.exchange",
+    "timelined.recovery",
+    "timelined.state",
+    "timelined.verifier",
+    "timelined.writer",
+)
+
+
+def test_the_api_imports_nothing_above_it() -> None:
+    run = subprocess.run(
+        [sys.executable, "-c", _LOWER_LAYER_ONLY],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    loaded = run.stdout.split()
+    assert "timelined.api.methods" in loaded
+    above = [m for m in loaded if m.startswith(tuple(p + "." for p in _ABOVE_THE_API))]
+    above += [m for m in loaded if m in _ABOVE_THE_API]
+    assert not above, f"importing timelined.api loads {above}"
 
 
 def test_every_contract_method_has_its_exact_parameters() -> None:

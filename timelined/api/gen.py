@@ -2,43 +2,32 @@
 
     python -m timelined.api.gen [--check]
 
-The files live beside this module in `interfaces/`; the varlink library is told where.
+The files live beside this package in `interfaces/`; the Varlink library's generator is told
+which declarations to render and where to write them.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from timelined.api.methods import INTERFACES
-from timelined.varlink.gen import check_interface_files, write_interface_files
+from timelined.varlink import gen
 
 INTERFACE_DIR = Path(__file__).resolve().parent / "interfaces"
+SOURCE = "timelined.api.methods:INTERFACES"
 COMMAND = "python -m timelined.api.gen"
 
 
 def stale_interface_files(directory: Path = INTERFACE_DIR) -> list[str]:
     """One diff (or 'missing' note) per interface file that differs from the declarations."""
-    return check_interface_files(INTERFACES, directory)
+    return gen.check_interface_files(INTERFACES, directory)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=COMMAND, description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--dir", type=Path, default=INTERFACE_DIR, help="output directory")
-    parser.add_argument("--check", action="store_true", help="compare, do not write")
-    args = parser.parse_args(argv)
-    if args.check:
-        problems = stale_interface_files(args.dir)
-        for problem in problems:
-            sys.stderr.write(problem if problem.endswith("\n") else problem + "\n")
-        if problems:
-            sys.stderr.write(f"run {COMMAND} to regenerate them\n")
-        return 1 if problems else 0
-    for path in write_interface_files(INTERFACES, args.dir):
-        print(f"wrote {path}")
-    return 0
+    args = list(sys.argv[1:] if argv is None else argv)
+    return gen.main([SOURCE, "--dir", str(INTERFACE_DIR), *args])
 
 
 if __name__ == "__main__":
