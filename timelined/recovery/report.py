@@ -1,8 +1,9 @@
 """Boot records and crash-recovery reports: what the boot found, what it did, what to do next.
 
 Every boot writes `reports/boot-<time>.json`; an unclean boot or any repair also writes a full
-`reports/recovery-<time>.json`. Both are the same Struct; `kind` tells them apart. Reports are
-written atomically (temporary file, fsync, rename) so a report is never half there.
+`reports/recovery-<time>.json`. Both are the same Struct (`timelined.api.reports.Report`, as
+GetRecoveryReport sends it); `kind` tells them apart. Reports are written atomically
+(temporary file, fsync, rename) so a report is never half there.
 """
 
 from __future__ import annotations
