@@ -11,6 +11,7 @@ import pytest
 
 from timelined import commands as cmd
 from timelined import exchange
+from timelined.api.exchange import ExportDocument, ExportPart, join_parts
 from timelined.api.model import Context, Conversation
 from timelined.config import Config, LogConfig, default_config
 from timelined.errors import ImportRejected
@@ -45,15 +46,15 @@ async def build_source(engine: Engine) -> Conversation:
     return conv
 
 
-async def export(engine: Engine, conversation_id: str) -> list[exchange.ExportPart]:
-    def run(conn: Any) -> list[exchange.ExportPart]:
+async def export(engine: Engine, conversation_id: str) -> list[ExportPart]:
+    def run(conn: Any) -> list[ExportPart]:
         return list(
             exchange.export_parts(
                 conn, str(engine.config.log_dir), conversation_id, engine.last_seq, engine.last_hash
             )
         )
 
-    parts: list[exchange.ExportPart] = await engine.read(run)
+    parts: list[ExportPart] = await engine.read(run)
     return parts
 
 
@@ -76,7 +77,7 @@ def test_export_then_import_gives_the_same_tree(tmp_path: Path, mode: str) -> No
             conv = await build_source(a)
             parts = await export(a, conv.id)
             want = await a.read(shape, conv.id)
-        doc = exchange.join_parts(parts)
+        doc = join_parts(parts)
         assert parts[-1].end is not None and parts[-1].end.blocks == len(doc.blocks) == 8
         records = exchange.verify_document(doc)
         async with Engine.open(cfg(tmp_path / "b")) as b:
@@ -95,10 +96,10 @@ def test_export_then_import_gives_the_same_tree(tmp_path: Path, mode: str) -> No
 
 
 def test_an_edited_export_is_refused_with_the_reason(tmp_path: Path) -> None:
-    async def go() -> exchange.ExportDocument:
+    async def go() -> ExportDocument:
         async with Engine.open(cfg(tmp_path / "a")) as a:
             conv = await build_source(a)
-            return exchange.join_parts(await export(a, conv.id))
+            return join_parts(await export(a, conv.id))
 
     doc = anyio.run(go)
     # An edited block in the document: it no longer matches its events.

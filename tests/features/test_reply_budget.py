@@ -16,6 +16,7 @@ import pytest
 
 from tests.daemon.harness import inprocess_config, inprocess_daemon, short_tempdir
 from timelined import exchange
+from timelined.api.exchange import join_parts
 from timelined.client import AsyncClient
 from timelined.config import LimitsConfig
 from timelined.errors import LimitExceeded
@@ -107,5 +108,5 @@ async def test_export_parts_close_early_for_big_blocks(
     event_parts = [len(p.events) for p in parts if p.events]
     assert sum(block_parts) == COUNT and max(block_parts) <= 3
     assert sum(event_parts) == COUNT + 1 and max(event_parts) <= 4
-    doc = exchange.join_parts(parts)
+    doc = join_parts(parts)
     assert len(exchange.verify_document(doc)) == COUNT + 1  # still a whole, verifiable export
