@@ -2,10 +2,12 @@
 
 It opens `conns` connections to the daemon, gives each its own conversation (or uses the
 contexts it was given), prints `ready`, waits for a line on stdin, then runs `repeats` windows of
-closed-loop AppendBlock calls (one call in flight per connection: each connection is a chat
-client waiting for its durable acknowledgement) and prints one JSON line per window: the rate
-of acknowledged appends, the latency from sending a call to having its reply, and the load
-generator's own CPU over the window (it shares the machine's cores with the daemon).
+closed-loop AppendBlock calls and prints one JSON line per window: the rate of acknowledged
+appends, the latency from sending a call to having its reply, and the load generator's own CPU
+over the window (it shares the machine's cores with the daemon). With `depth` 1 (the default)
+each connection is a chat client waiting for its durable acknowledgement before the next call;
+with `depth` N each connection keeps N calls in flight (Varlink pipelining: replies come back in
+the order of the calls), as a client library multiplexing concurrent callers on one connection.
 
 It speaks the wire protocol with asyncio protocols and pre-encoded calls, so that it needs as
 little CPU as possible on a 2-core machine where it shares the cores with the daemon.
@@ -14,11 +16,12 @@ little CPU as possible on a 2-core machine where it shares the cores with the da
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -28,33 +31,41 @@ from benchmarks.wire import TIMELINE, decode_reply, encode_call
 
 
 class _Conn(asyncio.Protocol):
+    """One connection; replies are matched to calls by order (Varlink answers in order)."""
+
     def __init__(self) -> None:
         self.buf = bytearray()
-        self.waiter: asyncio.Future[bytes] | None = None
+        self.waiters: collections.deque[asyncio.Future[bytes]] = collections.deque()
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio's
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        end = self.buf.find(0)
-        if end >= 0:  # one call in flight: at most one reply
-            frame = bytes(self.buf[:end])
-            del self.buf[: end + 1]
-            if self.waiter is not None and not self.waiter.done():
-                self.waiter.set_result(frame)
+        start = 0
+        while (end := self.buf.find(0, start)) >= 0:
+            frame = bytes(self.buf[start:end])
+            start = end + 1
+            if self.waiters:
+                waiter = self.waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(frame)
+        if start:
+            del self.buf[:start]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("the daemon closed the connection"))
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(ConnectionError("the daemon closed the connection"))
 
     async def call(self, data: bytes) -> bytes:
         assert self.transport is not None
-        self.waiter = asyncio.get_running_loop().create_future()
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
         self.transport.write(data)
-        return await self.waiter
+        return await waiter
 
 
 class _Error(msgspec.Struct):
@@ -110,7 +121,8 @@ async def main(args: dict[str, Any]) -> None:
 
     for _ in range(args.get("repeats", 1)):
         state.update(stop=False, measure=False, lat=[], errors={})
-        tasks = [asyncio.create_task(worker(n)) for n in range(len(conns))]
+        depth = max(1, int(args.get("depth", 1)))
+        tasks = [asyncio.create_task(worker(n)) for n in range(len(conns)) for _ in range(depth)]
         await asyncio.sleep(args.get("warmup", 0.3))
         state["measure"] = True
         start, cpu0 = clock(), time.process_time()
@@ -142,6 +154,7 @@ class Load:
         repeats: int = 1,
         warmup: float = 0.3,
         contexts: list[str] | None = None,
+        depth: int = 1,
     ) -> None:
         args = {
             "socket": socket_path,
@@ -150,6 +163,7 @@ class Load:
             "repeats": repeats,
             "warmup": warmup,
             "contexts": contexts or [],
+            "depth": depth,
         }
         self.repeats = repeats
         self.proc = subprocess.Popen(

@@ -12,10 +12,11 @@
   block's row with its two indexes and its full-text row, `meta`, COMMIT — the real schema and
   pragmas (`state.db.open_write`) and the engine's own INSERT. One write connection can do no
   more than this: it is the ceiling of the engine's 64-writer rate on this machine.
-- Varlink round trips through a Unix socket with 1 and 64 connections, from the socket part's own
-  load generator (another process) to a server that does nothing (`benchmarks.echo`: one fixed
-  reply per frame, on the daemon's event loop, no decoding, no disk): the ceiling of what any
-  Python server reaches with this client on this machine, and the CPU both sides spend on it.
+- Varlink round trips through a Unix socket with 1 and 64 connections (one call in flight each),
+  and 64 connections pipelining 4 calls each, from the socket part's own load generator (another
+  process) to a server that does nothing (`benchmarks.echo`: one fixed reply per frame, on the
+  daemon's event loop, no decoding, no disk): the ceiling of what any Python server reaches with
+  this client on this machine, and the CPU both sides spend on it.
 """
 
 from __future__ import annotations
@@ -160,9 +161,11 @@ def _remove_db(path: Path) -> None:
         Path(str(path) + suffix).unlink(missing_ok=True)
 
 
-def round_trips(directory: Path, conns: int, window: float, repeats: int) -> dict[str, Any]:
+def round_trips(
+    directory: Path, conns: int, window: float, repeats: int, depth: int = 1
+) -> dict[str, Any]:
     """The load generator's round trips/s against the do-nothing server, and both sides' CPU."""
-    path = short_socket_path(directory, f"e{conns}")
+    path = short_socket_path(directory, f"e{conns}x{depth}")
     path.unlink(missing_ok=True)
     server = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.echo", str(path)], stdout=subprocess.PIPE, text=True
@@ -171,7 +174,9 @@ def round_trips(directory: Path, conns: int, window: float, repeats: int) -> dic
         assert server.stdout is not None
         if server.stdout.readline().strip() != "ready":
             raise RuntimeError(f"the do-nothing server did not start (exit {server.poll()})")
-        load = Load(str(path), conns, window, repeats=repeats, contexts=["ctx_-"] * conns)
+        load = Load(
+            str(path), conns, window, repeats=repeats, contexts=["ctx_-"] * conns, depth=depth
+        )
         cpu0, t0 = cpu_seconds(server.pid), time.perf_counter()
         runs = load.run()
         server_cpu = (cpu_seconds(server.pid) - cpu0) / (time.perf_counter() - t0)
@@ -253,14 +258,18 @@ def run(env: Env) -> None:
         lim["jsonl_fsync_p50_ms"],
         "ms",
     )
-    for conns in (1, 64):
-        rt = round_trips(d, conns, env.window_s, env.repeats)
-        lim[f"echo{conns}_rate"] = rt["rate"]
-        lim[f"echo{conns}_p50_ms"] = rt["p50_ms"]
+    for conns, depth in ((1, 1), (64, 1), (64, 4)):
+        rt = round_trips(d, conns, env.window_s, env.repeats, depth)
+        key = f"echo{conns}" if depth == 1 else f"echo{conns}x{depth}"
+        lim[f"{key}_rate"] = rt["rate"]
+        lim[f"{key}_p50_ms"] = rt["p50_ms"]
         per = (rt["server_cpu"] + rt["load_cpu"]) / rt["rate"] * 1e6 if rt["rate"] > 0 else 0.0
+        label = f"{conns} conn{'s' if conns > 1 else ''}"
+        if depth > 1:
+            label += f" pipelining {depth} deep"
         res.add(
             PART,
-            f"Varlink round trips, do-nothing server, {conns} conn{'s' if conns > 1 else ''}",
+            f"Varlink round trips, do-nothing server, {label}",
             rt["rate"],
             "round trips/s",
             detail=rt,
