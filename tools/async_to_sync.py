@@ -16,6 +16,7 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "timelined" / "client.py"
@@ -49,6 +50,8 @@ NAMES = {
 }
 ASYNC_MARK = "# ASYNC"
 
+_Def = TypeVar("_Def", ast.FunctionDef, ast.ClassDef)
+
 
 class GenerateError(Exception):
     """The async source uses a construct the rewrite does not know how to turn blocking."""
@@ -65,15 +68,12 @@ class _AsyncToSync(ast.NodeTransformer):
         new.name = NAMES.get(node.name, node.name)
         return ast.copy_location(new, node)
 
-    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.FunctionDef:
+    def _renamed(self, node: _Def) -> _Def:
         self.generic_visit(node)
         node.name = NAMES.get(node.name, node.name)
         return node
 
-    def visit_ClassDef(self, node: ast.ClassDef) -> ast.ClassDef:
-        self.generic_visit(node)
-        node.name = NAMES.get(node.name, node.name)
-        return node
+    visit_FunctionDef = visit_ClassDef = _renamed
 
     def visit_AsyncFor(self, node: ast.AsyncFor) -> ast.stmt:
         self.generic_visit(node)
