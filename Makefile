@@ -7,7 +7,7 @@ ROUNDS ?= 50
 STAMP_RUN  := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: run test lint typecheck pytest bench bench-quick stress clean venv
+.PHONY: run test lint typecheck pytest bench bench-quick stress clean venv generate
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ typecheck: $(STAMP_TEST)
 
 pytest: $(STAMP_TEST)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+## make generate: the blocking client (timelined/client_sync.py) from the async one (client.py)
+generate: $(STAMP_TEST)
+	$(BIN)/python tools/async_to_sync.py
 
 ## make bench: every performance target, measured against this machine's raw limits
 bench: $(STAMP_TEST)

@@ -62,7 +62,7 @@ class _Conn(asyncio.Protocol):
 
     async def call(self, data: bytes) -> bytes:
         assert self.transport is not None
-        waiter = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)
         self.transport.write(data)
         return await waiter

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from timelined import client
+from timelined import client_common as client
 
 
 def _timelined(*args: str) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,254 @@
+"""What the two clients share: the error classes and their decoding, where the daemon's socket
+is, call parameters, watched events.
+
+`timelined.client` re-exports the public names; `AsyncClient` (timelined/client.py) and the
+generated `Client` (timelined/client_sync.py) both import from here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from timelined.api import LogEvent
+from timelined.api.exchange import ExportDocument, ExportPart, join_parts
+from timelined.auditlog.record import RecordError, check_frame
+from timelined.config import find_config_file, load_config
+from timelined.errors import InvalidArgument, ProtocolError, TimelinedError, all_error_classes
+from timelined.varlink import VarlinkErrorReply
+
+__all__ = [
+    "ADMIN",
+    "HANGS_UP",
+    "SERVICE",
+    "SOCKET_ENV",
+    "SYSTEMD_SOCKET",
+    "TIMELINE",
+    "ExpectedMore",
+    "InterfaceNotFound",
+    "InvalidParameter",
+    "MethodNotFound",
+    "MethodNotImplemented",
+    "RemoteError",
+    "VarlinkServiceError",
+    "call_params",
+    "check_finite",
+    "error_from_reply",
+    "export_document",
+    "log_event",
+    "socket_path",
+    "to_json",
+]
+
+TIMELINE = "io.timelined.Timeline."
+ADMIN = "io.timelined.Admin."
+SERVICE = "org.varlink.service."
+SOCKET_ENV = "TIMELINED_SOCKET"
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+class VarlinkServiceError(TimelinedError):
+    """An error of the standard interface `org.varlink.service`."""
+
+    name = "VarlinkServiceError"
+
+    @property
+    def varlink_name(self) -> str:
+        return f"{SERVICE}{self.name}"
+
+
+class InvalidParameter(VarlinkServiceError):
+    """A parameter of the wrong type, missing, or unknown; `parameter` names it."""
+
+    name = "InvalidParameter"
+
+    def __init__(self, parameter: str, message: str | None = None) -> None:
+        super().__init__(message or f"invalid parameter {parameter!r}", parameter=parameter)
+        self.parameter = parameter
+
+
+class MethodNotFound(VarlinkServiceError):
+    name = "MethodNotFound"
+
+    def __init__(self, method: str) -> None:
+        super().__init__(f"no method {method!r}", method=method)
+        self.method = method
+
+
+class MethodNotImplemented(VarlinkServiceError):
+    name = "MethodNotImplemented"
+
+    def __init__(self, method: str) -> None:
+        super().__init__(f"method {method!r} is declared but not implemented", method=method)
+        self.method = method
+
+
+class InterfaceNotFound(VarlinkServiceError):
+    name = "InterfaceNotFound"
+
+    def __init__(self, interface: str) -> None:
+        super().__init__(f"no interface {interface!r}", interface=interface)
+        self.interface = interface
+
+
+class ExpectedMore(VarlinkServiceError):
+    """A method that streams its answer (ExportConversation) was called without `more`."""
+
+    name = "ExpectedMore"
+
+    def __init__(self) -> None:
+        super().__init__("this method streams its answer: call it with more (stream())")
+
+
+class RemoteError(TimelinedError):
+    """A named error this library has no class for: `error` is its full Varlink name."""
+
+    name = "RemoteError"
+
+    def __init__(self, error: str, parameters: Mapping[str, Any]) -> None:
+        params = {k: v for k, v in parameters.items() if k != "message"}
+        super().__init__(str(parameters.get("message") or error), **params)
+        self.error = error
+
+    @property
+    def varlink_name(self) -> str:
+        return self.error
+
+
+_RESERVED = frozenset({"message", "params", "error"})
+_classes: dict[str, type[TimelinedError]] = {}
+
+
+def _error_classes() -> dict[str, type[TimelinedError]]:
+    if not _classes:
+        for cls in all_error_classes():
+            if cls is RemoteError or cls is VarlinkServiceError:
+                continue
+            prefix = SERVICE if issubclass(cls, VarlinkServiceError) else "io.timelined."
+            _classes.setdefault(prefix + cls.name, cls)
+    return _classes
+
+
+def error_from_reply(reply: VarlinkErrorReply) -> TimelinedError:
+    """The named exception for a Varlink error reply, its parameters restored."""
+    cls = _error_classes().get(reply.name)
+    params = reply.parameters
+    if cls is None:
+        return RemoteError(reply.name, params)
+    # The classes' constructors take what the daemon knew; the reply carries what it said. Set
+    # the parameters as they arrived (the message included) rather than guessing arguments.
+    exc = cls.__new__(cls)
+    message = params.get("message")
+    if not isinstance(message, str) or not message:
+        message = _fallback_message(cls, params)
+    elif cls is InvalidParameter and "parameter" in params:
+        message = f"invalid parameter {params['parameter']!r}: {message}"
+    TimelinedError.__init__(exc, message, **{k: v for k, v in params.items() if k != "message"})
+    for key, value in params.items():
+        if key not in _RESERVED and key.isidentifier() and not hasattr(cls, key):
+            setattr(exc, key, value)
+    return exc
+
+
+def _fallback_message(cls: type[TimelinedError], params: Mapping[str, Any]) -> str:
+    details = ", ".join(f"{k}={v!r}" for k, v in params.items())
+    return f"{cls.name}: {details}" if details else cls.name
+
+
+# --- where the daemon is -----------------------------------------------------------------------
+
+
+# Where the packaged systemd units put the socket (RuntimeDirectory=timelined).
+SYSTEMD_SOCKET = Path("/run/timelined/timelined.sock")
+
+
+def socket_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The daemon's socket: `explicit`, else $TIMELINED_SOCKET, else the socket_path of the
+    config.toml found as the daemon finds it ($TIMELINED_CONFIG, …, ./config.toml); with no
+    config file, the systemd service's socket if it exists, else the default (./var)."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(SOCKET_ENV)
+    if env:
+        return Path(env)
+    if find_config_file() is None and _service_socket_there():
+        return SYSTEMD_SOCKET
+    return load_config().socket_path
+
+
+def _service_socket_there() -> bool:
+    try:
+        return SYSTEMD_SOCKET.is_socket()
+    except PermissionError:  # /run/timelined is 0750: it is there, this user may not use it
+        return True  # connecting then says so (timelinectl exits 77)
+    except OSError:
+        return False
+
+
+# Errors after which the server hangs up: the pooled connection must not be reused (the next
+# call on it could meet the hang-up instead of an answer).
+HANGS_UP = frozenset(
+    {
+        "io.timelined.PermissionDenied",
+        "io.timelined.ProtocolError",
+        "io.timelined.LimitExceeded",
+        "io.timelined.ShuttingDown",
+    }
+)
+
+
+def call_params(**kwargs: Any) -> dict[str, Any]:
+    """Call parameters without the ones left out (None), as optional Varlink fields are.
+
+    A NaN or an infinity is refused here: JSON cannot carry one, and an encoder would silently
+    send `null`, which the daemon takes as "left out".
+    """
+    check_finite(kwargs)
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def check_finite(params: Mapping[str, Any]) -> None:
+    for name, value in params.items():
+        _finite(name, value)
+
+
+def _finite(where: str, value: Any) -> None:
+    """Down into metadata and sub-blocks too: a NaN there would become `null` as well."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidArgument(where, f"must be a finite number, not {value}")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _finite(f"{where}.{key}", item)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _finite(f"{where}[{index}]", item)
+
+
+_LOG_EVENT = msgspec.json.Decoder(LogEvent)
+
+
+def log_event(raw: msgspec.Raw | bytes) -> LogEvent:
+    """One event of a Watch reply (a log line), its hash checked by the log-format rule."""
+    content = bytes(raw)
+    try:
+        check_frame(content)
+    except RecordError as exc:
+        raise ProtocolError(f"a watched event is not intact: {exc.kind}") from None
+    return _LOG_EVENT.decode(content)
+
+
+def export_document(document: ExportDocument | Iterable[ExportPart]) -> ExportDocument:
+    return document if isinstance(document, ExportDocument) else join_parts(list(document))
+
+
+def to_json(value: Any) -> bytes:
+    """A reply (or any Struct) as JSON bytes, as it travels on the wire."""
+    return msgspec.json.encode(value)
