@@ -17,6 +17,7 @@ from anyio.from_thread import start_blocking_portal
 
 from tests.client.portal import PortalClient
 from tests.daemon.harness import DaemonProcess, short_tempdir
+from timelined.api.exchange import join_parts
 from timelined.client import (
     AsyncClient,
     Client,
@@ -38,7 +39,6 @@ from timelined.errors import (
     LimitExceeded,
     TimelinedError,
 )
-from timelined.exchange import join_parts
 from timelined.ids import new_id
 from timelined.varlink import VarlinkErrorReply
 
