@@ -273,27 +273,21 @@ def decode_unhashed(content: bytes) -> Record:
     in one pass, with the same validation as the two steps (envelope, then data) that every
     other line, or one that does not fit, takes; the two steps name what is wrong.
     """
+    env: _Envelope[BlockAppended] | _Envelope[msgspec.Raw] | None
     try:
-        block = _block_envelope.decode(content)
+        env = _block_envelope.decode(content)
     except msgspec.DecodeError:
-        pass
+        env = None
+    if env is not None and env.type == BlockAppended.type_name:
+        event: Event = env.data
     else:
-        if block.type == BlockAppended.type_name:
-            return Record(
-                seq=block.seq,
-                ts=block.ts,
-                actor=block.actor,
-                event=block.data,
-                prev=block.prev,
-                hash=block.hash,
-            )
-    try:
-        env = _envelope.decode(content)
-        event = decode_data(env.type, env.data)
-    except KeyError as exc:
-        raise RecordError("bad data", f"unknown event type {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise RecordError("unparsable", str(exc)) from None
+        try:
+            env = _envelope.decode(content)
+            event = decode_data(env.type, env.data)
+        except KeyError as exc:
+            raise RecordError("bad data", f"unknown event type {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise RecordError("unparsable", str(exc)) from None
     return Record(
         seq=env.seq, ts=env.ts, actor=env.actor, event=event, prev=env.prev, hash=env.hash
     )
