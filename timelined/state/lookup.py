@@ -11,40 +11,32 @@ from __future__ import annotations
 import sqlite3
 
 from timelined.errors import BlockNotFound, ContextNotFound, ConversationNotFound, CrossRefNotFound
+from timelined.state import model as m
 from timelined.state import queries as q
-from timelined.state.model import (
-    Block,
-    Context,
-    Conversation,
-    ConversationStats,
-    CrossRef,
-    HistoryBlock,
-    SearchHit,
-)
 
 
-def conversation_or_raise(conn: sqlite3.Connection, id: str) -> Conversation:
+def conversation_or_raise(conn: sqlite3.Connection, id: str) -> m.Conversation:
     found = q.get_conversation(conn, id)
     if found is None:
         raise ConversationNotFound(id)
     return found
 
 
-def context_or_raise(conn: sqlite3.Connection, id: str, *, crossrefs: bool = True) -> Context:
+def context_or_raise(conn: sqlite3.Connection, id: str, *, crossrefs: bool = True) -> m.Context:
     found = q.get_context(conn, id, crossrefs=crossrefs)
     if found is None:
         raise ContextNotFound(id)
     return found
 
 
-def block_or_raise(conn: sqlite3.Connection, id: str) -> Block:
+def block_or_raise(conn: sqlite3.Connection, id: str) -> m.Block:
     found = q.get_block(conn, id)
     if found is None:
         raise BlockNotFound(id)
     return found
 
 
-def crossref_or_raise(conn: sqlite3.Connection, id: str) -> CrossRef:
+def crossref_or_raise(conn: sqlite3.Connection, id: str) -> m.CrossRef:
     found = q.get_crossref(conn, id)
     if found is None:
         raise CrossRefNotFound(id)
@@ -66,7 +58,7 @@ def require_context(conn: sqlite3.Connection, id: str) -> None:
 # --- checked reads: the parent's NotFound, else the query's answer, in one snapshot -------------
 
 
-def tree_or_raise(conn: sqlite3.Connection, conversation_id: str) -> list[Context]:
+def tree_or_raise(conn: sqlite3.Connection, conversation_id: str) -> list[m.Context]:
     require_conversation(conn, conversation_id)
     return q.get_tree(conn, conversation_id)
 
@@ -82,7 +74,7 @@ def blocks_or_raise(
     since: str | None,
     until: str | None,
     reply_bytes: int,
-) -> tuple[list[Block], int | None]:
+) -> tuple[list[m.Block], int | None]:
     require_context(conn, context_id)
     return q.list_blocks(
         conn,
@@ -99,7 +91,7 @@ def blocks_or_raise(
 
 def history_or_raise(
     conn: sqlite3.Connection, context_id: str, *, limit: int | None, reply_bytes: int
-) -> list[HistoryBlock]:
+) -> list[m.HistoryBlock]:
     require_context(conn, context_id)
     return q.history(conn, context_id, limit=limit, budget=q.ReplyBudget(reply_bytes))
 
@@ -112,7 +104,7 @@ def search_or_raise(
     context_id: str | None,
     role: str | None,
     limit: int,
-) -> list[SearchHit]:
+) -> list[m.SearchHit]:
     if conversation_id is not None:
         require_conversation(conn, conversation_id)
     if context_id is not None:
@@ -122,6 +114,6 @@ def search_or_raise(
     )
 
 
-def stats_or_raise(conn: sqlite3.Connection, conversation_id: str) -> ConversationStats:
+def stats_or_raise(conn: sqlite3.Connection, conversation_id: str) -> m.ConversationStats:
     require_conversation(conn, conversation_id)
     return q.conversation_stats(conn, conversation_id)
