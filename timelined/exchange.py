@@ -37,6 +37,7 @@ from timelined.ids import new_id, normalize_ts, utc_now
 from timelined.state import queries as q
 from timelined.state.apply import apply
 from timelined.state.db import open_scratch
+from timelined.state.lookup import conversation_or_raise
 
 FORMAT = "timelined-export/1"
 EVENTS_PER_PART = 500
@@ -87,11 +88,7 @@ def export_parts(
 
     `conn` is a read connection inside one snapshot whose last seq is `upto_seq`.
     """
-    from timelined.errors import ConversationNotFound
-
-    conversation = q.get_conversation(conn, conversation_id)
-    if conversation is None:
-        raise ConversationNotFound(conversation_id)
+    conversation = conversation_or_raise(conn, conversation_id)
     created = conn.execute(
         "SELECT created_seq FROM conversations WHERE id = ?", (conversation_id,)
     ).fetchone()[0]

@@ -12,8 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from timelined.auditlog import GENESIS_PREV, RecordError, decode_line, encode_record, line_hash
-from timelined.auditlog.record import _HEAD, _decode_fully, check_frame, decode_framed
-from timelined.events import DAEMON, Actor, BlockAppended, BlockData, ContextFocused
+from timelined.auditlog.record import (
+    _HEAD,
+    _decode_fully,
+    check_frame,
+    decode_framed,
+    decode_unhashed,
+)
+from timelined.events import DAEMON, Actor, BlockAppended, BlockData, ContextFocused, Record
 
 from .conftest import TS, actor_for, make_lines, sample_event
 
@@ -164,6 +170,25 @@ def test_docs_worked_example_is_what_the_code_writes() -> None:
     assert digest in text
 
 
+# One of 40 written lines, edited at `at` (`cut` bytes out, `insert` in), then hashed again.
+_edits = settings(max_examples=400, deadline=None)(
+    given(
+        which=st.integers(min_value=0, max_value=39),
+        at=st.integers(min_value=0, max_value=10_000),
+        cut=st.integers(min_value=0, max_value=3),
+        insert=st.binary(max_size=4) | st.sampled_from([b" ", b",", b'"', b"{", b"}", b"\\u0041"]),
+    )
+)
+
+
+def _edited(which: int, at: int, cut: int, insert: bytes) -> tuple[bytes, bytes]:
+    """The edited line's content (no newline), and the original's."""
+    _, line = make_lines(40)[which]
+    body = body_of(line)
+    at %= len(body)
+    return rehash(body[:at] + insert + body[at + cut :])[:-1], line[:-1]
+
+
 def _outcome(decode: Callable[[bytes, tuple[int, bytes, bytes]], object], content: bytes) -> object:
     try:
         frame = check_frame(content)
@@ -175,23 +200,34 @@ def _outcome(decode: Callable[[bytes, tuple[int, bytes, bytes]], object], conten
         return exc.kind
 
 
-@settings(max_examples=400, deadline=None)
-@given(
-    which=st.integers(min_value=0, max_value=39),
-    at=st.integers(min_value=0, max_value=10_000),
-    cut=st.integers(min_value=0, max_value=3),
-    insert=st.binary(max_size=4) | st.sampled_from([b" ", b",", b'"', b"{", b"}", b"\\u0041"]),
-)
+@_edits
 def test_the_short_way_decodes_exactly_as_the_full_checks(
     which: int, at: int, cut: int, insert: bytes
 ) -> None:
     """decode_framed's short way for the writer's own lines accepts only what the full checks
     accept, builds the same Record, and leaves every refusal to them (so the same kind)."""
-    _, line = make_lines(40)[which]
-    body = body_of(line)
-    at %= len(body)
-    content = rehash(body[:at] + insert + body[at + cut :])[:-1]  # edited, then hashed again
+    content, original = _edited(which, at, cut, insert)
     assert _outcome(decode_framed, content) == _outcome(_decode_fully, content)
-    original = line[:-1]
     assert _HEAD.match(original) is not None  # the writer's lines do take the short way
     assert _outcome(decode_framed, original) == _outcome(_decode_fully, original) != "framing"
+
+
+@_edits
+def test_the_unhashed_way_accepts_every_line_the_full_checks_accept(
+    which: int, at: int, cut: int, insert: bytes
+) -> None:
+    """decode_unhashed (the verifier's replay, whose hashes the chain check verifies) builds the
+    same Record as the full checks for every line they accept, and refuses only with a kind the
+    full checks use for a line whose JSON or data is wrong."""
+    content, original = _edited(which, at, cut, insert)
+    full = _outcome(_decode_fully, content)
+    try:
+        unhashed: object = decode_unhashed(content)
+    except RecordError as exc:
+        unhashed = exc.kind
+        assert exc.kind in ("unparsable", "bad data")
+        assert not isinstance(full, Record)  # a line the full checks accept is never refused
+    else:
+        if isinstance(full, Record):
+            assert unhashed == full
+    assert decode_unhashed(original) == _decode_fully(original, check_frame(original))

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from timelined.api.verify import Difference
+from timelined.auditlog.record import RecordError, _envelope, decode_unhashed
 from timelined.events import Record, decode_data
-from timelined.verifier import replay
 from timelined.verifier.compare import Differences, compare_all
 from timelined.verifier.replay import open_replay_scratch, remove_db, replay_into
 from timelined.verifier.state import check_state
@@ -142,7 +142,7 @@ def test_offline_integrity_check_runs_alongside_the_replay(
 
 
 def test_block_lines_decode_as_in_two_steps(small_dir: Path) -> None:
-    """decode_record's one-pass path for block.appended lines gives what the two steps give."""
+    """decode_unhashed's one-pass path for block.appended lines gives what the two steps give."""
     lines = [
         line
         for seg in sorted((small_dir / "log").iterdir())
@@ -151,7 +151,7 @@ def test_block_lines_decode_as_in_two_steps(small_dir: Path) -> None:
     ]
     assert any(b'"type":"block.appended"' in line for line in lines)
     for line in lines:
-        envelope = replay._line.decode(line)
+        envelope = _envelope.decode(line)
         want = Record(
             seq=envelope.seq,
             ts=envelope.ts,
@@ -160,7 +160,7 @@ def test_block_lines_decode_as_in_two_steps(small_dir: Path) -> None:
             prev=envelope.prev,
             hash=envelope.hash,
         )
-        assert replay.decode_record(line) == want
+        assert decode_unhashed(line) == want
     block = next(line for line in lines if b'"type":"block.appended"' in line)
     # Data that does not fit is refused, named by the two steps' message.
     for bad in (
@@ -168,5 +168,5 @@ def test_block_lines_decode_as_in_two_steps(small_dir: Path) -> None:
         block.replace(b'"type":"block.appended"', b'"type":"context.paused"'),
         block.replace(b'"seq":', b'"seq":"x","s":'),
     ):
-        with pytest.raises(ValueError):
-            replay.decode_record(bad)
+        with pytest.raises(RecordError):
+            decode_unhashed(bad)

@@ -10,12 +10,12 @@ from timelined.auditlog.record import (
     encode_record,
     line_hash,
 )
+from timelined.auditlog.repair import cut_torn_tail
 from timelined.auditlog.scan import (
     ChainReport,
     Damage,
     TailScan,
     TornTail,
-    cut_torn_tail,
     scan_tail,
     walk_chain,
 )

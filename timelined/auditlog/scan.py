@@ -1,8 +1,8 @@
-"""Checking the chain: the boot's tail scan, cutting a torn tail, and the verifier's full walk.
+"""Checking the chain, read-only: the boot's tail scan and the verifier's full walk.
 
 Torn tail vs damage (docs/log-format.md, "Torn tail and damage"). Let B be the first line that
 breaks the chain, in log order. Everything from B's first byte to the end of the log is a
-**torn tail** — cut at boot and kept in quarantine — if and only if all of these hold:
+**torn tail** — cut at boot and kept in quarantine (repair.py) — if and only if all of these hold:
 
 1. B is in the last segment;
 2. B is *not self-consistent*: it lacks its newline, its framing is broken, or its bytes do not
@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal, NoReturn
 
-from timelined.auditlog.fileops import OS_FILEOPS, FileOps, Handle, write_all
+from timelined.auditlog.fileops import OS_FILEOPS, FileOps, Handle
 from timelined.auditlog.reader import iter_lines, read_last_line
 from timelined.auditlog.record import (
     GENESIS_PREV,
@@ -37,8 +37,8 @@ from timelined.auditlog.record import (
     peek_seq,
 )
 from timelined.auditlog.segments import Segment, list_segments, segment_index_for
-from timelined.auditlog.writer import LogHead, _write_error
-from timelined.errors import FatalStorageError, LogDamaged
+from timelined.auditlog.writer import LogHead
+from timelined.errors import LogDamaged
 
 DamageKind = Literal[
     "unparsable",  # framing or JSON broken
@@ -502,105 +502,3 @@ def walk_chain(
         damage=damage,
         torn=chain.torn,
     )
-
-
-def cut_torn_tail(
-    log_dir: str | os.PathLike[str],
-    torn: TornTail,
-    *,
-    quarantine_dir: str | os.PathLike[str] | None = None,
-    fileops: FileOps | None = None,
-) -> str:
-    """Copy a torn tail to quarantine, then cut it off its segment; returns the copy's path.
-
-    Order makes a crash at any point safe: the copy is durable (file and directory fsynced)
-    before the segment is truncated, and a repeated cut rewrites the same copy. The copy is
-    `<quarantine>/<segment>.<offset>.torn`, or `<segment>.<offset>.<n>.torn` when an earlier
-    crash tore different bytes at the same offset (that copy is kept, never replaced); the
-    quarantine directory defaults to the log directory's sibling `quarantine`
-    (STATE_DIR/quarantine).
-    """
-    fops = fileops or OS_FILEOPS
-    base = os.fspath(log_dir)
-    qdir = (
-        os.fspath(quarantine_dir)
-        if quarantine_dir is not None
-        else os.path.join(os.path.dirname(os.path.abspath(base)), "quarantine")  # noqa: PTH100, PTH118, PTH120
-    )
-    seg_path = os.path.join(base, torn.segment)  # noqa: PTH118
-    final = tmp = ""
-    current = ""
-    try:
-        current = qdir
-        try:
-            fops.listdir(qdir)
-        except FileNotFoundError:
-            fops.mkdir(qdir)
-            _fsync_dir(fops, os.path.dirname(os.path.abspath(qdir)))  # noqa: PTH100, PTH120
-        current = seg_path
-        handle = fops.open_read(seg_path)
-        try:
-            size = fops.fstat_size(handle)
-            data = fops.pread(handle, torn.length, torn.offset)
-        finally:
-            fops.close(handle)
-        if size != torn.offset + torn.length or data != torn.data:
-            raise LogDamaged(torn.seq, "the segment changed since it was scanned", torn.segment)
-        current = qdir
-        final = _quarantine_name(fops, qdir, f"{torn.segment}.{torn.offset}", data)
-        tmp = final + ".tmp"
-        current = tmp
-        handle = fops.open_new(tmp)
-        try:
-            write_all(fops, handle, data)
-            _fsync(fops, handle, tmp)
-        finally:
-            fops.close(handle)
-        current = final
-        fops.rename(tmp, final)
-        _fsync_dir(fops, qdir)
-        current = seg_path
-        handle = fops.open_append(seg_path)
-        try:
-            fops.ftruncate(handle, torn.offset)
-            _fsync(fops, handle, seg_path)
-        finally:
-            fops.close(handle)
-    except OSError as exc:
-        raise _write_error(current, exc) from exc
-    return final
-
-
-def _quarantine_name(fops: FileOps, qdir: str, stem: str, data: bytes) -> str:
-    """`<stem>.torn`, unless it holds other bytes (an earlier crash tore the same offset): then
-    the first `<stem>.<n>.torn` that is free or already holds these bytes (a repeated cut)."""
-    names = set(fops.listdir(qdir))
-    n = 0
-    while True:
-        name = f"{stem}.torn" if n == 0 else f"{stem}.{n}.torn"
-        path = os.path.join(qdir, name)  # noqa: PTH118
-        if name not in names or _holds(fops, path, data):
-            return path
-        n += 1
-
-
-def _holds(fops: FileOps, path: str, data: bytes) -> bool:
-    handle = fops.open_read(path)
-    try:
-        return fops.fstat_size(handle) == len(data) and fops.pread(handle, len(data), 0) == data
-    finally:
-        fops.close(handle)
-
-
-def _fsync(fops: FileOps, handle: Handle, path: str) -> None:
-    try:
-        fops.fsync(handle)
-    except OSError as exc:
-        raise FatalStorageError(path, exc.errno or 0, exc.strerror or str(exc)) from exc
-
-
-def _fsync_dir(fops: FileOps, path: str) -> None:
-    try:
-        fops.fsync_dir(path)
-    except OSError as exc:
-        raise FatalStorageError(path, exc.errno or 0, exc.strerror or str(exc)) from exc

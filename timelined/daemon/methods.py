@@ -2,8 +2,10 @@
 
 Handlers are thin. A write is `await app.engine.submit(command, actor)`: the parameters ARE the
 command (timelined.commands), the actor is the caller's uid/gid/pid from SO_PEERCRED. A read is
-`await app.engine.read(fn, ...)`: one function over a read-only connection, run in one WAL
-snapshot, raising the named NotFound error itself so that the check and the answer agree.
+`await app.engine.read(fn, ...)`: one function of `state.queries` or `state.lookup` over a
+read-only connection, run in one WAL snapshot, raising the named NotFound error itself so that
+the check and the answer agree. No SQL and no report file is read here: the state's reads are
+`state/`'s, the reports directory's `recovery/reports.py`'s.
 
 `app` is read at call time (`app.config`, `app.verifier`, `app.extras`): a reload replaces the
 config, and parts such as the verifier may arrive after the server started.
@@ -12,10 +14,7 @@ config, and parts such as the verifier may arrive after the server started.
 from __future__ import annotations
 
 import inspect
-import logging
 import os
-import re
-import sqlite3
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import UTC, datetime
 from itertools import islice
@@ -69,32 +68,26 @@ from timelined.api import (
     WatchReply,
     WriterStats,
 )
-from timelined.api.model import Block, Context, Conversation, CrossRef
-from timelined.api.reports import Report, ReportInfo
+from timelined.api.model import Context, Conversation, CrossRef
 from timelined.api.timeline import AppendResult
 from timelined.auditlog import read_lines
 from timelined.daemon.app import App
 from timelined.daemon.metrics import render as render_metrics
 from timelined.daemon.watch import WatchHub
 from timelined.errors import (
-    BlockNotFound,
-    ContextNotFound,
-    ConversationNotFound,
     FeatureUnavailable,
     InvalidArgument,
-    ReportNotFound,
 )
 from timelined.events import Actor
 from timelined.ids import normalize_ts, parse_ts
-from timelined.recovery.report import list_reports, read_report
+from timelined.recovery.reports import load_report, report_infos
+from timelined.state import lookup
 from timelined.state import queries as q
-from timelined.state.db import open_read, read_meta
+from timelined.state.reads import ReadSnapshot
 from timelined.varlink import CallContext, Final, Handler, PeerCredentials, VarlinkServer
 from timelined.varlink.protocol import EXPECTED_MORE, VarlinkErrorReply
 
 __all__ = ["admin_handlers", "register_all", "timeline_handlers"]
-
-log = logging.getLogger("timelined.daemon.methods")
 
 
 def register_all(server: VarlinkServer, app: App) -> None:
@@ -107,92 +100,7 @@ def _actor(peer: PeerCredentials) -> Actor:
     return Actor(uid=peer.uid, gid=peer.gid, pid=peer.pid)
 
 
-# --- reads: one function per method, run in one snapshot on a read-only connection ----------
-
-
-def _context_exists(conn: sqlite3.Connection, id: str) -> None:
-    if conn.execute("SELECT 1 FROM contexts WHERE id = ?", (id,)).fetchone() is None:
-        raise ContextNotFound(id)
-
-
-def _conversation_exists(conn: sqlite3.Connection, id: str) -> None:
-    if conn.execute("SELECT 1 FROM conversations WHERE id = ?", (id,)).fetchone() is None:
-        raise ConversationNotFound(id)
-
-
-def read_conversation(conn: sqlite3.Connection, id: str) -> Conversation:
-    found = q.get_conversation(conn, id)
-    if found is None:
-        raise ConversationNotFound(id)
-    return found
-
-
-def read_context(conn: sqlite3.Connection, id: str) -> Context:
-    found = q.get_context(conn, id)
-    if found is None:
-        raise ContextNotFound(id)
-    return found
-
-
-def read_block(conn: sqlite3.Connection, id: str) -> Block:
-    found = q.get_block(conn, id)
-    if found is None:
-        raise BlockNotFound(id)
-    return found
-
-
-def read_tree(conn: sqlite3.Connection, conversation_id: str) -> list[Context]:
-    _conversation_exists(conn, conversation_id)
-    return q.get_tree(conn, conversation_id)
-
-
-def read_blocks(
-    conn: sqlite3.Connection,
-    p: ListBlocksParams,
-    since: str | None,
-    until: str | None,
-    reply_bytes: int,
-) -> BlocksReply:
-    _context_exists(conn, p.context_id)
-    blocks, next_cursor = q.list_blocks(
-        conn,
-        p.context_id,
-        limit=p.limit,
-        after=p.after,
-        before=p.before,
-        roles=p.roles or None,
-        since=since,
-        until=until,
-        budget=q.ReplyBudget(reply_bytes),
-    )
-    return BlocksReply(blocks, next_cursor)
-
-
-def read_history(conn: sqlite3.Connection, p: GetHistoryParams, reply_bytes: int) -> HistoryReply:
-    _context_exists(conn, p.context_id)
-    budget = q.ReplyBudget(reply_bytes)
-    return HistoryReply(q.history(conn, p.context_id, limit=p.limit, budget=budget))
-
-
-def read_search(conn: sqlite3.Connection, p: SearchBlocksParams) -> SearchReply:
-    if p.conversation_id is not None:
-        _conversation_exists(conn, p.conversation_id)
-    if p.context_id is not None:
-        _context_exists(conn, p.context_id)
-    hits = q.search(
-        conn,
-        p.query,
-        conversation_id=p.conversation_id,
-        context_id=p.context_id,
-        role=p.role,
-        limit=p.limit,
-    )
-    return SearchReply(hits)
-
-
-def read_stats(conn: sqlite3.Connection, id: str) -> StatsReply:
-    _conversation_exists(conn, id)
-    return StatsReply(q.conversation_stats(conn, id))
+# --- arguments -------------------------------------------------------------------------------
 
 
 def _timestamp(name: str, value: str | None) -> str | None:
@@ -219,31 +127,9 @@ def watch_hub(app: App) -> WatchHub:
     return hub
 
 
-class _Snapshot:
-    """A read-only connection of its own, inside one transaction for a whole export: the
-    export's parts are pulled from it a few at a time in worker threads, as the socket takes
-    them, so memory stays flat however large the conversation is."""
-
-    def __init__(self, path: Path) -> None:
-        self.conn = open_read(path)
-        try:
-            self.conn.execute("BEGIN")
-            self.meta = read_meta(self.conn)  # the snapshot starts here
-        except BaseException:
-            self.conn.close()
-            raise
-
-    def close(self) -> None:
-        try:
-            self.conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
-        self.conn.close()
-
-
 async def export_stream(app: App, conversation_id: str) -> AsyncGenerator[Any, None]:
     """The parts of an export, the last one wrapped in `Final`."""
-    snap = await anyio.to_thread.run_sync(_Snapshot, app.config.state_db)
+    snap = await anyio.to_thread.run_sync(ReadSnapshot, app.config.state_db)
     try:
         parts = exchange.export_parts(
             snap.conn,
@@ -308,39 +194,58 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
         return ConversationsReply(page, next_cursor)
 
     async def get_conversation(p: ByIdParams, ctx: CallContext) -> ConversationReply:
-        return ConversationReply(await app.engine.read(read_conversation, p.id))
+        return ConversationReply(await app.engine.read(lookup.conversation_or_raise, p.id))
 
     async def get_context(p: ByIdParams, ctx: CallContext) -> ContextReply:
-        return ContextReply(await app.engine.read(read_context, p.id))
+        return ContextReply(await app.engine.read(lookup.context_or_raise, p.id))
 
     async def get_tree(p: GetTreeParams, ctx: CallContext) -> ContextsReply:
-        return ContextsReply(await app.engine.read(read_tree, p.conversation_id))
+        return ContextsReply(await app.engine.read(lookup.tree_or_raise, p.conversation_id))
 
     async def get_startup_state(p: EmptyParams, ctx: CallContext) -> StartupStateReply:
         return StartupStateReply(await app.engine.read(q.startup_state))
 
     async def get_block(p: ByIdParams, ctx: CallContext) -> BlockReply:
-        return BlockReply(await app.engine.read(read_block, p.id))
+        return BlockReply(await app.engine.read(lookup.block_or_raise, p.id))
 
     async def list_blocks(p: ListBlocksParams, ctx: CallContext) -> BlocksReply:
         since = _timestamp("since", p.since)
         until = _timestamp("until", p.until)
-        reply_bytes = app.config.limits.max_message_bytes
-        reply: BlocksReply = await app.engine.read(read_blocks, p, since, until, reply_bytes)
-        return reply
+        blocks, next_cursor = await app.engine.read(
+            lookup.blocks_or_raise,
+            p.context_id,
+            limit=p.limit,
+            after=p.after,
+            before=p.before,
+            roles=p.roles or None,
+            since=since,
+            until=until,
+            reply_bytes=app.config.limits.max_message_bytes,
+        )
+        return BlocksReply(blocks, next_cursor)
 
     async def get_history(p: GetHistoryParams, ctx: CallContext) -> HistoryReply:
-        reply_bytes = app.config.limits.max_message_bytes
-        reply: HistoryReply = await app.engine.read(read_history, p, reply_bytes)
-        return reply
+        blocks = await app.engine.read(
+            lookup.history_or_raise,
+            p.context_id,
+            limit=p.limit,
+            reply_bytes=app.config.limits.max_message_bytes,
+        )
+        return HistoryReply(blocks)
 
     async def search_blocks(p: SearchBlocksParams, ctx: CallContext) -> SearchReply:
-        reply: SearchReply = await app.engine.read(read_search, p)
-        return reply
+        hits = await app.engine.read(
+            lookup.search_or_raise,
+            p.query,
+            conversation_id=p.conversation_id,
+            context_id=p.context_id,
+            role=p.role,
+            limit=p.limit,
+        )
+        return SearchReply(hits)
 
     async def get_conversation_stats(p: ByIdParams, ctx: CallContext) -> StatsReply:
-        reply: StatsReply = await app.engine.read(read_stats, p.id)
-        return reply
+        return StatsReply(await app.engine.read(lookup.stats_or_raise, p.id))
 
     async def watch(p: WatchParams, ctx: CallContext) -> AsyncIterator[WatchReply]:
         batches = watch_hub(app).watch_batches(p.conversation_id, p.after_seq)
@@ -418,8 +323,6 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
 
 # --- io.timelined.Admin ------------------------------------------------------------------------
 
-_REPORT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-
 
 def _builtins(value: Any) -> dict[str, Any] | None:
     """A part's answer (Struct, dataclass, dict, …) as a JSON object for an `object` field."""
@@ -448,62 +351,6 @@ def _read_log_lines(
         lines.append(msgspec.Raw(line[:-1]))
         last = seq
     return lines, last
-
-
-def _report_path(reports_dir: Path, id: str) -> Path:
-    name = id.removesuffix(".json")
-    if not _REPORT_ID.match(name):
-        raise ReportNotFound(id)
-    path = reports_dir / f"{name}.json"
-    if not path.is_file():
-        raise ReportNotFound(id)
-    return path
-
-
-def _load_report(reports_dir: Path, id: str | None) -> Report | None:
-    if id is not None:
-        path = _report_path(reports_dir, id)
-        if path.name.startswith("verify-"):  # another shape, shown by another verb
-            raise InvalidArgument(
-                "id",
-                f"{id} is a verification report: `timelinectl verify-report` shows the latest; "
-                f"this one is {path}",
-            )
-        try:
-            return read_report(path)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise InvalidArgument(
-                "id", f"{id} is not a boot, recovery or repair report ({exc})"
-            ) from None
-    for path in list_reports(reports_dir, ("recovery",)):
-        try:
-            return read_report(path)
-        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-            log.warning("unreadable report %s: %s", path, exc)
-    return None
-
-
-class _ReportHead(msgspec.Struct):
-    """What ListReports needs of any report file (recovery Reports and verify reports)."""
-
-    id: str
-    kind: str
-    started_at: str
-    verdict: str | None = None
-    state: str | None = None
-
-
-def _report_infos(reports_dir: Path, limit: int, kind: str | None) -> list[ReportInfo]:
-    prefixes = (kind,) if kind else ("boot", "recovery", "repair", "verify")
-    infos: list[ReportInfo] = []
-    for path in list_reports(reports_dir, prefixes)[:limit]:
-        try:
-            head = msgspec.json.decode(path.read_bytes(), type=_ReportHead)
-            verdict = head.verdict or head.state or "?"
-            infos.append(ReportInfo(head.id, head.kind, verdict, head.started_at))
-        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
-            infos.append(ReportInfo(path.stem, path.stem.split("-", 1)[0], "unreadable", ""))
-    return infos
 
 
 def _uptime(started_at: str) -> float:
@@ -596,12 +443,12 @@ def admin_handlers(app: App) -> dict[str, Handler]:
     async def get_recovery_report(
         p: GetRecoveryReportParams, ctx: CallContext
     ) -> RecoveryReportReply:
-        report = await anyio.to_thread.run_sync(_load_report, app.config.reports_dir, p.id)
+        report = await anyio.to_thread.run_sync(load_report, app.config.reports_dir, p.id)
         return RecoveryReportReply(report)
 
     async def list_reports_(p: ListReportsParams, ctx: CallContext) -> ReportsReply:
         infos = await anyio.to_thread.run_sync(
-            _report_infos, app.config.reports_dir, p.limit, p.kind
+            report_infos, app.config.reports_dir, p.limit, p.kind
         )
         return ReportsReply(infos)
 

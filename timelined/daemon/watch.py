@@ -32,8 +32,9 @@ from timelined import events as ev
 from timelined.api import LogEvent
 from timelined.auditlog import read_lines
 from timelined.auditlog.record import decode_content, encode_record
-from timelined.errors import ConversationNotFound, SlowConsumer
+from timelined.errors import SlowConsumer
 from timelined.events import Record
+from timelined.state.lookup import require_conversation
 from timelined.writer.engine import Engine
 
 __all__ = [
@@ -95,10 +96,6 @@ def _conversations_of(conn: sqlite3.Connection, context_ids: list[str]) -> dict[
         f"SELECT id, conversation_id FROM contexts WHERE id IN ({marks})", context_ids
     ).fetchall()
     return {r[0]: r[1] for r in rows}
-
-
-def _conversation_exists(conn: sqlite3.Connection, id: str) -> bool:
-    return conn.execute("SELECT 1 FROM conversations WHERE id = ?", (id,)).fetchone() is not None
 
 
 class _Filter:
@@ -235,10 +232,8 @@ class WatchHub:
     ) -> AsyncGenerator[WatchBatch, None]:
         """Batches of log lines past `after_seq` (from the log), then of every new event as
         it commits; the first batch after the catch-up is marked live (and may be empty)."""
-        if conversation_id is not None and not await self.engine.read(
-            _conversation_exists, conversation_id
-        ):
-            raise ConversationNotFound(conversation_id)
+        if conversation_id is not None:
+            await self.engine.read(require_conversation, conversation_id)
         sub = _Subscription(self.buffer_records)
         self._subs.add(sub)
         head = self.engine.last_seq  # committed now; later commits arrive through `sub`

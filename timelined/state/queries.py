@@ -143,6 +143,10 @@ def get_conversation(conn: sqlite3.Connection, id: str) -> Conversation | None:
     return _conversation(row) if row else None
 
 
+def conversation_exists(conn: sqlite3.Connection, id: str) -> bool:
+    return conn.execute("SELECT 1 FROM conversations WHERE id = ?", (id,)).fetchone() is not None
+
+
 def list_conversations(
     conn: sqlite3.Connection, *, include_archived: bool, limit: int, after: int | None
 ) -> tuple[list[Conversation], int | None]:
@@ -180,6 +184,10 @@ def get_context(conn: sqlite3.Connection, id: str, *, crossrefs: bool = True) ->
     if row is None:
         return None
     return _context(row, _crossrefs_of(conn, id) if crossrefs else None)
+
+
+def context_exists(conn: sqlite3.Connection, id: str) -> bool:
+    return conn.execute("SELECT 1 FROM contexts WHERE id = ?", (id,)).fetchone() is not None
 
 
 def get_tree(conn: sqlite3.Connection, conversation_id: str) -> list[Context]:

@@ -1,9 +1,10 @@
-"""The async read side: query functions from `queries.py`, run on aiosqlite read-only threads.
+"""The read side: query functions run on aiosqlite read-only threads, and long snapshots.
 
 aiosqlite gives each connection its own thread and a queue of callables; `ReadConnection.run`
 puts a whole query function on that queue, so a multi-statement read (history, startup state)
 is one hop to the thread and one consistent snapshot, and queries are written once for the
-writer, the readers, replay and the verifier.
+writer, the readers, replay and the verifier. `ReadSnapshot` is one read-only connection held
+in one transaction for as long as a long read (an export) takes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Concatenate, ParamSpec, TypeVar, cast
 import aiosqlite
 import anyio
 
-from timelined.state.db import open_read
+from timelined.state.db import open_read, read_meta
+from timelined.state.model import Meta
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -107,4 +109,25 @@ class Readers:
         self._free.clear()
 
 
-__all__ = ["ReadConnection", "Readers"]
+class ReadSnapshot:
+    """A read-only connection of its own inside one transaction, for a read too long for the
+    pool (an export pulls its parts from it a few at a time, as the socket takes them)."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = open_read(path)
+        try:
+            self.conn.execute("BEGIN")
+            self.meta: Meta = read_meta(self.conn)  # the snapshot starts here
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def close(self) -> None:
+        try:
+            self.conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        self.conn.close()
+
+
+__all__ = ["ReadConnection", "ReadSnapshot", "Readers"]

@@ -21,7 +21,6 @@ from timelined.errors import (
     ContextNotFound,
     ConversationNotFound,
     CrossConversationMove,
-    CrossRefNotFound,
     CycleError,
     ImportRejected,
     InvalidArgument,
@@ -30,6 +29,7 @@ from timelined.errors import (
 )
 from timelined.ids import new_id, normalize_ts
 from timelined.state import queries as q
+from timelined.state.lookup import context_or_raise, conversation_or_raise, crossref_or_raise
 from timelined.writer.hotstate import HotState
 
 Result = Conversation | Context | AppendResult | CrossRef
@@ -59,22 +59,13 @@ class Tx(Protocol):
 # --- lookups that refuse with a named error ----------------------------------------------------
 
 
-def _conversation(conn: sqlite3.Connection, id: str) -> Conversation:
-    found = q.get_conversation(conn, id)
-    if found is None:
-        raise ConversationNotFound(id)
-    return found
-
-
 def _context(conn: sqlite3.Connection, id: str) -> Context:
-    found = q.get_context(conn, id, crossrefs=False)
-    if found is None:
-        raise ContextNotFound(id)
-    return found
+    # The rules never look at cross-references, and their replies have never carried them.
+    return context_or_raise(conn, id, crossrefs=False)
 
 
 def _writable_conversation(conn: sqlite3.Connection, ctx: Context, action: str) -> None:
-    conv = _conversation(conn, ctx.conversation_id)
+    conv = conversation_or_raise(conn, ctx.conversation_id)
     if conv.status == "archived":
         raise InvalidTransition(
             conv.id, "archived", action, "the conversation is archived (read-only)"
@@ -108,26 +99,26 @@ def _create_conversation(tx: Tx, c: cmd.CreateConversation) -> Conversation:
         metadata=c.metadata or {},
     )
     tx.emit(event, _check_size(tx, event))
-    return _conversation(tx.conn, event.conversation_id)
+    return conversation_or_raise(tx.conn, event.conversation_id)
 
 
 def _update_conversation(tx: Tx, c: cmd.UpdateConversation) -> Conversation:
-    conv = _conversation(tx.conn, c.id)
+    conv = conversation_or_raise(tx.conn, c.id)
     if conv.status == "archived":
         raise InvalidTransition(c.id, "archived", "update", "an archived conversation is read-only")
     if c.name is None and c.metadata is None:
         raise InvalidArgument("name", "give a new name, new metadata, or both")
     event = ev.ConversationUpdated(conversation_id=c.id, name=c.name, metadata=c.metadata)
     tx.emit(event, _check_size(tx, event))
-    return _conversation(tx.conn, c.id)
+    return conversation_or_raise(tx.conn, c.id)
 
 
 def _archive_conversation(tx: Tx, c: cmd.ArchiveConversation) -> Conversation:
-    conv = _conversation(tx.conn, c.id)
+    conv = conversation_or_raise(tx.conn, c.id)
     if conv.status == "archived":
         raise InvalidTransition(c.id, "archived", "archive", "it is archived already")
     tx.emit(ev.ConversationArchived(conversation_id=c.id, reason=c.reason or ""))
-    return _conversation(tx.conn, c.id)
+    return conversation_or_raise(tx.conn, c.id)
 
 
 # --- contexts ----------------------------------------------------------------------------------
@@ -265,9 +256,7 @@ def _add_crossref(tx: Tx, c: cmd.AddCrossRef) -> CrossRef:
 
 
 def _revoke_crossref(tx: Tx, c: cmd.RevokeCrossRef) -> CrossRef:
-    found = q.get_crossref(tx.conn, c.id)
-    if found is None:
-        raise CrossRefNotFound(c.id)
+    found = crossref_or_raise(tx.conn, c.id)
     tx.emit(ev.CrossRefRevoked(ref_id=c.id))
     return found
 
@@ -369,7 +358,7 @@ def _import(tx: Tx, c: cmd.ImportEvents) -> Conversation:
         if isinstance(event, _SIZE_CHECKED):
             _check_size(tx, event)  # as for the direct command
         tx.emit(event)
-    return _conversation(tx.conn, first.conversation_id)
+    return conversation_or_raise(tx.conn, first.conversation_id)
 
 
 # The events whose direct commands check max_block_bytes.

@@ -1,0 +1,143 @@
+"""state.lookup: each helper answers what its query answers, and for an id that is not there
+raises the named NotFound (the error the writer's rules and the daemon's reads both give)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from timelined import events as ev
+from timelined.errors import (
+    BlockNotFound,
+    ContextNotFound,
+    ConversationNotFound,
+    CrossRefNotFound,
+    TimelinedError,
+)
+from timelined.events import Actor, Record
+from timelined.state import lookup
+from timelined.state import queries as q
+from timelined.state.apply import apply
+from timelined.state.schema import migrate
+
+ACTOR = Actor(uid=1000, gid=1000, pid=4242)
+TS = "2026-11-22T10:00:00.000001Z"
+
+
+@pytest.fixture
+def conn() -> sqlite3.Connection:
+    """A state with one conversation, a sidebar, a block and a cross-reference, applied as a
+    replay applies them."""
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    migrate(db)
+    events: list[ev.Event] = [
+        ev.ConversationCreated(conversation_id="conv_a", name="a", root_context_id="ctx_root"),
+        ev.ContextSpawned(
+            context_id="ctx_side", conversation_id="conv_a", parent_id="ctx_root", reason="look"
+        ),
+        ev.BlockAppended(
+            block=ev.BlockData(
+                id="blk_1", context_id="ctx_root", role="user", content="hello world", timestamp=TS
+            )
+        ),
+        ev.CrossRefAdded(ref_id="xref_1", from_id="ctx_side", to_id="ctx_root", kind="see"),
+    ]
+    db.execute("BEGIN")
+    prev = "0" * 64
+    for seq, event in enumerate(events, 1):
+        record = Record(seq=seq, ts=TS, actor=ACTOR, event=event, prev=prev, hash=f"{seq:064x}")
+        apply(db, record)
+        prev = record.hash
+    db.execute("COMMIT")
+    return db
+
+
+def _raises(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[str, Any]:
+    """The name and the id of the error `fn` raises."""
+    with pytest.raises(TimelinedError) as info:
+        fn(*args, **kwargs)
+    return info.value.name, info.value.params["id"]
+
+
+def test_found_is_what_the_query_returns(conn: sqlite3.Connection) -> None:
+    assert lookup.conversation_or_raise(conn, "conv_a") == q.get_conversation(conn, "conv_a")
+    assert lookup.context_or_raise(conn, "ctx_side") == q.get_context(conn, "ctx_side")
+    side = lookup.context_or_raise(conn, "ctx_side", crossrefs=False)
+    assert side == q.get_context(conn, "ctx_side", crossrefs=False)
+    assert [r.id for r in lookup.context_or_raise(conn, "ctx_side").crossrefs] == ["xref_1"]
+    assert side.crossrefs == []
+    assert lookup.block_or_raise(conn, "blk_1") == q.get_block(conn, "blk_1")
+    assert lookup.crossref_or_raise(conn, "xref_1") == q.get_crossref(conn, "xref_1")
+    assert [c.id for c in lookup.tree_or_raise(conn, "conv_a")] == ["ctx_root", "ctx_side"]
+    blocks, cursor = lookup.blocks_or_raise(
+        conn,
+        "ctx_root",
+        limit=10,
+        after=None,
+        before=None,
+        roles=None,
+        since=None,
+        until=None,
+        reply_bytes=1 << 20,
+    )
+    assert ([b.id for b in blocks], cursor) == (["blk_1"], None)
+    history = lookup.history_or_raise(conn, "ctx_root", limit=None, reply_bytes=1 << 20)
+    assert [h.block.id for h in history] == ["blk_1"]
+    hits = lookup.search_or_raise(
+        conn, "hello", conversation_id="conv_a", context_id="ctx_root", role=None, limit=5
+    )
+    assert [h.block_id for h in hits] == ["blk_1"]
+    assert lookup.stats_or_raise(conn, "conv_a") == q.conversation_stats(conn, "conv_a")
+
+
+def test_missing_raises_the_named_error(conn: sqlite3.Connection) -> None:
+    missing = {
+        lookup.conversation_or_raise: ConversationNotFound("conv_x"),
+        lookup.context_or_raise: ContextNotFound("ctx_x"),
+        lookup.block_or_raise: BlockNotFound("blk_x"),
+        lookup.crossref_or_raise: CrossRefNotFound("xref_x"),
+        lookup.require_conversation: ConversationNotFound("conv_x"),
+        lookup.require_context: ContextNotFound("ctx_x"),
+        lookup.tree_or_raise: ConversationNotFound("conv_x"),
+        lookup.stats_or_raise: ConversationNotFound("conv_x"),
+    }
+    for fn, want in missing.items():
+        id = want.params["id"]
+        assert _raises(fn, conn, id) == (want.name, id), fn.__name__
+    page = {"limit": 1, "after": None, "before": None, "roles": None, "since": None}
+    assert _raises(lookup.blocks_or_raise, conn, "ctx_x", **page, until=None, reply_bytes=100) == (
+        "ContextNotFound",
+        "ctx_x",
+    )
+    assert _raises(lookup.history_or_raise, conn, "ctx_x", limit=None, reply_bytes=100) == (
+        "ContextNotFound",
+        "ctx_x",
+    )
+    search = {"role": None, "limit": 5}
+    assert _raises(
+        lookup.search_or_raise, conn, "x", conversation_id="conv_x", context_id=None, **search
+    ) == ("ConversationNotFound", "conv_x")
+    assert _raises(
+        lookup.search_or_raise, conn, "x", conversation_id="conv_a", context_id="ctx_x", **search
+    ) == ("ContextNotFound", "ctx_x")
+
+
+def test_a_revoked_crossref_is_not_found(conn: sqlite3.Connection) -> None:
+    record = Record(
+        seq=5,
+        ts=TS,
+        actor=ACTOR,
+        event=ev.CrossRefRevoked(ref_id="xref_1"),
+        prev="0" * 64,
+        hash=f"{5:064x}",
+    )
+    conn.execute("BEGIN")
+    apply(conn, record)
+    conn.execute("COMMIT")
+    assert _raises(lookup.crossref_or_raise, conn, "xref_1") == (
+        "CrossRefNotFound",
+        "xref_1",
+    )
