@@ -11,7 +11,6 @@ from timelined import commands as cmd
 from timelined.config import LogConfig, default_config
 from timelined.daemon.app import App
 from timelined.daemon.metrics import render
-from timelined.daemon.watch import WatchHub
 from timelined.ids import utc_now
 from timelined.recovery.report import Report
 from timelined.state.model import Conversation
@@ -36,8 +35,7 @@ def test_metrics_parse_and_count(tmp_path: Path) -> None:
             app = App(
                 config=config, engine=engine, boot=report, server=server, started_at=utc_now()
             )
-            app.extras["watch"] = WatchHub(engine)
-            return render(app, started_monotonic=0.0)
+            return render(app)
 
     text = anyio.run(go)
     families = {f.name: f for f in text_string_to_metric_families(text)}
