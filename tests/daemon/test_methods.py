@@ -13,6 +13,7 @@ import msgspec
 import pytest
 
 from tests.daemon.harness import inprocess_config, inprocess_daemon, short_tempdir
+from timelined.api import ReloadReply
 from timelined.auditlog import line_hash, list_segments
 from timelined.client import (
     AsyncClient,
@@ -462,19 +463,23 @@ async def test_admin_delegates_to_the_verifier_and_reloader(base: Path) -> None:
         assert (await c.get_status()).verify == {"state": "idle", "runs": 2}
         assert await c.repair() == {"rebuilt": True}
 
-        async def reload() -> list[str]:
-            return ["limits.max_connections"]
+        class FakeReloader:
+            def __init__(self, reply: ReloadReply | ConfigError) -> None:
+                self.reply = reply
 
-        run.app.extras["reload"] = reload
+            async def reload(self) -> ReloadReply:
+                if isinstance(self.reply, ConfigError):
+                    raise self.reply
+                return self.reply
+
+        run.app.reloader = FakeReloader(ReloadReply(changed=["limits.max_connections"]))
         assert (await c.reload()).changed == ["limits.max_connections"]
-        run.app.extras["reload"] = lambda: {"changed": [], "restart_required": ["log.fsync"]}
+        run.app.reloader = FakeReloader(ReloadReply(changed=[], restart_required=["log.fsync"]))
         reply = await c.reload()
         assert reply.changed == [] and reply.restart_required == ["log.fsync"]
 
-        def refuse() -> None:
-            raise ConfigError("limits.max_connections", "expected >= 1", "/etc/x.toml")
-
-        run.app.extras["reload"] = refuse
+        refusal = ConfigError("limits.max_connections", "expected >= 1", "/etc/x.toml")
+        run.app.reloader = FakeReloader(refusal)
         with pytest.raises(ConfigError) as refused:
             await c.reload()
         assert refused.value.params["key"] == "limits.max_connections"

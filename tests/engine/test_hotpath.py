@@ -10,23 +10,34 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
+from tests.faults.faultops import FaultOps
 from tests.helpers import dump_state, replay_dump
 from timelined import commands as cmd
 from timelined.api.model import Context, Conversation
 from timelined.api.timeline import AppendResult
 from timelined.config import LogConfig, default_config
-from timelined.errors import BadQuery, InternalError, InvalidTransition, TimelinedError
+from timelined.errors import (
+    BadQuery,
+    DiskFull,
+    InternalError,
+    InvalidArgument,
+    InvalidTransition,
+    TimelinedError,
+)
 from timelined.state import queries as q
 from timelined.state.apply import apply as real_apply
 from timelined.writer import engine as engine_module
+from timelined.writer import rules
 from timelined.writer.engine import Engine
 
 
@@ -113,6 +124,54 @@ def test_a_failure_after_the_insert_undoes_the_batch(
             monkeypatch.setattr(engine_module, "apply", real_apply)
             r = await engine.submit(cmd.AppendBlock(context_id=root, role="user", content="d"))
             assert isinstance(r, AppendResult) and r.block.position == 2
+        _state_equals_replay(tmp_path, config)
+
+    anyio.run(main)
+
+
+def test_an_undone_command_takes_what_it_taught_the_cache_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each way back (a savepoint, a batch refused by a full disk) forgets the cache: an append
+    that was undone leaves no count behind, so the next one takes the position the state says."""
+    config = _config(tmp_path)
+    disk = FaultOps("write", nth=sys.maxsize, err=errno.ENOSPC, sticky=True)  # armed below
+    real_execute = rules.execute
+
+    def execute(tx: Any, command: cmd.Command, now: str) -> Any:
+        # A guarded command that appends, then is refused: its savepoint undoes the append.
+        if isinstance(command, cmd.UpdateConversation) and command.name == "undone":
+            ctx = tx.conn.execute(
+                "SELECT root_context_id FROM conversations WHERE id = ?", (command.id,)
+            ).fetchone()[0]
+            real_execute(tx, cmd.AppendBlock(context_id=ctx, role="user", content="x"), now)
+            raise InvalidArgument("name", "refused after an append")
+        return real_execute(tx, command, now)
+
+    monkeypatch.setattr(rules, "execute", execute)
+
+    async def main() -> None:
+        async with Engine.open(config, fileops=disk) as engine:
+            conv = await engine.submit(cmd.CreateConversation(name="c"))
+            assert isinstance(conv, Conversation)
+            root = conv.root_context_id
+
+            async def append() -> int:
+                r = await engine.submit(cmd.AppendBlock(context_id=root, role="user", content="a"))
+                assert isinstance(r, AppendResult)
+                return r.block.position
+
+            assert await append() == 1  # the cache now holds the root's count
+            with pytest.raises(InvalidArgument):
+                await engine.submit(cmd.UpdateConversation(id=conv.id, name="undone"))
+            assert await append() == 2
+            # A full disk: the batch's append was applied (and counted) before the log refused it.
+            disk.nth = disk.counts["write"] + 1  # the next write and every one after it
+            with pytest.raises(DiskFull):
+                await append()
+            disk.lift()
+            assert await append() == 3
+            assert engine.stats.disk_full == 1 and engine.fatal is None
         _state_equals_replay(tmp_path, config)
 
     anyio.run(main)

@@ -13,7 +13,6 @@ from timelined.api.reports import Report
 from timelined.config import LogConfig, default_config
 from timelined.daemon.app import App
 from timelined.daemon.metrics import render
-from timelined.daemon.watch import WatchHub
 from timelined.ids import utc_now
 from timelined.varlink import ServiceInfo, VarlinkServer
 from timelined.writer.engine import Engine
@@ -36,8 +35,7 @@ def test_metrics_parse_and_count(tmp_path: Path) -> None:
             app = App(
                 config=config, engine=engine, boot=report, server=server, started_at=utc_now()
             )
-            app.extras["watch"] = WatchHub(engine)
-            return render(app, started_monotonic=0.0)
+            return render(app)
 
     text = anyio.run(go)
     families = {f.name: f for f in text_string_to_metric_families(text)}

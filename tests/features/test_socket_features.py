@@ -621,7 +621,7 @@ def test_an_abandoned_stream_does_not_poison_the_connection_pool() -> None:
                         assert (await tl.get_conversation(conv.id)).id == conv.id
                         whole = [p async for p in await tl.export_conversation(conv.id)]
                 assert whole[-1].end is not None and whole[-1].end.blocks == 3
-                assert d.app.extras["watch"].watchers == 0
+                assert d.app.watch.watchers == 0
                 with pytest.raises(ConversationNotFound):
                     await tl.watch(conversation_id="conv_nope")
                 doc: ExportDocument = join_parts(whole)

@@ -1,17 +1,22 @@
 """What the method handlers can reach: the running daemon's parts, in one object.
 
 The lifecycle builds it after boot; handlers read `config` fresh on every call because a reload
-replaces it. Parts that a feature adds later (the verifier, the watch hub) are Protocols here, so
-that `daemon/methods.py` depends on what they promise rather than on their modules.
+replaces it. The parts that arrive once serving (the verifier, the reloader) are Protocols here,
+so that `daemon/methods.py` depends on what they promise rather than on their modules, and are
+None until then.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from timelined.api import ReloadReply
 from timelined.api.reports import Report
 from timelined.config import Config
+from timelined.daemon.notify import StatusText
+from timelined.daemon.watch import WatchHub
 from timelined.varlink import VarlinkServer
 from timelined.writer.engine import Engine
 
@@ -28,6 +33,12 @@ class VerifierLike(Protocol):
     async def repair(self) -> Any: ...
 
 
+class ReloaderLike(Protocol):
+    """The config reloader as Admin.Reload uses it (daemon/reload.py)."""
+
+    async def reload(self) -> ReloadReply: ...
+
+
 @dataclass
 class App:
     config: Config
@@ -36,4 +47,17 @@ class App:
     server: VarlinkServer
     started_at: str
     verifier: VerifierLike | None = None
-    extras: dict[str, Any] = field(default_factory=dict)  # features register their parts here
+    reloader: ReloaderLike | None = None
+    # GetMetrics' uptime: a monotonic clock, unmoved by a change of the wall clock.
+    started_monotonic: float = field(default_factory=time.monotonic)
+    # Made with the App, so subscribed to the engine before the first commit it serves.
+    watch: WatchHub = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.watch = WatchHub(self.engine)
+
+    def status_text(self) -> str:
+        """The STATUS= line of a serving daemon: degraded while writes are refused."""
+        if self.engine.read_only is not None:
+            return StatusText.degraded(self.engine.read_only.message)
+        return StatusText.serving(self.engine.last_seq, str(self.config.socket_path))

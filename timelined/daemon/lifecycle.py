@@ -18,14 +18,11 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio
-import msgspec
 from anyio.abc import SocketListener, TaskGroup
 
 from timelined import __version__
@@ -34,9 +31,9 @@ from timelined.daemon.activation import ActivationError, take_listener
 from timelined.daemon.app import App
 from timelined.daemon.memory import limit_malloc_arenas
 from timelined.daemon.notify import Notifier, StatusText, run_watchdog, watchdog_interval
+from timelined.daemon.reload import Reloader
 from timelined.daemon.signals import block as block_signals
 from timelined.daemon.signals import receive_signals
-from timelined.daemon.watch import WatchHub
 from timelined.errors import BootFailed, ConfigError, FatalStorageError, StateLocked, StorageError
 from timelined.ids import utc_now
 from timelined.logs import setup_logging
@@ -61,11 +58,6 @@ EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
 SHUTDOWN_GRACE_S = 10.0
-
-
-class ReloadResult(msgspec.Struct, frozen=True):
-    changed: list[str]
-    restart_required: list[str]
 
 
 @dataclass
@@ -195,7 +187,7 @@ class _Signalled:
     """What the signal task acts on: the stop, and the reloader once serving."""
 
     stop: anyio.Event
-    reload: _Reloader | None = None
+    reload: Reloader | None = None
 
 
 async def _serve_async(
@@ -254,8 +246,6 @@ async def _serve_with(
         app = App(
             config=config, engine=engine, boot=booted.report, server=server, started_at=utc_now()
         )
-        app.extras["started_monotonic"] = time.monotonic()  # GetMetrics' uptime
-        app.extras["watch"] = WatchHub(engine)  # subscribed before the first commit it serves
         _register(server, app)
         try:
             listener, ours = await _listener(config)
@@ -269,13 +259,13 @@ async def _serve_with(
                 await tg.start(server.serve, listener)
                 if booted.read_only is not None:
                     log.error("serving READ-ONLY: %s", booted.read_only.message)
-                notifier.ready(_serving_status(app))
+                notifier.ready(app.status_text())
                 log.info("serving on %s (last seq %d)", config.socket_path, engine.last_seq)
                 tg.start_soon(run_watchdog, notifier, watchdog_interval())
-                reload = _Reloader(app, config_path, notifier)
-                app.extras["reload"] = reload.reload
-                signalled.reload = reload
-                tg.start_soon(reload.watch_file, stop)
+                reloader = Reloader(app, config_path, notifier)
+                app.reloader = reloader  # Admin.Reload
+                signalled.reload = reloader  # SIGHUP
+                tg.start_soon(reloader.watch_file, stop)
                 _start_features(tg, app, notifier, stop)
                 await stop.wait()
                 notifier.stopping(StatusText.stopping())
@@ -325,13 +315,6 @@ def _mark_clean(config: Config, engine: Engine, run: _Run) -> _Run:
         log.info("clean shutdown at seq %d; marker written", stats.head_seq)
         run.clean = True
     return run
-
-
-def _serving_status(app: App) -> str:
-    """The STATUS= line of a serving daemon: degraded while writes are refused."""
-    if app.engine.read_only is not None:
-        return StatusText.degraded(app.engine.read_only.message)
-    return StatusText.serving(app.engine.last_seq, str(app.config.socket_path))
 
 
 def _register(server: VarlinkServer, app: App) -> None:
@@ -385,122 +368,6 @@ async def _signals(signals: AsyncIterator[int], signalled: _Signalled) -> None:
         else:
             log.info("received %s", name)
             stop.set()
-
-
-# Sections a reload may change in place; anything else needs a restart and is reported as such.
-_RELOADABLE = ("limits", "auth", "verify")
-
-
-class _Reloader:
-    """SIGHUP, a change of config.toml, or Admin.Reload: apply what can change without restart."""
-
-    def __init__(self, app: App, config_path: str | None, notifier: Notifier) -> None:
-        self.app = app
-        self.notifier = notifier
-        self.path = app.config.source
-        self._config_path = config_path
-
-    async def reload(self) -> ReloadResult:
-        """Apply what can change now; a refused file raises ConfigError and changes nothing."""
-        self.notifier.reloading(StatusText.reloading())
-        try:
-            return self._apply()
-        finally:
-            self.notifier.ready(_serving_status(self.app))
-
-    def _apply(self) -> ReloadResult:
-        old = self.app.config
-        try:
-            new = load_config(self._config_path)
-        except ConfigError as exc:
-            log.error("reload refused, the running config stays: %s", exc.message)
-            raise
-        changed: list[str] = []
-        needs_restart: list[str] = []
-        for section in ("daemon", "log", "verify", "limits", "auth"):
-            before = msgspec.to_builtins(getattr(old, section))
-            after = msgspec.to_builtins(getattr(new, section))
-            for key in sorted(set(before) | set(after)):
-                if before.get(key) == after.get(key):
-                    continue
-                name = f"{section}.{key}"
-                if section in _RELOADABLE or name == "daemon.log_level":
-                    changed.append(name)
-                else:
-                    needs_restart.append(name)
-        kept: dict[str, Any] = {
-            "limits": new.limits,
-            "auth": new.auth,
-            "verify": new.verify,
-            "daemon": msgspec.structs.replace(old.daemon, log_level=new.daemon.log_level),
-        }
-        config = old.replace(**kept)
-        self.app.config = config
-        self.app.engine.config = config
-        self.app.engine.limits = config.limits
-        self.app.server.limits = ServerLimits.from_config(config.limits)
-        if "daemon.log_level" in changed:
-            setup_logging(config.daemon.log_level)
-        if changed:
-            log.info("reloaded config: changed %s", ", ".join(changed))
-        else:
-            log.info("reloaded config: nothing changed")
-        if needs_restart:
-            log.warning(
-                "config keys that take effect only after a restart: %s", ", ".join(needs_restart)
-            )
-        return ReloadResult(changed=changed, restart_required=needs_restart)
-
-    async def reload_quietly(self) -> None:
-        """SIGHUP and file changes: a refused file is logged (by `_apply`), never fatal."""
-        try:
-            await self.reload()
-        except ConfigError:
-            pass
-
-    async def watch_file(self, stop: anyio.Event) -> None:
-        """Reload when config.toml changes (editors replace the file: watch its directory).
-
-        Not recursively: the default layout keeps the state (./var) under the config's
-        directory, and a recursive watch woke the watcher thread on every log and WAL write.
-        A symlinked config.toml is seen when the link is replaced, not when its target is edited
-        in another directory: SIGHUP (`systemctl reload`) covers that.
-        """
-        if self.path is None:
-            return
-        import watchfiles
-
-        config = self.path.absolute()
-
-        def only_config(change: watchfiles.Change, path: str) -> bool:
-            # The name itself (a file replaced, or a link re-pointed elsewhere, `ln -sfn`), or
-            # the same file reached another way; resolved now, not at start, as links move.
-            if Path(path).absolute() == config:
-                return True
-            try:
-                return Path(path).resolve() == config.resolve()
-            except (OSError, RuntimeError):  # a dangling or looping link: not our file
-                return False
-
-        try:
-            async for _ in watchfiles.awatch(
-                config.parent,
-                watch_filter=only_config,
-                recursive=False,
-                stop_event=stop,
-                debounce=200,
-                step=50,
-                rust_timeout=500,
-            ):
-                log.info("config file changed: reloading")
-                await self.reload_quietly()
-        except Exception as exc:  # the watcher is a convenience: serving goes on without it
-            log.error(
-                "the config file watcher stopped (%s: %s); reload with SIGHUP "
-                "(systemctl reload) from now on",
-                type(exc).__name__,
-                exc,
-            )
 
 
 def main_serve(argv_config: str | None, log_level: str | None) -> None:

@@ -7,15 +7,14 @@ read-only connection, run in one WAL snapshot, raising the named NotFound error 
 the check and the answer agree. No SQL and no report file is read here: the state's reads are
 `state/`'s, the reports directory's `recovery/reports.py`'s.
 
-`app` is read at call time (`app.config`, `app.verifier`, `app.extras`): a reload replaces the
+`app` is read at call time (`app.config`, `app.verifier`, `app.reloader`): a reload replaces the
 config, and parts such as the verifier may arrive after the server started.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
@@ -73,7 +72,6 @@ from timelined.api.timeline import AppendResult
 from timelined.auditlog import read_lines
 from timelined.daemon.app import App
 from timelined.daemon.metrics import render as render_metrics
-from timelined.daemon.watch import WatchHub
 from timelined.errors import (
     FeatureUnavailable,
     InvalidArgument,
@@ -116,15 +114,6 @@ def _timestamp(name: str, value: str | None) -> str | None:
 
 EXPORT_PARTS_PER_STEP = 4  # parts pulled per worker-thread step: a few hundred KB at most
 IMPORT_VERIFICATIONS = 2  # documents verified at once (CPU and memory); more calls wait
-
-
-def watch_hub(app: App) -> WatchHub:
-    """The daemon's watch hub (the lifecycle makes it at start; made here on first use else)."""
-    hub = app.extras.get("watch")
-    if hub is None:
-        hub = app.extras["watch"] = WatchHub(app.engine)
-    assert isinstance(hub, WatchHub)
-    return hub
 
 
 async def export_stream(app: App, conversation_id: str) -> AsyncGenerator[Any, None]:
@@ -248,7 +237,7 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
         return StatsReply(await app.engine.read(lookup.stats_or_raise, p.id))
 
     async def watch(p: WatchParams, ctx: CallContext) -> AsyncIterator[WatchReply]:
-        batches = watch_hub(app).watch_batches(p.conversation_id, p.after_seq)
+        batches = app.watch.watch_batches(p.conversation_id, p.after_seq)
         try:
             async for batch in batches:
                 yield WatchReply([msgspec.Raw(line) for line in batch.lines], batch.live)
@@ -406,14 +395,6 @@ def status_of(app: App) -> Status:
     )
 
 
-def _reload_reply(result: Any) -> ReloadReply:
-    if result is None:
-        return ReloadReply(changed=[])
-    if isinstance(result, list | tuple):
-        return ReloadReply(changed=[str(k) for k in result])
-    return msgspec.convert(msgspec.to_builtins(result), ReloadReply)
-
-
 def admin_handlers(app: App) -> dict[str, Handler]:
     """The handlers of io.timelined.Admin, by method name."""
 
@@ -464,16 +445,12 @@ def admin_handlers(app: App) -> dict[str, Handler]:
         return RepairReply(_builtins(await verifier().repair()))
 
     async def reload(p: EmptyParams, ctx: CallContext) -> ReloadReply:
-        fn: Callable[[], Any] | None = app.extras.get("reload")
-        if fn is None:
+        if app.reloader is None:
             raise FeatureUnavailable("reload", "this daemon was started without a config reloader")
-        result = fn()
-        if inspect.isawaitable(result):
-            result = await result
-        return _reload_reply(result)
+        return await app.reloader.reload()
 
     async def get_metrics(p: EmptyParams, ctx: CallContext) -> MetricsReply:
-        return MetricsReply(render_metrics(app, app.extras.get("started_monotonic")))
+        return MetricsReply(render_metrics(app))
 
     return {
         "GetMetrics": get_metrics,

@@ -53,7 +53,7 @@ def _num(value: float) -> str:
     return repr(float(value)) if isinstance(value, float) else str(value)
 
 
-def render(app: App, started_monotonic: float | None = None) -> str:
+def render(app: App) -> str:
     """Every metric, one scrape's worth of text."""
     t = _Text()
     engine = app.engine
@@ -100,19 +100,16 @@ def render(app: App, started_monotonic: float | None = None) -> str:
         [({"verdict": v}, 1 if v == verdict else 0) for v in _VERDICTS],
     )
     _verify_metrics(t, app)
-    hub = app.extras.get("watch")
-    if hub is not None:
-        t.scalar("timelined_watchers", "gauge", "Open Watch streams.", hub.watchers)
-        t.scalar(
-            "timelined_watchers_dropped_total", "counter", "Slow watchers dropped.", hub.dropped
-        )
-    if started_monotonic is not None:
-        t.scalar(
-            "timelined_uptime_seconds",
-            "gauge",
-            "Seconds since the daemon started.",
-            round(time.monotonic() - started_monotonic, 3),
-        )
+    t.scalar("timelined_watchers", "gauge", "Open Watch streams.", app.watch.watchers)
+    t.scalar(
+        "timelined_watchers_dropped_total", "counter", "Slow watchers dropped.", app.watch.dropped
+    )
+    t.scalar(
+        "timelined_uptime_seconds",
+        "gauge",
+        "Seconds since the daemon started.",
+        round(time.monotonic() - app.started_monotonic, 3),
+    )
     return "\n".join(t.lines) + "\n"
 
 

@@ -10,6 +10,10 @@ Contract (DESIGN.md's write path):
   fsync per `log.fsync`; meta(last_seq, last_hash); COMMIT. Only then are the batch's callers
   answered.
 - Invariant: SQLite never commits an event that is not already in the log.
+- One way back: every undo (a refused command's savepoint, a refused or failed batch) goes
+  through `_rollback`, which also empties the writer's cache (hotstate.py), so nothing undone
+  is remembered. The cache is otherwise emptied only by `_forget_cache`, when the state may
+  have changed behind the writer (`paused`, `replace_connection`, another process's commit).
 - A full disk refuses the whole batch (`DiskFull`, the log truncated back, the transaction rolled
   back) and writes resume when space returns. A failed fsync is fatal: nothing of the batch is
   acknowledged, every later call gets `FatalStorageError`, and `on_fatal` (called once, on the
@@ -27,7 +31,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 
@@ -64,6 +68,10 @@ from timelined.writer.serial_thread import SerialThread
 log = logging.getLogger("timelined.writer.engine")
 
 T = TypeVar("T")
+
+# How far a rollback reaches: the command's savepoint (rolled back to and released), the command's
+# one statement (already undone by SQLite: nothing but the cache to forget), or the whole batch.
+RollbackScope = Literal["savepoint", "statement", "batch"]
 
 
 def _tail_problem(scan: TailScan) -> LogDamaged | None:
@@ -172,6 +180,15 @@ class _CommandTx:
         self.lines.append(line)
         self.records.append(record)
         return record
+
+
+def _command_error(command: cmd.Command, exc: Exception) -> TimelinedError:
+    """What a failed command is answered with: its refusal, or an InternalError for anything else
+    (a bug in one command must not stop the writer, and with it every other client)."""
+    if isinstance(exc, TimelinedError):
+        return exc
+    log.exception("command %s failed unexpectedly", type(command).__name__)
+    return InternalError(f"{type(exc).__name__}: {exc}")
 
 
 class Engine:
@@ -370,11 +387,12 @@ class Engine:
         self._resumed = anyio.Event()
         try:
             async with self._lock:
-                self.hot.clear()  # the holder may change the state behind the writer
+                # The holder may change the state behind the writer.
+                self._forget_cache("paused")
                 try:
                     yield self._conn
                 finally:
-                    self.hot.clear()
+                    self._forget_cache("resumed")
         finally:
             self._pause_depth -= 1
             if self._pause_depth == 0:
@@ -383,7 +401,7 @@ class Engine:
     def replace_connection(self, conn: sqlite3.Connection) -> None:
         """Swap in a rebuilt state database (only inside `paused()`)."""
         self._conn = conn
-        self.hot.clear()
+        self._forget_cache("connection replaced")
         meta = read_meta(conn)
         assert (meta.last_seq, meta.last_hash) == (self.last_seq, self.last_hash)
         self._data_version = data_version(conn)
@@ -401,7 +419,7 @@ class Engine:
             changed = version != self._data_version
             self._data_version = version
             if changed:
-                self.hot.clear()  # another process wrote the state: nothing cached holds
+                self._forget_cache("another process wrote the state")
             return changed
 
         return await self._on_writer_thread(check)
@@ -475,18 +493,8 @@ class Engine:
         try:
             return self._run_batch_unguarded(batch)
         except sqlite3.Error as exc:
-            self.hot.clear()
             fatal = FatalStorageError(str(self.config.state_db), 0, f"state database: {exc}")
-            try:
-                self._conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # no transaction was open, or the connection is unusable: both are fatal
-            for pending in batch:
-                if pending.error is None:
-                    pending.result = None
-                    pending.error = fatal
-            self._go_fatal(fatal)
-            return []
+            return self._abandon(batch, fatal)
 
     def _run_batch_unguarded(self, batch: list[_Pending]) -> list[Record]:
         conn = self._conn
@@ -512,27 +520,11 @@ class Engine:
                 conn.execute("SAVEPOINT command")
             try:
                 pending.result = rules.execute(tx, command, ts)
-            except TimelinedError as exc:
-                hot.clear()  # whatever the command taught the cache is undone with it
-                if guarded:
-                    conn.execute("ROLLBACK TO command")
-                    conn.execute("RELEASE command")
-                elif tx.records:
-                    return self._undo_batch(batch, exc)
-                pending.error = exc
-                self.stats.refused += 1
-                continue
             except Exception as exc:
-                # Any other failure is a bug in one command: it must not stop the writer (and
-                # with it every other client), so it is undone and answered like a refusal.
-                hot.clear()
-                log.exception("command %s failed unexpectedly", type(command).__name__)
-                error = InternalError(f"{type(exc).__name__}: {exc}")
-                if guarded:
-                    conn.execute("ROLLBACK TO command")
-                    conn.execute("RELEASE command")
-                elif tx.records or isinstance(exc, sqlite3.Error):
+                error = _command_error(command, exc)
+                if not guarded and (tx.records or isinstance(exc, sqlite3.Error)):
                     return self._undo_batch(batch, error)
+                self._rollback("savepoint" if guarded else "statement")
                 pending.error = error
                 self.stats.refused += 1
                 continue
@@ -553,18 +545,11 @@ class Engine:
             self._writer.write_batch(b"".join(lines), records[0].seq, seq, prev)
             fsync_s = time.perf_counter() - started
         except FatalStorageError as exc:
-            self.hot.clear()
-            conn.execute("ROLLBACK")
-            self._refuse(accepted, exc)
-            self._go_fatal(exc)
-            return []
+            return self._abandon(batch, exc)
         except (StorageError, TimelinedError) as exc:
-            self.hot.clear()  # the batch is rolled back: so is everything cached from it
-            conn.execute("ROLLBACK")
-            self._refuse(accepted, exc)
             self.stats.disk_full += 1
             log.error("a batch of %d commands was refused: %s", len(accepted), exc.message)
-            return []
+            return self._abandon(batch, exc)
         try:
             if fts:
                 insert_fts(conn, fts)
@@ -575,48 +560,71 @@ class Engine:
             # boot rolls them forward. Answering them as failed is honest (the outcome is
             # unknown to the client) and block ids make a retry idempotent.
             fatal = FatalStorageError(str(self.config.state_db), 0, f"state commit failed: {exc}")
-            self.hot.clear()
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            self._refuse(accepted, fatal)
-            self._go_fatal(fatal)
-            return []
+            return self._abandon(batch, fatal)
         self.last_seq, self.last_hash = seq, prev
         self.stats.events += len(records)
         self.stats.observe(len(batch), fsync_s)
         return records
 
     def _undo_batch(self, batch: list[_Pending], error: TimelinedError) -> list[Record]:
-        """Roll the whole batch back and answer each of its commands with `error`.
-
-        For a command without a savepoint that failed after changing the state (never expected:
-        see `_run_batch_unguarded`): nothing of the batch is logged or committed, the writer
-        goes on. An SQL error may already have ended the transaction: then there is nothing to
-        roll back (and a failing ROLLBACK is fatal, through `_run_batch`).
+        """Undo the whole batch for a command without a savepoint that failed after changing the
+        state (never expected: see `_run_batch_unguarded`): each of its commands is answered
+        with `error` and counted as refused; nothing is logged or committed; the writer goes on.
         """
-        self.hot.clear()
-        if self._conn.in_transaction:
-            self._conn.execute("ROLLBACK")
+        unanswered = sum(1 for pending in batch if pending.error is None)
+        self._abandon(batch, error)
         log.error("a batch of %d commands was undone: %s", len(batch), error.message)
+        self.stats.refused += unanswered
+        self.stats.commands += len(batch)
+        return []
+
+    def _abandon(self, batch: list[_Pending], error: TimelinedError) -> list[Record]:
+        """Roll the whole batch back and answer every command not answered yet with `error` (a
+        refused one keeps its own error). Returns the committed records: none.
+
+        A `FatalStorageError` stops the writer, and then a failing ROLLBACK changes nothing (the
+        connection is abandoned; the first cause is the one reported). Otherwise a failing
+        ROLLBACK raises, and `_run_batch` makes it fatal.
+        """
+        fatal = error if isinstance(error, FatalStorageError) else None
+        try:
+            self._rollback("batch")
+        except sqlite3.Error:
+            if fatal is None:
+                raise
         for pending in batch:
             if pending.error is None:
                 pending.result = None
                 pending.error = error
-                self.stats.refused += 1
-        self.stats.commands += len(batch)
+        if fatal is not None:
+            self._go_fatal(fatal)
         return []
+
+    def _rollback(self, scope: RollbackScope) -> None:
+        """The one way back: undo `scope` in SQL and forget everything the cache learned.
+
+        The cache describes the state inside the open transaction (hotstate.py), so whatever is
+        undone must leave it too; clearing it whole is simpler than knowing what was learned, and
+        is rare next to appends. It is cleared first: a ROLLBACK that fails leaves it empty.
+        An SQL error may already have ended the transaction: then the batch has nothing to undo.
+        """
+        self._forget_cache("rolled back")
+        conn = self._conn
+        if scope == "savepoint":
+            conn.execute("ROLLBACK TO command")
+            conn.execute("RELEASE command")
+        elif scope == "batch" and conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+    def _forget_cache(self, reason: str) -> None:
+        """Empty the writer's cache: the state may no longer be what it learned (`reason`)."""
+        if self.hot:
+            log.debug("the writer's cache is forgotten: %s", reason)
+        self.hot.clear()
 
     @property
     def writer(self) -> LogWriter | None:
         return self._writer
-
-    @staticmethod
-    def _refuse(accepted: list[_Pending], error: TimelinedError) -> None:
-        for pending in accepted:
-            pending.result = None
-            pending.error = error
 
     # --- reading -------------------------------------------------------------------------------
 

@@ -14,10 +14,11 @@ Correctness rests on three rules, all enforced by the engine (`engine.py`):
   merge block or an archived conversation).
 - What is cached always describes the state inside the writer's open transaction. Whenever
   anything is undone — a command's savepoint rolled back, the batch refused (full disk) or
-  failed — the engine calls `clear`, so a refused command or a failed batch leaves no trace in
-  the cache either. Between batches the cache equals the committed state.
+  failed — it is undone through the engine's one rollback path (`Engine._rollback`), which
+  clears the cache, so a refused command or a failed batch leaves no trace in the cache either.
+  Between batches the cache equals the committed state.
 - Anything that may change the database behind the writer (`Engine.paused`, a swapped
-  connection, another process's commit) clears it too.
+  connection, another process's commit) clears it too (`Engine._forget_cache`).
 
 Misses are never cached (an unknown id is looked up again), and the cache is bounded.
 """
