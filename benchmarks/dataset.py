@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from timelined.auditlog import GENESIS_PREV, LogHead, LogWriter, encode_record
+from timelined.auditlog.record import GENESIS_PREV, encode_record
+from timelined.auditlog.writer import LogHead, LogWriter
 from timelined.config import Config
 from timelined.events import (
     Actor,

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import msgspec
 
-from timelined.auditlog import Damage, list_segments, walk_chain
+from timelined.auditlog.scan import Damage, walk_chain
+from timelined.auditlog.segments import list_segments
 from timelined.errors import BackupFailed
 
 

@@ -30,7 +30,8 @@ from timelined.api.exchange import (
     ImportMode,
 )
 from timelined.api.model import Context
-from timelined.auditlog import RecordError, decode_content, read_lines
+from timelined.auditlog.reader import read_lines
+from timelined.auditlog.record import RecordError, decode_content
 from timelined.errors import ImportRejected
 from timelined.events import Record
 from timelined.ids import new_id, normalize_ts, utc_now

@@ -35,7 +35,7 @@ from benchmarks.env import Env, short_socket_path
 from benchmarks.loadgen import Load
 from benchmarks.procstat import cpu_seconds
 from benchmarks.stats import median, summary_ms
-from timelined.auditlog import GENESIS_PREV, encode_record
+from timelined.auditlog.record import GENESIS_PREV, encode_record
 from timelined.events import Actor, BlockAppended, BlockData
 from timelined.state.apply import INSERT_BLOCK, dump_json, insert_fts, set_meta
 from timelined.state.db import open_write

@@ -26,7 +26,7 @@ from benchmarks.loadgen import Load
 from benchmarks.report import Target
 from benchmarks.stats import median
 from benchmarks.wire import ADMIN, VarlinkError, WireClient
-from timelined.auditlog import walk_chain
+from timelined.auditlog.scan import walk_chain
 from timelined.state.replay import rebuild
 
 PART = "verify"

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from timelined.auditlog import GENESIS_PREV, LogHead, LogWriter, OsFileOps, encode_record
-from timelined.auditlog.fileops import Handle
+from timelined.auditlog.fileops import Handle, OsFileOps
+from timelined.auditlog.record import GENESIS_PREV, encode_record
+from timelined.auditlog.writer import LogHead, LogWriter
 from timelined.events import (
     DAEMON,
     Actor,

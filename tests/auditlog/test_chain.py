@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from timelined.auditlog import list_segments, scan_tail, walk_chain
+from timelined.auditlog.scan import scan_tail, walk_chain
+from timelined.auditlog.segments import list_segments
 
 from .conftest import segment_files, write_log
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from timelined.auditlog import list_segments, read_lines, read_records
-from timelined.auditlog.reader import read_last_line
+from timelined.auditlog.reader import read_last_line, read_lines, read_records
+from timelined.auditlog.segments import list_segments
 from timelined.errors import LogDamaged
 
 from .conftest import FaultyOps, segment_files, write_log

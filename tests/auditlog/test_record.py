@@ -11,13 +11,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from timelined.auditlog import GENESIS_PREV, RecordError, decode_line, encode_record, line_hash
 from timelined.auditlog.record import (
     _HEAD,
+    GENESIS_PREV,
+    RecordError,
     _decode_fully,
     check_frame,
     decode_framed,
+    decode_line,
     decode_unhashed,
+    encode_record,
+    line_hash,
 )
 from timelined.events import DAEMON, Actor, BlockAppended, BlockData, ContextFocused, Record
 

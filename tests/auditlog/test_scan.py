@@ -7,14 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from timelined.auditlog import (
-    LogWriter,
-    cut_torn_tail,
-    list_segments,
-    read_records,
-    scan_tail,
-    walk_chain,
-)
+from timelined.auditlog.reader import read_records
+from timelined.auditlog.repair import cut_torn_tail
+from timelined.auditlog.scan import scan_tail, walk_chain
+from timelined.auditlog.segments import list_segments
+from timelined.auditlog.writer import LogWriter
 from timelined.errors import FatalStorageError, LogDamaged
 
 from .conftest import FaultyOps, make_lines, segment_files, write_log

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from timelined.auditlog import LogHead, LogWriter, read_records, scan_tail, walk_chain
+from timelined.auditlog.reader import read_records
+from timelined.auditlog.scan import scan_tail, walk_chain
+from timelined.auditlog.writer import LogHead, LogWriter
 from timelined.errors import DiskFull, FatalStorageError, LogDamaged, StorageError
 
 from .conftest import FaultyOps, log_bytes, make_lines, segment_files, write_log

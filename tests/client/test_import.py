@@ -8,8 +8,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
 FORBIDDEN = (
     "timelined.writer",
     "timelined.state",
@@ -17,30 +15,6 @@ FORBIDDEN = (
     "timelined.daemon",
     "sqlite3",
     "aiosqlite",
-)
-
-# Still imported today, through wire structs that live beside the code that makes them:
-# timelined.api imports AppendResult from timelined.writer.rules, the model from
-# timelined.state.model, the export document from timelined.exchange (which imports sqlite3,
-# timelined.state.*), and `timelined.auditlog.record` runs timelined/auditlog/__init__.py,
-# which imports the log writer. When those structs live in timelined/api/ (issue 16), this set
-# must shrink to nothing: test_the_client_imports_nothing_forbidden then passes and, being a
-# strict xfail, fails until its mark and this set are removed.
-IMPORTED_TODAY = frozenset(
-    {
-        "timelined.writer",
-        "timelined.writer.hotstate",
-        "timelined.writer.rules",
-        "timelined.state",
-        "timelined.state.apply",
-        "timelined.state.db",
-        "timelined.state.model",
-        "timelined.state.queries",
-        "timelined.state.schema",
-        "timelined.auditlog.writer",
-        "sqlite3",
-        "sqlite3.dbapi2",
-    }
 )
 
 
@@ -70,13 +44,6 @@ def test_importtime_names_the_modules_it_imports() -> None:
     assert forbidden(imported_modules("import sqlite3")) >= {"sqlite3"}  # the check can see
 
 
-def test_the_client_imports_nothing_forbidden_beyond_what_is_known() -> None:
-    found = forbidden(imported_modules("import timelined.client"))
-    assert found <= IMPORTED_TODAY, (
-        f"import timelined.client now also imports {found - IMPORTED_TODAY}"
-    )
-
-
-@pytest.mark.xfail(strict=True, reason="the wire structs are not yet in timelined/api/")
 def test_the_client_imports_nothing_forbidden() -> None:
-    assert not forbidden(imported_modules("import timelined.client"))
+    found = forbidden(imported_modules("import timelined.client"))
+    assert not found, f"import timelined.client imports {sorted(found)}"

@@ -14,7 +14,8 @@ import pytest
 
 from tests.daemon.harness import inprocess_config, inprocess_daemon, short_tempdir
 from timelined.api import ReloadReply
-from timelined.auditlog import line_hash, list_segments
+from timelined.auditlog.record import line_hash
+from timelined.auditlog.segments import list_segments
 from timelined.client import (
     AsyncClient,
     Client,

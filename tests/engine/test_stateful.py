@@ -20,7 +20,7 @@ from tests.helpers import dump_state, fts_ok, replay_dump
 from timelined import commands as cmd
 from timelined.api.model import Context, Conversation
 from timelined.api.timeline import AppendResult
-from timelined.auditlog import walk_chain
+from timelined.auditlog.scan import walk_chain
 from timelined.config import LimitsConfig, LogConfig, default_config
 from timelined.errors import (
     BlockIdConflict,

@@ -11,8 +11,7 @@ import errno
 import os
 from collections import Counter
 
-from timelined.auditlog import OsFileOps
-from timelined.auditlog.fileops import Handle
+from timelined.auditlog.fileops import Handle, OsFileOps
 
 KINDS = (
     "write",

@@ -30,8 +30,10 @@ from tests.faults.simdisk import (
 )
 from tests.helpers import dump_state, replay_dump
 from timelined import commands as cmd
-from timelined.auditlog import FileOps, Handle, LogHead, OsFileOps, read_records
+from timelined.auditlog.fileops import FileOps, Handle, OsFileOps
+from timelined.auditlog.reader import read_records
 from timelined.auditlog.record import check_frame
+from timelined.auditlog.writer import LogHead
 from timelined.config import Config, FsyncMode, LogConfig, default_config
 from timelined.events import Record
 from timelined.recovery.boot import boot

@@ -12,15 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from timelined.auditlog import (
-    GENESIS_PREV,
-    LogHead,
-    LogWriter,
-    cut_torn_tail,
-    encode_record,
-    scan_tail,
-    walk_chain,
-)
+from timelined.auditlog.record import GENESIS_PREV, encode_record
+from timelined.auditlog.repair import cut_torn_tail
+from timelined.auditlog.scan import scan_tail, walk_chain
+from timelined.auditlog.writer import LogHead, LogWriter
 from timelined.events import DAEMON, BlockAppended, BlockData
 
 TS = "2026-11-22T03:38:00.123456Z"

@@ -29,7 +29,8 @@ from tests.faults.harness import (
 )
 from tests.faults.simdisk import SimDisk, Tally
 from timelined import commands as cmd
-from timelined.auditlog import Handle, list_segments
+from timelined.auditlog.fileops import Handle
+from timelined.auditlog.segments import list_segments
 from timelined.errors import DiskFull
 from timelined.writer.engine import Engine
 

@@ -27,7 +27,7 @@ from tests.faults.faultops import FaultOps
 from tests.faults.harness import fast_dir, make_config, prepare, text
 from tests.helpers import dump_state, replay_dump
 from timelined import commands as cmd
-from timelined.auditlog import read_records
+from timelined.auditlog.reader import read_records
 from timelined.config import Config
 from timelined.errors import BootFailed, DiskFull, FatalStorageError, StorageError, TimelinedError
 from timelined.recovery.boot import boot

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.faults.harness import conversation_workload, fast_dir, make_config, prepare
 from tests.helpers import dump_state, replay_dump
-from timelined.auditlog import list_segments
+from timelined.auditlog.segments import list_segments
 from timelined.recovery.boot import boot
 
 

@@ -169,7 +169,7 @@ def test_a_partial_left_over_is_refused_not_deleted(tmp_path: Path, what: str) -
 
 def test_a_damaged_source_log_is_named_as_the_cause(tmp_path: Path) -> None:
     from tests.recovery.test_boot import boot_once, make_config, write_blocks
-    from timelined.auditlog import list_segments
+    from timelined.auditlog.segments import list_segments
 
     config = make_config(tmp_path)
     write_blocks(config, boot_once(config).head, 3)

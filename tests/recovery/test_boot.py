@@ -11,7 +11,8 @@ import pytest
 
 from tests.helpers import dump_state, replay_dump
 from timelined import commands as cmd
-from timelined.auditlog import LogHead, list_segments
+from timelined.auditlog.segments import list_segments
+from timelined.auditlog.writer import LogHead
 from timelined.config import Config, LogConfig, default_config
 from timelined.errors import BootFailed, LogDamaged, StateLocked
 from timelined.recovery.boot import BootResult, boot

@@ -38,7 +38,7 @@ from tests.faults.harness import (
 from tests.faults.simdisk import SimDisk, Tally
 from tests.stress.rounds import stress_rounds, summary
 from timelined import commands as cmd
-from timelined.auditlog import list_segments
+from timelined.auditlog.segments import list_segments
 from timelined.errors import TimelinedError
 from timelined.writer.engine import Engine
 

@@ -15,7 +15,7 @@ from tests.verifier.conftest import config_for
 from tests.verifier.workload import append_blocks, populate
 from timelined import commands as cmd
 from timelined.api.verify import VerifyReport
-from timelined.auditlog import list_segments
+from timelined.auditlog.segments import list_segments
 from timelined.errors import LogDamaged
 from timelined.verifier import Verifier
 from timelined.verifier.reports import list_reports, read_report

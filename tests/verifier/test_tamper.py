@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.verifier.conftest import verify_offline
-from timelined.auditlog import list_segments
+from timelined.auditlog.segments import list_segments
 from timelined.verifier.chain import check_chain
 from timelined.verifier.offline import run_offline
 

@@ -69,7 +69,7 @@ from timelined.api import (
 )
 from timelined.api.model import Context, Conversation, CrossRef
 from timelined.api.timeline import AppendResult
-from timelined.auditlog import read_lines
+from timelined.auditlog.reader import read_lines
 from timelined.daemon.app import App
 from timelined.daemon.metrics import render as render_metrics
 from timelined.errors import (

@@ -30,7 +30,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from timelined import events as ev
 from timelined.api import LogEvent
-from timelined.auditlog import read_lines
+from timelined.auditlog.reader import read_lines
 from timelined.auditlog.record import decode_content, encode_record
 from timelined.errors import SlowConsumer
 from timelined.events import Record

@@ -25,18 +25,13 @@ import msgspec
 
 from timelined import __version__
 from timelined.api.reports import Damage, Rebuild, Report, TornTail
-from timelined.auditlog import (
-    GENESIS_PREV,
-    FileOps,
-    LogHead,
-    OsFileOps,
-    TailScan,
-    cut_torn_tail,
-    list_segments,
-    scan_tail,
-    walk_chain,
-)
-from timelined.auditlog import Damage as ScanDamage
+from timelined.auditlog.fileops import FileOps, OsFileOps
+from timelined.auditlog.record import GENESIS_PREV
+from timelined.auditlog.repair import cut_torn_tail
+from timelined.auditlog.scan import Damage as ScanDamage
+from timelined.auditlog.scan import TailScan, scan_tail, walk_chain
+from timelined.auditlog.segments import list_segments
+from timelined.auditlog.writer import LogHead
 from timelined.config import Config
 from timelined.errors import BootFailed, LogDamaged, StorageError, TimelinedError
 from timelined.ids import utc_now

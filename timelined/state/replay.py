@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from timelined.auditlog import read_records
+from timelined.auditlog.reader import read_records
 from timelined.errors import LogDamaged
 from timelined.events import Record
 from timelined.state.apply import apply, set_meta

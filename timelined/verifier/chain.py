@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from timelined.api.verify import ChainDamage, ChainResult, ChainTorn
-from timelined.auditlog import Damage, walk_chain
+from timelined.auditlog.scan import Damage, walk_chain
 
 
 def check_chain(

@@ -21,9 +21,10 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from timelined.auditlog import OS_FILEOPS, list_segments
+from timelined.auditlog.fileops import OS_FILEOPS
 from timelined.auditlog.reader import iter_lines
 from timelined.auditlog.record import RecordError, decode_unhashed
+from timelined.auditlog.segments import list_segments
 from timelined.errors import LogDamaged
 from timelined.events import Record
 from timelined.state.apply import BlockRows

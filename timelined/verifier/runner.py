@@ -40,7 +40,8 @@ from timelined.api.verify import (
     VerifyReport,
     VerifyState,
 )
-from timelined.auditlog import list_segments, scan_tail
+from timelined.auditlog.scan import scan_tail
+from timelined.auditlog.segments import list_segments
 from timelined.ids import utc_now
 from timelined.verifier.chain import chain_damage, check_chain
 from timelined.verifier.model import MAX_DIFFERENCES, StateResult

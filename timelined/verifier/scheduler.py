@@ -43,8 +43,8 @@ from timelined.api.verify import (
     VerifyState,
     VerifyStatus,
 )
-from timelined.auditlog import WriterStats
 from timelined.auditlog.segments import parse_segment_name
+from timelined.auditlog.writer import WriterStats
 from timelined.config import VerifyConfig
 from timelined.errors import LogDamaged
 from timelined.ids import utc_now

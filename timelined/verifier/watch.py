@@ -25,10 +25,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from timelined.auditlog import OS_FILEOPS, RecordError, WriterStats, list_segments
+from timelined.auditlog.fileops import OS_FILEOPS
 from timelined.auditlog.reader import read_last_line
-from timelined.auditlog.record import check_frame
-from timelined.auditlog.segments import parse_segment_name
+from timelined.auditlog.record import RecordError, check_frame
+from timelined.auditlog.segments import list_segments, parse_segment_name
+from timelined.auditlog.writer import WriterStats
 
 StatsFn = Callable[[], WriterStats | None]
 

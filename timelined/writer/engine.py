@@ -36,15 +36,10 @@ from typing import Any, Literal, TypeVar
 import anyio
 
 from timelined import commands as cmd
-from timelined.auditlog import (
-    FileOps,
-    LogHead,
-    LogWriter,
-    OsFileOps,
-    TailScan,
-    encode_record,
-    scan_tail,
-)
+from timelined.auditlog.fileops import FileOps, OsFileOps
+from timelined.auditlog.record import encode_record
+from timelined.auditlog.scan import TailScan, scan_tail
+from timelined.auditlog.writer import LogHead, LogWriter
 from timelined.config import Config, LimitsConfig
 from timelined.errors import (
     FatalStorageError,
