@@ -99,6 +99,7 @@ from timelined.varlink import (
     VarlinkClient,
     VarlinkErrorReply,
 )
+from timelined.varlink.errors import ConnectionFailed, ProtocolViolation, VarlinkError
 from timelined.varlink.service import GetInfoReply, GetInterfaceDescriptionReply
 from timelined.writer.rules import AppendResult
 
@@ -209,6 +210,16 @@ def _error_classes() -> dict[str, type[TimelinedError]]:
             prefix = SERVICE if issubclass(cls, VarlinkServiceError) else "io.timelined."
             _classes.setdefault(prefix + cls.name, cls)
     return _classes
+
+
+def _local_error(error: VarlinkError) -> Exception:
+    """The Varlink library's own failures as timelined's; error replies stay as they are
+    (`error_from_reply` names them)."""
+    if isinstance(error, ConnectionFailed):
+        return DaemonUnavailable(error.path, error.reason)
+    if isinstance(error, ProtocolViolation):
+        return ProtocolError(error.reason)
+    return error
 
 
 def error_from_reply(reply: VarlinkErrorReply) -> TimelinedError:
@@ -355,7 +366,9 @@ class AsyncClient:
     def __init__(self, socket: str | os.PathLike[str] | None = None, *, max_idle: int = 8) -> None:
         self.socket_path = socket_path(socket)
         self._max_idle = max_idle
-        self._varlink = AsyncVarlinkClient(self.socket_path, max_idle=max_idle)
+        self._varlink = AsyncVarlinkClient(
+            self.socket_path, max_idle=max_idle, map_error=_local_error
+        )
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -376,7 +389,9 @@ class AsyncClient:
     async def _after_error(self, exc: VarlinkErrorReply) -> None:
         if exc.name in _HANGS_UP:
             old = self._varlink
-            self._varlink = AsyncVarlinkClient(self.socket_path, max_idle=self._max_idle)
+            self._varlink = AsyncVarlinkClient(
+                self.socket_path, max_idle=self._max_idle, map_error=_local_error
+            )
             await old.aclose()  # idle connections now; busy ones as their calls end
 
     async def call(self, method: str, parameters: Mapping[str, Any] | None = None) -> Any:
@@ -704,7 +719,9 @@ class Client:
         self.socket_path = socket_path(socket)
         self._timeout = timeout
         self._max_idle = max_idle
-        self._varlink = VarlinkClient(self.socket_path, timeout=timeout, max_idle=max_idle)
+        self._varlink = VarlinkClient(
+            self.socket_path, timeout=timeout, max_idle=max_idle, map_error=_local_error
+        )
 
     def __enter__(self) -> Client:
         return self
@@ -726,7 +743,10 @@ class Client:
         if exc.name in _HANGS_UP:
             old = self._varlink
             self._varlink = VarlinkClient(
-                self.socket_path, timeout=self._timeout, max_idle=self._max_idle
+                self.socket_path,
+                timeout=self._timeout,
+                max_idle=self._max_idle,
+                map_error=_local_error,
             )
             old.close()  # idle connections now; busy ones as their calls end
 
@@ -849,7 +869,7 @@ class Client:
         """
         params = _params(conversation_id=conversation_id, after_seq=after_seq)
         method = TIMELINE + "Watch"
-        conn = Connection.open(self.socket_path, timeout=None)
+        conn = Connection.open(self.socket_path, timeout=None, map_error=_local_error)
         try:
             rest = self._replies(conn.stream_typed(method, params, WatchReply))
             first = self._open_stream(rest, method)

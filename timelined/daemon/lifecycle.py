@@ -36,6 +36,7 @@ from timelined.daemon.memory import limit_malloc_arenas
 from timelined.daemon.notify import Notifier, StatusText, run_watchdog, watchdog_interval
 from timelined.daemon.signals import block as block_signals
 from timelined.daemon.signals import receive_signals
+from timelined.daemon.varlink_setup import map_error, server_limits
 from timelined.daemon.watch import WatchHub
 from timelined.errors import ConfigError, FatalStorageError, StateLocked, StorageError
 from timelined.ids import utc_now
@@ -43,7 +44,6 @@ from timelined.logs import setup_logging
 from timelined.recovery.boot import BootFailed, BootResult, boot
 from timelined.recovery.marker import mark_clean
 from timelined.varlink import (
-    ServerLimits,
     ServiceInfo,
     VarlinkServer,
     listen_unix,
@@ -249,7 +249,8 @@ async def _serve_with(
                 version=__version__,
                 url="https://varlink.org",
             ),
-            limits=ServerLimits.from_config(config.limits),
+            limits=server_limits(config.limits),
+            map_error=map_error,
         )
         app = App(
             config=config, engine=engine, boot=booted.report, server=server, started_at=utc_now()
@@ -438,7 +439,7 @@ class _Reloader:
         self.app.config = config
         self.app.engine.config = config
         self.app.engine.limits = config.limits
-        self.app.server.limits = ServerLimits.from_config(config.limits)
+        self.app.server.limits = server_limits(config.limits)
         if "daemon.log_level" in changed:
             setup_logging(config.daemon.log_level)
         if changed:
