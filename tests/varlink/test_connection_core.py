@@ -57,21 +57,22 @@ def test_an_error_reply_is_raised_and_the_connection_goes_on() -> None:
     assert not core.broken
 
 
-def test_continues_without_more_and_garbage_break_the_connection() -> None:
+@pytest.mark.parametrize(
+    ("frame", "problem"),
+    [
+        (b'{"parameters":{},"continues":true}\0', "continues to a call without more"),
+        (b"[1]\0", "not a Varlink message"),
+    ],
+)
+def test_a_bad_reply_breaks_the_connection(frame: bytes, problem: str) -> None:
     core = _core()
     core.call("a.B.C", {})
-    core.feed(b'{"parameters":{},"continues":true}\0')
-    with pytest.raises(ProtocolViolation, match="continues to a call without more"):
+    core.feed(frame)
+    with pytest.raises(ProtocolViolation, match=problem):
         _take(core)
     assert core.broken
     with pytest.raises(ConnectionFailed, match="connection is broken"):
         core.call("a.B.C", {})
-    core = _core()
-    core.call("a.B.C", {})
-    core.feed(b"[1]\0")
-    with pytest.raises(ProtocolViolation, match="not a Varlink message"):
-        _take(core)
-    assert core.broken
 
 
 def test_a_reply_over_the_limit_comes_after_the_good_ones() -> None:
