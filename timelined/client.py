@@ -96,6 +96,7 @@ from timelined.client_common import (
     check_finite,
     error_from_reply,
     export_document,
+    local_error,
     log_event,
     socket_path,
     to_json,
@@ -164,7 +165,9 @@ class AsyncClient:
             self._varlink = self._pool()
 
         def _pool(self) -> AsyncVarlinkClient:
-            return AsyncVarlinkClient(self.socket_path, max_idle=self._max_idle)
+            return AsyncVarlinkClient(
+                self.socket_path, max_idle=self._max_idle, map_error=local_error
+            )
 
     else:
 
@@ -182,7 +185,10 @@ class AsyncClient:
 
         def _pool(self) -> AsyncVarlinkClient:
             return AsyncVarlinkClient(
-                self.socket_path, timeout=self._timeout, max_idle=self._max_idle
+                self.socket_path,
+                timeout=self._timeout,
+                max_idle=self._max_idle,
+                map_error=local_error,
             )
 
     async def __aenter__(self) -> AsyncClient:
@@ -333,7 +339,8 @@ class AsyncClient:
         the last seq it received.
         """
         params = call_params(conversation_id=conversation_id, after_seq=after_seq)
-        own = AsyncVarlinkClient(self.socket_path, max_idle=0)  # its connection ends with it
+        # Its own connection, which ends with it.
+        own = AsyncVarlinkClient(self.socket_path, max_idle=0, map_error=local_error)
         first, rest = await self._open_stream(own, TIMELINE + "Watch", params, WatchReply)
         return _watch_events(first, rest)
 

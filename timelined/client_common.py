@@ -19,8 +19,15 @@ from timelined.api import LogEvent
 from timelined.api.exchange import ExportDocument, ExportPart, join_parts
 from timelined.auditlog.record import RecordError, check_frame
 from timelined.config import find_config_file, load_config
-from timelined.errors import InvalidArgument, ProtocolError, TimelinedError, all_error_classes
+from timelined.errors import (
+    DaemonUnavailable,
+    InvalidArgument,
+    ProtocolError,
+    TimelinedError,
+    all_error_classes,
+)
 from timelined.varlink import VarlinkErrorReply
+from timelined.varlink.errors import ConnectionFailed, ProtocolViolation, VarlinkError
 
 __all__ = [
     "ADMIN",
@@ -39,6 +46,7 @@ __all__ = [
     "call_params",
     "check_finite",
     "error_from_reply",
+    "local_error",
     "export_document",
     "log_event",
     "socket_path",
@@ -134,6 +142,16 @@ def _error_classes() -> dict[str, type[TimelinedError]]:
             prefix = SERVICE if issubclass(cls, VarlinkServiceError) else "io.timelined."
             _classes.setdefault(prefix + cls.name, cls)
     return _classes
+
+
+def local_error(error: VarlinkError) -> Exception:
+    """The Varlink library's own failures as timelined's; error replies stay as they are
+    (`error_from_reply` names them)."""
+    if isinstance(error, ConnectionFailed):
+        return DaemonUnavailable(error.path, error.reason)
+    if isinstance(error, ProtocolViolation):
+        return ProtocolError(error.reason)
+    return error
 
 
 def error_from_reply(reply: VarlinkErrorReply) -> TimelinedError:

@@ -58,6 +58,7 @@ from timelined.client_common import (
     check_finite,
     error_from_reply,
     export_document,
+    local_error,
     log_event,
     socket_path,
 )
@@ -107,7 +108,9 @@ class Client:
         self._varlink = self._pool()
 
     def _pool(self) -> VarlinkClient:
-        return VarlinkClient(self.socket_path, timeout=self._timeout, max_idle=self._max_idle)
+        return VarlinkClient(
+            self.socket_path, timeout=self._timeout, max_idle=self._max_idle, map_error=local_error
+        )
 
     def __enter__(self) -> Client:
         return self
@@ -252,7 +255,7 @@ class Client:
         the last seq it received.
         """
         params = call_params(conversation_id=conversation_id, after_seq=after_seq)
-        own = VarlinkClient(self.socket_path, max_idle=0)
+        own = VarlinkClient(self.socket_path, max_idle=0, map_error=local_error)
         first, rest = self._open_stream(own, TIMELINE + "Watch", params, WatchReply)
         return _watch_events(first, rest)
 

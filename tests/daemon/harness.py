@@ -34,16 +34,17 @@ from timelined.config import AuthConfig, Config, LogConfig, VerifyConfig, defaul
 from timelined.daemon.app import App
 from timelined.daemon.auth import authorizer
 from timelined.daemon.methods import register_all
-from timelined.errors import DaemonUnavailable, LogDamaged
+from timelined.daemon.varlink_setup import map_error, server_limits
+from timelined.errors import LogDamaged
 from timelined.ids import utc_now
 from timelined.recovery.boot import boot
 from timelined.varlink import (
-    ServerLimits,
     ServiceInfo,
     VarlinkClient,
     VarlinkServer,
     listen_unix,
 )
+from timelined.varlink.errors import ConnectionFailed
 from timelined.writer.engine import Engine
 
 REPO = Path(__file__).resolve().parents[2]
@@ -153,7 +154,7 @@ class DaemonProcess:
                 with VarlinkClient(self.socket_path, timeout=5) as client:
                     client.call("io.timelined.Admin.GetStatus")
                 return
-            except DaemonUnavailable:
+            except ConnectionFailed:
                 pass
             if time.monotonic() > deadline:
                 self.kill()
@@ -230,7 +231,8 @@ async def inprocess_daemon(
         async with Engine.open(config, head=head, read_only=read_only) as engine:
             server = VarlinkServer(
                 ServiceInfo("timelined", "timelined", "test", "https://varlink.org"),
-                limits=ServerLimits.from_config(config.limits),
+                limits=server_limits(config.limits),
+                map_error=map_error,
             )
             app = App(
                 config=config,

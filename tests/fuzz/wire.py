@@ -31,9 +31,8 @@ from typing import Any
 import msgspec
 
 from timelined import api
-from timelined.errors import TimelinedError
 from timelined.varlink.client import Connection
-from timelined.varlink.protocol import VarlinkErrorReply
+from timelined.varlink.errors import VarlinkError
 from timelined.varlink.service import SERVICE
 
 # --- the daemon's vocabulary, read from the real interfaces -------------------------------------
@@ -587,7 +586,7 @@ class Canary:
                     if back["block"]["content"] != content:
                         self._fail(f"GetBlock answered {back!r}")
                 i += 1
-            except (TimelinedError, VarlinkErrorReply, OSError, KeyError, TypeError) as exc:
+            except (VarlinkError, OSError, KeyError, TypeError) as exc:
                 i += 1  # a fresh block id: a retry of this one would be a (valid) old answer
                 self._fail(f"{type(exc).__name__}: {exc}")
                 if conn is not None:

@@ -21,10 +21,9 @@ import pytest
 
 from tests.daemon.harness import DaemonProcess, short_tempdir
 from tests.helpers import dump_state, replay_dump
-from timelined.errors import TimelinedError
 from timelined.recovery.report import list_reports, read_report
 from timelined.varlink.client import Connection
-from timelined.varlink.protocol import VarlinkErrorReply
+from timelined.varlink.errors import VarlinkError
 
 WRITERS = 16
 ROUNDS = int(os.environ.get("TIMELINED_KILL9_ROUNDS", "20"))
@@ -45,7 +44,7 @@ class Writers:
     def _run(self, n: int) -> None:
         try:
             conn = Connection.open(self.socket_path, timeout=10)
-        except TimelinedError:
+        except VarlinkError:
             return
         i = 0
         try:
@@ -61,9 +60,9 @@ class Writers:
                             "id": block_id,
                         },
                     )
-                except (TimelinedError, VarlinkErrorReply, OSError):
+                except (VarlinkError, OSError):
                     # The daemon died, or is stopping and answered io.timelined.ShuttingDown
-                    # (the raw connection raises error replies as VarlinkErrorReply): this write
+                    # (the raw connection raises the library's VarlinkError): this write
                     # is not acknowledged.
                     return
                 with self.lock:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 import anyio
 import msgspec
 
+from timelined.daemon.varlink_setup import map_error
 from timelined.errors import ContextNotFound, SlowConsumer
 from timelined.varlink import (
     Authorizer,
@@ -188,7 +189,10 @@ async def serving(
     path = tmp_path / "run" / "test.sock"
     probe = Probe()
     server = VarlinkServer(
-        INFO, limits=limits or ServerLimits(max_message_bytes=64 * 1024), authorize=authorize
+        INFO,
+        limits=limits or ServerLimits(max_message_bytes=64 * 1024),
+        authorize=authorize,
+        map_error=map_error,  # the daemon's: the tests read the names timelined sends
     )
     server.register(TEST, handlers(probe))
     listener = await listen_unix(path, 0o600)

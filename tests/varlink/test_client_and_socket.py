@@ -12,7 +12,6 @@ import anyio
 import pytest
 
 from tests.varlink.demo import INFO, TEST, CountReply, EchoReply, Probe, handlers, serving
-from timelined.errors import DaemonUnavailable, ProtocolError
 from timelined.varlink import (
     AsyncConnection,
     AsyncVarlinkClient,
@@ -23,6 +22,7 @@ from timelined.varlink import (
     bind_unix_socket,
     listener_from_socket,
 )
+from timelined.varlink.errors import ConnectionFailed, ProtocolViolation
 
 ECHO = "io.timelined.Test.Echo"
 
@@ -86,7 +86,7 @@ async def test_blocking_client_timeout_discards_the_connection(tmp_path: Path) -
 
         def work() -> None:
             with VarlinkClient(r.path, timeout=0.1) as c:
-                with pytest.raises(DaemonUnavailable, match="no reply within"):
+                with pytest.raises(ConnectionFailed, match="no reply within"):
                     c.call("io.timelined.Test.Slow", {"seconds": 0.3})
                 # The late reply must not be taken for the next call's.
                 assert c.call(ECHO, {"text": "fresh"}) == {"text": "fresh"}
@@ -131,17 +131,17 @@ def test_null_members_of_a_reply_mean_absent_and_bad_ones_are_protocol_errors(
         with pytest.raises(VarlinkErrorReply) as err:
             c.call("x.y.Do")
         assert (err.value.name, err.value.parameters) == ("x.y.Failed", {})
-        with pytest.raises(ProtocolError):
+        with pytest.raises(ProtocolViolation):
             c.call("x.y.Do")  # was a bare msgspec.ValidationError
     thread.join(5)
 
 
 def test_missing_socket_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "nothing.sock"
-    with pytest.raises(DaemonUnavailable, match="no socket there") as err:
+    with pytest.raises(ConnectionFailed, match="no socket there") as err:
         Connection.open(path)
-    assert err.value.params["socket_path"] == str(path)
-    with VarlinkClient(path) as c, pytest.raises(DaemonUnavailable):
+    assert err.value.path == str(path)
+    with VarlinkClient(path) as c, pytest.raises(ConnectionFailed):
         c.call(ECHO, {"text": "x"})
 
 
@@ -150,12 +150,12 @@ def test_refused_socket_is_a_clear_error(tmp_path: Path) -> None:
     s = socket.socket(socket.AF_UNIX)
     s.bind(str(path))  # bound, never listening: what a crashed daemon leaves behind
     s.close()
-    with pytest.raises(DaemonUnavailable, match="refused"):
+    with pytest.raises(ConnectionFailed, match="refused"):
         Connection.open(path)
 
 
 async def test_async_missing_socket_and_typed_calls(tmp_path: Path) -> None:
-    with pytest.raises(DaemonUnavailable, match="no socket there"):
+    with pytest.raises(ConnectionFailed, match="no socket there"):
         await AsyncConnection.open(tmp_path / "nothing.sock")
     async with serving(tmp_path) as r, AsyncVarlinkClient(r.path) as c:
         assert await c.call_typed(ECHO, {"text": "t"}, EchoReply) == EchoReply("t")
@@ -182,7 +182,7 @@ async def test_daemon_gone_mid_call(tmp_path: Path) -> None:
         async with anyio.create_task_group() as tg:
 
             async def call() -> None:
-                with pytest.raises(DaemonUnavailable, match="closed before the reply"):
+                with pytest.raises(ConnectionFailed, match="closed before the reply"):
                     await conn.call("io.timelined.Test.Slow", {"seconds": 10})
 
             tg.start_soon(call)

@@ -225,7 +225,7 @@ def test_committed_files_are_checked_for_drift(tmp_path: Path) -> None:
     assert_interface_files_current([TEST, EXAMPLE], tmp_path)
     path = tmp_path / "io.timelined.Test.varlink"
     path.write_text(path.read_text().replace("Echo", "Echoes"))
-    with pytest.raises(AssertionError, match=r"(?s)python -m timelined\.daemon\.varlink\.gen.*-"):
+    with pytest.raises(AssertionError, match=r"(?s)python -m timelined\.varlink\.gen --dir .*-"):
         assert_interface_files_current([TEST], tmp_path)
 
 

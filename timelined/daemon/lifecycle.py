@@ -34,13 +34,13 @@ from timelined.daemon.notify import Notifier, StatusText, run_watchdog, watchdog
 from timelined.daemon.reload import Reloader
 from timelined.daemon.signals import block as block_signals
 from timelined.daemon.signals import receive_signals
+from timelined.daemon.varlink_setup import map_error, server_limits
 from timelined.errors import BootFailed, ConfigError, FatalStorageError, StateLocked, StorageError
 from timelined.ids import utc_now
 from timelined.logs import setup_logging
 from timelined.recovery.boot import BootResult, boot
 from timelined.recovery.marker import mark_clean
 from timelined.varlink import (
-    ServerLimits,
     ServiceInfo,
     VarlinkServer,
     listen_unix,
@@ -241,7 +241,8 @@ async def _serve_with(
                 version=__version__,
                 url="https://varlink.org",
             ),
-            limits=ServerLimits.from_config(config.limits),
+            limits=server_limits(config.limits),
+            map_error=map_error,
         )
         app = App(
             config=config, engine=engine, boot=booted.report, server=server, started_at=utc_now()

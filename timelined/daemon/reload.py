@@ -18,9 +18,9 @@ from timelined.api import ReloadReply
 from timelined.config import Config, load_config
 from timelined.daemon.app import App
 from timelined.daemon.notify import Notifier, StatusText
+from timelined.daemon.varlink_setup import server_limits
 from timelined.errors import ConfigError
 from timelined.logs import setup_logging
-from timelined.varlink import ServerLimits
 
 log = logging.getLogger("timelined.daemon")
 
@@ -87,7 +87,7 @@ class Reloader:
         self.app.config = config
         self.app.engine.config = config
         self.app.engine.limits = config.limits
-        self.app.server.limits = ServerLimits.from_config(config.limits)
+        self.app.server.limits = server_limits(config.limits)
         if "daemon.log_level" in result.changed:
             setup_logging(config.daemon.log_level)
         if result.changed:

@@ -1,17 +1,31 @@
 """Varlink protocol layer: framing, interface definitions, server and client transports.
 
-Generic: it knows Varlink and the shared error vocabulary (`timelined.errors`), nothing of
-timelines. `timelined.daemon` declares the interfaces and registers their handlers.
+A library of its own: it imports nothing of timelined but itself (a test checks). What an
+application must tell it is injected: the server's limits (`ServerLimits`), an error mapper that
+names the application's exceptions on the wire (`ErrorMapper`), and the clients' mapper that turns
+errors back into the application's exceptions (`ReplyMapper`). `timelined.daemon` declares the
+interfaces, registers their handlers and injects those (`daemon/varlink_setup.py`).
 """
 
 from timelined.varlink.client import (
     AsyncConnection,
     AsyncVarlinkClient,
     Connection,
+    ConnectionCore,
     VarlinkClient,
 )
+from timelined.varlink.errors import (
+    ConnectionFailed,
+    ErrorMapper,
+    InternalFailure,
+    LimitReached,
+    ProtocolViolation,
+    ReplyMapper,
+    ServerStopping,
+    VarlinkError,
+    VarlinkErrorReply,
+)
 from timelined.varlink.interface import ErrorDef, Interface, InterfaceDefinitionError, Method
-from timelined.varlink.protocol import VarlinkErrorReply
 from timelined.varlink.server import (
     Authorizer,
     CallContext,
@@ -33,17 +47,26 @@ __all__ = [
     "Authorizer",
     "CallContext",
     "Connection",
+    "ConnectionCore",
+    "ConnectionFailed",
     "ErrorDef",
+    "ErrorMapper",
     "Final",
     "Handler",
     "Interface",
     "InterfaceDefinitionError",
+    "InternalFailure",
+    "LimitReached",
     "Method",
     "PeerCredentials",
+    "ProtocolViolation",
+    "ReplyMapper",
     "ServerLimits",
     "ServerStats",
+    "ServerStopping",
     "ServiceInfo",
     "VarlinkClient",
+    "VarlinkError",
     "VarlinkErrorReply",
     "VarlinkServer",
     "bind_unix_socket",

@@ -1,15 +1,21 @@
 """Minimal Varlink client transports: async (anyio) and blocking (plain sockets).
 
-Both keep a small pool of open connections, so consecutive calls reuse one, and concurrent
-callers (tasks or threads) each get their own. A call that fails halfway (the peer hung up, the
-caller was cancelled, a stream was abandoned) discards its connection, because the replies on
-it can no longer be matched to calls.
+One sans-I/O core, `ConnectionCore`, holds everything a connection knows: it encodes calls,
+splits the bytes received into frames (with the reply size limit), decodes replies, tracks
+`continues`, and turns error replies and failures into exceptions. The two connection classes,
+`AsyncConnection` and `Connection`, are thin shells that only move bytes between it and a
+socket; the two pools, `AsyncVarlinkClient` and `VarlinkClient`, share `_Pool`.
 
-Failures are raised as:
+The pools keep a few open connections, so consecutive calls reuse one, and concurrent callers
+(tasks or threads) each get their own. A call that fails halfway (the peer hung up, the caller
+was cancelled, a stream was abandoned) leaves its connection unusable, because the replies on
+it can no longer be matched to calls; the core knows this from its own state.
+
+Failures are raised as the `ReplyMapper` given (default: as they are) makes them of:
 - `VarlinkErrorReply(name, parameters)` — the service answered with a named error;
-- `timelined.errors.DaemonUnavailable` — no socket, nobody listening, permission refused on the
-  socket, or the connection closed before the reply;
-- `timelined.errors.ProtocolError` — the reply was not a Varlink message (or too large).
+- `ConnectionFailed` — no socket, nobody listening, permission refused on the socket, or the
+  connection closed before the reply;
+- `ProtocolViolation` — the reply was not a Varlink message (or too large).
 """
 
 from __future__ import annotations
@@ -19,22 +25,44 @@ import select
 import socket
 import threading
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterator,
+    Mapping,
+)
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Generic, Literal, TypeVar, overload
 
 import anyio
 import msgspec
 from anyio.abc import SocketAttribute, SocketStream
 
-from timelined.errors import DaemonUnavailable, ProtocolError
-from timelined.varlink.framing import FrameError, FrameReader, FrameSplitter, send_all
-from timelined.varlink.protocol import VarlinkErrorReply, encode_call
+from timelined.varlink.errors import (
+    ConnectionFailed,
+    ProtocolViolation,
+    ReplyMapper,
+    VarlinkErrorReply,
+    keep_error,
+)
+from timelined.varlink.framing import (
+    FrameSplitter,
+    FrameTooLarge,
+    raw_socket,
+    receive_chunk,
+    send_all,
+)
+from timelined.varlink.protocol import encode_call
 
 __all__ = [
     "AsyncConnection",
     "AsyncVarlinkClient",
     "Connection",
+    "ConnectionCore",
     "Parameters",
     "VarlinkClient",
     "VarlinkErrorReply",
@@ -68,32 +96,139 @@ def _decoder(reply_type: type[T]) -> msgspec.json.Decoder[T]:
     return dec
 
 
-def _parse(frame: bytes) -> tuple[msgspec.Raw, bool]:
-    """(parameters, continues) of a reply; raises VarlinkErrorReply on an error reply."""
-    try:
-        reply = _REPLY.decode(frame)
-        parameters = _EMPTY if bytes(reply.parameters) == b"null" else reply.parameters
-        if reply.error is not None:
-            params = _DICT.decode(parameters)
-            raise VarlinkErrorReply(reply.error, params)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"reply is not a Varlink message: {exc}") from None
-    return parameters, bool(reply.continues)
+# What the connection awaits: nothing (between calls), one reply, or replies until one comes
+# without `continues`.
+_IDLE = 0
+_ONE = 1
+_MORE = 2
 
 
-def _decode(raw: msgspec.Raw, reply_type: type[T]) -> T:
-    try:
-        return _decoder(reply_type).decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"reply does not match {reply_type.__name__}: {exc}") from None
+class ConnectionCore:
+    """The client side of one connection, without I/O: bytes in, replies out.
+
+    A shell calls `call()` for the frame to send, then, until `next_frame()` has a frame,
+    passes what it reads to `feed()` (b"" at the end of the stream), and gives each frame to
+    `reply()`. A call whose replies have not all arrived leaves the connection `broken`: that
+    is how a cancelled call or an abandoned stream is noticed without the shell's help.
+    """
+
+    __slots__ = ("_awaiting", "_error", "_failed", "_frames", "_splitter", "map_error", "path")
+
+    def __init__(
+        self, path: str, max_reply_bytes: int, map_error: ReplyMapper = keep_error
+    ) -> None:
+        self.path = path
+        self.map_error = map_error
+        self._splitter = FrameSplitter(max_reply_bytes)
+        self._frames: deque[bytes] = deque()
+        self._error: FrameTooLarge | None = None
+        self._awaiting = _IDLE
+        self._failed = False
+
+    @property
+    def broken(self) -> bool:
+        """No call may follow: the connection failed, or a call on it did not finish."""
+        return self._failed or self._awaiting != _IDLE
+
+    @property
+    def done(self) -> bool:
+        """The last reply of the call has arrived."""
+        return self._awaiting == _IDLE
+
+    def call(
+        self, method: str, parameters: Parameters, *, more: bool = False, oneway: bool = False
+    ) -> bytes:
+        """The frame of a call; from now on the connection awaits its replies (none if oneway)."""
+        if self.broken:
+            raise self.map_error(ConnectionFailed(self.path, "connection is broken"))
+        frame = encode_call(method, parameters, more=more, oneway=oneway)
+        if not oneway:
+            self._awaiting = _MORE if more else _ONE
+        return frame
+
+    def lost(self, reason: str) -> Exception:
+        """The exception for a connection that failed under the shell; it is broken from now."""
+        self._failed = True
+        return self.map_error(ConnectionFailed(self.path, reason))
+
+    def discard(self) -> None:
+        self._failed = True
+
+    def feed(self, chunk: bytes) -> None:
+        """Take the bytes read; b"" means the peer closed its end (raises)."""
+        if not chunk:
+            raise self.lost("connection closed before the reply")
+        try:
+            self._frames.extend(self._splitter.feed(chunk))
+        except FrameTooLarge as exc:
+            # The replies before the oversized one are still good: they are read first.
+            self._frames.extend(exc.frames)
+            self._error = exc
+
+    def next_frame(self) -> bytes | None:
+        """A complete frame received and not yet taken, or None: read more and `feed` it."""
+        if self._frames:
+            return self._frames.popleft()
+        if self._error is not None:
+            self._failed = True
+            raise self.map_error(ProtocolViolation(self._error.reason))
+        return None
+
+    def reply(self, frame: bytes) -> msgspec.Raw:
+        """The parameters of one reply; an error reply is raised (through `map_error`)."""
+        try:
+            reply = _REPLY.decode(frame)
+            parameters = _EMPTY if bytes(reply.parameters) == b"null" else reply.parameters
+            error = None
+            if reply.error is not None:
+                error = VarlinkErrorReply(reply.error, _DICT.decode(parameters))
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            self._failed = True
+            raise self.map_error(
+                ProtocolViolation(f"reply is not a Varlink message: {exc}")
+            ) from None
+        if error is not None:  # an error ends the call, the connection goes on
+            self._awaiting = _IDLE
+            raise self.map_error(error)
+        if not reply.continues:
+            self._awaiting = _IDLE
+        elif self._awaiting != _MORE:
+            self._failed = True
+            raise self.map_error(ProtocolViolation("a reply with continues to a call without more"))
+        return parameters
+
+    def as_dict(self, raw: msgspec.Raw) -> dict[str, Any]:
+        """A reply's parameters as a dict; anything but an object is a ProtocolViolation."""
+        try:
+            return _DICT.decode(raw)
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            raise self.map_error(
+                ProtocolViolation(f"reply parameters are not an object: {exc}")
+            ) from None
+
+    def decode(self, raw: msgspec.Raw, reply_type: type[T]) -> T:
+        try:
+            return _decoder(reply_type).decode(raw)
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            raise self.map_error(
+                ProtocolViolation(f"reply does not match {reply_type.__name__}: {exc}")
+            ) from None
+
+    def decoder(self, reply_type: type[T]) -> Callable[[msgspec.Raw], T]:
+        return lambda raw: self.decode(raw, reply_type)
 
 
-def _as_dict(raw: msgspec.Raw) -> dict[str, Any]:
-    """A reply's parameters as a dict; anything but an object is a ProtocolError."""
-    try:
-        return _DICT.decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"reply parameters are not an object: {exc}") from None
+def _unreachable(path: str, exc: OSError) -> str:
+    """Why connecting to `path` failed, in words."""
+    if isinstance(exc, FileNotFoundError):
+        return "no socket there (is the daemon running?)"
+    if isinstance(exc, ConnectionRefusedError) and not _is_socket(path):
+        return "connection refused: that path is not a socket"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (the socket exists but nothing listens on it)"
+    if isinstance(exc, PermissionError):
+        return "permission denied on the socket"
+    return exc.strerror or str(exc)
 
 
 def _is_socket(path: str) -> bool:
@@ -103,159 +238,298 @@ def _is_socket(path: str) -> bool:
         return True  # cannot tell: keep the usual explanation
 
 
-def _unavailable(path: str, exc: OSError) -> DaemonUnavailable:
-    if isinstance(exc, FileNotFoundError):
-        reason = "no socket there (is the daemon running?)"
-    elif isinstance(exc, ConnectionRefusedError) and not _is_socket(path):
-        reason = "connection refused: that path is not a socket"
-    elif isinstance(exc, ConnectionRefusedError):
-        reason = "connection refused (the socket exists but nothing listens on it)"
-    elif isinstance(exc, PermissionError):
-        reason = "permission denied on the socket"
-    else:
-        reason = exc.strerror or str(exc)
-    return DaemonUnavailable(path, reason)
+class _Shell:
+    """What both connection shells share: the core and the socket."""
 
+    def __init__(self, sock: socket.socket, core: ConnectionCore) -> None:
+        self._sock = sock
+        self._core = core
+        self.path = core.path
 
-def _is_stale(sock: socket.socket) -> bool:
-    """A pooled connection with anything to read (EOF, or an error the server sent before it
-    hung up) is not in a clean state between calls. poll, not a peeking recv: a socket with a
-    timeout would wait that long before the recv."""
-    if sock.fileno() < 0:
-        return True
-    poller = select.poll()
-    poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
+    @property
+    def broken(self) -> bool:
+        return self._core.broken
+
+    def stale(self) -> bool:
+        """Not fit for a call: broken, or with anything to read (EOF, or an error the server
+        sent before it hung up) between calls. poll, not a peeking recv: a socket with a
+        timeout would wait that long before the recv."""
+        if self._core.broken or self._sock.fileno() < 0:
+            return True
+        poller = select.poll()
+        poller.register(self._sock, select.POLLIN)
+        return bool(poller.poll(0))
+
+    def close(self) -> None:
+        self._core.discard()
+        self._sock.close()
 
 
 # --- async ---------------------------------------------------------------------------------
 
 
-class AsyncConnection:
+class AsyncConnection(_Shell):
     """One connection; one call at a time (concurrent callers use `AsyncVarlinkClient`)."""
 
-    def __init__(self, stream: SocketStream, path: str, max_reply_bytes: int) -> None:
+    def __init__(
+        self,
+        stream: SocketStream,
+        path: str,
+        max_reply_bytes: int,
+        *,
+        map_error: ReplyMapper = keep_error,
+    ) -> None:
+        super().__init__(
+            stream.extra(SocketAttribute.raw_socket),  # noqa: S610
+            ConnectionCore(path, max_reply_bytes, map_error),
+        )
         self._stream = stream
-        self._sock: socket.socket = stream.extra(SocketAttribute.raw_socket)  # noqa: S610
-        self._reader = FrameReader(stream, max_reply_bytes)
-        self._pending: deque[bytes] = deque()
-        self.path = path
-        self.broken = False
+        self._raw = raw_socket(stream)
 
     @classmethod
     async def open(
-        cls, path: str | os.PathLike[str], *, max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+        map_error: ReplyMapper = keep_error,
     ) -> AsyncConnection:
         spath = os.fspath(path)
         try:
             stream = await anyio.connect_unix(spath)
         except OSError as exc:
-            raise _unavailable(spath, exc) from exc
-        return cls(stream, spath, max_reply_bytes)
-
-    def stale(self) -> bool:
-        return self.broken or _is_stale(self._sock)
+            raise map_error(ConnectionFailed(spath, _unreachable(spath, exc))) from exc
+        return cls(stream, spath, max_reply_bytes, map_error=map_error)
 
     async def _send(self, frame: bytes) -> None:
         try:
-            await send_all(self._stream, self._sock, frame)
+            await send_all(self._stream, self._raw, frame)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-            self.broken = True
-            raise DaemonUnavailable(self.path, "connection closed while sending") from exc
+            raise self._core.lost("connection closed while sending") from exc
 
-    async def _frame(self) -> bytes:
-        if self._pending:
-            return self._pending.popleft()
-        try:
-            frames = await self._reader.receive_frames()
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError) as e:
-            self.broken = True
-            raise DaemonUnavailable(self.path, "connection closed before the reply") from e
-        except FrameError as exc:
-            self.broken = True
-            raise ProtocolError(exc.reason) from None
-        self._pending.extend(frames[1:])
-        return frames[0]
-
-    async def _roundtrip(self, frame: bytes) -> msgspec.Raw:
-        if self.broken:
-            raise DaemonUnavailable(self.path, "connection is broken")
-        ok = False
-        try:
-            await self._send(frame)
-            params, continues = _parse(await self._frame())
-            if continues:
-                raise ProtocolError("a reply with continues to a call without more")
-            ok = True
-            return params
-        except VarlinkErrorReply:
-            ok = True
-            raise
-        finally:
-            if not ok:
-                self.broken = True
+    async def _reply(self) -> msgspec.Raw:
+        core = self._core
+        while (frame := core.next_frame()) is None:
+            try:
+                chunk = await receive_chunk(self._stream, self._raw, _RECV)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+                raise core.lost("connection closed before the reply") from exc
+            core.feed(chunk)
+        return core.reply(frame)
 
     async def call(
         self, method: str, parameters: Parameters = None, *, oneway: bool = False
     ) -> dict[str, Any]:
         """One call; the reply's parameters as a dict ({} for oneway calls)."""
-        if oneway:
-            await self._send(encode_call(method, parameters, oneway=True))
-            return {}
-        return _as_dict(await self._roundtrip(encode_call(method, parameters)))
+        await self._send(self._core.call(method, parameters, oneway=oneway))
+        return {} if oneway else self._core.as_dict(await self._reply())
 
     async def call_typed(self, method: str, parameters: Parameters, reply_type: type[T]) -> T:
         """One call; the reply decoded straight into `reply_type`."""
-        return _decode(await self._roundtrip(encode_call(method, parameters)), reply_type)
+        await self._send(self._core.call(method, parameters))
+        return self._core.decode(await self._reply(), reply_type)
 
-    async def _stream_raw(
+    async def _replies(
         self, method: str, parameters: Parameters, decode: Callable[[msgspec.Raw], T]
     ) -> AsyncGenerator[T, None]:
-        # One generator level (decoding included), so that its `finally` runs however the
-        # stream ends: closed midway, a decode error, or cancellation.
-        if self.broken:
-            raise DaemonUnavailable(self.path, "connection is broken")
-        done = False
-        try:
-            await self._send(encode_call(method, parameters, more=True))
-            while True:
-                try:
-                    params, continues = _parse(await self._frame())
-                except VarlinkErrorReply:
-                    done = True
-                    raise
-                value = decode(params)
-                if not continues:
-                    done = True
-                yield value
-                if done:
-                    return
-        finally:
-            if not done:  # abandoned mid-stream: the rest of it would confuse the next call
-                self.broken = True
+        await self._send(self._core.call(method, parameters, more=True))
+        while not self._core.done:
+            yield decode(await self._reply())
 
     def stream(
         self, method: str, parameters: Parameters = None
     ) -> AsyncGenerator[dict[str, Any], None]:
         """A `more` call: every reply's parameters, until the last (or an error is raised)."""
-        return self._stream_raw(method, parameters, _as_dict)
+        return self._replies(method, parameters, self._core.as_dict)
 
     def stream_typed(
         self, method: str, parameters: Parameters, reply_type: type[T]
     ) -> AsyncGenerator[T, None]:
-        return self._stream_raw(method, parameters, lambda raw: _decode(raw, reply_type))
-
-    def close(self) -> None:
-        self.broken = True
-        self._sock.close()
+        return self._replies(method, parameters, self._core.decoder(reply_type))
 
     async def aclose(self) -> None:
-        self.broken = True
+        self._core.discard()
         with anyio.CancelScope(shield=True):
             await self._stream.aclose()
 
 
-class AsyncVarlinkClient:
+# --- blocking ------------------------------------------------------------------------------
+
+
+class Connection(_Shell):
+    """One blocking connection; one call at a time."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        path: str,
+        max_reply_bytes: int,
+        timeout: float | None,
+        *,
+        map_error: ReplyMapper = keep_error,
+    ) -> None:
+        super().__init__(sock, ConnectionCore(path, max_reply_bytes, map_error))
+        self.timeout = timeout
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float | None = None,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+        map_error: ReplyMapper = keep_error,
+    ) -> Connection:
+        spath = os.fspath(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(spath)
+        except OSError as exc:
+            sock.close()
+            reason = (
+                f"no answer within {timeout}s"
+                if isinstance(exc, TimeoutError)
+                else _unreachable(spath, exc)
+            )
+            raise map_error(ConnectionFailed(spath, reason)) from exc
+        return cls(sock, spath, max_reply_bytes, timeout, map_error=map_error)
+
+    def _send(self, frame: bytes) -> None:
+        try:
+            self._sock.sendall(frame)
+        except OSError as exc:
+            raise self._core.lost(f"connection closed while sending: {exc}") from exc
+
+    def _reply(self) -> msgspec.Raw:
+        core = self._core
+        while (frame := core.next_frame()) is None:
+            try:
+                chunk = self._sock.recv(_RECV)
+            except TimeoutError as exc:
+                raise core.lost(f"no reply within {self.timeout}s") from exc
+            except OSError as exc:
+                raise core.lost(f"connection lost: {exc}") from exc
+            core.feed(chunk)
+        return core.reply(frame)
+
+    def call(
+        self, method: str, parameters: Parameters = None, *, oneway: bool = False
+    ) -> dict[str, Any]:
+        self._send(self._core.call(method, parameters, oneway=oneway))
+        return {} if oneway else self._core.as_dict(self._reply())
+
+    def call_typed(self, method: str, parameters: Parameters, reply_type: type[T]) -> T:
+        self._send(self._core.call(method, parameters))
+        return self._core.decode(self._reply(), reply_type)
+
+    def _replies(
+        self, method: str, parameters: Parameters, decode: Callable[[msgspec.Raw], T]
+    ) -> Generator[T, None, None]:
+        self._send(self._core.call(method, parameters, more=True))
+        while not self._core.done:
+            yield decode(self._reply())
+
+    def stream(self, method: str, parameters: Parameters = None) -> Iterator[dict[str, Any]]:
+        return self._replies(method, parameters, self._core.as_dict)
+
+    def stream_typed(self, method: str, parameters: Parameters, reply_type: type[T]) -> Iterator[T]:
+        return self._replies(method, parameters, self._core.decoder(reply_type))
+
+
+# --- pools ---------------------------------------------------------------------------------
+
+C = TypeVar("C", AsyncConnection, Connection)
+# What `call` returns: the reply (blocking) or an awaitable of it (async); and with `more`, an
+# iterator over the replies (blocking) or an awaitable of one (async).
+One = TypeVar("One")
+Many = TypeVar("Many")
+
+
+class _Pool(Generic[C, One, Many]):
+    """What both clients share: the idle connections, when one may be reused, and `call`."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        max_reply_bytes: int,
+        max_idle: int,
+        map_error: ReplyMapper,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.max_reply_bytes = max_reply_bytes
+        self.max_idle = max_idle
+        self.map_error = map_error
+        self._idle: list[C] = []
+        # Held for list operations only (never across I/O), so tasks can share it too.
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @overload
+    def call(
+        self,
+        method: str,
+        parameters: Parameters = None,
+        *,
+        more: Literal[False] = False,
+        oneway: bool = False,
+    ) -> One: ...
+
+    @overload
+    def call(self, method: str, parameters: Parameters = None, *, more: Literal[True]) -> Many: ...
+
+    def call(
+        self,
+        method: str,
+        parameters: Parameters = None,
+        *,
+        more: bool = False,
+        oneway: bool = False,
+    ) -> One | Many:
+        """The reply's parameters; with `more`, an iterator over the replies (see `stream`)."""
+        if more:
+            return self._call_more(method, parameters)
+        return self._call_one(method, parameters, oneway)
+
+    def _call_one(self, method: str, parameters: Parameters, oneway: bool) -> One:
+        raise NotImplementedError
+
+    def _call_more(self, method: str, parameters: Parameters) -> Many:
+        raise NotImplementedError
+
+    def _take_idle(self) -> C | None:
+        """A pooled connection fit for a call, or None (open a new one)."""
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise self.map_error(ConnectionFailed(self.path, "the client is closed"))
+                conn = self._idle.pop() if self._idle else None
+            if conn is None or not conn.stale():
+                return conn
+            conn.close()
+
+    def _release(self, conn: C) -> None:
+        with self._lock:
+            if not (conn.broken or self._closed or len(self._idle) >= self.max_idle):
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def _close_idle(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+class AsyncVarlinkClient(
+    _Pool[
+        AsyncConnection,
+        Coroutine[Any, Any, dict[str, Any]],
+        Coroutine[Any, Any, AsyncIterator[dict[str, Any]]],
+    ]
+):
     """Calls over a pool of connections to one socket; safe for concurrent tasks."""
 
     def __init__(
@@ -264,12 +538,9 @@ class AsyncVarlinkClient:
         *,
         max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
         max_idle: int = 8,
+        map_error: ReplyMapper = keep_error,
     ) -> None:
-        self.path = os.fspath(path)
-        self.max_reply_bytes = max_reply_bytes
-        self.max_idle = max_idle
-        self._idle: list[AsyncConnection] = []
-        self._closed = False
+        super().__init__(path, max_reply_bytes, max_idle, map_error)
 
     async def __aenter__(self) -> AsyncVarlinkClient:
         return self
@@ -279,226 +550,57 @@ class AsyncVarlinkClient:
 
     async def connect(self) -> AsyncConnection:
         """A connection of its own (not pooled), e.g. for a long `Watch`."""
-        return await AsyncConnection.open(self.path, max_reply_bytes=self.max_reply_bytes)
+        return await AsyncConnection.open(
+            self.path, max_reply_bytes=self.max_reply_bytes, map_error=self.map_error
+        )
 
-    async def _acquire(self) -> AsyncConnection:
-        if self._closed:
-            raise DaemonUnavailable(self.path, "the client is closed")
-        while self._idle:
-            conn = self._idle.pop()
-            if not conn.stale():
-                return conn
-            conn.close()
-        return await self.connect()
-
-    def _release(self, conn: AsyncConnection) -> None:
-        if conn.broken or self._closed or len(self._idle) >= self.max_idle:
-            conn.close()
-        else:
-            self._idle.append(conn)
-
-    @overload
-    async def call(
-        self,
-        method: str,
-        parameters: Parameters = None,
-        *,
-        more: Literal[False] = False,
-        oneway: bool = False,
-    ) -> dict[str, Any]: ...
-
-    @overload
-    async def call(
-        self, method: str, parameters: Parameters = None, *, more: Literal[True]
-    ) -> AsyncIterator[dict[str, Any]]: ...
-
-    async def call(
-        self,
-        method: str,
-        parameters: Parameters = None,
-        *,
-        more: bool = False,
-        oneway: bool = False,
-    ) -> dict[str, Any] | AsyncIterator[dict[str, Any]]:
-        """The reply's parameters; with `more`, an iterator over the replies (see `stream`)."""
-        if more:
-            return self.stream(method, parameters)
-        conn = await self._acquire()
+    @asynccontextmanager
+    async def _lease(self) -> AsyncGenerator[AsyncConnection, None]:
+        conn = self._take_idle() or await self.connect()
         try:
-            return await conn.call(method, parameters, oneway=oneway)
+            yield conn
         finally:
             self._release(conn)
+
+    async def _call_one(self, method: str, parameters: Parameters, oneway: bool) -> dict[str, Any]:
+        async with self._lease() as conn:
+            return await conn.call(method, parameters, oneway=oneway)
+
+    async def _call_more(
+        self, method: str, parameters: Parameters
+    ) -> AsyncIterator[dict[str, Any]]:
+        return self.stream(method, parameters)
 
     async def call_typed(self, method: str, parameters: Parameters, reply_type: type[T]) -> T:
-        conn = await self._acquire()
-        try:
+        async with self._lease() as conn:
             return await conn.call_typed(method, parameters, reply_type)
-        finally:
-            self._release(conn)
 
-    async def stream(
-        self, method: str, parameters: Parameters = None
-    ) -> AsyncIterator[dict[str, Any]]:
-        conn = await self._acquire()
-        replies = conn.stream(method, parameters)
-        try:
-            async for reply in replies:
-                yield reply
-        finally:
-            # Close the connection's stream first: abandoned midway, it marks the connection
-            # broken, so that the pool does not hand out a connection still streaming.
-            await replies.aclose()
-            self._release(conn)
+    def stream(self, method: str, parameters: Parameters = None) -> AsyncIterator[dict[str, Any]]:
+        return self._pooled(lambda conn: conn.stream(method, parameters))
 
-    async def stream_typed(
+    def stream_typed(
         self, method: str, parameters: Parameters, reply_type: type[T]
     ) -> AsyncIterator[T]:
-        conn = await self._acquire()
-        replies = conn.stream_typed(method, parameters, reply_type)
-        try:
-            async for reply in replies:
-                yield reply
-        finally:
-            await replies.aclose()  # as in `stream`
-            self._release(conn)
+        return self._pooled(lambda conn: conn.stream_typed(method, parameters, reply_type))
+
+    async def _pooled(
+        self, start: Callable[[AsyncConnection], AsyncGenerator[T, None]]
+    ) -> AsyncIterator[T]:
+        async with self._lease() as conn:
+            replies = start(conn)
+            try:
+                async for reply in replies:
+                    yield reply
+            finally:
+                # Closed before the pool takes the connection back, so that its socket is not
+                # in use (abandoned midway, the connection is broken and gets closed).
+                await replies.aclose()
 
     async def aclose(self) -> None:
-        self._closed = True
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+        self._close_idle()
 
 
-# --- blocking ------------------------------------------------------------------------------
-
-
-class Connection:
-    """One blocking connection; one call at a time."""
-
-    def __init__(
-        self, sock: socket.socket, path: str, max_reply_bytes: int, timeout: float | None
-    ) -> None:
-        self._sock = sock
-        self._splitter = FrameSplitter(max_reply_bytes)
-        self._pending: deque[bytes] = deque()
-        self.path = path
-        self.timeout = timeout
-        self.broken = False
-
-    @classmethod
-    def open(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        timeout: float | None = None,
-        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
-    ) -> Connection:
-        spath = os.fspath(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(spath)
-        except OSError as exc:
-            sock.close()
-            if isinstance(exc, TimeoutError):
-                raise DaemonUnavailable(spath, f"no answer within {timeout}s") from exc
-            raise _unavailable(spath, exc) from exc
-        return cls(sock, spath, max_reply_bytes, timeout)
-
-    def stale(self) -> bool:
-        return self.broken or _is_stale(self._sock)
-
-    def _send(self, frame: bytes) -> None:
-        try:
-            self._sock.sendall(frame)
-        except OSError as exc:
-            self.broken = True
-            raise DaemonUnavailable(self.path, f"connection closed while sending: {exc}") from exc
-
-    def _frame(self) -> bytes:
-        while not self._pending:
-            try:
-                chunk = self._sock.recv(_RECV)
-            except TimeoutError as exc:
-                self.broken = True
-                raise DaemonUnavailable(self.path, f"no reply within {self.timeout}s") from exc
-            except OSError as exc:
-                self.broken = True
-                raise DaemonUnavailable(self.path, f"connection lost: {exc}") from exc
-            if not chunk:
-                self.broken = True
-                raise DaemonUnavailable(self.path, "connection closed before the reply")
-            try:
-                self._pending.extend(self._splitter.feed(chunk))
-            except FrameError as exc:
-                self.broken = True
-                raise ProtocolError(exc.reason) from None
-        return self._pending.popleft()
-
-    def _roundtrip(self, frame: bytes) -> msgspec.Raw:
-        if self.broken:
-            raise DaemonUnavailable(self.path, "connection is broken")
-        ok = False
-        try:
-            self._send(frame)
-            params, continues = _parse(self._frame())
-            if continues:
-                raise ProtocolError("a reply with continues to a call without more")
-            ok = True
-            return params
-        except VarlinkErrorReply:
-            ok = True
-            raise
-        finally:
-            if not ok:
-                self.broken = True
-
-    def call(
-        self, method: str, parameters: Parameters = None, *, oneway: bool = False
-    ) -> dict[str, Any]:
-        if oneway:
-            self._send(encode_call(method, parameters, oneway=True))
-            return {}
-        return _as_dict(self._roundtrip(encode_call(method, parameters)))
-
-    def call_typed(self, method: str, parameters: Parameters, reply_type: type[T]) -> T:
-        return _decode(self._roundtrip(encode_call(method, parameters)), reply_type)
-
-    def _stream_raw(self, method: str, parameters: Parameters) -> Iterator[msgspec.Raw]:
-        if self.broken:
-            raise DaemonUnavailable(self.path, "connection is broken")
-        done = False
-        try:
-            self._send(encode_call(method, parameters, more=True))
-            while True:
-                try:
-                    params, continues = _parse(self._frame())
-                except VarlinkErrorReply:
-                    done = True
-                    raise
-                if not continues:
-                    done = True
-                yield params
-                if done:
-                    return
-        finally:
-            if not done:
-                self.broken = True
-
-    def stream(self, method: str, parameters: Parameters = None) -> Iterator[dict[str, Any]]:
-        for raw in self._stream_raw(method, parameters):
-            yield _as_dict(raw)
-
-    def stream_typed(self, method: str, parameters: Parameters, reply_type: type[T]) -> Iterator[T]:
-        for raw in self._stream_raw(method, parameters):
-            yield _decode(raw, reply_type)
-
-    def close(self) -> None:
-        self.broken = True
-        self._sock.close()
-
-
-class VarlinkClient:
+class VarlinkClient(_Pool[Connection, dict[str, Any], Iterator[dict[str, Any]]]):
     """Blocking calls over a pool of connections to one socket; safe for concurrent threads."""
 
     def __init__(
@@ -508,14 +610,10 @@ class VarlinkClient:
         timeout: float | None = None,
         max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
         max_idle: int = 8,
+        map_error: ReplyMapper = keep_error,
     ) -> None:
-        self.path = os.fspath(path)
+        super().__init__(path, max_reply_bytes, max_idle, map_error)
         self.timeout = timeout
-        self.max_reply_bytes = max_reply_bytes
-        self.max_idle = max_idle
-        self._idle: list[Connection] = []
-        self._lock = threading.Lock()
-        self._closed = False
 
     def __enter__(self) -> VarlinkClient:
         return self
@@ -526,84 +624,40 @@ class VarlinkClient:
     def connect(self) -> Connection:
         """A connection of its own (not pooled)."""
         return Connection.open(
-            self.path, timeout=self.timeout, max_reply_bytes=self.max_reply_bytes
+            self.path,
+            timeout=self.timeout,
+            max_reply_bytes=self.max_reply_bytes,
+            map_error=self.map_error,
         )
 
-    def _acquire(self) -> Connection:
-        while True:
-            with self._lock:
-                if self._closed:
-                    raise DaemonUnavailable(self.path, "the client is closed")
-                conn = self._idle.pop() if self._idle else None
-            if conn is None:
-                return self.connect()
-            if not conn.stale():
-                return conn
-            conn.close()
-
-    def _release(self, conn: Connection) -> None:
-        with self._lock:
-            if not (conn.broken or self._closed or len(self._idle) >= self.max_idle):
-                self._idle.append(conn)
-                return
-        conn.close()
-
-    @overload
-    def call(
-        self,
-        method: str,
-        parameters: Parameters = None,
-        *,
-        more: Literal[False] = False,
-        oneway: bool = False,
-    ) -> dict[str, Any]: ...
-
-    @overload
-    def call(
-        self, method: str, parameters: Parameters = None, *, more: Literal[True]
-    ) -> Iterator[dict[str, Any]]: ...
-
-    def call(
-        self,
-        method: str,
-        parameters: Parameters = None,
-        *,
-        more: bool = False,
-        oneway: bool = False,
-    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
-        """The reply's parameters; with `more`, an iterator over the replies (see `stream`)."""
-        if more:
-            return self.stream(method, parameters)
-        conn = self._acquire()
+    @contextmanager
+    def _lease(self) -> Generator[Connection, None, None]:
+        conn = self._take_idle() or self.connect()
         try:
-            return conn.call(method, parameters, oneway=oneway)
+            yield conn
         finally:
             self._release(conn)
+
+    def _call_one(self, method: str, parameters: Parameters, oneway: bool) -> dict[str, Any]:
+        with self._lease() as conn:
+            return conn.call(method, parameters, oneway=oneway)
+
+    def _call_more(self, method: str, parameters: Parameters) -> Iterator[dict[str, Any]]:
+        return self.stream(method, parameters)
 
     def call_typed(self, method: str, parameters: Parameters, reply_type: type[T]) -> T:
-        conn = self._acquire()
-        try:
+        with self._lease() as conn:
             return conn.call_typed(method, parameters, reply_type)
-        finally:
-            self._release(conn)
 
     def stream(self, method: str, parameters: Parameters = None) -> Iterator[dict[str, Any]]:
-        conn = self._acquire()
-        try:
-            yield from conn.stream(method, parameters)
-        finally:
-            self._release(conn)
+        return self._pooled(lambda conn: conn.stream(method, parameters))
 
     def stream_typed(self, method: str, parameters: Parameters, reply_type: type[T]) -> Iterator[T]:
-        conn = self._acquire()
-        try:
-            yield from conn.stream_typed(method, parameters, reply_type)
-        finally:
-            self._release(conn)
+        return self._pooled(lambda conn: conn.stream_typed(method, parameters, reply_type))
+
+    def _pooled(self, start: Callable[[Connection], Iterator[T]]) -> Iterator[T]:
+        with self._lease() as conn:
+            yield from start(conn)
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+        self._close_idle()

@@ -1,11 +1,11 @@
 """Write (or check) the `.varlink` files from the Python interface declarations.
 
-    python -m timelined.varlink.gen [--check] [--dir DIR] [MODULE:ATTR ...]
+    python -m timelined.varlink.gen [--check] --dir DIR MODULE:ATTR [MODULE:ATTR ...]
 
-MODULE:ATTR names an `Interface` or a sequence of them (default: `DEFAULT_SOURCE`). Each is
-written to `DIR/<interface name>.varlink` (default: `timelined/api/interfaces/`). With
-`--check` nothing is written; the exit status is 1 when a file differs from its declaration,
-with the diff on stderr — the same comparison the test suite makes.
+MODULE:ATTR names an `Interface` or a sequence of them. Each is written to
+`DIR/<interface name>.varlink`. With `--check` nothing is written; the exit status is 1 when a
+file differs from its declaration, with the diff on stderr — the same comparison the test suite
+makes. An application wraps it with its own sources and directory.
 """
 
 from __future__ import annotations
@@ -19,18 +19,12 @@ from pathlib import Path
 from timelined.varlink.interface import Interface, check_interface_file, iter_interfaces
 
 __all__ = [
-    "DEFAULT_DIR",
-    "DEFAULT_SOURCE",
     "assert_interface_files_current",
     "check_interface_files",
     "load_interfaces",
     "main",
     "write_interface_files",
 ]
-
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "api" / "interfaces"
-# Where the daemon's own declarations live; the methods module exports them as INTERFACES.
-DEFAULT_SOURCE = "timelined.api:INTERFACES"
 
 
 def load_interfaces(spec: str) -> list[Interface]:
@@ -42,9 +36,7 @@ def load_interfaces(spec: str) -> list[Interface]:
     return list(iter_interfaces(obj))
 
 
-def write_interface_files(
-    interfaces: Iterable[Interface], directory: str | Path = DEFAULT_DIR
-) -> list[Path]:
+def write_interface_files(interfaces: Iterable[Interface], directory: str | Path) -> list[Path]:
     """Write each interface's text to `directory/<name>.varlink`; the paths written."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -58,9 +50,7 @@ def write_interface_files(
     return written
 
 
-def check_interface_files(
-    interfaces: Iterable[Interface], directory: str | Path = DEFAULT_DIR
-) -> list[str]:
+def check_interface_files(interfaces: Iterable[Interface], directory: str | Path) -> list[str]:
     """One diff (or 'missing' note) per file that does not equal its declaration."""
     problems = []
     for interface in interfaces:
@@ -71,14 +61,15 @@ def check_interface_files(
 
 
 def assert_interface_files_current(
-    interfaces: Iterable[Interface], directory: str | Path = DEFAULT_DIR
+    interfaces: Iterable[Interface], directory: str | Path, *, command: str | None = None
 ) -> None:
-    """For tests: fail with the diff and the command that fixes it."""
+    """For tests: fail with the diff and `command`, the command that fixes it."""
     problems = check_interface_files(interfaces, directory)
     if problems:
+        fix = command or f"python -m timelined.varlink.gen --dir {directory} MODULE:ATTR"
         raise AssertionError(
             "the committed .varlink files differ from the Python declarations; run\n"
-            "    python -m timelined.varlink.gen\n" + "\n".join(problems)
+            f"    {fix}\n" + "\n".join(problems)
         )
 
 
@@ -86,8 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m timelined.varlink.gen", description=(__doc__ or "").split("\n\n")[0]
     )
-    parser.add_argument("sources", nargs="*", metavar="MODULE:ATTR", default=[DEFAULT_SOURCE])
-    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="output directory")
+    parser.add_argument("sources", nargs="+", metavar="MODULE:ATTR")
+    parser.add_argument("--dir", type=Path, required=True, help="output directory")
     parser.add_argument("--check", action="store_true", help="compare, do not write")
     args = parser.parse_args(argv)
     interfaces = [i for spec in args.sources for i in load_interfaces(spec)]

@@ -6,16 +6,14 @@ Error names this layer sends on its own (everything else comes from a handler):
   `InvalidParameter` — the standard ones, with the standard parameter (`InvalidParameter`
   also carries `message`, the validator's text, which clients that do not know it ignore;
   `parameter` is `upgrade` for a call asking for a protocol upgrade, which no method offers);
-- `io.timelined.ProtocolError` (`reason`, `message`) — a frame that is not a Varlink call:
-  malformed JSON, a NUL inside the JSON (it splits the frame), JSON that is not an object, a
-  missing or non-string `method`. The connection is closed after it: once framing is in
-  doubt, nothing after it on the stream can be trusted;
-- `io.timelined.LimitExceeded` (`limit`, `size`, `maximum`, `message`) — a frame over
-  `max_message_bytes` (then closed) or a connection over `max_connections` (then closed);
-- `io.timelined.InternalError` (`message`, `exception`) — a handler failed unexpectedly; the
-  traceback is in the daemon's log, the connection keeps working;
-- `io.timelined.ShuttingDown` — a call that arrived (or a stream that was running) when the
-  server began to stop.
+- the library's own errors (`errors.py`), which the server's error mapper may rename:
+  `ProtocolViolation` for a frame that is not a Varlink call (malformed JSON, a NUL inside the
+  JSON, which splits the frame, JSON that is not an object, a missing or non-string `method`),
+  after which the connection is closed: once framing is in doubt, nothing after it on the
+  stream can be trusted; `LimitReached` for a frame over `max_message_bytes` (then closed) or a
+  connection over `max_connections` (then closed); `InternalFailure` when a handler failed
+  unexpectedly (the traceback is in the log, the connection keeps working); `ServerStopping`
+  for a call that arrived (or a stream that was running) when the server began to stop.
 """
 
 from __future__ import annotations
@@ -26,9 +24,10 @@ from typing import Any
 
 import msgspec
 
+from timelined.varlink.errors import VarlinkErrorReply
+
 __all__ = [
     "INTERFACE_NOT_FOUND",
-    "INTERNAL_ERROR",
     "INVALID_PARAMETER",
     "METHOD_NOT_FOUND",
     "METHOD_NOT_IMPLEMENTED",
@@ -46,22 +45,6 @@ METHOD_NOT_FOUND = "org.varlink.service.MethodNotFound"
 METHOD_NOT_IMPLEMENTED = "org.varlink.service.MethodNotImplemented"
 INVALID_PARAMETER = "org.varlink.service.InvalidParameter"
 EXPECTED_MORE = "org.varlink.service.ExpectedMore"
-# Not a TimelinedError subclass on purpose: it is never raised, only sent.
-INTERNAL_ERROR = "io.timelined.InternalError"
-
-
-class VarlinkErrorReply(Exception):
-    """A Varlink error reply: raised by the clients on an error reply, and by handlers that
-    want to send a named error which is not a TimelinedError (e.g. InvalidParameter)."""
-
-    def __init__(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
-        self.name = name
-        self.parameters: dict[str, Any] = dict(parameters or {})
-        message = self.parameters.get("message")
-        super().__init__(f"{name}: {message}" if message else name)
-
-    def __repr__(self) -> str:
-        return f"VarlinkErrorReply({self.name!r}, {self.parameters!r})"
 
 
 class _ErrorReply(msgspec.Struct):

@@ -40,8 +40,14 @@ import anyio
 import msgspec
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
 
-from timelined.config import LimitsConfig
-from timelined.errors import LimitExceeded, ProtocolError, ShuttingDown, TimelinedError
+from timelined.varlink.errors import (
+    ErrorMapper,
+    InternalFailure,
+    LimitReached,
+    ProtocolViolation,
+    ServerStopping,
+    VarlinkError,
+)
 from timelined.varlink.framing import (
     CallMessage,
     FrameError,
@@ -58,7 +64,6 @@ from timelined.varlink.interface import (
 )
 from timelined.varlink.protocol import (
     INTERFACE_NOT_FOUND,
-    INTERNAL_ERROR,
     INVALID_PARAMETER,
     METHOD_NOT_FOUND,
     METHOD_NOT_IMPLEMENTED,
@@ -168,8 +173,8 @@ class Final(Generic[R]):
 # A handler gets the validated parameters and the context. It is a coroutine function returning
 # the reply Struct (or an async iterator, to stream), or an async generator function (a stream).
 Handler = Callable[[Any, CallContext], Awaitable[Any] | AsyncIterator[Any]]
-# Raises (PermissionDenied, or any TimelinedError / VarlinkErrorReply) to refuse the call; the
-# server sends the error and closes the connection.
+# Raises an error the server's mapper names (or a VarlinkError) to refuse the call; the server
+# sends the error and closes the connection.
 Authorizer = Callable[[PeerCredentials, str, str], None]
 
 
@@ -179,14 +184,6 @@ class ServerLimits(msgspec.Struct, frozen=True):
     max_message_bytes: int = 16 * 1024 * 1024
     max_connections: int = 256
     idle_timeout_s: float = 600.0
-
-    @classmethod
-    def from_config(cls, limits: LimitsConfig) -> ServerLimits:
-        return cls(
-            max_message_bytes=limits.max_message_bytes,
-            max_connections=limits.max_connections,
-            idle_timeout_s=float(limits.idle_timeout_s),
-        )
 
 
 class ServerStats(msgspec.Struct, frozen=True):
@@ -282,7 +279,11 @@ class _Conn:
 
 
 class VarlinkServer:
-    """Serves registered interfaces (and org.varlink.service) on a listening Unix socket."""
+    """Serves registered interfaces (and org.varlink.service) on a listening Unix socket.
+
+    `map_error` names the application's exceptions (and may rename the library's own, see
+    `errors.py`); without it, only a VarlinkError raised by a handler is sent as itself.
+    """
 
     def __init__(
         self,
@@ -290,8 +291,10 @@ class VarlinkServer:
         *,
         limits: ServerLimits | None = None,
         authorize: Authorizer | None = None,
+        map_error: ErrorMapper | None = None,
     ) -> None:
         self.info = info
+        self.map_error = map_error
         self._limits = limits or ServerLimits()
         # A peer that reads none of its replies for this long is dropped (the idle limit, for
         # the other direction).
@@ -450,8 +453,7 @@ class VarlinkServer:
 
     async def _reject(self, stream: SocketStream) -> None:
         limit = self._limits.max_connections
-        exc = LimitExceeded("max_connections", limit + 1, limit)
-        frame = encode_error(exc.varlink_name, exc.params)
+        frame = self._encode_own(LimitReached("max_connections", limit + 1, limit))
         try:
             await stream.send(frame)
             if self._lingering < _MAX_LINGERING:
@@ -518,8 +520,7 @@ class VarlinkServer:
                     conn.state = _BUSY
             for frame in frames:
                 if self._closing:
-                    stop = ShuttingDown()
-                    await self._fatal_reply(conn, encode_error(stop.varlink_name, stop.params))
+                    await self._fatal_reply(conn, self._encode_own(ServerStopping()))
                     return
                 try:
                     call = decode_call(frame)
@@ -548,14 +549,14 @@ class VarlinkServer:
         if isinstance(exc, IncompleteFrame):
             await self._flush(conn)  # the peer hung up mid-frame: nobody to explain it to
             return
-        err: TimelinedError
+        err: VarlinkError
         if isinstance(exc, FrameTooLarge):
-            err = LimitExceeded("max_message_bytes", exc.size, exc.maximum)
+            err = LimitReached("max_message_bytes", exc.size, exc.maximum)
         else:
-            err = ProtocolError(exc.reason)
+            err = ProtocolViolation(exc.reason)
         log.info("connection %d (pid %d): %s; closing", conn.id, conn.peer.pid, exc.reason)
         self._errors += 1
-        await self._fatal_reply(conn, encode_error(err.varlink_name, err.params))
+        await self._fatal_reply(conn, self._encode_own(err))
 
     async def _fatal_reply(self, conn: _Conn, frame: bytes) -> None:
         conn.out += frame
@@ -603,8 +604,7 @@ class VarlinkServer:
             # UTF-8 in them makes the frame malformed JSON, like anywhere else in it.
             self._protocol_errors += 1
             self._errors += 1
-            err = ProtocolError(f"malformed JSON: {exc}")
-            conn.out += encode_error(err.varlink_name, err.params)
+            conn.out += self._encode_own(ProtocolViolation(f"malformed JSON: {exc}"))
             return False
         ctx = CallContext(
             conn.peer, entry.interface, entry.method, bool(call.more), bool(call.oneway), conn.id
@@ -618,13 +618,9 @@ class VarlinkServer:
                     if not call.oneway:
                         append_reply(conn.out, _EMPTY_REPLY if result is None else result)
                     return True
-        except (TimelinedError, VarlinkErrorReply) as exc:
-            del conn.out[mark:]
-            self._send_exception(conn, call, exc)
-            return True
         except Exception as exc:
             del conn.out[mark:]
-            self._internal_error(conn, call, exc)
+            self._send_exception(conn, call, exc)
             return True
         return await self._stream(conn, call, result)
 
@@ -643,15 +639,36 @@ class VarlinkServer:
         assert self.authorize is not None
         try:
             self.authorize(conn.peer, interface, method)
-        except (TimelinedError, VarlinkErrorReply) as exc:
-            self._refuse(conn, call, exc)
-            return False
         except Exception as exc:
-            self._internal_error(conn, call, exc)
+            named = self._named(exc)
+            if named is None:
+                self._internal_error(conn, call, exc)
+            else:
+                self._refuse(conn, call, exc, named)
             return False
         return True
 
-    def _refuse(self, conn: _Conn, call: CallMessage, exc: Exception) -> None:
+    def _named(self, exc: Exception) -> tuple[str, Mapping[str, Any]] | None:
+        """The error name and parameters to send for `exc`; None: nobody named it (a bug)."""
+        if isinstance(exc, VarlinkError):
+            return self._own(exc)
+        return self.map_error(exc) if self.map_error is not None else None
+
+    def _own(self, exc: VarlinkError) -> tuple[str, Mapping[str, Any]]:
+        """A VarlinkError as the mapper renames it, else as itself."""
+        named = self.map_error(exc) if self.map_error is not None else None
+        return named or (exc.name, exc.parameters)
+
+    def _encode_own(self, exc: VarlinkError) -> bytes:
+        return encode_error(*self._own(exc))
+
+    def _refuse(
+        self,
+        conn: _Conn,
+        call: CallMessage,
+        exc: Exception,
+        named: tuple[str, Mapping[str, Any]],
+    ) -> None:
         log.info(
             "refused %s for uid %d gid %d pid %d: %s",
             call.method,
@@ -662,8 +679,7 @@ class VarlinkServer:
         )
         # Sent even for oneway calls: the peer is about to be disconnected and should know why.
         self._errors += 1
-        name, params = _error_of(exc)
-        conn.out += encode_error(name, params)
+        conn.out += encode_error(*named)
 
     def _error(self, conn: _Conn, call: CallMessage, name: str, params: Mapping[str, Any]) -> None:
         self._errors += 1
@@ -671,9 +687,13 @@ class VarlinkServer:
             conn.out += encode_error(name, params)
 
     def _send_exception(self, conn: _Conn, call: CallMessage, exc: Exception) -> None:
-        name, params = _error_of(exc)
+        """Send the error `exc` names; one nobody names is an internal error."""
+        named = self._named(exc)
+        if named is None:
+            self._internal_error(conn, call, exc)
+            return
         try:
-            frame = encode_error(name, params)
+            frame = encode_error(*named)
         except (TypeError, ValueError) as enc:
             self._internal_error(conn, call, enc)
             return
@@ -684,15 +704,7 @@ class VarlinkServer:
     def _internal_error(self, conn: _Conn, call: CallMessage, exc: BaseException) -> None:
         self._internal_errors += 1
         log.error("%s failed (connection %d)", call.method, conn.id, exc_info=exc)
-        self._error(
-            conn,
-            call,
-            INTERNAL_ERROR,
-            {
-                "message": f"internal error in {call.method}; the daemon's log has the details",
-                "exception": type(exc).__name__,
-            },
-        )
+        self._error(conn, call, *self._own(InternalFailure(call.method, type(exc).__name__)))
 
     # --- streams ---------------------------------------------------------------------------
 
@@ -717,8 +729,7 @@ class VarlinkServer:
         if conn.peer_gone:
             return False
         if scope.cancelled_caught and self._closing:
-            exc = ShuttingDown()
-            conn.out += encode_error(exc.varlink_name, exc.params)
+            conn.out += self._encode_own(ServerStopping())
             return False
         return True
 
@@ -737,10 +748,8 @@ class VarlinkServer:
             raise RuntimeError(f"the stream of {call.method} ended without a Final reply")
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             conn.peer_gone = True
-        except (TimelinedError, VarlinkErrorReply) as exc:
-            self._send_exception(conn, call, exc)
         except Exception as exc:
-            self._internal_error(conn, call, exc)
+            self._send_exception(conn, call, exc)
         # An error ends the stream: send it now, the connection may stay open for more calls.
         if conn.out and not conn.peer_gone:
             try:
@@ -787,10 +796,8 @@ class VarlinkServer:
                 conn.out += buf
         except StopAsyncIteration:
             self._internal_error(conn, call, RuntimeError(f"{call.method} replied nothing"))
-        except (TimelinedError, VarlinkErrorReply) as exc:
-            self._send_exception(conn, call, exc)
         except Exception as exc:
-            self._internal_error(conn, call, exc)
+            self._send_exception(conn, call, exc)
         return True
 
 
@@ -812,14 +819,6 @@ def _hang_up(conn: _Conn) -> None:
         conn.sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
-
-
-def _error_of(exc: Exception) -> tuple[str, Mapping[str, Any]]:
-    if isinstance(exc, TimelinedError):
-        return exc.varlink_name, exc.params
-    if isinstance(exc, VarlinkErrorReply):
-        return exc.name, exc.parameters
-    return INTERNAL_ERROR, {"message": str(exc), "exception": type(exc).__name__}
 
 
 async def _aclose_iterator(iterator: Any) -> None:
