@@ -126,6 +126,7 @@ def test_an_outside_append_to_a_file_kept_open_is_found_by_the_sweep() -> None:
             fh.write(FOREIGN_LINE)
             fh.flush()  # written, not closed: no event the writer's appends do not raise
             started = time.monotonic()
+            client.append_block(root, "user", "after the stranger's line")
             report = found_by_watch(client, 10)
             took = time.monotonic() - started
         assert report["trigger"] == f"watch:log/{segment.name}"
