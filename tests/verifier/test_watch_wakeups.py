@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,21 +16,11 @@ from typing import Any
 import pytest
 
 from tests.daemon.harness import DaemonProcess, short_tempdir
+from tests.verifier.test_daemon import wait_for
 from timelined.client import Client
 from timelined.verifier.inotify import IN_CLOSE_WRITE, OUTSIDE_CHANGES, Inotify
 
 FOREIGN_LINE = b'{"seq":999999,"not":"the writer\'s"}\n'
-
-
-def wait_for(fetch: Callable[[], Any], accept: Callable[[Any], bool], seconds: float) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = fetch()
-        if accept(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {seconds} s: {value}")
-        time.sleep(0.02)
 
 
 def wakeups(client: Client) -> int:
