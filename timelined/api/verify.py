@@ -143,6 +143,7 @@ class VerifyStatus(msgspec.Struct, frozen=True, kw_only=True):
     damaged_runs: int = 0
     repairs: int = 0
     last_repair_at: str | None = None
+    watch_wakeups: int = 0  # the file watcher's wake-ups (the daemon's own writes raise none)
     progress: VerifyProgress | None = None
 
 

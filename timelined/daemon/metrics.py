@@ -136,6 +136,12 @@ def _verify_metrics(t: _Text, app: App) -> None:
         int(status.get("drift_runs", 0)),
     )
     t.scalar(
+        "timelined_verify_watch_wakeups_total",
+        "counter",
+        "Wake-ups of the verifier's file watcher (the daemon's own writes raise none).",
+        int(status.get("watch_wakeups", 0)),
+    )
+    t.scalar(
         "timelined_verify_differences",
         "gauge",
         "Differences found by the last run.",

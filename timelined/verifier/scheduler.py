@@ -6,12 +6,16 @@ Runs happen:
   READY;
 - every `verify.interval_s` seconds (0: never);
 - on request (`verify()`, Admin.Verify);
-- at once (debounced 200 ms) when files change under the daemon: `watchfiles` watches
-  STATE_DIR; a change to a log segment that the writer did not make (watch.py) starts a run,
-  and a change to state.db or its WAL makes the verifier ask the engine whether
-  `PRAGMA data_version` moved on the write connection, which happens only when another
-  connection committed. The data version is also polled every second, since file events may
-  be coalesced or missed.
+- at once (debounced 200 ms) when someone else changes the files: inotify (inotify.py) watches
+  the log and state directories for the events an outside change raises (a close after
+  writing, a create, a rename, a removal, a chmod) and never IN_MODIFY, the only event the
+  writer's own appends and commits raise (it keeps its files open): the kernel filters the
+  daemon's writes out, so they cost no wake-up. A segment an event names is judged by
+  watch.py (the writer's own rotations are accepted); an event on state.db or its WAL makes the
+  verifier ask the engine whether `PRAGMA data_version` moved on the write connection, which
+  happens only when another connection committed;
+- within a second when a process writes without closing: every second, every segment is
+  compared with what the writer says it wrote (watch.py's sweep) and the data version is polled.
 
 Requests coalesce: one run at a time; any number of requests during a run make one more run
 after it. `verify(wait=True)` returns the report of a run that started after the request.
@@ -28,11 +32,9 @@ import logging
 import threading
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
-import watchfiles
 
 from timelined.api.verify import (
     ChainDamage,
@@ -49,6 +51,13 @@ from timelined.config import VerifyConfig
 from timelined.errors import LogDamaged
 from timelined.ids import utc_now
 from timelined.recovery.damage import record_damage
+from timelined.verifier.inotify import (
+    IN_IGNORED,
+    IN_ONLYDIR,
+    IN_Q_OVERFLOW,
+    OUTSIDE_CHANGES,
+    Inotify,
+)
 from timelined.verifier.repair import repair_state
 from timelined.verifier.reports import latest_report, prune_reports, report_id, write_report
 from timelined.verifier.runner import (
@@ -70,6 +79,9 @@ T = TypeVar("T")
 
 DEBOUNCE_S = 0.2
 DATA_VERSION_POLL_S = 1.0
+SWEEP_S = 1.0  # how often every segment is compared with what the writer says it wrote
+WATCH_SETTLE_S = 0.05
+_STATE_FILES = frozenset({"state.db", "state.db-wal"})
 
 
 class Verifier:
@@ -105,14 +117,16 @@ class Verifier:
         self._last_repair_at: str | None = None
         self._poke_data_version = anyio.Event()
         self._logwatch = LogWatch(config.log_dir, self._writer_stats)
+        self._watch_lock = anyio.Lock()
+        self._watch_wakeups = 0  # inotify wake-ups: none from the daemon's own writes
 
     # --- the API the daemon uses -----------------------------------------------------------------
 
     async def run_forever(self, stopping: anyio.Event | None = None) -> None:
         """Run until cancelled: the boot run, the interval, requests, the file watchers.
 
-        `stopping`, set when the daemon begins to stop, ends the file watcher at once; without
-        it, cancelling waits for the watcher thread's next poll (up to half a second).
+        `stopping`, set when the daemon begins to stop, ends the file watching (the inotify
+        watch and the segment sweep) before the rest is cancelled.
         """
         self._serving = True
         try:
@@ -162,6 +176,7 @@ class Verifier:
             damaged_runs=self._damaged_runs,
             repairs=self._repairs,
             last_repair_at=self._last_repair_at,
+            watch_wakeups=self._watch_wakeups,
             progress=self._progress if self._running else None,
         )
 
@@ -416,47 +431,82 @@ class Verifier:
         writer = self._engine.writer
         return writer.stats() if writer is not None else None
 
-    def _watch_filter(self, _change: watchfiles.Change, path: str) -> bool:
-        p = Path(path)
-        if p.parent == self._paths.log_dir:
-            return parse_segment_name(p.name) is not None
-        return p.parent == self._state_dir and p.name in ("state.db", "state.db-wal")
-
     async def _watch_files(self, stopping: anyio.Event | None) -> None:
-        """Watch STATE_DIR; without file events (no inotify, say) the data_version poll and the
-        interval runs remain, so a failure here is logged, not fatal to the daemon."""
+        """The inotify watch and the once-a-second sweep until `stopping` (if given) is set."""
+        self._paths.log_dir.mkdir(parents=True, exist_ok=True)
+        await self._in_watch_thread(self._logwatch.baseline)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._sweep_segments)
+            tg.start_soon(self._watch_events)
+            if stopping is not None:
+                await stopping.wait()
+                tg.cancel_scope.cancel()
+
+    async def _watch_events(self) -> None:
+        """Without inotify (another system, no instances left) the sweep, the data_version poll
+        and the interval runs remain, so a failure here is logged, not fatal to the daemon."""
         try:
-            await self._watch_files_unguarded(stopping)
+            inotify = Inotify.open()
+        except OSError as exc:
+            log.warning(
+                "no inotify (%s): changes to the log and the state are found by the checks "
+                "every %g s only",
+                exc,
+                SWEEP_S,
+            )
+            return
+        try:
+            await self._watch_events_unguarded(inotify)
         except Exception:
             log.exception("watching %s failed; changes are found by polling only", self._state_dir)
+        finally:
+            inotify.close()
 
-    async def _watch_files_unguarded(self, stopping: anyio.Event | None) -> None:
-        self._paths.log_dir.mkdir(parents=True, exist_ok=True)
-        await anyio.to_thread.run_sync(self._logwatch.baseline)
-        async for changes in watchfiles.awatch(
-            self._state_dir,
-            watch_filter=self._watch_filter,
-            debounce=200,
-            step=50,
-            recursive=True,
-            # Cancellation waits for the watcher thread's poll (default 5 s); `stopping` ends it
-            # within a step instead.
-            rust_timeout=500,
-            stop_event=stopping,
-        ):
-            paths = [Path(p) for _change, p in changes]
-            segments = {p.name for p in paths if p.parent == self._paths.log_dir}
-            if any(p.parent == self._state_dir for p in paths):
+    async def _watch_events_unguarded(self, inotify: Inotify) -> None:
+        log_wd = inotify.add_watch(self._paths.log_dir, OUTSIDE_CHANGES | IN_ONLYDIR)
+        state_wd = inotify.add_watch(self._state_dir, OUTSIDE_CHANGES | IN_ONLYDIR)
+        while True:
+            await anyio.wait_readable(inotify.fileno())
+            self._watch_wakeups += 1
+            await anyio.sleep(WATCH_SETTLE_S)  # an editor's several events, read together
+            events = inotify.read()
+            log.debug("file events: %s", ", ".join(f"{e.name or '.'} {e.mask:#x}" for e in events))
+            if any(e.wd == state_wd and e.name in _STATE_FILES for e in events):
                 self._poke_data_version.set()  # state.db or its WAL: ask the write connection
-            if not segments:
+            segments = {
+                e.name for e in events if e.wd == log_wd and parse_segment_name(e.name) is not None
+            }
+            lost = any(e.mask & (IN_Q_OVERFLOW | IN_IGNORED) for e in events)
+            if lost:  # events dropped, or the log directory itself went away: look at all
+                self._poke_data_version.set()
+                self._on_foreign(await self._in_watch_thread(self._logwatch.sweep))
+            if segments:
+                self._on_foreign(await self._in_watch_thread(self._logwatch.check, segments))
+
+    async def _sweep_segments(self) -> None:
+        """A process that keeps a segment open and writes raises no event the writer's own
+        appends do not: every segment's size, inode and mtime are compared once a second."""
+        while True:
+            await anyio.sleep(SWEEP_S)
+            try:
+                found = await self._in_watch_thread(self._logwatch.sweep)
+            except OSError as exc:
+                log.warning("the check of the log's segments failed: %s", exc)
                 continue
-            foreign = await anyio.to_thread.run_sync(self._logwatch.check, segments)
-            if foreign:
-                log.warning(
-                    "the audit log changed under the daemon: %s",
-                    "; ".join(problem for _name, problem in foreign),
-                )
-                self._request(f"watch:log/{foreign[0][0]}", debounce=True)
+            self._on_foreign(found)
+
+    async def _in_watch_thread(self, fn: Callable[..., T], *args: object) -> T:
+        """LogWatch in a worker thread, one call at a time (it is not thread-safe)."""
+        async with self._watch_lock:
+            return await anyio.to_thread.run_sync(fn, *args)
+
+    def _on_foreign(self, found: list[tuple[str, str]]) -> None:
+        if found:
+            log.warning(
+                "the audit log changed under the daemon: %s",
+                "; ".join(problem for _name, problem in found),
+            )
+            self._request(f"watch:log/{found[0][0]}", debounce=True)
 
     async def _poll_data_version(self) -> None:
         while True:

@@ -11,6 +11,11 @@ rotates. So, for a segment that a file event names:
   accepted only if its last line is the record just before the next segment's first;
 - any other segment file (past the current one, or new in the middle) is not the writer's.
 
+Who calls: the scheduler, for the segments an inotify event names (a close after writing, a
+create, a rename, a removal), and once a second for every segment (`sweep`), which catches a
+process that keeps a segment open and writes without closing it (no event the writer's own
+appends do not raise too). The sweep reports each problem once.
+
 `WriterStats` is read without the writer's lock, so a sample can fall between a write and the
 size update: a mismatch is looked at again, for up to about a second, before it
 counts. Known limit: an edit of the current segment that keeps its size, made while the writer
@@ -66,6 +71,7 @@ class LogWatch:
         self._active: str | None = None
         self._active_ino: int | None = None
         self._write_errors = 0
+        self._reported: set[tuple[str, str]] = set()
 
     def baseline(self) -> None:
         """Remember every segment as it is now (call when watching starts)."""
@@ -85,14 +91,31 @@ class LogWatch:
 
     def check(self, names: Iterable[str]) -> list[tuple[str, str]]:
         """(name, what happened) for the changes the writer did not make (empty: all ours)."""
+        found = self._check_all(names)
+        self._reported.update(found)
+        return found
+
+    def sweep(self) -> list[tuple[str, str]]:
+        """Every segment, present or known: the problems no check or sweep reported before."""
+        names = set(self._sealed) | {seg.name for seg in list_segments(self.log_dir)}
+        if self._stats() is None:  # a read-only daemon: no writer, every segment sealed
+            judged = ((n, self._judge_sealed(n, _stat(self.log_dir / n))) for n in sorted(names))
+            found = [(name, problem) for name, problem in judged if problem is not None]
+        else:
+            found = self._check_all(names)
+        fresh = [problem for problem in found if problem not in self._reported]
+        self._reported.update(found)
+        return fresh
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _check_all(self, names: Iterable[str]) -> list[tuple[str, str]]:
         found = []
         for name in sorted(set(names)):
             problem = self._check_one(name)
             if problem is not None:
                 found.append((name, problem))
         return found
-
-    # --- internals -----------------------------------------------------------------------------
 
     def _sample(self, path: Path | None) -> tuple[WriterStats | None, os.stat_result | None]:
         """Writer stats and the file's stat, taken when the stats did not move around the stat."""
@@ -151,14 +174,8 @@ class LogWatch:
             if st.st_size < stats.segment_size:
                 return f"{name} was cut from {stats.segment_size} to {st.st_size} bytes"
             return None
-        known = self._sealed.get(name)
-        if known is not None:
-            if st is None:
-                return f"{name} was removed"
-            now = _Signature.of(st)
-            if now != known:
-                return f"{name} changed after it was sealed (size {known.size} -> {now.size})"
-            return None
+        if name in self._sealed:
+            return self._judge_sealed(name, st)
         first = parse_segment_name(name)
         current = parse_segment_name(stats.segment) if stats.segment else None
         if st is None:
@@ -174,6 +191,18 @@ class LogWatch:
                 self._sealed[name] = _Signature.of(st)
                 return None
         return f"{name} is not a segment this daemon's writer made"
+
+    def _judge_sealed(self, name: str, st: os.stat_result | None) -> str | None:
+        """A segment the writer no longer appends to: as it was when first seen sealed?"""
+        known = self._sealed.get(name)
+        if known is None:
+            return f"{name} is not a segment this daemon's writer made" if st else None
+        if st is None:
+            return f"{name} was removed"
+        now = _Signature.of(st)
+        if now != known:
+            return f"{name} changed after it was sealed (size {known.size} -> {now.size})"
+        return None
 
     def _ends_where_next_begins(self, name: str) -> bool:
         """The segment's last line is a whole record, the one before the next segment's first."""
