@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,7 +22,6 @@ import varlink
 
 from tests.daemon.harness import (
     READ_ONLY_GID,
-    REPO,
     STRANGER,
     DaemonProcess,
     config_text,
