@@ -62,9 +62,17 @@ def _paths(value: object) -> str:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from timelined.config import load_config
+    from timelined.errors import ConfigError
     from timelined.verifier.offline import run_offline
 
-    return run_offline(Path(args.state_dir), as_json=args.json, progress=sys.stderr.isatty())
+    state_dir = args.state_dir
+    if state_dir is None:  # --config: the state directory the daemon of that config uses
+        try:
+            state_dir = load_config(args.config).state_dir
+        except ConfigError as exc:
+            return _refused(exc, "config refused", os.EX_CONFIG, as_json=args.json)
+    return run_offline(Path(state_dir), as_json=args.json, progress=sys.stderr.isatty())
 
 
 def _backup(args: argparse.Namespace) -> int:
@@ -113,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the resolved config as JSON")
     p.set_defaults(run=_check_config)
     p = verbs.add_parser("verify", help="verify a stopped daemon's state directory, read-only")
-    p.add_argument("--state-dir", required=True)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--state-dir", help="the state directory (or a copy of one)")
+    where.add_argument("--config", help="config.toml: verify the state directory it names")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=_verify)
     p = verbs.add_parser("backup", help="copy a state directory, safely, while the daemon runs")

@@ -30,6 +30,9 @@ class DaemonConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     socket_path: str = ""  # "" → $RUNTIME_DIRECTORY/timelined.sock, else STATE_DIR/timelined.sock
     socket_mode: Annotated[str, msgspec.Meta(pattern=r"^0?[0-7]{3}$")] = "0660"
     log_level: LogLevel = "info"
+    # "" → the state directory is 0700 and its files 0600; a group (name or gid) → 0750/0640
+    # with that group, for auditors who read the log offline (recovery/boot.py).
+    state_group: str = ""
 
     @property
     def socket_mode_int(self) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.daemon.harness import DaemonProcess
+from tests.daemon.harness import DaemonProcess, short_tempdir
 from timelined.client import Client
 from timelined.ctl.main import main
 
@@ -380,3 +381,122 @@ def test_a_nan_anywhere_in_the_parameters_is_refused(client: Client) -> None:
     with pytest.raises(InvalidArgument, match="time_taken"):
         client.append_block(root, "user", "x", time_taken=float("inf"))
     assert client.list_blocks(root).blocks == []  # nothing was sent
+
+
+# --- issue 18: terminal escapes, exit codes, empty stdin, a closed pipe ----------------------
+
+HOSTILE_NAME = "\x1b]0;pwned\x07\x1b[41mred\x1b[0m\x9b2J\x7fname"
+HOSTILE_CONTENT = "first line\n\x1b[1A\x1b[2K\x1b[2Jerased\rover\ttabbed hostile"
+HOSTILE_TAG = "tag\x1b[5m"
+
+
+def test_human_output_escapes_control_characters_and_json_keeps_them(
+    ctl: Ctl, daemon: DaemonProcess
+) -> None:
+    conv = ctl.json("create", HOSTILE_NAME)["conversation"]
+    assert conv["name"] == HOSTILE_NAME  # --json: exact
+    root = conv["root_context_id"]
+    seq = ctl.json("append", root, HOSTILE_CONTENT)["seq"]
+    ctl.json("tags", root, HOSTILE_TAG)
+    ctl.json("spawn", root, "why\x1b[31m\nnot")
+    outputs = {
+        "tree": ctl("tree", root),
+        "conversations": ctl("conversations"),
+        "conversation": ctl("conversation", conv["id"]),
+        "context": ctl("context", root),
+        "history": ctl("history", root),
+        "blocks": ctl("blocks", root),
+        "search": ctl("search", "hostile"),
+        "log": ctl("log", "--after-seq", str(seq - 1)),
+        "startup": ctl("startup"),
+        "error": ctl("context", "ctx_\x1b]0;x\x07", code=1),
+    }
+    for verb, (out, err) in outputs.items():
+        assert "\x1b" not in out + err and "\x9b" not in out + err, (verb, out, err)
+        assert "\x07" not in out + err and "\x7f" not in out + err and "\r" not in out, verb
+    assert "\\x1b]0;pwned\\x07" in outputs["tree"][0]
+    assert "\\x1b[2J" in outputs["history"][0]
+    assert '"why\\x1b[31m not"' in outputs["tree"][0]  # one line: the newline not kept
+    block_id = ctl.json("history", root)["blocks"][0]["block"]["id"]
+    out, _ = ctl("block", block_id)  # the content's own newline and tab are kept
+    assert "first line\n\\x1b[1A" in out and "over\ttabbed" in out and "\x1b" not in out
+    # --json keeps every byte
+    assert ctl.json("history", root)["blocks"][0]["block"]["content"] == HOSTILE_CONTENT
+    assert ctl.json("conversation", conv["id"])["conversation"]["name"] == HOSTILE_NAME
+    assert HOSTILE_TAG in ctl.json("context", root)["context"]["tags"]
+    logged = ctl.json("log", "--after-seq", str(seq - 1))["events"][0]
+    assert logged["data"]["block"]["content"] == HOSTILE_CONTENT
+    # watch, as a process: human lines escaped, --json lines exact
+    env = {**os.environ, "TIMELINED_SOCKET": str(daemon.socket_path)}
+    for as_json in (False, True):
+        flags = ["--json"] if as_json else []
+        watcher = subprocess.Popen(
+            [str(TIMELINECTL), *flags, "watch", "--after-seq", str(seq - 1)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        try:
+            line = watcher.stdout.readline()  # type: ignore[union-attr]
+        finally:
+            watcher.kill()
+            watcher.communicate(timeout=30)
+        if as_json:
+            assert json.loads(line)["data"]["block"]["content"] == HOSTILE_CONTENT
+        else:
+            assert b"erased" in line and b"\x1b" not in line and b"\\x1b[2J" in line, line
+
+
+def test_an_auth_refusal_exits_77(capsys: pytest.CaptureFixture[str]) -> None:
+    """[auth] that lets this user only read: a write is refused, exit 77."""
+    auth = {"allow_uids": [12345], "read_only_gids": [os.getgid()]}
+    with short_tempdir() as base, DaemonProcess(base, auth=auth) as other:
+        assert main(["--socket", str(other.socket_path), "create", "x"]) == 77
+        err = capsys.readouterr().err
+        assert "PermissionDenied" in err and "may not call" in err
+        assert main(["--socket", str(other.socket_path), "--json", "create", "y"]) == 77
+        error = json.loads(capsys.readouterr().err)
+        assert error["error"].endswith("PermissionDenied")
+
+
+def test_append_with_empty_stdin_is_a_usage_error(daemon: DaemonProcess, client: Client) -> None:
+    env = {"TIMELINED_SOCKET": str(daemon.socket_path)}
+    root = client.create_conversation("empty stdin").root_context_id
+    done = _run("append", root, stdin="", env=env)
+    assert done.returncode == 64, done.stderr
+    assert "no content" in done.stderr and "stdin was empty" in done.stderr
+    done = _run("--json", "append", root, "-", stdin="", env=env)
+    assert done.returncode == 64 and json.loads(done.stderr)["error"] == "timelinectl.UsageError"
+    assert client.list_blocks(root).blocks == []  # nothing was stored
+    assert _run("append", root, "", env=env).returncode == 0  # asked for explicitly: stored
+
+
+def _block_sigpipe() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
+
+
+@pytest.mark.parametrize("sigpipe", ["default", "blocked"])
+def test_a_reader_that_stops_early_ends_timelinectl_quietly(
+    daemon: DaemonProcess, client: Client, sigpipe: str
+) -> None:
+    """`timelinectl log | head -1`: exit 141 and nothing on stderr, also when the parent left
+    SIGPIPE blocked (then the write fails with EPIPE instead of killing the process)."""
+    root = client.create_conversation("a long log").root_context_id
+    for i in range(100):  # more than a pipe holds (64 KiB), with the --json form too
+        client.append_block(root, "user", f"line {i} " + "x" * 2000)
+    for argv in (["log", "--all"], ["--json", "log", "--all"]):
+        reader = subprocess.Popen(
+            [str(TIMELINECTL), *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "TIMELINED_SOCKET": str(daemon.socket_path)},
+            preexec_fn=_block_sigpipe if sigpipe == "blocked" else None,
+        )
+        assert reader.stdout is not None and reader.stderr is not None
+        assert reader.stdout.readline()
+        reader.stdout.close()  # what `head -1` does after its line
+        err = reader.stderr.read()
+        # --json is one write: CPython's buffered writer reports no EPIPE after the partial
+        # write the pipe took, so that form may end 0 (quietly too); line by line it is 141.
+        assert reader.wait(timeout=60) in ((0, 141) if "--json" in argv else (141,)), err
+        assert err == b"", err

@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,7 +22,6 @@ import varlink
 
 from tests.daemon.harness import (
     READ_ONLY_GID,
-    REPO,
     STRANGER,
     DaemonProcess,
     config_text,
@@ -99,33 +97,54 @@ def test_the_independent_varlink_package(daemon: DaemonProcess) -> None:
             assert status.version and status.last_seq >= 2 and status.boot.verdict == "clean"
 
 
+# The other uid's client: stdlib only, speaking Varlink itself (NUL-terminated JSON), run by the
+# system python from a world-readable directory, so that it runs whatever uid 65534 may not read
+# (a clone in a 0700 directory, a venv under /root).
 PEER = r"""
 import json, socket, sys
-from timelined.client import Client
-from timelined.errors import TimelinedError
 
 path, ctx = sys.argv[1], sys.argv[2]
+TL, ADMIN = "io.timelined.Timeline.", "io.timelined.Admin."
 out = {}
+conn = None
 
-def attempt(name, fn):
-    try:
-        fn()
-        out[name] = "ok"
-    except TimelinedError as exc:
-        out[name] = exc.name
 
-with Client(path, timeout=10) as c:
-    attempt("GetInfo", c.get_info)
-    attempt("GetStatus", c.get_status)
-    attempt("ListConversations", c.list_conversations)
-    attempt("GetContext", lambda: c.get_context(ctx))
-    attempt("GetHistory", lambda: c.get_history(ctx))
-    attempt("SearchBlocks", lambda: c.search_blocks("peer"))
-    attempt("ReadLog", c.read_log)
-    attempt("AppendBlock", lambda: c.append_block(ctx, "user", "sneaky"))
-    attempt("CreateConversation", lambda: c.create_conversation("sneaky"))
-    attempt("Reload", c.reload)
-    attempt("GetStatus again", c.get_status)
+def call(method, parameters):
+    # A fresh connection after a refusal: the server answers it, then hangs up.
+    global conn
+    if conn is None:
+        conn = socket.socket(socket.AF_UNIX)
+        conn.settimeout(10)
+        conn.connect(path)
+    conn.sendall(json.dumps({"method": method, "parameters": parameters}).encode() + b"\0")
+    data = b""
+    while not data.endswith(b"\0"):
+        chunk = conn.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server hung up before answering " + method)
+        data += chunk
+    reply = json.loads(data[:-1])
+    if "error" not in reply:
+        return "ok"
+    conn.close()
+    conn = None
+    return reply["error"].rsplit(".", 1)[-1]
+
+
+for name, method, parameters in [
+    ("GetInfo", "org.varlink.service.GetInfo", {}),
+    ("GetStatus", ADMIN + "GetStatus", {}),
+    ("ListConversations", TL + "ListConversations", {}),
+    ("GetContext", TL + "GetContext", {"id": ctx}),
+    ("GetHistory", TL + "GetHistory", {"context_id": ctx}),
+    ("SearchBlocks", TL + "SearchBlocks", {"query": "peer"}),
+    ("ReadLog", ADMIN + "ReadLog", {"after_seq": 0}),
+    ("AppendBlock", TL + "AppendBlock", {"context_id": ctx, "role": "user", "content": "sneaky"}),
+    ("CreateConversation", TL + "CreateConversation", {"name": "sneaky"}),
+    ("Reload", ADMIN + "Reload", {}),
+    ("GetStatus again", ADMIN + "GetStatus", {}),
+]:
+    out[name] = call(method, parameters)
 
 # A refused call is answered, then the server hangs up.
 s = socket.socket(socket.AF_UNIX)
@@ -141,29 +160,34 @@ while True:
 out["raw"] = json.loads(data.split(b"\0")[0])
 print(json.dumps(out))
 """
+SYSTEM_PYTHON = "/usr/bin/python3"
 
 
 def _as_peer(
     daemon: DaemonProcess, uid: int, gid: int, ctx: str, groups: tuple[int, ...] = ()
 ) -> dict[str, Any]:
-    done = subprocess.run(
-        [
-            "setpriv",
-            f"--reuid={uid}",
-            f"--regid={gid}",
-            f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups",
-            sys.executable,
-            "-c",
-            PEER,
-            str(daemon.socket_path),
-            ctx,
-        ],
-        cwd=REPO,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    with short_tempdir("tlpeer") as where:  # 0755: the other uid may read the script
+        script = where / "peer.py"
+        script.write_text(PEER)
+        script.chmod(0o644)
+        done = subprocess.run(
+            [
+                "setpriv",
+                f"--reuid={uid}",
+                f"--regid={gid}",
+                f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups",
+                SYSTEM_PYTHON,
+                "-I",  # isolated: neither this checkout nor the environment's paths
+                str(script),
+                str(daemon.socket_path),
+                ctx,
+            ],
+            cwd=where,
+            env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout)
     return result

@@ -140,3 +140,37 @@ def test_a_log_directory_that_is_a_file_exits_74_naming_it() -> None:
         log = daemon.log()
         assert "cannot serve" in log and str(daemon.state_dir / "log") in log, log
         assert "Traceback" not in log, log
+
+
+def test_a_first_boot_says_so_and_the_next_takes_the_fast_path() -> None:
+    with short_tempdir() as base:
+        daemon = DaemonProcess(base)
+        with daemon:
+            first = daemon.log()
+        assert "boot verdict clean (first boot: a new, empty state directory)" in first
+        assert "recovery path" not in first
+        with daemon:
+            assert "boot verdict clean (fast path)" in daemon.log()
+
+
+def test_verify_takes_the_state_directory_from_config() -> None:
+    with short_tempdir() as base:
+        daemon = DaemonProcess(base)
+        with daemon:
+            pass
+        done = subprocess.run(
+            [sys.executable, "-m", "timelined", "verify", "--config", str(daemon.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert str(daemon.state_dir) in done.stdout + done.stderr
+        (base / "bad.toml").write_text('[log]\nfsync = "sometimes"\n')
+        done = subprocess.run(
+            [sys.executable, "-m", "timelined", "verify", "--config", str(base / "bad.toml")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 78 and "log.fsync" in done.stderr, done.stderr

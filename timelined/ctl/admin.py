@@ -11,6 +11,7 @@ from typing import Any
 
 from timelined.api import ReadLogReply
 from timelined.ctl.common import ADMIN, Ctl, Verbs, count, positive
+from timelined.ctl.output import escape
 from timelined.recovery.report import render_summary
 
 
@@ -222,7 +223,7 @@ def _wait_with_progress(ctl: Ctl) -> Any:
         except Exception:
             line = None
         if line is not None:
-            ctl.out.stderr.write("\r" + line.ljust(60))
+            ctl.out.stderr.write("\r" + escape(line).ljust(60))
             ctl.out.stderr.flush()
             shown = True
     if shown:
@@ -239,7 +240,7 @@ def _show_result(ctl: Ctl, result: dict[str, Any]) -> None:
     scalars = [(k, v) for k, v in sorted(result.items()) if not isinstance(v, dict | list)]
     ctl.out.fields([(k, v) for k, v in scalars if k != "summary"])
     for diff in result.get("differences") or []:
-        ctl.out.line(f"difference  {_inline(diff) if isinstance(diff, dict) else diff}")
+        ctl.out.line(escape(f"difference  {_inline(diff) if isinstance(diff, dict) else diff}"))
 
 
 def verify(ctl: Ctl) -> int:
@@ -314,7 +315,7 @@ def metrics(ctl: Ctl) -> int:
     reply = ctl.call(ADMIN + "GetMetrics")
     target = ctl.args.textfile
     if target is None:
-        ctl.out.reply(reply, lambda: print(reply.text, end="", file=ctl.out.stdout))
+        ctl.out.reply(reply, lambda: ctl.out.text(reply.text))
         return 0
     # node_exporter may read the file at any moment: write a temporary file next to it and
     # rename it over, so that it only ever sees a whole scrape.

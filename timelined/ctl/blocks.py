@@ -5,7 +5,17 @@ from __future__ import annotations
 import sys
 
 from timelined.api.model import Block
-from timelined.ctl.common import TIMELINE, Ctl, Verbs, count, json_array, json_object, positive
+from timelined.ctl.common import (
+    EX_USAGE,
+    TIMELINE,
+    Ctl,
+    Verbs,
+    count,
+    json_array,
+    json_object,
+    positive,
+)
+from timelined.ctl.output import escape
 
 
 def register(verbs: Verbs) -> None:
@@ -61,6 +71,13 @@ def append(ctl: Ctl) -> int:
         if sys.stdin.isatty():  # a person at a terminal, not a pipe: say what is awaited
             ctl.out.note("timelinectl append: type the block's content, then Ctrl-D")
         content = sys.stdin.read()
+        if not content:  # `append CTX < /dev/null`, or a pipe that produced nothing
+            return ctl.out.fail(
+                EX_USAGE,
+                "UsageError",
+                "append: no content: stdin was empty; give the content as an argument or "
+                "pipe it in (an empty block must be asked for: append CTX '')",
+            )
     reply = ctl.call(
         TIMELINE + "AppendBlock",
         context_id=a.context_id,
@@ -99,7 +116,7 @@ def show_block(ctl: Ctl, b: Block) -> None:
         ]
     )
     for sub in b.sub_blocks:
-        out.line(f"sub-block  {sub.type}: {' '.join(sub.content.split())}")
+        out.line(escape(f"sub-block  {sub.type}: {' '.join(sub.content.split())}"))
     out.line("")
     out.line(b.content)
 

@@ -15,6 +15,7 @@ from timelined.ctl.output import Output
 
 TIMELINE = "io.timelined.Timeline."
 ADMIN = "io.timelined.Admin."
+EX_USAGE = 64  # sysexits: a bad command line
 
 
 @dataclass

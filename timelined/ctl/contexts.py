@@ -4,7 +4,7 @@ reparent, focus, startup, tags, xref."""
 from __future__ import annotations
 
 from timelined.ctl.common import TIMELINE, Ctl, Verbs, count
-from timelined.ctl.output import render_tree, show_context, show_conversation
+from timelined.ctl.output import escape, render_tree, show_context, show_conversation
 
 
 def register(verbs: Verbs) -> None:
@@ -132,7 +132,7 @@ def xref_add(ctl: Ctl) -> int:
     )
     ref = reply.crossref
     ctl.out.reply(
-        reply, lambda: ctl.out.line(f"{ref.id}  {ref.from_id} -> {ref.to_id}  {ref.kind}")
+        reply, lambda: ctl.out.line(escape(f"{ref.id}  {ref.from_id} -> {ref.to_id}  {ref.kind}"))
     )
     return 0
 
@@ -162,7 +162,7 @@ def tree(ctl: Ctl) -> int:
     def human() -> None:
         conv = ctl.call(TIMELINE + "GetConversation", id=conversation_id).conversation
         status = "" if conv.status == "active" else f"  ({conv.status})"
-        ctl.out.line(f'{conv.id}  "{conv.name}"{status}')
+        ctl.out.line(f'{conv.id}  "{escape(conv.name)}"{status}')
         ctl.out.lines(render_tree(ctl.out, reply.contexts, focused))
 
     ctl.out.reply(reply, human)

@@ -10,16 +10,19 @@ Exit codes (sysexits):
 
     0   ok
     1   refused: the daemon answered with a named error (ContextNotFound, InvalidTransition,
-        PermissionDenied, ...); also `verify --wait` when the run found a problem
-    64  usage: bad command line
+        ...); also `verify --wait` when the run found a problem
+    64  usage: bad command line (also `append` with no content argument and empty stdin)
     65  bad data: InvalidParameter, InvalidArgument, BadQuery; a file to import that is cut off
     66  no input: a file to import does not exist
     69  unavailable: the daemon is not running or cannot be reached
     70  software: an internal error or a reply that breaks the protocol
     73  cannot create: an output file (export -o, metrics --textfile)
     74  I/O error: writing an output file failed
-    77  no permission: this user may not open the daemon's socket
+    77  no permission: this user may not open the daemon's socket, or [auth] refused the call
+        (PermissionDenied)
     78  config: the config file (used to find the socket) was refused
+    141 stdout was closed early (`timelinectl log | head`): it stops quietly, as a program
+        killed by SIGPIPE would (128 + 13), without its message or a traceback
 
 `--json` may come before or after the verb.
 """
@@ -27,7 +30,7 @@ Exit codes (sysexits):
 from __future__ import annotations
 
 import argparse
-import signal
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -42,12 +45,13 @@ from timelined.client import (
 )
 from timelined.ctl import admin, blocks, contexts, conversations, streams
 from timelined.ctl.common import Ctl
-from timelined.ctl.output import Output
+from timelined.ctl.output import Output, escape
 from timelined.errors import (
     BadQuery,
     ConfigError,
     DaemonUnavailable,
     InvalidArgument,
+    PermissionDenied,
     ProtocolError,
     TimelinedError,
 )
@@ -60,6 +64,7 @@ EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
 EX_NOPERM = 77
 EX_CONFIG = 78
+EX_PIPE = 128 + 13  # what a shell reports for a program SIGPIPE ended
 
 VERB_GROUPS = (admin, conversations, contexts, blocks, streams)
 
@@ -70,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Talk to timelined: conversations, contexts, blocks, and administration.",
         epilog="Exit codes: 0 ok, 1 refused, 64 usage, 65 bad data, 66 no input file, 69 daemon "
         "unavailable, 70 internal error, 73 cannot create an output file, 74 I/O error, 77 no "
-        "permission on the socket, 78 config.",
+        "permission (the socket, or [auth] refused the call), 78 config, 141 stdout closed "
+        "early (e.g. by `| head`).",
     )
     parser.add_argument("--version", action="version", version=f"timelinectl {__version__}")
     parser.add_argument(
@@ -106,7 +112,7 @@ def _no_permission(exc: TimelinedError) -> bool:
 
 
 def exit_code(exc: TimelinedError) -> int:
-    if _no_permission(exc):
+    if _no_permission(exc) or isinstance(exc, PermissionDenied):
         return EX_NOPERM
     if isinstance(exc, DaemonUnavailable):
         return EX_UNAVAILABLE
@@ -125,7 +131,7 @@ def report_error(out: Output, exc: TimelinedError) -> None:
     if out.json:
         out.stderr.write(error_line(exc.varlink_name, exc.params))
         return
-    out.stderr.write(f"timelinectl: {exc.message} ({exc.varlink_name})\n")
+    out.stderr.write(f"timelinectl: {escape(exc.message)} ({escape(exc.varlink_name)})\n")
     if _no_permission(exc):
         out.stderr.write(
             "timelinectl: this user may not open the socket: it is for the socket's group "
@@ -139,14 +145,27 @@ def report_error(out: Output, exc: TimelinedError) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # `timelinectl log | head` must end quietly, not with a BrokenPipeError traceback. Called
-    # with `argv` (from Python, tests), the caller's SIGPIPE handling is given back after.
-    previous = signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    """`timelinectl log | head` ends quietly with EX_PIPE: SIGPIPE's default action would kill
+    the process (a shell may then print "Broken pipe"), so the write's EPIPE is taken instead.
+    The socket's own errors never arrive here as OSError: the client names them."""
     try:
-        return _run(argv)
-    finally:
-        if argv is not None:
-            signal.signal(signal.SIGPIPE, previous)
+        code = _run(argv)
+        sys.stdout.flush()  # here, not at exit, where a closed pipe would be reported
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return EX_PIPE
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null: the interpreter flushes it at exit, into the closed pipe."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (tests capture it)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _run(argv: Sequence[str] | None) -> int:

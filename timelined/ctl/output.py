@@ -13,6 +13,19 @@ import msgspec
 from timelined.api.model import Context, Conversation
 from timelined.argparsing import error_line
 
+# C0 controls, DEL and C1 controls: what a terminal may take as the start of an escape sequence
+# (CSI, OSC, ...) or as cursor movement. Printed as `\xNN`, so a name or a block's content can
+# neither retitle, recolour nor erase the terminal it is shown on.
+_CONTROLS = [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0)]
+_ONE_LINE = str.maketrans({c: f"\\x{c:02x}" for c in _CONTROLS} | {0x0A: "\\n", 0x09: "\\t"})
+_MULTILINE = str.maketrans({c: f"\\x{c:02x}" for c in _CONTROLS if c not in (0x0A, 0x09)})
+
+
+def escape(text: str, *, multiline: bool = False) -> str:
+    """`text` safe for a terminal: control characters as `\\x1b` (`\\n` and `\\t` too unless
+    `multiline`, where a newline or a tab is the content's own). Idempotent."""
+    return text.translate(_MULTILINE if multiline else _ONE_LINE)
+
 
 @dataclass
 class Output:
@@ -34,7 +47,12 @@ class Output:
         self.stdout.write(encoded.decode("utf-8") + "\n")
 
     def line(self, text: str = "") -> None:
-        self.stdout.write(text + "\n")
+        """One or more lines for people; control characters escaped (newlines and tabs kept)."""
+        self.stdout.write(escape(text, multiline=True) + "\n")
+
+    def text(self, text: str) -> None:
+        """Text that brings its own line ends (metrics), control characters escaped."""
+        self.stdout.write(escape(text, multiline=True))
 
     def lines(self, texts: Iterable[str]) -> None:
         for text in texts:
@@ -42,7 +60,7 @@ class Output:
 
     def note(self, text: str) -> None:
         """A remark for people (paging hints and the like), on stderr so pipes stay clean."""
-        self.stderr.write(text + "\n")
+        self.stderr.write(escape(text, multiline=True) + "\n")
 
     def fail(self, code: int, name: str, message: str, **params: Any) -> int:
         """A refusal timelinectl makes itself (no daemon involved), on stderr; returns `code`.
@@ -53,7 +71,7 @@ class Output:
         if self.json:
             self.stderr.write(error_line(f"timelinectl.{name}", {**params, "message": message}))
         else:
-            self.stderr.write(f"timelinectl: {message}\n")
+            self.stderr.write(f"timelinectl: {escape(message)}\n")
         return code
 
     @property
@@ -105,12 +123,13 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, dict | list):
-        return msgspec.json.encode(value).decode("utf-8")
-    return " ".join(str(value).split()) if "\n" in str(value) else str(value)
+        return escape(msgspec.json.encode(value).decode("utf-8"))
+    text = str(value)
+    return escape(" ".join(text.split()) if "\n" in text else text)
 
 
 def _cut(text: str, width: int) -> str:
-    text = " ".join(text.split())
+    text = escape(" ".join(text.split()))
     return text if len(text) <= width else text[: max(1, width - 1)] + "…"
 
 
@@ -166,7 +185,7 @@ def show_context(out: Output, c: Context) -> None:
     for ref in c.crossrefs:
         direction = f"→ {ref.to_id}" if ref.from_id == c.id else f"← {ref.from_id}"
         note = f"  ({ref.note})" if ref.note else ""
-        out.line(f"xref      {ref.id}  {ref.kind} {direction}{note}")
+        out.line(escape(f"xref      {ref.id}  {ref.kind} {direction}{note}"))
 
 
 def render_tree(out: Output, contexts: Sequence[Context], focused: str | None) -> list[str]:
@@ -191,10 +210,10 @@ def render_tree(out: Output, contexts: Sequence[Context], focused: str | None) -
 
     def label(c: Context) -> str:
         reason = f'  "{_cut(c.reason, 50)}"' if c.reason and c.parent_id else ""
-        tags = f"  [{', '.join(c.tags)}]" if c.tags else ""
+        tags = f"  [{escape(', '.join(c.tags))}]" if c.tags else ""
         plural = "" if c.block_count == 1 else "s"
         mark = focus_mark if c.id == focused else ""
-        return (
+        return escape(
             f"{marker(out, c.status)} {c.id}  {c.status}  {c.block_count} block{plural}"
             f"{reason}{tags}{mark}"
         )

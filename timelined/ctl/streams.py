@@ -23,7 +23,7 @@ from timelined.api.exchange import ExportDocument, ExportHeader, ExportPart
 from timelined.auditlog.record import peek_seq
 from timelined.client import log_event
 from timelined.ctl.common import TIMELINE, Ctl, Verbs, count
-from timelined.ctl.output import show_conversation
+from timelined.ctl.output import escape, show_conversation
 from timelined.errors import SlowConsumer
 
 EX_USAGE = 64
@@ -89,6 +89,7 @@ class _Progress:
         if not force and now - self.last < 0.1:
             return
         self.last = now
+        text = escape(text)
         self.stream.write("\r" + text.ljust(self.width))
         self.width = len(text)
         self.stream.flush()
@@ -120,7 +121,7 @@ def describe(event: LogEvent) -> str:
             f"{k}={v}" for k, v in data.items() if isinstance(v, str | int | float) and v != ""
         )
     text = f"{event.seq:>7}  {event.ts}  {event.type:<22}  {_actor(event.actor)}  {what}"
-    return text.replace("\r", " ").replace("\n", " ")
+    return escape(text.replace("\r", " ").replace("\n", " "))
 
 
 def watch(ctl: Ctl) -> int:

@@ -38,7 +38,7 @@ from timelined.daemon.varlink_setup import map_error, server_limits
 from timelined.errors import BootFailed, ConfigError, FatalStorageError, StateLocked, StorageError
 from timelined.ids import utc_now
 from timelined.logs import setup_logging
-from timelined.recovery.boot import BootResult, boot
+from timelined.recovery.boot import BootResult, boot, describe_boot
 from timelined.recovery.marker import mark_clean
 from timelined.varlink import (
     ServiceInfo,
@@ -100,12 +100,7 @@ def serve(config_path: str | None, log_level: str | None = None) -> int:
         log.error("%s", exc.message)
         notifier.errno(5)
         return EX_SOFTWARE
-    log.info(
-        "boot verdict %s (%s path, %d events rolled forward)",
-        result.report.verdict,
-        "fast" if result.report.fast_path else "recovery",
-        result.report.events_rolled_forward,
-    )
+    log.info("%s", describe_boot(result))
     # From here on the stop and reload signals are taken by a thread of their own, never by a
     # handler whose removal would reset them to their default action (daemon/signals.py).
     block_signals(_SIGNALS)

@@ -14,9 +14,11 @@ The procedure of DESIGN.md's "Boot, shutdown and recovery", steps 1-5. Its contr
 
 from __future__ import annotations
 
+import grp
 import logging
 import os
 import sqlite3
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +57,7 @@ class BootResult:
     head: LogHead | None  # where the writer appends; None when the log is damaged (read-only)
     read_only: LogDamaged | None
     lock: StateLock
+    new_state: bool = False  # a first boot: the state directory was empty
 
 
 def boot(
@@ -63,8 +66,11 @@ def boot(
     """Run the boot procedure; the returned lock is held until the daemon exits."""
     ops = fileops or OsFileOps()
     try:
+        modes = state_modes(config)
+        os.umask(modes.umask)  # every file the daemon creates from here on is private
         _make_dirs(config.state_dir, ops)
         lock = StateLock.acquire(config.lock_path)  # StateLocked: a second daemon refuses to start
+        _tighten(config.state_dir, modes)
     except (OSError, StorageError) as exc:
         # Without the lock there is no report to write: the directory may be another's.
         reason = f"cannot use the state directory: {_os_reason(exc)}"
@@ -104,6 +110,75 @@ def boot(
         log.error("boot failed: %s", report.error)
         raise BootFailed(report.error, path) from exc
     return result
+
+
+@dataclass(frozen=True)
+class StateModes:
+    """The permissions of the state directory's entries, and the umask that gives them."""
+
+    directory: int
+    file: int
+    umask: int
+    gid: int | None  # the group of [daemon] state_group, else None (the owner's only)
+
+
+def state_modes(config: Config) -> StateModes:
+    """0700/0600, or 0750/0640 for `[daemon] state_group` (setgid directories, so that files
+    created later take the group too). An unknown group raises OSError."""
+    name = config.daemon.state_group
+    if not name:
+        return StateModes(0o700, 0o600, 0o077, None)
+    try:
+        gid = int(name) if name.isdigit() else grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise OSError(f"daemon.state_group: no group named {name!r}") from None
+    return StateModes(0o2750, 0o640, 0o027, gid)
+
+
+def _tighten(state_dir: Path, modes: StateModes) -> None:
+    """Give every directory and regular file under `state_dir` its mode (and group), whatever
+    umask or tool made it; log the ones that were open to more than `modes` allow. Sockets and
+    symlinks keep theirs: a socket's mode is `socket_mode`'s."""
+    loosened: list[str] = []
+    for path in [state_dir, *state_dir.rglob("*")]:
+        st = path.lstat()
+        if stat.S_ISDIR(st.st_mode):
+            want = modes.directory
+        elif stat.S_ISREG(st.st_mode):
+            want = modes.file
+        else:
+            continue
+        if modes.gid is not None and st.st_gid != modes.gid:
+            os.chown(path, -1, modes.gid)
+        have = stat.S_IMODE(st.st_mode)
+        if have & ~want & 0o777:
+            loosened.append(str(path.relative_to(state_dir.parent)))
+        if have != want:
+            path.chmod(want)
+    if loosened:
+        shown = ", ".join(loosened[:5]) + (
+            f" and {len(loosened) - 5} more" if len(loosened) > 5 else ""
+        )
+        log.warning(
+            "tightened the permissions of %d path(s) that other users could read or write "
+            "(now %o for directories, %o for files): %s",
+            len(loosened),
+            modes.directory & 0o777,
+            modes.file,
+            shown,
+        )
+
+
+def describe_boot(result: BootResult) -> str:
+    """The log line that says how the boot went: a first boot, the fast path, or a recovery."""
+    report = result.report
+    if result.new_state:
+        how = "first boot: a new, empty state directory"
+    elif report.fast_path:
+        how = "fast path"
+    else:
+        how = f"recovery path, {report.events_rolled_forward} events rolled forward"
+    return f"boot verdict {report.verdict} ({how})"
 
 
 def _os_reason(exc: OSError | StorageError) -> str:
@@ -153,11 +228,11 @@ def _boot(
 
     if marker is None and _is_fresh(config):
         with report.phase("create-state"):
-            open_write(config.state_db).close()
+            open_write(config.state_db, mode=state_modes(config).file).close()
         report.verdict = "clean"
         report.integrity_check = "skipped (new state directory)"
         report.actions.append("A new, empty state directory was set up.")
-        return BootResult(report, LogHead(0, GENESIS_PREV, 0), None, lock)
+        return BootResult(report, LogHead(0, GENESIS_PREV, 0), None, lock, new_state=True)
 
     with report.phase("open-state"):
         conn, state_problem = _open_state(config)

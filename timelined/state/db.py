@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -9,14 +10,19 @@ from timelined.state.model import Meta
 from timelined.state.schema import migrate
 
 
-def open_write(path: Path, *, create: bool = True) -> sqlite3.Connection:
+def open_write(path: Path, *, create: bool = True, mode: int = 0o600) -> sqlite3.Connection:
     """The one write connection: WAL, synchronous=NORMAL (the log is fsynced first), migrated.
 
     `isolation_level=None` hands transaction control to the caller: the writer issues BEGIN,
     SAVEPOINT and COMMIT itself, exactly as DESIGN.md's write path describes.
+
+    A new database file is created with `mode` whatever the umask; SQLite gives its `-wal` and
+    `-shm` files the database file's permissions, so they are never more open than it.
     """
     if not create and not path.exists():
         raise FileNotFoundError(str(path))
+    if create:
+        _create_with_mode(path, mode)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
@@ -27,6 +33,18 @@ def open_write(path: Path, *, create: bool = True) -> sqlite3.Connection:
     conn.execute("PRAGMA cache_size = -16000")
     migrate(conn)
     return conn
+
+
+def _create_with_mode(path: Path, mode: int) -> None:
+    """An empty file at `path` with exactly `mode`, unless there is one (SQLite fills it in)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, mode)  # the umask filtered open's mode
+    finally:
+        os.close(fd)
 
 
 def open_scratch(path: Path | str) -> sqlite3.Connection:
