@@ -406,12 +406,12 @@ class SimDisk:
         self._open[fd] = _Open(rel, ino, append=True)
         return fd
 
-    def open_new(self, path: str) -> Handle:
+    def open_new(self, path: str, mode: int = 0o640) -> Handle:
         rel = self._rel(path)
         tracked = self._tracked(rel)
         if tracked:
             self._point("open_new", rel)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
         ino: int | None = None
         if tracked:
             ino = self._lookup(rel)
@@ -467,6 +467,9 @@ class SimDisk:
         self._point("ftruncate", h.rel, f"to {length}")
         os.ftruncate(handle, length)
         self._inodes[h.ino] = self._inodes[h.ino].change(DataOp("truncate", length))
+
+    def fchmod(self, handle: Handle, mode: int) -> None:
+        os.fchmod(handle, mode)  # permissions are not modelled: a crash keeps or loses bytes
 
     def close(self, handle: Handle) -> None:
         self._open.pop(handle, None)
