@@ -453,6 +453,8 @@ class SimDisk:
         self._inodes[h.ino] = self._inodes[h.ino].synced()
 
     def fsync_dir(self, path: str) -> None:
+        # Open it as the real one does (a missing directory raises), without the host's fsync.
+        os.close(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
         rel = self._rel(path)
         if rel and not self._tracked(rel):
             return
