@@ -20,6 +20,8 @@ from pathlib import Path
 
 import msgspec
 
+from timelined.auditlog.atomic import fsync_path
+from timelined.auditlog.fileops import OS_FILEOPS, FileOps, write_all
 from timelined.auditlog.scan import Damage, walk_chain
 from timelined.auditlog.segments import list_segments
 from timelined.errors import BackupFailed
@@ -35,7 +37,11 @@ class BackupResult(msgspec.Struct, frozen=True):
 
 
 def backup(
-    state_dir: Path, destination: Path, *, progress: Callable[[str], None] | None = None
+    state_dir: Path,
+    destination: Path,
+    *,
+    progress: Callable[[str], None] | None = None,
+    fileops: FileOps = OS_FILEOPS,
 ) -> BackupResult:
     """Copy `state_dir` to `destination` (new, or an empty directory); raises BackupFailed.
 
@@ -86,7 +92,7 @@ def backup(
             "destination", f"cannot create {partial}: {exc.strerror}", str(destination)
         ) from exc
     try:
-        return _copy(state_dir, destination, partial, progress or (lambda _: None))
+        return _copy(state_dir, destination, partial, progress or (lambda _: None), fileops)
     except BackupFailed:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -103,7 +109,11 @@ def backup(
 
 
 def _copy(
-    state_dir: Path, destination: Path, partial: Path, say: Callable[[str], None]
+    state_dir: Path,
+    destination: Path,
+    partial: Path,
+    say: Callable[[str], None],
+    ops: FileOps,
 ) -> BackupResult:
     started = time.perf_counter()
     db = state_dir / "state.db"
@@ -122,7 +132,7 @@ def _copy(
     segments = list_segments(state_dir / "log")
     for n, seg in enumerate(segments, 1):
         say(f"copying log segment {n}/{len(segments)} {seg.name}")
-        total += _copy_prefix(Path(seg.path), partial / "log" / seg.name)
+        total += _copy_prefix(Path(seg.path), partial / "log" / seg.name, ops)
     if (state_dir / "reports").is_dir():
         shutil.copytree(state_dir / "reports", partial / "reports")
     say("checking the copied log's chain")
@@ -135,11 +145,11 @@ def _copy(
             f"the copied log ends at seq {chain.head_seq}, before the state ({state_seq})",
             str(destination),
         )
-    _fsync_tree(partial)
+    _fsync_tree(partial, ops)
     if destination.exists():
         destination.rmdir()
-    partial.rename(destination)
-    _fsync_dir(destination.parent)
+    ops.rename(str(partial), str(destination))
+    ops.fsync_dir(str(destination.parent))
     return BackupResult(
         destination=str(destination),
         state_last_seq=state_seq,
@@ -179,38 +189,34 @@ def _damage_cause(state_dir: Path, damage: Damage) -> str:
     return f"the copied log does not verify ({where}) though the source's does: check the disk"
 
 
-def _copy_prefix(src: Path, dst: Path) -> int:
+def _copy_prefix(src: Path, dst: Path, ops: FileOps) -> int:
     """Copy a segment up to its last newline: the part the writer has finished."""
     size = src.stat().st_size
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        copied = 0
-        tail = b""
-        while copied < size:
-            chunk = fin.read(min(1 << 20, size - copied))
-            if not chunk:
-                break
-            copied += len(chunk)
-            data = tail + chunk
-            cut = data.rfind(b"\n") + 1
-            fout.write(data[:cut])
-            tail = data[cut:]
-        return fout.tell()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fin = ops.open_read(str(src))
     try:
-        os.fsync(fd)
+        fout = ops.open_new(str(dst), 0o666)
+        try:
+            copied = written = 0
+            tail = b""
+            while copied < size:
+                chunk = ops.pread(fin, min(1 << 20, size - copied), copied)
+                if not chunk:
+                    break
+                copied += len(chunk)
+                data = tail + chunk
+                cut = data.rfind(b"\n") + 1
+                write_all(ops, fout, data[:cut])
+                written += cut
+                tail = data[cut:]
+            return written
+        finally:
+            ops.close(fout)
     finally:
-        os.close(fd)
+        ops.close(fin)
 
 
-def _fsync_tree(root: Path) -> None:
+def _fsync_tree(root: Path, ops: FileOps) -> None:
     for dirpath, _, files in os.walk(root):
         for name in files:
-            fd = os.open(Path(dirpath) / name, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
+            fsync_path(Path(dirpath) / name, ops)
+        ops.fsync_dir(dirpath)

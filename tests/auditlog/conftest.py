@@ -1,17 +1,13 @@
-"""Helpers for the audit log tests: sample events, logs written by the real writer, and
-FileOps fakes for the faults that cannot be caused for real (a failing fsync, a full disk)."""
+"""Helpers for the audit log tests: sample events and logs written by the real writer (the
+fault injector is tests/faults/faultops.py)."""
 
 from __future__ import annotations
 
-import errno
-import os
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from timelined.auditlog.fileops import Handle, OsFileOps
 from timelined.auditlog.record import GENESIS_PREV, encode_record
 from timelined.auditlog.writer import LogHead, LogWriter
 from timelined.events import (
@@ -101,65 +97,6 @@ def segment_files(log_dir: Path) -> list[Path]:
 
 def log_bytes(log_dir: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(log_dir.iterdir())}
-
-
-class FaultyOps(OsFileOps):
-    """Real file operations that count calls and fail on demand.
-
-    `fail_fsync_at`: the N-th fsync (1-based, counting file and directory fsyncs) raises EIO.
-    `space`: bytes the disk still takes; a write past it is short, the next raises ENOSPC.
-    `write_errno`: every write raises this errno.
-    """
-
-    def __init__(self) -> None:
-        self.calls: Counter[str] = Counter()
-        self.opened: list[str] = []
-        self.fail_fsync_at: int | None = None
-        self.space: int | None = None
-        self.write_errno: int | None = None
-
-    def _fsync_fault(self) -> None:
-        n = self.calls["fsync"] + self.calls["fsync_dir"]
-        if self.fail_fsync_at is not None and n == self.fail_fsync_at:
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-
-    def fsync(self, handle: Handle) -> None:
-        self.calls["fsync"] += 1
-        self._fsync_fault()
-        super().fsync(handle)
-
-    def fsync_dir(self, path: str) -> None:
-        self.calls["fsync_dir"] += 1
-        self._fsync_fault()
-        super().fsync_dir(path)
-
-    def write(self, handle: Handle, data: bytes | memoryview) -> int:
-        self.calls["write"] += 1
-        if self.write_errno is not None:
-            raise OSError(self.write_errno, os.strerror(self.write_errno))
-        if self.space is not None:
-            if self.space == 0:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            data = memoryview(data)[: self.space]
-            self.space -= len(data)
-        return super().write(handle, data)
-
-    def open_read(self, path: str) -> Handle:
-        self.calls["open_read"] += 1
-        self.opened.append(os.path.basename(path))
-        return super().open_read(path)
-
-    def open_append(self, path: str, *, create: bool = False) -> Handle:
-        self.calls["create" if create else "open_append"] += 1
-        return super().open_append(path, create=create)
-
-    def ftruncate(self, handle: Handle, length: int) -> None:
-        self.calls["ftruncate"] += 1
-        super().ftruncate(handle, length)
-
-    def unlink(self, path: str) -> None:
-        self.calls["unlink"] += 1
-        super().unlink(path)
 
 
 @pytest.fixture

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults.faultops import FaultOps
 from timelined.auditlog.reader import read_last_line, read_lines, read_records
 from timelined.auditlog.segments import list_segments
 from timelined.errors import LogDamaged
 
-from .conftest import FaultyOps, segment_files, write_log
+from .conftest import segment_files, write_log
 
 
 def test_records_of_a_range_across_segments(log_dir: Path) -> None:
@@ -26,11 +27,11 @@ def test_starts_at_the_segment_holding_the_range(log_dir: Path) -> None:
     write_log(log_dir, 60, segment_bytes=3000, batch=4)
     segments = list_segments(log_dir)
     target = segments[3]
-    ops = FaultyOps()
+    ops = FaultOps()
     first = next(read_records(log_dir, after_seq=target.first_seq, fileops=ops))
     assert first.seq == target.first_seq + 1
     assert ops.opened == [target.name]
-    ops = FaultyOps()  # the range starts exactly at a segment's first record
+    ops = FaultOps()  # the range starts exactly at a segment's first record
     assert next(read_lines(log_dir, after_seq=target.first_seq - 1, fileops=ops))[0] == (
         target.first_seq
     )
@@ -71,7 +72,7 @@ def test_damage_raises_log_damaged_with_the_seq(log_dir: Path) -> None:
 
 
 def test_last_line_found_backwards(tmp_path: Path) -> None:
-    ops = FaultyOps()
+    ops = FaultOps()
     path = tmp_path / "f"
     for content in [b"a\n", b"a\nbb\n", b"x" * 200_000 + b"\n" + b"y" * 70_000 + b"\n"]:
         path.write_bytes(content)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults.faultops import FaultOps
 from timelined.auditlog.reader import read_records
 from timelined.auditlog.repair import cut_torn_tail
 from timelined.auditlog.scan import scan_tail, walk_chain
@@ -14,7 +15,7 @@ from timelined.auditlog.segments import list_segments
 from timelined.auditlog.writer import LogWriter
 from timelined.errors import FatalStorageError, LogDamaged
 
-from .conftest import FaultyOps, make_lines, segment_files, write_log
+from .conftest import make_lines, segment_files, write_log
 
 
 def test_torn_tail_at_every_byte_of_the_last_three_records(tmp_path: Path) -> None:
@@ -67,7 +68,7 @@ def test_cut_quarantines_the_torn_bytes_whole(tmp_path: Path, cut_back: int | st
     path.write_bytes(full[:keep])
     scan = scan_tail(log_dir)
     assert scan.torn is not None and scan.damage is None
-    ops = FaultyOps()
+    ops = FaultOps()
     kept = cut_torn_tail(log_dir, scan.torn, fileops=ops)
     assert kept == str(tmp_path / "quarantine" / f"{path.name}.{scan.torn.offset}.torn")
     assert Path(kept).read_bytes() == full[scan.torn.offset : keep]
@@ -96,8 +97,8 @@ def test_cut_refuses_a_segment_that_changed_and_fails_hard_on_fsync(tmp_path: Pa
     with pytest.raises(LogDamaged):
         cut_torn_tail(log_dir, torn)
     path.write_bytes(path.read_bytes()[:-4])
-    ops = FaultyOps()
-    ops.fail_fsync_at = 1
+    ops = FaultOps()
+    ops.arm("sync")
     with pytest.raises(FatalStorageError) as caught:
         cut_torn_tail(log_dir, torn, fileops=ops)
     assert caught.value.params["errno"] == errno.EIO
@@ -174,7 +175,7 @@ def test_anchor_ok_mismatch_missing(log_dir: Path) -> None:
     items = write_log(log_dir, 40, segment_bytes=3000, batch=3)
     segs = list_segments(log_dir)
     middle = segs[2].first_seq + 2
-    ops = FaultyOps()
+    ops = FaultOps()
     scan = scan_tail(log_dir, middle, items[middle - 1][0].hash, fileops=ops)
     assert scan.anchor == "ok" and scan.last_seq == 40 and scan.damage is None
     assert ops.opened[0] == segs[2].name and segs[0].name not in ops.opened
@@ -189,7 +190,7 @@ def test_anchor_ok_mismatch_missing(log_dir: Path) -> None:
     assert scan.anchor == "ok" and scan.last_seq == 40 and scan.torn is None
     assert scan_tail(log_dir, 40).anchor == "unchecked"
     boundary = segs[3].first_seq - 1
-    ops = FaultyOps()
+    ops = FaultOps()
     scan = scan_tail(log_dir, boundary, items[boundary - 1][0].hash, fileops=ops)
     assert scan.anchor == "ok" and ops.opened[0] == segs[2].name and scan.last_seq == 40
 

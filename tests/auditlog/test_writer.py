@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults.faultops import FaultOps
 from timelined.auditlog.reader import read_records
 from timelined.auditlog.scan import scan_tail, walk_chain
 from timelined.auditlog.writer import LogHead, LogWriter
 from timelined.errors import DiskFull, FatalStorageError, LogDamaged, StorageError
 
-from .conftest import FaultyOps, log_bytes, make_lines, segment_files, write_log
+from .conftest import log_bytes, make_lines, segment_files, write_log
 
 
 def batch(items: list, lo: int, hi: int) -> tuple[bytes, int, int, str]:  # type: ignore[type-arg]
@@ -22,7 +23,7 @@ def batch(items: list, lo: int, hi: int) -> tuple[bytes, int, int, str]:  # type
 
 
 def test_always_mode_one_write_and_one_fsync_per_batch(log_dir: Path) -> None:
-    ops = FaultyOps()
+    ops = FaultOps()
     items = make_lines(30)
     fsynced: list[float] = []
     writer = LogWriter(log_dir, LogHead(), fileops=ops, on_fsync=fsynced.append)
@@ -63,16 +64,16 @@ def test_open_refuses_a_head_that_does_not_match_the_files(log_dir: Path) -> Non
 
 
 def test_fsync_failure_is_fatal_and_final(log_dir: Path) -> None:
-    ops = FaultyOps()
+    ops = FaultOps()
     items = make_lines(20)
     writer = LogWriter(log_dir, LogHead(), fileops=ops)
     writer.write_batch(*batch(items, 0, 5))
-    ops.fail_fsync_at = ops.calls["fsync"] + ops.calls["fsync_dir"] + 1
+    ops.arm("sync")  # the next fsync
     with pytest.raises(FatalStorageError) as caught:
         writer.write_batch(*batch(items, 5, 10))
     assert caught.value.params["errno"] == errno.EIO
     assert writer.failed
-    ops.fail_fsync_at = None  # even when the disk "recovers", the writer never retries
+    ops.lift()  # even when the disk "recovers", the writer never retries
     before = ops.calls["fsync"]
     for call in (
         lambda: writer.write_batch(*batch(items, 10, 15)),
@@ -88,9 +89,9 @@ def test_fsync_failure_is_fatal_and_final(log_dir: Path) -> None:
 
 
 def test_failed_directory_fsync_on_a_new_segment_is_fatal(log_dir: Path) -> None:
-    ops = FaultyOps()
+    ops = FaultOps()
     writer = LogWriter(log_dir, LogHead(), fileops=ops)
-    ops.fail_fsync_at = 2  # 1: the log directory in its parent; 2: the first segment's entry
+    ops.arm("sync")  # the first segment's entry (the log directory's is done)
     with pytest.raises(FatalStorageError):
         writer.write_batch(*batch(make_lines(1), 0, 1))
     assert writer.failed
@@ -100,7 +101,7 @@ def test_failed_directory_fsync_on_a_new_segment_is_fatal(log_dir: Path) -> None
 def test_enospc_refuses_the_batch_and_leaves_the_log_byte_identical(
     log_dir: Path, mode: str
 ) -> None:
-    ops = FaultyOps()
+    ops = FaultOps()
     items = make_lines(30)
     writer = LogWriter(log_dir, LogHead(), fileops=ops, fsync=mode)  # type: ignore[arg-type]
     writer.write_batch(*batch(items, 0, 10))
@@ -122,24 +123,24 @@ def test_enospc_refuses_the_batch_and_leaves_the_log_byte_identical(
 
 
 def test_other_write_errors_are_storage_errors_and_recoverable(log_dir: Path) -> None:
-    ops = FaultyOps()
+    ops = FaultOps()
     items = make_lines(10)
     writer = LogWriter(log_dir, LogHead(), fileops=ops)
     writer.write_batch(*batch(items, 0, 5))
     before = log_bytes(log_dir)
-    ops.write_errno = errno.EIO
+    ops.arm("write", err=errno.EIO, sticky=True)
     with pytest.raises(StorageError) as caught:
         writer.write_batch(*batch(items, 5, 10))
     assert caught.value.params["errno"] == errno.EIO
     assert log_bytes(log_dir) == before
-    ops.write_errno = None
+    ops.lift()
     writer.write_batch(*batch(items, 5, 10))
     writer.close()
     assert walk_chain(log_dir).head_seq == 10
 
 
 def test_enospc_on_a_new_segment_removes_it(log_dir: Path) -> None:
-    ops = FaultyOps()
+    ops = FaultOps()
     items = make_lines(12)
     seg = sum(len(line) for _, line in items[:4])
     writer = LogWriter(log_dir, LogHead(), fileops=ops, segment_bytes=seg)
@@ -159,7 +160,7 @@ def test_enospc_on_a_new_segment_removes_it(log_dir: Path) -> None:
 
 
 def test_rotation_at_segment_bytes_and_reads_across_segments(log_dir: Path) -> None:
-    ops = FaultyOps()
+    ops = FaultOps()
     items = make_lines(50)
     writer = LogWriter(log_dir, LogHead(), fileops=ops, segment_bytes=2000)
     starts = []
@@ -182,7 +183,7 @@ def test_rotation_at_segment_bytes_and_reads_across_segments(log_dir: Path) -> N
 
 def test_interval_mode_syncs_when_due(log_dir: Path) -> None:
     now = [100.0]
-    ops = FaultyOps()
+    ops = FaultOps()
     items = make_lines(10)
     writer = LogWriter(
         log_dir,
@@ -215,7 +216,7 @@ def test_interval_mode_syncs_when_due(log_dir: Path) -> None:
 
 def test_interval_mode_syncs_the_old_segment_before_rotating(log_dir: Path) -> None:
     now = [0.0]
-    ops = FaultyOps()
+    ops = FaultOps()
     items = make_lines(6)
     writer = LogWriter(
         log_dir,
@@ -233,7 +234,7 @@ def test_interval_mode_syncs_the_old_segment_before_rotating(log_dir: Path) -> N
 
 
 def test_off_mode_never_fsyncs(log_dir: Path) -> None:
-    ops = FaultyOps()
+    ops = FaultOps()
     items = make_lines(20)
     writer = LogWriter(log_dir, LogHead(), fileops=ops, fsync="off", segment_bytes=1500)
     for lo in range(0, 20, 4):

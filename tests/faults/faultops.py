@@ -1,8 +1,17 @@
-"""A `FileOps` on the real file system that fails the N-th operation of a kind, on demand.
+"""The fault injector: a `FileOps` on the real file system that counts calls and fails on demand.
 
 Faults that cannot be caused for real (an fsync that fails, a full disk) are injected here, at
-the one seam the log uses. Kinds: write, fsync, fsync_dir, rename, ftruncate, unlink, mkdir,
-create (a new segment), open_new; "any" counts every one of them together.
+the one seam every file write goes through. Two ways, combinable:
+
+- an armed fault: the N-th call of a kind fails with an errno (every later one too when
+  sticky). Kinds: write, fsync, fsync_dir, rename, ftruncate, unlink, mkdir, create (a new
+  segment), open_new, fchmod; "sync" counts fsync and fsync_dir together; "any" counts every
+  one of them together.
+- a full disk: `space` is how many more bytes the disk takes; a write past it is short, the
+  next raises ENOSPC.
+
+`calls` counts every call by kind (and "sync", "any"); `opened` lists the files opened for
+reading, by name; `fired` says what failed.
 """
 
 from __future__ import annotations
@@ -23,14 +32,17 @@ KINDS = (
     "mkdir",
     "create",
     "open_new",
+    "fchmod",
 )
+GROUPS = {"any": KINDS, "sync": ("fsync", "fsync_dir")}
 
 
 class FaultOps(OsFileOps):
     """Fails the `nth` call of `kind` with `err` (every later one too when `sticky`).
 
     `partial`: the failing write first takes this many bytes (a short write), and the write
-    after it raises: what a disk filling up mid-write looks like. `lift()` ends the fault.
+    after it raises: what a disk filling up mid-write looks like. `arm()` sets a fault counted
+    from now; `lift()` ends it.
     """
 
     def __init__(
@@ -42,12 +54,28 @@ class FaultOps(OsFileOps):
         sticky: bool = False,
         partial: int = 0,
     ) -> None:
-        if kind is not None and kind != "any" and kind not in KINDS:
-            raise ValueError(kind)
-        self.kind, self.nth, self.err = kind, nth, err
-        self.sticky, self.partial = sticky, partial
-        self.counts: Counter[str] = Counter()
+        self.calls: Counter[str] = Counter()
+        self.opened: list[str] = []
         self.fired: list[str] = []
+        self.space: int | None = None
+        self.kind: str | None = None
+        self.arm(kind, nth, err, sticky=sticky, partial=partial)
+
+    def arm(
+        self,
+        kind: str | None,
+        nth: int = 1,
+        err: int = errno.EIO,
+        *,
+        sticky: bool = False,
+        partial: int = 0,
+    ) -> None:
+        """Fail the `nth` call of `kind` counted from now (None: no fault)."""
+        if kind is not None and kind not in KINDS and kind not in GROUPS:
+            raise ValueError(kind)
+        self.kind, self.err = kind, err
+        self.nth = nth + (self.calls[kind] if kind is not None else 0)
+        self.sticky, self.partial = sticky, partial
         self.lifted = False
         self._raise_next_write = False
 
@@ -56,16 +84,21 @@ class FaultOps(OsFileOps):
         self._raise_next_write = False
 
     def _hit(self, kind: str) -> bool:
-        self.counts[kind] += 1
-        self.counts["any"] += 1
-        if self.lifted or self.kind not in (kind, "any"):
+        self.calls[kind] += 1
+        for group, members in GROUPS.items():
+            if kind in members:
+                self.calls[group] += 1
+        if self.lifted or self.kind is None:
             return False
-        n = self.counts[self.kind]
+        if self.kind != kind and kind not in GROUPS.get(self.kind, ()):
+            return False
+        n = self.calls[self.kind]
         return n == self.nth or (self.sticky and n > self.nth)
 
-    def _fail(self, kind: str, what: object) -> OSError:
-        self.fired.append(f"{kind} #{self.counts[kind]} {what}")
-        return OSError(self.err, os.strerror(self.err))
+    def _fail(self, kind: str, what: object, code: int | None = None) -> OSError:
+        self.fired.append(f"{kind} #{self.calls[kind]} {what}")
+        code = self.err if code is None else code
+        return OSError(code, os.strerror(code))
 
     def write(self, handle: Handle, data: bytes | memoryview) -> int:
         if self._raise_next_write and not self.lifted:
@@ -77,6 +110,11 @@ class FaultOps(OsFileOps):
                 self.fired.append(f"short write of {self.partial} bytes")
                 return super().write(handle, memoryview(data)[: self.partial])
             raise self._fail("write", handle)
+        if self.space is not None:
+            if self.space == 0:
+                raise self._fail("write", handle, errno.ENOSPC)
+            data = memoryview(data)[: self.space]
+            self.space -= len(data)
         return super().write(handle, data)
 
     def fsync(self, handle: Handle) -> None:
@@ -99,6 +137,11 @@ class FaultOps(OsFileOps):
             raise self._fail("ftruncate", handle)
         super().ftruncate(handle, length)
 
+    def fchmod(self, handle: Handle, mode: int) -> None:
+        if self._hit("fchmod"):
+            raise self._fail("fchmod", handle)
+        super().fchmod(handle, mode)
+
     def unlink(self, path: str) -> None:
         if self._hit("unlink"):
             raise self._fail("unlink", path)
@@ -110,11 +153,19 @@ class FaultOps(OsFileOps):
         super().mkdir(path)
 
     def open_append(self, path: str, *, create: bool = False) -> Handle:
-        if create and self._hit("create"):
-            raise self._fail("create", path)
+        if create:
+            if self._hit("create"):
+                raise self._fail("create", path)
+        else:
+            self.calls["open_append"] += 1
         return super().open_append(path, create=create)
 
-    def open_new(self, path: str) -> Handle:
+    def open_new(self, path: str, mode: int = 0o640) -> Handle:
         if self._hit("open_new"):
             raise self._fail("open_new", path)
-        return super().open_new(path)
+        return super().open_new(path, mode)
+
+    def open_read(self, path: str) -> Handle:
+        self.calls["open_read"] += 1
+        self.opened.append(os.path.basename(path))
+        return super().open_read(path)

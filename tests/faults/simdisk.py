@@ -406,12 +406,12 @@ class SimDisk:
         self._open[fd] = _Open(rel, ino, append=True)
         return fd
 
-    def open_new(self, path: str) -> Handle:
+    def open_new(self, path: str, mode: int = 0o640) -> Handle:
         rel = self._rel(path)
         tracked = self._tracked(rel)
         if tracked:
             self._point("open_new", rel)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
         ino: int | None = None
         if tracked:
             ino = self._lookup(rel)
@@ -453,6 +453,8 @@ class SimDisk:
         self._inodes[h.ino] = self._inodes[h.ino].synced()
 
     def fsync_dir(self, path: str) -> None:
+        # Open it as the real one does (a missing directory raises), without the host's fsync.
+        os.close(os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
         rel = self._rel(path)
         if rel and not self._tracked(rel):
             return
@@ -467,6 +469,9 @@ class SimDisk:
         self._point("ftruncate", h.rel, f"to {length}")
         os.ftruncate(handle, length)
         self._inodes[h.ino] = self._inodes[h.ino].change(DataOp("truncate", length))
+
+    def fchmod(self, handle: Handle, mode: int) -> None:
+        os.fchmod(handle, mode)  # permissions are not modelled: a crash keeps or loses bytes
 
     def close(self, handle: Handle) -> None:
         self._open.pop(handle, None)

@@ -100,7 +100,7 @@ async def steps(engine: Engine, config: Config, ops: FaultOps, s: Session) -> No
                 for tag in (f"<step-{i}.{k}>" for k in range(n))
             ]
         before = log_bytes(config.log_dir)
-        writes = ops.counts["write"]
+        writes = ops.calls["write"]
         outcomes: list[Any] = [None] * len(commands)
 
         async def one(k: int, command: cmd.Command, outcomes: list[Any] = outcomes) -> None:
@@ -112,7 +112,7 @@ async def steps(engine: Engine, config: Config, ops: FaultOps, s: Session) -> No
         async with anyio.create_task_group() as tg:
             for k, (_, command) in enumerate(commands):
                 tg.start_soon(one, k, command)
-        s.writes_per_step.append(ops.counts["write"] - writes)
+        s.writes_per_step.append(ops.calls["write"] - writes)
         kinds = {type(o) for o in outcomes if isinstance(o, TimelinedError)}
         if kinds and len(kinds) + (any(not isinstance(o, Exception) for o in outcomes)) > 1:
             s.problems.append(f"step {i}: one batch, mixed outcomes {outcomes}")
@@ -285,11 +285,20 @@ def test_the_nth_operation_fails(template: Path, kind: str, err: str) -> None:
     assert not failures, "\n".join(failures)
 
 
+def boot_calls(template: Path, work: Path, kind: str) -> int:
+    """How many `kind` calls a boot of the template makes (its reports' writes among them)."""
+    config, _ = fresh_copy(template, work)
+    ops = FaultOps()
+    boot(config, fileops=ops).lock.release()
+    return ops.calls[kind]
+
+
 def test_fsync_failure_is_fatal_and_nothing_of_the_batch_is_acknowledged(template: Path) -> None:
     with fast_dir("tl-io-") as work:
-        for n in (1, 3, 5):
+        at_boot = boot_calls(template, work, "fsync")
+        for n in (1, 3, 5):  # the engine's n-th fsync
             config, baseline = fresh_copy(template, work)
-            ops = FaultOps("fsync", n, errno.EIO)
+            ops = FaultOps("fsync", at_boot + n, errno.EIO)
             s = Session()
             run_faulty(config, ops, s)
             assert ops.fired and not s.problems
@@ -305,8 +314,9 @@ def test_disk_full_refuses_until_space_returns(template: Path) -> None:
     """A disk that stays full: every batch refused whole, reads work, writes resume after."""
     with fast_dir("tl-io-") as work:
         config, baseline = fresh_copy(template, work)
-        ops = FaultOps("write", 1, errno.ENOSPC, sticky=True, partial=100)
-        result = boot(config, fileops=ops)
+        ops = FaultOps()
+        result = boot(config, fileops=ops)  # the disk fills after the boot wrote its report
+        ops.arm("write", 1, errno.ENOSPC, sticky=True, partial=100)
         accepted: list[str] = []
         acked: list[tuple[int, str]] = []
 

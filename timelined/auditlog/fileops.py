@@ -2,7 +2,8 @@
 
 Every file operation the log performs goes through a `FileOps`: tests swap in one that fails the
 N-th fsync with EIO, refuses a write with ENOSPC, or records every call to enumerate the states a
-crash could leave. Operations are fd-based and explicit (no buffered file objects) so that a fake
+crash could leave. Whole-file writes (reports, the marker) go through `atomic.py` on top of it.
+Operations are fd-based and explicit (no buffered file objects) so that a fake
 sees exactly what reaches the kernel, in order.
 
 Errors are the `OSError`s the `os` functions raise; callers translate them into timelined errors.
@@ -25,8 +26,8 @@ class FileOps(Protocol):
         """Open for appending; `create` makes a new file and fails if it already exists."""
         ...
 
-    def open_new(self, path: str) -> Handle:
-        """Create (or empty) a file for writing: used for quarantine copies."""
+    def open_new(self, path: str, mode: int = 0o640) -> Handle:
+        """Create (or empty) a file for writing; `mode` is filtered by the umask, as open(2)."""
         ...
 
     def open_read(self, path: str) -> Handle: ...
@@ -44,6 +45,10 @@ class FileOps(Protocol):
         ...
 
     def ftruncate(self, handle: Handle, length: int) -> None: ...
+
+    def fchmod(self, handle: Handle, mode: int) -> None:
+        """Set the permissions exactly (not filtered by the umask)."""
+        ...
 
     def close(self, handle: Handle) -> None: ...
 
@@ -69,8 +74,8 @@ class OsFileOps:
             flags |= os.O_CREAT | os.O_EXCL
         return os.open(path, flags, 0o640)
 
-    def open_new(self, path: str) -> Handle:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+    def open_new(self, path: str, mode: int = 0o640) -> Handle:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
 
     def open_read(self, path: str) -> Handle:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -93,6 +98,9 @@ class OsFileOps:
 
     def ftruncate(self, handle: Handle, length: int) -> None:
         os.ftruncate(handle, length)
+
+    def fchmod(self, handle: Handle, mode: int) -> None:
+        os.fchmod(handle, mode)
 
     def close(self, handle: Handle) -> None:
         os.close(handle)

@@ -3,13 +3,12 @@ metrics."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 from timelined.api import ReadLogReply
+from timelined.auditlog.atomic import write_file_atomic
 from timelined.ctl.common import ADMIN, Ctl, Verbs, count, positive
 from timelined.ctl.output import escape
 from timelined.recovery.report import render_summary
@@ -321,15 +320,7 @@ def metrics(ctl: Ctl) -> int:
     # rename it over, so that it only ever sees a whole scrape.
     path = Path(target)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(reply.text)
-            Path(tmp).chmod(0o644)
-            Path(tmp).replace(path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_file_atomic(path, reply.text.encode(), mode=0o644, exact_mode=True)
     except OSError as exc:
         return ctl.out.fail(
             73, "CannotWrite", f"cannot write {path}: {exc.strerror}", path=str(path)

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import msgspec
 
 from timelined.api import LogEvent, WatchReply
 from timelined.api.exchange import ExportDocument, ExportHeader, ExportPart
+from timelined.auditlog.atomic import AtomicFile
 from timelined.auditlog.record import peek_seq
 from timelined.client import log_event
 from timelined.ctl.common import TIMELINE, Ctl, Verbs, count
@@ -190,13 +191,14 @@ def export(ctl: Ctl) -> int:
     )
     progress = _Progress(ctl)
     if a.output is None:
-        _write_parts(ctl.out.stdout, replies, progress, a.id)
-        ctl.out.stdout.flush()
+        stdout = ctl.out.stdout
+        _write_parts(lambda line: stdout.write(line.decode("utf-8")), replies, progress, a.id)
+        stdout.flush()
         return 0
     target = Path(a.output)
     partial = target.with_name(target.name + ".partial")
     try:
-        handle = open(partial, "w", encoding="utf-8")  # noqa: SIM115 — closed below
+        out = AtomicFile(target, mode=0o666, tmp=partial)
     except OSError as exc:
         return ctl.out.fail(
             EX_CANTCREAT,
@@ -205,28 +207,46 @@ def export(ctl: Ctl) -> int:
             path=str(partial),
         )
     try:
-        with handle:
-            _write_parts(handle, replies, progress, a.id)
-        partial.replace(target)  # only a complete export takes the name
+        with out:  # leaving it any other way than by commit removes the partial file
+            buffered = _Buffered(out.write)
+            _write_parts(buffered.write, replies, progress, a.id)
+            buffered.flush()
+            out.commit()  # only a complete export takes the name
     except OSError as exc:
         where = str(exc.filename or partial)
         return ctl.out.fail(
             EX_IOERR, "CannotWrite", f"cannot write {where}: {exc.strerror or exc}", path=where
         )
-    finally:
-        partial.unlink(missing_ok=True)
     if ctl.out.json:  # stdout is free: the export went to the file
         ctl.out.print_json({"written": str(target), "bytes": target.stat().st_size})
     return 0
 
 
+class _Buffered:
+    """Lines gathered into large writes (an export is many small parts)."""
+
+    def __init__(self, sink: Callable[[bytes], None], size: int = 1 << 16) -> None:
+        self._sink, self._size = sink, size
+        self._buffer = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) >= self._size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            self._sink(bytes(self._buffer))
+            self._buffer.clear()
+
+
 def _write_parts(
-    out: IO[str], replies: Iterable[msgspec.Raw], progress: _Progress, id: str
+    write: Callable[[bytes], object], replies: Iterable[msgspec.Raw], progress: _Progress, id: str
 ) -> None:
     events = blocks = total = 0
     decoder = msgspec.json.Decoder(_Counted)
     for raw in replies:
-        out.write(bytes(raw).decode("utf-8") + "\n")
+        write(bytes(raw) + b"\n")
         if progress.enabled:
             part = decoder.decode(raw)
             if part.header is not None:

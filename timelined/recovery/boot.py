@@ -27,6 +27,7 @@ import msgspec
 
 from timelined import __version__
 from timelined.api.reports import Damage, Rebuild, Report, TornTail
+from timelined.auditlog.atomic import fsync_path, make_dirs
 from timelined.auditlog.fileops import FileOps, OsFileOps
 from timelined.auditlog.record import GENESIS_PREV
 from timelined.auditlog.repair import cut_torn_tail
@@ -68,7 +69,7 @@ def boot(
     try:
         modes = state_modes(config)
         os.umask(modes.umask)  # every file the daemon creates from here on is private
-        _make_dirs(config.state_dir, ops)
+        make_dirs(config.state_dir, ops)  # durable: a power cut must not take the log back
         lock = StateLock.acquire(config.lock_path)  # StateLocked: a second daemon refuses to start
         _tighten(config.state_dir, modes)
     except (OSError, StorageError) as exc:
@@ -83,7 +84,7 @@ def boot(
     try:
         result = _boot(config, ops, report, lock, progress or _no_progress)
         result = _check_recorded_damage(config, ops, result)
-        _finish(config, report)  # a report that cannot be written fails the boot, as documented
+        _finish(config, report, ops)  # a report that cannot be written fails the boot (documented)
     except BaseException as exc:
         report.verdict = "failed"
         error = (
@@ -99,7 +100,7 @@ def boot(
             "Fix the cause (permissions, disk space, a damaged file) and start the daemon again."
         )
         try:
-            path: str | None = _finish(config, report)
+            path: str | None = _finish(config, report, ops)
         except (OSError, StorageError) as unwritable:  # e.g. a read-only reports/: say so too
             path = None
             why = f"the report could not be written: {_os_reason(unwritable)}"
@@ -190,30 +191,18 @@ def _os_reason(exc: OSError | StorageError) -> str:
     return f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
 
 
-def _make_dirs(path: Path, ops: FileOps) -> None:
-    """`mkdir -p` whose new entries are durable: a power cut must not take back the state
-    directory, and with it the log fsynced inside it."""
-    missing: list[Path] = []
-    while not path.exists():
-        missing.append(path)
-        path = path.parent
-    for directory in reversed(missing):
-        directory.mkdir(exist_ok=True)
-        ops.fsync_dir(str(directory.parent))
-
-
 def _no_progress(phase: str, done: int, total: int) -> None:
     return None
 
 
-def _finish(config: Config, report: Report) -> str:
+def _finish(config: Config, report: Report, ops: FileOps) -> str:
     report.finished_at = utc_now()
     if report.kind == "recovery":
         full = msgspec.structs.replace(report, id=report.id.replace("boot-", "recovery-", 1))
-        write_report(config.reports_dir, full)
+        write_report(config.reports_dir, full, ops)
         report.recovery_report = full.id
         report.path = None
-    return str(write_report(config.reports_dir, report))
+    return str(write_report(config.reports_dir, report, ops))
 
 
 def _boot(
@@ -482,11 +471,7 @@ def _rebuild(
         upto_seq=scan.last_seq,
         progress=lambda done, seq: progress("rebuild", done, scan.last_seq),
     )
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # the scratch replay ran without fsync; make the file durable before use
-    finally:
-        os.close(fd)
+    fsync_path(tmp, ops)  # the scratch replay ran without fsync; make the file durable before use
     ops.rename(str(tmp), str(config.state_db))
     ops.fsync_dir(str(config.state_dir))
     return open_write(config.state_db), (result.applied, kept)

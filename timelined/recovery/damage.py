@@ -13,9 +13,9 @@ from pathlib import Path
 
 import msgspec
 
-from timelined.auditlog.fileops import FileOps, OsFileOps
+from timelined.auditlog.atomic import write_file_atomic
+from timelined.auditlog.fileops import OS_FILEOPS, FileOps
 from timelined.ids import utc_now
-from timelined.recovery.marker import write_atomically
 
 
 class DamageRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -25,10 +25,12 @@ class DamageRecord(msgspec.Struct, frozen=True, kw_only=True):
     found_at: str
 
 
-def record_damage(path: Path, seq: int, reason: str, segment: str | None) -> None:
+def record_damage(
+    path: Path, seq: int, reason: str, segment: str | None, fileops: FileOps = OS_FILEOPS
+) -> None:
     """Keep the damage for the next boots (OSError: the caller logs it; the daemon goes on)."""
     record = DamageRecord(seq=seq, reason=reason, segment=segment, found_at=utc_now())
-    write_atomically(path, msgspec.json.encode(record) + b"\n")
+    write_file_atomic(path, msgspec.json.encode(record) + b"\n", fileops=fileops)
 
 
 def recorded_damage(path: Path) -> DamageRecord | None:
@@ -46,8 +48,7 @@ def recorded_damage(path: Path) -> DamageRecord | None:
         )
 
 
-def clear_damage(path: Path, fileops: FileOps | None = None) -> None:
+def clear_damage(path: Path, fileops: FileOps = OS_FILEOPS) -> None:
     """Remove the record, durably (the directory fsynced), as the marker is removed."""
-    ops = fileops or OsFileOps()
-    ops.unlink(str(path))
-    ops.fsync_dir(str(path.parent))
+    fileops.unlink(str(path))
+    fileops.fsync_dir(str(path.parent))

@@ -1,10 +1,10 @@
 """The clean-shutdown marker: written last at a clean stop, read and removed first at boot.
 
 Its presence says "the daemon stopped cleanly and the log ended here": if its seq, hash and log
-size match the log's tail, the boot skips every scan. It is written atomically (temporary file,
-fsync, rename, fsync of the directory) so that a power cut leaves either no marker or a whole
-one; it is removed, with the directory fsynced, before the daemon writes anything else, so that a
-crash after boot can never be mistaken for a clean stop.
+size match the log's tail, the boot skips every scan. It is written atomically (auditlog/atomic:
+temporary file, fsync, rename, fsync of the directory) so that a power cut leaves either no
+marker or a whole one; it is removed, with the directory fsynced, before the daemon writes
+anything else, so that a crash after boot can never be mistaken for a clean stop.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 import msgspec
 
 from timelined import __version__
-from timelined.auditlog.fileops import FileOps, OsFileOps, write_all
+from timelined.auditlog.atomic import write_file_atomic
+from timelined.auditlog.fileops import OS_FILEOPS, FileOps
 from timelined.events import SCHEMA_VERSION
 from timelined.ids import utc_now
 
@@ -41,22 +42,15 @@ def make_marker(last_seq: int, last_hash: str, segment: str, log_bytes: int) -> 
     )
 
 
-def write_marker(path: Path, marker: Marker, fileops: FileOps | None = None) -> None:
-    write_atomically(path, msgspec.json.encode(marker) + b"\n", fileops)
+def write_marker(path: Path, marker: Marker, fileops: FileOps = OS_FILEOPS) -> None:
+    write_file_atomic(
+        path, msgspec.json.encode(marker) + b"\n", fileops=fileops, tmp=_marker_tmp(path)
+    )
 
 
-def write_atomically(path: Path, data: bytes, fileops: FileOps | None = None) -> None:
-    """A whole file or none after a power cut: temporary file, fsync, rename, fsync the dir."""
-    ops = fileops or OsFileOps()
-    tmp = path.with_name(path.name + ".tmp")
-    fd = ops.open_new(str(tmp))
-    try:
-        write_all(ops, fd, data)
-        ops.fsync(fd)
-    finally:
-        ops.close(fd)
-    ops.rename(str(tmp), str(path))
-    ops.fsync_dir(str(path.parent))
+def _marker_tmp(path: Path) -> Path:
+    """A fixed temporary name, so that the boot can remove one a stop left mid-write."""
+    return path.with_name(path.name + ".tmp")
 
 
 class MarkerRead(msgspec.Struct, frozen=True):
@@ -66,10 +60,10 @@ class MarkerRead(msgspec.Struct, frozen=True):
     problem: str | None  # "absent", or why a present file was not a valid marker
 
 
-def take_marker(path: Path, fileops: FileOps | None = None) -> MarkerRead:
+def take_marker(path: Path, fileops: FileOps = OS_FILEOPS) -> MarkerRead:
     """Read and remove the marker (directory fsynced), before anything else is written."""
-    ops = fileops or OsFileOps()
-    tmp = path.with_name(path.name + ".tmp")
+    ops = fileops
+    tmp = _marker_tmp(path)
     stale_tmp = tmp.exists()  # a stop that died mid-write committed no marker
     if stale_tmp:
         ops.unlink(str(tmp))
@@ -95,7 +89,7 @@ def mark_clean(
     head_hash: str,
     segment_path: str | None,
     size: int,
-    fileops: FileOps | None = None,
+    fileops: FileOps = OS_FILEOPS,
 ) -> Marker:
     """Write the marker for a log that ends at `head_seq` in `segment_path` of `size` bytes."""
     name = Path(segment_path).name if segment_path else ""

@@ -3,7 +3,7 @@
 Every boot writes `reports/boot-<time>.json`; an unclean boot or any repair also writes a full
 `reports/recovery-<time>.json`. Both are the same Struct (`timelined.api.reports.Report`, as
 GetRecoveryReport sends it); `kind` tells them apart. Reports are written atomically
-(temporary file, fsync, rename) so a report is never half there.
+(auditlog/atomic.py) so a report is never half there.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 import msgspec
 
 from timelined.api.reports import Report
+from timelined.auditlog.atomic import make_dirs, write_file_atomic
+from timelined.auditlog.fileops import OS_FILEOPS, FileOps
 
 
 def report_id(kind: str, started_at: str) -> str:
@@ -21,28 +23,13 @@ def report_id(kind: str, started_at: str) -> str:
     return f"{kind}-{stamp}-{os.getpid()}"
 
 
-def write_report(reports_dir: Path, report: Report) -> Path:
-    if not reports_dir.is_dir():
-        reports_dir.mkdir(parents=True, exist_ok=True)
-        _fsync_dir(reports_dir.parent)  # the new directory's entry, or a power cut takes it back
+def write_report(reports_dir: Path, report: Report, fileops: FileOps = OS_FILEOPS) -> Path:
+    make_dirs(reports_dir, fileops)
     path = reports_dir / f"{report.id}.json"
     report.path = str(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(msgspec.json.format(msgspec.json.encode(report), indent=2) + b"\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-    _fsync_dir(reports_dir)
+    data = msgspec.json.format(msgspec.json.encode(report), indent=2) + b"\n"
+    write_file_atomic(path, data, fileops=fileops, mode=0o666)
     return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def read_report(path: Path) -> Report:

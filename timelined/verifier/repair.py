@@ -16,7 +16,6 @@ Writes wait only for step 2. Nothing here writes the log.
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -29,6 +28,8 @@ import anyio
 from timelined import __version__
 from timelined.api.reports import PhaseTime, Rebuild, Report
 from timelined.api.verify import RepairResult
+from timelined.auditlog.atomic import fsync_path
+from timelined.auditlog.fileops import OS_FILEOPS
 from timelined.errors import LogDamaged, StorageError
 from timelined.ids import utc_now
 from timelined.recovery.report import report_id as recovery_report_id
@@ -37,7 +38,6 @@ from timelined.state.db import open_scratch, open_write, read_meta
 from timelined.state.replay import rebuild, roll_forward
 from timelined.verifier.protocol import Failed, Message, RebuildDone
 from timelined.verifier.replay import remove_db
-from timelined.verifier.reports import fsync_dir
 from timelined.verifier.runner import run_child
 
 if TYPE_CHECKING:
@@ -60,14 +60,6 @@ def _failed(reason: str, path: Path | str = "state.db", errno: int = 0) -> Stora
 
 def _stamp(ts: str) -> str:
     return ts.replace(":", "").replace("-", "").replace(".", "")
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _move_db(source: Path, target: Path) -> list[tuple[Path, Path]]:
@@ -219,7 +211,7 @@ class _Swap:
                 f"the rebuilt state ends at seq {meta.last_seq}, the daemon's log at "
                 f"{engine.last_seq}"
             )
-        _fsync_file(self.fresh)
+        fsync_path(self.fresh)
         try:
             self.old_last_seq = read_meta(self.old).last_seq
         except sqlite3.Error:
@@ -235,9 +227,9 @@ class _Swap:
         moved: list[tuple[Path, Path]] = []
         try:
             moved = _move_db(config.state_db, kept)
-            fsync_dir(config.quarantine_dir)
+            OS_FILEOPS.fsync_dir(str(config.quarantine_dir))
             self.fresh.rename(config.state_db)
-            fsync_dir(config.state_dir)
+            OS_FILEOPS.fsync_dir(str(config.state_dir))
             new_conn = open_write(config.state_db)
         except BaseException:
             self._undo(moved)

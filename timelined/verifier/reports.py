@@ -1,8 +1,9 @@
 """Verification reports: `STATE_DIR/reports/verify-<time>-<pid>.json`, written atomically.
 
-Written like the recovery reports (temporary file, fsync, rename, fsync the directory), so a
-report is never half there. Old reports of clean runs are pruned (the newest `KEEP_OK` stay);
-reports of drift, damage or failure are kept until an operator removes them.
+Written like the recovery reports (auditlog/atomic.py: temporary file, fsync, rename, fsync
+the directory), so a report is never half there. Old reports of clean runs are pruned (the
+newest `KEEP_OK` stay); reports of drift, damage or failure are kept until an operator removes
+them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 import msgspec
 
 from timelined.api.verify import VerifyReport
+from timelined.auditlog.atomic import make_dirs, write_file_atomic
+from timelined.auditlog.fileops import OS_FILEOPS, FileOps
 
 PREFIX = "verify-"
 KEEP_OK = 100
@@ -24,26 +27,13 @@ def report_id(started_at: str) -> str:
     return f"{PREFIX}{stamp}-{os.getpid()}"
 
 
-def write_report(reports_dir: Path, report: VerifyReport) -> Path:
-    reports_dir.mkdir(parents=True, exist_ok=True)
+def write_report(reports_dir: Path, report: VerifyReport, fileops: FileOps = OS_FILEOPS) -> Path:
+    make_dirs(reports_dir, fileops)
     path = reports_dir / f"{report.id}.json"
     report.path = str(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(msgspec.json.format(msgspec.json.encode(report), indent=2) + b"\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
-    fsync_dir(reports_dir)
+    data = msgspec.json.format(msgspec.json.encode(report), indent=2) + b"\n"
+    write_file_atomic(path, data, fileops=fileops, mode=0o666)
     return path
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_report(path: Path) -> VerifyReport:
