@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
-JSONValue = Any  # a value orjson/msgspec can encode; errors carry small scalars and lists
+JSONValue = Any  # a value msgspec can encode; errors carry small scalars and lists
 
 
 class ErrorParams(msgspec.Struct, frozen=True):

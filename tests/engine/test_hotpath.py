@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import itertools
 import sqlite3
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +134,7 @@ def test_an_undone_command_takes_what_it_taught_the_cache_with_it(
     """Each way back (a savepoint, a batch refused by a full disk) forgets the cache: an append
     that was undone leaves no count behind, so the next one takes the position the state says."""
     config = _config(tmp_path)
-    disk = FaultOps("write", nth=sys.maxsize, err=errno.ENOSPC, sticky=True)  # armed below
+    disk = FaultOps()  # armed below
     real_execute = rules.execute
 
     def execute(tx: Any, command: cmd.Command, now: str) -> Any:
@@ -166,7 +165,7 @@ def test_an_undone_command_takes_what_it_taught_the_cache_with_it(
                 await engine.submit(cmd.UpdateConversation(id=conv.id, name="undone"))
             assert await append() == 2
             # A full disk: the batch's append was applied (and counted) before the log refused it.
-            disk.nth = disk.counts["write"] + 1  # the next write and every one after it
+            disk.arm("write", err=errno.ENOSPC, sticky=True)  # the next write and every one after
             with pytest.raises(DiskFull):
                 await append()
             disk.lift()

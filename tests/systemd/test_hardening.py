@@ -30,7 +30,7 @@ except OSError:
     pass
 
 import hashlib, json, sqlite3, ssl, zlib
-import aiosqlite, anyio, msgspec, orjson, watchfiles
+import aiosqlite, anyio, msgspec, watchfiles
 import timelined.config, timelined.logs, timelined.daemon.notify, timelined.daemon.activation
 
 conn = sqlite3.connect(":memory:")
@@ -38,7 +38,6 @@ conn.execute("PRAGMA journal_mode=WAL")
 conn.execute("CREATE VIRTUAL TABLE t USING fts5(body)")
 conn.execute("INSERT INTO t VALUES ('hello world')")
 assert conn.execute("SELECT body FROM t WHERE t MATCH 'hello'").fetchall() == [("hello world",)]
-assert orjson.loads(orjson.dumps({"a": [1, 2]})) == {"a": [1, 2]}
 assert msgspec.json.decode(msgspec.json.encode({"b": 1})) == {"b": 1}
 hashlib.sha256(b"x").hexdigest()
 
