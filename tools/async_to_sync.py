@@ -1,19 +1,26 @@
 """Generate the blocking client from the async one: timelined/client.py -> client_sync.py.
 
 Usage: python tools/async_to_sync.py [--check] — writes timelined/client_sync.py (with --check,
-writes nothing and exits 1 if the committed file differs from what would be written).
+writes nothing and exits 1 if the file differs from what would be written).
+
+The generated file is not committed: it is written at every install by the build hook
+(`hatch_build.py`, so a wheel, an sdist install and `pip install -e .` all carry it) and by
+`make generate`; the Makefile regenerates it before lint, type check and tests whenever
+client.py or this tool changed. Keeping it out of git keeps the code base free of a second copy
+of the client that could be edited by hand; tests/client/test_generated.py fails when the file
+on disk is stale. Standard library only, as the build hook runs it in an isolated build
+environment.
 
 The rewrite works on the syntax tree: `async def` -> `def`, `await x` -> `x`, `async for/with`
 -> `for/with`, the names of `NAMES` replaced (AsyncGenerator[Y, S] gains its third argument),
 an `if True:  # ASYNC` block replaced by its `else` branch (where the two genuinely differ),
-the imports the blocking module does not use dropped. The result is formatted by ruff.
+the imports the blocking module does not use dropped; the text is `ast.unparse`'s.
 Comments do not survive: they stay in the source, which is the one to read and edit.
 """
 
 from __future__ import annotations
 
 import ast
-import subprocess
 import sys
 from pathlib import Path
 from typing import TypeVar
@@ -191,20 +198,6 @@ def _set_module_parts(tree: ast.Module) -> None:
     tree.body = [ast.Expr(ast.Constant(DOCSTRING)), *body]
 
 
-def _ruff(args: list[str], text: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "ruff", *args, "--stdin-filename", str(TARGET), "-"],
-        input=text,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise GenerateError(f"ruff {' '.join(args)} failed:\n{done.stderr}{done.stdout}")
-    return done.stdout
-
-
 def generate(source: str) -> str:
     """The blocking module's text for the async module's `source`."""
     tree = ast.parse(source)
@@ -212,9 +205,7 @@ def generate(source: str) -> str:
     _drop_unused_imports(tree)
     _set_module_parts(tree)
     ast.fix_missing_locations(tree)
-    text = HEADER + ast.unparse(tree) + "\n"
-    text = _ruff(["check", "--fix", "--select", "I", "--quiet"], text)  # renamed imports
-    return _ruff(["format", "--quiet"], text)
+    return HEADER + ast.unparse(tree) + "\n"
 
 
 def main(argv: list[str]) -> int:

@@ -1,4 +1,4 @@
-"""The blocking client is generated from the async one: the committed file must match."""
+"""The blocking client is generated from the async one: the file on disk must match."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _tool() -> ModuleType:
     return module
 
 
-def test_the_committed_blocking_client_is_what_the_tool_generates() -> None:
+def test_the_blocking_client_on_disk_is_what_the_tool_generates() -> None:
     tool = _tool()
     generated = tool.generate(tool.SOURCE.read_text())
     assert tool.TARGET.read_text() == generated, (

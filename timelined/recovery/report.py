@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 
@@ -23,7 +24,15 @@ def report_id(kind: str, started_at: str) -> str:
     return f"{kind}-{stamp}-{os.getpid()}"
 
 
-def write_report(reports_dir: Path, report: Report, fileops: FileOps = OS_FILEOPS) -> Path:
+class _Written(Protocol):
+    """A report Struct as the writer needs it: an id, and where it was written."""
+
+    id: str
+    path: str | None
+
+
+def write_report(reports_dir: Path, report: _Written, fileops: FileOps = OS_FILEOPS) -> Path:
+    """Write any report Struct (boot, recovery, repair, verify) as `<id>.json`, atomically."""
     make_dirs(reports_dir, fileops)
     path = reports_dir / f"{report.id}.json"
     report.path = str(path)

@@ -8,14 +8,14 @@ them.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import msgspec
 
 from timelined.api.verify import VerifyReport
-from timelined.auditlog.atomic import make_dirs, write_file_atomic
 from timelined.auditlog.fileops import OS_FILEOPS, FileOps
+from timelined.recovery.report import report_id as recovery_report_id
+from timelined.recovery.report import write_report as write_any_report
 
 PREFIX = "verify-"
 KEEP_OK = 100
@@ -23,17 +23,11 @@ KEEP_OK = 100
 
 def report_id(started_at: str) -> str:
     """`verify-<time>-<pid>` from a log-format timestamp (2026-11-22T03:38:00.123456Z)."""
-    stamp = started_at.replace("-", "").replace(":", "").replace(".", "")
-    return f"{PREFIX}{stamp}-{os.getpid()}"
+    return recovery_report_id(PREFIX.rstrip("-"), started_at)
 
 
 def write_report(reports_dir: Path, report: VerifyReport, fileops: FileOps = OS_FILEOPS) -> Path:
-    make_dirs(reports_dir, fileops)
-    path = reports_dir / f"{report.id}.json"
-    report.path = str(path)
-    data = msgspec.json.format(msgspec.json.encode(report), indent=2) + b"\n"
-    write_file_atomic(path, data, fileops=fileops, mode=0o666)
-    return path
+    return write_any_report(reports_dir, report, fileops)
 
 
 def read_report(path: Path) -> VerifyReport:
