@@ -14,10 +14,11 @@ from timelined import commands as cmd
 from timelined.auditlog.segments import list_segments
 from timelined.auditlog.writer import LogHead
 from timelined.config import Config, LogConfig, default_config
+from timelined.ctl.report_text import render_summary
 from timelined.errors import BootFailed, LogDamaged, StateLocked
 from timelined.recovery.boot import BootResult, boot
 from timelined.recovery.marker import mark_clean
-from timelined.recovery.report import list_reports, read_report, render_summary
+from timelined.recovery.report import list_reports, read_report
 from timelined.state import queries as q
 from timelined.writer.engine import Engine
 

@@ -11,8 +11,8 @@ import pytest
 
 from tests.daemon.harness import DaemonProcess, short_tempdir
 from timelined.client import Client
+from timelined.ctl.report_text import render_summary
 from timelined.errors import LogDamaged
-from timelined.recovery.report import render_summary
 
 
 def _flip_inside_second_line(segment: Path) -> None:

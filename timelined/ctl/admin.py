@@ -11,7 +11,7 @@ from timelined.api import ReadLogReply
 from timelined.auditlog.atomic import write_file_atomic
 from timelined.ctl.common import ADMIN, Ctl, Verbs, count, positive
 from timelined.ctl.output import escape
-from timelined.recovery.report import render_summary
+from timelined.ctl.report_text import render_summary
 
 
 def register(verbs: Verbs) -> None:
