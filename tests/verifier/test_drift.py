@@ -21,7 +21,8 @@ from tests.helpers import dump_state, fts_ok, replay_dump
 from tests.verifier.conftest import config_for, verify_offline
 from tests.verifier.workload import populate
 from timelined.api.verify import Difference, VerifyReport
-from timelined.recovery.report import read_report, render_summary
+from timelined.ctl.report_text import render_summary
+from timelined.recovery.report import read_report
 from timelined.verifier import Verifier
 from timelined.verifier.runner import Paths, verify_paths
 from timelined.writer.engine import Engine
