@@ -57,6 +57,20 @@ class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_block_bytes: Annotated[int, msgspec.Meta(ge=64, le=1024 * _MiB)] = 4 * _MiB
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 256
     idle_timeout_s: Annotated[int, msgspec.Meta(ge=0)] = 600  # 0 keeps idle connections forever
+    # Per connection: a watcher's queue of committed events not yet sent (beyond it, the
+    # watcher ends with SlowConsumer). Other per-connection buffers hold one frame each.
+    max_connection_buffer_bytes: Annotated[int, msgspec.Meta(ge=64 * 1024)] = 64 * _MiB
+    # The whole daemon: stream replies on their way out, large incoming frames and every
+    # watcher's queue together. Past it streams wait, new large buffers are refused.
+    max_buffered_bytes: Annotated[int, msgspec.Meta(ge=_MiB)] = 512 * _MiB
+
+    def __post_init__(self) -> None:
+        if self.max_buffered_bytes < self.max_message_bytes:
+            raise ValueError(
+                "max_buffered_bytes must be at least max_message_bytes (one frame must fit)"
+            )
+        if self.max_connection_buffer_bytes > self.max_buffered_bytes:
+            raise ValueError("max_connection_buffer_bytes must not exceed max_buffered_bytes")
 
 
 class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -35,6 +35,7 @@ from timelined.auditlog.record import RecordError, decode_content
 from timelined.errors import ImportRejected
 from timelined.events import Record
 from timelined.ids import new_id, normalize_ts, utc_now
+from timelined.replies import ReplyBudget, json_size
 from timelined.state import queries as q
 from timelined.state.apply import apply
 from timelined.state.db import open_scratch
@@ -83,11 +84,17 @@ class _Membership:
 
 
 def export_parts(
-    conn: sqlite3.Connection, log_dir: str, conversation_id: str, upto_seq: int, head_hash: str
+    conn: sqlite3.Connection,
+    log_dir: str,
+    conversation_id: str,
+    upto_seq: int,
+    head_hash: str,
+    part_bytes: int | None = None,
 ) -> Generator[ExportPart, None, None]:
     """The parts of an export at seq `upto_seq`, streaming (memory does not grow with size).
 
-    `conn` is a read connection inside one snapshot whose last seq is `upto_seq`.
+    `conn` is a read connection inside one snapshot whose last seq is `upto_seq`. Each part of
+    events or blocks holds at most `part_bytes` (the reply limit) and `PART_BYTES`.
     """
     conversation = conversation_or_raise(conn, conversation_id)
     created = conn.execute(
@@ -105,20 +112,27 @@ def export_parts(
         )
     )
     members = _Membership(conversation_id)
+    part = min(PART_BYTES, part_bytes) if part_bytes else PART_BYTES
     batch: list[str] = []
-    batch_bytes = 0
+    budget = ReplyBudget(part)
     events = 0
     for _, line in read_lines(log_dir, after_seq=created - 1, upto_seq=upto_seq):
         content = line[:-1]
         record = decode_content(content)
         if members.concerns(record.event):
-            batch.append(content.decode())
-            batch_bytes += len(content)
-            events += 1
-            if len(batch) >= EVENTS_PER_PART or batch_bytes >= PART_BYTES:
+            text = content.decode()
+            size = json_size(text) + 1
+            if not budget.add(size):  # the part closes before it, which starts the next
                 yield ExportPart(events=batch)
                 batch = []
-                batch_bytes = 0
+                budget = ReplyBudget(part)
+                budget.add(size)
+            batch.append(text)
+            events += 1
+            if len(batch) >= EVENTS_PER_PART:
+                yield ExportPart(events=batch)
+                batch = []
+                budget = ReplyBudget(part)
     if batch:
         yield ExportPart(events=batch)
     blocks = 0
@@ -126,7 +140,7 @@ def export_parts(
         after: int | None = None
         while True:
             page, after = q.list_blocks(
-                conn, ctx_id, limit=BLOCKS_PER_PART, after=after, budget=q.ReplyBudget(PART_BYTES)
+                conn, ctx_id, limit=BLOCKS_PER_PART, after=after, budget=ReplyBudget(part)
             )
             if page:
                 blocks += len(page)

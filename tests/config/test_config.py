@@ -27,6 +27,8 @@ KEYS = [
     ("limits", "max_block_bytes", 4 * 1024 * 1024, "4096", 4096, '"big"'),
     ("limits", "max_connections", 256, "8", 8, "0"),
     ("limits", "idle_timeout_s", 600, "0", 0, "1.5"),
+    ("limits", "max_connection_buffer_bytes", 64 * 1024 * 1024, "1048576", 1048576, "1024"),
+    ("limits", "max_buffered_bytes", 512 * 1024 * 1024, "134217728", 134217728, "1000"),
     ("auth", "allow_uids", None, "[0, 1000]", [0, 1000], '["root"]'),
     ("auth", "allow_gids", [], "[100]", [100], "[-1]"),
     ("auth", "read_only_gids", [], "[200, 201]", [200, 201], '"200"'),
@@ -112,3 +114,11 @@ def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.toml")
     assert os.path.exists(tmp_path)
+
+
+def test_the_buffer_budgets_must_hold_a_frame() -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config("[limits]\nmax_message_bytes = 4194304\nmax_buffered_bytes = 2097152\n")
+    assert refused.value.params["key"] == "limits"
+    with pytest.raises(ConfigError):
+        parse_config("[limits]\nmax_connection_buffer_bytes = 2147483648\n")

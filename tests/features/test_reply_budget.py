@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import msgspec
 import pytest
 
 from tests.daemon.harness import inprocess_config, inprocess_daemon, short_tempdir
+from tests.daemon.memory_abuse import call
 from timelined import exchange
 from timelined.api.exchange import join_parts
 from timelined.client import AsyncClient
@@ -110,3 +112,20 @@ async def test_export_parts_close_early_for_big_blocks(
     assert sum(event_parts) == COUNT + 1 and max(event_parts) <= 4
     doc = join_parts(parts)
     assert len(exchange.verify_document(doc)) == COUNT + 1  # still a whole, verifiable export
+
+
+async def test_search_hits_stop_at_the_reply_budget(base: Path) -> None:
+    config = inprocess_config(base, limits=_limits())
+    async with inprocess_daemon(base, config=config) as run, AsyncClient(run.socket_path) as c:
+        conv = await c.create_conversation("many hits")
+        for i in range(200):
+            await c.append_block(conv.root_context_id, "user", f"needle {i} " + "h" * 1000)
+        hits = await c.search_blocks("needle", limit=1000)
+        search = {"query": "needle", "limit": 1000}
+        frame = await anyio.to_thread.run_sync(
+            call, run.socket_path, "io.timelined.Timeline.SearchBlocks", search
+        )
+    assert 0 < len(hits) < 200  # 200 snippets of ~400 characters do not fit 64 KiB
+    assert all(len(h.snippet) <= 400 for h in hits)
+    assert len(frame) <= BUDGET
+    assert msgspec.json.decode(frame)["parameters"]["truncated"] is True

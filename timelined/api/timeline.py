@@ -126,7 +126,11 @@ class HistoryReply(msgspec.Struct, frozen=True):
 
 
 class SearchReply(msgspec.Struct, frozen=True):
+    """`truncated`: fewer hits than `limit` were sent because more would not fit one reply
+    (`limits.max_message_bytes`); ask for fewer, or narrow the query."""
+
     hits: list[SearchHit]
+    truncated: bool = False
 
 
 class StatsReply(msgspec.Struct, frozen=True):

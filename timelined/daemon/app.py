@@ -54,7 +54,8 @@ class App:
     watch: WatchHub = field(init=False)
 
     def __post_init__(self) -> None:
-        self.watch = WatchHub(self.engine)
+        # Watchers' queues count in the same daemon-wide budget as the server's buffers.
+        self.watch = WatchHub(self.engine, shared=self.server.buffers)
 
     def status_text(self) -> str:
         """The STATUS= line of a serving daemon: degraded while writes are refused."""

@@ -29,7 +29,7 @@ from timelined import __version__
 from timelined.config import Config, load_config
 from timelined.daemon.activation import ActivationError, take_listener
 from timelined.daemon.app import App
-from timelined.daemon.memory import limit_malloc_arenas
+from timelined.daemon.memory import limit_malloc_arenas, return_large_buffers
 from timelined.daemon.notify import Notifier, StatusText, run_watchdog, watchdog_interval
 from timelined.daemon.reload import Reloader
 from timelined.daemon.signals import block as block_signals
@@ -78,6 +78,7 @@ def serve(config_path: str | None, log_level: str | None = None) -> int:
         return EX_CONFIG
     setup_logging(log_level or config.daemon.log_level)
     limit_malloc_arenas()
+    return_large_buffers()
     notifier = Notifier.from_environ(unset=True)
     notifier.status(StatusText.booting())
     log.info("timelined %s starting; state in %s", __version__, config.state_dir)

@@ -79,6 +79,7 @@ from timelined.errors import (
 from timelined.events import Actor
 from timelined.ids import normalize_ts, parse_ts
 from timelined.recovery.reports import load_report, report_infos
+from timelined.replies import ReplyBudget
 from timelined.state import lookup
 from timelined.state import queries as q
 from timelined.state.reads import ReadSnapshot
@@ -112,7 +113,9 @@ def _timestamp(name: str, value: str | None) -> str | None:
 
 # --- watch, export, import ---------------------------------------------------------------------
 
-EXPORT_PARTS_PER_STEP = 4  # parts pulled per worker-thread step: a few hundred KB at most
+# Parts pulled per worker-thread step: one, so the next part (up to max_message_bytes) is read
+# only once the previous one was written to the socket (back-pressure, issue 18).
+EXPORT_PARTS_PER_STEP = 1
 IMPORT_VERIFICATIONS = 2  # documents verified at once (CPU and memory); more calls wait
 
 
@@ -126,6 +129,7 @@ async def export_stream(app: App, conversation_id: str) -> AsyncGenerator[Any, N
             conversation_id,
             snap.meta.last_seq,
             snap.meta.last_hash,
+            part_bytes=app.config.limits.max_message_bytes,
         )
         try:
             while True:
@@ -223,6 +227,7 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
         return HistoryReply(blocks)
 
     async def search_blocks(p: SearchBlocksParams, ctx: CallContext) -> SearchReply:
+        budget = ReplyBudget(app.config.limits.max_message_bytes)
         hits = await app.engine.read(
             lookup.search_or_raise,
             p.query,
@@ -230,14 +235,21 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
             context_id=p.context_id,
             role=p.role,
             limit=p.limit,
+            budget=budget,
         )
-        return SearchReply(hits)
+        return SearchReply(hits, truncated=budget.full)
 
     async def get_conversation_stats(p: ByIdParams, ctx: CallContext) -> StatsReply:
         return StatsReply(await app.engine.read(lookup.stats_or_raise, p.id))
 
     async def watch(p: WatchParams, ctx: CallContext) -> AsyncIterator[WatchReply]:
-        batches = app.watch.watch_batches(p.conversation_id, p.after_seq)
+        limits = app.config.limits
+        batches = app.watch.watch_batches(
+            p.conversation_id,
+            p.after_seq,
+            reply_bytes=limits.max_message_bytes,
+            buffer_bytes=limits.max_connection_buffer_bytes,
+        )
         try:
             async for batch in batches:
                 yield WatchReply([msgspec.Raw(line) for line in batch.lines], batch.live)
@@ -332,10 +344,9 @@ def _read_log_lines(
     # bytes exactly, so a client can recompute every hash from what it received.
     lines: list[msgspec.Raw] = []
     last = after_seq
-    used = 0
+    budget = ReplyBudget(reply_bytes)
     for seq, line in read_lines(log_dir, after_seq, upto_seq):
-        used += len(line)
-        if lines and used > reply_bytes:
+        if not budget.add(len(line)):  # the newline's byte pays for the comma
             break  # the generator is closed (its file with it) as it goes out of scope
         lines.append(msgspec.Raw(line[:-1]))
         last = seq

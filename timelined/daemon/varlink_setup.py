@@ -55,4 +55,5 @@ def server_limits(limits: LimitsConfig) -> ServerLimits:
         max_message_bytes=limits.max_message_bytes,
         max_connections=limits.max_connections,
         idle_timeout_s=float(limits.idle_timeout_s),
+        max_buffered_bytes=limits.max_buffered_bytes,
     )

@@ -8,10 +8,18 @@ Contract:
 - The catch-up ends with a batch marked `live` (empty when nothing new has committed yet): from
   there on every event is sent as it commits. A watcher that passes no `after_seq` gets that
   marker at once — the moment from which it misses nothing.
-- Every watcher has a bounded buffer. The writer never waits for a watcher: when a watcher's
-  buffer is full it is marked, what it buffered is dropped, and at its next read its stream ends
-  with `io.timelined.SlowConsumer`, naming how far behind it was; it can reconnect with
-  `after_seq` (the last seq it saw) and lose nothing.
+- Every reply fits one frame (`limits.max_message_bytes`, counted by `replies.ReplyBudget`):
+  a batch's events are spread over as many replies as needed. The catch-up is read from the log
+  one reply at a time, in a worker thread, and the next is read only once the server has
+  written the previous one to the socket (the server pulls the next reply only then), so a
+  watcher that does not read costs one reply, not the log. A log line too big for a frame of its
+  own (written under an earlier, larger `max_block_bytes`; config.py keeps new ones smaller)
+  ends the stream with LimitExceeded naming `limits.max_message_bytes`: never a larger frame.
+- Every watcher has a bounded buffer, in events and in bytes (`limits.max_connection_buffer_bytes`
+  each; all of them together count in the daemon-wide `limits.max_buffered_bytes`). The writer
+  never waits for a watcher: when a watcher's buffer is full it is marked, what it buffered is
+  dropped, and at its next read its stream ends with `io.timelined.SlowConsumer`, naming how
+  far behind it was; it can reconnect with `after_seq` (the last seq it saw) and lose nothing.
 - Events are sent as the log holds them, byte for byte (`seq`, `ts`, `type`, `actor`, `data`,
   `prev`, `hash`), so a watcher can verify each event's hash with the log-format rule.
 """
@@ -34,11 +42,12 @@ from timelined.auditlog.reader import read_lines
 from timelined.auditlog.record import decode_content, encode_record
 from timelined.errors import SlowConsumer
 from timelined.events import Record
+from timelined.replies import ReplyBudget
 from timelined.state.lookup import require_conversation
+from timelined.varlink.budget import ByteBudget
 from timelined.writer.engine import Engine
 
 __all__ = [
-    "CATCH_UP_CHUNK",
     "DEFAULT_BUFFER_RECORDS",
     "MAX_BATCH_EVENTS",
     "LogEvent",
@@ -47,9 +56,13 @@ __all__ = [
     "to_log_event",
 ]
 
-CATCH_UP_CHUNK = 1000
 DEFAULT_BUFFER_RECORDS = 10_000
+DEFAULT_BUFFER_BYTES = 64 * 1024 * 1024
+DEFAULT_REPLY_BYTES = 16 * 1024 * 1024
 MAX_BATCH_EVENTS = 256  # events per reply on the socket: small batches, one write each
+# A log line's bytes besides its event's data: seq, ts, type, actor, prev, hash and their keys.
+_LINE_OVERHEAD = 512
+_encode_event = msgspec.json.Encoder().encode
 
 _log_event = msgspec.json.Decoder(LogEvent)
 
@@ -132,11 +145,20 @@ class _Batch:
     """One committed batch, shared by every watcher; its log lines are encoded once, on demand
     (by the first watcher that sends them), never on the writer's path."""
 
-    __slots__ = ("_lines", "records")
+    __slots__ = ("_lines", "_size", "records")
 
     def __init__(self, records: list[Record]) -> None:
         self.records = records
         self._lines: list[bytes | None] = [None] * len(records)
+        self._size = -1
+
+    @property
+    def size(self) -> int:
+        """About the bytes of the batch's lines (its events' data encoded, once for everyone;
+        no hash is computed on the writer's path)."""
+        if self._size < 0:
+            self._size = sum(len(_encode_event(r.event)) + _LINE_OVERHEAD for r in self.records)
+        return self._size
 
     def line(self, i: int) -> bytes:
         found = self._lines[i]
@@ -152,16 +174,20 @@ class _Batch:
 
 
 class _Subscription:
-    """A watcher's buffer, bounded in records (not batches): memory stays bounded."""
+    """A watcher's buffer, bounded in records and in bytes (not batches); its bytes also count
+    in the daemon-wide budget `shared`."""
 
-    def __init__(self, max_records: int) -> None:
+    def __init__(self, max_records: int, max_bytes: int, shared: ByteBudget) -> None:
         send: MemoryObjectSendStream[_Batch]
         receive: MemoryObjectReceiveStream[_Batch]
         send, receive = anyio.create_memory_object_stream[_Batch](math.inf)
         self.send = send
         self.receive = receive
         self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.shared = shared
         self.buffered = 0
+        self.buffered_bytes = 0
         self.overflowed = False
         self.behind = 0
 
@@ -170,9 +196,14 @@ class _Subscription:
         if self.overflowed:
             return False
         n = len(batch.records)
+        size = batch.size
         # A batch larger than the whole buffer (an import) still fits an empty one: the batch
         # is shared by every watcher, so taking it costs no memory of its own.
-        if self.buffered and self.buffered + n > self.max_records:
+        if self.buffered and (
+            self.buffered + n > self.max_records
+            or self.buffered_bytes + size > self.max_bytes
+            or not self.shared.try_take(size)
+        ):
             self.overflowed = True
             self.behind = self.buffered + n
             self.send.close()
@@ -182,27 +213,79 @@ class _Subscription:
                     self.receive.receive_nowait()
                 except (anyio.WouldBlock, anyio.EndOfStream):
                     break
+            self.shared.give(self.buffered_bytes)
             self.buffered = 0
+            self.buffered_bytes = 0
             return False
+        if not self.buffered:
+            self.shared.count(size)
         self.buffered += n
+        self.buffered_bytes += size
         self.send.send_nowait(batch)
         return True
 
     def taken(self, batch: _Batch) -> None:
         self.buffered -= len(batch.records)
+        self.buffered_bytes -= batch.size
+        self.shared.give(batch.size)
+
+    def close(self) -> None:
+        self.send.close()
+        self.shared.give(self.buffered_bytes)
+        self.buffered_bytes = 0
 
 
-def _split(lines: list[bytes], size: int) -> Iterator[list[bytes]]:
-    for start in range(0, len(lines), size):
-        yield lines[start : start + size]
+class _Pager:
+    """The log's lines past a seq, one reply's worth per call (in a worker thread): at most
+    `max_events` lines and `max_bytes` of reply; the line that did not fit starts the next."""
+
+    def __init__(self, lines: Iterator[tuple[int, bytes]], max_bytes: int, max_events: int):
+        self._lines = lines
+        self._held: bytes | None = None
+        self.max_bytes = max_bytes
+        self.max_events = max_events
+
+    def page(self) -> list[bytes]:
+        budget = ReplyBudget(self.max_bytes)
+        out: list[bytes] = []
+        while len(out) < self.max_events:
+            line = self._held
+            self._held = None
+            if line is None:
+                item = next(self._lines, None)
+                if item is None:
+                    break
+                line = item[1][:-1]
+            if not budget.add(len(line) + 1):  # the comma between events
+                self._held = line
+                break
+            out.append(line)
+        return out
+
+
+def _reply_size(lines: list[bytes], max_bytes: int, max_events: int) -> int:
+    """How many of `lines`, from the first, one reply holds."""
+    budget = ReplyBudget(max_bytes)
+    n = 0
+    for line in islice(lines, max_events):
+        if not budget.add(len(line) + 1):
+            break
+        n += 1
+    return n
 
 
 class WatchHub:
     """Fans committed batches out to watchers without ever blocking the writer."""
 
-    def __init__(self, engine: Engine, buffer_records: int = DEFAULT_BUFFER_RECORDS) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        buffer_records: int = DEFAULT_BUFFER_RECORDS,
+        shared: ByteBudget | None = None,
+    ) -> None:
         self.engine = engine
         self.buffer_records = buffer_records
+        self.shared = shared if shared is not None else ByteBudget()
         self._subs: set[_Subscription] = set()
         self.dropped = 0
         engine.subscribe(self._publish)
@@ -229,25 +312,35 @@ class WatchHub:
         conversation_id: str | None = None,
         after_seq: int | None = None,
         max_events: int = MAX_BATCH_EVENTS,
+        *,
+        reply_bytes: int = DEFAULT_REPLY_BYTES,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
     ) -> AsyncGenerator[WatchBatch, None]:
         """Batches of log lines past `after_seq` (from the log), then of every new event as
-        it commits; the first batch after the catch-up is marked live (and may be empty)."""
+        it commits; the first batch after the catch-up is marked live (and may be empty).
+        Each batch's reply holds at most `reply_bytes`; the live buffer `buffer_bytes`."""
         if conversation_id is not None:
             await self.engine.read(require_conversation, conversation_id)
-        sub = _Subscription(self.buffer_records)
+        sub = _Subscription(self.buffer_records, buffer_bytes, self.shared)
         self._subs.add(sub)
         head = self.engine.last_seq  # committed now; later commits arrive through `sub`
         keep = _Filter(self.engine, conversation_id) if conversation_id else None
         try:
             if after_seq is not None and after_seq < head:
-                it = read_lines(self.engine.config.log_dir, after_seq=after_seq, upto_seq=head)
+                pager = _Pager(
+                    read_lines(self.engine.config.log_dir, after_seq=after_seq, upto_seq=head),
+                    reply_bytes,
+                    max_events,
+                )
 
                 def chunk() -> tuple[list[bytes], list[Record] | None]:
-                    lines = [line[:-1] for _, line in islice(it, CATCH_UP_CHUNK)]
+                    lines = pager.page()
                     records = [decode_content(c) for c in lines] if keep else None
                     return lines, records
 
                 while True:
+                    # One reply per read: the server asks for the next only once this one is
+                    # written to the socket, so an unread watcher holds one reply, not the log.
                     lines, records = await anyio.to_thread.run_sync(chunk)
                     if sub.overflowed:
                         raise self._drop(sub)
@@ -256,17 +349,20 @@ class WatchHub:
                     if keep is not None and records is not None:
                         mask = await keep.mask(records)
                         lines = [c for c, kept in zip(lines, mask, strict=True) if kept]
-                    for part in _split(lines, max_events):
-                        yield WatchBatch(part, False)
+                    if lines:
+                        yield WatchBatch(lines, False)
             floor = head if after_seq is None else max(head, after_seq)
             pending: list[bytes] = []
+            pending_bytes = 0
             marker = True  # the live marker goes out at once, even empty
             while True:
                 if sub.overflowed:
                     raise self._drop(sub)
                 if marker or (pending and not sub.buffered):
-                    yield WatchBatch(pending, True)
-                    pending = []
+                    n = _reply_size(pending, reply_bytes, max_events) if pending else 0
+                    yield WatchBatch(pending[:n], True)
+                    pending_bytes -= sum(len(line) + 1 for line in pending[:n])
+                    del pending[:n]
                     marker = False
                     continue
                 try:
@@ -278,15 +374,21 @@ class WatchHub:
                 if keep is not None and fresh:
                     mask = await keep.mask([batch.records[i] for i in fresh])
                     fresh = [i for i, kept in zip(fresh, mask, strict=True) if kept]
-                pending.extend(batch.line(i) for i in fresh)
-                while len(pending) >= max_events:  # batches already waiting are coalesced
-                    yield WatchBatch(pending[:max_events], True)
-                    pending = pending[max_events:]
+                for i in fresh:
+                    line = batch.line(i)
+                    pending.append(line)
+                    pending_bytes += len(line) + 1
+                # Batches already waiting are coalesced, one full reply at a time.
+                while len(pending) >= max_events or pending_bytes >= reply_bytes:
+                    n = _reply_size(pending, reply_bytes, max_events)
+                    yield WatchBatch(pending[:n], True)
+                    pending_bytes -= sum(len(line) + 1 for line in pending[:n])
+                    del pending[:n]
                     if sub.overflowed:
                         raise self._drop(sub)
         finally:
             self._subs.discard(sub)
-            sub.send.close()
+            sub.close()
 
     async def watch(
         self, conversation_id: str | None = None, after_seq: int | None = None

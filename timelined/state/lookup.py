@@ -12,6 +12,7 @@ import sqlite3
 
 from timelined.api import model as m
 from timelined.errors import BlockNotFound, ContextNotFound, ConversationNotFound, CrossRefNotFound
+from timelined.replies import ReplyBudget
 from timelined.state import queries as q
 
 
@@ -85,7 +86,7 @@ def blocks_or_raise(
         roles=roles,
         since=since,
         until=until,
-        budget=q.ReplyBudget(reply_bytes),
+        budget=ReplyBudget(reply_bytes),
     )
 
 
@@ -93,7 +94,7 @@ def history_or_raise(
     conn: sqlite3.Connection, context_id: str, *, limit: int | None, reply_bytes: int
 ) -> list[m.HistoryBlock]:
     require_context(conn, context_id)
-    return q.history(conn, context_id, limit=limit, budget=q.ReplyBudget(reply_bytes))
+    return q.history(conn, context_id, limit=limit, budget=ReplyBudget(reply_bytes))
 
 
 def search_or_raise(
@@ -104,13 +105,20 @@ def search_or_raise(
     context_id: str | None,
     role: str | None,
     limit: int,
+    budget: ReplyBudget | None = None,
 ) -> list[m.SearchHit]:
     if conversation_id is not None:
         require_conversation(conn, conversation_id)
     if context_id is not None:
         require_context(conn, context_id)
     return q.search(
-        conn, query, conversation_id=conversation_id, context_id=context_id, role=role, limit=limit
+        conn,
+        query,
+        conversation_id=conversation_id,
+        context_id=context_id,
+        role=role,
+        limit=limit,
+        budget=budget,
     )
 
 

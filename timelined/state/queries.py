@@ -24,8 +24,9 @@ from timelined.api.model import (
     SearchHit,
     StartupState,
 )
-from timelined.errors import BadQuery, LimitExceeded
+from timelined.errors import BadQuery
 from timelined.events import SubBlock
+from timelined.replies import ReplyBudget, json_size, text_size
 
 _meta_decoder = msgspec.json.Decoder(dict[str, Any])
 _tags_decoder = msgspec.json.Decoder(list[str])
@@ -105,32 +106,14 @@ def _block(row: sqlite3.Row | tuple[Any, ...]) -> Block:
     )
 
 
-# What a block costs in a reply besides its text: ids, role, timestamps, numbers, JSON keys.
-_BLOCK_OVERHEAD = 256
+# What a block costs in a reply besides its texts: ids, role, timestamps, numbers, JSON keys.
+_BLOCK_OVERHEAD = 384
 
 
 def _reply_bytes(row: sqlite3.Row | tuple[Any, ...]) -> int:
-    """About what a block row takes in a reply (characters, before JSON escaping)."""
-    return len(row[3]) + len(row[10]) + len(row[11]) + _BLOCK_OVERHEAD
-
-
-class ReplyBudget:
-    """The bytes a reply may still take; a read that would pass it stops or refuses (by call)."""
-
-    __slots__ = ("maximum", "used")
-
-    def __init__(self, maximum: int) -> None:
-        self.maximum = maximum
-        self.used = 0
-
-    def fits(self, size: int) -> bool:
-        return self.used + size <= self.maximum
-
-    def take(self, size: int) -> None:
-        """Count `size`; LimitExceeded (naming the config key) when the reply would not fit."""
-        self.used += size
-        if self.used > self.maximum:
-            raise LimitExceeded("limits.max_message_bytes (reply)", self.used, self.maximum)
+    """What a block row takes in a reply, in bytes: its content as a JSON string exactly, its
+    metadata and sub-blocks (JSON text already) by their UTF-8 length."""
+    return json_size(row[3]) + text_size(row[10]) + text_size(row[11]) + _BLOCK_OVERHEAD
 
 
 # --- conversations -----------------------------------------------------------------------------
@@ -290,12 +273,9 @@ def list_blocks(
             if len(page) == limit:
                 more = True
                 break
-            if budget is not None:
-                size = _reply_bytes(row)
-                if page and not budget.fits(size):
-                    more = True
-                    break
-                budget.used += size
+            if budget is not None and not budget.add(_reply_bytes(row)):
+                more = True
+                break
             page.append(_block(row))
     finally:
         cursor.close()
@@ -382,6 +362,13 @@ def _history_into(
 # --- search and stats --------------------------------------------------------------------------
 
 
+# A snippet is at most this many characters: FTS5 cuts it to 12 tokens, but one token can be
+# a whole block (a base64 blob), so the text is cut again, inside the token if need be.
+SNIPPET_CHARS = 400
+_ELLIPSIS = "…"
+# What a hit costs in a reply besides its snippet: ids, role, seq, rank, JSON keys.
+_HIT_OVERHEAD = 256
+
 # Ranking is bounded: FTS5 must compute bm25 for every candidate before it can return the best
 # few, and a very common word matches hundreds of thousands of blocks (seconds at 1M events).
 SEARCH_RANKED_MATCHES = 2_000
@@ -395,8 +382,12 @@ def search(
     context_id: str | None = None,
     role: str | None = None,
     limit: int = 20,
+    budget: ReplyBudget | None = None,
 ) -> list[SearchHit]:
     """FTS5 search, best first; a malformed query raises BadQuery, never an SQL error.
+
+    Each snippet is at most SNIPPET_CHARS characters (cut in SQL: SQLite returns no more); with
+    a `budget`, fewer than `limit` hits when more would not fit the reply (`budget.full`).
 
     Semantics: the best (bm25) of the most recent `SEARCH_RANKED_MATCHES` (2,000) matches that
     pass the filters; equal ranks newest first. A query with fewer matches is ranked over all
@@ -446,9 +437,9 @@ def search(
         snippets = dict(
             conn.execute(
                 f"SELECT rowid, CASE WHEN +rowid IN ({marks}) "
-                "THEN snippet(blocks_fts, 0, '[', ']', '…', 12) END FROM blocks_fts "
-                "WHERE blocks_fts MATCH ? AND rowid BETWEEN ? AND ?",
-                (*seqs, query, min(seqs), max(seqs)),
+                "THEN substr(snippet(blocks_fts, 0, '[', ']', '…', 12), 1, ?) END "
+                "FROM blocks_fts WHERE blocks_fts MATCH ? AND rowid BETWEEN ? AND ?",
+                (*seqs, SNIPPET_CHARS + 1, query, min(seqs), max(seqs)),
             ).fetchall()
         )
         blocks = {
@@ -461,19 +452,32 @@ def search(
         }
     except sqlite3.OperationalError as exc:
         raise BadQuery(query, str(exc)) from exc
-    return [
-        SearchHit(
-            block_id=b[1],
-            context_id=b[2],
-            conversation_id=b[3],
-            role=b[4],
-            seq=seq,
-            snippet=snippets[seq],
-            rank=float(rank),
+    hits: list[SearchHit] = []
+    for seq, rank in ranked:
+        b = blocks.get(seq)
+        if b is None:
+            continue
+        snippet = _cut(snippets[seq])
+        if budget is not None and not budget.add(json_size(snippet) + _HIT_OVERHEAD):
+            break
+        hits.append(
+            SearchHit(
+                block_id=b[1],
+                context_id=b[2],
+                conversation_id=b[3],
+                role=b[4],
+                seq=seq,
+                snippet=snippet,
+                rank=float(rank),
+            )
         )
-        for seq, rank in ranked
-        if (b := blocks.get(seq)) is not None
-    ]
+    return hits
+
+
+def _cut(snippet: str) -> str:
+    if len(snippet) <= SNIPPET_CHARS:
+        return snippet
+    return snippet[: SNIPPET_CHARS - 1] + _ELLIPSIS
 
 
 def _rank_of(row: tuple[int, float]) -> float:

@@ -18,6 +18,8 @@ import anyio.lowlevel
 import msgspec
 from anyio.abc import ByteReceiveStream, ByteSendStream, SocketAttribute, SocketStream
 
+from timelined.varlink.budget import ByteBudget
+
 __all__ = [
     "DEFAULT_RECEIVE_SIZE",
     "CallMessage",
@@ -34,6 +36,9 @@ __all__ = [
 ]
 
 DEFAULT_RECEIVE_SIZE = 256 * 1024
+# An incomplete frame counts in the shared budget from this size up (below, every connection
+# may hold one; counting each small read would cost the common case).
+CHARGED_FROM = 256 * 1024
 
 
 class FrameError(Exception):
@@ -51,11 +56,18 @@ class FrameTooLarge(FrameError):
     still answer them, in order, before it reports the error.
     """
 
-    def __init__(self, size: int, maximum: int, frames: list[bytes] | None = None) -> None:
+    def __init__(
+        self,
+        size: int,
+        maximum: int,
+        frames: list[bytes] | None = None,
+        limit: str = "max_message_bytes",
+    ) -> None:
         super().__init__(f"message of at least {size} bytes exceeds the limit of {maximum}")
         self.size = size
         self.maximum = maximum
         self.frames: list[bytes] = frames or []
+        self.limit = limit  # which limit: the frame's own, or the daemon-wide buffer budget
 
 
 class IncompleteFrame(FrameError):
@@ -115,6 +127,10 @@ class FrameSplitter:
         """Bytes of an incomplete frame held back."""
         return len(self._partial)
 
+    def drop_partial(self) -> None:
+        """Forget the incomplete frame (the connection will be closed)."""
+        self._partial = bytearray()
+
     def feed(self, chunk: bytes) -> list[bytes]:
         """Split `chunk`; raises FrameTooLarge (with the good frames before it) once any frame
         exceeds the limit; the splitter is unusable after that."""
@@ -123,7 +139,7 @@ class FrameSplitter:
         if len(parts) == 1:
             self._partial += chunk
             if len(self._partial) > limit:
-                raise FrameTooLarge(len(self._partial), limit)
+                raise self._too_large(len(self._partial), [])
             return []
         if self._partial:
             self._partial += parts[0]
@@ -134,10 +150,17 @@ class FrameSplitter:
         if len(chunk) > limit or len(parts[0]) > limit:
             for i, frame in enumerate(parts):
                 if len(frame) > limit:
-                    raise FrameTooLarge(len(frame), limit, parts[:i])
+                    raise self._too_large(len(frame), parts[:i])
             if len(self._partial) > limit:
-                raise FrameTooLarge(len(self._partial), limit, parts)
+                raise self._too_large(len(self._partial), parts)
         return parts
+
+    def _too_large(self, size: int, frames: list[bytes]) -> FrameTooLarge:
+        # The splitter is done: free the oversized frame's bytes now, not when the connection
+        # object goes (its last reply may linger for a second, and an error kept with its
+        # traceback can hold the connection until a garbage collection).
+        self.drop_partial()
+        return FrameTooLarge(size, self.max_message_bytes, frames)
 
 
 class FrameReader:
@@ -154,13 +177,23 @@ class FrameReader:
     is ever cancelled halfway, so no data is lost to a cancellation.
     """
 
-    __slots__ = ("_error", "_frames", "_receive_size", "_sock", "_splitter", "_stream")
+    __slots__ = (
+        "_budget",
+        "_charged",
+        "_error",
+        "_frames",
+        "_receive_size",
+        "_sock",
+        "_splitter",
+        "_stream",
+    )
 
     def __init__(
         self,
         stream: ByteReceiveStream,
         max_message_bytes: int,
         receive_size: int = DEFAULT_RECEIVE_SIZE,
+        budget: ByteBudget | None = None,
     ) -> None:
         self._stream = stream
         self._sock = raw_socket(stream)
@@ -168,6 +201,10 @@ class FrameReader:
         self._receive_size = receive_size
         self._frames: list[bytes] = []
         self._error: FrameError | None = None
+        # A large frame still arriving counts in the shared `budget` (a daemon-wide cap): past
+        # it the frame is refused (LimitReached naming max_buffered_bytes) instead of growing.
+        self._budget = budget
+        self._charged = 0
 
     @property
     def max_message_bytes(self) -> int:
@@ -230,11 +267,33 @@ class FrameReader:
             self._frames.extend(exc.frames)
             exc.frames = []
             self._error = exc
+            self.release()
             return
         if self._frames:
             self._frames.extend(frames)
         else:
             self._frames = frames
+        if self._budget is not None:
+            self._charge(self._budget)
+
+    def _charge(self, budget: ByteBudget) -> None:
+        held = self._splitter.buffered
+        want = held if held >= CHARGED_FROM else 0
+        if want > self._charged:
+            if not budget.try_take(want - self._charged):
+                self._error = FrameTooLarge(held, budget.limit, limit="max_buffered_bytes")
+                self.release()
+                return
+        elif want < self._charged:
+            budget.give(self._charged - want)
+        self._charged = want
+
+    def release(self) -> None:
+        """Give back what the incomplete frame counted in the budget (the connection ends)."""
+        self._splitter.drop_partial()
+        if self._budget is not None and self._charged:
+            self._budget.give(self._charged)
+        self._charged = 0
 
 
 def raw_socket(stream: ByteReceiveStream) -> socket.socket | None:

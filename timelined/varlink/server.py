@@ -40,6 +40,7 @@ import anyio
 import msgspec
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
 
+from timelined.varlink.budget import ByteBudget
 from timelined.varlink.errors import (
     ErrorMapper,
     InternalFailure,
@@ -105,6 +106,8 @@ _LINGER_S = 1.0  # after a fatal error: how long to drain input so the peer can 
 _HUP_POLL_S = 0.5  # during a stream to a half-closed peer: how often to look for its close
 _MAX_LINGERING = 64  # rejected connections allowed to linger at once; beyond, closed at once
 _EMPTY_REPLY = msgspec.Raw(b"{}")
+_NULL = msgspec.Raw(b"null")
+_NO_SECOND_TRY = object()
 _NO_UPGRADE = {
     "parameter": "upgrade",
     "message": "no method of this service upgrades the connection",
@@ -184,6 +187,9 @@ class ServerLimits(msgspec.Struct, frozen=True):
     max_message_bytes: int = 16 * 1024 * 1024
     max_connections: int = 256
     idle_timeout_s: float = 600.0
+    # All connections' stream replies in flight and large incoming frames together (see
+    # budget.py); 0: unbounded.
+    max_buffered_bytes: int = 0
 
 
 class ServerStats(msgspec.Struct, frozen=True):
@@ -227,20 +233,24 @@ class _Entry:
         self.handler = handler
         self.is_gen = handler is not None and inspect.isasyncgenfunction(handler)
 
-    def decode_again(self, raw: msgspec.Raw, exc: msgspec.ValidationError) -> Any:
-        """The second try after `exc`: `"parameters": null` means none, and null and absence
-        mean the same for a `?T` field (`normalize_optional`); raises the error that remains.
+    def decode_again(self, raw: msgspec.Raw) -> Any:
+        """The second try after a failed decode: `"parameters": null` means none, and null and
+        absence mean the same for a `?T` field (`normalize_optional`); `_NO_SECOND_TRY` when
+        neither applies, else the parameters or the ValidationError that remains.
 
         msgspec refuses null for a field typed `int = 100`, and absence for one typed
         `str | None` without a default, so such calls fail the fast decode and land here;
         nothing on the path of a valid call pays for it.
+
+        The caller re-raises its own error: raising it here made a cycle (the error's
+        traceback → this frame → the error) that kept this frame's copy of the parameters (a
+        refused 10 MB call: 10 MB) alive until a full garbage collection (issue 18).
         """
-        data = bytes(raw)
-        if data == b"null":
+        if raw == _NULL:
             return self.decoder.decode(b"{}")
         if not self.optional_fields:
-            raise exc
-        value = msgspec.json.decode(data)
+            return _NO_SECOND_TRY
+        value = msgspec.json.decode(raw)
         return self.decoder.decode(msgspec.json.encode(normalize_optional(self.params, value)))
 
 
@@ -265,10 +275,12 @@ class _Conn:
         "stream_scope",
     )
 
-    def __init__(self, cid: int, stream: SocketStream, max_message_bytes: int) -> None:
+    def __init__(
+        self, cid: int, stream: SocketStream, max_message_bytes: int, buffers: ByteBudget
+    ) -> None:
         self.id = cid
         self.stream = stream
-        self.reader = FrameReader(stream, max_message_bytes)
+        self.reader = FrameReader(stream, max_message_bytes, budget=buffers)
         self.sock: socket.socket = stream.extra(SocketAttribute.raw_socket)  # noqa: S610
         self.peer = PeerCredentials(uid=-1, gid=-1, pid=0)
         self.state: int = _BUSY
@@ -296,6 +308,8 @@ class VarlinkServer:
         self.info = info
         self.map_error = map_error
         self._limits = limits or ServerLimits()
+        # Shared with the application (the daemon's watchers count in it too).
+        self.buffers = ByteBudget(self._limits.max_buffered_bytes)
         # A peer that reads none of its replies for this long is dropped (the idle limit, for
         # the other direction).
         self._write_timeout: float | None = self._limits.idle_timeout_s or None
@@ -354,6 +368,7 @@ class VarlinkServer:
         """New limits apply at once, to open connections too (config reload)."""
         self._limits = limits
         self._write_timeout = limits.idle_timeout_s or None
+        self.buffers.limit = limits.max_buffered_bytes
         for conn in self._conns.values():
             conn.reader.max_message_bytes = limits.max_message_bytes
 
@@ -445,7 +460,7 @@ class VarlinkServer:
                 self._tg.start_soon(self._reject, stream)
                 continue
             cid = next(self._ids)
-            conn = _Conn(cid, stream, self._limits.max_message_bytes)
+            conn = _Conn(cid, stream, self._limits.max_message_bytes, self.buffers)
             # Registered before its task runs, so that a burst of accepts counts it.
             self._conns[cid] = conn
             self._connections_total += 1
@@ -494,6 +509,7 @@ class VarlinkServer:
             log.exception("connection %d failed", conn.id)
         finally:
             self._conns.pop(conn.id, None)
+            conn.reader.release()
             await _close_quietly(conn.stream)
             if self._closing and not self._conns:
                 self._drained.set()
@@ -551,7 +567,7 @@ class VarlinkServer:
             return
         err: VarlinkError
         if isinstance(exc, FrameTooLarge):
-            err = LimitReached("max_message_bytes", exc.size, exc.maximum)
+            err = LimitReached(exc.limit, exc.size, exc.maximum)
         else:
             err = ProtocolViolation(exc.reason)
         log.info("connection %d (pid %d): %s; closing", conn.id, conn.peer.pid, exc.reason)
@@ -585,8 +601,10 @@ class VarlinkServer:
         try:
             try:
                 params = entry.decoder.decode(call.parameters)
-            except msgspec.ValidationError as exc:
-                params = entry.decode_again(call.parameters, exc)
+            except msgspec.ValidationError:
+                params = entry.decode_again(call.parameters)
+                if params is _NO_SECOND_TRY:
+                    raise
         except RecursionError:
             # Nested too deeply to decode (the envelope only skipped over it).
             self._error(
@@ -734,17 +752,20 @@ class VarlinkServer:
         return True
 
     async def _pump(self, conn: _Conn, call: CallMessage, iterator: Any) -> None:
-        """Send every reply of the stream; never raises but for cancellation."""
-        stream = conn.stream
+        """Send every reply of the stream; never raises but for cancellation.
+
+        The next reply is pulled only once this one is in the socket (`send_all` returns when
+        the kernel took it all): a peer that does not read holds up its own stream, and the
+        daemon holds one reply for it. Each reply counts in the daemon-wide buffer budget while
+        it is on its way; past the budget a stream waits before it sends (back-pressure)."""
         try:
             async for item in iterator:
                 buf = bytearray()
-                if isinstance(item, Final):
-                    append_reply(buf, item.reply)
-                    await send_all(stream, conn.sock, cast(bytes, buf), self._write_timeout)
+                final = isinstance(item, Final)
+                append_reply(buf, item.reply if final else item, continues=not final)
+                await self._send_reply(conn, buf)
+                if final:
                     return
-                append_reply(buf, item, continues=True)
-                await send_all(stream, conn.sock, cast(bytes, buf), self._write_timeout)
             raise RuntimeError(f"the stream of {call.method} ended without a Final reply")
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             conn.peer_gone = True
@@ -756,6 +777,19 @@ class VarlinkServer:
                 await self._flush(conn)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 conn.peer_gone = True
+
+    async def _send_reply(self, conn: _Conn, buf: bytearray) -> None:
+        """One stream reply: refused (LimitReached) when over max_message_bytes, a frame no
+        client with the same limit could read; else sent within the daemon-wide budget."""
+        size = len(buf)
+        maximum = self._limits.max_message_bytes
+        if size - 1 > maximum:  # the limit does not count the NUL
+            raise LimitReached("max_message_bytes (reply)", size - 1, maximum)
+        await self.buffers.take(size)
+        try:
+            await send_all(conn.stream, conn.sock, cast(bytes, buf), self._write_timeout)
+        finally:
+            self.buffers.give(size)
 
     async def _watch_peer(self, conn: _Conn, scope: anyio.CancelScope) -> None:
         """During a stream, read ahead (bounded) so that a hang-up ends the stream at once.

@@ -1,0 +1,145 @@
+"""Issue 18: no admitted peer can make a real daemon's memory grow without bound.
+
+Each test runs a real daemon process and reads its RSS from /proc; scaled down
+(`max_message_bytes` 1 MiB, blocks of ~500 KB) so each bound shows in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.daemon.harness import DaemonProcess, short_tempdir
+from tests.daemon.memory_abuse import (
+    LIMITS,
+    MAX_MESSAGE,
+    MiB,
+    abuse_rounds,
+    call,
+    connect,
+    fill_log,
+    read_frames,
+    send_call,
+    settled_rss,
+    watch_until_live,
+)
+
+BLOCKS = 60  # ~30 MB of log
+
+
+@dataclass
+class Served:
+    daemon: DaemonProcess
+    pid: int
+    context_id: str
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[Served]:
+    with short_tempdir("tlm") as base, DaemonProcess(base, limits=LIMITS) as d:
+        assert d.proc is not None
+        # Each block: a word to search, then one token of ~500 KB (a base64 blob, say), which
+        # the snippet of that word holds.
+        ctx = fill_log(d.socket_path, BLOCKS, prefix="hugetoken")
+        yield Served(d, d.proc.pid, ctx)
+
+
+def test_unread_watchers_hold_one_reply_each_not_the_log(served: Served) -> None:
+    path = served.daemon.socket_path
+    idle = settled_rss(served.pid)
+    watchers = []
+    for _ in range(4):
+        s = connect(path)
+        send_call(s, "io.timelined.Timeline.Watch", {"after_seq": 0}, more=True)
+        watchers.append(s)
+    time.sleep(2)
+    grown = settled_rss(served.pid) - idle
+    for s in watchers:
+        s.close()
+    # Before: each read the log 1,000 lines at a time and sent it as one frame (~30 MB each).
+    assert grown < 4 * 3 * MAX_MESSAGE / MiB + 8, f"RSS grew {grown:.0f} MiB for 4 watchers"
+    largest, events = watch_until_live(path)
+    assert largest <= MAX_MESSAGE
+    assert events >= BLOCKS + 1
+
+
+def test_a_huge_token_gives_a_bounded_snippet(served: Served) -> None:
+    frame = call(
+        served.daemon.socket_path,
+        "io.timelined.Timeline.SearchBlocks",
+        {"query": "hugetoken7*", "limit": 5},
+    )
+    hits = json.loads(frame)["parameters"]["hits"]
+    assert len(hits) == 1
+    snippet = hits[0]["snippet"]
+    assert len(snippet) <= 400 and snippet.endswith("…")  # cut inside the one token
+
+
+def test_a_search_of_a_thousand_hits_fits_one_frame(served: Served) -> None:
+    frame = call(
+        served.daemon.socket_path,
+        "io.timelined.Timeline.SearchBlocks",
+        {"query": "hugetoken*", "limit": 1000},
+    )
+    assert len(frame) <= MAX_MESSAGE
+    reply = json.loads(frame)["parameters"]
+    assert len(reply["hits"]) == BLOCKS and reply["truncated"] is False
+
+
+def test_pages_and_exports_fit_one_frame(served: Served) -> None:
+    path = served.daemon.socket_path
+    for method, params in [
+        ("io.timelined.Timeline.ListBlocks", {"context_id": served.context_id, "limit": 1000}),
+        ("io.timelined.Admin.ReadLog", {"after_seq": 0, "limit": 1000}),
+    ]:
+        frame = call(path, method, params)
+        assert len(frame) <= MAX_MESSAGE and "error" not in json.loads(frame), method
+    conv = json.loads(call(path, "io.timelined.Timeline.GetContext", {"id": served.context_id}))
+    with connect(path) as s:
+        send_call(
+            s,
+            "io.timelined.Timeline.ExportConversation",
+            {"id": conv["parameters"]["context"]["conversation_id"]},
+            more=True,
+        )
+        frames = read_frames(s)
+    assert len(frames) > BLOCKS // 2  # several parts, none over the limit
+    assert max(len(f) for f in frames) <= MAX_MESSAGE
+    assert "error" not in json.loads(frames[-1])
+
+
+def test_refused_big_calls_leave_rss_near_idle() -> None:
+    # The issue's own numbers: 20 calls of 10 MB with an unknown parameter, and oversized
+    # frames, against the default 16 MiB limit.
+    with short_tempdir("tlr") as base, DaemonProcess(base) as d:
+        assert d.proc is not None
+        idle = settled_rss(d.proc.pid)
+        for _ in range(20):
+            reply = call(d.socket_path, "io.timelined.Admin.GetStatus", {"junk": "x" * 10_000_000})
+            assert b"InvalidParameter" in reply
+        after_calls = settled_rss(d.proc.pid)
+        for _ in range(5):
+            s = connect(d.socket_path)
+            try:
+                s.sendall(b"x" * 20_000_000)
+            except OSError:
+                pass
+            s.close()
+        time.sleep(1.5)  # the refused connections linger a second for their last reply
+        after_frames = settled_rss(d.proc.pid)
+    # Before: 369 MiB after the calls (a reference cycle kept each call's parameters until a
+    # full collection), +96 MiB after the frames (glibc kept the freed buffers).
+    assert after_calls - idle < 16, (idle, after_calls)
+    assert after_frames - idle < 16, (idle, after_frames)
+
+
+def test_a_short_abuse_round_stays_bounded_and_the_writer_writes(served: Served) -> None:
+    result = abuse_rounds(served.daemon.socket_path, served.pid, served.context_id, rounds=2)
+    print(result.line())
+    assert not result.append_failures, result.append_failures[:5]
+    assert result.appends > 0
+    assert result.peak_mib < result.bound_mib, result.line()
