@@ -7,8 +7,10 @@ Import it from `timelined.client`. Edit timelined/client.py, then `make generate
 from __future__ import annotations
 
 import os
-from collections.abc import Generator, Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, cast
+
+import msgspec
 
 from timelined.api import (
     METHODS,
@@ -37,6 +39,7 @@ from timelined.api import (
     WatchReply,
 )
 from timelined.api.exchange import ExportDocument, ExportPart
+from timelined.api.methods import Declared, Timeline
 from timelined.api.model import (
     Block,
     Context,
@@ -62,6 +65,7 @@ from timelined.client_common import (
     log_event,
     socket_path,
 )
+from timelined.commands import NewBlock
 from timelined.errors import ProtocolError
 from timelined.events import SubBlock
 from timelined.varlink import VarlinkClient, VarlinkErrorReply
@@ -69,6 +73,8 @@ from timelined.varlink.service import GetInfoReply, GetInterfaceDescriptionReply
 
 __all__ = ["Client"]
 T = TypeVar("T")
+P = TypeVar("P", bound=msgspec.Struct)
+R = TypeVar("R", bound=msgspec.Struct)
 
 
 def _watch_events(
@@ -183,6 +189,28 @@ class Client:
             replies.close()
             raise
         return (first, replies)
+
+    def invoke(self, method: Declared[P, R], params: P | Mapping[str, Any] | None = None) -> R:
+        """Any method of `timelined.api` by its declaration, typed end to end: `params` its
+        parameter Struct (or a mapping of its parameters), the reply its reply Struct:
+        `invoke(Timeline.AppendBlocks, AppendBlocks(context_id=ctx, blocks=[...]))` is an
+        `AppendBlocksReply` (`from timelined.api import Timeline`; awaited on AsyncClient).
+
+        A method declared in `timelined/api/methods.py` is callable here with no change to the
+        client; the typed methods below are conveniences over the same calls."""
+        check_finite(params or {})
+        return self._call(method.full_name, params or {}, method.method.reply)
+
+    def invoke_stream(
+        self, method: Declared[P, R], params: P | Mapping[str, Any] | None = None
+    ) -> Generator[R, None, None]:
+        """A streaming method (a `more` call) by its declaration: returns once the first reply
+        is in (a refusal is raised here); iterate the result for every typed reply."""
+        check_finite(params or {})
+        first, rest = self._open_stream(
+            self._varlink, method.full_name, params or {}, method.method.reply
+        )
+        return _then(first, rest)
 
     def get_info(self) -> GetInfoReply:
         return self._call(SERVICE + "GetInfo", {}, GetInfoReply)
@@ -343,6 +371,15 @@ class Client:
                 call_params(tokens_output=tokens_output, metadata=metadata, sub_blocks=sub_blocks)
             )
         return self._call(TIMELINE + "AppendBlock", params, AppendResult)
+
+    def append_blocks(
+        self, context_id: str, blocks: Sequence[NewBlock | Mapping[str, Any]]
+    ) -> list[Block]:
+        """Append `blocks` to one context, all or none; durable when this returns. Give each
+        block an `id` to make a retry safe. Each block: AppendBlock's parameters but
+        `context_id` (a `timelined.commands.NewBlock` or a mapping)."""
+        params = {"context_id": context_id, "blocks": list(blocks)}
+        return self.invoke(Timeline.AppendBlocks, params).blocks
 
     def get_block(self, id: str) -> Block:
         reply = self._call(TIMELINE + "GetBlock", {"id": id}, BlockReply)
