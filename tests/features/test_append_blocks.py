@@ -8,7 +8,6 @@ what a retry returns, where the blocks land, and the limits.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -210,18 +209,18 @@ def test_typed_through_the_generic_entry(client: Client) -> None:
     blocks = [NewBlock("user", "q", id="typed-0"), NewBlock("assistant", "a", id="typed-1")]
     params = AppendBlocks(ctx, blocks)
     reply = client.invoke(Timeline.AppendBlocks, params)
-    assert [(b.id, b.role) for b in reply.blocks][0] == ("typed-0", "user")
+    assert [(b.id, b.role) for b in reply.blocks] == [("typed-0", "user"), ("typed-1", "assistant")]
     assert client.invoke(Timeline.AppendBlocks, params).blocks[0] == reply.blocks[0]
 
 
 def test_the_independent_varlink_package(daemon: DaemonProcess, client: Client) -> None:
     ctx = client.create_conversation("via python-varlink").root_context_id
-    with varlink.Client(address=f"unix:{daemon.socket_path}") as vc:
-        with vc.open("io.timelined.Timeline") as tl:
-            reply = tl.AppendBlocks(context_id=ctx, blocks=_turn("pv"))
-            assert [b["id"] for b in reply["blocks"]] == ["pv-0", "pv-1", "pv-2"]
-            assert tl.AppendBlocks(context_id=ctx, blocks=_turn("pv")) == reply
-            with pytest.raises(varlink.VarlinkError) as err:
-                tl.AppendBlocks(context_id=ctx, blocks=[{"role": "u", "content": ""}, *_turn("pv")])
-            assert err.value.error() == "io.timelined.BlockIdConflict"
+    address = f"unix:{daemon.socket_path}"
+    with varlink.Client(address=address) as vc, vc.open("io.timelined.Timeline") as tl:
+        reply = tl.AppendBlocks(context_id=ctx, blocks=_turn("pv"))
+        assert [b["id"] for b in reply["blocks"]] == ["pv-0", "pv-1", "pv-2"]
+        assert tl.AppendBlocks(context_id=ctx, blocks=_turn("pv")) == reply
+        with pytest.raises(varlink.VarlinkError) as err:
+            tl.AppendBlocks(context_id=ctx, blocks=[{"role": "u", "content": ""}, *_turn("pv")])
+        assert err.value.error() == "io.timelined.BlockIdConflict"
     assert [b.id for b in client.list_blocks(ctx).blocks] == ["pv-0", "pv-1", "pv-2"]
