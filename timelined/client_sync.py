@@ -191,13 +191,9 @@ class Client:
         return (first, replies)
 
     def invoke(self, method: Declared[P, R], params: P | Mapping[str, Any] | None = None) -> R:
-        """Any method of `timelined.api` by its declaration, typed end to end: `params` its
-        parameter Struct (or a mapping of its parameters), the reply its reply Struct:
-        `invoke(Timeline.AppendBlocks, AppendBlocks(context_id=ctx, blocks=[...]))` is an
-        `AppendBlocksReply` (`from timelined.api import Timeline`; awaited on AsyncClient).
-
-        A method declared in `timelined/api/methods.py` is callable here with no change to the
-        client; the typed methods below are conveniences over the same calls."""
+        """Any declared method by its declaration (`timelined.api.Timeline.AppendBlocks`):
+        `params` its parameter Struct or a mapping, the reply its reply Struct. A method
+        declared in timelined/api/methods.py needs no client change to be called."""
         check_finite(params or {})
         return self._call(method.full_name, params or {}, method.method.reply)
 

@@ -16,7 +16,7 @@ import pytest
 from anyio.from_thread import start_blocking_portal
 
 from tests.client.portal import PortalClient
-from tests.daemon.harness import DaemonProcess, short_tempdir
+from tests.daemon.harness import DaemonProcess, serving
 from timelined import api
 from timelined.api.exchange import join_parts
 from timelined.client import (
@@ -49,15 +49,8 @@ MAX_MESSAGE = 64 * 1024
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[DaemonProcess]:
-    with short_tempdir() as base:
-        proc = DaemonProcess(
-            base, log={"fsync": "off"}, limits={"max_message_bytes": MAX_MESSAGE}
-        ).start()
-        try:
-            yield proc
-        finally:
-            code = proc.stop()
-        assert code == 0, f"the daemon exited {code}:\n{proc.log()}"
+    with serving(log={"fsync": "off"}, limits={"max_message_bytes": MAX_MESSAGE}) as proc:
+        yield proc
 
 
 class ClientContract:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import varlink
 
-from tests.daemon.harness import DaemonProcess, short_tempdir
+from tests.daemon.harness import DaemonProcess, serving
 from tests.helpers import dump_state, replay_dump
 from timelined.api import Timeline
 from timelined.client import Client, InvalidParameter
@@ -33,15 +33,9 @@ MAX_MESSAGE = 256 * 1024
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[DaemonProcess]:
-    with short_tempdir() as base:
-        proc = DaemonProcess(
-            base, limits={"max_block_bytes": MAX_BLOCK, "max_message_bytes": MAX_MESSAGE}
-        ).start()
-        try:
-            yield proc
-        finally:
-            code = proc.stop()
-        assert code == 0, f"the daemon exited {code}:\n{proc.log()}"
+    limits = {"max_block_bytes": MAX_BLOCK, "max_message_bytes": MAX_MESSAGE}
+    with serving(limits=limits) as proc:
+        yield proc
 
 
 @pytest.fixture
