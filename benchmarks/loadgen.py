@@ -2,7 +2,8 @@
 
 It opens `conns` connections to the daemon, gives each its own conversation (or uses the
 contexts it was given), prints `ready`, waits for a line on stdin, then runs `repeats` windows of
-closed-loop AppendBlock calls and prints one JSON line per window: the rate of acknowledged
+closed-loop AppendBlock calls (or, with `method` "AppendBlocks" and `blocks` N, calls of N blocks
+each) and prints one JSON line per window: the rate of acknowledged
 appends, the latency from sending a call to having its reply, and the load generator's own CPU
 over the window (it shares the machine's cores with the daemon). With `depth` 1 (the default)
 each connection is a chat client waiting for its durable acknowledgement before the next call;
@@ -87,13 +88,16 @@ async def main(args: dict[str, Any]) -> None:
         contexts.append(decode_reply(frame)["conversation"]["root_context_id"])
     gen = TextGen(seed=99)
     texts = [gen.text() for _ in range(256)]
+    per_call = max(1, int(args.get("blocks", 1)))
     calls = [
         [
-            encode_call(
-                f"{TIMELINE}.AppendBlock",
-                {"context_id": contexts[n % len(contexts)], "role": "user", "content": t},
+            encode_call(f"{TIMELINE}.{args.get('method', 'AppendBlock')}", params)
+            for params in _call_params(
+                args.get("method", "AppendBlock"),
+                contexts[n % len(contexts)],
+                texts[n % 7 :: 7],
+                per_call,
             )
-            for t in texts[n % 7 :: 7]
         ]
         for n in range(len(conns))
     ]
@@ -142,6 +146,23 @@ async def main(args: dict[str, Any]) -> None:
         print(json.dumps(out), flush=True)
 
 
+def _call_params(
+    method: str, context_id: str, texts: list[str], blocks: int
+) -> list[dict[str, Any]]:
+    """AppendBlock's parameters, one text each, or AppendBlocks' with `blocks` texts each."""
+    if method != "AppendBlocks":
+        return [{"context_id": context_id, "role": "user", "content": t} for t in texts]
+    return [
+        {
+            "context_id": context_id,
+            "blocks": [
+                {"role": "user", "content": texts[(i + k) % len(texts)]} for k in range(blocks)
+            ],
+        }
+        for i in range(len(texts))
+    ]
+
+
 class Load:
     """The parent's handle on one load-generator process."""
 
@@ -155,8 +176,12 @@ class Load:
         warmup: float = 0.3,
         contexts: list[str] | None = None,
         depth: int = 1,
+        method: str = "AppendBlock",
+        blocks: int = 1,
     ) -> None:
         args = {
+            "method": method,
+            "blocks": blocks,
             "socket": socket_path,
             "conns": conns,
             "window": window,

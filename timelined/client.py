@@ -38,8 +38,10 @@ and why it failed.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
+
+import msgspec
 
 from timelined.api import (
     METHODS,
@@ -68,6 +70,7 @@ from timelined.api import (
     WatchReply,
 )
 from timelined.api.exchange import ExportDocument, ExportPart
+from timelined.api.methods import Declared, Timeline
 from timelined.api.model import (
     Block,
     Context,
@@ -102,6 +105,7 @@ from timelined.client_common import (
     to_json,
 )
 from timelined.client_sync import Client
+from timelined.commands import NewBlock
 from timelined.errors import DaemonUnavailable, ProtocolError
 from timelined.events import SubBlock
 from timelined.varlink import AsyncVarlinkClient, VarlinkErrorReply
@@ -126,6 +130,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+P = TypeVar("P", bound=msgspec.Struct)
+R = TypeVar("R", bound=msgspec.Struct)
 
 
 async def _watch_events(
@@ -263,6 +269,28 @@ class AsyncClient:
             await replies.aclose()
             raise
         return first, replies
+
+    # any declared method, typed by its declaration
+
+    async def invoke(
+        self, method: Declared[P, R], params: P | Mapping[str, Any] | None = None
+    ) -> R:
+        """Any declared method by its declaration (`timelined.api.Timeline.AppendBlocks`):
+        `params` its parameter Struct or a mapping, the reply its reply Struct. A method
+        declared in timelined/api/methods.py needs no client change to be called."""
+        check_finite(params or {})
+        return await self._call(method.full_name, params or {}, method.method.reply)
+
+    async def invoke_stream(
+        self, method: Declared[P, R], params: P | Mapping[str, Any] | None = None
+    ) -> AsyncGenerator[R, None]:
+        """A streaming method (a `more` call) by its declaration: returns once the first reply
+        is in (a refusal is raised here); iterate the result for every typed reply."""
+        check_finite(params or {})
+        first, rest = await self._open_stream(
+            self._varlink, method.full_name, params or {}, method.method.reply
+        )
+        return _then(first, rest)
 
     # org.varlink.service
 
@@ -432,6 +460,15 @@ class AsyncClient:
                 call_params(tokens_output=tokens_output, metadata=metadata, sub_blocks=sub_blocks)
             )
         return await self._call(TIMELINE + "AppendBlock", params, AppendResult)
+
+    async def append_blocks(
+        self, context_id: str, blocks: Sequence[NewBlock | Mapping[str, Any]]
+    ) -> list[Block]:
+        """Append `blocks` to one context, all or none; durable when this returns. Give each
+        block an `id` to make a retry safe. Each block: AppendBlock's parameters but
+        `context_id` (a `timelined.commands.NewBlock` or a mapping)."""
+        params = {"context_id": context_id, "blocks": list(blocks)}
+        return (await self.invoke(Timeline.AppendBlocks, params)).blocks
 
     async def get_block(self, id: str) -> Block:
         reply = await self._call(TIMELINE + "GetBlock", {"id": id}, BlockReply)

@@ -232,18 +232,24 @@ def call_params(**kwargs: Any) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
-def check_finite(params: Mapping[str, Any]) -> None:
-    for name, value in params.items():
+def check_finite(params: Mapping[str, Any] | msgspec.Struct) -> None:
+    for name, value in _members(params):
         _finite(name, value)
 
 
+def _members(value: Mapping[str, Any] | msgspec.Struct) -> Iterable[tuple[str, Any]]:
+    if isinstance(value, msgspec.Struct):
+        return ((name, getattr(value, name)) for name in value.__struct_fields__)
+    return value.items()
+
+
 def _finite(where: str, value: Any) -> None:
-    """Down into metadata and sub-blocks too: a NaN there would become `null` as well."""
+    """Down into metadata, sub-blocks and Structs too: a NaN there would become `null` as well."""
     if isinstance(value, float):
         if not math.isfinite(value):
             raise InvalidArgument(where, f"must be a finite number, not {value}")
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
+    elif isinstance(value, Mapping | msgspec.Struct):
+        for key, item in _members(value):
             _finite(f"{where}.{key}", item)
     elif isinstance(value, list | tuple):
         for index, item in enumerate(value):

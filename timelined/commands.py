@@ -105,8 +105,9 @@ class Focus(_Command, frozen=True):
     context_id: Id
 
 
-class AppendBlock(_Command, frozen=True):
-    context_id: Id
+class NewBlock(_Command, frozen=True):
+    """A block to append: AppendBlock's parameters but its context (AppendBlocks' items)."""
+
     role: Role
     content: str
     id: Id | None = None
@@ -121,6 +122,20 @@ class AppendBlock(_Command, frozen=True):
         check_nesting("metadata", self.metadata)
         for i, sub in enumerate(self.sub_blocks or ()):
             check_nesting(f"sub_blocks[{i}].metadata", sub.metadata)
+
+
+class AppendBlock(NewBlock, frozen=True, kw_only=True):
+    context_id: Id
+
+
+# A model turn is a handful of blocks; a call is bounded in count as well as in bytes (the
+# whole call by limits.max_message_bytes, each block by limits.max_block_bytes).
+MAX_BLOCKS_PER_CALL = 1000
+
+
+class AppendBlocks(_Command, frozen=True):
+    context_id: Id
+    blocks: Annotated[list[NewBlock], msgspec.Meta(min_length=1, max_length=MAX_BLOCKS_PER_CALL)]
 
 
 class SetTags(_Command, frozen=True):
@@ -163,6 +178,7 @@ Command = (
     | ReparentContext
     | Focus
     | AppendBlock
+    | AppendBlocks
     | SetTags
     | AddCrossRef
     | RevokeCrossRef

@@ -11,7 +11,9 @@
   transactions of 64 blocks, one to each of 64 contexts (the engine part's 64 writers), each
   block's row with its two indexes and its full-text row, `meta`, COMMIT — the real schema and
   pragmas (`state.db.open_write`) and the engine's own INSERT. One write connection can do no
-  more than this: it is the ceiling of the engine's 64-writer rate on this machine.
+  more than this: it is the ceiling of the engine's 64-writer rate on this machine. And the
+  same for AppendBlocks' shape: transactions of 100 blocks into one context (a model turn
+  written at once), the ceiling of the socket part's AppendBlocks load.
 - Varlink round trips through a Unix socket with 1 and 64 connections (one call in flight each),
   and 64 connections pipelining 4 calls each, from the socket part's own load generator (another
   process) to a server that does nothing (`benchmarks.echo`: one fixed reply per frame, on the
@@ -41,6 +43,7 @@ from timelined.state.apply import INSERT_BLOCK, dump_json, insert_fts, set_meta
 from timelined.state.db import open_write
 
 PART = "raw"
+BLOCKS_PER_CALL = 100  # the shape of issue 17's AppendBlocks target (the socket part's load)
 
 
 def sample_line(content_bytes: int = 320) -> bytes:
@@ -121,8 +124,11 @@ def sqlite_rows(path: Path, window: float, sync: str, rows: int) -> tuple[float,
         _remove_db(path)
 
 
-def state_blocks(path: Path, window: float, contexts: int = 64) -> tuple[float, list[float]]:
-    """Blocks/s the state database takes in `contexts`-block transactions (see the docstring)."""
+def state_blocks(
+    path: Path, window: float, contexts: int = 64, per_context: int = 1
+) -> tuple[float, list[float]]:
+    """Blocks/s the state database takes in transactions of `per_context` blocks to each of
+    `contexts` contexts (see the docstring)."""
     _remove_db(path)
     conn = open_write(path)
     try:
@@ -137,16 +143,17 @@ def state_blocks(path: Path, window: float, contexts: int = 64) -> tuple[float, 
             nonlocal seq
             rows = []
             for context_id in ids:
-                seq += 1
-                text = texts[seq % len(texts)]
-                block = (seq, f"blk_{seq:026d}", context_id, None, "user", text, ts)
-                rows.append((*block, None, None, None, empty_object, empty_list))
+                for _ in range(per_context):
+                    seq += 1
+                    text = texts[seq % len(texts)]
+                    block = (seq, f"blk_{seq:026d}", context_id, None, "user", text, ts)
+                    rows.append((*block, None, None, None, empty_object, empty_list))
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany(INSERT_BLOCK, rows)
             insert_fts(conn, [(row[0], row[5]) for row in rows])
             set_meta(conn, seq, "0" * 64)
             conn.execute("COMMIT")
-            return contexts
+            return len(rows)
 
         for _ in range(16):  # every context has blocks, and the indexes some depth
             step()
@@ -227,6 +234,11 @@ def run(env: Env) -> None:
             "state_blocks64",
             "SQLite, the state's schema: 64-block txns (no rules, no log)",
             lambda: state_blocks(d / "s.db", w),
+        ),
+        (
+            "state_blocks100x1",
+            "SQLite, the state's schema: 100-block txns into one context (no rules, no log)",
+            lambda: state_blocks(d / "s.db", w, contexts=1, per_context=BLOCKS_PER_CALL),
         ),
     ]
     w = env.window_s / 2 if not env.quick else 0.2

@@ -16,7 +16,8 @@ import pytest
 from anyio.from_thread import start_blocking_portal
 
 from tests.client.portal import PortalClient
-from tests.daemon.harness import DaemonProcess, short_tempdir
+from tests.daemon.harness import DaemonProcess, serving
+from timelined import api
 from timelined.api.exchange import join_parts
 from timelined.client import (
     AsyncClient,
@@ -30,6 +31,7 @@ from timelined.client import (
     VarlinkServiceError,
     error_from_reply,
 )
+from timelined.commands import NewBlock
 from timelined.errors import (
     BlockIdConflict,
     ContextNotFound,
@@ -47,15 +49,8 @@ MAX_MESSAGE = 64 * 1024
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[DaemonProcess]:
-    with short_tempdir() as base:
-        proc = DaemonProcess(
-            base, log={"fsync": "off"}, limits={"max_message_bytes": MAX_MESSAGE}
-        ).start()
-        try:
-            yield proc
-        finally:
-            code = proc.stop()
-        assert code == 0, f"the daemon exited {code}:\n{proc.log()}"
+    with serving(log={"fsync": "off"}, limits={"max_message_bytes": MAX_MESSAGE}) as proc:
+        yield proc
 
 
 class ClientContract:
@@ -215,6 +210,81 @@ class ClientContract:
 
     def open(self, socket: Any) -> Any:
         raise NotImplementedError
+
+    def test_append_blocks_is_one_call_all_or_nothing(self, tl: Any) -> None:
+        root = tl.create_conversation("a turn").root_context_id
+        turn = [
+            {"role": "user", "content": "q", "id": new_id("blk")},
+            NewBlock("assistant", "a", id=new_id("blk"), tokens_output=2),
+        ]
+        stored = tl.append_blocks(root, turn)
+        assert [(b.role, b.position) for b in stored] == [("user", 1), ("assistant", 2)]
+        assert tl.append_blocks(root, turn) == stored  # a retry
+        with pytest.raises(InvalidArgument):  # refused before sending, as append_block's
+            tl.append_blocks(root, [{"role": "user", "content": "x", "time_taken": math.nan}])
+        with pytest.raises(InvalidArgument):
+            tl.append_blocks(root, [NewBlock("user", "x", time_taken=math.inf)])
+        assert tl.list_blocks(root).blocks == stored
+
+    def test_every_declared_method_is_callable_through_the_generic_entry(self, tl: Any) -> None:
+        """`invoke` (or `invoke_stream`) by the api's declaration reaches every method, typed:
+        a method declared in timelined/api needs no client change to be called. Parameters are
+        made from each method's own parameter Struct; a named refusal by the daemon counts as
+        reached (the call was decoded and handled), a dispatch-level error does not."""
+        for declared in (*api.TIMELINE_METHODS, *api.ADMIN_METHODS):
+            params = _sample_params(tl, declared.method)
+            try:
+                try:
+                    reply = tl.invoke(declared, params)
+                except ExpectedMore:  # a streaming method: its first reply is enough
+                    replies = tl.invoke_stream(declared, params)
+                    reply = next(iter(replies))
+                    replies.close()
+            except (VarlinkServiceError, RemoteError) as exc:
+                pytest.fail(f"{declared.full_name} was not reached: {exc!r}")
+            except TimelinedError as exc:
+                declared_errors = {e.name for i in api.INTERFACES for e in i.errors}
+                assert exc.name in declared_errors, (declared.full_name, exc)
+                continue
+            assert isinstance(reply, declared.method.reply), declared.full_name
+
+
+def _sample_params(tl: Any, method: Any) -> dict[str, Any]:
+    """Every required parameter of `method`, with a value that names something real."""
+    conv = tl.create_conversation("generic entry")
+    ctx = conv.root_context_id
+    block = tl.append_block(ctx, "user", "sample").block
+    other = tl.spawn_sidebar(ctx, "other").id
+    xref = tl.add_crossref(ctx, other, "see").id
+    by_kind = {"Conversation": conv.id, "Context": ctx, "Focus": ctx, "Block": block.id}
+    by_kind["CrossRef"] = xref
+    samples: dict[str, Any] = {
+        "conversation_id": conv.id,
+        "context_id": ctx,
+        "parent_id": ctx,
+        "from_id": ctx,
+        "to_id": other,
+        "new_parent_id": other,
+        "name": "n",
+        "reason": "r",
+        "role": "user",
+        "content": "c",
+        "query": "sample",
+        "kind": "see",
+        "tags": ["t"],
+        "blocks": [{"role": "user", "content": "b"}],
+        "document": join_parts(list(tl.export_conversation(conv.id))),
+    }
+    params: dict[str, Any] = {}
+    for f in msgspec.structs.fields(method.parameters):
+        if not f.required:
+            continue
+        if f.name == "id":
+            kind = next((k for k in by_kind if k in method.name), "Context")
+            params["id"] = by_kind[kind]
+        else:
+            params[f.name] = samples[f.name]
+    return params
 
 
 class TestClient(ClientContract):

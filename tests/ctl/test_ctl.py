@@ -500,3 +500,66 @@ def test_a_reader_that_stops_early_ends_timelinectl_quietly(
         # write the pipe took, so that form may end 0 (quietly too); line by line it is 141.
         assert reader.wait(timeout=60) in ((0, 141) if "--json" in argv else (141,)), err
         assert err == b"", err
+
+
+def test_append_batch_from_a_file_and_from_stdin(
+    ctl: Ctl, daemon: DaemonProcess, client: Client, tmp_path: Path
+) -> None:
+    root = ctl.json("create", "Batch")["conversation"]["root_context_id"]
+    turn = tmp_path / "turn.jsonl"
+    turn.write_text(
+        '{"role": "user", "content": "what is 2+2?", "id": "batch-0"}\n'
+        "\n"
+        '{"role": "tool", "content": "calc(2+2)", "metadata": {"tool": "calc"}}\n'
+        '{"role": "assistant", "content": "4", "tokens_output": 1}\n'
+    )
+    stored = ctl.json("append", root, "--batch", str(turn))["blocks"]
+    assert [(b["role"], b["position"]) for b in stored] == [
+        ("user", 1),
+        ("tool", 2),
+        ("assistant", 3),
+    ]
+    assert stored[0]["id"] == "batch-0" and stored[1]["metadata"] == {"tool": "calc"}
+    # The same file again: its id-less lines are new blocks beside a stored one: a conflict.
+    _, err = ctl("append", root, "--batch", str(turn), code=1)
+    assert "batch-0" in err and "already exists" in err
+    env = {"TIMELINED_SOCKET": str(daemon.socket_path)}
+    done = _run(
+        "append", root, "--batch", "-", stdin='{"role": "user", "content": "piped"}\n', env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert "position 4" in done.stdout
+    assert [b.content for b in client.list_blocks(root).blocks][-1] == "piped"
+
+
+def test_append_batch_names_the_bad_line_and_writes_nothing(ctl: Ctl, tmp_path: Path) -> None:
+    root = ctl.json("create", "Bad batch")["conversation"]["root_context_id"]
+    bad = tmp_path / "bad.jsonl"
+    cases = {
+        '{"role": "user", "content": "ok"}\n{"role": "user", "content": 7}\n': (
+            "line 2",
+            "content",
+        ),
+        '{"role": "user", "content": "ok"}\n\n{"role": "user"\n': ("line 3", "not JSON"),
+        '{"role": "user", "content": "x", "context_id": "ctx_other"}\n': (
+            "line 1",
+            "context_id",
+        ),
+        "\n\n": ("no blocks", "no blocks"),
+    }
+    for text, (where, what) in cases.items():
+        bad.write_text(text)
+        _, err = ctl("append", root, "--batch", str(bad), code=65)
+        assert where in err and what in err and str(bad) in err, err
+    bad.write_text('{"role": "user", "content": "ok"}\n' * 1001)
+    _, err = ctl("append", root, "--batch", str(bad), code=65)
+    assert "line 1001" in err and "at most 1000" in err
+    _, err = ctl("--json", "append", root, "--batch", str(bad), code=65)
+    error = json.loads(err)
+    assert error["error"] == "timelinectl.BadBatch"
+    assert error["parameters"]["line"] == 1001 and error["parameters"]["file"] == str(bad)
+    _, err = ctl("append", root, "inline", "--batch", str(bad), code=64)
+    assert "describes one block" in err
+    _, err = ctl("append", root, "--batch", str(tmp_path / "missing.jsonl"), code=66)
+    assert "cannot read" in err
+    assert ctl.json("blocks", root)["blocks"] == []

@@ -11,20 +11,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.daemon.harness import DaemonProcess, short_tempdir
+from tests.daemon.harness import DaemonProcess, serving
 from timelined.client import Client
 
 
 @pytest.fixture(scope="session")
 def daemon() -> Iterator[DaemonProcess]:
     """A real `timelined serve` on a fresh state dir; SIGTERM at the end must exit 0."""
-    with short_tempdir() as base:
-        proc = DaemonProcess(base, limits={"max_message_bytes": 1024 * 1024}).start()
-        try:
-            yield proc
-        finally:
-            code = proc.stop()
-        assert code == 0, f"the daemon exited {code}:\n{proc.log()}"
+    with serving(limits={"max_message_bytes": 1024 * 1024}) as proc:
+        yield proc
 
 
 @pytest.fixture

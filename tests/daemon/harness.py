@@ -198,6 +198,18 @@ class DaemonProcess:
         self.stop()
 
 
+@contextmanager
+def serving(**overrides: Mapping[str, Any]) -> Iterator[DaemonProcess]:
+    """A started daemon on a fresh short temp dir (a fixture's body); its stop must exit 0."""
+    with short_tempdir() as base:
+        proc = DaemonProcess(base, **overrides).start()
+        try:
+            yield proc
+        finally:
+            code = proc.stop()
+        assert code == 0, f"the daemon exited {code}:\n{proc.log()}"
+
+
 @dataclass
 class InProcess:
     app: App

@@ -140,6 +140,8 @@ for name, method, parameters in [
     ("SearchBlocks", TL + "SearchBlocks", {"query": "peer"}),
     ("ReadLog", ADMIN + "ReadLog", {"after_seq": 0}),
     ("AppendBlock", TL + "AppendBlock", {"context_id": ctx, "role": "user", "content": "sneaky"}),
+    ("AppendBlocks", TL + "AppendBlocks",
+     {"context_id": ctx, "blocks": [{"role": "user", "content": "sneaky"}]}),
     ("CreateConversation", TL + "CreateConversation", {"name": "sneaky"}),
     ("Reload", ADMIN + "Reload", {}),
     ("GetStatus again", ADMIN + "GetStatus", {}),
@@ -218,7 +220,7 @@ def test_a_read_only_peer_reads_and_cannot_write(daemon: DaemonProcess, client: 
     for reading in ("GetStatus", "ListConversations", "GetContext", "GetHistory", "ReadLog"):
         assert got[reading] == "ok", (reading, got)
     assert got["SearchBlocks"] == "ok"
-    for writing in ("AppendBlock", "CreateConversation", "Reload"):
+    for writing in ("AppendBlock", "AppendBlocks", "CreateConversation", "Reload"):
         assert got[writing] == "PermissionDenied", (writing, got)
     assert got["GetStatus again"] == "ok"  # a new connection after the hang-up
     assert got["raw"]["error"] == "io.timelined.PermissionDenied"

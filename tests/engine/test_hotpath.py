@@ -23,7 +23,7 @@ from tests.faults.faultops import FaultOps
 from tests.helpers import dump_state, replay_dump
 from timelined import commands as cmd
 from timelined.api.model import Context, Conversation
-from timelined.api.timeline import AppendResult
+from timelined.api.timeline import AppendBlocksReply, AppendResult
 from timelined.config import LogConfig, default_config
 from timelined.errors import (
     BadQuery,
@@ -235,3 +235,58 @@ def test_search_ranks_the_most_recent_matches(
     with pytest.raises(BadQuery):
         q.search(conn, 'apple AND "')
     conn.close()
+
+
+def test_an_append_blocks_failing_midway_is_undone_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AppendBlocks keeps its savepoint: a failure after some of its INSERTs (here the third
+    block's apply) undoes its blocks and nothing else of the batch; positions stay dense."""
+    config = _config(tmp_path)
+
+    def apply(conn: sqlite3.Connection, record: Any, fts: Any = None) -> None:
+        real_apply(conn, record, fts)
+        if getattr(record.event, "block", None) and record.event.block.content == "boom":
+            raise OverflowError("after the INSERT")
+
+    async def main() -> None:
+        async with Engine.open(config) as engine:
+            conv = await engine.submit(cmd.CreateConversation(name="c"))
+            assert isinstance(conv, Conversation)
+            root = conv.root_context_id
+            monkeypatch.setattr(engine_module, "apply", apply)
+            turn = cmd.AppendBlocks(
+                context_id=root,
+                blocks=[cmd.NewBlock("user", t) for t in ("t1", "t2", "boom", "t4")],
+            )
+            commands: list[cmd.Command] = [
+                cmd.AppendBlock(context_id=root, role="user", content="before"),
+                turn,
+                cmd.AppendBlock(context_id=root, role="user", content="after"),
+            ]
+            results: dict[int, Any] = {}
+
+            async def one(i: int) -> None:
+                try:
+                    results[i] = await engine.submit(commands[i])
+                except TimelinedError as exc:
+                    results[i] = exc
+
+            async with anyio.create_task_group() as tg:  # one batch: queued before it runs
+                for i in range(len(commands)):
+                    tg.start_soon(one, i)
+            assert isinstance(results[1], InternalError), results
+            assert isinstance(results[0], AppendResult) and results[0].block.position == 1
+            assert isinstance(results[2], AppendResult) and results[2].block.position == 2
+            monkeypatch.setattr(engine_module, "apply", real_apply)
+            ok = await engine.submit(
+                cmd.AppendBlocks(context_id=root, blocks=[cmd.NewBlock("user", "t5")])
+            )
+            assert isinstance(ok, AppendBlocksReply) and [b.position for b in ok.blocks] == [3]
+        _state_equals_replay(tmp_path, config)
+        conn = sqlite3.connect(config.state_db)
+        contents = [r[0] for r in conn.execute("SELECT content FROM blocks ORDER BY position")]
+        conn.close()
+        assert contents == ["before", "after", "t5"]
+
+    anyio.run(main)

@@ -14,10 +14,12 @@ nothing of the daemon, the writer, the state, the log or the verifier (it sits b
   two `Interface`s; `daemon/auth.py`'s lists and the `.varlink` files derive from it;
 - `gen`: `python -m timelined.api.gen` writes `interfaces/*.varlink` (a test fails on drift).
 
-Adding a method: declare it in `methods.py` with its access class, write its handler in
-`daemon/methods.py`, its timelinectl verb and its client method, then regenerate the files
-(docs/architecture.md, "Adding a method"). Streaming methods (Watch, ExportConversation) are
-async generators yielding replies (`Final` for the last).
+Adding a method: declare it in `methods.py` with its access class (in the namespace of its
+interface, `Timeline` or `Admin`: the declaration is also the typed handle clients call it by,
+`AsyncClient.invoke(Timeline.AppendBlocks, params)`), write its handler in `daemon/methods.py`
+and its timelinectl verb, then regenerate the files (docs/architecture.md, "Adding a method").
+Streaming methods (Watch, ExportConversation) are async generators yielding replies (`Final`
+for the last).
 
 Method and parameter names are the contract of issue 3 and DESIGN.md: clients are written
 against them, so a rename is a breaking change. Optional parameters may be added freely.
@@ -74,7 +76,9 @@ from timelined.api.methods import (
     TIMELINE_METHODS,
     TIMELINE_NAME,
     Access,
+    Admin,
     Declared,
+    Timeline,
 )
 from timelined.api.model import (
     Block,
@@ -114,6 +118,7 @@ from timelined.api.scalars import (
     Timestamp,
 )
 from timelined.api.timeline import (
+    AppendBlocksReply,
     AppendResult,
     BlockReply,
     BlocksReply,
@@ -168,6 +173,8 @@ __all__ = [
     "TIMELINE_METHODS",
     "TIMELINE_NAME",
     "Access",
+    "Admin",
+    "AppendBlocksReply",
     "AppendResult",
     "Block",
     "BlockReply",
@@ -245,6 +252,7 @@ __all__ = [
     "Status",
     "StatusReply",
     "StatusState",
+    "Timeline",
     "Timestamp",
     "TornTail",
     "Verdict",

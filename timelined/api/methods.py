@@ -9,8 +9,8 @@ The access class is what the peer authorization grants by (`timelined.daemon.aut
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import msgspec
 
@@ -34,6 +34,7 @@ from timelined.api.errors import ADMIN_ERRORS, TIMELINE_ERRORS, error_def
 from timelined.api.exchange import ExportPart
 from timelined.api.scalars import EmptyParams
 from timelined.api.timeline import (
+    AppendBlocksReply,
     AppendResult,
     BlockReply,
     BlocksReply,
@@ -64,24 +65,33 @@ ADMIN_NAME = "io.timelined.Admin"
 Access = Literal["read", "write", "admin"]
 
 
+P = TypeVar("P", bound=msgspec.Struct)
+R = TypeVar("R", bound=msgspec.Struct)
+
+
 @dataclass(frozen=True, slots=True)
-class Declared:
-    """A method with its access class."""
+class Declared(Generic[P, R]):
+    """A method with its access class and its interface: the typed handle a client calls any
+    declared method by (`AsyncClient.invoke(Timeline.AppendBlocks, params)`)."""
 
     access: Access
-    method: Method[Any, Any]
+    method: Method[P, R]
+    interface: str = ""  # set by `_bind`, from the namespace the method is declared in
+
+    @property
+    def full_name(self) -> str:
+        """`io.timelined.Timeline.AppendBlocks`: what the call names."""
+        return f"{self.interface}.{self.method.name}"
 
 
 class _Declare(Protocol):
     def __call__(
-        self, name: str, params: type[msgspec.Struct], reply: type[msgspec.Struct], doc: str = ""
-    ) -> Declared: ...
+        self, name: str, params: type[P], reply: type[R], doc: str = ""
+    ) -> Declared[P, R]: ...
 
 
 def _declare(access: Access) -> _Declare:
-    def declare(
-        name: str, params: type[msgspec.Struct], reply: type[msgspec.Struct], doc: str = ""
-    ) -> Declared:
+    def declare(name: str, params: type[P], reply: type[R], doc: str = "") -> Declared[P, R]:
         return Declared(access, Method(name, params, reply, doc))
 
     return declare
@@ -89,87 +99,126 @@ def _declare(access: Access) -> _Declare:
 
 read, write, admin = _declare("read"), _declare("write"), _declare("admin")
 
+
+def _bind(namespace: type, interface: str) -> tuple[Declared[Any, Any], ...]:
+    """The methods declared in `namespace`, in file order, each bound to `interface` (the
+    namespace's attributes are replaced by the bound handles)."""
+    bound: list[Declared[Any, Any]] = []
+    for attr, value in list(vars(namespace).items()):
+        if not isinstance(value, Declared):
+            continue
+        if attr != value.method.name:
+            raise TypeError(f"{namespace.__name__}.{attr} declares {value.method.name!r}")
+        handle = replace(value, interface=interface)
+        setattr(namespace, attr, handle)
+        bound.append(handle)
+    return tuple(bound)
+
+
 # --- the interfaces ----------------------------------------------------------------------------
 
-TIMELINE_METHODS: tuple[Declared, ...] = (
-    write(
+
+class Timeline:
+    """io.timelined.Timeline's methods, each a typed handle (`AsyncClient.invoke`)."""
+
+    CreateConversation = write(
         "CreateConversation",
         cmd.CreateConversation,
         ConversationReply,
         doc="A new conversation with its root context (active, focused).",
-    ),
-    read(
+    )
+    ListConversations = read(
         "ListConversations",
         ListConversationsParams,
         ConversationsReply,
         doc="Conversations in creation order; pass `next` as `after` for the next page.",
-    ),
-    read("GetConversation", ByIdParams, ConversationReply),
-    write(
+    )
+    GetConversation = read("GetConversation", ByIdParams, ConversationReply)
+    UpdateConversation = write(
         "UpdateConversation",
         cmd.UpdateConversation,
         ConversationReply,
         doc="Rename, or replace the metadata object, or both.",
-    ),
-    write(
+    )
+    ArchiveConversation = write(
         "ArchiveConversation",
         cmd.ArchiveConversation,
         ConversationReply,
         doc="The conversation becomes read-only.",
-    ),
-    write(
+    )
+    SpawnSidebar = write(
         "SpawnSidebar",
         cmd.SpawnSidebar,
         ContextReply,
         doc="A sidebar of `parent_id`: active and focused; it inherits the parent's last\n"
         "`inherit_last` blocks as of now; the parent becomes paused.",
-    ),
-    write("PauseContext", cmd.PauseContext, ContextReply, doc="active -> paused."),
-    write("ResumeContext", cmd.ResumeContext, ContextReply, doc="paused -> active; takes focus."),
-    write(
+    )
+    PauseContext = write("PauseContext", cmd.PauseContext, ContextReply, doc="active -> paused.")
+    ResumeContext = write(
+        "ResumeContext", cmd.ResumeContext, ContextReply, doc="paused -> active; takes focus."
+    )
+    MergeContext = write(
         "MergeContext",
         cmd.MergeContext,
         ContextReply,
         doc="A sidebar becomes merged; a system block with the summary is appended to its\n"
         "parent, which becomes active and takes focus.",
-    ),
-    write(
+    )
+    ArchiveContext = write(
         "ArchiveContext",
         cmd.ArchiveContext,
         ContextReply,
         doc="Any status but archived -> archived; focus moves to the parent.",
-    ),
-    write("RestoreContext", cmd.RestoreContext, ContextReply, doc="archived -> paused."),
-    write(
+    )
+    RestoreContext = write(
+        "RestoreContext", cmd.RestoreContext, ContextReply, doc="archived -> paused."
+    )
+    ReparentContext = write(
         "ReparentContext",
         cmd.ReparentContext,
         ContextReply,
         doc="Moves the context and its subtree under `new_parent_id` (same conversation).",
-    ),
-    read("GetContext", ByIdParams, ContextReply, doc="The context with its tags and cross-refs."),
-    read(
+    )
+    GetContext = read(
+        "GetContext", ByIdParams, ContextReply, doc="The context with its tags and cross-refs."
+    )
+    GetTree = read(
         "GetTree",
         GetTreeParams,
         ContextsReply,
         doc="Every context of a conversation in creation order, the root first.",
-    ),
-    write("Focus", cmd.Focus, ContextReply, doc="Moves the focus to an active or paused context."),
-    read(
+    )
+    Focus = write(
+        "Focus", cmd.Focus, ContextReply, doc="Moves the focus to an active or paused context."
+    )
+    GetStartupState = read(
         "GetStartupState",
         EmptyParams,
         StartupStateReply,
         doc="What a chat UI needs on start: whether anything exists, the focused context,\n"
         "the last active conversation.",
-    ),
-    write(
+    )
+    AppendBlock = write(
         "AppendBlock",
         cmd.AppendBlock,
         AppendResult,
         doc="Appends a block to an active or paused context; acknowledged once durable.\n"
         "A repeated call with the same `id` and content returns the stored block.",
-    ),
-    read("GetBlock", ByIdParams, BlockReply),
-    read(
+    )
+    AppendBlocks = write(
+        "AppendBlocks",
+        cmd.AppendBlocks,
+        AppendBlocksReply,
+        doc="Appends `blocks` (at most 1000; the call within limits.max_message_bytes, each\n"
+        "block within limits.max_block_bytes) to one context in one atomic step: all at\n"
+        "consecutive positions, or none. A block without `id` gets a new one. A repeated call\n"
+        "(every id given, stored with the same content) returns the stored blocks; a call\n"
+        "mixing stored and new ids gets BlockIdConflict and writes nothing (unless the stored\n"
+        "ones are the context's last blocks and the call's first: a call a crash cut short,\n"
+        "which the retry completes).",
+    )
+    GetBlock = read("GetBlock", ByIdParams, BlockReply)
+    ListBlocks = read(
         "ListBlocks",
         ListBlocksParams,
         BlocksReply,
@@ -177,8 +226,8 @@ TIMELINE_METHODS: tuple[Declared, ...] = (
         "(pass `next` back as the same parameter); filters by roles and time range.\n"
         "A page holds fewer than `limit` blocks (and `next`) when more would pass\n"
         "limits.max_message_bytes; never none while blocks remain.",
-    ),
-    read(
+    )
+    GetHistory = read(
         "GetHistory",
         GetHistoryParams,
         HistoryReply,
@@ -186,28 +235,28 @@ TIMELINE_METHODS: tuple[Declared, ...] = (
         "as of its spawn, then its own; each says which context it came from.\n"
         "Whole or refused: LimitExceeded when it would pass limits.max_message_bytes\n"
         "(ask for the last blocks only with `limit`).",
-    ),
-    read(
+    )
+    SearchBlocks = read(
         "SearchBlocks",
         SearchBlocksParams,
         SearchReply,
         doc="Full-text search (FTS5), best first, with a snippet of the match.",
-    ),
-    read(
+    )
+    GetConversationStats = read(
         "GetConversationStats",
         ByIdParams,
         StatsReply,
         doc="Blocks per role, tokens in/out, time taken, contexts per status.",
-    ),
-    write("SetTags", cmd.SetTags, ContextReply, doc="Replaces the context's tag set."),
-    write(
+    )
+    SetTags = write("SetTags", cmd.SetTags, ContextReply, doc="Replaces the context's tag set.")
+    AddCrossRef = write(
         "AddCrossRef",
         cmd.AddCrossRef,
         CrossRefReply,
         doc="A cross-reference between two contexts.",
-    ),
-    write("RevokeCrossRef", cmd.RevokeCrossRef, CrossRefReply),
-    read(
+    )
+    RevokeCrossRef = write("RevokeCrossRef", cmd.RevokeCrossRef, CrossRefReply)
+    Watch = read(
         "Watch",
         WatchParams,
         WatchReply,
@@ -217,8 +266,8 @@ TIMELINE_METHODS: tuple[Declared, ...] = (
         "`live` set (sent at once, empty, without `after_seq`): from then on nothing is missed.\n"
         "A watcher that falls too far behind gets SlowConsumer and may reconnect with\n"
         "`after_seq` set to the last seq it received. The stream ends only with an error.",
-    ),
-    read(
+    )
+    ExportConversation = read(
         "ExportConversation",
         ByIdParams,
         ExportPart,
@@ -227,8 +276,8 @@ TIMELINE_METHODS: tuple[Declared, ...] = (
         "them, the blocks, and the end (counts), last. All of it as of one snapshot. Joined,\n"
         "the parts are the `document` of ImportConversation; `timelinectl export` writes one\n"
         "part per line.",
-    ),
-    write(
+    )
+    ImportConversation = write(
         "ImportConversation",
         ImportConversationParams,
         ConversationReply,
@@ -237,66 +286,75 @@ TIMELINE_METHODS: tuple[Declared, ...] = (
         "it through normal events naming their source (`imported_from`, `original_hash`).\n"
         'Mode "new" (default) gives everything new ids; "keep" keeps the ids and is refused\n'
         "when one exists. A refused document gets ImportRejected with the reason.",
-    ),
-)
+    )
 
-ADMIN_METHODS: tuple[Declared, ...] = (
-    read(
+
+TIMELINE_METHODS: tuple[Declared[Any, Any], ...] = _bind(Timeline, TIMELINE_NAME)
+
+
+class Admin:
+    """io.timelined.Admin's methods, each a typed handle (`AsyncClient.invoke`)."""
+
+    GetStatus = read(
         "GetStatus",
         EmptyParams,
         StatusReply,
         doc="Version, log head, boot verdict, verifier state, connections, writer queue.",
-    ),
-    read(
+    )
+    ReadLog = read(
         "ReadLog",
         ReadLogParams,
         ReadLogReply,
         doc="Committed log events with seq > after_seq, exactly as in the log; pass `next`\n"
         "as `after_seq` for the next page. Fewer than `limit` when more would pass\n"
         "limits.max_message_bytes; never none while events remain.",
-    ),
-    read(
+    )
+    GetRecoveryReport = read(
         "GetRecoveryReport",
         GetRecoveryReportParams,
         RecoveryReportReply,
         doc="A report by id, or without id the latest crash-recovery report (none if every\n"
         "boot was clean).",
-    ),
-    read(
+    )
+    ListReports = read(
         "ListReports",
         ListReportsParams,
         ReportsReply,
         doc="Boot, recovery and repair reports, newest first.",
-    ),
-    admin(
+    )
+    Verify = admin(
         "Verify",
         VerifyParams,
         VerifyReply,
         doc="Starts a verification run of the log and the state; with `wait`, returns its\n"
         "result when done.",
-    ),
-    read("GetVerifyReport", EmptyParams, VerifyReportReply, doc="The latest verification report."),
-    admin(
+    )
+    GetVerifyReport = read(
+        "GetVerifyReport", EmptyParams, VerifyReportReply, doc="The latest verification report."
+    )
+    Repair = admin(
         "Repair",
         EmptyParams,
         RepairReply,
         doc="Rebuilds the state from the log and swaps it in; the old file is quarantined.",
-    ),
-    admin(
+    )
+    Reload = admin(
         "Reload",
         EmptyParams,
         ReloadReply,
         doc="Re-reads config.toml and applies what can change without a restart.",
-    ),
-    read(
+    )
+    GetMetrics = read(
         "GetMetrics",
         EmptyParams,
         MetricsReply,
         doc="Counters, gauges and histograms in the Prometheus text format: appends, batch\n"
         "sizes, fsync latency, queue depth, connections, watchers, verify runs and drift,\n"
         "the boot verdict.",
-    ),
-)
+    )
+
+
+ADMIN_METHODS: tuple[Declared[Any, Any], ...] = _bind(Admin, ADMIN_NAME)
 
 _DOC_TAIL = (
     "\n\nErrors are sent as io.timelined.<Name>, the names declared below, whichever\n"

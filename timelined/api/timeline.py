@@ -91,6 +91,12 @@ class AppendResult(msgspec.Struct, frozen=True):
     seq: int
 
 
+class AppendBlocksReply(msgspec.Struct, frozen=True):
+    """The call's blocks as stored, in the call's order (each with its seq and position)."""
+
+    blocks: list[Block]
+
+
 class ConversationReply(msgspec.Struct, frozen=True):
     conversation: Conversation
 

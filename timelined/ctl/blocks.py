@@ -1,11 +1,17 @@
-"""Verbs for blocks: append, block, blocks, history, search."""
+"""Verbs for blocks: append (one block, or --batch: many), block, blocks, history, search."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
+import msgspec
+
 from timelined.api.model import Block
+from timelined.commands import MAX_BLOCKS_PER_CALL, NewBlock
 from timelined.ctl.common import (
+    EX_DATAERR,
+    EX_NOINPUT,
     EX_USAGE,
     TIMELINE,
     Ctl,
@@ -20,13 +26,20 @@ from timelined.ctl.output import escape
 
 def register(verbs: Verbs) -> None:
     p = verbs.add_parser(
-        "append", help="append a block to a context (content from stdin by default)"
+        "append",
+        help="append a block to a context (content from stdin by default), or with --batch "
+        "many blocks at once",
     )
     p.add_argument("context_id")
     p.add_argument("content", nargs="?", help="the block's content; '-' or absent: read stdin")
     p.add_argument(
-        "-r", "--role", default="user", help="user, assistant, system, … (default: user)"
+        "--batch",
+        metavar="FILE",
+        help="append every block of FILE ('-': stdin) in one step, all or none: JSON Lines, one "
+        "block a line, each AppendBlock's parameters but context_id, e.g. "
+        '{"role": "user", "content": "hi", "id": "turn1-0"}',
     )
+    p.add_argument("-r", "--role", help="user, assistant, system, … (default: user)")
     p.add_argument("--id", help="your own block id: a retry with the same id and content is safe")
     p.add_argument("--timestamp", help="ISO 8601 (default: now)")
     p.add_argument("--time-taken", type=float, metavar="SECONDS")
@@ -64,8 +77,15 @@ def register(verbs: Verbs) -> None:
     p.set_defaults(run=search)
 
 
+# The options that describe one block: with --batch, each line of the file says them.
+_ONE_BLOCK = ("content", "role", "id", "timestamp", "time_taken", "tokens_input", "tokens_output")
+_ONE_BLOCK_JSON = ("metadata", "sub_blocks")
+
+
 def append(ctl: Ctl) -> int:
     a = ctl.args
+    if a.batch is not None:
+        return append_batch(ctl)
     content = a.content
     if content is None or content == "-":
         if sys.stdin.isatty():  # a person at a terminal, not a pipe: say what is awaited
@@ -81,7 +101,7 @@ def append(ctl: Ctl) -> int:
     reply = ctl.call(
         TIMELINE + "AppendBlock",
         context_id=a.context_id,
-        role=a.role,
+        role=a.role or "user",
         content=content,
         id=a.id,
         timestamp=a.timestamp,
@@ -97,6 +117,80 @@ def append(ctl: Ctl) -> int:
         lambda: ctl.out.line(f"{b.id}  seq {reply.seq}  position {b.position} in {b.context_id}"),
     )
     return 0
+
+
+def append_batch(ctl: Ctl) -> int:
+    a = ctl.args
+    given = [name for name in (*_ONE_BLOCK, *_ONE_BLOCK_JSON) if getattr(a, name) is not None]
+    if given:
+        what = "the content" if given[0] == "content" else "--" + given[0].replace("_", "-")
+        return ctl.out.fail(
+            EX_USAGE,
+            "UsageError",
+            f"append --batch: {what} describes one block; with --batch each line of the file "
+            "describes its block",
+        )
+    try:
+        new_blocks = read_batch(a.batch)
+    except BadBatch as exc:
+        return ctl.out.fail(EX_DATAERR, "BadBatch", str(exc), file=exc.source, line=exc.line)
+    except OSError as exc:
+        return ctl.out.fail(
+            EX_NOINPUT, "BadBatch", f"append --batch: cannot read {a.batch}: {exc.strerror}"
+        )
+    reply = ctl.call(TIMELINE + "AppendBlocks", context_id=a.context_id, blocks=new_blocks)
+    ctl.out.reply(
+        reply,
+        lambda: ctl.out.lines(
+            f"{b.id}  seq {b.seq}  position {b.position} in {b.context_id}" for b in reply.blocks
+        ),
+    )
+    return 0
+
+
+class BadBatch(Exception):
+    """A line of a --batch file that is not a block; names the file and the line."""
+
+    def __init__(self, source: str, line: int, problem: str) -> None:
+        where = f"line {line}" if line else "the file"
+        super().__init__(f"append --batch {source}: {where}: {problem}")
+        self.source = source
+        self.line = line
+
+
+_NEW_BLOCK = msgspec.json.Decoder(NewBlock)
+
+
+def read_batch(path: str) -> list[NewBlock]:
+    """The blocks of a JSON Lines file ('-': stdin), blank lines skipped; BadBatch for the
+    first line that is not a block. Reading stops past MAX_BLOCKS_PER_CALL blocks."""
+    source = "(stdin)" if path == "-" else path
+    blocks: list[NewBlock] = []
+    with contextlib.nullcontext(sys.stdin.buffer) if path == "-" else open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            if len(blocks) == MAX_BLOCKS_PER_CALL:
+                raise BadBatch(
+                    source,
+                    number,
+                    f"more than {MAX_BLOCKS_PER_CALL} blocks: one call appends at most "
+                    f"{MAX_BLOCKS_PER_CALL}; split the file",
+                )
+            try:
+                blocks.append(_NEW_BLOCK.decode(line))
+            except msgspec.DecodeError as exc:  # ValidationError included
+                raise BadBatch(source, number, _problem(exc)) from None
+    if not blocks:
+        raise BadBatch(source, 0, "no blocks (one JSON object a line)")
+    return blocks
+
+
+def _problem(exc: msgspec.DecodeError) -> str:
+    text = str(exc)
+    if isinstance(exc, msgspec.ValidationError):
+        return text.replace("`$.", "`").replace("`$`", "the line")
+    return f"not JSON: {text}"
 
 
 def show_block(ctl: Ctl, b: Block) -> None:

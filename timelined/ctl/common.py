@@ -16,6 +16,8 @@ from timelined.ctl.output import Output
 TIMELINE = "io.timelined.Timeline."
 ADMIN = "io.timelined.Admin."
 EX_USAGE = 64  # sysexits: a bad command line
+EX_DATAERR = 65  # sysexits: bad input data
+EX_NOINPUT = 66  # sysexits: an input file that cannot be read
 
 
 @dataclass

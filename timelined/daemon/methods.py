@@ -68,7 +68,7 @@ from timelined.api import (
     WriterStats,
 )
 from timelined.api.model import Context, Conversation, CrossRef
-from timelined.api.timeline import AppendResult
+from timelined.api.timeline import AppendBlocksReply, AppendResult
 from timelined.auditlog.reader import read_lines
 from timelined.daemon.app import App
 from timelined.daemon.metrics import render as render_metrics
@@ -174,6 +174,9 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
             AppendResult,
             await app.engine.submit(p, Actor(uid=ctx.peer.uid, gid=ctx.peer.gid, pid=ctx.peer.pid)),
         )
+
+    async def append_blocks(p: cmd.AppendBlocks, ctx: CallContext) -> AppendBlocksReply:
+        return cast(AppendBlocksReply, await app.engine.submit(p, _actor(ctx.peer)))
 
     async def list_conversations(
         p: ListConversationsParams, ctx: CallContext
@@ -307,6 +310,7 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
         "Focus": context_command,
         "GetStartupState": get_startup_state,
         "AppendBlock": append_block,
+        "AppendBlocks": append_blocks,
         "GetBlock": get_block,
         "ListBlocks": list_blocks,
         "GetHistory": get_history,

@@ -509,7 +509,8 @@ class Engine:
             # blocks; the full-text row waits for the batch's `insert_fts`). A statement is atomic
             # on its own, so a refused or failing append has nothing to undo. The one case that
             # would need undoing (a failure after the INSERT, or an SQL error, which may have
-            # undone more than the statement) undoes the whole batch below.
+            # undone more than the statement) undoes the whole batch below. An AppendBlocks
+            # emits many blocks, all or none: it keeps its savepoint, as every other command.
             guarded = type(command) is not cmd.AppendBlock
             if guarded:
                 conn.execute("SAVEPOINT command")

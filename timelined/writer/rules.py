@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from timelined import commands as cmd
 from timelined import events as ev
 from timelined.api.model import Block, Context, Conversation, CrossRef
-from timelined.api.timeline import AppendResult
+from timelined.api.timeline import AppendBlocksReply, AppendResult
 from timelined.config import LimitsConfig
 from timelined.errors import (
     BlockIdConflict,
@@ -30,9 +30,9 @@ from timelined.errors import (
 from timelined.ids import new_id, normalize_ts
 from timelined.state import queries as q
 from timelined.state.lookup import context_or_raise, conversation_or_raise, crossref_or_raise
-from timelined.writer.hotstate import HotState
+from timelined.writer.hotstate import HotContext, HotState
 
-Result = Conversation | Context | AppendResult | CrossRef
+Result = Conversation | Context | AppendResult | AppendBlocksReply | CrossRef
 
 
 class Tx(Protocol):
@@ -296,38 +296,50 @@ def block_from_data(data: ev.BlockData, seq: int, position: int) -> Block:
     )
 
 
-def _append_block(tx: Tx, c: cmd.AppendBlock, now: str) -> AppendResult:
-    if c.timestamp is not None:
+def _block_data(b: cmd.NewBlock, context_id: str, now: str, where: str = "") -> ev.BlockData:
+    """The block as it is logged; `where` prefixes a parameter's name (`blocks[3].`)."""
+    if b.timestamp is not None:
         try:
-            timestamp = normalize_ts(c.timestamp)
+            timestamp = normalize_ts(b.timestamp)
         except ValueError as exc:
-            raise InvalidArgument("timestamp", f"not an ISO 8601 time: {exc}") from exc
+            raise InvalidArgument(f"{where}timestamp", f"not an ISO 8601 time: {exc}") from exc
     else:
         timestamp = now
-    data = ev.BlockData(
-        id=c.id or new_id("blk"),
-        context_id=c.context_id,
-        role=c.role,
-        content=c.content,
+    return ev.BlockData(
+        id=b.id or new_id("blk"),
+        context_id=context_id,
+        role=b.role,
+        content=b.content,
         timestamp=timestamp,
-        time_taken=c.time_taken,
-        tokens_input=c.tokens_input,
-        tokens_output=c.tokens_output,
-        metadata=c.metadata or {},
-        sub_blocks=c.sub_blocks or [],
+        time_taken=b.time_taken,
+        tokens_input=b.tokens_input,
+        tokens_output=b.tokens_output,
+        metadata=b.metadata or {},
+        sub_blocks=b.sub_blocks or [],
     )
-    if c.id is not None:
-        stored = q.get_block(tx.conn, c.id)
-        if stored is not None:
-            if _same_block(stored, data, c.timestamp is not None):
-                return AppendResult(block=stored, seq=stored.seq)  # a safe retry: no new event
-            raise BlockIdConflict(c.id, stored.context_id)
-    # The context and its conversation from the writer's cache (hotstate.py): no SELECT after
-    # the first append to a context. Same checks, same order, same errors as `_context`,
-    # `_require` and `_writable_conversation`.
-    ctx = tx.hot.context(tx.conn, c.context_id)
+
+
+def _stored(tx: Tx, b: cmd.NewBlock, data: ev.BlockData) -> Block | None:
+    """The stored block when `b` repeats it (a safe retry); None for a new block;
+    BlockIdConflict when its id is stored with other content or in another context."""
+    if b.id is None:
+        return None
+    stored = q.get_block(tx.conn, b.id)
+    if stored is None:
+        return None
+    if _same_block(stored, data, b.timestamp is not None):
+        return stored
+    raise BlockIdConflict(b.id, stored.context_id)
+
+
+def _writable_context(tx: Tx, context_id: str) -> HotContext:
+    """The context an append goes to, refused unless it and its conversation take blocks.
+
+    From the writer's cache (hotstate.py): no SELECT after the first append to a context. Same
+    checks, same order, same errors as `_context`, `_require` and `_writable_conversation`."""
+    ctx = tx.hot.context(tx.conn, context_id)
     if ctx is None:
-        raise ContextNotFound(c.context_id)
+        raise ContextNotFound(context_id)
     if ctx.status != "active" and ctx.status != "paused":
         raise InvalidTransition(
             ctx.id, ctx.status, "append a block to", "blocks go to active or paused contexts"
@@ -342,10 +354,79 @@ def _append_block(tx: Tx, c: cmd.AppendBlock, now: str) -> AppendResult:
             "append a block to",
             "the conversation is archived (read-only)",
         )
-    position = ctx.blocks + 1
+    return ctx
+
+
+def _emit_block(tx: Tx, ctx: HotContext, event: ev.BlockAppended, data: bytes) -> AppendResult:
+    position = ctx.blocks + 1  # `emit` moves the cached count on (hotstate.observe)
+    record = tx.emit(event, data)
+    return AppendResult(block=block_from_data(event.block, record.seq, position), seq=record.seq)
+
+
+def _append_block(tx: Tx, c: cmd.AppendBlock, now: str) -> AppendResult:
+    data = _block_data(c, c.context_id, now)
+    stored = _stored(tx, c, data)
+    if stored is not None:
+        return AppendResult(block=stored, seq=stored.seq)  # a safe retry: no new event
+    ctx = _writable_context(tx, c.context_id)
     event = ev.BlockAppended(block=data)
-    record = tx.emit(event, _check_size(tx, event))
-    return AppendResult(block=block_from_data(data, record.seq, position), seq=record.seq)
+    return _emit_block(tx, ctx, event, _check_size(tx, event))
+
+
+def _append_blocks(tx: Tx, c: cmd.AppendBlocks, now: str) -> AppendBlocksReply:
+    """All of `c.blocks` or none: every check is made before the first block is emitted (and
+    the engine runs the command under a savepoint besides). One BlockAppended per block, at
+    consecutive seqs and positions: the log, replay and the verifiers see plain appends."""
+    datas = [_block_data(b, c.context_id, now, f"blocks[{i}].") for i, b in enumerate(c.blocks)]
+    _refuse_repeated_ids(c.blocks)
+    stored = [_stored(tx, b, d) for b, d in zip(c.blocks, datas, strict=True)]
+    done = _stored_prefix(tx, c.context_id, stored)
+    if done == len(stored):
+        return AppendBlocksReply([s for s in stored if s is not None])  # a retry: nothing new
+    ctx = _writable_context(tx, c.context_id)
+    events = [ev.BlockAppended(block=d) for d in datas[done:]]
+    encoded = [_check_size(tx, e) for e in events]
+    appended = [
+        _emit_block(tx, ctx, e, data).block for e, data in zip(events, encoded, strict=True)
+    ]
+    return AppendBlocksReply([s for s in stored[:done] if s is not None] + appended)
+
+
+def _refuse_repeated_ids(blocks: list[cmd.NewBlock]) -> None:
+    seen: dict[str, int] = {}
+    for i, b in enumerate(blocks):
+        if b.id is None:
+            continue
+        first = seen.setdefault(b.id, i)
+        if first != i:
+            raise InvalidArgument(f"blocks[{i}].id", f"repeats the id of blocks[{first}]")
+
+
+def _stored_prefix(tx: Tx, context_id: str, stored: list[Block | None]) -> int:
+    """How many of the call's blocks are stored already: all (a retry of a call that was
+    applied), none, or - only after a crash cut a batch's write short (the log keeps whole
+    lines, so a prefix of the call's events may survive) - the context's last blocks, at
+    consecutive seqs, as a prefix of the call: the retry appends the rest. Any other mix of
+    stored and new blocks is a BlockIdConflict, and nothing is written."""
+    done = 0
+    while done < len(stored) and stored[done] is not None:
+        done += 1
+    if done == len(stored) or all(s is None for s in stored):
+        return done
+    late = next((s for s in stored[done:] if s is not None), None)
+    first, last = stored[0], stored[done - 1]
+    if late is None and first is not None and last is not None:
+        ctx = tx.hot.context(tx.conn, context_id)
+        if (
+            ctx is not None
+            and last.position == ctx.blocks
+            and last.seq - first.seq == done - 1
+            and last.position - first.position == done - 1
+        ):
+            return done
+    conflict = late or first
+    assert conflict is not None
+    raise BlockIdConflict(conflict.id, conflict.context_id)
 
 
 def _import(tx: Tx, c: cmd.ImportEvents) -> Conversation:
@@ -404,4 +485,6 @@ def execute(tx: Tx, command: cmd.Command, now: str) -> Result:
     """Check `command` against the state and emit its events; raises a TimelinedError to refuse."""
     if isinstance(command, cmd.AppendBlock):
         return _append_block(tx, command, now)
+    if isinstance(command, cmd.AppendBlocks):
+        return _append_blocks(tx, command, now)
     return _RULES[type(command)](tx, command)
