@@ -32,7 +32,7 @@ import anyio
 
 from timelined.config import AuthConfig, Config, LogConfig, VerifyConfig, default_config
 from timelined.daemon.app import App
-from timelined.daemon.auth import authorizer
+from timelined.daemon.auth import admitter, authorizer
 from timelined.daemon.methods import register_all
 from timelined.daemon.varlink_setup import map_error, server_limits
 from timelined.errors import LogDamaged
@@ -243,6 +243,7 @@ async def inprocess_daemon(
             )
             register_all(server, app)
             server.authorize = authorizer(app)
+            server.admit = admitter(app)
             listener = await listen_unix(config.socket_path, socket_mode)
             config.socket_path.parent.chmod(0o755)
             async with anyio.create_task_group() as tg:
