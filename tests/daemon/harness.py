@@ -53,6 +53,24 @@ REPO = Path(__file__).resolve().parents[2]
 READ_ONLY_GID = 4242
 STRANGER = 65534
 
+# Another uid's client: a stdlib-only script run by the system python, isolated (neither this
+# checkout nor the environment's paths), from a world-readable directory (`short_tempdir`), so
+# that it runs whatever that uid may not read (a clone in a 0700 directory, a venv under /root).
+SYSTEM_PYTHON = "/usr/bin/python3"
+PEER_ENV = {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def as_uid(uid: int, gid: int, groups: tuple[int, ...] = ()) -> list[str]:
+    """The command that runs the system python as `uid`/`gid` (and only `groups`)."""
+    return [
+        "setpriv",
+        f"--reuid={uid}",
+        f"--regid={gid}",
+        f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups",
+        SYSTEM_PYTHON,
+        "-I",
+    ]
+
 
 @contextmanager
 def short_tempdir(prefix: str = "tl") -> Iterator[Path]:

@@ -21,9 +21,11 @@ import pytest
 import varlink
 
 from tests.daemon.harness import (
+    PEER_ENV,
     READ_ONLY_GID,
     STRANGER,
     DaemonProcess,
+    as_uid,
     config_text,
     short_tempdir,
 )
@@ -97,9 +99,8 @@ def test_the_independent_varlink_package(daemon: DaemonProcess) -> None:
             assert status.version and status.last_seq >= 2 and status.boot.verdict == "clean"
 
 
-# The other uid's client: stdlib only, speaking Varlink itself (NUL-terminated JSON), run by the
-# system python from a world-readable directory, so that it runs whatever uid 65534 may not read
-# (a clone in a 0700 directory, a venv under /root).
+# The other uid's client: stdlib only, speaking Varlink itself (NUL-terminated JSON), run as
+# harness.as_uid says.
 PEER = r"""
 import json, socket, sys
 
@@ -174,7 +175,6 @@ while True:
 out["raw"] = json.loads(data.split(b"\0")[0])
 print(json.dumps(out))
 """
-SYSTEM_PYTHON = "/usr/bin/python3"
 
 
 def _as_peer(
@@ -185,19 +185,9 @@ def _as_peer(
         script.write_text(PEER)
         script.chmod(0o644)
         done = subprocess.run(
-            [
-                "setpriv",
-                f"--reuid={uid}",
-                f"--regid={gid}",
-                f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups",
-                SYSTEM_PYTHON,
-                "-I",  # isolated: neither this checkout nor the environment's paths
-                str(script),
-                str(daemon.socket_path),
-                ctx,
-            ],
+            [*as_uid(uid, gid, groups), str(script), str(daemon.socket_path), ctx],
             cwd=where,
-            env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
+            env=PEER_ENV,
             capture_output=True,
             text=True,
             timeout=60,
