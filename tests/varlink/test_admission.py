@@ -7,13 +7,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from tests.varlink.demo import (
-    raw_connect,
-    read_frames,
-    read_until_closed,
-    serving,
-    wait_until,
-)
+from tests.varlink import demo
 from timelined.errors import PermissionDenied
 from timelined.varlink import (
     AsyncConnection,
@@ -89,16 +83,16 @@ def _broken_hook(peer: PeerCredentials) -> Admission:
 async def test_a_refused_peer_reads_the_error_and_is_closed_without_a_slot(
     tmp_path: Path,
 ) -> None:
-    async with serving(tmp_path, limits=ServerLimits(max_connections=1)) as r:
+    async with demo.serving(tmp_path, limits=ServerLimits(max_connections=1)) as r:
         r.server.admit = _refuse_everyone
         for _ in range(5):  # more than max_connections: none of them held a slot
-            s = await raw_connect(r.path)
+            s = await demo.raw_connect(r.path)
             async with s:
-                frames = await read_until_closed(s, 2)  # sent nothing: refused all the same
+                frames = await demo.read_until_closed(s, 2)  # sent nothing: refused all the same
             assert [f["error"] for f in frames] == ["io.timelined.PermissionDenied"]
         # The client reads the refusal even when its call met the closed socket first.
         c = await AsyncConnection.open(r.path)
-        await wait_until(lambda: r.server.stats().rejected_by_reason["admission"] == 6)
+        await demo.wait_until(lambda: r.server.stats().rejected_by_reason["admission"] == 6)
         await anyio.sleep(0.05)
         with pytest.raises(VarlinkErrorReply) as err:
             await c.call(ECHO, {"text": "late"})
@@ -109,24 +103,24 @@ async def test_a_refused_peer_reads_the_error_and_is_closed_without_a_slot(
 
 
 async def test_a_failing_hook_denies(tmp_path: Path) -> None:
-    async with serving(tmp_path) as r:
+    async with demo.serving(tmp_path) as r:
         r.server.admit = _broken_hook
-        s = await raw_connect(r.path)
+        s = await demo.raw_connect(r.path)
         async with s:
-            frames = await read_until_closed(s, 2)
+            frames = await demo.read_until_closed(s, 2)
         assert [f["error"] for f in frames] == ["io.timelined.InternalError"]
         assert r.server.stats().connections_total == 0
 
 
 async def test_a_silent_connection_gets_the_shorter_idle_timeout(tmp_path: Path) -> None:
     limits = ServerLimits(idle_timeout_s=5, idle_timeout_new_s=0.3)
-    async with serving(tmp_path, limits=limits) as r:
-        active = await raw_connect(r.path)
-        silent = await raw_connect(r.path)
+    async with demo.serving(tmp_path, limits=limits) as r:
+        active = await demo.raw_connect(r.path)
+        silent = await demo.raw_connect(r.path)
         async with active, silent:
             await active.send(encode_call(ECHO, {"text": "hi"}))
-            assert await read_frames(active, 1) == [{"parameters": {"text": "hi"}}]
+            assert await demo.read_frames(active, 1) == [{"parameters": {"text": "hi"}}]
             with anyio.fail_after(2):
-                assert await read_until_closed(silent) == []
+                assert await demo.read_until_closed(silent) == []
             await active.send(encode_call(ECHO, {"text": "still here"}))
-            assert await read_frames(active, 1) == [{"parameters": {"text": "still here"}}]
+            assert await demo.read_frames(active, 1) == [{"parameters": {"text": "still here"}}]
