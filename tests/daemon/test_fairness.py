@@ -12,6 +12,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -218,3 +219,24 @@ def _frame(s: socket.socket) -> bytes:
         assert chunk, "the daemon closed the connection"
         data += chunk
     return data
+
+
+def test_a_reload_applies_new_auth_and_shares_to_new_connections() -> None:
+    with short_tempdir("tlfr") as base, DaemonProcess(base, limits={"max_connections": MAX}) as d:
+        with peer(d, STRANGER, STRANGER, 1, "call") as before:
+            ((name, params),) = before.json()
+        assert (name, params["method"]) == ("PermissionDenied", "(any method)")
+        d.sections["auth"]["read_only_gids"] = [READ_ONLY_GID, STRANGER]
+        d.sections["limits"]["max_connections_per_uid"] = 2
+        d.write_config()
+        d.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while "reloaded config: changed" not in d.log():
+            assert time.monotonic() < deadline, f"no reload after SIGHUP:\n{d.log()}"
+            time.sleep(0.05)
+        with peer(d, STRANGER, STRANGER, 3, "call") as after:
+            answered, refused = outcomes(after.json())
+        assert answered == 2, refused
+        assert [(n, p["limit"], p["maximum"]) for n, p in refused] == [
+            ("LimitExceeded", "max_connections_per_uid", 2)
+        ]
