@@ -64,6 +64,14 @@ class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # watcher's queue together. Past it streams wait, new large buffers are refused.
     max_buffered_bytes: Annotated[int, msgspec.Meta(ge=_MiB)] = 512 * _MiB
 
+    # Connection fairness (docs/operations.md, "Connection slots"). None → a quarter of
+    # max_connections: no uid may hold more at once.
+    max_connections_per_uid: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
+    # Slots only full-access peers (writers, admins) may take. None → max_connections / 16.
+    reserved_for_writers: Annotated[int, msgspec.Meta(ge=0, le=100_000)] | None = None
+    # The idle timeout of a connection that has not sent a whole call yet (0: idle_timeout_s).
+    idle_timeout_new_s: Annotated[int, msgspec.Meta(ge=0)] = 5
+
     def __post_init__(self) -> None:
         if self.max_buffered_bytes < self.max_message_bytes:
             raise ValueError(
@@ -71,6 +79,16 @@ class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             )
         if self.max_connection_buffer_bytes > self.max_buffered_bytes:
             raise ValueError("max_connection_buffer_bytes must not exceed max_buffered_bytes")
+
+    def effective_per_uid(self) -> int:
+        if self.max_connections_per_uid is None:
+            return max(1, self.max_connections // 4)
+        return self.max_connections_per_uid
+
+    def effective_reserved(self) -> int:
+        if self.reserved_for_writers is None:
+            return self.max_connections // 16
+        return self.reserved_for_writers
 
 
 class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -218,6 +236,14 @@ def _resolve(fc: _FileConfig, base: Path, source: Path | None) -> Config:
             "daemon.socket_path",
             f"{socket_path} is {len(os.fsencode(socket_path))} bytes; a Unix socket path must "
             "be shorter than 108",
+            str(source) if source else None,
+        )
+    reserved = fc.limits.reserved_for_writers
+    if reserved is not None and reserved >= fc.limits.max_connections:
+        raise ConfigError(
+            "limits.reserved_for_writers",
+            f"{reserved} leaves no slot of max_connections ({fc.limits.max_connections}) to "
+            "read-only peers; it must be smaller",
             str(source) if source else None,
         )
     return Config(

@@ -29,6 +29,9 @@ KEYS = [
     ("limits", "idle_timeout_s", 600, "0", 0, "1.5"),
     ("limits", "max_connection_buffer_bytes", 64 * 1024 * 1024, "1048576", 1048576, "1024"),
     ("limits", "max_buffered_bytes", 512 * 1024 * 1024, "134217728", 134217728, "1000"),
+    ("limits", "max_connections_per_uid", None, "8", 8, "0"),
+    ("limits", "reserved_for_writers", None, "4", 4, "-1"),
+    ("limits", "idle_timeout_new_s", 5, "1", 1, "-1"),
     ("auth", "allow_uids", None, "[0, 1000]", [0, 1000], '["root"]'),
     ("auth", "allow_gids", [], "[100]", [100], "[-1]"),
     ("auth", "read_only_gids", [], "[200, 201]", [200, 201], '"200"'),
@@ -47,6 +50,25 @@ def test_every_key(
         parse_config(f"[{section}]\n{key} = {bad}\n")
     assert info.value.key.startswith(f"{section}.{key}")
     assert f"{section}.{key}" in str(info.value)
+
+
+def test_connection_shares_default_to_fractions_of_max_connections() -> None:
+    limits = parse_config("[limits]\nmax_connections = 16\n").limits
+    assert (limits.effective_per_uid(), limits.effective_reserved()) == (4, 1)
+    limits = parse_config("").limits
+    assert (limits.effective_per_uid(), limits.effective_reserved()) == (64, 16)
+    limits = parse_config("[limits]\nmax_connections = 2\n").limits
+    assert (limits.effective_per_uid(), limits.effective_reserved()) == (1, 0)
+    text = "[limits]\nmax_connections = 8\nreserved_for_writers = 3\nmax_connections_per_uid = 9\n"
+    limits = parse_config(text).limits
+    assert (limits.effective_per_uid(), limits.effective_reserved()) == (9, 3)
+
+
+def test_a_reserve_that_leaves_read_only_peers_nothing_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config("[limits]\nmax_connections = 8\nreserved_for_writers = 8\n")
+    assert info.value.key == "limits.reserved_for_writers"
+    assert "max_connections" in str(info.value)
 
 
 def test_unknown_key_and_section_are_named() -> None:

@@ -32,7 +32,7 @@ import anyio
 
 from timelined.config import AuthConfig, Config, LogConfig, VerifyConfig, default_config
 from timelined.daemon.app import App
-from timelined.daemon.auth import authorizer
+from timelined.daemon.auth import admitter, authorizer
 from timelined.daemon.methods import register_all
 from timelined.daemon.varlink_setup import map_error, server_limits
 from timelined.errors import LogDamaged
@@ -52,6 +52,24 @@ REPO = Path(__file__).resolve().parents[2]
 # The gid the shared test daemon treats as read-only, and a uid/gid it does not know.
 READ_ONLY_GID = 4242
 STRANGER = 65534
+
+# Another uid's client: a stdlib-only script run by the system python, isolated (neither this
+# checkout nor the environment's paths), from a world-readable directory (`short_tempdir`), so
+# that it runs whatever that uid may not read (a clone in a 0700 directory, a venv under /root).
+SYSTEM_PYTHON = "/usr/bin/python3"
+PEER_ENV = {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def as_uid(uid: int, gid: int, groups: tuple[int, ...] = ()) -> list[str]:
+    """The command that runs the system python as `uid`/`gid` (and only `groups`)."""
+    return [
+        "setpriv",
+        f"--reuid={uid}",
+        f"--regid={gid}",
+        f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups",
+        SYSTEM_PYTHON,
+        "-I",
+    ]
 
 
 @contextmanager
@@ -255,6 +273,7 @@ async def inprocess_daemon(
             )
             register_all(server, app)
             server.authorize = authorizer(app)
+            server.admit = admitter(app)
             listener = await listen_unix(config.socket_path, socket_mode)
             config.socket_path.parent.chmod(0o755)
             async with anyio.create_task_group() as tg:

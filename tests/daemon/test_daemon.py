@@ -21,9 +21,11 @@ import pytest
 import varlink
 
 from tests.daemon.harness import (
+    PEER_ENV,
     READ_ONLY_GID,
     STRANGER,
     DaemonProcess,
+    as_uid,
     config_text,
     short_tempdir,
 )
@@ -97,9 +99,8 @@ def test_the_independent_varlink_package(daemon: DaemonProcess) -> None:
             assert status.version and status.last_seq >= 2 and status.boot.verdict == "clean"
 
 
-# The other uid's client: stdlib only, speaking Varlink itself (NUL-terminated JSON), run by the
-# system python from a world-readable directory, so that it runs whatever uid 65534 may not read
-# (a clone in a 0700 directory, a venv under /root).
+# The other uid's client: stdlib only, speaking Varlink itself (NUL-terminated JSON), run as
+# harness.as_uid says.
 PEER = r"""
 import json, socket, sys
 
@@ -109,6 +110,20 @@ out = {}
 conn = None
 
 
+def send(s, frame):
+    try:
+        s.sendall(frame)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # refused as it connected: the daemon's error waits to be read
+
+
+def receive(s):
+    try:
+        return s.recv(65536)
+    except ConnectionResetError:
+        return b""
+
+
 def call(method, parameters):
     # A fresh connection after a refusal: the server answers it, then hangs up.
     global conn
@@ -116,10 +131,10 @@ def call(method, parameters):
         conn = socket.socket(socket.AF_UNIX)
         conn.settimeout(10)
         conn.connect(path)
-    conn.sendall(json.dumps({"method": method, "parameters": parameters}).encode() + b"\0")
+    send(conn, json.dumps({"method": method, "parameters": parameters}).encode() + b"\0")
     data = b""
     while not data.endswith(b"\0"):
-        chunk = conn.recv(65536)
+        chunk = receive(conn)
         if not chunk:
             raise ConnectionError("the server hung up before answering " + method)
         data += chunk
@@ -152,17 +167,16 @@ for name, method, parameters in [
 s = socket.socket(socket.AF_UNIX)
 s.settimeout(10)
 s.connect(path)
-s.sendall(b'{"method":"io.timelined.Timeline.CreateConversation","parameters":{"name":"x"}}\0')
+send(s, b'{"method":"io.timelined.Timeline.CreateConversation","parameters":{"name":"x"}}\0')
 data = b""
 while True:
-    chunk = s.recv(65536)
+    chunk = receive(s)
     if not chunk:
         break
     data += chunk
 out["raw"] = json.loads(data.split(b"\0")[0])
 print(json.dumps(out))
 """
-SYSTEM_PYTHON = "/usr/bin/python3"
 
 
 def _as_peer(
@@ -173,19 +187,9 @@ def _as_peer(
         script.write_text(PEER)
         script.chmod(0o644)
         done = subprocess.run(
-            [
-                "setpriv",
-                f"--reuid={uid}",
-                f"--regid={gid}",
-                f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups",
-                SYSTEM_PYTHON,
-                "-I",  # isolated: neither this checkout nor the environment's paths
-                str(script),
-                str(daemon.socket_path),
-                ctx,
-            ],
+            [*as_uid(uid, gid, groups), str(script), str(daemon.socket_path), ctx],
             cwd=where,
-            env={"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"},
+            env=PEER_ENV,
             capture_output=True,
             text=True,
             timeout=60,
@@ -200,14 +204,18 @@ def test_a_peer_outside_auth_is_refused_and_disconnected(
     daemon: DaemonProcess, client: Client
 ) -> None:
     ctx = client.create_conversation("private").root_context_id
-    before = client.get_status().last_seq
+    before = client.get_status()
     got = _as_peer(daemon, STRANGER, STRANGER, ctx)
     refused = {k: v for k, v in got.items() if k != "raw"}
     assert set(refused.values()) == {"PermissionDenied"}, refused
     assert got["raw"]["error"] == "io.timelined.PermissionDenied"
     assert got["raw"]["parameters"]["uid"] == STRANGER
-    assert got["raw"]["parameters"]["method"] == "io.timelined.Timeline.CreateConversation"
-    assert client.get_status().last_seq == before  # nothing was written
+    # Refused as it connected, before any call (and before it could take a slot).
+    assert got["raw"]["parameters"]["method"] == "(any method)"
+    after = client.get_status()
+    assert after.last_seq == before.last_seq  # nothing was written
+    admitted = before.connections.rejected_by_reason.get("admission", 0)
+    assert after.connections.rejected_by_reason["admission"] == admitted + len(got)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another uid")

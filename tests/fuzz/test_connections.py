@@ -29,7 +29,13 @@ STATUS = encode_call("io.timelined.Admin.GetStatus", {})
 
 @pytest.fixture(scope="module")
 def target() -> Iterator[FuzzTarget]:
-    with fuzz_target(max_connections=MAX_CONNECTIONS, idle_timeout_s=IDLE_TIMEOUT_S) as t:
+    # Every connection here is root's: its share is all of them (tests/daemon/test_fairness.py
+    # has the per-uid share).
+    with fuzz_target(
+        max_connections=MAX_CONNECTIONS,
+        idle_timeout_s=IDLE_TIMEOUT_S,
+        max_connections_per_uid=MAX_CONNECTIONS,
+    ) as t:
         yield t
 
 

@@ -43,12 +43,19 @@ class BootStatus(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ConnectionStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Connections now and since the start; docs/operations.md "Connection slots" has more."""
+
     open: int
     total: int
     rejected: int
     streams: int
     calls: int
     errors: int
+    # Open connections by class: full, read_only.
+    by_class: dict[str, int] = msgspec.field(default_factory=dict)
+    # Refusals by reason: admission ([auth] allows the peer nothing), max_connections, reserved
+    # (only the writers' slots were left), max_connections_per_uid.
+    rejected_by_reason: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class WriterStats(msgspec.Struct, frozen=True, kw_only=True):

@@ -315,11 +315,12 @@ def _mark_clean(config: Config, engine: Engine, run: _Run) -> _Run:
 
 
 def _register(server: VarlinkServer, app: App) -> None:
-    from timelined.daemon.auth import authorizer
+    from timelined.daemon.auth import admitter, authorizer
     from timelined.daemon.methods import register_all
 
     register_all(server, app)
     server.authorize = authorizer(app)
+    server.admit = admitter(app)
 
 
 def _start_features(tg: TaskGroup, app: App, notifier: Notifier, stopping: anyio.Event) -> None:

@@ -397,6 +397,8 @@ def status_of(app: App) -> Status:
             streams=server.streams_open,
             calls=server.calls_total,
             errors=server.errors_total,
+            by_class=server.connections_by_tier,
+            rejected_by_reason=server.rejected_by_reason,
         ),
         writer=WriterStats(
             commands=stats.commands,

@@ -13,6 +13,9 @@ from timelined.histogram import Histogram
 
 _VERDICTS = ("clean", "recovered", "recovered_with_loss", "degraded", "failed")
 _VERIFY_STATES = ("ok", "drift", "damaged", "running", "never")
+_CLASSES = ("full", "read_only")
+# Why a connection got no slot (timelined/varlink/admission.py): "admission" is [auth]'s refusal.
+_REFUSALS = ("admission", "max_connections", "reserved", "max_connections_per_uid")
 
 
 def _escape(value: str) -> str:
@@ -84,8 +87,20 @@ def render(app: App) -> str:
     t.scalar(
         "timelined_connections_rejected_total",
         "counter",
-        "Connections refused (limit).",
+        "Connections refused (every reason).",
         srv.connections_rejected,
+    )
+    t.metric(
+        "timelined_connections_by_class",
+        "gauge",
+        "Open client connections by class (full, read_only).",
+        [({"class": c}, srv.connections_by_tier.get(c, 0)) for c in _CLASSES],
+    )
+    t.metric(
+        "timelined_connections_refused_total",
+        "counter",
+        "Connections refused at accept, by reason.",
+        [({"reason": r}, srv.rejected_by_reason.get(r, 0)) for r in _REFUSALS],
     )
     t.scalar("timelined_calls_total", "counter", "Varlink calls served.", srv.calls_total)
     t.scalar(

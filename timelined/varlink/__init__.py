@@ -7,6 +7,7 @@ errors back into the application's exceptions (`ReplyMapper`). `timelined.daemon
 interfaces, registers their handlers and injects those (`daemon/varlink_setup.py`).
 """
 
+from timelined.varlink.admission import Admission
 from timelined.varlink.client import (
     AsyncConnection,
     AsyncVarlinkClient,
@@ -27,6 +28,7 @@ from timelined.varlink.errors import (
 )
 from timelined.varlink.interface import ErrorDef, Interface, InterfaceDefinitionError, Method
 from timelined.varlink.server import (
+    Admitter,
     Authorizer,
     CallContext,
     Final,
@@ -42,6 +44,8 @@ from timelined.varlink.server import (
 from timelined.varlink.service import ServiceInfo
 
 __all__ = [
+    "Admission",
+    "Admitter",
     "AsyncConnection",
     "AsyncVarlinkClient",
     "Authorizer",

@@ -264,6 +264,24 @@ class _Shell:
         self._core.discard()
         self._sock.close()
 
+    def lost_while_sending(self, reason: str) -> Exception:
+        """The exception for a send that failed: the error the server sent before it hung up,
+        when it is there to read (a server may refuse a peer as it connects, PermissionDenied
+        or LimitExceeded, and close before the call arrives), else ConnectionFailed."""
+        core = self._core
+        try:
+            while (frame := core.next_frame()) is None:
+                # The peer has closed: the socket is readable (data, then EOF), nothing waits.
+                core.feed(self._sock.recv(_RECV, socket.MSG_DONTWAIT))
+        except Exception:
+            return core.lost(reason)  # nothing to read: the hang-up is all there is to say
+        try:
+            core.reply(frame)
+        except Exception as exc:  # the error the server sent (or why its frame makes no sense)
+            core.discard()
+            return exc
+        return core.lost(reason)
+
 
 # --- async ---------------------------------------------------------------------------------
 
@@ -305,7 +323,7 @@ class AsyncConnection(_Shell):
         try:
             await send_all(self._stream, self._raw, frame)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-            raise self._core.lost("connection closed while sending") from exc
+            raise self.lost_while_sending("connection closed while sending") from exc
 
     async def _reply(self) -> msgspec.Raw:
         core = self._core
@@ -399,7 +417,7 @@ class Connection(_Shell):
         try:
             self._sock.sendall(frame)
         except OSError as exc:
-            raise self._core.lost(f"connection closed while sending: {exc}") from exc
+            raise self.lost_while_sending(f"connection closed while sending: {exc}") from exc
 
     def _reply(self) -> msgspec.Raw:
         core = self._core

@@ -40,6 +40,7 @@ import anyio
 import msgspec
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
 
+from timelined.varlink.admission import ADMISSION_REFUSED, EVERYONE, Admission, Slots
 from timelined.varlink.budget import ByteBudget
 from timelined.varlink.errors import (
     ErrorMapper,
@@ -83,6 +84,8 @@ from timelined.varlink.service import (
 )
 
 __all__ = [
+    "Admission",
+    "Admitter",
     "Authorizer",
     "CallContext",
     "Final",
@@ -105,6 +108,7 @@ _FLUSH_BYTES = 64 * 1024  # a pipelined batch flushes early once its replies exc
 _LINGER_S = 1.0  # after a fatal error: how long to drain input so the peer can read the error
 _HUP_POLL_S = 0.5  # during a stream to a half-closed peer: how often to look for its close
 _MAX_LINGERING = 64  # rejected connections allowed to linger at once; beyond, closed at once
+_REFUSED_DRAIN = 4  # reads of what a refused peer already sent, so that it sees EOF, not a reset
 _EMPTY_REPLY = msgspec.Raw(b"{}")
 _NULL = msgspec.Raw(b"null")
 _NO_SECOND_TRY = object()
@@ -179,10 +183,19 @@ Handler = Callable[[Any, CallContext], Awaitable[Any] | AsyncIterator[Any]]
 # Raises an error the server's mapper names (or a VarlinkError) to refuse the call; the server
 # sends the error and closes the connection.
 Authorizer = Callable[[PeerCredentials, str, str], None]
+# Runs once per accepted connection, before it takes a slot: answers the class the connection is
+# counted in (see admission.py), or raises an error the server's mapper names to refuse the peer,
+# which is sent that error and closed at once, holding no slot.
+Admitter = Callable[[PeerCredentials], Admission]
 
 
 class ServerLimits(msgspec.Struct, frozen=True):
-    """The `[limits]` the protocol layer enforces; `idle_timeout_s` 0 keeps idle peers."""
+    """The `[limits]` the protocol layer enforces; `idle_timeout_s` 0 keeps idle peers.
+
+    `max_connections_per_uid` (0: none) and `reserved_connections` (slots only a privileged
+    admission may take) are applied at accept, see admission.py. `idle_timeout_new_s` is the
+    idle timeout of a connection that has not sent a whole call yet (0: `idle_timeout_s`).
+    """
 
     max_message_bytes: int = 16 * 1024 * 1024
     max_connections: int = 256
@@ -190,6 +203,9 @@ class ServerLimits(msgspec.Struct, frozen=True):
     # All connections' stream replies in flight and large incoming frames together (see
     # budget.py); 0: unbounded.
     max_buffered_bytes: int = 0
+    max_connections_per_uid: int = 0
+    reserved_connections: int = 0
+    idle_timeout_new_s: float = 0.0
 
 
 class ServerStats(msgspec.Struct, frozen=True):
@@ -203,6 +219,8 @@ class ServerStats(msgspec.Struct, frozen=True):
     errors_total: int
     protocol_errors_total: int
     internal_errors_total: int
+    connections_by_tier: dict[str, int] = msgspec.field(default_factory=dict)
+    rejected_by_reason: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class _Entry:
@@ -263,6 +281,7 @@ _STREAMING = 2
 
 class _Conn:
     __slots__ = (
+        "called",
         "id",
         "idle_since",
         "out",
@@ -273,16 +292,26 @@ class _Conn:
         "state",
         "stream",
         "stream_scope",
+        "tier",
     )
 
     def __init__(
-        self, cid: int, stream: SocketStream, max_message_bytes: int, buffers: ByteBudget
+        self,
+        cid: int,
+        stream: SocketStream,
+        sock: socket.socket,
+        peer: PeerCredentials,
+        tier: str,
+        max_message_bytes: int,
+        buffers: ByteBudget,
     ) -> None:
         self.id = cid
         self.stream = stream
         self.reader = FrameReader(stream, max_message_bytes, budget=buffers)
-        self.sock: socket.socket = stream.extra(SocketAttribute.raw_socket)  # noqa: S610
-        self.peer = PeerCredentials(uid=-1, gid=-1, pid=0)
+        self.sock = sock
+        self.peer = peer
+        self.tier = tier
+        self.called = False  # no whole call received yet: the shorter idle timeout applies
         self.state: int = _BUSY
         self.idle_since = time.monotonic()
         self.stream_scope: anyio.CancelScope | None = None
@@ -303,6 +332,7 @@ class VarlinkServer:
         *,
         limits: ServerLimits | None = None,
         authorize: Authorizer | None = None,
+        admit: Admitter | None = None,
         map_error: ErrorMapper | None = None,
     ) -> None:
         self.info = info
@@ -314,6 +344,8 @@ class VarlinkServer:
         # the other direction).
         self._write_timeout: float | None = self._limits.idle_timeout_s or None
         self.authorize = authorize
+        self.admit = admit
+        self._slots = Slots()
         self._interfaces: dict[str, Interface] = {}
         self._methods: dict[str, _Entry] = {}
         self._conns: dict[int, _Conn] = {}
@@ -326,7 +358,6 @@ class VarlinkServer:
         self._stopped = anyio.Event()
         self._running = False
         self._connections_total = 0
-        self._connections_rejected = 0
         self._streams = 0
         self._calls = 0
         self._errors = 0
@@ -376,12 +407,14 @@ class VarlinkServer:
         return ServerStats(
             connections_open=len(self._conns),
             connections_total=self._connections_total,
-            connections_rejected=self._connections_rejected,
+            connections_rejected=sum(self._slots.refused.values()),
             streams_open=self._streams,
             calls_total=self._calls,
             errors_total=self._errors,
             protocol_errors_total=self._protocol_errors,
             internal_errors_total=self._internal_errors,
+            connections_by_tier=dict(self._slots.by_tier),
+            rejected_by_reason=dict(self._slots.refused),
         )
 
     # --- org.varlink.service ---------------------------------------------------------------
@@ -455,20 +488,76 @@ class VarlinkServer:
             if self._closing:
                 await _close_quietly(stream)
                 return
-            if len(self._conns) >= self._limits.max_connections:
-                self._connections_rejected += 1
-                self._tg.start_soon(self._reject, stream)
-                continue
-            cid = next(self._ids)
-            conn = _Conn(cid, stream, self._limits.max_message_bytes, self.buffers)
-            # Registered before its task runs, so that a burst of accepts counts it.
-            self._conns[cid] = conn
-            self._connections_total += 1
-            self._tg.start_soon(self._run_connection, conn)
+            await self._admit(stream)
 
-    async def _reject(self, stream: SocketStream) -> None:
-        limit = self._limits.max_connections
-        frame = self._encode_own(LimitReached("max_connections", limit + 1, limit))
+    async def _admit(self, stream: SocketStream) -> None:
+        """Give the accepted connection a slot, or refuse it; never waits on the peer."""
+        assert self._tg is not None
+        sock: socket.socket = stream.extra(SocketAttribute.raw_socket)  # noqa: S610
+        try:
+            peer = peer_credentials(sock)
+        except OSError as exc:
+            log.debug("accepted a connection without credentials: %s", exc)
+            await _close_quietly(stream)
+            return
+        admission = EVERYONE
+        if self.admit is not None:
+            try:
+                admission = self.admit(peer)
+            except Exception as exc:
+                # Before any slot: the peer holds nothing, whatever it does next.
+                self._slots.refuse(ADMISSION_REFUSED)
+                await self._refuse_at_once(stream, sock, peer, exc)
+                return
+        limits = self._limits
+        refusal = self._slots.take(
+            peer.uid,
+            admission,
+            max_connections=limits.max_connections,
+            reserved=limits.reserved_connections,
+            per_uid=limits.max_connections_per_uid,
+        )
+        if refusal is not None:
+            log.info(
+                "refused a connection of uid %d pid %d: %s", peer.uid, peer.pid, refusal.reason
+            )
+            self._tg.start_soon(self._reject, stream, refusal.error)
+            return
+        cid = next(self._ids)
+        conn = _Conn(
+            cid, stream, sock, peer, admission.tier, limits.max_message_bytes, self.buffers
+        )
+        # Registered before its task runs, so that a burst of accepts counts it.
+        self._conns[cid] = conn
+        self._connections_total += 1
+        self._tg.start_soon(self._run_connection, conn)
+
+    async def _refuse_at_once(
+        self, stream: SocketStream, sock: socket.socket, peer: PeerCredentials, exc: Exception
+    ) -> None:
+        """Send the hook's refusal and close, without a task or a wait: a peer that is let in
+        nowhere costs one accept, one small write and a close, however often it reconnects."""
+        named = self._named(exc)
+        if named is None:  # a failing hook: deny by default, as for the authorizer
+            log.error("the admission hook failed for uid %d", peer.uid, exc_info=exc)
+            frame = self._encode_own(InternalFailure("(connect)", type(exc).__name__))
+        else:
+            log.info("refused uid %d pid %d at connect: %s", peer.uid, peer.pid, exc)
+            frame = encode_error(*named)
+        try:
+            # A fresh socket's buffer is empty: it takes a small frame whole, without a wait.
+            sock.send(frame, socket.MSG_DONTWAIT)
+            # Read what the peer already sent (its first call, typically) so that it meets our
+            # error and then EOF rather than a reset; what it sends after the close is its loss.
+            for _ in range(_REFUSED_DRAIN):
+                if not sock.recv(65536, socket.MSG_DONTWAIT):
+                    break
+        except OSError:
+            pass  # BlockingIOError: nothing (more) to read; anything else: the peer is gone
+        await _close_quietly(stream)
+
+    async def _reject(self, stream: SocketStream, error: LimitReached) -> None:
+        frame = self._encode_own(error)
         try:
             await stream.send(frame)
             if self._lingering < _MAX_LINGERING:
@@ -483,23 +572,31 @@ class VarlinkServer:
             await _close_quietly(stream)
 
     async def _sweep_idle(self) -> None:
-        """Close connections idle past `idle_timeout_s` (a timer per wait would cost per call)."""
+        """Close connections idle past `idle_timeout_s`, or past `idle_timeout_new_s` while they
+        have not sent a whole call yet (a timer per wait would cost per call)."""
         while True:
             idle = self._limits.idle_timeout_s
-            await anyio.sleep(min(1.0, idle / 4) if idle > 0 else 1.0)
-            if idle <= 0:
-                continue
-            deadline = time.monotonic() - idle
+            new = self._limits.idle_timeout_new_s
+            if new <= 0 or 0 < idle < new:
+                new = idle  # never longer than the idle timeout of a peer that did call
+            await anyio.sleep(min(1.0, new / 4) if new > 0 else 1.0)
+            now = time.monotonic()
             for conn in list(self._conns.values()):
-                if conn.state == _IDLE and conn.idle_since < deadline:
-                    log.debug("connection %d idle for %.1fs: closing", conn.id, idle)
+                timeout = idle if conn.called else new
+                if conn.state == _IDLE and 0 < timeout < now - conn.idle_since:
+                    log.debug(
+                        "connection %d (uid %d) idle for %.1fs%s: closing",
+                        conn.id,
+                        conn.peer.uid,
+                        timeout,
+                        "" if conn.called else " without a call",
+                    )
                     _hang_up(conn)
 
     # --- one connection --------------------------------------------------------------------
 
     async def _run_connection(self, conn: _Conn) -> None:
         try:
-            conn.peer = peer_credentials(conn.sock)
             await self._serve_connection(conn)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream):
             pass  # the peer went away; nothing to tell it
@@ -508,7 +605,8 @@ class VarlinkServer:
         except Exception:
             log.exception("connection %d failed", conn.id)
         finally:
-            self._conns.pop(conn.id, None)
+            if self._conns.pop(conn.id, None) is not None:
+                self._slots.release(conn.peer.uid, conn.tier)
             conn.reader.release()
             await _close_quietly(conn.stream)
             if self._closing and not self._conns:
@@ -534,6 +632,7 @@ class VarlinkServer:
                     return
                 finally:
                     conn.state = _BUSY
+            conn.called = True
             for frame in frames:
                 if self._closing:
                     await self._fatal_reply(conn, self._encode_own(ServerStopping()))
