@@ -51,13 +51,13 @@ from timelined.api.reports import Report, ReportInfo
 from timelined.api.timeline import AppendResult
 from timelined.client_common import (
     ADMIN,
-    HANGS_UP,
     SERVICE,
     TIMELINE,
     call_params,
     check_finite,
     error_from_reply,
     export_document,
+    hangs_up,
     local_error,
     log_event,
     socket_path,
@@ -129,7 +129,7 @@ class Client:
             raise error_from_reply(exc) from None
 
     def _after_error(self, exc: VarlinkErrorReply) -> None:
-        if exc.name in HANGS_UP:
+        if hangs_up(exc.name):
             old, self._varlink = (self._varlink, self._pool())
             old.close()
 
