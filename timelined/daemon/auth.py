@@ -6,7 +6,8 @@
   below: those `timelined.api.methods` declares with access `read` (every method is declared
   with its access class, so none is left unclassified).
 - `org.varlink.service` (GetInfo, GetInterfaceDescription) is open to both.
-- Anyone else gets `io.timelined.PermissionDenied`, and the server closes the connection.
+- Anyone else gets `PermissionDenied` (`io.timelined.Timeline.PermissionDenied`, or
+  `io.timelined.Admin.PermissionDenied` on an Admin call), and the server closes the connection.
 
 "The peer's groups" are its primary gid (SO_PEERCRED) and its supplementary groups
 (SO_PEERGROUPS), both as the kernel recorded them at connect time: race-free, unlike reading
