@@ -5,7 +5,7 @@ here (those its methods can send, and those the tools meet, for the documentatio
 sent under the name its interface gives it: `io.timelined.Timeline.ContextNotFound`; one that
 both interfaces declare (`_COMMON`, StorageError) under the interface of the called method, and
 outside a call under its `home_interface` (`timelined.errors`), which declares it too
-(tests/varlink/test_error_names.py checks both).
+(tests/daemon/test_error_names.py checks both).
 """
 
 from __future__ import annotations
