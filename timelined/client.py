@@ -85,7 +85,6 @@ from timelined.api.reports import Report, ReportInfo
 from timelined.api.timeline import AppendResult
 from timelined.client_common import (
     ADMIN,
-    HANGS_UP,
     SERVICE,
     TIMELINE,
     ExpectedMore,
@@ -99,6 +98,7 @@ from timelined.client_common import (
     check_finite,
     error_from_reply,
     export_document,
+    hangs_up,
     local_error,
     log_event,
     socket_path,
@@ -214,7 +214,7 @@ class AsyncClient:
             raise error_from_reply(exc) from None
 
     async def _after_error(self, exc: VarlinkErrorReply) -> None:
-        if exc.name in HANGS_UP:
+        if hangs_up(exc.name):
             old, self._varlink = self._varlink, self._pool()
             await old.aclose()  # idle connections now; busy ones as their calls end
 

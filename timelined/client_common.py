@@ -15,14 +15,17 @@ from typing import Any
 
 import msgspec
 
-from timelined.api import LogEvent
+from timelined.api import INTERFACES, LogEvent
 from timelined.api.exchange import ExportDocument, ExportPart, join_parts
 from timelined.auditlog.record import RecordError, check_frame
 from timelined.config import find_config_file, load_config
 from timelined.errors import (
     DaemonUnavailable,
     InvalidArgument,
+    LimitExceeded,
+    PermissionDenied,
     ProtocolError,
+    ShuttingDown,
     TimelinedError,
     all_error_classes,
 )
@@ -31,7 +34,7 @@ from timelined.varlink.errors import ConnectionFailed, ProtocolViolation, Varlin
 
 __all__ = [
     "ADMIN",
-    "HANGS_UP",
+    "LEGACY_PREFIX",
     "SERVICE",
     "SOCKET_ENV",
     "SYSTEMD_SOCKET",
@@ -47,6 +50,7 @@ __all__ = [
     "check_finite",
     "error_from_reply",
     "export_document",
+    "hangs_up",
     "local_error",
     "log_event",
     "socket_path",
@@ -57,28 +61,31 @@ TIMELINE = "io.timelined.Timeline."
 ADMIN = "io.timelined.Admin."
 SERVICE = "org.varlink.service."
 SOCKET_ENV = "TIMELINED_SOCKET"
+# Deprecated: timelined 0.1 sent its errors as `io.timelined.<Name>`, not qualified by the
+# interface that declares them. This release's client still decodes those names (to the same
+# classes); 0.3.0 drops them (docs/interfaces.md, "Error names").
+LEGACY_PREFIX = "io.timelined."
 
 
 # --- errors ------------------------------------------------------------------------------------
 
 
 class VarlinkServiceError(TimelinedError):
-    """An error of the standard interface `org.varlink.service`."""
+    """An error of the standard interface `org.varlink.service`: its parameters are exactly the
+    standard's (the constructor's arguments), and the message is composed here."""
 
     name = "VarlinkServiceError"
-
-    @property
-    def varlink_name(self) -> str:
-        return f"{SERVICE}{self.name}"
+    home_interface = SERVICE.rstrip(".")
 
 
 class InvalidParameter(VarlinkServiceError):
-    """A parameter of the wrong type, missing, or unknown; `parameter` names it."""
+    """A parameter of the wrong type, missing, or unknown; `parameter` names it (what was wrong
+    with it is in the daemon's log, at debug level)."""
 
     name = "InvalidParameter"
 
-    def __init__(self, parameter: str, message: str | None = None) -> None:
-        super().__init__(message or f"invalid parameter {parameter!r}", parameter=parameter)
+    def __init__(self, parameter: str) -> None:
+        super().__init__(f"invalid parameter {parameter!r}", parameter=parameter)
         self.parameter = parameter
 
 
@@ -124,24 +131,36 @@ class RemoteError(TimelinedError):
         params = {k: v for k, v in parameters.items() if k != "message"}
         super().__init__(str(parameters.get("message") or error), **params)
         self.error = error
-
-    @property
-    def varlink_name(self) -> str:
-        return self.error
+        self.received_as = error
 
 
 _RESERVED = frozenset({"message", "params", "error"})
 _classes: dict[str, type[TimelinedError]] = {}
+# After these the server hangs up: the pooled connection must not be reused (the next call on
+# it could meet the hang-up instead of an answer).
+_HANGS_UP = (PermissionDenied, ProtocolError, LimitExceeded, ShuttingDown)
 
 
 def _error_classes() -> dict[str, type[TimelinedError]]:
+    """Every error name the daemon sends (each interface's own, `io.timelined.Timeline.X`, and
+    the standard's) and, until 0.3.0, the unqualified names of 0.1 → its class."""
     if not _classes:
-        for cls in all_error_classes():
-            if cls is RemoteError or cls is VarlinkServiceError:
-                continue
-            prefix = SERVICE if issubclass(cls, VarlinkServiceError) else "io.timelined."
-            _classes.setdefault(prefix + cls.name, cls)
+        named = [c for c in all_error_classes() if c not in (RemoteError, VarlinkServiceError)]
+        by_name = {c.name: c for c in named if not issubclass(c, VarlinkServiceError)}
+        for interface in INTERFACES:
+            for declared in interface.errors:
+                _classes[f"{interface.name}.{declared.name}"] = by_name[declared.name]
+        for cls in named:
+            if issubclass(cls, VarlinkServiceError):
+                _classes[SERVICE + cls.name] = cls
+            else:
+                _classes.setdefault(LEGACY_PREFIX + cls.name, cls)
     return _classes
+
+
+def hangs_up(error: str) -> bool:
+    """Whether the server hangs up after the error reply named `error`."""
+    return issubclass(_error_classes().get(error, RemoteError), _HANGS_UP)
 
 
 def local_error(error: VarlinkError) -> Exception:
@@ -155,11 +174,28 @@ def local_error(error: VarlinkError) -> Exception:
 
 
 def error_from_reply(reply: VarlinkErrorReply) -> TimelinedError:
-    """The named exception for a Varlink error reply, its parameters restored."""
+    """The named exception for a Varlink error reply, its parameters restored; its
+    `varlink_name` is the name it arrived under."""
     cls = _error_classes().get(reply.name)
     params = reply.parameters
     if cls is None:
         return RemoteError(reply.name, params)
+    exc = _standard_error(cls, params) or _as_sent(cls, params)
+    exc.received_as = reply.name
+    return exc
+
+
+def _standard_error(cls: type[TimelinedError], params: Mapping[str, Any]) -> TimelinedError | None:
+    """An org.varlink.service error from exactly the standard's parameters; None otherwise."""
+    if not issubclass(cls, VarlinkServiceError):
+        return None
+    try:
+        return cls(**params)
+    except TypeError:  # not the standard's parameters (an older daemon added `message`)
+        return None
+
+
+def _as_sent(cls: type[TimelinedError], params: Mapping[str, Any]) -> TimelinedError:
     # The classes' constructors take what the daemon knew; the reply carries what it said. Set
     # the parameters as they arrived (the message included) rather than guessing arguments.
     exc = cls.__new__(cls)
@@ -208,18 +244,6 @@ def _service_socket_there() -> bool:
         return True  # connecting then says so (timelinectl exits 77)
     except OSError:
         return False
-
-
-# Errors after which the server hangs up: the pooled connection must not be reused (the next
-# call on it could meet the hang-up instead of an answer).
-HANGS_UP = frozenset(
-    {
-        "io.timelined.PermissionDenied",
-        "io.timelined.ProtocolError",
-        "io.timelined.LimitExceeded",
-        "io.timelined.ShuttingDown",
-    }
-)
 
 
 def call_params(**kwargs: Any) -> dict[str, Any]:

@@ -2,7 +2,14 @@
 
 Every refusal a client or operator can meet is a subclass of `TimelinedError`. Each class has:
 
-- `name`: the Varlink error name suffix (`io.timelined.<name>`), stable across releases;
+- `name`: the last part of its Varlink error name, stable across releases. The full name is
+  qualified by the interface that declares it (`io.timelined.Timeline.ContextNotFound`), as the
+  Varlink spec requires: an error declared by both interfaces is sent under the interface of the
+  method that was called (the daemon's error mapper, `timelined.daemon.varlink_setup`);
+- `home_interface`: the interface it is named by outside a call (a frame that is not a call, a
+  connection over `max_connections`) and wherever no call names it (tools that meet it locally,
+  `timelined check-config`); `io.timelined.Timeline` unless only `io.timelined.Admin` declares
+  it (`timelined.api.errors` says which interface declares which error);
 - `recoverable`: whether the same call may succeed later without an operator (a full disk that
   empties, a daemon that restarts) — litestream's habit of saying so in every error;
 - `params`: the JSON-ready parameters that say what was wrong (sent as the Varlink error's
@@ -11,7 +18,7 @@ Every refusal a client or operator can meet is a subclass of `TimelinedError`. E
   `error` lines are built from it (`timelined.api.errors`), with `doc` as their comment.
 
 Every named error lives in this module, so a client that imports only `timelined.client` knows
-every `io.timelined.<Name>` it may receive.
+every `io.timelined.<Interface>.<Name>` it may receive.
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ from typing import Any, ClassVar
 import msgspec
 
 JSONValue = Any  # a value msgspec can encode; errors carry small scalars and lists
+
+TIMELINE_INTERFACE = "io.timelined.Timeline"
+ADMIN_INTERFACE = "io.timelined.Admin"
 
 
 class ErrorParams(msgspec.Struct, frozen=True):
@@ -34,9 +44,13 @@ class TimelinedError(Exception):
     """Root of every error timelined raises on purpose."""
 
     name: ClassVar[str] = "Error"
+    home_interface: ClassVar[str] = TIMELINE_INTERFACE
     recoverable: ClassVar[bool] = False
     doc: ClassVar[str] = ""  # what the interface files say of it
     Params: ClassVar[type[ErrorParams]] = ErrorParams
+    # The full name an error reply arrived under (set by the client that decoded it), so that
+    # it is shown as it was sent.
+    received_as: str | None = None
 
     def __init__(self, message: str, **params: JSONValue) -> None:
         super().__init__(message)
@@ -45,7 +59,8 @@ class TimelinedError(Exception):
 
     @property
     def varlink_name(self) -> str:
-        return f"io.timelined.{self.name}"
+        """The full Varlink name: as it arrived, else under the home interface."""
+        return self.received_as or f"{self.home_interface}.{self.name}"
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r})"
@@ -58,6 +73,7 @@ class ConfigError(TimelinedError):
     """config.toml has an unknown key or a bad value; `key` names it (dotted, e.g. log.fsync)."""
 
     name = "ConfigError"
+    home_interface = ADMIN_INTERFACE
     doc = "The configuration file was refused; `key` names the offending key."
 
     class Params(ErrorParams, frozen=True):
@@ -116,6 +132,7 @@ class CrossRefNotFound(TimelinedError):
 
 class ReportNotFound(TimelinedError):
     name = "ReportNotFound"
+    home_interface = ADMIN_INTERFACE
     doc = "No report with this id."
     Params = _IdParams
 
@@ -380,6 +397,7 @@ class StateLocked(TimelinedError):
     """Another daemon holds STATE_DIR/lock."""
 
     name = "StateLocked"
+    home_interface = ADMIN_INTERFACE
     doc = "Never sent on the socket: a second daemon refused to start on a locked state."
 
     class Params(ErrorParams, frozen=True):
@@ -399,6 +417,7 @@ class BootFailed(TimelinedError):
     """The boot could not complete; its report (when one could be written) says why."""
 
     name = "BootFailed"
+    home_interface = ADMIN_INTERFACE
     doc = "Never sent on the socket: the boot could not complete and the daemon did not start."
 
     class Params(ErrorParams, frozen=True):
@@ -435,6 +454,7 @@ class BackupFailed(TimelinedError):
     checking the copy failed). Nothing usable is left at the destination."""
 
     name = "BackupFailed"
+    home_interface = ADMIN_INTERFACE
     doc = (
         "Never sent on the socket: `timelined backup` made no backup; `side` is source, "
         "destination or copy."
@@ -453,6 +473,7 @@ class DaemonUnavailable(TimelinedError):
     """The client could not reach the daemon (no socket, refused, closed mid-call)."""
 
     name = "DaemonUnavailable"
+    home_interface = ADMIN_INTERFACE
     recoverable = True
     doc = "Never sent on the socket: the client library's error when the daemon is unreachable."
 
@@ -472,6 +493,7 @@ class FeatureUnavailable(TimelinedError):
     """A method whose part of the daemon is not running (e.g. no verifier in this build)."""
 
     name = "FeatureUnavailable"
+    home_interface = ADMIN_INTERFACE
     doc = "The part of the daemon this method needs is not running."
 
     class Params(ErrorParams, frozen=True):

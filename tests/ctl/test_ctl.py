@@ -217,12 +217,15 @@ def test_admin_verbs(ctl: Ctl, client: Client) -> None:
 
 def test_errors_and_exit_codes(ctl: Ctl) -> None:
     _, err = ctl("context", "ctx_nope", code=1)
-    assert "io.timelined.ContextNotFound" in err and "ctx_nope" in err
+    assert "io.timelined.Timeline.ContextNotFound" in err and "ctx_nope" in err
     error = json.loads(ctl("--json", "context", "ctx_nope", code=1)[1])
     assert error == {
-        "error": "io.timelined.ContextNotFound",
+        "error": "io.timelined.Timeline.ContextNotFound",
         "parameters": {"id": "ctx_nope", "message": "no context with id 'ctx_nope'"},
     }
+    # Named by the interface of the method called (docs/interfaces.md, "Error names").
+    error = json.loads(ctl("--json", "recovery-report", "rep_nope", code=1)[1])
+    assert error["error"] == "io.timelined.Admin.ReportNotFound"
     root = ctl.json("create", "Errors")["conversation"]["root_context_id"]
     _, err = ctl("merge", root, code=1)
     assert "InvalidTransition" in err
@@ -306,7 +309,7 @@ def test_json_after_the_verb_and_argument_checks(ctl: Ctl, tmp_path: Path) -> No
     out, _ = ctl("status", "--json")
     assert json.loads(out)["status"]["last_seq"] >= 0
     _, err = ctl("xref", "revoke", "xref_nope", "--json", code=1)
-    assert json.loads(err)["error"] == "io.timelined.CrossRefNotFound"
+    assert json.loads(err)["error"] == "io.timelined.Timeline.CrossRefNotFound"
     conv = ctl.json("create", "Checks")["conversation"]
     root = conv["root_context_id"]
     _, err = ctl("tags", root, "a", "--clear", code=64)

@@ -34,12 +34,11 @@ from timelined.config import AuthConfig, Config, LogConfig, VerifyConfig, defaul
 from timelined.daemon.app import App
 from timelined.daemon.auth import admitter, authorizer
 from timelined.daemon.methods import register_all
-from timelined.daemon.varlink_setup import map_error, server_limits
+from timelined.daemon.varlink_setup import map_error, server_limits, service_info
 from timelined.errors import LogDamaged
 from timelined.ids import utc_now
 from timelined.recovery.boot import boot
 from timelined.varlink import (
-    ServiceInfo,
     VarlinkClient,
     VarlinkServer,
     listen_unix,
@@ -260,7 +259,7 @@ async def inprocess_daemon(
     try:
         async with Engine.open(config, head=head, read_only=read_only) as engine:
             server = VarlinkServer(
-                ServiceInfo("timelined", "timelined", "test", "https://varlink.org"),
+                service_info(),
                 limits=server_limits(config.limits),
                 map_error=map_error,
             )

@@ -40,7 +40,7 @@ def test_check_config_refuses_a_bad_value_with_78_naming_the_key(tmp_path: Path)
     assert out.returncode == 78 and "log.fsync" in out.stderr, out.stderr
     out = _timelined("check-config", "--config", str(config), "--json")
     error = json.loads(out.stderr)
-    assert out.returncode == 78 and error["error"] == "io.timelined.ConfigError", out.stderr
+    assert out.returncode == 78 and error["error"] == "io.timelined.Admin.ConfigError", out.stderr
     assert error["parameters"]["key"] == "log.fsync"
 
 

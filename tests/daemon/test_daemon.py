@@ -87,12 +87,12 @@ def test_the_independent_varlink_package(daemon: DaemonProcess) -> None:
             assert [b["content"] for b in page["blocks"]] == ["hi"]
             with pytest.raises(varlink.VarlinkError) as err:
                 tl.GetContext(id="ctx_nope")
-            assert err.value.error() == "io.timelined.ContextNotFound"
+            assert err.value.error() == "io.timelined.Timeline.ContextNotFound"
             assert err.value.parameters()["id"] == "ctx_nope"
             with pytest.raises(varlink.VarlinkError) as bad:
                 tl.PauseContext(id=ctx)
                 tl.PauseContext(id=ctx)
-            assert bad.value.error() == "io.timelined.InvalidTransition"
+            assert bad.value.error() == "io.timelined.Timeline.InvalidTransition"
             assert bad.value.parameters()["status"] == "paused"
         with vc.open("io.timelined.Admin", namespaced=True) as admin:
             status = admin.GetStatus().status
@@ -163,18 +163,25 @@ for name, method, parameters in [
 ]:
     out[name] = call(method, parameters)
 
-# A refused call is answered, then the server hangs up.
-s = socket.socket(socket.AF_UNIX)
-s.settimeout(10)
-s.connect(path)
-send(s, b'{"method":"io.timelined.Timeline.CreateConversation","parameters":{"name":"x"}}\0')
-data = b""
-while True:
-    chunk = receive(s)
-    if not chunk:
-        break
-    data += chunk
-out["raw"] = json.loads(data.split(b"\0")[0])
+
+def refused(frame):
+    # A refused call is answered, then the server hangs up.
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(path)
+    s.sendall(frame)
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return json.loads(data.split(b"\0")[0])
+
+
+create = {"method": TL + "CreateConversation", "parameters": {"name": "x"}}
+out["raw"] = refused(json.dumps(create).encode() + b"\0")
+out["raw admin"] = refused(b'{"method":"io.timelined.Admin.Reload","parameters":{}}\0')
 print(json.dumps(out))
 """
 
@@ -206,9 +213,9 @@ def test_a_peer_outside_auth_is_refused_and_disconnected(
     ctx = client.create_conversation("private").root_context_id
     before = client.get_status()
     got = _as_peer(daemon, STRANGER, STRANGER, ctx)
-    refused = {k: v for k, v in got.items() if k != "raw"}
+    refused = {k: v for k, v in got.items() if not k.startswith("raw")}
     assert set(refused.values()) == {"PermissionDenied"}, refused
-    assert got["raw"]["error"] == "io.timelined.PermissionDenied"
+    assert got["raw"]["error"] == "io.timelined.Timeline.PermissionDenied"
     assert got["raw"]["parameters"]["uid"] == STRANGER
     # Refused as it connected, before any call (and before it could take a slot).
     assert got["raw"]["parameters"]["method"] == "(any method)"
@@ -216,6 +223,9 @@ def test_a_peer_outside_auth_is_refused_and_disconnected(
     assert after.last_seq == before.last_seq  # nothing was written
     admitted = before.connections.rejected_by_reason.get("admission", 0)
     assert after.connections.rejected_by_reason["admission"] == admitted + len(got)
+    # Refused at connect whatever it then sends: a connection-level error, named by its home.
+    assert got["raw admin"]["error"] == "io.timelined.Timeline.PermissionDenied"
+    assert got["raw admin"]["parameters"]["method"] == "(any method)"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another uid")
@@ -231,8 +241,11 @@ def test_a_read_only_peer_reads_and_cannot_write(daemon: DaemonProcess, client: 
     for writing in ("AppendBlock", "AppendBlocks", "CreateConversation", "Reload"):
         assert got[writing] == "PermissionDenied", (writing, got)
     assert got["GetStatus again"] == "ok"  # a new connection after the hang-up
-    assert got["raw"]["error"] == "io.timelined.PermissionDenied"
+    assert got["raw"]["error"] == "io.timelined.Timeline.PermissionDenied"
     assert got["raw"]["parameters"]["gid"] == READ_ONLY_GID
+    # Declared by both interfaces: named by the interface of the method that was called.
+    assert got["raw admin"]["error"] == "io.timelined.Admin.PermissionDenied"
+    assert got["raw admin"]["parameters"]["method"] == "io.timelined.Admin.Reload"
     assert client.get_status().last_seq == before
 
 
@@ -295,11 +308,15 @@ def test_bad_frames_get_named_errors_and_others_keep_being_served(
         huge = b'{"method":"io.timelined.Admin.GetStatus","parameters":{"pad":"'
         huge += b"x" * (10 * 1024 * 1024) + b'"}}\0'
         cases: list[tuple[bytes, str, bool]] = [
-            (b"this is not json\0", "io.timelined.ProtocolError", True),
-            (b'{"method":"io.timelined.Admin.Get\0Status"}\0', "io.timelined.ProtocolError", True),
-            (b"[1, 2, 3]\0", "io.timelined.ProtocolError", True),
-            (b'"a string"\0', "io.timelined.ProtocolError", True),
-            (huge, "io.timelined.LimitExceeded", True),
+            (b"this is not json\0", "io.timelined.Timeline.ProtocolError", True),
+            (
+                b'{"method":"io.timelined.Admin.Get\0Status"}\0',
+                "io.timelined.Timeline.ProtocolError",
+                True,
+            ),
+            (b"[1, 2, 3]\0", "io.timelined.Timeline.ProtocolError", True),
+            (b'"a string"\0', "io.timelined.Timeline.ProtocolError", True),
+            (huge, "io.timelined.Timeline.LimitExceeded", True),
             (
                 b'{"method":"io.timelined.Timeline.GetContext","parameters":{"id":1}}\0',
                 "org.varlink.service.InvalidParameter",
@@ -317,7 +334,7 @@ def test_bad_frames_get_named_errors_and_others_keep_being_served(
             frames = _exchange(daemon.socket_path, payload, until_closed=closes)
             assert frames and frames[0].get("error") == error, (payload[:60], frames)
             if error.endswith("InvalidParameter"):
-                assert frames[0]["parameters"]["parameter"] == "id"
+                assert frames[0]["parameters"] == {"parameter": "id"}  # the standard's, exactly
             if error.endswith("LimitExceeded"):
                 assert frames[0]["parameters"]["limit"] == "max_message_bytes"
             deadline = time.monotonic() + 5

@@ -167,7 +167,7 @@ def test_idle_connections_up_to_the_limit_then_a_polite_refusal(target: FuzzTarg
             assert frame is not None, "the daemon hung up without a word"
             name, params = check_reply(frame, "io.timelined.Admin.GetStatus")
             if name is not None:  # a connection of a previous test was still closing
-                assert name == "io.timelined.LimitExceeded", frame
+                assert name == "io.timelined.Timeline.LimitExceeded", frame
                 s.close()
                 assert time.monotonic() < deadline, "the slots never freed up"
                 time.sleep(0.05)
@@ -177,7 +177,7 @@ def test_idle_connections_up_to_the_limit_then_a_polite_refusal(target: FuzzTarg
         extra, frame = open_and_call(target)
         assert frame is not None
         name, params = check_reply(frame, None)
-        assert name == "io.timelined.LimitExceeded", frame
+        assert name == "io.timelined.Timeline.LimitExceeded", frame
         assert (params["limit"], params["maximum"]) == ("max_connections", MAX_CONNECTIONS)
         assert closed_by_daemon(extra, 5)
         extra.close()
@@ -220,7 +220,7 @@ def test_a_burst_of_connections_over_the_limit(target: FuzzTarget) -> None:
         names.append(check_reply(frame, "io.timelined.Admin.GetStatus")[0])
         s.close()
     assert names.count(None) >= MAX_CONNECTIONS - 2, names
-    assert set(names) <= {None, "io.timelined.LimitExceeded"}, names
+    assert set(names) <= {None, "io.timelined.Timeline.LimitExceeded"}, names
     check_health(target)
 
 

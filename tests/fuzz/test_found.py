@@ -118,14 +118,14 @@ def test_timestamps_out_of_range_in_utc_are_invalid_arguments(
         ),
         T + "AppendBlock",
     )
-    assert (err, params["parameter"]) == ("io.timelined.InvalidArgument", "timestamp")
+    assert (err, params["parameter"]) == ("io.timelined.Timeline.InvalidArgument", "timestamp")
     for bound in ("since", "until"):
         err, params = one(
             target.socket_path,
             encode_call(T + "ListBlocks", {"context_id": ctx, bound: stamp}),
             T + "ListBlocks",
         )
-        assert (err, params["parameter"]) == ("io.timelined.InvalidArgument", bound)
+        assert (err, params["parameter"]) == ("io.timelined.Timeline.InvalidArgument", bound)
     check_health(target)
 
 
@@ -154,13 +154,13 @@ def test_deep_nesting_gets_a_named_error(target: FuzzTarget, where: str) -> None
     nest = deep(100_000)
     if where == "envelope":
         frame = b'{"method":"io.timelined.Admin.GetStatus","x":' + nest + b"}\0"
-        want = "io.timelined.ProtocolError"
+        want = "io.timelined.Timeline.ProtocolError"
     elif where == "parameters":
         frame = b'{"method":"io.timelined.Admin.GetStatus","parameters":{"x":' + nest + b"}}\0"
-        want = "io.timelined.ProtocolError"  # the envelope skips over them: same limit
+        want = "io.timelined.Timeline.ProtocolError"  # the envelope skips over them: same limit
     else:
         frame = append_raw(root_of(target), b',"metadata":{"x":' + nest + b"}")
-        want = "io.timelined.ProtocolError"
+        want = "io.timelined.Timeline.ProtocolError"
     result = exchange(target.socket_path, [frame])
     assert len(result.frames) == 1 and result.closed
     assert check_reply(result.frames[0], None)[0] == want
@@ -173,7 +173,7 @@ def test_invalid_utf8_inside_parameters_is_a_protocol_error(target: FuzzTarget) 
     result = exchange(target.socket_path, [STATUS_CALL, frame, STATUS_CALL])
     assert len(result.frames) == 2 and result.closed
     assert check_reply(result.frames[0], "io.timelined.Admin.GetStatus")[0] is None
-    assert check_reply(result.frames[1], None)[0] == "io.timelined.ProtocolError"
+    assert check_reply(result.frames[1], None)[0] == "io.timelined.Timeline.ProtocolError"
 
 
 STATUS_CALL = encode_call("io.timelined.Admin.GetStatus", {})
@@ -254,7 +254,7 @@ def test_a_failing_command_does_not_stop_the_writer(monkeypatch: pytest.MonkeyPa
                         tg.start_soon(lambda x=content: _collect(results, append(x)))
                 errs = [r for r in results if isinstance(r, VarlinkErrorReply)]
                 oks = [r for r in results if not isinstance(r, VarlinkErrorReply)]
-                assert [e.name for e in errs] == ["io.timelined.InternalError"] * 2
+                assert [e.name for e in errs] == ["io.timelined.Timeline.InternalError"] * 2
                 assert sorted(r["block"]["content"] for r in oks) == ["a", "b", "c"]
                 after = await c.call(T + "ListBlocks", {"context_id": ctx})
                 assert sorted(b["content"] for b in after["blocks"]) == ["a", "b", "c"]

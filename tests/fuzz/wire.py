@@ -44,11 +44,12 @@ STANDARD_ERRORS: dict[str, tuple[str, ...]] = {
     "org.varlink.service.InvalidParameter": ("parameter",),
     "org.varlink.service.ExpectedMore": (),  # ExportConversation called without `more`
 }
-# Named errors the server sends on its own, whatever the method.
-PROTOCOL_ERROR = "io.timelined.ProtocolError"
-LIMIT_EXCEEDED = "io.timelined.LimitExceeded"
-INTERNAL_ERROR = "io.timelined.InternalError"
-CONNECTION_ERRORS = (PROTOCOL_ERROR, LIMIT_EXCEEDED, "io.timelined.ShuttingDown")
+# Named errors the server sends on its own, whatever the method: outside a call, so named by
+# their home interface.
+PROTOCOL_ERROR = "io.timelined.Timeline.ProtocolError"
+LIMIT_EXCEEDED = "io.timelined.Timeline.LimitExceeded"
+CONNECTION_ERRORS = (PROTOCOL_ERROR, LIMIT_EXCEEDED, "io.timelined.Timeline.ShuttingDown")
+INTERNAL_ERRORS = frozenset(f"{i.name}.InternalError" for i in api.INTERFACES)
 _UNKNOWN_METHOD_ERRORS = (
     "org.varlink.service.InterfaceNotFound",
     "org.varlink.service.MethodNotFound",
@@ -56,9 +57,11 @@ _UNKNOWN_METHOD_ERRORS = (
 
 INTERFACES = {i.name: i for i in (SERVICE, *api.INTERFACES)}
 METHODS: dict[str, Any] = {f"{i.name}.{m.name}": m for i in INTERFACES.values() for m in i.methods}
-ERROR_DEFS: dict[str, Any] = {f"io.timelined.{e.name}": e for i in api.INTERFACES for e in i.errors}
+# Every error by its interface-qualified name: an error on a call must be declared by the
+# called method's interface under that interface's name.
+ERROR_DEFS: dict[str, Any] = {f"{i.name}.{e.name}": e for i in api.INTERFACES for e in i.errors}
 DECLARED: dict[str, frozenset[str]] = {
-    i.name: frozenset(f"io.timelined.{e.name}" for e in i.errors) for i in INTERFACES.values()
+    i.name: frozenset(f"{i.name}.{e.name}" for e in i.errors) for i in INTERFACES.values()
 }
 
 
@@ -378,7 +381,7 @@ def check_reply(
             raise Violation("bad reply", f"{method}: {exc}: {frame[:300]!r}") from None
         return None, params
     name = reply.error
-    if name == INTERNAL_ERROR:
+    if name in INTERNAL_ERRORS:
         raise Violation("unnamed error", f"{method}: {frame[:500]!r}")
     if name in STANDARD_ERRORS:
         if method not in METHODS and name not in _UNKNOWN_METHOD_ERRORS:

@@ -131,7 +131,9 @@ def test_backup_names_what_is_wrong_and_leaves_nothing(tmp_path: Path, kind: str
     assert not to.with_name(to.name + ".partial").exists()
     out = _backup(state, to, "--json")
     error = json.loads(out.stderr)
-    assert out.returncode == code and error["error"] == "io.timelined.BackupFailed", out.stderr
+    assert out.returncode == code and error["error"] == "io.timelined.Admin.BackupFailed", (
+        out.stderr
+    )
     assert words in error["parameters"]["message"]
 
 

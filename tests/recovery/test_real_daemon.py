@@ -61,9 +61,9 @@ class Writers:
                         },
                     )
                 except (VarlinkError, OSError):
-                    # The daemon died, or is stopping and answered io.timelined.ShuttingDown
-                    # (the raw connection raises the library's VarlinkError): this write
-                    # is not acknowledged.
+                    # The daemon died, or is stopping and answered ShuttingDown (the raw
+                    # connection raises the library's VarlinkError): this write is not
+                    # acknowledged.
                     return
                 with self.lock:
                     self.acked.append(block_id)

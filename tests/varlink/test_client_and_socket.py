@@ -46,7 +46,7 @@ async def test_blocking_client_calls_streams_and_errors(tmp_path: Path) -> None:
                 assert typed == [CountReply(0), CountReply(1)]
                 with pytest.raises(VarlinkErrorReply) as err:
                     c.call("io.timelined.Test.Fail", {"id": "q"})
-                assert err.value.name == "io.timelined.ContextNotFound"
+                assert err.value.name == "io.timelined.Test.ContextNotFound"
                 assert c.call(ECHO, {"text": "c"}, oneway=True) == {}
                 assert c.call(ECHO, {"text": "d"}) == {"text": "d"}
 

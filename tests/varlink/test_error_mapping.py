@@ -12,7 +12,14 @@ import pytest
 
 from tests.varlink.demo import INFO, TEST, Probe, handlers, raw_connect, serving
 from timelined.daemon.varlink_setup import map_error
-from timelined.errors import LimitExceeded, ProtocolError, ShuttingDown
+from timelined.errors import (
+    ContextNotFound,
+    LimitExceeded,
+    ProtocolError,
+    ReportNotFound,
+    ShuttingDown,
+    StorageError,
+)
 from timelined.varlink import (
     AsyncConnection,
     Connection,
@@ -56,52 +63,84 @@ def _reason(frame: bytes) -> Any:
     return msgspec.json.decode(frame[:-1])["parameters"]["reason"]
 
 
-def test_the_daemon_names_the_library_errors_as_it_always_did() -> None:
-    cases: list[tuple[VarlinkError, bytes]] = [
-        (
-            ProtocolViolation("bad"),
-            encode_error("io.timelined.ProtocolError", ProtocolError("bad").params),
-        ),
+TIMELINE, ADMIN = "io.timelined.Timeline", "io.timelined.Admin"
+
+
+@pytest.mark.parametrize(
+    ("interface", "named_by"),
+    [
+        (TIMELINE, TIMELINE),
+        (ADMIN, ADMIN),  # all four are declared by both interfaces
+        (None, TIMELINE),  # outside a call: the home interface
+        ("org.varlink.service", TIMELINE),  # declares none of them
+        ("io.nope.Thing", TIMELINE),
+    ],
+)
+def test_the_daemon_names_the_library_errors_by_the_called_interface(
+    interface: str | None, named_by: str
+) -> None:
+    cases: list[tuple[VarlinkError, str, dict[str, Any]]] = [
+        (ProtocolViolation("bad"), "ProtocolError", dict(ProtocolError("bad").params)),
         (
             LimitReached("max_connections", 4, 3),
-            encode_error(
-                "io.timelined.LimitExceeded", LimitExceeded("max_connections", 4, 3).params
-            ),
+            "LimitExceeded",
+            dict(LimitExceeded("max_connections", 4, 3).params),
         ),
-        (ServerStopping(), encode_error("io.timelined.ShuttingDown", ShuttingDown().params)),
+        (ServerStopping(), "ShuttingDown", dict(ShuttingDown().params)),
         (
             InternalFailure("a.B.C", "KeyError"),
-            b'{"error":"io.timelined.InternalError","parameters":{"message":"internal error in '
-            b'a.B.C; the daemon\'s log has the details","exception":"KeyError"}}\0',
+            "InternalError",
+            {
+                "message": "internal error in a.B.C; the daemon's log has the details",
+                "exception": "KeyError",
+            },
         ),
     ]
-    for error, wire in cases:
-        named = map_error(error)
+    for error, name, params in cases:
+        assert map_error(error, interface) == (f"{named_by}.{name}", params)
+    assert map_error(RuntimeError("x"), interface) is None  # not the daemon's: internal
+
+
+def test_an_error_one_interface_declares_keeps_its_home_name() -> None:
+    """Sent on a call of the other interface (which does not declare it), or outside a call,
+    an error is named by the interface that declares it, never by one that does not."""
+
+    def name(exc: Exception, interface: str | None) -> str:
+        named = map_error(exc, interface)
         assert named is not None
-        assert encode_error(*named) == wire
-    assert map_error(RuntimeError("x")) is None  # not the daemon's: an internal error
+        return named[0]
+
+    for interface in (TIMELINE, ADMIN, None):
+        assert name(ContextNotFound("c"), interface) == "io.timelined.Timeline.ContextNotFound"
+        assert name(ReportNotFound("r"), interface) == "io.timelined.Admin.ReportNotFound"
+    eio = StorageError("state.db", 5, "EIO")  # declared by both
+    assert name(eio, ADMIN) == "io.timelined.Admin.StorageError"
+    assert name(eio, TIMELINE) == "io.timelined.Timeline.StorageError"
+    assert name(eio, None) == "io.timelined.Timeline.StorageError"
 
 
 async def test_protocol_errors_on_the_wire_are_the_daemons_bytes(tmp_path: Path) -> None:
     async with serving(tmp_path, limits=ServerLimits(max_message_bytes=1024)) as r:
         bad = await _exchange(r.path, b"[1]\0")
         assert bad == [
-            encode_error("io.timelined.ProtocolError", ProtocolError(_reason(bad[0])).params)
+            encode_error(
+                "io.timelined.Timeline.ProtocolError", ProtocolError(_reason(bad[0])).params
+            )
         ]
         big = await _exchange(r.path, b'{"method":"' + b"x" * 4096)
         size = msgspec.json.decode(big[0][:-1])["parameters"]["size"]
         assert size > 1024
         want = LimitExceeded("max_message_bytes", size, 1024)
-        assert big == [encode_error("io.timelined.LimitExceeded", want.params)]
+        assert big == [encode_error("io.timelined.Timeline.LimitExceeded", want.params)]
         boom = await _exchange(r.path, encode_call(T + "Boom", {}))
-        assert boom == [
-            b'{"error":"io.timelined.InternalError","parameters":{"message":"internal error in '
-            b'io.timelined.Test.Boom; the daemon\'s log has the details","exception":'
+        assert boom == [  # io.timelined.Test does not declare it: its home interface names it
+            b'{"error":"io.timelined.Timeline.InternalError","parameters":{"message":"internal '
+            b'error in io.timelined.Test.Boom; the daemon\'s log has the details","exception":'
             b'"RuntimeError"}}\0'
         ]
         fail = await _exchange(r.path, encode_call(T + "Fail", {"id": "c1"}))
         assert fail == [
-            b'{"error":"io.timelined.ContextNotFound","parameters":{"id":"c1",'
+            b'{"error":"io.timelined.Test.ContextNotFound","parameters":{"id":"c1",'
             b'"message":"no context with id \'c1\'"}}\0'
         ]
 
@@ -158,7 +197,7 @@ async def test_a_client_raises_what_its_mapper_makes_of_every_error(tmp_path: Pa
             with pytest.raises(Mapped) as reply:
                 await conn.call(T + "Fail", {"id": "c9"})
             assert isinstance(reply.value.error, VarlinkErrorReply)
-            assert reply.value.error.name == "io.timelined.ContextNotFound"
+            assert reply.value.error.name == "io.timelined.Test.ContextNotFound"
             assert reply.value.error.parameters["id"] == "c9"
             assert not conn.broken  # an error reply ends the call, not the connection
         finally:

@@ -25,6 +25,14 @@ def _open(path: Path, interface: str = "io.timelined.Test") -> Any:
     return client, client.open(interface)
 
 
+def declared_error(client: Any, name: str) -> bool:
+    """Whether `name` (`interface.Error`) is an error its interface declares, in the interface
+    description the service itself serves (GetInterfaceDescription, parsed by this package)."""
+    interface, _, member = name.rpartition(".")
+    parsed = client.get_interface(interface)
+    return isinstance(parsed.members.get(member), varlink.scanner._Error)
+
+
 async def test_calls_streams_and_named_errors(tmp_path: Path) -> None:
     async with serving(tmp_path) as r:
 
@@ -37,6 +45,7 @@ async def test_calls_streams_and_named_errors(tmp_path: Path) -> None:
                     con.Fail("ctx_x")
                 except varlink.VarlinkError as e:
                     out["fail"] = (e.error(), e.parameters())
+                    out["fail declared"] = declared_error(client, e.error())
                 try:
                     con.Unimplemented()
                 except varlink.VarlinkError as e:
@@ -47,10 +56,13 @@ async def test_calls_streams_and_named_errors(tmp_path: Path) -> None:
         out = await anyio.to_thread.run_sync(work)
     assert out["echo"] == {"text": "heyhey"}
     assert out["count"] == [0, 1, 2, 3]
+    # Named by the called method's interface, which declares it: a client matches it by the
+    # interface it called, as the Varlink spec has it.
     assert out["fail"] == (
-        "io.timelined.ContextNotFound",
+        "io.timelined.Test.ContextNotFound",
         {"id": "ctx_x", "message": "no context with id 'ctx_x'"},
     )
+    assert out["fail declared"]
     assert out["unimplemented"] == (
         "org.varlink.service.MethodNotImplemented",
         {"method": "io.timelined.Test.Unimplemented"},

@@ -24,8 +24,10 @@ for the last).
 Method and parameter names are the contract of issue 3 and DESIGN.md: clients are written
 against them, so a rename is a breaking change. Optional parameters may be added freely.
 
-Errors travel as `io.timelined.<Name>` (see `timelined.errors`), whichever interface the method
-belongs to; each interface declares the errors its methods can send, with their parameters.
+Each interface declares the errors its methods can send, with their parameters (`api/errors.py`,
+from the classes of `timelined.errors`), and an error travels under the name of the interface
+that declares it: `io.timelined.Timeline.ContextNotFound`, or for one both declare, the called
+method's interface (docs/interfaces.md, "Error names").
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
 """The errors each interface declares, built from the classes of `timelined.errors`.
 
 A class's `Params` and `doc` make its `error` line; which errors an interface lists is decided
-here (those its methods can send, and those the tools meet, for the documentation).
+here (those its methods can send, and those the tools meet, for the documentation). An error is
+sent under the name its interface gives it: `io.timelined.Timeline.ContextNotFound`; one that
+both interfaces declare (`_COMMON`, StorageError) under the interface of the called method, and
+outside a call under its `home_interface` (`timelined.errors`), which declares it too
+(tests/daemon/test_error_names.py checks both).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 import msgspec
 
 from timelined import commands as cmd
+from timelined import errors as err
 from timelined.api.admin import (
     GetRecoveryReportParams,
     ListReportsParams,
@@ -59,8 +60,8 @@ from timelined.api.timeline import (
 )
 from timelined.varlink import Interface, Method
 
-TIMELINE_NAME = "io.timelined.Timeline"
-ADMIN_NAME = "io.timelined.Admin"
+TIMELINE_NAME = err.TIMELINE_INTERFACE
+ADMIN_NAME = err.ADMIN_INTERFACE
 
 Access = Literal["read", "write", "admin"]
 
@@ -356,15 +357,20 @@ class Admin:
 
 ADMIN_METHODS: tuple[Declared[Any, Any], ...] = _bind(Admin, ADMIN_NAME)
 
-_DOC_TAIL = (
-    "\n\nErrors are sent as io.timelined.<Name>, the names declared below, whichever\n"
-    "interface the method belongs to."
-)
+
+def _doc_tail(name: str) -> str:
+    return (
+        f"\n\nErrors are named by this interface ({name}.<Name>, declared below) when\n"
+        "one of its methods sends them. An error sent outside any call (a frame that is\n"
+        f"not a call, a connection over the limit) is named by {TIMELINE_NAME}, or by\n"
+        f"{ADMIN_NAME} for the errors only it declares."
+    )
+
 
 TIMELINE = Interface(
     name=TIMELINE_NAME,
     doc="timelined: conversations, their trees of contexts, and the blocks of each context."
-    + _DOC_TAIL,
+    + _doc_tail(TIMELINE_NAME),
     methods=[d.method for d in TIMELINE_METHODS],
     errors=[error_def(cls) for cls in TIMELINE_ERRORS],
 )
@@ -372,7 +378,7 @@ TIMELINE = Interface(
 ADMIN = Interface(
     name=ADMIN_NAME,
     doc="timelined administration: status, the raw audit log, reports, verification, reload."
-    + _DOC_TAIL,
+    + _doc_tail(ADMIN_NAME),
     methods=[d.method for d in ADMIN_METHODS],
     errors=[error_def(cls) for cls in ADMIN_ERRORS],
 )

@@ -4,7 +4,8 @@
 
 Human output by default (tables, a tree for `tree`); `--json` prints the Varlink reply as JSON.
 Errors go to stderr; with --json as one JSON object, `{"error": NAME, "parameters": {...,
-"message": ...}}`: the daemon's errors are named `io.timelined.<Name>`, timelinectl's own
+"message": ...}}`: the daemon's errors are named by their interface,
+`io.timelined.Timeline.<Name>` or `io.timelined.Admin.<Name>`, as received; timelinectl's own
 refusals `timelinectl.<Name>` (UsageError, CannotRead, CannotWrite, BadExport).
 Exit codes (sysexits):
 

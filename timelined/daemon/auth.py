@@ -6,7 +6,8 @@
   below: those `timelined.api.methods` declares with access `read` (every method is declared
   with its access class, so none is left unclassified).
 - `org.varlink.service` (GetInfo, GetInterfaceDescription) is open to both.
-- Anyone else gets `io.timelined.PermissionDenied`, and the server closes the connection.
+- Anyone else gets `PermissionDenied` (`io.timelined.Timeline.PermissionDenied`, or
+  `io.timelined.Admin.PermissionDenied` on an Admin call), and the server closes the connection.
 
 Admission (`admitter`), once per connection before it takes a slot: a peer allowed nothing is
 refused there and then (PermissionDenied, method `(any method)`), so that it never holds one of

@@ -34,14 +34,13 @@ from timelined.daemon.notify import Notifier, StatusText, run_watchdog, watchdog
 from timelined.daemon.reload import Reloader
 from timelined.daemon.signals import block as block_signals
 from timelined.daemon.signals import receive_signals
-from timelined.daemon.varlink_setup import map_error, server_limits
+from timelined.daemon.varlink_setup import map_error, server_limits, service_info
 from timelined.errors import BootFailed, ConfigError, FatalStorageError, StateLocked, StorageError
 from timelined.ids import utc_now
 from timelined.logs import setup_logging
 from timelined.recovery.boot import BootResult, boot, describe_boot
 from timelined.recovery.marker import mark_clean
 from timelined.varlink import (
-    ServiceInfo,
     VarlinkServer,
     listen_unix,
     listener_from_socket,
@@ -231,12 +230,7 @@ async def _serve_with(
 
         engine.on_fatal = on_fatal
         server = VarlinkServer(
-            ServiceInfo(
-                vendor="timelined",
-                product="timelined",
-                version=__version__,
-                url="https://varlink.org",
-            ),
+            service_info(),
             limits=server_limits(config.limits),
             map_error=map_error,
         )

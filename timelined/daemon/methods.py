@@ -263,10 +263,7 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
         if not ctx.more:
             # Its first part alone is a header, not an export: answering with it would hand a
             # client that forgot `more` a truncated document without a word.
-            raise VarlinkErrorReply(
-                EXPECTED_MORE,
-                {"message": "ExportConversation streams its parts: call it with more"},
-            )
+            raise VarlinkErrorReply(EXPECTED_MORE, {})  # the standard's: no parameters
         stream = export_stream(app, p.id)
         try:
             async for part in stream:

@@ -18,8 +18,9 @@ Contract:
 - Every watcher has a bounded buffer, in events and in bytes (`limits.max_connection_buffer_bytes`
   each; all of them together count in the daemon-wide `limits.max_buffered_bytes`). The writer
   never waits for a watcher: when a watcher's buffer is full it is marked, what it buffered is
-  dropped, and at its next read its stream ends with `io.timelined.SlowConsumer`, naming how
-  far behind it was; it can reconnect with `after_seq` (the last seq it saw) and lose nothing.
+  dropped, and at its next read its stream ends with `io.timelined.Timeline.SlowConsumer`,
+  naming how far behind it was; it can reconnect with `after_seq` (the last seq it saw) and lose
+  nothing.
 - Events are sent as the log holds them, byte for byte (`seq`, `ts`, `type`, `actor`, `data`,
   `prev`, `hash`), so a watcher can verify each event's hash with the log-format rule.
 """

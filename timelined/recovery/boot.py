@@ -355,7 +355,7 @@ def _report_damage(report: Report, d: ScanDamage) -> LogDamaged:
     )
     report.actions += [
         f"The audit log is damaged at seq {d.seq} ({d.segment}, offset {d.offset}): {d.kind}.",
-        "The daemon serves reads and refuses writes (io.timelined.LogDamaged).",
+        "The daemon serves reads and refuses writes (LogDamaged).",
         "Keep a copy of the state directory, run `timelined verify --state-dir DIR` on it, "
         "and restore the damaged segment from a backup (docs/recovery.md, 'degraded').",
     ]

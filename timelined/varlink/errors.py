@@ -127,8 +127,13 @@ class ConnectionFailed(VarlinkError):
 
 # A server's mapper: the (name, parameters) to send for an exception, or None when the
 # application does not name it (a VarlinkError is then sent as itself; anything else becomes an
-# InternalFailure). It sees the library's own errors too, so that it may rename them.
-ErrorMapper = Callable[[Exception], tuple[str, Mapping[str, Any]] | None]
+# InternalFailure). It sees the library's own errors too, so that it may rename them. Its second
+# argument is the interface of the called method (`CallContext.interface`; for a call to a
+# method nobody serves, the interface its name asks for), or None for an error sent outside a
+# call (a frame that is not a call, a frame over the size limit, a connection over the limit):
+# a Varlink error's name is qualified by the interface that declares it, and an application
+# whose interfaces declare the same error may name it after the interface that was called.
+ErrorMapper = Callable[[Exception, str | None], tuple[str, Mapping[str, Any]] | None]
 # A client's mapper: the exception to raise for an error of the library (an error reply, a
 # ConnectionFailed, a ProtocolViolation); `keep_error` raises the library's own.
 ReplyMapper = Callable[[VarlinkError], Exception]

@@ -3,9 +3,9 @@
 Error names this layer sends on its own (everything else comes from a handler):
 
 - `org.varlink.service.InterfaceNotFound`, `MethodNotFound`, `MethodNotImplemented`,
-  `InvalidParameter` — the standard ones, with the standard parameter (`InvalidParameter`
-  also carries `message`, the validator's text, which clients that do not know it ignore;
-  `parameter` is `upgrade` for a call asking for a protocol upgrade, which no method offers);
+  `InvalidParameter` — the standard ones, with exactly the standard parameter and nothing else
+  (the validator's text for an `InvalidParameter` goes to the server's log; `parameter` is
+  `upgrade` for a call asking for a protocol upgrade, which no method offers);
 - the library's own errors (`errors.py`), which the server's error mapper may rename:
   `ProtocolViolation` for a frame that is not a Varlink call (malformed JSON, a NUL inside the
   JSON, which splits the frame, JSON that is not an object, a missing or non-string `method`),
@@ -88,9 +88,9 @@ _AT = re.compile(r" - at `\$\.?([^`]*)`$")
 _FIELD = re.compile(r"(?:missing required|unknown) field `([^`]*)`")
 
 
-def invalid_parameter(exc: msgspec.ValidationError) -> dict[str, str]:
-    """InvalidParameter's parameters from a msgspec validation error (`parameter` names the
-    field by its path, e.g. `limit`, `items[2].name`; `message` says what was wrong)."""
+def invalid_parameter(exc: msgspec.ValidationError) -> tuple[str, str]:
+    """From a msgspec validation error: the parameter InvalidParameter names (the field by its
+    path, e.g. `limit`, `items[2].name`) and what was wrong with it (for the log)."""
     text = str(exc)
     at = _AT.search(text)
     path = at.group(1) if at else ""
@@ -98,4 +98,4 @@ def invalid_parameter(exc: msgspec.ValidationError) -> dict[str, str]:
     if field:
         path = f"{path}.{field.group(1)}" if path else field.group(1)
     problem = _AT.sub("", text)
-    return {"parameter": path or "parameters", "message": problem}
+    return path or "parameters", problem

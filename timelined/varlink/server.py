@@ -112,10 +112,6 @@ _REFUSED_DRAIN = 4  # reads of what a refused peer already sent, so that it sees
 _EMPTY_REPLY = msgspec.Raw(b"{}")
 _NULL = msgspec.Raw(b"null")
 _NO_SECOND_TRY = object()
-_NO_UPGRADE = {
-    "parameter": "upgrade",
-    "message": "no method of this service upgrades the connection",
-}
 _PEERCRED = struct.Struct("3i")
 
 
@@ -692,7 +688,7 @@ class VarlinkServer:
         if call.upgrade:
             # No method here takes the connection over, and any plain reply would read as
             # the confirmation of the upgrade: refuse it, and the stream stays Varlink.
-            self._error(conn, call, INVALID_PARAMETER, _NO_UPGRADE)
+            self._invalid(conn, call, "upgrade", "no method of this service upgrades it")
             return True
         if entry.handler is None:
             self._error(conn, call, METHOD_NOT_IMPLEMENTED, {"method": entry.full_name})
@@ -706,15 +702,10 @@ class VarlinkServer:
                     raise
         except RecursionError:
             # Nested too deeply to decode (the envelope only skipped over it).
-            self._error(
-                conn,
-                call,
-                INVALID_PARAMETER,
-                {"parameter": "parameters", "message": "nested too deeply"},
-            )
+            self._invalid(conn, call, "parameters", "nested too deeply")
             return True
         except msgspec.ValidationError as exc:
-            self._error(conn, call, INVALID_PARAMETER, invalid_parameter(exc))
+            self._invalid(conn, call, *invalid_parameter(exc))
             return True
         except (UnicodeDecodeError, msgspec.DecodeError) as exc:
             # The envelope skipped over the parameters without checking their text: invalid
@@ -757,7 +748,7 @@ class VarlinkServer:
         try:
             self.authorize(conn.peer, interface, method)
         except Exception as exc:
-            named = self._named(exc)
+            named = self._named(exc, interface)
             if named is None:
                 self._internal_error(conn, call, exc)
             else:
@@ -765,19 +756,24 @@ class VarlinkServer:
             return False
         return True
 
-    def _named(self, exc: Exception) -> tuple[str, Mapping[str, Any]] | None:
-        """The error name and parameters to send for `exc`; None: nobody named it (a bug)."""
+    def _named(
+        self, exc: Exception, interface: str | None = None
+    ) -> tuple[str, Mapping[str, Any]] | None:
+        """The error name and parameters to send for `exc`; None: nobody named it (a bug).
+        `interface`: the called method's (None outside a call), for the mapper."""
         if isinstance(exc, VarlinkError):
-            return self._own(exc)
-        return self.map_error(exc) if self.map_error is not None else None
+            return self._own(exc, interface)
+        return self.map_error(exc, interface) if self.map_error is not None else None
 
-    def _own(self, exc: VarlinkError) -> tuple[str, Mapping[str, Any]]:
+    def _own(
+        self, exc: VarlinkError, interface: str | None = None
+    ) -> tuple[str, Mapping[str, Any]]:
         """A VarlinkError as the mapper renames it, else as itself."""
-        named = self.map_error(exc) if self.map_error is not None else None
+        named = self.map_error(exc, interface) if self.map_error is not None else None
         return named or (exc.name, exc.parameters)
 
-    def _encode_own(self, exc: VarlinkError) -> bytes:
-        return encode_error(*self._own(exc))
+    def _encode_own(self, exc: VarlinkError, interface: str | None = None) -> bytes:
+        return encode_error(*self._own(exc, interface))
 
     def _refuse(
         self,
@@ -803,9 +799,14 @@ class VarlinkServer:
         if not call.oneway:
             conn.out += encode_error(name, params)
 
+    def _invalid(self, conn: _Conn, call: CallMessage, parameter: str, problem: str) -> None:
+        """InvalidParameter with the standard's one parameter; what was wrong goes to the log."""
+        log.debug("%s (connection %d): invalid %s: %s", call.method, conn.id, parameter, problem)
+        self._error(conn, call, INVALID_PARAMETER, {"parameter": parameter})
+
     def _send_exception(self, conn: _Conn, call: CallMessage, exc: Exception) -> None:
         """Send the error `exc` names; one nobody names is an internal error."""
-        named = self._named(exc)
+        named = self._named(exc, _interface_of(call))
         if named is None:
             self._internal_error(conn, call, exc)
             return
@@ -821,7 +822,8 @@ class VarlinkServer:
     def _internal_error(self, conn: _Conn, call: CallMessage, exc: BaseException) -> None:
         self._internal_errors += 1
         log.error("%s failed (connection %d)", call.method, conn.id, exc_info=exc)
-        self._error(conn, call, *self._own(InternalFailure(call.method, type(exc).__name__)))
+        failure = InternalFailure(call.method, type(exc).__name__)
+        self._error(conn, call, *self._own(failure, _interface_of(call)))
 
     # --- streams ---------------------------------------------------------------------------
 
@@ -846,7 +848,7 @@ class VarlinkServer:
         if conn.peer_gone:
             return False
         if scope.cancelled_caught and self._closing:
-            conn.out += self._encode_own(ServerStopping())
+            conn.out += self._encode_own(ServerStopping(), _interface_of(call))
             return False
         return True
 
@@ -932,6 +934,11 @@ class VarlinkServer:
         except Exception as exc:
             self._send_exception(conn, call, exc)
         return True
+
+
+def _interface_of(call: CallMessage) -> str:
+    """The interface a call's method name asks for (served or not)."""
+    return call.method.rpartition(".")[0]
 
 
 async def _until_hung_up(sock: socket.socket) -> None:

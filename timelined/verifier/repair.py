@@ -52,7 +52,7 @@ InThread = Callable[[Callable[[threading.Event], T]], Awaitable[T]]
 def _failed(reason: str, path: Path | str = "state.db", errno: int = 0) -> StorageError:
     """A repair that could not complete: the daemon keeps the state database it had.
 
-    Sent as io.timelined.StorageError (declared by the Admin interface); `errno` is 0 unless
+    Sent as io.timelined.Admin.StorageError (Repair is an Admin method); `errno` is 0 unless
     the failure was an OS error.
     """
     return StorageError(str(path), errno, f"repair failed, the current state stays: {reason}")
