@@ -216,5 +216,5 @@ def test_the_independent_varlink_package(daemon: DaemonProcess, client: Client) 
         assert tl.AppendBlocks(context_id=ctx, blocks=_turn("pv")) == reply
         with pytest.raises(varlink.VarlinkError) as err:
             tl.AppendBlocks(context_id=ctx, blocks=[{"role": "u", "content": ""}, *_turn("pv")])
-        assert err.value.error() == "io.timelined.BlockIdConflict"
+        assert err.value.error() == "io.timelined.Timeline.BlockIdConflict"
     assert [b.id for b in client.list_blocks(ctx).blocks] == ["pv-0", "pv-1", "pv-2"]

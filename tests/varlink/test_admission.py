@@ -89,7 +89,7 @@ async def test_a_refused_peer_reads_the_error_and_is_closed_without_a_slot(
             s = await demo.raw_connect(r.path)
             async with s:
                 frames = await demo.read_until_closed(s, 2)  # sent nothing: refused all the same
-            assert [f["error"] for f in frames] == ["io.timelined.PermissionDenied"]
+            assert [f["error"] for f in frames] == ["io.timelined.Timeline.PermissionDenied"]
         # The client reads the refusal even when its call met the closed socket first.
         c = await AsyncConnection.open(r.path)
         await demo.wait_until(lambda: r.server.stats().rejected_by_reason["admission"] == 6)
@@ -97,7 +97,7 @@ async def test_a_refused_peer_reads_the_error_and_is_closed_without_a_slot(
         with pytest.raises(VarlinkErrorReply) as err:
             await c.call(ECHO, {"text": "late"})
         c.close()
-        assert err.value.name == "io.timelined.PermissionDenied"
+        assert err.value.name == "io.timelined.Timeline.PermissionDenied"
         stats = r.server.stats()
         assert (stats.connections_total, stats.connections_rejected) == (0, 6)
 
@@ -108,7 +108,7 @@ async def test_a_failing_hook_denies(tmp_path: Path) -> None:
         s = await demo.raw_connect(r.path)
         async with s:
             frames = await demo.read_until_closed(s, 2)
-        assert [f["error"] for f in frames] == ["io.timelined.InternalError"]
+        assert [f["error"] for f in frames] == ["io.timelined.Timeline.InternalError"]
         assert r.server.stats().connections_total == 0
 
 
