@@ -55,12 +55,13 @@ async def _read_forever(client: AsyncClient, context_id: str) -> None:
         await client.list_blocks(context_id, limit=20)
 
 
-def _slow_commits(state_db: Path) -> None:
-    """Make every batch's meta update (after the answer, before COMMIT) take milliseconds."""
+def _slow_commits(state_db: Path, pad: int = 600) -> None:
+    """Make every batch's meta update (after the answer, before COMMIT) take ~pad² steps (600:
+    milliseconds)."""
     conn = sqlite3.connect(state_db, isolation_level=None)
     try:
         conn.execute("CREATE TABLE pad (x INTEGER)")
-        conn.executemany("INSERT INTO pad VALUES (?)", [(i,) for i in range(600)])
+        conn.executemany("INSERT INTO pad VALUES (?)", [(i,) for i in range(pad)])
         conn.execute(
             "CREATE TRIGGER slow_commit AFTER UPDATE ON meta BEGIN "
             "SELECT count(*) FROM pad a, pad b WHERE a.x + b.x = -1; END"
@@ -95,3 +96,44 @@ def test_every_read_path_sees_the_callers_own_write_under_load() -> None:
         with daemon:
             anyio.run(main, daemon.socket_path)
     assert not problems, problems[:10]
+
+
+def test_kill_9_between_the_answer_and_the_commit_loses_nothing() -> None:
+    async def append(socket: Path) -> tuple[str, str]:
+        async with AsyncClient(socket) as client:
+            conv = await client.create_conversation("k")
+            done = await client.append_block(
+                conv.root_context_id, "user", "answered, not committed"
+            )
+            return conv.root_context_id, done.block.id
+
+    with short_tempdir() as base:
+        daemon = DaemonProcess(base)
+        with daemon:
+            pass
+        state_db = daemon.state_dir / "state.db"
+        _slow_commits(state_db, pad=2000)  # each COMMIT ~0.1-1 s behind its answer
+        daemon.start()
+        try:
+            root, block_id = anyio.run(append, daemon.socket_path)
+        finally:
+            daemon.kill()  # kill -9 while the append's COMMIT is still running
+        conn = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True)
+        try:
+            rows = conn.execute("SELECT id FROM blocks WHERE id = ?", (block_id,)).fetchall()
+        finally:
+            conn.close()
+        assert rows == [], "the kill landed after the COMMIT: the window was not hit"
+        conn = sqlite3.connect(state_db, isolation_level=None)
+        try:
+            conn.execute("DROP TRIGGER slow_commit")
+        finally:
+            conn.close()
+
+        async def read_back(socket: Path) -> list[str]:
+            async with AsyncClient(socket) as client:
+                assert (await client.get_block(block_id)).context_id == root
+                return [b.id for b in (await client.list_blocks(root)).blocks]
+
+        with daemon:
+            assert anyio.run(read_back, daemon.socket_path) == [block_id]
