@@ -97,6 +97,7 @@ def test_a_failure_after_the_insert_undoes_the_batch(
             assert isinstance(conv, Conversation)
             root = conv.root_context_id
             await engine.submit(cmd.AppendBlock(context_id=root, role="user", content="a"))
+            await engine.caught_up()  # answered before its COMMIT: read the file after it
             before = dump_state(config.state_db)
             seq = engine.last_seq
             monkeypatch.setattr(engine_module, "apply", apply)

@@ -87,6 +87,8 @@ class EngineMachine(RuleBasedStateMachine):
         except TimelinedError as exc:
             assert self.engine.last_seq == before, "a refused command must leave no trace"
             return exc
+        # Answered before its COMMIT: the invariants read the state file itself, after it.
+        self.portal.call(self.engine.caught_up)
         return result
 
     def expect(self, outcome: object, error: type[TimelinedError] | None) -> None:

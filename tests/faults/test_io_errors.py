@@ -411,9 +411,12 @@ def _state_failure(template: Path, work: Path, inject: str) -> None:
     async def go() -> None:
         loop_thread, fatal_threads = threading.get_ident(), []
 
+        went_fatal = anyio.Event()
+
         def on_fatal(exc: FatalStorageError) -> None:
             s.on_fatal.append(exc)
             fatal_threads.append(threading.get_ident())
+            went_fatal.set()
 
         async with Engine.open(config, head=result.head) as engine:
             engine.on_fatal = on_fatal
@@ -429,13 +432,27 @@ def _state_failure(template: Path, work: Path, inject: str) -> None:
                     "CREATE TRIGGER inject_failure BEFORE UPDATE ON meta "
                     "BEGIN SELECT RAISE(ABORT, 'injected: the state commit fails'); END"
                 )
-            with pytest.raises(FatalStorageError) as info:
-                await engine.submit(
-                    cmd.AppendBlock(context_id=conv.root_context_id, role="user", content="<x>")
-                )
-            s.refused.append(("<x>", info.value))
-            s.errors.append(info.value)
-            assert engine.fatal is info.value and s.on_fatal == [info.value]
+            append = cmd.AppendBlock(context_id=conv.root_context_id, role="user", content="<x>")
+            if inject == "locked":
+                # BEGIN is refused: nothing was logged, nothing is answered as done.
+                with pytest.raises(FatalStorageError) as info:
+                    await engine.submit(append)
+                s.refused.append(("<x>", info.value))
+                s.errors.append(info.value)
+                fatal = info.value
+            else:
+                # The state refuses the batch's COMMIT, which runs after the batch was logged,
+                # fsynced and answered: the answer (done) is the truth, the writer goes fatal.
+                done = await engine.submit(append)
+                s.accepted.append("<x>")
+                s.acked.append((done.seq, engine.last_hash))
+                with anyio.fail_after(5):  # the COMMIT runs just after the answer
+                    await went_fatal.wait()
+                fatal = s.on_fatal[0]
+                assert "state commit failed" in fatal.message
+                with pytest.raises(FatalStorageError):  # a read cannot see the answered write
+                    await engine.read(lambda conn: None)
+            assert engine.fatal is fatal and s.on_fatal == [fatal]
             # on the event loop (the daemon's handler sets an anyio.Event), not the writer's
             assert fatal_threads == [loop_thread]
             with pytest.raises(FatalStorageError):

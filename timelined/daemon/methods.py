@@ -82,7 +82,6 @@ from timelined.recovery.reports import load_report, report_infos
 from timelined.replies import ReplyBudget
 from timelined.state import lookup
 from timelined.state import queries as q
-from timelined.state.reads import ReadSnapshot
 from timelined.varlink import CallContext, Final, Handler, PeerCredentials, VarlinkServer
 from timelined.varlink.protocol import EXPECTED_MORE, VarlinkErrorReply
 
@@ -121,7 +120,7 @@ IMPORT_VERIFICATIONS = 2  # documents verified at once (CPU and memory); more ca
 
 async def export_stream(app: App, conversation_id: str) -> AsyncGenerator[Any, None]:
     """The parts of an export, the last one wrapped in `Final`."""
-    snap = await anyio.to_thread.run_sync(ReadSnapshot, app.config.state_db)
+    snap = await app.engine.read_snapshot()  # sees everything acknowledged before
     try:
         parts = exchange.export_parts(
             snap.conn,

@@ -2,8 +2,9 @@
 
 Contract:
 
-- A watcher subscribes BEFORE it reads the catch-up, and the catch-up reads up to the seq that
-  was committed at that moment (`head`); live records at or below `head` are skipped. So the
+- A watcher subscribes BEFORE it reads the catch-up, and the catch-up reads the log up to the
+  seq acknowledged at that moment (`head`: a client sees its own write, even while the write's
+  commit is still running); live records at or below `head` are skipped. So the
   stream has no gap and no repeat, whatever commits while the catch-up is read.
 - The catch-up ends with a batch marked `live` (empty when nothing new has committed yet): from
   there on every event is sent as it commits. A watcher that passes no `after_seq` gets that
@@ -324,7 +325,9 @@ class WatchHub:
             await self.engine.read(require_conversation, conversation_id)
         sub = _Subscription(self.buffer_records, buffer_bytes, self.shared)
         self._subs.add(sub)
-        head = self.engine.last_seq  # committed now; later commits arrive through `sub`
+        # Acknowledged now (in the log; its commit may still be running): the catch-up reads
+        # the log up to it, and later batches arrive through `sub` as they commit.
+        head = self.engine.acked_seq
         keep = _Filter(self.engine, conversation_id) if conversation_id else None
         try:
             if after_seq is not None and after_seq < head:

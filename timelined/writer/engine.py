@@ -7,9 +7,15 @@ Contract (DESIGN.md's write path):
   (`SerialThread`: every use of the write connection runs there, one call at a time): BEGIN;
   for each command a SAVEPOINT, the rules' checks, its events encoded with the next seqs and
   applied, then RELEASE (a refusal: ROLLBACK TO, the named error, no trace); one log write;
-  fsync per `log.fsync`; meta(last_seq, last_hash); COMMIT. Only then are the batch's callers
-  answered.
+  fsync per `log.fsync`; then the batch's callers are ANSWERED (handed to the event loop at
+  once: the events are durable in the log, which is the truth) and only then meta(last_seq,
+  last_hash) and COMMIT run, while the event loop sends the replies.
 - Invariant: SQLite never commits an event that is not already in the log.
+- Read-your-writes: `acked_seq` (the newest answered event) and `committed_seq` (the newest in
+  the state) are kept on the event loop; a read through `Engine.read` or `read_snapshot` called
+  while `committed_seq < acked_seq` first waits for that commit (one event per batch), so every
+  read sees everything acknowledged before it was called. A COMMIT that fails after the answer
+  is fatal: the events are durable in the log and the next boot rolls them forward.
 - One way back: every undo (a refused command's savepoint, a refused or failed batch) goes
   through `_rollback`, which also empties the writer's cache (hotstate.py), so nothing undone
   is remembered. The cache is otherwise emptied only by `_forget_cache`, when the state may
@@ -54,7 +60,7 @@ from timelined.histogram import BATCH_SIZE_BOUNDS, SECONDS_BOUNDS, Histogram
 from timelined.ids import utc_now
 from timelined.state.apply import FtsRows, apply, insert_fts, set_meta
 from timelined.state.db import data_version, open_write, read_meta
-from timelined.state.reads import Readers
+from timelined.state.reads import Readers, ReadSnapshot
 from timelined.state.replay import roll_forward
 from timelined.writer import rules
 from timelined.writer.hotstate import HotState
@@ -205,8 +211,16 @@ class Engine:
         self.readers = readers
         self.read_only = read_only
         meta = read_meta(conn)
+        # The log's head: set on the writer's thread once a batch is written (and fsynced).
         self.last_seq = meta.last_seq
         self.last_hash = meta.last_hash
+        # On the event loop: the newest event answered to a client, and the newest in the state
+        # (its batch committed). acked_seq >= committed_seq; they differ between a batch's answer
+        # and its COMMIT, and a read called then waits for the commit (`caught_up`).
+        self.acked_seq = meta.last_seq
+        self.committed_seq = meta.last_seq
+        self._commit_event: asyncio.Event | None = None  # made by the first read that waits
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = stats or EngineStats()
         self.fatal: FatalStorageError | None = None
         # Called once, on the event loop, when the engine goes fatal (the daemon exits 74).
@@ -420,6 +434,7 @@ class Engine:
         return await self._on_writer_thread(check)
 
     async def _writer_loop(self) -> None:
+        self._loop = asyncio.get_running_loop()
         interval = (
             self.config.log.fsync_interval_ms / 1000
             if self.config.log.fsync == "interval"
@@ -445,8 +460,9 @@ class Engine:
                 ]
                 committed = await self._on_writer_thread(self._run_batch, batch)
                 for pending in batch:
-                    pending.answer()
+                    pending.answer()  # those the writer's thread did not answer before COMMIT
                 if committed:
+                    self._committed(committed[-1].seq)
                     for callback in list(self._subscribers):
                         try:
                             callback(committed)
@@ -454,9 +470,38 @@ class Engine:
                             log.exception("a commit subscriber failed; it was skipped")
                 if self.fatal is not None:
                     self._fail_queued(self.fatal)
+                    self._wake_readers()  # a read waiting for a commit that never comes fails
                     return
         finally:
             self._stopped.set()
+
+    def _acknowledged(self, batch: list[_Pending], seq: int) -> None:
+        """On the event loop, while the writer's thread commits: answer the batch (its events
+        are in the log, fsynced per `log.fsync`); reads from now on wait for the commit."""
+        self.acked_seq = seq
+        for pending in batch:
+            pending.answer()
+
+    def _committed(self, seq: int) -> None:
+        """On the event loop: the state holds everything up to `seq`."""
+        self.committed_seq = seq
+        self._wake_readers()
+
+    def _wake_readers(self) -> None:
+        event, self._commit_event = self._commit_event, None
+        if event is not None:
+            event.set()
+
+    async def caught_up(self) -> None:
+        """Wait until the state holds everything acknowledged before this call (read-your-
+        writes); raises the fatal error if the writer stopped before committing it."""
+        target = self.acked_seq
+        while self.committed_seq < target:
+            if self.fatal is not None:
+                raise self.fatal
+            if self._commit_event is None:
+                self._commit_event = asyncio.Event()
+            await self._commit_event.wait()
 
     def _fail_queued(self, error: TimelinedError) -> None:
         while self._queue:
@@ -546,21 +591,42 @@ class Engine:
             self.stats.disk_full += 1
             log.error("a batch of %d commands was refused: %s", len(accepted), exc.message)
             return self._abandon(batch, exc)
+        # The log holds the batch: answer now. From here no `_Pending` is touched again (its
+        # caller may be reading it), and every failure is fatal, never an answer.
+        self.last_seq, self.last_hash = seq, prev
+        self.stats.events += len(records)
+        self.stats.observe(len(batch), fsync_s)
+        self._answer_soon(batch, seq)
         try:
             if fts:
                 insert_fts(conn, fts)
             set_meta(conn, seq, prev)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            # The events are durable in the log but not in the state. Stopping is safe: the
-            # boot rolls them forward. Answering them as failed is honest (the outcome is
-            # unknown to the client) and block ids make a retry idempotent.
-            fatal = FatalStorageError(str(self.config.state_db), 0, f"state commit failed: {exc}")
-            return self._abandon(batch, fatal)
-        self.last_seq, self.last_hash = seq, prev
-        self.stats.events += len(records)
-        self.stats.observe(len(batch), fsync_s)
+            # The events are durable in the log but not in the state, and were answered as
+            # done, which is the truth. Stopping is safe: the boot rolls them forward.
+            self._fail_after_answer(
+                FatalStorageError(str(self.config.state_db), 0, f"state commit failed: {exc}")
+            )
+            return []
         return records
+
+    def _answer_soon(self, batch: list[_Pending], seq: int) -> None:
+        """On the writer's thread: hand the batch's answers to the event loop now."""
+        assert self._loop is not None, "batches run only under _writer_loop"
+        try:
+            self._loop.call_soon_threadsafe(self._acknowledged, batch, seq)
+        except RuntimeError:  # the loop is closed: nobody is waiting for an answer
+            pass
+
+    def _fail_after_answer(self, fatal: FatalStorageError) -> None:
+        """The state refused a batch already answered: roll back what is left and go fatal,
+        leaving the answers as they are."""
+        try:
+            self._rollback("batch")
+        except sqlite3.Error:
+            pass  # the connection is abandoned; the first cause is the one reported
+        self._go_fatal(fatal)
 
     def _undo_batch(self, batch: list[_Pending], error: TimelinedError) -> list[Record]:
         """Undo the whole batch for a command without a savepoint that failed after changing the
@@ -625,5 +691,14 @@ class Engine:
     # --- reading -------------------------------------------------------------------------------
 
     async def read(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a query function from state.queries on a read-only connection."""
+        """Run a query function from state.queries on a read-only connection, seeing everything
+        acknowledged before the call."""
+        if self.committed_seq < self.acked_seq:
+            await self.caught_up()
         return await self.readers.run(fn, *args, **kwargs)
+
+    async def read_snapshot(self) -> ReadSnapshot:
+        """A long read's own snapshot (an export), seeing everything acknowledged before the
+        call; the caller closes it."""
+        await self.caught_up()
+        return await anyio.to_thread.run_sync(ReadSnapshot, self.config.state_db)
