@@ -40,6 +40,7 @@ import anyio
 import msgspec
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, TaskStatus
 
+from timelined.varlink.deferred import DEFERRING, Deferred
 from timelined.varlink.errors import (
     ErrorMapper,
     InternalFailure,
@@ -171,8 +172,9 @@ class Final(Generic[R]):
 
 
 # A handler gets the validated parameters and the context. It is a coroutine function returning
-# the reply Struct (or an async iterator, to stream), or an async generator function (a stream).
-Handler = Callable[[Any, CallContext], Awaitable[Any] | AsyncIterator[Any]]
+# the reply Struct (or an async iterator, to stream), an async generator function (a stream), or
+# a plain function marked `@deferring` that returns a `Deferred` (deferred.py).
+Handler = Callable[[Any, CallContext], Awaitable[Any] | AsyncIterator[Any] | Deferred]
 # Raises an error the server's mapper names (or a VarlinkError) to refuse the call; the server
 # sends the error and closes the connection.
 Authorizer = Callable[[PeerCredentials, str, str], None]
@@ -204,6 +206,7 @@ class _Entry:
 
     __slots__ = (
         "decoder",
+        "defers",
         "full_name",
         "handler",
         "interface",
@@ -226,6 +229,7 @@ class _Entry:
         self.optional_fields = has_optional_fields(params)
         self.handler = handler
         self.is_gen = handler is not None and inspect.isasyncgenfunction(handler)
+        self.defers = bool(getattr(handler, DEFERRING, False))
 
     def decode_again(self, raw: msgspec.Raw, exc: msgspec.ValidationError) -> Any:
         """The second try after `exc`: `"parameters": null` means none, and null and absence
@@ -256,9 +260,12 @@ class _Conn:
         "id",
         "idle_since",
         "out",
+        "outstanding",
         "peer",
         "peer_gone",
         "reader",
+        "settled",
+        "slots",
         "sock",
         "state",
         "stream",
@@ -276,6 +283,16 @@ class _Conn:
         self.stream_scope: anyio.CancelScope | None = None
         self.peer_gone = False
         self.out = bytearray()
+        # Deferred calls of this read, in call order, each with where its reply goes in `out`.
+        self.slots: list[tuple[int, Deferred, CallMessage]] = []
+        self.outstanding = 0  # of `slots`, how many have no outcome yet
+        self.settled: anyio.Event | None = None  # set when `outstanding` drops to 0
+
+    def one_done(self) -> None:
+        """A Deferred's callback (on the event loop): one fewer outcome to wait for."""
+        self.outstanding -= 1
+        if self.outstanding == 0 and self.settled is not None:
+            self.settled.set()
 
 
 class VarlinkServer:
@@ -500,7 +517,6 @@ class VarlinkServer:
 
     async def _serve_connection(self, conn: _Conn) -> None:
         reader = conn.reader
-        stream = conn.stream
         while True:
             frames = reader.take_frames()
             if not frames:
@@ -532,12 +548,13 @@ class VarlinkServer:
                     return
                 if len(conn.out) > _FLUSH_BYTES:
                     await self._flush(conn)
-            if conn.out:
-                out = conn.out
-                conn.out = bytearray()
-                await send_all(stream, conn.sock, cast(bytes, out), self._write_timeout)
+            if conn.out or conn.slots:
+                await self._flush(conn)
 
     async def _flush(self, conn: _Conn) -> None:
+        """Write every reply so far, the deferred ones' too (waiting for them first)."""
+        if conn.slots:
+            await self._settle(conn)
         if conn.out:
             out = conn.out
             conn.out = bytearray()
@@ -609,6 +626,18 @@ class VarlinkServer:
         ctx = CallContext(
             conn.peer, entry.interface, entry.method, bool(call.more), bool(call.oneway), conn.id
         )
+        if entry.defers:
+            try:
+                deferred = cast(Deferred, entry.handler(params, ctx))
+            except Exception as exc:
+                self._send_exception(conn, call, exc)
+                return True
+            conn.slots.append((len(conn.out), deferred, call))
+            conn.outstanding += 1
+            deferred.add_done_callback(conn.one_done)
+            return True
+        if conn.slots:
+            await self._settle(conn)  # what this call reads must include the writes before it
         mark = len(conn.out)
         try:
             result: Any = entry.handler(params, ctx)
@@ -623,6 +652,36 @@ class VarlinkServer:
             self._send_exception(conn, call, exc)
             return True
         return await self._stream(conn, call, result)
+
+    async def _settle(self, conn: _Conn) -> None:
+        """Wait for the deferred calls (one wait, however many), then put their replies into
+        `conn.out` where their calls stand among the others'."""
+        if conn.outstanding:
+            conn.settled = anyio.Event()
+            try:
+                await conn.settled.wait()
+            finally:
+                conn.settled = None
+        slots, conn.slots = conn.slots, []
+        before = conn.out
+        splice = slots[0][0] < len(before)  # replies of later calls are there already
+        if splice:
+            conn.out = bytearray()
+        done = 0
+        for offset, deferred, call in slots:
+            if splice:
+                conn.out += before[done:offset]
+                done = offset
+            mark = len(conn.out)
+            try:
+                result = deferred.outcome()
+                if not call.oneway:
+                    append_reply(conn.out, _EMPTY_REPLY if result is None else result)
+            except Exception as exc:
+                del conn.out[mark:]
+                self._send_exception(conn, call, exc)
+        if splice:
+            conn.out += before[done:]
 
     def _unknown_method(self, conn: _Conn, call: CallMessage) -> bool:
         interface, _, method = call.method.rpartition(".")

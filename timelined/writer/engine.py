@@ -2,8 +2,10 @@
 
 Contract (DESIGN.md's write path):
 
-- `submit` queues a command and waits for its batch. The writer task takes every waiting command
-  (up to `log.max_batch`) and runs the whole batch in ONE call on the writer's own thread
+- `submit` queues a command and waits for its batch; `enqueue` queues it and returns at once a
+  `Pending` whose callback the writer calls when the batch is done (the Varlink server's
+  deferred replies: no future and no wake-up per command). The writer task takes every waiting
+  command (up to `log.max_batch`) and runs the whole batch in ONE call on the writer's own thread
   (`SerialThread`: every use of the write connection runs there, one call at a time): BEGIN;
   for each command a SAVEPOINT, the rules' checks, its events encoded with the next seqs and
   applied, then RELEASE (a refusal: ROLLBACK TO, the named error, no trace); one log write;
@@ -101,20 +103,42 @@ class EngineStats:
         self.write_seconds.observe(write_s)
 
 
-class _Pending:
-    __slots__ = ("actor", "command", "done", "error", "result")
+class Pending:
+    """A queued command; its outcome once the writer has answered it (`answered`)."""
+
+    __slots__ = ("actor", "answered", "callback", "command", "error", "result")
 
     def __init__(self, command: cmd.Command, actor: ActorLike) -> None:
         self.command = command
         self.actor = actor
-        # A bare future, not an anyio.Event: one fewer object and wake-up per command.
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.callback: Callable[[], None] | None = None
+        self.answered = False
         self.result: rules.Result | None = None
         self.error: TimelinedError | None = None
 
+    def add_done_callback(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` on the event loop once answered (at once if it is); one only."""
+        if self.answered:
+            callback()
+        else:
+            self.callback = callback
+
+    def outcome(self) -> rules.Result:
+        """The result, or raises the command's named error (only once answered)."""
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
     def answer(self) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
+        if self.answered:
+            return
+        self.answered = True
+        if self.callback is not None:
+            try:
+                self.callback()
+            except Exception:
+                log.exception("a command's done callback failed")
 
 
 class _CommandTx:
@@ -212,7 +236,7 @@ class Engine:
         # Called once, on the event loop, when the engine goes fatal (the daemon exits 74).
         self.on_fatal: Callable[[FatalStorageError], None] | None = None
         self._fatal_reported = False
-        self._queue: deque[_Pending] = deque()
+        self._queue: deque[Pending] = deque()
         self._wakeup = anyio.Event()
         self._closing = False
         self._stopped = anyio.Event()
@@ -344,20 +368,32 @@ class Engine:
 
     async def submit(self, command: cmd.Command, actor: ActorLike = DAEMON) -> rules.Result:
         """Run one command through the writer; returns its result or raises its named error."""
+        pending = self.enqueue(command, actor)
+        if not pending.answered:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def wake() -> None:
+                if not done.done():  # the waiter may have been cancelled
+                    done.set_result(None)
+
+            pending.add_done_callback(wake)
+            await done
+        return pending.outcome()
+
+    def enqueue(self, command: cmd.Command, actor: ActorLike = DAEMON) -> Pending:
+        """Queue one command for the writer without waiting: its `Pending` is answered (its
+        callback called, on the event loop) when the batch it ran in is done. A command the
+        engine refuses outright (fatal, read-only, stopping) raises here."""
         if self.fatal is not None:
             raise self.fatal
         if self.read_only is not None:
             raise self.read_only
         if self._closing:
             raise ShuttingDown()
-        pending = _Pending(command, actor)
+        pending = Pending(command, actor)
         self._queue.append(pending)
         self._wakeup.set()
-        await pending.done
-        if pending.error is not None:
-            raise pending.error
-        assert pending.result is not None
-        return pending.result
+        return pending
 
     def degrade(self, damage: LogDamaged) -> None:
         """Refuse every write from now on (the verifier found the log damaged before its tail);
@@ -477,7 +513,7 @@ class Engine:
             self.fatal = exc
             log.critical("%s", exc.message)
 
-    def _run_batch(self, batch: list[_Pending]) -> list[Record]:
+    def _run_batch(self, batch: list[Pending]) -> list[Record]:
         """The whole batch, on the writer's thread. Returns the committed records.
 
         A state database error outside a command's own checks (BEGIN refused because another
@@ -491,14 +527,14 @@ class Engine:
             fatal = FatalStorageError(str(self.config.state_db), 0, f"state database: {exc}")
             return self._abandon(batch, fatal)
 
-    def _run_batch_unguarded(self, batch: list[_Pending]) -> list[Record]:
+    def _run_batch_unguarded(self, batch: list[Pending]) -> list[Record]:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         seq, prev = self.last_seq, self.last_hash
         lines: list[bytes] = []
         records: list[Record] = []
         fts: FtsRows = []
-        accepted: list[_Pending] = []
+        accepted: list[Pending] = []
         hot, limits = self.hot, self.limits
         ts = utc_now()  # one timestamp for the whole batch: its records are written together
         for pending in batch:
@@ -561,7 +597,7 @@ class Engine:
         self.stats.observe(len(batch), fsync_s)
         return records
 
-    def _undo_batch(self, batch: list[_Pending], error: TimelinedError) -> list[Record]:
+    def _undo_batch(self, batch: list[Pending], error: TimelinedError) -> list[Record]:
         """Undo the whole batch for a command without a savepoint that failed after changing the
         state (never expected: see `_run_batch_unguarded`): each of its commands is answered
         with `error` and counted as refused; nothing is logged or committed; the writer goes on.
@@ -573,7 +609,7 @@ class Engine:
         self.stats.commands += len(batch)
         return []
 
-    def _abandon(self, batch: list[_Pending], error: TimelinedError) -> list[Record]:
+    def _abandon(self, batch: list[Pending], error: TimelinedError) -> list[Record]:
         """Roll the whole batch back and answer every command not answered yet with `error` (a
         refused one keeps its own error). Returns the committed records: none.
 
