@@ -565,7 +565,7 @@ class AsyncVarlinkClient(
                     pipe.close()
                 stream = await connect_stream(self.path, self.map_error)
                 pipe = self._pipe = PipelinedConnection(
-                    stream, self.path, self.max_reply_bytes, map_error=self.map_error
+                    stream, self.path, self.max_reply_bytes, self.map_error
                 )
         return pipe
 

@@ -29,7 +29,6 @@ from timelined.varlink.errors import (
     ProtocolViolation,
     ReplyMapper,
     VarlinkError,
-    keep_error,
 )
 from timelined.varlink.framing import FrameSplitter, FrameTooLarge, raw_socket, receive_chunk
 
@@ -59,12 +58,7 @@ class PipelinedConnection:
     """A connection on which concurrent callers each send a call and await its reply."""
 
     def __init__(
-        self,
-        stream: SocketStream,
-        path: str,
-        max_reply_bytes: int,
-        *,
-        map_error: ReplyMapper = keep_error,
+        self, stream: SocketStream, path: str, max_reply_bytes: int, map_error: ReplyMapper
     ) -> None:
         self.path = path
         self.map_error = map_error

@@ -4,7 +4,8 @@ Each connection is one task. It reads whatever frames have arrived and dispatche
 before it waits: a `@deferring` handler's call (deferred.py) is queued, not awaited, so the calls
 of one read are in flight together; a call to any other handler first waits for the deferred
 ones before it (read-your-writes). The replies go out in the order of the calls, those of one
-read in one write, and the task awaits its own writes, so a slow reader only slows itself. Concurrency comes from many connections, as the protocol
+read in one write, and the task awaits its own writes, so a slow reader only slows itself.
+Concurrency comes from many connections, and from pipelining within one, as the protocol
 intends. A call costs one decode of the envelope, one typed decode of the parameters straight
 into the method's Struct, the handler, and one encode of the reply into the output buffer: no
 task, no regex and no intermediate dict per call.
