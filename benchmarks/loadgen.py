@@ -12,6 +12,10 @@ the order of the calls), as a client library multiplexing concurrent callers on 
 
 It speaks the wire protocol with asyncio protocols and pre-encoded calls, so that it needs as
 little CPU as possible on a 2-core machine where it shares the cores with the daemon.
+
+With `client` true it makes the same calls through `timelined.client.AsyncClient` instead: `conns`
+concurrent tasks (times `depth`) sharing the client, which pipelines them on one connection. Its
+CPU per call beside the raw generator's is what the client library costs a program.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import msgspec
@@ -77,6 +82,9 @@ _error = msgspec.json.Decoder(_Error)
 
 
 async def main(args: dict[str, Any]) -> None:
+    if args.get("client"):
+        await client_main(args)
+        return
     loop = asyncio.get_running_loop()
     conns: list[_Conn] = []
     for _ in range(args["conns"]):
@@ -101,6 +109,45 @@ async def main(args: dict[str, Any]) -> None:
         ]
         for n in range(len(conns))
     ]
+
+    async def one(n: int, i: int) -> str | None:
+        frame = await conns[n].call(calls[n][i % len(calls[n])])
+        if frame.startswith(b'{"error"') or _error.decode(frame).error is not None:
+            return _error.decode(frame).error or "?"
+        return None
+
+    await windows(args, len(conns), one)
+
+
+async def client_main(args: dict[str, Any]) -> None:
+    """The same load through the client library: one AsyncClient, `conns` x `depth` tasks."""
+    from timelined.client import AsyncClient
+    from timelined.errors import TimelinedError
+
+    async with AsyncClient(args["socket"]) as tl:
+        contexts: list[str] = list(args.get("contexts") or [])
+        for i in range(len(contexts), args["conns"]):
+            conv = await tl.create_conversation(f"load {i}")
+            contexts.append(conv.root_context_id)
+        gen = TextGen(seed=99)
+        texts = [gen.text() for _ in range(256)]
+
+        async def one(n: int, i: int) -> str | None:
+            try:
+                await tl.append_block(contexts[n], "user", texts[(n + 7 * i) % len(texts)])
+            except TimelinedError as exc:
+                return type(exc).__name__
+            return None
+
+        await windows(args, args["conns"], one)
+
+
+async def windows(
+    args: dict[str, Any], conns: int, one: Callable[[int, int], Awaitable[str | None]]
+) -> None:
+    """Print `ready`, wait for the go line, then run and report the windows: `one(n, i)` makes
+    the i-th call of connection n and returns the error's name, or None."""
+    loop = asyncio.get_running_loop()
     print("ready", flush=True)
     await loop.run_in_executor(None, sys.stdin.readline)
 
@@ -108,17 +155,15 @@ async def main(args: dict[str, Any]) -> None:
     state: dict[str, Any] = {}
 
     async def worker(n: int) -> None:
-        conn, mine = conns[n], calls[n]
         i = 0
         while not state["stop"]:
             t = clock()
-            frame = await conn.call(mine[i % len(mine)])
+            err = await one(n, i)
             done = clock()
             i += 1
             if not state["measure"]:
                 continue
-            if frame.startswith(b'{"error"') or _error.decode(frame).error is not None:
-                err = _error.decode(frame).error or "?"
+            if err is not None:
                 state["errors"][err] = state["errors"].get(err, 0) + 1
                 continue
             state["lat"].append(done - t)
@@ -126,7 +171,7 @@ async def main(args: dict[str, Any]) -> None:
     for _ in range(args.get("repeats", 1)):
         state.update(stop=False, measure=False, lat=[], errors={})
         depth = max(1, int(args.get("depth", 1)))
-        tasks = [asyncio.create_task(worker(n)) for n in range(len(conns)) for _ in range(depth)]
+        tasks = [asyncio.create_task(worker(n)) for n in range(conns) for _ in range(depth)]
         await asyncio.sleep(args.get("warmup", 0.3))
         state["measure"] = True
         start, cpu0 = clock(), time.process_time()
@@ -178,6 +223,7 @@ class Load:
         depth: int = 1,
         method: str = "AppendBlock",
         blocks: int = 1,
+        client: bool = False,
     ) -> None:
         args = {
             "method": method,
@@ -189,6 +235,7 @@ class Load:
             "warmup": warmup,
             "contexts": contexts or [],
             "depth": depth,
+            "client": client,
         }
         self.repeats = repeats
         self.proc = subprocess.Popen(

@@ -9,9 +9,11 @@
         for item in tl.get_history(side.id):
             print(item.source_context_id, item.block.role, item.block.content)
 
-`AsyncClient` has the same methods as coroutines (anyio: asyncio or trio). Both keep a small
-pool of connections, so consecutive calls reuse one and concurrent callers (tasks, threads) each
-get their own; both are safe to share.
+`AsyncClient` has the same methods as coroutines (anyio: asyncio or trio). Both are safe to
+share. `Client` keeps a small pool of connections: consecutive calls reuse one, concurrent
+threads each get their own. `AsyncClient` sends the calls of concurrent tasks on one shared
+connection, pipelined (replies come back in order; a task cancelled while it waits leaves the
+connection usable), and gives each stream a connection of its own.
 
 Streams: `watch(...)` and `export_conversation(id)` return iterators (`async for` over what the
 AsyncClient's coroutine returns). The call returns once the first reply is in, so a refusal

@@ -5,7 +5,11 @@ Each figure is the median of fresh interpreters (`sys.executable`):
   interpreter's own start-up), its ratio to that start-up beside it;
 - the cumulative time `python -X importtime` reports for `timelined.client`, with the number of
   modules the import brings in (and which of the server's, if any: tests/client/test_import.py
-  keeps that list from growing).
+  keeps that list from growing);
+- the CPU the client library spends per call: a real daemon (as in the socket part) appended to by
+  64 tasks sharing one `AsyncClient` (which pipelines them on one connection), against the socket
+  part's raw load generator (64 connections, pre-encoded calls) on the same daemon, windows
+  interleaved. Issue 17: no more than 1.5x the raw generator's.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ import subprocess
 import sys
 import time
 
+from benchmarks.daemon import Daemon, write_config
 from benchmarks.env import Env
+from benchmarks.loadgen import Load
+from benchmarks.report import Target
 from benchmarks.stats import median
 
 PART = "client"
@@ -48,7 +55,45 @@ def _importtime() -> tuple[float, list[str]]:
     return cumulative, modules
 
 
+CLIENT_TASKS = 64
+
+
+def _cpu_per_call_us(socket_path: str, env: Env, client: bool) -> tuple[float, float]:
+    """(µs of the load process's CPU per acknowledged call, calls/s): the median window."""
+    runs = Load(socket_path, CLIENT_TASKS, env.window_s, repeats=env.repeats, client=client).run()
+    mid = sorted(runs, key=lambda r: r["rate"])[(len(runs) - 1) // 2]
+    if mid["errors"]:
+        raise RuntimeError(f"the load got errors: {mid['errors']}")
+    return mid["cpu"] / mid["rate"] * 1e6, mid["rate"]
+
+
+def _client_cpu(env: Env) -> None:
+    with Daemon(write_config(env.scratch("client"))) as daemon:
+        daemon.start()
+        raw: list[float] = []
+        lib: list[float] = []
+        rates: list[float] = []
+        for _ in range(1 if env.quick else 2):  # interleaved, so that a load change touches both
+            raw.append(_cpu_per_call_us(str(daemon.socket_path), env, client=False)[0])
+            us, rate = _cpu_per_call_us(str(daemon.socket_path), env, client=True)
+            lib.append(us)
+            rates.append(rate)
+        daemon.stop()
+    generator = median(raw)
+    env.results.add(
+        PART,
+        f"AsyncClient CPU per call, {CLIENT_TASKS} concurrent tasks (AppendBlock)",
+        median(lib),
+        "µs",
+        target=Target("<=", 1.5 * generator, f"1.5x the raw load generator's {generator:.0f} µs"),
+        ratio_to=("raw load generator, 64 conns", generator),
+        detail={"client_us": lib, "generator_us": raw, "client_rates": rates},
+        note=f"{median(rates):,.0f} calls/s through the client",
+    )
+
+
 def run(env: Env) -> None:
+    _client_cpu(env)
     rounds = 3 if env.quick else 15
     bare: list[float] = []
     loaded: list[float] = []

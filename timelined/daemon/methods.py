@@ -1,8 +1,10 @@
 """The Varlink methods: each handler maps one call to an engine command or a read.
 
-Handlers are thin. A write is `await app.engine.submit(command, actor)`: the parameters ARE the
-command (timelined.commands), the actor is the caller's uid/gid/pid from SO_PEERCRED. A read is
-`await app.engine.read(fn, ...)`: one function of `state.queries` or `state.lookup` over a
+Handlers are thin. A write is `app.engine.enqueue(command, actor)`, returned without waiting: the
+parameters ARE the command (timelined.commands), the actor is the caller's uid/gid/pid from
+SO_PEERCRED, and the server (`@deferring`, varlink/deferred.py) sends the reply when the writer
+has answered, so the calls of one connection that arrive together share a batch and one write.
+A read is `await app.engine.read(fn, ...)`: one function of `state.queries` or `state.lookup` over a
 read-only connection, run in one WAL snapshot, raising the named NotFound error itself so that
 the check and the answer agree. No SQL and no report file is read here: the state's reads are
 `state/`'s, the reports directory's `recovery/reports.py`'s.
@@ -14,7 +16,7 @@ config, and parts such as the verifier may arrive after the server started.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
@@ -67,8 +69,7 @@ from timelined.api import (
     WatchReply,
     WriterStats,
 )
-from timelined.api.model import Context, Conversation, CrossRef
-from timelined.api.timeline import AppendBlocksReply, AppendResult
+from timelined.api.model import Conversation
 from timelined.auditlog.reader import read_lines
 from timelined.daemon.app import App
 from timelined.daemon.metrics import render as render_metrics
@@ -83,7 +84,9 @@ from timelined.replies import ReplyBudget
 from timelined.state import lookup
 from timelined.state import queries as q
 from timelined.varlink import CallContext, Final, Handler, PeerCredentials, VarlinkServer
+from timelined.varlink.deferred import deferring
 from timelined.varlink.protocol import EXPECTED_MORE, VarlinkErrorReply
+from timelined.writer.engine import Pending
 
 __all__ = ["admin_handlers", "register_all", "timeline_handlers"]
 
@@ -96,6 +99,22 @@ def register_all(server: VarlinkServer, app: App) -> None:
 
 def _actor(peer: PeerCredentials) -> Actor:
     return Actor(uid=peer.uid, gid=peer.gid, pid=peer.pid)
+
+
+class _Wrapped:
+    """A queued command whose reply wraps its result (e.g. in ConversationReply)."""
+
+    __slots__ = ("_pending", "_wrap")
+
+    def __init__(self, pending: Pending, wrap: Callable[[Any], Any]) -> None:
+        self._pending = pending
+        self._wrap = wrap
+
+    def add_done_callback(self, callback: Callable[[], None]) -> None:
+        self._pending.add_done_callback(callback)
+
+    def outcome(self) -> Any:
+        return self._wrap(self._pending.outcome())
 
 
 # --- arguments -------------------------------------------------------------------------------
@@ -155,27 +174,27 @@ async def export_stream(app: App, conversation_id: str) -> AsyncGenerator[Any, N
 def timeline_handlers(app: App) -> dict[str, Handler]:
     """The handlers of io.timelined.Timeline, by method name."""
 
-    async def conversation_command(p: cmd.Command, ctx: CallContext) -> ConversationReply:
-        result = await app.engine.submit(p, _actor(ctx.peer))
-        return ConversationReply(cast(Conversation, result))
+    @deferring
+    def conversation_command(p: cmd.Command, ctx: CallContext) -> _Wrapped:
+        return _Wrapped(app.engine.enqueue(p, _actor(ctx.peer)), ConversationReply)
 
-    async def context_command(p: cmd.Command, ctx: CallContext) -> ContextReply:
-        result = await app.engine.submit(p, _actor(ctx.peer))
-        return ContextReply(cast(Context, result))
+    @deferring
+    def context_command(p: cmd.Command, ctx: CallContext) -> _Wrapped:
+        return _Wrapped(app.engine.enqueue(p, _actor(ctx.peer)), ContextReply)
 
-    async def crossref_command(p: cmd.Command, ctx: CallContext) -> CrossRefReply:
-        result = await app.engine.submit(p, _actor(ctx.peer))
-        return CrossRefReply(cast(CrossRef, result))
+    @deferring
+    def crossref_command(p: cmd.Command, ctx: CallContext) -> _Wrapped:
+        return _Wrapped(app.engine.enqueue(p, _actor(ctx.peer)), CrossRefReply)
 
-    async def append_block(p: cmd.AppendBlock, ctx: CallContext) -> AppendResult:
+    @deferring
+    def append_block(p: cmd.AppendBlock, ctx: CallContext) -> Pending:
         # The hot path: the parameters are the command, the result is the reply.
-        return cast(
-            AppendResult,
-            await app.engine.submit(p, Actor(uid=ctx.peer.uid, gid=ctx.peer.gid, pid=ctx.peer.pid)),
-        )
+        peer = ctx.peer
+        return app.engine.enqueue(p, Actor(uid=peer.uid, gid=peer.gid, pid=peer.pid))
 
-    async def append_blocks(p: cmd.AppendBlocks, ctx: CallContext) -> AppendBlocksReply:
-        return cast(AppendBlocksReply, await app.engine.submit(p, _actor(ctx.peer)))
+    @deferring
+    def append_blocks(p: cmd.AppendBlocks, ctx: CallContext) -> Pending:
+        return app.engine.enqueue(p, _actor(ctx.peer))  # the rule's result is the reply
 
     async def list_conversations(
         p: ListConversationsParams, ctx: CallContext

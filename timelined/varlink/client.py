@@ -6,8 +6,10 @@ splits the bytes received into frames (with the reply size limit), decodes repli
 `AsyncConnection` and `Connection`, are thin shells that only move bytes between it and a
 socket; the two pools, `AsyncVarlinkClient` and `VarlinkClient`, share `_Pool`.
 
-The pools keep a few open connections, so consecutive calls reuse one, and concurrent callers
-(tasks or threads) each get their own. A call that fails halfway (the peer hung up, the caller
+The blocking pool keeps a few open connections, so consecutive calls reuse one, and concurrent
+threads each get their own. The async pool sends the calls of concurrent tasks on one shared
+connection, pipelined (`pipeline.py`), and gives each stream a pooled connection of its own. A
+call that fails halfway (the peer hung up, the caller
 was cancelled, a stream was abandoned) leaves its connection unusable, because the replies on
 it can no longer be matched to calls; the core knows this from its own state.
 
@@ -56,7 +58,8 @@ from timelined.varlink.framing import (
     receive_chunk,
     send_all,
 )
-from timelined.varlink.protocol import encode_call
+from timelined.varlink.pipeline import PipelinedConnection
+from timelined.varlink.protocol import encode_call, parse_reply
 
 __all__ = [
     "AsyncConnection",
@@ -74,17 +77,9 @@ Parameters = Mapping[str, Any] | msgspec.Struct | None
 DEFAULT_MAX_REPLY_BYTES = 256 * 1024 * 1024
 _RECV = 256 * 1024
 _EMPTY = msgspec.Raw(b"{}")
+_NO_CONTINUES = "a reply with continues to a call without more"
 
 
-class _Reply(msgspec.Struct):
-    # The protocol declares a reply as (parameters: ?object, continues: ?bool, error: ?string):
-    # null is as good as absent in each.
-    parameters: msgspec.Raw = _EMPTY
-    continues: bool | None = False
-    error: str | None = None
-
-
-_REPLY = msgspec.json.Decoder(_Reply)
 _DICT: msgspec.json.Decoder[dict[str, Any]] = msgspec.json.Decoder(dict[str, Any])
 _typed: dict[Any, msgspec.json.Decoder[Any]] = {}
 
@@ -177,45 +172,53 @@ class ConnectionCore:
     def reply(self, frame: bytes) -> msgspec.Raw:
         """The parameters of one reply; an error reply is raised (through `map_error`)."""
         try:
-            reply = _REPLY.decode(frame)
-            parameters = _EMPTY if bytes(reply.parameters) == b"null" else reply.parameters
-            error = None
-            if reply.error is not None:
-                error = VarlinkErrorReply(reply.error, _DICT.decode(parameters))
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            parameters, continues, error = parse_reply(frame)
+        except ProtocolViolation as exc:
             self._failed = True
-            raise self.map_error(
-                ProtocolViolation(f"reply is not a Varlink message: {exc}")
-            ) from None
+            raise self.map_error(exc) from None
         if error is not None:  # an error ends the call, the connection goes on
             self._awaiting = _IDLE
             raise self.map_error(error)
-        if not reply.continues:
+        if not continues:
             self._awaiting = _IDLE
         elif self._awaiting != _MORE:
             self._failed = True
-            raise self.map_error(ProtocolViolation("a reply with continues to a call without more"))
+            raise self.map_error(ProtocolViolation(_NO_CONTINUES))
         return parameters
 
     def as_dict(self, raw: msgspec.Raw) -> dict[str, Any]:
-        """A reply's parameters as a dict; anything but an object is a ProtocolViolation."""
-        try:
-            return _DICT.decode(raw)
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise self.map_error(
-                ProtocolViolation(f"reply parameters are not an object: {exc}")
-            ) from None
+        return _as_dict(raw, self.map_error)
 
     def decode(self, raw: msgspec.Raw, reply_type: type[T]) -> T:
-        try:
-            return _decoder(reply_type).decode(raw)
-        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise self.map_error(
-                ProtocolViolation(f"reply does not match {reply_type.__name__}: {exc}")
-            ) from None
+        return _decode(raw, reply_type, self.map_error)
 
     def decoder(self, reply_type: type[T]) -> Callable[[msgspec.Raw], T]:
         return lambda raw: self.decode(raw, reply_type)
+
+
+def _as_dict(raw: msgspec.Raw, map_error: ReplyMapper) -> dict[str, Any]:
+    """A reply's parameters as a dict; anything but an object is a ProtocolViolation."""
+    try:
+        return _DICT.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise map_error(ProtocolViolation(f"reply parameters are not an object: {exc}")) from None
+
+
+def _decode(raw: msgspec.Raw, reply_type: type[T], map_error: ReplyMapper) -> T:
+    try:
+        return _decoder(reply_type).decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise map_error(
+            ProtocolViolation(f"reply does not match {reply_type.__name__}: {exc}")
+        ) from None
+
+
+async def connect_stream(path: str, map_error: ReplyMapper) -> SocketStream:
+    """A connected stream to the Unix socket at `path`; a failure is ConnectionFailed, worded."""
+    try:
+        return await anyio.connect_unix(path)
+    except OSError as exc:
+        raise map_error(ConnectionFailed(path, _unreachable(path, exc))) from exc
 
 
 def _unreachable(path: str, exc: OSError) -> str:
@@ -313,10 +316,7 @@ class AsyncConnection(_Shell):
         map_error: ReplyMapper = keep_error,
     ) -> AsyncConnection:
         spath = os.fspath(path)
-        try:
-            stream = await anyio.connect_unix(spath)
-        except OSError as exc:
-            raise map_error(ConnectionFailed(spath, _unreachable(spath, exc))) from exc
+        stream = await connect_stream(spath, map_error)
         return cls(stream, spath, max_reply_bytes, map_error=map_error)
 
     async def _send(self, frame: bytes) -> None:
@@ -548,7 +548,12 @@ class AsyncVarlinkClient(
         Coroutine[Any, Any, AsyncIterator[dict[str, Any]]],
     ]
 ):
-    """Calls over a pool of connections to one socket; safe for concurrent tasks."""
+    """Calls over connections to one socket; safe for concurrent tasks.
+
+    Calls with one reply share ONE connection, pipelined (`PipelinedConnection`): concurrent
+    tasks do not open a connection each, and the server answers the calls that arrive together
+    together. Streams (`more`) each take a connection of the pool, which they hold until they end.
+    """
 
     def __init__(
         self,
@@ -559,6 +564,48 @@ class AsyncVarlinkClient(
         map_error: ReplyMapper = keep_error,
     ) -> None:
         super().__init__(path, max_reply_bytes, max_idle, map_error)
+        self._pipe: PipelinedConnection | None = None
+        self._opening: anyio.Lock | None = None
+
+    async def _pipeline(self) -> PipelinedConnection:
+        """The shared connection, opened (again) when there is none fit for a call."""
+        pipe = self._pipe
+        if pipe is not None and not pipe.stale():
+            return pipe
+        if self._opening is None:
+            self._opening = anyio.Lock()
+        async with self._opening:  # one caller opens it, the others wait for it
+            pipe = self._pipe
+            if pipe is None or pipe.stale():
+                if self._closed:
+                    raise self.map_error(ConnectionFailed(self.path, "the client is closed"))
+                if pipe is not None:
+                    pipe.close()
+                stream = await connect_stream(self.path, self.map_error)
+                pipe = self._pipe = PipelinedConnection(
+                    stream, self.path, self.max_reply_bytes, self.map_error
+                )
+        return pipe
+
+    async def _pipelined(
+        self, method: str, parameters: Parameters, oneway: bool = False
+    ) -> msgspec.Raw:
+        """One call on the shared connection: its reply's parameters (`{}` for oneway)."""
+        frame = encode_call(method, parameters, oneway=oneway)
+        pipe = await self._pipeline()
+        reply = await pipe.call(frame, oneway=oneway)
+        if reply is None:
+            return _EMPTY
+        try:
+            answer, continues, error = parse_reply(reply)
+            if continues:
+                raise ProtocolViolation(_NO_CONTINUES)
+        except ProtocolViolation as exc:
+            pipe.close()  # the order of the replies is in doubt
+            raise self.map_error(exc) from None
+        if error is not None:
+            raise self.map_error(error)
+        return answer
 
     async def __aenter__(self) -> AsyncVarlinkClient:
         return self
@@ -581,8 +628,8 @@ class AsyncVarlinkClient(
             self._release(conn)
 
     async def _call_one(self, method: str, parameters: Parameters, oneway: bool) -> dict[str, Any]:
-        async with self._lease() as conn:
-            return await conn.call(method, parameters, oneway=oneway)
+        raw = await self._pipelined(method, parameters, oneway)
+        return {} if oneway else _as_dict(raw, self.map_error)
 
     async def _call_more(
         self, method: str, parameters: Parameters
@@ -590,8 +637,7 @@ class AsyncVarlinkClient(
         return self.stream(method, parameters)
 
     async def call_typed(self, method: str, parameters: Parameters, reply_type: type[T]) -> T:
-        async with self._lease() as conn:
-            return await conn.call_typed(method, parameters, reply_type)
+        return _decode(await self._pipelined(method, parameters), reply_type, self.map_error)
 
     def stream(self, method: str, parameters: Parameters = None) -> AsyncIterator[dict[str, Any]]:
         return self._pooled(lambda conn: conn.stream(method, parameters))
@@ -616,6 +662,8 @@ class AsyncVarlinkClient(
 
     async def aclose(self) -> None:
         self._close_idle()
+        if self._pipe is not None:
+            self._pipe.close()  # at once if idle, else when its last call has its reply
 
 
 class VarlinkClient(_Pool[Connection, dict[str, Any], Iterator[dict[str, Any]]]):

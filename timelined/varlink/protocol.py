@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from timelined.varlink.errors import VarlinkErrorReply
+from timelined.varlink.errors import ProtocolViolation, VarlinkErrorReply
 
 __all__ = [
     "INTERFACE_NOT_FOUND",
@@ -37,6 +37,7 @@ __all__ = [
     "encode_call",
     "encode_error",
     "invalid_parameter",
+    "parse_reply",
 ]
 
 SERVICE_INTERFACE = "org.varlink.service"
@@ -59,7 +60,18 @@ class _Call(msgspec.Struct, omit_defaults=True):
     oneway: bool = False
 
 
+class _Reply(msgspec.Struct):
+    # The protocol declares a reply as (parameters: ?object, continues: ?bool, error: ?string):
+    # null is as good as absent in each.
+    parameters: msgspec.Raw = msgspec.Raw(b"{}")
+    continues: bool | None = False
+    error: str | None = None
+
+
 _ENCODER = msgspec.json.Encoder()
+_REPLY = msgspec.json.Decoder(_Reply)
+_EMPTY = msgspec.Raw(b"{}")
+_OBJECT: msgspec.json.Decoder[dict[str, Any]] = msgspec.json.Decoder(dict[str, Any])
 _REPLY_HEAD = b'{"parameters":'
 _REPLY_LAST = b"}\0"
 _REPLY_CONTINUES = b',"continues":true}\0'
@@ -70,6 +82,22 @@ def append_reply(out: bytearray, reply: Any, continues: bool = False) -> None:
     out += _REPLY_HEAD
     _ENCODER.encode_into(reply, out, -1)
     out += _REPLY_CONTINUES if continues else _REPLY_LAST
+
+
+def parse_reply(frame: bytes) -> tuple[msgspec.Raw, bool, VarlinkErrorReply | None]:
+    """A reply frame's parameters (`{}` for null), its `continues`, and the error it carries.
+
+    Raises ProtocolViolation for a frame that is not a Varlink reply.
+    """
+    try:
+        reply = _REPLY.decode(frame)
+        parameters = _EMPTY if bytes(reply.parameters) == b"null" else reply.parameters
+        error = None
+        if reply.error is not None:
+            error = VarlinkErrorReply(reply.error, _OBJECT.decode(parameters))
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise ProtocolViolation(f"reply is not a Varlink message: {exc}") from None
+    return parameters, bool(reply.continues), error
 
 
 def encode_error(name: str, parameters: Mapping[str, Any]) -> bytes:

@@ -1,8 +1,11 @@
 """An anyio Varlink server on a Unix socket: framing, dispatch, limits, streams, shutdown.
 
-Each connection is one task. It reads whatever frames have arrived, answers them strictly in
-order (calls that arrived together are answered with one write), and awaits its own writes, so
-a slow reader only ever slows itself. Concurrency comes from many connections, as the protocol
+Each connection is one task. It reads whatever frames have arrived and dispatches them all
+before it waits: a `@deferring` handler's call (deferred.py) is queued, not awaited, so the calls
+of one read are in flight together; a call to any other handler first waits for the deferred
+ones before it (read-your-writes). The replies go out in the order of the calls, those of one
+read in one write, and the task awaits its own writes, so a slow reader only slows itself.
+Concurrency comes from many connections, and from pipelining within one, as the protocol
 intends. A call costs one decode of the envelope, one typed decode of the parameters straight
 into the method's Struct, the handler, and one encode of the reply into the output buffer: no
 task, no regex and no intermediate dict per call.
@@ -21,6 +24,7 @@ reply is the answer (a handler whose first reply means nothing alone raises Expe
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import inspect
 import itertools
@@ -42,6 +46,7 @@ from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, 
 
 from timelined.varlink.admission import ADMISSION_REFUSED, EVERYONE, Admission, Slots
 from timelined.varlink.budget import ByteBudget
+from timelined.varlink.deferred import DEFERRING, Deferred
 from timelined.varlink.errors import (
     ErrorMapper,
     InternalFailure,
@@ -174,8 +179,9 @@ class Final(Generic[R]):
 
 
 # A handler gets the validated parameters and the context. It is a coroutine function returning
-# the reply Struct (or an async iterator, to stream), or an async generator function (a stream).
-Handler = Callable[[Any, CallContext], Awaitable[Any] | AsyncIterator[Any]]
+# the reply Struct (or an async iterator, to stream), an async generator function (a stream), or
+# a plain function marked `@deferring` that returns a `Deferred` (deferred.py).
+Handler = Callable[[Any, CallContext], Awaitable[Any] | AsyncIterator[Any] | Deferred]
 # Raises an error the server's mapper names (or a VarlinkError) to refuse the call; the server
 # sends the error and closes the connection.
 Authorizer = Callable[[PeerCredentials, str, str], None]
@@ -224,6 +230,7 @@ class _Entry:
 
     __slots__ = (
         "decoder",
+        "defers",
         "full_name",
         "handler",
         "interface",
@@ -246,6 +253,7 @@ class _Entry:
         self.optional_fields = has_optional_fields(params)
         self.handler = handler
         self.is_gen = handler is not None and inspect.isasyncgenfunction(handler)
+        self.defers = bool(getattr(handler, DEFERRING, False))
 
     def decode_again(self, raw: msgspec.Raw) -> Any:
         """The second try after a failed decode: `"parameters": null` means none, and null and
@@ -281,14 +289,17 @@ class _Conn:
         "id",
         "idle_since",
         "out",
+        "outstanding",
         "peer",
         "peer_gone",
         "reader",
+        "slots",
         "sock",
         "state",
         "stream",
         "stream_scope",
         "tier",
+        "wake",
     )
 
     def __init__(
@@ -313,6 +324,16 @@ class _Conn:
         self.stream_scope: anyio.CancelScope | None = None
         self.peer_gone = False
         self.out = bytearray()
+        # Deferred calls of this read, in call order, each with where its reply goes in `out`.
+        self.slots: list[tuple[int, Deferred, CallMessage]] = []
+        self.outstanding = 0  # of `slots`, how many have no outcome yet
+        self.wake: Callable[[], None] | None = None  # wakes `_settle` when `outstanding` is 0
+
+    def one_done(self) -> None:
+        """A Deferred's callback (on the event loop): one fewer outcome to wait for."""
+        self.outstanding -= 1
+        if self.outstanding == 0 and self.wake is not None:
+            self.wake()
 
 
 class VarlinkServer:
@@ -353,6 +374,7 @@ class VarlinkServer:
         self._drained = anyio.Event()
         self._stopped = anyio.Event()
         self._running = False
+        self._on_asyncio = False
         self._connections_total = 0
         self._streams = 0
         self._calls = 0
@@ -436,6 +458,7 @@ class VarlinkServer:
         if self._running:
             raise RuntimeError("the server is already serving")
         self._running = True
+        self._on_asyncio = _on_asyncio()
         self._listener = listener
         try:
             async with anyio.create_task_group() as tg:
@@ -610,7 +633,6 @@ class VarlinkServer:
 
     async def _serve_connection(self, conn: _Conn) -> None:
         reader = conn.reader
-        stream = conn.stream
         while True:
             frames = reader.take_frames()
             if not frames:
@@ -643,12 +665,13 @@ class VarlinkServer:
                     return
                 if len(conn.out) > _FLUSH_BYTES:
                     await self._flush(conn)
-            if conn.out:
-                out = conn.out
-                conn.out = bytearray()
-                await send_all(stream, conn.sock, cast(bytes, out), self._write_timeout)
+            if conn.out or conn.slots:
+                await self._flush(conn)
 
     async def _flush(self, conn: _Conn) -> None:
+        """Write every reply so far, the deferred ones' too (waiting for them first)."""
+        if conn.slots:
+            await self._settle(conn)
         if conn.out:
             out = conn.out
             conn.out = bytearray()
@@ -717,6 +740,18 @@ class VarlinkServer:
         ctx = CallContext(
             conn.peer, entry.interface, entry.method, bool(call.more), bool(call.oneway), conn.id
         )
+        if entry.defers:
+            try:
+                deferred = cast(Deferred, entry.handler(params, ctx))
+            except Exception as exc:
+                self._send_exception(conn, call, exc)
+                return True
+            conn.slots.append((len(conn.out), deferred, call))
+            conn.outstanding += 1
+            deferred.add_done_callback(conn.one_done)
+            return True
+        if conn.slots:
+            await self._settle(conn)  # what this call reads must include the writes before it
         mark = len(conn.out)
         try:
             result: Any = entry.handler(params, ctx)
@@ -731,6 +766,52 @@ class VarlinkServer:
             self._send_exception(conn, call, exc)
             return True
         return await self._stream(conn, call, result)
+
+    async def _settle(self, conn: _Conn) -> None:
+        """Wait for the deferred calls (one wait, however many), then put their replies into
+        `conn.out` where their calls stand among the others'."""
+        if conn.outstanding:
+            try:
+                await self._until_woken(conn)
+            finally:
+                conn.wake = None
+        slots, conn.slots = conn.slots, []
+        before = conn.out
+        splice = slots[0][0] < len(before)  # replies of later calls are there already
+        if splice:
+            conn.out = bytearray()
+        done = 0
+        for offset, deferred, call in slots:
+            if splice:
+                conn.out += before[done:offset]
+                done = offset
+            mark = len(conn.out)
+            try:
+                result = deferred.outcome()
+                if not call.oneway:
+                    append_reply(conn.out, _EMPTY_REPLY if result is None else result)
+            except Exception as exc:
+                del conn.out[mark:]
+                self._send_exception(conn, call, exc)
+        if splice:
+            conn.out += before[done:]
+
+    async def _until_woken(self, conn: _Conn) -> None:
+        """Wait for `conn.wake()`: a bare future on asyncio (measured: an anyio.Event costs a
+        wrapper and a second future per wait, and this wait happens once per read)."""
+        if not self._on_asyncio:
+            event = anyio.Event()
+            conn.wake = event.set
+            await event.wait()
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not future.done():
+                future.set_result(None)
+
+        conn.wake = wake
+        await future
 
     def _unknown_method(self, conn: _Conn, call: CallMessage) -> bool:
         interface, _, method = call.method.rpartition(".")
@@ -939,6 +1020,14 @@ class VarlinkServer:
 def _interface_of(call: CallMessage) -> str:
     """The interface a call's method name asks for (served or not)."""
     return call.method.rpartition(".")[0]
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False  # another anyio backend (trio)
+    return True
 
 
 async def _until_hung_up(sock: socket.socket) -> None:

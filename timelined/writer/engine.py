@@ -2,8 +2,10 @@
 
 Contract (DESIGN.md's write path):
 
-- `submit` queues a command and waits for its batch. The writer task takes every waiting command
-  (up to `log.max_batch`) and runs the whole batch in ONE call on the writer's own thread
+- `submit` queues a command and waits for its batch; `enqueue` queues it and returns at once a
+  `Pending` whose callback the writer calls when the batch is done (the Varlink server's
+  deferred replies: no future and no wake-up per command). The writer task takes every waiting
+  command (up to `log.max_batch`) and runs the whole batch in ONE call on the writer's own thread
   (`SerialThread`: every use of the write connection runs there, one call at a time): BEGIN;
   for each command a SAVEPOINT, the rules' checks, its events encoded with the next seqs and
   applied, then RELEASE (a refusal: ROLLBACK TO, the named error, no trace); one log write;
@@ -107,20 +109,42 @@ class EngineStats:
         self.write_seconds.observe(write_s)
 
 
-class _Pending:
-    __slots__ = ("actor", "command", "done", "error", "result")
+class Pending:
+    """A queued command; its outcome once the writer has answered it (`answered`)."""
+
+    __slots__ = ("actor", "answered", "callback", "command", "error", "result")
 
     def __init__(self, command: cmd.Command, actor: ActorLike) -> None:
         self.command = command
         self.actor = actor
-        # A bare future, not an anyio.Event: one fewer object and wake-up per command.
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.callback: Callable[[], None] | None = None
+        self.answered = False
         self.result: rules.Result | None = None
         self.error: TimelinedError | None = None
 
+    def add_done_callback(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` on the event loop once answered (at once if it is); one only."""
+        if self.answered:
+            callback()
+        else:
+            self.callback = callback
+
+    def outcome(self) -> rules.Result:
+        """The result, or raises the command's named error (only once answered)."""
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
     def answer(self) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
+        if self.answered:
+            return
+        self.answered = True
+        if self.callback is not None:
+            try:
+                self.callback()
+            except Exception:
+                log.exception("a command's done callback failed")
 
 
 class _CommandTx:
@@ -226,7 +250,7 @@ class Engine:
         # Called once, on the event loop, when the engine goes fatal (the daemon exits 74).
         self.on_fatal: Callable[[FatalStorageError], None] | None = None
         self._fatal_reported = False
-        self._queue: deque[_Pending] = deque()
+        self._queue: deque[Pending] = deque()
         self._wakeup = anyio.Event()
         self._closing = False
         self._stopped = anyio.Event()
@@ -358,20 +382,32 @@ class Engine:
 
     async def submit(self, command: cmd.Command, actor: ActorLike = DAEMON) -> rules.Result:
         """Run one command through the writer; returns its result or raises its named error."""
+        pending = self.enqueue(command, actor)
+        if not pending.answered:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def wake() -> None:
+                if not done.done():  # the waiter may have been cancelled
+                    done.set_result(None)
+
+            pending.add_done_callback(wake)
+            await done
+        return pending.outcome()
+
+    def enqueue(self, command: cmd.Command, actor: ActorLike = DAEMON) -> Pending:
+        """Queue one command for the writer without waiting: its `Pending` is answered (its
+        callback called, on the event loop) when the batch it ran in is done. A command the
+        engine refuses outright (fatal, read-only, stopping) raises here."""
         if self.fatal is not None:
             raise self.fatal
         if self.read_only is not None:
             raise self.read_only
         if self._closing:
             raise ShuttingDown()
-        pending = _Pending(command, actor)
+        pending = Pending(command, actor)
         self._queue.append(pending)
         self._wakeup.set()
-        await pending.done
-        if pending.error is not None:
-            raise pending.error
-        assert pending.result is not None
-        return pending.result
+        return pending
 
     def degrade(self, damage: LogDamaged) -> None:
         """Refuse every write from now on (the verifier found the log damaged before its tail);
@@ -475,7 +511,7 @@ class Engine:
         finally:
             self._stopped.set()
 
-    def _acknowledged(self, batch: list[_Pending], seq: int) -> None:
+    def _acknowledged(self, batch: list[Pending], seq: int) -> None:
         """On the event loop, while the writer's thread commits: answer the batch (its events
         are in the log, fsynced per `log.fsync`); reads from now on wait for the commit."""
         self.acked_seq = seq
@@ -522,7 +558,7 @@ class Engine:
             self.fatal = exc
             log.critical("%s", exc.message)
 
-    def _run_batch(self, batch: list[_Pending]) -> list[Record]:
+    def _run_batch(self, batch: list[Pending]) -> list[Record]:
         """The whole batch, on the writer's thread. Returns the committed records.
 
         A state database error outside a command's own checks (BEGIN refused because another
@@ -536,14 +572,14 @@ class Engine:
             fatal = FatalStorageError(str(self.config.state_db), 0, f"state database: {exc}")
             return self._abandon(batch, fatal)
 
-    def _run_batch_unguarded(self, batch: list[_Pending]) -> list[Record]:
+    def _run_batch_unguarded(self, batch: list[Pending]) -> list[Record]:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         seq, prev = self.last_seq, self.last_hash
         lines: list[bytes] = []
         records: list[Record] = []
         fts: FtsRows = []
-        accepted: list[_Pending] = []
+        accepted: list[Pending] = []
         hot, limits = self.hot, self.limits
         ts = utc_now()  # one timestamp for the whole batch: its records are written together
         for pending in batch:
@@ -591,7 +627,7 @@ class Engine:
             self.stats.disk_full += 1
             log.error("a batch of %d commands was refused: %s", len(accepted), exc.message)
             return self._abandon(batch, exc)
-        # The log holds the batch: answer now. From here no `_Pending` is touched again (its
+        # The log holds the batch: answer now. From here no `Pending` is touched again (its
         # caller may be reading it), and every failure is fatal, never an answer.
         self.last_seq, self.last_hash = seq, prev
         self.stats.events += len(records)
@@ -611,7 +647,7 @@ class Engine:
             return []
         return records
 
-    def _answer_soon(self, batch: list[_Pending], seq: int) -> None:
+    def _answer_soon(self, batch: list[Pending], seq: int) -> None:
         """On the writer's thread: hand the batch's answers to the event loop now."""
         assert self._loop is not None, "batches run only under _writer_loop"
         try:
@@ -628,7 +664,7 @@ class Engine:
             pass  # the connection is abandoned; the first cause is the one reported
         self._go_fatal(fatal)
 
-    def _undo_batch(self, batch: list[_Pending], error: TimelinedError) -> list[Record]:
+    def _undo_batch(self, batch: list[Pending], error: TimelinedError) -> list[Record]:
         """Undo the whole batch for a command without a savepoint that failed after changing the
         state (never expected: see `_run_batch_unguarded`): each of its commands is answered
         with `error` and counted as refused; nothing is logged or committed; the writer goes on.
@@ -640,7 +676,7 @@ class Engine:
         self.stats.commands += len(batch)
         return []
 
-    def _abandon(self, batch: list[_Pending], error: TimelinedError) -> list[Record]:
+    def _abandon(self, batch: list[Pending], error: TimelinedError) -> list[Record]:
         """Roll the whole batch back and answer every command not answered yet with `error` (a
         refused one keeps its own error). Returns the committed records: none.
 
