@@ -46,7 +46,7 @@ async def test_pipelined_appends_share_a_batch_and_a_read_after_them_sees_them(
         replies = await read_frames(stream, 5)
         await stream.aclose()
     assert replies[0]["parameters"]["block"]["content"] == "a"
-    assert replies[1]["error"] == "io.timelined.ContextNotFound"
+    assert replies[1]["error"] == "io.timelined.Timeline.ContextNotFound"
     assert replies[2]["parameters"]["block"]["content"] == "b"
     history = [item["block"]["content"] for item in replies[3]["parameters"]["blocks"]]
     assert history == ["a", "b"]  # read-your-writes: the read waited for the writes before it

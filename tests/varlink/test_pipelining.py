@@ -189,7 +189,7 @@ async def test_errors_between_deferred_calls_keep_their_place(tmp_path: Path) ->
         await stream.aclose()
     assert replies[0] == {"parameters": {"position": 1}}
     assert replies[1]["error"] == SVC + "MethodNotFound"
-    assert replies[2]["error"] == "io.timelined.ContextNotFound"
+    assert replies[2]["error"] == "io.timelined.Timeline.ContextNotFound"
     assert replies[3]["error"] == SVC + "InvalidParameter"
     assert replies[4] == {"parameters": {"position": 3}}
     assert writer.store == ["x", "y", "z"]
