@@ -33,6 +33,14 @@ from timelined.api.admin import (
 from timelined.api.errors import ADMIN_ERRORS, TIMELINE_ERRORS, error_def
 from timelined.api.exchange import ExportPart
 from timelined.api.scalars import EmptyParams
+from timelined.api.transparency import (
+    CheckpointKeyReply,
+    CheckpointReply,
+    ConsistencyProofReply,
+    GetConsistencyProofParams,
+    GetInclusionProofParams,
+    InclusionProofReply,
+)
 from timelined.api.timeline import (
     AppendResult,
     BlockReply,
@@ -295,6 +303,34 @@ ADMIN_METHODS: tuple[Declared, ...] = (
         doc="Counters, gauges and histograms in the Prometheus text format: appends, batch\n"
         "sizes, fsync latency, queue depth, connections, watchers, verify runs and drift,\n"
         "the boot verdict.",
+    ),
+    # Verifiable history (docs/transparency.md): open to read-only peers, who are the auditors.
+    read(
+        "GetCheckpoint",
+        EmptyParams,
+        CheckpointReply,
+        doc="A signed checkpoint of the log's Merkle tree as it is now: a C2SP signed note\n"
+        "(origin, tree size, base64 root hash; an Ed25519 signature line).",
+    ),
+    read(
+        "GetCheckpointKey",
+        EmptyParams,
+        CheckpointKeyReply,
+        doc="The note verifier key of the checkpoints' signing key.",
+    ),
+    read(
+        "GetInclusionProof",
+        GetInclusionProofParams,
+        InclusionProofReply,
+        doc="The RFC 6962 inclusion proof of the event `seq` (leaf seq - 1) in the tree of\n"
+        "`tree_size` leaves (default: the current tree); hashes in base64.",
+    ),
+    read(
+        "GetConsistencyProof",
+        GetConsistencyProofParams,
+        ConsistencyProofReply,
+        doc="The RFC 6962 consistency proof from the tree of `old_size` leaves to the tree\n"
+        "of `new_size` (default: the current tree); hashes in base64.",
     ),
 )
 

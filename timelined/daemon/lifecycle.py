@@ -46,6 +46,7 @@ from timelined.varlink import (
     listen_unix,
     listener_from_socket,
 )
+from timelined.treestore.service import Transparency
 from timelined.writer.engine import Engine
 
 log = logging.getLogger("timelined.daemon")
@@ -242,6 +243,12 @@ async def _serve_with(
         app = App(
             config=config, engine=engine, boot=booted.report, server=server, started_at=utc_now()
         )
+        # Before serving, so that it sees every commit: opened at the engine's head, then
+        # subscribed (nothing commits in between: no client is connected yet).
+        app.transparency = await anyio.to_thread.run_sync(
+            Transparency.open, config, engine.last_seq
+        )
+        engine.subscribe(app.transparency.tree.on_commit)
         _register(server, app)
         try:
             listener, ours = await _listener(config)
@@ -263,6 +270,7 @@ async def _serve_with(
                 signalled.reload = reloader  # SIGHUP
                 tg.start_soon(reloader.watch_file, stop)
                 _start_features(tg, app, notifier, stop)
+                tg.start_soon(app.transparency.run_forever, stop)
                 await stop.wait()
                 notifier.stopping(StatusText.stopping())
                 log.info("stopping: finishing calls in progress")
@@ -272,9 +280,23 @@ async def _serve_with(
                 # A socket systemd passed in is systemd's to remove; ours we clean up.
                 await anyio.Path(config.socket_path).unlink(missing_ok=True)
         # Leaving Engine.open drains the queue, fsyncs the log and checkpoints the WAL.
+    if app.transparency is not None:
+        _sign_at_stop(app.transparency, engine)
     # A fatal storage error (the only other non-zero exit here) leaves engine.fatal set, which
     # _mark_clean refuses: no flag needed to tell it from the unbound socket.
     return _mark_clean(config, engine, run)
+
+
+def _sign_at_stop(transparency: Transparency, engine: Engine) -> None:
+    """The last checkpoint, once every commit is in the tree (not after a fatal error or while
+    read-only: the next boot checks the log first)."""
+    if engine.fatal is None and engine.read_only is None:
+        try:
+            transparency.close()
+        except OSError as exc:
+            log.error("could not sign the checkpoint at stop: %s", exc)
+    else:
+        transparency.tree.close()
 
 
 def _mark_clean(config: Config, engine: Engine, run: _Run) -> _Run:
