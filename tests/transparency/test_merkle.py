@@ -22,7 +22,9 @@ from timelined.transparency.merkle import (
     verify_inclusion,
 )
 
-VECTORS = json.loads((Path(__file__).parent / "vectors" / "transparency_dev_merkle.json").read_text())
+VECTORS = json.loads(
+    (Path(__file__).parent / "vectors" / "transparency_dev_merkle.json").read_text()
+)
 
 # RFC 6962's reference tree as transparency-dev/merkle's testonly/constants.go and
 # cmd/proofgen/main.go give it (commit 417fb0c3, Apache-2.0): eight leaf inputs, the root of
@@ -148,7 +150,9 @@ def test_every_proof_verifies_and_any_change_fails(n: int, data: st.DataObject) 
         verify_inclusion(index, size, _flip(leaf, bit), path, top)
     for k in range(len(path)):  # any changed proof hash
         with pytest.raises(ProofError):
-            verify_inclusion(index, size, leaf, [*path[:k], _flip(path[k], bit), *path[k + 1 :]], top)
+            verify_inclusion(
+                index, size, leaf, [*path[:k], _flip(path[k], bit), *path[k + 1 :]], top
+            )
 
     proof = consistency_proof(tree, old, size)
     verify_consistency(old, size, old_root, top, proof)

@@ -67,7 +67,8 @@ def test_open_verifies_the_published_signatures() -> None:
         TEXT + "\n",
         TEXT + "\n" + PETER_SIG[:-1],
         "\x01" + TEXT + "\n" + PETER_SIG,
-        TEXT + "\n— Bad Name x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=",  # noqa: E501
+        TEXT
+        + "\n— Bad Name x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=",  # noqa: E501
         TEXT + "\n" + PETER_SIG + "Unexpected line.\n",
         TEXT + "\n" + PETER_SIG * 101,
     ],

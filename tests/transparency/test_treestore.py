@@ -34,8 +34,12 @@ def test_level_files_match_the_memory_tree_across_reopens(batches: list[int]) ->
                 n += 1
             for size in {1, n // 2 or 1, n}:
                 assert merkle.root(files, size) == merkle.root(memory, size)
-                assert merkle.inclusion_proof(files, size - 1, n) == merkle.inclusion_proof(memory, size - 1, n)
-                assert merkle.consistency_proof(files, size, n) == merkle.consistency_proof(memory, size, n)
+                assert merkle.inclusion_proof(files, size - 1, n) == merkle.inclusion_proof(
+                    memory, size - 1, n
+                )
+                assert merkle.consistency_proof(files, size, n) == merkle.consistency_proof(
+                    memory, size, n
+                )
             files.close()
 
 
@@ -65,7 +69,9 @@ def _write_log(log_dir: Path, n: int, text: str = "x") -> None:
     prev, lines = GENESIS_PREV, []
     for seq in range(1, n + 1):
         event = ConversationCreated(
-            conversation_id=f"conv_{seq:026d}", name=f"{text}{seq}", root_context_id=f"ctx_{seq:026d}"
+            conversation_id=f"conv_{seq:026d}",
+            name=f"{text}{seq}",
+            root_context_id=f"ctx_{seq:026d}",
         )
         record, line = encode_record(seq, "2026-01-01T00:00:00.000000Z", "daemon", event, prev)
         prev = record.hash

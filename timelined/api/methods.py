@@ -33,14 +33,6 @@ from timelined.api.admin import (
 from timelined.api.errors import ADMIN_ERRORS, TIMELINE_ERRORS, error_def
 from timelined.api.exchange import ExportPart
 from timelined.api.scalars import EmptyParams
-from timelined.api.transparency import (
-    CheckpointKeyReply,
-    CheckpointReply,
-    ConsistencyProofReply,
-    GetConsistencyProofParams,
-    GetInclusionProofParams,
-    InclusionProofReply,
-)
 from timelined.api.timeline import (
     AppendResult,
     BlockReply,
@@ -63,6 +55,14 @@ from timelined.api.timeline import (
     StatsReply,
     WatchParams,
     WatchReply,
+)
+from timelined.api.transparency import (
+    CheckpointKeyReply,
+    CheckpointReply,
+    ConsistencyProofReply,
+    GetConsistencyProofParams,
+    GetInclusionProofParams,
+    InclusionProofReply,
 )
 from timelined.varlink import Interface, Method
 

@@ -43,7 +43,7 @@ from timelined.client import (
     MethodNotFound,
     MethodNotImplemented,
 )
-from timelined.ctl import admin, blocks, contexts, conversations, streams
+from timelined.ctl import admin, blocks, contexts, conversations, streams, transparency
 from timelined.ctl.common import Ctl
 from timelined.ctl.output import Output, escape
 from timelined.errors import (
@@ -66,7 +66,7 @@ EX_NOPERM = 77
 EX_CONFIG = 78
 EX_PIPE = 128 + 13  # what a shell reports for a program SIGPIPE ended
 
-VERB_GROUPS = (admin, conversations, contexts, blocks, streams)
+VERB_GROUPS = (admin, conversations, contexts, blocks, streams, transparency)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,13 +40,13 @@ from timelined.ids import utc_now
 from timelined.logs import setup_logging
 from timelined.recovery.boot import BootResult, boot, describe_boot
 from timelined.recovery.marker import mark_clean
+from timelined.treestore.service import Transparency
 from timelined.varlink import (
     ServiceInfo,
     VarlinkServer,
     listen_unix,
     listener_from_socket,
 )
-from timelined.treestore.service import Transparency
 from timelined.writer.engine import Engine
 
 log = logging.getLogger("timelined.daemon")

@@ -510,9 +510,7 @@ def transparency_handlers(app: App) -> dict[str, Handler]:
     ) -> ConsistencyProofReply:
         found = service()
         size = found.tree.size if p.new_size is None else p.new_size
-        return ConsistencyProofReply(
-            proof("old_size", lambda: found.consistency(p.old_size, size))
-        )
+        return ConsistencyProofReply(proof("old_size", lambda: found.consistency(p.old_size, size)))
 
     return {
         "GetCheckpoint": get_checkpoint,

@@ -27,7 +27,12 @@ class Checkpoint:
     extensions: tuple[str, ...] = ()
 
     def text(self) -> str:
-        lines = [self.origin, str(self.size), base64.b64encode(self.root).decode(), *self.extensions]
+        lines = [
+            self.origin,
+            str(self.size),
+            base64.b64encode(self.root).decode(),
+            *self.extensions,
+        ]
         return "".join(line + "\n" for line in lines)
 
     def sign(self, signer: Signer) -> str:
@@ -62,5 +67,7 @@ def open_checkpoint(message: str, verifier: Verifier) -> SignedCheckpoint:
     note = open_note(message, [verifier])
     checkpoint = Checkpoint.parse_text(note.text)
     if checkpoint.origin != verifier.name:
-        raise NoteError(f"checkpoint origin {checkpoint.origin!r} is not the key's {verifier.name!r}")
+        raise NoteError(
+            f"checkpoint origin {checkpoint.origin!r} is not the key's {verifier.name!r}"
+        )
     return SignedCheckpoint(checkpoint, note, message)

@@ -32,7 +32,8 @@ class ProofError(ValueError):
 
 
 class NodeSource(Protocol):
-    """Hashes of perfect subtrees: `node(level, index)` covers leaves [index<<level, (index+1)<<level)."""
+    """Hashes of perfect subtrees: `node(level, index)` covers the 2^level leaves from
+    index·2^level."""
 
     def node(self, level: int, index: int) -> bytes: ...
 

@@ -97,7 +97,9 @@ class Signer:
     @classmethod
     def generate(cls, name: str) -> Signer:
         private = Ed25519PrivateKey.generate()
-        seed = private.private_bytes(_RAW, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+        seed = private.private_bytes(
+            _RAW, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
         return cls(_check_name(name), seed)
 
     @classmethod
@@ -111,8 +113,8 @@ class Signer:
         return signer
 
     def __str__(self) -> str:
-        v = self.verifier()
-        return f"PRIVATE+KEY+{self.name}+{v.id.hex()}+{base64.b64encode(ALG_ED25519 + self.seed).decode()}"
+        encoded = base64.b64encode(ALG_ED25519 + self.seed).decode()
+        return f"PRIVATE+KEY+{self.name}+{self.verifier().id.hex()}+{encoded}"
 
     def __repr__(self) -> str:  # never print the seed by accident
         return f"Signer({self.name!r})"
@@ -161,7 +163,9 @@ class Note:
         for sig in self.signatures:
             if sig.name == verifier.name and sig.id == verifier.id:
                 if not verifier.verify(self.text.encode(), sig.signature):
-                    raise NoteError(f"invalid signature for key {verifier.name}+{verifier.id.hex()}")
+                    raise NoteError(
+                        f"invalid signature for key {verifier.name}+{verifier.id.hex()}"
+                    )
                 found = True
         return found
 

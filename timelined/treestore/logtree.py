@@ -24,10 +24,6 @@ from timelined.treestore.levels import LevelFiles
 log = logging.getLogger(__name__)
 
 
-class TreeBehind(RuntimeError):
-    """The tree missed a commit (a subscriber skipped): it is rebuilt from the log at the next boot."""
-
-
 class LogTree:
     def __init__(self, files: LevelFiles) -> None:
         self.files = files
@@ -37,7 +33,9 @@ class LogTree:
     def open(cls, tree_dir: Path, log_dir: str | os.PathLike[str], head_seq: int) -> LogTree:
         files = LevelFiles.open(tree_dir)
         if files.size > head_seq:
-            log.warning("the Merkle tree holds %d leaves, the log %d: cut back", files.size, head_seq)
+            log.warning(
+                "the Merkle tree holds %d leaves, the log %d: cut back", files.size, head_seq
+            )
             files.truncate(head_seq)
         if files.size and files.node(0, files.size - 1) != _leaf_from_log(log_dir, files.size):
             log.warning("the Merkle tree does not match the log at seq %d: recomputed", files.size)
