@@ -74,6 +74,9 @@ class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class CheckpointConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Signed checkpoints of the log's Merkle tree (docs/transparency.md)."""
 
+    # false: no tree, no key, no checkpoints; the four methods answer FeatureUnavailable.
+    enabled: bool = True
+
     # A new checkpoint is signed every interval_s seconds when the log grew, and at every
     # clean stop.
     interval_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0

@@ -189,3 +189,22 @@ def run(env: Env) -> None:
             for key in ("p99_ms", "max_ms"):
                 res.add(PART, f"{label}: {key[:-3]} latency", m[key], "ms", quiet=True)
         daemon.stop()
+    _without_tree(env)
+
+
+def _without_tree(env: Env) -> None:
+    """The same appends with `[checkpoint] enabled = false`: what the Merkle tree costs
+    (docs/performance.md, issue 19). The figures above are with the tree."""
+    res = env.results
+    config = write_config(env.scratch("sock-notree"), extra="[checkpoint]\nenabled = false\n")
+    with Daemon(config) as daemon:
+        daemon.start()
+        for conns in (1, 64):
+            m = measure(daemon, conns, env)
+            label = f"{_label(conns, 1)}, no Merkle tree"
+            per_append = m["daemon_cpu"] / m["rate"] * 1e6 if m["rate"] > 0 else float("nan")
+            res.add(PART, f"{label}: durable appends/s", m["rate"], "appends/s", detail=m)
+            res.add(PART, f"{label}: p50 latency", m["p50_ms"], "ms")
+            res.add(PART, f"{label}: p99 latency", m["p99_ms"], "ms", quiet=True)
+            res.add(PART, f"{label}: daemon CPU per append", per_append, "µs")
+        daemon.stop()

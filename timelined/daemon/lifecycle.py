@@ -245,10 +245,11 @@ async def _serve_with(
         )
         # Before serving, so that it sees every commit: opened at the engine's head, then
         # subscribed (nothing commits in between: no client is connected yet).
-        app.transparency = await anyio.to_thread.run_sync(
-            Transparency.open, config, engine.last_seq
-        )
-        engine.subscribe(app.transparency.tree.on_commit)
+        if config.checkpoint.enabled:
+            app.transparency = await anyio.to_thread.run_sync(
+                Transparency.open, config, engine.last_seq
+            )
+            engine.subscribe(app.transparency.tree.on_commit)
         _register(server, app)
         try:
             listener, ours = await _listener(config)
@@ -270,7 +271,8 @@ async def _serve_with(
                 signalled.reload = reloader  # SIGHUP
                 tg.start_soon(reloader.watch_file, stop)
                 _start_features(tg, app, notifier, stop)
-                tg.start_soon(app.transparency.run_forever, stop)
+                if app.transparency is not None:
+                    tg.start_soon(app.transparency.run_forever, stop)
                 await stop.wait()
                 notifier.stopping(StatusText.stopping())
                 log.info("stopping: finishing calls in progress")

@@ -13,6 +13,7 @@ extends it from the log.
 from __future__ import annotations
 
 import os
+from hashlib import sha256
 from pathlib import Path
 
 from timelined.transparency.merkle import HASH_SIZE, node_hash
@@ -28,6 +29,7 @@ class LevelFiles:
         self.directory = directory
         self._fds: list[int] = []
         self._flushed: list[int] = []  # hashes on disk, per level
+        self._counts: list[int] = []  # hashes on disk or pending, per level
         self._pending: list[bytearray] = []  # hashes not yet written, per level
         self._pending_bytes = 0
         self._last: list[bytes] = []  # each level's last hash, the left half of the next pair
@@ -48,6 +50,7 @@ class LevelFiles:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         self._fds.append(fd)
         self._flushed.append(os.fstat(fd).st_size // HASH_SIZE)
+        self._counts.append(self._flushed[-1])
         self._pending.append(bytearray())
         self._last.append(b"")
 
@@ -74,14 +77,11 @@ class LevelFiles:
 
     def _cut(self, level: int, count: int) -> None:
         os.ftruncate(self._fds[level], count * HASH_SIZE)
-        self._flushed[level] = count
+        self._flushed[level] = self._counts[level] = count
 
     @property
     def size(self) -> int:
-        return self._flushed[0] + len(self._pending[0]) // HASH_SIZE
-
-    def count(self, level: int) -> int:
-        return self._flushed[level] + len(self._pending[level]) // HASH_SIZE
+        return self._counts[0]
 
     def node(self, level: int, index: int) -> bytes:
         flushed = self._flushed[level]
@@ -98,23 +98,31 @@ class LevelFiles:
 
     def _write(self, level: int, digest: bytes) -> None:
         if level == len(self._fds):
-            if level >= MAX_LEVELS:
-                raise OverflowError("the tree cannot grow past 2**64 leaves")
             self._open_level(level)
         self._pending[level] += digest
         self._pending_bytes += HASH_SIZE
         self._last[level] = digest
+        self._counts[level] += 1
 
     def append(self, leaf: bytes) -> None:
-        """Add one leaf hash and every perfect subtree it completes."""
+        """Add one leaf hash and every perfect subtree it completes (the hot path: each
+        committed event; written out flat rather than through `_write`)."""
+        counts, last, pending = self._counts, self._last, self._pending
         level, digest = 0, leaf
         while True:
-            left = self._last[level] if level < len(self._fds) else b""
-            self._write(level, digest)
-            if self.count(level) & 1:
+            if level == len(counts):
+                if level >= MAX_LEVELS:
+                    raise OverflowError("the tree cannot grow past 2**64 leaves")
+                self._open_level(level)
+            left = last[level]
+            pending[level] += digest
+            last[level] = digest
+            counts[level] += 1
+            if counts[level] & 1:
                 break
-            digest = node_hash(left, digest)
+            digest = sha256(b"\x01" + left + digest).digest()  # merkle.node_hash, inlined
             level += 1
+        self._pending_bytes += HASH_SIZE * (level + 1)
         if self._pending_bytes >= FLUSH_BYTES:
             self.flush()
 
