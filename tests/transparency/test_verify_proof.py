@@ -50,7 +50,7 @@ def test_imports_only_the_standard_library_and_cryptography() -> None:
 def _tree(n: int) -> tuple[merkle.MemoryTree, list[str]]:
     tree, lines = merkle.MemoryTree(), []
     for i in range(n):
-        lines.append('{"seq":%d,"data":"event %d"}' % (i + 1, i))
+        lines.append(f'{{"seq":{i + 1},"data":"event {i}"}}')
         tree.append(lines[-1].encode())
     return tree, lines
 
