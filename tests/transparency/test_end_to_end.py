@@ -4,7 +4,7 @@ A real daemon process: the client audits twice (trust on first use, then consist
 daemon stops; the log is rewritten from seq K with a valid chain (every hash recomputed, the
 state and the clean-shutdown marker removed so that the boot rebuilds from the log); the daemon
 restarts and boots cleanly on the forged log; the client's next audit raises HistoryRewritten,
-and `timelinectl audit --since` exits 1 naming it.
+`timelinectl audit --since` exits 1 naming it, and a witness refuses to co-sign.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from timelined.client import Client
 from timelined.errors import HistoryRewritten
 from timelined.events import BlockAppended
 from timelined.transparency import audit as trust
+from timelined.transparency import note as signed_note
 from timelined.transparency.note import Verifier
 
 K = 5  # the first rewritten seq
@@ -81,6 +82,24 @@ def test_a_rewritten_past_is_caught_by_a_client_holding_a_checkpoint() -> None:
             assert json.loads(done.stdout)["new_size"] == second.new_size
             proved = _ctl(daemon, "prove", "3")
             assert proved.returncode == 0 and "verified" in proved.stdout, proved.stderr
+            # A witness co-signs what it saw extend the checkpoint it remembers.
+            made = _ctl(daemon, "witness-key", "witness.example", "--out", str(base / "w.key"))
+            assert made.returncode == 0, made.stderr
+            assert (base / "w.key").stat().st_mode & 0o777 == 0o600
+            witness_state = base / "witness.json"
+            for _ in range(2):
+                signed = _ctl(
+                    daemon,
+                    "cosign",
+                    "--since",
+                    str(witness_state),
+                    "--witness-key",
+                    str(base / "w.key"),
+                )
+                assert signed.returncode == 0, signed.stderr
+            cosigned = signed_note.parse(signed.stdout)
+            assert cosigned.verified_by(Verifier.parse(made.stdout))
+            assert cosigned.verified_by(Verifier.parse(key))
         assert (daemon.state_dir / "checkpoints" / f"{second.new_size:020d}.note").exists()
 
         _rewrite_log_from(daemon.state_dir, K)
@@ -95,5 +114,14 @@ def test_a_rewritten_past_is_caught_by_a_client_holding_a_checkpoint() -> None:
             done = _ctl(daemon, "--json", "audit", "--since", str(ctl_state))
             assert done.returncode == 1
             assert json.loads(done.stderr)["error"] == "io.timelined.HistoryRewritten"
+            refused = _ctl(
+                daemon,
+                "cosign",
+                "--since",
+                str(witness_state),
+                "--witness-key",
+                str(base / "w.key"),
+            )
+            assert refused.returncode == 1 and refused.stdout == ""
         # Nothing forged was remembered: the client still holds the true checkpoint.
         assert trust.load_remembered(remembered) == trust.Remembered(key, second.checkpoint)

@@ -1,12 +1,19 @@
-"""Verifiable-history verbs: checkpoint, checkpoint-key, prove, audit (docs/transparency.md)."""
+"""Verifiable-history verbs: checkpoint, checkpoint-key, prove, consistency-proof, audit,
+witness-key, cosign (docs/transparency.md)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 
-from timelined.ctl.common import ADMIN, Ctl, Verbs, positive
+from timelined.api.transparency import CheckpointKeyReply, CheckpointReply
+from timelined.auditlog.atomic import write_file_atomic
+from timelined.ctl.common import ADMIN, EX_USAGE, Ctl, Verbs, positive
 from timelined.errors import CheckpointInvalid
 from timelined.transparency import audit as trust
+from timelined.transparency import note
+from timelined.transparency.note import NoteError, Signer
 
 
 def register(verbs: Verbs) -> None:
@@ -38,6 +45,23 @@ def register(verbs: Verbs) -> None:
     p.add_argument("--since", required=True, metavar="FILE", help="the remembered checkpoint")
     p.add_argument("--key", help="the verifier key to trust at the first audit")
     p.set_defaults(run=audit)
+
+    p = verbs.add_parser(
+        "witness-key", help="create a witness's signing key (0600) and print its verifier key"
+    )
+    p.add_argument("name", help="the witness's name (no spaces, no '+')")
+    p.add_argument("--out", required=True, metavar="FILE", help="the new key file")
+    p.set_defaults(run=witness_key)
+
+    p = verbs.add_parser(
+        "cosign",
+        help="audit (as `audit --since FILE`), then print the checkpoint co-signed with a "
+        "witness key: a witness vouches only for a history it saw extend",
+    )
+    p.add_argument("--since", required=True, metavar="FILE", help="the remembered checkpoint")
+    p.add_argument("--witness-key", required=True, metavar="FILE", help="from witness-key")
+    p.add_argument("--key", help="the daemon's verifier key to trust at the first audit")
+    p.set_defaults(run=cosign)
 
 
 def checkpoint(ctl: Ctl) -> int:
@@ -119,4 +143,35 @@ def audit(ctl: Ctl) -> int:
         ctl.out.fields([("root", result.root), ("remembered in", ctl.args.since)])
 
     ctl.out.reply(result, human)
+    return 0
+
+
+def witness_key(ctl: Ctl) -> int:
+    try:
+        signer = Signer.generate(ctl.args.name)
+    except NoteError as exc:
+        return ctl.out.fail(EX_USAGE, "UsageError", f"witness-key: {exc}")
+    if Path(ctl.args.out).exists():
+        return ctl.out.fail(
+            EX_USAGE, "UsageError", f"{ctl.args.out} exists: keys are never overwritten"
+        )
+    write_file_atomic(ctl.args.out, str(signer).encode() + b"\n", mode=0o600, exact_mode=True)
+    ctl.out.reply(
+        CheckpointKeyReply(str(signer.verifier())), lambda: ctl.out.line(str(signer.verifier()))
+    )
+    return 0
+
+
+def cosign(ctl: Ctl) -> int:
+    try:
+        witness = Signer.parse(Path(ctl.args.witness_key).read_text(encoding="ascii"))
+    except (OSError, NoteError) as exc:
+        return ctl.out.fail(EX_USAGE, "UsageError", f"witness key {ctl.args.witness_key}: {exc}")
+    result = ctl.client.audit(ctl.args.since, verifier_key=ctl.args.key)  # raises unless it extends
+    cosigned = note.parse(result.checkpoint).with_signature(witness)
+
+    def human() -> None:
+        ctl.out.stdout.write(cosigned)
+
+    ctl.out.reply(CheckpointReply(cosigned), human)
     return 0
