@@ -87,15 +87,9 @@ def test_a_rewritten_past_is_caught_by_a_client_holding_a_checkpoint() -> None:
             assert made.returncode == 0, made.stderr
             assert (base / "w.key").stat().st_mode & 0o777 == 0o600
             witness_state = base / "witness.json"
+            cosign = ("cosign", "--since", str(witness_state), "--witness-key", str(base / "w.key"))
             for _ in range(2):
-                signed = _ctl(
-                    daemon,
-                    "cosign",
-                    "--since",
-                    str(witness_state),
-                    "--witness-key",
-                    str(base / "w.key"),
-                )
+                signed = _ctl(daemon, *cosign)
                 assert signed.returncode == 0, signed.stderr
             cosigned = signed_note.parse(signed.stdout)
             assert cosigned.verified_by(Verifier.parse(made.stdout))
@@ -114,14 +108,7 @@ def test_a_rewritten_past_is_caught_by_a_client_holding_a_checkpoint() -> None:
             done = _ctl(daemon, "--json", "audit", "--since", str(ctl_state))
             assert done.returncode == 1
             assert json.loads(done.stderr)["error"] == "io.timelined.HistoryRewritten"
-            refused = _ctl(
-                daemon,
-                "cosign",
-                "--since",
-                str(witness_state),
-                "--witness-key",
-                str(base / "w.key"),
-            )
+            refused = _ctl(daemon, *cosign)
             assert refused.returncode == 1 and refused.stdout == ""
         # Nothing forged was remembered: the client still holds the true checkpoint.
         assert trust.load_remembered(remembered) == trust.Remembered(key, second.checkpoint)

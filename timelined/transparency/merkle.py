@@ -112,27 +112,40 @@ def _check_hashes(proof: Sequence[bytes], *more: bytes) -> None:
         raise ProofError(f"a hash is not {HASH_SIZE} bytes")
 
 
+def _fold(
+    fn: int, sn: int, path: Sequence[bytes], seed: bytes, right_only: bool
+) -> tuple[bytes, bytes]:
+    """RFC 9162's walk up the tree from node `fn` of the last node `sn`, hashing in `path`.
+
+    Returns (r, s): `s` takes every hash (the new root), `r` only those on its left (the old
+    root of a consistency proof); with `right_only` false, r follows s (an inclusion proof).
+    """
+    r = s = seed
+    for p in path:
+        if sn == 0:
+            raise ProofError("the proof is longer than the tree is deep")
+        if fn & 1 or fn == sn:
+            r, s = node_hash(p, r), node_hash(p, s)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            s = node_hash(s, p)
+            if not right_only:
+                r = s
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise ProofError("the proof is shorter than the tree is deep")
+    return r, s
+
+
 def root_from_inclusion(index: int, size: int, leaf: bytes, proof: Sequence[bytes]) -> bytes:
     """The root that `proof` makes of leaf hash `leaf` at `index` (RFC 9162 2.1.3.2)."""
     if not 0 <= index < size:
         raise ProofError(f"leaf index {index} is not below the tree size {size}")
     _check_hashes(proof, leaf)
-    fn, sn, r = index, size - 1, leaf
-    for p in proof:
-        if sn == 0:
-            raise ProofError("the proof is longer than the tree is deep")
-        if fn & 1 or fn == sn:
-            r = node_hash(p, r)
-            while not fn & 1 and fn != 0:
-                fn >>= 1
-                sn >>= 1
-        else:
-            r = node_hash(r, p)
-        fn >>= 1
-        sn >>= 1
-    if sn != 0:
-        raise ProofError("the proof is shorter than the tree is deep")
-    return r
+    return _fold(index, size - 1, proof, leaf, right_only=False)[1]
 
 
 def verify_inclusion(
@@ -167,22 +180,7 @@ def verify_consistency(
     while fn & 1:
         fn >>= 1
         sn >>= 1
-    fr = sr = path[0]
-    for c in path[1:]:
-        if sn == 0:
-            raise ProofError("the proof is longer than the tree is deep")
-        if fn & 1 or fn == sn:
-            fr = node_hash(c, fr)
-            sr = node_hash(c, sr)
-            while not fn & 1 and fn != 0:
-                fn >>= 1
-                sn >>= 1
-        else:
-            sr = node_hash(sr, c)
-        fn >>= 1
-        sn >>= 1
-    if sn != 0:
-        raise ProofError("the proof is shorter than the tree is deep")
+    fr, sr = _fold(fn, sn, path[1:], path[0], right_only=True)
     if fr != old_root:
         raise ProofError(f"the proof does not lead to the root of size {old_size}")
     if sr != new_root:
