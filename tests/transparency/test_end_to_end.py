@@ -112,3 +112,24 @@ def test_a_rewritten_past_is_caught_by_a_client_holding_a_checkpoint() -> None:
             assert refused.returncode == 1 and refused.stdout == ""
         # Nothing forged was remembered: the client still holds the true checkpoint.
         assert trust.load_remembered(remembered) == trust.Remembered(key, second.checkpoint)
+
+
+def test_a_killed_daemon_extends_its_tree_from_the_log_at_boot() -> None:
+    """SIGKILL loses the tree's unwritten hashes (never fsynced, by design): the next boot
+    extends the tree from the log, and a client's audit finds it consistent."""
+    with short_tempdir() as base:
+        remembered = base / "remembered.json"
+        daemon = DaemonProcess(base)
+        with daemon, Client(daemon.socket_path) as client:
+            conv = client.create_conversation("killed")
+            client.append_block(conv.root_context_id, "user", "before the audit")
+            first = client.audit(remembered)
+            for i in range(20):
+                client.append_block(conv.root_context_id, "user", f"after {i}")
+            daemon.kill()
+        leaves = (daemon.state_dir / "tree" / "level-00").stat().st_size // 32
+        assert leaves < first.new_size + 20  # the hashes since the checkpoint were not written
+        with daemon, Client(daemon.socket_path) as client:
+            second = client.audit(remembered)
+            assert (second.old_size, second.new_size) == (first.new_size, first.new_size + 20)
+            assert "extending the Merkle tree" in daemon.log()
