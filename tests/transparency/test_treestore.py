@@ -98,3 +98,14 @@ def test_open_extends_from_the_log_and_recomputes_a_rewritten_one(tmp_path: Path
     files = LevelFiles.open(tree_dir)  # the old tree's files against the original log
     assert check_against_log(files, 20, log_dir) == "leaf 0 (seq 1) differs from the log"
     files.close()
+
+
+def test_a_reload_reports_that_checkpoint_changes_need_a_restart(tmp_path: Path) -> None:
+    import msgspec
+
+    from timelined.config import CheckpointConfig, default_config
+    from timelined.daemon.reload import diff
+
+    old = default_config(tmp_path)
+    new = msgspec.structs.replace(old, checkpoint=CheckpointConfig(interval_s=5.0))
+    assert diff(old, new).restart_required == ["checkpoint.interval_s"]
