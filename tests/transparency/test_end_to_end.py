@@ -10,6 +10,7 @@ restarts and boots cleanly on the forged log; the client's next audit raises His
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from tests.daemon.harness import DaemonProcess, short_tempdir
 from timelined.auditlog.reader import read_records
 from timelined.auditlog.record import encode_record
 from timelined.client import Client
-from timelined.errors import HistoryRewritten
+from timelined.errors import FeatureUnavailable, HistoryRewritten
 from timelined.events import BlockAppended
 from timelined.transparency import audit as trust
 from timelined.transparency import note as signed_note
@@ -133,3 +134,26 @@ def test_a_killed_daemon_extends_its_tree_from_the_log_at_boot() -> None:
             second = client.audit(remembered)
             assert (second.old_size, second.new_size) == (first.new_size, first.new_size + 20)
             assert "extending the Merkle tree" in daemon.log()
+
+
+def test_a_log_damaged_before_its_tail_still_boots_without_checkpoints() -> None:
+    """The tree is rebuilt from the log at boot; a log damaged in the middle (which the boot's
+    tail scan does not read: the verifier finds it) must not stop the daemon: it serves, and
+    the checkpoint methods answer FeatureUnavailable."""
+    with short_tempdir() as base:
+        daemon = DaemonProcess(base)
+        with daemon, Client(daemon.socket_path) as client:
+            conv = client.create_conversation("damaged")
+            for i in range(5):
+                client.append_block(conv.root_context_id, "user", f"block {i}")
+        segment = next((daemon.state_dir / "log").glob("*.jsonl"))
+        lines = segment.read_bytes().splitlines(keepends=True)
+        lines[2] = lines[2].replace(b"block 1", b"block X")  # its hash no longer matches
+        segment.write_bytes(b"".join(lines))
+        shutil.rmtree(daemon.state_dir / "tree")
+        (daemon.state_dir / "clean-shutdown").unlink()
+        with daemon, Client(daemon.socket_path) as client:
+            assert client.get_status().last_seq == 6
+            with pytest.raises(FeatureUnavailable):
+                client.get_checkpoint()
+        assert "serving without the Merkle tree" in daemon.log()

@@ -35,7 +35,14 @@ from timelined.daemon.reload import Reloader
 from timelined.daemon.signals import block as block_signals
 from timelined.daemon.signals import receive_signals
 from timelined.daemon.varlink_setup import map_error, server_limits
-from timelined.errors import BootFailed, ConfigError, FatalStorageError, StateLocked, StorageError
+from timelined.errors import (
+    BootFailed,
+    ConfigError,
+    FatalStorageError,
+    StateLocked,
+    StorageError,
+    TimelinedError,
+)
 from timelined.ids import utc_now
 from timelined.logs import setup_logging
 from timelined.recovery.boot import BootResult, boot, describe_boot
@@ -246,10 +253,16 @@ async def _serve_with(
         # Before serving, so that it sees every commit: opened at the engine's head, then
         # subscribed (nothing commits in between: no client is connected yet).
         if config.checkpoint.enabled:
-            app.transparency = await anyio.to_thread.run_sync(
-                Transparency.open, config, engine.last_seq
-            )
-            engine.subscribe(app.transparency.tree.on_commit)
+            try:
+                app.transparency = await anyio.to_thread.run_sync(
+                    Transparency.open, config, engine.last_seq
+                )
+            except (TimelinedError, OSError) as exc:
+                # A log damaged before its tail (the daemon serves read-only) or an unreadable
+                # key: serve without checkpoints rather than not at all; the methods say why.
+                log.error("serving without the Merkle tree and checkpoints: %s", exc)
+            else:
+                engine.subscribe(app.transparency.tree.on_commit)
         _register(server, app)
         try:
             listener, ours = await _listener(config)
