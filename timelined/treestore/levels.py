@@ -36,7 +36,9 @@ class LevelFiles:
 
     @classmethod
     def open(cls, directory: Path) -> LevelFiles:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory.mkdir(
+            parents=True, exist_ok=True
+        )  # the daemon's umask: 0700, or 0750 for a group
         files = cls(directory)
         level = 0
         while level == 0 or (directory / f"level-{level:02d}").exists():
