@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import ast
 import base64
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import load_script
 from timelined.transparency import merkle
 from timelined.transparency.checkpoint import Checkpoint
 from timelined.transparency.note import Signer
@@ -25,15 +24,7 @@ SIGNER = Signer.generate("example.org/log")
 KEY = str(SIGNER.verifier())
 
 
-def _tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("verify_proof", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-TOOL = _tool()
+TOOL = load_script(SCRIPT)
 
 
 def test_imports_only_the_standard_library_and_cryptography() -> None:
