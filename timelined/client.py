@@ -109,7 +109,7 @@ from timelined.client_common import (
     to_json,
 )
 from timelined.client_sync import Client
-from timelined.errors import DaemonUnavailable, ProtocolError
+from timelined.errors import CheckpointInvalid, DaemonUnavailable, ProtocolError
 from timelined.events import SubBlock
 from timelined.transparency import audit as trust
 from timelined.varlink import AsyncVarlinkClient, VarlinkErrorReply
@@ -593,3 +593,33 @@ class AsyncClient:
             key_trusted_on_first_use=tofu,
             checkpoint=new.text,
         )
+
+    async def prove_event(self, seq: int, state_file: str | os.PathLike[str]) -> trust.ProvenEvent:
+        """Event `seq`'s log line, proven to be in the daemon's current checkpoint after an
+        `audit(state_file)` of that checkpoint (signature, then consistency with the one
+        remembered). Raises CheckpointInvalid when the proof does not lead to it."""
+        audited = await self.audit(state_file)
+        remembered = trust.load_remembered(state_file)
+        assert remembered is not None  # the audit just wrote it
+        verifier = trust.parse_verifier(remembered.verifier_key)
+        signed = trust.open_signed(audited.checkpoint, verifier)
+        size = signed.checkpoint.size
+        if seq > size:
+            raise CheckpointInvalid(f"event {seq} is not in the checkpoint (tree size {size})")
+        proof = await self.get_inclusion_proof(seq, size)
+        events = (await self.read_log(after_seq=seq - 1, limit=1)).events
+        line = bytes(events[0]) if events else b""
+        trust.check_inclusion(signed, seq, line, proof.hashes)
+        return trust.ProvenEvent(
+            seq, line.decode(), proof.leaf_index, size, proof.hashes, audited.checkpoint
+        )
+
+    async def get_block_proven(
+        self, id: str, state_file: str | os.PathLike[str]
+    ) -> tuple[Block, trust.ProvenEvent]:
+        """A block read with the proof that the log holds it as read: its event's inclusion in
+        an audited checkpoint (`prove_event`) and the event's block equal to the one read."""
+        block = await self.get_block(id)
+        proven = await self.prove_event(block.seq, state_file)
+        trust.check_block_line(proven.line.encode(), block)
+        return block, proven

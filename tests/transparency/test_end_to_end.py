@@ -69,8 +69,9 @@ def test_a_rewritten_past_is_caught_by_a_client_holding_a_checkpoint() -> None:
         daemon = DaemonProcess(base)
         with daemon, Client(daemon.socket_path) as client:
             conv = client.create_conversation("audited")
-            for i in range(10):
-                client.append_block(conv.root_context_id, "user", f"block {i}")
+            appended = [
+                client.append_block(conv.root_context_id, "user", f"block {i}") for i in range(10)
+            ]
             first = client.audit(remembered)
             assert first.old_size is None and first.key_trusted_on_first_use
             key = client.get_checkpoint_key()
@@ -81,6 +82,11 @@ def test_a_rewritten_past_is_caught_by_a_client_holding_a_checkpoint() -> None:
             done = _ctl(daemon, "--json", "audit", "--since", str(ctl_state), "--key", key)
             assert done.returncode == 0, done.stderr
             assert json.loads(done.stdout)["new_size"] == second.new_size
+            # A block read with its proof: in the audited checkpoint, and the log's as read.
+            block, proven = client.get_block_proven(appended[3].block.id, remembered)
+            assert (block.content, proven.seq) == ("block 3", appended[3].seq)
+            assert proven.tree_size == second.new_size
+            second = client.audit(remembered)  # what prove_event audited: unchanged since
             proved = _ctl(daemon, "prove", "3")
             assert proved.returncode == 0 and "verified" in proved.stdout, proved.stderr
             # A witness co-signs what it saw extend the checkpoint it remembers.
@@ -103,6 +109,8 @@ def test_a_rewritten_past_is_caught_by_a_client_holding_a_checkpoint() -> None:
             note = client.get_checkpoint()
             forged = trust.open_signed(note, Verifier.parse(key)).checkpoint
             assert forged.size == second.new_size
+            with pytest.raises(HistoryRewritten):
+                client.get_block_proven(appended[3].block.id, remembered)
             with pytest.raises(HistoryRewritten) as caught:
                 client.audit(remembered)
             assert caught.value.params["old_size"] == second.new_size

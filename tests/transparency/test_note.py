@@ -91,3 +91,24 @@ def test_checkpoint_round_trip_and_cosignature() -> None:
         open_checkpoint(Checkpoint("other", 0, EMPTY_ROOT).sign(log_key), log_key.verifier())
     with pytest.raises(NoteError):
         Checkpoint.parse_text("origin\n01\n47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\n")
+
+
+def test_a_block_that_differs_from_its_proven_line_is_refused() -> None:
+    import msgspec
+
+    from timelined.api.model import Block
+    from timelined.auditlog.record import GENESIS_PREV, encode_record
+    from timelined.errors import CheckpointInvalid
+    from timelined.events import BlockAppended, BlockData
+    from timelined.transparency.audit import check_block_line
+
+    ts = "2026-01-02T03:04:05.000006Z"
+    data = BlockData(id="blk_1", context_id="ctx_1", role="user", content="said", timestamp=ts)
+    _, line = encode_record(7, ts, "daemon", BlockAppended(block=data), GENESIS_PREV)
+    read = Block(
+        id="blk_1", context_id="ctx_1", role="user", content="said", timestamp=ts, seq=7, position=0
+    )
+    check_block_line(line[:-1], read)
+    for changed in ({"content": "never said"}, {"seq": 8}, {"id": "blk_2"}):
+        with pytest.raises(CheckpointInvalid):
+            check_block_line(line[:-1], msgspec.structs.replace(read, **changed))

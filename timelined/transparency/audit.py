@@ -17,7 +17,9 @@ from pathlib import Path
 
 import msgspec
 
+from timelined.api.model import Block
 from timelined.auditlog.atomic import write_file_atomic
+from timelined.auditlog.record import RecordError, decode_line
 from timelined.errors import CheckpointInvalid, HistoryRewritten
 from timelined.transparency.checkpoint import SignedCheckpoint, open_checkpoint
 from timelined.transparency.merkle import (
@@ -34,6 +36,17 @@ MAX_STATE_BYTES = 64 * 1024
 class Remembered(msgspec.Struct, frozen=True):
     verifier_key: str
     checkpoint: str  # the signed note
+
+
+class ProvenEvent(msgspec.Struct, frozen=True):
+    """An event's log line with its inclusion proof in a checkpoint the client audited."""
+
+    seq: int
+    line: str  # the log line, newline excluded: its leaf is SHA-256(0x00 ‖ these bytes)
+    leaf_index: int
+    tree_size: int
+    hashes: list[str]
+    checkpoint: str
 
 
 class AuditResult(msgspec.Struct, frozen=True):
@@ -108,3 +121,20 @@ def check_inclusion(signed: SignedCheckpoint, seq: int, line: bytes, hashes: lis
         verify_inclusion(seq - 1, cp.size, leaf_hash(line), decode_hashes(hashes), cp.root)
     except ProofError as exc:
         raise CheckpointInvalid(f"event {seq}: {exc}") from None
+
+
+def check_block_line(line: bytes, block: Block) -> None:
+    """Raise CheckpointInvalid unless the proven log line is the append of `block` as read
+    (the state answered a block the log does not hold: drift, or a lying daemon)."""
+    try:
+        record = decode_line(line + b"\n")
+    except RecordError as exc:
+        raise CheckpointInvalid(f"event {block.seq}: {exc}") from None
+    written = getattr(record.event, "block", None)
+    fields = ("id", "context_id", "role", "content", "timestamp")
+    if (
+        written is None
+        or record.seq != block.seq
+        or any(getattr(written, f) != getattr(block, f) for f in fields)
+    ):
+        raise CheckpointInvalid(f"block {block.id} as read is not the log's event {block.seq}")
