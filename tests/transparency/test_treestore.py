@@ -65,7 +65,7 @@ def _write_log(log_dir: Path, n: int, text: str = "x") -> None:
     from timelined.auditlog.record import GENESIS_PREV, encode_record
     from timelined.events import ConversationCreated
 
-    log_dir.mkdir(exist_ok=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
     prev, lines = GENESIS_PREV, []
     for seq in range(1, n + 1):
         event = ConversationCreated(
@@ -109,3 +109,23 @@ def test_a_reload_reports_that_checkpoint_changes_need_a_restart(tmp_path: Path)
     old = default_config(tmp_path)
     new = msgspec.structs.replace(old, checkpoint=CheckpointConfig(interval_s=5.0))
     assert diff(old, new).restart_required == ["checkpoint.interval_s"]
+
+
+async def test_checkpoints_cover_only_what_is_on_disk(tmp_path: Path) -> None:
+    """With log.fsync = "interval" the tree runs ahead of the fsynced log: a checkpoint signs
+    only the durable prefix, which a power cut cannot take back."""
+    from timelined.config import default_config
+    from timelined.transparency.checkpoint import open_checkpoint
+    from timelined.treestore.service import Transparency
+
+    config = default_config(tmp_path / "state")
+    _write_log(config.log_dir, 9)
+    transparency = Transparency.open(config, 9)
+    durable = 6
+    transparency.durable_seq = lambda: durable
+    verifier = transparency.signer.verifier()
+    assert open_checkpoint(await transparency.checkpoint(), verifier).checkpoint.size == 6
+    durable = 9
+    signed = open_checkpoint(await transparency.checkpoint(), verifier).checkpoint
+    assert (signed.size, signed.root) == (9, transparency.tree.root(9))
+    transparency.close()

@@ -263,6 +263,9 @@ async def _serve_with(
                 log.error("serving without the Merkle tree and checkpoints: %s", exc)
             else:
                 engine.subscribe(app.transparency.tree.on_commit)
+                writer = engine.writer
+                if writer is not None:
+                    app.transparency.durable_seq = lambda: writer.durable_seq
         _register(server, app)
         try:
             listener, ours = await _listener(config)

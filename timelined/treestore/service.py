@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -23,6 +24,9 @@ class Transparency:
     config: Config
     tree: LogTree
     signer: Signer
+    # The last seq on disk (fsynced): with `log.fsync = "interval"` or "off" the tree runs ahead
+    # of it, and a checkpoint over events a power cut then loses would read as a rewritten past.
+    durable_seq: Callable[[], int] | None = None
     _signed_size: int = -1
     _signed_note: str = ""
     _lock: anyio.Lock = field(default_factory=anyio.Lock)
@@ -46,6 +50,8 @@ class Transparency:
         """A signed checkpoint of the whole tree as it is now (signed and kept when it grew)."""
         async with self._lock:
             size = self.tree.size
+            if self.durable_seq is not None:
+                size = min(size, self.durable_seq())
             if size != self._signed_size:
                 self.tree.files.flush()
                 note = self._note(size)
