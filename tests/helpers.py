@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sqlite3
 from pathlib import Path
+from types import ModuleType
 
 from timelined.state.replay import rebuild
 
@@ -47,3 +49,12 @@ def fts_ok(db: Path) -> bool:
         return False
     finally:
         conn.close()
+
+
+def load_script(path: Path) -> ModuleType:
+    """A standalone script of tools/ (not a package module) imported by its path."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

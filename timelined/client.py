@@ -39,6 +39,7 @@ and why it failed.
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
@@ -85,6 +86,12 @@ from timelined.api.model import (
 )
 from timelined.api.reports import Report, ReportInfo
 from timelined.api.timeline import AppendResult
+from timelined.api.transparency import (
+    CheckpointKeyReply,
+    CheckpointReply,
+    ConsistencyProofReply,
+    InclusionProofReply,
+)
 from timelined.client_common import (
     ADMIN,
     SERVICE,
@@ -108,8 +115,9 @@ from timelined.client_common import (
 )
 from timelined.client_sync import Client
 from timelined.commands import NewBlock
-from timelined.errors import DaemonUnavailable, ProtocolError
+from timelined.errors import CheckpointInvalid, DaemonUnavailable, ProtocolError
 from timelined.events import SubBlock
+from timelined.transparency import audit as trust
 from timelined.varlink import AsyncVarlinkClient, VarlinkErrorReply
 from timelined.varlink.service import GetInfoReply, GetInterfaceDescriptionReply
 
@@ -565,3 +573,92 @@ class AsyncClient:
     async def get_metrics(self) -> str:
         """The daemon's metrics in the Prometheus text format."""
         return (await self._call(ADMIN + "GetMetrics", {}, MetricsReply)).text
+
+    # --- verifiable history (docs/transparency.md) ---
+
+    async def get_checkpoint(self) -> str:
+        """A signed checkpoint (C2SP signed note) of the log's Merkle tree, unverified."""
+        return (await self._call(ADMIN + "GetCheckpoint", {}, CheckpointReply)).checkpoint
+
+    async def get_checkpoint_key(self) -> str:
+        """The note verifier key of the daemon's checkpoint key (compare it out of band)."""
+        return (await self._call(ADMIN + "GetCheckpointKey", {}, CheckpointKeyReply)).verifier_key
+
+    async def get_inclusion_proof(
+        self, seq: int, tree_size: int | None = None
+    ) -> InclusionProofReply:
+        params = call_params(seq=seq, tree_size=tree_size)
+        return await self._call(ADMIN + "GetInclusionProof", params, InclusionProofReply)
+
+    async def get_consistency_proof(self, old_size: int, new_size: int | None = None) -> list[str]:
+        params = call_params(old_size=old_size, new_size=new_size)
+        reply = await self._call(ADMIN + "GetConsistencyProof", params, ConsistencyProofReply)
+        return reply.hashes
+
+    async def audit(
+        self, state_file: str | os.PathLike[str], verifier_key: str | None = None
+    ) -> trust.AuditResult:
+        """Verify the daemon's current checkpoint against the one remembered in `state_file`
+        (its signature, then that its tree extends the remembered one), then remember it.
+
+        Raises `CheckpointInvalid` (bad signature, another key) or `HistoryRewritten` (the
+        log's past changed: a rewrite, a truncation or a fork). The first audit trusts
+        `verifier_key`, or the daemon's own key when none is given.
+        """
+        remembered = trust.load_remembered(state_file)
+        tofu = remembered is None and verifier_key is None
+        if remembered is not None:
+            key = remembered.verifier_key
+        else:
+            key = verifier_key if verifier_key is not None else await self.get_checkpoint_key()
+        verifier = trust.parse_verifier(key)
+        new = trust.open_signed(await self.get_checkpoint(), verifier)
+        old_size: int | None = None
+        if remembered is not None:
+            old = trust.open_signed(remembered.checkpoint, verifier)
+            old_size = old.checkpoint.size
+            if old.checkpoint.size < new.checkpoint.size and old.checkpoint.size > 0:
+                hashes = await self.get_consistency_proof(old_size, new.checkpoint.size)
+            else:
+                hashes = []
+            trust.check_extends(old, new, lambda _a, _b: hashes)
+        trust.remember(state_file, trust.Remembered(key, new.text))
+        cp = new.checkpoint
+        return trust.AuditResult(
+            origin=cp.origin,
+            old_size=old_size,
+            new_size=cp.size,
+            root=base64.b64encode(cp.root).decode(),
+            key_trusted_on_first_use=tofu,
+            checkpoint=new.text,
+        )
+
+    async def prove_event(self, seq: int, state_file: str | os.PathLike[str]) -> trust.ProvenEvent:
+        """Event `seq`'s log line, proven to be in the daemon's current checkpoint after an
+        `audit(state_file)` of that checkpoint (signature, then consistency with the one
+        remembered). Raises CheckpointInvalid when the proof does not lead to it."""
+        audited = await self.audit(state_file)
+        remembered = trust.load_remembered(state_file)
+        assert remembered is not None  # the audit just wrote it
+        verifier = trust.parse_verifier(remembered.verifier_key)
+        signed = trust.open_signed(audited.checkpoint, verifier)
+        size = signed.checkpoint.size
+        if seq > size:
+            raise CheckpointInvalid(f"event {seq} is not in the checkpoint (tree size {size})")
+        proof = await self.get_inclusion_proof(seq, size)
+        events = (await self.read_log(after_seq=seq - 1, limit=1)).events
+        line = bytes(events[0]) if events else b""
+        trust.check_inclusion(signed, seq, line, proof.hashes)
+        return trust.ProvenEvent(
+            seq, line.decode(), proof.leaf_index, size, proof.hashes, audited.checkpoint
+        )
+
+    async def get_block_proven(
+        self, id: str, state_file: str | os.PathLike[str]
+    ) -> tuple[Block, trust.ProvenEvent]:
+        """A block read with the proof that the log holds it as read: its event's inclusion in
+        an audited checkpoint (`prove_event`) and the event's block equal to the one read."""
+        block = await self.get_block(id)
+        proven = await self.prove_event(block.seq, state_file)
+        trust.check_block_line(proven.line.encode(), block)
+        return block, proven

@@ -103,12 +103,29 @@ class AuthConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return frozenset(self.allow_uids)
 
 
+class CheckpointConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Signed checkpoints of the log's Merkle tree (docs/transparency.md)."""
+
+    # false: no tree, no key, no checkpoints; the four methods answer FeatureUnavailable.
+    enabled: bool = True
+
+    # A new checkpoint is signed every interval_s seconds when the log grew, and at every
+    # clean stop.
+    interval_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 60.0
+    # The checkpoint's origin line and the key's name; used when the key is created (first
+    # boot), then the key's own name is kept. "" → "timelined/<hostname>".
+    origin: Annotated[str, msgspec.Meta(pattern=r"^[!-*,-~]{0,200}$")] = ""
+    # How many signed checkpoints STATE_DIR/checkpoints/ keeps (the oldest are removed).
+    keep: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
+
+
 class _FileConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     verify: VerifyConfig = msgspec.field(default_factory=VerifyConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
+    checkpoint: CheckpointConfig = msgspec.field(default_factory=CheckpointConfig)
 
 
 class Config(msgspec.Struct, frozen=True):
@@ -122,6 +139,7 @@ class Config(msgspec.Struct, frozen=True):
     state_dir: Path
     socket_path: Path
     source: Path | None  # the file it came from, None for pure defaults
+    checkpoint: CheckpointConfig = CheckpointConfig()
 
     @property
     def log_dir(self) -> Path:
@@ -150,6 +168,18 @@ class Config(msgspec.Struct, frozen=True):
     @property
     def lock_path(self) -> Path:
         return self.state_dir / "lock"
+
+    @property
+    def tree_dir(self) -> Path:
+        return self.state_dir / "tree"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.state_dir / "keys"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.state_dir / "checkpoints"
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some top-level fields changed (tests and reload use it)."""
@@ -255,6 +285,7 @@ def _resolve(fc: _FileConfig, base: Path, source: Path | None) -> Config:
         state_dir=state_dir,
         socket_path=socket_path,
         source=source,
+        checkpoint=fc.checkpoint,
     )
 
 

@@ -531,6 +531,45 @@ class ProtocolError(TimelinedError):
         super().__init__(f"protocol error: {reason}", reason=reason)
 
 
+# --- verifiable history (issue 19) ----------------------------------------------------------
+
+
+class CheckpointInvalid(TimelinedError):
+    """A checkpoint or proof that does not verify: a bad signature, a key other than the one
+    trusted, a malformed note, or an inclusion proof that does not lead to the checkpoint."""
+
+    name = "CheckpointInvalid"
+    doc = "A checkpoint or proof that does not verify (signature, key, format or proof)."
+
+    class Params(ErrorParams, frozen=True):
+        reason: str
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"checkpoint does not verify: {reason}", reason=reason)
+
+
+class HistoryRewritten(TimelinedError):
+    """A correctly signed checkpoint that does not extend the one remembered: the log was
+    rewritten, truncated or forked since (docs/transparency.md)."""
+
+    name = "HistoryRewritten"
+    doc = "A signed checkpoint that does not extend the one remembered: the log's past changed."
+
+    class Params(ErrorParams, frozen=True):
+        old_size: int
+        new_size: int
+        reason: str
+
+    def __init__(self, old_size: int, new_size: int, reason: str) -> None:
+        super().__init__(
+            f"the log's history changed: the checkpoint at size {new_size} does not extend the "
+            f"remembered one at size {old_size} ({reason})",
+            old_size=old_size,
+            new_size=new_size,
+            reason=reason,
+        )
+
+
 def all_error_classes() -> list[type[TimelinedError]]:
     """Every named error class, for the interface files and the client's name → class map."""
     seen: list[type[TimelinedError]] = []

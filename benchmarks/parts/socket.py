@@ -205,6 +205,7 @@ def run(env: Env) -> None:
                 res.add(PART, f"{label}: {key[:-3]} latency", m[key], "ms", quiet=True)
         append_blocks(env, daemon)
         daemon.stop()
+    _without_tree(env)
 
 
 def append_blocks(env: Env, daemon: Daemon) -> None:
@@ -232,3 +233,21 @@ def append_blocks(env: Env, daemon: Daemon) -> None:
         target=Target(">=", 60, "issue 17"),
         note=f"raw: {ceiling:,.0f} blocks/s in {BLOCKS_PER_CALL}-block transactions, one context",
     )
+
+
+def _without_tree(env: Env) -> None:
+    """The same appends with `[checkpoint] enabled = false`: what the Merkle tree costs
+    (docs/performance.md, issue 19). The figures above are with the tree."""
+    res = env.results
+    config = write_config(env.scratch("sock-notree"), extra="[checkpoint]\nenabled = false\n")
+    with Daemon(config) as daemon:
+        daemon.start()
+        for conns in (1, 64):
+            m = measure(daemon, conns, env)
+            label = f"{_label(conns, 1)}, no Merkle tree"
+            per_append = m["daemon_cpu"] / m["rate"] * 1e6 if m["rate"] > 0 else float("nan")
+            res.add(PART, f"{label}: durable appends/s", m["rate"], "appends/s", detail=m)
+            res.add(PART, f"{label}: p50 latency", m["p50_ms"], "ms")
+            res.add(PART, f"{label}: p99 latency", m["p99_ms"], "ms", quiet=True)
+            res.add(PART, f"{label}: daemon CPU per append", per_append, "µs")
+        daemon.stop()

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import load_script
 from timelined.auditlog.scan import scan_tail, walk_chain
 from timelined.auditlog.segments import list_segments
 
@@ -25,15 +24,7 @@ TOOL = ROOT / "tools" / "verify_log.py"
 COUNT = 30
 
 
-def load_tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("verify_log", TOOL)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = load_tool()
+tool = load_script(TOOL)
 
 
 def tool_verdict(log_dir: Path) -> int | None:

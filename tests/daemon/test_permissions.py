@@ -101,7 +101,12 @@ def test_state_group_makes_the_state_readable_by_that_group_only() -> None:
         daemon = DaemonProcess(base, daemon={"state_group": str(gid)})
         with daemon:
             _busy(daemon)
-            for rel, mode in _modes(daemon.state_dir).items():
+            modes = _modes(daemon.state_dir)
+            # The checkpoint signing key stays the daemon's alone: a reader of the state who
+            # could read it could sign a rewritten history (docs/transparency.md).
+            assert modes.pop("keys/checkpoint.key") == 0o600
+            assert modes.pop("keys") & 0o077 == 0
+            for rel, mode in modes.items():
                 path = daemon.state_dir / rel
                 want = 0o2750 if path.is_dir() else 0o640
                 assert mode == want, (rel, oct(mode))

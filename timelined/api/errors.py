@@ -58,5 +58,7 @@ ADMIN_ERRORS: tuple[ErrorClass, ...] = (
     err.BootFailed,
     err.DaemonUnavailable,
     err.BackupFailed,
+    err.CheckpointInvalid,
+    err.HistoryRewritten,
     *_COMMON,
 )

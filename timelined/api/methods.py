@@ -58,6 +58,14 @@ from timelined.api.timeline import (
     WatchParams,
     WatchReply,
 )
+from timelined.api.transparency import (
+    CheckpointKeyReply,
+    CheckpointReply,
+    ConsistencyProofReply,
+    GetConsistencyProofParams,
+    GetInclusionProofParams,
+    InclusionProofReply,
+)
 from timelined.varlink import Interface, Method
 
 TIMELINE_NAME = err.TIMELINE_INTERFACE
@@ -352,6 +360,34 @@ class Admin:
         doc="Counters, gauges and histograms in the Prometheus text format: appends, batch\n"
         "sizes, fsync latency, queue depth, connections, watchers, verify runs and drift,\n"
         "the boot verdict.",
+    )
+    # Verifiable history (docs/transparency.md): open to read-only peers, who are the auditors.
+    GetCheckpoint = read(
+        "GetCheckpoint",
+        EmptyParams,
+        CheckpointReply,
+        doc="A signed checkpoint of the log's Merkle tree as it is now: a C2SP signed note\n"
+        "(origin, tree size, base64 root hash; an Ed25519 signature line).",
+    )
+    GetCheckpointKey = read(
+        "GetCheckpointKey",
+        EmptyParams,
+        CheckpointKeyReply,
+        doc="The note verifier key of the checkpoints' signing key.",
+    )
+    GetInclusionProof = read(
+        "GetInclusionProof",
+        GetInclusionProofParams,
+        InclusionProofReply,
+        doc="The RFC 6962 inclusion proof of the event `seq` (leaf seq - 1) in the tree of\n"
+        "`tree_size` leaves (default: the current tree); hashes in base64.",
+    )
+    GetConsistencyProof = read(
+        "GetConsistencyProof",
+        GetConsistencyProofParams,
+        ConsistencyProofReply,
+        doc="The RFC 6962 consistency proof from the tree of `old_size` leaves to the tree\n"
+        "of `new_size` (default: the current tree); hashes in base64.",
     )
 
 

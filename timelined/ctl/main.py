@@ -11,7 +11,8 @@ Exit codes (sysexits):
 
     0   ok
     1   refused: the daemon answered with a named error (ContextNotFound, InvalidTransition,
-        ...); also `verify --wait` when the run found a problem
+        ...); also `verify --wait` when the run found a problem, and `audit` / `prove` when a
+        checkpoint does not verify (CheckpointInvalid) or the history changed (HistoryRewritten)
     64  usage: bad command line (also `append` with no content argument and empty stdin)
     65  bad data: InvalidParameter, InvalidArgument, BadQuery; a file to import that is cut off
     66  no input: a file to import does not exist
@@ -44,7 +45,7 @@ from timelined.client import (
     MethodNotFound,
     MethodNotImplemented,
 )
-from timelined.ctl import admin, blocks, contexts, conversations, streams
+from timelined.ctl import admin, blocks, contexts, conversations, streams, transparency
 from timelined.ctl.common import Ctl
 from timelined.ctl.output import Output, escape
 from timelined.errors import (
@@ -67,7 +68,7 @@ EX_NOPERM = 77
 EX_CONFIG = 78
 EX_PIPE = 128 + 13  # what a shell reports for a program SIGPIPE ended
 
-VERB_GROUPS = (admin, conversations, contexts, blocks, streams)
+VERB_GROUPS = (admin, conversations, contexts, blocks, streams, transparency)
 
 
 def build_parser() -> argparse.ArgumentParser:

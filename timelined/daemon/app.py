@@ -17,6 +17,7 @@ from timelined.api.reports import Report
 from timelined.config import Config
 from timelined.daemon.notify import StatusText
 from timelined.daemon.watch import WatchHub
+from timelined.treestore.service import Transparency
 from timelined.varlink import VarlinkServer
 from timelined.writer.engine import Engine
 
@@ -48,6 +49,8 @@ class App:
     started_at: str
     verifier: VerifierLike | None = None
     reloader: ReloaderLike | None = None
+    # The Merkle tree and checkpoints (issue 19); set before serving, subscribed to the engine.
+    transparency: Transparency | None = None
     # GetMetrics' uptime: a monotonic clock, unmoved by a change of the wall clock.
     started_monotonic: float = field(default_factory=time.monotonic)
     # Made with the App, so subscribed to the engine before the first commit it serves.

@@ -35,11 +35,19 @@ from timelined.daemon.reload import Reloader
 from timelined.daemon.signals import block as block_signals
 from timelined.daemon.signals import receive_signals
 from timelined.daemon.varlink_setup import map_error, server_limits, service_info
-from timelined.errors import BootFailed, ConfigError, FatalStorageError, StateLocked, StorageError
+from timelined.errors import (
+    BootFailed,
+    ConfigError,
+    FatalStorageError,
+    StateLocked,
+    StorageError,
+    TimelinedError,
+)
 from timelined.ids import utc_now
 from timelined.logs import setup_logging
 from timelined.recovery.boot import BootResult, boot, describe_boot
 from timelined.recovery.marker import mark_clean
+from timelined.treestore.service import Transparency
 from timelined.varlink import (
     VarlinkServer,
     listen_unix,
@@ -237,6 +245,22 @@ async def _serve_with(
         app = App(
             config=config, engine=engine, boot=booted.report, server=server, started_at=utc_now()
         )
+        # Before serving, so that it sees every commit: opened at the engine's head, then
+        # subscribed (nothing commits in between: no client is connected yet).
+        if config.checkpoint.enabled:
+            try:
+                app.transparency = await anyio.to_thread.run_sync(
+                    Transparency.open, config, engine.last_seq
+                )
+            except (TimelinedError, OSError) as exc:
+                # A log damaged before its tail (the daemon serves read-only) or an unreadable
+                # key: serve without checkpoints rather than not at all; the methods say why.
+                log.error("serving without the Merkle tree and checkpoints: %s", exc)
+            else:
+                engine.subscribe(app.transparency.tree.on_commit)
+                writer = engine.writer
+                if writer is not None:
+                    app.transparency.durable_seq = lambda: writer.durable_seq
         _register(server, app)
         try:
             listener, ours = await _listener(config)
@@ -258,6 +282,8 @@ async def _serve_with(
                 signalled.reload = reloader  # SIGHUP
                 tg.start_soon(reloader.watch_file, stop)
                 _start_features(tg, app, notifier, stop)
+                if app.transparency is not None:
+                    tg.start_soon(app.transparency.run_forever, stop)
                 await stop.wait()
                 notifier.stopping(StatusText.stopping())
                 log.info("stopping: finishing calls in progress")
@@ -267,9 +293,23 @@ async def _serve_with(
                 # A socket systemd passed in is systemd's to remove; ours we clean up.
                 await anyio.Path(config.socket_path).unlink(missing_ok=True)
         # Leaving Engine.open drains the queue, fsyncs the log and checkpoints the WAL.
+    if app.transparency is not None:
+        _sign_at_stop(app.transparency, engine)
     # A fatal storage error (the only other non-zero exit here) leaves engine.fatal set, which
     # _mark_clean refuses: no flag needed to tell it from the unbound socket.
     return _mark_clean(config, engine, run)
+
+
+def _sign_at_stop(transparency: Transparency, engine: Engine) -> None:
+    """The last checkpoint, once every commit is in the tree (not after a fatal error or while
+    read-only: the next boot checks the log first)."""
+    if engine.fatal is None and engine.read_only is None:
+        try:
+            transparency.close()
+        except OSError as exc:
+            log.error("could not sign the checkpoint at stop: %s", exc)
+    else:
+        transparency.tree.close()
 
 
 def _mark_clean(config: Config, engine: Engine, run: _Run) -> _Run:

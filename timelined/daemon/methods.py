@@ -70,6 +70,14 @@ from timelined.api import (
     WriterStats,
 )
 from timelined.api.model import Conversation
+from timelined.api.transparency import (
+    CheckpointKeyReply,
+    CheckpointReply,
+    ConsistencyProofReply,
+    GetConsistencyProofParams,
+    GetInclusionProofParams,
+    InclusionProofReply,
+)
 from timelined.auditlog.reader import read_lines
 from timelined.daemon.app import App
 from timelined.daemon.metrics import render as render_metrics
@@ -83,6 +91,8 @@ from timelined.recovery.reports import load_report, report_infos
 from timelined.replies import ReplyBudget
 from timelined.state import lookup
 from timelined.state import queries as q
+from timelined.transparency.merkle import ProofError
+from timelined.treestore.service import Transparency
 from timelined.varlink import CallContext, Final, Handler, PeerCredentials, VarlinkServer
 from timelined.varlink.deferred import deferring
 from timelined.varlink.protocol import EXPECTED_MORE, VarlinkErrorReply
@@ -494,4 +504,49 @@ def admin_handlers(app: App) -> dict[str, Handler]:
         "GetVerifyReport": get_verify_report,
         "Repair": repair,
         "Reload": reload,
+        **transparency_handlers(app),
+    }
+
+
+def transparency_handlers(app: App) -> dict[str, Handler]:
+    """GetCheckpoint, GetCheckpointKey, GetInclusionProof, GetConsistencyProof (issue 19)."""
+
+    def service() -> Transparency:
+        found = app.transparency
+        if found is None:
+            raise FeatureUnavailable("transparency", "the Merkle tree is not kept by this daemon")
+        return found
+
+    def proof(parameter: str, make: Callable[[], list[str]]) -> list[str]:
+        try:
+            return make()
+        except ProofError as exc:
+            raise InvalidArgument(parameter, str(exc)) from None
+
+    async def get_checkpoint(p: EmptyParams, ctx: CallContext) -> CheckpointReply:
+        return CheckpointReply(await service().checkpoint())
+
+    async def get_checkpoint_key(p: EmptyParams, ctx: CallContext) -> CheckpointKeyReply:
+        return CheckpointKeyReply(service().verifier_key)
+
+    async def get_inclusion_proof(
+        p: GetInclusionProofParams, ctx: CallContext
+    ) -> InclusionProofReply:
+        found = service()
+        size = found.tree.size if p.tree_size is None else p.tree_size
+        hashes = proof("seq", lambda: found.inclusion(p.seq - 1, size))
+        return InclusionProofReply(leaf_index=p.seq - 1, tree_size=size, hashes=hashes)
+
+    async def get_consistency_proof(
+        p: GetConsistencyProofParams, ctx: CallContext
+    ) -> ConsistencyProofReply:
+        found = service()
+        size = found.tree.size if p.new_size is None else p.new_size
+        return ConsistencyProofReply(proof("old_size", lambda: found.consistency(p.old_size, size)))
+
+    return {
+        "GetCheckpoint": get_checkpoint,
+        "GetCheckpointKey": get_checkpoint_key,
+        "GetInclusionProof": get_inclusion_proof,
+        "GetConsistencyProof": get_consistency_proof,
     }

@@ -1,0 +1,131 @@
+"""The tree on disk: proofs equal the in-memory tree's; a crash's torn or missing tail and a
+log rewritten behind the daemon's back are repaired from the log at open."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from timelined.transparency import merkle
+from timelined.treestore.levels import LevelFiles
+from timelined.treestore.logtree import LogTree, check_against_log
+
+
+def _leaf(i: int) -> bytes:
+    return merkle.leaf_hash(b"line %d" % i)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(1, 70), min_size=1, max_size=6))
+def test_level_files_match_the_memory_tree_across_reopens(batches: list[int]) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        memory, n = merkle.MemoryTree(), 0
+        for batch in batches:
+            files = LevelFiles.open(Path(tmp))
+            assert files.size == n
+            for _ in range(batch):
+                files.append(_leaf(n))
+                memory.append_hash(_leaf(n))
+                n += 1
+            for size in {1, n // 2 or 1, n}:
+                assert merkle.root(files, size) == merkle.root(memory, size)
+                assert merkle.inclusion_proof(files, size - 1, n) == merkle.inclusion_proof(
+                    memory, size - 1, n
+                )
+                assert merkle.consistency_proof(files, size, n) == merkle.consistency_proof(
+                    memory, size, n
+                )
+            files.close()
+
+
+def test_a_torn_or_missing_tail_is_repaired(tmp_path: Path) -> None:
+    files = LevelFiles.open(tmp_path)
+    memory = merkle.MemoryTree()
+    for i in range(37):
+        files.append(_leaf(i))
+        memory.append_hash(_leaf(i))
+    files.close()
+    with open(tmp_path / "level-00", "ab") as f:
+        f.write(b"torn")  # half a hash
+    os.truncate(tmp_path / "level-02", 32 * 3)  # level 2 lost its last 6 nodes
+    (tmp_path / "level-05").unlink()  # and level 5 its only one
+    files = LevelFiles.open(tmp_path)
+    assert files.size == 37
+    assert merkle.root(files, 37) == merkle.root(memory, 37)
+    assert check_against_log  # the log-level repair is below
+    files.close()
+
+
+def _write_log(log_dir: Path, n: int, text: str = "x") -> None:
+    from timelined.auditlog.record import GENESIS_PREV, encode_record
+    from timelined.events import ConversationCreated
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    prev, lines = GENESIS_PREV, []
+    for seq in range(1, n + 1):
+        event = ConversationCreated(
+            conversation_id=f"conv_{seq:026d}",
+            name=f"{text}{seq}",
+            root_context_id=f"ctx_{seq:026d}",
+        )
+        record, line = encode_record(seq, "2026-01-01T00:00:00.000000Z", "daemon", event, prev)
+        prev = record.hash
+        lines.append(line)
+    (log_dir / f"{1:020d}.jsonl").write_bytes(b"".join(lines))
+
+
+def test_open_extends_from_the_log_and_recomputes_a_rewritten_one(tmp_path: Path) -> None:
+    log_dir, tree_dir = tmp_path / "log", tmp_path / "tree"
+    _write_log(log_dir, 20)
+    tree = LogTree.open(tree_dir, log_dir, 12)  # the daemon's head was seq 12
+    assert tree.size == 12
+    tree.close()
+    tree = LogTree.open(tree_dir, log_dir, 20)  # extended, not recomputed
+    first = tree.root(20)
+    assert check_against_log(tree.files, 20, log_dir) is None
+    tree.close()
+    _write_log(log_dir, 20, text="rewritten")
+    tree = LogTree.open(tree_dir, log_dir, 20)
+    assert tree.root(20) != first
+    assert check_against_log(tree.files, 20, log_dir) is None
+    tree.close()
+    _write_log(log_dir, 20)
+    files = LevelFiles.open(tree_dir)  # the old tree's files against the original log
+    assert check_against_log(files, 20, log_dir) == "leaf 0 (seq 1) differs from the log"
+    files.close()
+
+
+def test_a_reload_reports_that_checkpoint_changes_need_a_restart(tmp_path: Path) -> None:
+    import msgspec
+
+    from timelined.config import CheckpointConfig, default_config
+    from timelined.daemon.reload import diff
+
+    old = default_config(tmp_path)
+    new = msgspec.structs.replace(old, checkpoint=CheckpointConfig(interval_s=5.0))
+    assert diff(old, new).restart_required == ["checkpoint.interval_s"]
+
+
+async def test_checkpoints_cover_only_what_is_on_disk(tmp_path: Path) -> None:
+    """With log.fsync = "interval" the tree runs ahead of the fsynced log: a checkpoint signs
+    only the durable prefix, which a power cut cannot take back."""
+    from timelined.config import default_config
+    from timelined.transparency.checkpoint import open_checkpoint
+    from timelined.treestore.service import Transparency
+
+    config = default_config(tmp_path / "state")
+    _write_log(config.log_dir, 9)
+    transparency = Transparency.open(config, 9)
+    durable = 6
+    transparency.durable_seq = lambda: durable
+    verifier = transparency.signer.verifier()
+    assert open_checkpoint(await transparency.checkpoint(), verifier).checkpoint.size == 6
+    durable = 9
+    signed = open_checkpoint(await transparency.checkpoint(), verifier).checkpoint
+    assert (signed.size, signed.root) == (9, transparency.tree.root(9))
+    transparency.close()

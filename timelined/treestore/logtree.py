@@ -1,0 +1,123 @@
+"""The Merkle tree of the log: leaf i is line seq = i + 1 (its bytes without the newline).
+
+Kept beside the writer, not in it: `on_commit` is an `Engine.subscribe` callback (on the event
+loop, after each committed batch) that re-encodes each record's line, exactly as the writer made
+it (the record's own hash proves it), and appends its leaf hash. `open` trusts the files on disk
+no further than the log: it cuts them to the log's head, checks the last leaf against the log's
+line (a log rewritten behind the daemon's back makes the whole tree be recomputed from it) and
+extends them from the log to its head. The verifier's full check is `check_against_log`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from timelined.auditlog.reader import read_lines
+from timelined.auditlog.record import encode_record
+from timelined.events import Record
+from timelined.transparency import merkle
+from timelined.treestore.levels import LevelFiles
+
+log = logging.getLogger(__name__)
+
+
+class LogTree:
+    def __init__(self, files: LevelFiles) -> None:
+        self.files = files
+        self.broken: str | None = None
+
+    @classmethod
+    def open(cls, tree_dir: Path, log_dir: str | os.PathLike[str], head_seq: int) -> LogTree:
+        files = LevelFiles.open(tree_dir)
+        if files.size > head_seq:
+            log.warning(
+                "the Merkle tree holds %d leaves, the log %d: cut back", files.size, head_seq
+            )
+            files.truncate(head_seq)
+        if files.size and files.node(0, files.size - 1) != _leaf_from_log(log_dir, files.size):
+            log.warning("the Merkle tree does not match the log at seq %d: recomputed", files.size)
+            files.truncate(0)
+        tree = cls(files)
+        if files.size < head_seq:
+            log.info("extending the Merkle tree from seq %d to %d", files.size + 1, head_seq)
+            tree.extend(line[:-1] for _, line in read_lines(log_dir, files.size, head_seq))
+        files.flush()
+        return tree
+
+    @property
+    def size(self) -> int:
+        return self.files.size
+
+    def extend(self, lines: Iterable[bytes]) -> None:
+        for line in lines:
+            self.files.append(merkle.leaf_hash(line))
+
+    def on_commit(self, records: list[Record]) -> None:
+        """The engine's commit subscriber: one leaf per record, in seq order."""
+        if self.broken is not None:
+            return
+        for r in records:
+            if r.seq != self.files.size + 1:
+                self.broken = f"expected seq {self.files.size + 1}, got {r.seq}"
+                log.error("the Merkle tree stops at %d: %s", self.files.size, self.broken)
+                return
+            again, line = encode_record(r.seq, r.ts, r.actor, r.event, r.prev)
+            if again.hash != r.hash:
+                self.broken = f"re-encoding seq {r.seq} did not reproduce its hash"
+                log.error("the Merkle tree stops at %d: %s", self.files.size, self.broken)
+                return
+            self.files.append(merkle.leaf_hash(line[:-1]))
+
+    def root(self, size: int) -> bytes:
+        self._check_size(size)
+        return merkle.root(self.files, size)
+
+    def inclusion(self, index: int, size: int) -> list[bytes]:
+        self._check_size(size)
+        return merkle.inclusion_proof(self.files, index, size)
+
+    def consistency(self, old_size: int, new_size: int) -> list[bytes]:
+        self._check_size(new_size)
+        return merkle.consistency_proof(self.files, old_size, new_size)
+
+    def _check_size(self, size: int) -> None:
+        if not 0 <= size <= self.files.size:
+            raise merkle.ProofError(f"tree size {size} is beyond the tree's {self.files.size}")
+
+    def close(self) -> None:
+        self.files.close()
+
+
+def _leaf_from_log(log_dir: str | os.PathLike[str], seq: int) -> bytes:
+    for _, line in read_lines(log_dir, seq - 1, seq):
+        return merkle.leaf_hash(line[:-1])
+    return b""
+
+
+def check_against_log(
+    src: merkle.NodeSource, size: int, log_dir: str | os.PathLike[str]
+) -> str | None:
+    """Recompute the first `size` leaves from the log and compare every stored node (the
+    verifier's check; memory: one hash per level). None when all match, else what differs."""
+    stack: list[bytes] = []  # the perfect subtrees of the leaves so far, largest first
+    count = 0
+    for seq, line in read_lines(log_dir, 0, size):
+        digest = merkle.leaf_hash(line[:-1])
+        if src.node(0, seq - 1) != digest:
+            return f"leaf {seq - 1} (seq {seq}) differs from the log"
+        stack.append(digest)
+        count += 1
+        level = 0
+        while (count >> level) & 1 == 0:
+            right = stack.pop()
+            digest = merkle.node_hash(stack.pop(), right)
+            level += 1
+            if src.node(level, (count >> level) - 1) != digest:
+                return f"node {(count >> level) - 1} of level {level} differs from the log"
+            stack.append(digest)
+    if count != size:
+        return f"the tree has {size} leaves, the log {count} lines"
+    return None

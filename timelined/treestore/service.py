@@ -1,0 +1,98 @@
+"""What the daemon runs: the tree subscribed to the engine, signed checkpoints on a timer and at
+a clean stop, and the proof lookups of the Admin methods."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import anyio
+
+from timelined.config import Config
+from timelined.transparency.checkpoint import Checkpoint
+from timelined.transparency.note import Signer
+from timelined.treestore import signing
+from timelined.treestore.logtree import LogTree
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Transparency:
+    config: Config
+    tree: LogTree
+    signer: Signer
+    # The last seq on disk (fsynced): with `log.fsync = "interval"` or "off" the tree runs ahead
+    # of it, and a checkpoint over events a power cut then loses would read as a rewritten past.
+    durable_seq: Callable[[], int] | None = None
+    _signed_size: int = -1
+    _signed_note: str = ""
+    _lock: anyio.Lock = field(default_factory=anyio.Lock)
+
+    @classmethod
+    def open(cls, config: Config, head_seq: int) -> Transparency:
+        """Blocking (reads the log to extend the tree): call before serving, off the loop."""
+        signer = signing.load_or_create_key(config.keys_dir, config.checkpoint.origin)
+        tree = LogTree.open(config.tree_dir, config.log_dir, head_seq)
+        return cls(config, tree, signer)
+
+    @property
+    def verifier_key(self) -> str:
+        return str(self.signer.verifier())
+
+    def _note(self, size: int) -> str:
+        root = self.tree.root(size)
+        return Checkpoint(self.signer.name, size, root).sign(self.signer)
+
+    async def checkpoint(self) -> str:
+        """A signed checkpoint of the whole tree as it is now (signed and kept when it grew)."""
+        async with self._lock:
+            size = self.tree.size
+            if self.durable_seq is not None:
+                size = min(size, self.durable_seq())
+            if size != self._signed_size:
+                self.tree.files.flush()
+                note = self._note(size)
+                cfg = self.config
+                await anyio.to_thread.run_sync(
+                    signing.store_checkpoint, cfg.checkpoints_dir, size, note, cfg.checkpoint.keep
+                )
+                self._signed_size, self._signed_note = size, note
+            return self._signed_note
+
+    def inclusion(self, index: int, size: int) -> list[str]:
+        return _b64(self.tree.inclusion(index, size))
+
+    def consistency(self, old_size: int, new_size: int) -> list[str]:
+        return _b64(self.tree.consistency(old_size, new_size))
+
+    async def run_forever(self, stopping: anyio.Event) -> None:
+        """Sign every `[checkpoint] interval_s` (read fresh: a reload may change it)."""
+        while not stopping.is_set():
+            with anyio.move_on_after(self.config.checkpoint.interval_s):
+                await stopping.wait()
+            if stopping.is_set():
+                return
+            try:
+                await self.checkpoint()
+            except OSError as exc:
+                log.error("could not keep a signed checkpoint: %s", exc)
+
+    def close(self) -> None:
+        """At a clean stop, once the engine is closed: the last checkpoint, then the files."""
+        try:
+            size = self.tree.size
+            if size != self._signed_size:
+                self.tree.files.flush()
+                note = self._note(size)
+                cfg = self.config
+                signing.store_checkpoint(cfg.checkpoints_dir, size, note, cfg.checkpoint.keep)
+                log.info("signed the checkpoint at tree size %d", size)
+        finally:
+            self.tree.close()
+
+
+def _b64(hashes: list[bytes]) -> list[str]:
+    return [base64.b64encode(h).decode() for h in hashes]
