@@ -539,6 +539,7 @@ class CheckpointInvalid(TimelinedError):
     trusted, a malformed note, or an inclusion proof that does not lead to the checkpoint."""
 
     name = "CheckpointInvalid"
+    home_interface = ADMIN_INTERFACE  # met by the client auditing Admin's checkpoints
     doc = "A checkpoint or proof that does not verify (signature, key, format or proof)."
 
     class Params(ErrorParams, frozen=True):
@@ -553,6 +554,7 @@ class HistoryRewritten(TimelinedError):
     rewritten, truncated or forked since (docs/transparency.md)."""
 
     name = "HistoryRewritten"
+    home_interface = ADMIN_INTERFACE  # met by the client auditing Admin's checkpoints
     doc = "A signed checkpoint that does not extend the one remembered: the log's past changed."
 
     class Params(ErrorParams, frozen=True):

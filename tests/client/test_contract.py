@@ -274,6 +274,8 @@ def _sample_params(tl: Any, method: Any) -> dict[str, Any]:
         "tags": ["t"],
         "blocks": [{"role": "user", "content": "b"}],
         "document": join_parts(list(tl.export_conversation(conv.id))),
+        "seq": block.seq,  # GetInclusionProof
+        "old_size": 1,  # GetConsistencyProof
     }
     params: dict[str, Any] = {}
     for f in msgspec.structs.fields(method.parameters):

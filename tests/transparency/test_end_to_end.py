@@ -116,7 +116,7 @@ def test_a_rewritten_past_is_caught_by_a_client_holding_a_checkpoint() -> None:
             assert caught.value.params["old_size"] == second.new_size
             done = _ctl(daemon, "--json", "audit", "--since", str(ctl_state))
             assert done.returncode == 1
-            assert json.loads(done.stderr)["error"] == "io.timelined.HistoryRewritten"
+            assert json.loads(done.stderr)["error"] == "io.timelined.Admin.HistoryRewritten"
             refused = _ctl(daemon, *cosign)
             assert refused.returncode == 1 and refused.stdout == ""
         # Nothing forged was remembered: the client still holds the true checkpoint.
