@@ -17,6 +17,7 @@ every reply behind it, so the pool gives each one a connection of its own.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 from collections import deque
@@ -99,7 +100,13 @@ class PipelinedConnection:
         waiter = _Waiter()
         self._waiters.append(waiter)  # before the send: the replies come in this order
         try:
-            await self._send(frame)
+            try:
+                await self._send(frame)
+            except Exception:
+                if waiter.frame is None:
+                    raise
+                # The server answered (a refusal at accept) before it hung up: that answer is
+                # this call's outcome, not the hang-up that the send met.
             while waiter.frame is None:
                 if waiter.failure is not None:
                     raise waiter.failure
@@ -128,7 +135,7 @@ class PipelinedConnection:
         except BlockingIOError:
             sent = 0
         except OSError as exc:
-            raise self._fail("connection closed while sending") from exc
+            raise self._lost_while_sending() from exc
         if sent == len(frame):
             return
         backlog = self._backlog = bytearray(memoryview(frame)[sent:])
@@ -141,12 +148,28 @@ class PipelinedConnection:
                     continue
         except BaseException as exc:
             # Cut off inside a frame: nothing after it can be framed any more.
-            failure = self._fail("connection closed while sending")
+            failure = (
+                self._lost_while_sending()
+                if isinstance(exc, OSError)
+                else self._fail("connection closed while sending")
+            )
             if isinstance(exc, OSError):
                 raise failure from exc
             raise
         finally:
             self._backlog = None
+
+    def _lost_while_sending(self) -> Exception:
+        """The peer hung up under a send: first hand out the replies it sent before (a server
+        may refuse a peer as it connects, PermissionDenied or LimitExceeded, and close before
+        the call arrives), then fail the calls left. Only while nobody reads: a reader takes
+        those replies itself."""
+        if not self._reading:
+            # Stops at nothing (more) to read, or at what makes no sense (that fails the rest).
+            with contextlib.suppress(Exception):
+                while chunk := self._sock.recv(_RECV, socket.MSG_DONTWAIT):
+                    self._hand_out(self._splitter.feed(chunk))
+        return self._fail("connection closed while sending")
 
     async def _read_for(self, waiter: _Waiter) -> None:
         """Read, handing out every reply in order, until `waiter`'s has come."""
