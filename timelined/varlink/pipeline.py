@@ -122,7 +122,7 @@ class PipelinedConnection:
                 self._pass_reading()
             raise
         finally:
-            if self._closing and not self._waiters:
+            if self._closing and self._nobody_waits():
                 self._close_now()
         return waiter.frame
 
@@ -226,8 +226,12 @@ class PipelinedConnection:
     def close(self) -> None:
         """Close now if no call is in flight, else once the last one has its reply."""
         self._closing = True
-        if not self._waiters:
+        if self._nobody_waits():
             self._close_now()
+
+    def _nobody_waits(self) -> bool:
+        """No call waits for a reply: the replies still to come are for cancelled callers."""
+        return all(waiter.abandoned for waiter in self._waiters)
 
     def _close_now(self) -> None:
         if self._failure is None:
