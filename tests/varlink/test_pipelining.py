@@ -265,6 +265,20 @@ async def test_closing_after_a_cancelled_call_closes_the_connection(tmp_path: Pa
         await wait_until(lambda: r.server.stats().connections_open == 0, 3)
 
 
+async def test_a_closed_connection_with_a_cancelled_call_on_it_is_replaced(
+    tmp_path: Path,
+) -> None:
+    """The server answered a cancelled call, then closed the idle connection: the next call
+    goes to a new connection rather than failing on the closed one."""
+    limits = ServerLimits(max_message_bytes=64 * 1024, idle_timeout_s=0.1)
+    async with serving(tmp_path, limits=limits) as r, AsyncVarlinkClient(r.path) as c:
+        with anyio.move_on_after(0.02):
+            await c.call("io.timelined.Test.Slow", {"seconds": 0.05})
+        await wait_until(lambda: r.server.stats().connections_open == 0, 3)
+        assert await c.call(ECHO_METHOD, {"text": "b"}) == {"text": "b"}
+        assert r.server.stats().connections_total == 2
+
+
 async def test_a_stream_takes_a_connection_of_its_own(tmp_path: Path) -> None:
     async with serving(tmp_path) as r, AsyncVarlinkClient(r.path) as c:
         stream = c.stream("io.timelined.Test.Count", {"n": 3, "delay_s": 0.02})

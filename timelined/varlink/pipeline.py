@@ -84,11 +84,12 @@ class PipelinedConnection:
         return self._failure is not None or self._closing
 
     def stale(self) -> bool:
-        """Not fit for another call: broken, or, with no call in flight, something to read
-        (EOF, or an error the server sent before it hung up)."""
+        """Not fit for another call: broken, or, with no call waiting for its reply, something
+        to read (EOF, an error the server sent before it hung up, or the reply of a cancelled
+        call, after which the server may have closed the connection as idle)."""
         if self.broken or self._sock.fileno() < 0:
             return True
-        return not self._waiters and bool(self._poller.poll(0))
+        return self._nobody_waits() and bool(self._poller.poll(0))
 
     async def call(self, frame: bytes, *, oneway: bool = False) -> bytes | None:
         """Send one encoded call; its reply frame (None for a oneway call)."""
