@@ -48,6 +48,13 @@ def _state_equals_replay(tmp_path: Path, config: Any) -> None:
     assert dump_state(config.state_db) == replay_dump(config.log_dir, tmp_path / "replay.db")
 
 
+def _apply_failing_on_boom(conn: sqlite3.Connection, record: Any, fts: Any = None) -> None:
+    """`apply`, failing after the INSERT of a block whose content is "boom"."""
+    real_apply(conn, record, fts)
+    if getattr(record.event, "block", None) and record.event.block.content == "boom":
+        raise OverflowError("after the INSERT")
+
+
 def test_the_cache_follows_every_event(tmp_path: Path) -> None:
     config = _config(tmp_path)
 
@@ -86,11 +93,6 @@ def test_a_failure_after_the_insert_undoes_the_batch(
 ) -> None:
     config = _config(tmp_path)
 
-    def apply(conn: sqlite3.Connection, record: Any, fts: Any = None) -> None:
-        real_apply(conn, record, fts)
-        if getattr(record.event, "block", None) and record.event.block.content == "boom":
-            raise OverflowError("after the INSERT")
-
     async def main() -> None:
         async with Engine.open(config) as engine:
             conv = await engine.submit(cmd.CreateConversation(name="c"))
@@ -100,7 +102,7 @@ def test_a_failure_after_the_insert_undoes_the_batch(
             await engine.caught_up()  # answered before its COMMIT: read the file after it
             before = dump_state(config.state_db)
             seq = engine.last_seq
-            monkeypatch.setattr(engine_module, "apply", apply)
+            monkeypatch.setattr(engine_module, "apply", _apply_failing_on_boom)
             results: list[Any] = []
 
             async def one(text: str) -> None:
@@ -245,17 +247,12 @@ def test_an_append_blocks_failing_midway_is_undone_alone(
     block's apply) undoes its blocks and nothing else of the batch; positions stay dense."""
     config = _config(tmp_path)
 
-    def apply(conn: sqlite3.Connection, record: Any, fts: Any = None) -> None:
-        real_apply(conn, record, fts)
-        if getattr(record.event, "block", None) and record.event.block.content == "boom":
-            raise OverflowError("after the INSERT")
-
     async def main() -> None:
         async with Engine.open(config) as engine:
             conv = await engine.submit(cmd.CreateConversation(name="c"))
             assert isinstance(conv, Conversation)
             root = conv.root_context_id
-            monkeypatch.setattr(engine_module, "apply", apply)
+            monkeypatch.setattr(engine_module, "apply", _apply_failing_on_boom)
             turn = cmd.AppendBlocks(
                 context_id=root,
                 blocks=[cmd.NewBlock("user", t) for t in ("t1", "t2", "boom", "t4")],

@@ -16,7 +16,10 @@ from timelined.varlink import (
     VarlinkErrorReply,
 )
 from timelined.varlink.admission import Admission, Slots
-from timelined.varlink.protocol import encode_call
+from timelined.varlink.client import connect_stream
+from timelined.varlink.errors import ConnectionFailed, keep_error
+from timelined.varlink.pipeline import PipelinedConnection
+from timelined.varlink.protocol import encode_call, parse_reply
 
 ECHO = "io.timelined.Test.Echo"
 WRITER = Admission("full", privileged=True)
@@ -100,6 +103,27 @@ async def test_a_refused_peer_reads_the_error_and_is_closed_without_a_slot(
         assert err.value.name == "io.timelined.Timeline.PermissionDenied"
         stats = r.server.stats()
         assert (stats.connections_total, stats.connections_rejected) == (0, 6)
+
+
+async def test_the_pipelined_client_reads_the_refusal_its_send_met_closed(
+    tmp_path: Path,
+) -> None:
+    """The shared connection of AsyncVarlinkClient: a call sent after the server refused the
+    peer and closed meets EPIPE, yet raises the refusal the server sent, not a hang-up."""
+    async with demo.serving(tmp_path) as r:
+        r.server.admit = _refuse_everyone
+        stream = await connect_stream(str(r.path), keep_error)
+        await demo.wait_until(lambda: r.server.stats().rejected_by_reason.get("admission") == 1)
+        await anyio.sleep(0.05)  # the server has closed its end: the send meets EPIPE
+        pipe = PipelinedConnection(stream, str(r.path), 1 << 20, keep_error)
+        reply = await pipe.call(encode_call(ECHO, {"text": "late"}))
+        assert reply is not None
+        error = parse_reply(reply)[2]
+        assert error is not None and error.name == "io.timelined.Timeline.PermissionDenied"
+        assert pipe.broken  # the next call opens a new connection
+        with pytest.raises(ConnectionFailed):
+            await pipe.call(encode_call(ECHO, {"text": "again"}))
+        pipe.close()
 
 
 async def test_a_failing_hook_denies(tmp_path: Path) -> None:

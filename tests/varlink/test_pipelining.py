@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from tests.varlink.demo import INFO, raw_connect, read_frames, serving
+from tests.varlink.demo import INFO, raw_connect, read_frames, serving, wait_until
 from timelined.daemon.varlink_setup import map_error
 from timelined.errors import ContextNotFound
 from timelined.varlink import (
@@ -251,6 +251,32 @@ async def test_a_cancelled_caller_leaves_the_connection_usable(tmp_path: Path) -
         # Its reply comes later and is dropped: the next caller gets its own.
         assert await c.call(ECHO_METHOD, {"text": "next"}) == {"text": "next"}
         assert r.server.stats().connections_total == 1
+
+
+async def test_closing_after_a_cancelled_call_closes_the_connection(tmp_path: Path) -> None:
+    """The only call in flight was cancelled: aclose() closes the shared connection now (the
+    server does not keep it, and its slot, until the idle timeout)."""
+    async with serving(tmp_path) as r:
+        c = AsyncVarlinkClient(r.path)
+        with anyio.move_on_after(0.05):
+            await c.call("io.timelined.Test.Slow", {"seconds": 0.3})
+        await c.aclose()
+        # The server's reply meets the closed socket and the server ends the connection.
+        await wait_until(lambda: r.server.stats().connections_open == 0, 3)
+
+
+async def test_a_closed_connection_with_a_cancelled_call_on_it_is_replaced(
+    tmp_path: Path,
+) -> None:
+    """The server answered a cancelled call, then closed the idle connection: the next call
+    goes to a new connection rather than failing on the closed one."""
+    limits = ServerLimits(max_message_bytes=64 * 1024, idle_timeout_s=0.1)
+    async with serving(tmp_path, limits=limits) as r, AsyncVarlinkClient(r.path) as c:
+        with anyio.move_on_after(0.02):
+            await c.call("io.timelined.Test.Slow", {"seconds": 0.05})
+        await wait_until(lambda: r.server.stats().connections_open == 0, 3)
+        assert await c.call(ECHO_METHOD, {"text": "b"}) == {"text": "b"}
+        assert r.server.stats().connections_total == 2
 
 
 async def test_a_stream_takes_a_connection_of_its_own(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ every reply behind it, so the pool gives each one a connection of its own.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 from collections import deque
@@ -83,11 +84,12 @@ class PipelinedConnection:
         return self._failure is not None or self._closing
 
     def stale(self) -> bool:
-        """Not fit for another call: broken, or, with no call in flight, something to read
-        (EOF, or an error the server sent before it hung up)."""
+        """Not fit for another call: broken, or, with no call waiting for its reply, something
+        to read (EOF, an error the server sent before it hung up, or the reply of a cancelled
+        call, after which the server may have closed the connection as idle)."""
         if self.broken or self._sock.fileno() < 0:
             return True
-        return not self._waiters and bool(self._poller.poll(0))
+        return self._nobody_waits() and bool(self._poller.poll(0))
 
     async def call(self, frame: bytes, *, oneway: bool = False) -> bytes | None:
         """Send one encoded call; its reply frame (None for a oneway call)."""
@@ -99,7 +101,13 @@ class PipelinedConnection:
         waiter = _Waiter()
         self._waiters.append(waiter)  # before the send: the replies come in this order
         try:
-            await self._send(frame)
+            try:
+                await self._send(frame)
+            except Exception:
+                if waiter.frame is None:
+                    raise
+                # The server answered (a refusal at accept) before it hung up: that answer is
+                # this call's outcome, not the hang-up that the send met.
             while waiter.frame is None:
                 if waiter.failure is not None:
                     raise waiter.failure
@@ -115,7 +123,7 @@ class PipelinedConnection:
                 self._pass_reading()
             raise
         finally:
-            if self._closing and not self._waiters:
+            if self._closing and self._nobody_waits():
                 self._close_now()
         return waiter.frame
 
@@ -128,7 +136,7 @@ class PipelinedConnection:
         except BlockingIOError:
             sent = 0
         except OSError as exc:
-            raise self._fail("connection closed while sending") from exc
+            raise self._lost_while_sending() from exc
         if sent == len(frame):
             return
         backlog = self._backlog = bytearray(memoryview(frame)[sent:])
@@ -141,12 +149,28 @@ class PipelinedConnection:
                     continue
         except BaseException as exc:
             # Cut off inside a frame: nothing after it can be framed any more.
-            failure = self._fail("connection closed while sending")
+            failure = (
+                self._lost_while_sending()
+                if isinstance(exc, OSError)
+                else self._fail("connection closed while sending")
+            )
             if isinstance(exc, OSError):
                 raise failure from exc
             raise
         finally:
             self._backlog = None
+
+    def _lost_while_sending(self) -> Exception:
+        """The peer hung up under a send: first hand out the replies it sent before (a server
+        may refuse a peer as it connects, PermissionDenied or LimitExceeded, and close before
+        the call arrives), then fail the calls left. Only while nobody reads: a reader takes
+        those replies itself."""
+        if not self._reading:
+            # Stops at nothing (more) to read, or at what makes no sense (that fails the rest).
+            with contextlib.suppress(Exception):
+                while chunk := self._sock.recv(_RECV, socket.MSG_DONTWAIT):
+                    self._hand_out(self._splitter.feed(chunk))
+        return self._fail("connection closed while sending")
 
     async def _read_for(self, waiter: _Waiter) -> None:
         """Read, handing out every reply in order, until `waiter`'s has come."""
@@ -203,8 +227,12 @@ class PipelinedConnection:
     def close(self) -> None:
         """Close now if no call is in flight, else once the last one has its reply."""
         self._closing = True
-        if not self._waiters:
+        if self._nobody_waits():
             self._close_now()
+
+    def _nobody_waits(self) -> bool:
+        """No call waits for a reply: the replies still to come are for cancelled callers."""
+        return all(waiter.abandoned for waiter in self._waiters)
 
     def _close_now(self) -> None:
         if self._failure is None:
