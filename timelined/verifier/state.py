@@ -26,14 +26,16 @@ from pathlib import Path
 
 from timelined.api.verify import Difference, VerifyProgress
 from timelined.errors import LogDamaged
-from timelined.state.apply import BlockRows
+from timelined.state.apply import BlockRows, set_fts_seq
 from timelined.verifier.blocks import BlockStream
 from timelined.verifier.compare import (
     Differences,
     blocks_table,
     compare_all,
     compare_schema,
+    expected_fts_seq,
     has_search_index,
+    read_fts_seq,
 )
 from timelined.verifier.model import MAX_DIFFERENCES, StateResult
 from timelined.verifier.replay import (
@@ -115,6 +117,9 @@ def _check(
             snapshot_seq, snapshot_hash = row
         if on_snapshot is not None:
             on_snapshot(snapshot_seq, snapshot_hash)
+        # The index lags the state by design (the writer indexes after its COMMITs): it is
+        # compared up to its own recorded position, and the replay records the same position.
+        indexed_upto = expected_fts_seq(read_fts_seq(conn), snapshot_seq)
         # The schema is read first: the blocks are compared while the replay makes them.
         schema = Differences(out.cap)
         schema_error: sqlite3.DatabaseError | None = None
@@ -129,6 +134,7 @@ def _check(
                     columns["blocks"],
                     search_index=has_search_index(conn),
                     cap=out.cap,
+                    indexed_upto=indexed_upto,
                 )
         except sqlite3.DatabaseError as exc:
             schema_error = exc  # raised after the replay, as the comparison would have
@@ -148,6 +154,7 @@ def _check(
                 else lambda done, seq: progress(VerifyProgress("replay", seq, total)),
             )
             replayed_seq, applied = result.last_seq, result.applied
+            set_fts_seq(writer, min(indexed_upto, replayed_seq))
         except LogDamaged as exc:
             log_error = exc.message
             log_error_seq = exc.params.get("seq")
