@@ -141,6 +141,11 @@ def test_kill_9_with_an_index_gap_then_boot_finds_everything(tmp_path: Path) -> 
         with daemon:
             found = anyio.run(search_all, daemon.socket_path)
         assert found == {t: [ids[t]] for t in tokens}
+        conn = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True)
+        try:
+            assert conn.execute("SELECT fts_seq = last_seq FROM meta").fetchone() == (1,)
+        finally:
+            conn.close()
         assert dump_state(state_db) == replay_dump(daemon.state_dir / "log", tmp_path / "r.db")
         result = check_state(state_db, daemon.state_dir / "log", tmp_path / "work", copy=True)
         assert result.differences_total == 0, result.differences

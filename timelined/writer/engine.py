@@ -12,6 +12,11 @@ Contract (DESIGN.md's write path):
   fsync per `log.fsync`; then the batch's callers are ANSWERED (handed to the event loop at
   once: the events are durable in the log, which is the truth) and only then meta(last_seq,
   last_hash) and COMMIT run, while the event loop sends the replies.
+- The search index follows the commits: a batch's blocks are indexed later, in a transaction
+  of their own on the same thread and connection (`_index_committed`: every block committed
+  since the last, one statement, and `meta.fts_seq`), when a search waits for them
+  (`index_caught_up`), when INDEX_MAX_BLOCKS wait, or INDEX_DELAY_S after the first of them.
+  A crash in between leaves `fts_seq < last_seq`; the boot's roll forward indexes the gap.
 - Invariant: SQLite never commits an event that is not already in the log.
 - Read-your-writes: `acked_seq` (the newest answered event) and `committed_seq` (the newest in
   the state) are kept on the event loop; a read through `Engine.read` or `read_snapshot` called
