@@ -15,6 +15,7 @@ from pathlib import Path
 import anyio
 
 from tests.daemon.harness import DaemonProcess, short_tempdir
+from tests.features.test_read_your_writes import _slow_commits
 from tests.helpers import dump_state, replay_dump
 from timelined.api.timeline import SearchReply
 from timelined.client import AsyncClient
@@ -71,25 +72,16 @@ def test_search_finds_the_callers_append_at_once_under_load() -> None:
     assert not problems, problems[:10]
 
 
-def _slow_index(state_db: Path, pad: int = 2000) -> None:
-    """Make every index transaction (it sets meta.fts_seq; a batch's commit does not) take
-    ~pad² steps (2000: about a second), so a kill -9 lands between a COMMIT and its index."""
-    conn = sqlite3.connect(state_db, isolation_level=None)
-    try:
-        conn.execute("CREATE TABLE pad (x INTEGER)")
-        conn.executemany("INSERT INTO pad VALUES (?)", [(i,) for i in range(pad)])
-        conn.execute(
-            "CREATE TRIGGER slow_index AFTER UPDATE OF fts_seq ON meta BEGIN "
-            "SELECT count(*) FROM pad a, pad b WHERE a.x + b.x = -1; END"
-        )
-    finally:
-        conn.close()
+def _slow_index(state_db: Path) -> None:
+    """Make every index transaction (it sets meta.fts_seq; a batch's commit does not) take about
+    a second, so a kill -9 lands between a COMMIT and its index."""
+    _slow_commits(state_db, pad=2000, on="UPDATE OF fts_seq ON meta")
 
 
 def _undo_slow_index(state_db: Path) -> None:
     conn = sqlite3.connect(state_db, isolation_level=None)
     try:
-        conn.execute("DROP TRIGGER slow_index")
+        conn.execute("DROP TRIGGER slow_commit")
         conn.execute("DROP TABLE pad")
     finally:
         conn.close()
