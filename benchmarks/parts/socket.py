@@ -17,6 +17,7 @@ the round trips per second the same load generator gets from a server that does 
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -26,7 +27,7 @@ from benchmarks.loadgen import Load
 from benchmarks.parts.raw import BLOCKS_PER_CALL
 from benchmarks.procstat import cpu_seconds, thread_cpu_seconds
 from benchmarks.report import Target
-from benchmarks.stats import median
+from benchmarks.stats import median, percentile
 from timelined.client import Client
 
 PART = "socket"
@@ -203,9 +204,56 @@ def run(env: Env) -> None:
             _add_targets(env, conns, depth, m)
             for key in ("p99_ms", "max_ms"):
                 res.add(PART, f"{label}: {key[:-3]} latency", m[key], "ms", quiet=True)
+        search_freshness(env, daemon)
         append_blocks(env, daemon)
         daemon.stop()
     _without_tree(env)
+
+
+FRESHNESS_CONNS = 64
+FRESHNESS_EVERY_S = 0.02  # one probe per 20 ms: a sampler, not a 65th closed-loop writer
+
+
+def search_freshness(env: Env, daemon: Daemon) -> None:
+    """Issue 17: while 64 connections append (one call in flight each), a probe on its own
+    connection appends a block with a unique token and, as soon as it is answered, searches for
+    it until found; the time from the answer to the search that returns it. The writer indexes
+    after its commits (writer/engine.py), and a search waits for the index to reach what was
+    acknowledged before it, so this is mostly the search's own wait and round trip."""
+    res = env.results
+    load = Load(str(daemon.socket_path), FRESHNESS_CONNS, env.window_s, repeats=env.repeats)
+    runs: list[dict[str, Any]] = []
+    worker = threading.Thread(target=lambda: runs.extend(load.run()), daemon=True)
+    samples: list[float] = []
+    misses = 0
+    with Client(str(daemon.socket_path)) as client:
+        context_id = client.create_conversation("freshness probe").root_context_id
+        worker.start()
+        n = 0
+        while worker.is_alive():
+            n += 1
+            token = f"fresh{n}probe{time.monotonic_ns()}"
+            done = client.append_block(context_id, "user", f"probe {token}")
+            acked = time.perf_counter()
+            while not [h for h in client.search_blocks(token) if h.block_id == done.block.id]:
+                misses += 1
+                if time.perf_counter() - acked > 5:
+                    break
+            samples.append((time.perf_counter() - acked) * 1000)
+            time.sleep(FRESHNESS_EVERY_S)
+        worker.join()
+    p99 = percentile(samples, 99)
+    rate = median([r["rate"] for r in runs]) if runs else float("nan")
+    res.add(
+        PART,
+        f"{FRESHNESS_CONNS} conns: search freshness p99 (acknowledged to searchable)",
+        p99,
+        "ms",
+        target=Target("<=", 100, "issue 17"),
+        note=f"{len(samples)} probes, p50 {percentile(samples, 50):.2f} ms, "
+        f"max {max(samples, default=0):.1f} ms; {misses} searches that missed; "
+        f"load {rate:,.0f} appends/s",
+    )
 
 
 def append_blocks(env: Env, daemon: Daemon) -> None:

@@ -35,9 +35,12 @@ def test_metrics_parse_and_count(tmp_path: Path) -> None:
             app = App(
                 config=config, engine=engine, boot=report, server=server, started_at=utc_now()
             )
-            return render(app)
+            text = render(app)
+            lag_now = engine.acked_seq - engine.indexed_seq
+            await engine.index_caught_up(5.0)
+            return text, lag_now, render(app)
 
-    text = anyio.run(go)
+    text, lag_now, text_after = anyio.run(go)
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert families["timelined_events"].samples[0].value == 11
     assert families["timelined_last_seq"].samples[0].value == 11
@@ -48,3 +51,6 @@ def test_metrics_parse_and_count(tmp_path: Path) -> None:
     assert verdicts["recovered"] == 1 and verdicts["clean"] == 0
     assert families["timelined_verify_state"].type == "gauge"
     assert "timelined_watchers" in families
+    assert families["timelined_search_index_lag_events"].samples[0].value == lag_now
+    after = {f.name: f for f in text_string_to_metric_families(text_after)}
+    assert after["timelined_search_index_lag_events"].samples[0].value == 0

@@ -55,15 +55,15 @@ async def _read_forever(client: AsyncClient, context_id: str) -> None:
         await client.list_blocks(context_id, limit=20)
 
 
-def _slow_commits(state_db: Path, pad: int = 600) -> None:
+def _slow_commits(state_db: Path, pad: int = 600, on: str = "UPDATE ON meta") -> None:
     """Make every batch's meta update (after the answer, before COMMIT) take ~pad² steps (600:
-    milliseconds)."""
+    milliseconds); `on`: another update to slow down instead (the trigger's event)."""
     conn = sqlite3.connect(state_db, isolation_level=None)
     try:
         conn.execute("CREATE TABLE pad (x INTEGER)")
         conn.executemany("INSERT INTO pad VALUES (?)", [(i,) for i in range(pad)])
         conn.execute(
-            "CREATE TRIGGER slow_commit AFTER UPDATE ON meta BEGIN "
+            f"CREATE TRIGGER slow_commit AFTER {on} BEGIN "
             "SELECT count(*) FROM pad a, pad b WHERE a.x + b.x = -1; END"
         )
     finally:

@@ -133,10 +133,14 @@ class HistoryReply(msgspec.Struct, frozen=True):
 
 class SearchReply(msgspec.Struct, frozen=True):
     """`truncated`: fewer hits than `limit` were sent because more would not fit one reply
-    (`limits.max_message_bytes`); ask for fewer, or narrow the query."""
+    (`limits.max_message_bytes`); ask for fewer, or narrow the query. `indexed_seq`: every
+    block with a seq up to this one is searchable (the index is written just after the
+    state's commits); the search waited, at most a second, for every block acknowledged
+    before the call to be indexed."""
 
     hits: list[SearchHit]
     truncated: bool = False
+    indexed_seq: int | None = None
 
 
 class StatsReply(msgspec.Struct, frozen=True):

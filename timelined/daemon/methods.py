@@ -100,6 +100,10 @@ from timelined.writer.engine import Pending
 
 __all__ = ["admin_handlers", "register_all", "timeline_handlers"]
 
+# How long a search waits for the index to reach what was acknowledged before it (the index is
+# written at most writer.engine.INDEX_DELAY_S after a commit, at once when a search asks).
+SEARCH_INDEX_WAIT_S = 1.0
+
 
 def register_all(server: VarlinkServer, app: App) -> None:
     """Serve io.timelined.Timeline and io.timelined.Admin on `server` for `app`."""
@@ -259,6 +263,9 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
 
     async def search_blocks(p: SearchBlocksParams, ctx: CallContext) -> SearchReply:
         budget = ReplyBudget(app.config.limits.max_message_bytes)
+        # Read-your-writes for search: the index is written after the commits (writer/engine.py);
+        # wait, bounded, for what was acknowledged before this call, then answer with what is.
+        indexed_seq = await app.engine.index_caught_up(SEARCH_INDEX_WAIT_S)
         hits = await app.engine.read(
             lookup.search_or_raise,
             p.query,
@@ -268,7 +275,7 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
             limit=p.limit,
             budget=budget,
         )
-        return SearchReply(hits, truncated=budget.full)
+        return SearchReply(hits, truncated=budget.full, indexed_seq=indexed_seq)
 
     async def get_conversation_stats(p: ByIdParams, ctx: CallContext) -> StatsReply:
         return StatsReply(await app.engine.read(lookup.stats_or_raise, p.id))

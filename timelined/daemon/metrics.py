@@ -74,6 +74,13 @@ def render(app: App) -> str:
     )
     t.scalar("timelined_last_seq", "gauge", "Seq of the newest committed event.", engine.last_seq)
     t.scalar(
+        "timelined_search_index_lag_events",
+        "gauge",
+        "Events acknowledged whose blocks may not be searchable yet (the index follows the "
+        "commits).",
+        max(0, engine.acked_seq - engine.indexed_seq),
+    )
+    t.scalar(
         "timelined_read_only",
         "gauge",
         "1 when writes are refused (log damaged).",

@@ -302,6 +302,28 @@ def insert_fts(conn: sqlite3.Connection, rows: FtsRows) -> None:
     conn.executemany("INSERT INTO blocks_fts (rowid, content) VALUES (?, ?)", rows)
 
 
+def index_blocks(conn: sqlite3.Connection, after_seq: int, upto_seq: int) -> None:
+    """Index every block with `after_seq < seq <= upto_seq` and record the index's position
+    (`meta.fts_seq = upto_seq`), inside the caller's transaction.
+
+    The rows come from the blocks table itself, in one statement: the writer's deferred index
+    (writer/engine.py) and the boot's filling of a crash's gap (replay.apply_records) are the
+    same code, and need nothing kept in memory between the blocks' commit and their indexing.
+    Exactly the blocks up to `fts_seq` have a document: the verifier checks that (compare.py).
+    """
+    if upto_seq > after_seq:
+        conn.execute(
+            "INSERT INTO blocks_fts (rowid, content) SELECT seq, content FROM blocks "
+            "WHERE seq > ? AND seq <= ? ORDER BY seq",
+            (after_seq, upto_seq),
+        )
+    set_fts_seq(conn, upto_seq)
+
+
+def set_fts_seq(conn: sqlite3.Connection, fts_seq: int) -> None:
+    conn.execute("UPDATE meta SET fts_seq = ? WHERE id = 1", (fts_seq,))
+
+
 def _block_appended(
     conn: sqlite3.Connection, r: Record, e: ev.BlockAppended, fts: FtsRows | None = None
 ) -> None:

@@ -71,6 +71,11 @@ def read_meta(conn: sqlite3.Connection) -> Meta:
     return Meta(int(row[0]), str(row[1]), int(row[2]))
 
 
+def read_fts_seq(conn: sqlite3.Connection) -> int:
+    """How far the search index is: every block with seq <= this has its document."""
+    return int(conn.execute("SELECT fts_seq FROM meta WHERE id = 1").fetchone()[0])
+
+
 def data_version(conn: sqlite3.Connection) -> int:
     """Moves only when another connection commits to the database (tamper detection)."""
     return int(conn.execute("PRAGMA data_version").fetchone()[0])

@@ -16,8 +16,8 @@ from pathlib import Path
 from timelined.auditlog.reader import read_records
 from timelined.errors import LogDamaged
 from timelined.events import Record
-from timelined.state.apply import apply, set_meta
-from timelined.state.db import open_scratch, read_meta
+from timelined.state.apply import apply, index_blocks, set_fts_seq, set_meta
+from timelined.state.db import open_scratch, read_fts_seq, read_meta
 
 Progress = Callable[[int, int], None]  # (events applied so far, last seq applied)
 
@@ -38,13 +38,24 @@ def apply_records(
     progress: Progress | None = None,
     stop_at: int | None = None,
 ) -> ReplayResult:
-    """Apply records after the state's meta, committing every `chunk` events with the meta."""
+    """Apply records after the state's meta, committing every `chunk` events with the meta.
+
+    A connection that keeps the search index (all but the verifier's scratch) first indexes
+    the blocks the writer committed but had not indexed yet (`meta.fts_seq < last_seq`: a
+    crash between a batch's COMMIT and its index's), then indexes each record's block as it
+    applies it, so the index is whole at every commit of the replay.
+    """
     started = time.perf_counter()
     meta = read_meta(conn)
     last_seq, last_hash = meta.last_seq, meta.last_hash
     applied = 0
+    indexes = getattr(conn, "search_index", True)
     conn.execute("BEGIN IMMEDIATE")
     try:
+        if indexes:
+            fts_seq = read_fts_seq(conn)
+            if fts_seq != last_seq:
+                index_blocks(conn, min(fts_seq, last_seq), last_seq)
         for record in records:
             if stop_at is not None and record.seq > stop_at:
                 break
@@ -59,11 +70,15 @@ def apply_records(
             applied += 1
             if applied % chunk == 0:
                 set_meta(conn, last_seq, last_hash)
+                if indexes:
+                    set_fts_seq(conn, last_seq)
                 conn.execute("COMMIT")
                 if progress is not None:
                     progress(applied, last_seq)
                 conn.execute("BEGIN IMMEDIATE")
         set_meta(conn, last_seq, last_hash)
+        if indexes:
+            set_fts_seq(conn, last_seq)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

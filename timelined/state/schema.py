@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from timelined.events import SCHEMA_VERSION as EVENT_SCHEMA_VERSION
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Blocks use the seq of the event that created them as their rowid: every event creates at most
 # one block, so seq is unique, monotonic (B-tree appends stay at the right edge), and gives FTS5
@@ -120,7 +120,18 @@ def _create_v1(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "create the v1 schema", _create_v1),)
+def _add_fts_seq(conn: sqlite3.Connection) -> None:
+    # The writer indexes blocks for search in transactions of their own, after the batch's
+    # COMMIT (issue 17): `meta.fts_seq` says how far the index is. Up to v1 every block was
+    # indexed in its own batch's transaction, so a v1 database is indexed through last_seq.
+    conn.execute("ALTER TABLE meta ADD COLUMN fts_seq INTEGER NOT NULL DEFAULT 0")
+    conn.execute("UPDATE meta SET fts_seq = last_seq")
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "create the v1 schema", _create_v1),
+    Migration(2, "record how far the search index is (meta.fts_seq)", _add_fts_seq),
+)
 
 
 class UnknownSchema(Exception):

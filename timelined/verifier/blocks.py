@@ -25,7 +25,15 @@ from typing import Any
 
 from timelined.api.verify import Difference, FieldDiff
 from timelined.state.apply import BLOCK_COLUMNS, BlockRow
-from timelined.verifier.compare import Differences, Table, _ident, clip
+from timelined.verifier.compare import (
+    DOC_PAST_POSITION,
+    EXTRA_DOC,
+    MISSING_DOC,
+    Differences,
+    Table,
+    _ident,
+    clip,
+)
 
 _SEQ = BLOCK_COLUMNS.index("seq")
 _ID = BLOCK_COLUMNS.index("id")
@@ -33,7 +41,8 @@ _ID = BLOCK_COLUMNS.index("id")
 
 class BlockStream:
     """Merges the replay's block rows (`emit`, in seq order) with the state's `blocks` rows and,
-    if `search_index`, with the state's search documents (`blocks_fts_docsize`)."""
+    if `search_index`, with the state's search documents (`blocks_fts_docsize`), which must be
+    exactly the blocks up to `indexed_upto` (compare.expected_fts_seq)."""
 
     def __init__(
         self,
@@ -43,6 +52,7 @@ class BlockStream:
         *,
         search_index: bool,
         cap: int,
+        indexed_upto: int = 2**63 - 1,
     ) -> None:
         assert table.pk == "seq" and table.name == "blocks"
         self.table = table
@@ -52,6 +62,7 @@ class BlockStream:
         self.fts_missing: Differences | None = Differences(cap) if search_index else None
         self.fts_extra = Differences(cap)
         self.error: sqlite3.DatabaseError | None = None
+        self.indexed_upto = indexed_upto
         self._key = columns.index("seq")
         if columns == BLOCK_COLUMNS:
             self._pick = None
@@ -148,8 +159,10 @@ class BlockStream:
             self._extra_doc(d)
             d = self._next_doc()
         if d == seq:
+            if seq > self.indexed_upto:
+                self._extra_doc(d, DOC_PAST_POSITION)
             d = self._next_doc()
-        else:
+        elif seq <= self.indexed_upto:
             assert self.fts_missing is not None
             self.fts_missing.add(
                 Difference(
@@ -157,7 +170,7 @@ class BlockStream:
                     id=str(row[_ID]),
                     key=seq,
                     kind="missing",
-                    detail="the block has no document in the search index",
+                    detail=MISSING_DOC,
                 )
             )
         self._d = d
@@ -177,14 +190,14 @@ class BlockStream:
         ident, key = _ident(self.table, self.columns, state)
         self.rows.add(Difference(entity=self.table.entity, id=ident, key=key, kind="extra"))
 
-    def _extra_doc(self, seq: int) -> None:
+    def _extra_doc(self, seq: int, detail: str = EXTRA_DOC) -> None:
         self.fts_extra.add(
             Difference(
                 entity="search index",
                 id=f"seq {seq}",
                 key=seq,
                 kind="extra",
-                detail="a search document for a block the log does not have",
+                detail=detail,
             )
         )
 

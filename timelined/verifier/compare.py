@@ -203,8 +203,36 @@ def compare_table(
         out.add(Difference(entity=table.entity, id=ident, key=key, kind="missing"))
 
 
-def compare_search_index(conn: sqlite3.Connection, out: Differences) -> str:
-    """Check that the state's FTS index holds one document per block of the replay, no other.
+# What a search document no block up to the index's position explains is reported as.
+EXTRA_DOC = "a search document for a block the log does not have"
+DOC_PAST_POSITION = "a search document past the index's recorded position (meta.fts_seq)"
+MISSING_DOC = "the block has no document in the search index"
+
+
+def read_fts_seq(conn: sqlite3.Connection) -> int | None:
+    """The state snapshot's `meta.fts_seq` (how far its search index is); None if it has none."""
+    try:
+        row = conn.execute("SELECT fts_seq FROM main.meta WHERE id = 1").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such" not in str(exc):
+            raise
+        return None
+    return row[0] if row is not None and isinstance(row[0], int) else None
+
+
+def expected_fts_seq(state_fts_seq: int | None, snapshot_seq: int) -> int:
+    """Up to where the search index must hold exactly the blocks: the state's own `fts_seq`
+    when it is one the writer can leave (0 to the snapshot's last_seq: the writer indexes
+    after its COMMITs), else the whole snapshot (and the meta row's comparison reports the
+    value). A state whose index lags is not drift; a document past its position is."""
+    if state_fts_seq is not None and 0 <= state_fts_seq <= snapshot_seq:
+        return state_fts_seq
+    return snapshot_seq if snapshot_seq >= 0 else 2**63 - 1
+
+
+def compare_search_index(conn: sqlite3.Connection, out: Differences, indexed_upto: int) -> str:
+    """Check that the state's FTS index holds one document per block of the replay up to
+    `indexed_upto` (expected_fts_seq), no other.
 
     A read-only connection cannot run FTS5's `integrity-check` (it is an INSERT); the document
     set is read from the index's own `blocks_fts_docsize` table. Token-level checks need a
@@ -217,8 +245,9 @@ def compare_search_index(conn: sqlite3.Connection, out: Differences) -> str:
         return "not checked: the state database has no search index"
     before = out.total
     missing = conn.execute(
-        "SELECT l.seq, l.id FROM scratch.blocks AS l WHERE NOT EXISTS "
-        "(SELECT 1 FROM main.blocks_fts_docsize AS d WHERE d.id = l.seq) ORDER BY l.seq"
+        "SELECT l.seq, l.id FROM scratch.blocks AS l WHERE l.seq <= ? AND NOT EXISTS "
+        "(SELECT 1 FROM main.blocks_fts_docsize AS d WHERE d.id = l.seq) ORDER BY l.seq",
+        (indexed_upto,),
     )
     for seq, block_id in _rows(missing):
         out.add(
@@ -227,21 +256,23 @@ def compare_search_index(conn: sqlite3.Connection, out: Differences) -> str:
                 id=str(block_id),
                 key=seq,
                 kind="missing",
-                detail="the block has no document in the search index",
+                detail=MISSING_DOC,
             )
         )
     extra = conn.execute(
-        "SELECT d.id FROM main.blocks_fts_docsize AS d WHERE NOT EXISTS "
-        "(SELECT 1 FROM scratch.blocks AS l WHERE l.seq = d.id) ORDER BY d.id"
+        "SELECT d.id, EXISTS (SELECT 1 FROM scratch.blocks AS l WHERE l.seq = d.id) "
+        "FROM main.blocks_fts_docsize AS d WHERE d.id > ?1 OR NOT EXISTS "
+        "(SELECT 1 FROM scratch.blocks AS l WHERE l.seq = d.id) ORDER BY d.id",
+        (indexed_upto,),
     )
-    for (seq,) in _rows(extra):
+    for seq, block in _rows(extra):
         out.add(
             Difference(
                 entity="search index",
                 id=f"seq {seq}",
                 key=seq,
                 kind="extra",
-                detail="a search document for a block the log does not have",
+                detail=DOC_PAST_POSITION if block else EXTRA_DOC,
             )
         )
     found = out.total - before
@@ -269,12 +300,14 @@ def compare_all(
     *,
     columns: dict[str, tuple[str, ...]] | None = None,
     blocks: BlockDiffs | None = None,
+    indexed_upto: int = 2**63 - 1,
 ) -> str:
     """Schema, every entity table, then the search index's documents; returns the index note.
 
     `columns`: compare_schema's result, when the caller ran it already. `blocks`: the blocks
     and their search documents were compared while the replay ran (blocks.py); their
-    differences are folded in where this function would have found them.
+    differences are folded in where this function would have found them. `indexed_upto`:
+    expected_fts_seq (without `blocks`; a BlockStream has its own).
     """
     if columns is None:
         columns = compare_schema(conn, out)
@@ -289,7 +322,11 @@ def compare_all(
             progress(done + 1, len(tables) + 1)
     if "blocks" not in columns:
         return "not checked: the state database has no blocks table"
-    note = compare_search_index(conn, out) if blocks is None else blocks.fold_search_index(out)
+    note = (
+        compare_search_index(conn, out, indexed_upto)
+        if blocks is None
+        else blocks.fold_search_index(out)
+    )
     if progress is not None:
         progress(len(tables) + 1, len(tables) + 1)
     return note

@@ -12,6 +12,11 @@ Contract (DESIGN.md's write path):
   fsync per `log.fsync`; then the batch's callers are ANSWERED (handed to the event loop at
   once: the events are durable in the log, which is the truth) and only then meta(last_seq,
   last_hash) and COMMIT run, while the event loop sends the replies.
+- The search index follows the commits: a batch's blocks are indexed later, in a transaction
+  of their own on the same thread and connection (`_index_committed`: every block committed
+  since the last, one statement, and `meta.fts_seq`), when a search waits for them
+  (`index_caught_up`), when INDEX_MAX_BLOCKS wait, or INDEX_DELAY_S after the first of them.
+  A crash in between leaves `fts_seq < last_seq`; the boot's roll forward indexes the gap.
 - Invariant: SQLite never commits an event that is not already in the log.
 - Read-your-writes: `acked_seq` (the newest answered event) and `committed_seq` (the newest in
   the state) are kept on the event loop; a read through `Engine.read` or `read_snapshot` called
@@ -60,8 +65,8 @@ from timelined.errors import (
 from timelined.events import DAEMON, ActorLike, Event, Record
 from timelined.histogram import BATCH_SIZE_BOUNDS, SECONDS_BOUNDS, Histogram
 from timelined.ids import utc_now
-from timelined.state.apply import FtsRows, apply, insert_fts, set_meta
-from timelined.state.db import data_version, open_write, read_meta
+from timelined.state.apply import FtsRows, apply, index_blocks, set_meta
+from timelined.state.db import data_version, open_write, read_fts_seq, read_meta
 from timelined.state.reads import Readers, ReadSnapshot
 from timelined.state.replay import roll_forward
 from timelined.writer import rules
@@ -75,6 +80,13 @@ T = TypeVar("T")
 # How far a rollback reaches: the command's savepoint (rolled back to and released), the command's
 # one statement (already undone by SQLite: nothing but the cache to forget), or the whole batch.
 RollbackScope = Literal["savepoint", "statement", "batch"]
+
+# The search index is written after the batches' COMMITs, in transactions of its own (one
+# statement indexing every block committed since the last: state.apply.index_blocks), when a
+# search waits for it, when this many blocks wait, or this long after the first of them was
+# committed, whichever comes first; docs/performance.md has the measurements behind the values.
+INDEX_DELAY_S = 0.025
+INDEX_MAX_BLOCKS = 2_000
 
 
 def _tail_problem(scan: TailScan) -> LogDamaged | None:
@@ -182,7 +194,7 @@ class _CommandTx:
         self.ts = ts
         self.lines: list[bytes] = []
         self.records: list[Record] = []
-        self.fts: FtsRows = []  # indexed once per batch, after the savepoints (see `apply`)
+        self.fts: FtsRows = []  # not inserted here: counted, indexed after the COMMIT
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -244,6 +256,19 @@ class Engine:
         self.acked_seq = meta.last_seq
         self.committed_seq = meta.last_seq
         self._commit_event: asyncio.Event | None = None  # made by the first read that waits
+        # The search index (on the writer's thread): indexed through `_fts_seq` (meta.fts_seq,
+        # committed), the state through `_state_seq`; `_unindexed` blocks committed between
+        # them, the first at `_unindexed_since`. A gap left at open (a crash, or a read-only
+        # boot that did not roll forward) is indexed as soon as the writer runs.
+        self._fts_seq = read_fts_seq(conn)
+        self._state_seq = meta.last_seq
+        self._unindexed = max(0, meta.last_seq - self._fts_seq)
+        self._unindexed_since = time.monotonic()
+        # On the event loop: every block up to `indexed_seq` is searchable; a search asks for
+        # the index now (`_index_wanted`) and waits on `_index_event` (see `index_caught_up`).
+        self.indexed_seq = self._fts_seq if self._unindexed else meta.last_seq
+        self._index_wanted = False
+        self._index_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = stats or EngineStats()
         self.fatal: FatalStorageError | None = None
@@ -438,6 +463,7 @@ class Engine:
                     yield self._conn
                 finally:
                     self._forget_cache("resumed")
+                    self._reload_index_position()
         finally:
             self._pause_depth -= 1
             if self._pause_depth == 0:
@@ -450,6 +476,15 @@ class Engine:
         meta = read_meta(conn)
         assert (meta.last_seq, meta.last_hash) == (self.last_seq, self.last_hash)
         self._data_version = data_version(conn)
+        self._reload_index_position()
+
+    def _reload_index_position(self) -> None:
+        """Read how far the search index is from the state itself: it may have been rebuilt or
+        written behind the writer (between batches, with the writer's thread idle)."""
+        self._fts_seq = read_fts_seq(self._conn)
+        self._state_seq = read_meta(self._conn).last_seq
+        self._unindexed = max(0, self._state_seq - self._fts_seq)
+        self._unindexed_since = time.monotonic()
 
     async def data_version_changed(self) -> bool:
         """Whether another connection committed to the state database since the last call.
@@ -465,6 +500,7 @@ class Engine:
             self._data_version = version
             if changed:
                 self._forget_cache("another process wrote the state")
+                self._reload_index_position()
             return changed
 
         return await self._on_writer_thread(check)
@@ -479,15 +515,21 @@ class Engine:
         try:
             while True:
                 if not self._queue:
+                    index_due = self._index_due()
+                    if index_due == 0 or (self._closing and index_due is not None):
+                        await self._index_now()
+                        continue
                     if self._closing:
                         return
                     self._wakeup = anyio.Event()
-                    if interval is None:
+                    timeout = min((t for t in (interval, index_due) if t is not None), default=None)
+                    if timeout is None:
                         await self._wakeup.wait()
                     else:
-                        with anyio.move_on_after(interval):
+                        with anyio.move_on_after(timeout):
                             await self._wakeup.wait()
-                        await self._on_writer_thread(self._sync_if_due)
+                        if interval is not None:
+                            await self._on_writer_thread(self._sync_if_due)
                     continue
                 await self._resumed.wait()
                 batch = [
@@ -508,8 +550,74 @@ class Engine:
                     self._fail_queued(self.fatal)
                     self._wake_readers()  # a read waiting for a commit that never comes fails
                     return
+                self._publish_indexed()
+                if self._index_due() == 0:
+                    await self._index_now()
         finally:
+            self._wake_readers()
             self._stopped.set()
+
+    # --- the search index, after the commits ---------------------------------------------------
+
+    def _index_due(self) -> float | None:
+        """Seconds until the search index should be written (0: now); None: nothing to index."""
+        if self._unindexed == 0 or self.fatal is not None:
+            return None
+        if self._index_wanted or self._unindexed >= INDEX_MAX_BLOCKS:
+            return 0.0
+        return max(0.0, self._unindexed_since + INDEX_DELAY_S - time.monotonic())
+
+    async def _index_now(self) -> None:
+        self._index_wanted = False  # a search asking from here on asks for the next one
+        await self._on_writer_thread(self._index_committed)
+        self._publish_indexed()
+        if self.fatal is not None:
+            self._wake_readers()
+
+    def _index_committed(self) -> None:
+        """On the writer's thread, between batches: index every block committed since the last
+        time, and record it (meta.fts_seq), in one transaction of its own. A failure is fatal
+        like any other state error outside a command's checks; the boot indexes the gap."""
+        if self._unindexed == 0 or self.fatal is not None:
+            return
+        conn, upto = self._conn, self._state_seq
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            index_blocks(conn, self._fts_seq, upto)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the connection is abandoned; the first cause is the one reported
+            self._go_fatal(FatalStorageError(str(self.config.state_db), 0, f"search index: {exc}"))
+            return
+        self._fts_seq = upto
+        self._unindexed = 0
+
+    def _publish_indexed(self) -> None:
+        """On the event loop, after a call on the writer's thread: how far search sees."""
+        seq = self._state_seq if self._unindexed == 0 else self._fts_seq
+        if seq > self.indexed_seq:
+            self.indexed_seq = seq
+            event, self._index_event = self._index_event, None
+            if event is not None:
+                event.set()
+
+    async def index_caught_up(self, within: float) -> int:
+        """Wait, at most `within` seconds, until every block acknowledged before this call is
+        searchable (read-your-writes for search); returns how far the index is then."""
+        target = self.acked_seq
+        if self.indexed_seq < target and self.fatal is None:
+            self._index_wanted = True
+            self._wakeup.set()
+            with anyio.move_on_after(within):
+                while self.indexed_seq < target and self.fatal is None:
+                    if self._index_event is None:
+                        self._index_event = asyncio.Event()
+                    await self._index_event.wait()
+        return self.indexed_seq
 
     def _acknowledged(self, batch: list[Pending], seq: int) -> None:
         """On the event loop, while the writer's thread commits: answer the batch (its events
@@ -524,9 +632,11 @@ class Engine:
         self._wake_readers()
 
     def _wake_readers(self) -> None:
-        event, self._commit_event = self._commit_event, None
-        if event is not None:
-            event.set()
+        """Wake every read waiting for a commit or for the index (they check again)."""
+        for event in (self._commit_event, self._index_event):
+            if event is not None:
+                event.set()
+        self._commit_event = self._index_event = None
 
     async def caught_up(self) -> None:
         """Wait until the state holds everything acknowledged before this call (read-your-
@@ -587,7 +697,7 @@ class Engine:
             tx = _CommandTx(conn, limits, hot, seq, prev, pending.actor, ts)
             # An AppendBlock needs no savepoint: `rules._append_block` raises every refusal
             # before it emits, and its one `emit` applies exactly one SQL statement (INSERT INTO
-            # blocks; the full-text row waits for the batch's `insert_fts`). A statement is atomic
+            # blocks; the full-text row waits for `_index_committed`). A statement is atomic
             # on its own, so a refused or failing append has nothing to undo. The one case that
             # would need undoing (a failure after the INSERT, or an SQL error, which may have
             # undone more than the statement) undoes the whole batch below. An AppendBlocks
@@ -634,8 +744,9 @@ class Engine:
         self.stats.observe(len(batch), fsync_s)
         self._answer_soon(batch, seq)
         try:
-            if fts:
-                insert_fts(conn, fts)
+            # The batch's blocks are indexed for search later, in their own transaction
+            # (`_index_committed`): FTS5's insert and its share of COMMIT were ~30 µs of an
+            # append's critical path (docs/performance.md).
             set_meta(conn, seq, prev)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -645,6 +756,11 @@ class Engine:
                 FatalStorageError(str(self.config.state_db), 0, f"state commit failed: {exc}")
             )
             return []
+        self._state_seq = seq
+        if fts:
+            if not self._unindexed:
+                self._unindexed_since = time.monotonic()
+            self._unindexed += len(fts)
         return records
 
     def _answer_soon(self, batch: list[Pending], seq: int) -> None:
