@@ -95,7 +95,7 @@ REPLIES: dict[str, set[str]] = {
     "Timeline.GetBlock": {"block"},
     "Timeline.ListBlocks": {"blocks", "next"},
     "Timeline.GetHistory": {"blocks"},
-    "Timeline.SearchBlocks": {"hits", "truncated"},
+    "Timeline.SearchBlocks": {"hits", "truncated", "indexed_seq"},
     "Admin.GetStatus": {"status"},
     "Admin.ReadLog": {"events", "next"},
     "Admin.GetRecoveryReport": {"report"},

@@ -73,9 +73,10 @@ def test_search_finds_the_callers_append_at_once_under_load() -> None:
 
 
 def _slow_index(state_db: Path) -> None:
-    """Make every index transaction (it sets meta.fts_seq; a batch's commit does not) take about
-    a second, so a kill -9 lands between a COMMIT and its index."""
-    _slow_commits(state_db, pad=2000, on="UPDATE OF fts_seq ON meta")
+    """Make every index transaction (it sets meta.fts_seq; a batch's commit does not) take
+    seconds (6000² steps: 2-5 s on these machines, quiet or not), so a kill -9 0.3 s after the
+    appends lands between a COMMIT and its index."""
+    _slow_commits(state_db, pad=6000, on="UPDATE OF fts_seq ON meta")
 
 
 def _undo_slow_index(state_db: Path) -> None:
