@@ -96,7 +96,8 @@ def test_open_extends_from_the_log_and_recomputes_a_rewritten_one(tmp_path: Path
     tree.close()
     _write_log(log_dir, 20)
     files = LevelFiles.open(tree_dir)  # the old tree's files against the original log
-    assert check_against_log(files, 20, log_dir) == "leaf 0 (seq 1) differs from the log"
+    found = check_against_log(files, 20, log_dir)
+    assert found is not None and found.detail == "leaf 0 (seq 1) differs from the log"
     files.close()
 
 

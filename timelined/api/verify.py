@@ -18,6 +18,7 @@ VerifyState = Literal["ok", "drift", "damaged", "failed"]
 StatusState = Literal["ok", "drift", "damaged", "failed", "running", "never"]
 DiffKind = Literal["missing", "extra", "changed"]
 Mode = Literal["daemon", "offline"]
+TreeState = Literal["ok", "mismatch", "skipped"]
 
 
 class FieldDiff(msgspec.Struct, frozen=True):
@@ -97,6 +98,21 @@ class ChainResult(msgspec.Struct, frozen=True, kw_only=True):
     torn: ChainTorn | None = None
 
 
+class TreeResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The Merkle tree's check (docs/transparency.md): every stored hash of its first `size`
+    leaves recomputed from the log. On a mismatch, the first node that differs: `level` 0 is a
+    leaf hash, else the node `index` of that level, covering the leaves from `first_bad_leaf`
+    (leaf i is seq i + 1). `skipped` says why in `detail` (no tree kept, the log damaged)."""
+
+    state: TreeState
+    size: int
+    level: int | None = None
+    index: int | None = None
+    first_bad_leaf: int | None = None
+    detail: str = ""
+    seconds: float = 0.0
+
+
 class VerifyProgress(msgspec.Struct, frozen=True):
     phase: str  # snapshot, replay, compare, chain
     done: int
@@ -122,6 +138,7 @@ class VerifyReport(msgspec.Struct, kw_only=True):
     differences: list[Difference] = msgspec.field(default_factory=list)
     differences_total: int = 0
     search_index: str = ""
+    tree: TreeResult | None = None  # None: a report of a version without the tree check
     summary: str = ""
     error: str | None = None
     notes: list[str] = msgspec.field(default_factory=list)
@@ -143,6 +160,7 @@ class VerifyStatus(msgspec.Struct, frozen=True, kw_only=True):
     damaged_runs: int = 0
     repairs: int = 0
     last_repair_at: str | None = None
+    tree: TreeState | None = None  # the last run's tree check
     watch_wakeups: int = 0  # the file watcher's wake-ups (the daemon's own writes raise none)
     progress: VerifyProgress | None = None
 

@@ -367,7 +367,7 @@ def _start_features(tg: TaskGroup, app: App, notifier: Notifier, stopping: anyio
     def publish(text: str) -> None:
         notifier.status(text)
 
-    verifier = Verifier(app.config, app.engine, publish)
+    verifier = Verifier(app.config, app.engine, publish, tree=app.transparency)
     app.verifier = verifier
     tg.start_soon(verifier.run_forever, stopping)
 

@@ -154,3 +154,48 @@ class LevelFiles:
         for fd in self._fds:
             os.close(fd)
         self._fds = []
+
+
+class LevelReader:
+    """The level files read-only, as another process or thread sees them while the daemon
+    appends (the verifier's `NodeSource`). Sequential reads go through one bounded buffer per
+    level (READ_BYTES), so a full check reads each file once in large chunks."""
+
+    READ_BYTES = 64 * 1024
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._fds: list[int] = []
+        level = 0
+        while (path := directory / f"level-{level:02d}").exists():
+            self._fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+            level += 1
+        self._buffers: list[tuple[int, bytes]] = [(0, b"")] * len(self._fds)
+
+    def size(self) -> int:
+        """The leaves whose every node is on disk: the daemon writes level 0 first, so a level
+        above may lag; n leaves need n >> level hashes at each level."""
+        counts = [os.fstat(fd).st_size // HASH_SIZE for fd in self._fds]
+        if not counts:
+            return 0
+        size = counts[0]
+        for level in range(1, len(counts)):
+            size = min(size, (counts[level] << level) | ((1 << level) - 1))
+        return size if size >> len(counts) == 0 else min(size, (1 << len(counts)) - 1)
+
+    def node(self, level: int, index: int) -> bytes:
+        if level >= len(self._fds):
+            return b""  # no such level on disk: differs from any hash
+        start, data = self._buffers[level]
+        offset = index * HASH_SIZE - start
+        if not 0 <= offset <= len(data) - HASH_SIZE:
+            start = index * HASH_SIZE
+            data = os.pread(self._fds[level], self.READ_BYTES, start)
+            self._buffers[level] = (start, data)
+            offset = 0
+        return data[offset : offset + HASH_SIZE]
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []

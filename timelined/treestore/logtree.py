@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from timelined.auditlog.reader import read_lines
@@ -22,6 +23,9 @@ from timelined.transparency import merkle
 from timelined.treestore.levels import LevelFiles
 
 log = logging.getLogger(__name__)
+# Written in the tree's directory when the verifier finds it differs from the log: the next
+# open recomputes it whole (a rebuild from the log is always valid: the tree is derived).
+REBUILD_MARK = "rebuild"
 
 
 class LogTree:
@@ -32,6 +36,10 @@ class LogTree:
     @classmethod
     def open(cls, tree_dir: Path, log_dir: str | os.PathLike[str], head_seq: int) -> LogTree:
         files = LevelFiles.open(tree_dir)
+        marked = (tree_dir / REBUILD_MARK).exists()
+        if marked:
+            log.warning("the verifier found the Merkle tree differs from the log: recomputed")
+            files.truncate(0)
         if files.size > head_seq:
             log.warning(
                 "the Merkle tree holds %d leaves, the log %d: cut back", files.size, head_seq
@@ -45,6 +53,8 @@ class LogTree:
             log.info("extending the Merkle tree from seq %d to %d", files.size + 1, head_seq)
             tree.extend(line[:-1] for _, line in read_lines(log_dir, files.size, head_seq))
         files.flush()
+        if marked:
+            (tree_dir / REBUILD_MARK).unlink(missing_ok=True)
         return tree
 
     @property
@@ -87,8 +97,20 @@ class LogTree:
         if not 0 <= size <= self.files.size:
             raise merkle.ProofError(f"tree size {size} is beyond the tree's {self.files.size}")
 
+    def replace_files(self, files: LevelFiles) -> None:
+        """Serve from `files` (a tree rebuilt from the log, as long as this one) from now on."""
+        old, self.files = self.files, files
+        old.close()
+
     def close(self) -> None:
         self.files.close()
+
+
+def build_from_log(files: LevelFiles, log_dir: str | os.PathLike[str], upto: int) -> None:
+    """Extend `files` with the log's lines up to seq `upto` (blocking; bounded memory)."""
+    for _, line in read_lines(log_dir, files.size, upto):
+        files.append(merkle.leaf_hash(line[:-1]))
+    files.flush()
 
 
 def _leaf_from_log(log_dir: str | os.PathLike[str], seq: int) -> bytes:
@@ -97,17 +119,31 @@ def _leaf_from_log(log_dir: str | os.PathLike[str], seq: int) -> bytes:
     return b""
 
 
+@dataclass(frozen=True, slots=True)
+class TreeMismatch:
+    """The first stored node that differs from the log: `level` 0 is a leaf hash; the node
+    covers the leaves from `first_leaf` (leaf i is seq i + 1)."""
+
+    level: int
+    index: int
+    first_leaf: int
+    detail: str
+
+
 def check_against_log(
     src: merkle.NodeSource, size: int, log_dir: str | os.PathLike[str]
-) -> str | None:
+) -> TreeMismatch | None:
     """Recompute the first `size` leaves from the log and compare every stored node (the
-    verifier's check; memory: one hash per level). None when all match, else what differs."""
+    verifier's check; memory: one hash per level). None when all match, else the first node
+    (in the order the tree was built) that differs. A damaged log raises LogDamaged."""
     stack: list[bytes] = []  # the perfect subtrees of the leaves so far, largest first
     count = 0
     for seq, line in read_lines(log_dir, 0, size):
         digest = merkle.leaf_hash(line[:-1])
         if src.node(0, seq - 1) != digest:
-            return f"leaf {seq - 1} (seq {seq}) differs from the log"
+            return TreeMismatch(
+                0, seq - 1, seq - 1, f"leaf {seq - 1} (seq {seq}) differs from the log"
+            )
         stack.append(digest)
         count += 1
         level = 0
@@ -115,9 +151,17 @@ def check_against_log(
             right = stack.pop()
             digest = merkle.node_hash(stack.pop(), right)
             level += 1
-            if src.node(level, (count >> level) - 1) != digest:
-                return f"node {(count >> level) - 1} of level {level} differs from the log"
+            index = (count >> level) - 1
+            if src.node(level, index) != digest:
+                first = index << level
+                return TreeMismatch(
+                    level,
+                    index,
+                    first,
+                    f"node {index} of level {level} (leaves {first}..{first + (1 << level) - 1})"
+                    " differs from the log",
+                )
             stack.append(digest)
     if count != size:
-        return f"the tree has {size} leaves, the log {count} lines"
+        return TreeMismatch(0, count, count, f"the tree has {size} leaves, the log {count} lines")
     return None

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import anyio
 
@@ -14,9 +16,11 @@ from timelined.config import Config
 from timelined.transparency.checkpoint import Checkpoint
 from timelined.transparency.note import Signer
 from timelined.treestore import signing
-from timelined.treestore.logtree import LogTree
+from timelined.treestore.levels import LevelFiles
+from timelined.treestore.logtree import REBUILD_MARK, LogTree, build_from_log
 
 log = logging.getLogger(__name__)
+REBUILD_CATCH_UP = 1000  # lines a rebuild reads on the event loop at most, before its swap
 
 
 @dataclass
@@ -67,6 +71,49 @@ class Transparency:
 
     def consistency(self, old_size: int, new_size: int) -> list[str]:
         return _b64(self.tree.consistency(old_size, new_size))
+
+    # --- for the verifier (verifier.scheduler.TreeKeeper) ---------------------------------------
+
+    def flushed_size(self) -> int:
+        """Write the waiting hashes; the tree's size (on the loop: its files are the loop's)."""
+        self.tree.files.flush()
+        return self.tree.size
+
+    def mark_for_rebuild(self) -> None:
+        """A run found the tree differs from the log: the next boot recomputes it."""
+        (self.config.tree_dir / REBUILD_MARK).touch()
+
+    async def rebuild(self) -> int:
+        """Recompute the tree from the log beside the one served (in a thread: commits go on
+        into the old one), catch up with what was committed meanwhile, and swap it in. Returns
+        its size. Checkpoints signed from the old tree's differing hashes will not extend to the
+        new one's roots: the clients holding them see HistoryRewritten (as they should)."""
+        tree_dir, log_dir = self.config.tree_dir, self.config.log_dir
+        new_dir = tree_dir.with_name(tree_dir.name + ".new")
+
+        def start() -> LevelFiles:
+            shutil.rmtree(new_dir, ignore_errors=True)
+            return LevelFiles.open(new_dir)
+
+        files = await anyio.to_thread.run_sync(start)
+        try:
+            while self.tree.size - files.size > REBUILD_CATCH_UP:
+                await anyio.to_thread.run_sync(build_from_log, files, log_dir, self.tree.size)
+            # On the loop from here to the swap: no commit can slip in between.
+            build_from_log(files, log_dir, self.tree.size)
+            old_dir = tree_dir.with_name(tree_dir.name + ".old")
+            shutil.rmtree(old_dir, ignore_errors=True)
+            tree_dir.rename(old_dir)
+            new_dir.rename(tree_dir)
+            files.directory = tree_dir  # where it opens the levels it grows
+        except BaseException:
+            files.close()
+            raise
+        self.tree.replace_files(files)
+        self._signed_size = -1  # the next checkpoint is signed from the rebuilt tree
+        await anyio.to_thread.run_sync(partial(shutil.rmtree, old_dir, ignore_errors=True))
+        log.warning("rebuilt the Merkle tree from the log: %d leaves", files.size)
+        return files.size
 
     async def run_forever(self, stopping: anyio.Event) -> None:
         """Sign every `[checkpoint] interval_s` (read fresh: a reload may change it)."""

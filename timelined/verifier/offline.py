@@ -87,7 +87,7 @@ def run_offline(state_dir: Path, *, as_json: bool, progress: bool) -> int:
         return _cannot_run(problem, as_json=as_json)
     line = _ProgressLine(sys.stderr) if progress and sys.stderr.isatty() else None
     with tempfile.TemporaryDirectory(prefix="timelined-verify-") as work:
-        paths = Paths(state_dir / "state.db", state_dir / "log", Path(work))
+        paths = Paths(state_dir / "state.db", state_dir / "log", Path(work), state_dir / "tree")
         try:
             report = verify_paths(
                 paths, trigger="offline", mode="offline", copy=True, progress=line
@@ -154,6 +154,15 @@ def render(report: VerifyReport, state_dir: Path | None = None) -> str:
         )
     if report.search_index and not report.search_index.startswith("not checked: the log"):
         lines.append(f"  search index: {report.search_index}")
+    tree = report.tree
+    if tree is not None and tree.state == "mismatch":
+        lines.append(
+            f"tree: MISMATCH at leaf {tree.first_bad_leaf} (seq {(tree.first_bad_leaf or 0) + 1}"
+            f"), level {tree.level} node {tree.index}: {tree.detail}; the daemon rebuilds the "
+            "tree from the log at a repair (timelinectl repair) or at the boot after a run found it"
+        )
+    elif tree is not None:
+        lines.append(f"tree: {tree.state}: {tree.detail}")
     if report.differences_total:
         shown = len(report.differences)
         lines.append(

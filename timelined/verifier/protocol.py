@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import msgspec
 
-from timelined.api.verify import ChainResult, VerifyProgress
+from timelined.api.verify import ChainResult, TreeResult, VerifyProgress
 from timelined.verifier.model import StateResult
 
 
@@ -26,6 +26,7 @@ class StateDone(msgspec.Struct, frozen=True, tag="state"):
 
 class ChainDone(msgspec.Struct, frozen=True, tag="chain"):
     result: ChainResult
+    tree: TreeResult | None = None  # the tree's check, after the walk (when asked for)
 
 
 class RebuildDone(msgspec.Struct, frozen=True, tag="rebuild"):

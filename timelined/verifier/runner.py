@@ -36,6 +36,7 @@ from timelined.api.verify import (
     ChainDamage,
     ChainResult,
     Mode,
+    TreeResult,
     VerifyProgress,
     VerifyReport,
     VerifyState,
@@ -56,6 +57,7 @@ from timelined.verifier.protocol import (
     decode_message,
 )
 from timelined.verifier.reports import report_id
+from timelined.verifier.tree import check_tree
 
 ProgressFn = Callable[[VerifyProgress], None]
 PROCESS_THRESHOLD_BYTES = 8 << 20  # below this much log, a run is quicker in-process
@@ -83,10 +85,16 @@ class Paths:
     state_db: Path
     log_dir: Path
     work_dir: Path
+    tree_dir: Path | None = None  # the Merkle tree's level files; None: not checked
 
     @classmethod
     def of(cls, state_dir: Path, work_dir: Path | None = None) -> Paths:
-        return cls(state_dir / "state.db", state_dir / "log", work_dir or state_dir / "tmp")
+        return cls(
+            state_dir / "state.db",
+            state_dir / "log",
+            work_dir or state_dir / "tmp",
+            state_dir / "tree",
+        )
 
 
 class _Child:
@@ -200,8 +208,12 @@ def verify_paths(
     cancel: threading.Event | None = None,
     processes: bool = True,
     cap: int = MAX_DIFFERENCES,
+    tree_size: int | None = None,
 ) -> VerifyReport:
-    """Run both checks and build the report (not written: see reports.write_report)."""
+    """Run the checks and build the report (not written: see reports.write_report).
+
+    The tree (when `paths.tree_dir` is set) is checked after the chain walk, in the same
+    worker, up to `tree_size` leaves (None: as many as its files and the log hold)."""
     started_at = utc_now()
     started = time.perf_counter()
     heads: list[int] = []
@@ -211,9 +223,11 @@ def verify_paths(
             heads.append(head())  # the committed head as the snapshot was taken
 
     if processes:
-        state, chain, error = _run_children(paths, copy, cap, on_snapshot, progress, cancel)
+        state, chain, tree, error = _run_children(
+            paths, copy, cap, tree_size, on_snapshot, progress, cancel
+        )
     else:
-        state, chain, error = _run_inline(paths, copy, cap, on_snapshot, progress)
+        state, chain, tree, error = _run_inline(paths, copy, cap, tree_size, on_snapshot, progress)
     seconds = time.perf_counter() - started
     return _report(
         started_at=started_at,
@@ -222,6 +236,7 @@ def verify_paths(
         mode=mode,
         state=state,
         chain=chain,
+        tree=tree,
         error=error,
         daemon_head=heads[0] if heads else None,
         log_dir=paths.log_dir,
@@ -232,9 +247,10 @@ def _run_inline(
     paths: Paths,
     copy: bool,
     cap: int,
+    tree_size: int | None,
     on_snapshot: Callable[[int], None],
     progress: ProgressFn | None,
-) -> tuple[StateResult | None, ChainResult | None, str | None]:
+) -> tuple[StateResult | None, ChainResult | None, TreeResult | None, str | None]:
     from timelined.verifier.state import check_state
 
     state = check_state(
@@ -247,17 +263,21 @@ def _run_inline(
         progress=progress,
     )
     chain = check_chain(paths.log_dir)
-    return state, chain, None
+    tree = None
+    if paths.tree_dir is not None:
+        tree = check_tree(paths.tree_dir, paths.log_dir, chain, tree_size)
+    return state, chain, tree, None
 
 
 def _run_children(
     paths: Paths,
     copy: bool,
     cap: int,
+    tree_size: int | None,
     on_snapshot: Callable[[int], None],
     progress: ProgressFn | None,
     cancel: threading.Event | None,
-) -> tuple[StateResult | None, ChainResult | None, str | None]:
+) -> tuple[StateResult | None, ChainResult | None, TreeResult | None, str | None]:
     state_args = [
         "state",
         "--state-db",
@@ -292,7 +312,12 @@ def _run_children(
         # The chain child starts once the snapshot is taken: every record up to S is in the log
         # before S commits, so a walk that lists the segments after that reaches S.
         _pump(children, on_message, cancel, until=lambda: bool(snapshot))
-        chain_child = _Child(["chain", "--log-dir", str(paths.log_dir)])
+        chain_args = ["chain", "--log-dir", str(paths.log_dir)]
+        if paths.tree_dir is not None:
+            chain_args += ["--tree-dir", str(paths.tree_dir)]
+            if tree_size is not None:
+                chain_args += ["--tree-upto", str(tree_size)]
+        chain_child = _Child(chain_args)
         children.append(chain_child)
         _pump(children, on_message, cancel)
         state_msg = state_child.finish()
@@ -303,10 +328,11 @@ def _run_children(
     errors = []
     state = state_msg.result if isinstance(state_msg, StateDone) else None
     chain = chain_msg.result if isinstance(chain_msg, ChainDone) else None
+    tree = chain_msg.tree if isinstance(chain_msg, ChainDone) else None
     for name, msg in (("state check", state_msg), ("chain check", chain_msg)):
         if isinstance(msg, Failed):
             errors.append(f"{name}: {msg.error}")
-    return state, chain, "; ".join(errors) or None
+    return state, chain, tree, "; ".join(errors) or None
 
 
 def _report(
@@ -320,6 +346,7 @@ def _report(
     error: str | None,
     daemon_head: int | None,
     log_dir: Path | None = None,
+    tree: TreeResult | None = None,
 ) -> VerifyReport:
     notes: list[str] = []
     snapshot = state.snapshot_seq if state is not None else -1
@@ -330,8 +357,8 @@ def _report(
         verdict = "damaged"
     elif state is None or chain is None:
         verdict = "failed"
-    elif state.differences_total:
-        verdict = "drift"
+    elif state.differences_total or (tree is not None and tree.state == "mismatch"):
+        verdict = "drift"  # the tree, like the state database, is derived from the log
     else:
         verdict = "ok"
     checked = state.events_replayed if state is not None else 0
@@ -351,6 +378,7 @@ def _report(
         differences=state.differences if state is not None else [],
         differences_total=state.differences_total if state is not None else 0,
         search_index=state.search_index if state is not None else "",
+        tree=tree,
         error=error if verdict == "failed" else None,
         notes=notes + ([f"also failed: {error}"] if error and verdict != "failed" else []),
     )
@@ -439,11 +467,24 @@ def summarize(report: VerifyReport) -> str:
         return (
             f"ok: the state database equals the replay of the log at seq {report.snapshot_seq}; "
             f"the chain is intact through seq {report.log_head_seq}"
+            + (
+                f"; the Merkle tree's {report.tree.size} leaves equal the log"
+                if report.tree is not None and report.tree.state == "ok"
+                else ""
+            )
         )
     if report.state == "damaged" and report.chain is not None and report.chain.damage:
         d = report.chain.damage
         where = f" in {d.segment}" if d.segment else ""
         return f"damaged: the log's chain breaks at seq {d.seq}{where} ({d.kind}): {d.detail}"
+    tree = report.tree
+    if report.state == "drift" and tree is not None and tree.state == "mismatch":
+        also = f"; and {report.differences_total} state difference(s)"
+        return (
+            f"drift: the Merkle tree differs from the log at leaf {tree.first_bad_leaf} "
+            f"(level {tree.level}, node {tree.index}): {tree.detail}"
+            + (also if report.differences_total else "")
+        )
     if report.state == "drift":
         named = "; ".join(d.describe() for d in report.differences[:3])
         more = report.differences_total - min(3, len(report.differences))

@@ -28,11 +28,12 @@ Settings are read from `engine.config.verify` at each use, so a reload applies t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import anyio
 
@@ -84,6 +85,16 @@ WATCH_SETTLE_S = 0.05
 _STATE_FILES = frozenset({"state.db", "state.db-wal"})
 
 
+class TreeKeeper(Protocol):
+    """The daemon's Merkle tree, as the verifier uses it (treestore.service.Transparency)."""
+
+    def flushed_size(self) -> int: ...
+
+    def mark_for_rebuild(self) -> None: ...
+
+    async def rebuild(self) -> int: ...
+
+
 class Verifier:
     """Owned by the daemon: `run_forever` in its task group; the rest from Admin methods."""
 
@@ -94,12 +105,15 @@ class Verifier:
         publish: Callable[[str], None] | None = None,
         *,
         processes: bool | None = None,
+        tree: TreeKeeper | None = None,
     ) -> None:
         self._engine = engine
+        self._tree = tree  # None: no tree kept, none checked
         self._publish = publish
         self._processes = processes
         self._state_dir = config.state_dir
-        self._paths = Paths.of(config.state_dir)
+        paths = Paths.of(config.state_dir)
+        self._paths = paths if tree is not None else dataclasses.replace(paths, tree_dir=None)
         self._reports_dir = config.reports_dir
         self._lock = anyio.Lock()  # one run or repair at a time
         self._requested = 0  # requests so far
@@ -171,6 +185,7 @@ class Verifier:
             snapshot_seq=latest.snapshot_seq if latest is not None else None,
             events_checked=latest.events_checked if latest is not None else 0,
             differences=latest.differences_total if latest is not None else 0,
+            tree=latest.tree.state if latest is not None and latest.tree is not None else None,
             runs=self._runs,
             drift_runs=self._drift_runs,
             damaged_runs=self._damaged_runs,
@@ -259,7 +274,9 @@ class Verifier:
         self._say(f"serving; verifying chain and state up to seq {self._engine.last_seq}")
         try:
             try:
-                report = await self._in_thread(partial(self._verify_sync, trigger))
+                # Its hashes written out on the loop; the check reads them in the worker.
+                tree_size = self._tree.flushed_size() if self._tree is not None else None
+                report = await self._in_thread(partial(self._verify_sync, trigger, tree_size))
             except Cancelled:
                 raise
             except Exception as exc:
@@ -272,7 +289,9 @@ class Verifier:
         self._record(report)
         return report
 
-    def _verify_sync(self, trigger: str, cancel: threading.Event) -> VerifyReport:
+    def _verify_sync(
+        self, trigger: str, tree_size: int | None, cancel: threading.Event
+    ) -> VerifyReport:
         self._clean_scratch()
         return verify_paths(
             self._paths,
@@ -281,6 +300,7 @@ class Verifier:
             progress=self._on_progress,
             cancel=cancel,
             processes=self._use_processes(),
+            tree_size=tree_size,
         )
 
     def _clean_scratch(self) -> None:
@@ -315,6 +335,20 @@ class Verifier:
             self._say_serving()
         elif report.state == "drift":
             self._drift_runs += 1
+            tree = report.tree
+            if tree is not None and tree.state == "mismatch":
+                log.warning("%s; report %s", report.summary, where)
+                if self._tree is not None:
+                    try:
+                        self._tree.mark_for_rebuild()
+                    except OSError as exc:
+                        log.error("could not mark the Merkle tree for a rebuild: %s", exc)
+                if not report.differences_total:
+                    self._say(
+                        f"serving; MERKLE TREE MISMATCH at leaf {tree.first_bad_leaf}, "
+                        f"see report {report.id}"
+                    )
+                    return
             named = "; ".join(d.describe() for d in report.differences[:10])
             more = report.differences_total - min(10, len(report.differences))
             log.warning(
@@ -372,6 +406,9 @@ class Verifier:
                 in_thread=self._in_thread,
                 processes=self._use_processes(),
             )
+            tree = self._latest.tree if self._latest is not None else None
+            if self._tree is not None and tree is not None and tree.state == "mismatch":
+                await self._tree.rebuild()
         except BaseException:
             self._say("serving; repair failed, see the journal")
             raise

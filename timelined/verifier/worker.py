@@ -110,7 +110,12 @@ def _chain(args: argparse.Namespace) -> None:
         upto_seq=upto,
         progress=lambda seq, _bytes: throttle(VerifyProgress("chain", seq, max(total, seq))),
     )
-    _emit(ChainDone(result))
+    tree = None
+    if args.tree_dir is not None:
+        from timelined.verifier.tree import check_tree
+
+        tree = check_tree(Path(args.tree_dir), Path(args.log_dir), result, args.tree_upto)
+    _emit(ChainDone(result, tree))
 
 
 def _rebuild(args: argparse.Namespace) -> None:
@@ -139,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     chain = sub.add_parser("chain")
     chain.add_argument("--log-dir", required=True)
     chain.add_argument("--upto", type=int, default=None)
+    chain.add_argument("--tree-dir", default=None)
+    chain.add_argument("--tree-upto", type=int, default=None)
     rebuild = sub.add_parser("rebuild")
     rebuild.add_argument("--log-dir", required=True)
     rebuild.add_argument("--out", required=True)
