@@ -21,7 +21,7 @@ from types import ModuleType
 from benchmarks.env import RESULTS_DIR, Env
 from benchmarks.report import Results
 
-PARTS = ("raw", "engine", "socket", "boot", "verify", "query", "memory", "client")
+PARTS = ("raw", "engine", "socket", "boot", "verify", "query", "memory", "client", "adapters")
 
 
 def _module(part: str) -> ModuleType:
