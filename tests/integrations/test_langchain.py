@@ -13,11 +13,11 @@ from tests.daemon.harness import DaemonProcess
 from timelined.client import AsyncClient
 
 pytest.importorskip("langchain_core")
-from langchain_core.chat_history import (  # noqa: E402
+from langchain_core.chat_history import (
     BaseChatMessageHistory,
     InMemoryChatMessageHistory,
 )
-from langchain_core.messages import (  # noqa: E402
+from langchain_core.messages import (
     AIMessage,
     BaseMessage,
     HumanMessage,
@@ -25,7 +25,7 @@ from langchain_core.messages import (  # noqa: E402
     ToolMessage,
 )
 
-from timelined.integrations.langchain import TimelinedChatMessageHistory  # noqa: E402
+from timelined.integrations.langchain import TimelinedChatMessageHistory
 
 # The reference implementation is deprecated (LangChain 1.6.4) but still documents the contract.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
