@@ -77,4 +77,3 @@ def test_a_retracted_block_leaves_history_blocks_and_search(daemon: DaemonProces
             assert rows == (2,)  # the source's and the import's
 
     anyio.run(go)
-

@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 from tests.daemon.harness import DaemonProcess
+from timelined.api.model import Conversation
 from timelined.client import AsyncClient
 
 pytest.importorskip("langchain_core")
@@ -95,18 +96,22 @@ def test_async_scenario_matches_the_in_memory_history(daemon: DaemonProcess) -> 
     anyio.run(go)
 
 
+async def _session_with_messages(daemon: DaemonProcess, client: AsyncClient) -> Conversation:
+    """A new session holding MESSAGES (one aadd_messages); its conversation."""
+    session_id = f"lc-{uuid.uuid4()}"
+    history = TimelinedChatMessageHistory(session_id, socket=daemon.socket_path)
+    try:
+        await history.aadd_messages(MESSAGES)
+    finally:
+        history.close()
+    (conv,) = (await client.list_conversations(name=f"langchain:{session_id}")).conversations
+    return conv
+
+
 def test_messages_are_blocks_with_roles(daemon: DaemonProcess) -> None:
     async def go() -> None:
-        session_id = f"lc-{uuid.uuid4()}"
-        history = TimelinedChatMessageHistory(session_id, socket=daemon.socket_path)
-        try:
-            await history.aadd_messages(MESSAGES)
-        finally:
-            history.close()
         async with AsyncClient(daemon.socket_path) as client:
-            (conv,) = (
-                await client.list_conversations(name=f"langchain:{session_id}")
-            ).conversations
+            conv = await _session_with_messages(daemon, client)
             blocks = (await client.list_blocks(conv.root_context_id)).blocks
         assert [(b.role, b.content) for b in blocks] == [
             ("system", "You are terse."),
@@ -115,7 +120,8 @@ def test_messages_are_blocks_with_roles(daemon: DaemonProcess) -> None:
             ("tool", "sunny, 21 °C"),
             ("assistant", "Sunny ☀"),
         ]
-        assert len({b.seq for b in blocks}) == 5
+        # One AppendBlocks: consecutive seqs in one batch.
+        assert [b.seq for b in blocks] == list(range(blocks[0].seq, blocks[0].seq + 5))
 
     anyio.run(go)
 
@@ -124,16 +130,8 @@ def test_a_bound_sidebar_history_starts_with_the_parents_last_messages(
     daemon: DaemonProcess,
 ) -> None:
     async def go() -> None:
-        session_id = f"lc-{uuid.uuid4()}"
-        parent = TimelinedChatMessageHistory(session_id, socket=daemon.socket_path)
-        try:
-            await parent.aadd_messages(MESSAGES)
-        finally:
-            parent.close()
         async with AsyncClient(daemon.socket_path) as client:
-            (conv,) = (
-                await client.list_conversations(name=f"langchain:{session_id}")
-            ).conversations
+            conv = await _session_with_messages(daemon, client)
             side = await client.spawn_sidebar(conv.root_context_id, "tangent", inherit_last=2)
             # A block written by another tool is read back as a message of its role.
             await client.append_block(side.id, "user", "typed by a person")
