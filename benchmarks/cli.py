@@ -21,7 +21,18 @@ from types import ModuleType
 from benchmarks.env import RESULTS_DIR, Env
 from benchmarks.report import Results
 
-PARTS = ("raw", "engine", "socket", "tree", "boot", "verify", "query", "memory", "client")
+PARTS = (
+    "raw",
+    "engine",
+    "socket",
+    "tree",
+    "boot",
+    "verify",
+    "query",
+    "memory",
+    "client",
+    "adapters",
+)
 
 
 def _module(part: str) -> ModuleType:

@@ -23,7 +23,7 @@ VOCABULARY = "vocabulary"
 # The audit log's writing side (appending, the tail scan and its repair) is a component of its
 # own: readers (the client's frame check, timelinectl's export) use only the reading side.
 LOG_WRITING = frozenset({"writer", "scan", "repair"})
-CLIENT_SIDE = ("client", "client_common", "client_sync", "ctl")
+CLIENT_SIDE = ("client", "client_common", "client_sync", "ctl", "integrations")
 NEVER_FROM_CLIENT = frozenset(
     {"writer", "auditlog.write", "state", "daemon", "recovery", "verifier", "exchange"}
 )

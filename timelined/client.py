@@ -325,9 +325,15 @@ class AsyncClient:
         return reply.conversation
 
     async def list_conversations(
-        self, include_archived: bool = False, limit: int | None = None, after: int | None = None
+        self,
+        include_archived: bool = False,
+        limit: int | None = None,
+        after: int | None = None,
+        name: str | None = None,
     ) -> ConversationsReply:
-        params = call_params(include_archived=include_archived or None, limit=limit, after=after)
+        params = call_params(
+            include_archived=include_archived or None, limit=limit, after=after, name=name
+        )
         return await self._call(TIMELINE + "ListConversations", params, ConversationsReply)
 
     async def get_conversation(self, id: str) -> Conversation:
@@ -494,6 +500,7 @@ class AsyncClient:
         roles: list[str] | None = None,
         since: str | None = None,
         until: str | None = None,
+        include_retracted: bool = False,
     ) -> BlocksReply:
         params = call_params(
             context_id=context_id,
@@ -503,8 +510,15 @@ class AsyncClient:
             roles=roles,
             since=since,
             until=until,
+            include_retracted=include_retracted or None,
         )
         return await self._call(TIMELINE + "ListBlocks", params, BlocksReply)
+
+    async def retract_block(self, id: str, reason: str | None = None) -> Block:
+        """Hide a block from history, ListBlocks and search (RetractBlock); returns it."""
+        params = call_params(id=id, reason=reason)
+        reply = await self._call(TIMELINE + "RetractBlock", params, BlockReply)
+        return reply.block
 
     async def get_history(self, context_id: str, limit: int | None = None) -> list[HistoryBlock]:
         params = call_params(context_id=context_id, limit=limit)

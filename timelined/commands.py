@@ -138,6 +138,11 @@ class AppendBlocks(_Command, frozen=True):
     blocks: Annotated[list[NewBlock], msgspec.Meta(min_length=1, max_length=MAX_BLOCKS_PER_CALL)]
 
 
+class RetractBlock(_Command, frozen=True):
+    id: Id
+    reason: Text | None = None
+
+
 class SetTags(_Command, frozen=True):
     context_id: Id
     tags: list[Annotated[str, msgspec.Meta(min_length=1, max_length=128)]]
@@ -179,6 +184,7 @@ Command = (
     | Focus
     | AppendBlock
     | AppendBlocks
+    | RetractBlock
     | SetTags
     | AddCrossRef
     | RevokeCrossRef

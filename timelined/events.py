@@ -7,7 +7,8 @@ refused as damage rather than half-applied.
 
 Compatibility: `SCHEMA_VERSION` is stored in the state database and the clean-shutdown marker.
 Within one schema version a type's data may only gain optional fields; a change that old readers
-could misread takes a new type name.
+could misread takes a new type name. (`block.retracted` is such a new type, added within
+version 1: a log holding one is refused, as damage, by a timelined that predates it.)
 """
 
 from __future__ import annotations
@@ -210,6 +211,17 @@ class BlockAppended(_Event, frozen=True):
     block: BlockData
 
 
+class BlockRetracted(_Event, frozen=True):
+    """A block leaves its context's history, ListBlocks and search; it stays in the log, in
+    GetBlock and in exports (the log is append-only: a retraction hides, never deletes).
+    `context_id` is the block's own context (so exports and watchers scope it like a block)."""
+
+    type_name: ClassVar[str] = "block.retracted"
+    block_id: Id
+    context_id: Id
+    reason: str = ""
+
+
 Event = (
     ConversationCreated
     | ConversationUpdated
@@ -226,6 +238,7 @@ Event = (
     | CrossRefAdded
     | CrossRefRevoked
     | BlockAppended
+    | BlockRetracted
 )
 
 EVENT_CLASSES: tuple[type[_Event], ...] = (
@@ -244,6 +257,7 @@ EVENT_CLASSES: tuple[type[_Event], ...] = (
     CrossRefAdded,
     CrossRefRevoked,
     BlockAppended,
+    BlockRetracted,
 )
 
 EVENT_TYPES: dict[str, type[_Event]] = {cls.type_name: cls for cls in EVENT_CLASSES}

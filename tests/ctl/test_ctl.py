@@ -566,3 +566,17 @@ def test_append_batch_names_the_bad_line_and_writes_nothing(ctl: Ctl, tmp_path: 
     _, err = ctl("append", root, "--batch", str(tmp_path / "missing.jsonl"), code=66)
     assert "cannot read" in err
     assert ctl.json("blocks", root)["blocks"] == []
+
+
+def test_retract_hides_a_block_from_blocks_but_not_from_include_retracted(ctl: Ctl) -> None:
+    root = ctl.json("create", "Retract")["conversation"]["root_context_id"]
+    kept = ctl.json("append", root, "kept")["block"]["id"]
+    gone = ctl.json("append", root, "taken back")["block"]["id"]
+    out, _ = ctl("retract", gone, "--reason", "typo")
+    assert out.strip() == f"retracted {gone} (position 2 in {root})"
+    assert [b["id"] for b in ctl.json("blocks", root)["blocks"]] == [kept]
+    listed = ctl.json("blocks", root, "--include-retracted")["blocks"]
+    assert [b["id"] for b in listed] == [kept, gone]
+    assert [h["block"]["id"] for h in ctl.json("history", root)["blocks"]] == [kept]
+    name = ctl.json("conversations", "--name", "Retract")["conversations"]
+    assert [c["root_context_id"] for c in name] == [root]

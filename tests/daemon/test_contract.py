@@ -31,7 +31,7 @@ CTL_DIR = Path(client_mod.__file__).parent / "ctl"
 # write, or a parameter renamed, breaks clients. A new method needs no line here.
 CONTRACT: dict[str, tuple[str, set[str]]] = {
     "Timeline.CreateConversation": ("write", {"name", "metadata"}),
-    "Timeline.ListConversations": ("read", {"include_archived", "limit", "after"}),
+    "Timeline.ListConversations": ("read", {"include_archived", "limit", "after", "name"}),
     "Timeline.GetConversation": ("read", {"id"}),
     "Timeline.UpdateConversation": ("write", {"id", "name", "metadata"}),
     "Timeline.ArchiveConversation": ("write", {"id", "reason"}),
@@ -61,10 +61,11 @@ CONTRACT: dict[str, tuple[str, set[str]]] = {
             "sub_blocks",
         },
     ),
+    "Timeline.RetractBlock": ("write", {"id", "reason"}),
     "Timeline.GetBlock": ("read", {"id"}),
     "Timeline.ListBlocks": (
         "read",
-        {"context_id", "after", "before", "limit", "roles", "since", "until"},
+        {"context_id", "after", "before", "limit", "roles", "since", "until", "include_retracted"},
     ),
     "Timeline.GetHistory": ("read", {"context_id", "limit"}),
     "Timeline.SearchBlocks": ("read", {"query", "conversation_id", "context_id", "role", "limit"}),
@@ -92,6 +93,7 @@ REPLIES: dict[str, set[str]] = {
     "Timeline.GetTree": {"contexts"},
     "Timeline.GetStartupState": {"state"},
     "Timeline.AppendBlock": {"block", "seq"},
+    "Timeline.RetractBlock": {"block"},
     "Timeline.GetBlock": {"block"},
     "Timeline.ListBlocks": {"blocks", "next"},
     "Timeline.GetHistory": {"blocks"},

@@ -226,6 +226,16 @@ class Timeline:
         "ones are the context's last blocks and the call's first: a call a crash cut short,\n"
         "which the retry completes).",
     )
+    RetractBlock = write(
+        "RetractBlock",
+        cmd.RetractBlock,
+        BlockReply,
+        doc="Hides a block from its context's history, ListBlocks and SearchBlocks with a\n"
+        "block.retracted event: the log stays append-only, so the block stays in the log,\n"
+        "in GetBlock, in exports (with the retraction) and in ListBlocks with\n"
+        "`include_retracted`. Its context must take blocks (active or paused, conversation\n"
+        "not archived). A retracted block's retraction again is a safe retry: no new event.",
+    )
     GetBlock = read("GetBlock", ByIdParams, BlockReply)
     ListBlocks = read(
         "ListBlocks",
@@ -233,6 +243,7 @@ class Timeline:
         BlocksReply,
         doc="A context's own blocks by position. Forward with `after`, backward with `before`\n"
         "(pass `next` back as the same parameter); filters by roles and time range.\n"
+        "Retracted blocks (RetractBlock) are left out unless `include_retracted`.\n"
         "A page holds fewer than `limit` blocks (and `next`) when more would pass\n"
         "limits.max_message_bytes; never none while blocks remain.",
     )

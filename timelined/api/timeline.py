@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -44,6 +44,7 @@ class ListConversationsParams(Params, frozen=True):
     include_archived: bool = False
     limit: Limit = DEFAULT_LIMIT
     after: Cursor | None = None
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=512)] | None = None
 
 
 class GetTreeParams(Params, frozen=True):
@@ -58,6 +59,7 @@ class ListBlocksParams(Params, frozen=True):
     roles: list[Role] | None = None
     since: Timestamp | None = None
     until: Timestamp | None = None
+    include_retracted: bool = False
 
 
 class GetHistoryParams(Params, frozen=True):

@@ -1,4 +1,5 @@
-"""Verbs for blocks: append (one block, or --batch: many), block, blocks, history, search."""
+"""Verbs for blocks: append (one block, or --batch: many), retract, block, blocks, history,
+search."""
 
 from __future__ import annotations
 
@@ -53,6 +54,13 @@ def register(verbs: Verbs) -> None:
     p.add_argument("id")
     p.set_defaults(run=block)
 
+    p = verbs.add_parser(
+        "retract", help="hide a block from history, blocks and search (it stays in the log)"
+    )
+    p.add_argument("id")
+    p.add_argument("--reason", help="why (recorded in the block.retracted event)")
+    p.set_defaults(run=retract)
+
     p = verbs.add_parser("blocks", help="a context's own blocks, a page at a time")
     p.add_argument("context_id")
     p.add_argument("--after", type=count, metavar="POS", help="the page after this position")
@@ -61,6 +69,9 @@ def register(verbs: Verbs) -> None:
     p.add_argument("--role", action="append", dest="roles", metavar="ROLE", help="repeatable")
     p.add_argument("--since", metavar="TIME", help="at or after this ISO 8601 time")
     p.add_argument("--until", metavar="TIME", help="before this ISO 8601 time")
+    p.add_argument(
+        "--include-retracted", action="store_true", help="retracted blocks too (RetractBlock)"
+    )
     p.set_defaults(run=blocks)
 
     p = verbs.add_parser("history", help="what a model is given for a context")
@@ -221,6 +232,15 @@ def block(ctl: Ctl) -> int:
     return 0
 
 
+def retract(ctl: Ctl) -> int:
+    reply = ctl.call(TIMELINE + "RetractBlock", id=ctl.args.id, reason=ctl.args.reason)
+    b = reply.block
+    ctl.out.reply(
+        reply, lambda: ctl.out.line(f"retracted {b.id} (position {b.position} in {b.context_id})")
+    )
+    return 0
+
+
 def blocks(ctl: Ctl) -> int:
     a = ctl.args
     reply = ctl.call(
@@ -232,6 +252,7 @@ def blocks(ctl: Ctl) -> int:
         roles=a.roles,
         since=a.since,
         until=a.until,
+        include_retracted=a.include_retracted or None,
     )
 
     def human() -> None:

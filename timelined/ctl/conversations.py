@@ -12,6 +12,7 @@ def register(verbs: Verbs) -> None:
     p.add_argument("-a", "--all", action="store_true", help="include archived conversations")
     p.add_argument("--limit", type=positive, help="at most N (1..1000, default 100)")
     p.add_argument("--after", type=count, metavar="CURSOR", help="the page after this cursor")
+    p.add_argument("--name", help="only the conversations of exactly this name")
     p.set_defaults(run=conversations)
 
     p = verbs.add_parser("conversation", help="show one conversation")
@@ -49,6 +50,7 @@ def conversations(ctl: Ctl) -> int:
     reply = ctl.call(
         TIMELINE + "ListConversations",
         include_archived=a.all or None,
+        name=a.name,
         limit=a.limit,
         after=a.after,
     )

@@ -69,7 +69,7 @@ from timelined.api import (
     WatchReply,
     WriterStats,
 )
-from timelined.api.model import Conversation
+from timelined.api.model import Block, Conversation
 from timelined.api.transparency import (
     CheckpointKeyReply,
     CheckpointReply,
@@ -210,6 +210,9 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
     def append_blocks(p: cmd.AppendBlocks, ctx: CallContext) -> Pending:
         return app.engine.enqueue(p, _actor(ctx.peer))  # the rule's result is the reply
 
+    async def retract_block(p: cmd.RetractBlock, ctx: CallContext) -> BlockReply:
+        return BlockReply(cast(Block, await app.engine.submit(p, _actor(ctx.peer))))
+
     async def list_conversations(
         p: ListConversationsParams, ctx: CallContext
     ) -> ConversationsReply:
@@ -218,6 +221,7 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
             include_archived=p.include_archived,
             limit=p.limit,
             after=p.after,
+            name=p.name,
         )
         return ConversationsReply(page, next_cursor)
 
@@ -249,6 +253,7 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
             since=since,
             until=until,
             reply_bytes=app.config.limits.max_message_bytes,
+            include_retracted=p.include_retracted,
         )
         return BlocksReply(blocks, next_cursor)
 
@@ -343,6 +348,7 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
         "GetStartupState": get_startup_state,
         "AppendBlock": append_block,
         "AppendBlocks": append_blocks,
+        "RetractBlock": retract_block,
         "GetBlock": get_block,
         "ListBlocks": list_blocks,
         "GetHistory": get_history,

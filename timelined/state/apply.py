@@ -330,6 +330,17 @@ def _block_appended(
     _insert_block(conn, r.seq, e.block, fts)
 
 
+def _block_retracted(conn: sqlite3.Connection, r: Record, e: ev.BlockRetracted) -> None:
+    # A row of its own, never a change to the block's row: blocks stay immutable (the
+    # verifier's replay hands block rows on without inserting them: BlockRows), and the
+    # full-text row stays too; the reads leave retracted blocks out (state/queries.py).
+    conn.execute(
+        "INSERT INTO retractions (block_id, context_id, reason, retracted_at, seq) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (e.block_id, e.context_id, e.reason, r.ts, r.seq),
+    )
+
+
 _Handler = Callable[[sqlite3.Connection, Record, Any], None]
 
 _HANDLERS: dict[type, _Handler] = {
@@ -348,6 +359,7 @@ _HANDLERS: dict[type, _Handler] = {
     ev.CrossRefAdded: _crossref_added,
     ev.CrossRefRevoked: _crossref_revoked,
     ev.BlockAppended: _block_appended,
+    ev.BlockRetracted: _block_retracted,
 }
 
 assert set(_HANDLERS) == set(ev.EVENT_CLASSES), "every event type needs exactly one handler"

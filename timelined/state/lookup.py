@@ -75,6 +75,7 @@ def blocks_or_raise(
     since: str | None,
     until: str | None,
     reply_bytes: int,
+    include_retracted: bool = False,
 ) -> tuple[list[m.Block], int | None]:
     require_context(conn, context_id)
     return q.list_blocks(
@@ -87,6 +88,7 @@ def blocks_or_raise(
         since=since,
         until=until,
         budget=ReplyBudget(reply_bytes),
+        include_retracted=include_retracted,
     )
 
 

@@ -131,14 +131,24 @@ def conversation_exists(conn: sqlite3.Connection, id: str) -> bool:
 
 
 def list_conversations(
-    conn: sqlite3.Connection, *, include_archived: bool, limit: int, after: int | None
+    conn: sqlite3.Connection,
+    *,
+    include_archived: bool,
+    limit: int,
+    after: int | None,
+    name: str | None = None,
 ) -> tuple[list[Conversation], int | None]:
-    """A page in creation order; the second value is the cursor of the next page, if any."""
+    """A page in creation order; the second value is the cursor of the next page, if any.
+    With `name`, only the conversations of exactly that name."""
     where = "created_seq > ?" + ("" if include_archived else " AND status != 'archived'")
+    params: list[Any] = [after or 0]
+    if name is not None:
+        where += " AND name = ?"
+        params.append(name)
     rows = conn.execute(
         f"SELECT {_CONVERSATION_COLUMNS}, created_seq FROM conversations WHERE {where} "
         "ORDER BY created_seq LIMIT ?",
-        (after or 0, limit + 1),
+        (*params, limit + 1),
     ).fetchall()
     page = rows[:limit]
     next_cursor = int(page[-1][9]) if len(rows) > limit else None
@@ -215,6 +225,26 @@ def get_crossref(conn: sqlite3.Connection, id: str) -> CrossRef | None:
 
 # --- blocks ------------------------------------------------------------------------------------
 
+# Retracted blocks (event `block.retracted`) keep their rows, positions and full-text rows:
+# every read that shows a context's blocks leaves them out with this clause (one small
+# subquery over the context's retractions, by index) instead of anything being deleted.
+_VISIBLE = "id NOT IN (SELECT block_id FROM retractions WHERE context_id = ?)"
+
+
+def is_retracted(conn: sqlite3.Connection, block_id: str) -> bool:
+    found = conn.execute("SELECT 1 FROM retractions WHERE block_id = ?", (block_id,))
+    return found.fetchone() is not None
+
+
+def _retracted_upto(conn: sqlite3.Connection, context_id: str, upto: int) -> int:
+    """How many of the context's blocks at positions <= upto are retracted."""
+    row = conn.execute(
+        "SELECT count(*) FROM retractions r JOIN blocks b ON b.id = r.block_id "
+        "WHERE r.context_id = ? AND b.position <= ?",
+        (context_id, upto),
+    ).fetchone()
+    return int(row[0])
+
 
 def get_block(conn: sqlite3.Connection, id: str) -> Block | None:
     row = conn.execute(f"SELECT {_BLOCK_COLUMNS} FROM blocks WHERE id = ?", (id,)).fetchone()
@@ -232,8 +262,10 @@ def list_blocks(
     since: str | None = None,
     until: str | None = None,
     budget: ReplyBudget | None = None,
+    include_retracted: bool = False,
 ) -> tuple[list[Block], int | None]:
-    """Keyset page of a context's own blocks by position.
+    """Keyset page of a context's own blocks by position (retracted ones left out unless
+    `include_retracted`).
 
     Forward (default, or `after`): positions ascending, next cursor = last position. Backward
     (`before`): the `limit` blocks just before `before`, returned ascending; the next cursor is
@@ -242,6 +274,9 @@ def list_blocks(
     """
     clauses = ["context_id = ?"]
     params: list[Any] = [context_id]
+    if not include_retracted:
+        clauses.append(_VISIBLE)
+        params.append(context_id)
     if after is not None:
         clauses.append("position > ?")
         params.append(after)
@@ -292,12 +327,14 @@ def _own_window(
     count: int,
     budget: ReplyBudget | None,
 ) -> list[Block]:
-    """The last `count` own blocks of a context with position <= upto (all when upto is None)."""
+    """The last `count` visible own blocks of a context with position <= upto (all when upto
+    is None)."""
     if count <= 0:
         return []
     cursor = conn.execute(
-        f"SELECT {_BLOCK_COLUMNS} FROM blocks WHERE context_id = ? AND position <= ? "
-        "ORDER BY position DESC LIMIT ?",
+        f"SELECT {_BLOCK_COLUMNS} FROM blocks WHERE context_id = ?1 AND position <= ?2 "
+        "AND id NOT IN (SELECT block_id FROM retractions WHERE context_id = ?1) "
+        "ORDER BY position DESC LIMIT ?3",
         (context_id, upto if upto is not None else 2**62, count),
     )
     blocks: list[Block] = []
@@ -325,6 +362,9 @@ def history(
     at the spawn (the parent's own blocks up to `inherit_upto`, preceded by what the parent
     itself inherited). Each level reads at most the rows it contributes, so the cost follows the
     size of the answer, not of the conversation. With `limit`, only the last `limit` blocks.
+    Retracted blocks are left out, and counts (`inherit_last`, `limit`) are of visible blocks:
+    a sidebar that inherited 3 blocks, one of them retracted since, shows the 3 visible ones
+    before it (the window is fixed by the spawn's `inherit_upto` position, not by a copy).
     A history is whole or refused: past the `budget`, LimitExceeded (ask for fewer with `limit`).
     """
     out: list[HistoryBlock] = []
@@ -349,7 +389,8 @@ def _history_into(
     if row is None:
         return
     inherit_from, inherit_last, inherit_upto = row
-    own_total = own_block_count(conn, context_id) if upto is None else upto
+    last = own_block_count(conn, context_id) if upto is None else upto
+    own_total = last - _retracted_upto(conn, context_id, last)
     take_own = own_total if want is None else min(want, own_total)
     still = None if want is None else want - take_own
     if inherit_from is not None and inherit_last > 0 and (still is None or still > 0):
@@ -422,6 +463,12 @@ def search(
         else ""
     )
     where = "".join(f" AND {f}" for f in filters)
+    # Retracted blocks keep their full-text rows (the index is only ever added to): they are
+    # left out here, before ranking, so a page still holds `limit` hits when enough match.
+    where += (
+        " AND blocks_fts.rowid NOT IN "
+        "(SELECT rb.seq FROM retractions r JOIN blocks rb ON rb.id = r.block_id)"
+    )
     try:
         ranked = conn.execute(
             f"SELECT blocks_fts.rowid, bm25(blocks_fts) FROM blocks_fts {joins}"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from timelined.events import SCHEMA_VERSION as EVENT_SCHEMA_VERSION
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Blocks use the seq of the event that created them as their rowid: every event creates at most
 # one block, so seq is unique, monotonic (B-tree appends stay at the right edge), and gives FTS5
@@ -98,6 +98,26 @@ CREATE INDEX crossrefs_by_to ON crossrefs (to_id);
 # never queried on their own, and one row per block keeps appends to a single INSERT.
 
 
+# Version 3: retracted blocks (event `block.retracted`). One row per retraction, keyed by the
+# block; the block's own row and its full-text row are kept, and the reads filter.
+_V3 = """
+CREATE TABLE retractions (
+  block_id      TEXT PRIMARY KEY,
+  context_id    TEXT NOT NULL,
+  reason        TEXT NOT NULL,
+  retracted_at  TEXT NOT NULL,
+  seq           INTEGER NOT NULL UNIQUE
+);
+CREATE INDEX retractions_by_context ON retractions (context_id);
+"""
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
 @dataclass(frozen=True)
 class Migration:
     """Brings a database from `version - 1` to `version`."""
@@ -108,9 +128,7 @@ class Migration:
 
 
 def _create_v1(conn: sqlite3.Connection) -> None:
-    for statement in _V1.split(";"):
-        if statement.strip():
-            conn.execute(statement)
+    _run_script(conn, _V1)
     conn.execute(
         "INSERT INTO meta (id, last_seq, last_hash, event_schema) VALUES (1, 0, ?, ?)",
         ("0" * 64, EVENT_SCHEMA_VERSION),
@@ -128,9 +146,14 @@ def _add_fts_seq(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE meta SET fts_seq = last_seq")
 
 
+def _add_retractions(conn: sqlite3.Connection) -> None:
+    _run_script(conn, _V3)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create the v1 schema", _create_v1),
     Migration(2, "record how far the search index is (meta.fts_seq)", _add_fts_seq),
+    Migration(3, "add the retractions table", _add_retractions),
 )
 
 

@@ -30,6 +30,7 @@ ENTITY_NAMES = {
     "blocks": "block",
     "focus": "focus",
     "crossrefs": "crossref",
+    "retractions": "retraction",
 }
 _SINGLETONS = frozenset({"meta", "focus"})  # one row, id = 1: named by the entity alone
 _FTS = "blocks_fts"

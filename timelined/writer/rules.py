@@ -29,10 +29,15 @@ from timelined.errors import (
 )
 from timelined.ids import new_id, normalize_ts
 from timelined.state import queries as q
-from timelined.state.lookup import context_or_raise, conversation_or_raise, crossref_or_raise
+from timelined.state.lookup import (
+    block_or_raise,
+    context_or_raise,
+    conversation_or_raise,
+    crossref_or_raise,
+)
 from timelined.writer.hotstate import HotContext, HotState
 
-Result = Conversation | Context | AppendResult | AppendBlocksReply | CrossRef
+Result = Block | Conversation | Context | AppendResult | AppendBlocksReply | CrossRef
 
 
 class Tx(Protocol):
@@ -429,6 +434,19 @@ def _stored_prefix(tx: Tx, context_id: str, stored: list[Block | None]) -> int:
     raise BlockIdConflict(conflict.id, conflict.context_id)
 
 
+def _retract_block(tx: Tx, c: cmd.RetractBlock) -> Block:
+    """Hide a block from its context's history, ListBlocks and search: one `block.retracted`
+    event; the block stays in the log, in GetBlock and in exports. Retracting a retracted
+    block is a safe retry (no new event); the context must still take blocks (active or
+    paused, its conversation not archived), as for an append."""
+    block = block_or_raise(tx.conn, c.id)
+    if q.is_retracted(tx.conn, c.id):
+        return block
+    _writable_context(tx, block.context_id)
+    tx.emit(ev.BlockRetracted(block_id=c.id, context_id=block.context_id, reason=c.reason or ""))
+    return block
+
+
 def _import(tx: Tx, c: cmd.ImportEvents) -> Conversation:
     first = c.events[0] if c.events else None
     if not isinstance(first, ev.ConversationCreated):
@@ -477,6 +495,7 @@ _RULES: dict[type, Callable[[Tx, Any], Result]] = {
     cmd.SetTags: _set_tags,
     cmd.AddCrossRef: _add_crossref,
     cmd.RevokeCrossRef: _revoke_crossref,
+    cmd.RetractBlock: _retract_block,
     cmd.ImportEvents: _import,
 }
 
