@@ -36,8 +36,8 @@ run: $(STAMP_RUN) $(GEN)
 test: $(STAMP_TEST) lint typecheck pytest
 
 lint: $(STAMP_TEST) $(GEN)
-	$(BIN)/ruff check timelined tests tools benchmarks hatch_build.py
-	$(BIN)/ruff format --check timelined tests tools benchmarks hatch_build.py
+	$(BIN)/ruff check timelined tests tools benchmarks examples hatch_build.py
+	$(BIN)/ruff format --check timelined tests tools benchmarks examples hatch_build.py
 
 typecheck: $(STAMP_TEST) $(GEN)
 	$(BIN)/mypy
