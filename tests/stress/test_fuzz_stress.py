@@ -43,8 +43,9 @@ def test_fuzz_for_rounds() -> None:
     with fuzz_target() as target:
         try:
             for chunk in range(CHUNKS):
-                frames = (FRAMES_PER_ROUND * rounds) // CHUNKS + (chunk == 0)
-                hangups = (HANGUPS_PER_ROUND * rounds) // CHUNKS + (chunk == 0)
+                # At least one example a chunk: Hypothesis refuses max_examples=0 (ROUNDS=1).
+                frames = max(1, (FRAMES_PER_ROUND * rounds) // CHUNKS + (chunk == 0))
+                hangups = max(1, (HANGUPS_PER_ROUND * rounds) // CHUNKS + (chunk == 0))
                 run_frames(target, frames, seed + chunk)
                 run_hangups(target, hangups, seed + chunk)
                 run_exchange(target, (IMPORTS_PER_ROUND * rounds) // CHUNKS + 1, seed + chunk)
