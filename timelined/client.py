@@ -118,7 +118,8 @@ from timelined.commands import NewBlock
 from timelined.errors import CheckpointInvalid, DaemonUnavailable, ProtocolError
 from timelined.events import SubBlock
 from timelined.transparency import audit as trust
-from timelined.varlink import AsyncVarlinkClient, VarlinkErrorReply
+from timelined.varlink.client import AsyncVarlinkClient
+from timelined.varlink.errors import VarlinkErrorReply
 from timelined.varlink.service import GetInfoReply, GetInterfaceDescriptionReply
 
 __all__ = [

@@ -29,8 +29,12 @@ from timelined.errors import (
     TimelinedError,
     all_error_classes,
 )
-from timelined.varlink import VarlinkErrorReply
-from timelined.varlink.errors import ConnectionFailed, ProtocolViolation, VarlinkError
+from timelined.varlink.errors import (
+    ConnectionFailed,
+    ProtocolViolation,
+    VarlinkError,
+    VarlinkErrorReply,
+)
 
 __all__ = [
     "ADMIN",

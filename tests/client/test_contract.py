@@ -42,7 +42,7 @@ from timelined.errors import (
     TimelinedError,
 )
 from timelined.ids import new_id
-from timelined.varlink import VarlinkErrorReply
+from timelined.varlink.errors import VarlinkErrorReply
 
 MAX_MESSAGE = 64 * 1024
 

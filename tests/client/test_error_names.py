@@ -24,7 +24,7 @@ from timelined.errors import (
     PermissionDenied,
     StorageError,
 )
-from timelined.varlink import VarlinkErrorReply
+from timelined.varlink.errors import VarlinkErrorReply
 
 DECLARED = [(TIMELINE_INTERFACE, cls) for cls in TIMELINE_ERRORS] + [
     (ADMIN_INTERFACE, cls) for cls in ADMIN_ERRORS

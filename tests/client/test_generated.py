@@ -45,7 +45,8 @@ def test_the_rewrite_turns_async_code_blocking() -> None:
     source = """
 from collections.abc import AsyncGenerator
 from timelined.client_sync import Client
-from timelined.varlink import AsyncVarlinkClient, VarlinkErrorReply
+from timelined.varlink.client import AsyncVarlinkClient
+from timelined.varlink.errors import VarlinkErrorReply
 
 class AsyncThing:
     if True:  # ASYNC

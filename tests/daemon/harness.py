@@ -38,12 +38,9 @@ from timelined.daemon.varlink_setup import map_error, server_limits, service_inf
 from timelined.errors import LogDamaged
 from timelined.ids import utc_now
 from timelined.recovery.boot import boot
-from timelined.varlink import (
-    VarlinkClient,
-    VarlinkServer,
-    listen_unix,
-)
+from timelined.varlink.client import VarlinkClient
 from timelined.varlink.errors import ConnectionFailed
+from timelined.varlink.server import VarlinkServer, listen_unix
 from timelined.writer.engine import Engine
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from timelined.config import AuthConfig, default_config
 from timelined.daemon.app import App
 from timelined.daemon.auth import READ_ONLY_METHODS, WRITE_METHODS, authorizer
 from timelined.errors import PermissionDenied
-from timelined.varlink import PeerCredentials
+from timelined.varlink.server import PeerCredentials
 
 
 def make(tmp_path: Path, **auth: Any) -> tuple[Any, Any]:

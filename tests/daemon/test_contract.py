@@ -278,7 +278,7 @@ def _declared_error_classes() -> dict[str, str]:
 _DECODE_IN_A_FRESH_CLIENT = """
 import json, sys
 from timelined.client import error_from_reply
-from timelined.varlink import VarlinkErrorReply
+from timelined.varlink.errors import VarlinkErrorReply
 
 decoded = {}
 for name in json.loads(sys.stdin.read()):

@@ -28,13 +28,14 @@ from timelined.errors import (
     InvalidArgument,
     TimelinedError,
 )
-from timelined.varlink import VarlinkClient, VarlinkErrorReply
+from timelined.varlink.client import VarlinkClient
 from timelined.varlink.errors import (
     InternalFailure,
     LimitReached,
     ProtocolViolation,
     ServerStopping,
     VarlinkError,
+    VarlinkErrorReply,
 )
 
 DECLARED_BY: dict[str, tuple[ErrorClass, ...]] = {

@@ -14,7 +14,8 @@ from timelined.config import LogConfig, default_config
 from timelined.daemon.app import App
 from timelined.daemon.metrics import render
 from timelined.ids import utc_now
-from timelined.varlink import ServiceInfo, VarlinkServer
+from timelined.varlink.server import VarlinkServer
+from timelined.varlink.service import ServiceInfo
 from timelined.writer.engine import Engine
 
 

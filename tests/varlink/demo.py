@@ -14,18 +14,16 @@ import msgspec
 
 from timelined.daemon.varlink_setup import error_mapper
 from timelined.errors import ContextNotFound, SlowConsumer
-from timelined.varlink import (
+from timelined.varlink.interface import ErrorDef, Interface, Method
+from timelined.varlink.server import (
     Authorizer,
     CallContext,
-    ErrorDef,
     Final,
-    Interface,
-    Method,
     ServerLimits,
-    ServiceInfo,
     VarlinkServer,
     listen_unix,
 )
+from timelined.varlink.service import ServiceInfo
 
 
 class EchoParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -9,17 +9,12 @@ import pytest
 
 from tests.varlink import demo
 from timelined.errors import PermissionDenied
-from timelined.varlink import (
-    AsyncConnection,
-    PeerCredentials,
-    ServerLimits,
-    VarlinkErrorReply,
-)
 from timelined.varlink.admission import Admission, Slots
-from timelined.varlink.client import connect_stream
-from timelined.varlink.errors import ConnectionFailed, keep_error
+from timelined.varlink.client import AsyncConnection, connect_stream
+from timelined.varlink.errors import ConnectionFailed, VarlinkErrorReply, keep_error
 from timelined.varlink.pipeline import PipelinedConnection
 from timelined.varlink.protocol import encode_call, parse_reply
+from timelined.varlink.server import PeerCredentials, ServerLimits
 
 ECHO = "io.timelined.Test.Echo"
 WRITER = Admission("full", privileged=True)

@@ -12,17 +12,9 @@ import anyio
 import pytest
 
 from tests.varlink.demo import INFO, TEST, CountReply, EchoReply, Probe, handlers, serving
-from timelined.varlink import (
-    AsyncConnection,
-    AsyncVarlinkClient,
-    Connection,
-    VarlinkClient,
-    VarlinkErrorReply,
-    VarlinkServer,
-    bind_unix_socket,
-    listener_from_socket,
-)
-from timelined.varlink.errors import ConnectionFailed, ProtocolViolation
+from timelined.varlink.client import AsyncConnection, AsyncVarlinkClient, Connection, VarlinkClient
+from timelined.varlink.errors import ConnectionFailed, ProtocolViolation, VarlinkErrorReply
+from timelined.varlink.server import VarlinkServer, bind_unix_socket, listener_from_socket
 
 ECHO = "io.timelined.Test.Echo"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from timelined.varlink import ConnectionCore, ConnectionFailed, ProtocolViolation, VarlinkErrorReply
+from timelined.varlink.client import ConnectionCore
+from timelined.varlink.errors import ConnectionFailed, ProtocolViolation, VarlinkErrorReply
 
 
 class Reply(msgspec.Struct):

@@ -20,21 +20,18 @@ from timelined.errors import (
     ShuttingDown,
     StorageError,
 )
-from timelined.varlink import (
-    AsyncConnection,
-    Connection,
+from timelined.varlink.client import AsyncConnection, Connection
+from timelined.varlink.errors import (
     ConnectionFailed,
     InternalFailure,
     LimitReached,
     ProtocolViolation,
-    ServerLimits,
     ServerStopping,
     VarlinkError,
     VarlinkErrorReply,
-    VarlinkServer,
-    listen_unix,
 )
 from timelined.varlink.protocol import encode_call, encode_error
+from timelined.varlink.server import ServerLimits, VarlinkServer, listen_unix
 
 T = "io.timelined.Test."
 

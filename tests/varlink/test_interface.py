@@ -11,13 +11,13 @@ import pytest
 import varlink
 
 from tests.varlink.demo import TEST
-from timelined.varlink import ErrorDef, Interface, InterfaceDefinitionError, Method
 from timelined.varlink.gen import (
     assert_interface_files_current,
     check_interface_files,
     main,
     write_interface_files,
 )
+from timelined.varlink.interface import ErrorDef, Interface, InterfaceDefinitionError, Method
 from timelined.varlink.service import SERVICE
 
 

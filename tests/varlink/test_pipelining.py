@@ -14,17 +14,11 @@ import msgspec
 from tests.varlink.demo import INFO, raw_connect, read_frames, serving, wait_until
 from timelined.daemon.varlink_setup import map_error
 from timelined.errors import ContextNotFound
-from timelined.varlink import (
-    AsyncVarlinkClient,
-    CallContext,
-    Interface,
-    Method,
-    ServerLimits,
-    VarlinkErrorReply,
-    VarlinkServer,
-    listen_unix,
-)
+from timelined.varlink.client import AsyncVarlinkClient
 from timelined.varlink.deferred import deferring
+from timelined.varlink.errors import VarlinkErrorReply
+from timelined.varlink.interface import Interface, Method
+from timelined.varlink.server import CallContext, ServerLimits, VarlinkServer, listen_unix
 
 ECHO_METHOD = "io.timelined.Test.Echo"
 SVC = "org.varlink.service."

@@ -22,14 +22,10 @@ from tests.varlink.demo import (
     wait_until,
 )
 from timelined.errors import PermissionDenied
-from timelined.varlink import (
-    AsyncConnection,
-    AsyncVarlinkClient,
-    PeerCredentials,
-    ServerLimits,
-    VarlinkErrorReply,
-)
+from timelined.varlink.client import AsyncConnection, AsyncVarlinkClient
+from timelined.varlink.errors import VarlinkErrorReply
 from timelined.varlink.interface import normalize_optional
+from timelined.varlink.server import PeerCredentials, ServerLimits
 
 ECHO = "io.timelined.Test.Echo"
 

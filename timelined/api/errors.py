@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 
 from timelined import errors as err
-from timelined.varlink import ErrorDef
+from timelined.varlink.interface import ErrorDef
 
 ErrorClass = type[err.TimelinedError]
 

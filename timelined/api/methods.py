@@ -66,7 +66,7 @@ from timelined.api.transparency import (
     GetInclusionProofParams,
     InclusionProofReply,
 )
-from timelined.varlink import Interface, Method
+from timelined.varlink.interface import Interface, Method
 
 TIMELINE_NAME = err.TIMELINE_INTERFACE
 ADMIN_NAME = err.ADMIN_INTERFACE

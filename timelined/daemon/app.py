@@ -18,7 +18,7 @@ from timelined.config import Config
 from timelined.daemon.notify import StatusText
 from timelined.daemon.watch import WatchHub
 from timelined.treestore.service import Transparency
-from timelined.varlink import VarlinkServer
+from timelined.varlink.server import VarlinkServer
 from timelined.writer.engine import Engine
 
 

@@ -31,7 +31,8 @@ from timelined.api import ACCESS
 from timelined.config import AuthConfig
 from timelined.daemon.app import App
 from timelined.errors import PermissionDenied
-from timelined.varlink import Admission, Admitter, Authorizer, PeerCredentials
+from timelined.varlink.admission import Admission
+from timelined.varlink.server import Admitter, Authorizer, PeerCredentials
 
 __all__ = [
     "FULL",

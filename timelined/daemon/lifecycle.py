@@ -48,11 +48,7 @@ from timelined.logs import setup_logging
 from timelined.recovery.boot import BootResult, boot, describe_boot
 from timelined.recovery.marker import mark_clean
 from timelined.treestore.service import Transparency
-from timelined.varlink import (
-    VarlinkServer,
-    listen_unix,
-    listener_from_socket,
-)
+from timelined.varlink.server import VarlinkServer, listen_unix, listener_from_socket
 from timelined.writer.engine import Engine
 
 log = logging.getLogger("timelined.daemon")

@@ -93,9 +93,9 @@ from timelined.state import lookup
 from timelined.state import queries as q
 from timelined.transparency.merkle import ProofError
 from timelined.treestore.service import Transparency
-from timelined.varlink import CallContext, Final, Handler, PeerCredentials, VarlinkServer
 from timelined.varlink.deferred import deferring
 from timelined.varlink.protocol import EXPECTED_MORE, VarlinkErrorReply
+from timelined.varlink.server import CallContext, Final, Handler, PeerCredentials, VarlinkServer
 from timelined.writer.engine import Pending
 
 __all__ = ["admin_handlers", "register_all", "timeline_handlers"]

@@ -32,13 +32,16 @@ from timelined.errors import (
     ShuttingDown,
     TimelinedError,
 )
-from timelined.varlink import ErrorMapper, Interface, ServerLimits, ServiceInfo
 from timelined.varlink.errors import (
+    ErrorMapper,
     InternalFailure,
     LimitReached,
     ProtocolViolation,
     ServerStopping,
 )
+from timelined.varlink.interface import Interface
+from timelined.varlink.server import ServerLimits
+from timelined.varlink.service import ServiceInfo
 
 __all__ = ["error_mapper", "map_error", "project_url", "server_limits", "service_info"]
 

@@ -16,16 +16,17 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from hashlib import sha256
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+# `cryptography` is imported where a key is used, not here: it is ~50 ms of the client's import
+# time, and most client programs never audit a checkpoint.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 ALG_ED25519 = b"\x01"
 SIG_PREFIX = "\u2014 "  # "— "
 MAX_SIGNATURES = 100
 _NAME = re.compile(r"[^\s+]+")  # a key name: no whitespace, no "+"
-_RAW = serialization.Encoding.Raw
 
 
 class NoteError(ValueError):
@@ -82,6 +83,9 @@ class Verifier:
         return f"{self.name}+{self.id.hex()}+{encoded}"
 
     def verify(self, message: bytes, signature: bytes) -> bool:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
         try:
             Ed25519PublicKey.from_public_bytes(self.public).verify(signature, message)
         except InvalidSignature:
@@ -96,9 +100,14 @@ class Signer:
 
     @classmethod
     def generate(cls, name: str) -> Signer:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         private = Ed25519PrivateKey.generate()
         seed = private.private_bytes(
-            _RAW, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
         )
         return cls(_check_name(name), seed)
 
@@ -120,7 +129,13 @@ class Signer:
         return f"Signer({self.name!r})"
 
     def verifier(self) -> Verifier:
-        public = self._private().public_key().public_bytes(_RAW, serialization.PublicFormat.Raw)
+        from cryptography.hazmat.primitives import serialization
+
+        public = (
+            self._private()
+            .public_key()
+            .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        )
         return Verifier(self.name, key_id(self.name, public), public)
 
     def signature_line(self, text: str) -> str:
@@ -130,6 +145,8 @@ class Signer:
         return f"{SIG_PREFIX}{self.name} {encoded}\n"
 
     def _private(self) -> Ed25519PrivateKey:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         return Ed25519PrivateKey.from_private_bytes(self.seed)
 
 
