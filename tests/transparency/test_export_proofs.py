@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import cast
@@ -22,6 +20,7 @@ import msgspec
 import pytest
 
 from tests.daemon.harness import DaemonProcess, short_tempdir
+from tests.transparency.test_end_to_end import _ctl
 from timelined.api.exchange import ExportPart
 from timelined.auditlog.record import peek_seq
 from timelined.client import Client
@@ -30,15 +29,6 @@ from timelined.errors import CheckpointInvalid, HistoryRewritten
 from timelined.transparency import exportcheck
 from timelined.transparency.merkle import MemoryTree, inclusion_proof
 from timelined.treestore.service import Transparency
-
-
-def _ctl(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "timelined.ctl", "--socket", str(daemon.socket_path), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def _write(path: Path, parts: list[ExportPart]) -> None:
