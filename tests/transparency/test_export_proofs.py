@@ -178,3 +178,20 @@ def test_proof_parts_stay_within_the_reply_limit() -> None:
     for part in parts:  # the reply around a part: {"parameters":{...},"continues":true}\0
         assert len(msgspec.json.encode({"parameters": part, "continues": True})) + 1 <= limit
     assert [p.seq for part in parts for p in part.proofs or ()] == seqs
+
+
+def test_with_fsync_off_an_export_goes_out_at_once_without_a_checkpoint() -> None:
+    # Checkpoints cover only the fsynced log, which fsync "off" moves only at a stop: waiting
+    # for it would hold every export for the whole bound, to end without a checkpoint anyway.
+    with (
+        short_tempdir() as base,
+        DaemonProcess(base, log={"fsync": "off"}) as daemon,
+        Client(daemon.socket_path) as c,
+    ):
+        conv_id = _conversation(c, "unsynced", 2)
+        parts = list(c.export_conversation(conv_id))
+        end = parts[-1].end
+        assert end is not None and end.checkpoint is None
+        assert not any(p.proofs for p in parts)
+        assert "did not reach" not in daemon.log()
+        assert c.import_conversation(parts).name == "unsynced"
