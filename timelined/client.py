@@ -118,6 +118,7 @@ from timelined.commands import NewBlock
 from timelined.errors import CheckpointInvalid, DaemonUnavailable, ProtocolError
 from timelined.events import SubBlock
 from timelined.transparency import audit as trust
+from timelined.transparency import exportcheck
 from timelined.varlink.client import AsyncVarlinkClient
 from timelined.varlink.errors import VarlinkErrorReply
 from timelined.varlink.service import GetInfoReply, GetInterfaceDescriptionReply
@@ -677,3 +678,17 @@ class AsyncClient:
         proven = await self.prove_event(block.seq, state_file)
         trust.check_block_line(proven.line.encode(), block)
         return block, proven
+
+    async def verify_export(
+        self, parts: Iterable[ExportPart], checkpoint: str, verifier_key: str
+    ) -> exportcheck.ExportVerification:
+        """Prove an export against `checkpoint`, obtained elsewhere: both signed by
+        `verifier_key`, one history (when their sizes differ, the consistency proof is asked
+        of this daemon, and checked), and every event line in the export's checkpoint.
+
+        Raises CheckpointInvalid (a signature, or the first event not proven, named) or
+        HistoryRewritten (the checkpoints are of two histories)."""
+        claim = exportcheck.read_claim(parts, checkpoint, verifier_key)
+        sizes = claim.consistency_sizes()
+        hashes = None if sizes is None else await self.get_consistency_proof(*sizes)
+        return exportcheck.check_claim(claim, hashes)

@@ -60,6 +60,7 @@ from timelined.api.errors import (
     error_def,
 )
 from timelined.api.exchange import (
+    EventProof,
     ExportDocument,
     ExportEnd,
     ExportHeader,
@@ -206,6 +207,7 @@ __all__ = [
     "EmptyParams",
     "EmptyReply",
     "ErrorClass",
+    "EventProof",
     "ExportDocument",
     "ExportEnd",
     "ExportHeader",

@@ -23,9 +23,19 @@ class ExportHeader(msgspec.Struct, frozen=True, kw_only=True):
     contexts: list[Context]
 
 
-class ExportEnd(msgspec.Struct, frozen=True, kw_only=True):
+class ExportEnd(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     events: int
     blocks: int
+    # A signed checkpoint (C2SP signed note) whose tree holds every event of the export, taken
+    # once they were all read; None from a daemon without the tree (and in older documents).
+    checkpoint: str | None = None
+
+
+class EventProof(msgspec.Struct, frozen=True):
+    """Event `seq`'s inclusion proof (base64 hashes) in the tree of the end part's checkpoint."""
+
+    seq: int
+    hashes: list[str]
 
 
 class ExportPart(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -34,6 +44,7 @@ class ExportPart(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     header: ExportHeader | None = None
     events: list[str] | None = None  # log lines, without their newline
     blocks: list[Block] | None = None
+    proofs: list[EventProof] | None = None  # after the blocks, before the end part
     end: ExportEnd | None = None
 
 

@@ -293,7 +293,9 @@ class Timeline:
         ExportPart,
         doc="Streams (call with `more`) the conversation as parts, one member set in each: the\n"
         "header (conversation and tree), the audit events behind them exactly as the log holds\n"
-        "them, the blocks, and the end (counts), last. All of it as of one snapshot. Joined,\n"
+        "them, the blocks, each event's inclusion proof (`proofs`) in the tree of the end's\n"
+        "signed `checkpoint`, and the end (counts, checkpoint), last. All of it as of one\n"
+        "snapshot (the checkpoint and proofs only where the daemon keeps the tree). Joined,\n"
         "the parts are the `document` of ImportConversation; `timelinectl export` writes one\n"
         "part per line.",
     )

@@ -11,8 +11,9 @@ Exit codes (sysexits):
 
     0   ok
     1   refused: the daemon answered with a named error (ContextNotFound, InvalidTransition,
-        ...); also `verify --wait` when the run found a problem, and `audit` / `prove` when a
-        checkpoint does not verify (CheckpointInvalid) or the history changed (HistoryRewritten)
+        ...); also `verify --wait` when the run found a problem, and `audit` / `prove` /
+        `verify-export` when a checkpoint or proof does not verify (CheckpointInvalid) or the
+        history changed (HistoryRewritten)
     64  usage: bad command line (also `append` with no content argument and empty stdin)
     65  bad data: InvalidParameter, InvalidArgument, BadQuery; a file to import that is cut off
     66  no input: a file to import does not exist

@@ -1,5 +1,5 @@
 """Verifiable-history verbs: checkpoint, checkpoint-key, prove, consistency-proof, audit,
-witness-key, cosign (docs/transparency.md)."""
+witness-key, cosign, verify-export (docs/transparency.md)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 
 import msgspec
 
+from timelined.api.exchange import ExportPart
 from timelined.api.transparency import CheckpointKeyReply, CheckpointReply
 from timelined.auditlog.atomic import write_file_atomic
-from timelined.ctl.common import ADMIN, EX_USAGE, Ctl, Verbs, positive
+from timelined.ctl.common import ADMIN, EX_DATAERR, EX_USAGE, Ctl, Verbs, positive
 from timelined.errors import CheckpointInvalid
 from timelined.transparency import audit as trust
 from timelined.transparency import note
@@ -62,6 +63,18 @@ def register(verbs: Verbs) -> None:
     p.add_argument("--witness-key", required=True, metavar="FILE", help="from witness-key")
     p.add_argument("--key", help="the daemon's verifier key to trust at the first audit")
     p.set_defaults(run=cosign)
+
+    p = verbs.add_parser(
+        "verify-export",
+        help="prove every event of an export (timelinectl export's file) in its checkpoint, "
+        "and that checkpoint one history with CHECKPOINT (exit 1 naming the first bad seq)",
+    )
+    p.add_argument("file", metavar="FILE", help="the export, one part per line")
+    p.add_argument(
+        "--checkpoint", required=True, metavar="FILE", help="a signed checkpoint obtained elsewhere"
+    )
+    p.add_argument("--key", required=True, help="the log's note verifier key")
+    p.set_defaults(run=verify_export)
 
 
 def checkpoint(ctl: Ctl) -> int:
@@ -174,4 +187,33 @@ def cosign(ctl: Ctl) -> int:
         ctl.out.stdout.write(cosigned)
 
     ctl.out.reply(CheckpointReply(cosigned), human)
+    return 0
+
+
+def _read_parts(path: str) -> list[ExportPart]:
+    decoder = msgspec.json.Decoder(ExportPart)
+    with open(path, encoding="utf-8") as handle:
+        return [decoder.decode(line) for line in handle if line.strip()]
+
+
+def verify_export(ctl: Ctl) -> int:
+    a = ctl.args
+    try:
+        parts = _read_parts(a.file)
+        other = Path(a.checkpoint).read_text(encoding="utf-8")
+    except OSError as exc:
+        return ctl.out.fail(66, "CannotRead", f"cannot read: {exc}")  # 66: EX_NOINPUT
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        return ctl.out.fail(EX_DATAERR, "BadExport", f"bad export: {exc}")
+    # Raises CheckpointInvalid / HistoryRewritten: exit 1, the first bad seq named.
+    result = ctl.client.verify_export(parts, other, a.key)
+
+    def human() -> None:
+        ctl.out.line(
+            f"{result.events} events proven in {result.origin}'s checkpoint of tree size "
+            f"{result.tree_size}, one history with the given checkpoint of size "
+            f"{result.other_size}: verified"
+        )
+
+    ctl.out.reply(result, human)
     return 0

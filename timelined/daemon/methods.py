@@ -80,6 +80,7 @@ from timelined.api.transparency import (
 )
 from timelined.auditlog.reader import read_lines
 from timelined.daemon.app import App
+from timelined.daemon.exportproofs import event_seqs, proven_end
 from timelined.daemon.metrics import render as render_metrics
 from timelined.errors import (
     FeatureUnavailable,
@@ -154,6 +155,8 @@ IMPORT_VERIFICATIONS = 2  # documents verified at once (CPU and memory); more ca
 async def export_stream(app: App, conversation_id: str) -> AsyncGenerator[Any, None]:
     """The parts of an export, the last one wrapped in `Final`."""
     snap = await app.engine.read_snapshot()  # sees everything acknowledged before
+    limit = app.config.limits.max_message_bytes
+    seqs: list[int] = []  # the events sent: each gets its inclusion proof before the end
     try:
         parts = exchange.export_parts(
             snap.conn,
@@ -161,7 +164,7 @@ async def export_stream(app: App, conversation_id: str) -> AsyncGenerator[Any, N
             conversation_id,
             snap.meta.last_seq,
             snap.meta.last_hash,
-            part_bytes=app.config.limits.max_message_bytes,
+            part_bytes=limit,
         )
         try:
             while True:
@@ -172,8 +175,11 @@ async def export_stream(app: App, conversation_id: str) -> AsyncGenerator[Any, N
                     raise RuntimeError("the export ended without its end part")
                 for part in step:
                     if part.end is not None:
-                        yield Final(part)
+                        ends = proven_end(app.transparency, part, seqs, limit)
+                        async for last in ends:
+                            yield Final(last) if last.end is not None else last
                         return
+                    seqs.extend(event_seqs(part))
                     yield part
         finally:
             parts.close()
