@@ -169,10 +169,10 @@ def refused(frame):
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(10)
     s.connect(path)
-    s.sendall(frame)
+    send(s, frame)  # refused at connect, the daemon may have closed before it arrives
     data = b""
     while True:
-        chunk = s.recv(65536)
+        chunk = receive(s)
         if not chunk:
             break
         data += chunk
