@@ -288,3 +288,31 @@ def test_an_append_blocks_failing_midway_is_undone_alone(
         assert contents == ["before", "after", "t5"]
 
     anyio.run(main)
+
+
+def test_the_index_timer_indexes_without_a_search_asking(tmp_path: Path) -> None:
+    """The idle writer loop wakes by itself INDEX_DELAY_S after an append and indexes it (the
+    wait is a timer, not a cancel scope: docs/performance.md, "One connection's CPU"); an
+    append arriving meanwhile wakes it at once, and the timer of a wait already over is gone."""
+    config = _config(tmp_path)
+
+    async def main() -> None:
+        async with Engine.open(config) as engine:
+            conv = await engine.submit(cmd.CreateConversation(name="c"))
+            assert isinstance(conv, Conversation)
+            for round_ in range(3):
+                done = await engine.submit(
+                    cmd.AppendBlock(context_id=conv.root_context_id, role="user", content="x")
+                )
+                assert isinstance(done, AppendResult)
+                assert engine.indexed_seq < done.seq, "indexed at once: the timer is not tested"
+                # Polled: `index_caught_up` would ask for the index at once, not wait for it.
+                step = engine_module.INDEX_DELAY_S / 5
+                for _ in range(int(2 / step) + 100):
+                    if engine.indexed_seq >= done.seq:
+                        break
+                    await anyio.sleep(step)
+                assert engine.indexed_seq >= done.seq, f"round {round_}: the timer never fired"
+                assert engine.queue_depth == 0
+
+    anyio.run(main)
