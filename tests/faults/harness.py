@@ -100,7 +100,7 @@ async def run_engine(
     fileops: FileOps,
     head: LogHead | None,
     workload: Workload,
-    on_commit: Callable[[list[Record]], None] | None = None,
+    on_commit: Callable[[list[Record], list[bytes]], None] | None = None,
 ) -> LogHead | None:
     """Open the engine, run the workload, close; returns the head a marker would record."""
     async with Engine.open(config, fileops=fileops, head=head) as engine:
@@ -149,7 +149,7 @@ def record(
     if config.log_dir.exists():  # the history before the test was acknowledged before it
         rec.acked.extend((0, r.seq, r.hash) for r in read_records(config.log_dir))
 
-    def on_commit(records: list[Record]) -> None:
+    def on_commit(records: list[Record], _lines: list[bytes]) -> None:
         done = sim.ops_done
         rec.acked.extend((done, r.seq, r.hash) for r in records)
 

@@ -154,7 +154,7 @@ def run_faulty(config: Config, ops: FaultOps, s: Session) -> None:
         async def session() -> Engine:
             async with Engine.open(config, fileops=ops, head=booted.head) as engine:
                 engine.on_fatal = s.on_fatal.append
-                engine.subscribe(lambda recs: s.acked.extend((r.seq, r.hash) for r in recs))
+                engine.subscribe(lambda recs, _lines: s.acked.extend((r.seq, r.hash) for r in recs))
                 await steps(engine, config, ops, s)
             return engine
 
@@ -322,7 +322,7 @@ def test_disk_full_refuses_until_space_returns(template: Path) -> None:
 
         async def go() -> None:
             async with Engine.open(config, fileops=ops, head=result.head) as engine:
-                engine.subscribe(lambda recs: acked.extend((r.seq, r.hash) for r in recs))
+                engine.subscribe(lambda recs, _lines: acked.extend((r.seq, r.hash) for r in recs))
                 convs, _ = await engine.read(
                     q.list_conversations, include_archived=True, limit=10, after=None
                 )
@@ -420,7 +420,7 @@ def _state_failure(template: Path, work: Path, inject: str) -> None:
 
         async with Engine.open(config, head=result.head) as engine:
             engine.on_fatal = on_fatal
-            engine.subscribe(lambda recs: s.acked.extend((r.seq, r.hash) for r in recs))
+            engine.subscribe(lambda recs, _lines: s.acked.extend((r.seq, r.hash) for r in recs))
             conv = await engine.submit(cmd.CreateConversation(name="<before>"))
             s.accepted.append("<before>")
             if inject == "locked":

@@ -41,7 +41,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from timelined import events as ev
 from timelined.api import LogEvent
 from timelined.auditlog.reader import read_lines
-from timelined.auditlog.record import decode_content, encode_record
+from timelined.auditlog.record import decode_content
 from timelined.errors import SlowConsumer
 from timelined.events import Record
 from timelined.replies import ReplyBudget
@@ -62,9 +62,6 @@ DEFAULT_BUFFER_RECORDS = 10_000
 DEFAULT_BUFFER_BYTES = 64 * 1024 * 1024
 DEFAULT_REPLY_BYTES = 16 * 1024 * 1024
 MAX_BATCH_EVENTS = 256  # events per reply on the socket: small batches, one write each
-# A log line's bytes besides its event's data: seq, ts, type, actor, prev, hash and their keys.
-_LINE_OVERHEAD = 512
-_encode_event = msgspec.json.Encoder().encode
 
 _log_event = msgspec.json.Decoder(LogEvent)
 
@@ -144,35 +141,18 @@ class _Filter:
 
 
 class _Batch:
-    """One committed batch, shared by every watcher; its log lines are encoded once, on demand
-    (by the first watcher that sends them), never on the writer's path."""
+    """One committed batch, shared by every watcher: its records and the log lines the writer
+    wrote for them (without their newline)."""
 
-    __slots__ = ("_lines", "_size", "records")
+    __slots__ = ("lines", "records", "size")
 
-    def __init__(self, records: list[Record]) -> None:
+    def __init__(self, records: list[Record], lines: list[bytes]) -> None:
         self.records = records
-        self._lines: list[bytes | None] = [None] * len(records)
-        self._size = -1
-
-    @property
-    def size(self) -> int:
-        """About the bytes of the batch's lines (its events' data encoded, once for everyone;
-        no hash is computed on the writer's path)."""
-        if self._size < 0:
-            self._size = sum(len(_encode_event(r.event)) + _LINE_OVERHEAD for r in self.records)
-        return self._size
+        self.lines = [line[:-1] for line in lines]
+        self.size = sum(len(line) for line in self.lines)
 
     def line(self, i: int) -> bytes:
-        found = self._lines[i]
-        if found is None:
-            r = self.records[i]
-            # The writer made the line with this very function from these very values: the
-            # same bytes again. The hash proves it.
-            again, line = encode_record(r.seq, r.ts, r.actor, r.event, r.prev)
-            if again.hash != r.hash:
-                raise RuntimeError(f"re-encoding event {r.seq} did not reproduce its hash")
-            found = self._lines[i] = line[:-1]
-        return found
+        return self.lines[i]
 
 
 class _Subscription:
@@ -296,9 +276,9 @@ class WatchHub:
     def watchers(self) -> int:
         return len(self._subs)
 
-    def _publish(self, records: list[Record]) -> None:
+    def _publish(self, records: list[Record], lines: list[bytes]) -> None:
         if self._subs:
-            batch = _Batch(records)
+            batch = _Batch(records, lines)
             for sub in list(self._subs):
                 if not sub.offer(batch):
                     # Dropped now: no longer fed nor counted; told at its next read.

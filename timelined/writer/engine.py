@@ -44,7 +44,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import anyio
 
@@ -119,6 +119,17 @@ class EngineStats:
         self.batches += 1
         self.batch_sizes.observe(batch_size)
         self.write_seconds.observe(write_s)
+
+
+class Committed(NamedTuple):
+    """A committed batch: its records and their log lines as written (newline included)."""
+
+    records: list[Record]
+    lines: list[bytes]
+
+
+NOTHING_COMMITTED = Committed([], [])
+Subscriber = Callable[[list[Record], list[bytes]], None]
 
 
 class Pending:
@@ -279,7 +290,7 @@ class Engine:
         self._wakeup = anyio.Event()
         self._closing = False
         self._stopped = anyio.Event()
-        self._subscribers: list[Callable[[list[Record]], None]] = []
+        self._subscribers: list[Subscriber] = []
         self._lock = asyncio.Lock()
         self._pause_depth = 0
         self._resumed = anyio.Event()
@@ -445,8 +456,10 @@ class Engine:
     def queue_depth(self) -> int:
         return len(self._queue)
 
-    def subscribe(self, callback: Callable[[list[Record]], None]) -> Callable[[], None]:
-        """Call `callback` with every committed batch's records (on the event loop)."""
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call `callback(records, lines)` with every committed batch (on the event loop): its
+        records and their log lines exactly as written (newline included), so that no
+        subscriber encodes a line again."""
         self._subscribers.append(callback)
         return lambda: self._subscribers.remove(callback)
 
@@ -545,11 +558,11 @@ class Engine:
                 committed = await self._on_writer_thread(self._run_batch, batch)
                 for pending in batch:
                     pending.answer()  # those the writer's thread did not answer before COMMIT
-                if committed:
-                    self._committed(committed[-1].seq)
+                if committed.records:
+                    self._committed(committed.records[-1].seq)
                     for callback in list(self._subscribers):
                         try:
-                            callback(committed)
+                            callback(committed.records, committed.lines)
                         except Exception:
                             log.exception("a commit subscriber failed; it was skipped")
                 if self.fatal is not None:
@@ -674,7 +687,7 @@ class Engine:
             self.fatal = exc
             log.critical("%s", exc.message)
 
-    def _run_batch(self, batch: list[Pending]) -> list[Record]:
+    def _run_batch(self, batch: list[Pending]) -> Committed:
         """The whole batch, on the writer's thread. Returns the committed records.
 
         A state database error outside a command's own checks (BEGIN refused because another
@@ -688,7 +701,7 @@ class Engine:
             fatal = FatalStorageError(str(self.config.state_db), 0, f"state database: {exc}")
             return self._abandon(batch, fatal)
 
-    def _run_batch_unguarded(self, batch: list[Pending]) -> list[Record]:
+    def _run_batch_unguarded(self, batch: list[Pending]) -> Committed:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         seq, prev = self.last_seq, self.last_hash
@@ -731,7 +744,7 @@ class Engine:
         self.stats.commands += len(batch)
         if not lines:
             conn.execute("COMMIT")  # only idempotent retries and refusals: nothing to log
-            return []
+            return NOTHING_COMMITTED
         assert self._writer is not None, "read-only engines refuse commands in submit()"
         try:
             started = time.perf_counter()
@@ -761,13 +774,13 @@ class Engine:
             self._fail_after_answer(
                 FatalStorageError(str(self.config.state_db), 0, f"state commit failed: {exc}")
             )
-            return []
+            return NOTHING_COMMITTED
         self._state_seq = seq
         if fts:
             if not self._unindexed:
                 self._unindexed_since = time.monotonic()
             self._unindexed += len(fts)
-        return records
+        return Committed(records, lines)
 
     def _answer_soon(self, batch: list[Pending], seq: int) -> None:
         """On the writer's thread: hand the batch's answers to the event loop now."""
@@ -786,7 +799,7 @@ class Engine:
             pass  # the connection is abandoned; the first cause is the one reported
         self._go_fatal(fatal)
 
-    def _undo_batch(self, batch: list[Pending], error: TimelinedError) -> list[Record]:
+    def _undo_batch(self, batch: list[Pending], error: TimelinedError) -> Committed:
         """Undo the whole batch for a command without a savepoint that failed after changing the
         state (never expected: see `_run_batch_unguarded`): each of its commands is answered
         with `error` and counted as refused; nothing is logged or committed; the writer goes on.
@@ -796,9 +809,9 @@ class Engine:
         log.error("a batch of %d commands was undone: %s", len(batch), error.message)
         self.stats.refused += unanswered
         self.stats.commands += len(batch)
-        return []
+        return NOTHING_COMMITTED
 
-    def _abandon(self, batch: list[Pending], error: TimelinedError) -> list[Record]:
+    def _abandon(self, batch: list[Pending], error: TimelinedError) -> Committed:
         """Roll the whole batch back and answer every command not answered yet with `error` (a
         refused one keeps its own error). Returns the committed records: none.
 
@@ -818,7 +831,7 @@ class Engine:
                 pending.error = error
         if fatal is not None:
             self._go_fatal(fatal)
-        return []
+        return NOTHING_COMMITTED
 
     def _rollback(self, scope: RollbackScope) -> None:
         """The one way back: undo `scope` in SQL and forget everything the cache learned.
