@@ -67,7 +67,7 @@ from timelined.histogram import BATCH_SIZE_BOUNDS, SECONDS_BOUNDS, Histogram
 from timelined.ids import utc_now
 from timelined.state.apply import FtsRows, apply, index_blocks, set_meta
 from timelined.state.db import data_version, open_write, read_fts_seq, read_meta
-from timelined.state.reads import Readers, ReadSnapshot
+from timelined.state.reads import Readers, ReadPool, ReadSnapshot
 from timelined.state.replay import roll_forward
 from timelined.writer import rules
 from timelined.writer.hotstate import HotState
@@ -247,7 +247,7 @@ class Engine:
         config: Config,
         conn: sqlite3.Connection,
         writer: LogWriter | None,
-        readers: Readers,
+        readers: ReadPool,
         read_only: LogDamaged | None = None,
         stats: EngineStats | None = None,
     ) -> None:
@@ -424,14 +424,21 @@ class Engine:
         """On the event loop, after a batch: the state holds it; tell every subscriber."""
         if committed.records:
             self._committed(committed.records[-1].seq)
-            for callback in list(self._subscribers):
-                try:
-                    callback(committed.records, committed.lines)
-                except Exception:
-                    log.exception("a commit subscriber failed; it was skipped")
+            self._tell_subscribers(committed)
+
+    def _tell_subscribers(self, committed: Committed) -> None:
+        for callback in list(self._subscribers):
+            try:
+                callback(committed.records, committed.lines)
+            except Exception:
+                log.exception("a commit subscriber failed; it was skipped")
 
     async def _run_beside(self) -> None:
         """A task the backend runs beside the writer until it stops (none here)."""
+
+    def follow(self) -> None:
+        """The subscribers are in: start giving them other writers' commits (there are none
+        here: this engine is the state's only writer)."""
 
     async def _on_writer_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(*args)` on the writer's thread, between batches and outside `paused()`
