@@ -371,6 +371,8 @@ def _boot_postgresql(
     if taken.problem not in (None, "absent"):
         report.marker_problem = taken.problem
     if taken.marker is None and any(config.state_dir.glob("reports/boot-*")):
+        # A crash: its report is a recovery report (where an operator looks), with no work.
+        report.kind = "recovery"
         report.marker_problem = report.marker_problem or "absent: the last run did not stop cleanly"
         report.actions.append(
             "The last run did not stop cleanly. Nothing acknowledged was lost: on PostgreSQL "
