@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from timelined.errors import InvalidArgument
 from timelined.pgstore import sql
 from timelined.pgstore.sql import (
     PgConnection,
@@ -144,3 +145,20 @@ def test_connect_keeps_the_password_out_of_the_conninfo(pg_dsn: str) -> None:
 def test_connect_failure_is_an_operational_error(tmp_path: object) -> None:
     with pytest.raises(sqlite3.OperationalError):
         sql.connect(f"host={tmp_path} dbname=nothing connect_timeout=2")
+
+
+def test_a_nul_in_text_is_a_named_refusal_and_the_transaction_survives(
+    conn: PgConnection,
+) -> None:
+    """SQLite keeps U+0000 in TEXT, PostgreSQL cannot: InvalidArgument, not an SQL error that
+    the writer would treat as a storage failure."""
+    conn.execute("BEGIN")
+    conn.execute("INSERT INTO t (id, name) VALUES (1, 'kept')")
+    with pytest.raises(InvalidArgument, match="U\\+0000"):
+        conn.execute("INSERT INTO t (id, name) VALUES (?, ?)", (2, "a\x00b"))
+    with pytest.raises(InvalidArgument):
+        conn.executemany("INSERT INTO t (id, name) VALUES (?, ?)", [(3, "ok"), (4, "\x00")])
+    conn.execute("COMMIT")
+    # as sqlite3's executemany: the rows before the refused one went in (the caller's
+    # savepoint decides whether they stay), and the transaction could commit
+    assert conn.execute("SELECT id FROM t ORDER BY id").fetchall() == [(1,), (3,)]
