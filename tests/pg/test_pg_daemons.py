@@ -109,6 +109,33 @@ def test_appends_of_two_daemons_to_one_context_get_consecutive_positions(pg_dsn:
     _assert_one_chain(_log_table(pg_dsn))
 
 
+def test_an_idle_daemon_follows_the_other_ones_writes(pg_dsn: str) -> None:
+    """A daemon that writes nothing still gives its watchers every event of the database, in
+    order (the follower: LISTEN, and the log table), and reads them."""
+    seen = _Seen()
+
+    async def main(writer: Path, idle: Path) -> list[str]:
+        async with AsyncClient(writer) as cw, AsyncClient(idle) as ci:
+            async with anyio.create_task_group() as tg:
+                ready = anyio.Event()
+                tg.start_soon(_watch, ci, seen, ready)
+                await ready.wait()
+                root = (await cw.create_conversation("followed")).root_context_id
+                ids = [(await cw.append_block(root, "user", f"n{i}")).block.id for i in range(30)]
+                with anyio.fail_after(30):
+                    await seen.reached(31)
+                tg.cancel_scope.cancel()
+            assert [b.id for b in (await ci.list_blocks(root)).blocks] == ids
+            return ids
+
+    with _two_daemons(pg_dsn) as (a, b):
+        anyio.run(main, a.socket_path, b.socket_path)
+    records = _log_table(pg_dsn)
+    assert [(e.seq, e.prev, e.type) for e in seen.events] == [
+        (r.seq, r.prev, r.type) for r in records
+    ]
+
+
 WRITERS = 6  # per daemon
 ROUNDS = 20  # appends per writer
 

@@ -60,6 +60,11 @@ FOLLOW_BYTES = 8 * 1024 * 1024
 FOLLOW_POLL_S = 2.0
 # A lost LISTEN connection is opened again after this long (polling goes on meanwhile).
 RELISTEN_S = 5.0
+# A batch's transaction never waits on its client, so one idle this long belongs to a daemon
+# whose host vanished (a killed process's connection closes at once; a lost host's lingers
+# until TCP gives up): the server ends it, and with it its lock on the head row, which every
+# other daemon's batches wait for.
+IDLE_IN_TRANSACTION_S = 30
 
 
 def read_committed(conn: DbConn, after_seq: int, max_rows: int, max_bytes: int) -> Committed:
@@ -115,6 +120,7 @@ class PgEngine(Engine):
         password = read_password(config.store)
         try:
             conn = connect(config.store.dsn, password)
+            conn.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_S}s'")
         except sqlite3.Error as exc:
             raise StorageError(where, 0, f"cannot connect: {exc}") from exc
         try:
