@@ -35,7 +35,7 @@ import psycopg
 
 from timelined import conninfo
 from timelined.auditlog.fileops import FileOps
-from timelined.auditlog.record import decode_line
+from timelined.auditlog.record import RecordError, decode_line
 from timelined.auditlog.writer import LogHead
 from timelined.config import Config, read_password
 from timelined.errors import FatalStorageError, LogDamaged, StorageError
@@ -74,8 +74,16 @@ def read_committed(conn: DbConn, after_seq: int, max_rows: int, max_bytes: int) 
     sees a seq sees every seq before it."""
     assert isinstance(conn, PgConnection)
     rows = read_lines(conn, after_seq, max_rows, max_bytes)
-    lines = [line for _, line in rows]
-    return Committed([decode_line(line) for line in lines], lines)
+    records: list[Record] = []
+    for seq, line in rows:
+        try:
+            record = decode_line(line)
+        except RecordError as exc:
+            raise LogDamaged(seq, f"the log table's line is not a valid record ({exc})") from exc
+        if record.seq != seq:
+            raise LogDamaged(seq, f"the log table's row holds the line of seq {record.seq}")
+        records.append(record)
+    return Committed(records, [line for _, line in rows])
 
 
 class PgEngine(Engine):
@@ -292,6 +300,11 @@ class PgEngine(Engine):
                 await self._catch_up()
             except sqlite3.Error as exc:
                 log.warning("could not read the log table to follow other daemons: %s", exc)
+            except LogDamaged as exc:
+                # Subscribers cannot skip an event; writing on would continue a damaged chain.
+                log.error("following stopped, writes refused: %s", exc.message)
+                self.degrade(exc)
+                return
 
     async def _catch_up(self) -> None:
         """Deliver every event the log table holds after `delivered_seq`, page by page."""
@@ -303,12 +316,10 @@ class PgEngine(Engine):
             # While the page was read, this daemon's own batches may have been delivered: the
             # page's start is skipped then. It continues `after`, so it continues them too.
             if not self._deliver(page):
-                log.error(
-                    "the log table has no row for seq %d (it has %d): following stopped here",
+                raise LogDamaged(
                     self.delivered_seq + 1,
-                    page.records[0].seq,
+                    f"the log table has no row for it (the next is seq {page.records[0].seq})",
                 )
-                return
 
 
 def _name(config: Config) -> str:
