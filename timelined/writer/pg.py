@@ -44,7 +44,7 @@ from timelined.pgstore.logtable import insert_lines, read_lines
 from timelined.pgstore.reads import PgReaders, PgReadSnapshot
 from timelined.pgstore.schema import PgSchemaError, ensure_schema
 from timelined.pgstore.sql import PgConnection, PgOperationalError, connect
-from timelined.state.apply import FtsRows
+from timelined.state.apply import FtsRows, set_meta
 from timelined.state.dbapi import DbConn
 from timelined.state.reads import ReadSnapshot
 from timelined.writer.engine import Committed, Engine, EngineStats, Pending
@@ -210,10 +210,7 @@ class PgEngine(Engine):
         started = time.perf_counter()
         try:
             insert_lines(conn, records, lines)
-            conn.execute(
-                "UPDATE meta SET last_seq = ?, last_hash = ?, fts_seq = ? WHERE id = 1",
-                (seq, prev, seq),
-            )
+            set_meta(conn, seq, prev)  # meta.fts_seq follows: a generated column
             conn.execute("SELECT pg_notify(?, ?)", (CHANNEL, f"{self._origin} {seq}"))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
