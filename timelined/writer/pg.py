@@ -28,6 +28,8 @@ import logging
 import secrets
 import sqlite3
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import anyio
@@ -47,7 +49,7 @@ from timelined.pgstore.sql import PgConnection, PgOperationalError, connect
 from timelined.state.apply import FtsRows, set_meta
 from timelined.state.dbapi import DbConn
 from timelined.state.reads import ReadSnapshot
-from timelined.writer.engine import Committed, Engine, EngineStats, Pending
+from timelined.writer.engine import Committed, Engine, EngineStats, Pending, Subscriber
 
 log = logging.getLogger("timelined.writer.pg")
 
@@ -114,6 +116,34 @@ class PgEngine(Engine):
         self.delivered_seq = self.last_seq
         self._follow_wakeup = anyio.Event()
         self._following = anyio.Event()
+        # The engine's subscribers list gets this daemon's batches, in order; `_own_batch`
+        # passes them on to the real subscribers (`subscribe`) once they continue the events
+        # delivered so far.
+        self._pg_subscribers: list[Subscriber] = []
+        super().subscribe(self._own_batch)
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        config: Config,
+        *,
+        fileops: FileOps | None = None,
+        read_only: LogDamaged | None = None,
+        head: LogHead | None = None,
+    ) -> AsyncIterator[Engine]:
+        """The engine's `open`, with the follower (LISTEN + the log table) running beside the
+        writer until it stops."""
+        async with super().open(config, fileops=fileops, read_only=read_only, head=head) as engine:
+            assert isinstance(engine, PgEngine)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(engine._listen)
+                tg.start_soon(engine._follow)
+                try:
+                    yield engine
+                finally:
+                    await engine.drain()  # the writer is done: nothing left to deliver
+                    tg.cancel_scope.cancel()
 
     @classmethod
     def _open_sync(
@@ -150,9 +180,6 @@ class PgEngine(Engine):
 
     def _close_storage(self) -> None:
         self._pg.close()
-
-    def _read_data_version(self) -> int:
-        return 0  # see data_version_changed
 
     async def data_version_changed(self) -> bool:
         """Never: other daemons commit to the database all the time, which is no tampering.
@@ -230,12 +257,17 @@ class PgEngine(Engine):
         self._following.set()
         self._follow_wakeup.set()
 
-    def _publish(self, committed: Committed) -> None:
-        if not committed.records:
-            return
-        self._committed(committed.records[-1].seq)  # read-your-writes: the state holds it
-        if not self._deliver(committed):
-            self._follow_wakeup.set()  # other daemons' events come first: from the table
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call `callback(records, lines)` with every event of the database (this daemon's
+        and the others'), in seq order, each once."""
+        self._pg_subscribers.append(callback)
+        return lambda: self._pg_subscribers.remove(callback)
+
+    def _own_batch(self, records: list[Record], lines: list[bytes]) -> None:
+        """This daemon's batch, committed: to the subscribers now if it continues what they
+        got, else after the other daemons' events before it (the follower reads them)."""
+        if not self._deliver(Committed(records, lines)):
+            self._follow_wakeup.set()
 
     def _deliver(self, committed: Committed) -> bool:
         """Give the subscribers the events after `delivered_seq`; False (nothing given) when
@@ -251,15 +283,12 @@ class PgEngine(Engine):
         if start:
             committed = Committed(records[start:], lines[start:])
         self.delivered_seq = records[-1].seq
-        self._tell_subscribers(committed)
+        for callback in list(self._pg_subscribers):
+            try:
+                callback(*committed)
+            except Exception:
+                log.exception("a commit subscriber failed; it was skipped")
         return True
-
-    async def _run_beside(self) -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._listen)
-            tg.start_soon(self._follow)
-            await self._stopped.wait()
-            tg.cancel_scope.cancel()
 
     async def _listen(self) -> None:
         """Wake the follower on each other daemon's notification; reconnect when lost."""
