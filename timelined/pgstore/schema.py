@@ -27,13 +27,9 @@ from typing import Final
 
 from timelined.events import SCHEMA_VERSION as EVENT_SCHEMA_VERSION
 from timelined.pgstore.sql import LOG_APPEND_ONLY_SQLSTATE, PgConnection
+from timelined.state.search_pg import SEARCH_CHARS
 
 PG_SCHEMA_VERSION: Final = 1
-# A tsvector holds at most 1 MiB: the search index reads a block's first SEARCH_CHARS
-# characters, which stay far below it whatever the text (≤ ~5 bytes of tsvector per character
-# for short distinct words in a 3-byte script), so a long block (up to max_block_bytes) is
-# stored, not refused; words past that point are not found by SearchBlocks on PostgreSQL.
-SEARCH_CHARS: Final = 100_000
 GENESIS_HASH: Final = "0" * 64
 
 # One statement per item: the function body holds semicolons. Run without parameters on the
