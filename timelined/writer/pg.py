@@ -188,9 +188,7 @@ class PgEngine(Engine):
         return False
 
     def _open_snapshot(self) -> ReadSnapshot:
-        # SEAM (exports on PostgreSQL): PgReadSnapshot has ReadSnapshot's attributes (conn,
-        # meta, close); its conn is a PgConnection, which the export's SQL (a DbConn's) takes.
-        return cast(ReadSnapshot, PgReadSnapshot(self.config.store.dsn, self._password))
+        return PgReadSnapshot(self.config.store.dsn, self._password)
 
     def _reload_index_position(self) -> None:
         self._fts_seq = self._state_seq = self.last_seq
