@@ -13,6 +13,7 @@ import pytest
 
 from timelined import conninfo
 from timelined.config import parse_config, read_password
+from timelined.daemon.reload import diff, reloaded
 from timelined.errors import ConfigError
 
 PG = '[store]\nbackend = "postgresql"\n'
@@ -165,3 +166,11 @@ def test_serve_refuses_an_unreadable_password_file_with_78(tmp_path: Path) -> No
     assert out.returncode == 78, out.stderr
     assert "store.password_file" in out.stderr and "cannot read" in out.stderr
     assert not (tmp_path / "var").exists()
+
+
+def test_a_changed_store_needs_a_restart_and_a_reload_says_so() -> None:
+    before = parse_config("")
+    after = parse_config(PG + 'dsn = "host=/run/pg dbname=tl"\nread_pool_size = 8\n')
+    reply = diff(before, after)
+    assert reply.restart_required == ["store.backend", "store.dsn", "store.read_pool_size"]
+    assert reloaded(before, after).store == before.store  # kept until the restart
