@@ -19,6 +19,16 @@ from timelined.errors import ConfigError
 PG = '[store]\nbackend = "postgresql"\n'
 
 
+def _timelined(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "timelined", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
 def test_the_default_is_sqlite_without_a_dsn() -> None:
     store = parse_config("").store
     assert (store.backend, store.dsn, store.password_file, store.read_pool_size) == (
@@ -128,13 +138,7 @@ def test_check_config_prints_the_store_and_checks_the_password_file(tmp_path: Pa
     os.chmod(tmp_path / "pw", 0o600)
 
     def check(*extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "timelined", "check-config", "--config", str(conf), *extra],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
-        )
+        return _timelined("check-config", "--config", str(conf), *extra)
 
     out = check()
     assert out.returncode == 0, out.stderr
@@ -156,13 +160,7 @@ def test_serve_refuses_an_unreadable_password_file_with_78(tmp_path: Path) -> No
         + PG
         + 'dsn = "host=/nonexistent dbname=tl"\npassword_file = "missing"\n'
     )
-    out = subprocess.run(
-        [sys.executable, "-m", "timelined", "serve", "--config", str(conf)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    out = _timelined("serve", "--config", str(conf))
     assert out.returncode == 78, out.stderr
     assert "store.password_file" in out.stderr and "cannot read" in out.stderr
     assert not (tmp_path / "var").exists()
