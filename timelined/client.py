@@ -85,7 +85,7 @@ from timelined.api.model import (
     StartupState,
 )
 from timelined.api.reports import Report, ReportInfo
-from timelined.api.timeline import AppendResult
+from timelined.api.timeline import AppendedBlock, AppendResult
 from timelined.api.transparency import (
     CheckpointKeyReply,
     CheckpointReply,
@@ -481,10 +481,12 @@ class AsyncClient:
 
     async def append_blocks(
         self, context_id: str, blocks: Sequence[NewBlock | Mapping[str, Any]]
-    ) -> list[Block]:
+    ) -> list[AppendedBlock]:
         """Append `blocks` to one context, all or none; durable when this returns. Give each
         block an `id` to make a retry safe. Each block: AppendBlock's parameters but
-        `context_id` (a `timelined.commands.NewBlock` or a mapping)."""
+        `context_id` (a `timelined.commands.NewBlock` or a mapping). Returns each block's id,
+        seq and position in the call's order (`existed`: stored before, by an earlier try),
+        not the blocks themselves: the caller has them."""
         params = {"context_id": context_id, "blocks": list(blocks)}
         return (await self.invoke(Timeline.AppendBlocks, params)).blocks
 

@@ -16,12 +16,12 @@ import msgspec
 
 from timelined.errors import LimitExceeded
 
-__all__ = ["REPLY_LIMIT", "ReplyBudget", "json_size", "text_size"]
+__all__ = ["REPLY_ENVELOPE", "REPLY_LIMIT", "ReplyBudget", "json_size", "text_size"]
 
 # The name LimitExceeded gives when a reply would pass the frame limit.
 REPLY_LIMIT = "limits.max_message_bytes (reply)"
 # The reply's own bytes besides its items: {"parameters":{"events":[…],"live":false},…}\0
-_ENVELOPE = 256
+REPLY_ENVELOPE = 256
 
 _encode = msgspec.json.Encoder().encode
 
@@ -46,7 +46,7 @@ class ReplyBudget:
 
     def __init__(self, maximum: int) -> None:
         self.maximum = maximum
-        self.used = _ENVELOPE
+        self.used = REPLY_ENVELOPE
         self.count = 0
         self.full = False  # an item was left out for want of room
 
