@@ -430,9 +430,15 @@ class AsyncClient:
         return await self._context("SetTags", {"context_id": context_id, "tags": list(tags)})
 
     async def get_tree(self, conversation_id: str) -> list[Context]:
-        params = {"conversation_id": conversation_id}
-        reply = await self._call(TIMELINE + "GetTree", params, ContextsReply)
-        return reply.contexts
+        """The whole tree: a tree too large for one reply takes a call per page."""
+        params: dict[str, Any] = {"conversation_id": conversation_id}
+        contexts: list[Context] = []
+        while True:
+            reply = await self._call(TIMELINE + "GetTree", params, ContextsReply)
+            contexts.extend(reply.contexts)
+            if reply.next is None:
+                return contexts
+            params["after"] = reply.next
 
     async def get_startup_state(self) -> StartupState:
         reply = await self._call(TIMELINE + "GetStartupState", {}, StartupStateReply)

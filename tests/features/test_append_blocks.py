@@ -7,7 +7,6 @@ what a retry returns, where the blocks land, and the limits.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 import varlink
 
 from tests.daemon.harness import DaemonProcess, serving
+from tests.daemon.memory_abuse import connect, read_frames
 from tests.helpers import dump_state, replay_dump
 from timelined.api import Timeline
 from timelined.api.timeline import (
@@ -250,16 +250,10 @@ def _frame(ctx: str, blocks: list[dict[str, Any]]) -> bytes:
 
 def _raw_call(daemon: DaemonProcess, frame: bytes) -> bytes:
     """One call on a socket of its own; the reply frame as sent (the NUL cut off)."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(30)
-        s.connect(str(daemon.socket_path))
-        s.sendall(frame + b"\0")
-        reply = bytearray()
-        while not reply.endswith(b"\0"):
-            chunk = s.recv(1 << 16)
-            assert chunk, f"the daemon closed after {len(reply)} bytes"
-            reply += chunk
-    return bytes(reply[:-1])
+    with connect(daemon.socket_path) as sock:
+        sock.settimeout(30)
+        sock.sendall(frame + b"\0")
+        return read_frames(sock)[0]
 
 
 def _padded(ctx: str, blocks: list[dict[str, Any]], size: int) -> bytes:

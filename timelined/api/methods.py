@@ -195,7 +195,8 @@ class Timeline:
         "GetTree",
         GetTreeParams,
         ContextsReply,
-        doc="Every context of a conversation in creation order, the root first.",
+        doc="Every context of a conversation in creation order, the root first. A tree too\n"
+        "large for one reply comes in pages: `next` set, pass it back as `after`.",
     )
     Focus = write(
         "Focus", cmd.Focus, ContextReply, doc="Moves the focus to an active or paused context."

@@ -51,6 +51,7 @@ class ListConversationsParams(Params, frozen=True):
 
 class GetTreeParams(Params, frozen=True):
     conversation_id: Id
+    after: Cursor | None = None
 
 
 class ListBlocksParams(Params, frozen=True):
@@ -131,6 +132,9 @@ class ConversationReply(msgspec.Struct, frozen=True):
 
 
 class ConversationsReply(msgspec.Struct, frozen=True):
+    """`next`: more remain; pass it back as `after`. A page holds fewer than `limit` when more
+    would not fit one reply (limits.max_message_bytes: metadata may be large)."""
+
     conversations: list[Conversation]
     next: int | None = None
 
@@ -140,7 +144,11 @@ class ContextReply(msgspec.Struct, frozen=True):
 
 
 class ContextsReply(msgspec.Struct, frozen=True):
+    """`next`: the tree did not fit one reply (limits.max_message_bytes); pass it back as
+    `after` for the contexts created after these."""
+
     contexts: list[Context]
+    next: int | None = None
 
 
 class StartupStateReply(msgspec.Struct, frozen=True):

@@ -3,6 +3,7 @@ reparent, focus, startup, tags, xref."""
 
 from __future__ import annotations
 
+from timelined.api.timeline import ContextsReply
 from timelined.ctl.common import TIMELINE, Ctl, Verbs, count
 from timelined.ctl.output import escape, render_tree, show_context, show_conversation
 
@@ -157,7 +158,7 @@ def tree(ctl: Ctl) -> int:
         conversation_id = ctl.call(TIMELINE + "GetContext", id=target).context.conversation_id
     else:
         conversation_id = target
-    reply = ctl.call(TIMELINE + "GetTree", conversation_id=conversation_id)
+    reply = ContextsReply(ctl.client.get_tree(conversation_id))  # every page
 
     def human() -> None:
         conv = ctl.call(TIMELINE + "GetConversation", id=conversation_id).conversation
