@@ -429,9 +429,10 @@ class AsyncClient:
     async def set_tags(self, context_id: str, tags: list[str]) -> Context:
         return await self._context("SetTags", {"context_id": context_id, "tags": list(tags)})
 
-    async def get_tree(self, conversation_id: str) -> list[Context]:
-        """The whole tree: a tree too large for one reply takes a call per page."""
-        params: dict[str, Any] = {"conversation_id": conversation_id}
+    async def get_tree(self, conversation_id: str, after: int | None = None) -> list[Context]:
+        """The whole tree (the contexts created after seq `after`, with it): a tree too large
+        for one reply takes a call per page."""
+        params: dict[str, Any] = call_params(conversation_id=conversation_id, after=after)
         contexts: list[Context] = []
         while True:
             reply = await self._call(TIMELINE + "GetTree", params, ContextsReply)

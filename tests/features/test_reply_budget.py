@@ -22,6 +22,7 @@ from timelined import exchange
 from timelined.api.exchange import join_parts
 from timelined.client import AsyncClient
 from timelined.config import LimitsConfig
+from timelined.ctl.main import main as ctl_main
 from timelined.errors import LimitExceeded
 
 BUDGET = 64 * 1024
@@ -138,7 +139,9 @@ def _frames(path: Path, method: str, params: dict[str, Any], more: bool = False)
         return read_frames(sock)
 
 
-async def test_a_tree_too_large_for_one_reply_comes_in_pages(base: Path) -> None:
+async def test_a_tree_too_large_for_one_reply_comes_in_pages(
+    base: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Finding: GetTree and the export's header part held the whole tree, so sidebars with long
     reasons (or many tags and cross-references) made a reply of any size."""
     config = inprocess_config(base, limits=_limits())
@@ -156,11 +159,16 @@ async def test_a_tree_too_large_for_one_reply_comes_in_pages(base: Path) -> None
             lambda: _frames(path, "ExportConversation", {"id": conv.id}, more=True)
         )
         tree = await c.get_tree(conv.id)  # every page, one call each
+        capsys.readouterr()
+        argv = ["--socket", str(path), "--json", "tree", conv.id]
+        assert await anyio.to_thread.run_sync(ctl_main, argv) == 0
+        shown = msgspec.json.decode(capsys.readouterr().out)["contexts"]
         parts = [part async for part in await c.export_conversation(conv.id)]
     assert len(first[0]) <= BUDGET
     page = msgspec.json.decode(first[0])["parameters"]
     assert 0 < len(page["contexts"]) < len(spawned) and page["next"] is not None
     assert [ctx.id for ctx in tree] == spawned
+    assert [ctx["id"] for ctx in shown] == spawned  # timelinectl tree follows the pages too
     assert max(len(frame) for frame in export) <= BUDGET
     assert any(p.contexts for p in parts) and parts[0].header is not None
     doc = join_parts(parts)

@@ -158,7 +158,12 @@ def tree(ctl: Ctl) -> int:
         conversation_id = ctl.call(TIMELINE + "GetContext", id=target).context.conversation_id
     else:
         conversation_id = target
-    reply = ContextsReply(ctl.client.get_tree(conversation_id))  # every page
+    reply = ctl.call(TIMELINE + "GetTree", conversation_id=conversation_id)
+    contexts = list(reply.contexts)
+    while reply.next is not None:  # a tree too large for one reply comes in pages
+        reply = ctl.call(TIMELINE + "GetTree", conversation_id=conversation_id, after=reply.next)
+        contexts.extend(reply.contexts)
+    reply = ContextsReply(contexts)
 
     def human() -> None:
         conv = ctl.call(TIMELINE + "GetConversation", id=conversation_id).conversation
