@@ -85,7 +85,7 @@ from timelined.api.model import (
     StartupState,
 )
 from timelined.api.reports import Report, ReportInfo
-from timelined.api.timeline import AppendResult
+from timelined.api.timeline import AppendedBlock, AppendResult
 from timelined.api.transparency import (
     CheckpointKeyReply,
     CheckpointReply,
@@ -429,10 +429,17 @@ class AsyncClient:
     async def set_tags(self, context_id: str, tags: list[str]) -> Context:
         return await self._context("SetTags", {"context_id": context_id, "tags": list(tags)})
 
-    async def get_tree(self, conversation_id: str) -> list[Context]:
-        params = {"conversation_id": conversation_id}
-        reply = await self._call(TIMELINE + "GetTree", params, ContextsReply)
-        return reply.contexts
+    async def get_tree(self, conversation_id: str, after: int | None = None) -> list[Context]:
+        """The whole tree (the contexts created after seq `after`, with it): a tree too large
+        for one reply takes a call per page."""
+        params: dict[str, Any] = call_params(conversation_id=conversation_id, after=after)
+        contexts: list[Context] = []
+        while True:
+            reply = await self._call(TIMELINE + "GetTree", params, ContextsReply)
+            contexts.extend(reply.contexts)
+            if reply.next is None:
+                return contexts
+            params["after"] = reply.next
 
     async def get_startup_state(self) -> StartupState:
         reply = await self._call(TIMELINE + "GetStartupState", {}, StartupStateReply)
@@ -481,10 +488,12 @@ class AsyncClient:
 
     async def append_blocks(
         self, context_id: str, blocks: Sequence[NewBlock | Mapping[str, Any]]
-    ) -> list[Block]:
+    ) -> list[AppendedBlock]:
         """Append `blocks` to one context, all or none; durable when this returns. Give each
         block an `id` to make a retry safe. Each block: AppendBlock's parameters but
-        `context_id` (a `timelined.commands.NewBlock` or a mapping)."""
+        `context_id` (a `timelined.commands.NewBlock` or a mapping). Returns each block's id,
+        seq and position in the call's order (`existed`: stored before, by an earlier try),
+        not the blocks themselves: the caller has them."""
         params = {"context_id": context_id, "blocks": list(blocks)}
         return (await self.invoke(Timeline.AppendBlocks, params)).blocks
 

@@ -35,7 +35,7 @@ from timelined.auditlog.record import RecordError, decode_content
 from timelined.errors import ImportRejected
 from timelined.events import Record
 from timelined.ids import new_id, normalize_ts, utc_now
-from timelined.replies import ReplyBudget, json_size
+from timelined.replies import ReplyBudget, item_size, json_size
 from timelined.state import queries as q
 from timelined.state.apply import apply
 from timelined.state.db import open_scratch
@@ -100,19 +100,25 @@ def export_parts(
     created = conn.execute(
         "SELECT created_seq FROM conversations WHERE id = ?", (conversation_id,)
     ).fetchone()[0]
-    yield ExportPart(
-        header=ExportHeader(
-            format=FORMAT,
-            exported_at=utc_now(),
-            source_version=__version__,
-            source_last_seq=upto_seq,
-            source_head_hash=head_hash,
-            conversation=conversation,
-            contexts=q.get_tree(conn, conversation_id),
-        )
-    )
-    members = _Membership(conversation_id)
     part = min(PART_BYTES, part_bytes) if part_bytes else PART_BYTES
+    header = ExportHeader(
+        format=FORMAT,
+        exported_at=utc_now(),
+        source_version=__version__,
+        source_last_seq=upto_seq,
+        source_head_hash=head_hash,
+        conversation=conversation,
+        contexts=[],
+    )
+    # The tree as far as the header's part holds it; the rest in parts of their own.
+    budget = ReplyBudget(part)
+    budget.take(item_size(header))
+    contexts, more = q.tree_page(conn, conversation_id, budget=budget)
+    yield ExportPart(header=msgspec.structs.replace(header, contexts=contexts))
+    while more is not None:
+        contexts, more = q.tree_page(conn, conversation_id, after=more, budget=ReplyBudget(part))
+        yield ExportPart(contexts=contexts)
+    members = _Membership(conversation_id)
     batch: list[str] = []
     budget = ReplyBudget(part)
     events = 0

@@ -16,12 +16,19 @@ import msgspec
 
 from timelined.errors import LimitExceeded
 
-__all__ = ["REPLY_LIMIT", "ReplyBudget", "json_size", "text_size"]
+__all__ = [
+    "REPLY_ENVELOPE",
+    "REPLY_LIMIT",
+    "ReplyBudget",
+    "item_size",
+    "json_size",
+    "text_size",
+]
 
 # The name LimitExceeded gives when a reply would pass the frame limit.
 REPLY_LIMIT = "limits.max_message_bytes (reply)"
 # The reply's own bytes besides its items: {"parameters":{"events":[…],"live":false},…}\0
-_ENVELOPE = 256
+REPLY_ENVELOPE = 256
 
 _encode = msgspec.json.Encoder().encode
 
@@ -31,6 +38,12 @@ def json_size(text: str) -> int:
     if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
         return len(text) + 2  # the common case, without a copy (isascii is O(1))
     return len(_encode(text))
+
+
+def item_size(item: object) -> int:
+    """The exact bytes of `item` in a reply's list: its JSON and a separating comma. (An
+    encoding more: for items read rarely and of no known shape, as a tree's contexts.)"""
+    return len(_encode(item)) + 1
 
 
 def text_size(text: str) -> int:
@@ -46,7 +59,7 @@ class ReplyBudget:
 
     def __init__(self, maximum: int) -> None:
         self.maximum = maximum
-        self.used = _ENVELOPE
+        self.used = REPLY_ENVELOPE
         self.count = 0
         self.full = False  # an item was left out for want of room
 

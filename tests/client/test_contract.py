@@ -218,13 +218,21 @@ class ClientContract:
             NewBlock("assistant", "a", id=new_id("blk"), tokens_output=2),
         ]
         stored = tl.append_blocks(root, turn)
-        assert [(b.role, b.position) for b in stored] == [("user", 1), ("assistant", 2)]
-        assert tl.append_blocks(root, turn) == stored  # a retry
+        assert [(b.id, b.position, b.existed) for b in stored] == [
+            (turn[0]["id"], 1, False),
+            (turn[1].id, 2, False),
+        ]
+        again = tl.append_blocks(root, turn)  # a retry
+        assert [(b.id, b.seq, b.existed) for b in again] == [(b.id, b.seq, True) for b in stored]
         with pytest.raises(InvalidArgument):  # refused before sending, as append_block's
             tl.append_blocks(root, [{"role": "user", "content": "x", "time_taken": math.nan}])
         with pytest.raises(InvalidArgument):
             tl.append_blocks(root, [NewBlock("user", "x", time_taken=math.inf)])
-        assert tl.list_blocks(root).blocks == stored
+        listed = tl.list_blocks(root).blocks
+        assert [(b.id, b.seq, b.role) for b in listed] == [
+            (stored[0].id, stored[0].seq, "user"),
+            (stored[1].id, stored[1].seq, "assistant"),
+        ]
 
     def test_every_declared_method_is_callable_through_the_generic_entry(self, tl: Any) -> None:
         """`invoke` (or `invoke_stream`) by the api's declaration reaches every method, typed:

@@ -517,12 +517,17 @@ def test_append_batch_from_a_file_and_from_stdin(
         '{"role": "assistant", "content": "4", "tokens_output": 1}\n'
     )
     stored = ctl.json("append", root, "--batch", str(turn))["blocks"]
-    assert [(b["role"], b["position"]) for b in stored] == [
-        ("user", 1),
-        ("tool", 2),
-        ("assistant", 3),
-    ]
-    assert stored[0]["id"] == "batch-0" and stored[1]["metadata"] == {"tool": "calc"}
+    assert [(b["position"], b["existed"]) for b in stored] == [(1, False), (2, False), (3, False)]
+    assert stored[0]["id"] == "batch-0" and not any("content" in b for b in stored)
+    listed = client.list_blocks(root).blocks
+    assert [b.id for b in listed] == [b["id"] for b in stored]
+    assert [b.role for b in listed] == ["user", "tool", "assistant"]
+    assert listed[1].metadata == {"tool": "calc"}
+    # A file of ids only is a safe retry: the text output says which blocks were stored before.
+    first = tmp_path / "first.jsonl"
+    first.write_text('{"role": "user", "content": "what is 2+2?", "id": "batch-0"}\n')
+    out, _ = ctl("append", root, "--batch", str(first))
+    assert f"batch-0  seq {stored[0]['seq']}  position 1 in {root}  (stored before)" in out
     # The same file again: its id-less lines are new blocks beside a stored one: a conflict.
     _, err = ctl("append", root, "--batch", str(turn), code=1)
     assert "batch-0" in err and "already exists" in err

@@ -10,12 +10,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 import varlink
 
 from tests.daemon.harness import DaemonProcess, serving
+from tests.daemon.memory_abuse import connect, read_frames
 from tests.helpers import dump_state, replay_dump
 from timelined.api import Timeline
+from timelined.api.timeline import (
+    APPENDED_BLOCK_BYTES,
+    AppendedBlock,
+    append_blocks_reply_bound,
+)
 from timelined.client import Client, InvalidParameter
 from timelined.commands import MAX_BLOCKS_PER_CALL, AppendBlocks, NewBlock
 from timelined.config import Config, load_config
@@ -26,9 +33,11 @@ from timelined.errors import (
     InvalidTransition,
     LimitExceeded,
 )
+from timelined.replies import json_size
 
 MAX_BLOCK = 2048
 MAX_MESSAGE = 256 * 1024
+TL_APPEND_BLOCKS = "io.timelined.Timeline.AppendBlocks"
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +88,15 @@ def test_blocks_land_in_order_at_consecutive_positions_and_seqs(client: Client) 
     ctx = client.create_conversation("a turn").root_context_id
     client.append_block(ctx, "system", "before")
     stored = client.append_blocks(ctx, _turn(None, 5))
-    assert [b.content for b in stored] == [f"part {i}" for i in range(5)]
     assert [b.position for b in stored] == [2, 3, 4, 5, 6]
     assert [b.seq for b in stored] == list(range(stored[0].seq, stored[0].seq + 5))
     assert all(b.id.startswith("blk_") for b in stored) and len({b.id for b in stored}) == 5
-    listed = client.list_blocks(ctx).blocks
-    assert listed[1:] == stored
+    assert not any(b.existed for b in stored)
+    listed = client.list_blocks(ctx).blocks[1:]
+    assert [(b.id, b.seq, b.position) for b in listed] == [
+        (b.id, b.seq, b.position) for b in stored
+    ]
+    assert [b.content for b in listed] == [f"part {i}" for i in range(5)]
     # One BlockAppended per block: the log needs no new event type.
     events = client.read_log(after_seq=stored[0].seq - 1).events
     assert [e.type for e in map(_event, events)] == ["block.appended"] * 5
@@ -131,7 +143,8 @@ def test_a_retry_returns_the_stored_blocks_and_logs_nothing(client: Client, conf
     first = client.append_blocks(ctx, _turn("retry"))
     log_before = _log_bytes(config)
     again = client.append_blocks(ctx, _turn("retry"))
-    assert again == first
+    assert [(b.id, b.seq, b.position) for b in again] == [(b.id, b.seq, b.position) for b in first]
+    assert not any(b.existed for b in first) and all(b.existed for b in again)
     _assert_nothing_written(client, config, ctx, 3, log_before)
 
 
@@ -174,10 +187,13 @@ def test_a_call_a_crash_cut_short_is_completed_by_its_retry(client: Client) -> N
     turn = _turn("cut", 4)
     survived = client.append_blocks(ctx, turn[:2])  # what the log kept of the first try
     done = client.append_blocks(ctx, turn)
-    assert done[:2] == survived
+    assert [(b.id, b.seq, b.existed) for b in done[:2]] == [(b.id, b.seq, True) for b in survived]
     assert [b.id for b in done] == [b["id"] for b in turn]
     assert [b.position for b in done] == [1, 2, 3, 4]
-    assert client.append_blocks(ctx, turn) == done  # and now a plain retry
+    assert [b.existed for b in done] == [True, True, False, False]
+    again = client.append_blocks(ctx, turn)  # and now a plain retry
+    assert [(b.id, b.seq, b.position) for b in again] == [(b.id, b.seq, b.position) for b in done]
+    assert all(b.existed for b in again)
 
 
 def test_limits_on_the_count_and_the_size_of_a_call(client: Client, config: Config) -> None:
@@ -203,8 +219,10 @@ def test_typed_through_the_generic_entry(client: Client) -> None:
     blocks = [NewBlock("user", "q", id="typed-0"), NewBlock("assistant", "a", id="typed-1")]
     params = AppendBlocks(ctx, blocks)
     reply = client.invoke(Timeline.AppendBlocks, params)
-    assert [(b.id, b.role) for b in reply.blocks] == [("typed-0", "user"), ("typed-1", "assistant")]
-    assert client.invoke(Timeline.AppendBlocks, params).blocks[0] == reply.blocks[0]
+    assert isinstance(reply.blocks[0], AppendedBlock)
+    assert [(b.id, b.position) for b in reply.blocks] == [("typed-0", 1), ("typed-1", 2)]
+    again = client.invoke(Timeline.AppendBlocks, params).blocks[0]
+    assert (again.id, again.seq, again.existed) == (reply.blocks[0].id, reply.blocks[0].seq, True)
 
 
 def test_the_independent_varlink_package(daemon: DaemonProcess, client: Client) -> None:
@@ -213,8 +231,90 @@ def test_the_independent_varlink_package(daemon: DaemonProcess, client: Client) 
     with varlink.Client(address=address) as vc, vc.open("io.timelined.Timeline") as tl:
         reply = tl.AppendBlocks(context_id=ctx, blocks=_turn("pv"))
         assert [b["id"] for b in reply["blocks"]] == ["pv-0", "pv-1", "pv-2"]
-        assert tl.AppendBlocks(context_id=ctx, blocks=_turn("pv")) == reply
+        assert [sorted(b) for b in reply["blocks"]] == [["existed", "id", "position", "seq"]] * 3
+        again = tl.AppendBlocks(context_id=ctx, blocks=_turn("pv"))
+        assert again["blocks"] == [{**b, "existed": True} for b in reply["blocks"]]
         with pytest.raises(varlink.VarlinkError) as err:
             tl.AppendBlocks(context_id=ctx, blocks=[{"role": "u", "content": ""}, *_turn("pv")])
         assert err.value.error() == "io.timelined.Timeline.BlockIdConflict"
     assert [b.id for b in client.list_blocks(ctx).blocks] == ["pv-0", "pv-1", "pv-2"]
+
+
+# --- the reply: never the content, never past limits.max_message_bytes ------------------------
+
+
+def _frame(ctx: str, blocks: list[dict[str, Any]]) -> bytes:
+    call = {"method": TL_APPEND_BLOCKS, "parameters": {"context_id": ctx, "blocks": blocks}}
+    return msgspec.json.encode(call)
+
+
+def _raw_call(daemon: DaemonProcess, frame: bytes) -> bytes:
+    """One call on a socket of its own; the reply frame as sent (the NUL cut off)."""
+    with connect(daemon.socket_path) as sock:
+        sock.settimeout(30)
+        sock.sendall(frame + b"\0")
+        return read_frames(sock)[0]
+
+
+def _padded(ctx: str, blocks: list[dict[str, Any]], size: int) -> bytes:
+    """The call with its blocks' content grown so that its frame is exactly `size` bytes."""
+    room = size - len(_frame(ctx, blocks))
+    assert room >= 0
+    for i, b in enumerate(blocks):
+        b["content"] = "z" * (room // len(blocks) + (i < room % len(blocks)))
+    frame = _frame(ctx, blocks)
+    assert len(frame) == size
+    return frame
+
+
+def test_an_appended_block_is_at_most_its_bound_on_the_wire() -> None:
+    widest = AppendedBlock("x", -(2**63), -(2**63), existed=False)
+    assert len(msgspec.json.encode(widest)) + 1 == APPENDED_BLOCK_BYTES + json_size("x")
+
+
+def test_the_reply_of_a_call_at_the_limit_fits_one_frame(
+    daemon: DaemonProcess, client: Client
+) -> None:
+    """Finding (issue 17): the reply echoed every block, so 1,000 empty blocks (a 26 KB call)
+    got a 268,876-byte reply against a 256 KiB limit. Now: id, seq, position, existed."""
+    ctx = client.create_conversation("reply at the limit").root_context_id
+    empty = _raw_call(daemon, _frame(ctx, [{"role": "user", "content": ""}] * MAX_BLOCKS_PER_CALL))
+    assert len(empty) <= MAX_MESSAGE
+    blocks = msgspec.json.decode(empty)["parameters"]["blocks"]
+    assert [b["position"] for b in blocks] == list(range(1, MAX_BLOCKS_PER_CALL + 1))
+
+    # The call as large as a frame may be: 1,000 blocks with the longest ids.
+    ids = [f"{i:04d}" + "i" * 124 for i in range(MAX_BLOCKS_PER_CALL)]
+    call = [{"role": "user", "content": "", "id": id} for id in ids]
+    frame = _padded(ctx, call, MAX_MESSAGE)
+    bound = append_blocks_reply_bound(json_size(id) for id in ids)
+    assert bound <= MAX_MESSAGE
+    for existed in (False, True):  # the first call, then its retry
+        reply = _raw_call(daemon, frame)
+        assert len(reply) <= bound
+        got = msgspec.json.decode(reply)["parameters"]["blocks"]
+        assert [b["id"] for b in got] == ids
+        assert [b["position"] for b in got] == list(range(1001, 2001))
+        assert {b["existed"] for b in got} == {existed}
+        assert b"zzz" not in reply  # no content
+    assert client.get_block(ids[-1]).content == call[-1]["content"]
+
+
+def test_a_call_whose_reply_could_pass_the_limit_is_refused_before_writing(
+    client: Client, config: Config
+) -> None:
+    """Ids are echoed: 340 blocks with ids of control characters (6 bytes each in JSON) make a
+    call that fits a frame and a reply that might not. Refused whole, nothing written: after
+    the write, an error could only lie about a committed call."""
+    ctx = client.create_conversation("reply too big").root_context_id
+    ids = ["\x01" * 120 + f"{i:08d}" for i in range(340)]
+    call = [{"role": "u", "content": "", "id": id} for id in ids]
+    assert len(_frame(ctx, call)) <= MAX_MESSAGE
+    log_before = _log_bytes(config)
+    with pytest.raises(LimitExceeded) as exc:
+        client.append_blocks(ctx, call)
+    assert exc.value.params["limit"] == "limits.max_message_bytes (reply)"
+    assert exc.value.params["size"] == append_blocks_reply_bound(json_size(id) for id in ids)
+    assert exc.value.params["maximum"] == MAX_MESSAGE
+    _assert_nothing_written(client, config, ctx, 0, log_before)
+    assert len(client.append_blocks(ctx, call[:300])) == 300  # fewer blocks a call: fine

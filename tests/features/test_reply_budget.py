@@ -10,17 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
 import pytest
 
 from tests.daemon.harness import inprocess_config, inprocess_daemon, short_tempdir
-from tests.daemon.memory_abuse import call
+from tests.daemon.memory_abuse import call, connect, read_frames, send_call
 from timelined import exchange
 from timelined.api.exchange import join_parts
 from timelined.client import AsyncClient
 from timelined.config import LimitsConfig
+from timelined.ctl.main import main as ctl_main
 from timelined.errors import LimitExceeded
 
 BUDGET = 64 * 1024
@@ -129,3 +131,73 @@ async def test_search_hits_stop_at_the_reply_budget(base: Path) -> None:
     assert all(len(h.snippet) <= 400 for h in hits)
     assert len(frame) <= BUDGET
     assert msgspec.json.decode(frame)["parameters"]["truncated"] is True
+
+
+def _frames(path: Path, method: str, params: dict[str, Any], more: bool = False) -> list[bytes]:
+    with connect(path) as sock:
+        send_call(sock, "io.timelined.Timeline." + method, params, more=more)
+        return read_frames(sock)
+
+
+async def test_a_tree_too_large_for_one_reply_comes_in_pages(
+    base: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Finding: GetTree and the export's header part held the whole tree, so sidebars with long
+    reasons (or many tags and cross-references) made a reply of any size."""
+    config = inprocess_config(base, limits=_limits())
+    async with inprocess_daemon(base, config=config) as run, AsyncClient(run.socket_path) as c:
+        conv = await c.create_conversation("a wide tree")
+        spawned = [conv.root_context_id]
+        for i in range(40):  # ~2 KB a context: ~80 KB of tree against 64 KiB
+            side = await c.spawn_sidebar(spawned[i // 2], f"{i:02d} " + "r" * 2000)
+            spawned.append(side.id)
+        path = run.socket_path
+        first = await anyio.to_thread.run_sync(
+            _frames, path, "GetTree", {"conversation_id": conv.id}
+        )
+        export = await anyio.to_thread.run_sync(
+            lambda: _frames(path, "ExportConversation", {"id": conv.id}, more=True)
+        )
+        tree = await c.get_tree(conv.id)  # every page, one call each
+        capsys.readouterr()
+        argv = ["--socket", str(path), "--json", "tree", conv.id]
+        assert await anyio.to_thread.run_sync(ctl_main, argv) == 0
+        shown = msgspec.json.decode(capsys.readouterr().out)["contexts"]
+        parts = [part async for part in await c.export_conversation(conv.id)]
+    assert len(first[0]) <= BUDGET
+    page = msgspec.json.decode(first[0])["parameters"]
+    assert 0 < len(page["contexts"]) < len(spawned) and page["next"] is not None
+    assert [ctx.id for ctx in tree] == spawned
+    assert [ctx["id"] for ctx in shown] == spawned  # timelinectl tree follows the pages too
+    assert max(len(frame) for frame in export) <= BUDGET
+    assert any(p.contexts for p in parts) and parts[0].header is not None
+    doc = join_parts(parts)
+    assert [ctx.id for ctx in doc.header.contexts] == spawned
+    assert exchange.verify_document(doc)  # the tree the events make is the tree sent
+
+
+async def test_many_conversations_with_large_metadata_page_by_bytes(base: Path) -> None:
+    """Finding: ListConversations sent `limit` conversations whatever their metadata."""
+    config = inprocess_config(base, limits=_limits())
+    async with inprocess_daemon(base, config=config) as run, AsyncClient(run.socket_path) as c:
+        made = [
+            (await c.create_conversation(f"conv {i}", {"notes": f"{i} " + "m" * 5000})).id
+            for i in range(30)
+        ]
+        frames = await anyio.to_thread.run_sync(
+            _frames, run.socket_path, "ListConversations", {"limit": 1000}
+        )
+        seen: list[str] = []
+        after: int | None = None
+        pages = 0
+        while True:
+            page = await c.list_conversations(limit=1000, after=after)
+            assert page.conversations, "a page is never empty while conversations remain"
+            seen.extend(conv.id for conv in page.conversations)
+            pages += 1
+            if page.next is None:
+                break
+            after = page.next
+    assert len(frames[0]) <= BUDGET
+    assert msgspec.json.decode(frames[0])["parameters"]["next"] is not None
+    assert seen == made and pages >= 3

@@ -157,6 +157,24 @@ def _pages(fn: Callable[..., tuple[list[Any], int | None]], *args: Any, **kwargs
     raise AssertionError("the cursor never ended")
 
 
+def _tree_pages(conn: DbConn, conversation_id: str, reply_bytes: int) -> Any:
+    """Every page of a tree, each page under a fresh byte budget (as GetTree's replies)."""
+    out: list[Any] = []
+    cursor: int | None = None
+    for _ in range(10_000):
+        try:
+            page, cursor = queries.tree_page(
+                conn, conversation_id, after=cursor, budget=ReplyBudget(reply_bytes)
+            )
+        except TimelinedError as exc:
+            out.append(type(exc).__name__)
+            return out
+        out.append((page, cursor))
+        if cursor is None:
+            return out
+    raise AssertionError("the cursor never ended")
+
+
 def _backward_pages(conn: DbConn, context_id: str, limit: int) -> Any:
     out: list[Any] = []
     page, cursor = queries.list_blocks(conn, context_id, limit=limit, before=2**40)
@@ -190,6 +208,7 @@ def every_read(conn: DbConn, ids: dict[str, list[str]]) -> dict[str, Any]:
     out["get_context"] = [q.get_context(conn, c, crossrefs=x) for c in ctxs for x in (True, False)]
     out["context_exists"] = [q.context_exists(conn, c) for c in ctxs]
     out["get_tree"] = [q.get_tree(conn, c) for c in convs]
+    out["tree_page"] = [_tree_pages(conn, c, size) for c in convs for size in (2_000, 10**6)]
     out["ancestors"] = [q.ancestors(conn, c) for c in ctxs]
     out["own_block_count"] = [q.own_block_count(conn, c) for c in ctxs]
     out["get_crossref"] = [q.get_crossref(conn, r) for r in refs]

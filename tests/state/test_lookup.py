@@ -71,7 +71,7 @@ def test_found_is_what_the_query_returns(conn: sqlite3.Connection) -> None:
     assert side.crossrefs == []
     assert lookup.block_or_raise(conn, "blk_1") == q.get_block(conn, "blk_1")
     assert lookup.crossref_or_raise(conn, "xref_1") == q.get_crossref(conn, "xref_1")
-    assert [c.id for c in lookup.tree_or_raise(conn, "conv_a")] == ["ctx_root", "ctx_side"]
+    assert [c.id for c in lookup.tree_or_raise(conn, "conv_a")[0]] == ["ctx_root", "ctx_side"]
     blocks, cursor = lookup.blocks_or_raise(
         conn,
         "ctx_root",

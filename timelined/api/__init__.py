@@ -122,6 +122,7 @@ from timelined.api.scalars import (
 )
 from timelined.api.timeline import (
     AppendBlocksReply,
+    AppendedBlock,
     AppendResult,
     BlockReply,
     BlocksReply,
@@ -179,6 +180,7 @@ __all__ = [
     "Admin",
     "AppendBlocksReply",
     "AppendResult",
+    "AppendedBlock",
     "Block",
     "BlockReply",
     "BlocksReply",

@@ -39,9 +39,12 @@ class EventProof(msgspec.Struct, frozen=True):
 
 
 class ExportPart(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """One streamed piece of an export; exactly one of the members is set."""
+    """One streamed piece of an export; exactly one of the members is set. `contexts`: the rest
+    of the tree, in creation order, when it did not fit the header's part (one reply); they
+    follow the header, before the events, and belong to `header.contexts` (`with_contexts`)."""
 
     header: ExportHeader | None = None
+    contexts: list[Context] | None = None
     events: list[str] | None = None  # log lines, without their newline
     blocks: list[Block] | None = None
     proofs: list[EventProof] | None = None  # after the blocks, before the end part
@@ -59,13 +62,22 @@ class ExportDocument(msgspec.Struct, frozen=True, kw_only=True):
 def join_parts(parts: Iterable[ExportPart]) -> ExportDocument:
     """The document the parts make (in any order but one header), as ImportConversation takes."""
     header: ExportHeader | None = None
+    contexts: list[Context] = []
     events: list[str] = []
     blocks: list[Block] = []
     for part in parts:
         if part.header is not None:
             header = part.header
+        contexts.extend(part.contexts or [])
         events.extend(part.events or [])
         blocks.extend(part.blocks or [])
     if header is None:
         raise ImportRejected("the document has no header part")
-    return ExportDocument(header=header, events=events, blocks=blocks)
+    return ExportDocument(header=with_contexts(header, contexts), events=events, blocks=blocks)
+
+
+def with_contexts(header: ExportHeader, contexts: list[Context]) -> ExportHeader:
+    """The header with the tree's contexts that came in parts of their own after it."""
+    if not contexts:
+        return header
+    return msgspec.structs.replace(header, contexts=[*header.contexts, *contexts])

@@ -195,7 +195,8 @@ class Timeline:
         "GetTree",
         GetTreeParams,
         ContextsReply,
-        doc="Every context of a conversation in creation order, the root first.",
+        doc="Every context of a conversation in creation order, the root first. A tree too\n"
+        "large for one reply comes in pages: `next` set, pass it back as `after`.",
     )
     Focus = write(
         "Focus", cmd.Focus, ContextReply, doc="Moves the focus to an active or paused context."
@@ -220,11 +221,13 @@ class Timeline:
         AppendBlocksReply,
         doc="Appends `blocks` (at most 1000; the call within limits.max_message_bytes, each\n"
         "block within limits.max_block_bytes) to one context in one atomic step: all at\n"
-        "consecutive positions, or none. A block without `id` gets a new one. A repeated call\n"
-        "(every id given, stored with the same content) returns the stored blocks; a call\n"
-        "mixing stored and new ids gets BlockIdConflict and writes nothing (unless the stored\n"
-        "ones are the context's last blocks and the call's first: a call a crash cut short,\n"
-        "which the retry completes).",
+        "consecutive positions, or none. A block without `id` gets a new one. The reply gives\n"
+        "each block's id, seq and position, never its content. A repeated call (every id\n"
+        "given, stored with the same content) returns the stored blocks, `existed` true; a\n"
+        "call mixing stored and new ids gets BlockIdConflict and writes nothing (unless the\n"
+        "stored ones are the context's last blocks and the call's first: a call a crash cut\n"
+        "short, which the retry completes). A call whose reply could pass\n"
+        "limits.max_message_bytes (many blocks under a small limit) gets LimitExceeded.",
     )
     RetractBlock = write(
         "RetractBlock",

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 import msgspec
@@ -32,6 +33,7 @@ from timelined.api.scalars import (
     SearchLimit,
     Timestamp,
 )
+from timelined.replies import REPLY_ENVELOPE
 
 # --- parameters --------------------------------------------------------------------------------
 
@@ -49,6 +51,7 @@ class ListConversationsParams(Params, frozen=True):
 
 class GetTreeParams(Params, frozen=True):
     conversation_id: Id
+    after: Cursor | None = None
 
 
 class ListBlocksParams(Params, frozen=True):
@@ -93,10 +96,35 @@ class AppendResult(msgspec.Struct, frozen=True):
     seq: int
 
 
-class AppendBlocksReply(msgspec.Struct, frozen=True):
-    """The call's blocks as stored, in the call's order (each with its seq and position)."""
+class AppendedBlock(msgspec.Struct, frozen=True):
+    """One block of an AppendBlocks call as stored: its id (the call's, or the one the daemon
+    gave it), its seq in the log and its position in the context. `existed`: it was stored
+    before this call (a retry); this call wrote nothing for it."""
 
-    blocks: list[Block]
+    id: str
+    seq: int
+    position: int
+    existed: bool
+
+
+class AppendBlocksReply(msgspec.Struct, frozen=True):
+    """The call's blocks in the call's order, without their content (the caller sent it;
+    GetBlock and ListBlocks give the stored form). Never more than
+    `append_blocks_reply_bound` of the call's ids: a call whose reply could pass
+    limits.max_message_bytes is refused before anything is written."""
+
+    blocks: list[AppendedBlock]
+
+
+# The widest an AppendedBlock is on the wire besides its id's JSON string: the field names, a
+# separating comma, and seq and position at their widest (a signed 64-bit integer: 20 chars).
+APPENDED_BLOCK_BYTES = len('{"id":,"seq":,"position":,"existed":false},') + 2 * 20
+
+
+def append_blocks_reply_bound(id_sizes: Iterable[int]) -> int:
+    """The most bytes an AppendBlocks reply takes, its frame's envelope included, given the JSON
+    sizes of the ids of the call's blocks (`timelined.replies.json_size`)."""
+    return REPLY_ENVELOPE + sum(APPENDED_BLOCK_BYTES + size for size in id_sizes)
 
 
 class ConversationReply(msgspec.Struct, frozen=True):
@@ -104,6 +132,9 @@ class ConversationReply(msgspec.Struct, frozen=True):
 
 
 class ConversationsReply(msgspec.Struct, frozen=True):
+    """`next`: more remain; pass it back as `after`. A page holds fewer than `limit` when more
+    would not fit one reply (limits.max_message_bytes: metadata may be large)."""
+
     conversations: list[Conversation]
     next: int | None = None
 
@@ -113,7 +144,11 @@ class ContextReply(msgspec.Struct, frozen=True):
 
 
 class ContextsReply(msgspec.Struct, frozen=True):
+    """`next`: the tree did not fit one reply (limits.max_message_bytes); pass it back as
+    `after` for the contexts created after these."""
+
     contexts: list[Context]
+    next: int | None = None
 
 
 class StartupStateReply(msgspec.Struct, frozen=True):

@@ -153,7 +153,9 @@ def append_batch(ctl: Ctl) -> int:
     ctl.out.reply(
         reply,
         lambda: ctl.out.lines(
-            f"{b.id}  seq {b.seq}  position {b.position} in {b.context_id}" for b in reply.blocks
+            f"{b.id}  seq {b.seq}  position {b.position} in {a.context_id}"
+            + ("  (stored before)" if b.existed else "")
+            for b in reply.blocks
         ),
     )
     return 0

@@ -3,6 +3,7 @@ reparent, focus, startup, tags, xref."""
 
 from __future__ import annotations
 
+from timelined.api.timeline import ContextsReply
 from timelined.ctl.common import TIMELINE, Ctl, Verbs, count
 from timelined.ctl.output import escape, render_tree, show_context, show_conversation
 
@@ -158,6 +159,11 @@ def tree(ctl: Ctl) -> int:
     else:
         conversation_id = target
     reply = ctl.call(TIMELINE + "GetTree", conversation_id=conversation_id)
+    contexts = list(reply.contexts)
+    while reply.next is not None:  # a tree too large for one reply comes in pages
+        reply = ctl.call(TIMELINE + "GetTree", conversation_id=conversation_id, after=reply.next)
+        contexts.extend(reply.contexts)
+    reply = ContextsReply(contexts)
 
     def human() -> None:
         conv = ctl.call(TIMELINE + "GetConversation", id=conversation_id).conversation

@@ -19,7 +19,8 @@ from typing import Any
 import msgspec
 
 from timelined.api import LogEvent, WatchReply
-from timelined.api.exchange import ExportDocument, ExportHeader, ExportPart
+from timelined.api.exchange import ExportDocument, ExportHeader, ExportPart, with_contexts
+from timelined.api.model import Context
 from timelined.auditlog.atomic import AtomicFile
 from timelined.auditlog.record import peek_seq
 from timelined.client import log_event
@@ -166,6 +167,7 @@ class _Counted(msgspec.Struct):
     """What the progress line needs of a part (the rest stays undecoded)."""
 
     header: ExportHeader | None = None
+    contexts: list[Context] | None = None
     events: list[msgspec.Raw] | None = None
     blocks: list[msgspec.Raw] | None = None
 
@@ -251,6 +253,7 @@ def _write_parts(
             part = decoder.decode(raw)
             if part.header is not None:
                 total = sum(c.block_count for c in part.header.contexts)
+            total += sum(c.block_count for c in part.contexts or ())
             events += len(part.events or ())
             blocks += len(part.blocks or ())
             progress.show(f"exporting {id}: {events} events, {blocks}/{total} blocks")
@@ -268,6 +271,7 @@ def read_export(lines: Iterable[str], progress: _Progress | None = None) -> Expo
     """An export file's parts joined; BadExport says which line is wrong or what is missing."""
     decoder = msgspec.json.Decoder(ExportPart)
     header: ExportHeader | None = None
+    contexts: list[Context] = []
     events: list[str] = []
     blocks: list[Any] = []
     end = None
@@ -286,6 +290,7 @@ def read_export(lines: Iterable[str], progress: _Progress | None = None) -> Expo
             header = part.header
         elif header is None:
             raise BadExport(f"line {number}: the first part must be the header")
+        contexts.extend(part.contexts or ())
         events.extend(part.events or ())
         blocks.extend(part.blocks or ())
         end = part.end
@@ -300,7 +305,7 @@ def read_export(lines: Iterable[str], progress: _Progress | None = None) -> Expo
             f"the end part counts {end.events} events and {end.blocks} blocks, the file holds "
             f"{len(events)} and {len(blocks)}"
         )
-    return ExportDocument(header=header, events=events, blocks=blocks)
+    return ExportDocument(header=with_contexts(header, contexts), events=events, blocks=blocks)
 
 
 def import_(ctl: Ctl) -> int:

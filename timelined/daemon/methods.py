@@ -228,6 +228,7 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
             limit=p.limit,
             after=p.after,
             name=p.name,
+            budget=ReplyBudget(app.config.limits.max_message_bytes),
         )
         return ConversationsReply(page, next_cursor)
 
@@ -238,7 +239,13 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
         return ContextReply(await app.engine.read(lookup.context_or_raise, p.id))
 
     async def get_tree(p: GetTreeParams, ctx: CallContext) -> ContextsReply:
-        return ContextsReply(await app.engine.read(lookup.tree_or_raise, p.conversation_id))
+        contexts, next_cursor = await app.engine.read(
+            lookup.tree_or_raise,
+            p.conversation_id,
+            after=p.after,
+            reply_bytes=app.config.limits.max_message_bytes,
+        )
+        return ContextsReply(contexts, next_cursor)
 
     async def get_startup_state(p: EmptyParams, ctx: CallContext) -> StartupStateReply:
         return StartupStateReply(await app.engine.read(q.startup_state))

@@ -58,9 +58,17 @@ def require_context(conn: DbConn, id: str) -> None:
 # --- checked reads: the parent's NotFound, else the query's answer, in one snapshot -------------
 
 
-def tree_or_raise(conn: DbConn, conversation_id: str) -> list[m.Context]:
+def tree_or_raise(
+    conn: DbConn,
+    conversation_id: str,
+    *,
+    after: int | None = None,
+    reply_bytes: int | None = None,
+) -> tuple[list[m.Context], int | None]:
+    """A page of the tree (all of it without `reply_bytes`) and the cursor of the rest."""
     require_conversation(conn, conversation_id)
-    return q.get_tree(conn, conversation_id)
+    budget = ReplyBudget(reply_bytes) if reply_bytes is not None else None
+    return q.tree_page(conn, conversation_id, after=after, budget=budget)
 
 
 def blocks_or_raise(

@@ -10,8 +10,8 @@ repeats or skips a row while writers append.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -28,8 +28,10 @@ from timelined.api.model import (
 )
 from timelined.errors import BadQuery
 from timelined.events import SubBlock
-from timelined.replies import ReplyBudget, json_size, text_size
+from timelined.replies import ReplyBudget, item_size, json_size, text_size
 from timelined.state.dbapi import DbConn, dialect_of
+
+T = TypeVar("T")
 
 _meta_decoder = msgspec.json.Decoder(dict[str, Any])
 _tags_decoder = msgspec.json.Decoder(list[str])
@@ -140,9 +142,11 @@ def list_conversations(
     limit: int,
     after: int | None,
     name: str | None = None,
+    budget: ReplyBudget | None = None,
 ) -> tuple[list[Conversation], int | None]:
     """A page in creation order; the second value is the cursor of the next page, if any.
-    With `name`, only the conversations of exactly that name."""
+    With `name`, only the conversations of exactly that name. With a `budget`, a page stops
+    early (with a cursor) before its reply outgrows it: metadata may make a conversation big."""
     where = "created_seq > ?" + ("" if include_archived else " AND status != 'archived'")
     params: list[Any] = [after or 0]
     if name is not None:
@@ -152,10 +156,29 @@ def list_conversations(
         f"SELECT {_CONVERSATION_COLUMNS}, created_seq FROM conversations WHERE {where} "
         "ORDER BY created_seq LIMIT ?",
         (*params, limit + 1),
-    ).fetchall()
-    page = rows[:limit]
-    next_cursor = int(page[-1][9]) if len(rows) > limit else None
-    return [_conversation(r) for r in page], next_cursor
+    )
+    return _page(rows, limit, _conversation, budget)
+
+
+def _page(
+    rows: Iterable[sqlite3.Row | tuple[Any, ...]],
+    limit: int | None,
+    make: Callable[[Any], T],
+    budget: ReplyBudget | None,
+) -> tuple[list[T], int | None]:
+    """Up to `limit` items of `rows` (read one at a time: a page that stops early reads no
+    more), and the cursor after the last one (each row's last column) when any remain."""
+    page: list[T] = []
+    last: int | None = None
+    for row in rows:
+        if limit is not None and len(page) == limit:
+            return page, last
+        item = make(row)
+        if budget is not None and not budget.add(item_size(item)):
+            return page, last
+        page.append(item)
+        last = int(row[-1])
+    return page, None
 
 
 # --- contexts ----------------------------------------------------------------------------------
@@ -188,12 +211,25 @@ def context_exists(conn: DbConn, id: str) -> bool:
 
 def get_tree(conn: DbConn, conversation_id: str) -> list[Context]:
     """Every context of a conversation, in creation order (the root first)."""
+    return tree_page(conn, conversation_id)[0]
+
+
+def tree_page(
+    conn: DbConn,
+    conversation_id: str,
+    *,
+    after: int | None = None,
+    budget: ReplyBudget | None = None,
+) -> tuple[list[Context], int | None]:
+    """The contexts created after seq `after`, in creation order, as many as `budget` holds;
+    the cursor of the rest, if any (a tree of many sidebars, tags and cross-references can
+    outgrow one reply)."""
     rows = conn.execute(
-        f"SELECT {_CONTEXT_COLUMNS} FROM contexts c WHERE c.conversation_id = ? "
-        "ORDER BY c.created_seq",
-        (conversation_id,),
-    ).fetchall()
-    return [_context(r, _crossrefs_of(conn, r[0])) for r in rows]
+        f"SELECT {_CONTEXT_COLUMNS}, c.created_seq FROM contexts c "
+        "WHERE c.conversation_id = ? AND c.created_seq > ? ORDER BY c.created_seq",
+        (conversation_id, after or 0),
+    )
+    return _page(rows, None, lambda r: _context(r, _crossrefs_of(conn, r[0])), budget)
 
 
 def ancestors(conn: DbConn, context_id: str) -> list[str]:

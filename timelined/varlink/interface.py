@@ -30,6 +30,7 @@ import decimal
 import difflib
 import enum
 import functools
+import inspect
 import re
 import types
 import uuid
@@ -158,7 +159,7 @@ class Interface:
 def _doc_lines(doc: str | None, indent: str = "") -> list[str]:
     if not doc:
         return []
-    lines = [line.rstrip() for line in doc.strip().splitlines()]
+    lines = [line.rstrip() for line in inspect.cleandoc(doc).splitlines()]
     return [f"{indent}# {line}" if line else f"{indent}#" for line in lines]
 
 

@@ -13,7 +13,13 @@ from typing import Any, Protocol
 from timelined import commands as cmd
 from timelined import events as ev
 from timelined.api.model import Block, Context, Conversation, CrossRef
-from timelined.api.timeline import AppendBlocksReply, AppendResult
+from timelined.api.timeline import (
+    APPENDED_BLOCK_BYTES,
+    AppendBlocksReply,
+    AppendedBlock,
+    AppendResult,
+    append_blocks_reply_bound,
+)
 from timelined.config import LimitsConfig
 from timelined.errors import (
     BlockIdConflict,
@@ -27,6 +33,7 @@ from timelined.errors import (
     LimitExceeded,
 )
 from timelined.ids import new_id, normalize_ts
+from timelined.replies import REPLY_ENVELOPE, REPLY_LIMIT, json_size
 from timelined.state import queries as q
 from timelined.state.dbapi import DbConn
 from timelined.state.lookup import (
@@ -362,10 +369,15 @@ def _writable_context(tx: Tx, context_id: str) -> HotContext:
     return ctx
 
 
-def _emit_block(tx: Tx, ctx: HotContext, event: ev.BlockAppended, data: bytes) -> AppendResult:
+def _emit(tx: Tx, ctx: HotContext, event: ev.BlockAppended, data: bytes) -> tuple[int, int]:
+    """The block's (seq, position)."""
     position = ctx.blocks + 1  # `emit` moves the cached count on (hotstate.observe)
-    record = tx.emit(event, data)
-    return AppendResult(block=block_from_data(event.block, record.seq, position), seq=record.seq)
+    return tx.emit(event, data).seq, position
+
+
+def _emit_block(tx: Tx, ctx: HotContext, event: ev.BlockAppended, data: bytes) -> AppendResult:
+    seq, position = _emit(tx, ctx, event, data)
+    return AppendResult(block=block_from_data(event.block, seq, position), seq=seq)
 
 
 def _append_block(tx: Tx, c: cmd.AppendBlock, now: str) -> AppendResult:
@@ -384,17 +396,36 @@ def _append_blocks(tx: Tx, c: cmd.AppendBlocks, now: str) -> AppendBlocksReply:
     consecutive seqs and positions: the log, replay and the verifiers see plain appends."""
     datas = [_block_data(b, c.context_id, now, f"blocks[{i}].") for i, b in enumerate(c.blocks)]
     _refuse_repeated_ids(c.blocks)
+    _check_reply_size(tx, datas)
     stored = [_stored(tx, b, d) for b, d in zip(c.blocks, datas, strict=True)]
     done = _stored_prefix(tx, c.context_id, stored)
+    existed = [AppendedBlock(s.id, s.seq, s.position, True) for s in stored[:done] if s is not None]
     if done == len(stored):
-        return AppendBlocksReply([s for s in stored if s is not None])  # a retry: nothing new
+        return AppendBlocksReply(existed)  # a retry: nothing new
     ctx = _writable_context(tx, c.context_id)
     events = [ev.BlockAppended(block=d) for d in datas[done:]]
     encoded = [_check_size(tx, e) for e in events]
     appended = [
-        _emit_block(tx, ctx, e, data).block for e, data in zip(events, encoded, strict=True)
+        AppendedBlock(e.block.id, *_emit(tx, ctx, e, data), False)
+        for e, data in zip(events, encoded, strict=True)
     ]
-    return AppendBlocksReply([s for s in stored[:done] if s is not None] + appended)
+    return AppendBlocksReply(existed + appended)
+
+
+# An id's JSON string at its widest: 128 characters (commands.Id), each escaped as \uXXXX.
+_WIDEST_ID = 2 + 6 * 128
+
+
+def _check_reply_size(tx: Tx, datas: list[ev.BlockData]) -> None:
+    """LimitExceeded, before anything is written, when the call's reply could pass
+    limits.max_message_bytes: after the write it could only be an error for a committed call.
+    The reply has no content, so this refuses only calls of many blocks under a small limit."""
+    maximum = tx.limits.max_message_bytes
+    if REPLY_ENVELOPE + len(datas) * (APPENDED_BLOCK_BYTES + _WIDEST_ID) <= maximum:
+        return  # whatever the ids: the common case, without a pass over them
+    size = append_blocks_reply_bound(json_size(d.id) for d in datas)
+    if size > maximum:
+        raise LimitExceeded(REPLY_LIMIT, size, maximum)
 
 
 def _refuse_repeated_ids(blocks: list[cmd.NewBlock]) -> None:
