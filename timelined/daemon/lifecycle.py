@@ -26,6 +26,7 @@ import anyio
 from anyio.abc import SocketListener, TaskGroup
 
 from timelined import __version__
+from timelined.auditlog.source import FileLogSource
 from timelined.config import Config, load_config
 from timelined.daemon.activation import ActivationError, take_listener
 from timelined.daemon.app import App
@@ -239,14 +240,19 @@ async def _serve_with(
             map_error=map_error,
         )
         app = App(
-            config=config, engine=engine, boot=booted.report, server=server, started_at=utc_now()
+            config=config,
+            engine=engine,
+            boot=booted.report,
+            server=server,
+            started_at=utc_now(),
+            log=FileLogSource(config.log_dir),
         )
         # Before serving, so that it sees every commit: opened at the engine's head, then
         # subscribed (nothing commits in between: no client is connected yet).
         if config.checkpoint.enabled:
             try:
                 app.transparency = await anyio.to_thread.run_sync(
-                    Transparency.open, config, engine.last_seq
+                    Transparency.open, config, engine.last_seq, app.log
                 )
             except (TimelinedError, OSError) as exc:
                 # A log damaged before its tail (the daemon serves read-only) or an unreadable
