@@ -15,10 +15,10 @@ The contract (tests/pg/test_logsource.py runs one suite against both implementat
   before it (the first one against the genesis hash when after_seq is 0); a bad line raises
   `LogDamaged` naming its seq. The log ending before `upto_seq` simply ends the iteration: pass
   the engine's committed head to read only acknowledged lines. Blocking: run it in a worker
-  thread. Memory is bounded (a file chunk, or a batch of rows) whatever the range; an
-  implementation holds no connection or file between two steps of the iterator longer than the
-  step needs, so a paused reader (a slow watcher) pins nothing but its position. Close the
-  iterator (or drop it) to stop early.
+  thread; successive steps may run in different threads. Memory is bounded (a file chunk, or
+  a batch of rows) whatever the range. A paused reader (a slow watcher) holds no database
+  connection (the table lends one per batch); the file implementation keeps the segment it is
+  in open. Close the iterator (or drop it) to stop early.
 - `segment_starts(after_seq, upto_seq)`: the seqs in after_seq < seq <= upto_seq that begin a
   segment file, ascending; None when the log has no segments (the table), in which case
   `timelinectl export-log` cuts segments as the file writer would with `segment_bytes`.
