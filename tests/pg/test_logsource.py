@@ -7,10 +7,12 @@ give the same lines for the same ranges, stop at the same bounds and name the sa
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from psycopg_pool import ConnectionPool
 
 from tests.auditlog.conftest import make_lines
 from tests.pg.logrows import Lender, insert_log
@@ -195,3 +197,20 @@ class TestTableLogSource(LogSourceContract):
         with pytest.raises(LogDamaged) as caught:
             list(TableLogSource(Lender(pg_dsn)).lines(0, 10))
         assert caught.value.params["seq"] == 4
+
+    def test_over_a_connection_pool_as_the_daemon_lends_them(
+        self, pg_dsn: str, items: list[tuple[Record, bytes]]
+    ) -> None:
+        """The construction pgstore/logsource.py's docstring gives the daemon."""
+        insert_log(pg_dsn, items)
+        with ConnectionPool(pg_dsn, min_size=1, max_size=2, kwargs={"autocommit": True}) as pool:
+
+            @contextmanager
+            def lend() -> Iterator[PgConnection]:
+                with pool.connection() as raw:
+                    yield PgConnection(raw)
+
+            source = TableLogSource(lend, batch_rows=10)
+            assert list(source.lines(0, COUNT)) == [(r.seq, line) for r, line in items]
+            assert source.figures().backend == "table"
+            assert pool.get_stats()["pool_size"] <= 2

@@ -7,13 +7,18 @@ two lines (a slow watcher, an export waiting for its socket) holds no connection
 checked as the file reader checks it (`auditlog.reader.chained`: seq, frame, hash, link), so a
 row that is not what the writer inserted raises the same `LogDamaged`.
 
-The daemon constructs it with a callable that lends a connection for one batch, e.g. over its
-read pool (`pgstore/reads.py`):
+The daemon constructs it with a callable that lends a `PgConnection` for one batch, e.g. over
+its read pool (`pgstore/reads.py`; a psycopg_pool.ConnectionPool opened with autocommit):
 
-    source = TableLogSource(lambda: pooled(pool))   # a context manager giving a PgConnection
+    @contextmanager
+    def lend() -> Iterator[PgConnection]:
+        with pool.connection() as raw:  # back to the pool at the end of the batch
+            yield PgConnection(raw)     # not used as a context manager: that would close it
 
-and passes it as `App(log=...)` (ReadLog, Watch, exports) and to `Transparency.open(config,
-head_seq, source)` (the Merkle tree's boot catch-up and rebuild).
+    source = TableLogSource(lend)
+
+and passes it as `App(log=source)` (ReadLog, Watch, exports, GetStatus) and to
+`Transparency.open(config, head_seq, source)` (the Merkle tree's boot catch-up and rebuild).
 """
 
 from __future__ import annotations
