@@ -45,6 +45,14 @@ def _edit(line: bytes) -> bytes:
     return line[:at] + (b"Q" if line[at : at + 1] != b"Q" else b"R") + line[at + 1 :]
 
 
+def _damaged_at(source: LogSource, after: int, seq: int, reason: str) -> None:
+    """Reading from `after` to the end raises LogDamaged naming `seq` and `reason`."""
+    with pytest.raises(LogDamaged) as caught:
+        list(source.lines(after, COUNT))
+    assert caught.value.params["seq"] == seq
+    assert reason in caught.value.params["reason"]
+
+
 class LogSourceContract:
     @pytest.fixture
     def store(self) -> Store:
@@ -80,10 +88,7 @@ class LogSourceContract:
         damaged[20] = (items[20][0], _edit(items[20][1]))
         source = store(damaged)
         assert len(list(source.lines(0, 20))) == 20  # before it: read as usual
-        with pytest.raises(LogDamaged) as caught:
-            list(source.lines(10, COUNT))
-        assert caught.value.params["seq"] == 21
-        assert "hash mismatch" in caught.value.params["reason"]
+        _damaged_at(source, 10, 21, "hash mismatch")
 
     def test_a_forged_line_breaks_the_next_link(
         self, store: Store, items: list[tuple[Record, bytes]]
@@ -92,10 +97,7 @@ class LogSourceContract:
         forged[30] = (items[30][0], _rehash(_edit(items[30][1])))
         source = store(forged)
         assert list(source.lines(0, 31))[-1] == (31, forged[30][1])  # self-consistent
-        with pytest.raises(LogDamaged) as caught:
-            list(source.lines(0, COUNT))
-        assert caught.value.params["seq"] == 32
-        assert "prev does not match" in caught.value.params["reason"]
+        _damaged_at(source, 0, 32, "prev does not match")
 
     def test_the_first_line_links_to_genesis(
         self, store: Store, items: list[tuple[Record, bytes]]
@@ -103,10 +105,7 @@ class LogSourceContract:
         # A log whose seq 1 claims some other prev: read from 0, the link is checked.
         first, line = items[0]
         bad = line.replace(GENESIS_PREV.encode(), b"1" * 64, 1)
-        source = store([(first, _rehash(bad))])
-        with pytest.raises(LogDamaged) as caught:
-            list(source.lines(0, 1))
-        assert caught.value.params["seq"] == 1
+        _damaged_at(store([(first, _rehash(bad))]), 0, 1, "prev does not match")
 
     def test_segment_starts_lie_in_the_range(
         self, store: Store, items: list[tuple[Record, bytes]]
