@@ -26,6 +26,7 @@ import anyio
 from anyio.abc import SocketListener, TaskGroup
 
 from timelined import __version__
+from timelined.auditlog.source import FileLogSource, LogSource
 from timelined.config import Config, load_config, read_password
 from timelined.daemon.activation import ActivationError, take_listener
 from timelined.daemon.app import App
@@ -214,6 +215,20 @@ async def _serve_async(
             signal.signal(signum, signal.SIG_IGN)
 
 
+def _log_source(config: Config, engine: Engine) -> LogSource:
+    """Where the daemon reads the log back (ReadLog, Watch, exports, the tree's catch-up)."""
+    if config.store.backend == "postgresql":
+        # Imported here: psycopg is the optional `postgresql` extra.
+        from timelined.pgstore.logsource import TableLogSource
+        from timelined.pgstore.reads import PgReaders
+
+        # A batch's connection is lent from the read pool and given back before the batch is
+        # used: a paused reader (a slow watcher) holds no connection.
+        assert isinstance(engine.readers, PgReaders)
+        return TableLogSource(engine.readers.lend)
+    return FileLogSource(config.log_dir)
+
+
 async def _serve_with(
     signalled: _Signalled,
     config: Config,
@@ -241,16 +256,20 @@ async def _serve_with(
             map_error=map_error,
         )
         app = App(
-            config=config, engine=engine, boot=booted.report, server=server, started_at=utc_now()
+            config=config,
+            engine=engine,
+            boot=booted.report,
+            server=server,
+            started_at=utc_now(),
+            log=_log_source(config, engine),
         )
         # Before serving, so that it sees every commit: opened at the engine's head, then
         # subscribed (nothing commits in between: no client is connected yet; on PostgreSQL
         # other daemons' commits reach subscribers only from `engine.follow()` below).
-        # SEAM (the log source on PostgreSQL): the tree's boot catch-up reads the log files.
         if config.checkpoint.enabled:
             try:
                 app.transparency = await anyio.to_thread.run_sync(
-                    Transparency.open, config, engine.last_seq
+                    Transparency.open, config, engine.last_seq, app.log
                 )
             except (TimelinedError, OSError) as exc:
                 # A log damaged before its tail (the daemon serves read-only) or an unreadable

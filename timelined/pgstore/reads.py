@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import anyio
@@ -92,6 +92,16 @@ class PgReaders:
 
         async with self._slots:
             return await anyio.to_thread.run_sync(run_sync)
+
+    @contextlib.contextmanager
+    def lend(self) -> Iterator[PgConnection]:
+        """A pooled connection for one bounded batch (pgstore/logsource.TableLogSource), given
+        back when the block ends; a pool that cannot lend one is a named OperationalError."""
+        try:
+            with self._pool.connection() as raw:
+                yield PgConnection(raw)  # not as a context manager: that would close it
+        except PoolTimeout as exc:
+            raise PgOperationalError(f"no read connection: {exc}", None) from exc
 
     async def reopen(self) -> None:
         """Nothing to reopen: a repair rebuilds the state tables in place, in a transaction
