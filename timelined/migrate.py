@@ -6,7 +6,7 @@ empty PostgreSQL database, the chain verified on both sides.
    unfinished last line (a torn tail: never acknowledged) is not migrated; the result says so.
 2. The target: its schema must hold no table at all; anything else is refused
    (`MigrationFailed`, side "target"), never merged into.
-3. One transaction: the schema (`pgstore.schema.ensure_schema`), then the log's lines in bounded
+3. One transaction: the schema (`pgstore.schema.create_schema`), then the log's lines in bounded
    batches (`BATCH_LINES` lines or `BATCH_BYTES`), each batch's lines inserted into the log
    table and its events applied to the state tables with the one `apply`; progress on stderr.
 4. Inside the same transaction, before the COMMIT: the chain over the log table (it must end at
@@ -44,9 +44,9 @@ from timelined.errors import LogDamaged, MigrationFailed
 from timelined.events import Record
 from timelined.ids import utc_now
 from timelined.pgstore.logtable import insert_lines
-from timelined.pgstore.schema import ensure_schema
+from timelined.pgstore.schema import SCHEMA_LOCK, create_schema
 from timelined.state.apply import apply, set_fts_seq, set_meta
-from timelined.state.dbapi import DbConn
+from timelined.pgstore.sql import PgConnection
 from timelined.state.replay import check_link
 from timelined.verifier.chain import check_chain
 from timelined.verifier.offline import source_problem
@@ -77,7 +77,7 @@ class MigrateResult(msgspec.Struct, frozen=True, kw_only=True):
 
 def migrate_to_pg(
     state_dir: Path,
-    connect: Callable[[], DbConn],
+    connect: Callable[[], PgConnection],
     target: str,
     *,
     progress: Progress | None = None,
@@ -97,6 +97,7 @@ def migrate_to_pg(
         state_dir / "log",
         progress=lambda seq, _bytes: say(VerifyProgress("source chain", seq, seq)),
     )
+    say(VerifyProgress("source chain", chain.head_seq, chain.head_seq))
     if chain.damage is not None:
         d = chain.damage
         raise LogDamaged(d.seq, f"{d.kind}: {d.detail}", d.segment)
@@ -131,7 +132,7 @@ def migrate_to_pg(
 
 
 def _copy_and_check(
-    conn: DbConn,
+    conn: PgConnection,
     state_dir: Path,
     chain: ChainResult,
     target: str,
@@ -141,6 +142,9 @@ def _copy_and_check(
     """Steps 2 to 5 of the module's docstring, in one transaction."""
     conn.execute("BEGIN")
     try:
+        # The lock a daemon's first boot takes to create the schema: one starting on the target
+        # meanwhile waits, then finds the migrated database whole.
+        conn.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
         found = conn.execute(
             "SELECT table_name FROM information_schema.tables "
             "WHERE table_schema = current_schema() ORDER BY table_name LIMIT 5"
@@ -153,7 +157,7 @@ def _copy_and_check(
                 "empty database",
                 target,
             )
-        ensure_schema(conn)
+        create_schema(conn)
         copied = _copy_log(conn, state_dir / "log", chain.head_seq, say)
         check = _check_target(conn, chain, work, say)
         if check.state != "ok":
@@ -170,7 +174,7 @@ def _copy_and_check(
     return copied, check
 
 
-def _copy_log(conn: DbConn, log_dir: Path, head: int, say: Progress) -> int:
+def _copy_log(conn: PgConnection, log_dir: Path, head: int, say: Progress) -> int:
     """Insert the log's lines to `head` and apply their events, batch by batch; the bytes."""
     last_seq, last_hash = 0, GENESIS_PREV
     records: list[Record] = []
@@ -206,7 +210,7 @@ def _copy_log(conn: DbConn, log_dir: Path, head: int, say: Progress) -> int:
     return copied
 
 
-def _check_target(conn: DbConn, source: ChainResult, work: Path, say: Progress) -> VerifyReport:
+def _check_target(conn: PgConnection, source: ChainResult, work: Path, say: Progress) -> VerifyReport:
     """The verifier's run over what this transaction wrote (pgrun.verify_pg's, inside it)."""
     started_at = utc_now()
     started = time.perf_counter()
@@ -215,6 +219,7 @@ def _check_target(conn: DbConn, source: ChainResult, work: Path, say: Progress) 
         upto_seq=source.head_seq,
         progress=lambda seq, _bytes: say(VerifyProgress("target chain", seq, source.head_seq)),
     )
+    say(VerifyProgress("target chain", chain.head_seq, source.head_seq))
     if chain.ok and chain.head_hash != source.head_hash:
         damage = ChainDamage(
             seq=chain.head_seq,

@@ -81,7 +81,7 @@ def test_migrate_a_real_daemons_state_dir_verifies_on_both_sides(
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     head = result["head_seq"]
-    assert head > 40 and result["events"] == head
+    assert head >= 40 and result["events"] == head
     assert result["source_chain"]["ok"] and result["target_check"]["state"] == "ok"
     assert result["target_check"]["events_checked"] == head
     progress = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
@@ -170,7 +170,7 @@ def test_a_migration_whose_check_fails_is_rolled_back(
     def wrong_apply(conn: object, record: object) -> None:
         real(conn, record)  # type: ignore[arg-type]
         if getattr(record, "seq", 0) == 5:
-            conn.execute("UPDATE conversations SET name = 'wrong'")  # type: ignore[attr-defined]
+            conn.execute("UPDATE conversations SET archive_reason = 'wrong'")  # type: ignore[attr-defined]
 
     monkeypatch.setattr(migrate, "apply", wrong_apply)
     with pytest.raises(MigrationFailed) as failed:

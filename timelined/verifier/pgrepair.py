@@ -68,12 +68,19 @@ def rebuild_pg_state(conn: DbConn) -> Rebuilt:
                 "VALUES (1, 0, ?, ?, 0)",
                 (GENESIS_PREV, EVENT_SCHEMA_VERSION),
             )
+        # The singletons are reset in place, never deleted: a daemon waiting on the head row
+        # must find it again (a row deleted under its FOR UPDATE is skipped: no head at all).
         for table in tables:
             if table.name not in SINGLETONS:
                 conn.execute(f'DELETE FROM "{table.name}"')
-        conn.execute("DELETE FROM focus")
+        # The singletons are reset in place: a daemon waiting on the head row must find it
+        # again (a row deleted under its FOR UPDATE would be skipped: no head at all).
         conn.execute(
-            "INSERT INTO focus (id, context_id, conversation_id, seq) VALUES (1, NULL, NULL, 0)"
+            "INSERT OR IGNORE INTO focus (id, context_id, conversation_id, seq) "
+            "VALUES (1, NULL, NULL, 0)"
+        )
+        conn.execute(
+            "UPDATE focus SET context_id = NULL, conversation_id = NULL, seq = 0 WHERE id = 1"
         )
         last_seq, last_hash, applied = 0, GENESIS_PREV, 0
         for record in table_records(conn, hashed=True):
