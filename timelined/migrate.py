@@ -45,8 +45,8 @@ from timelined.events import Record
 from timelined.ids import utc_now
 from timelined.pgstore.logtable import insert_lines
 from timelined.pgstore.schema import SCHEMA_LOCK, create_schema
-from timelined.state.apply import apply, set_fts_seq, set_meta
 from timelined.pgstore.sql import PgConnection
+from timelined.state.apply import apply, set_fts_seq, set_meta
 from timelined.state.replay import check_link
 from timelined.verifier.chain import check_chain
 from timelined.verifier.offline import source_problem
@@ -210,7 +210,9 @@ def _copy_log(conn: PgConnection, log_dir: Path, head: int, say: Progress) -> in
     return copied
 
 
-def _check_target(conn: PgConnection, source: ChainResult, work: Path, say: Progress) -> VerifyReport:
+def _check_target(
+    conn: PgConnection, source: ChainResult, work: Path, say: Progress
+) -> VerifyReport:
     """The verifier's run over what this transaction wrote (pgrun.verify_pg's, inside it)."""
     started_at = utc_now()
     started = time.perf_counter()

@@ -32,8 +32,19 @@ def tables(dsn: str) -> list[str]:
 
 def migrate_cli(state_dir: Path, dsn: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "timelined", "migrate", "--from", "sqlite", "--to", dsn,
-         "--state-dir", str(state_dir), *extra],
+        [
+            sys.executable,
+            "-m",
+            "timelined",
+            "migrate",
+            "--from",
+            "sqlite",
+            "--to",
+            dsn,
+            "--state-dir",
+            str(state_dir),
+            *extra,
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

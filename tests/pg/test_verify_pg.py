@@ -143,7 +143,9 @@ def test_a_disabled_trigger_on_the_log_is_flagged(store: str, tmp_path: Path) ->
 def test_drift_in_a_state_table_is_flagged_and_repair_rebuilds_it(
     store: str, tmp_path: Path
 ) -> None:
-    ((block_id, block_seq),) = fetch(store, "SELECT id, seq FROM blocks ORDER BY seq LIMIT 1 OFFSET 20")
+    ((block_id, block_seq),) = fetch(
+        store, "SELECT id, seq FROM blocks ORDER BY seq LIMIT 1 OFFSET 20"
+    )
     ((ctx_id,),) = fetch(store, "SELECT id FROM contexts ORDER BY id LIMIT 1")
     superuser(
         store,
@@ -209,7 +211,10 @@ def test_offline_verify_on_a_pg_store_exits_by_verdict(store: str) -> None:
     ok = run()
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["state"] == "ok"
-    superuser(store, "UPDATE conversations SET name = 'renamed' WHERE id = (SELECT min(id) FROM conversations)")
+    superuser(
+        store,
+        "UPDATE conversations SET name = 'renamed' WHERE id = (SELECT min(id) FROM conversations)",
+    )
     drift = run()
     assert drift.returncode == 1, drift.stderr
     assert json.loads(drift.stdout)["state"] == "drift"

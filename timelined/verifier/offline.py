@@ -102,9 +102,7 @@ def run_offline(state_dir: Path, *, as_json: bool, progress: bool) -> int:
     return _print(report, state_dir, as_json=as_json)
 
 
-def run_offline_pg(
-    dsn: str, password_file: str | None, *, as_json: bool, progress: bool
-) -> int:
+def run_offline_pg(dsn: str, password_file: str | None, *, as_json: bool, progress: bool) -> int:
     """`timelined verify --dsn`: verify a PostgreSQL store, read-only (daemons may be running:
     the state is read at one snapshot); print the report; return the exit code."""
     from timelined.errors import ConfigError
@@ -117,7 +115,9 @@ def run_offline_pg(
     line = _ProgressLine(sys.stderr) if progress and sys.stderr.isatty() else None
     with tempfile.TemporaryDirectory(prefix="timelined-verify-") as work:
         try:
-            report = verify_pg(connect, Path(work), trigger="offline", mode="offline", progress=line)
+            report = verify_pg(
+                connect, Path(work), trigger="offline", mode="offline", progress=line
+            )
         finally:
             if line is not None:
                 line.clear()
@@ -154,7 +154,11 @@ def render(report: VerifyReport, state_dir: object = None) -> str:
     if chain is not None:
         scope = f"up to seq {chain.upto_seq}" if chain.upto_seq is not None else "the whole log"
         # A PostgreSQL store's log is a table: no segments (pgchain.py).
-        where = f"{chain.segments} segment(s)" if chain.segments or not chain.records else "the log table"
+        where = (
+            f"{chain.segments} segment(s)"
+            if chain.segments or not chain.records
+            else "the log table"
+        )
         lines.append(
             f"log: {scope}: {chain.records} records in {where}, {chain.bytes_scanned} bytes"
         )

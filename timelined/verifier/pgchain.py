@@ -91,7 +91,9 @@ def _row_damage(seq: int, digest: str, line: bytes, expect: int, prev: str) -> C
         return damage(_KINDS.get(exc.kind, "unparsable"), expect, exc.detail)
     if line_seq != seq:
         kind = "gap" if line_seq > expect else "duplicate"
-        return damage(kind, expect, f"the row's seq column is {seq}, its line's {line_seq}", line_seq)
+        return damage(
+            kind, expect, f"the row's seq column is {seq}, its line's {line_seq}", line_seq
+        )
     if link.decode() != prev:
         return damage("broken link", seq, "prev is not the last hash", seq)
     if line_hash.decode() != digest:
@@ -102,4 +104,3 @@ def _row_damage(seq: int, digest: str, line: bytes, expect: int, prev: str) -> C
             seq,
         )
     return None
-

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from timelined.api.verify import ChainResult, Mode, VerifyProgress, VerifyReport
 from timelined.errors import ConfigError
@@ -28,6 +29,9 @@ from timelined.verifier.model import MAX_DIFFERENCES, StateResult
 from timelined.verifier.pgchain import check_table_chain
 from timelined.verifier.pgstate import check_pg_state
 from timelined.verifier.runner import Cancelled, build_report
+
+if TYPE_CHECKING:
+    from timelined.pgstore.sql import PgConnection
 
 Connect = Callable[[], DbConn]
 ProgressFn = Callable[[VerifyProgress], None]
@@ -66,9 +70,7 @@ def verify_pg(
             try:
                 chain = check_table_chain(
                     conn,
-                    progress=lambda seq, _bytes: tick(
-                        VerifyProgress("chain", seq, max(seq, head))
-                    ),
+                    progress=lambda seq, _bytes: tick(VerifyProgress("chain", seq, max(seq, head))),
                 )
             except (sqlite3.Error, OSError) as exc:
                 errors.append(f"chain check: {type(exc).__name__}: {exc}")
@@ -99,7 +101,9 @@ def _ticker(progress: ProgressFn | None, cancel: threading.Event | None) -> Prog
     return tick
 
 
-def pg_connector(dsn: str, password_file: str | None = None) -> tuple[Connect, str]:
+def pg_connector(
+    dsn: str, password_file: str | None = None
+) -> tuple[Callable[[], PgConnection], str]:
     """(a function opening a new connection, the conninfo to show) for a command line's
     `--dsn`/`--to` and `--password-file`. A dsn holding a password is refused: command lines
     are visible to every user (ps); the password comes from the file or libpq's PGPASSWORD /
@@ -122,7 +126,7 @@ def pg_connector(dsn: str, password_file: str | None = None) -> tuple[Connect, s
             raise ConfigError("password_file", f"cannot read it: {exc.strerror}") from None
     shown = " ".join(f"{k}={v}" for k, v in sorted(keys.items()))
 
-    def connect() -> DbConn:
+    def connect() -> PgConnection:
         from timelined.pgstore.sql import connect as pg_connect
 
         return pg_connect(dsn, password)

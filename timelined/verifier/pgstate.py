@@ -324,9 +324,7 @@ def _column_types() -> dict[str, dict[str, str]]:
         migrate(conn)
         _, tables = expected_schema()
         return {
-            t.name: {
-                str(c[1]): str(c[2]) for c in conn.execute(f'PRAGMA table_info("{t.name}")')
-            }
+            t.name: {str(c[1]): str(c[2]) for c in conn.execute(f'PRAGMA table_info("{t.name}")')}
             for t in tables
         }
     finally:

@@ -63,6 +63,7 @@ from timelined.verifier.inotify import (
     OUTSIDE_CHANGES,
     Inotify,
 )
+from timelined.verifier.pgrun import Connect
 from timelined.verifier.repair import repair_state
 from timelined.verifier.reports import latest_report, prune_reports, report_id, write_report
 from timelined.verifier.runner import (
@@ -73,7 +74,6 @@ from timelined.verifier.runner import (
     summarize,
     verify_paths,
 )
-from timelined.verifier.pgrun import Connect
 from timelined.verifier.watch import LogWatch
 
 if TYPE_CHECKING:
