@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 import psycopg
 from psycopg import pq
 
+from timelined.errors import InvalidArgument
 from timelined.state.dbapi import DbConn
 
 DIALECT: Final = "postgresql"
@@ -114,7 +115,9 @@ class LogIsAppendOnly(PgIntegrityError):
     """The log table refused an UPDATE, DELETE or TRUNCATE (its triggers: pgstore/schema.py)."""
 
 
-def map_error(exc: psycopg.Error) -> sqlite3.DatabaseError:
+def map_error(exc: psycopg.Error) -> sqlite3.DatabaseError | InvalidArgument:
+    if exc.sqlstate is None and isinstance(exc, psycopg.DataError) and "NUL" in str(exc):
+        return _nul_refused()
     # The primary message only: str(exc) adds the server's CONTEXT lines (PL/pgSQL frames).
     message = exc.diag.message_primary or str(exc).strip() or type(exc).__name__
     if exc.sqlstate == LOG_APPEND_ONLY_SQLSTATE:
@@ -122,6 +125,17 @@ def map_error(exc: psycopg.Error) -> sqlite3.DatabaseError:
     if isinstance(exc, psycopg.IntegrityError):
         return PgIntegrityError(message, exc.sqlstate)
     return PgOperationalError(message, exc.sqlstate)
+
+
+def _nul_refused() -> InvalidArgument:
+    # SQLite stores U+0000 inside TEXT; PostgreSQL cannot (psycopg refuses it before sending,
+    # so the transaction is intact): a named refusal of the value, never an InternalError.
+    return InvalidArgument("text", "PostgreSQL cannot store the character U+0000 (NUL) in text")
+
+
+def _unstorable(exc: ValueError) -> Exception:
+    """psycopg raises a ValueError for some values it cannot send (a NUL in a text)."""
+    return _nul_refused() if "NUL" in str(exc) else exc
 
 
 # --- the connection ----------------------------------------------------------------------------
@@ -158,6 +172,8 @@ class PgConnection:
             return self._conn.execute(query, _arguments(numbered, parameters))
         except psycopg.Error as exc:
             raise map_error(exc) from exc
+        except ValueError as exc:
+            raise _unstorable(exc) from exc
 
     def executemany(
         self, sql: str, seq_of_parameters: Iterable[Sequence[Any] | Mapping[str, Any]], /
@@ -168,6 +184,8 @@ class PgConnection:
             cursor.executemany(query, (_arguments(numbered, p) for p in seq_of_parameters))
         except psycopg.Error as exc:
             raise map_error(exc) from exc
+        except ValueError as exc:
+            raise _unstorable(exc) from exc
         return cursor
 
     @property

@@ -538,8 +538,9 @@ def conversation_stats(conn: DbConn, conversation_id: str) -> ConversationStats:
     total = tin = tout = 0
     taken = 0.0
     for role, n, i, o, t in conn.execute(
-        "SELECT b.role, count(*), coalesce(sum(b.tokens_input), 0), "
-        "coalesce(sum(b.tokens_output), 0), coalesce(sum(b.time_taken), 0.0) "
+        # CAST: PostgreSQL sums BIGINTs into NUMERIC (a Decimal); SQLite reads it as INTEGER.
+        "SELECT b.role, count(*), CAST(coalesce(sum(b.tokens_input), 0) AS BIGINT), "
+        "CAST(coalesce(sum(b.tokens_output), 0) AS BIGINT), coalesce(sum(b.time_taken), 0.0) "
         "FROM blocks b JOIN contexts c ON c.id = b.context_id WHERE c.conversation_id = ? "
         "GROUP BY b.role ORDER BY b.role",
         (conversation_id,),
@@ -562,7 +563,10 @@ def conversation_stats(conn: DbConn, conversation_id: str) -> ConversationStats:
         blocks_per_role=per_role,
         tokens_input=tin,
         tokens_output=tout,
-        time_taken=taken,
+        # To the microsecond: SQLite and PostgreSQL sum floats in different orders and ways
+        # (SQLite compensates rounding errors), so the last bits of the sum differ between
+        # the backends; a microsecond is far below what a block's time_taken measures.
+        time_taken=round(taken, 6),
         contexts_per_status=per_status,
     )
 
@@ -573,6 +577,11 @@ def conversation_stats(conn: DbConn, conversation_id: str) -> ConversationStats:
 def focus(conn: DbConn) -> Focus:
     row = conn.execute("SELECT context_id, conversation_id FROM focus WHERE id = 1").fetchone()
     return Focus(context_id=row[0], conversation_id=row[1])
+
+
+# A conversation's last change: the larger of two seqs, as CASE (SQLite's two-argument max()
+# is GREATEST() on PostgreSQL; CASE reads the same on both).
+_TOUCHED = "CASE WHEN updated_seq > created_seq THEN updated_seq ELSE created_seq END"
 
 
 def startup_state(conn: DbConn) -> StartupState:
@@ -590,8 +599,8 @@ def startup_state(conn: DbConn) -> StartupState:
         "  JOIN conversations v ON v.id = c.conversation_id AND v.status != 'archived'"
         "  ORDER BY b.seq DESC LIMIT 1)"
         " UNION ALL SELECT * FROM ("
-        " SELECT id, max(updated_seq, created_seq) FROM conversations WHERE status != 'archived'"
-        "  ORDER BY max(updated_seq, created_seq) DESC LIMIT 1)"
+        f" SELECT id, {_TOUCHED} FROM conversations WHERE status != 'archived'"
+        f"  ORDER BY {_TOUCHED} DESC LIMIT 1)"
         " ORDER BY 2 DESC LIMIT 1"
     ).fetchone()
     last = get_conversation(conn, row[0]) if row else None
