@@ -16,15 +16,18 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import psycopg
 import pytest
 
-from tests.verifier.conftest import build
+from tests.verifier.conftest import build, config_for
 from timelined.api.verify import VerifyReport
 from timelined.migrate import migrate_to_pg
 from timelined.pgstore.sql import PgConnection, connect
+from timelined.verifier import Verifier
 from timelined.verifier.pgrepair import rebuild_pg_state
 from timelined.verifier.pgrun import verify_pg
+from timelined.writer.engine import Engine
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -239,3 +242,35 @@ def test_a_dsn_with_a_password_is_refused(pg_dsn: str) -> None:
     )
     assert out.returncode == 2
     assert "password" in out.stderr and "secret" not in out.stderr + out.stdout
+
+
+def test_the_daemons_verifier_runs_on_pg_and_repairs(
+    store: str, source_base: Path, tmp_path: Path
+) -> None:
+    """The entry point the daemon's boot calls on PostgreSQL: `Verifier(..., pg=connect)`:
+    its runs report drift as on SQLite, its repair rebuilds the tables and writes a report."""
+    state_dir = tmp_path / "daemon"
+    shutil.copytree(source_base, state_dir)
+    (head,) = fetch(store, "SELECT max(seq) FROM log")[0]
+    report_paths: list[str] = []
+
+    async def go() -> None:
+        async with Engine.open(config_for(state_dir)) as engine:
+            verifier = Verifier(engine.config, engine, pg=lambda: connect(store))
+            first = await verifier.verify()
+            assert first is not None and first.state == "ok", first and first.summary
+            superuser(
+                store, "UPDATE blocks SET role = 'x' WHERE seq = (SELECT max(seq) FROM blocks)"
+            )
+            drift = await verifier.verify()
+            assert drift is not None and drift.state == "drift"
+            assert drift.differences[0].entity == "block"
+            repaired = await verifier.repair()
+            assert repaired.events_replayed == head and repaired.quarantined_to is None
+            report_paths.append(repaired.report_path)
+            after = await verifier.verify()
+            assert after is not None and after.state == "ok", after and after.summary
+            assert verifier.status().repairs == 1
+
+    anyio.run(go)
+    assert Path(report_paths[0]).is_file()
