@@ -67,20 +67,27 @@ def _paths(value: object) -> str:
 def _verify(args: argparse.Namespace) -> int:
     from timelined.config import load_config
     from timelined.errors import ConfigError
-    from timelined.verifier.offline import run_offline
+    from timelined.verifier.offline import run_offline, run_offline_pg
 
     if args.dsn is not None:
-        from timelined.verifier.offline import run_offline_pg
-
         return run_offline_pg(
             args.dsn, args.password_file, as_json=args.json, progress=sys.stderr.isatty()
         )
     state_dir = args.state_dir
-    if state_dir is None:  # --config: the state directory the daemon of that config uses
+    if state_dir is None:  # --config: the store the daemon of that config uses
         try:
-            state_dir = load_config(args.config).state_dir
+            config = load_config(args.config)
         except ConfigError as exc:
             return _refused(exc, "config refused", os.EX_CONFIG, as_json=args.json)
+        store = getattr(config, "store", None)  # [store] (issue 20): a PostgreSQL store
+        if store is not None and store.backend == "postgresql":
+            return run_offline_pg(
+                store.dsn,
+                store.password_file or None,
+                as_json=args.json,
+                progress=sys.stderr.isatty(),
+            )
+        state_dir = config.state_dir
     return run_offline(Path(state_dir), as_json=args.json, progress=sys.stderr.isatty())
 
 

@@ -121,7 +121,8 @@ def pg_connector(
     password = None
     if password_file is not None:
         try:
-            password = Path(password_file).read_text().rstrip("\r\n")
+            # Its first line, as the daemon reads [store] password_file.
+            password = Path(password_file).read_text().split("\n", 1)[0].rstrip("\r")
         except OSError as exc:
             raise ConfigError("password_file", f"cannot read it: {exc.strerror}") from None
     shown = " ".join(f"{k}={v}" for k, v in sorted(keys.items()))
