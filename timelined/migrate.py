@@ -37,12 +37,11 @@ from typing import TextIO
 
 import msgspec
 
-from timelined.api.verify import ChainDamage, ChainResult, VerifyProgress, VerifyReport
+from timelined.api.verify import ChainResult, VerifyProgress, VerifyReport
 from timelined.auditlog.reader import read_lines
 from timelined.auditlog.record import GENESIS_PREV, RecordError, decode_unhashed
 from timelined.errors import LogDamaged, MigrationFailed
 from timelined.events import Record
-from timelined.ids import utc_now
 from timelined.pgstore.logtable import insert_lines
 from timelined.pgstore.schema import SCHEMA_LOCK, create_schema
 from timelined.pgstore.sql import PgConnection
@@ -50,9 +49,7 @@ from timelined.state.apply import apply, set_fts_seq, set_meta
 from timelined.state.replay import check_link
 from timelined.verifier.chain import check_chain
 from timelined.verifier.offline import source_problem
-from timelined.verifier.pgchain import check_table_chain
-from timelined.verifier.pgstate import check_pg_state
-from timelined.verifier.runner import build_report
+from timelined.verifier.pgrun import verify_on
 
 BATCH_LINES = 2000
 BATCH_BYTES = 4 << 20
@@ -213,36 +210,25 @@ def _copy_log(conn: PgConnection, log_dir: Path, head: int, say: Progress) -> in
 def _check_target(
     conn: PgConnection, source: ChainResult, work: Path, say: Progress
 ) -> VerifyReport:
-    """The verifier's run over what this transaction wrote (pgrun.verify_pg's, inside it)."""
-    started_at = utc_now()
-    started = time.perf_counter()
-    chain = check_table_chain(
+    """The verifier's run over what this transaction wrote, inside it: the chain must also end
+    where the source's does, on the same hash."""
+    report = verify_on(
         conn,
-        upto_seq=source.head_seq,
-        progress=lambda seq, _bytes: say(VerifyProgress("target chain", seq, source.head_seq)),
-    )
-    say(VerifyProgress("target chain", chain.head_seq, source.head_seq))
-    if chain.ok and chain.head_hash != source.head_hash:
-        damage = ChainDamage(
-            seq=chain.head_seq,
-            kind="hash mismatch",
-            segment=None,
-            offset=None,
-            detail="the log table's head is not the source log's head",
-        )
-        chain = msgspec.structs.replace(chain, ok=False, damage=damage)
-    state = check_pg_state(conn, work, progress=say, in_transaction=True)
-    return build_report(
-        started_at=started_at,
-        seconds=time.perf_counter() - started,
+        work,
         trigger="migrate",
         mode="offline",
-        state=state,
-        chain=chain,
-        error=None,
-        daemon_head=state.log_head_seq,
-        log_table=True,
+        progress=say,
+        in_transaction=True,
+        upto_seq=source.head_seq,
     )
+    chain = report.chain
+    if report.state == "ok" and chain is not None and chain.head_hash != source.head_hash:
+        report.state = "damaged"
+        report.summary = (
+            f"damaged: the log table's head {chain.head_hash[:16]}… is not the source log's "
+            f"head {source.head_hash[:16]}…"
+        )
+    return report
 
 
 class ProgressLine:

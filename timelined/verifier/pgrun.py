@@ -49,33 +49,68 @@ def verify_pg(
 ) -> VerifyReport:
     """Verify the PostgreSQL store `connect()` reaches; the report is not written (see
     reports.write_report). Raises runner.Cancelled when `cancel` is set (checked at every
-    page of progress)."""
+    step of progress)."""
     started_at = utc_now()
     started = time.perf_counter()
-    tick = _ticker(progress, cancel)
+    try:
+        conn = connect()
+    except (sqlite3.Error, OSError) as exc:
+        return _report(started_at, started, trigger, mode, None, None, [f"cannot connect: {exc}"])
+    try:
+        return verify_on(
+            conn, work_dir, trigger=trigger, mode=mode, progress=_ticker(progress, cancel), cap=cap
+        )
+    finally:
+        conn.close()
+
+
+def verify_on(
+    conn: DbConn,
+    work_dir: Path,
+    *,
+    trigger: str,
+    mode: Mode,
+    progress: ProgressFn | None = None,
+    cap: int = MAX_DIFFERENCES,
+    in_transaction: bool = False,
+    upto_seq: int | None = None,
+) -> VerifyReport:
+    """The run on an open connection: the state check, then the chain (to `upto_seq`, or the
+    table's last row). `in_transaction`: inside the caller's transaction (a migration's)."""
+    started_at = utc_now()
+    started = time.perf_counter()
+    tick = progress or (lambda _step: None)
     state: StateResult | None = None
     chain: ChainResult | None = None
     errors: list[str] = []
     try:
-        conn = connect()
+        state = check_pg_state(
+            conn, work_dir, cap=cap, progress=tick, in_transaction=in_transaction
+        )
     except (sqlite3.Error, OSError) as exc:
-        errors.append(f"cannot connect to PostgreSQL: {exc}")
-    else:
-        try:
-            try:
-                state = check_pg_state(conn, work_dir, cap=cap, progress=tick)
-            except (sqlite3.Error, OSError) as exc:
-                errors.append(f"state check: {type(exc).__name__}: {exc}")
-            head = (state.log_head_seq or 0) if state is not None else 0
-            try:
-                chain = check_table_chain(
-                    conn,
-                    progress=lambda seq, _bytes: tick(VerifyProgress("chain", seq, max(seq, head))),
-                )
-            except (sqlite3.Error, OSError) as exc:
-                errors.append(f"chain check: {type(exc).__name__}: {exc}")
-        finally:
-            conn.close()
+        errors.append(f"state check: {type(exc).__name__}: {exc}")
+    head = upto_seq or ((state.log_head_seq or 0) if state is not None else 0)
+    try:
+        chain = check_table_chain(
+            conn,
+            upto_seq=upto_seq,
+            progress=lambda seq, _bytes: tick(VerifyProgress("chain", seq, max(seq, head))),
+        )
+        tick(VerifyProgress("chain", chain.head_seq, max(chain.head_seq, head)))
+    except (sqlite3.Error, OSError) as exc:
+        errors.append(f"chain check: {type(exc).__name__}: {exc}")
+    return _report(started_at, started, trigger, mode, state, chain, errors)
+
+
+def _report(
+    started_at: str,
+    started: float,
+    trigger: str,
+    mode: Mode,
+    state: StateResult | None,
+    chain: ChainResult | None,
+    errors: list[str],
+) -> VerifyReport:
     return build_report(
         started_at=started_at,
         seconds=time.perf_counter() - started,
