@@ -274,3 +274,22 @@ def test_the_daemons_verifier_runs_on_pg_and_repairs(
 
     anyio.run(go)
     assert Path(report_paths[0]).is_file()
+
+
+def test_pages_are_bounded_in_rows_and_bytes_and_cover_the_table(store: str) -> None:
+    """Keyset pages: every row once, in key order; a page never holds more than `rows` rows
+    nor (past its first row) more than `max_bytes`."""
+    from timelined.verifier.pgrows import pages
+
+    (count,) = fetch(store, "SELECT count(*) FROM blocks")[0]
+    with connect(store) as conn:
+        by_rows = list(pages(conn, "blocks", ("seq", "content"), "seq", rows=7))
+        by_bytes = list(pages(conn, "blocks", ("seq", "content"), "seq", max_bytes=200))
+    for split in (by_rows, by_bytes):
+        seqs = [row[0] for page in split for row in page]
+        assert seqs == sorted(seqs) and len(seqs) == len(set(seqs)) == count
+    assert max(len(page) for page in by_rows) == 7
+    for page in by_bytes:
+        sizes = [len(str(row[0])) + len(str(row[1]).encode()) for row in page]
+        assert len(page) == 1 or sum(sizes) <= 200
+    assert any(len(page) > 1 for page in by_bytes) and len(by_bytes) > count // 10

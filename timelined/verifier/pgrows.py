@@ -4,7 +4,8 @@ Every read of the verifier on PostgreSQL goes through `pages`: keyset pagination
 table's primary key (no OFFSET, no server-side cursor to keep open), each page bounded in rows
 AND in bytes. The byte bound is the server's: a running sum of the rows' text sizes, so a page
 of large blocks is cut short before it is sent, the first row always kept (a row is bounded by
-the daemon's own limits).
+the daemon's own limits). A test reads pages of a table with a byte bound smaller than one
+row (tests/pg/test_verify_pg.py).
 
 SQL is written as everywhere else in the code base (SQLite-flavoured, `?` parameters) and
 translated by the connection (pgstore/sql.py).
@@ -50,11 +51,14 @@ def pages(
             where.append(f'"{pk}" <= ?')
             params.append(upto)
         clause = f"WHERE {' AND '.join(where)} " if where else ""
+        # The size of the selected columns only (not the whole row: blocks.tsv is not read);
+        # as text, so bytea counts twice: an upper bound is what a bound needs.
+        size = f"octet_length(ROW({cols})::text)"
         page = conn.execute(
-            f"SELECT {cols} FROM (SELECT {cols}, octet_length(t::text) AS size_, "
-            f'sum(octet_length(t::text)) OVER (ORDER BY "{pk}") AS upto_ '
-            f'FROM "{table}" AS t {clause}ORDER BY "{pk}" LIMIT ?) AS p '
-            f'WHERE upto_ - size_ < ? ORDER BY "{pk}"',
+            f"SELECT {cols} FROM (SELECT {cols}, {size} AS size_, "
+            f'sum({size}) OVER (ORDER BY "{pk}") AS upto_ '
+            f'FROM "{table}" {clause}ORDER BY "{pk}" LIMIT ?) AS p '
+            f'WHERE upto_ = size_ OR upto_ <= ? ORDER BY "{pk}"',
             (*params, rows, max_bytes),
         ).fetchall()
         if not page:
