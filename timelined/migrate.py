@@ -93,26 +93,13 @@ def migrate_to_pg(
     if problem is not None:
         raise MigrationFailed("source", problem, str(state_dir))
     say = progress or (lambda _step: None)
-    chain = check_chain(
-        state_dir / "log",
-        progress=lambda seq, _bytes: say(VerifyProgress("source chain", seq, seq)),
-    )
-    say(VerifyProgress("source chain", chain.head_seq, chain.head_seq))
-    if chain.damage is not None:
-        d = chain.damage
-        raise LogDamaged(d.seq, f"{d.kind}: {d.detail}", d.segment)
-    torn = None
-    if chain.torn is not None:
-        torn = (
-            f"an unfinished last line at seq {chain.torn.seq} ({chain.torn.segment} offset "
-            f"{chain.torn.offset}, {chain.torn.length} bytes) was not migrated: it was never "
-            "acknowledged"
-        )
     try:
         conn = connect()
     except (OSError, sqlite3.Error) as exc:  # the driver's errors are sqlite3.Error's
         raise MigrationFailed("target", f"cannot connect: {exc}", target) from exc
     try:
+        _refuse_non_empty(conn, target)  # at once, not after the walk; again inside the copy's
+        chain = _walk_source(state_dir, say)
         with tempfile.TemporaryDirectory(prefix="timelined-migrate-", dir=work_dir) as work:
             copied, check = _copy_and_check(conn, state_dir, chain, target, say, Path(work))
     except (OSError, sqlite3.Error) as exc:  # the server's errors are sqlite3.Error's
@@ -121,6 +108,13 @@ def migrate_to_pg(
         ) from exc
     finally:
         conn.close()
+    torn = None
+    if chain.torn is not None:
+        torn = (
+            f"an unfinished last line at seq {chain.torn.seq} ({chain.torn.segment} offset "
+            f"{chain.torn.offset}, {chain.torn.length} bytes) was not migrated: it was never "
+            "acknowledged"
+        )
     return MigrateResult(
         source=str(state_dir),
         target=target,
@@ -133,6 +127,35 @@ def migrate_to_pg(
         source_chain=chain,
         target_check=check,
     )
+
+
+def _walk_source(state_dir: Path, say: Progress) -> ChainResult:
+    """The source log's whole chain; LogDamaged for damage (a torn tail is not)."""
+    chain = check_chain(
+        state_dir / "log",
+        progress=lambda seq, _bytes: say(VerifyProgress("source chain", seq, seq)),
+    )
+    say(VerifyProgress("source chain", chain.head_seq, chain.head_seq))
+    if chain.damage is not None:
+        d = chain.damage
+        raise LogDamaged(d.seq, f"{d.kind}: {d.detail}", d.segment)
+    return chain
+
+
+def _refuse_non_empty(conn: PgConnection, target: str) -> None:
+    """MigrationFailed (side "target") naming a few of the tables, if the schema holds any."""
+    found = conn.execute(
+        "SELECT table_name FROM information_schema.tables "
+        "WHERE table_schema = current_schema() ORDER BY table_name LIMIT 5"
+    ).fetchall()
+    if found:
+        names = ", ".join(str(row[0]) for row in found)
+        raise MigrationFailed(
+            "target",
+            f"the target database is not empty (it has tables: {names}); migrate into an "
+            "empty database",
+            target,
+        )
 
 
 def _copy_and_check(
@@ -149,18 +172,7 @@ def _copy_and_check(
         # The lock a daemon's first boot takes to create the schema: one starting on the target
         # meanwhile waits, then finds the migrated database whole.
         conn.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
-        found = conn.execute(
-            "SELECT table_name FROM information_schema.tables "
-            "WHERE table_schema = current_schema() ORDER BY table_name LIMIT 5"
-        ).fetchall()
-        if found:
-            names = ", ".join(str(row[0]) for row in found)
-            raise MigrationFailed(
-                "target",
-                f"the target database is not empty (it has tables: {names}); migrate into an "
-                "empty database",
-                target,
-            )
+        _refuse_non_empty(conn, target)
         create_schema(conn)
         copied = _copy_log(conn, state_dir / "log", chain.head_seq, say)
         check = _check_target(conn, chain, work, say)

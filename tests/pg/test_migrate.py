@@ -14,6 +14,7 @@ import pytest
 
 from tests.daemon.harness import DaemonProcess, serving, short_tempdir
 from tests.pg.test_verify_pg import REPO, fetch, superuser, verify
+from timelined.api.verify import VerifyProgress
 from timelined.client_sync import Client
 from timelined.commands import NewBlock
 from timelined.errors import LogDamaged, MigrationFailed
@@ -110,9 +111,11 @@ def test_migrate_a_real_daemons_state_dir_verifies_on_both_sides(
 
 def test_migrate_refuses_a_non_empty_target(daemon_dir: Path, pg_dsn: str) -> None:
     superuser(pg_dsn, "CREATE TABLE unrelated (x int)", "INSERT INTO unrelated VALUES (1)")
+    steps: list[VerifyProgress] = []
     with pytest.raises(MigrationFailed) as refused:
-        migrate_to_pg(daemon_dir, lambda: connect(pg_dsn), "test")
+        migrate_to_pg(daemon_dir, lambda: connect(pg_dsn), "test", progress=steps.append)
     assert refused.value.side == "target" and "not empty" in refused.value.message
+    assert steps == []  # refused at once, before the source's walk
     assert "unrelated" in refused.value.message
     assert tables(pg_dsn) == ["unrelated"]
     out = migrate_cli(daemon_dir, pg_dsn, "--json")
