@@ -48,7 +48,7 @@ from timelined.events import Record
 from timelined.pgstore.logtable import insert_lines
 from timelined.pgstore.schema import SCHEMA_LOCK, create_schema
 from timelined.pgstore.sql import PgConnection, map_error
-from timelined.state.apply import apply, set_fts_seq, set_meta
+from timelined.state.apply import apply, set_meta
 from timelined.state.replay import check_link
 from timelined.verifier.chain import check_chain
 from timelined.verifier.offline import source_problem
@@ -225,8 +225,7 @@ def _copy_log(conn: PgConnection, log_dir: Path, head: int, say: Progress) -> in
             flush()
     if lines:
         flush()
-    set_meta(conn, last_seq, last_hash)
-    set_fts_seq(conn, last_seq)
+    set_meta(conn, last_seq, last_hash)  # meta.fts_seq follows: PostgreSQL generates it
     return copied
 
 
