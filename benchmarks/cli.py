@@ -32,6 +32,7 @@ PARTS = (
     "memory",
     "client",
     "adapters",
+    "pgverify",
 )
 
 

@@ -50,6 +50,7 @@ from timelined.verifier.protocol import (
     ChainDone,
     Failed,
     Message,
+    PgDone,
     Progress,
     RebuildDone,
     Snapshot,
@@ -95,13 +96,14 @@ class Paths:
 class _Child:
     """A worker process and the messages it has sent."""
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         command = [sys.executable, "-m", "timelined.verifier.worker", "--parent", str(os.getpid())]
         self.proc = subprocess.Popen(
             [*command, *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             close_fds=True,
+            env=None if env is None else {**os.environ, **env},
         )
         assert self.proc.stdout is not None
         self.stdout: IO[bytes] = self.proc.stdout
@@ -121,7 +123,7 @@ class _Child:
                 message = decode_message(line)
             except msgspec.DecodeError:
                 message = Failed(f"unreadable message from the verifier's child: {line[:200]!r}")
-            if isinstance(message, StateDone | ChainDone | RebuildDone | Failed):
+            if isinstance(message, StateDone | ChainDone | RebuildDone | PgDone | Failed):
                 self.final = message
             messages.append(message)
         return messages
@@ -176,10 +178,14 @@ def _pump(
 
 
 def run_child(
-    args: list[str], progress: ProgressFn | None = None, cancel: threading.Event | None = None
+    args: list[str],
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+    env: dict[str, str] | None = None,
 ) -> Message:
-    """Run one worker to its end; returns its final message."""
-    child = _Child(args)
+    """Run one worker to its end (`env`: added to its environment); returns its final
+    message."""
+    child = _Child(args, env)
     try:
 
         def on_message(_child: _Child, message: Message) -> None:
@@ -224,7 +230,7 @@ def verify_paths(
     else:
         state, chain, tree, error = _run_inline(paths, copy, cap, tree_size, on_snapshot, progress)
     seconds = time.perf_counter() - started
-    return _report(
+    return build_report(
         started_at=started_at,
         seconds=seconds,
         trigger=trigger,
@@ -330,7 +336,7 @@ def _run_children(
     return state, chain, tree, "; ".join(errors) or None
 
 
-def _report(
+def build_report(
     *,
     started_at: str,
     seconds: float,
@@ -342,11 +348,14 @@ def _report(
     daemon_head: int | None,
     log_dir: Path | None = None,
     tree: TreeResult | None = None,
+    log_table: bool = False,
 ) -> VerifyReport:
+    """The report of a run from its checks' results (`log_table`: the log is PostgreSQL's
+    table, where nothing is rolled forward at a boot: log and state commit together)."""
     notes: list[str] = []
     snapshot = state.snapshot_seq if state is not None else -1
     if chain is not None and state is not None:
-        chain = _log_findings(chain, state, mode, daemon_head, notes, log_dir)
+        chain = _log_findings(chain, state, mode, daemon_head, notes, log_dir, log_table)
     verdict: VerifyState
     if chain is not None and not chain.ok:
         verdict = "damaged"
@@ -388,6 +397,7 @@ def _log_findings(
     daemon_head: int | None,
     notes: list[str],
     log_dir: Path | None = None,
+    log_table: bool = False,
 ) -> ChainResult:
     """Fold what the state check learnt about the log into the chain result and notes."""
     snapshot = state.snapshot_seq
@@ -415,7 +425,7 @@ def _log_findings(
             f" offset {chain.torn.offset}, {chain.torn.length} bytes): {why}"
         )
     if not chain.ok or snapshot <= chain.head_seq:
-        if chain.ok and 0 <= snapshot < chain.head_seq and mode == "offline":
+        if chain.ok and 0 <= snapshot < chain.head_seq and mode == "offline" and not log_table:
             # Neither the walk nor the replay decoded the lines past the snapshot; the boot
             # will (scan_tail decodes past its anchor) and refuses a bad one as damage. Check
             # them the same way before promising that it rolls them forward.

@@ -24,6 +24,11 @@ Each run's work happens in child processes (worker.py), driven from a worker thr
 event loop and the writer keep their GIL and their cores; a log under 8 MiB is verified in the
 worker thread itself, where a run takes milliseconds and a process start would dominate.
 Settings are read from `engine.config.verify` at each use, so a reload applies them.
+
+On PostgreSQL (`pg=PgTarget(dsn, password)`) a run is `pgrun.verify_pg` in a child process
+(worker.py `pg`, the store in its environment) and a repair `pgrepair.repair_pg_state`; there
+are no files to watch (the log table's triggers refuse changes; the interval and requests
+remain).
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ from timelined.verifier.inotify import (
     OUTSIDE_CHANGES,
     Inotify,
 )
+from timelined.verifier.pgrun import PgTarget
+from timelined.verifier.protocol import Failed, PgDone
 from timelined.verifier.repair import repair_state
 from timelined.verifier.reports import latest_report, prune_reports, report_id, write_report
 from timelined.verifier.runner import (
@@ -66,6 +73,7 @@ from timelined.verifier.runner import (
     Cancelled,
     Paths,
     log_bytes,
+    run_child,
     summarize,
     verify_paths,
 )
@@ -106,8 +114,10 @@ class Verifier:
         *,
         processes: bool | None = None,
         tree: TreeKeeper | None = None,
+        pg: PgTarget | None = None,
     ) -> None:
         self._engine = engine
+        self._pg = pg  # the PostgreSQL store; None: the files
         self._tree = tree  # None: no tree kept, none checked
         self._publish = publish
         self._processes = processes
@@ -146,8 +156,9 @@ class Verifier:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._runner)
-                tg.start_soon(self._watch_files, stopping)
-                tg.start_soon(self._poll_data_version)
+                if self._pg is None:
+                    tg.start_soon(self._watch_files, stopping)
+                    tg.start_soon(self._poll_data_version)
                 tg.start_soon(self._every_interval)
                 if self._settings.on_boot:
                     self._request("boot")
@@ -293,6 +304,8 @@ class Verifier:
         self, trigger: str, tree_size: int | None, cancel: threading.Event
     ) -> VerifyReport:
         self._clean_scratch()
+        if self._pg is not None:
+            return self._verify_pg(trigger, self._pg, cancel)
         return verify_paths(
             self._paths,
             trigger=trigger,
@@ -303,12 +316,29 @@ class Verifier:
             tree_size=tree_size,
         )
 
+    def _verify_pg(self, trigger: str, pg: PgTarget, cancel: threading.Event) -> VerifyReport:
+        """A run on PostgreSQL: in a child process (its replay is the same CPU-bound Python as
+        on SQLite), unless processes are turned off; a store's size is not known beforehand."""
+        work_dir = self._paths.work_dir
+        if self._processes is False:
+            from timelined.verifier.pgrun import verify_pg
+
+            return verify_pg(
+                pg.connect, work_dir, trigger=trigger, progress=self._on_progress, cancel=cancel
+            )
+        args = ["pg", "--work-dir", str(work_dir), "--trigger", trigger]
+        outcome = run_child(args, self._on_progress, cancel, env=pg.child_env())
+        if isinstance(outcome, PgDone):
+            return outcome.report
+        error = outcome.error if isinstance(outcome, Failed) else "no report from the child"
+        return _failed_report(trigger, f"the verifier's child failed: {error}")
+
     def _clean_scratch(self) -> None:
         """Remove scratch files a killed run or repair left in STATE_DIR/tmp (called with the
         run lock held: no other run or repair is using the directory)."""
         work = self._paths.work_dir
         if work.is_dir():
-            names = ("verify-*.db*", "state-*.db*", "repair-*.db*")
+            names = ("verify-*.db*", "state-*.db*", "repair-*.db*", "pgstate-*.db*")
             for leftover in [path for name in names for path in work.glob(name)]:
                 leftover.unlink(missing_ok=True)
 
@@ -399,13 +429,7 @@ class Verifier:
         """Repair with the run lock held."""
         self._say("serving; repairing the state database from the log")
         try:
-            result = await repair_state(
-                self._engine.config,
-                self._engine,
-                reason=reason,
-                in_thread=self._in_thread,
-                processes=self._use_processes(),
-            )
+            result = await self._repair_store(reason)
             tree = self._latest.tree if self._latest is not None else None
             if self._tree is not None and tree is not None and tree.state == "mismatch":
                 await self._tree.rebuild()
@@ -416,6 +440,28 @@ class Verifier:
         self._last_repair_at = result.finished_at
         self._say_serving()
         return result
+
+    async def _repair_store(self, reason: str) -> RepairResult:
+        if self._pg is not None:
+            from timelined.verifier.pgrepair import Rebuilt, repair_pg_state
+
+            async def in_thread(work: Callable[[], Rebuilt]) -> Rebuilt:
+                return await self._in_thread(lambda _cancel: work())
+
+            return await repair_pg_state(
+                self._engine,
+                self._pg.connect,
+                self._reports_dir,
+                reason=reason,
+                in_thread=in_thread,
+            )
+        return await repair_state(
+            self._engine.config,
+            self._engine,
+            reason=reason,
+            in_thread=self._in_thread,
+            processes=self._use_processes(),
+        )
 
     def _use_processes(self) -> bool:
         """Child processes, unless the log is small enough that their start-up would dominate
