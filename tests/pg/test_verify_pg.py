@@ -281,7 +281,7 @@ def test_the_daemons_verifier_runs_on_pg_and_repairs(
 def test_pages_are_bounded_in_rows_and_bytes_and_cover_the_table(store: str) -> None:
     """Keyset pages: every row once, in key order; a page never holds more than `rows` rows
     nor (past its first row) more than `max_bytes`."""
-    from timelined.verifier.pgrows import pages
+    from timelined.pgstore.rows import pages
 
     (count,) = fetch(store, "SELECT count(*) FROM blocks")[0]
     with connect(store) as conn:

@@ -394,12 +394,13 @@ def _start_features(tg: TaskGroup, app: App, notifier: Notifier, stopping: anyio
     def publish(text: str) -> None:
         notifier.status(text)
 
+    pg = None
     if app.config.store.backend == "postgresql":
-        # SEAM (the verifier on PostgreSQL): today's verifier walks the log FILES, which a
-        # PostgreSQL daemon does not have (it would find the log missing and degrade).
-        log.warning("the background verifier does not run on PostgreSQL yet")
-        return
-    verifier = Verifier(app.config, app.engine, publish, tree=app.transparency)
+        # Imported here: psycopg is the optional `postgresql` extra.
+        from timelined.verifier.pgrun import PgTarget
+
+        pg = PgTarget(app.config.store.dsn, read_password(app.config.store))
+    verifier = Verifier(app.config, app.engine, publish, tree=app.transparency, pg=pg)
     app.verifier = verifier
     tg.start_soon(verifier.run_forever, stopping)
 

@@ -35,7 +35,7 @@ from timelined.auditlog.scan import Damage as ScanDamage
 from timelined.auditlog.scan import TailScan, scan_tail, walk_chain
 from timelined.auditlog.segments import list_segments
 from timelined.auditlog.writer import LogHead
-from timelined.config import Config
+from timelined.config import Config, read_password
 from timelined.errors import BootFailed, LogDamaged, StorageError, TimelinedError
 from timelined.ids import utc_now
 from timelined.recovery.damage import clear_damage, recorded_damage
@@ -84,7 +84,6 @@ def boot(
     )
     try:
         if config.store.backend == "postgresql":
-            # SEAM (pgverify): recorded damage is checked by walking the log table's chain.
             result = _boot_postgresql(config, ops, report, lock, progress or _no_progress)
         else:
             result = _boot(config, ops, report, lock, progress or _no_progress)
@@ -379,7 +378,49 @@ def _boot_postgresql(
             "every batch's log rows and state changes commit in one transaction, so there is "
             "nothing to roll forward; an unanswered batch either committed whole or not at all."
         )
-    return BootResult(report, None, None, lock, postgresql=True)
+    return _check_recorded_damage_pg(
+        config, ops, BootResult(report, None, None, lock, postgresql=True)
+    )
+
+
+def _check_recorded_damage_pg(config: Config, ops: FileOps, result: BootResult) -> BootResult:
+    """Damage a verification recorded in the log table: walk the table's chain again; still
+    there, the daemon serves read-only, as on SQLite (docs/recovery.md, 'degraded')."""
+    record = recorded_damage(config.damage_path)
+    if record is None:
+        return result
+    # Imported here: psycopg is the optional `postgresql` extra.
+    from timelined.pgstore.chain import check_table_chain
+    from timelined.pgstore.sql import connect
+
+    report = result.report
+    report.read_only_before = True
+    with report.phase("recorded-damage"):
+        conn = connect(config.store.dsn, read_password(config.store))
+        try:
+            chain = check_table_chain(conn)
+        finally:
+            conn.close()
+    if chain.damage is None:
+        clear_damage(config.damage_path, ops)
+        report.actions.append(
+            f"The log damage a verification recorded (seq {record.seq}, {record.found_at}) is "
+            "gone: the log table's whole chain verifies again, so writes are accepted again."
+        )
+        log.warning("the recorded log damage at seq %s is gone: the chain verifies", record.seq)
+        return result
+    d = chain.damage
+    report.verdict = "degraded"
+    report.damage = Damage(seq=d.seq, segment=None, offset=None, reason=f"{d.kind}: {d.detail}")
+    report.actions += [
+        f"The log table is damaged at seq {d.seq}: {d.kind}.",
+        "The daemon serves reads and refuses writes (LogDamaged).",
+        "Run `timelined verify --dsn DSN`, and restore the database from a backup or its "
+        "replica (docs/recovery.md, 'degraded').",
+    ]
+    return BootResult(
+        report, None, LogDamaged(d.seq, f"{d.kind}: {d.detail}"), result.lock, postgresql=True
+    )
 
 
 def _report_damage(report: Report, d: ScanDamage) -> LogDamaged:

@@ -153,7 +153,7 @@ def render(report: VerifyReport, state_dir: object = None) -> str:
     chain = report.chain
     if chain is not None:
         scope = f"up to seq {chain.upto_seq}" if chain.upto_seq is not None else "the whole log"
-        # A PostgreSQL store's log is a table: no segments (pgchain.py).
+        # A PostgreSQL store's log is a table: no segments (pgstore/chain.py).
         where = (
             f"{chain.segments} segment(s)"
             if chain.segments or not chain.records

@@ -31,13 +31,13 @@ from timelined.auditlog.record import GENESIS_PREV
 from timelined.errors import StorageError
 from timelined.events import SCHEMA_VERSION as EVENT_SCHEMA_VERSION
 from timelined.ids import utc_now
+from timelined.pgstore.rows import table_records
 from timelined.recovery.report import report_id as recovery_report_id
 from timelined.recovery.report import write_report
 from timelined.state.apply import apply, set_meta
 from timelined.state.dbapi import DbConn
 from timelined.state.replay import check_link
 from timelined.verifier.compare import SINGLETONS, expected_schema
-from timelined.verifier.pgrows import table_records
 
 if TYPE_CHECKING:
     from timelined.writer.engine import Engine

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 from timelined.api.verify import ChainResult, Mode, VerifyProgress, VerifyReport
 from timelined.errors import ConfigError
 from timelined.ids import utc_now
+from timelined.pgstore.chain import check_table_chain
 from timelined.state.dbapi import DbConn
 from timelined.verifier.model import MAX_DIFFERENCES, StateResult
-from timelined.verifier.pgchain import check_table_chain
 from timelined.verifier.pgstate import check_pg_state
 from timelined.verifier.runner import Cancelled, build_report
 

@@ -7,7 +7,8 @@ PostgreSQL state is brought to that comparison, not the comparison to PostgreSQL
 difference is found, named and counted exactly as on SQLite. In one REPEATABLE READ snapshot:
 the schema is checked (every table and column of the SQLite schema, the log table's
 append-only triggers, the search column), meta's `last_seq` (S) and the log table's head (L)
-are read, and every state table is copied page by page (pgrows.pages: bounded in rows and bytes)
+are read, and every state table is copied page by page (pgstore/rows.pages: bounded in
+rows and bytes)
 into a local SQLite file with the same columns. The snapshot then ends, so a long replay does
 not hold back the server's vacuum: the log rows up to L are committed and immutable (the
 triggers refuse UPDATE and DELETE). They are replayed into a scratch database with the one
@@ -33,6 +34,7 @@ from typing import Any
 
 from timelined.api.verify import Difference, DiffKind, VerifyProgress
 from timelined.errors import LogDamaged
+from timelined.pgstore.rows import LOG_TABLE, pages, table_records
 from timelined.state.apply import BlockRows, set_fts_seq
 from timelined.state.dbapi import DbConn
 from timelined.state.replay import apply_records
@@ -47,7 +49,6 @@ from timelined.verifier.compare import (
     expected_schema,
 )
 from timelined.verifier.model import MAX_DIFFERENCES, StateResult
-from timelined.verifier.pgrows import LOG_TABLE, pages, table_records
 from timelined.verifier.replay import (
     REPLAY_CHUNK,
     ReplayConnection,

@@ -183,8 +183,8 @@ class PgEngine(Engine):
 
     async def data_version_changed(self) -> bool:
         """Never: other daemons commit to the database all the time, which is no tampering.
-        (SEAM, the verifier on PostgreSQL: its periodic run compares the state with a replay
-        of the log table.)"""
+        The verifier's periodic run (verifier/pgrun.py) compares the state with a replay of the
+        log table instead."""
         return False
 
     def _open_snapshot(self) -> ReadSnapshot:

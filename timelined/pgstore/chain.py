@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 from timelined.api.verify import ChainDamage, ChainResult
 from timelined.auditlog.record import GENESIS_PREV, RecordError, check_frame
+from timelined.pgstore.rows import log_rows
 from timelined.state.dbapi import DbConn
-from timelined.verifier.pgrows import log_rows
 
 _PROGRESS_EVERY = 1 << 16
 # A line that fails check_frame is damage here whatever the reason (nothing is torn in a
