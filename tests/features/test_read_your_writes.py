@@ -137,3 +137,28 @@ def test_kill_9_between_the_answer_and_the_commit_loses_nothing() -> None:
 
         with daemon:
             assert anyio.run(read_back, daemon.socket_path) == [block_id]
+
+
+def test_the_merkle_tree_answers_include_the_callers_own_append() -> None:
+    """GetInclusionProof and GetCheckpoint right after an append (answered before its COMMIT,
+    and the tree learns of it only from the commit) include it: they wait for the caller's
+    commits like every other read. The slow `meta` trigger widens the window to milliseconds."""
+
+    async def main(socket: Path) -> None:
+        async with AsyncClient(socket) as client:
+            conv = await client.create_conversation("tree")
+            for i in range(5):
+                done = await client.append_block(conv.root_context_id, "user", f"t{i}")
+                proof = await client.get_inclusion_proof(done.seq)
+                assert proof.tree_size >= done.seq, (i, proof.tree_size, done.seq)
+                done = await client.append_block(conv.root_context_id, "user", f"c{i}")
+                size = int((await client.get_checkpoint()).split("\n")[1])
+                assert size >= done.seq, (i, size, done.seq)
+
+    with short_tempdir() as base:
+        daemon = DaemonProcess(base)
+        with daemon:
+            pass
+        _slow_commits(daemon.state_dir / "state.db")
+        with daemon:
+            anyio.run(main, daemon.socket_path)

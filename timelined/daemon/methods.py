@@ -557,6 +557,7 @@ def transparency_handlers(app: App) -> dict[str, Handler]:
             raise InvalidArgument(parameter, str(exc)) from None
 
     async def get_checkpoint(p: EmptyParams, ctx: CallContext) -> CheckpointReply:
+        await app.engine.caught_up()  # the tree holds everything acknowledged before the call
         return CheckpointReply(await service().checkpoint())
 
     async def get_checkpoint_key(p: EmptyParams, ctx: CallContext) -> CheckpointKeyReply:
@@ -566,6 +567,7 @@ def transparency_handlers(app: App) -> dict[str, Handler]:
         p: GetInclusionProofParams, ctx: CallContext
     ) -> InclusionProofReply:
         found = service()
+        await app.engine.caught_up()
         size = found.tree.size if p.tree_size is None else p.tree_size
         hashes = proof("seq", lambda: found.inclusion(p.seq - 1, size))
         return InclusionProofReply(leaf_index=p.seq - 1, tree_size=size, hashes=hashes)
@@ -574,6 +576,7 @@ def transparency_handlers(app: App) -> dict[str, Handler]:
         p: GetConsistencyProofParams, ctx: CallContext
     ) -> ConsistencyProofReply:
         found = service()
+        await app.engine.caught_up()
         size = found.tree.size if p.new_size is None else p.new_size
         return ConsistencyProofReply(proof("old_size", lambda: found.consistency(p.old_size, size)))
 
