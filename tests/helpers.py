@@ -22,7 +22,7 @@ TABLES = {
 # meta.fts_seq is the search index's bookkeeping, not an entity: like the index itself it is
 # left out (the writer indexes after its commits, so it legitimately lags a replay's, which
 # indexes as it goes); the verifier checks the index against it exactly (verifier/compare.py).
-_COLUMNS = {"meta": "id, last_seq, last_hash, event_schema"}
+COLUMNS = {"meta": "id, last_seq, last_hash, event_schema"}
 
 
 def dump_state(db: Path | sqlite3.Connection) -> dict[str, list[tuple[object, ...]]]:
@@ -31,7 +31,7 @@ def dump_state(db: Path | sqlite3.Connection) -> dict[str, list[tuple[object, ..
     try:
         return {
             table: conn.execute(
-                f"SELECT {_COLUMNS.get(table, '*')} FROM {table} ORDER BY {key}"
+                f"SELECT {COLUMNS.get(table, '*')} FROM {table} ORDER BY {key}"
             ).fetchall()
             for table, key in TABLES.items()
         }

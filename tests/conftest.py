@@ -1,0 +1,46 @@
+"""Fixtures every suite may use: the backend-parametrised `store` of the contract suite.
+
+`store` runs a test once per backend (tests/stores.py): on SQLite a daemon keeps its log and
+state in its state_dir; on PostgreSQL in a fresh database of the session's embedded server
+(tests/pgserver.py: a real server started by the suite, fsync off, no skip).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.pg.conftest import pg_server
+from tests.pgserver import EmbeddedPostgres
+from tests.stores import BACKENDS, Store
+
+__all__ = ["pg_server", "store", "stores"]
+
+
+class Stores:
+    """Makes stores; PostgreSQL's server is started on the first PostgreSQL store asked for."""
+
+    def __init__(self, request: pytest.FixtureRequest) -> None:
+        self.request = request
+
+    @property
+    def server(self) -> EmbeddedPostgres:
+        server: EmbeddedPostgres = self.request.getfixturevalue("pg_server")
+        return server
+
+    def new(self, backend: str) -> Store:
+        if backend == "sqlite":
+            return Store("sqlite")
+        return Store("postgresql", self.server.conninfo(self.server.create_database()))
+
+
+@pytest.fixture(scope="session")
+def stores(request: pytest.FixtureRequest) -> Stores:
+    return Stores(request)
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, stores: Stores) -> Iterator[Store]:
+    """One fresh store per test, of each backend in turn."""
+    yield stores.new(request.param)
