@@ -165,7 +165,7 @@ def _sort_key(value: object) -> tuple[str, object]:
 
 def open_engine(config: Config) -> AbstractAsyncContextManager[Engine]:
     """The engine of `config`'s backend, as `Engine.open` (fresh store: boots on its own)."""
-    if config.store.backend == "postgresql":
+    if getattr(getattr(config, "store", None), "backend", "sqlite") == "postgresql":
         from timelined.writer.pg import PgEngine
 
         return PgEngine.open(config)
