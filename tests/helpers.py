@@ -7,6 +7,8 @@ import sqlite3
 from pathlib import Path
 from types import ModuleType
 
+from timelined.state.apply import BLOCK_COLUMNS
+from timelined.state.dbapi import DbConn
 from timelined.state.replay import rebuild
 
 TABLES = {
@@ -16,22 +18,28 @@ TABLES = {
     "blocks": "seq",
     "focus": "id",
     "crossrefs": "id",
+    "retractions": "block_id",
 }
 
 
 # meta.fts_seq is the search index's bookkeeping, not an entity: like the index itself it is
 # left out (the writer indexes after its commits, so it legitimately lags a replay's, which
 # indexes as it goes); the verifier checks the index against it exactly (verifier/compare.py).
-COLUMNS = {"meta": "id, last_seq, last_hash, event_schema"}
+# Blocks by their columns, not `*`: on PostgreSQL they also hold the generated search vector.
+_COLUMNS = {
+    "meta": "id, last_seq, last_hash, event_schema",
+    "blocks": ", ".join(BLOCK_COLUMNS),
+}
 
 
-def dump_state(db: Path | sqlite3.Connection) -> dict[str, list[tuple[object, ...]]]:
-    """Every row of every entity table, ordered by key: two equal dumps are equal states."""
+def dump_state(db: Path | DbConn) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of every entity table, ordered by key: two equal dumps are equal states
+    (on either backend: a PgConnection gives rows as the same tuples)."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True) if isinstance(db, Path) else db
     try:
         return {
             table: conn.execute(
-                f"SELECT {COLUMNS.get(table, '*')} FROM {table} ORDER BY {key}"
+                f"SELECT {_COLUMNS.get(table, '*')} FROM {table} ORDER BY {key}"
             ).fetchall()
             for table, key in TABLES.items()
         }

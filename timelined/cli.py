@@ -27,21 +27,26 @@ def _serve(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     import msgspec
 
-    from timelined.config import load_config
+    from timelined import conninfo
+    from timelined.config import load_config, read_password
     from timelined.errors import ConfigError
 
     try:
         config = load_config(args.config)
+        read_password(config.store)  # readable, not world-readable; never printed
     except ConfigError as exc:
         return _refused(exc, "config refused", os.EX_CONFIG, as_json=args.json)
+    dsn = conninfo.redact(config.store.dsn) if config.store.dsn else ""
     if args.json:
         out = msgspec.to_builtins(config, enc_hook=_paths)
+        out["store"]["dsn"] = dsn
         sys.stdout.write(msgspec.json.format(msgspec.json.encode(out)).decode() + "\n")
     else:
         print(f"config OK: {config.source or '(defaults)'}")
         print(f"  state_dir   {config.state_dir}")
         print(f"  socket_path {config.socket_path}")
         print(f"  log.fsync   {config.log.fsync}")
+        print(f"  store       {config.store.backend}{f' {dsn}' if dsn else ''}")
     return 0
 
 

@@ -16,11 +16,13 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from timelined import conninfo
 from timelined.errors import ConfigError
 
 FsyncMode = Literal["always", "interval", "off"]
 DriftAction = Literal["report", "repair"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+StoreBackend = Literal["sqlite", "postgresql"]
 
 _MiB = 1024 * 1024
 
@@ -119,6 +121,22 @@ class CheckpointConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     keep: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1000
 
 
+class StoreConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where the log and the state live (docs/operations.md, "PostgreSQL")."""
+
+    # "sqlite": the log as JSONL segments and the state in SQLite, in state_dir (the default).
+    # "postgresql": both in one PostgreSQL database (`dsn`), shared by several daemons.
+    backend: StoreBackend = "sqlite"
+    # libpq connection string or URI, without a password (refused: config files are read by
+    # more people than the database's secret should be).
+    dsn: str = ""
+    # A file holding the password (its first line), read at start; else libpq's own
+    # PGPASSWORD / PGPASSFILE (~/.pgpass) apply. Resolved like the other paths.
+    password_file: str = ""
+    # Read-only connections each daemon keeps open for queries.
+    read_pool_size: Annotated[int, msgspec.Meta(ge=1, le=256)] = 4
+
+
 class _FileConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     daemon: DaemonConfig = msgspec.field(default_factory=DaemonConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
@@ -126,6 +144,7 @@ class _FileConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     auth: AuthConfig = msgspec.field(default_factory=AuthConfig)
     checkpoint: CheckpointConfig = msgspec.field(default_factory=CheckpointConfig)
+    store: StoreConfig = msgspec.field(default_factory=StoreConfig)
 
 
 class Config(msgspec.Struct, frozen=True):
@@ -140,6 +159,7 @@ class Config(msgspec.Struct, frozen=True):
     socket_path: Path
     source: Path | None  # the file it came from, None for pure defaults
     checkpoint: CheckpointConfig = CheckpointConfig()
+    store: StoreConfig = StoreConfig()  # password_file absolute once resolved
 
     @property
     def log_dir(self) -> Path:
@@ -276,6 +296,7 @@ def _resolve(fc: _FileConfig, base: Path, source: Path | None) -> Config:
             "read-only peers; it must be smaller",
             str(source) if source else None,
         )
+    store = _resolve_store(fc.store, base, str(source) if source else None)
     return Config(
         daemon=fc.daemon,
         log=fc.log,
@@ -286,7 +307,61 @@ def _resolve(fc: _FileConfig, base: Path, source: Path | None) -> Config:
         socket_path=socket_path,
         source=source,
         checkpoint=fc.checkpoint,
+        store=store,
     )
+
+
+def _resolve_store(store: StoreConfig, base: Path, where: str | None) -> StoreConfig:
+    """Check what msgspec cannot: a dsn for PostgreSQL only, and never with a password."""
+    if store.backend == "sqlite":
+        for key in ("dsn", "password_file"):
+            if getattr(store, key):
+                raise ConfigError(f"store.{key}", 'is used only with backend = "postgresql"', where)
+        return store
+    if not store.dsn:
+        raise ConfigError("store.dsn", 'is required with backend = "postgresql"', where)
+    # The messages below never quote the string: it may hold the secret they refuse.
+    try:
+        has_password = conninfo.has_password(store.dsn)
+    except conninfo.ConninfoError as exc:
+        raise ConfigError("store.dsn", f"not a libpq connection string: {exc}", where) from exc
+    if has_password:
+        raise ConfigError(
+            "store.dsn",
+            "holds a password; put it in store.password_file (or libpq's PGPASSWORD / "
+            "PGPASSFILE) instead",
+            where,
+        )
+    if store.password_file:
+        path = Path(os.path.normpath(base / os.path.expandvars(store.password_file)))
+        store = msgspec.structs.replace(store, password_file=str(path))
+    return store
+
+
+def read_password(store: StoreConfig) -> str | None:
+    """The password from `store.password_file` (its first line), None without one.
+
+    A file anyone may read is refused: the secret would not be one.
+    """
+    if not store.password_file:
+        return None
+    path = Path(store.password_file)
+    try:
+        with path.open("rb") as f:
+            if os.fstat(f.fileno()).st_mode & 0o004:
+                raise ConfigError(
+                    "store.password_file", f"{path} is readable by everyone; chmod o-r it"
+                )
+            first = f.readline(64 * 1024)
+    except OSError as exc:
+        raise ConfigError("store.password_file", f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        password = first.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise ConfigError("store.password_file", f"{path} is not UTF-8 text") from exc
+    if not password:
+        raise ConfigError("store.password_file", f"{path}'s first line is empty")
+    return password
 
 
 def default_config(state_dir: Path, **sections: Any) -> Config:

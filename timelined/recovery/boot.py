@@ -59,6 +59,7 @@ class BootResult:
     read_only: LogDamaged | None
     lock: StateLock
     new_state: bool = False  # a first boot: the state directory was empty
+    postgresql: bool = False  # the log and state are in PostgreSQL: nothing local to recover
 
 
 def boot(
@@ -82,8 +83,12 @@ def boot(
         id=report_id("boot", started), kind="boot", version=__version__, started_at=started
     )
     try:
-        result = _boot(config, ops, report, lock, progress or _no_progress)
-        result = _check_recorded_damage(config, ops, result)
+        if config.store.backend == "postgresql":
+            # SEAM (pgverify): recorded damage is checked by walking the log table's chain.
+            result = _boot_postgresql(config, ops, report, lock, progress or _no_progress)
+        else:
+            result = _boot(config, ops, report, lock, progress or _no_progress)
+            result = _check_recorded_damage(config, ops, result)
         _finish(config, report, ops)  # a report that cannot be written fails the boot (documented)
     except BaseException as exc:
         report.verdict = "failed"
@@ -173,7 +178,9 @@ def _tighten(state_dir: Path, modes: StateModes) -> None:
 def describe_boot(result: BootResult) -> str:
     """The log line that says how the boot went: a first boot, the fast path, or a recovery."""
     report = result.report
-    if result.new_state:
+    if result.postgresql:
+        how = "PostgreSQL: log and state commit together, nothing to recover"
+    elif result.new_state:
         how = "first boot: a new, empty state directory"
     elif report.fast_path:
         how = "fast path"
@@ -347,6 +354,32 @@ def _boot(
             "and compare the quarantined state with a backup."
         )
     return BootResult(report, LogHead(scan.last_seq, scan.last_hash, scan.end_offset), None, lock)
+
+
+def _boot_postgresql(
+    config: Config, ops: FileOps, report: Report, lock: StateLock, progress: Progress
+) -> BootResult:
+    """The boot of a daemon whose log and state are in PostgreSQL (`[store]`): nothing local
+    to recover. The database commits each batch's log rows and state changes in one
+    transaction, so there is no torn tail to cut and no state to roll forward; the engine
+    checks the schema as it connects. The state directory keeps the lock, this report, the
+    marker (a crash is still worth saying), the Merkle tree and the signing key."""
+    with report.phase("marker"):
+        taken = take_marker(config.marker_path, ops)
+    report.marker_found = taken.marker is not None
+    report.integrity_check = "skipped (PostgreSQL: the server keeps its own consistency)"
+    if taken.problem not in (None, "absent"):
+        report.marker_problem = taken.problem
+    if taken.marker is None and any(config.state_dir.glob("reports/boot-*")):
+        # A crash: its report is a recovery report (where an operator looks), with no work.
+        report.kind = "recovery"
+        report.marker_problem = report.marker_problem or "absent: the last run did not stop cleanly"
+        report.actions.append(
+            "The last run did not stop cleanly. Nothing acknowledged was lost: on PostgreSQL "
+            "every batch's log rows and state changes commit in one transaction, so there is "
+            "nothing to roll forward; an unanswered batch either committed whole or not at all."
+        )
+    return BootResult(report, None, None, lock, postgresql=True)
 
 
 def _report_damage(report: Report, d: ScanDamage) -> LogDamaged:

@@ -8,7 +8,6 @@ value comes from the record, so replaying the same log gives the same bytes.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +15,7 @@ import msgspec
 
 from timelined import events as ev
 from timelined.events import Record
+from timelined.state.dbapi import DbConn
 
 _json = msgspec.json.Encoder(order="deterministic")
 
@@ -27,11 +27,11 @@ def dump_json(value: Any) -> str:
     return _json.encode(value).decode()
 
 
-def set_meta(conn: sqlite3.Connection, last_seq: int, last_hash: str) -> None:
+def set_meta(conn: DbConn, last_seq: int, last_hash: str) -> None:
     conn.execute("UPDATE meta SET last_seq = ?, last_hash = ? WHERE id = 1", (last_seq, last_hash))
 
 
-def _set_focus(conn: sqlite3.Connection, context_id: str | None, seq: int) -> None:
+def _set_focus(conn: DbConn, context_id: str | None, seq: int) -> None:
     conn.execute(
         "UPDATE focus SET context_id = ?1, seq = ?2, conversation_id = "
         "(SELECT conversation_id FROM contexts WHERE id = ?1) WHERE id = 1",
@@ -39,14 +39,14 @@ def _set_focus(conn: sqlite3.Connection, context_id: str | None, seq: int) -> No
     )
 
 
-def _set_status(conn: sqlite3.Connection, r: Record, context_id: str, status: str) -> None:
+def _set_status(conn: DbConn, r: Record, context_id: str, status: str) -> None:
     conn.execute(
         "UPDATE contexts SET status = ?, updated_at = ?, updated_seq = ? WHERE id = ?",
         (status, r.ts, r.seq, context_id),
     )
 
 
-def _conversation_created(conn: sqlite3.Connection, r: Record, e: ev.ConversationCreated) -> None:
+def _conversation_created(conn: DbConn, r: Record, e: ev.ConversationCreated) -> None:
     imported = dump_json(e.imported_from) if e.imported_from is not None else None
     conn.execute(
         "INSERT INTO conversations (id, name, root_context_id, status, metadata, imported_from, "
@@ -73,7 +73,7 @@ def _conversation_created(conn: sqlite3.Connection, r: Record, e: ev.Conversatio
     _set_focus(conn, e.root_context_id, r.seq)
 
 
-def _conversation_updated(conn: sqlite3.Connection, r: Record, e: ev.ConversationUpdated) -> None:
+def _conversation_updated(conn: DbConn, r: Record, e: ev.ConversationUpdated) -> None:
     if e.name is not None:
         conn.execute("UPDATE conversations SET name = ? WHERE id = ?", (e.name, e.conversation_id))
     if e.metadata is not None:
@@ -84,14 +84,14 @@ def _conversation_updated(conn: sqlite3.Connection, r: Record, e: ev.Conversatio
     _touch_conversation(conn, r, e.conversation_id)
 
 
-def _touch_conversation(conn: sqlite3.Connection, r: Record, conversation_id: str) -> None:
+def _touch_conversation(conn: DbConn, r: Record, conversation_id: str) -> None:
     conn.execute(
         "UPDATE conversations SET updated_at = ?, updated_seq = ? WHERE id = ?",
         (r.ts, r.seq, conversation_id),
     )
 
 
-def _conversation_archived(conn: sqlite3.Connection, r: Record, e: ev.ConversationArchived) -> None:
+def _conversation_archived(conn: DbConn, r: Record, e: ev.ConversationArchived) -> None:
     conn.execute(
         "UPDATE conversations SET status = 'archived', archive_reason = ? WHERE id = ?",
         (e.reason, e.conversation_id),
@@ -105,7 +105,7 @@ def _conversation_archived(conn: sqlite3.Connection, r: Record, e: ev.Conversati
     )
 
 
-def _context_spawned(conn: sqlite3.Connection, r: Record, e: ev.ContextSpawned) -> None:
+def _context_spawned(conn: DbConn, r: Record, e: ev.ContextSpawned) -> None:
     conn.execute(
         "INSERT INTO contexts (id, conversation_id, parent_id, status, reason, inherit_from, "
         "inherit_last, inherit_upto, tags, created_at, created_seq, updated_at, updated_seq) "
@@ -128,17 +128,17 @@ def _context_spawned(conn: sqlite3.Connection, r: Record, e: ev.ContextSpawned) 
     _set_focus(conn, e.context_id, r.seq)
 
 
-def _context_paused(conn: sqlite3.Connection, r: Record, e: ev.ContextPaused) -> None:
+def _context_paused(conn: DbConn, r: Record, e: ev.ContextPaused) -> None:
     _set_status(conn, r, e.context_id, "paused")
 
 
-def _context_resumed(conn: sqlite3.Connection, r: Record, e: ev.ContextResumed) -> None:
+def _context_resumed(conn: DbConn, r: Record, e: ev.ContextResumed) -> None:
     _set_status(conn, r, e.context_id, "active")
     _set_focus(conn, e.context_id, r.seq)
 
 
 def _context_merged(
-    conn: sqlite3.Connection, r: Record, e: ev.ContextMerged, fts: FtsRows | None = None
+    conn: DbConn, r: Record, e: ev.ContextMerged, fts: FtsRows | None = None
 ) -> None:
     _set_status(conn, r, e.context_id, "merged")
     metadata = {"merged_context_id": e.context_id, "merged_block_count": e.block_count}
@@ -159,7 +159,7 @@ def _context_merged(
     _set_focus(conn, e.parent_id, r.seq)
 
 
-def _context_archived(conn: sqlite3.Connection, r: Record, e: ev.ContextArchived) -> None:
+def _context_archived(conn: DbConn, r: Record, e: ev.ContextArchived) -> None:
     conn.execute(
         "UPDATE contexts SET status = 'archived', archive_reason = ?, updated_at = ?, "
         "updated_seq = ? WHERE id = ?",
@@ -173,7 +173,7 @@ def _context_archived(conn: sqlite3.Connection, r: Record, e: ev.ContextArchived
         _set_focus(conn, parent[0] if parent else None, r.seq)
 
 
-def _context_restored(conn: sqlite3.Connection, r: Record, e: ev.ContextRestored) -> None:
+def _context_restored(conn: DbConn, r: Record, e: ev.ContextRestored) -> None:
     conn.execute(
         "UPDATE contexts SET status = 'paused', archive_reason = NULL, updated_at = ?, "
         "updated_seq = ? WHERE id = ?",
@@ -181,25 +181,25 @@ def _context_restored(conn: sqlite3.Connection, r: Record, e: ev.ContextRestored
     )
 
 
-def _context_reparented(conn: sqlite3.Connection, r: Record, e: ev.ContextReparented) -> None:
+def _context_reparented(conn: DbConn, r: Record, e: ev.ContextReparented) -> None:
     conn.execute(
         "UPDATE contexts SET parent_id = ?, updated_at = ?, updated_seq = ? WHERE id = ?",
         (e.new_parent_id, r.ts, r.seq, e.context_id),
     )
 
 
-def _context_focused(conn: sqlite3.Connection, r: Record, e: ev.ContextFocused) -> None:
+def _context_focused(conn: DbConn, r: Record, e: ev.ContextFocused) -> None:
     _set_focus(conn, e.context_id, r.seq)
 
 
-def _context_tagged(conn: sqlite3.Connection, r: Record, e: ev.ContextTagged) -> None:
+def _context_tagged(conn: DbConn, r: Record, e: ev.ContextTagged) -> None:
     conn.execute(
         "UPDATE contexts SET tags = ?, updated_at = ?, updated_seq = ? WHERE id = ?",
         (dump_json(e.tags), r.ts, r.seq, e.context_id),
     )
 
 
-def _crossref_added(conn: sqlite3.Connection, r: Record, e: ev.CrossRefAdded) -> None:
+def _crossref_added(conn: DbConn, r: Record, e: ev.CrossRefAdded) -> None:
     conn.execute(
         "INSERT INTO crossrefs (id, from_id, to_id, kind, note, created_at, created_seq) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -207,7 +207,7 @@ def _crossref_added(conn: sqlite3.Connection, r: Record, e: ev.CrossRefAdded) ->
     )
 
 
-def _crossref_revoked(conn: sqlite3.Connection, r: Record, e: ev.CrossRefRevoked) -> None:
+def _crossref_revoked(conn: DbConn, r: Record, e: ev.CrossRefRevoked) -> None:
     conn.execute("UPDATE crossrefs SET revoked_seq = ? WHERE id = ?", (r.seq, e.ref_id))
 
 
@@ -279,9 +279,7 @@ INSERT_BLOCK = (
 )
 
 
-def _insert_block(
-    conn: sqlite3.Connection, seq: int, b: ev.BlockData, fts: FtsRows | None = None
-) -> None:
+def _insert_block(conn: DbConn, seq: int, b: ev.BlockData, fts: FtsRows | None = None) -> None:
     rows: BlockRows | None = getattr(conn, "block_rows", None)
     if rows is not None:
         rows.add(seq, b)
@@ -297,12 +295,12 @@ def _insert_block(
         fts.append((seq, b.content))
 
 
-def insert_fts(conn: sqlite3.Connection, rows: FtsRows) -> None:
+def insert_fts(conn: DbConn, rows: FtsRows) -> None:
     """Index blocks collected by `apply(..., fts=rows)`, all at once."""
     conn.executemany("INSERT INTO blocks_fts (rowid, content) VALUES (?, ?)", rows)
 
 
-def index_blocks(conn: sqlite3.Connection, after_seq: int, upto_seq: int) -> None:
+def index_blocks(conn: DbConn, after_seq: int, upto_seq: int) -> None:
     """Index every block with `after_seq < seq <= upto_seq` and record the index's position
     (`meta.fts_seq = upto_seq`), inside the caller's transaction.
 
@@ -320,17 +318,17 @@ def index_blocks(conn: sqlite3.Connection, after_seq: int, upto_seq: int) -> Non
     set_fts_seq(conn, upto_seq)
 
 
-def set_fts_seq(conn: sqlite3.Connection, fts_seq: int) -> None:
+def set_fts_seq(conn: DbConn, fts_seq: int) -> None:
     conn.execute("UPDATE meta SET fts_seq = ? WHERE id = 1", (fts_seq,))
 
 
 def _block_appended(
-    conn: sqlite3.Connection, r: Record, e: ev.BlockAppended, fts: FtsRows | None = None
+    conn: DbConn, r: Record, e: ev.BlockAppended, fts: FtsRows | None = None
 ) -> None:
     _insert_block(conn, r.seq, e.block, fts)
 
 
-def _block_retracted(conn: sqlite3.Connection, r: Record, e: ev.BlockRetracted) -> None:
+def _block_retracted(conn: DbConn, r: Record, e: ev.BlockRetracted) -> None:
     # A row of its own, never a change to the block's row: blocks stay immutable (the
     # verifier's replay hands block rows on without inserting them: BlockRows), and the
     # full-text row stays too; the reads leave retracted blocks out (state/queries.py).
@@ -341,7 +339,7 @@ def _block_retracted(conn: sqlite3.Connection, r: Record, e: ev.BlockRetracted) 
     )
 
 
-_Handler = Callable[[sqlite3.Connection, Record, Any], None]
+_Handler = Callable[[DbConn, Record, Any], None]
 
 _HANDLERS: dict[type, _Handler] = {
     ev.ConversationCreated: _conversation_created,
@@ -365,13 +363,13 @@ _HANDLERS: dict[type, _Handler] = {
 assert set(_HANDLERS) == set(ev.EVENT_CLASSES), "every event type needs exactly one handler"
 
 # The handlers that create a block, and so a full-text row.
-_WITH_BLOCK: dict[type, Callable[[sqlite3.Connection, Record, Any, FtsRows], None]] = {
+_WITH_BLOCK: dict[type, Callable[[DbConn, Record, Any, FtsRows], None]] = {
     ev.BlockAppended: _block_appended,
     ev.ContextMerged: _context_merged,
 }
 
 
-def apply(conn: sqlite3.Connection, record: Record, fts: FtsRows | None = None) -> None:
+def apply(conn: DbConn, record: Record, fts: FtsRows | None = None) -> None:
     """Turn one logged event into rows (inside the caller's transaction).
 
     With `fts`, a new block's full-text row is appended to that list instead of inserted; the

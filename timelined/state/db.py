@@ -6,6 +6,7 @@ import os
 import sqlite3
 from pathlib import Path
 
+from timelined.state.dbapi import DbConn
 from timelined.state.model import Meta
 from timelined.state.schema import migrate
 
@@ -66,12 +67,12 @@ def open_read(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def read_meta(conn: sqlite3.Connection) -> Meta:
+def read_meta(conn: DbConn) -> Meta:
     row = conn.execute("SELECT last_seq, last_hash, event_schema FROM meta WHERE id = 1").fetchone()
     return Meta(int(row[0]), str(row[1]), int(row[2]))
 
 
-def read_fts_seq(conn: sqlite3.Connection) -> int:
+def read_fts_seq(conn: DbConn) -> int:
     """How far the search index is: every block with seq <= this has its document."""
     return int(conn.execute("SELECT fts_seq FROM meta WHERE id = 1").fetchone()[0])
 

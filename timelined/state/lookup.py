@@ -1,6 +1,6 @@
 """Look it up or raise the named NotFound: the writer's rules and the daemon's reads alike.
 
-Plain functions over an sqlite3 connection, as `queries.py`: the rules call them on the writer's
+Plain functions over a connection (`DbConn`), as `queries.py`: the rules call them on the writer's
 connection inside the command's savepoint; the daemon runs them (and the checked reads below)
 on a read-only connection through `Engine.read`, in one snapshot, so the check and the answer
 agree.
@@ -8,49 +8,48 @@ agree.
 
 from __future__ import annotations
 
-import sqlite3
-
 from timelined.api import model as m
 from timelined.errors import BlockNotFound, ContextNotFound, ConversationNotFound, CrossRefNotFound
 from timelined.replies import ReplyBudget
 from timelined.state import queries as q
+from timelined.state.dbapi import DbConn
 
 
-def conversation_or_raise(conn: sqlite3.Connection, id: str) -> m.Conversation:
+def conversation_or_raise(conn: DbConn, id: str) -> m.Conversation:
     found = q.get_conversation(conn, id)
     if found is None:
         raise ConversationNotFound(id)
     return found
 
 
-def context_or_raise(conn: sqlite3.Connection, id: str, *, crossrefs: bool = True) -> m.Context:
+def context_or_raise(conn: DbConn, id: str, *, crossrefs: bool = True) -> m.Context:
     found = q.get_context(conn, id, crossrefs=crossrefs)
     if found is None:
         raise ContextNotFound(id)
     return found
 
 
-def block_or_raise(conn: sqlite3.Connection, id: str) -> m.Block:
+def block_or_raise(conn: DbConn, id: str) -> m.Block:
     found = q.get_block(conn, id)
     if found is None:
         raise BlockNotFound(id)
     return found
 
 
-def crossref_or_raise(conn: sqlite3.Connection, id: str) -> m.CrossRef:
+def crossref_or_raise(conn: DbConn, id: str) -> m.CrossRef:
     found = q.get_crossref(conn, id)
     if found is None:
         raise CrossRefNotFound(id)
     return found
 
 
-def require_conversation(conn: sqlite3.Connection, id: str) -> None:
+def require_conversation(conn: DbConn, id: str) -> None:
     """ConversationNotFound unless it exists (one indexed probe, nothing decoded)."""
     if not q.conversation_exists(conn, id):
         raise ConversationNotFound(id)
 
 
-def require_context(conn: sqlite3.Connection, id: str) -> None:
+def require_context(conn: DbConn, id: str) -> None:
     """ContextNotFound unless it exists (one indexed probe, nothing decoded)."""
     if not q.context_exists(conn, id):
         raise ContextNotFound(id)
@@ -59,13 +58,13 @@ def require_context(conn: sqlite3.Connection, id: str) -> None:
 # --- checked reads: the parent's NotFound, else the query's answer, in one snapshot -------------
 
 
-def tree_or_raise(conn: sqlite3.Connection, conversation_id: str) -> list[m.Context]:
+def tree_or_raise(conn: DbConn, conversation_id: str) -> list[m.Context]:
     require_conversation(conn, conversation_id)
     return q.get_tree(conn, conversation_id)
 
 
 def blocks_or_raise(
-    conn: sqlite3.Connection,
+    conn: DbConn,
     context_id: str,
     *,
     limit: int,
@@ -93,14 +92,14 @@ def blocks_or_raise(
 
 
 def history_or_raise(
-    conn: sqlite3.Connection, context_id: str, *, limit: int | None, reply_bytes: int
+    conn: DbConn, context_id: str, *, limit: int | None, reply_bytes: int
 ) -> list[m.HistoryBlock]:
     require_context(conn, context_id)
     return q.history(conn, context_id, limit=limit, budget=ReplyBudget(reply_bytes))
 
 
 def search_or_raise(
-    conn: sqlite3.Connection,
+    conn: DbConn,
     query: str,
     *,
     conversation_id: str | None,
@@ -124,6 +123,6 @@ def search_or_raise(
     )
 
 
-def stats_or_raise(conn: sqlite3.Connection, conversation_id: str) -> m.ConversationStats:
+def stats_or_raise(conn: DbConn, conversation_id: str) -> m.ConversationStats:
     require_conversation(conn, conversation_id)
     return q.conversation_stats(conn, conversation_id)

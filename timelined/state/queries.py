@@ -1,4 +1,5 @@
-"""Every query, written once as a plain function over an sqlite3 connection.
+"""Every query, written once as a plain function over a connection (`DbConn`: an sqlite3
+connection, or pgstore's PostgreSQL one, which translates the SQL: pgstore/sql.py).
 
 The writer calls these for its checks on its own connection; the daemon's readers run the same
 functions on aiosqlite read-only connections (`reads.py`); replay, the verifier and the tests use
@@ -27,6 +28,7 @@ from timelined.api.model import (
 from timelined.errors import BadQuery
 from timelined.events import SubBlock
 from timelined.replies import ReplyBudget, json_size, text_size
+from timelined.state.dbapi import DbConn
 
 _meta_decoder = msgspec.json.Decoder(dict[str, Any])
 _tags_decoder = msgspec.json.Decoder(list[str])
@@ -119,19 +121,19 @@ def _reply_bytes(row: sqlite3.Row | tuple[Any, ...]) -> int:
 # --- conversations -----------------------------------------------------------------------------
 
 
-def get_conversation(conn: sqlite3.Connection, id: str) -> Conversation | None:
+def get_conversation(conn: DbConn, id: str) -> Conversation | None:
     row = conn.execute(
         f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE id = ?", (id,)
     ).fetchone()
     return _conversation(row) if row else None
 
 
-def conversation_exists(conn: sqlite3.Connection, id: str) -> bool:
+def conversation_exists(conn: DbConn, id: str) -> bool:
     return conn.execute("SELECT 1 FROM conversations WHERE id = ?", (id,)).fetchone() is not None
 
 
 def list_conversations(
-    conn: sqlite3.Connection,
+    conn: DbConn,
     *,
     include_archived: bool,
     limit: int,
@@ -158,7 +160,7 @@ def list_conversations(
 # --- contexts ----------------------------------------------------------------------------------
 
 
-def _crossrefs_of(conn: sqlite3.Connection, context_id: str) -> list[CrossRef]:
+def _crossrefs_of(conn: DbConn, context_id: str) -> list[CrossRef]:
     rows = conn.execute(
         "SELECT id, from_id, to_id, kind, note, created_at FROM crossrefs "
         "WHERE (from_id = ?1 OR to_id = ?1) AND revoked_seq IS NULL ORDER BY created_seq",
@@ -170,7 +172,7 @@ def _crossrefs_of(conn: sqlite3.Connection, context_id: str) -> list[CrossRef]:
     ]
 
 
-def get_context(conn: sqlite3.Connection, id: str, *, crossrefs: bool = True) -> Context | None:
+def get_context(conn: DbConn, id: str, *, crossrefs: bool = True) -> Context | None:
     row = conn.execute(
         f"SELECT {_CONTEXT_COLUMNS} FROM contexts c WHERE c.id = ?", (id,)
     ).fetchone()
@@ -179,11 +181,11 @@ def get_context(conn: sqlite3.Connection, id: str, *, crossrefs: bool = True) ->
     return _context(row, _crossrefs_of(conn, id) if crossrefs else None)
 
 
-def context_exists(conn: sqlite3.Connection, id: str) -> bool:
+def context_exists(conn: DbConn, id: str) -> bool:
     return conn.execute("SELECT 1 FROM contexts WHERE id = ?", (id,)).fetchone() is not None
 
 
-def get_tree(conn: sqlite3.Connection, conversation_id: str) -> list[Context]:
+def get_tree(conn: DbConn, conversation_id: str) -> list[Context]:
     """Every context of a conversation, in creation order (the root first)."""
     rows = conn.execute(
         f"SELECT {_CONTEXT_COLUMNS} FROM contexts c WHERE c.conversation_id = ? "
@@ -193,7 +195,7 @@ def get_tree(conn: sqlite3.Connection, conversation_id: str) -> list[Context]:
     return [_context(r, _crossrefs_of(conn, r[0])) for r in rows]
 
 
-def ancestors(conn: sqlite3.Connection, context_id: str) -> list[str]:
+def ancestors(conn: DbConn, context_id: str) -> list[str]:
     """The context's id and its ancestors' ids, up to the root."""
     rows = conn.execute(
         "WITH RECURSIVE up(id, parent_id) AS ("
@@ -205,14 +207,14 @@ def ancestors(conn: sqlite3.Connection, context_id: str) -> list[str]:
     return [r[0] for r in rows]
 
 
-def own_block_count(conn: sqlite3.Connection, context_id: str) -> int:
+def own_block_count(conn: DbConn, context_id: str) -> int:
     row = conn.execute(
         "SELECT coalesce(max(position), 0) FROM blocks WHERE context_id = ?", (context_id,)
     ).fetchone()
     return int(row[0])
 
 
-def get_crossref(conn: sqlite3.Connection, id: str) -> CrossRef | None:
+def get_crossref(conn: DbConn, id: str) -> CrossRef | None:
     r = conn.execute(
         "SELECT id, from_id, to_id, kind, note, created_at FROM crossrefs "
         "WHERE id = ? AND revoked_seq IS NULL",
@@ -231,12 +233,12 @@ def get_crossref(conn: sqlite3.Connection, id: str) -> CrossRef | None:
 _VISIBLE = "id NOT IN (SELECT block_id FROM retractions WHERE context_id = ?)"
 
 
-def is_retracted(conn: sqlite3.Connection, block_id: str) -> bool:
+def is_retracted(conn: DbConn, block_id: str) -> bool:
     found = conn.execute("SELECT 1 FROM retractions WHERE block_id = ?", (block_id,))
     return found.fetchone() is not None
 
 
-def _retracted_upto(conn: sqlite3.Connection, context_id: str, upto: int) -> int:
+def _retracted_upto(conn: DbConn, context_id: str, upto: int) -> int:
     """How many of the context's blocks at positions <= upto are retracted."""
     row = conn.execute(
         "SELECT count(*) FROM retractions r JOIN blocks b ON b.id = r.block_id "
@@ -246,13 +248,13 @@ def _retracted_upto(conn: sqlite3.Connection, context_id: str, upto: int) -> int
     return int(row[0])
 
 
-def get_block(conn: sqlite3.Connection, id: str) -> Block | None:
+def get_block(conn: DbConn, id: str) -> Block | None:
     row = conn.execute(f"SELECT {_BLOCK_COLUMNS} FROM blocks WHERE id = ?", (id,)).fetchone()
     return _block(row) if row else None
 
 
 def list_blocks(
-    conn: sqlite3.Connection,
+    conn: DbConn,
     context_id: str,
     *,
     limit: int,
@@ -321,7 +323,7 @@ def list_blocks(
 
 
 def _own_window(
-    conn: sqlite3.Connection,
+    conn: DbConn,
     context_id: str,
     upto: int | None,
     count: int,
@@ -350,7 +352,7 @@ def _own_window(
 
 
 def history(
-    conn: sqlite3.Connection,
+    conn: DbConn,
     context_id: str,
     *,
     limit: int | None = None,
@@ -373,7 +375,7 @@ def history(
 
 
 def _history_into(
-    conn: sqlite3.Connection,
+    conn: DbConn,
     context_id: str,
     upto: int | None,
     want: int | None,
@@ -416,7 +418,7 @@ SEARCH_RANKED_MATCHES = 2_000
 
 
 def search(
-    conn: sqlite3.Connection,
+    conn: DbConn,
     query: str,
     *,
     conversation_id: str | None = None,
@@ -531,13 +533,14 @@ def _rank_of(row: tuple[int, float]) -> float:
     return row[1]
 
 
-def conversation_stats(conn: sqlite3.Connection, conversation_id: str) -> ConversationStats:
+def conversation_stats(conn: DbConn, conversation_id: str) -> ConversationStats:
     per_role: dict[str, int] = {}
     total = tin = tout = 0
     taken = 0.0
     for role, n, i, o, t in conn.execute(
-        "SELECT b.role, count(*), coalesce(sum(b.tokens_input), 0), "
-        "coalesce(sum(b.tokens_output), 0), coalesce(sum(b.time_taken), 0.0) "
+        # CAST: PostgreSQL sums BIGINTs into NUMERIC (a Decimal); SQLite reads it as INTEGER.
+        "SELECT b.role, count(*), CAST(coalesce(sum(b.tokens_input), 0) AS BIGINT), "
+        "CAST(coalesce(sum(b.tokens_output), 0) AS BIGINT), coalesce(sum(b.time_taken), 0.0) "
         "FROM blocks b JOIN contexts c ON c.id = b.context_id WHERE c.conversation_id = ? "
         "GROUP BY b.role ORDER BY b.role",
         (conversation_id,),
@@ -560,7 +563,10 @@ def conversation_stats(conn: sqlite3.Connection, conversation_id: str) -> Conver
         blocks_per_role=per_role,
         tokens_input=tin,
         tokens_output=tout,
-        time_taken=taken,
+        # To the microsecond: SQLite and PostgreSQL sum floats in different orders and ways
+        # (SQLite compensates rounding errors), so the last bits of the sum differ between
+        # the backends; a microsecond is far below what a block's time_taken measures.
+        time_taken=round(taken, 6),
         contexts_per_status=per_status,
     )
 
@@ -568,12 +574,17 @@ def conversation_stats(conn: sqlite3.Connection, conversation_id: str) -> Conver
 # --- focus and startup -------------------------------------------------------------------------
 
 
-def focus(conn: sqlite3.Connection) -> Focus:
+def focus(conn: DbConn) -> Focus:
     row = conn.execute("SELECT context_id, conversation_id FROM focus WHERE id = 1").fetchone()
     return Focus(context_id=row[0], conversation_id=row[1])
 
 
-def startup_state(conn: sqlite3.Connection) -> StartupState:
+# A conversation's last change: the larger of two seqs, as CASE (SQLite's two-argument max()
+# is GREATEST() on PostgreSQL; CASE reads the same on both).
+_TOUCHED = "CASE WHEN updated_seq > created_seq THEN updated_seq ELSE created_seq END"
+
+
+def startup_state(conn: DbConn) -> StartupState:
     if conn.execute("SELECT 1 FROM conversations LIMIT 1").fetchone() is None:
         return StartupState(has_data=False)
     f = focus(conn)
@@ -588,8 +599,8 @@ def startup_state(conn: sqlite3.Connection) -> StartupState:
         "  JOIN conversations v ON v.id = c.conversation_id AND v.status != 'archived'"
         "  ORDER BY b.seq DESC LIMIT 1)"
         " UNION ALL SELECT * FROM ("
-        " SELECT id, max(updated_seq, created_seq) FROM conversations WHERE status != 'archived'"
-        "  ORDER BY max(updated_seq, created_seq) DESC LIMIT 1)"
+        f" SELECT id, {_TOUCHED} FROM conversations WHERE status != 'archived'"
+        f"  ORDER BY {_TOUCHED} DESC LIMIT 1)"
         " ORDER BY 2 DESC LIMIT 1"
     ).fetchone()
     last = get_conversation(conn, row[0]) if row else None

@@ -12,12 +12,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar, cast
+from typing import Concatenate, ParamSpec, Protocol, TypeVar, cast
 
 import aiosqlite
 import anyio
 
 from timelined.state.db import open_read, read_meta
+from timelined.state.dbapi import DbConn
 from timelined.state.model import Meta
 
 P = ParamSpec("P")
@@ -53,6 +54,21 @@ class ReadConnection(aiosqlite.Connection):
             _in_snapshot, fn, self._conn, *args, **kwargs
         )
         return cast(T, result)
+
+
+class ReadPool(Protocol):
+    """What the engine needs of a read pool: `Readers` here, pgstore.reads.PgReaders on
+    PostgreSQL. `run` runs a whole query function in one snapshot on a connection of its own."""
+
+    async def open(self) -> None: ...
+
+    async def run(
+        self, fn: Callable[Concatenate[DbConn, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T: ...
+
+    async def reopen(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class Readers:
@@ -130,4 +146,4 @@ class ReadSnapshot:
         self.conn.close()
 
 
-__all__ = ["ReadConnection", "ReadSnapshot", "Readers"]
+__all__ = ["ReadConnection", "ReadPool", "ReadSnapshot", "Readers"]

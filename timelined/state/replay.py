@@ -7,7 +7,6 @@ a replay never builds a state from a log it has not verified.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from timelined.errors import LogDamaged
 from timelined.events import Record
 from timelined.state.apply import apply, index_blocks, set_fts_seq, set_meta
 from timelined.state.db import open_scratch, read_fts_seq, read_meta
+from timelined.state.dbapi import DbConn
 
 Progress = Callable[[int, int], None]  # (events applied so far, last seq applied)
 
@@ -31,7 +31,7 @@ class ReplayResult:
 
 
 def apply_records(
-    conn: sqlite3.Connection,
+    conn: DbConn,
     records: Iterable[Record],
     *,
     chunk: int = 20_000,
@@ -89,7 +89,7 @@ def apply_records(
 
 
 def roll_forward(
-    conn: sqlite3.Connection,
+    conn: DbConn,
     log_dir: Path,
     *,
     progress: Progress | None = None,

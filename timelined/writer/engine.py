@@ -67,7 +67,7 @@ from timelined.histogram import BATCH_SIZE_BOUNDS, SECONDS_BOUNDS, Histogram
 from timelined.ids import utc_now
 from timelined.state.apply import FtsRows, apply, index_blocks, set_meta
 from timelined.state.db import data_version, open_write, read_fts_seq, read_meta
-from timelined.state.reads import Readers, ReadSnapshot
+from timelined.state.reads import Readers, ReadPool, ReadSnapshot
 from timelined.state.replay import roll_forward
 from timelined.writer import rules
 from timelined.writer.hotstate import HotState
@@ -247,7 +247,7 @@ class Engine:
         config: Config,
         conn: sqlite3.Connection,
         writer: LogWriter | None,
-        readers: Readers,
+        readers: ReadPool,
         read_only: LogDamaged | None = None,
         stats: EngineStats | None = None,
     ) -> None:
@@ -295,7 +295,7 @@ class Engine:
         self._pause_depth = 0
         self._resumed = anyio.Event()
         self._resumed.set()
-        self._data_version = data_version(conn)
+        self._data_version = self._read_data_version()
         # The writer's cache for appends; see hotstate.py for why it stays equal to the state.
         self.hot = HotState()
         # The write connection is used only on this thread, and only under `_lock`, which
@@ -328,6 +328,7 @@ class Engine:
             await engine.readers.open()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(engine._writer_loop)
+                tg.start_soon(engine._run_beside)
                 try:
                     yield engine
                 finally:
@@ -382,12 +383,6 @@ class Engine:
         await self._stopped.wait()
 
     async def _close(self) -> None:
-        def close_sync() -> None:
-            if self.fatal is None and self._writer is not None:
-                self._writer.close()  # syncs: nothing acknowledged in interval mode is left
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._conn.close()
-
         # Shielded: a cancelled shutdown must still sync the log (interval mode acknowledges
         # before its fsync) and close the state cleanly.
         with anyio.CancelScope(shield=True):
@@ -395,9 +390,55 @@ class Engine:
                 try:
                     await self.readers.close()
                 finally:
-                    await self._on_writer_thread(close_sync)
+                    await self._on_writer_thread(self._close_storage)
             finally:
                 self._thread.close()
+
+    # --- the storage hooks: what a backend (writer/pg.py) does its own way --------------------
+
+    @property
+    def storage_name(self) -> str:
+        """What a storage error names: the state file here, a redacted dsn on PostgreSQL."""
+        return str(self.config.state_db)
+
+    def _close_storage(self) -> None:
+        """On the writer's thread, at the end: sync the log, checkpoint the WAL, close."""
+        if self.fatal is None and self._writer is not None:
+            self._writer.close()  # syncs: nothing acknowledged in interval mode is left
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._conn.close()
+
+    def _read_data_version(self) -> int:
+        return data_version(self._conn)
+
+    def _open_snapshot(self) -> ReadSnapshot:
+        """A long read's snapshot (blocking: called on a worker thread)."""
+        return ReadSnapshot(self.config.state_db)
+
+    def _begin_batch(self) -> tuple[int, str]:
+        """On the writer's thread: open the batch's transaction; the head it continues."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        return self.last_seq, self.last_hash
+
+    def _publish(self, committed: Committed) -> None:
+        """On the event loop, after a batch: the state holds it; tell every subscriber."""
+        if committed.records:
+            self._committed(committed.records[-1].seq)
+            self._tell_subscribers(committed)
+
+    def _tell_subscribers(self, committed: Committed) -> None:
+        for callback in list(self._subscribers):
+            try:
+                callback(committed.records, committed.lines)
+            except Exception:
+                log.exception("a commit subscriber failed; it was skipped")
+
+    async def _run_beside(self) -> None:
+        """A task the backend runs beside the writer until it stops (none here)."""
+
+    def follow(self) -> None:
+        """The subscribers are in: start giving them other writers' commits (there are none
+        here: this engine is the state's only writer)."""
 
     async def _on_writer_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(*args)` on the writer's thread, between batches and outside `paused()`
@@ -488,7 +529,7 @@ class Engine:
         self._forget_cache("connection replaced")
         meta = read_meta(conn)
         assert (meta.last_seq, meta.last_hash) == (self.last_seq, self.last_hash)
-        self._data_version = data_version(conn)
+        self._data_version = self._read_data_version()
         self._reload_index_position()
 
     def _reload_index_position(self) -> None:
@@ -508,7 +549,7 @@ class Engine:
         """
 
         def check() -> bool:
-            version = data_version(self._conn)
+            version = self._read_data_version()
             changed = version != self._data_version
             self._data_version = version
             if changed:
@@ -558,13 +599,7 @@ class Engine:
                 committed = await self._on_writer_thread(self._run_batch, batch)
                 for pending in batch:
                     pending.answer()  # those the writer's thread did not answer before COMMIT
-                if committed.records:
-                    self._committed(committed.records[-1].seq)
-                    for callback in list(self._subscribers):
-                        try:
-                            callback(committed.records, committed.lines)
-                        except Exception:
-                            log.exception("a commit subscriber failed; it was skipped")
+                self._publish(committed)
                 if self.fatal is not None:
                     self._fail_queued(self.fatal)
                     self._wake_readers()  # a read waiting for a commit that never comes fails
@@ -610,7 +645,7 @@ class Engine:
                     conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass  # the connection is abandoned; the first cause is the one reported
-            self._go_fatal(FatalStorageError(str(self.config.state_db), 0, f"search index: {exc}"))
+            self._go_fatal(FatalStorageError(self.storage_name, 0, f"search index: {exc}"))
             return
         self._fts_seq = upto
         self._unindexed = 0
@@ -698,13 +733,12 @@ class Engine:
         try:
             return self._run_batch_unguarded(batch)
         except sqlite3.Error as exc:
-            fatal = FatalStorageError(str(self.config.state_db), 0, f"state database: {exc}")
+            fatal = FatalStorageError(self.storage_name, 0, f"state database: {exc}")
             return self._abandon(batch, fatal)
 
     def _run_batch_unguarded(self, batch: list[Pending]) -> Committed:
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        seq, prev = self.last_seq, self.last_hash
+        seq, prev = self._begin_batch()
         lines: list[bytes] = []
         records: list[Record] = []
         fts: FtsRows = []
@@ -745,6 +779,19 @@ class Engine:
         if not lines:
             conn.execute("COMMIT")  # only idempotent retries and refusals: nothing to log
             return NOTHING_COMMITTED
+        return self._write_batch(batch, accepted, records, lines, fts)
+
+    def _write_batch(
+        self,
+        batch: list[Pending],
+        accepted: list[Pending],
+        records: list[Record],
+        lines: list[bytes],
+        fts: FtsRows,
+    ) -> Committed:
+        """On the writer's thread, the batch's commands run: log it, answer, commit."""
+        conn = self._conn
+        seq, prev = records[-1].seq, records[-1].hash
         assert self._writer is not None, "read-only engines refuse commands in submit()"
         try:
             started = time.perf_counter()
@@ -772,7 +819,7 @@ class Engine:
             # The events are durable in the log but not in the state, and were answered as
             # done, which is the truth. Stopping is safe: the boot rolls them forward.
             self._fail_after_answer(
-                FatalStorageError(str(self.config.state_db), 0, f"state commit failed: {exc}")
+                FatalStorageError(self.storage_name, 0, f"state commit failed: {exc}")
             )
             return NOTHING_COMMITTED
         self._state_seq = seq
@@ -872,4 +919,4 @@ class Engine:
         """A long read's own snapshot (an export), seeing everything acknowledged before the
         call; the caller closes it."""
         await self.caught_up()
-        return await anyio.to_thread.run_sync(ReadSnapshot, self.config.state_db)
+        return await anyio.to_thread.run_sync(self._open_snapshot)

@@ -25,9 +25,8 @@ Misses are never cached (an unknown id is looked up again), and the cache is bou
 
 from __future__ import annotations
 
-import sqlite3
-
 from timelined.events import BlockAppended, Event
+from timelined.state.dbapi import DbConn
 
 MAX_ENTRIES = 20_000  # contexts (or conversations); a full cache is simply emptied
 
@@ -51,7 +50,7 @@ class HotState:
         self._contexts: dict[str, HotContext] = {}
         self._conversations: dict[str, str] = {}
 
-    def context(self, conn: sqlite3.Connection, id: str) -> HotContext | None:
+    def context(self, conn: DbConn, id: str) -> HotContext | None:
         hit = self._contexts.get(id)
         if hit is not None:
             return hit
@@ -68,7 +67,7 @@ class HotState:
         hit = self._contexts[id] = HotContext(id, row[0], row[1], int(row[2]))
         return hit
 
-    def conversation_status(self, conn: sqlite3.Connection, id: str) -> str | None:
+    def conversation_status(self, conn: DbConn, id: str) -> str | None:
         status = self._conversations.get(id)
         if status is not None:
             return status

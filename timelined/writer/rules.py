@@ -7,7 +7,6 @@ no trace in the log or the state. Every refusal names the current state and what
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -29,6 +28,7 @@ from timelined.errors import (
 )
 from timelined.ids import new_id, normalize_ts
 from timelined.state import queries as q
+from timelined.state.dbapi import DbConn
 from timelined.state.lookup import (
     block_or_raise,
     context_or_raise,
@@ -44,7 +44,7 @@ class Tx(Protocol):
     """What the writer gives the rules: its connection, the limits, and a way to emit events."""
 
     @property
-    def conn(self) -> sqlite3.Connection: ...
+    def conn(self) -> DbConn: ...
 
     @property
     def limits(self) -> LimitsConfig: ...
@@ -64,12 +64,12 @@ class Tx(Protocol):
 # --- lookups that refuse with a named error ----------------------------------------------------
 
 
-def _context(conn: sqlite3.Connection, id: str) -> Context:
+def _context(conn: DbConn, id: str) -> Context:
     # The rules never look at cross-references, and their replies have never carried them.
     return context_or_raise(conn, id, crossrefs=False)
 
 
-def _writable_conversation(conn: sqlite3.Connection, ctx: Context, action: str) -> None:
+def _writable_conversation(conn: DbConn, ctx: Context, action: str) -> None:
     conv = conversation_or_raise(conn, ctx.conversation_id)
     if conv.status == "archived":
         raise InvalidTransition(
@@ -469,7 +469,7 @@ _SIZE_CHECKED = (
 )
 
 
-def _refuse_existing(conn: sqlite3.Connection, events: list[ev.Event]) -> None:
+def _refuse_existing(conn: DbConn, events: list[ev.Event]) -> None:
     """In "keep" mode every id must be new here: an import never overwrites."""
     for e in events:
         if isinstance(e, ev.ConversationCreated) and q.get_conversation(conn, e.conversation_id):
