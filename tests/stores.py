@@ -7,14 +7,12 @@ A `Store` is where one daemon (or several, on PostgreSQL) keeps its log and stat
   PostgreSQL the log table's lines (each the exact line the file log would hold) written into one
   segment, so that the file-format tools (`walk_chain`, `rebuild`) check it unchanged;
 - `dump(state_dir)` is every row of every entity table (tests/helpers.dump_state) read from the
-  backend's own state tables, with the SQLite schema's columns (PostgreSQL's blocks also hold
-  the generated search column, which is no entity data);
+  backend's own state tables;
 - `execute(state_dir, sql)` changes the state behind the daemon's back (the drift tests).
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import sqlite3
 import subprocess
@@ -23,11 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import COLUMNS, TABLES, dump_state, replay_dump
+from tests.helpers import dump_state, replay_dump
 from timelined.auditlog.scan import ChainReport, walk_chain
 from timelined.auditlog.segments import segment_name
 from timelined.config import Config, load_config
-from timelined.state.db import open_scratch
 from timelined.writer.engine import Engine
 
 BACKENDS = ("sqlite", "postgresql")
@@ -88,7 +85,13 @@ class Store:
     def dump(self, state_dir: Path) -> Dump:
         if self.backend == "sqlite":
             return dump_state(state_dir / "state.db")
-        return _pg_dump(self)
+        from timelined.pgstore.sql import connect
+
+        conn = connect(self.dsn or "")
+        try:
+            return dump_state(conn)
+        finally:
+            conn.close()
 
     # --- direct access (behind the daemon's back) ---------------------------------------------
 
@@ -130,37 +133,6 @@ class Store:
         extra = config_text(sections)
         path.write_text(text + extra, encoding="utf-8")
         return load_config(path)
-
-
-@functools.cache
-def _sqlite_columns() -> dict[str, list[str]]:
-    """Each entity table's columns as tests/helpers.dump_state reads them on SQLite."""
-    conn = open_scratch(":memory:")
-    try:
-        return {
-            table: [c.strip() for c in COLUMNS[table].split(",")]
-            if table in COLUMNS
-            else [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
-            for table in TABLES
-        }
-    finally:
-        conn.close()
-
-
-def _pg_dump(store: Store) -> Dump:
-    """dump_state of the PostgreSQL state tables, sorted as SQLite's BINARY collation sorts
-    (by code point: Python's order), whatever the server's collation."""
-    out: Dump = {}
-    for table, key in TABLES.items():
-        names = _sqlite_columns()[table]
-        rows = store.query(f"SELECT {', '.join(names)} FROM {table}")
-        index = names.index(key)
-        out[table] = sorted(rows, key=lambda r: _sort_key(r[index]))
-    return out
-
-
-def _sort_key(value: object) -> tuple[str, object]:
-    return (type(value).__name__, value)
 
 
 def open_engine(config: Config) -> AbstractAsyncContextManager[Engine]:

@@ -30,8 +30,8 @@ from timelined.api.exchange import (
     ImportMode,
 )
 from timelined.api.model import Context
-from timelined.auditlog.reader import read_lines
 from timelined.auditlog.record import RecordError, decode_content
+from timelined.auditlog.source import LogSource
 from timelined.errors import ImportRejected
 from timelined.events import Record
 from timelined.ids import new_id, normalize_ts, utc_now
@@ -85,7 +85,7 @@ class _Membership:
 
 def export_parts(
     conn: sqlite3.Connection,
-    log_dir: str,
+    log: LogSource,
     conversation_id: str,
     upto_seq: int,
     head_hash: str,
@@ -116,7 +116,7 @@ def export_parts(
     batch: list[str] = []
     budget = ReplyBudget(part)
     events = 0
-    for _, line in read_lines(log_dir, after_seq=created - 1, upto_seq=upto_seq):
+    for _, line in log.lines(created - 1, upto_seq):
         content = line[:-1]
         record = decode_content(content)
         if members.concerns(record.event):

@@ -30,6 +30,7 @@ from typing import Any
 
 import anyio
 
+from timelined.auditlog.source import FileLogSource
 from timelined.config import AuthConfig, Config, LogConfig, VerifyConfig, default_config
 from timelined.daemon.app import App
 from timelined.daemon.auth import admitter, authorizer
@@ -266,6 +267,7 @@ async def inprocess_daemon(
                 boot=booted.report,
                 server=server,
                 started_at=utc_now(),
+                log=FileLogSource(config.log_dir),
             )
             register_all(server, app)
             server.authorize = authorizer(app)

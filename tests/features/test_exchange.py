@@ -13,6 +13,7 @@ from timelined import commands as cmd
 from timelined import exchange
 from timelined.api.exchange import ExportDocument, ExportPart, join_parts
 from timelined.api.model import Context, Conversation
+from timelined.auditlog.source import FileLogSource
 from timelined.config import Config, LogConfig, default_config
 from timelined.errors import ImportRejected
 from timelined.state import queries as q
@@ -50,7 +51,11 @@ async def export(engine: Engine, conversation_id: str) -> list[ExportPart]:
     def run(conn: Any) -> list[ExportPart]:
         return list(
             exchange.export_parts(
-                conn, str(engine.config.log_dir), conversation_id, engine.last_seq, engine.last_hash
+                conn,
+                FileLogSource(engine.config.log_dir),
+                conversation_id,
+                engine.last_seq,
+                engine.last_hash,
             )
         )
 

@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from timelined import commands as cmd
 from timelined.api.model import Conversation
 from timelined.api.reports import Report
+from timelined.auditlog.source import FileLogSource
 from timelined.config import LogConfig, default_config
 from timelined.daemon.app import App
 from timelined.daemon.metrics import render
@@ -34,7 +35,12 @@ def test_metrics_parse_and_count(tmp_path: Path) -> None:
                 id="boot-x", kind="boot", version="0", started_at=utc_now(), verdict="recovered"
             )
             app = App(
-                config=config, engine=engine, boot=report, server=server, started_at=utc_now()
+                config=config,
+                engine=engine,
+                boot=report,
+                server=server,
+                started_at=utc_now(),
+                log=FileLogSource(config.log_dir),
             )
             text = render(app)
             lag_now = engine.acked_seq - engine.indexed_seq

@@ -9,6 +9,7 @@ import anyio
 
 from timelined import commands as cmd
 from timelined.api.model import Conversation
+from timelined.auditlog.source import FileLogSource
 from timelined.config import LogConfig, default_config
 from timelined.daemon.watch import LogEvent, WatchHub
 from timelined.errors import SlowConsumer
@@ -21,7 +22,7 @@ def config_for(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 async def test_catch_up_then_live_without_gap_or_repeat(tmp_path: Path) -> None:
     async with Engine.open(config_for(tmp_path)) as engine:
-        hub = WatchHub(engine)
+        hub = WatchHub(engine, FileLogSource(engine.config.log_dir))
         conv = await engine.submit(cmd.CreateConversation(name="w"))
         assert isinstance(conv, Conversation)
         root = conv.root_context_id
@@ -53,7 +54,7 @@ async def test_catch_up_then_live_without_gap_or_repeat(tmp_path: Path) -> None:
 
 async def test_filter_by_conversation(tmp_path: Path) -> None:
     async with Engine.open(config_for(tmp_path)) as engine:
-        hub = WatchHub(engine)
+        hub = WatchHub(engine, FileLogSource(engine.config.log_dir))
         a = await engine.submit(cmd.CreateConversation(name="a"))
         b = await engine.submit(cmd.CreateConversation(name="b"))
         assert isinstance(a, Conversation) and isinstance(b, Conversation)
@@ -73,7 +74,7 @@ async def test_filter_by_conversation(tmp_path: Path) -> None:
 
 async def test_a_stalled_watcher_is_dropped_with_a_named_error(tmp_path: Path) -> None:
     async with Engine.open(config_for(tmp_path)) as engine:
-        hub = WatchHub(engine, buffer_records=50)
+        hub = WatchHub(engine, FileLogSource(engine.config.log_dir), buffer_records=50)
         conv = await engine.submit(cmd.CreateConversation(name="slow"))
         assert isinstance(conv, Conversation)
         stream = hub.watch()

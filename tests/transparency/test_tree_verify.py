@@ -12,6 +12,7 @@ from pathlib import Path
 from tests.daemon.harness import DaemonProcess, short_tempdir
 from tests.transparency.test_treestore import _write_log
 from timelined.api.verify import ChainResult
+from timelined.auditlog.source import FileLogSource
 from timelined.client import Client
 from timelined.treestore.levels import LevelFiles, LevelReader
 from timelined.treestore.logtree import REBUILD_MARK, LogTree
@@ -36,7 +37,7 @@ def _chain(log_dir: Path) -> ChainResult:
 def test_the_check_names_the_first_changed_node(tmp_path: Path) -> None:
     log_dir, tree_dir = tmp_path / "log", tmp_path / "tree"
     _write_log(log_dir, 40)
-    LogTree.open(tree_dir, log_dir, 40).close()
+    LogTree.open(tree_dir, FileLogSource(log_dir), 40).close()
     assert check_tree(tree_dir, log_dir, _chain(log_dir)).state == "ok"
     _flip(tree_dir, 2, 5)  # leaves 20..23
     found = check_tree(tree_dir, log_dir, _chain(log_dir))
@@ -52,7 +53,7 @@ def test_the_check_names_the_first_changed_node(tmp_path: Path) -> None:
 def test_the_chain_child_checks_the_tree_after_the_walk(tmp_path: Path) -> None:
     log_dir, tree_dir = tmp_path / "log", tmp_path / "tree"
     _write_log(log_dir, 9)
-    LogTree.open(tree_dir, log_dir, 9).close()
+    LogTree.open(tree_dir, FileLogSource(log_dir), 9).close()
     _flip(tree_dir, 3, 0)
     done = run_child(["chain", "--log-dir", str(log_dir), "--tree-dir", str(tree_dir)])
     assert isinstance(done, ChainDone) and done.tree is not None

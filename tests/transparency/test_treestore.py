@@ -9,6 +9,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from timelined.auditlog.source import FileLogSource
 from timelined.transparency import merkle
 from timelined.treestore.levels import LevelFiles
 from timelined.treestore.logtree import LogTree, check_against_log
@@ -82,21 +83,21 @@ def _write_log(log_dir: Path, n: int, text: str = "x") -> None:
 def test_open_extends_from_the_log_and_recomputes_a_rewritten_one(tmp_path: Path) -> None:
     log_dir, tree_dir = tmp_path / "log", tmp_path / "tree"
     _write_log(log_dir, 20)
-    tree = LogTree.open(tree_dir, log_dir, 12)  # the daemon's head was seq 12
+    tree = LogTree.open(tree_dir, FileLogSource(log_dir), 12)  # the daemon's head was seq 12
     assert tree.size == 12
     tree.close()
-    tree = LogTree.open(tree_dir, log_dir, 20)  # extended, not recomputed
+    tree = LogTree.open(tree_dir, FileLogSource(log_dir), 20)  # extended, not recomputed
     first = tree.root(20)
-    assert check_against_log(tree.files, 20, log_dir) is None
+    assert check_against_log(tree.files, 20, FileLogSource(log_dir)) is None
     tree.close()
     _write_log(log_dir, 20, text="rewritten")
-    tree = LogTree.open(tree_dir, log_dir, 20)
+    tree = LogTree.open(tree_dir, FileLogSource(log_dir), 20)
     assert tree.root(20) != first
-    assert check_against_log(tree.files, 20, log_dir) is None
+    assert check_against_log(tree.files, 20, FileLogSource(log_dir)) is None
     tree.close()
     _write_log(log_dir, 20)
     files = LevelFiles.open(tree_dir)  # the old tree's files against the original log
-    found = check_against_log(files, 20, log_dir)
+    found = check_against_log(files, 20, FileLogSource(log_dir))
     assert found is not None and found.detail == "leaf 0 (seq 1) differs from the log"
     files.close()
 
@@ -121,7 +122,7 @@ async def test_checkpoints_cover_only_what_is_on_disk(tmp_path: Path) -> None:
 
     config = default_config(tmp_path / "state")
     _write_log(config.log_dir, 9)
-    transparency = Transparency.open(config, 9)
+    transparency = Transparency.open(config, 9, FileLogSource(config.log_dir))
     durable = 6
     transparency.durable_seq = lambda: durable
     verifier = transparency.signer.verifier()

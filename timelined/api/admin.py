@@ -66,6 +66,18 @@ class WriterStats(msgspec.Struct, frozen=True, kw_only=True):
     queue_depth: int
 
 
+class LogStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """The log's storage. `backend`: "file" (segment files) or "table" (PostgreSQL).
+    `segment_bytes`: `[log] segment_bytes`, the size at which the file writer starts a new
+    segment (and `timelinectl export-log` cuts a table's lines). `stored_bytes`: what the log
+    occupies; `segments`: its segment files (null for a table)."""
+
+    backend: str
+    segment_bytes: int
+    stored_bytes: int
+    segments: int | None = None
+
+
 class Status(msgspec.Struct, frozen=True, kw_only=True):
     version: str
     pid: int
@@ -81,6 +93,7 @@ class Status(msgspec.Struct, frozen=True, kw_only=True):
     writer: WriterStats
     read_only: str | None = None
     fatal: str | None = None
+    log: LogStatus | None = None
 
 
 class StatusReply(msgspec.Struct, frozen=True):
@@ -88,10 +101,14 @@ class StatusReply(msgspec.Struct, frozen=True):
 
 
 class ReadLogReply(msgspec.Struct, frozen=True):
-    """`events` are the log's lines byte for byte (each a JSON object with its `hash`)."""
+    """`events` are the log's lines byte for byte (each a JSON object with its `hash`).
+    `segments`: the seqs among `events` that begin a segment file of the daemon's log, so that
+    a copy can be cut exactly as the log is (`timelinectl export-log`); null when the log is a
+    table (PostgreSQL), which has no segments."""
 
     events: list[msgspec.Raw]
     next: int | None = None
+    segments: list[int] | None = None
 
 
 class RecoveryReportReply(msgspec.Struct, frozen=True):

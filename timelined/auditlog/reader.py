@@ -9,7 +9,7 @@ only acknowledged records: the writer appends a batch's lines before it commits 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from timelined.auditlog.fileops import OS_FILEOPS, FileOps, Handle
 from timelined.auditlog.record import (
@@ -154,13 +154,28 @@ def read_lines(
     Joining the lines reproduces the log's bytes for the range.
     """
     fops = fileops or OS_FILEOPS
+    return chained(_iter_range(log_dir, after_seq, upto_seq, fops), after_seq)
+
+
+def chained(
+    items: Iterable[tuple[int, bytes, str | None]], after_seq: int
+) -> Iterator[tuple[int, bytes]]:
+    """(seq, line with its newline) from (seq, line without it, where it lies) in seq order from
+    after_seq + 1: each line's seq, frame and hash checked, and its `prev` against the line
+    before (the genesis hash for seq 1). `LogDamaged` names the first bad seq and `where` (a
+    segment's name; None for the log table). Shared by every `LogSource`."""
+    expected = after_seq + 1
     prev: bytes | None = GENESIS_PREV.encode() if after_seq == 0 else None
-    for seq, content, segment in _iter_range(log_dir, after_seq, upto_seq, fops):
+    for seq, content, where in items:
         try:
-            _, link, digest = check_frame(content)
+            claimed, link, digest = check_frame(content)
         except RecordError as exc:
-            raise LogDamaged(seq, f"{exc.kind}: {exc.detail}", segment) from None
+            raise LogDamaged(expected, f"{exc.kind}: {exc.detail}", where) from None
+        if seq != expected or claimed != expected:
+            found = seq if seq != expected else claimed
+            raise LogDamaged(expected, f"expected seq {expected}, found {found}", where)
         if prev is not None and link != prev:
-            raise LogDamaged(seq, "prev does not match the previous record's hash", segment)
+            raise LogDamaged(seq, "prev does not match the previous record's hash", where)
         prev = digest
+        expected += 1
         yield seq, content + b"\n"

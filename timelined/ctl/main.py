@@ -6,7 +6,8 @@ Human output by default (tables, a tree for `tree`); `--json` prints the Varlink
 Errors go to stderr; with --json as one JSON object, `{"error": NAME, "parameters": {...,
 "message": ...}}`: the daemon's errors are named by their interface,
 `io.timelined.Timeline.<Name>` or `io.timelined.Admin.<Name>`, as received; timelinectl's own
-refusals `timelinectl.<Name>` (UsageError, CannotRead, CannotWrite, BadExport).
+refusals `timelinectl.<Name>` (UsageError, CannotRead, CannotWrite, BadExport, and
+export-log's DirectoryNotEmpty, NotADirectory, WriteFailed, BadLog).
 Exit codes (sysexits):
 
     0   ok
@@ -15,11 +16,12 @@ Exit codes (sysexits):
         `verify-export` when a checkpoint or proof does not verify (CheckpointInvalid) or the
         history changed (HistoryRewritten)
     64  usage: bad command line (also `append` with no content argument and empty stdin)
-    65  bad data: InvalidParameter, InvalidArgument, BadQuery; a file to import that is cut off
+    65  bad data: InvalidParameter, InvalidArgument, BadQuery; a file to import that is cut off;
+        a log line export-log received that does not chain (BadLog)
     66  no input: a file to import does not exist
     69  unavailable: the daemon is not running or cannot be reached
     70  software: an internal error or a reply that breaks the protocol
-    73  cannot create: an output file (export -o, metrics --textfile)
+    73  cannot create: an output file (export -o, metrics --textfile), export-log's DIR
     74  I/O error: writing an output file failed
     77  no permission: this user may not open the daemon's socket, or [auth] refused the call
         (PermissionDenied)
@@ -46,7 +48,15 @@ from timelined.client import (
     MethodNotFound,
     MethodNotImplemented,
 )
-from timelined.ctl import admin, blocks, contexts, conversations, streams, transparency
+from timelined.ctl import (
+    admin,
+    blocks,
+    contexts,
+    conversations,
+    exportlog,
+    streams,
+    transparency,
+)
 from timelined.ctl.common import Ctl
 from timelined.ctl.output import Output, escape
 from timelined.errors import (
@@ -69,7 +79,7 @@ EX_NOPERM = 77
 EX_CONFIG = 78
 EX_PIPE = 128 + 13  # what a shell reports for a program SIGPIPE ended
 
-VERB_GROUPS = (admin, conversations, contexts, blocks, streams, transparency)
+VERB_GROUPS = (admin, exportlog, conversations, contexts, blocks, streams, transparency)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from timelined.api import ReloadReply
 from timelined.api.reports import Report
+from timelined.auditlog.source import LogSource
 from timelined.config import Config
 from timelined.daemon.notify import StatusText
 from timelined.daemon.watch import WatchHub
@@ -47,6 +48,9 @@ class App:
     boot: Report
     server: VarlinkServer
     started_at: str
+    # Where every read of committed log lines goes (ReadLog, Watch, exports, the Merkle tree):
+    # `FileLogSource(config.log_dir)`, or the PostgreSQL log table.
+    log: LogSource
     verifier: VerifierLike | None = None
     reloader: ReloaderLike | None = None
     # The Merkle tree and checkpoints (issue 19); set before serving, subscribed to the engine.
@@ -58,7 +62,7 @@ class App:
 
     def __post_init__(self) -> None:
         # Watchers' queues count in the same daemon-wide budget as the server's buffers.
-        self.watch = WatchHub(self.engine, shared=self.server.buffers)
+        self.watch = WatchHub(self.engine, self.log, shared=self.server.buffers)
 
     def status_text(self) -> str:
         """The STATUS= line of a serving daemon: degraded while writes are refused."""

@@ -20,12 +20,13 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import anyio
 from anyio.abc import SocketListener, TaskGroup
 
 from timelined import __version__
+from timelined.auditlog.source import FileLogSource, LogSource
 from timelined.config import Config, load_config, read_password
 from timelined.daemon.activation import ActivationError, take_listener
 from timelined.daemon.app import App
@@ -241,16 +242,20 @@ async def _serve_with(
             map_error=map_error,
         )
         app = App(
-            config=config, engine=engine, boot=booted.report, server=server, started_at=utc_now()
+            config=config,
+            engine=engine,
+            boot=booted.report,
+            server=server,
+            started_at=utc_now(),
+            log=_log_source(config, engine),
         )
         # Before serving, so that it sees every commit: opened at the engine's head, then
         # subscribed (nothing commits in between: no client is connected yet; on PostgreSQL
         # other daemons' commits reach subscribers only from `engine.follow()` below).
-        # SEAM (the log source on PostgreSQL): the tree's boot catch-up reads the log files.
         if config.checkpoint.enabled:
             try:
                 app.transparency = await anyio.to_thread.run_sync(
-                    Transparency.open, config, engine.last_seq
+                    Transparency.open, config, engine.last_seq, app.log
                 )
             except (TimelinedError, OSError) as exc:
                 # A log damaged before its tail (the daemon serves read-only) or an unreadable
@@ -308,6 +313,17 @@ def _engine_class(config: Config) -> type[Engine]:
 
         return PgEngine
     return Engine
+
+
+def _log_source(config: Config, engine: Engine) -> LogSource:
+    """Where ReadLog, Watch, exports and the tree's catch-up read the log: the segment files,
+    or the log table through the engine's read pool (a connection lent per batch)."""
+    if config.store.backend == "postgresql":
+        from timelined.pgstore.logsource import TableLogSource
+        from timelined.pgstore.reads import PgReaders
+
+        return TableLogSource(cast(PgReaders, engine.readers).lend)
+    return FileLogSource(config.log_dir)
 
 
 def _sign_at_stop(transparency: Transparency, engine: Engine) -> None:

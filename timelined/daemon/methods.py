@@ -15,11 +15,12 @@ config, and parts such as the verifier may arrive after the server started.
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import UTC, datetime
 from itertools import islice
-from pathlib import Path
 from typing import Any, cast
 
 import anyio
@@ -49,6 +50,7 @@ from timelined.api import (
     ListBlocksParams,
     ListConversationsParams,
     ListReportsParams,
+    LogStatus,
     MetricsReply,
     ReadLogParams,
     ReadLogReply,
@@ -78,7 +80,7 @@ from timelined.api.transparency import (
     GetInclusionProofParams,
     InclusionProofReply,
 )
-from timelined.auditlog.reader import read_lines
+from timelined.auditlog.source import LogFigures, LogSource
 from timelined.daemon.app import App
 from timelined.daemon.exportproofs import event_seqs, proven_end
 from timelined.daemon.metrics import render as render_metrics
@@ -100,6 +102,8 @@ from timelined.varlink.server import CallContext, Final, Handler, PeerCredential
 from timelined.writer.engine import Pending
 
 __all__ = ["admin_handlers", "register_all", "timeline_handlers"]
+
+log = logging.getLogger(__name__)
 
 # How long a search waits for the index to reach what was acknowledged before it (the index is
 # written at most writer.engine.INDEX_DELAY_S after a commit, at once when a search asks).
@@ -160,7 +164,7 @@ async def export_stream(app: App, conversation_id: str) -> AsyncGenerator[Any, N
     try:
         parts = exchange.export_parts(
             snap.conn,
-            str(app.config.log_dir),
+            app.log,
             conversation_id,
             snap.meta.last_seq,
             snap.meta.last_hash,
@@ -383,22 +387,24 @@ def _builtins(value: Any) -> dict[str, Any] | None:
     return {"value": plain}
 
 
-def _read_log_lines(
-    log_dir: Path, after_seq: int, upto_seq: int, reply_bytes: int
-) -> tuple[list[msgspec.Raw], int]:
+def _read_log_page(
+    log: LogSource, after_seq: int, upto_seq: int, reply_bytes: int
+) -> tuple[list[msgspec.Raw], int, list[int] | None]:
     """The lines after `after_seq` up to `upto_seq`, fewer if the reply would pass
-    `reply_bytes` (never none); and the seq of the last one returned."""
+    `reply_bytes` (never none); the seq of the last one returned; the seqs among them that
+    start a segment (None: the log has no segments)."""
     # Each line is a JSON object already: embedded as raw bytes, the reply carries the log's
     # bytes exactly, so a client can recompute every hash from what it received.
     lines: list[msgspec.Raw] = []
     last = after_seq
     budget = ReplyBudget(reply_bytes)
-    for seq, line in read_lines(log_dir, after_seq, upto_seq):
+    for seq, line in log.lines(after_seq, upto_seq):
         if not budget.add(len(line)):  # the newline's byte pays for the comma
             break  # the generator is closed (its file with it) as it goes out of scope
         lines.append(msgspec.Raw(line[:-1]))
         last = seq
-    return lines, last
+    # At most one seq per line returned: bounded by the page.
+    return lines, last, log.segment_starts(after_seq, last)
 
 
 def _uptime(started_at: str) -> float:
@@ -408,8 +414,8 @@ def _uptime(started_at: str) -> float:
         return 0.0
 
 
-def status_of(app: App) -> Status:
-    """The daemon's status, as GetStatus answers it."""
+def status_of(app: App, figures: LogFigures | None = None) -> Status:
+    """The daemon's status, as GetStatus answers it (`figures`: the log's, read off the loop)."""
     engine = app.engine
     boot = app.boot
     verifier = app.verifier
@@ -453,6 +459,14 @@ def status_of(app: App) -> Status:
         ),
         read_only=engine.read_only.message if engine.read_only is not None else None,
         fatal=engine.fatal.message if engine.fatal is not None else None,
+        log=None
+        if figures is None
+        else LogStatus(
+            backend=figures.backend,
+            segment_bytes=app.config.log.segment_bytes,
+            stored_bytes=figures.stored_bytes,
+            segments=figures.segments,
+        ),
     )
 
 
@@ -466,21 +480,23 @@ def admin_handlers(app: App) -> dict[str, Handler]:
         return found
 
     async def get_status(p: EmptyParams, ctx: CallContext) -> StatusReply:
-        return StatusReply(status_of(app))
+        try:
+            figures: LogFigures | None = await anyio.to_thread.run_sync(app.log.figures)
+        except (OSError, sqlite3.Error) as exc:  # the table's errors are sqlite3.Error too
+            # The status is what an operator reads when something is wrong: answer it anyway.
+            log.warning("GetStatus without the log's figures: %s", exc)
+            figures = None
+        return StatusReply(status_of(app, figures))
 
     async def read_log(p: ReadLogParams, ctx: CallContext) -> ReadLogReply:
         head = app.engine.last_seq  # committed: the writer appends lines before it commits
         if p.after_seq >= head:
             return ReadLogReply(events=[])
         upto = min(head, p.after_seq + p.limit)
-        events, last = await anyio.to_thread.run_sync(
-            _read_log_lines,
-            app.config.log_dir,
-            p.after_seq,
-            upto,
-            app.config.limits.max_message_bytes,
+        events, last, segments = await anyio.to_thread.run_sync(
+            _read_log_page, app.log, p.after_seq, upto, app.config.limits.max_message_bytes
         )
-        return ReadLogReply(events=events, next=last if last < head else None)
+        return ReadLogReply(events=events, next=last if last < head else None, segments=segments)
 
     async def get_recovery_report(
         p: GetRecoveryReportParams, ctx: CallContext

@@ -40,8 +40,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from timelined import events as ev
 from timelined.api import LogEvent
-from timelined.auditlog.reader import read_lines
 from timelined.auditlog.record import decode_content
+from timelined.auditlog.source import LogSource
 from timelined.errors import SlowConsumer
 from timelined.events import Record
 from timelined.replies import ReplyBudget
@@ -262,10 +262,12 @@ class WatchHub:
     def __init__(
         self,
         engine: Engine,
+        log: LogSource,
         buffer_records: int = DEFAULT_BUFFER_RECORDS,
         shared: ByteBudget | None = None,
     ) -> None:
         self.engine = engine
+        self.log = log
         self.buffer_records = buffer_records
         self.shared = shared if shared is not None else ByteBudget()
         self._subs: set[_Subscription] = set()
@@ -312,7 +314,7 @@ class WatchHub:
         try:
             if after_seq is not None and after_seq < head:
                 pager = _Pager(
-                    read_lines(self.engine.config.log_dir, after_seq=after_seq, upto_seq=head),
+                    self.log.lines(after_seq, head),
                     reply_bytes,
                     max_events,
                 )

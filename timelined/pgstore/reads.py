@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
@@ -89,6 +89,16 @@ class PgReaders:
 
         async with self._slots:
             return await anyio.to_thread.run_sync(run_sync)
+
+    @contextlib.contextmanager
+    def lend(self) -> Iterator[PgConnection]:
+        """A pooled connection for one batch of a log reader (pgstore/logsource.py), given
+        back at the end of the batch."""
+        try:
+            with self._pool.connection() as raw:
+                yield PgConnection(raw)
+        except PoolTimeout as exc:
+            raise PgOperationalError(f"no read connection: {exc}", None) from exc
 
     async def reopen(self) -> None:
         """Nothing to reopen: a repair rebuilds the state tables in place, in a transaction

@@ -11,12 +11,11 @@ extends them from the log to its head. The verifier's full check is `check_again
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from timelined.auditlog.reader import read_lines
+from timelined.auditlog.source import LogSource
 from timelined.events import Record
 from timelined.transparency import merkle
 from timelined.treestore.levels import LevelFiles
@@ -33,7 +32,7 @@ class LogTree:
         self.broken: str | None = None
 
     @classmethod
-    def open(cls, tree_dir: Path, log_dir: str | os.PathLike[str], head_seq: int) -> LogTree:
+    def open(cls, tree_dir: Path, source: LogSource, head_seq: int) -> LogTree:
         files = LevelFiles.open(tree_dir)
         marked = (tree_dir / REBUILD_MARK).exists()
         if marked:
@@ -44,13 +43,13 @@ class LogTree:
                 "the Merkle tree holds %d leaves, the log %d: cut back", files.size, head_seq
             )
             files.truncate(head_seq)
-        if files.size and files.node(0, files.size - 1) != _leaf_from_log(log_dir, files.size):
+        if files.size and files.node(0, files.size - 1) != _leaf_from_log(source, files.size):
             log.warning("the Merkle tree does not match the log at seq %d: recomputed", files.size)
             files.truncate(0)
         tree = cls(files)
         if files.size < head_seq:
             log.info("extending the Merkle tree from seq %d to %d", files.size + 1, head_seq)
-            tree.extend(line[:-1] for _, line in read_lines(log_dir, files.size, head_seq))
+            tree.extend(line[:-1] for _, line in source.lines(files.size, head_seq))
         files.flush()
         if marked:
             (tree_dir / REBUILD_MARK).unlink(missing_ok=True)
@@ -101,15 +100,15 @@ class LogTree:
         self.files.close()
 
 
-def build_from_log(files: LevelFiles, log_dir: str | os.PathLike[str], upto: int) -> None:
+def build_from_log(files: LevelFiles, source: LogSource, upto: int) -> None:
     """Extend `files` with the log's lines up to seq `upto` (blocking; bounded memory)."""
-    for _, line in read_lines(log_dir, files.size, upto):
+    for _, line in source.lines(files.size, upto):
         files.append(merkle.leaf_hash(line[:-1]))
     files.flush()
 
 
-def _leaf_from_log(log_dir: str | os.PathLike[str], seq: int) -> bytes:
-    for _, line in read_lines(log_dir, seq - 1, seq):
+def _leaf_from_log(source: LogSource, seq: int) -> bytes:
+    for _, line in source.lines(seq - 1, seq):
         return merkle.leaf_hash(line[:-1])
     return b""
 
@@ -125,15 +124,13 @@ class TreeMismatch:
     detail: str
 
 
-def check_against_log(
-    src: merkle.NodeSource, size: int, log_dir: str | os.PathLike[str]
-) -> TreeMismatch | None:
+def check_against_log(src: merkle.NodeSource, size: int, source: LogSource) -> TreeMismatch | None:
     """Recompute the first `size` leaves from the log and compare every stored node (the
     verifier's check; memory: one hash per level). None when all match, else the first node
     (in the order the tree was built) that differs. A damaged log raises LogDamaged."""
     stack: list[bytes] = []  # the perfect subtrees of the leaves so far, largest first
     count = 0
-    for seq, line in read_lines(log_dir, 0, size):
+    for seq, line in source.lines(0, size):
         digest = merkle.leaf_hash(line[:-1])
         if src.node(0, seq - 1) != digest:
             return TreeMismatch(

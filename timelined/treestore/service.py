@@ -12,6 +12,7 @@ from functools import partial
 
 import anyio
 
+from timelined.auditlog.source import LogSource
 from timelined.config import Config
 from timelined.transparency.checkpoint import Checkpoint
 from timelined.transparency.note import Signer
@@ -28,6 +29,7 @@ class Transparency:
     config: Config
     tree: LogTree
     signer: Signer
+    source: LogSource  # what a rebuild reads
     # The last seq on disk (fsynced): with `log.fsync = "interval"` or "off" the tree runs ahead
     # of it, and a checkpoint over events a power cut then loses would read as a rewritten past.
     durable_seq: Callable[[], int] | None = None
@@ -36,11 +38,11 @@ class Transparency:
     _lock: anyio.Lock = field(default_factory=anyio.Lock)
 
     @classmethod
-    def open(cls, config: Config, head_seq: int) -> Transparency:
+    def open(cls, config: Config, head_seq: int, source: LogSource) -> Transparency:
         """Blocking (reads the log to extend the tree): call before serving, off the loop."""
         signer = signing.load_or_create_key(config.keys_dir, config.checkpoint.origin)
-        tree = LogTree.open(config.tree_dir, config.log_dir, head_seq)
-        return cls(config, tree, signer)
+        tree = LogTree.open(config.tree_dir, source, head_seq)
+        return cls(config, tree, signer, source)
 
     @property
     def verifier_key(self) -> str:
@@ -88,7 +90,7 @@ class Transparency:
         into the old one), catch up with what was committed meanwhile, and swap it in. Returns
         its size. Checkpoints signed from the old tree's differing hashes will not extend to the
         new one's roots: the clients holding them see HistoryRewritten (as they should)."""
-        tree_dir, log_dir = self.config.tree_dir, self.config.log_dir
+        tree_dir, source = self.config.tree_dir, self.source
         new_dir = tree_dir.with_name(tree_dir.name + ".new")
 
         def start() -> LevelFiles:
@@ -98,9 +100,9 @@ class Transparency:
         files = await anyio.to_thread.run_sync(start)
         try:
             while self.tree.size - files.size > REBUILD_CATCH_UP:
-                await anyio.to_thread.run_sync(build_from_log, files, log_dir, self.tree.size)
+                await anyio.to_thread.run_sync(build_from_log, files, source, self.tree.size)
             # On the loop from here to the swap: no commit can slip in between.
-            build_from_log(files, log_dir, self.tree.size)
+            build_from_log(files, source, self.tree.size)
             old_dir = tree_dir.with_name(tree_dir.name + ".old")
             shutil.rmtree(old_dir, ignore_errors=True)
             tree_dir.rename(old_dir)

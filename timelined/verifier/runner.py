@@ -42,7 +42,7 @@ from timelined.api.verify import (
     VerifyState,
 )
 from timelined.auditlog.scan import scan_tail
-from timelined.auditlog.segments import list_segments
+from timelined.auditlog.source import FileLogSource
 from timelined.ids import utc_now
 from timelined.verifier.chain import chain_damage, check_chain
 from timelined.verifier.model import MAX_DIFFERENCES, StateResult
@@ -65,13 +65,7 @@ PROCESS_THRESHOLD_BYTES = 8 << 20  # below this much log, a run is quicker in-pr
 
 def log_bytes(log_dir: Path) -> int:
     """The log's size: the sum of its segments' sizes."""
-    total = 0
-    for seg in list_segments(log_dir):
-        try:
-            total += os.stat(seg.path).st_size  # noqa: PTH116
-        except FileNotFoundError:
-            continue
-    return total
+    return FileLogSource(log_dir).figures().stored_bytes
 
 
 class Cancelled(Exception):

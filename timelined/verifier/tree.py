@@ -2,7 +2,7 @@
 
 Run after the chain walk, in the same worker (child process or thread): the tree is read
 through its own read-only descriptors while the daemon appends, one bounded buffer per level;
-the log through `read_lines`. Memory: one hash per level.
+the log through a `FileLogSource`. Memory: one hash per level.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from timelined.api.verify import ChainResult, TreeResult
+from timelined.auditlog.source import FileLogSource
 from timelined.errors import LogDamaged
 from timelined.treestore.levels import LevelReader
 from timelined.treestore.logtree import check_against_log
@@ -31,7 +32,7 @@ def check_tree(
         stored = reader.size()
         size = min(stored, chain.head_seq if upto is None else upto, chain.head_seq)
         try:
-            found = check_against_log(reader, size, log_dir)
+            found = check_against_log(reader, size, FileLogSource(log_dir))
         except LogDamaged as exc:
             return TreeResult(state="skipped", size=0, detail=f"the log is damaged: {exc.message}")
     finally:

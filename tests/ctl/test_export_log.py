@@ -1,0 +1,149 @@
+"""`timelinectl export-log DIR` against a real daemon: the daemon's own log files, byte for byte,
+verified by tools/verify_log.py; refusals named; nothing half-written."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.daemon.harness import DaemonProcess, serving
+from timelined.auditlog.reader import read_lines
+from timelined.client import Client
+from timelined.ctl import exportlog
+from timelined.ctl.main import main
+
+REPO = Path(__file__).resolve().parents[2]
+SEGMENT_BYTES = 4096  # the smallest the config allows: many segments from a few hundred events
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[DaemonProcess]:
+    with serving(log={"segment_bytes": SEGMENT_BYTES}) as proc:
+        with Client(proc.socket_path) as client:
+            root = client.create_conversation("export me").root_context_id
+            for i in range(40):
+                # Batches of 6 blocks of ~250 bytes: a batch crosses the segment limit, so the
+                # daemon's cut falls at batch starts, not where a line-by-line cut would.
+                blocks = [{"role": "user", "content": f"{i}.{k} " + "x" * 250} for k in range(6)]
+                client.append_blocks(root, blocks)
+                client.append_block(root, "assistant", f"answer {i}")
+        yield proc
+
+
+def _ctl(
+    daemon: DaemonProcess, *argv: str, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(["--socket", str(daemon.socket_path), *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _same_tree(a: Path, b: Path) -> None:
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    match, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
+    assert (mismatch, errors) == ([], []) and match == names
+
+
+def test_export_is_the_daemons_log_byte_for_byte(
+    daemon: DaemonProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "copy"
+    code, out, err = _ctl(daemon, "--json", "export-log", str(target), capsys=capsys)
+    assert code == 0, err
+    summary = json.loads(out)
+    log_dir = daemon.state_dir / "log"
+    assert len(summary["segments"]) > 5  # the cut was exercised
+    _same_tree(target, log_dir)
+    assert summary["events"] == 1 + 40 * 7
+    assert summary["bytes"] == sum(p.stat().st_size for p in log_dir.iterdir())
+    assert json.loads(err.splitlines()[-1])["progress"]["events"] == summary["events"]
+    # A line-by-line cut would differ from the daemon's: the segments came from the daemon.
+    cut = exportlog._Segments(tmp_path, SEGMENT_BYTES)
+    for seq, line in read_lines(log_dir, 0, summary["events"]):
+        cut.add(seq, line, None)
+    cut.abort()
+    assert cut.names != summary["segments"]
+
+    verified = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "verify_log.py"), str(target)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout.startswith(f"OK {summary['events']} events")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_an_empty_directory_is_filled_a_non_empty_one_refused(
+    daemon: DaemonProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, out, err = _ctl(daemon, "export-log", str(empty), capsys=capsys)
+    assert code == 0, err
+    assert "exported 281 events" in out and "export-log: 281/281 events" in err
+    _same_tree(empty, daemon.state_dir / "log")
+
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "notes.txt").write_text("mine")
+    code, out, err = _ctl(daemon, "--json", "export-log", str(full), capsys=capsys)
+    assert code == 73 and out == ""
+    error = json.loads(err)
+    assert error["error"] == "timelinectl.DirectoryNotEmpty"
+    assert error["parameters"]["dir"] == str(full)
+    assert [p.name for p in full.iterdir()] == ["notes.txt"]
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    code, _, err = _ctl(daemon, "export-log", str(a_file), capsys=capsys)
+    assert code == 73 and "is not a directory" in err
+
+
+def test_a_broken_export_leaves_nothing_that_looks_complete(
+    daemon: DaemonProcess,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The daemon's head hash does not match what was read: refused, nothing written."""
+    real = exportlog._export
+
+    def wrong_head(ctl: object, target: Path, head: int, head_hash: str, size: int) -> object:
+        return real(ctl, target, head, "0" * 64, size)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(exportlog, "_export", wrong_head)
+    target = tmp_path / "copy"
+    code, _, err = _ctl(daemon, "--json", "export-log", str(target), capsys=capsys)
+    assert code == 65
+    assert json.loads(err.splitlines()[-1])["error"] == "timelinectl.BadLog"
+    assert list(tmp_path.iterdir()) == []  # neither the target nor the staging directory
+
+
+def test_the_line_by_line_cut_is_the_writers_for_single_event_batches(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A table has no segments: export-log cuts as the file writer does when every batch is one
+    event, which is what a daemon given one append at a time writes."""
+    with serving(log={"segment_bytes": SEGMENT_BYTES}) as proc:
+        with Client(proc.socket_path) as client:
+            root = client.create_conversation("one by one").root_context_id
+            for i in range(60):
+                client.append_block(root, "user", f"{i} " + "y" * 200)
+        log_dir = proc.state_dir / "log"
+        cut = exportlog._Segments(tmp_path / "cut", SEGMENT_BYTES)
+        cut.directory.mkdir()
+        for seq, line in read_lines(log_dir, 0, 61):
+            cut.add(seq, line, None)
+        cut.close()
+        assert len(cut.names) > 2
+        _same_tree(cut.directory, log_dir)
