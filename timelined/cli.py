@@ -1,9 +1,12 @@
-"""`timelined`: serve, check-config, verify, backup (one function per verb).
+"""`timelined`: serve, check-config, verify, backup, migrate (one function per verb).
 
 Exit codes (sysexits): 0 ok; 64 a bad command line; 78 a config refused. `serve` as in
 docs/operations.md ("Exit codes"); `verify` 0 verified, 1 a problem found, 2 could not run
 (docs/recovery.md); `backup` 66 the source is not a state directory, 73 the destination cannot
-be created or is not empty, 74 the copy failed (nothing is left at the destination).
+be created or is not empty, 74 the copy failed (nothing is left at the destination);
+`migrate` 0 migrated and verified, 1 the source's log is damaged or the migrated database did
+not verify (nothing committed), 66 the source is not a stopped daemon's state directory, 73 the
+target cannot be reached or is not empty (docs/operations.md, "Migrating to PostgreSQL").
 """
 
 from __future__ import annotations
@@ -69,14 +72,27 @@ def _paths(value: object) -> str:
 def _verify(args: argparse.Namespace) -> int:
     from timelined.config import load_config
     from timelined.errors import ConfigError
-    from timelined.verifier.offline import run_offline
+    from timelined.verifier.offline import run_offline, run_offline_pg
 
+    if args.dsn is not None:
+        return run_offline_pg(
+            args.dsn, args.password_file, as_json=args.json, progress=sys.stderr.isatty()
+        )
     state_dir = args.state_dir
-    if state_dir is None:  # --config: the state directory the daemon of that config uses
+    if state_dir is None:  # --config: the store the daemon of that config uses
         try:
-            state_dir = load_config(args.config).state_dir
+            config = load_config(args.config)
         except ConfigError as exc:
             return _refused(exc, "config refused", os.EX_CONFIG, as_json=args.json)
+        store = getattr(config, "store", None)  # [store] (issue 20): a PostgreSQL store
+        if store is not None and store.backend == "postgresql":
+            return run_offline_pg(
+                store.dsn,
+                store.password_file or None,
+                as_json=args.json,
+                progress=sys.stderr.isatty(),
+            )
+        state_dir = config.state_dir
     return run_offline(Path(state_dir), as_json=args.json, progress=sys.stderr.isatty())
 
 
@@ -105,6 +121,39 @@ def _backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from timelined.config import load_config
+    from timelined.errors import ConfigError, LogDamaged, MigrationFailed
+    from timelined.migrate import ProgressLine, migrate_to_pg, render
+    from timelined.verifier.pgrun import pg_connector
+
+    state_dir = args.state_dir
+    try:
+        if state_dir is None:
+            state_dir = load_config(args.config).state_dir
+        connect, target = pg_connector(args.to, args.password_file)
+    except ConfigError as exc:
+        return _refused(exc, "refused", os.EX_CONFIG, as_json=args.json)
+    line = ProgressLine(sys.stderr, as_json=args.json)
+    try:
+        result = migrate_to_pg(Path(state_dir), connect, target, progress=line)
+    except MigrationFailed as exc:
+        line.clear()
+        return _refused(exc, "migration refused", _MIGRATE_EXIT[exc.side], as_json=args.json)
+    except LogDamaged as exc:
+        line.clear()
+        return _refused(exc, "nothing migrated", 1, as_json=args.json)
+    line.clear()
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+    else:
+        print(render(result))
+    return 0
+
+
+_MIGRATE_EXIT = {"source": os.EX_NOINPUT, "target": os.EX_CANTCREAT, "verify": 1}
 _BACKUP_EXIT = {"source": os.EX_NOINPUT, "destination": os.EX_CANTCREAT, "copy": os.EX_IOERR}
 
 
@@ -129,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--state-dir", help="the state directory (or a copy of one)")
     where.add_argument("--config", help="config.toml: verify the state directory it names")
+    where.add_argument("--dsn", help="a PostgreSQL store (libpq conninfo or URI, no password)")
+    p.add_argument("--password-file", help="with --dsn: a file holding the password")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=_verify)
     p = verbs.add_parser("backup", help="copy a state directory, safely, while the daemon runs")
@@ -136,6 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, help="a new (or empty) directory")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=_backup)
+    p = verbs.add_parser(
+        "migrate", help="move a stopped daemon's state directory into an empty PostgreSQL database"
+    )
+    p.add_argument("--from", dest="source", choices=["sqlite"], required=True)
+    p.add_argument("--to", required=True, help="the target: libpq conninfo or URI, no password")
+    p.add_argument("--password-file", help="a file holding the target's password")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--state-dir", help="the state directory to migrate")
+    src.add_argument("--config", help="config.toml: migrate the state directory it names")
+    p.add_argument("--json", action="store_true", help="progress and result as JSON")
+    p.set_defaults(run=_migrate)
     return parser
 
 

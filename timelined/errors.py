@@ -469,6 +469,27 @@ class BackupFailed(TimelinedError):
         self.side = side
 
 
+class MigrationFailed(TimelinedError):
+    """`timelined migrate` committed nothing; `side` says whose fault: "source" (not a stopped
+    daemon's state directory), "target" (cannot connect, or not empty), "verify" (the migrated
+    database did not verify before the commit). The target is left as it was."""
+
+    name = "MigrationFailed"
+    home_interface = ADMIN_INTERFACE
+    doc = (
+        "Never sent on the socket: `timelined migrate` committed nothing; `side` is source, "
+        "target or verify."
+    )
+
+    class Params(ErrorParams, frozen=True):
+        side: str
+        where: str  # the source directory, or the target's conninfo without its secrets
+
+    def __init__(self, side: str, problem: str, where: str) -> None:
+        super().__init__(problem, side=side, where=where)
+        self.side = side
+
+
 class DaemonUnavailable(TimelinedError):
     """The client could not reach the daemon (no socket, refused, closed mid-call)."""
 

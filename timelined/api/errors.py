@@ -58,6 +58,7 @@ ADMIN_ERRORS: tuple[ErrorClass, ...] = (
     err.BootFailed,
     err.DaemonUnavailable,
     err.BackupFailed,
+    err.MigrationFailed,
     err.CheckpointInvalid,
     err.HistoryRewritten,
     *_COMMON,

@@ -29,6 +29,9 @@ from timelined.pgstore.sql import LOG_APPEND_ONLY_SQLSTATE, PgConnection
 
 PG_SCHEMA_VERSION: Final = 1
 GENESIS_HASH: Final = "0" * 64
+# The advisory lock a schema's creation holds. Any 64-bit key will do; this one is "timelined"
+# in ASCII, read as an integer.
+SCHEMA_LOCK: Final = 0x74696D656C696E65
 
 # One statement per item: the function body holds semicolons. Run without parameters on the
 # raw psycopg connection, so its `%` is PostgreSQL's format placeholder, not psycopg's.
@@ -202,16 +205,10 @@ def ensure_schema(conn: PgConnection) -> bool:
         raise PgSchemaError("ensure_schema needs a connection outside any transaction")
     conn.execute("BEGIN")
     try:
-        # Any 64-bit key will do; this one is "timelined" in ASCII, read as an integer.
-        conn.execute("SELECT pg_advisory_xact_lock(?)", (0x74696D656C696E65,))
+        conn.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
         found = schema_version(conn)
         if found is None:
-            for statement in _CREATE:
-                conn.raw.execute(statement)
-            conn.execute(
-                "INSERT INTO timelined_schema (id, version) VALUES (1, ?)", (PG_SCHEMA_VERSION,)
-            )
-            _initial_rows(conn)
+            create_schema(conn)
         elif found > PG_SCHEMA_VERSION:
             raise NewerSchema(found)
     except BaseException:
@@ -219,6 +216,15 @@ def ensure_schema(conn: PgConnection) -> bool:
         raise
     conn.execute("COMMIT")
     return found is None
+
+
+def create_schema(conn: PgConnection) -> None:
+    """Create every table in an empty database, inside the caller's transaction (ensure_schema;
+    `timelined migrate`, whose one transaction holds the schema, the log and the state)."""
+    for statement in _CREATE:
+        conn.raw.execute(statement)
+    conn.execute("INSERT INTO timelined_schema (id, version) VALUES (1, ?)", (PG_SCHEMA_VERSION,))
+    _initial_rows(conn)
 
 
 def clear_state(conn: PgConnection) -> None:

@@ -59,12 +59,7 @@ def apply_records(
         for record in records:
             if stop_at is not None and record.seq > stop_at:
                 break
-            if record.seq != last_seq + 1 or record.prev != last_hash:
-                raise LogDamaged(
-                    record.seq,
-                    f"expected seq {last_seq + 1} with prev {last_hash[:12]}…, found seq "
-                    f"{record.seq} with prev {record.prev[:12]}…",
-                )
+            check_link(record, last_seq, last_hash)
             apply(conn, record)
             last_seq, last_hash = record.seq, record.hash
             applied += 1
@@ -86,6 +81,16 @@ def apply_records(
     if progress is not None:
         progress(applied, last_seq)
     return ReplayResult(applied, last_seq, last_hash, time.perf_counter() - started)
+
+
+def check_link(record: Record, last_seq: int, last_hash: str) -> None:
+    """Raise LogDamaged unless `record` follows (`last_seq`, `last_hash`) in the chain."""
+    if record.seq != last_seq + 1 or record.prev != last_hash:
+        raise LogDamaged(
+            record.seq,
+            f"expected seq {last_seq + 1} with prev {last_hash[:12]}…, found seq "
+            f"{record.seq} with prev {record.prev[:12]}…",
+        )
 
 
 def roll_forward(

@@ -32,7 +32,7 @@ ENTITY_NAMES = {
     "crossrefs": "crossref",
     "retractions": "retraction",
 }
-_SINGLETONS = frozenset({"meta", "focus"})  # one row, id = 1: named by the entity alone
+SINGLETONS = frozenset({"meta", "focus"})  # one row, id = 1: named by the entity alone
 _FTS = "blocks_fts"
 _FETCH = 512
 
@@ -159,7 +159,7 @@ def _rows(cursor: sqlite3.Cursor) -> Iterator[tuple[Any, ...]]:
 
 def _ident(table: Table, columns: tuple[str, ...], row: tuple[Any, ...]) -> tuple[str, Any]:
     """(id, key) naming a row: the entity's `id` column, and the primary key if it is another."""
-    if table.name in _SINGLETONS:
+    if table.name in SINGLETONS:
         return table.entity, None
     key = row[columns.index(table.pk)]
     if table.pk != "id" and "id" in columns:

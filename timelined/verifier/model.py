@@ -24,3 +24,4 @@ class StateResult(msgspec.Struct, frozen=True, kw_only=True):
     compare_seconds: float
     log_error: str | None = None  # the replay met a log problem; the chain check names it
     log_error_seq: int | None = None
+    log_head_seq: int | None = None  # PostgreSQL: the log table's head in the state's snapshot

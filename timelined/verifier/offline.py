@@ -42,17 +42,17 @@ def _daemon_running(lock_path: Path) -> bool:
     return False
 
 
-def _problem(state_dir: Path) -> str | None:
-    """Why `state_dir` cannot be verified offline, if it cannot."""
+def source_problem(
+    state_dir: Path,
+    advice: str = "use `timelinectl verify`, or verify a copy of the directory",
+) -> str | None:
+    """Why `state_dir` cannot be read as a stopped daemon's state directory, if it cannot."""
     if not state_dir.is_dir():
         return f"{state_dir} is not a directory"
     if not (state_dir / "state.db").is_file() or not (state_dir / "log").is_dir():
         return f"{state_dir} is not a timelined state directory (no state.db and log/ in it)"
     if _daemon_running(state_dir / "lock"):
-        return (
-            f"a timelined daemon is running on {state_dir}; use `timelinectl verify`, or verify "
-            "a copy of the directory"
-        )
+        return f"a timelined daemon is running on {state_dir}; {advice}"
     return None
 
 
@@ -80,7 +80,7 @@ class _ProgressLine:
 def run_offline(state_dir: Path, *, as_json: bool, progress: bool) -> int:
     """Verify `state_dir` read-only; print a human report (or JSON); return the exit code."""
     try:
-        problem = _problem(state_dir)
+        problem = source_problem(state_dir)
     except OSError as exc:  # e.g. an auditor outside the group of a 0750 state directory
         problem = f"cannot read {exc.filename or state_dir}: {exc.strerror or exc}"
     if problem is not None:
@@ -99,10 +99,37 @@ def run_offline(state_dir: Path, *, as_json: bool, progress: bool) -> int:
         finally:
             if line is not None:
                 line.clear()
+    return _print(report, state_dir, as_json=as_json)
+
+
+def run_offline_pg(dsn: str, password_file: str | None, *, as_json: bool, progress: bool) -> int:
+    """`timelined verify --dsn`: verify a PostgreSQL store, read-only (daemons may be running:
+    the state is read at one snapshot); print the report; return the exit code."""
+    from timelined.errors import ConfigError
+    from timelined.verifier.pgrun import pg_connector, verify_pg
+
+    try:
+        connect, target = pg_connector(dsn, password_file)
+    except ConfigError as exc:
+        return _cannot_run(exc.message, as_json=as_json)
+    line = _ProgressLine(sys.stderr) if progress and sys.stderr.isatty() else None
+    with tempfile.TemporaryDirectory(prefix="timelined-verify-") as work:
+        try:
+            report = verify_pg(
+                connect, Path(work), trigger="offline", mode="offline", progress=line
+            )
+        finally:
+            if line is not None:
+                line.clear()
+    return _print(report, f"postgresql {target}", as_json=as_json)
+
+
+def _print(report: VerifyReport, where: object, *, as_json: bool) -> int:
+    """Print a report (human or JSON) and return the exit code its verdict gives."""
     if as_json:
         sys.stdout.write(msgspec.json.format(msgspec.json.encode(report)).decode() + "\n")
     else:
-        sys.stdout.write(render(report, state_dir) + "\n")
+        sys.stdout.write(render(report, where) + "\n")
     if report.state == "ok":
         return EXIT_OK
     return EXIT_FOUND if report.state in ("drift", "damaged") else EXIT_CANNOT
@@ -118,17 +145,22 @@ def _cannot_run(problem: str, *, as_json: bool) -> int:
     return EXIT_CANNOT
 
 
-def render(report: VerifyReport, state_dir: Path | None = None) -> str:
-    """A verification report for a person."""
+def render(report: VerifyReport, state_dir: object = None) -> str:
+    """A verification report for a person (`state_dir`: what was verified)."""
     lines = [f"timelined verify: {state_dir}" if state_dir else f"verification {report.id}"]
     _, _, said = report.summary.partition(": ")
     lines.append(f"result: {report.state.upper()}: {said or report.summary}")
     chain = report.chain
     if chain is not None:
         scope = f"up to seq {chain.upto_seq}" if chain.upto_seq is not None else "the whole log"
+        # A PostgreSQL store's log is a table: no segments (pgchain.py).
+        where = (
+            f"{chain.segments} segment(s)"
+            if chain.segments or not chain.records
+            else "the log table"
+        )
         lines.append(
-            f"log: {scope}: {chain.records} records in {chain.segments} segment(s), "
-            f"{chain.bytes_scanned} bytes"
+            f"log: {scope}: {chain.records} records in {where}, {chain.bytes_scanned} bytes"
         )
         if chain.damage is not None:
             d = chain.damage

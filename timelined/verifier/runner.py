@@ -223,7 +223,7 @@ def verify_paths(
     else:
         state, chain, tree, error = _run_inline(paths, copy, cap, tree_size, on_snapshot, progress)
     seconds = time.perf_counter() - started
-    return _report(
+    return build_report(
         started_at=started_at,
         seconds=seconds,
         trigger=trigger,
@@ -329,7 +329,7 @@ def _run_children(
     return state, chain, tree, "; ".join(errors) or None
 
 
-def _report(
+def build_report(
     *,
     started_at: str,
     seconds: float,
@@ -341,11 +341,14 @@ def _report(
     daemon_head: int | None,
     log_dir: Path | None = None,
     tree: TreeResult | None = None,
+    log_table: bool = False,
 ) -> VerifyReport:
+    """The report of a run from its checks' results (`log_table`: the log is PostgreSQL's
+    table, where nothing is rolled forward at a boot: log and state commit together)."""
     notes: list[str] = []
     snapshot = state.snapshot_seq if state is not None else -1
     if chain is not None and state is not None:
-        chain = _log_findings(chain, state, mode, daemon_head, notes, log_dir)
+        chain = _log_findings(chain, state, mode, daemon_head, notes, log_dir, log_table)
     verdict: VerifyState
     if chain is not None and not chain.ok:
         verdict = "damaged"
@@ -387,6 +390,7 @@ def _log_findings(
     daemon_head: int | None,
     notes: list[str],
     log_dir: Path | None = None,
+    log_table: bool = False,
 ) -> ChainResult:
     """Fold what the state check learnt about the log into the chain result and notes."""
     snapshot = state.snapshot_seq
@@ -414,7 +418,7 @@ def _log_findings(
             f" offset {chain.torn.offset}, {chain.torn.length} bytes): {why}"
         )
     if not chain.ok or snapshot <= chain.head_seq:
-        if chain.ok and 0 <= snapshot < chain.head_seq and mode == "offline":
+        if chain.ok and 0 <= snapshot < chain.head_seq and mode == "offline" and not log_table:
             # Neither the walk nor the replay decoded the lines past the snapshot; the boot
             # will (scan_tail decodes past its anchor) and refuses a bad one as damage. Check
             # them the same way before promising that it rolls them forward.

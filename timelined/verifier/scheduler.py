@@ -24,6 +24,10 @@ Each run's work happens in child processes (worker.py), driven from a worker thr
 event loop and the writer keep their GIL and their cores; a log under 8 MiB is verified in the
 worker thread itself, where a run takes milliseconds and a process start would dominate.
 Settings are read from `engine.config.verify` at each use, so a reload applies them.
+
+On PostgreSQL (`pg=`, a function returning a new connection to the store) a run is
+`pgrun.verify_pg` in the worker thread and a repair `pgrepair.repair_pg_state`; there are no
+files to watch (the log table's triggers refuse changes; the interval and requests remain).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from timelined.verifier.inotify import (
     OUTSIDE_CHANGES,
     Inotify,
 )
+from timelined.verifier.pgrun import Connect
 from timelined.verifier.repair import repair_state
 from timelined.verifier.reports import latest_report, prune_reports, report_id, write_report
 from timelined.verifier.runner import (
@@ -106,8 +111,10 @@ class Verifier:
         *,
         processes: bool | None = None,
         tree: TreeKeeper | None = None,
+        pg: Connect | None = None,
     ) -> None:
         self._engine = engine
+        self._pg = pg  # the PostgreSQL store's connections; None: the files
         self._tree = tree  # None: no tree kept, none checked
         self._publish = publish
         self._processes = processes
@@ -146,8 +153,9 @@ class Verifier:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._runner)
-                tg.start_soon(self._watch_files, stopping)
-                tg.start_soon(self._poll_data_version)
+                if self._pg is None:
+                    tg.start_soon(self._watch_files, stopping)
+                    tg.start_soon(self._poll_data_version)
                 tg.start_soon(self._every_interval)
                 if self._settings.on_boot:
                     self._request("boot")
@@ -293,6 +301,16 @@ class Verifier:
         self, trigger: str, tree_size: int | None, cancel: threading.Event
     ) -> VerifyReport:
         self._clean_scratch()
+        if self._pg is not None:
+            from timelined.verifier.pgrun import verify_pg
+
+            return verify_pg(
+                self._pg,
+                self._paths.work_dir,
+                trigger=trigger,
+                progress=self._on_progress,
+                cancel=cancel,
+            )
         return verify_paths(
             self._paths,
             trigger=trigger,
@@ -308,7 +326,7 @@ class Verifier:
         run lock held: no other run or repair is using the directory)."""
         work = self._paths.work_dir
         if work.is_dir():
-            names = ("verify-*.db*", "state-*.db*", "repair-*.db*")
+            names = ("verify-*.db*", "state-*.db*", "repair-*.db*", "pgstate-*.db*")
             for leftover in [path for name in names for path in work.glob(name)]:
                 leftover.unlink(missing_ok=True)
 
@@ -399,13 +417,7 @@ class Verifier:
         """Repair with the run lock held."""
         self._say("serving; repairing the state database from the log")
         try:
-            result = await repair_state(
-                self._engine.config,
-                self._engine,
-                reason=reason,
-                in_thread=self._in_thread,
-                processes=self._use_processes(),
-            )
+            result = await self._repair_store(reason)
             tree = self._latest.tree if self._latest is not None else None
             if self._tree is not None and tree is not None and tree.state == "mismatch":
                 await self._tree.rebuild()
@@ -416,6 +428,24 @@ class Verifier:
         self._last_repair_at = result.finished_at
         self._say_serving()
         return result
+
+    async def _repair_store(self, reason: str) -> RepairResult:
+        if self._pg is not None:
+            from timelined.verifier.pgrepair import Rebuilt, repair_pg_state
+
+            async def in_thread(work: Callable[[], Rebuilt]) -> Rebuilt:
+                return await self._in_thread(lambda _cancel: work())
+
+            return await repair_pg_state(
+                self._engine, self._pg, self._reports_dir, reason=reason, in_thread=in_thread
+            )
+        return await repair_state(
+            self._engine.config,
+            self._engine,
+            reason=reason,
+            in_thread=self._in_thread,
+            processes=self._use_processes(),
+        )
 
     def _use_processes(self) -> bool:
         """Child processes, unless the log is small enough that their start-up would dominate
