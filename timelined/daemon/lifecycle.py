@@ -15,10 +15,11 @@ Exit codes (sysexits, and what systemd does with them):
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -48,6 +49,7 @@ from timelined.ids import utc_now
 from timelined.logs import setup_logging
 from timelined.recovery.boot import BootResult, boot, describe_boot
 from timelined.recovery.marker import mark_clean
+from timelined.state.dbapi import DbConn
 from timelined.treestore.service import Transparency
 from timelined.varlink.server import VarlinkServer, listen_unix, listener_from_socket
 from timelined.writer.engine import Engine
@@ -391,12 +393,15 @@ def _start_features(tg: TaskGroup, app: App, notifier: Notifier, stopping: anyio
     def publish(text: str) -> None:
         notifier.status(text)
 
-    if app.config.store.backend == "postgresql":
-        # SEAM (the verifier on PostgreSQL): today's verifier walks the log FILES, which a
-        # PostgreSQL daemon does not have (it would find the log missing and degrade).
-        log.warning("the background verifier does not run on PostgreSQL yet")
-        return
-    verifier = Verifier(app.config, app.engine, publish, tree=app.transparency)
+    store = app.config.store
+    pg: Callable[[], DbConn] | None = None
+    if store.backend == "postgresql":
+        # Its runs and repairs on connections of their own (verifier/pgrun.py, pgrepair.py).
+        from timelined.pgstore.sql import connect
+
+        password = read_password(store)
+        pg = functools.partial(connect, store.dsn, password)
+    verifier = Verifier(app.config, app.engine, publish, tree=app.transparency, pg=pg)
     app.verifier = verifier
     tg.start_soon(verifier.run_forever, stopping)
 
