@@ -32,7 +32,15 @@ class Stores:
     def new(self, backend: str) -> Store:
         if backend == "sqlite":
             return Store("sqlite")
-        return Store("postgresql", self.server.conninfo(self.server.create_database()))
+        name = self.server.create_database()
+        return Store("postgresql", self.server.conninfo(name), name)
+
+    def drop(self, store: Store) -> None:
+        """`store` is done with: its connection closed, its database dropped (a session of many
+        stores keeps the server's directory small)."""
+        store.close()
+        if store.dbname is not None:
+            self.server.drop_database(store.dbname)
 
 
 @pytest.fixture(scope="session")
@@ -43,4 +51,6 @@ def stores(request: pytest.FixtureRequest) -> Stores:
 @pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, stores: Stores) -> Iterator[Store]:
     """One fresh store per test, of each backend in turn."""
-    yield stores.new(request.param)
+    made = stores.new(request.param)
+    yield made
+    stores.drop(made)

@@ -17,9 +17,9 @@ import os
 import sqlite3
 import subprocess
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tests.helpers import dump_state, replay_dump
 from timelined.auditlog.scan import ChainReport, walk_chain
@@ -27,15 +27,34 @@ from timelined.auditlog.segments import segment_name
 from timelined.config import Config, load_config
 from timelined.writer.engine import Engine
 
+if TYPE_CHECKING:
+    from timelined.pgstore.sql import PgConnection
+
 BACKENDS = ("sqlite", "postgresql")
 
 Dump = dict[str, list[tuple[object, ...]]]
 
 
-@dataclass(frozen=True)
+@dataclass
 class Store:
     backend: str
     dsn: str | None = None  # postgresql: the libpq conninfo of this store's database
+    dbname: str | None = None
+    # One connection for this test's reads behind the daemon's back (a test that checks the
+    # state after every step would otherwise pay a connection per check); `close()` ends it.
+    _pg: PgConnection | None = field(default=None, repr=False, compare=False)
+
+    def pg(self) -> PgConnection:
+        from timelined.pgstore.sql import connect
+
+        if self._pg is None:
+            self._pg = connect(self.dsn or "")
+        return self._pg
+
+    def close(self) -> None:
+        if self._pg is not None:
+            self._pg.close()
+            self._pg = None
 
     @property
     def shared(self) -> bool:
@@ -85,13 +104,7 @@ class Store:
     def dump(self, state_dir: Path) -> Dump:
         if self.backend == "sqlite":
             return dump_state(state_dir / "state.db")
-        from timelined.pgstore.sql import connect
-
-        conn = connect(self.dsn or "")
-        try:
-            return dump_state(conn)
-        finally:
-            conn.close()
+        return dump_state(self.pg())
 
     # --- direct access (behind the daemon's back) ---------------------------------------------
 
@@ -103,13 +116,10 @@ class Store:
                 return conn.execute(sql).fetchall()
             finally:
                 conn.close()
-        import psycopg
-
-        with psycopg.connect(self.dsn or "", autocommit=True) as pg:
-            return list(pg.execute(sql.encode()).fetchall())
+        return list(self.pg().execute(sql).fetchall())
 
     def execute(self, sql: str, state_dir: Path | None = None) -> None:
-        """One statement by another program (the sqlite3 CLI; psql's libpq through psycopg)."""
+        """Statements by another program (the sqlite3 CLI; another PostgreSQL session)."""
         if self.backend == "sqlite":
             assert state_dir is not None
             subprocess.run(
@@ -121,8 +131,8 @@ class Store:
             return
         import psycopg
 
-        with psycopg.connect(self.dsn or "", autocommit=True) as pg:
-            pg.execute(sql.encode())
+        with psycopg.connect(self.dsn or "", autocommit=True) as session:
+            session.execute(sql.encode())  # bytes: no placeholders, several statements
 
     def config(self, base: Path, **sections: dict[str, Any]) -> Config:
         """A loaded config for an in-process Engine on this store, state under `base`."""
