@@ -156,7 +156,9 @@ class EmbeddedPostgres:
         if self._running:
             return self
         self._bin = install_dir() / "bin"
-        self._dir = Path(tempfile.mkdtemp(prefix="timelined-pg-", dir=_SCRATCH_ROOT))
+        sweep_orphans(self._bin)
+        self._dir = Path(tempfile.mkdtemp(prefix=_PREFIX, dir=_SCRATCH_ROOT))
+        (self._dir / _OWNER).write_text(_process_identity(os.getpid()))
         # Registered before anything can start a server: a failure below still cleans up.
         # weakref.finalize also runs at interpreter exit (its `atexit` is on): no server
         # outlives the test process, whatever happened to the test that started it.
@@ -272,6 +274,39 @@ def _server_env() -> dict[str, str]:
 
 
 _STOP = ("-m", "fast", "-w", "-t", "30", "stop")
+_PREFIX = "timelined-pg-"
+_OWNER = "owner"  # the starting process's pid and start time, written first
+
+
+def _process_identity(pid: int) -> str:
+    """pid and start time (a pid alone may have been reused), or "" for no such process."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat_line.rsplit(")", 1)[1].split()
+    return f"{pid} {fields[19]}"  # field 22 of stat: starttime
+
+
+def sweep_orphans(bin_dir: Path) -> list[Path]:
+    """Stop the servers (and remove the directories) that a test process killed outright
+    (SIGKILL: no atexit) left behind; returns their directories. A directory whose owner
+    process still runs, or that another uid made, is left alone."""
+    swept: list[Path] = []
+    for directory in sorted(_SCRATCH_ROOT.glob(f"{_PREFIX}*")):
+        owner = directory / _OWNER
+        try:
+            if owner.stat().st_uid != os.getuid():
+                continue
+            identity = owner.read_text()
+        except OSError:
+            continue  # being created, or not ours
+        pid = int(identity.split()[0]) if identity.split() else 0
+        if pid and _process_identity(pid) == identity:
+            continue
+        _shutdown(bin_dir, directory)
+        swept.append(directory)
+    return swept
 
 
 def _shutdown(bin_dir: Path, directory: Path) -> None:

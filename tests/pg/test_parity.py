@@ -256,10 +256,14 @@ def every_read(conn: DbConn, ids: dict[str, list[str]]) -> dict[str, Any]:
 
 
 def _public_reads(module: Any) -> set[str]:
+    """The module's public functions that read a connection (first parameter `conn`)."""
     return {
         name
         for name, fn in vars(module).items()
-        if inspect.isfunction(fn) and fn.__module__ == module.__name__ and not name.startswith("_")
+        if inspect.isfunction(fn)
+        and fn.__module__ == module.__name__
+        and not name.startswith("_")
+        and next(iter(inspect.signature(fn).parameters), None) == "conn"
     }
 
 

@@ -136,3 +136,40 @@ def test_a_server_left_running_is_stopped_at_exit(tmp_path: Path) -> None:
     pid_text, directory = done.stdout.split()
     assert not Path(directory).exists()
     assert _gone(int(pid_text))
+
+
+def test_a_server_whose_test_process_was_killed_is_swept(tmp_path: Path) -> None:
+    """SIGKILL runs no atexit: the next server started sweeps what the dead process left."""
+    script = tmp_path / "killed.py"
+    script.write_text(
+        "import os, signal\n"
+        "from tests.pgserver import EmbeddedPostgres\n"
+        "s = EmbeddedPostgres().start()\n"
+        "pid = (s.data_dir / 'postmaster.pid').read_text().split()[0]\n"
+        "print(pid, s.directory, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == -9, done.stderr
+    pid_text, directory = done.stdout.split()
+    assert Path(directory).exists()  # left behind, running
+    assert not _gone(int(pid_text))
+    swept = pgserver.sweep_orphans(pgserver.install_dir() / "bin")
+    assert Path(directory) in swept
+    assert not Path(directory).exists()
+    assert _gone(int(pid_text))
+
+
+def test_the_sweep_leaves_a_live_owners_server(pg_server: EmbeddedPostgres) -> None:
+    assert pg_server.directory not in pgserver.sweep_orphans(pgserver.install_dir() / "bin")
+    assert pg_server.directory.exists()
+    with psycopg.connect(pg_server.conninfo()) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)

@@ -3,8 +3,9 @@
 The state tables are those of the SQLite state (state/schema.py, version 3) with PostgreSQL's
 types: INTEGER → BIGINT, REAL → DOUBLE PRECISION; JSON stays TEXT, so a value is the same
 bytes on both backends and the verifier compares them as they are. There is no blocks_fts:
-`blocks.tsv` is a generated tsvector column under a GIN index (state/search_pg.py reads it),
-kept by PostgreSQL in the blocks' own transaction, so `meta.fts_seq` always equals `last_seq`.
+`blocks.tsv` is a generated tsvector column (of the first SEARCH_CHARS characters) under a
+GIN index (state/search_pg.py reads it), kept by PostgreSQL in the blocks' own transaction;
+`meta.fts_seq` (how far the index is) is generated from `last_seq`, so it always equals it.
 
 `log` holds one row per event: its seq, its hash and the exact line the file log would hold
 (trailing newline included). It is append-only: triggers refuse UPDATE, DELETE (per row) and
@@ -26,6 +27,7 @@ from typing import Final
 
 from timelined.events import SCHEMA_VERSION as EVENT_SCHEMA_VERSION
 from timelined.pgstore.sql import LOG_APPEND_ONLY_SQLSTATE, PgConnection
+from timelined.state.search_pg import SEARCH_CHARS
 
 PG_SCHEMA_VERSION: Final = 1
 GENESIS_HASH: Final = "0" * 64
@@ -61,7 +63,7 @@ $$""",
   last_seq      BIGINT NOT NULL,
   last_hash     TEXT NOT NULL,
   event_schema  BIGINT NOT NULL,
-  fts_seq       BIGINT NOT NULL DEFAULT 0
+  fts_seq       BIGINT GENERATED ALWAYS AS (last_seq) STORED
 )""",
     """CREATE TABLE conversations (
   id              TEXT PRIMARY KEY,
@@ -94,7 +96,7 @@ $$""",
 )""",
     "CREATE INDEX contexts_by_conversation ON contexts (conversation_id, created_seq)",
     "CREATE INDEX contexts_by_parent ON contexts (parent_id)",
-    """CREATE TABLE blocks (
+    f"""CREATE TABLE blocks (
   seq            BIGINT PRIMARY KEY,
   id             TEXT NOT NULL UNIQUE,
   context_id     TEXT NOT NULL,
@@ -107,7 +109,8 @@ $$""",
   tokens_output  BIGINT,
   metadata       TEXT NOT NULL,
   sub_blocks     TEXT NOT NULL,
-  tsv            tsvector GENERATED ALWAYS AS (to_tsvector('simple', content)) STORED
+  tsv            tsvector GENERATED ALWAYS AS
+                   (to_tsvector('simple', left(content, {SEARCH_CHARS:d}))) STORED
 )""",
     "CREATE UNIQUE INDEX blocks_by_context ON blocks (context_id, position)",
     "CREATE INDEX blocks_search ON blocks USING GIN (tsv)",
@@ -238,7 +241,7 @@ def clear_state(conn: PgConnection) -> None:
 def _initial_rows(conn: PgConnection) -> None:
     """The meta (head) row and the focus row of a state that has applied nothing."""
     conn.execute(
-        "INSERT INTO meta (id, last_seq, last_hash, event_schema, fts_seq) VALUES (1, 0, ?, ?, 0)",
+        "INSERT INTO meta (id, last_seq, last_hash, event_schema) VALUES (1, 0, ?, ?)",
         (GENESIS_HASH, EVENT_SCHEMA_VERSION),
     )
     conn.execute(

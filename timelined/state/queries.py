@@ -10,6 +10,7 @@ repeats or skips a row while writers append.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -28,7 +29,7 @@ from timelined.api.model import (
 from timelined.errors import BadQuery
 from timelined.events import SubBlock
 from timelined.replies import ReplyBudget, json_size, text_size
-from timelined.state.dbapi import DbConn
+from timelined.state.dbapi import DbConn, dialect_of
 
 _meta_decoder = msgspec.json.Decoder(dict[str, Any])
 _tags_decoder = msgspec.json.Decoder(list[str])
@@ -429,6 +430,9 @@ def search(
 ) -> list[SearchHit]:
     """FTS5 search, best first; a malformed query raises BadQuery, never an SQL error.
 
+    On PostgreSQL (`conn.dialect`), state/search_pg.py answers instead: the same filters,
+    bound, reply and order (lower rank is better), PostgreSQL's own text search.
+
     Each snippet is at most SNIPPET_CHARS characters (cut in SQL: SQLite returns no more); with
     a `budget`, fewer than `limit` hits when more would not fit the reply (`budget.full`).
 
@@ -448,17 +452,20 @@ def search(
        keeps the IN list from becoming one FTS5 query per rowid);
     3. the kept blocks' ids, context and conversation, by seq.
     """
-    filters: list[str] = []
-    params: list[Any] = []
-    if conversation_id is not None:
-        filters.append("c.conversation_id = ?")
-        params.append(conversation_id)
-    if context_id is not None:
-        filters.append("b.context_id = ?")
-        params.append(context_id)
-    if role is not None:
-        filters.append("b.role = ?")
-        params.append(role)
+    if dialect_of(conn) == "postgresql":
+        # Imported here: search_pg reads this module's bounds and collect_hits.
+        from timelined.state import search_pg
+
+        return search_pg.search(
+            conn,
+            query,
+            conversation_id=conversation_id,
+            context_id=context_id,
+            role=role,
+            limit=limit,
+            budget=budget,
+        )
+    filters, params = search_filters(conversation_id, context_id, role)
     joins = (
         "JOIN blocks b ON b.seq = blocks_fts.rowid JOIN contexts c ON c.id = b.context_id "
         if filters
@@ -501,20 +508,49 @@ def search(
         }
     except sqlite3.OperationalError as exc:
         raise BadQuery(query, str(exc)) from exc
+    return collect_hits(
+        ((seq, rank, *blocks[seq][1:5], snippets[seq]) for seq, rank in ranked if seq in blocks),
+        budget,
+    )
+
+
+def search_filters(
+    conversation_id: str | None, context_id: str | None, role: str | None
+) -> tuple[list[str], list[Any]]:
+    """A search's filters as SQL clauses over `blocks b` and `contexts c`, and their values."""
+    filters: list[str] = []
+    params: list[Any] = []
+    if conversation_id is not None:
+        filters.append("c.conversation_id = ?")
+        params.append(conversation_id)
+    if context_id is not None:
+        filters.append("b.context_id = ?")
+        params.append(context_id)
+    if role is not None:
+        filters.append("b.role = ?")
+        params.append(role)
+    return filters, params
+
+
+# A ranked match, best first: (seq, rank, block id, context id, conversation id, role, snippet
+# as the database made it).
+RankedRow = tuple[int, float, str, str, str, str, str]
+
+
+def collect_hits(rows: Iterable[RankedRow], budget: ReplyBudget | None) -> list[SearchHit]:
+    """The hits of ranked matches: each snippet cut to SNIPPET_CHARS, as many as the `budget`
+    takes (both backends' searches end here: state/search_pg.py)."""
     hits: list[SearchHit] = []
-    for seq, rank in ranked:
-        b = blocks.get(seq)
-        if b is None:
-            continue
-        snippet = _cut(snippets[seq])
+    for seq, rank, block_id, context_id, conversation_id, role, raw in rows:
+        snippet = _cut(raw)
         if budget is not None and not budget.add(json_size(snippet) + _HIT_OVERHEAD):
             break
         hits.append(
             SearchHit(
-                block_id=b[1],
-                context_id=b[2],
-                conversation_id=b[3],
-                role=b[4],
+                block_id=block_id,
+                context_id=context_id,
+                conversation_id=conversation_id,
+                role=role,
                 seq=seq,
                 snippet=snippet,
                 rank=float(rank),
