@@ -145,3 +145,23 @@ def test_check_config_prints_the_store_and_checks_the_password_file(tmp_path: Pa
     os.chmod(tmp_path / "pw", 0o604)
     out = check()
     assert out.returncode == 78 and "store.password_file" in out.stderr
+
+
+def test_serve_refuses_an_unreadable_password_file_with_78(tmp_path: Path) -> None:
+    """Before the boot: nothing is locked or created, and the exit code stops restart loops."""
+    conf = tmp_path / "config.toml"
+    conf.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path / "var"}"\n'
+        + PG
+        + 'dsn = "host=/nonexistent dbname=tl"\npassword_file = "missing"\n'
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "timelined", "serve", "--config", str(conf)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert out.returncode == 78, out.stderr
+    assert "store.password_file" in out.stderr and "cannot read" in out.stderr
+    assert not (tmp_path / "var").exists()

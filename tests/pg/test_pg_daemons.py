@@ -11,6 +11,7 @@ kill -9 of one daemon under load loses nothing it acknowledged, and the other ke
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,14 @@ from typing import Any
 import anyio
 import msgspec
 import psycopg
+import pytest
 
 from tests.daemon.harness import DaemonProcess, serving, short_tempdir
 from timelined.api.timeline import LogEvent
 from timelined.auditlog.record import decode_line
 from timelined.client import AsyncClient
 from timelined.client_sync import Client
-from timelined.errors import TimelinedError
+from timelined.errors import LogDamaged, TimelinedError
 from timelined.events import Record
 from timelined.varlink.errors import ConnectionFailed
 
@@ -80,8 +82,6 @@ def test_the_api_round_trips_over_the_socket_and_a_restart_continues(pg_dsn: str
             assert client.get_block(third.block.id).content == "a sidebar note about foxes"
             assert client.get_conversation(conv.id).metadata == {"team": "db"}
             assert [c.id for c in client.get_tree(conv.id)] == [root, side.id]
-            hits = client.search_blocks("lazy dog")
-            assert [h.block_id for h in hits] == [second.block.id]
             assert client.get_status().last_seq == third.seq
         report = (daemon.state_dir / "reports").glob("boot-*.json")
         assert list(report), "the boot report is in the local state directory"
@@ -93,6 +93,16 @@ def test_the_api_round_trips_over_the_socket_and_a_restart_continues(pg_dsn: str
             assert (fourth.seq, fourth.block.position) == (third.seq + 1, 3)
             assert client.list_blocks(root).blocks[-1].id == fourth.block.id
     _assert_one_chain(_log_table(pg_dsn))
+
+
+def test_search_finds_what_either_daemon_wrote(pg_dsn: str) -> None:
+    with _two_daemons(pg_dsn) as (a, b), Client(a.socket_path) as ca, Client(b.socket_path) as cb:
+        root = ca.create_conversation("search").root_context_id
+        fox = ca.append_block(root, "user", "the quick brown fox")
+        dog = cb.append_block(root, "assistant", "jumps over the lazy dog")
+        for client in (ca, cb):
+            assert [h.block_id for h in client.search_blocks("lazy dog")] == [dog.block.id]
+            assert [h.block_id for h in client.search_blocks("fox")] == [fox.block.id]
 
 
 def test_appends_of_two_daemons_to_one_context_get_consecutive_positions(pg_dsn: str) -> None:
@@ -134,6 +144,29 @@ def test_an_idle_daemon_follows_the_other_ones_writes(pg_dsn: str) -> None:
     assert [(e.seq, e.prev, e.type) for e in seen.events] == [
         (r.seq, r.prev, r.type) for r in records
     ]
+
+
+def test_a_damaged_row_in_the_log_table_stops_following_and_writes(pg_dsn: str) -> None:
+    """A row the follower cannot decode (written behind the daemons' backs) is damage: the
+    daemon refuses writes from then on (continuing the chain past it would hide it) and keeps
+    serving reads."""
+    with serving(store=_store(pg_dsn)) as daemon, Client(daemon.socket_path) as client:
+        root = client.create_conversation("tampered").root_context_id
+        kept = client.append_block(root, "user", "before the damage")
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO log (seq, hash, line) VALUES (%s, %s, %s)",
+                (kept.seq + 1, "f" * 64, b'{"not": "a record"}\n'),
+            )
+            conn.execute("NOTIFY timelined_log, 'someone else'")
+        deadline = time.monotonic() + 30
+        while client.get_status().read_only is None:
+            assert time.monotonic() < deadline, "the damage was not noticed"
+            time.sleep(0.05)
+        with pytest.raises(LogDamaged) as info:
+            client.append_block(root, "user", "after the damage")
+        assert info.value.params["seq"] == kept.seq + 1
+        assert client.get_block(kept.block.id).content == "before the damage"
 
 
 WRITERS = 6  # per daemon

@@ -12,15 +12,15 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Callable, Iterator
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import anyio
-import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from timelined.pgstore.sql import PgConnection, PgOperationalError, connect
+from timelined.state.db import read_meta
 from timelined.state.dbapi import DbConn
-from timelined.state.model import Meta
+from timelined.state.reads import ReadSnapshot
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -52,7 +52,9 @@ def in_snapshot(
 class PgReaders:
     """A fixed pool of read connections to the database (`ReadPool`)."""
 
-    def __init__(self, conninfo: str, password: str | None, size: int) -> None:
+    def __init__(
+        self, conninfo: str, password: str | None, size: int, *, timeout: float = CONNECT_TIMEOUT_S
+    ) -> None:
         kwargs: dict[str, Any] = {"autocommit": True, "application_name": "timelined-reader"}
         if password is not None:
             kwargs["password"] = password  # beside the conninfo, never inside it
@@ -63,14 +65,15 @@ class PgReaders:
             kwargs=kwargs,
             open=False,
             name="timelined-readers",
-            timeout=CONNECT_TIMEOUT_S,
+            timeout=timeout,
         )
+        self._timeout = timeout
         self._slots = anyio.Semaphore(size)
 
     async def open(self) -> None:
         def open_sync() -> None:
             try:
-                self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
+                self._pool.open(wait=True, timeout=self._timeout)
             except PoolTimeout as exc:
                 self._pool.close()
                 raise PgOperationalError(f"the read pool could not connect: {exc}", None) from exc
@@ -108,30 +111,21 @@ class PgReaders:
         await anyio.to_thread.run_sync(self._pool.close)
 
 
-class PgReadSnapshot:
+class PgReadSnapshot(ReadSnapshot):
     """A connection of its own in one snapshot transaction, for a read too long for the pool
-    (an export): the attributes of state/reads.ReadSnapshot."""
+    (an export); closed as state/reads.ReadSnapshot is."""
 
-    def __init__(self, conninfo: str, password: str | None) -> None:
-        self.conn = connect(conninfo, password, application_name="timelined-snapshot")
+    def __init__(self, conninfo: str, password: str | None) -> None:  # not the SQLite file's
+        conn = connect(conninfo, password, application_name="timelined-snapshot")
         try:
-            self.conn.execute(SNAPSHOT_BEGIN)
-            row = self.conn.execute(
-                "SELECT last_seq, last_hash, event_schema FROM meta WHERE id = 1"
-            ).fetchone()
-            if row is None:
-                raise PgOperationalError("the meta table has no head row (id = 1)", None)
-            self.meta = Meta(int(row[0]), str(row[1]), int(row[2]))  # the snapshot starts here
+            conn.execute(SNAPSHOT_BEGIN)
+            self.meta = read_meta(conn)  # the snapshot starts here
         except BaseException:
-            self.conn.close()
+            conn.close()
             raise
-
-    def close(self) -> None:
-        try:
-            self.conn.execute("ROLLBACK")
-        except (sqlite3.Error, psycopg.Error):
-            pass  # a broken connection: closing it is all there is left to do
-        self.conn.close()
+        # SEAM (exports on PostgreSQL): the export's code is typed on the SQLite connection;
+        # what it runs on this one is a DbConn's (execute, fetch).
+        self.conn = cast(sqlite3.Connection, conn)
 
 
 __all__ = ["PgReadSnapshot", "PgReaders", "in_snapshot"]

@@ -6,7 +6,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from timelined.state.dbapi import DbConn
+from timelined.state.dbapi import DbConn, dialect_of
 from timelined.state.model import Meta
 from timelined.state.schema import migrate
 
@@ -77,6 +77,11 @@ def read_fts_seq(conn: DbConn) -> int:
     return int(conn.execute("SELECT fts_seq FROM meta WHERE id = 1").fetchone()[0])
 
 
-def data_version(conn: sqlite3.Connection) -> int:
-    """Moves only when another connection commits to the database (tamper detection)."""
+def data_version(conn: DbConn) -> int:
+    """Moves only when another connection commits to the database (tamper detection).
+
+    Always 0 on PostgreSQL: it has no such counter, and other daemons commit there all the
+    time (writer/pg.py)."""
+    if dialect_of(conn) != "sqlite":
+        return 0
     return int(conn.execute("PRAGMA data_version").fetchone()[0])

@@ -295,7 +295,7 @@ class Engine:
         self._pause_depth = 0
         self._resumed = anyio.Event()
         self._resumed.set()
-        self._data_version = self._read_data_version()
+        self._data_version = data_version(conn)
         # The writer's cache for appends; see hotstate.py for why it stays equal to the state.
         self.hot = HotState()
         # The write connection is used only on this thread, and only under `_lock`, which
@@ -328,7 +328,6 @@ class Engine:
             await engine.readers.open()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(engine._writer_loop)
-                tg.start_soon(engine._run_beside)
                 try:
                     yield engine
                 finally:
@@ -408,9 +407,6 @@ class Engine:
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._conn.close()
 
-    def _read_data_version(self) -> int:
-        return data_version(self._conn)
-
     def _open_snapshot(self) -> ReadSnapshot:
         """A long read's snapshot (blocking: called on a worker thread)."""
         return ReadSnapshot(self.config.state_db)
@@ -419,22 +415,6 @@ class Engine:
         """On the writer's thread: open the batch's transaction; the head it continues."""
         self._conn.execute("BEGIN IMMEDIATE")
         return self.last_seq, self.last_hash
-
-    def _publish(self, committed: Committed) -> None:
-        """On the event loop, after a batch: the state holds it; tell every subscriber."""
-        if committed.records:
-            self._committed(committed.records[-1].seq)
-            self._tell_subscribers(committed)
-
-    def _tell_subscribers(self, committed: Committed) -> None:
-        for callback in list(self._subscribers):
-            try:
-                callback(committed.records, committed.lines)
-            except Exception:
-                log.exception("a commit subscriber failed; it was skipped")
-
-    async def _run_beside(self) -> None:
-        """A task the backend runs beside the writer until it stops (none here)."""
 
     def follow(self) -> None:
         """The subscribers are in: start giving them other writers' commits (there are none
@@ -529,7 +509,7 @@ class Engine:
         self._forget_cache("connection replaced")
         meta = read_meta(conn)
         assert (meta.last_seq, meta.last_hash) == (self.last_seq, self.last_hash)
-        self._data_version = self._read_data_version()
+        self._data_version = data_version(conn)
         self._reload_index_position()
 
     def _reload_index_position(self) -> None:
@@ -549,7 +529,7 @@ class Engine:
         """
 
         def check() -> bool:
-            version = self._read_data_version()
+            version = data_version(self._conn)
             changed = version != self._data_version
             self._data_version = version
             if changed:
@@ -599,7 +579,13 @@ class Engine:
                 committed = await self._on_writer_thread(self._run_batch, batch)
                 for pending in batch:
                     pending.answer()  # those the writer's thread did not answer before COMMIT
-                self._publish(committed)
+                if committed.records:
+                    self._committed(committed.records[-1].seq)
+                    for callback in list(self._subscribers):
+                        try:
+                            callback(committed.records, committed.lines)
+                        except Exception:
+                            log.exception("a commit subscriber failed; it was skipped")
                 if self.fatal is not None:
                     self._fail_queued(self.fatal)
                     self._wake_readers()  # a read waiting for a commit that never comes fails

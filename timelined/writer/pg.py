@@ -28,6 +28,8 @@ import logging
 import secrets
 import sqlite3
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import anyio
@@ -35,7 +37,7 @@ import psycopg
 
 from timelined import conninfo
 from timelined.auditlog.fileops import FileOps
-from timelined.auditlog.record import decode_line
+from timelined.auditlog.record import RecordError, decode_line
 from timelined.auditlog.writer import LogHead
 from timelined.config import Config, read_password
 from timelined.errors import FatalStorageError, LogDamaged, StorageError
@@ -44,10 +46,10 @@ from timelined.pgstore.logtable import insert_lines, read_lines
 from timelined.pgstore.reads import PgReaders, PgReadSnapshot
 from timelined.pgstore.schema import PgSchemaError, ensure_schema
 from timelined.pgstore.sql import PgConnection, PgOperationalError, connect
-from timelined.state.apply import FtsRows
+from timelined.state.apply import FtsRows, set_meta
 from timelined.state.dbapi import DbConn
 from timelined.state.reads import ReadSnapshot
-from timelined.writer.engine import Committed, Engine, EngineStats, Pending
+from timelined.writer.engine import Committed, Engine, EngineStats, Pending, Subscriber
 
 log = logging.getLogger("timelined.writer.pg")
 
@@ -74,8 +76,16 @@ def read_committed(conn: DbConn, after_seq: int, max_rows: int, max_bytes: int) 
     sees a seq sees every seq before it."""
     assert isinstance(conn, PgConnection)
     rows = read_lines(conn, after_seq, max_rows, max_bytes)
-    lines = [line for _, line in rows]
-    return Committed([decode_line(line) for line in lines], lines)
+    records: list[Record] = []
+    for seq, line in rows:
+        try:
+            record = decode_line(line)
+        except RecordError as exc:
+            raise LogDamaged(seq, f"the log table's line is not a valid record ({exc})") from exc
+        if record.seq != seq:
+            raise LogDamaged(seq, f"the log table's row holds the line of seq {record.seq}")
+        records.append(record)
+    return Committed(records, [line for _, line in rows])
 
 
 class PgEngine(Engine):
@@ -106,6 +116,34 @@ class PgEngine(Engine):
         self.delivered_seq = self.last_seq
         self._follow_wakeup = anyio.Event()
         self._following = anyio.Event()
+        # The engine's subscribers list gets this daemon's batches, in order; `_own_batch`
+        # passes them on to the real subscribers (`subscribe`) once they continue the events
+        # delivered so far.
+        self._pg_subscribers: list[Subscriber] = []
+        super().subscribe(self._own_batch)
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        config: Config,
+        *,
+        fileops: FileOps | None = None,
+        read_only: LogDamaged | None = None,
+        head: LogHead | None = None,
+    ) -> AsyncIterator[Engine]:
+        """The engine's `open`, with the follower (LISTEN + the log table) running beside the
+        writer until it stops."""
+        async with super().open(config, fileops=fileops, read_only=read_only, head=head) as engine:
+            assert isinstance(engine, PgEngine)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(engine._listen)
+                tg.start_soon(engine._follow)
+                try:
+                    yield engine
+                finally:
+                    await engine.drain()  # the writer is done: nothing left to deliver
+                    tg.cancel_scope.cancel()
 
     @classmethod
     def _open_sync(
@@ -143,9 +181,6 @@ class PgEngine(Engine):
     def _close_storage(self) -> None:
         self._pg.close()
 
-    def _read_data_version(self) -> int:
-        return 0  # see data_version_changed
-
     async def data_version_changed(self) -> bool:
         """Never: other daemons commit to the database all the time, which is no tampering.
         (SEAM, the verifier on PostgreSQL: its periodic run compares the state with a replay
@@ -153,9 +188,7 @@ class PgEngine(Engine):
         return False
 
     def _open_snapshot(self) -> ReadSnapshot:
-        # SEAM (exports on PostgreSQL): PgReadSnapshot has ReadSnapshot's attributes (conn,
-        # meta, close); its conn is a PgConnection, which the export's SQL (a DbConn's) takes.
-        return cast(ReadSnapshot, PgReadSnapshot(self.config.store.dsn, self._password))
+        return PgReadSnapshot(self.config.store.dsn, self._password)
 
     def _reload_index_position(self) -> None:
         self._fts_seq = self._state_seq = self.last_seq
@@ -202,10 +235,7 @@ class PgEngine(Engine):
         started = time.perf_counter()
         try:
             insert_lines(conn, records, lines)
-            conn.execute(
-                "UPDATE meta SET last_seq = ?, last_hash = ?, fts_seq = ? WHERE id = 1",
-                (seq, prev, seq),
-            )
+            set_meta(conn, seq, prev)  # meta.fts_seq follows: a generated column
             conn.execute("SELECT pg_notify(?, ?)", (CHANNEL, f"{self._origin} {seq}"))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -225,12 +255,17 @@ class PgEngine(Engine):
         self._following.set()
         self._follow_wakeup.set()
 
-    def _publish(self, committed: Committed) -> None:
-        if not committed.records:
-            return
-        self._committed(committed.records[-1].seq)  # read-your-writes: the state holds it
-        if not self._deliver(committed):
-            self._follow_wakeup.set()  # other daemons' events come first: from the table
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call `callback(records, lines)` with every event of the database (this daemon's
+        and the others'), in seq order, each once."""
+        self._pg_subscribers.append(callback)
+        return lambda: self._pg_subscribers.remove(callback)
+
+    def _own_batch(self, records: list[Record], lines: list[bytes]) -> None:
+        """This daemon's batch, committed: to the subscribers now if it continues what they
+        got, else after the other daemons' events before it (the follower reads them)."""
+        if not self._deliver(Committed(records, lines)):
+            self._follow_wakeup.set()
 
     def _deliver(self, committed: Committed) -> bool:
         """Give the subscribers the events after `delivered_seq`; False (nothing given) when
@@ -246,15 +281,12 @@ class PgEngine(Engine):
         if start:
             committed = Committed(records[start:], lines[start:])
         self.delivered_seq = records[-1].seq
-        self._tell_subscribers(committed)
+        for callback in list(self._pg_subscribers):
+            try:
+                callback(*committed)
+            except Exception:
+                log.exception("a commit subscriber failed; it was skipped")
         return True
-
-    async def _run_beside(self) -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._listen)
-            tg.start_soon(self._follow)
-            await self._stopped.wait()
-            tg.cancel_scope.cancel()
 
     async def _listen(self) -> None:
         """Wake the follower on each other daemon's notification; reconnect when lost."""
@@ -292,6 +324,11 @@ class PgEngine(Engine):
                 await self._catch_up()
             except sqlite3.Error as exc:
                 log.warning("could not read the log table to follow other daemons: %s", exc)
+            except LogDamaged as exc:
+                # Subscribers cannot skip an event; writing on would continue a damaged chain.
+                log.error("following stopped, writes refused: %s", exc.message)
+                self.degrade(exc)
+                return
 
     async def _catch_up(self) -> None:
         """Deliver every event the log table holds after `delivered_seq`, page by page."""
@@ -303,12 +340,10 @@ class PgEngine(Engine):
             # While the page was read, this daemon's own batches may have been delivered: the
             # page's start is skipped then. It continues `after`, so it continues them too.
             if not self._deliver(page):
-                log.error(
-                    "the log table has no row for seq %d (it has %d): following stopped here",
+                raise LogDamaged(
                     self.delivered_seq + 1,
-                    page.records[0].seq,
+                    f"the log table has no row for it (the next is seq {page.records[0].seq})",
                 )
-                return
 
 
 def _name(config: Config) -> str:
