@@ -6,7 +6,8 @@ docs/operations.md ("Exit codes"); `verify` 0 verified, 1 a problem found, 2 cou
 be created or is not empty, 74 the copy failed (nothing is left at the destination);
 `migrate` 0 migrated and verified, 1 the source's log is damaged or the migrated database did
 not verify (nothing committed), 66 the source is not a stopped daemon's state directory, 73 the
-target cannot be reached or is not empty (docs/operations.md, "Migrating to PostgreSQL").
+target cannot be reached or is not empty, 74 the copy failed (nothing committed)
+(docs/operations.md, "Migrating to PostgreSQL").
 """
 
 from __future__ import annotations
@@ -153,7 +154,12 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-_MIGRATE_EXIT = {"source": os.EX_NOINPUT, "target": os.EX_CANTCREAT, "verify": 1}
+_MIGRATE_EXIT = {
+    "source": os.EX_NOINPUT,
+    "target": os.EX_CANTCREAT,
+    "copy": os.EX_IOERR,
+    "verify": 1,
+}
 _BACKUP_EXIT = {"source": os.EX_NOINPUT, "destination": os.EX_CANTCREAT, "copy": os.EX_IOERR}
 
 

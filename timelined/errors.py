@@ -471,14 +471,15 @@ class BackupFailed(TimelinedError):
 
 class MigrationFailed(TimelinedError):
     """`timelined migrate` committed nothing; `side` says whose fault: "source" (not a stopped
-    daemon's state directory), "target" (cannot connect, or not empty), "verify" (the migrated
-    database did not verify before the commit). The target is left as it was."""
+    daemon's state directory), "target" (cannot connect, or not empty), "copy" (the server, the
+    connection or a read of the log failed midway), "verify" (the migrated database did not
+    verify before the commit). The target is left as it was."""
 
     name = "MigrationFailed"
     home_interface = ADMIN_INTERFACE
     doc = (
         "Never sent on the socket: `timelined migrate` committed nothing; `side` is source, "
-        "target or verify."
+        "target, copy or verify."
     )
 
     class Params(ErrorParams, frozen=True):

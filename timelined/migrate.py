@@ -5,7 +5,8 @@ empty PostgreSQL database, the chain verified on both sides.
    of `timelined verify`); damage refuses the migration before anything is written. An
    unfinished last line (a torn tail: never acknowledged) is not migrated; the result says so.
 2. The target: its schema must hold no table at all; anything else is refused
-   (`MigrationFailed`, side "target"), never merged into.
+   (`MigrationFailed`, side "target"), never merged into. Any failure after that (the
+   server's, the connection's, a read of the log) is `MigrationFailed`, side "copy".
 3. One transaction: the schema (`pgstore.schema.create_schema`), then the log's lines in bounded
    batches (`BATCH_LINES` lines or `BATCH_BYTES`), each batch's lines inserted into the log
    table and its events applied to the state tables with the one `apply`; progress on stderr.
@@ -31,11 +32,13 @@ from __future__ import annotations
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
 
 import msgspec
+import psycopg
 
 from timelined.api.verify import ChainResult, VerifyProgress, VerifyReport
 from timelined.auditlog.reader import read_lines
@@ -44,7 +47,7 @@ from timelined.errors import LogDamaged, MigrationFailed
 from timelined.events import Record
 from timelined.pgstore.logtable import insert_lines
 from timelined.pgstore.schema import SCHEMA_LOCK, create_schema
-from timelined.pgstore.sql import PgConnection
+from timelined.pgstore.sql import PgConnection, map_error
 from timelined.state.apply import apply, set_fts_seq, set_meta
 from timelined.state.replay import check_link
 from timelined.verifier.chain import check_chain
@@ -90,14 +93,21 @@ def migrate_to_pg(
     if problem is not None:
         raise MigrationFailed("source", problem, str(state_dir))
     say = progress or (lambda _step: None)
-    chain = check_chain(
-        state_dir / "log",
-        progress=lambda seq, _bytes: say(VerifyProgress("source chain", seq, seq)),
-    )
-    say(VerifyProgress("source chain", chain.head_seq, chain.head_seq))
-    if chain.damage is not None:
-        d = chain.damage
-        raise LogDamaged(d.seq, f"{d.kind}: {d.detail}", d.segment)
+    try:
+        conn = connect()
+    except (OSError, sqlite3.Error) as exc:  # the driver's errors are sqlite3.Error's
+        raise MigrationFailed("target", f"cannot connect: {exc}", target) from exc
+    try:
+        _refuse_non_empty(conn, target)  # at once, not after the walk; again inside the copy's
+        chain = _walk_source(state_dir, say)
+        with tempfile.TemporaryDirectory(prefix="timelined-migrate-", dir=work_dir) as work:
+            copied, check = _copy_and_check(conn, state_dir, chain, target, say, Path(work))
+    except (OSError, sqlite3.Error) as exc:  # the server's errors are sqlite3.Error's
+        raise MigrationFailed(
+            "copy", f"the migration failed, nothing was committed: {exc}", target
+        ) from exc
+    finally:
+        conn.close()
     torn = None
     if chain.torn is not None:
         torn = (
@@ -105,15 +115,6 @@ def migrate_to_pg(
             f"{chain.torn.offset}, {chain.torn.length} bytes) was not migrated: it was never "
             "acknowledged"
         )
-    try:
-        conn = connect()
-    except (OSError, sqlite3.Error) as exc:  # the driver's errors are sqlite3.Error's
-        raise MigrationFailed("target", f"cannot connect: {exc}", target) from exc
-    try:
-        with tempfile.TemporaryDirectory(prefix="timelined-migrate-", dir=work_dir) as work:
-            copied, check = _copy_and_check(conn, state_dir, chain, target, say, Path(work))
-    finally:
-        conn.close()
     return MigrateResult(
         source=str(state_dir),
         target=target,
@@ -126,6 +127,35 @@ def migrate_to_pg(
         source_chain=chain,
         target_check=check,
     )
+
+
+def _walk_source(state_dir: Path, say: Progress) -> ChainResult:
+    """The source log's whole chain; LogDamaged for damage (a torn tail is not)."""
+    chain = check_chain(
+        state_dir / "log",
+        progress=lambda seq, _bytes: say(VerifyProgress("source chain", seq, seq)),
+    )
+    say(VerifyProgress("source chain", chain.head_seq, chain.head_seq))
+    if chain.damage is not None:
+        d = chain.damage
+        raise LogDamaged(d.seq, f"{d.kind}: {d.detail}", d.segment)
+    return chain
+
+
+def _refuse_non_empty(conn: PgConnection, target: str) -> None:
+    """MigrationFailed (side "target") naming a few of the tables, if the schema holds any."""
+    found = conn.execute(
+        "SELECT table_name FROM information_schema.tables "
+        "WHERE table_schema = current_schema() ORDER BY table_name LIMIT 5"
+    ).fetchall()
+    if found:
+        names = ", ".join(str(row[0]) for row in found)
+        raise MigrationFailed(
+            "target",
+            f"the target database is not empty (it has tables: {names}); migrate into an "
+            "empty database",
+            target,
+        )
 
 
 def _copy_and_check(
@@ -142,18 +172,7 @@ def _copy_and_check(
         # The lock a daemon's first boot takes to create the schema: one starting on the target
         # meanwhile waits, then finds the migrated database whole.
         conn.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
-        found = conn.execute(
-            "SELECT table_name FROM information_schema.tables "
-            "WHERE table_schema = current_schema() ORDER BY table_name LIMIT 5"
-        ).fetchall()
-        if found:
-            names = ", ".join(str(row[0]) for row in found)
-            raise MigrationFailed(
-                "target",
-                f"the target database is not empty (it has tables: {names}); migrate into an "
-                "empty database",
-                target,
-            )
+        _refuse_non_empty(conn, target)
         create_schema(conn)
         copied = _copy_log(conn, state_dir / "log", chain.head_seq, say)
         check = _check_target(conn, chain, work, say)
@@ -165,8 +184,10 @@ def _copy_and_check(
             )
         conn.execute("COMMIT")
     except BaseException:
-        if conn.in_transaction:
+        try:
             conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # the connection is gone: the server rolled the transaction back itself
         raise
     return copied, check
 
@@ -180,7 +201,10 @@ def _copy_log(conn: PgConnection, log_dir: Path, head: int, say: Progress) -> in
 
     def flush() -> None:
         nonlocal size, copied
-        insert_lines(conn, records, lines)
+        with pipelined(conn):
+            for record in records:
+                apply(conn, record)
+            insert_lines(conn, records, lines)
         copied += size
         records.clear()
         lines.clear()
@@ -193,7 +217,6 @@ def _copy_log(conn: PgConnection, log_dir: Path, head: int, say: Progress) -> in
         except RecordError as exc:
             raise LogDamaged(seq, f"unparsable: {exc.detail}") from None
         check_link(record, last_seq, last_hash)
-        apply(conn, record)
         last_seq, last_hash = record.seq, record.hash
         records.append(record)
         lines.append(line)
@@ -205,6 +228,19 @@ def _copy_log(conn: PgConnection, log_dir: Path, head: int, say: Progress) -> in
     set_meta(conn, last_seq, last_hash)
     set_fts_seq(conn, last_seq)
     return copied
+
+
+@contextmanager
+def pipelined(conn: PgConnection) -> Iterator[None]:
+    """The statements inside sent without waiting for each one's answer (psycopg's pipeline
+    mode): a batch's applies and inserts read nothing back, and a round trip each was most of
+    a migration's time. A failure surfaces at the end, as the sqlite3 error class the
+    connection maps every psycopg error to."""
+    try:
+        with conn.raw.pipeline():
+            yield
+    except psycopg.Error as exc:
+        raise map_error(exc) from exc
 
 
 def _check_target(

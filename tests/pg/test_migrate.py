@@ -8,17 +8,18 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-import psycopg
 import pytest
 
 from tests.daemon.harness import DaemonProcess, serving, short_tempdir
 from tests.pg.test_verify_pg import REPO, fetch, superuser, verify
+from timelined.api.verify import VerifyProgress
 from timelined.client_sync import Client
 from timelined.commands import NewBlock
 from timelined.errors import LogDamaged, MigrationFailed
 from timelined.migrate import migrate_to_pg
-from timelined.pgstore.sql import connect
+from timelined.pgstore.sql import PgConnection, connect
 
 
 def tables(dsn: str) -> list[str]:
@@ -110,9 +111,11 @@ def test_migrate_a_real_daemons_state_dir_verifies_on_both_sides(
 
 def test_migrate_refuses_a_non_empty_target(daemon_dir: Path, pg_dsn: str) -> None:
     superuser(pg_dsn, "CREATE TABLE unrelated (x int)", "INSERT INTO unrelated VALUES (1)")
+    steps: list[VerifyProgress] = []
     with pytest.raises(MigrationFailed) as refused:
-        migrate_to_pg(daemon_dir, lambda: connect(pg_dsn), "test")
+        migrate_to_pg(daemon_dir, lambda: connect(pg_dsn), "test", progress=steps.append)
     assert refused.value.side == "target" and "not empty" in refused.value.message
+    assert steps == []  # refused at once, before the source's walk
     assert "unrelated" in refused.value.message
     assert tables(pg_dsn) == ["unrelated"]
     out = migrate_cli(daemon_dir, pg_dsn, "--json")
@@ -149,22 +152,25 @@ def test_a_damaged_source_is_refused_before_anything_is_written(
 def test_a_migration_that_fails_midway_leaves_the_target_empty(
     daemon_dir: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The server drops the migration's connection (an administrator's pg_terminate_backend)
+    during its third batch: nothing of it stays, the schema included (one transaction)."""
     import timelined.migrate as migrate
 
-    monkeypatch.setattr(migrate, "BATCH_LINES", 7)  # several batches committed... or not
+    monkeypatch.setattr(migrate, "BATCH_LINES", 7)  # several batches before the failure
     calls = 0
     real = migrate.insert_lines
 
-    def failing(*args: object) -> None:
+    def killed_midway(conn: PgConnection, *args: Any) -> None:
         nonlocal calls
         calls += 1
         if calls == 3:
-            raise psycopg.errors.DiskFull("injected: no space left on the server")
-        real(*args)  # type: ignore[arg-type]
+            superuser(pg_dsn, f"SELECT pg_terminate_backend({conn.raw.info.backend_pid})")
+        real(conn, *args)
 
-    monkeypatch.setattr(migrate, "insert_lines", failing)
-    with pytest.raises(psycopg.errors.DiskFull):
+    monkeypatch.setattr(migrate, "insert_lines", killed_midway)
+    with pytest.raises(MigrationFailed) as failed:
         migrate_to_pg(daemon_dir, lambda: connect(pg_dsn), "test")
+    assert failed.value.side == "copy" and "nothing was committed" in failed.value.message
     assert calls == 3
     assert tables(pg_dsn) == []  # the schema went with the rest: one transaction
 

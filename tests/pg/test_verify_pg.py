@@ -26,7 +26,7 @@ from timelined.migrate import migrate_to_pg
 from timelined.pgstore.sql import PgConnection, connect
 from timelined.verifier import Verifier
 from timelined.verifier.pgrepair import rebuild_pg_state
-from timelined.verifier.pgrun import verify_pg
+from timelined.verifier.pgrun import PgTarget, verify_pg
 from timelined.writer.engine import Engine
 
 REPO = Path(__file__).resolve().parents[2]
@@ -244,8 +244,9 @@ def test_a_dsn_with_a_password_is_refused(pg_dsn: str) -> None:
     assert "password" in out.stderr and "secret" not in out.stderr + out.stdout
 
 
+@pytest.mark.parametrize("processes", [True, False], ids=["child", "thread"])
 def test_the_daemons_verifier_runs_on_pg_and_repairs(
-    store: str, source_base: Path, tmp_path: Path
+    store: str, source_base: Path, tmp_path: Path, processes: bool
 ) -> None:
     """The entry point the daemon's boot calls on PostgreSQL: `Verifier(..., pg=connect)`:
     its runs report drift as on SQLite, its repair rebuilds the tables and writes a report."""
@@ -256,7 +257,7 @@ def test_the_daemons_verifier_runs_on_pg_and_repairs(
 
     async def go() -> None:
         async with Engine.open(config_for(state_dir)) as engine:
-            verifier = Verifier(engine.config, engine, pg=lambda: connect(store))
+            verifier = Verifier(engine.config, engine, pg=PgTarget(store), processes=processes)
             first = await verifier.verify()
             assert first is not None and first.state == "ok", first and first.summary
             superuser(

@@ -36,10 +36,13 @@ def pages(
     upto: int | None = None,
     rows: int = PAGE_ROWS,
     max_bytes: int = PAGE_BYTES,
+    size: str | None = None,
 ) -> Iterator[list[tuple[Any, ...]]]:
     """Pages of `columns` of `table` with `pk` > `after` (None: from the first), in `pk` order,
-    up to `upto` (an integer key) if given. `pk` must be among `columns`."""
+    up to `upto` (an integer key) if given. `pk` must be among `columns`. `size`: an SQL
+    expression of a row's size over `columns` (default: their text, an upper bound)."""
     cols = ", ".join(f'"{c}"' for c in columns)
+    size = size or f"octet_length(ROW({cols})::text)"
     at = columns.index(pk)
     while True:
         where = []
@@ -51,13 +54,11 @@ def pages(
             where.append(f'"{pk}" <= ?')
             params.append(upto)
         clause = f"WHERE {' AND '.join(where)} " if where else ""
-        # The size of the selected columns only (not the whole row: blocks.tsv is not read);
-        # as text, so bytea counts twice: an upper bound is what a bound needs.
-        size = f"octet_length(ROW({cols})::text)"
+        # The LIMIT first (an index range), then the running sum over that page only.
         page = conn.execute(
             f"SELECT {cols} FROM (SELECT {cols}, {size} AS size_, "
-            f'sum({size}) OVER (ORDER BY "{pk}") AS upto_ '
-            f'FROM "{table}" {clause}ORDER BY "{pk}" LIMIT ?) AS p '
+            f'sum({size}) OVER (ORDER BY "{pk}") AS upto_ FROM '
+            f'(SELECT {cols} FROM "{table}" {clause}ORDER BY "{pk}" LIMIT ?) AS page_) AS p '
             f'WHERE upto_ = size_ OR upto_ <= ? ORDER BY "{pk}"',
             (*params, rows, max_bytes),
         ).fetchall()
@@ -72,7 +73,13 @@ def log_rows(
 ) -> Iterator[tuple[int, str, bytes]]:
     """(seq, hash, line) of the log table's rows, in seq order; `line` ends with its newline."""
     for page in pages(
-        conn, LOG_TABLE, ("seq", "hash", "line"), "seq", after=after_seq, upto=upto_seq
+        conn,
+        LOG_TABLE,
+        ("seq", "hash", "line"),
+        "seq",
+        after=after_seq,
+        upto=upto_seq,
+        size="octet_length(line) + 90",  # the line, its hash and seq
     ):
         for seq, digest, line in page:
             yield int(seq), str(digest), bytes(line)

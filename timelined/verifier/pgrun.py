@@ -18,6 +18,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,6 +36,29 @@ if TYPE_CHECKING:
 
 Connect = Callable[[], DbConn]
 ProgressFn = Callable[[VerifyProgress], None]
+DSN_ENV = "TIMELINED_PG_DSN"  # a verifier child's store (worker.py); its password: PGPASSWORD
+
+
+@dataclass(frozen=True, slots=True)
+class PgTarget:
+    """A PostgreSQL store as the daemon's verifier reaches it: its dsn (no password in it)
+    and the password read from `[store] password_file`, if any."""
+
+    dsn: str
+    password: str | None = field(default=None, repr=False)
+
+    def connect(self) -> PgConnection:
+        from timelined.pgstore.sql import connect
+
+        return connect(self.dsn, self.password)
+
+    def child_env(self) -> dict[str, str]:
+        """The environment a verifier child reaches the store with: never its command line,
+        which every user may read (ps); the password as libpq's own PGPASSWORD."""
+        env = {DSN_ENV: self.dsn}
+        if self.password is not None:
+            env["PGPASSWORD"] = self.password
+        return env
 
 
 def verify_pg(
@@ -162,9 +186,4 @@ def pg_connector(
             raise ConfigError("password_file", f"cannot read it: {exc.strerror}") from None
     shown = " ".join(f"{k}={v}" for k, v in sorted(keys.items()))
 
-    def connect() -> PgConnection:
-        from timelined.pgstore.sql import connect as pg_connect
-
-        return pg_connect(dsn, password)
-
-    return connect, shown
+    return PgTarget(dsn, password).connect, shown

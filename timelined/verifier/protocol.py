@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import msgspec
 
-from timelined.api.verify import ChainResult, TreeResult, VerifyProgress
+from timelined.api.verify import ChainResult, TreeResult, VerifyProgress, VerifyReport
 from timelined.verifier.model import StateResult
 
 
@@ -36,11 +36,17 @@ class RebuildDone(msgspec.Struct, frozen=True, tag="rebuild"):
     seconds: float
 
 
+class PgDone(msgspec.Struct, frozen=True, tag="pg"):
+    """A whole run on PostgreSQL (pgrun.verify_pg), state and chain, in one child."""
+
+    report: VerifyReport
+
+
 class Failed(msgspec.Struct, frozen=True, tag="failed"):
     error: str
     log_seq: int | None = None  # set when the failure is the log's (LogDamaged)
 
 
-Message = Snapshot | Progress | StateDone | ChainDone | RebuildDone | Failed
+Message = Snapshot | Progress | StateDone | ChainDone | RebuildDone | PgDone | Failed
 decode_message = msgspec.json.Decoder(Message).decode
 encode_message = msgspec.json.Encoder().encode

@@ -50,6 +50,7 @@ from timelined.verifier.protocol import (
     ChainDone,
     Failed,
     Message,
+    PgDone,
     Progress,
     RebuildDone,
     Snapshot,
@@ -94,13 +95,14 @@ class Paths:
 class _Child:
     """A worker process and the messages it has sent."""
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         command = [sys.executable, "-m", "timelined.verifier.worker", "--parent", str(os.getpid())]
         self.proc = subprocess.Popen(
             [*command, *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             close_fds=True,
+            env=None if env is None else {**os.environ, **env},
         )
         assert self.proc.stdout is not None
         self.stdout: IO[bytes] = self.proc.stdout
@@ -120,7 +122,7 @@ class _Child:
                 message = decode_message(line)
             except msgspec.DecodeError:
                 message = Failed(f"unreadable message from the verifier's child: {line[:200]!r}")
-            if isinstance(message, StateDone | ChainDone | RebuildDone | Failed):
+            if isinstance(message, StateDone | ChainDone | RebuildDone | PgDone | Failed):
                 self.final = message
             messages.append(message)
         return messages
@@ -175,10 +177,14 @@ def _pump(
 
 
 def run_child(
-    args: list[str], progress: ProgressFn | None = None, cancel: threading.Event | None = None
+    args: list[str],
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+    env: dict[str, str] | None = None,
 ) -> Message:
-    """Run one worker to its end; returns its final message."""
-    child = _Child(args)
+    """Run one worker to its end (`env`: added to its environment); returns its final
+    message."""
+    child = _Child(args, env)
     try:
 
         def on_message(_child: _Child, message: Message) -> None:

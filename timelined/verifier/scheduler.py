@@ -25,9 +25,10 @@ event loop and the writer keep their GIL and their cores; a log under 8 MiB is v
 worker thread itself, where a run takes milliseconds and a process start would dominate.
 Settings are read from `engine.config.verify` at each use, so a reload applies them.
 
-On PostgreSQL (`pg=`, a function returning a new connection to the store) a run is
-`pgrun.verify_pg` in the worker thread and a repair `pgrepair.repair_pg_state`; there are no
-files to watch (the log table's triggers refuse changes; the interval and requests remain).
+On PostgreSQL (`pg=PgTarget(dsn, password)`) a run is `pgrun.verify_pg` in a child process
+(worker.py `pg`, the store in its environment) and a repair `pgrepair.repair_pg_state`; there
+are no files to watch (the log table's triggers refuse changes; the interval and requests
+remain).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ from timelined.verifier.inotify import (
     OUTSIDE_CHANGES,
     Inotify,
 )
-from timelined.verifier.pgrun import Connect
+from timelined.verifier.pgrun import PgTarget
+from timelined.verifier.protocol import Failed, PgDone
 from timelined.verifier.repair import repair_state
 from timelined.verifier.reports import latest_report, prune_reports, report_id, write_report
 from timelined.verifier.runner import (
@@ -71,6 +73,7 @@ from timelined.verifier.runner import (
     Cancelled,
     Paths,
     log_bytes,
+    run_child,
     summarize,
     verify_paths,
 )
@@ -111,10 +114,10 @@ class Verifier:
         *,
         processes: bool | None = None,
         tree: TreeKeeper | None = None,
-        pg: Connect | None = None,
+        pg: PgTarget | None = None,
     ) -> None:
         self._engine = engine
-        self._pg = pg  # the PostgreSQL store's connections; None: the files
+        self._pg = pg  # the PostgreSQL store; None: the files
         self._tree = tree  # None: no tree kept, none checked
         self._publish = publish
         self._processes = processes
@@ -302,15 +305,7 @@ class Verifier:
     ) -> VerifyReport:
         self._clean_scratch()
         if self._pg is not None:
-            from timelined.verifier.pgrun import verify_pg
-
-            return verify_pg(
-                self._pg,
-                self._paths.work_dir,
-                trigger=trigger,
-                progress=self._on_progress,
-                cancel=cancel,
-            )
+            return self._verify_pg(trigger, self._pg, cancel)
         return verify_paths(
             self._paths,
             trigger=trigger,
@@ -320,6 +315,23 @@ class Verifier:
             processes=self._use_processes(),
             tree_size=tree_size,
         )
+
+    def _verify_pg(self, trigger: str, pg: PgTarget, cancel: threading.Event) -> VerifyReport:
+        """A run on PostgreSQL: in a child process (its replay is the same CPU-bound Python as
+        on SQLite), unless processes are turned off; a store's size is not known beforehand."""
+        work_dir = self._paths.work_dir
+        if self._processes is False:
+            from timelined.verifier.pgrun import verify_pg
+
+            return verify_pg(
+                pg.connect, work_dir, trigger=trigger, progress=self._on_progress, cancel=cancel
+            )
+        args = ["pg", "--work-dir", str(work_dir), "--trigger", trigger]
+        outcome = run_child(args, self._on_progress, cancel, env=pg.child_env())
+        if isinstance(outcome, PgDone):
+            return outcome.report
+        error = outcome.error if isinstance(outcome, Failed) else "no report from the child"
+        return _failed_report(trigger, f"the verifier's child failed: {error}")
 
     def _clean_scratch(self) -> None:
         """Remove scratch files a killed run or repair left in STATE_DIR/tmp (called with the
@@ -437,7 +449,11 @@ class Verifier:
                 return await self._in_thread(lambda _cancel: work())
 
             return await repair_pg_state(
-                self._engine, self._pg, self._reports_dir, reason=reason, in_thread=in_thread
+                self._engine,
+                self._pg.connect,
+                self._reports_dir,
+                reason=reason,
+                in_thread=in_thread,
             )
         return await repair_state(
             self._engine.config,

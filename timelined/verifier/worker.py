@@ -1,4 +1,4 @@
-"""The verifier's child processes: `python -m timelined.verifier.worker state|chain|rebuild …`.
+"""The verifier's child processes: `python -m timelined.verifier.worker state|chain|rebuild|pg …`.
 
 Why processes, not threads: replaying and hashing are CPU-bound Python. In a thread of the
 daemon they would hold the GIL for most of a run, and the writer thread (which hops in and out
@@ -28,6 +28,7 @@ from timelined.verifier.protocol import (
     ChainDone,
     Failed,
     Message,
+    PgDone,
     Progress,
     RebuildDone,
     Snapshot,
@@ -131,6 +132,21 @@ def _rebuild(args: argparse.Namespace) -> None:
     _emit(RebuildDone(result.applied, result.last_seq, result.last_hash, result.seconds))
 
 
+def _pg(args: argparse.Namespace) -> None:
+    from timelined.verifier.pgrun import DSN_ENV, PgTarget, verify_pg
+
+    # The password, if any, is libpq's PGPASSWORD in this environment (PgTarget.child_env).
+    target = PgTarget(os.environ[DSN_ENV])
+    report = verify_pg(
+        target.connect,
+        Path(args.work_dir),
+        trigger=args.trigger,
+        progress=_Throttle(),
+        cap=args.cap,
+    )
+    _emit(PgDone(report))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m timelined.verifier.worker")
     parser.add_argument("--parent", type=int, default=None)
@@ -150,9 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     rebuild.add_argument("--log-dir", required=True)
     rebuild.add_argument("--out", required=True)
     rebuild.add_argument("--upto", type=int, required=True)
+    pg = sub.add_parser("pg")  # the store: $TIMELINED_PG_DSN (pgrun.PgTarget.child_env)
+    pg.add_argument("--work-dir", required=True)
+    pg.add_argument("--trigger", required=True)
+    pg.add_argument("--cap", type=int, default=1000)
     args = parser.parse_args(argv)
     _settle(args.parent)
-    run = {"state": _state, "chain": _chain, "rebuild": _rebuild}[args.command]
+    run = {"state": _state, "chain": _chain, "rebuild": _rebuild, "pg": _pg}[args.command]
     try:
         run(args)
     except LogDamaged as exc:
