@@ -15,13 +15,12 @@ Exit codes (sysexits, and what systemd does with them):
 
 from __future__ import annotations
 
-import functools
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 from anyio.abc import SocketListener, TaskGroup
@@ -49,10 +48,12 @@ from timelined.ids import utc_now
 from timelined.logs import setup_logging
 from timelined.recovery.boot import BootResult, boot, describe_boot
 from timelined.recovery.marker import mark_clean
-from timelined.state.dbapi import DbConn
 from timelined.treestore.service import Transparency
 from timelined.varlink.server import VarlinkServer, listen_unix, listener_from_socket
 from timelined.writer.engine import Engine
+
+if TYPE_CHECKING:
+    from timelined.verifier.pgrun import PgTarget
 
 log = logging.getLogger("timelined.daemon")
 
@@ -394,13 +395,12 @@ def _start_features(tg: TaskGroup, app: App, notifier: Notifier, stopping: anyio
         notifier.status(text)
 
     store = app.config.store
-    pg: Callable[[], DbConn] | None = None
+    pg: PgTarget | None = None
     if store.backend == "postgresql":
         # Its runs and repairs on connections of their own (verifier/pgrun.py, pgrepair.py).
-        from timelined.pgstore.sql import connect
+        from timelined.verifier.pgrun import PgTarget
 
-        password = read_password(store)
-        pg = functools.partial(connect, store.dsn, password)
+        pg = PgTarget(store.dsn, read_password(store))
     verifier = Verifier(app.config, app.engine, publish, tree=app.transparency, pg=pg)
     app.verifier = verifier
     tg.start_soon(verifier.run_forever, stopping)
