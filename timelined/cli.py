@@ -196,7 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser(
         "migrate", help="move a stopped daemon's state directory into an empty PostgreSQL database"
     )
-    p.add_argument("--from", dest="source", choices=["sqlite"], required=True)
+    p.add_argument(
+        "--from",
+        dest="source",
+        choices=["sqlite"],
+        required=True,
+        help="the source's backend: a state directory (JSONL log, SQLite state)",
+    )
     p.add_argument("--to", required=True, help="the target: libpq conninfo or URI, no password")
     p.add_argument("--password-file", help="a file holding the target's password")
     src = p.add_mutually_exclusive_group(required=True)

@@ -43,12 +43,12 @@ import psycopg
 from timelined.api.verify import ChainResult, VerifyProgress, VerifyReport
 from timelined.auditlog.reader import read_lines
 from timelined.auditlog.record import GENESIS_PREV, RecordError, decode_unhashed
-from timelined.errors import LogDamaged, MigrationFailed
+from timelined.errors import InvalidArgument, LogDamaged, MigrationFailed
 from timelined.events import Record
 from timelined.pgstore.logtable import insert_lines
 from timelined.pgstore.schema import SCHEMA_LOCK, create_schema
 from timelined.pgstore.sql import PgConnection, map_error
-from timelined.state.apply import apply, set_fts_seq, set_meta
+from timelined.state.apply import apply, set_meta
 from timelined.state.replay import check_link
 from timelined.verifier.chain import check_chain
 from timelined.verifier.offline import source_problem
@@ -174,7 +174,7 @@ def _copy_and_check(
         conn.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
         _refuse_non_empty(conn, target)
         create_schema(conn)
-        copied = _copy_log(conn, state_dir / "log", chain.head_seq, say)
+        copied = _copy_log(conn, state_dir / "log", chain.head_seq, target, say)
         check = _check_target(conn, chain, work, say)
         if check.state != "ok":
             raise MigrationFailed(
@@ -192,7 +192,7 @@ def _copy_and_check(
     return copied, check
 
 
-def _copy_log(conn: PgConnection, log_dir: Path, head: int, say: Progress) -> int:
+def _copy_log(conn: PgConnection, log_dir: Path, head: int, target: str, say: Progress) -> int:
     """Insert the log's lines to `head` and apply their events, batch by batch; the bytes."""
     last_seq, last_hash = 0, GENESIS_PREV
     records: list[Record] = []
@@ -203,7 +203,15 @@ def _copy_log(conn: PgConnection, log_dir: Path, head: int, say: Progress) -> in
         nonlocal size, copied
         with pipelined(conn):
             for record in records:
-                apply(conn, record)
+                try:
+                    apply(conn, record)
+                except InvalidArgument as exc:  # a value PostgreSQL cannot hold (a NUL)
+                    raise MigrationFailed(
+                        "copy",
+                        f"the event at seq {record.seq} cannot be stored in PostgreSQL "
+                        f"({exc.message}); nothing was committed",
+                        target,
+                    ) from exc
             insert_lines(conn, records, lines)
         copied += size
         records.clear()
@@ -225,8 +233,7 @@ def _copy_log(conn: PgConnection, log_dir: Path, head: int, say: Progress) -> in
             flush()
     if lines:
         flush()
-    set_meta(conn, last_seq, last_hash)
-    set_fts_seq(conn, last_seq)
+    set_meta(conn, last_seq, last_hash)  # meta.fts_seq follows: PostgreSQL generates it
     return copied
 
 

@@ -10,16 +10,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from tests.daemon.harness import DaemonProcess, serving, short_tempdir
 from tests.pg.test_verify_pg import REPO, fetch, superuser, verify
+from tests.verifier.conftest import config_for
+from tests.verifier.workload import ACTOR
+from timelined import commands as cmd
 from timelined.api.verify import VerifyProgress
 from timelined.client_sync import Client
 from timelined.commands import NewBlock
 from timelined.errors import LogDamaged, MigrationFailed
 from timelined.migrate import migrate_to_pg
 from timelined.pgstore.sql import PgConnection, connect
+from timelined.writer.engine import Engine
 
 
 def tables(dsn: str) -> list[str]:
@@ -200,4 +205,28 @@ def test_a_running_daemons_directory_is_refused(pg_dsn: str) -> None:
     with serving() as proc:
         out = migrate_cli(proc.state_dir, pg_dsn)
     assert out.returncode == 66 and "running" in out.stderr
+    assert tables(pg_dsn) == []
+
+
+def test_a_history_postgresql_cannot_hold_is_refused_naming_the_event(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """SQLite stores U+0000 in text, PostgreSQL cannot: the migration names the event and
+    commits nothing."""
+    state_dir = tmp_path / "state"
+
+    async def write() -> int:
+        async with Engine.open(config_for(state_dir)) as engine:
+            conv = await engine.submit(cmd.CreateConversation(name="nul"), ACTOR)
+            await engine.submit(
+                cmd.AppendBlock(context_id=conv.root_context_id, role="user", content="a\x00b"),
+                ACTOR,
+            )
+            return engine.last_seq
+
+    seq = anyio.run(write)
+    with pytest.raises(MigrationFailed) as refused:
+        migrate_to_pg(state_dir, lambda: connect(pg_dsn), "test")
+    assert refused.value.side == "copy" and f"seq {seq}" in refused.value.message
+    assert "NUL" in refused.value.message
     assert tables(pg_dsn) == []

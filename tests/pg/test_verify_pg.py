@@ -294,3 +294,16 @@ def test_pages_are_bounded_in_rows_and_bytes_and_cover_the_table(store: str) -> 
         sizes = [len(str(row[0])) + len(str(row[1]).encode()) for row in page]
         assert len(page) == 1 or sum(sizes) <= 200
     assert any(len(page) > 1 for page in by_bytes) and len(by_bytes) > count // 10
+
+
+def test_a_deleted_head_row_is_drift_and_repair_restores_it(store: str, tmp_path: Path) -> None:
+    superuser(store, "DELETE FROM meta", "DELETE FROM focus")
+    report = verify(store, tmp_path)
+    assert report.state == "drift", report.summary
+    kinds = {(d.entity, d.kind) for d in report.differences}
+    assert {("meta", "missing"), ("focus", "missing")} <= kinds
+    with connect(store) as conn:
+        rebuilt = rebuild_pg_state(conn)
+    assert rebuilt.old_last_seq is None
+    after = verify(store, tmp_path)
+    assert after.state == "ok", after.summary

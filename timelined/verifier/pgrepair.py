@@ -33,7 +33,7 @@ from timelined.events import SCHEMA_VERSION as EVENT_SCHEMA_VERSION
 from timelined.ids import utc_now
 from timelined.recovery.report import report_id as recovery_report_id
 from timelined.recovery.report import write_report
-from timelined.state.apply import apply, set_fts_seq, set_meta
+from timelined.state.apply import apply, set_meta
 from timelined.state.dbapi import DbConn
 from timelined.state.replay import check_link
 from timelined.verifier.compare import SINGLETONS, expected_schema
@@ -64,8 +64,7 @@ def rebuild_pg_state(conn: DbConn) -> Rebuilt:
         old = int(row[0]) if row is not None and isinstance(row[0], int) else None
         if row is None:
             conn.execute(
-                "INSERT INTO meta (id, last_seq, last_hash, event_schema, fts_seq) "
-                "VALUES (1, 0, ?, ?, 0)",
+                "INSERT INTO meta (id, last_seq, last_hash, event_schema) VALUES (1, 0, ?, ?)",
                 (GENESIS_PREV, EVENT_SCHEMA_VERSION),
             )
         # The singletons are reset in place, never deleted: a daemon waiting on the head row
@@ -88,8 +87,7 @@ def rebuild_pg_state(conn: DbConn) -> Rebuilt:
             apply(conn, record)
             last_seq, last_hash = record.seq, record.hash
             applied += 1
-        set_meta(conn, last_seq, last_hash)
-        set_fts_seq(conn, last_seq)  # PostgreSQL's search column is always current
+        set_meta(conn, last_seq, last_hash)  # meta.fts_seq follows: PostgreSQL generates it
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
