@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 from tests.helpers import dump_state, replay_dump
 from timelined.auditlog.scan import ChainReport, walk_chain
 from timelined.auditlog.segments import segment_name
-from timelined.config import Config, load_config
+from timelined.config import Config, StoreConfig, load_config
+from timelined.daemon.lifecycle import engine_class
 from timelined.writer.engine import Engine
 
 if TYPE_CHECKING:
@@ -60,6 +61,12 @@ class Store:
     def shared(self) -> bool:
         """Several daemons may serve this store at once (one per app server)."""
         return self.backend == "postgresql"
+
+    def store_config(self) -> StoreConfig:
+        """`[store]` as a config section, for `inprocess_config(base, store=...)`."""
+        if self.backend == "sqlite":
+            return StoreConfig()
+        return StoreConfig(backend="postgresql", dsn=self.dsn or "")
 
     def overrides(self) -> dict[str, dict[str, Any]]:
         """`[store]` for the harness: `serving(**store.overrides(), log=...)`. SQLite is the
@@ -146,12 +153,8 @@ class Store:
 
 
 def open_engine(config: Config) -> AbstractAsyncContextManager[Engine]:
-    """The engine of `config`'s backend, as `Engine.open` (fresh store: boots on its own)."""
-    if getattr(getattr(config, "store", None), "backend", "sqlite") == "postgresql":
-        from timelined.writer.pg import PgEngine
-
-        return PgEngine.open(config)
-    return Engine.open(config)
+    """The engine of `config`'s backend, as the daemon opens it (a fresh store boots alone)."""
+    return engine_class(config).open(config)
 
 
 def stress_seconds(default: float) -> float:

@@ -228,8 +228,8 @@ async def _serve_with(
     run = _Run()
     stop = signalled.stop
 
-    engine_class = _engine_class(config)
-    async with engine_class.open(config, head=booted.head, read_only=booted.read_only) as engine:
+    engine_type = engine_class(config)
+    async with engine_type.open(config, head=booted.head, read_only=booted.read_only) as engine:
 
         def on_fatal(exc: FatalStorageError) -> None:  # the engine calls it once, on the loop
             run.exit_code = EX_IOERR
@@ -250,7 +250,7 @@ async def _serve_with(
             boot=booted.report,
             server=server,
             started_at=utc_now(),
-            log=_log_source(config, engine),
+            log=log_source(config, engine),
         )
         # Before serving, so that it sees every commit: opened at the engine's head, then
         # subscribed (nothing commits in between: no client is connected yet; on PostgreSQL
@@ -309,7 +309,7 @@ async def _serve_with(
     return _mark_clean(config, engine, run)
 
 
-def _engine_class(config: Config) -> type[Engine]:
+def engine_class(config: Config) -> type[Engine]:
     """The engine of the configured backend (the PostgreSQL one imports its driver)."""
     if config.store.backend == "postgresql":
         from timelined.writer.pg import PgEngine
@@ -318,7 +318,7 @@ def _engine_class(config: Config) -> type[Engine]:
     return Engine
 
 
-def _log_source(config: Config, engine: Engine) -> LogSource:
+def log_source(config: Config, engine: Engine) -> LogSource:
     """Where ReadLog, Watch, exports and the tree's catch-up read the log: the segment files,
     or the log table through the engine's read pool (a connection lent per batch)."""
     if config.store.backend == "postgresql":
