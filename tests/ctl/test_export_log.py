@@ -147,3 +147,26 @@ def test_the_line_by_line_cut_is_the_writers_for_single_event_batches(
         cut.close()
         assert len(cut.names) > 2
         _same_tree(cut.directory, log_dir)
+
+
+def test_status_and_read_log_describe_the_files(
+    daemon: DaemonProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log_dir = daemon.state_dir / "log"
+    files = sorted(log_dir.iterdir())
+    code, out, _ = _ctl(daemon, "--json", "status", capsys=capsys)
+    assert code == 0
+    assert json.loads(out)["status"]["log"] == {
+        "backend": "file",
+        "segment_bytes": SEGMENT_BYTES,
+        "stored_bytes": sum(p.stat().st_size for p in files),
+        "segments": len(files),
+    }
+    code, out, _ = _ctl(daemon, "status", capsys=capsys)
+    assert f"file, {len(files)} segments" in out
+    starts = [int(p.name[:20]) for p in files]
+    with Client(daemon.socket_path) as client:
+        page = client.read_log(after_seq=starts[1] - 1, limit=starts[3] - starts[1] + 1)
+        assert page.segments == starts[1:4]
+        page = client.read_log(after_seq=starts[1], limit=starts[2] - starts[1] - 1)
+        assert page.segments == [] and page.next is not None

@@ -99,7 +99,7 @@ REPLIES: dict[str, set[str]] = {
     "Timeline.GetHistory": {"blocks"},
     "Timeline.SearchBlocks": {"hits", "truncated", "indexed_seq"},
     "Admin.GetStatus": {"status"},
-    "Admin.ReadLog": {"events", "next"},
+    "Admin.ReadLog": {"events", "next", "segments"},
     "Admin.GetRecoveryReport": {"report"},
     "Admin.ListReports": {"reports"},
 }
@@ -168,7 +168,8 @@ def test_every_contract_method_has_its_exact_parameters() -> None:
         assert _fields(declared[name].reply) == fields, name
     status = _fields(api.Status)
     assert {"version", "last_seq", "head_hash", "boot", "verify", "uptime_s"} <= status
-    assert {"connections", "writer", "read_only"} <= status
+    assert {"connections", "writer", "read_only", "log"} <= status
+    assert _fields(api.LogStatus) == {"backend", "segment_bytes", "stored_bytes", "segments"}
     assert {"verdict", "report_id"} <= _fields(api.BootStatus)
 
 

@@ -139,6 +139,11 @@ class TestFileLogSource(LogSourceContract):
 
         return make
 
+    def test_figures_of_an_unreadable_log_are_none(self, tmp_path: Path) -> None:
+        """GetStatus answers without them rather than fail."""
+        (tmp_path / "log").write_text("not a directory")
+        assert FileLogSource(tmp_path / "log").figures() is None
+
 
 class TestTableLogSource(LogSourceContract):
     @pytest.fixture
@@ -213,3 +218,7 @@ class TestTableLogSource(LogSourceContract):
             assert list(source.lines(0, COUNT)) == [(r.seq, line) for r, line in items]
             assert source.figures().backend == "table"
             assert pool.get_stats()["pool_size"] <= 2
+
+    def test_figures_of_an_unreachable_table_are_none(self, pg_dsn: str) -> None:
+        """GetStatus answers without them rather than fail."""
+        assert TableLogSource(Lender(pg_dsn + "_gone")).figures() is None

@@ -22,11 +22,14 @@ The contract (tests/pg/test_logsource.py runs one suite against both implementat
 - `segment_starts(after_seq, upto_seq)`: the seqs in after_seq < seq <= upto_seq that begin a
   segment file, ascending; None when the log has no segments (the table), in which case
   `timelinectl export-log` cuts segments as the file writer would with `segment_bytes`.
-- `figures()`: `LogFigures` for GetStatus (blocking, cheap: no read of the lines).
+- `figures()`: `LogFigures` for GetStatus (blocking, cheap: no read of the lines); None, with
+  a warning logged, when the storage cannot say (GetStatus is what an operator reads when
+  something is wrong: it answers without them rather than fail).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +38,8 @@ from typing import Protocol
 from timelined.auditlog.fileops import OS_FILEOPS, FileOps
 from timelined.auditlog.reader import read_lines
 from timelined.auditlog.segments import list_segments
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +61,7 @@ class LogSource(Protocol):
 
     def segment_starts(self, after_seq: int, upto_seq: int) -> list[int] | None: ...
 
-    def figures(self) -> LogFigures: ...
+    def figures(self) -> LogFigures | None: ...
 
 
 class FileLogSource:
@@ -78,12 +83,16 @@ class FileLogSource:
             if after_seq < seg.first_seq <= upto_seq
         ]
 
-    def figures(self) -> LogFigures:
-        segments = list_segments(self.log_dir, self._fops)
-        size = 0
-        for seg in segments:
-            try:
-                size += os.stat(seg.path).st_size  # noqa: PTH116
-            except FileNotFoundError:
-                continue  # listed, then gone (an operator's hands): not counted
+    def figures(self) -> LogFigures | None:
+        try:
+            segments = list_segments(self.log_dir, self._fops)
+            size = 0
+            for seg in segments:
+                try:
+                    size += os.stat(seg.path).st_size  # noqa: PTH116
+                except FileNotFoundError:
+                    continue  # listed, then gone (an operator's hands): not counted
+        except OSError as exc:
+            log.warning("the log's figures cannot be read: %s", exc)
+            return None
         return LogFigures(self.backend, size, len(segments))

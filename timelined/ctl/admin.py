@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from timelined.api import ReadLogReply
+from timelined.api import LogStatus, ReadLogReply
 from timelined.auditlog.atomic import write_file_atomic
 from timelined.ctl.common import ADMIN, Ctl, Verbs, count, positive
 from timelined.ctl.output import escape
@@ -90,7 +90,7 @@ def status(ctl: Ctl) -> int:
             [
                 ("socket", s.socket_path),
                 ("state", s.state_dir),
-                ("log", f"last seq {s.last_seq}, head {s.head_hash[:16]}…"),
+                ("log", f"last seq {s.last_seq}, head {s.head_hash[:16]}…{_storage(s.log)}"),
                 ("boot", f"{b.verdict} ({b.report_id}){recovery}"),
                 ("verify", _verify_summary(s.verify)),
                 (
@@ -106,6 +106,14 @@ def status(ctl: Ctl) -> int:
 
     ctl.out.reply(reply, human)
     return 0
+
+
+def _storage(log: LogStatus | None) -> str:
+    """Where the log is kept, for `status`: "; file, 3 segments, 12.0 MiB"."""
+    if log is None:
+        return ""
+    where = log.backend if log.segments is None else f"{log.backend}, {log.segments} segments"
+    return f"; {where}, {log.stored_bytes / (1 << 20):.1f} MiB"
 
 
 def log(ctl: Ctl) -> int:

@@ -23,14 +23,20 @@ and passes it as `App(log=source)` (ReadLog, Watch, exports, GetStatus) and to
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+
+import psycopg
 
 from timelined.auditlog.reader import chained
 from timelined.auditlog.source import LogFigures
 from timelined.errors import LogDamaged
 from timelined.pgstore import logtable
 from timelined.pgstore.sql import PgConnection
+
+log = logging.getLogger(__name__)
 
 BATCH_ROWS = 1000
 # A batch's lines are held at once: 4 MiB of them, or one line alone when it is larger (the
@@ -77,7 +83,12 @@ class TableLogSource:
     def segment_starts(self, after_seq: int, upto_seq: int) -> None:
         return None  # a table has no segments: export-log cuts at [log] segment_bytes
 
-    def figures(self) -> LogFigures:
-        with self._connect() as conn:
-            row = conn.execute("SELECT pg_total_relation_size('log')").fetchone()
+    def figures(self) -> LogFigures | None:
+        try:
+            with self._connect() as conn:
+                row = conn.execute("SELECT pg_total_relation_size('log')").fetchone()
+        # PgConnection raises psycopg's errors as sqlite3's; a pool lending one raises its own.
+        except (sqlite3.Error, psycopg.Error) as exc:
+            log.warning("the log table's figures cannot be read: %s", exc)
+            return None
         return LogFigures(self.backend, int(row[0]) if row is not None else 0, None)

@@ -66,7 +66,8 @@ PROCESS_THRESHOLD_BYTES = 8 << 20  # below this much log, a run is quicker in-pr
 
 def log_bytes(log_dir: Path) -> int:
     """The log's size: the sum of its segments' sizes."""
-    return FileLogSource(log_dir).figures().stored_bytes
+    figures = FileLogSource(log_dir).figures()
+    return figures.stored_bytes if figures is not None else 0
 
 
 class Cancelled(Exception):
