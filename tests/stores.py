@@ -8,7 +8,8 @@ A `Store` is where one daemon (or several, on PostgreSQL) keeps its log and stat
   segment, so that the file-format tools (`walk_chain`, `rebuild`) check it unchanged;
 - `dump(state_dir)` is every row of every entity table (tests/helpers.dump_state) read from the
   backend's own state tables;
-- `execute(state_dir, sql)` changes the state behind the daemon's back (the drift tests).
+- `query(sql, state_dir)` reads and `execute(sql, state_dir)` changes the state behind the
+  daemon's back (the drift tests), as another program would.
 """
 
 from __future__ import annotations
