@@ -52,6 +52,7 @@ def test_translate(sqlite: str, postgres: str) -> None:
         "PRAGMA user_version",
         "INSERT OR REPLACE INTO t VALUES (?)",
         "SELECT ?, ?1",  # SQLite allows the mix; nothing in timelined needs it
+        "INSERT OR IGNORE INTO t (a) VALUES (?) RETURNING a",  # the clause would go after it
     ],
 )
 def test_untranslatable_is_refused_by_name(statement: str) -> None:

@@ -74,6 +74,8 @@ def _translate(sql: str) -> tuple[str, bool]:
     if len(kinds) > 1:
         raise UntranslatableSQL(f"both ? and ?N placeholders in: {sql[:80]!r}")
     if _OR_IGNORE.match(out):
+        if re.search(r"\bRETURNING\b|\bON\s+CONFLICT\b", out, re.I):
+            raise UntranslatableSQL(f"INSERT OR IGNORE with its own clauses: {sql[:80]!r}")
         out = _OR_IGNORE.sub(r"\1", out).rstrip().rstrip(";") + " ON CONFLICT DO NOTHING"
     return out, "numbered" in kinds
 
