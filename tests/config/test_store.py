@@ -13,9 +13,20 @@ import pytest
 
 from timelined import conninfo
 from timelined.config import parse_config, read_password
+from timelined.daemon.reload import diff, reloaded
 from timelined.errors import ConfigError
 
 PG = '[store]\nbackend = "postgresql"\n'
+
+
+def _timelined(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "timelined", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
 
 
 def test_the_default_is_sqlite_without_a_dsn() -> None:
@@ -127,13 +138,7 @@ def test_check_config_prints_the_store_and_checks_the_password_file(tmp_path: Pa
     os.chmod(tmp_path / "pw", 0o600)
 
     def check(*extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "timelined", "check-config", "--config", str(conf), *extra],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
-        )
+        return _timelined("check-config", "--config", str(conf), *extra)
 
     out = check()
     assert out.returncode == 0, out.stderr
@@ -155,13 +160,15 @@ def test_serve_refuses_an_unreadable_password_file_with_78(tmp_path: Path) -> No
         + PG
         + 'dsn = "host=/nonexistent dbname=tl"\npassword_file = "missing"\n'
     )
-    out = subprocess.run(
-        [sys.executable, "-m", "timelined", "serve", "--config", str(conf)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    out = _timelined("serve", "--config", str(conf))
     assert out.returncode == 78, out.stderr
     assert "store.password_file" in out.stderr and "cannot read" in out.stderr
     assert not (tmp_path / "var").exists()
+
+
+def test_a_changed_store_needs_a_restart_and_a_reload_says_so() -> None:
+    before = parse_config("")
+    after = parse_config(PG + 'dsn = "host=/run/pg dbname=tl"\nread_pool_size = 8\n')
+    reply = diff(before, after)
+    assert reply.restart_required == ["store.backend", "store.dsn", "store.read_pool_size"]
+    assert reloaded(before, after).store == before.store  # kept until the restart

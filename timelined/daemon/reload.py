@@ -26,7 +26,7 @@ log = logging.getLogger("timelined.daemon")
 
 # Sections a reload may change in place; anything else needs a restart and is reported as such.
 RELOADABLE = ("limits", "auth", "verify")
-_SECTIONS = ("daemon", "log", "verify", "limits", "auth", "checkpoint")
+_SECTIONS = ("daemon", "log", "verify", "limits", "auth", "checkpoint", "store")
 
 
 def diff(old: Config, new: Config) -> ReloadReply:
