@@ -19,7 +19,11 @@ from timelined.ctl import exportlog
 from timelined.ctl.main import main
 
 REPO = Path(__file__).resolve().parents[2]
-SEGMENT_BYTES = 4096  # the smallest the config allows: many segments from a few hundred events
+SEGMENT_BYTES = 4096  # the smallest the config allows: several segments from a hundred events
+# Few rounds: the verifier's watch of the log takes quick rotations of small segments for
+# foreign files (about a second each, delaying the stop) — a known limit of that watch.
+ROUNDS = 15
+EVENTS = 1 + ROUNDS * 7
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +31,7 @@ def daemon() -> Iterator[DaemonProcess]:
     with serving(log={"segment_bytes": SEGMENT_BYTES}) as proc:
         with Client(proc.socket_path) as client:
             root = client.create_conversation("export me").root_context_id
-            for i in range(40):
+            for i in range(ROUNDS):
                 # Batches of 6 blocks of ~250 bytes: a batch crosses the segment limit, so the
                 # daemon's cut falls at batch starts, not where a line-by-line cut would.
                 blocks = [{"role": "user", "content": f"{i}.{k} " + "x" * 250} for k in range(6)]
@@ -60,9 +64,9 @@ def test_export_is_the_daemons_log_byte_for_byte(
     assert code == 0, err
     summary = json.loads(out)
     log_dir = daemon.state_dir / "log"
-    assert len(summary["segments"]) > 5  # the cut was exercised
+    assert len(summary["segments"]) > 4  # the cut was exercised
     _same_tree(target, log_dir)
-    assert summary["events"] == 1 + 40 * 7
+    assert summary["events"] == EVENTS
     assert summary["bytes"] == sum(p.stat().st_size for p in log_dir.iterdir())
     assert json.loads(err.splitlines()[-1])["progress"]["events"] == summary["events"]
     # A line-by-line cut would differ from the daemon's: the segments came from the daemon.
@@ -90,7 +94,7 @@ def test_an_empty_directory_is_filled_a_non_empty_one_refused(
     empty.mkdir()
     code, out, err = _ctl(daemon, "export-log", str(empty), capsys=capsys)
     assert code == 0, err
-    assert "exported 281 events" in out and "export-log: 281/281 events" in err
+    assert f"exported {EVENTS} events" in out and f"export-log: {EVENTS}/{EVENTS} events" in err
     _same_tree(empty, daemon.state_dir / "log")
 
     full = tmp_path / "full"
