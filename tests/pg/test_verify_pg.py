@@ -22,6 +22,7 @@ import pytest
 
 from tests.verifier.conftest import build, config_for
 from timelined.api.verify import VerifyReport
+from timelined.errors import LogDamaged
 from timelined.migrate import migrate_to_pg
 from timelined.pgstore.sql import PgConnection, connect
 from timelined.verifier import Verifier
@@ -307,3 +308,22 @@ def test_a_deleted_head_row_is_drift_and_repair_restores_it(store: str, tmp_path
     assert rebuilt.old_last_seq is None
     after = verify(store, tmp_path)
     assert after.state == "ok", after.summary
+
+
+def test_repair_refuses_a_damaged_log_table_and_keeps_the_state(store: str) -> None:
+    """A rebuild never builds a state from a log it has not verified: a changed line stops it,
+    named, and the transaction leaves the state tables as they were."""
+    ((line,),) = fetch(store, "SELECT line FROM log WHERE seq = 30")
+    superuser(store, "UPDATE blocks SET role = 'drifted' WHERE seq = (SELECT max(seq) FROM blocks)")
+    with psycopg.connect(store, autocommit=True) as conn:
+        conn.execute("ALTER TABLE log DISABLE TRIGGER USER")
+        conn.execute(
+            "UPDATE log SET line = %s WHERE seq = 30",
+            (_forge(bytes(line), rehash=False),),  # type: ignore[arg-type]
+        )
+        conn.execute("ALTER TABLE log ENABLE TRIGGER USER")
+    before = fetch(store, "SELECT seq, role FROM blocks ORDER BY seq")
+    with connect(store) as conn, pytest.raises(LogDamaged) as damaged:
+        rebuild_pg_state(conn)
+    assert damaged.value.params["seq"] == 30
+    assert fetch(store, "SELECT seq, role FROM blocks ORDER BY seq") == before

@@ -28,7 +28,7 @@ from timelined import __version__
 from timelined.api.reports import PhaseTime, Rebuild, Report
 from timelined.api.verify import RepairResult
 from timelined.auditlog.record import GENESIS_PREV
-from timelined.errors import LogDamaged, StorageError
+from timelined.errors import StorageError
 from timelined.events import SCHEMA_VERSION as EVENT_SCHEMA_VERSION
 from timelined.ids import utc_now
 from timelined.recovery.report import report_id as recovery_report_id
@@ -118,9 +118,7 @@ async def repair_pg_state(
     async with engine.paused():
         try:
             done = await (in_thread(work) if in_thread else anyio.to_thread.run_sync(work))
-        except LogDamaged:
-            raise
-        except sqlite3.Error as exc:
+        except sqlite3.Error as exc:  # LogDamaged (a bad line in the table) goes as it is
             raise StorageError(
                 "postgresql", 0, f"repair failed, the current state stays: {exc}"
             ) from exc
