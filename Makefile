@@ -4,6 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CONFIG ?= config.toml
 ROUNDS ?= 50
+PG_SECONDS ?= 60
 STAMP_RUN  := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 # The blocking client, generated from the async one (never committed: tools/async_to_sync.py).
@@ -56,9 +57,10 @@ bench: $(STAMP_TEST) $(GEN)
 bench-quick: $(STAMP_TEST) $(GEN)
 	$(BIN)/python -m benchmarks --quick
 
-## make stress ROUNDS=N: the long torture runs (kill -9, crash states, fuzzing)
+## make stress ROUNDS=N PG_SECONDS=S: the long torture runs (kill -9, crash states, fuzzing;
+## two daemons x 64 connections on one PostgreSQL database for S seconds)
 stress: $(STAMP_TEST) $(GEN)
-	TIMELINED_STRESS_ROUNDS=$(ROUNDS) $(BIN)/python -m pytest -q -m stress -p no:cacheprovider tests/stress $(PYTEST_ARGS)
+	TIMELINED_STRESS_ROUNDS=$(ROUNDS) TIMELINED_PG_STRESS_SECONDS=$(PG_SECONDS) $(BIN)/python -m pytest -q -m stress -p no:cacheprovider tests/stress $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info

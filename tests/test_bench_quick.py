@@ -24,7 +24,7 @@ def test_quick_benchmark_runs_every_part(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,  # the PostgreSQL parts start servers and daemons: ~60 s more when loaded
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

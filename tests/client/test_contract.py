@@ -2,7 +2,8 @@
 
 `ClientContract` holds the tests, written against the blocking interface; each concrete class
 gives its client: `Client` itself, or `AsyncClient` run on an anyio event loop behind a portal
-(tests/client/portal.py). A real daemon process serves both.
+(tests/client/portal.py). A real daemon process serves both, once on each storage backend
+(part of the contract suite: tests/stores.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import pytest
 from anyio.from_thread import start_blocking_portal
 
 from tests.client.portal import PortalClient
+from tests.conftest import Stores
 from tests.daemon.harness import DaemonProcess, serving
+from tests.stores import BACKENDS
 from timelined import api
 from timelined.api.exchange import join_parts
 from timelined.client import (
@@ -47,9 +50,13 @@ from timelined.varlink.errors import VarlinkErrorReply
 MAX_MESSAGE = 64 * 1024
 
 
-@pytest.fixture(scope="module")
-def daemon() -> Iterator[DaemonProcess]:
-    with serving(log={"fsync": "off"}, limits={"max_message_bytes": MAX_MESSAGE}) as proc:
+@pytest.fixture(scope="module", params=BACKENDS)
+def daemon(request: pytest.FixtureRequest, stores: Stores) -> Iterator[DaemonProcess]:
+    with serving(
+        **stores.new(request.param).overrides(),
+        log={"fsync": "off"},
+        limits={"max_message_bytes": MAX_MESSAGE},
+    ) as proc:
         yield proc
 
 

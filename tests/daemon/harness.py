@@ -8,7 +8,10 @@ Reusable from other suites:
   `python -m timelined serve --config dir/config.toml`, waits for the socket to answer
   `GetStatus`, and on `stop()` sends SIGTERM and waits for the exit code.
 - `inprocess_daemon(dir)` runs boot recovery, the engine and the Varlink server with the real
-  `register_all` and `authorizer` in the current event loop (fast tests, no subprocess).
+  `register_all` and `authorizer` in the current event loop (fast tests, no subprocess); on
+  PostgreSQL with `store=` (tests/stores.py).
+- `serving(store={"backend": "postgresql", "dsn": ...})`: any config section is an override;
+  `Store.overrides()` (tests/stores.py) gives the contract suite's.
 - `short_tempdir()`: Unix socket paths must be shorter than 108 bytes, pytest's tmp_path often
   is not; this makes a short directory under /tmp (mode 0755, so other uids can reach it).
 """
@@ -30,10 +33,17 @@ from typing import Any
 
 import anyio
 
-from timelined.auditlog.source import FileLogSource
-from timelined.config import AuthConfig, Config, LogConfig, VerifyConfig, default_config
+from timelined.config import (
+    AuthConfig,
+    Config,
+    LogConfig,
+    StoreConfig,
+    VerifyConfig,
+    default_config,
+)
 from timelined.daemon.app import App
 from timelined.daemon.auth import admitter, authorizer
+from timelined.daemon.lifecycle import engine_class, log_source
 from timelined.daemon.methods import register_all
 from timelined.daemon.varlink_setup import map_error, server_limits, service_info
 from timelined.errors import LogDamaged
@@ -42,7 +52,6 @@ from timelined.recovery.boot import boot
 from timelined.varlink.client import VarlinkClient
 from timelined.varlink.errors import ConnectionFailed
 from timelined.varlink.server import VarlinkServer, listen_unix
-from timelined.writer.engine import Engine
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -246,16 +255,18 @@ async def inprocess_daemon(
     config: Config | None = None,
     socket_mode: int = 0o666,
     read_only: LogDamaged | None = None,
+    store: StoreConfig | None = None,
 ) -> AsyncIterator[InProcess]:
     """Boot, engine, server with the real handlers and authorizer, in this event loop.
 
-    `read_only`: open the engine read-only with this reason (as after finding log damage)."""
-    config = config or inprocess_config(base)
+    `read_only`: open the engine read-only with this reason (as after finding log damage).
+    `store`: the backend (tests/stores.Store.store_config()), unless `config` is given."""
+    config = config or inprocess_config(base, **({} if store is None else {"store": store}))
     booted = await anyio.to_thread.run_sync(boot, config)
     head = booted.head if read_only is None else None
     read_only = read_only or booted.read_only
     try:
-        async with Engine.open(config, head=head, read_only=read_only) as engine:
+        async with engine_class(config).open(config, head=head, read_only=read_only) as engine:
             server = VarlinkServer(
                 service_info(),
                 limits=server_limits(config.limits),
@@ -267,7 +278,7 @@ async def inprocess_daemon(
                 boot=booted.report,
                 server=server,
                 started_at=utc_now(),
-                log=FileLogSource(config.log_dir),
+                log=log_source(config, engine),
             )
             register_all(server, app)
             server.authorize = authorizer(app)

@@ -1,5 +1,6 @@
 """Every method and every reachable named error, through the async client, against the real
-handlers and authorizer served in-process (fast: no subprocess, fsync off)."""
+handlers and authorizer served in-process (fast: no subprocess, fsync off). Part of the
+contract suite: each test runs on each backend (`store`, tests/stores.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import msgspec
 import pytest
 
 from tests.daemon.harness import inprocess_config, inprocess_daemon, short_tempdir
+from tests.stores import Store
 from timelined.api import ReloadReply
 from timelined.auditlog.record import line_hash
-from timelined.auditlog.segments import list_segments
 from timelined.client import (
     AsyncClient,
     Client,
@@ -49,8 +50,11 @@ def base() -> Iterator[Path]:
         yield path
 
 
-async def test_conversations(base: Path) -> None:
-    async with inprocess_daemon(base) as run, AsyncClient(run.socket_path) as c:
+async def test_conversations(base: Path, store: Store) -> None:
+    async with (
+        inprocess_daemon(base, store=store.store_config()) as run,
+        AsyncClient(run.socket_path) as c,
+    ):
         created = [await c.create_conversation(f"c{i}", {"i": i}) for i in range(5)]
         assert created[0].name == "c0" and created[0].metadata == {"i": 0}
         assert created[0].status == "active" and created[0].root_context_id.startswith("ctx_")
@@ -93,8 +97,11 @@ async def test_conversations(base: Path) -> None:
                 await call
 
 
-async def test_context_lifecycle_and_focus(base: Path) -> None:
-    async with inprocess_daemon(base) as run, AsyncClient(run.socket_path) as c:
+async def test_context_lifecycle_and_focus(base: Path, store: Store) -> None:
+    async with (
+        inprocess_daemon(base, store=store.store_config()) as run,
+        AsyncClient(run.socket_path) as c,
+    ):
         conv = await c.create_conversation("tree")
         root = conv.root_context_id
         side = await c.spawn_sidebar(root, "look something up", inherit_last=0)
@@ -174,8 +181,11 @@ async def test_context_lifecycle_and_focus(base: Path) -> None:
                 await call
 
 
-async def test_blocks_paging_and_filters(base: Path) -> None:
-    async with inprocess_daemon(base) as run, AsyncClient(run.socket_path) as c:
+async def test_blocks_paging_and_filters(base: Path, store: Store) -> None:
+    async with (
+        inprocess_daemon(base, store=store.store_config()) as run,
+        AsyncClient(run.socket_path) as c,
+    ):
         conv = await c.create_conversation("blocks")
         ctx = conv.root_context_id
         first = await c.append_block(
@@ -254,8 +264,11 @@ async def test_blocks_paging_and_filters(base: Path) -> None:
         assert bad_time.value.params["parameter"] == "since"
 
 
-async def test_paging_sees_every_block_once_while_writers_append(base: Path) -> None:
-    async with inprocess_daemon(base) as run, AsyncClient(run.socket_path) as c:
+async def test_paging_sees_every_block_once_while_writers_append(base: Path, store: Store) -> None:
+    async with (
+        inprocess_daemon(base, store=store.store_config()) as run,
+        AsyncClient(run.socket_path) as c,
+    ):
         ctx = (await c.create_conversation("busy")).root_context_id
         for i in range(20):
             await c.append_block(ctx, "user", f"before {i}")
@@ -277,8 +290,11 @@ async def test_paging_sees_every_block_once_while_writers_append(base: Path) -> 
         assert seen == list(range(1, 101))
 
 
-async def test_history_across_three_levels_with_merges(base: Path) -> None:
-    async with inprocess_daemon(base) as run, AsyncClient(run.socket_path) as c:
+async def test_history_across_three_levels_with_merges(base: Path, store: Store) -> None:
+    async with (
+        inprocess_daemon(base, store=store.store_config()) as run,
+        AsyncClient(run.socket_path) as c,
+    ):
         conv = await c.create_conversation("history")
         root = conv.root_context_id
         r = [(await c.append_block(root, "user", f"r{i}")).block.id for i in range(1, 5)]
@@ -311,8 +327,11 @@ async def test_history_across_three_levels_with_merges(base: Path) -> None:
         assert len(await c.get_history(root)) == 5
 
 
-async def test_search_and_stats(base: Path) -> None:
-    async with inprocess_daemon(base) as run, AsyncClient(run.socket_path) as c:
+async def test_search_and_stats(base: Path, store: Store) -> None:
+    async with (
+        inprocess_daemon(base, store=store.store_config()) as run,
+        AsyncClient(run.socket_path) as c,
+    ):
         one = await c.create_conversation("one")
         two = await c.create_conversation("two")
         await c.append_block(one.root_context_id, "user", "the quick brown fox", tokens_input=5)
@@ -329,11 +348,16 @@ async def test_search_and_stats(base: Path) -> None:
         only = await c.search_blocks("fox OR dog", context_id=one.root_context_id, role="assistant")
         assert [h.role for h in only] == ["assistant"]
         assert len(await c.search_blocks("fox", limit=1)) == 1
-        with pytest.raises(BadQuery) as bad:
-            await c.search_blocks('"unterminated')
-        assert bad.value.params["query"] == '"unterminated'
-        with pytest.raises(BadQuery):
-            await c.search_blocks("AND")
+        if store.backend == "sqlite":  # FTS5's query syntax
+            with pytest.raises(BadQuery) as bad:
+                await c.search_blocks('"unterminated')
+            assert bad.value.params["query"] == '"unterminated'
+            with pytest.raises(BadQuery):
+                await c.search_blocks("AND")
+        else:  # websearch_to_tsquery reads any text as a query (docs/operations.md)
+            assert await c.search_blocks('"unterminated') == []
+            assert await c.search_blocks('"fox quick"') == []  # a phrase: in its order
+            assert len(await c.search_blocks('"quick brown"')) == 1
         with pytest.raises(ConversationNotFound):
             await c.search_blocks("fox", conversation_id="conv_nope")
 
@@ -344,8 +368,11 @@ async def test_search_and_stats(base: Path) -> None:
         assert stats.contexts_per_status == {"active": 1, "paused": 1}
 
 
-async def test_wrong_types_and_unknown_names(base: Path) -> None:
-    async with inprocess_daemon(base) as run, AsyncClient(run.socket_path) as c:
+async def test_wrong_types_and_unknown_names(base: Path, store: Store) -> None:
+    async with (
+        inprocess_daemon(base, store=store.store_config()) as run,
+        AsyncClient(run.socket_path) as c,
+    ):
         with pytest.raises(InvalidParameter) as wrong:
             await c.call("io.timelined.Timeline.GetContext", {"id": 42})
         assert wrong.value.params["parameter"] == "id"
@@ -370,8 +397,10 @@ async def test_wrong_types_and_unknown_names(base: Path) -> None:
         assert {"io.timelined.Timeline", "io.timelined.Admin"} <= set(info.interfaces)
 
 
-async def test_block_size_limit(base: Path) -> None:
-    config = inprocess_config(base, limits=LimitsConfig(max_block_bytes=1024))
+async def test_block_size_limit(base: Path, store: Store) -> None:
+    config = inprocess_config(
+        base, limits=LimitsConfig(max_block_bytes=1024), store=store.store_config()
+    )
     async with inprocess_daemon(base, config=config) as run, AsyncClient(run.socket_path) as c:
         ctx = (await c.create_conversation("small")).root_context_id
         await c.append_block(ctx, "user", "x" * 100)
@@ -382,8 +411,11 @@ async def test_block_size_limit(base: Path) -> None:
         assert len((await c.list_blocks(ctx)).blocks) == 1
 
 
-async def test_read_log_is_the_log_byte_for_byte(base: Path) -> None:
-    async with inprocess_daemon(base) as run, AsyncClient(run.socket_path) as c:
+async def test_read_log_is_the_log_byte_for_byte(base: Path, store: Store) -> None:
+    async with (
+        inprocess_daemon(base, store=store.store_config()) as run,
+        AsyncClient(run.socket_path) as c,
+    ):
         ctx = (await c.create_conversation("log")).root_context_id
         for i in range(25):
             await c.append_block(ctx, "user", f'line {i} with "quotes" and ünïcode')
@@ -397,11 +429,10 @@ async def test_read_log_is_the_log_byte_for_byte(base: Path) -> None:
             after = page.next
 
         def log_bytes() -> bytes:
-            segments = list_segments(run.config.log_dir)
-            return b"".join(Path(s.path).read_bytes() for s in segments)
+            return b"".join(store.log_lines(run.config.state_dir))
 
-        on_disk = await anyio.to_thread.run_sync(log_bytes)
-        assert b"".join(line + b"\n" for line in got) == on_disk
+        stored = await anyio.to_thread.run_sync(log_bytes)  # the segments, or the log table
+        assert b"".join(line + b"\n" for line in got) == stored
         assert all(msgspec.json.decode(line)["hash"] == line_hash(line) for line in got)
         assert [msgspec.json.decode(line)["seq"] for line in got] == list(range(1, 27))
         tail = await c.read_log(after_seq=24)
@@ -409,8 +440,11 @@ async def test_read_log_is_the_log_byte_for_byte(base: Path) -> None:
         assert (await c.read_log(after_seq=1000)).events == []
 
 
-async def test_status_reports_and_recovery(base: Path) -> None:
-    async with inprocess_daemon(base) as run, AsyncClient(run.socket_path) as c:
+async def test_status_reports_and_recovery(base: Path, store: Store) -> None:
+    async with (
+        inprocess_daemon(base, store=store.store_config()) as run,
+        AsyncClient(run.socket_path) as c,
+    ):
         await c.create_conversation("s")
         status = await c.get_status()
         assert status.last_seq == 1 and len(status.head_hash) == 64
@@ -449,8 +483,11 @@ class FakeVerifier:
         return {"rebuilt": True}
 
 
-async def test_admin_delegates_to_the_verifier_and_reloader(base: Path) -> None:
-    async with inprocess_daemon(base) as run, AsyncClient(run.socket_path) as c:
+async def test_admin_delegates_to_the_verifier_and_reloader(base: Path, store: Store) -> None:
+    async with (
+        inprocess_daemon(base, store=store.store_config()) as run,
+        AsyncClient(run.socket_path) as c,
+    ):
         for call in (c.verify(), c.get_verify_report(), c.repair(), c.reload()):
             with pytest.raises(FeatureUnavailable):
                 await call
@@ -486,12 +523,15 @@ async def test_admin_delegates_to_the_verifier_and_reloader(base: Path) -> None:
         assert refused.value.params["key"] == "limits.max_connections"
 
 
-async def test_a_read_only_engine_refuses_writes_and_serves_reads(base: Path) -> None:
-    async with inprocess_daemon(base) as run, AsyncClient(run.socket_path) as c:
+async def test_a_read_only_engine_refuses_writes_and_serves_reads(base: Path, store: Store) -> None:
+    async with (
+        inprocess_daemon(base, store=store.store_config()) as run,
+        AsyncClient(run.socket_path) as c,
+    ):
         conv = await c.create_conversation("before the damage")
     damage = LogDamaged(1, "test damage")
     async with (
-        inprocess_daemon(base, read_only=damage) as run,
+        inprocess_daemon(base, read_only=damage, store=store.store_config()) as run,
         AsyncClient(run.socket_path) as c,
     ):
         assert (await c.get_conversation(conv.id)).name == "before the damage"
@@ -501,8 +541,8 @@ async def test_a_read_only_engine_refuses_writes_and_serves_reads(base: Path) ->
         assert (await c.get_status()).read_only == damage.message
 
 
-async def test_the_blocking_client(base: Path) -> None:
-    async with inprocess_daemon(base) as run:
+async def test_the_blocking_client(base: Path, store: Store) -> None:
+    async with inprocess_daemon(base, store=store.store_config()) as run:
 
         def use() -> None:
             with Client(run.socket_path, timeout=10) as c:
@@ -518,8 +558,11 @@ async def test_the_blocking_client(base: Path) -> None:
         await anyio.to_thread.run_sync(use)
 
 
-async def test_list_reports_includes_verification_reports(base: Path) -> None:
-    async with inprocess_daemon(base) as run, AsyncClient(run.socket_path) as c:
+async def test_list_reports_includes_verification_reports(base: Path, store: Store) -> None:
+    async with (
+        inprocess_daemon(base, store=store.store_config()) as run,
+        AsyncClient(run.socket_path) as c,
+    ):
         reports_dir = run.config.reports_dir
         verify_id = "verify-20991231T000000000000Z-1"
 

@@ -1,27 +1,34 @@
 """RetractBlock on a real daemon: the block leaves history, ListBlocks and search, stays in the
-log, GetBlock and exports; an import reproduces the retraction; the verifier's replay agrees."""
+log, GetBlock and exports; an import reproduces the retraction; the verifier's replay agrees.
+On each storage backend (the contract suite: tests/stores.py)."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 
 import anyio
 import pytest
 
+from tests.conftest import Stores
 from tests.daemon.harness import DaemonProcess, serving
+from tests.stores import BACKENDS, Store
 from timelined.client import AsyncClient
 from timelined.commands import NewBlock
 from timelined.errors import BlockNotFound, InvalidTransition
 
 
-@pytest.fixture(scope="module")
-def daemon() -> Iterator[DaemonProcess]:
-    with serving() as proc:
-        yield proc
+@pytest.fixture(scope="module", params=BACKENDS)
+def served(request: pytest.FixtureRequest, stores: Stores) -> Iterator[tuple[DaemonProcess, Store]]:
+    store = stores.new(request.param)
+    with serving(**store.overrides()) as proc:
+        yield proc, store
 
 
-def test_a_retracted_block_leaves_history_blocks_and_search(daemon: DaemonProcess) -> None:
+def test_a_retracted_block_leaves_history_blocks_and_search(
+    served: tuple[DaemonProcess, Store],
+) -> None:
+    daemon, store = served
+
     async def go() -> None:
         async with AsyncClient(daemon.socket_path) as c:
             conv = await c.create_conversation("retract")
@@ -72,8 +79,7 @@ def test_a_retracted_block_leaves_history_blocks_and_search(daemon: DaemonProces
 
             report = (await c.verify(wait=True)).result
             assert report is not None and report["state"] == "ok", report
-            with sqlite3.connect(daemon.state_dir / "state.db") as db:
-                rows = db.execute("SELECT count(*) FROM retractions").fetchone()
-            assert rows == (2,)  # the source's and the import's
+            rows = store.query("SELECT count(*) FROM retractions", daemon.state_dir)
+            assert rows == [(2,)]  # the source's and the import's
 
     anyio.run(go)

