@@ -38,8 +38,13 @@ from timelined.events import (
 from timelined.recovery.marker import mark_clean
 from timelined.state.db import open_write
 from timelined.state.replay import rebuild
+from timelined.state.schema import SCHEMA_VERSION
 
-VERSION = 1
+# The cache's key: the generator's own version and the state schema's, so that a cached state
+# made by an older schema is never installed as if it were current (the verifier calls that
+# drift, rightly).
+VERSION = f"1s{SCHEMA_VERSION}"
+
 ACTOR = Actor(uid=1000, gid=1000, pid=4242)
 _SYLLABLES = [
     "ka",

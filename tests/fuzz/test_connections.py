@@ -75,19 +75,33 @@ def canary_calls_during(target: FuzzTarget, seconds: float) -> int:
     return target.canary.calls - before
 
 
+class Refused(Exception):
+    """GetStatus refused: every connection slot is still taken."""
+
+
 def status(target: FuzzTarget) -> dict[str, Any]:
     with contextlib.closing(connect(target.socket_path)) as s:
         s.sendall(STATUS)
         frame = read_frame(s)
     assert frame is not None
-    return json.loads(frame)["parameters"]["status"]
+    reply = json.loads(frame)
+    if reply.get("error") == "io.timelined.Timeline.LimitExceeded":
+        # Refused at connect: the connections hung up a moment ago still hold their slots.
+        raise Refused(reply["parameters"]["message"])
+    return reply["parameters"]["status"]
 
 
 def wait_connections(target: FuzzTarget, at_most: int, limit_s: float = 10.0) -> int:
     """Wait until the daemon holds at most `at_most` connections besides the asking one."""
     deadline = time.monotonic() + limit_s
     while True:
-        open_now = status(target)["connections"]["open"] - 1
+        try:
+            open_now = status(target)["connections"]["open"] - 1
+        except Refused:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+            continue
         if open_now <= at_most or time.monotonic() > deadline:
             return int(open_now)
         time.sleep(0.05)
