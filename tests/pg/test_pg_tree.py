@@ -7,14 +7,16 @@ tests/contract/test_transparency.py."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 
 from tests.daemon.harness import DaemonProcess, serving, short_tempdir
 from timelined.client import AsyncClient, Client
-from timelined.errors import InvalidArgument
+from timelined.errors import CheckpointInvalid, InvalidArgument
 from timelined.transparency import audit as trust
 from timelined.transparency.checkpoint import Checkpoint
 from timelined.transparency.merkle import verify_consistency
@@ -187,3 +189,30 @@ def test_each_daemon_proves_its_writes_at_once_while_the_other_writes(pg_dsn: st
         problems: list[str] = []
         anyio.run(_both_write, [a.socket_path, b.socket_path], problems)
         assert not problems, f"{len(problems)} proofs refused, e.g. {problems[:3]}"
+
+
+def test_daemons_sharing_one_key_sign_interchangeable_checkpoints(pg_dsn: str) -> None:
+    """Each daemon signs with its own key unless given one: a client remembering daemon A's
+    checkpoint refuses B's (another key). Daemons given the same key (copied before their first
+    boot) sign one log: the client audits whichever daemon it reaches (docs/operations.md)."""
+    with (
+        short_tempdir() as base,
+        serving(store=_store(pg_dsn)) as a,
+        serving(store=_store(pg_dsn)) as b,
+        Client(a.socket_path) as ca,
+        Client(b.socket_path) as cb,
+    ):
+        conv = ca.create_conversation("keys")
+        ca.append_block(conv.root_context_id, "user", "one")
+        ca.audit(base / "a.json")
+        with pytest.raises(CheckpointInvalid):
+            cb.audit(base / "a.json")
+        (base / "c").mkdir()
+        c = DaemonProcess(base / "c", store=_store(pg_dsn))
+        shutil.copytree(a.state_dir / "keys", c.state_dir / "keys")
+        with c, Client(c.socket_path) as cc:
+            assert cc.get_checkpoint_key() == ca.get_checkpoint_key()
+            cb.append_block(conv.root_context_id, "user", "two")
+            done = cc.audit(base / "a.json")  # C's checkpoint extends A's: one signer, one log
+            assert done.new_size == done.old_size + 1
+            assert ca.audit(base / "a.json").new_size == done.new_size
