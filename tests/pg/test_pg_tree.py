@@ -86,10 +86,17 @@ def test_two_daemons_keep_one_tree_and_prove_each_others_events(pg_dsn: str) -> 
         assert _cp(later).size == head + 3
         hashes = trust.decode_hashes(cb.get_consistency_proof(head, head + 3))
         verify_consistency(head, head + 3, _cp(sa).root, _cp(later).root, hashes)
+        # A's export of a conversation B wrote to last carries A's checkpoint and proofs.
+        last = cb.append_block(ctx, "user", "b last").seq
+        parts = list(ca.export_conversation(conv.id))
+        end = parts[-1].end
+        assert end is not None and end.checkpoint is not None
+        proven = ca.verify_export(parts, end.checkpoint, ca.get_checkpoint_key())
+        assert proven.events == last and proven.tree_size >= last
         # The same trees at each size: A's root at every size equals B's.
         for size in (1, head // 2, head, head + 3):
-            pa = ca.get_consistency_proof(size, head + 3)
-            pb = cb.get_consistency_proof(size, head + 3)
+            pa = ca.get_consistency_proof(size, head + 4)
+            pb = cb.get_consistency_proof(size, head + 4)
             assert pa == pb
 
 
