@@ -13,22 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon.harness import DaemonProcess, serving
+from tests.daemon.harness import serving
 from tests.stores import Store
+from tests.transparency.test_end_to_end import _ctl as ctl
 from timelined.client import Client
 from timelined.errors import CheckpointInvalid
 from timelined.transparency import audit as trust
 
 SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "verify_proof.py"
-
-
-def ctl(daemon: DaemonProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "timelined.ctl", "--socket", str(daemon.socket_path), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def verify_proof(*args: str) -> subprocess.CompletedProcess[str]:
