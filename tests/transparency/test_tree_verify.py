@@ -38,16 +38,16 @@ def test_the_check_names_the_first_changed_node(tmp_path: Path) -> None:
     log_dir, tree_dir = tmp_path / "log", tmp_path / "tree"
     _write_log(log_dir, 40)
     LogTree.open(tree_dir, FileLogSource(log_dir), 40).close()
-    assert check_tree(tree_dir, log_dir, _chain(log_dir)).state == "ok"
+    assert check_tree(tree_dir, FileLogSource(log_dir), _chain(log_dir)).state == "ok"
     _flip(tree_dir, 2, 5)  # leaves 20..23
-    found = check_tree(tree_dir, log_dir, _chain(log_dir))
+    found = check_tree(tree_dir, FileLogSource(log_dir), _chain(log_dir))
     assert (found.state, found.level, found.index, found.first_bad_leaf) == ("mismatch", 2, 5, 20)
     assert "node 5 of level 2 (leaves 20..23)" in found.detail
     _flip(tree_dir, 0, 13)  # a leaf before that node is found first
-    found = check_tree(tree_dir, log_dir, _chain(log_dir))
+    found = check_tree(tree_dir, FileLogSource(log_dir), _chain(log_dir))
     assert (found.level, found.index, found.first_bad_leaf) == (0, 13, 13)
     # Up to a size before the changed leaf, the tree is fine.
-    assert check_tree(tree_dir, log_dir, _chain(log_dir), upto=13).state == "ok"
+    assert check_tree(tree_dir, FileLogSource(log_dir), _chain(log_dir), upto=13).state == "ok"
 
 
 def test_the_chain_child_checks_the_tree_after_the_walk(tmp_path: Path) -> None:

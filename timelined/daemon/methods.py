@@ -487,7 +487,7 @@ def admin_handlers(app: App) -> dict[str, Handler]:
         return StatusReply(status_of(app, figures))
 
     async def read_log(p: ReadLogParams, ctx: CallContext) -> ReadLogReply:
-        head = app.engine.last_seq  # committed: the writer appends lines before it commits
+        head = app.engine.readable_seq  # committed (on PostgreSQL: other daemons' too)
         if p.after_seq >= head:
             return ReadLogReply(events=[])
         upto = min(head, p.after_seq + p.limit)
@@ -557,7 +557,7 @@ def transparency_handlers(app: App) -> dict[str, Handler]:
             raise InvalidArgument(parameter, str(exc)) from None
 
     async def get_checkpoint(p: EmptyParams, ctx: CallContext) -> CheckpointReply:
-        await app.engine.caught_up()  # the tree holds everything acknowledged before the call
+        await app.engine.delivered()  # the tree holds everything acknowledged before the call
         return CheckpointReply(await service().checkpoint())
 
     async def get_checkpoint_key(p: EmptyParams, ctx: CallContext) -> CheckpointKeyReply:
@@ -567,7 +567,7 @@ def transparency_handlers(app: App) -> dict[str, Handler]:
         p: GetInclusionProofParams, ctx: CallContext
     ) -> InclusionProofReply:
         found = service()
-        await app.engine.caught_up()
+        await app.engine.delivered()
         size = found.tree.size if p.tree_size is None else p.tree_size
         hashes = proof("seq", lambda: found.inclusion(p.seq - 1, size))
         return InclusionProofReply(leaf_index=p.seq - 1, tree_size=size, hashes=hashes)
@@ -576,7 +576,7 @@ def transparency_handlers(app: App) -> dict[str, Handler]:
         p: GetConsistencyProofParams, ctx: CallContext
     ) -> ConsistencyProofReply:
         found = service()
-        await app.engine.caught_up()
+        await app.engine.delivered()
         size = found.tree.size if p.new_size is None else p.new_size
         return ConsistencyProofReply(proof("old_size", lambda: found.consistency(p.old_size, size)))
 

@@ -1,10 +1,13 @@
-"""One verification run on PostgreSQL: the state check, then the chain over the log table.
+"""One verification run on PostgreSQL: the state check, the chain over the log table, then the
+daemon's local Merkle tree against the log table.
 
 The entry point of the daemon's background verification on PostgreSQL (scheduler.Verifier with
 `pg=`), of `timelined verify --dsn` and of `timelined migrate`'s last check. Blocking: a worker
 thread of the daemon runs it. Both checks read through their own connection: the state check
 takes its snapshot first, then the chain is walked to the table's last row, so it covers every
-row the snapshot saw (the table only grows).
+row the snapshot saw (the table only grows). The tree (each daemon keeps its own, in its state
+directory) is checked after the chain, through `TableLogSource` on the same connection, as the
+file run checks it against the segments (verifier/tree.py).
 
 The report is the file verifier's (runner.build_report): the same verdicts, differences and
 summary. On PostgreSQL the state's `meta.last_seq` past the log table's head of the same
@@ -14,6 +17,7 @@ noted as the daemon's "changed behind the daemon's back".
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -22,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from timelined.api.verify import ChainResult, Mode, VerifyProgress, VerifyReport
+from timelined.api.verify import ChainResult, Mode, TreeResult, VerifyProgress, VerifyReport
 from timelined.errors import ConfigError
 from timelined.ids import utc_now
 from timelined.pgstore.chain import check_table_chain
@@ -30,6 +34,7 @@ from timelined.state.dbapi import DbConn
 from timelined.verifier.model import MAX_DIFFERENCES, StateResult
 from timelined.verifier.pgstate import check_pg_state
 from timelined.verifier.runner import Cancelled, build_report
+from timelined.verifier.tree import check_tree
 
 if TYPE_CHECKING:
     from timelined.pgstore.sql import PgConnection
@@ -70,10 +75,13 @@ def verify_pg(
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
     cap: int = MAX_DIFFERENCES,
+    tree_dir: Path | None = None,
+    tree_size: int | None = None,
 ) -> VerifyReport:
-    """Verify the PostgreSQL store `connect()` reaches; the report is not written (see
-    reports.write_report). Raises runner.Cancelled when `cancel` is set (checked at every
-    step of progress)."""
+    """Verify the PostgreSQL store `connect()` reaches, and the Merkle tree in `tree_dir` (a
+    daemon's: up to `tree_size` leaves, its size when the run began) against its log table;
+    the report is not written (see reports.write_report). Raises runner.Cancelled when `cancel`
+    is set (checked at every step of progress)."""
     started_at = utc_now()
     started = time.perf_counter()
     try:
@@ -82,7 +90,14 @@ def verify_pg(
         return _report(started_at, started, trigger, mode, None, None, [f"cannot connect: {exc}"])
     try:
         return verify_on(
-            conn, work_dir, trigger=trigger, mode=mode, progress=_ticker(progress, cancel), cap=cap
+            conn,
+            work_dir,
+            trigger=trigger,
+            mode=mode,
+            progress=_ticker(progress, cancel),
+            cap=cap,
+            tree_dir=tree_dir,
+            tree_size=tree_size,
         )
     finally:
         conn.close()
@@ -98,9 +113,12 @@ def verify_on(
     cap: int = MAX_DIFFERENCES,
     in_transaction: bool = False,
     upto_seq: int | None = None,
+    tree_dir: Path | None = None,
+    tree_size: int | None = None,
 ) -> VerifyReport:
     """The run on an open connection: the state check, then the chain (to `upto_seq`, or the
-    table's last row). `in_transaction`: inside the caller's transaction (a migration's)."""
+    table's last row), then the tree in `tree_dir` if one is given. `in_transaction`: inside
+    the caller's transaction (a migration's)."""
     started_at = utc_now()
     started = time.perf_counter()
     tick = progress or (lambda _step: None)
@@ -123,7 +141,25 @@ def verify_on(
         tick(VerifyProgress("chain", chain.head_seq, max(chain.head_seq, head)))
     except (sqlite3.Error, OSError) as exc:
         errors.append(f"chain check: {type(exc).__name__}: {exc}")
-    return _report(started_at, started, trigger, mode, state, chain, errors)
+    tree: TreeResult | None = None
+    if tree_dir is not None and chain is not None:
+        try:
+            tree = _check_tree(conn, tree_dir, chain, tree_size)
+        except (sqlite3.Error, OSError) as exc:
+            errors.append(f"tree check: {type(exc).__name__}: {exc}")
+    return _report(started_at, started, trigger, mode, state, chain, errors, tree)
+
+
+def _check_tree(
+    conn: DbConn, tree_dir: Path, chain: ChainResult, tree_size: int | None
+) -> TreeResult:
+    """The tree against the log table, read on the run's connection batch by batch."""
+    from timelined.pgstore.logsource import TableLogSource
+    from timelined.pgstore.sql import PgConnection
+
+    assert isinstance(conn, PgConnection)
+    source = TableLogSource(lambda: contextlib.nullcontext(conn))
+    return check_tree(tree_dir, source, chain, tree_size)
 
 
 def _report(
@@ -134,6 +170,7 @@ def _report(
     state: StateResult | None,
     chain: ChainResult | None,
     errors: list[str],
+    tree: TreeResult | None = None,
 ) -> VerifyReport:
     return build_report(
         started_at=started_at,
@@ -142,6 +179,7 @@ def _report(
         mode=mode,
         state=state,
         chain=chain,
+        tree=tree,
         error="; ".join(errors) or None,
         daemon_head=state.log_head_seq if state is not None else None,
         log_table=True,

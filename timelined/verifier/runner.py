@@ -266,7 +266,7 @@ def _run_inline(
     chain = check_chain(paths.log_dir)
     tree = None
     if paths.tree_dir is not None:
-        tree = check_tree(paths.tree_dir, paths.log_dir, chain, tree_size)
+        tree = check_tree(paths.tree_dir, FileLogSource(paths.log_dir), chain, tree_size)
     return state, chain, tree, None
 
 

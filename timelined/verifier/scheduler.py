@@ -26,7 +26,8 @@ worker thread itself, where a run takes milliseconds and a process start would d
 Settings are read from `engine.config.verify` at each use, so a reload applies them.
 
 On PostgreSQL (`pg=PgTarget(dsn, password)`) a run is `pgrun.verify_pg` in a child process
-(worker.py `pg`, the store in its environment) and a repair `pgrepair.repair_pg_state`; there
+(worker.py `pg`, the store in its environment; this daemon's tree checked against the log
+table, as the chain) and a repair `pgrepair.repair_pg_state`; there
 are no files to watch (the log table's triggers refuse changes; the interval and requests
 remain).
 """
@@ -305,7 +306,7 @@ class Verifier:
     ) -> VerifyReport:
         self._clean_scratch()
         if self._pg is not None:
-            return self._verify_pg(trigger, self._pg, cancel)
+            return self._verify_pg(trigger, self._pg, cancel, tree_size)
         return verify_paths(
             self._paths,
             trigger=trigger,
@@ -316,17 +317,30 @@ class Verifier:
             tree_size=tree_size,
         )
 
-    def _verify_pg(self, trigger: str, pg: PgTarget, cancel: threading.Event) -> VerifyReport:
+    def _verify_pg(
+        self, trigger: str, pg: PgTarget, cancel: threading.Event, tree_size: int | None
+    ) -> VerifyReport:
         """A run on PostgreSQL: in a child process (its replay is the same CPU-bound Python as
-        on SQLite), unless processes are turned off; a store's size is not known beforehand."""
-        work_dir = self._paths.work_dir
+        on SQLite), unless processes are turned off; a store's size is not known beforehand.
+        This daemon's own tree is checked against the log table after the chain."""
+        work_dir, tree_dir = self._paths.work_dir, self._paths.tree_dir
         if self._processes is False:
             from timelined.verifier.pgrun import verify_pg
 
             return verify_pg(
-                pg.connect, work_dir, trigger=trigger, progress=self._on_progress, cancel=cancel
+                pg.connect,
+                work_dir,
+                trigger=trigger,
+                progress=self._on_progress,
+                cancel=cancel,
+                tree_dir=tree_dir,
+                tree_size=tree_size,
             )
         args = ["pg", "--work-dir", str(work_dir), "--trigger", trigger]
+        if tree_dir is not None:
+            args += ["--tree-dir", str(tree_dir)]
+            if tree_size is not None:
+                args += ["--tree-upto", str(tree_size)]
         outcome = run_child(args, self._on_progress, cancel, env=pg.child_env())
         if isinstance(outcome, PgDone):
             return outcome.report

@@ -2,7 +2,9 @@
 
 Run after the chain walk, in the same worker (child process or thread): the tree is read
 through its own read-only descriptors while the daemon appends, one bounded buffer per level;
-the log through a `FileLogSource`. Memory: one hash per level.
+the log through a `LogSource`: the segment files (`FileLogSource`), or on PostgreSQL the log
+table (`pgstore.logsource.TableLogSource`, on the run's own connection). Memory: one hash per
+level.
 """
 
 from __future__ import annotations
@@ -11,14 +13,14 @@ import time
 from pathlib import Path
 
 from timelined.api.verify import ChainResult, TreeResult
-from timelined.auditlog.source import FileLogSource
+from timelined.auditlog.source import LogSource
 from timelined.errors import LogDamaged
 from timelined.treestore.levels import LevelReader
 from timelined.treestore.logtree import check_against_log
 
 
 def check_tree(
-    tree_dir: Path | None, log_dir: Path, chain: ChainResult, upto: int | None = None
+    tree_dir: Path | None, source: LogSource, chain: ChainResult, upto: int | None = None
 ) -> TreeResult:
     """Check the tree's first leaves: as many as `upto` (the tree's size at the run's start,
     in the daemon), the files hold and the intact chain reaches."""
@@ -32,7 +34,7 @@ def check_tree(
         stored = reader.size()
         size = min(stored, chain.head_seq if upto is None else upto, chain.head_seq)
         try:
-            found = check_against_log(reader, size, FileLogSource(log_dir))
+            found = check_against_log(reader, size, source)
         except LogDamaged as exc:
             return TreeResult(state="skipped", size=0, detail=f"the log is damaged: {exc.message}")
     finally:

@@ -113,9 +113,11 @@ def _chain(args: argparse.Namespace) -> None:
     )
     tree = None
     if args.tree_dir is not None:
+        from timelined.auditlog.source import FileLogSource
         from timelined.verifier.tree import check_tree
 
-        tree = check_tree(Path(args.tree_dir), Path(args.log_dir), result, args.tree_upto)
+        source = FileLogSource(Path(args.log_dir))
+        tree = check_tree(Path(args.tree_dir), source, result, args.tree_upto)
     _emit(ChainDone(result, tree))
 
 
@@ -143,6 +145,8 @@ def _pg(args: argparse.Namespace) -> None:
         trigger=args.trigger,
         progress=_Throttle(),
         cap=args.cap,
+        tree_dir=Path(args.tree_dir) if args.tree_dir is not None else None,
+        tree_size=args.tree_upto,
     )
     _emit(PgDone(report))
 
@@ -170,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     pg.add_argument("--work-dir", required=True)
     pg.add_argument("--trigger", required=True)
     pg.add_argument("--cap", type=int, default=1000)
+    pg.add_argument("--tree-dir", default=None)
+    pg.add_argument("--tree-upto", type=int, default=None)
     args = parser.parse_args(argv)
     _settle(args.parent)
     run = {"state": _state, "chain": _chain, "rebuild": _rebuild, "pg": _pg}[args.command]

@@ -689,6 +689,17 @@ class Engine:
                 self._commit_event = asyncio.Event()
             await self._commit_event.wait()
 
+    async def delivered(self) -> None:
+        """Wait until the commit subscribers (the Merkle tree, the watch hub) were given every
+        event acknowledged before this call: the tree's read-your-writes. Here they are given
+        each batch as it commits; PgEngine's also get other daemons' events, later."""
+        await self.caught_up()
+
+    @property
+    def readable_seq(self) -> int:
+        """The newest event a read of the log (ReadLog) may return."""
+        return self.last_seq
+
     def _fail_queued(self, error: TimelinedError) -> None:
         while self._queue:
             pending = self._queue.popleft()

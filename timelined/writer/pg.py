@@ -62,6 +62,9 @@ FOLLOW_BYTES = 8 * 1024 * 1024
 FOLLOW_POLL_S = 2.0
 # A lost LISTEN connection is opened again after this long (polling goes on meanwhile).
 RELISTEN_S = 5.0
+# A tree read waits at most this long for the follower's round (`delivered`): a database that
+# does not answer leaves the tree where it is, and the read answers from it.
+DELIVERY_WAIT_S = 5.0
 # A batch's transaction never waits on its client, so one idle this long belongs to a daemon
 # whose host vanished (a killed process's connection closes at once; a lost host's lingers
 # until TCP gives up): the server ends it, and with it its lock on the head row, which every
@@ -116,6 +119,11 @@ class PgEngine(Engine):
         self.delivered_seq = self.last_seq
         self._follow_wakeup = anyio.Event()
         self._following = anyio.Event()
+        # The follower's rounds, started and finished: a round started after a call read the
+        # table after it (`delivered`).
+        self._rounds_started = self._rounds_done = 0
+        self._round_done: anyio.Event | None = None
+        self._follower_stopped = False
         # The engine's subscribers list gets this daemon's batches, in order; `_own_batch`
         # passes them on to the real subscribers (`subscribe`) once they continue the events
         # delivered so far.
@@ -255,6 +263,30 @@ class PgEngine(Engine):
         self._following.set()
         self._follow_wakeup.set()
 
+    @property
+    def readable_seq(self) -> int:
+        """The newest event this daemon knows committed: its own, or another daemon's given
+        to the subscribers (the table holds both)."""
+        return max(self.last_seq, self.delivered_seq)
+
+    async def delivered(self) -> None:
+        """Wait until the subscribers were given every event this daemon acknowledged before
+        the call AND every event committed in the database before it, other daemons' too: the
+        end of a follower round started after the call (at most DELIVERY_WAIT_S). A batch of
+        this daemon that followed events not yet given reaches them only through the follower,
+        after its callers were answered: without this, a proof of one's own acknowledged event
+        could be refused, and two daemons' checkpoints asked at once would differ in size."""
+        await self.caught_up()
+        if not self._following.is_set() or self._follower_stopped:
+            return
+        want = self._rounds_started + 1
+        self._follow_wakeup.set()
+        with anyio.move_on_after(DELIVERY_WAIT_S):
+            while self._rounds_done < want and not self._follower_stopped:
+                if self._round_done is None:
+                    self._round_done = anyio.Event()
+                await self._round_done.wait()
+
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call `callback(records, lines)` with every event of the database (this daemon's
         and the others'), in seq order, each once."""
@@ -320,6 +352,7 @@ class PgEngine(Engine):
             with anyio.move_on_after(FOLLOW_POLL_S):
                 await self._follow_wakeup.wait()
             self._follow_wakeup = anyio.Event()
+            self._rounds_started += 1
             try:
                 await self._catch_up()
             except sqlite3.Error as exc:
@@ -328,7 +361,13 @@ class PgEngine(Engine):
                 # Subscribers cannot skip an event; writing on would continue a damaged chain.
                 log.error("following stopped, writes refused: %s", exc.message)
                 self.degrade(exc)
+                self._follower_stopped = True
                 return
+            finally:
+                self._rounds_done = self._rounds_started
+                done, self._round_done = self._round_done, None
+                if done is not None:
+                    done.set()
 
     async def _catch_up(self) -> None:
         """Deliver every event the log table holds after `delivered_seq`, page by page."""
