@@ -51,12 +51,8 @@ async def test_calls_sent_while_a_batch_is_in_flight_are_answered_after_it(
         await stream.send(call(Q + "Put", {"value": "c"}))
         replies = await read_frames(stream, 4)
         await stream.aclose()
-    assert [r["parameters"] for r in replies] == [
-        {"position": 1},
-        {"position": 2},
-        {"values": ["a", "b"]},
-        {"position": 3},
-    ]
+    answers = [r["parameters"].get("position", r["parameters"].get("values")) for r in replies]
+    assert answers == [1, 2, ["a", "b"], 3]
     assert writer.batches[0] == 1  # b came while a's batch was in flight: not in it
 
 

@@ -1,12 +1,14 @@
 """An anyio Varlink server on a Unix socket: framing, dispatch, limits, streams, shutdown.
 
-Each connection is one task. It reads whatever frames have arrived and dispatches them all
-before it waits: a `@deferring` handler's call (deferred.py) is queued, not awaited, so the calls
-of one read are in flight together; a call to any other handler first waits for the deferred
-ones before it (read-your-writes). The replies go out in the order of the calls, those of one
-read in one write, and the task awaits its own writes, so a slow reader only slows itself.
-Concurrency comes from many connections, and from pipelining within one, as the protocol
-intends.
+Each connection is one task (on asyncio, only while it needs one: see below). It reads whatever
+frames have arrived and dispatches them all before it waits: a `@deferring` handler's call
+(deferred.py) is queued, not awaited, so the calls of one read are in flight together; a call to any
+other handler first waits for the deferred ones before it (read-your-writes). The replies go out in
+the order of the calls, those of one read in one write, and the task awaits its own writes, so a
+slow reader only slows itself. Concurrency comes from many connections, and from pipelining within
+one, as the protocol intends. A call costs one decode of the envelope, one typed decode of the
+parameters straight into the method's Struct, the handler, and one encode of the reply into the
+output buffer: no task, no regex and no intermediate dict per call.
 
 On asyncio a connection has no task between calls (`_detach`): a read callback registered once
 takes each read, dispatches it, and when its calls were all deferred (a run of writes) or
@@ -16,9 +18,7 @@ when it is written. Anything that must wait (a handler that is awaited, a stream
 closes the connection, a reply the socket does not take whole, the end of the input) hands the
 connection to a task running the code below, which gives it back once idle. Measured: the loop's
 per-append CPU at 64 connections falls by the task's wake-up and the add_reader/remove_reader of
-every wait (docs/performance.md). A call costs one decode of the envelope, one typed decode of the parameters straight
-into the method's Struct, the handler, and one encode of the reply into the output buffer: no
-task, no regex and no intermediate dict per call.
+every wait (docs/performance.md).
 
 Errors the server sends on its own, and when it closes the connection, are listed in
 `protocol.py`. The authorization hook runs before every call; when it raises, the error is
@@ -733,10 +733,14 @@ class VarlinkServer:
                 return
             self._run_read(conn)
         except Exception:
-            log.exception("connection %d failed", conn.id)
-            _hang_up(conn)
-            if conn.detached:
-                self._attach(conn)
+            self._callback_failed(conn)
+
+    def _callback_failed(self, conn: _Conn) -> None:
+        """A bug in a callback: log it and end the connection (its task closes it)."""
+        log.exception("connection %d failed", conn.id)
+        _hang_up(conn)
+        if conn.detached:
+            self._attach(conn)
 
     def _run_read(self, conn: _Conn) -> None:
         """Dispatch the frames read so far; reply now, or when the last Deferred is settled."""
@@ -808,10 +812,7 @@ class VarlinkServer:
             if conn.reader.pending_bytes or conn.reader.failed:
                 self._run_read(conn)
         except Exception:
-            log.exception("connection %d failed", conn.id)
-            _hang_up(conn)
-            if conn.detached:
-                self._attach(conn)
+            self._callback_failed(conn)
 
     async def _fail_and_close(self, conn: _Conn, exc: FrameError) -> bool:
         await self._fail_connection(conn, exc)
