@@ -11,7 +11,8 @@ from typing import Any
 import anyio
 
 from tests.varlink.demo import raw_connect, read_frames
-from tests.varlink.test_pipelining import Q, call, queue_server
+from tests.varlink.test_pipelining import SVC, Q, call, queue_server
+from timelined.varlink.server import VarlinkServer
 
 
 async def _tasks_settle(limit: int) -> int:
@@ -20,6 +21,19 @@ async def _tasks_settle(limit: int) -> int:
         while len(asyncio.all_tasks()) > limit:  # noqa: ASYNC110
             await anyio.sleep(0.01)
     return len(asyncio.all_tasks())
+
+
+def _count_attaches(server: VarlinkServer) -> list[int]:
+    """How often a connection is handed to a task from now on (a list of one, updated)."""
+    attached = [0]
+    attach = server._attach
+
+    def counting(conn: Any) -> None:
+        attached[0] += 1
+        attach(conn)
+
+    server._attach = counting  # type: ignore[method-assign]
+    return attached
 
 
 async def test_connections_between_calls_hold_no_task(tmp_path: Path) -> None:
@@ -61,15 +75,7 @@ async def test_a_peer_that_reads_nothing_gets_every_reply_in_order_later(tmp_pat
     writes the rest, and reading stops meanwhile (the calls wait in the kernel, not here)."""
     n = 30_000
     async with queue_server(tmp_path) as (server, writer, path):
-        attached = 0
-        attach = server._attach
-
-        def counting(conn: Any) -> None:
-            nonlocal attached
-            attached += 1
-            attach(conn)
-
-        server._attach = counting  # type: ignore[method-assign]
+        attached = _count_attaches(server)
         stream = await raw_connect(path)
         calls = b"".join(call(Q + "Put", {"value": "v"}) for _ in range(n))
 
@@ -80,8 +86,25 @@ async def test_a_peer_that_reads_nothing_gets_every_reply_in_order_later(tmp_pat
             tg.start_soon(send)
             await anyio.sleep(0.5)  # the replies fill the socket; nothing is read yet
             replies = await read_frames(stream, n, limit_s=30)
-        assert attached >= 1  # a write the socket did not take whole went to a task
+        assert attached[0] >= 1  # a write the socket did not take whole went to a task
         await stream.aclose()
         assert server.buffers.used == 0
     assert [r["parameters"]["position"] for r in replies] == list(range(1, n + 1))
     assert sum(writer.batches) == n
+
+
+async def test_a_read_answered_at_once_past_the_flush_size_is_written_in_steps(
+    tmp_path: Path,
+) -> None:
+    """Errors answered without a wait still leave in bounded writes: past _FLUSH_BYTES of
+    replies the rest of the read goes to a task, which flushes as it goes."""
+    n = 1_000  # replies ~110 kB: past _FLUSH_BYTES, within what the socket takes at once
+    async with queue_server(tmp_path) as (server, _, path):
+        attached = _count_attaches(server)
+        stream = await raw_connect(path)
+        await stream.send(b"".join(call(Q + f"Nope{i}") for i in range(n)))
+        replies = await read_frames(stream, n, limit_s=30)
+        await stream.aclose()
+        assert attached[0] >= 1
+    assert [r["parameters"]["method"] for r in replies] == [Q + f"Nope{i}" for i in range(n)]
+    assert {r["error"] for r in replies} == {SVC + "MethodNotFound"}

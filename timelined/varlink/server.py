@@ -765,6 +765,10 @@ class VarlinkServer:
                 return
             now = self._dispatch_now(conn, call)
             if now is True:
+                if len(conn.out) > _FLUSH_BYTES:  # many answered at once (errors): the task
+                    reader.put_back(frames[i + 1 :])  # writes them as it would, in bounded steps
+                    self._attach(conn)
+                    return
                 continue
             if now is False:
                 conn.handoff = functools.partial(self._close_after_reply, conn)
