@@ -672,6 +672,9 @@ class VarlinkServer:
         written by the callback of the last Deferred. Anything else hands the connection to a
         task running the code above (`_attach`), which detaches it again once idle."""
         assert self._loop is not None
+        if self._tg is None:  # the server has stopped while a task was answering
+            self._drop(conn)
+            return
         conn.detached = True
         conn.state = _IDLE
         conn.idle_since = time.monotonic()
