@@ -235,6 +235,11 @@ class FrameReader:
         self._frames = []
         return frames
 
+    def put_back(self, frames: list[bytes]) -> None:
+        """Return frames taken but not handled, to be taken again first."""
+        if frames:
+            self._frames = frames + self._frames
+
     async def receive_frames(self) -> list[bytes]:
         """At least one complete frame; raises FrameError or anyio.EndOfStream at a clean end."""
         if self._frames:
@@ -261,6 +266,13 @@ class FrameReader:
                 )
                 return
             raise anyio.EndOfStream
+        self.feed(chunk)
+
+    def feed(self, chunk: bytes) -> None:
+        """Split a non-empty chunk read elsewhere (the server's read callback) into the
+        pending frames; a FrameError is kept for `receive_frames`, as in `fill`."""
+        if self._error is not None:
+            return
         try:
             frames = self._splitter.feed(chunk)
         except FrameTooLarge as exc:
