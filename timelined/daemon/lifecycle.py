@@ -322,10 +322,13 @@ def log_source(config: Config, engine: Engine) -> LogSource:
     """Where ReadLog, Watch, exports and the tree's catch-up read the log: the segment files,
     or the log table through the engine's read pool (a connection lent per batch)."""
     if config.store.backend == "postgresql":
-        from timelined.pgstore.logsource import TableLogSource
+        from timelined.pgstore.logsource import BATCH_BYTES, TableLogSource
         from timelined.pgstore.reads import PgReaders
 
-        return TableLogSource(cast(PgReaders, engine.readers).lend)
+        # A paused reader (a watcher catching up that does not read) holds its current batch:
+        # at most one frame's worth, as every other per-connection buffer (config.toml).
+        batch_bytes = min(BATCH_BYTES, config.limits.max_message_bytes)
+        return TableLogSource(cast(PgReaders, engine.readers).lend, batch_bytes=batch_bytes)
     return FileLogSource(config.log_dir)
 
 
