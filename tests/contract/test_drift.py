@@ -37,6 +37,9 @@ def test_drift_is_named_repaired_and_clean_again(store: Store, tmp_path: Path) -
         first = tl.verify(wait=True).result
         assert first is not None and first["state"] == "ok", first
 
+        # A read through the daemon commits the answered rows still waiting for their COMMIT
+        # (which would hold the write lock the other program needs, for up to COMMIT_DELAY_S).
+        tl.list_blocks(side.id)
         cases = drift_cases(lambda sql: store.query(sql, daemon.state_dir))[:CASES]
         # One transaction: a run the change starts sees all of it or none.
         store.execute("BEGIN; " + "; ".join(c.sql for c in cases) + "; COMMIT;", daemon.state_dir)
@@ -54,4 +57,5 @@ def test_drift_is_named_repaired_and_clean_again(store: Store, tmp_path: Path) -
         tl.append_block(conv.root_context_id, "user", "after the repair")
         clean = tl.verify(wait=True).result
         assert clean is not None and clean["state"] == "ok", clean
+        tl.list_blocks(side.id)  # the last append committed: the dump reads the file itself
         assert store.dump(daemon.state_dir) == store.replay(daemon.state_dir, tmp_path)

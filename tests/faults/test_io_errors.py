@@ -423,6 +423,9 @@ def _state_failure(template: Path, work: Path, inject: str) -> None:
             engine.subscribe(lambda recs, _lines: s.acked.extend((r.seq, r.hash) for r in recs))
             conv = await engine.submit(cmd.CreateConversation(name="<before>"))
             s.accepted.append("<before>")
+            # Its rows committed (a read would ask for that too): the other connection below
+            # needs the write lock the writer holds while answered rows wait for their COMMIT.
+            await engine.caught_up()
             if inject == "locked":
                 async with engine.paused() as conn:
                     conn.execute("PRAGMA busy_timeout = 50")
@@ -442,11 +445,12 @@ def _state_failure(template: Path, work: Path, inject: str) -> None:
                 fatal = info.value
             else:
                 # The state refuses the batch's COMMIT, which runs after the batch was logged,
-                # fsynced and answered: the answer (done) is the truth, the writer goes fatal.
+                # fsynced and answered (at most COMMIT_DELAY_S later): the answer (done) is the
+                # truth, the writer goes fatal.
                 done = await engine.submit(append)
                 s.accepted.append("<x>")
                 s.acked.append((done.seq, engine.last_hash))
-                with anyio.fail_after(5):  # the COMMIT runs just after the answer
+                with anyio.fail_after(5):  # the COMMIT runs COMMIT_DELAY_S after the answer
                     await went_fatal.wait()
                 fatal = s.on_fatal[0]
                 assert "state commit failed" in fatal.message

@@ -212,6 +212,9 @@ async def test_live_drift_is_noticed_repaired_and_clean_again(tmp_path: Path) ->
             assert first is not None and first.state == "ok", first and first.summary
             for case in drift_cases(db):
                 before = verifier.latest()
+                # The answered rows committed: their open transaction holds the write lock
+                # (for up to COMMIT_DELAY_S) that the other program needs.
+                await engine.caught_up()
                 started = time.monotonic()
                 await anyio.to_thread.run_sync(sqlite3_cli, db, case.sql)
                 with anyio.fail_after(10):

@@ -9,9 +9,12 @@ Contract (DESIGN.md's write path):
   (`SerialThread`: every use of the write connection runs there, one call at a time): BEGIN;
   for each command a SAVEPOINT, the rules' checks, its events encoded with the next seqs and
   applied, then RELEASE (a refusal: ROLLBACK TO, the named error, no trace); one log write;
-  fsync per `log.fsync`; then the batch's callers are ANSWERED (handed to the event loop at
-  once: the events are durable in the log, which is the truth) and only then meta(last_seq,
-  last_hash) and COMMIT run, while the event loop sends the replies.
+  fsync per `log.fsync`; then the batch's callers are ANSWERED (the events are durable in the
+  log, which is the truth). The batch's rows stay in the open transaction: the writer COMMITs
+  them later, with meta(last_seq, last_hash), in a call of its own (`_commit_open`) when a read
+  waits for them, when COMMIT_MAX_EVENTS wait, or COMMIT_DELAY_S after the first of them (a
+  later batch joins the open transaction behind a `SAVEPOINT batch`, so that refusing it whole
+  leaves the answered ones in place).
 - The search index follows the commits: a batch's blocks are indexed later, in a transaction
   of their own on the same thread and connection (`_index_committed`: every block committed
   since the last, one statement, and `meta.fts_seq`), when a search waits for them
@@ -20,9 +23,9 @@ Contract (DESIGN.md's write path):
 - Invariant: SQLite never commits an event that is not already in the log.
 - Read-your-writes: `acked_seq` (the newest answered event) and `committed_seq` (the newest in
   the state) are kept on the event loop; a read through `Engine.read` or `read_snapshot` called
-  while `committed_seq < acked_seq` first waits for that commit (one event per batch), so every
-  read sees everything acknowledged before it was called. A COMMIT that fails after the answer
-  is fatal: the events are durable in the log and the next boot rolls them forward.
+  while `committed_seq < acked_seq` asks for the commit now and waits for it, so every read sees
+  everything acknowledged before it was called. A COMMIT that fails after the answer is fatal:
+  the events are durable in the log and the next boot rolls them forward.
 - One way back: every undo (a refused command's savepoint, a refused or failed batch) goes
   through `_rollback`, which also empties the writer's cache (hotstate.py), so nothing undone
   is remembered. The cache is otherwise emptied only by `_forget_cache`, when the state may
@@ -88,6 +91,14 @@ RollbackScope = Literal["savepoint", "statement", "batch"]
 INDEX_DELAY_S = 0.025
 INDEX_MAX_BLOCKS = 2_000
 
+# The state's COMMIT follows the answers: a batch's rows wait in the open transaction and are
+# committed with the batches after it, in one call of their own, when a read waits for them, when
+# this many events wait, or this long after the first of them. At one connection every batch is
+# one append, and BEGIN, meta and COMMIT per batch were ~120 us of the writer's ~490 us per
+# append (docs/performance.md); the log, fsynced before each answer, is what makes them durable.
+COMMIT_DELAY_S = 0.020
+COMMIT_MAX_EVENTS = 1_000
+
 
 def _tail_problem(scan: TailScan) -> LogDamaged | None:
     """Why the engine may not open on this tail (boot recovery resolves each of these first)."""
@@ -111,6 +122,7 @@ class EngineStats:
     events: int = 0
     batches: int = 0
     disk_full: int = 0
+    state_commits: int = 0
     batch_sizes: Histogram = field(default_factory=lambda: Histogram(BATCH_SIZE_BOUNDS))
     write_seconds: Histogram = field(default_factory=lambda: Histogram(SECONDS_BOUNDS))
     fsync_seconds: Histogram = field(default_factory=lambda: Histogram(SECONDS_BOUNDS))
@@ -273,6 +285,16 @@ class Engine:
         # boot that did not roll forward) is indexed as soon as the writer runs.
         self._fts_seq = read_fts_seq(conn)
         self._state_seq = meta.last_seq
+        # On the writer's thread: events answered but not committed (the open transaction holds
+        # them: open exactly when this is not 0), the first at `_uncommitted_since`, their blocks
+        # (counted for the index once committed), and whether the running batch sits behind a
+        # `SAVEPOINT batch` (a transaction holding answered batches was open when it began).
+        self._uncommitted = 0
+        self._uncommitted_blocks = 0
+        self._uncommitted_since = 0.0
+        self._batch_savepoint = False
+        # On the event loop: a read waits for a commit (`caught_up`): commit now.
+        self._commit_wanted = False
         self._unindexed = max(0, meta.last_seq - self._fts_seq)
         self._unindexed_since = time.monotonic()
         # On the event loop: every block up to `indexed_seq` is searchable; a search asks for
@@ -404,7 +426,9 @@ class Engine:
         """On the writer's thread, at the end: sync the log, checkpoint the WAL, close."""
         if self.fatal is None and self._writer is not None:
             self._writer.close()  # syncs: nothing acknowledged in interval mode is left
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._commit_open()  # normally done by the writer loop's drain already
+            if self.fatal is None:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._conn.close()
 
     def _open_snapshot(self) -> ReadSnapshot:
@@ -412,9 +436,22 @@ class Engine:
         return ReadSnapshot(self.config.state_db)
 
     def _begin_batch(self) -> tuple[int, str]:
-        """On the writer's thread: open the batch's transaction; the head it continues."""
-        self._conn.execute("BEGIN IMMEDIATE")
+        """On the writer's thread: open the batch's transaction, or join the open one (holding
+        answered batches) behind a savepoint; the head it continues."""
+        if self._uncommitted:
+            self._conn.execute("SAVEPOINT batch")
+            self._batch_savepoint = True
+        else:
+            self._conn.execute("BEGIN IMMEDIATE")
         return self.last_seq, self.last_hash
+
+    def _end_empty_batch(self) -> None:
+        """On the writer's thread: a batch that logged nothing (refusals, idempotent retries)."""
+        if self._batch_savepoint:
+            self._batch_savepoint = False
+            self._conn.execute("RELEASE batch")
+        else:
+            self._conn.execute("COMMIT")
 
     def follow(self) -> None:
         """The subscribers are in: start giving them other writers' commits (there are none
@@ -491,6 +528,9 @@ class Engine:
         self._resumed = anyio.Event()
         try:
             async with self._lock:
+                # The holder gets a connection with nothing pending: the answered rows first.
+                await self._thread.run(self._commit_open)
+                self._publish_state()
                 # The holder may change the state behind the writer.
                 self._forget_cache("paused")
                 try:
@@ -505,6 +545,7 @@ class Engine:
 
     def replace_connection(self, conn: sqlite3.Connection) -> None:
         """Swap in a rebuilt state database (only inside `paused()`)."""
+        assert not self._uncommitted, "paused() commits before handing the connection out"
         self._conn = conn
         self._forget_cache("connection replaced")
         meta = read_meta(conn)
@@ -549,6 +590,10 @@ class Engine:
         try:
             while True:
                 if not self._queue:
+                    commit_due = self._commit_due()
+                    if commit_due == 0 or (self._closing and commit_due is not None):
+                        await self._commit_now()
+                        continue
                     index_due = self._index_due()
                     if index_due == 0 or (self._closing and index_due is not None):
                         await self._index_now()
@@ -556,7 +601,10 @@ class Engine:
                     if self._closing:
                         return
                     self._wakeup = anyio.Event()
-                    timeout = min((t for t in (interval, index_due) if t is not None), default=None)
+                    timeout = min(
+                        (t for t in (interval, commit_due, index_due) if t is not None),
+                        default=None,
+                    )
                     if timeout is None:
                         await self._wakeup.wait()
                     else:
@@ -577,10 +625,14 @@ class Engine:
                     for _ in range(min(len(self._queue), self.config.log.max_batch))
                 ]
                 committed = await self._on_writer_thread(self._run_batch, batch)
+                if committed.records:
+                    self.acked_seq = max(self.acked_seq, committed.records[-1].seq)
                 for pending in batch:
                     pending.answer()  # those the writer's thread did not answer before COMMIT
                 if committed.records:
-                    self._committed(committed.records[-1].seq)
+                    self._publish_state()
+                    # The events are in the log: the subscribers (Watch, the Merkle tree) read
+                    # the log, and get them now, whether or not the state has committed them.
                     for callback in list(self._subscribers):
                         try:
                             callback(committed.records, committed.lines)
@@ -591,11 +643,58 @@ class Engine:
                     self._wake_readers()  # a read waiting for a commit that never comes fails
                     return
                 self._publish_indexed()
+                if self._commit_due() == 0:
+                    await self._commit_now()
                 if self._index_due() == 0:
                     await self._index_now()
         finally:
             self._wake_readers()
             self._stopped.set()
+
+    # --- the state's COMMIT, after the answers ------------------------------------------------
+
+    def _commit_due(self) -> float | None:
+        """Seconds until the answered rows should be committed (0: now); None: none wait."""
+        if not self._uncommitted or self.fatal is not None:
+            return None
+        if self._commit_wanted or self._index_wanted or self._uncommitted >= COMMIT_MAX_EVENTS:
+            return 0.0
+        return max(0.0, self._uncommitted_since + COMMIT_DELAY_S - time.monotonic())
+
+    async def _commit_now(self) -> None:
+        self._commit_wanted = False  # a read asking from here on asks for the next one
+        await self._on_writer_thread(self._commit_open)
+        self._publish_state()
+        if self.fatal is not None:
+            self._wake_readers()
+
+    def _commit_open(self) -> None:
+        """On the writer's thread, between batches: commit the open transaction (every answered
+        batch since the last commit) with meta. A failure is fatal: the events are in the log,
+        answered, and the next boot rolls them forward."""
+        if not self._uncommitted or self.fatal is not None:
+            return
+        conn = self._conn
+        try:
+            set_meta(conn, self.last_seq, self.last_hash)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._fail_after_answer(
+                FatalStorageError(self.storage_name, 0, f"state commit failed: {exc}")
+            )
+            return
+        self.stats.state_commits += 1
+        self._state_seq = self.last_seq
+        if self._uncommitted_blocks:
+            if not self._unindexed:
+                self._unindexed_since = time.monotonic()
+            self._unindexed += self._uncommitted_blocks
+        self._uncommitted = self._uncommitted_blocks = 0
+
+    def _publish_state(self) -> None:
+        """On the event loop, after a call on the writer's thread: how far the state is."""
+        if self._state_seq > self.committed_seq:
+            self._committed(self._state_seq)
 
     # --- the search index, after the commits ---------------------------------------------------
 
@@ -610,6 +709,7 @@ class Engine:
     async def _index_now(self) -> None:
         self._index_wanted = False  # a search asking from here on asks for the next one
         await self._on_writer_thread(self._index_committed)
+        self._publish_state()
         self._publish_indexed()
         if self.fatal is not None:
             self._wake_readers()
@@ -618,6 +718,7 @@ class Engine:
         """On the writer's thread, between batches: index every block committed since the last
         time, and record it (meta.fts_seq), in one transaction of its own. A failure is fatal
         like any other state error outside a command's checks; the boot indexes the gap."""
+        self._commit_open()  # BEGIN below needs no open transaction; the index what it commits
         if self._unindexed == 0 or self.fatal is not None:
             return
         conn, upto = self._conn, self._state_seq
@@ -685,6 +786,8 @@ class Engine:
         while self.committed_seq < target:
             if self.fatal is not None:
                 raise self.fatal
+            self._commit_wanted = True
+            self._wakeup.set()
             if self._commit_event is None:
                 self._commit_event = asyncio.Event()
             await self._commit_event.wait()
@@ -774,7 +877,7 @@ class Engine:
             accepted.append(pending)
         self.stats.commands += len(batch)
         if not lines:
-            conn.execute("COMMIT")  # only idempotent retries and refusals: nothing to log
+            self._end_empty_batch()  # only idempotent retries and refusals: nothing to log
             return NOTHING_COMMITTED
         return self._write_batch(batch, accepted, records, lines, fts)
 
@@ -800,30 +903,26 @@ class Engine:
             self.stats.disk_full += 1
             log.error("a batch of %d commands was refused: %s", len(accepted), exc.message)
             return self._abandon(batch, exc)
-        # The log holds the batch: answer now. From here no `Pending` is touched again (its
-        # caller may be reading it), and every failure is fatal, never an answer.
+        # The log holds the batch: it is answered when this call returns. Its rows join the
+        # open transaction, committed later by `_commit_open` (the index later still, in its own
+        # transaction: FTS5's insert was ~30 µs of an append's critical path). From here every
+        # failure is fatal, never an answer.
         self.last_seq, self.last_hash = seq, prev
         self.stats.events += len(records)
         self.stats.observe(len(batch), fsync_s)
-        self._answer_soon(batch, seq)
-        try:
-            # The batch's blocks are indexed for search later, in their own transaction
-            # (`_index_committed`): FTS5's insert and its share of COMMIT were ~30 µs of an
-            # append's critical path (docs/performance.md).
-            set_meta(conn, seq, prev)
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            # The events are durable in the log but not in the state, and were answered as
-            # done, which is the truth. Stopping is safe: the boot rolls them forward.
-            self._fail_after_answer(
-                FatalStorageError(self.storage_name, 0, f"state commit failed: {exc}")
-            )
-            return NOTHING_COMMITTED
-        self._state_seq = seq
-        if fts:
-            if not self._unindexed:
-                self._unindexed_since = time.monotonic()
-            self._unindexed += len(fts)
+        if self._batch_savepoint:
+            self._batch_savepoint = False
+            try:
+                conn.execute("RELEASE batch")
+            except sqlite3.Error as exc:
+                self._fail_after_answer(
+                    FatalStorageError(self.storage_name, 0, f"state savepoint failed: {exc}")
+                )
+                return Committed(records, lines)
+        if not self._uncommitted:
+            self._uncommitted_since = time.monotonic()
+        self._uncommitted += len(records)
+        self._uncommitted_blocks += len(fts)
         return Committed(records, lines)
 
     def _answer_soon(self, batch: list[Pending], seq: int) -> None:
@@ -890,6 +989,18 @@ class Engine:
         if scope == "savepoint":
             conn.execute("ROLLBACK TO command")
             conn.execute("RELEASE command")
+        elif scope == "batch" and self._batch_savepoint:
+            # The answered batches before this one stay in the open transaction.
+            self._batch_savepoint = False
+            if not conn.in_transaction:
+                # SQLite ended the whole transaction on an error (a full or failing disk):
+                # answered events went with it, and only a boot's roll forward brings them back.
+                raise sqlite3.OperationalError(
+                    f"the transaction holding {self._uncommitted} answered events was rolled "
+                    "back by SQLite"
+                )
+            conn.execute("ROLLBACK TO batch")
+            conn.execute("RELEASE batch")
         elif scope == "batch" and conn.in_transaction:
             conn.execute("ROLLBACK")
 
