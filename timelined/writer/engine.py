@@ -195,6 +195,7 @@ class _CommandTx:
         "prev",
         "records",
         "seq",
+        "touched",
         "ts",
     )
 
@@ -218,6 +219,9 @@ class _CommandTx:
         self.lines: list[bytes] = []
         self.records: list[Record] = []
         self.fts: FtsRows = []  # not inserted here: counted, indexed after the COMMIT
+        # Whether the state was written to (an `apply` began): a failure from then on may have
+        # left rows behind even when no record was emitted (the INSERT done, a later step failed).
+        self.touched = False
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -233,6 +237,7 @@ class _CommandTx:
 
     def emit(self, event: Event, data: bytes | None = None) -> Record:
         record, line = encode_record(self.seq + 1, self.ts, self.actor, event, self.prev, data)
+        self.touched = True
         apply(self._conn, record, self.fts)
         self._hot.observe(event)
         self.seq = record.seq
@@ -862,7 +867,7 @@ class Engine:
                 pending.result = rules.execute(tx, command, ts)
             except Exception as exc:
                 error = _command_error(command, exc)
-                if not guarded and (tx.records or isinstance(exc, sqlite3.Error)):
+                if not guarded and (tx.touched or isinstance(exc, sqlite3.Error)):
                     return self._undo_batch(batch, error)
                 self._rollback("savepoint" if guarded else "statement")
                 pending.error = error
