@@ -44,10 +44,11 @@ def test_metrics_parse_and_count(tmp_path: Path) -> None:
             )
             text = render(app)
             lag_now = engine.acked_seq - engine.indexed_seq
+            commit_lag = engine.acked_seq - engine.committed_seq
             await engine.index_caught_up(5.0)
-            return text, lag_now, render(app)
+            return text, lag_now, commit_lag, render(app)
 
-    text, lag_now, text_after = anyio.run(go)
+    text, lag_now, commit_lag, text_after = anyio.run(go)
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert families["timelined_events"].samples[0].value == 11
     assert families["timelined_last_seq"].samples[0].value == 11
@@ -61,3 +62,8 @@ def test_metrics_parse_and_count(tmp_path: Path) -> None:
     assert families["timelined_search_index_lag_events"].samples[0].value == lag_now
     after = {f.name: f for f in text_string_to_metric_families(text_after)}
     assert after["timelined_search_index_lag_events"].samples[0].value == 0
+    # The state's COMMIT follows the answers: the lag is what waited when the first text was
+    # rendered; the search above committed it.
+    assert families["timelined_state_commit_lag_events"].samples[0].value == commit_lag
+    assert after["timelined_state_commit_lag_events"].samples[0].value == 0
+    assert after["timelined_state_commits"].samples[0].value >= 1

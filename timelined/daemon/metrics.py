@@ -81,6 +81,19 @@ def render(app: App) -> str:
         max(0, engine.acked_seq - engine.indexed_seq),
     )
     t.scalar(
+        "timelined_state_commit_lag_events",
+        "gauge",
+        "Events acknowledged (in the log) that the state database has not committed yet (the "
+        "COMMIT follows the answers, coalesced).",
+        max(0, engine.acked_seq - engine.committed_seq),
+    )
+    t.scalar(
+        "timelined_state_commits_total",
+        "counter",
+        "State database COMMITs of answered batches.",
+        s.state_commits,
+    )
+    t.scalar(
         "timelined_read_only",
         "gauge",
         "1 when writes are refused (log damaged).",
