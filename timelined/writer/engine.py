@@ -314,7 +314,9 @@ class Engine:
         self.on_fatal: Callable[[FatalStorageError], None] | None = None
         self._fatal_reported = False
         self._queue: deque[Pending] = deque()
-        self._wakeup = anyio.Event()
+        # asyncio's Event, not anyio's: a set anyio Event's wait() still yields to the loop once,
+        # and the writer loop waits on this after every batch at one connection.
+        self._wakeup = asyncio.Event()
         self._closing = False
         self._stopped = anyio.Event()
         self._subscribers: list[Subscriber] = []
@@ -471,6 +473,15 @@ class Engine:
             finally:
                 self._report_fatal()
 
+    async def _in_writer_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """`_on_writer_thread` for the writer loop, which no cancellation reaches (it runs in a
+        shielded scope for its whole life): no cancel scope per call."""
+        async with self._lock:
+            try:
+                return await self._thread.submit(fn, *args)
+            finally:
+                self._report_fatal()
+
     def _report_fatal(self) -> None:
         """Tell `on_fatal` once, here on the event loop: the writer's thread only records it."""
         if self.fatal is not None and not self._fatal_reported and self.on_fatal is not None:
@@ -586,6 +597,13 @@ class Engine:
         return await self._on_writer_thread(check)
 
     async def _writer_loop(self) -> None:
+        """Take batches until drained (or fatal). Shielded for its whole life: once queued, a
+        command runs to its end whoever is cancelled, and the loop ends only through `drain`
+        (which `Engine.open` always calls) or a fatal error."""
+        with anyio.CancelScope(shield=True):
+            await self._writer_loop_shielded()
+
+    async def _writer_loop_shielded(self) -> None:
         self._loop = loop = asyncio.get_running_loop()
         interval = (
             self.config.log.fsync_interval_ms / 1000
@@ -605,7 +623,7 @@ class Engine:
                         continue
                     if self._closing:
                         return
-                    self._wakeup = anyio.Event()
+                    self._wakeup.clear()
                     timeout = min(
                         (t for t in (interval, commit_due, index_due) if t is not None),
                         default=None,
@@ -622,14 +640,15 @@ class Engine:
                         finally:
                             timer.cancel()
                         if interval is not None:
-                            await self._on_writer_thread(self._sync_if_due)
+                            await self._in_writer_loop(self._sync_if_due)
                     continue
-                await self._resumed.wait()
+                if self._pause_depth:
+                    await self._resumed.wait()
                 batch = [
                     self._queue.popleft()
                     for _ in range(min(len(self._queue), self.config.log.max_batch))
                 ]
-                committed = await self._on_writer_thread(self._run_batch, batch)
+                committed = await self._in_writer_loop(self._run_batch, batch)
                 if committed.records:
                     self.acked_seq = max(self.acked_seq, committed.records[-1].seq)
                 for pending in batch:
@@ -668,7 +687,7 @@ class Engine:
 
     async def _commit_now(self) -> None:
         self._commit_wanted = False  # a read asking from here on asks for the next one
-        await self._on_writer_thread(self._commit_open)
+        await self._in_writer_loop(self._commit_open)
         self._publish_state()
         if self.fatal is not None:
             self._wake_readers()
@@ -713,7 +732,7 @@ class Engine:
 
     async def _index_now(self) -> None:
         self._index_wanted = False  # a search asking from here on asks for the next one
-        await self._on_writer_thread(self._index_committed)
+        await self._in_writer_loop(self._index_committed)
         self._publish_state()
         self._publish_indexed()
         if self.fatal is not None:

@@ -13,6 +13,10 @@ Contract:
 - Calls run one at a time, in submission order.
 - Cancelling the caller does not cancel the call: the caller waits (shielded) for it to end, so
   a call never outlives the task that made it and nothing runs behind a caller's back.
+- `submit(fn, *args)` is `run` without the shield, for a caller that cannot be cancelled while
+  it waits (one inside a shielded scope for its whole life, as the engine's writer loop): it
+  returns the call's future to await. Entering a cancel scope per call was most of the hop's
+  cost on the event loop at one connection (docs/performance.md).
 - `close()` runs after every call already submitted, joins the thread, and is idempotent;
   `run` after `close` raises `RuntimeError`.
 
@@ -49,14 +53,19 @@ class SerialThread:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(*args)` on the thread; see the module's contract."""
+        future = self.submit(fn, *args)
+        with anyio.CancelScope(shield=True):
+            result = await future
+        return result
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Queue `fn(*args)` for the thread; its future (see the module's contract)."""
         if self._closed:
             raise RuntimeError(f"{self.name} is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._jobs.put((lambda: fn(*args), loop, future))
-        with anyio.CancelScope(shield=True):
-            result = await future
-        return result
+        return future
 
     def close(self) -> None:
         """Finish what was submitted, then stop and join the thread."""
