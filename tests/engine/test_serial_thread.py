@@ -93,3 +93,30 @@ async def test_close_finishes_queued_calls_then_refuses_new_ones() -> None:
     thread.close()  # idempotent
     with pytest.raises(RuntimeError, match="tl-test is closed"):
         await thread.run(done.append, 99)
+
+
+async def test_submit_queues_in_order_with_run_and_returns_the_future() -> None:
+    """`submit` (the writer loop's unshielded hand-off) shares `run`'s queue and order, and its
+    future carries the result or the error."""
+    thread = SerialThread("tl-test")
+    seen: list[str] = []
+
+    def note(what: str) -> str:
+        seen.append(what)
+        return what
+
+    def fail() -> None:
+        raise ValueError("from submit")
+
+    try:
+        first = thread.submit(note, "submitted")
+        second = thread.run(note, "run")
+        assert await first == "submitted"
+        assert await second == "run"
+        assert seen == ["submitted", "run"]
+        with pytest.raises(ValueError, match="from submit"):
+            await thread.submit(fail)
+    finally:
+        thread.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        thread.submit(note, "late")
