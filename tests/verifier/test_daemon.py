@@ -37,6 +37,9 @@ def test_drift_in_a_running_daemon() -> None:
                 lambda: client.get_status().verify, lambda v: v.get("runs", 0) >= 1, 20
             )
             assert status["last_state"] == "ok", status
+            # A read commits the answered rows (their open transaction holds the write lock
+            # the sqlite3 CLI below needs, for up to the writer's COMMIT_DELAY_S).
+            client.list_blocks(conv.root_context_id)
 
             db = daemon.state_dir / "state.db"
             block_id = str(query(db, "SELECT id FROM blocks ORDER BY seq LIMIT 1 OFFSET 7")[0][0])
