@@ -387,7 +387,20 @@ def _append_block(tx: Tx, c: cmd.AppendBlock, now: str) -> AppendResult:
         return AppendResult(block=stored, seq=stored.seq)  # a safe retry: no new event
     ctx = _writable_context(tx, c.context_id)
     event = ev.BlockAppended(block=data)
-    return _emit_block(tx, ctx, event, _check_size(tx, event))
+    encoded = _check_size(tx, event)
+    _check_block_reply_size(tx, encoded)
+    return _emit_block(tx, ctx, event, encoded)
+
+
+def _check_block_reply_size(tx: Tx, data: bytes) -> None:
+    """LimitExceeded, before anything is written, when AppendBlock's reply could pass
+    limits.max_message_bytes. The reply is the event's block (`data`, encoded) with its seq and
+    position, in the reply's envelope: at most REPLY_ENVELOPE bytes more. Only a limit set with
+    max_block_bytes near or past max_message_bytes meets this: a call that fits one frame, and
+    an answer to its committed write that would not (nor the retry's)."""
+    size = len(data) + REPLY_ENVELOPE
+    if size > tx.limits.max_message_bytes:
+        raise LimitExceeded(REPLY_LIMIT, size, tx.limits.max_message_bytes)
 
 
 def _append_blocks(tx: Tx, c: cmd.AppendBlocks, now: str) -> AppendBlocksReply:
