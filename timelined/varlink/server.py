@@ -73,6 +73,7 @@ from timelined.varlink.framing import (
     FrameReader,
     FrameTooLarge,
     IncompleteFrame,
+    ReceiveBuffer,
     decode_call,
     send_all,
 )
@@ -331,10 +332,11 @@ class _Conn:
         tier: str,
         max_message_bytes: int,
         buffers: ByteBudget,
+        into: ReceiveBuffer,
     ) -> None:
         self.id = cid
         self.stream = stream
-        self.reader = FrameReader(stream, max_message_bytes, budget=buffers)
+        self.reader = FrameReader(stream, max_message_bytes, budget=buffers, into=into)
         self.sock = sock
         self.peer = peer
         self.tier = tier
@@ -394,6 +396,8 @@ class VarlinkServer:
         self._methods: dict[str, _Entry] = {}
         self._conns: dict[int, _Conn] = {}
         self._ids = itertools.count(1)
+        # Every connection's reads go through it: they all run on the server's one loop.
+        self._receive = ReceiveBuffer()
         self._closing = False
         self._lingering = 0
         self._tg: TaskGroup | None = None
@@ -592,7 +596,14 @@ class VarlinkServer:
             return
         cid = next(self._ids)
         conn = _Conn(
-            cid, stream, sock, peer, admission.tier, limits.max_message_bytes, self.buffers
+            cid,
+            stream,
+            sock,
+            peer,
+            admission.tier,
+            limits.max_message_bytes,
+            self.buffers,
+            self._receive,
         )
         # Registered before its task runs, so that a burst of accepts counts it.
         self._conns[cid] = conn
@@ -716,7 +727,7 @@ class VarlinkServer:
 
     def _on_readable(self, conn: _Conn) -> None:
         try:
-            chunk = conn.sock.recv(DEFAULT_RECEIVE_SIZE)
+            chunk = self._receive.recv(conn.sock)
         except BlockingIOError:
             return
         except OSError:
