@@ -210,9 +210,9 @@ class FrameReader:
     __slots__ = (
         "_budget",
         "_charged",
-        "_into",
         "_error",
         "_frames",
+        "_into",
         "_receive_size",
         "_sock",
         "_splitter",
