@@ -253,6 +253,12 @@ class FrameReader:
         return sum(len(f) for f in self._frames) + self._splitter.buffered
 
     @property
+    def has_input(self) -> bool:
+        """Anything left to handle: a complete frame, part of one, or an error to raise (what
+        `pending_bytes or failed` says, without summing the frames: asked once per reply)."""
+        return bool(self._frames) or self._splitter.buffered > 0 or self._error is not None
+
+    @property
     def at_eof(self) -> bool:
         """The peer shut its sending side inside a frame (the error waiting is IncompleteFrame)."""
         return isinstance(self._error, IncompleteFrame)
@@ -318,7 +324,9 @@ class FrameReader:
             self._frames.extend(frames)
         else:
             self._frames = frames
-        if self._budget is not None:
+        # Only a partial frame of CHARGED_FROM bytes or more counts: the common read (whole
+        # small calls) skips the budget's arithmetic.
+        if self._budget is not None and (self._charged or self._splitter.buffered >= CHARGED_FROM):
             self._charge(self._budget)
 
     def _charge(self, budget: ByteBudget) -> None:

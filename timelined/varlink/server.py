@@ -321,6 +321,7 @@ class _Conn:
         "stream_scope",
         "tier",
         "wake",
+        "write_settled",
     )
 
     def __init__(
@@ -350,6 +351,7 @@ class _Conn:
         self.slots: list[tuple[int, Deferred, CallMessage]] = []
         self.outstanding = 0  # of `slots`, how many have no outcome yet
         self.wake: Callable[[], None] | None = None  # wakes `_settle` when `outstanding` is 0
+        self.write_settled: Callable[[], None] | None = None  # `_write_settled` of this conn
         # Served by the loop's read callback, without a task (asyncio only; see `_detach`).
         self.detached = False
         self.reading = False  # the read callback is registered
@@ -687,6 +689,8 @@ class VarlinkServer:
             self._drop(conn)
             return
         conn.detached = True
+        if conn.write_settled is None:  # made once: a read's batch is settled through it
+            conn.write_settled = functools.partial(self._write_settled, conn)
         conn.state = _IDLE
         conn.idle_since = time.monotonic()
         self._resume_reading(conn)
@@ -794,7 +798,7 @@ class VarlinkServer:
         if reader.failed:
             self._attach(conn)  # answers the calls above, then the error
         elif conn.outstanding:
-            conn.wake = functools.partial(self._write_settled, conn)
+            conn.wake = conn.write_settled
         else:
             self._write_settled(conn)
 
@@ -827,7 +831,7 @@ class VarlinkServer:
             conn.state = _IDLE
             conn.idle_since = time.monotonic()
             self._resume_reading(conn)
-            if conn.reader.pending_bytes or conn.reader.failed:
+            if conn.reader.has_input:
                 self._run_read(conn)
         except Exception:
             self._callback_failed(conn)
@@ -864,6 +868,7 @@ class VarlinkServer:
                 await _close_quietly(conn.stream)
 
     def _release(self, conn: _Conn) -> None:
+        conn.write_settled = None  # a cycle (conn → partial → conn): freed now, not by the GC
         if self._conns.pop(conn.id, None) is not None:
             self._slots.release(conn.peer.uid, conn.tier)
         conn.reader.release()
