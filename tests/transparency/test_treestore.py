@@ -131,3 +131,33 @@ async def test_checkpoints_cover_only_what_is_on_disk(tmp_path: Path) -> None:
     signed = open_checkpoint(await transparency.checkpoint(), verifier).checkpoint
     assert (signed.size, signed.root) == (9, transparency.tree.root(9))
     transparency.close()
+
+
+def test_the_commit_subscriber_adds_each_batch_and_stops_at_a_gap(tmp_path: Path) -> None:
+    """`on_commit` gets each committed batch on the event loop: one leaf per line, in seq order;
+    a record out of order stops the tree there (broken), it never takes a wrong leaf."""
+    from timelined.auditlog.record import GENESIS_PREV, encode_record
+    from timelined.events import ConversationCreated
+
+    prev, batch = GENESIS_PREV, []
+    for seq in range(1, 8):
+        event = ConversationCreated(
+            conversation_id=f"conv_{seq:026d}", name=f"c{seq}", root_context_id=f"ctx_{seq:026d}"
+        )
+        record, line = encode_record(seq, "2026-01-01T00:00:00.000000Z", "daemon", event, prev)
+        prev = record.hash
+        batch.append((record, line))
+    memory = merkle.MemoryTree()
+    for _, line in batch:
+        memory.append_hash(merkle.leaf_hash(line[:-1]))
+    tree = LogTree(LevelFiles.open(tmp_path / "tree"))
+    for part in (batch[:1], batch[1:4], batch[4:5]):
+        tree.on_commit([r for r, _ in part], [line for _, line in part])
+    assert tree.size == 5 and tree.broken is None
+    assert tree.root(5) == merkle.root(memory, 5)
+    # seq 7 where 6 was due: the leaf is not taken, and the tree stops there.
+    tree.on_commit([batch[6][0]], [batch[6][1]])
+    assert tree.size == 5 and tree.broken == "expected seq 6, got 7"
+    tree.on_commit([batch[5][0]], [batch[5][1]])  # a broken tree takes nothing more
+    assert tree.size == 5
+    tree.close()

@@ -68,12 +68,16 @@ class LogTree:
         line the writer wrote (newline included)."""
         if self.broken is not None:
             return
+        files = self.files
+        append, leaf_hash = files.append, merkle.leaf_hash  # once per batch, not per record
+        expected = files.size + 1
         for r, line in zip(records, lines, strict=True):
-            if r.seq != self.files.size + 1:
-                self.broken = f"expected seq {self.files.size + 1}, got {r.seq}"
-                log.error("the Merkle tree stops at %d: %s", self.files.size, self.broken)
+            if r.seq != expected:
+                self.broken = f"expected seq {expected}, got {r.seq}"
+                log.error("the Merkle tree stops at %d: %s", files.size, self.broken)
                 return
-            self.files.append(merkle.leaf_hash(line[:-1]))
+            append(leaf_hash(line[:-1]))
+            expected += 1
 
     def root(self, size: int) -> bytes:
         self._check_size(size)

@@ -73,6 +73,7 @@ from timelined.varlink.framing import (
     FrameReader,
     FrameTooLarge,
     IncompleteFrame,
+    ReceiveBuffer,
     decode_call,
     send_all,
 )
@@ -320,6 +321,7 @@ class _Conn:
         "stream_scope",
         "tier",
         "wake",
+        "write_settled",
     )
 
     def __init__(
@@ -331,10 +333,11 @@ class _Conn:
         tier: str,
         max_message_bytes: int,
         buffers: ByteBudget,
+        into: ReceiveBuffer,
     ) -> None:
         self.id = cid
         self.stream = stream
-        self.reader = FrameReader(stream, max_message_bytes, budget=buffers)
+        self.reader = FrameReader(stream, max_message_bytes, budget=buffers, into=into)
         self.sock = sock
         self.peer = peer
         self.tier = tier
@@ -348,6 +351,7 @@ class _Conn:
         self.slots: list[tuple[int, Deferred, CallMessage]] = []
         self.outstanding = 0  # of `slots`, how many have no outcome yet
         self.wake: Callable[[], None] | None = None  # wakes `_settle` when `outstanding` is 0
+        self.write_settled: Callable[[], None] | None = None  # `_write_settled` of this conn
         # Served by the loop's read callback, without a task (asyncio only; see `_detach`).
         self.detached = False
         self.reading = False  # the read callback is registered
@@ -394,6 +398,8 @@ class VarlinkServer:
         self._methods: dict[str, _Entry] = {}
         self._conns: dict[int, _Conn] = {}
         self._ids = itertools.count(1)
+        # Every connection's reads go through it: they all run on the server's one loop.
+        self._receive = ReceiveBuffer()
         self._closing = False
         self._lingering = 0
         self._tg: TaskGroup | None = None
@@ -592,7 +598,14 @@ class VarlinkServer:
             return
         cid = next(self._ids)
         conn = _Conn(
-            cid, stream, sock, peer, admission.tier, limits.max_message_bytes, self.buffers
+            cid,
+            stream,
+            sock,
+            peer,
+            admission.tier,
+            limits.max_message_bytes,
+            self.buffers,
+            self._receive,
         )
         # Registered before its task runs, so that a burst of accepts counts it.
         self._conns[cid] = conn
@@ -676,6 +689,8 @@ class VarlinkServer:
             self._drop(conn)
             return
         conn.detached = True
+        if conn.write_settled is None:  # made once: a read's batch is settled through it
+            conn.write_settled = functools.partial(self._write_settled, conn)
         conn.state = _IDLE
         conn.idle_since = time.monotonic()
         self._resume_reading(conn)
@@ -716,7 +731,7 @@ class VarlinkServer:
 
     def _on_readable(self, conn: _Conn) -> None:
         try:
-            chunk = conn.sock.recv(DEFAULT_RECEIVE_SIZE)
+            chunk = self._receive.recv(conn.sock)
         except BlockingIOError:
             return
         except OSError:
@@ -783,7 +798,7 @@ class VarlinkServer:
         if reader.failed:
             self._attach(conn)  # answers the calls above, then the error
         elif conn.outstanding:
-            conn.wake = functools.partial(self._write_settled, conn)
+            conn.wake = conn.write_settled
         else:
             self._write_settled(conn)
 
@@ -816,7 +831,7 @@ class VarlinkServer:
             conn.state = _IDLE
             conn.idle_since = time.monotonic()
             self._resume_reading(conn)
-            if conn.reader.pending_bytes or conn.reader.failed:
+            if conn.reader.has_input:
                 self._run_read(conn)
         except Exception:
             self._callback_failed(conn)
@@ -853,6 +868,7 @@ class VarlinkServer:
                 await _close_quietly(conn.stream)
 
     def _release(self, conn: _Conn) -> None:
+        conn.write_settled = None  # a cycle (conn → partial → conn): freed now, not by the GC
         if self._conns.pop(conn.id, None) is not None:
             self._slots.release(conn.peer.uid, conn.tier)
         conn.reader.release()
