@@ -242,8 +242,9 @@ def _block_row(seq: int, b: ev.BlockData, position: int | None) -> BlockRow:
         b.time_taken,
         b.tokens_input,
         b.tokens_output,
-        dump_json(b.metadata),
-        dump_json(b.sub_blocks),
+        # Most blocks have neither: their JSON text without an encoder call (the same text).
+        dump_json(b.metadata) if b.metadata else "{}",
+        dump_json(b.sub_blocks) if b.sub_blocks else "[]",
     )
 
 
