@@ -1,13 +1,13 @@
 """The writer thread's CPU per AppendBlock, in process (no socket).
 
-`python benchmarks/writer_cpu.py [--tasks 64] [--appends 12800] [--fsync always|off] [--contend]`. An engine is opened on a
-scratch directory as tests/engine does; `--tasks` callers submit AppendBlock one after another
-(64: batches of ~64; 1: one append per batch). Prints one JSON line: the writer thread's CPU
-(`pthread_getcpuclockid`) per append, the search index's catch-up included, the mean batch and
-the wall time per append. `--contend` adds a thread that takes and drops the GIL as a busy
-event loop does (Python work between syscalls): what the writer pays for the GIL handoffs of
-its own GIL-releasing calls (SQLite's step and reset, os.urandom, writes) when the event loop
-is busy, as it is in the daemon at 64 connections.
+`python benchmarks/writer_cpu.py [--tasks 64] [--appends 12800] [--fsync always|off]
+[--contend]`. An engine is opened on a scratch directory as tests/engine does; `--tasks`
+callers submit AppendBlock one after another (64: batches of ~64; 1: one append per batch).
+Prints one JSON line: the writer thread's CPU (`pthread_getcpuclockid`) per append, the search
+index's catch-up included, the mean batch and the wall time per append. `--contend` adds a
+thread that takes and drops the GIL as a busy event loop does (Python work between syscalls):
+what the writer pays for the GIL handoffs of its own GIL-releasing calls (SQLite's step and
+reset, os.urandom, writes) when the event loop is busy, as in the daemon at 64 connections.
 """
 
 from __future__ import annotations
