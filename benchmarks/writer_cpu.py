@@ -4,10 +4,11 @@
 [--contend]`. An engine is opened on a scratch directory as tests/engine does; `--tasks`
 callers submit AppendBlock one after another (64: batches of ~64; 1: one append per batch).
 Prints one JSON line: the writer thread's CPU (`pthread_getcpuclockid`) per append, the search
-index's catch-up included, the mean batch and the wall time per append. `--contend` adds a
-thread that takes and drops the GIL as a busy event loop does (Python work between syscalls):
-what the writer pays for the GIL handoffs of its own GIL-releasing calls (SQLite's step and
-reset, os.urandom, writes) when the event loop is busy, as in the daemon at 64 connections.
+index's catch-up included; its waits (voluntary context switches, mostly for the GIL back) per
+append; the mean batch and the wall time per append. `--contend` adds a thread that takes and
+drops the GIL as a busy event loop does (Python work between syscalls): what the writer pays
+for the GIL handoffs of its own GIL-releasing calls (SQLite's step and reset, os.urandom,
+writes) when the event loop is busy, as in the daemon at 64 connections.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ from timelined.writer.engine import Engine
 
 TEXT = "x" * 400 + " a few words for the search index to take"
 WRITER_THREAD = "timelined-writer"
+
+
+def _switches(thread_id: int) -> int:
+    """The thread's voluntary context switches: each is a wait, mostly for the GIL back."""
+    status = Path(f"/proc/self/task/{thread_id}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
 
 
 def _contend(stop: threading.Event) -> None:
@@ -60,6 +67,7 @@ async def measure(
                 for _ in range(per_task):
                     await engine.submit(append)
 
+            switches0 = _switches(writer.native_id or 0)
             batches0, cpu0, wall0 = (
                 engine.stats.batches,
                 time.clock_gettime(clock),
@@ -70,12 +78,14 @@ async def measure(
             stop.set()
             await engine.index_caught_up(10.0)
             cpu = time.clock_gettime(clock) - cpu0
+            switches = _switches(writer.native_id or 0) - switches0
             done = per_task * tasks
             return {
                 "tasks": tasks,
                 "fsync": fsync,
                 "contend": contend,
                 "writer_us": round(cpu / done * 1e6, 1),
+                "writer_waits": round(switches / done, 2),
                 "mean_batch": round(done / max(1, engine.stats.batches - batches0), 1),
                 "wall_us": round(wall / done * 1e6, 1),
             }
