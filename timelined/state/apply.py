@@ -373,11 +373,11 @@ _WITH_BLOCK: dict[type, Callable[[DbConn, Record, Any, FtsRows], None]] = {
 def apply(conn: DbConn, record: Record, fts: FtsRows | None = None) -> None:
     """Turn one logged event into rows (inside the caller's transaction).
 
-    With `fts`, a new block's full-text row is appended to that list instead of inserted; the
-    caller inserts the rows with `insert_fts` before it commits. The writer does so because it
-    runs each command under a SAVEPOINT, and FTS5 flushes its pending terms to disk at every
-    savepoint: one tiny index segment per block (and the merges they cause) instead of one
-    per batch.
+    With `fts`, a new block's full-text row is appended to that list instead of inserted, and
+    the caller indexes it later: the writer counts the rows and indexes the committed blocks
+    after the COMMIT, in transactions of their own (`index_blocks`; writer/engine.py). FTS5
+    flushes its pending terms at every savepoint, and the index is off the append's path.
+    `insert_fts` inserts such rows at once (benchmarks/parts/raw.py's ceiling does).
     """
     event = record.event
     if fts is not None and type(event) in _WITH_BLOCK:
