@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from tests.helpers import dump_state
 from timelined import events as ev
 from timelined.events import Actor, Record
-from timelined.state.apply import BLOCK_COLUMNS, BlockRow, BlockRows, apply
+from timelined.state.apply import BLOCK_COLUMNS, BlockRow, BlockRows, _block_row, apply, dump_json
 from timelined.state.schema import migrate
 
 ACTOR = Actor(uid=1000, gid=1000, pid=4242)
@@ -155,3 +155,22 @@ def test_block_rows_equal_per_event_apply(steps: list[tuple[Any, ...]]) -> None:
     want.pop("blocks")
     got.pop("blocks")
     assert got == want
+
+
+@given(_metadata, st.lists(st.tuples(st.sampled_from(["tool_call", "thought"]), _text), max_size=2))
+def test_a_block_rows_json_columns_are_the_state_encoders_text(
+    metadata: dict[str, Any], subs: list[tuple[str, str]]
+) -> None:
+    """Empty metadata and sub-blocks skip the encoder (`_block_row`): the same text as it gives."""
+    block = ev.BlockData(
+        id="blk_1",
+        context_id="ctx_1",
+        role="user",
+        content="c",
+        timestamp="2026-12-07T00:00:00.000000Z",
+        metadata=metadata,
+        sub_blocks=[ev.SubBlock(type=t, content=c) for t, c in subs],
+    )
+    row = dict(zip(BLOCK_COLUMNS, _block_row(7, block, None), strict=True))
+    assert row["metadata"] == dump_json(block.metadata)
+    assert row["sub_blocks"] == dump_json(block.sub_blocks)

@@ -242,8 +242,9 @@ def _block_row(seq: int, b: ev.BlockData, position: int | None) -> BlockRow:
         b.time_taken,
         b.tokens_input,
         b.tokens_output,
-        dump_json(b.metadata),
-        dump_json(b.sub_blocks),
+        # Most blocks have neither: their JSON text without an encoder call (the same text).
+        dump_json(b.metadata) if b.metadata else "{}",
+        dump_json(b.sub_blocks) if b.sub_blocks else "[]",
     )
 
 
@@ -372,11 +373,11 @@ _WITH_BLOCK: dict[type, Callable[[DbConn, Record, Any, FtsRows], None]] = {
 def apply(conn: DbConn, record: Record, fts: FtsRows | None = None) -> None:
     """Turn one logged event into rows (inside the caller's transaction).
 
-    With `fts`, a new block's full-text row is appended to that list instead of inserted; the
-    caller inserts the rows with `insert_fts` before it commits. The writer does so because it
-    runs each command under a SAVEPOINT, and FTS5 flushes its pending terms to disk at every
-    savepoint: one tiny index segment per block (and the merges they cause) instead of one
-    per batch.
+    With `fts`, a new block's full-text row is appended to that list instead of inserted, and
+    the caller indexes it later: the writer counts the rows and indexes the committed blocks
+    after the COMMIT, in transactions of their own (`index_blocks`; writer/engine.py). FTS5
+    flushes its pending terms at every savepoint, and the index is off the append's path.
+    `insert_fts` inserts such rows at once (benchmarks/parts/raw.py's ceiling does).
     """
     event = record.event
     if fts is not None and type(event) in _WITH_BLOCK:
