@@ -37,21 +37,21 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     return default_config(tmp_path / "state", log=LogConfig(fsync="off"))
 
 
-def committed_seq(config: Any) -> int:
-    """meta.last_seq as another connection sees it (committed rows only)."""
+def _outside(config: Any, sql: str) -> int:
+    """One number as another connection sees the state (committed rows only)."""
     conn = sqlite3.connect(f"file:{config.state_db}?mode=ro", uri=True)
     try:
-        return int(conn.execute("SELECT last_seq FROM meta").fetchone()[0])
+        return int(conn.execute(sql).fetchone()[0])
     finally:
         conn.close()
+
+
+def committed_seq(config: Any) -> int:
+    return _outside(config, "SELECT last_seq FROM meta")
 
 
 def blocks_seen(config: Any) -> int:
-    conn = sqlite3.connect(f"file:{config.state_db}?mode=ro", uri=True)
-    try:
-        return int(conn.execute("SELECT count(*) FROM blocks").fetchone()[0])
-    finally:
-        conn.close()
+    return _outside(config, "SELECT count(*) FROM blocks")
 
 
 async def _conversation(engine: Engine) -> str:

@@ -247,6 +247,16 @@ class _CommandTx:
         return record
 
 
+def _due(waiting: bool, now: bool, deadline: float) -> float | None:
+    """Seconds until deferred work is due (0: now; None: none waits): the COMMIT and the index
+    each wait for a reader asking, a count, or a delay after their first item."""
+    if not waiting:
+        return None
+    if now:
+        return 0.0
+    return max(0.0, deadline - time.monotonic())
+
+
 def _command_error(command: cmd.Command, exc: Exception) -> TimelinedError:
     """What a failed command is answered with: its refusal, or an InternalError for anything else
     (a bug in one command must not stop the writer, and with it every other client)."""
@@ -679,11 +689,11 @@ class Engine:
 
     def _commit_due(self) -> float | None:
         """Seconds until the answered rows should be committed (0: now); None: none wait."""
-        if not self._uncommitted or self.fatal is not None:
-            return None
-        if self._commit_wanted or self._index_wanted or self._uncommitted >= COMMIT_MAX_EVENTS:
-            return 0.0
-        return max(0.0, self._uncommitted_since + COMMIT_DELAY_S - time.monotonic())
+        return _due(
+            self._uncommitted > 0 and self.fatal is None,
+            self._commit_wanted or self._index_wanted or self._uncommitted >= COMMIT_MAX_EVENTS,
+            self._uncommitted_since + COMMIT_DELAY_S,
+        )
 
     async def _commit_now(self) -> None:
         self._commit_wanted = False  # a read asking from here on asks for the next one
@@ -724,11 +734,11 @@ class Engine:
 
     def _index_due(self) -> float | None:
         """Seconds until the search index should be written (0: now); None: nothing to index."""
-        if self._unindexed == 0 or self.fatal is not None:
-            return None
-        if self._index_wanted or self._unindexed >= INDEX_MAX_BLOCKS:
-            return 0.0
-        return max(0.0, self._unindexed_since + INDEX_DELAY_S - time.monotonic())
+        return _due(
+            self._unindexed > 0 and self.fatal is None,
+            self._index_wanted or self._unindexed >= INDEX_MAX_BLOCKS,
+            self._unindexed_since + INDEX_DELAY_S,
+        )
 
     async def _index_now(self) -> None:
         self._index_wanted = False  # a search asking from here on asks for the next one
