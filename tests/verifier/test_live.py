@@ -7,6 +7,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -18,6 +19,7 @@ from timelined.api.verify import VerifyReport
 from timelined.auditlog.segments import list_segments
 from timelined.errors import LogDamaged
 from timelined.verifier import Verifier
+from timelined.verifier import watch as watch_module
 from timelined.verifier.reports import list_reports, read_report
 from timelined.verifier.watch import LogWatch
 from timelined.writer.engine import Engine
@@ -104,6 +106,41 @@ async def test_verification_while_writers_append(large_dir: Path) -> None:
     triggers = [read_report(p).trigger for p in list_reports(config.reports_dir)]
     assert status.runs == 2 and status.drift_runs == 0, (status, triggers)
     assert len(list_segments(config.log_dir)) > segments_before + 3  # rotations meanwhile
+
+
+async def test_a_rotation_while_the_baseline_lists_the_segments_is_not_an_alarm(
+    small_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer rotating between the watcher's look at its stats and its listing of the
+    segments: the new segment must not be remembered as sealed at its first bytes (then every
+    append to it looked like someone else's: a verification run of its own, seen under load)."""
+    config = config_for(small_dir, segment_bytes=4096)
+    async with Engine.open(config) as engine:
+        writer = engine.writer
+        assert writer is not None
+        before = writer.stats()
+        # Append until the writer has rotated: its stats, taken before, name the old segment.
+        while writer.stats().segment == before.segment:
+            await populate(engine, engine.last_seq + 5, writers=2)
+        listed = False
+        real_list = watch_module.list_segments
+
+        def listing(log_dir: Path) -> Any:
+            nonlocal listed
+            listed = True
+            return real_list(log_dir)
+
+        def stats() -> Any:  # what the writer said until the listing: the rotation falls between
+            return writer.stats() if listed else before
+
+        monkeypatch.setattr(watch_module, "list_segments", listing)
+        watch = LogWatch(config.log_dir, stats, retries=3, settle=0.01)
+        await anyio.to_thread.run_sync(watch.baseline)
+        # The new segment takes more appends, then is left by the next rotation.
+        current = writer.stats().segment
+        while writer.stats().segment == current:
+            await populate(engine, engine.last_seq + 5, writers=2)
+        assert await anyio.to_thread.run_sync(watch.check, [current]) == []
 
 
 async def test_log_watch_tells_our_writes_from_others(small_dir: Path) -> None:

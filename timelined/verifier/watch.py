@@ -74,19 +74,29 @@ class LogWatch:
         self._reported: set[tuple[str, str]] = set()
 
     def baseline(self) -> None:
-        """Remember every segment as it is now (call when watching starts)."""
-        stats, _ = self._sample(None)
-        active = stats.segment if stats is not None else None
-        self._sealed.clear()
-        for seg in list_segments(self.log_dir):
-            st = _stat(Path(seg.path))
-            if st is None:
-                continue
-            if seg.name == active:
-                self._active_ino = st.st_ino
-            else:
-                self._sealed[seg.name] = _Signature.of(st)
-        self._active = active
+        """Remember every segment as it is now (call when watching starts).
+
+        Taken again when the writer rotated while the segments were listed: a segment the
+        writer had just opened would otherwise be remembered as sealed at its first bytes, and
+        its next append reported as someone else's (seen with 64 KiB segments under load)."""
+        for _ in range(self._retries):
+            stats, _ = self._sample(None)
+            active = stats.segment if stats is not None else None
+            sealed: dict[str, _Signature] = {}
+            active_ino: int | None = None
+            for seg in list_segments(self.log_dir):
+                st = _stat(Path(seg.path))
+                if st is None:
+                    continue
+                if seg.name == active:
+                    active_ino = st.st_ino
+                else:
+                    sealed[seg.name] = _Signature.of(st)
+            after = self._stats()
+            if (after.segment if after is not None else None) == active:
+                break
+        self._sealed = sealed
+        self._active, self._active_ino = active, active_ino
         self._write_errors = stats.write_errors if stats is not None else 0
 
     def check(self, names: Iterable[str]) -> list[tuple[str, str]]:
