@@ -38,7 +38,7 @@ from timelined.auditlog.writer import LogHead
 from timelined.config import Config, read_password
 from timelined.errors import BootFailed, LogDamaged, StorageError, TimelinedError
 from timelined.ids import utc_now
-from timelined.recovery.damage import clear_damage, recorded_damage
+from timelined.recovery.damage import DamageRecord, clear_damage, recorded_damage
 from timelined.recovery.lock import StateLock
 from timelined.recovery.marker import Marker, take_marker
 from timelined.recovery.report import report_id, write_report
@@ -402,12 +402,7 @@ def _check_recorded_damage_pg(config: Config, ops: FileOps, result: BootResult) 
         finally:
             conn.close()
     if chain.damage is None:
-        clear_damage(config.damage_path, ops)
-        report.actions.append(
-            f"The log damage a verification recorded (seq {record.seq}, {record.found_at}) is "
-            "gone: the log table's whole chain verifies again, so writes are accepted again."
-        )
-        log.warning("the recorded log damage at seq %s is gone: the chain verifies", record.seq)
+        _damage_gone(config, ops, report, record, "the log table's whole chain")
         return result
     d = chain.damage
     report.verdict = "degraded"
@@ -421,6 +416,18 @@ def _check_recorded_damage_pg(config: Config, ops: FileOps, result: BootResult) 
     return BootResult(
         report, None, LogDamaged(d.seq, f"{d.kind}: {d.detail}"), result.lock, postgresql=True
     )
+
+
+def _damage_gone(
+    config: Config, ops: FileOps, report: Report, record: DamageRecord, walked: str
+) -> None:
+    """The chain (`walked`) verifies again: forget the recorded damage, and say so."""
+    clear_damage(config.damage_path, ops)
+    report.actions.append(
+        f"The log damage a verification recorded (seq {record.seq}, {record.found_at}) is "
+        f"gone: {walked} verifies again, so writes are accepted again."
+    )
+    log.warning("the recorded log damage at seq %s is gone: the chain verifies", record.seq)
 
 
 def _report_damage(report: Report, d: ScanDamage) -> LogDamaged:
@@ -448,12 +455,7 @@ def _check_recorded_damage(config: Config, ops: FileOps, result: BootResult) -> 
     with report.phase("recorded-damage"):
         chain = walk_chain(config.log_dir, fileops=ops)
     if chain.damage is None:
-        clear_damage(config.damage_path, ops)
-        report.actions.append(
-            f"The log damage a verification recorded (seq {record.seq}, {record.found_at}) is "
-            "gone: the whole chain verifies again, so writes are accepted again."
-        )
-        log.warning("the recorded log damage at seq %s is gone: the chain verifies", record.seq)
+        _damage_gone(config, ops, report, record, "the whole chain")
         return result
     report.verdict = "degraded"
     return BootResult(report, None, _report_damage(report, chain.damage), result.lock)
