@@ -257,7 +257,7 @@ def _reply_size(lines: list[bytes], max_bytes: int, max_events: int) -> int:
 
 
 class WatchHub:
-    """Fans committed batches out to watchers without ever blocking the writer."""
+    """Fans answered batches (in the log) out to watchers without ever blocking the writer."""
 
     def __init__(
         self,

@@ -137,7 +137,7 @@ class EngineStats:
 
 
 class Committed(NamedTuple):
-    """A committed batch: its records and their log lines as written (newline included)."""
+    """A logged batch: its records and their log lines as written (newline included)."""
 
     records: list[Record]
     lines: list[bytes]
@@ -544,7 +544,7 @@ class Engine:
         return len(self._queue)
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
-        """Call `callback(records, lines)` with every committed batch (on the event loop): its
+        """Call `callback(records, lines)` with every answered batch (on the event loop): its
         records and their log lines exactly as written (newline included), so that no
         subscriber encodes a line again."""
         self._subscribers.append(callback)
@@ -798,8 +798,8 @@ class Engine:
         return self.indexed_seq
 
     def _acknowledged(self, batch: list[Pending], seq: int) -> None:
-        """On the event loop, while the writer's thread commits: answer the batch (its events
-        are in the log, fsynced per `log.fsync`); reads from now on wait for the commit."""
+        """On the event loop, before the batch's call returns (PgEngine: after its COMMIT):
+        answer the batch (its events are in the log); reads from now on wait for the commit."""
         self.acked_seq = seq
         for pending in batch:
             pending.answer()
@@ -832,7 +832,8 @@ class Engine:
     async def delivered(self) -> None:
         """Wait until the commit subscribers (the Merkle tree, the watch hub) were given every
         event acknowledged before this call: the tree's read-your-writes. Here they are given
-        each batch as it commits; PgEngine's also get other daemons' events, later."""
+        each batch as it is answered (waiting for the commit covers that); PgEngine's also get
+        other daemons' events, later."""
         await self.caught_up()
 
     @property
@@ -926,7 +927,8 @@ class Engine:
         lines: list[bytes],
         fts: FtsRows,
     ) -> Committed:
-        """On the writer's thread, the batch's commands run: log it, answer, commit."""
+        """On the writer's thread, the batch's commands run: log it; it is answered when the
+        call returns, its rows committed later (`_commit_open`)."""
         conn = self._conn
         seq, prev = records[-1].seq, records[-1].hash
         assert self._writer is not None, "read-only engines refuse commands in submit()"
