@@ -25,6 +25,7 @@ from benchmarks.env import Env
 from benchmarks.report import Target
 from benchmarks.stats import summary_ms
 from benchmarks.wire import TIMELINE, WireClient
+from timelined.config import Config
 
 PART = "query"
 
@@ -63,12 +64,18 @@ class Reads:
         return "SearchBlocks", {"query": self.gen.word(0, 10)}
 
 
+def served_history(env: Env, name: str) -> tuple[Dataset, Config]:
+    """The cached history of `env.big` events, installed clean in a fresh scratch directory."""
+    ds = dataset(env.cache, env.big)
+    config = write_config(env.scratch(name))
+    ds.install(config, clean=True)
+    return ds, config
+
+
 def run(env: Env) -> None:
     res = env.results
     n = env.big
-    ds = dataset(env.cache, n)
-    config = write_config(env.scratch("query"))
-    ds.install(config, clean=True)
+    ds, config = served_history(env, "query")
     reads = Reads(ds)
     calls = 200 if env.quick else 2000
 

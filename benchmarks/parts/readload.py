@@ -22,11 +22,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from benchmarks.daemon import Daemon, write_config
-from benchmarks.dataset import dataset
+from benchmarks.daemon import Daemon
 from benchmarks.env import Env
 from benchmarks.loadgen import Load
-from benchmarks.parts.query import Call, Reads
+from benchmarks.parts.query import Call, Reads, served_history
 from benchmarks.parts.socket import batch_counts
 from benchmarks.stats import median, summary_ms
 from benchmarks.wire import TIMELINE, WireClient
@@ -65,9 +64,7 @@ def _round_robin(
 def run(env: Env) -> None:
     res = env.results
     n = env.big
-    ds = dataset(env.cache, n)
-    config = write_config(env.scratch("readload"))
-    ds.install(config, clean=True)
+    ds, config = served_history(env, "readload")
     cases = _cases(Reads(ds))
     conns = 8 if env.quick else CONNS
     window = 1.0 if env.quick else 6.0
