@@ -34,13 +34,6 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     return default_config(tmp_path / "state", log=LogConfig(fsync="off"))
 
 
-@pytest.fixture
-def scratch(tmp_path: Path) -> Path:
-    path = tmp_path / "scratch"
-    path.mkdir()
-    return path
-
-
 def main_file_seq(config: Any, scratch: Path) -> int:
     """meta.last_seq in the main database file, its WAL left out."""
     copy = scratch / "main-only.db"
@@ -54,27 +47,24 @@ def main_file_seq(config: Any, scratch: Path) -> int:
         conn.close()
 
 
-async def checkpointing_every_page(engine: Engine) -> str:
-    """A conversation's root context, everything committed and checkpointed, and the write
-    connection's threshold one page: a COMMIT allowed to checkpoint does."""
-    conv = await engine.submit(cmd.CreateConversation(name="c"))
-    assert isinstance(conv, Conversation)
-    async with engine.paused() as conn:  # commits what is answered first
-        conn.execute("PRAGMA wal_autocheckpoint = 1")
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    return conv.root_context_id
-
-
 async def _append(engine: Engine, ctx: str, text: str) -> int:
     r = await engine.submit(cmd.AppendBlock(context_id=ctx, role="user", content=text))
     assert isinstance(r, AppendResult)
     return r.seq
 
 
-def test_a_read_waits_for_the_commit_but_not_for_a_checkpoint(config: Any, scratch: Path) -> None:
+def test_a_read_waits_for_the_commit_but_not_for_a_checkpoint(config: Any, tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+
     async def main() -> None:
         async with Engine.open(config) as engine:
-            root = await checkpointing_every_page(engine)
+            conv = await engine.submit(cmd.CreateConversation(name="c"))
+            assert isinstance(conv, Conversation)
+            root = conv.root_context_id
+            async with engine.paused() as conn:  # commits what is answered, checkpoints nothing
+                conn.execute("PRAGMA wal_autocheckpoint = 1")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             before = main_file_seq(config, scratch)
             assert before == engine.committed_seq
             for n in range(CHECKPOINT_MAX_SKIPS):
@@ -97,15 +87,20 @@ def test_a_read_waits_for_the_commit_but_not_for_a_checkpoint(config: Any, scrat
 
 
 def test_a_commit_no_read_waits_for_still_checkpoints(
-    config: Any, scratch: Path, monkeypatch: pytest.MonkeyPatch
+    config: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(engine_module, "COMMIT_MAX_EVENTS", 2)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
 
     async def main() -> None:
         async with Engine.open(config) as engine:
-            root = await checkpointing_every_page(engine)
-            await _append(engine, root, "x")
-            seq = await _append(engine, root, "y")
+            conv = await engine.submit(cmd.CreateConversation(name="c"))
+            assert isinstance(conv, Conversation)
+            async with engine.paused() as conn:
+                conn.execute("PRAGMA wal_autocheckpoint = 1")
+            await _append(engine, conv.root_context_id, "x")
+            seq = await _append(engine, conv.root_context_id, "y")
             # Two events wait: the writer commits them by itself, with nobody reading.
             with anyio.fail_after(5):
                 while engine.committed_seq < seq:  # noqa: ASYNC110 (set by the writer loop)
