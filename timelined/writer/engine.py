@@ -101,11 +101,6 @@ INDEX_MAX_BLOCKS = 2_000
 # the savepoint's journal; with 1,000, AppendBlocks of 100 blocks lost 13 % of their blocks/s.
 COMMIT_DELAY_S = 0.020
 COMMIT_MAX_EVENTS = 256
-# A COMMIT a read waits for leaves SQLite's automatic WAL checkpoint to a later COMMIT: at 64
-# connections ~3 % of the commits ran one (~20 ms for db.py's 4,000 pages), and a read waiting
-# for such a commit waited for it too (the p99 of reads under appends, docs/performance.md).
-# At most this many in a row skip it, so that the WAL stays bounded however often reads come.
-CHECKPOINT_MAX_SKIPS = 4
 
 
 def _tail_problem(scan: TailScan) -> LogDamaged | None:
@@ -318,8 +313,6 @@ class Engine:
         self._batch_savepoint = False
         # On the event loop: a read waits for a commit (`caught_up`): commit now.
         self._commit_wanted = False
-        # On the writer's thread: COMMITs in a row that skipped the WAL checkpoint (`_commit_sql`).
-        self._checkpoint_skips = 0
         self._unindexed = max(0, meta.last_seq - self._fts_seq)
         self._unindexed_since = time.monotonic()
         # On the event loop: every block up to `indexed_seq` is searchable; a search asks for
@@ -706,23 +699,22 @@ class Engine:
         )
 
     async def _commit_now(self) -> None:
-        reader = self._commit_wanted or self._index_wanted
         self._commit_wanted = False  # a read asking from here on asks for the next one
-        await self._in_writer_loop(self._commit_open, reader)
+        await self._in_writer_loop(self._commit_open)
         self._publish_state()
         if self.fatal is not None:
             self._wake_readers()
 
-    def _commit_open(self, reader: bool = False) -> None:
+    def _commit_open(self) -> None:
         """On the writer's thread, between batches: commit the open transaction (every answered
         batch since the last commit) with meta. A failure is fatal: the events are in the log,
-        answered, and the next boot rolls them forward. `reader`: a read waits for it."""
+        answered, and the next boot rolls them forward."""
         if not self._uncommitted or self.fatal is not None:
             return
         conn = self._conn
         try:
             set_meta(conn, self.last_seq, self.last_hash)
-            self._commit_sql(reader)
+            conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._fail_after_answer(
                 FatalStorageError(self.storage_name, 0, f"state commit failed: {exc}")
@@ -735,21 +727,6 @@ class Engine:
                 self._unindexed_since = time.monotonic()
             self._unindexed += self._uncommitted_blocks
         self._uncommitted = self._uncommitted_blocks = 0
-
-    def _commit_sql(self, reader: bool) -> None:
-        """COMMIT; one a read waits for without the WAL checkpoint (CHECKPOINT_MAX_SKIPS)."""
-        conn = self._conn
-        if not reader or self._checkpoint_skips >= CHECKPOINT_MAX_SKIPS:
-            self._checkpoint_skips = 0  # SQLite checkpoints in this COMMIT if the WAL is due
-            conn.execute("COMMIT")
-            return
-        self._checkpoint_skips += 1
-        pages = int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
-        conn.execute("PRAGMA wal_autocheckpoint = 0")
-        try:
-            conn.execute("COMMIT")
-        finally:
-            conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
 
     def _publish_state(self) -> None:
         """On the event loop, after a call on the writer's thread: how far the state is."""
@@ -767,26 +744,25 @@ class Engine:
         )
 
     async def _index_now(self) -> None:
-        reader = self._index_wanted
         self._index_wanted = False  # a search asking from here on asks for the next one
-        await self._in_writer_loop(self._index_committed, reader)
+        await self._in_writer_loop(self._index_committed)
         self._publish_state()
         self._publish_indexed()
         if self.fatal is not None:
             self._wake_readers()
 
-    def _index_committed(self, reader: bool = False) -> None:
+    def _index_committed(self) -> None:
         """On the writer's thread, between batches: index every block committed since the last
         time, and record it (meta.fts_seq), in one transaction of its own. A failure is fatal
         like any other state error outside a command's checks; the boot indexes the gap."""
-        self._commit_open(reader)  # BEGIN needs no open transaction; the index what it commits
+        self._commit_open()  # BEGIN below needs no open transaction; the index what it commits
         if self._unindexed == 0 or self.fatal is not None:
             return
         conn, upto = self._conn, self._state_seq
         try:
             conn.execute("BEGIN IMMEDIATE")
             index_blocks(conn, self._fts_seq, upto)
-            self._commit_sql(reader)
+            conn.execute("COMMIT")
         except sqlite3.Error as exc:
             try:
                 if conn.in_transaction:
