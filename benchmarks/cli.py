@@ -1,7 +1,7 @@
 """`python -m benchmarks [--quick] [--out FILE] [--keep] [PART ...]`.
 
-Parts, in the order they run: raw, engine, socket, tree, boot, verify, query, memory, client,
-adapters, pg, pgverify (all by default).
+Parts, in the order they run: raw, engine, socket, tree, boot, verify, query, readload, memory,
+client, adapters, pg, pgverify (all by default).
 The JSON goes to `--out`, else `benchmarks/results/<date>.json` (`<date>-quick.json` for
 `--quick`); the table is printed at the end. `--quick` runs every part's code path on small N in
 seconds and asserts nothing about speed (tests/test_bench_quick.py runs it).
@@ -30,6 +30,7 @@ PARTS = (
     "boot",
     "verify",
     "query",
+    "readload",
     "memory",
     "client",
     "adapters",

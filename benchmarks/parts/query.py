@@ -20,61 +20,79 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks.daemon import Daemon, write_config
-from benchmarks.dataset import TextGen, dataset
+from benchmarks.dataset import Dataset, TextGen, dataset
 from benchmarks.env import Env
 from benchmarks.report import Target
 from benchmarks.stats import summary_ms
 from benchmarks.wire import TIMELINE, WireClient
+from timelined.config import Config
 
 PART = "query"
+
+Call = tuple[str, dict[str, Any]]  # a method's name (in TIMELINE) and its parameters
+
+
+class Reads:
+    """The calls of the cases, their parameters drawn at random from the history `ds`."""
+
+    def __init__(self, ds: Dataset, seed: int = 5) -> None:
+        self.rng = random.Random(seed)
+        self.gen = TextGen(seed=seed + 3)
+        self.roots: list[list[Any]] = ds.info["sample_roots"]
+        self.sidebars: list[list[Any]] = ds.info["sample_sidebars"] or [
+            [r[1], 0] for r in self.roots
+        ]
+
+    def page(self) -> Call:
+        _, ctx, own = self.rng.choice(self.roots)
+        after = self.rng.randrange(0, max(1, own - 100))
+        return "ListBlocks", {"context_id": ctx, "after": after, "limit": 100}
+
+    def history_side(self) -> Call:
+        return "GetHistory", {"context_id": self.rng.choice(self.sidebars)[0]}
+
+    def history_root(self) -> Call:
+        return "GetHistory", {"context_id": self.rng.choice(self.roots)[1], "limit": 100}
+
+    def search_word(self) -> Call:
+        return "SearchBlocks", {"query": self.gen.word(0, 4000)}
+
+    def search_two(self) -> Call:
+        return "SearchBlocks", {"query": f"{self.gen.word(0, 4000)} {self.gen.word(0, 4000)}"}
+
+    def search_common(self) -> Call:
+        return "SearchBlocks", {"query": self.gen.word(0, 10)}
+
+
+def served_history(env: Env, name: str) -> tuple[Dataset, Config]:
+    """The cached history of `env.big` events, installed clean in a fresh scratch directory."""
+    ds = dataset(env.cache, env.big)
+    config = write_config(env.scratch(name))
+    ds.install(config, clean=True)
+    return ds, config
 
 
 def run(env: Env) -> None:
     res = env.results
     n = env.big
-    ds = dataset(env.cache, n)
-    config = write_config(env.scratch("query"))
-    ds.install(config, clean=True)
-    rng = random.Random(5)
-    gen = TextGen(seed=8)
-    roots: list[list[Any]] = ds.info["sample_roots"]
-    sidebars: list[list[Any]] = ds.info["sample_sidebars"] or [[r[1], 0] for r in roots]
+    ds, config = served_history(env, "query")
+    reads = Reads(ds)
     calls = 200 if env.quick else 2000
 
-    def page() -> tuple[str, dict[str, Any]]:
-        _, ctx, own = rng.choice(roots)
-        after = rng.randrange(0, max(1, own - 100))
-        return "ListBlocks", {"context_id": ctx, "after": after, "limit": 100}
-
-    def history_side() -> tuple[str, dict[str, Any]]:
-        return "GetHistory", {"context_id": rng.choice(sidebars)[0]}
-
-    def history_root() -> tuple[str, dict[str, Any]]:
-        return "GetHistory", {"context_id": rng.choice(roots)[1], "limit": 100}
-
-    def search_word() -> tuple[str, dict[str, Any]]:
-        return "SearchBlocks", {"query": gen.word(0, 4000)}
-
-    def search_two() -> tuple[str, dict[str, Any]]:
-        return "SearchBlocks", {"query": f"{gen.word(0, 4000)} {gen.word(0, 4000)}"}
-
-    def search_common() -> tuple[str, dict[str, Any]]:
-        return "SearchBlocks", {"query": gen.word(0, 10)}
-
-    cases: list[tuple[str, Callable[[], tuple[str, dict[str, Any]]], Target | None, int]] = [
-        ("ListBlocks, page of 100", page, Target("<=", 2.0, "issue 8"), calls),
-        ("GetHistory, a sidebar (inherited + own)", history_side, None, calls),
-        ("GetHistory, a root context, limit 100", history_root, None, calls),
+    cases: list[tuple[str, Callable[[], Call], Target | None, int]] = [
+        ("ListBlocks, page of 100", reads.page, Target("<=", 2.0, "issue 8"), calls),
+        ("GetHistory, a sidebar (inherited + own)", reads.history_side, None, calls),
+        ("GetHistory, a root context, limit 100", reads.history_root, None, calls),
         (
             "SearchBlocks, one random vocabulary word",
-            search_word,
+            reads.search_word,
             Target("<=", 20, "issue 8"),
             calls,
         ),
-        ("SearchBlocks, two random words", search_two, None, calls),
+        ("SearchBlocks, two random words", reads.search_two, None, calls),
         (
             "SearchBlocks, one of the 10 most common words",
-            search_common,
+            reads.search_common,
             None,
             min(40, calls // 5),
         ),
