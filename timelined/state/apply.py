@@ -307,14 +307,13 @@ class StagedBlocks:
     def insert(self, conn: DbConn) -> None:
         """Insert what is staged, in seq order: a statement per power of two of rows (at most
         INSERT_ROWS_MAX rows each; the texts stay in the connection's statement cache)."""
-        rows, done = self.rows, 0
+        rows, done, left = self.rows, 0, len(self.rows)
         self.rows = []
-        while done < len(rows):
-            n = INSERT_ROWS_MAX
-            while n > len(rows) - done:
-                n >>= 1
+        while left:
+            n = 1 << (min(left, INSERT_ROWS_MAX).bit_length() - 1)
             conn.execute(_INSERT_ROWS[n], [v for row in rows[done : done + n] for v in row])
             done += n
+            left -= n
 
     def clear(self) -> None:
         self.rows = []
