@@ -82,8 +82,9 @@ log = logging.getLogger("timelined.writer.engine")
 
 T = TypeVar("T")
 
-# How far a rollback reaches: the command's savepoint (rolled back to and released), the command's
-# one statement (already undone by SQLite: nothing but the cache to forget), or the whole batch.
+# How far a rollback reaches: the command's savepoint (rolled back to and released, its staged
+# rows dropped), a refused append (it wrote and staged nothing: only the cache to forget; the
+# rows staged before it stay), or the whole batch (its staged rows dropped).
 RollbackScope = Literal["savepoint", "statement", "batch"]
 
 # The search index is written after the batches' COMMITs, in transactions of its own (one
