@@ -25,7 +25,7 @@ from timelined.api.timeline import AppendResult
 from timelined.config import LogConfig, default_config
 from timelined.errors import DiskFull, InternalError, TimelinedError
 from timelined.state import queries as q
-from timelined.state.apply import apply as real_apply
+from timelined.state.apply import BLOCK_COLUMNS, StagedBlocks
 from timelined.writer import engine as engine_module
 from timelined.writer.engine import Engine
 
@@ -158,10 +158,12 @@ def test_an_undone_batch_leaves_the_answered_batches_before_it(
 ) -> None:
     """A command failing after its INSERT undoes its whole batch (no savepoint per append), and
     only that batch: the answered batches in the same open transaction stay."""
+    real_insert = StagedBlocks.insert
 
-    def failing(conn: sqlite3.Connection, record: Any, fts: Any = None) -> None:
-        real_apply(conn, record, fts)
-        if getattr(record.event, "block", None) and record.event.block.content == "boom":
+    def failing(staged: StagedBlocks, conn: sqlite3.Connection) -> None:
+        boom = any(row[BLOCK_COLUMNS.index("content")] == "boom" for row in staged.rows)
+        real_insert(staged, conn)
+        if boom:
             raise OverflowError("after the INSERT")
 
     async def main() -> None:
@@ -170,10 +172,10 @@ def test_an_undone_batch_leaves_the_answered_batches_before_it(
             await engine.caught_up()
             kept = await _append(engine, root, "kept")
             assert engine.committed_seq < kept.seq
-            monkeypatch.setattr(engine_module, "apply", failing)
+            monkeypatch.setattr(StagedBlocks, "insert", failing)
             with pytest.raises(InternalError):
                 await _append(engine, root, "boom")
-            monkeypatch.setattr(engine_module, "apply", real_apply)
+            monkeypatch.setattr(StagedBlocks, "insert", real_insert)
             assert engine.fatal is None and engine.last_seq == kept.seq
             blocks, _ = await engine.read(q.list_blocks, root, limit=100)
             assert [b.content for b in blocks] == ["kept"]
@@ -194,12 +196,14 @@ def test_a_transaction_lost_under_answered_rows_is_fatal(
             await engine.caught_up()
             kept = await _append(engine, root, "kept")
 
-            def failing(conn: sqlite3.Connection, record: Any, fts: Any = None) -> None:
-                real_apply(conn, record, fts)
+            real_insert = StagedBlocks.insert
+
+            def failing(staged: StagedBlocks, conn: sqlite3.Connection) -> None:
+                real_insert(staged, conn)
                 conn.execute("ROLLBACK")  # what SQLITE_FULL or SQLITE_IOERR may do
                 raise sqlite3.OperationalError("database or disk is full")
 
-            monkeypatch.setattr(engine_module, "apply", failing)
+            monkeypatch.setattr(StagedBlocks, "insert", failing)
             with pytest.raises(TimelinedError):
                 await _append(engine, root, "lost")
             assert engine.fatal is not None

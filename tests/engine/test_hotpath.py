@@ -34,7 +34,7 @@ from timelined.errors import (
     TimelinedError,
 )
 from timelined.state import queries as q
-from timelined.state.apply import apply as real_apply
+from timelined.state.apply import BLOCK_COLUMNS, StagedBlocks
 from timelined.writer import engine as engine_module
 from timelined.writer import rules
 from timelined.writer.engine import Engine
@@ -48,10 +48,15 @@ def _state_equals_replay(tmp_path: Path, config: Any) -> None:
     assert dump_state(config.state_db) == replay_dump(config.log_dir, tmp_path / "replay.db")
 
 
-def _apply_failing_on_boom(conn: sqlite3.Connection, record: Any, fts: Any = None) -> None:
-    """`apply`, failing after the INSERT of a block whose content is "boom"."""
-    real_apply(conn, record, fts)
-    if getattr(record.event, "block", None) and record.event.block.content == "boom":
+_real_insert = StagedBlocks.insert
+_CONTENT = BLOCK_COLUMNS.index("content")
+
+
+def _insert_failing_on_boom(self: StagedBlocks, conn: sqlite3.Connection) -> None:
+    """The staged block rows' INSERT, failing after it when a block's content is "boom"."""
+    boom = any(row[_CONTENT] == "boom" for row in self.rows)
+    _real_insert(self, conn)
+    if boom:
         raise OverflowError("after the INSERT")
 
 
@@ -102,7 +107,7 @@ def test_a_failure_after_the_insert_undoes_the_batch(
             await engine.caught_up()  # answered before its COMMIT: read the file after it
             before = dump_state(config.state_db)
             seq = engine.last_seq
-            monkeypatch.setattr(engine_module, "apply", _apply_failing_on_boom)
+            monkeypatch.setattr(StagedBlocks, "insert", _insert_failing_on_boom)
             results: list[Any] = []
 
             async def one(text: str) -> None:
@@ -123,7 +128,7 @@ def test_a_failure_after_the_insert_undoes_the_batch(
             assert engine.last_seq == seq and engine.fatal is None
             assert len(engine.hot) == 0
             assert dump_state(config.state_db) == before
-            monkeypatch.setattr(engine_module, "apply", real_apply)
+            monkeypatch.setattr(StagedBlocks, "insert", _real_insert)
             r = await engine.submit(cmd.AppendBlock(context_id=root, role="user", content="d"))
             assert isinstance(r, AppendResult) and r.block.position == 2
         _state_equals_replay(tmp_path, config)
@@ -252,7 +257,7 @@ def test_an_append_blocks_failing_midway_is_undone_alone(
             conv = await engine.submit(cmd.CreateConversation(name="c"))
             assert isinstance(conv, Conversation)
             root = conv.root_context_id
-            monkeypatch.setattr(engine_module, "apply", _apply_failing_on_boom)
+            monkeypatch.setattr(StagedBlocks, "insert", _insert_failing_on_boom)
             turn = cmd.AppendBlocks(
                 context_id=root,
                 blocks=[cmd.NewBlock("user", t) for t in ("t1", "t2", "boom", "t4")],
@@ -276,7 +281,7 @@ def test_an_append_blocks_failing_midway_is_undone_alone(
             assert isinstance(results[1], InternalError), results
             assert isinstance(results[0], AppendResult) and results[0].block.position == 1
             assert isinstance(results[2], AppendResult) and results[2].block.position == 2
-            monkeypatch.setattr(engine_module, "apply", real_apply)
+            monkeypatch.setattr(StagedBlocks, "insert", _real_insert)
             ok = await engine.submit(
                 cmd.AppendBlocks(context_id=root, blocks=[cmd.NewBlock("user", "t5")])
             )

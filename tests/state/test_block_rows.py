@@ -1,5 +1,6 @@
-"""state.apply's BlockRows (blocks handed on as rows, the verifier's replay) against per-event
-apply (blocks inserted): the same rows, in the same order, and the same other tables."""
+"""state.apply's BlockRows (blocks handed on as rows, the verifier's replay) and StagedBlocks
+(the writer's blocks inserted a batch at a time) against per-event apply (blocks inserted one by
+one): the same rows, in the same order, and the same other tables."""
 
 from __future__ import annotations
 
@@ -12,7 +13,15 @@ from hypothesis import given, settings
 from tests.helpers import dump_state
 from timelined import events as ev
 from timelined.events import Actor, Record
-from timelined.state.apply import BLOCK_COLUMNS, BlockRow, BlockRows, _block_row, apply, dump_json
+from timelined.state.apply import (
+    BLOCK_COLUMNS,
+    BlockRow,
+    BlockRows,
+    StagedBlocks,
+    _block_row,
+    apply,
+    dump_json,
+)
 from timelined.state.schema import migrate
 
 ACTOR = Actor(uid=1000, gid=1000, pid=4242)
@@ -155,6 +164,41 @@ def test_block_rows_equal_per_event_apply(steps: list[tuple[Any, ...]]) -> None:
     want.pop("blocks")
     got.pop("blocks")
     assert got == want
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_step, max_size=60), st.lists(st.integers(0, 130), max_size=4))
+def test_staged_block_rows_equal_per_event_apply(
+    steps: list[tuple[Any, ...]], runs: list[int]
+) -> None:
+    """Blocks staged (positions counted per context, as the writer's cache does) and inserted
+    before every other event and at the end: the state per-event apply makes. `runs` adds
+    runs of blocks to one context, so that every chunk size of the multi-row INSERT is met."""
+    run = ("block", (0, "user", "run", None, None, {}, []))
+    records = _records(steps + [step for n in runs for step in [("focus", 0), *[run] * n]])
+    inserted, staged_db = _db(), _db()
+    staged, fts, positions = StagedBlocks(), [], dict[str, int]()
+    for conn in (inserted, staged_db):
+        conn.execute("BEGIN")
+    for record in records:
+        apply(inserted, record)
+        event = record.event
+        if isinstance(event, ev.BlockAppended):
+            position = positions.get(event.block.context_id, 0) + 1
+            staged.stage(record.seq, event.block, position, fts)
+            positions[event.block.context_id] = position
+            continue
+        staged.insert(staged_db)
+        apply(staged_db, record)
+        if isinstance(event, ev.ContextMerged):
+            positions[event.parent_id] = positions.get(event.parent_id, 0) + 1
+    staged.insert(staged_db)
+    assert len(staged) == 0
+    for conn in (inserted, staged_db):
+        conn.execute("COMMIT")
+    assert dump_state(staged_db) == dump_state(inserted)
+    blocks = [r for r in records if isinstance(r.event, ev.BlockAppended)]
+    assert fts == [(r.seq, r.event.block.content) for r in blocks]  # type: ignore[attr-defined]
 
 
 @given(_metadata, st.lists(st.tuples(st.sampled_from(["tool_call", "thought"]), _text), max_size=2))

@@ -8,9 +8,11 @@ Contract (DESIGN.md's write path):
   command (up to `log.max_batch`) and runs the whole batch in ONE call on the writer's own thread
   (`SerialThread`: every use of the write connection runs there, one call at a time): BEGIN;
   for each command a SAVEPOINT, the rules' checks, its events encoded with the next seqs and
-  applied, then RELEASE (a refusal: ROLLBACK TO, the named error, no trace); one log write;
-  fsync per `log.fsync`; then the batch's callers are ANSWERED (the events are durable in the
-  log, which is the truth). The batch's rows stay in the open transaction: the writer COMMITs
+  applied (an append's block row staged: the batch's rows are inserted together, before
+  anything else reads or writes the state and before the log's write), then RELEASE (a
+  refusal: ROLLBACK TO, the named error, no trace); one log write; fsync per `log.fsync`;
+  then the batch's callers are ANSWERED (the events are durable in the log, which is the
+  truth). The batch's rows stay in the open transaction: the writer COMMITs
   them later, with meta(last_seq, last_hash), in a call of its own (`_commit_open`) when a read
   waits for them, when COMMIT_MAX_EVENTS wait, or COMMIT_DELAY_S after the first of them (a
   later batch joins the open transaction behind a `SAVEPOINT batch`, so that refusing it whole
@@ -65,10 +67,10 @@ from timelined.errors import (
     StorageError,
     TimelinedError,
 )
-from timelined.events import DAEMON, ActorLike, Event, Record
+from timelined.events import DAEMON, ActorLike, BlockAppended, Event, Record
 from timelined.histogram import BATCH_SIZE_BOUNDS, SECONDS_BOUNDS, Histogram
 from timelined.ids import utc_now
-from timelined.state.apply import FtsRows, apply, index_blocks, set_meta
+from timelined.state.apply import FtsRows, StagedBlocks, apply, index_blocks, set_meta
 from timelined.state.db import data_version, open_write, read_fts_seq, read_meta
 from timelined.state.reads import Readers, ReadPool, ReadSnapshot
 from timelined.state.replay import roll_forward
@@ -80,8 +82,9 @@ log = logging.getLogger("timelined.writer.engine")
 
 T = TypeVar("T")
 
-# How far a rollback reaches: the command's savepoint (rolled back to and released), the command's
-# one statement (already undone by SQLite: nothing but the cache to forget), or the whole batch.
+# How far a rollback reaches: the command's savepoint (rolled back to and released, its staged
+# rows dropped), a refused append (it wrote and staged nothing: only the cache to forget; the
+# rows staged before it stay), or the whole batch (its staged rows dropped).
 RollbackScope = Literal["savepoint", "statement", "batch"]
 
 # The search index is written after the batches' COMMITs, in transactions of its own (one
@@ -192,6 +195,7 @@ class _CommandTx:
         "_conn",
         "_hot",
         "_limits",
+        "_staged",
         "actor",
         "fts",
         "lines",
@@ -207,6 +211,7 @@ class _CommandTx:
         conn: sqlite3.Connection,
         limits: LimitsConfig,
         hot: HotState,
+        staged: StagedBlocks,
         seq: int,
         prev: str,
         actor: ActorLike,
@@ -215,6 +220,7 @@ class _CommandTx:
         self._conn = conn
         self._limits = limits
         self._hot = hot
+        self._staged = staged
         self.seq = seq
         self.prev = prev
         self.actor = actor
@@ -222,12 +228,22 @@ class _CommandTx:
         self.lines: list[bytes] = []
         self.records: list[Record] = []
         self.fts: FtsRows = []  # not inserted here: counted, indexed after the COMMIT
-        # Whether the state was written to (an `apply` began): a failure from then on may have
-        # left rows behind even when no record was emitted (the INSERT done, a later step failed).
+        # Whether the state was written to (an `apply` began, or a row was staged): a failure
+        # from then on may have left rows behind even when no record was emitted (the INSERT
+        # done, a later step failed), or a staged row of a command that is not answered as done.
         self.touched = False
 
     @property
     def conn(self) -> sqlite3.Connection:
+        """The connection, every staged block row inserted first: whatever reads or writes the
+        state through it (the rules' lookups, `apply`) sees the batch's appends before it."""
+        if self._staged:
+            try:
+                self._staged.insert(self._conn)
+            except BaseException:
+                # Rows of commands already done may be half in: the batch is undone whole.
+                self.touched = True
+                raise
         return self._conn
 
     @property
@@ -241,7 +257,15 @@ class _CommandTx:
     def emit(self, event: Event, data: bytes | None = None) -> Record:
         record, line = encode_record(self.seq + 1, self.ts, self.actor, event, self.prev, data)
         self.touched = True
-        apply(self._conn, record, self.fts)
+        # A block to a context in the cache (every append: the rules' checks put it there) is
+        # staged, its position the one the rules answered (the cached count + 1, what the
+        # INSERT's subquery computes), and inserted with the batch's others (`_run_batch`).
+        ctx = self._hot.cached(event.block.context_id) if type(event) is BlockAppended else None
+        if ctx is not None:
+            assert type(event) is BlockAppended
+            self._staged.stage(record.seq, event.block, ctx.blocks + 1, self.fts)
+        else:
+            apply(self.conn, record, self.fts)
         self._hot.observe(event)
         self.seq = record.seq
         self.prev = record.hash
@@ -340,6 +364,9 @@ class Engine:
         self._data_version = data_version(conn)
         # The writer's cache for appends; see hotstate.py for why it stays equal to the state.
         self.hot = HotState()
+        # On the writer's thread: the running batch's block rows not inserted yet (`_CommandTx`);
+        # empty between batches.
+        self._staged = StagedBlocks()
         # The write connection is used only on this thread, and only under `_lock`, which
         # `paused()` also holds so that a repair can swap the state between two batches.
         # Started last: nothing above can fail and leave it running.
@@ -881,23 +908,30 @@ class Engine:
         records: list[Record] = []
         fts: FtsRows = []
         accepted: list[Pending] = []
-        hot, limits = self.hot, self.limits
+        hot, limits, staged = self.hot, self.limits, self._staged
         ts = utc_now()  # one timestamp for the whole batch: its records are written together
         for pending in batch:
             command = pending.command
-            tx = _CommandTx(conn, limits, hot, seq, prev, pending.actor, ts)
+            tx = _CommandTx(conn, limits, hot, staged, seq, prev, pending.actor, ts)
             # An AppendBlock needs no savepoint: `rules._append_block` raises every refusal
-            # before it emits, and its one `emit` applies exactly one SQL statement (INSERT INTO
-            # blocks; the full-text row waits for `_index_committed`). A statement is atomic
-            # on its own, so a refused or failing append has nothing to undo. The one case that
-            # would need undoing (a failure after the INSERT, or an SQL error, which may have
-            # undone more than the statement) undoes the whole batch below. An AppendBlocks
-            # emits many blocks, all or none: it keeps its savepoint, as every other command.
+            # before it emits, and its one `emit` stages exactly one block row (inserted with
+            # the batch's others, below; the full-text row waits for `_index_committed`). So a
+            # refused or failing append has nothing to undo but its staged row. The one case
+            # that would need undoing (a failure after the emit, or an SQL error, which may
+            # have undone more than a statement) undoes the whole batch below. An AppendBlocks
+            # emits many blocks, all or none: it keeps its savepoint, as every other command,
+            # and its rows are inserted inside it.
             guarded = type(command) is not cmd.AppendBlock
             if guarded:
+                if staged:  # the appends before it: outside its savepoint
+                    undone = self._insert_staged(batch)
+                    if undone is not None:
+                        return undone
                 conn.execute("SAVEPOINT command")
             try:
                 pending.result = rules.execute(tx, command, ts)
+                if guarded and staged:
+                    staged.insert(conn)
             except Exception as exc:
                 error = _command_error(command, exc)
                 if not guarded and (tx.touched or isinstance(exc, sqlite3.Error)):
@@ -913,11 +947,25 @@ class Engine:
             records.extend(tx.records)
             fts.extend(tx.fts)
             accepted.append(pending)
+        if staged:
+            undone = self._insert_staged(batch)
+            if undone is not None:
+                return undone
         self.stats.commands += len(batch)
         if not lines:
             self._end_empty_batch()  # only idempotent retries and refusals: nothing to log
             return NOTHING_COMMITTED
         return self._write_batch(batch, accepted, records, lines, fts)
+
+    def _insert_staged(self, batch: list[Pending]) -> Committed | None:
+        """Insert the block rows the batch's appends staged; None, or (they failed) the batch
+        undone, as a failing INSERT of one append undid it (`_undo_batch`), with its error."""
+        try:
+            self._staged.insert(self._conn)
+        except Exception as exc:
+            log.exception("the batch's block rows failed to insert")
+            return self._undo_batch(batch, InternalError(f"{type(exc).__name__}: {exc}"))
+        return None
 
     def _write_batch(
         self,
@@ -1024,6 +1072,8 @@ class Engine:
         An SQL error may already have ended the transaction: then the batch has nothing to undo.
         """
         self._forget_cache("rolled back")
+        if scope != "statement":  # a refused append staged nothing; the rows before it stay
+            self._staged.clear()
         conn = self._conn
         if scope == "savepoint":
             conn.execute("ROLLBACK TO command")

@@ -8,7 +8,8 @@ from memory after the first append to a context.
 Correctness rests on three rules, all enforced by the engine (`engine.py`):
 
 - Only the writer owns it and only the writer changes the state, so every change passes through
-  `observe` (the writer calls it for every event it applies, right after `apply`). A
+  `observe` (the writer calls it for every event it applies, right after `apply` or after
+  staging the block's row). A
   `block.appended` moves its context's count by one; any other event type clears the whole
   cache (they are rare next to appends, and a full clear cannot miss a status, a reparent, a
   merge block or an archived conversation).
@@ -24,6 +25,8 @@ Misses are never cached (an unknown id is looked up again), and the cache is bou
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 from timelined.events import BlockAppended, Event
 from timelined.state.dbapi import DbConn
@@ -43,6 +46,14 @@ class HotContext:
         self.blocks = blocks  # own blocks = max(position): the next block is blocks + 1
 
 
+class Reader(Protocol):
+    """Where a miss reads from: asked for its connection only on a miss, so that the writer
+    can insert the rows it staged first (engine.py's `_CommandTx.conn`)."""
+
+    @property
+    def conn(self) -> DbConn: ...
+
+
 class HotState:
     __slots__ = ("_contexts", "_conversations")
 
@@ -50,11 +61,11 @@ class HotState:
         self._contexts: dict[str, HotContext] = {}
         self._conversations: dict[str, str] = {}
 
-    def context(self, conn: DbConn, id: str) -> HotContext | None:
+    def context(self, reader: Reader, id: str) -> HotContext | None:
         hit = self._contexts.get(id)
         if hit is not None:
             return hit
-        row = conn.execute(
+        row = reader.conn.execute(
             "SELECT status, conversation_id, "
             "(SELECT coalesce(max(position), 0) FROM blocks WHERE context_id = ?1) "
             "FROM contexts WHERE id = ?1",
@@ -67,11 +78,15 @@ class HotState:
         hit = self._contexts[id] = HotContext(id, row[0], row[1], int(row[2]))
         return hit
 
-    def conversation_status(self, conn: DbConn, id: str) -> str | None:
+    def cached(self, id: str) -> HotContext | None:
+        """The context if cached, without reading the state."""
+        return self._contexts.get(id)
+
+    def conversation_status(self, reader: Reader, id: str) -> str | None:
         status = self._conversations.get(id)
         if status is not None:
             return status
-        row = conn.execute("SELECT status FROM conversations WHERE id = ?", (id,)).fetchone()
+        row = reader.conn.execute("SELECT status FROM conversations WHERE id = ?", (id,)).fetchone()
         if row is None:
             return None
         if len(self._conversations) >= MAX_ENTRIES:

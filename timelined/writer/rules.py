@@ -349,14 +349,14 @@ def _writable_context(tx: Tx, context_id: str) -> HotContext:
 
     From the writer's cache (hotstate.py): no SELECT after the first append to a context. Same
     checks, same order, same errors as `_context`, `_require` and `_writable_conversation`."""
-    ctx = tx.hot.context(tx.conn, context_id)
+    ctx = tx.hot.context(tx, context_id)
     if ctx is None:
         raise ContextNotFound(context_id)
     if ctx.status != "active" and ctx.status != "paused":
         raise InvalidTransition(
             ctx.id, ctx.status, "append a block to", "blocks go to active or paused contexts"
         )
-    conv_status = tx.hot.conversation_status(tx.conn, ctx.conversation_id)
+    conv_status = tx.hot.conversation_status(tx, ctx.conversation_id)
     if conv_status is None:
         raise ConversationNotFound(ctx.conversation_id)
     if conv_status == "archived":
@@ -465,7 +465,7 @@ def _stored_prefix(tx: Tx, context_id: str, stored: list[Block | None]) -> int:
     late = next((s for s in stored[done:] if s is not None), None)
     first, last = stored[0], stored[done - 1]
     if late is None and first is not None and last is not None:
-        ctx = tx.hot.context(tx.conn, context_id)
+        ctx = tx.hot.context(tx, context_id)
         if (
             ctx is not None
             and last.position == ctx.blocks
