@@ -52,6 +52,7 @@ from timelined.varlink.errors import (
     keep_error,
 )
 from timelined.varlink.framing import (
+    CLIENT_RECEIVE_SIZE,
     FrameSplitter,
     FrameTooLarge,
     raw_socket,
@@ -75,7 +76,7 @@ T = TypeVar("T")
 Parameters = Mapping[str, Any] | msgspec.Struct | None
 
 DEFAULT_MAX_REPLY_BYTES = 256 * 1024 * 1024
-_RECV = 256 * 1024
+_RECV = CLIENT_RECEIVE_SIZE
 _EMPTY = msgspec.Raw(b"{}")
 _NO_CONTINUES = "a reply with continues to a call without more"
 

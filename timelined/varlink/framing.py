@@ -12,6 +12,7 @@ sending 10 GB without a NUL costs at most one read chunk beyond the limit, never
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -21,6 +22,7 @@ from anyio.abc import ByteReceiveStream, ByteSendStream, SocketAttribute, Socket
 from timelined.varlink.budget import ByteBudget
 
 __all__ = [
+    "CLIENT_RECEIVE_SIZE",
     "DEFAULT_RECEIVE_SIZE",
     "CallMessage",
     "FrameError",
@@ -31,12 +33,20 @@ __all__ = [
     "MalformedMessage",
     "ReceiveBuffer",
     "decode_call",
+    "method_named",
     "raw_socket",
     "receive_chunk",
     "send_all",
+    "typed_call_decoder",
 ]
 
 DEFAULT_RECEIVE_SIZE = 256 * 1024
+# A client's read size: below glibc's mmap threshold (128 KiB by default), so that the object
+# `sock.recv(n)` allocates before it reads comes from the heap; one of 256 KiB was an mmap, two
+# page faults and a munmap per read of a small reply (~17 µs of kernel time, docs/performance.md).
+# A client cannot share one `ReceiveBuffer` as the server does: its connections may be used
+# from several threads.
+CLIENT_RECEIVE_SIZE = 64 * 1024
 # An incomplete frame counts in the shared budget from this size up (below, every connection
 # may hold one; counting each small read would cost the common case).
 CHARGED_FROM = 256 * 1024
@@ -114,6 +124,35 @@ def decode_call(frame: bytes) -> CallMessage:
         raise MalformedMessage("malformed JSON: nested too deeply") from None
 
 
+# How a call usually begins (every client here, and most elsewhere, write `method` first): what
+# `method_named` looks for.
+_METHOD_HEAD = b'{"method":"'
+_NAME_AT = len(_METHOD_HEAD)
+
+
+def method_named(frame: bytes) -> bytes:
+    """The method a frame names when it begins `{"method":"NAME"`, else b"": a hint for picking
+    a `typed_call_decoder`, never trusted (the decoded call's method is what counts)."""
+    if frame.startswith(_METHOD_HEAD):
+        return frame[_NAME_AT : frame.find(b'"', _NAME_AT)]
+    return b""
+
+
+def typed_call_decoder(params: type[Any]) -> msgspec.json.Decoder[CallMessage]:
+    """A decoder of a whole call to one method: the envelope and the parameters, straight into
+    `params`, in one pass (`decode_call` and then the parameters' own decoder is two).
+
+    A call it decodes is one the two-step path decodes the same: the same types and strictness,
+    and the same last-wins rule for a repeated key (the caller checks the method). Anything it
+    refuses (an absent or null `parameters`, an invalid value, malformed JSON) says nothing: the
+    two-step path decides, and names the error as it always did.
+    """
+    call = msgspec.defstruct(
+        f"{params.__name__}Call", [("parameters", params)], bases=(CallMessage,), frozen=True
+    )
+    return msgspec.json.Decoder(call)
+
+
 class ReceiveBuffer:
     """One read buffer, allocated once and reused for every read of the connections it serves.
 
@@ -166,7 +205,8 @@ class FrameSplitter:
         exceeds the limit; the splitter is unusable after that."""
         limit = self.max_message_bytes
         parts = chunk.split(b"\0")
-        if len(parts) == 1:
+        tail = parts.pop()
+        if not parts:
             self._partial += chunk
             if len(self._partial) > limit:
                 raise self._too_large(len(self._partial), [])
@@ -174,8 +214,9 @@ class FrameSplitter:
         if self._partial:
             self._partial += parts[0]
             parts[0] = bytes(self._partial)
-        tail = parts.pop()
-        self._partial = bytearray(tail)
+            self._partial = bytearray(tail)
+        elif tail:  # else no frame is pending before or after: nothing to make
+            self._partial = bytearray(tail)
         # The happy path: a chunk no longer than the limit cannot hold an oversized frame.
         if len(chunk) > limit or len(parts[0]) > limit:
             for i, frame in enumerate(parts):
@@ -325,8 +366,10 @@ class FrameReader:
         else:
             self._frames = frames
         # Only a partial frame of CHARGED_FROM bytes or more counts: the common read (whole
-        # small calls) skips the budget's arithmetic.
-        if self._budget is not None and (self._charged or self._splitter.buffered >= CHARGED_FROM):
+        # small calls, the last one ending the chunk) skips the budget's arithmetic.
+        if self._budget is not None and (
+            self._charged or (chunk[-1] != 0 and self._splitter.buffered >= CHARGED_FROM)
+        ):
             self._charge(self._budget)
 
     def _charge(self, budget: ByteBudget) -> None:

@@ -31,11 +31,17 @@ from timelined.varlink.errors import (
     ReplyMapper,
     VarlinkError,
 )
-from timelined.varlink.framing import FrameSplitter, FrameTooLarge, raw_socket, receive_chunk
+from timelined.varlink.framing import (
+    CLIENT_RECEIVE_SIZE,
+    FrameSplitter,
+    FrameTooLarge,
+    raw_socket,
+    receive_chunk,
+)
 
 __all__ = ["PipelinedConnection"]
 
-_RECV = 256 * 1024
+_RECV = CLIENT_RECEIVE_SIZE
 
 
 class _Waiter:
