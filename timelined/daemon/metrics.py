@@ -93,26 +93,6 @@ def render(app: App) -> str:
         "State database COMMITs of answered batches.",
         s.state_commits,
     )
-    checkpointer = engine.checkpointer
-    if checkpointer is not None:
-        t.scalar(
-            "timelined_state_wal_checkpoints_total",
-            "counter",
-            "PASSIVE checkpoints of the state database's WAL (their own thread).",
-            checkpointer.runs,
-        )
-        t.scalar(
-            "timelined_state_wal_checkpoint_failures_total",
-            "counter",
-            "Failed WAL checkpoints (retried; the WAL grows meanwhile).",
-            checkpointer.failures,
-        )
-        t.scalar(
-            "timelined_state_wal_frames",
-            "gauge",
-            "Frames in the state database's WAL at the last checkpoint.",
-            checkpointer.wal_frames,
-        )
     t.scalar(
         "timelined_read_only",
         "gauge",

@@ -28,9 +28,8 @@ def open_write(path: Path, *, create: bool = True, mode: int = 0o600) -> sqlite3
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = OFF")
-    # 4000 pages keeps the WAL small without making each checkpoint long. The daemon's writer
-    # turns this off and checkpoints from a thread of its own (state/checkpointer.py); a
-    # replay, a rebuild or a migration keeps it.
+    # Checkpoints happen on the writer's thread between batches; 4000 pages keeps the WAL small
+    # without making each checkpoint long.
     conn.execute("PRAGMA wal_autocheckpoint = 4000")
     conn.execute("PRAGMA cache_size = -16000")
     migrate(conn)

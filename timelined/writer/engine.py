@@ -71,7 +71,6 @@ from timelined.events import DAEMON, ActorLike, BlockAppended, Event, Record
 from timelined.histogram import BATCH_SIZE_BOUNDS, SECONDS_BOUNDS, Histogram
 from timelined.ids import utc_now
 from timelined.state.apply import FtsRows, StagedBlocks, apply, index_blocks, set_meta
-from timelined.state.checkpointer import Checkpointer
 from timelined.state.db import data_version, open_write, read_fts_seq, read_meta
 from timelined.state.reads import Readers, ReadPool, ReadSnapshot
 from timelined.state.replay import roll_forward
@@ -368,12 +367,6 @@ class Engine:
         # On the writer's thread: the running batch's block rows not inserted yet (`_CommandTx`);
         # empty between batches.
         self._staged = StagedBlocks()
-        # The WAL's checkpoints run on a thread of their own, never inside a COMMIT a read may
-        # be waiting for (state/checkpointer.py); a read-only engine writes nothing to copy.
-        self.checkpointer: Checkpointer | None = None
-        if writer is not None:
-            conn.execute("PRAGMA wal_autocheckpoint = 0")
-            self.checkpointer = Checkpointer(config.state_db)
         # The write connection is used only on this thread, and only under `_lock`, which
         # `paused()` also holds so that a repair can swap the state between two batches.
         # Started last: nothing above can fail and leave it running.
@@ -402,8 +395,6 @@ class Engine:
         )
         try:
             await engine.readers.open()
-            if engine.checkpointer is not None:
-                await anyio.to_thread.run_sync(engine.checkpointer.start)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(engine._writer_loop)
                 try:
@@ -465,11 +456,7 @@ class Engine:
         with anyio.CancelScope(shield=True):
             try:
                 try:
-                    try:
-                        await self.readers.close()
-                    finally:
-                        if self.checkpointer is not None:  # before the last TRUNCATE checkpoint
-                            await anyio.to_thread.run_sync(self.checkpointer.close)
+                    await self.readers.close()
                 finally:
                     await self._on_writer_thread(self._close_storage)
             finally:
@@ -600,18 +587,13 @@ class Engine:
                 # The holder gets a connection with nothing pending: the answered rows first.
                 await self._thread.run(self._commit_open)
                 self._publish_state()
-                # The holder may change the state behind the writer, or swap its file.
+                # The holder may change the state behind the writer.
                 self._forget_cache("paused")
-                checkpointer = self.checkpointer
-                if checkpointer is not None:
-                    await anyio.to_thread.run_sync(checkpointer.suspend)
                 try:
                     yield self._conn
                 finally:
                     self._forget_cache("resumed")
                     self._reload_index_position()
-                    if checkpointer is not None:
-                        checkpointer.resume()
         finally:
             self._pause_depth -= 1
             if self._pause_depth == 0:
@@ -620,8 +602,6 @@ class Engine:
     def replace_connection(self, conn: sqlite3.Connection) -> None:
         """Swap in a rebuilt state database (only inside `paused()`)."""
         assert not self._uncommitted, "paused() commits before handing the connection out"
-        if self.checkpointer is not None:
-            conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpointer's, as before
         self._conn = conn
         self._forget_cache("connection replaced")
         meta = read_meta(conn)
