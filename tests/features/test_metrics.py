@@ -67,3 +67,4 @@ def test_metrics_parse_and_count(tmp_path: Path) -> None:
     assert families["timelined_state_commit_lag_events"].samples[0].value == commit_lag
     assert after["timelined_state_commit_lag_events"].samples[0].value == 0
     assert after["timelined_state_commits"].samples[0].value >= 1
+    assert after["timelined_state_wal_checkpoints"].type == "counter"

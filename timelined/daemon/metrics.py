@@ -94,6 +94,12 @@ def render(app: App) -> str:
         s.state_commits,
     )
     t.scalar(
+        "timelined_state_wal_checkpoints_total",
+        "counter",
+        "Checkpoints of the state database's WAL, by the writer after a COMMIT (SQLite only).",
+        s.wal_checkpoints,
+    )
+    t.scalar(
         "timelined_read_only",
         "gauge",
         "1 when writes are refused (log damaged).",

@@ -129,6 +129,20 @@ def map_error(exc: psycopg.Error) -> sqlite3.DatabaseError | InvalidArgument:
     return PgOperationalError(message, exc.sqlstate)
 
 
+def refuse_nul(line: bytes) -> None:
+    """Raise InvalidArgument when a log line's JSON holds a NUL in a string (an unescaped
+    `\\u0000`): what PostgreSQL would refuse at the INSERT, found before anything is written,
+    so that it is the one command's refusal and not its batch's undoing."""
+    i = line.find(b"\\u0000")
+    while i >= 0:
+        slashes = 0
+        while i - slashes > 0 and line[i - slashes - 1] == 0x5C:  # backslashes before it
+            slashes += 1
+        if slashes % 2 == 0:  # not itself an escaped backslash followed by "u0000"
+            raise _nul_refused()
+        i = line.find(b"\\u0000", i + 1)
+
+
 def _nul_refused() -> InvalidArgument:
     # SQLite stores U+0000 inside TEXT; PostgreSQL cannot (psycopg refuses it before sending,
     # so the transaction is intact): a named refusal of the value, never an InternalError.

@@ -104,6 +104,13 @@ INDEX_MAX_BLOCKS = 2_000
 # the savepoint's journal; with 1,000, AppendBlocks of 100 blocks lost 13 % of their blocks/s.
 COMMIT_DELAY_S = 0.020
 COMMIT_MAX_EVENTS = 256
+# The state's WAL is checkpointed by the writer after a COMMIT has woken the reads waiting for
+# it, once this many bytes of log lines were committed since the last checkpoint (the WAL grew
+# ~5 bytes per byte of log at 64 connections: ~20 MB, about SQLite's own 4,000 pages). SQLite's
+# automatic checkpoint, off on the writer's connection, ran inside the COMMIT: a read waiting
+# for that COMMIT waited for the checkpoint too (docs/performance.md, "Reads while clients
+# append"). A checkpoint from a connection of its own does not do: see "The write path".
+CHECKPOINT_LOG_BYTES = 4 << 20
 
 
 def _tail_problem(scan: TailScan) -> LogDamaged | None:
@@ -129,6 +136,7 @@ class EngineStats:
     batches: int = 0
     disk_full: int = 0
     state_commits: int = 0
+    wal_checkpoints: int = 0
     batch_sizes: Histogram = field(default_factory=lambda: Histogram(BATCH_SIZE_BOUNDS))
     write_seconds: Histogram = field(default_factory=lambda: Histogram(SECONDS_BOUNDS))
     fsync_seconds: Histogram = field(default_factory=lambda: Histogram(SECONDS_BOUNDS))
@@ -192,6 +200,7 @@ class _CommandTx:
     """One command's view of the batch: emits events with seqs continuing the batch's."""
 
     __slots__ = (
+        "_check_line",
         "_conn",
         "_hot",
         "_limits",
@@ -211,13 +220,15 @@ class _CommandTx:
         conn: sqlite3.Connection,
         limits: LimitsConfig,
         hot: HotState,
-        staged: StagedBlocks,
+        staged: StagedBlocks | None,
         seq: int,
         prev: str,
         actor: ActorLike,
         ts: str,
+        check_line: Callable[[bytes], None] | None = None,
     ) -> None:
         self._conn = conn
+        self._check_line = check_line
         self._limits = limits
         self._hot = hot
         self._staged = staged
@@ -256,14 +267,21 @@ class _CommandTx:
 
     def emit(self, event: Event, data: bytes | None = None) -> Record:
         record, line = encode_record(self.seq + 1, self.ts, self.actor, event, self.prev, data)
+        if self._check_line is not None:
+            self._check_line(line)  # a refusal here has touched nothing: this command's alone
         self.touched = True
         # A block to a context in the cache (every append: the rules' checks put it there) is
         # staged, its position the one the rules answered (the cached count + 1, what the
         # INSERT's subquery computes), and inserted with the batch's others (`_run_batch`).
-        ctx = self._hot.cached(event.block.context_id) if type(event) is BlockAppended else None
+        staged = self._staged
+        ctx = (
+            self._hot.cached(event.block.context_id)
+            if staged is not None and type(event) is BlockAppended
+            else None
+        )
         if ctx is not None:
-            assert type(event) is BlockAppended
-            self._staged.stage(record.seq, event.block, ctx.blocks + 1, self.fts)
+            assert staged is not None and type(event) is BlockAppended
+            staged.stage(record.seq, event.block, ctx.blocks + 1, self.fts)
         else:
             apply(self.conn, record, self.fts)
         self._hot.observe(event)
@@ -366,7 +384,16 @@ class Engine:
         self.hot = HotState()
         # On the writer's thread: the running batch's block rows not inserted yet (`_CommandTx`);
         # empty between batches.
-        self._staged = StagedBlocks()
+        # None on PostgreSQL (writer/pg.py): each append inserts its own row there.
+        self._staged: StagedBlocks | None = StagedBlocks()
+        # What the store cannot hold, refused before anything is written (writer/pg.py: NUL).
+        self._check_line: Callable[[bytes], None] | None = None
+        # On the writer's thread: log bytes committed since the WAL's last checkpoint
+        # (`_checkpoint_wal`); a read-only engine (no writer) and PgEngine never checkpoint.
+        self._wal_log_bytes = 0
+        self._checkpoints = writer is not None
+        if self._checkpoints:
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
         # The write connection is used only on this thread, and only under `_lock`, which
         # `paused()` also holds so that a repair can swap the state between two batches.
         # Started last: nothing above can fail and leave it running.
@@ -602,6 +629,8 @@ class Engine:
     def replace_connection(self, conn: sqlite3.Connection) -> None:
         """Swap in a rebuilt state database (only inside `paused()`)."""
         assert not self._uncommitted, "paused() commits before handing the connection out"
+        if self._checkpoints:
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # the writer's, after its COMMITs
         self._conn = conn
         self._forget_cache("connection replaced")
         meta = read_meta(conn)
@@ -731,6 +760,28 @@ class Engine:
         self._publish_state()
         if self.fatal is not None:
             self._wake_readers()
+        await self._checkpoint_if_due()
+
+    async def _checkpoint_if_due(self) -> None:
+        """After a COMMIT was published (the reads waiting for it are woken and run on their
+        own connections meanwhile): checkpoint the WAL on the writer's thread when due."""
+        if self._checkpoints and self._wal_log_bytes >= CHECKPOINT_LOG_BYTES:
+            await self._in_writer_loop(self._checkpoint_wal)
+
+    def _checkpoint_wal(self) -> None:
+        """On the writer's thread, with no transaction open: SQLite's PASSIVE checkpoint, the one
+        its automatic checkpoint ran inside the COMMIT. Run here, between two transactions, so
+        that the writer's next one restarts the WAL once it is all copied. A failure is no
+        state error (the WAL only grows until the next one): logged, tried again later."""
+        if self._uncommitted or self.fatal is not None:
+            return  # the next COMMIT's turn
+        self._wal_log_bytes = 0
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("the state database's WAL checkpoint failed (tried again later): %s", exc)
+            return
+        self.stats.wal_checkpoints += 1
 
     def _commit_open(self) -> None:
         """On the writer's thread, between batches: commit the open transaction (every answered
@@ -777,6 +828,7 @@ class Engine:
         self._publish_indexed()
         if self.fatal is not None:
             self._wake_readers()
+        await self._checkpoint_if_due()
 
     def _index_committed(self) -> None:
         """On the writer's thread, between batches: index every block committed since the last
@@ -912,7 +964,9 @@ class Engine:
         ts = utc_now()  # one timestamp for the whole batch: its records are written together
         for pending in batch:
             command = pending.command
-            tx = _CommandTx(conn, limits, hot, staged, seq, prev, pending.actor, ts)
+            tx = _CommandTx(
+                conn, limits, hot, staged, seq, prev, pending.actor, ts, self._check_line
+            )
             # An AppendBlock needs no savepoint: `rules._append_block` raises every refusal
             # before it emits, and its one `emit` stages exactly one block row (inserted with
             # the batch's others, below; the full-text row waits for `_index_committed`). So a
@@ -961,7 +1015,8 @@ class Engine:
         """Insert the block rows the batch's appends staged; None, or (they failed) the batch
         undone, as a failing INSERT of one append undid it (`_undo_batch`), with its error."""
         try:
-            self._staged.insert(self._conn)
+            if self._staged is not None:
+                self._staged.insert(self._conn)
         except Exception as exc:
             log.exception("the batch's block rows failed to insert")
             return self._undo_batch(batch, InternalError(f"{type(exc).__name__}: {exc}"))
@@ -1010,6 +1065,7 @@ class Engine:
             self._uncommitted_since = time.monotonic()
         self._uncommitted += len(records)
         self._uncommitted_blocks += len(fts)
+        self._wal_log_bytes += sum(map(len, lines))
         return Committed(records, lines)
 
     def _answer_soon(self, batch: list[Pending], seq: int) -> None:
@@ -1072,8 +1128,8 @@ class Engine:
         An SQL error may already have ended the transaction: then the batch has nothing to undo.
         """
         self._forget_cache("rolled back")
-        if scope != "statement":  # a refused append staged nothing; the rows before it stay
-            self._staged.clear()
+        if scope != "statement" and self._staged is not None:
+            self._staged.clear()  # a refused append staged nothing; the rows before it stay
         conn = self._conn
         if scope == "savepoint":
             conn.execute("ROLLBACK TO command")

@@ -45,7 +45,7 @@ from timelined.events import Record
 from timelined.pgstore.logtable import insert_lines, read_lines
 from timelined.pgstore.reads import PgReaders, PgReadSnapshot
 from timelined.pgstore.schema import PgSchemaError, ensure_schema
-from timelined.pgstore.sql import PgConnection, PgOperationalError, connect
+from timelined.pgstore.sql import PgConnection, PgOperationalError, connect, refuse_nul
 from timelined.state.apply import FtsRows, set_meta
 from timelined.state.dbapi import DbConn
 from timelined.state.reads import ReadSnapshot
@@ -108,6 +108,12 @@ class PgEngine(Engine):
         # code (the verifier's repair), are the verifier's to adapt on PostgreSQL.
         super().__init__(config, cast(sqlite3.Connection, conn), None, readers, read_only, stats)
         self._pg = conn
+        # Each append inserts its own block row, not staged with the batch's (engine.py):
+        # PostgreSQL refuses text SQLite stores (a NUL), and that refusal must be the one
+        # append's InvalidArgument, not the batch's undoing with every command answered an
+        # InternalError (tests/engine/test_stateful.py's PostgreSQL run found it).
+        self._staged = None
+        self._check_line = refuse_nul
         self._password = password  # held for the follower's and snapshots' connections
         # Tells this daemon's notifications from the others' (which wake the follower).
         self._origin = secrets.token_hex(8)
