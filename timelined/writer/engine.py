@@ -274,13 +274,11 @@ class _CommandTx:
         # staged, its position the one the rules answered (the cached count + 1, what the
         # INSERT's subquery computes), and inserted with the batch's others (`_run_batch`).
         staged = self._staged
-        ctx = (
-            self._hot.cached(event.block.context_id)
-            if staged is not None and type(event) is BlockAppended
-            else None
-        )
-        if ctx is not None:
-            assert staged is not None and type(event) is BlockAppended
+        if (
+            staged is not None
+            and type(event) is BlockAppended
+            and (ctx := self._hot.cached(event.block.context_id)) is not None
+        ):
             staged.stage(record.seq, event.block, ctx.blocks + 1, self.fts)
         else:
             apply(self.conn, record, self.fts)
@@ -389,10 +387,9 @@ class Engine:
         # What the store cannot hold, refused before anything is written (writer/pg.py: NUL).
         self._check_line: Callable[[bytes], None] | None = None
         # On the writer's thread: log bytes committed since the WAL's last checkpoint
-        # (`_checkpoint_wal`); a read-only engine (no writer) and PgEngine never checkpoint.
+        # (`_checkpoint_wal`); a read-only engine and PgEngine (no log writer) never checkpoint.
         self._wal_log_bytes = 0
-        self._checkpoints = writer is not None
-        if self._checkpoints:
+        if writer is not None:
             conn.execute("PRAGMA wal_autocheckpoint = 0")
         # The write connection is used only on this thread, and only under `_lock`, which
         # `paused()` also holds so that a repair can swap the state between two batches.
@@ -629,7 +626,7 @@ class Engine:
     def replace_connection(self, conn: sqlite3.Connection) -> None:
         """Swap in a rebuilt state database (only inside `paused()`)."""
         assert not self._uncommitted, "paused() commits before handing the connection out"
-        if self._checkpoints:
+        if self._writer is not None:
             conn.execute("PRAGMA wal_autocheckpoint = 0")  # the writer's, after its COMMITs
         self._conn = conn
         self._forget_cache("connection replaced")
@@ -721,7 +718,7 @@ class Engine:
                 if committed.records:
                     self.acked_seq = max(self.acked_seq, committed.records[-1].seq)
                 for pending in batch:
-                    pending.answer()  # those the writer's thread did not answer before COMMIT
+                    pending.answer()  # here on SQLite; PgEngine's were answered after its COMMIT
                 if committed.records:
                     self._publish_state()
                     # The events are in the log: the subscribers (Watch, the Merkle tree) read
@@ -765,7 +762,7 @@ class Engine:
     async def _checkpoint_if_due(self) -> None:
         """After a COMMIT was published (the reads waiting for it are woken and run on their
         own connections meanwhile): checkpoint the WAL on the writer's thread when due."""
-        if self._checkpoints and self._wal_log_bytes >= CHECKPOINT_LOG_BYTES:
+        if self._writer is not None and self._wal_log_bytes >= CHECKPOINT_LOG_BYTES:
             await self._in_writer_loop(self._checkpoint_wal)
 
     def _checkpoint_wal(self) -> None:
@@ -876,13 +873,6 @@ class Engine:
                     await self._index_event.wait()
         return self.indexed_seq
 
-    def _acknowledged(self, batch: list[Pending], seq: int) -> None:
-        """On the event loop, before the batch's call returns (PgEngine: after its COMMIT):
-        answer the batch (its events are in the log); reads from now on wait for the commit."""
-        self.acked_seq = seq
-        for pending in batch:
-            pending.answer()
-
     def _committed(self, seq: int) -> None:
         """On the event loop: the state holds everything up to `seq`."""
         self.committed_seq = seq
@@ -978,7 +968,7 @@ class Engine:
             guarded = type(command) is not cmd.AppendBlock
             if guarded:
                 if staged:  # the appends before it: outside its savepoint
-                    undone = self._insert_staged(batch)
+                    undone = self._insert_staged(staged, batch)
                     if undone is not None:
                         return undone
                 conn.execute("SAVEPOINT command")
@@ -1002,7 +992,7 @@ class Engine:
             fts.extend(tx.fts)
             accepted.append(pending)
         if staged:
-            undone = self._insert_staged(batch)
+            undone = self._insert_staged(staged, batch)
             if undone is not None:
                 return undone
         self.stats.commands += len(batch)
@@ -1011,12 +1001,11 @@ class Engine:
             return NOTHING_COMMITTED
         return self._write_batch(batch, accepted, records, lines, fts)
 
-    def _insert_staged(self, batch: list[Pending]) -> Committed | None:
+    def _insert_staged(self, staged: StagedBlocks, batch: list[Pending]) -> Committed | None:
         """Insert the block rows the batch's appends staged; None, or (they failed) the batch
         undone, as a failing INSERT of one append undid it (`_undo_batch`), with its error."""
         try:
-            if self._staged is not None:
-                self._staged.insert(self._conn)
+            staged.insert(self._conn)
         except Exception as exc:
             log.exception("the batch's block rows failed to insert")
             return self._undo_batch(batch, InternalError(f"{type(exc).__name__}: {exc}"))
@@ -1067,14 +1056,6 @@ class Engine:
         self._uncommitted_blocks += len(fts)
         self._wal_log_bytes += sum(map(len, lines))
         return Committed(records, lines)
-
-    def _answer_soon(self, batch: list[Pending], seq: int) -> None:
-        """On the writer's thread: hand the batch's answers to the event loop now."""
-        assert self._loop is not None, "batches run only under _writer_loop"
-        try:
-            self._loop.call_soon_threadsafe(self._acknowledged, batch, seq)
-        except RuntimeError:  # the loop is closed: nobody is waiting for an answer
-            pass
 
     def _fail_after_answer(self, fatal: FatalStorageError) -> None:
         """The state refused a batch already answered: roll back what is left and go fatal,

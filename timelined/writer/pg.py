@@ -262,6 +262,21 @@ class PgEngine(Engine):
         self._answer_soon(batch, seq)
         return Committed(records, lines)
 
+    def _answer_soon(self, batch: list[Pending], seq: int) -> None:
+        """On the writer's thread, after the batch's COMMIT: hand its answers to the event loop
+        now, before the call returns (the SQLite engine answers at the return itself)."""
+        assert self._loop is not None, "batches run only under _writer_loop"
+        try:
+            self._loop.call_soon_threadsafe(self._acknowledged, batch, seq)
+        except RuntimeError:  # the loop is closed: nobody is waiting for an answer
+            pass
+
+    def _acknowledged(self, batch: list[Pending], seq: int) -> None:
+        """On the event loop: answer the batch (its events are committed)."""
+        self.acked_seq = seq
+        for pending in batch:
+            pending.answer()
+
     # --- every event to the subscribers, in seq order ------------------------------------------
 
     def follow(self) -> None:
