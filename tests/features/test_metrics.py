@@ -46,9 +46,9 @@ def test_metrics_parse_and_count(tmp_path: Path) -> None:
             lag_now = engine.acked_seq - engine.indexed_seq
             commit_lag = engine.acked_seq - engine.committed_seq
             await engine.index_caught_up(5.0)
-            return text, lag_now, commit_lag, render(app)
+            return text, lag_now, commit_lag, render(app), engine.stats.inline_writes
 
-    text, lag_now, commit_lag, text_after = anyio.run(go)
+    text, lag_now, commit_lag, text_after, inline_writes = anyio.run(go)
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert families["timelined_events"].samples[0].value == 11
     assert families["timelined_last_seq"].samples[0].value == 11
@@ -68,3 +68,5 @@ def test_metrics_parse_and_count(tmp_path: Path) -> None:
     assert after["timelined_state_commit_lag_events"].samples[0].value == 0
     assert after["timelined_state_commits"].samples[0].value >= 1
     assert after["timelined_state_wal_checkpoints"].type == "counter"
+    inline = after["timelined_writer_inline_writes"]
+    assert inline.type == "counter" and inline.samples[0].value == inline_writes

@@ -193,15 +193,21 @@ class LogWriter:
             ):
                 self._fsync_locked()
 
+    def sync_due(self) -> bool:
+        """In "interval" mode, whether anything is unsynced and the interval has passed (a
+        check without the lock, for a caller that hands `sync_if_due` to another thread only
+        when there is an fsync to do; `sync_if_due` checks again under the lock)."""
+        return (
+            self._mode == "interval"
+            and self._dirty
+            and self._clock() - self._last_sync >= self._interval
+        )
+
     def sync_if_due(self) -> bool:
         """In "interval" mode, fsync if anything is unsynced and the interval has passed."""
         with self._lock:
             self._check_usable()
-            if (
-                self._mode != "interval"
-                or not self._dirty
-                or self._clock() - self._last_sync < self._interval
-            ):
+            if not self.sync_due():
                 return False
             self._fsync_locked()
             return True

@@ -100,6 +100,12 @@ def render(app: App) -> str:
         s.wal_checkpoints,
     )
     t.scalar(
+        "timelined_writer_inline_writes_total",
+        "counter",
+        "Batches of one append written and fsynced by the event loop, not the writer's thread.",
+        s.inline_writes,
+    )
+    t.scalar(
         "timelined_read_only",
         "gauge",
         "1 when writes are refused (log damaged).",

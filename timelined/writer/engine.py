@@ -6,7 +6,9 @@ Contract (DESIGN.md's write path):
   `Pending` whose callback the writer calls when the batch is done (the Varlink server's
   deferred replies: no future and no wake-up per command). The writer task takes every waiting
   command (up to `log.max_batch`) and runs the whole batch in ONE call on the writer's own thread
-  (`SerialThread`: every use of the write connection runs there, one call at a time): BEGIN;
+  (`SerialThread`), or, for a batch of appends only, runs its commands on the event loop and
+  hands only the log's write to the thread (a batch of one with a quick disk: not even that,
+  `_run_batch_on_loop`); the write connection is used under `_lock`, one batch at a time: BEGIN;
   for each command a SAVEPOINT, the rules' checks, its events encoded with the next seqs and
   applied (an append's block row staged: the batch's rows are inserted together, before
   anything else reads or writes the state and before the log's write), then RELEASE (a
@@ -64,7 +66,6 @@ from timelined.errors import (
     InternalError,
     LogDamaged,
     ShuttingDown,
-    StorageError,
     TimelinedError,
 )
 from timelined.events import DAEMON, ActorLike, BlockAppended, Event, Record
@@ -111,6 +112,15 @@ COMMIT_MAX_EVENTS = 256
 # for that COMMIT waited for the checkpoint too (docs/performance.md, "Reads while clients
 # append"). A checkpoint from a connection of its own does not do: see "The write path".
 CHECKPOINT_LOG_BYTES = 4 << 20
+# A batch of appends runs its commands on the event loop and only its log write on the
+# writer's thread (`Engine._run_batch_on_loop`); a batch of ONE writes the log on the loop too
+# while the log's last write and fsync took at most this long: the loop is blocked for about
+# that. This machine's fsync is ~0.2 ms at p50; a disk slower than 1 ms a write keeps the thread.
+INLINE_MAX_WRITE_S = 0.001
+# The commands whose batches run on the event loop: the hot path, bounded in bytes by the call's
+# limits. Every other command (a merge may copy many rows) keeps the whole batch on the thread,
+# where its SQL releases the GIL to the loop.
+_LOOP_COMMANDS = frozenset({cmd.AppendBlock, cmd.AppendBlocks})
 
 
 def _tail_problem(scan: TailScan) -> LogDamaged | None:
@@ -137,6 +147,7 @@ class EngineStats:
     disk_full: int = 0
     state_commits: int = 0
     wal_checkpoints: int = 0
+    inline_writes: int = 0
     batch_sizes: Histogram = field(default_factory=lambda: Histogram(BATCH_SIZE_BOUNDS))
     write_seconds: Histogram = field(default_factory=lambda: Histogram(SECONDS_BOUNDS))
     fsync_seconds: Histogram = field(default_factory=lambda: Histogram(SECONDS_BOUNDS))
@@ -155,6 +166,18 @@ class Committed(NamedTuple):
 
 
 NOTHING_COMMITTED = Committed([], [])
+
+
+class BatchToLog(NamedTuple):
+    """A batch whose commands have run, its log write still to make (`_write_batch`)."""
+
+    batch: list[Pending]
+    accepted: list[Pending]
+    records: list[Record]
+    lines: list[bytes]
+    fts: FtsRows
+
+
 Subscriber = Callable[[list[Record], list[bytes]], None]
 
 
@@ -391,10 +414,16 @@ class Engine:
         self._wal_log_bytes = 0
         if writer is not None:
             conn.execute("PRAGMA wal_autocheckpoint = 0")
-        # The write connection is used only on this thread, and only under `_lock`, which
-        # `paused()` also holds so that a repair can swap the state between two batches.
+        # The write connection is used only under `_lock`, which `paused()` also holds so that
+        # a repair can swap the state between two batches: on this thread, or by the writer
+        # loop on the event loop (a batch of appends, `_run_batch_on_loop`).
         # Started last: nothing above can fail and leave it running.
         self._thread = SerialThread("timelined-writer")
+        # Whether batches of appends run on the event loop: not on PostgreSQL, whose every
+        # statement is a network round trip. The log's last write (and fsync) took
+        # `_last_write_s`: a slow disk keeps a batch of one's write on the thread.
+        self._appends_on_loop = True
+        self._last_write_s = 0.0
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -545,6 +574,11 @@ class Engine:
                 return await self._thread.submit(fn, *args)
             finally:
                 self._report_fatal()
+
+    def _sync_due(self) -> bool:
+        """Interval mode: whether the log has unsynced lines past the interval (checked here,
+        so that the loop hands the fsync to the thread only when there is one to do)."""
+        return self._writer is not None and self._writer.sync_due()
 
     def _report_fatal(self) -> None:
         """Tell `on_fatal` once, here on the event loop: the writer's thread only records it."""
@@ -705,7 +739,7 @@ class Engine:
                             await self._wakeup.wait()
                         finally:
                             timer.cancel()
-                        if interval is not None:
+                        if interval is not None and self._sync_due():
                             await self._in_writer_loop(self._sync_if_due)
                     continue
                 if self._pause_depth:
@@ -714,7 +748,10 @@ class Engine:
                     self._queue.popleft()
                     for _ in range(min(len(self._queue), self.config.log.max_batch))
                 ]
-                committed = await self._in_writer_loop(self._run_batch, batch)
+                if self._appends_on_loop and all(type(p.command) in _LOOP_COMMANDS for p in batch):
+                    committed = await self._run_batch_on_loop(batch)
+                else:
+                    committed = await self._in_writer_loop(self._run_batch, batch)
                 if committed.records:
                     self.acked_seq = max(self.acked_seq, committed.records[-1].seq)
                 for pending in batch:
@@ -929,8 +966,45 @@ class Engine:
             self.fatal = exc
             log.critical("%s", exc.message)
 
+    async def _run_batch_on_loop(self, batch: list[Pending]) -> Committed:
+        """A batch of appends: its commands on the event loop, its log write on the writer's
+        thread, or on the loop too for a batch of one while the disk is quick.
+
+        Why: the event loop and the writer's thread share one GIL. With the commands on the
+        thread, every GIL release of theirs (each SQLite statement) handed the GIL to the loop
+        and getting it back cost both threads CPU (the writer's ~32 µs per append in process
+        was ~55 µs through the socket at 64 connections); the log's write and fsync hold no
+        GIL, so they are what the thread still overlaps with the loop. At one connection every
+        batch is one append, and the hand-off to the thread and back (two cross-thread
+        wake-ups) cost more than the batch: there the loop writes and fsyncs itself, blocked
+        for about INLINE_MAX_WRITE_S at most (docs/performance.md has the figures).
+
+        The lock is held throughout, so nothing else uses the write connection (the thread
+        runs only the write, which does not touch it) and no `paused()` holder or COMMIT comes
+        between the batch's rows and its log write.
+        """
+        async with self._lock:
+            try:
+                run = self._guarded(batch, self._run_batch_unguarded, batch, False)
+                if not isinstance(run, BatchToLog):
+                    return run
+                if len(batch) == 1 and self._last_write_s <= INLINE_MAX_WRITE_S:
+                    self.stats.inline_writes += 1
+                    outcome = self._timed_write(run)
+                else:
+                    outcome = await self._thread.submit(self._timed_write, run)
+                return self._guarded(batch, self._after_write, run, outcome)
+            finally:
+                self._report_fatal()
+
     def _run_batch(self, batch: list[Pending]) -> Committed:
-        """The whole batch, on the writer's thread. Returns the committed records.
+        """The whole batch, on the writer's thread. Returns the committed records."""
+        done = self._guarded(batch, self._run_batch_unguarded, batch, True)
+        assert isinstance(done, Committed), "the batch was written"
+        return done
+
+    def _guarded(self, batch: list[Pending], fn: Callable[..., T], *args: Any) -> T | Committed:
+        """`fn(*args)`, a step of running `batch`; a state database error undoes the batch.
 
         A state database error outside a command's own checks (BEGIN refused because another
         process holds the write lock, a failing SAVEPOINT or COMMIT) leaves the write connection
@@ -938,12 +1012,13 @@ class Engine:
         as done; what the log already holds, the next boot rolls forward.
         """
         try:
-            return self._run_batch_unguarded(batch)
+            return fn(*args)
         except sqlite3.Error as exc:
             fatal = FatalStorageError(self.storage_name, 0, f"state database: {exc}")
             return self._abandon(batch, fatal)
 
-    def _run_batch_unguarded(self, batch: list[Pending]) -> Committed:
+    def _run_batch_unguarded(self, batch: list[Pending], write: bool) -> Committed | BatchToLog:
+        """The batch's commands; then its log write (`write`), or what that write needs."""
         conn = self._conn
         seq, prev = self._begin_batch()
         lines: list[bytes] = []
@@ -999,7 +1074,8 @@ class Engine:
         if not lines:
             self._end_empty_batch()  # only idempotent retries and refusals: nothing to log
             return NOTHING_COMMITTED
-        return self._write_batch(batch, accepted, records, lines, fts)
+        run = BatchToLog(batch, accepted, records, lines, fts)
+        return self._write_batch(run) if write else run
 
     def _insert_staged(self, staged: StagedBlocks, batch: list[Pending]) -> Committed | None:
         """Insert the block rows the batch's appends staged; None, or (they failed) the batch
@@ -1011,29 +1087,38 @@ class Engine:
             return self._undo_batch(batch, InternalError(f"{type(exc).__name__}: {exc}"))
         return None
 
-    def _write_batch(
-        self,
-        batch: list[Pending],
-        accepted: list[Pending],
-        records: list[Record],
-        lines: list[bytes],
-        fts: FtsRows,
-    ) -> Committed:
-        """On the writer's thread, the batch's commands run: log it; it is answered when the
-        call returns, its rows committed later (`_commit_open`)."""
-        conn = self._conn
-        seq, prev = records[-1].seq, records[-1].hash
+    def _write_batch(self, run: BatchToLog) -> Committed:
+        """The batch's commands have run: log it; it is answered when the call returns, its
+        rows committed later (`_commit_open`)."""
+        return self._after_write(run, self._timed_write(run))
+
+    def _timed_write(self, run: BatchToLog) -> float | TimelinedError:
+        """The batch's log write (and fsync): the seconds it took, or why it failed. Touches
+        no state: the one step of a batch of appends on the writer's thread."""
+        records = run.records
         assert self._writer is not None, "read-only engines refuse commands in submit()"
         try:
             started = time.perf_counter()
-            self._writer.write_batch(b"".join(lines), records[0].seq, seq, prev)
-            fsync_s = time.perf_counter() - started
-        except FatalStorageError as exc:
-            return self._abandon(batch, exc)
-        except (StorageError, TimelinedError) as exc:
+            self._writer.write_batch(
+                b"".join(run.lines), records[0].seq, records[-1].seq, records[-1].hash
+            )
+        except TimelinedError as exc:  # StorageError, DiskFull, FatalStorageError
+            return exc
+        self._last_write_s = elapsed = time.perf_counter() - started
+        return elapsed
+
+    def _after_write(self, run: BatchToLog, outcome: float | TimelinedError) -> Committed:
+        """The log's answer to the batch's write: refuse the batch, or keep its rows."""
+        batch, accepted, records, lines, fts = run
+        conn = self._conn
+        seq, prev = records[-1].seq, records[-1].hash
+        if isinstance(outcome, FatalStorageError):
+            return self._abandon(batch, outcome)
+        if isinstance(outcome, TimelinedError):
             self.stats.disk_full += 1
-            log.error("a batch of %d commands was refused: %s", len(accepted), exc.message)
-            return self._abandon(batch, exc)
+            log.error("a batch of %d commands was refused: %s", len(accepted), outcome.message)
+            return self._abandon(batch, outcome)
+        fsync_s = outcome
         # The log holds the batch: it is answered when this call returns. Its rows join the
         # open transaction, committed later by `_commit_open` (the index later still, in its own
         # transaction: FTS5's insert was ~30 µs of an append's critical path). From here every

@@ -46,10 +46,10 @@ from timelined.pgstore.logtable import insert_lines, read_lines
 from timelined.pgstore.reads import PgReaders, PgReadSnapshot
 from timelined.pgstore.schema import PgSchemaError, ensure_schema
 from timelined.pgstore.sql import PgConnection, PgOperationalError, connect, refuse_nul
-from timelined.state.apply import FtsRows, set_meta
+from timelined.state.apply import set_meta
 from timelined.state.dbapi import DbConn
 from timelined.state.reads import ReadSnapshot
-from timelined.writer.engine import Committed, Engine, EngineStats, Pending, Subscriber
+from timelined.writer.engine import BatchToLog, Committed, Engine, EngineStats, Pending, Subscriber
 
 log = logging.getLogger("timelined.writer.pg")
 
@@ -114,6 +114,8 @@ class PgEngine(Engine):
         # InternalError (tests/engine/test_stateful.py's PostgreSQL run found it).
         self._staged = None
         self._check_line = refuse_nul
+        # Never on the event loop: every statement is a round trip to the server.
+        self._appends_on_loop = False
         self._password = password  # held for the follower's and snapshots' connections
         # Tells this daemon's notifications from the others' (which wake the follower).
         self._origin = secrets.token_hex(8)
@@ -233,17 +235,11 @@ class PgEngine(Engine):
             self._fts_seq = self._state_seq = seq
         return seq, prev
 
-    def _write_batch(
-        self,
-        batch: list[Pending],
-        accepted: list[Pending],
-        records: list[Record],
-        lines: list[bytes],
-        fts: FtsRows,
-    ) -> Committed:
+    def _write_batch(self, run: BatchToLog) -> Committed:
         """The log rows, the head and the notification, committed with the state; then (only
         then) the callers are answered. A failure here is fatal and answers nobody with
         success: whether a COMMIT whose connection broke took effect cannot be known."""
+        batch, records, lines = run.batch, run.records, run.lines
         conn = self._pg
         seq, prev = records[-1].seq, records[-1].hash
         started = time.perf_counter()

@@ -1,0 +1,253 @@
+"""Batches of appends on the event loop (writer/engine.py, `_run_batch_on_loop`): their commands
+run on the loop and only the log's write on the writer's thread, or on the loop too for a batch
+of one while the log's last write was quick; other commands' batches keep the thread; the
+writer's lock is held throughout."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from timelined import commands as cmd
+from timelined.api.model import Conversation
+from timelined.auditlog.fileops import Handle, OsFileOps
+from timelined.config import LogConfig, default_config
+from timelined.writer import engine as engine_module
+from timelined.writer import rules
+from timelined.writer.engine import Engine
+
+WRITER = "timelined-writer"
+# Real fsyncs, of which a loaded machine makes some slow: the bound the engine compares them
+# with is raised well above any quick one, and a slow one sleeps past it.
+QUICK_S = 0.25
+SLOW_S = 0.3
+
+
+@pytest.fixture(autouse=True)
+def _bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "INLINE_MAX_WRITE_S", QUICK_S)
+
+
+class RecordingOps(OsFileOps):
+    """The real file operations, noting which thread wrote the log; the next `slow_fsyncs`
+    fsyncs take SLOW_S more (a slow disk)."""
+
+    def __init__(self) -> None:
+        self.writers: list[str] = []
+        self.fsyncs = 0
+        self.slow_fsyncs = 0
+        self.hold: threading.Event | None = None  # set: writes wait for it (`held` tells)
+        self.held = threading.Event()
+        self.synced = threading.Event()
+
+    def write(self, handle: Handle, data: bytes | memoryview) -> int:
+        self.writers.append(threading.current_thread().name)
+        if self.hold is not None:
+            self.held.set()
+            self.hold.wait(10)
+        return super().write(handle, data)
+
+    def fsync(self, handle: Handle) -> None:
+        self.fsyncs += 1
+        self.synced.set()
+        if self.slow_fsyncs:
+            self.slow_fsyncs -= 1
+            time.sleep(SLOW_S)
+        super().fsync(handle)
+
+
+def _config(tmp_path: Path, **log: Any) -> Any:
+    return default_config(tmp_path / "state", log=LogConfig(**log))
+
+
+async def _root(engine: Engine) -> str:
+    conv = await engine.submit(cmd.CreateConversation(name="c"))
+    assert isinstance(conv, Conversation)
+    return conv.root_context_id
+
+
+def _append(ctx: str, text: str = "x") -> cmd.AppendBlock:
+    return cmd.AppendBlock(context_id=ctx, role="user", content=text)
+
+
+def test_appends_run_on_the_event_loop_and_other_commands_on_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ops = RecordingOps()
+    ran: list[tuple[str, str]] = []
+    real = rules.execute
+
+    def execute(tx: Any, command: cmd.Command, now: str) -> Any:
+        ran.append((type(command).__name__, threading.current_thread().name))
+        return real(tx, command, now)
+
+    monkeypatch.setattr(rules, "execute", execute)
+
+    async def main() -> None:
+        loop = threading.current_thread().name
+        async with Engine.open(_config(tmp_path, fsync="always"), fileops=ops) as engine:
+            ops.writers.clear()
+            root = await _root(engine)
+            await engine.submit(_append(root))
+            # A batch of one append: run and written on the loop; anything else on the thread.
+            assert ran == [("CreateConversation", WRITER), ("AppendBlock", loop)]
+            assert ops.writers == [WRITER, loop]
+            assert engine.stats.inline_writes == 1
+            # Three queued before the writer runs: one batch, run on the loop, written on the
+            # thread.
+            ran.clear()
+            pending = [engine.enqueue(_append(root, str(n))) for n in range(2)]
+            pending.append(
+                engine.enqueue(
+                    cmd.AppendBlocks(
+                        context_id=root, blocks=[cmd.NewBlock(role="user", content="y")]
+                    )
+                )
+            )
+            await engine.caught_up()
+            assert all(p.answered and p.error is None for p in pending)
+            assert ran == [("AppendBlock", loop)] * 2 + [("AppendBlocks", loop)]
+            assert ops.writers[2:] == [WRITER]
+            # An append batched with another command: the whole batch on the thread.
+            other = await _conv(engine)
+            ran.clear()
+            pending = [
+                engine.enqueue(_append(root)),
+                engine.enqueue(cmd.UpdateConversation(id=other, name="n")),
+            ]
+            await engine.caught_up()
+            assert all(p.answered and p.error is None for p in pending)
+            assert ran == [("AppendBlock", WRITER), ("UpdateConversation", WRITER)]
+            assert engine.stats.inline_writes == 1
+
+    anyio.run(main)
+
+
+async def _conv(engine: Engine) -> str:
+    conv = await engine.submit(cmd.CreateConversation(name="other"))
+    assert isinstance(conv, Conversation)
+    return conv.id
+
+
+def test_the_writer_holds_its_lock_while_the_thread_writes_a_batch_of_appends(
+    tmp_path: Path,
+) -> None:
+    """A call for the writer's thread (a `paused()`, a COMMIT) waits until the batch is in the
+    log: none comes between the batch's rows and its write."""
+    ops = RecordingOps()
+
+    async def main() -> None:
+        async with Engine.open(_config(tmp_path, fsync="always"), fileops=ops) as engine:
+            root = await _root(engine)
+            ops.hold = release = threading.Event()
+            pending = [engine.enqueue(_append(root, str(n))) for n in range(2)]
+            await anyio.to_thread.run_sync(ops.held.wait, 10)
+            order: list[str] = []
+
+            def call() -> None:
+                order.append("call")
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(engine._on_writer_thread, call)
+                await anyio.sleep(0.1)
+                assert order == [] and not any(p.answered for p in pending)
+                order.append("written")
+                ops.hold = None
+                release.set()
+            assert order == ["written", "call"]
+            assert all(p.answered and p.error is None for p in pending)
+            assert ops.writers[-1] == WRITER
+
+    anyio.run(main)
+
+
+def test_a_slow_write_sends_the_next_batches_to_the_thread_until_one_is_quick(
+    tmp_path: Path,
+) -> None:
+    ops = RecordingOps()
+
+    async def main() -> None:
+        loop_thread = threading.current_thread().name
+        async with Engine.open(_config(tmp_path, fsync="always"), fileops=ops) as engine:
+            root = await _root(engine)
+            ops.writers.clear()
+            ops.slow_fsyncs = 1
+            for n in range(3):
+                await engine.submit(_append(root, str(n)))
+            # Slow on the loop; then on the thread (quick); then back on the loop.
+            assert ops.writers == [loop_thread, WRITER, loop_thread]
+
+    anyio.run(main)
+
+
+def test_a_batch_of_appends_waits_while_another_call_holds_the_writer(
+    tmp_path: Path,
+) -> None:
+    ops = RecordingOps()
+
+    async def main() -> None:
+        async with Engine.open(_config(tmp_path, fsync="always"), fileops=ops) as engine:
+            root = await _root(engine)
+            ops.writers.clear()
+            entered, release = threading.Event(), threading.Event()
+
+            def hold() -> None:  # a call on the writer's thread, using the write connection
+                entered.set()
+                release.wait(10)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(engine._on_writer_thread, hold)
+                await anyio.to_thread.run_sync(entered.wait, 10)
+                pending = engine.enqueue(_append(root))
+                await anyio.sleep(0.1)
+                # Not run on the loop beside the thread's call: it waits for the lock.
+                assert not pending.answered and ops.writers == []
+                release.set()
+            await engine.caught_up()
+            assert pending.answered and pending.error is None
+            assert ops.writers == [threading.current_thread().name]
+
+    anyio.run(main)
+
+
+def test_interval_mode_hands_the_fsync_to_the_thread_only_when_one_is_due(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ops = RecordingOps()
+    calls: list[str] = []
+    real = Engine._sync_if_due
+
+    def counted(engine: Engine) -> None:
+        calls.append(threading.current_thread().name)
+        real(engine)
+
+    monkeypatch.setattr(Engine, "_sync_if_due", counted)
+    # The writer's idle wait ends at least every interval; keep the COMMIT and the index from
+    # ending it sooner, so that each append is followed by one wait.
+    monkeypatch.setattr(engine_module, "COMMIT_DELAY_S", 3600.0)
+    monkeypatch.setattr(engine_module, "INDEX_DELAY_S", 3600.0)
+
+    async def main() -> None:
+        config = _config(tmp_path, fsync="interval", fsync_interval_ms=60_000)
+        async with Engine.open(config, fileops=ops) as engine:
+            root = await _root(engine)
+            for n in range(10):
+                await engine.submit(_append(root, str(n)))
+            assert calls == []  # nothing due: no hop to the thread per wait
+            assert ops.fsyncs == 0
+        # A short interval: the unsynced lines are fsynced on the thread once it has passed.
+        calls.clear()
+        config = _config(tmp_path / "b", fsync="interval", fsync_interval_ms=20)
+        async with Engine.open(config, fileops=ops) as engine:
+            root = await _root(engine)
+            await engine.submit(_append(root))
+            ops.synced.clear()
+            assert await anyio.to_thread.run_sync(ops.synced.wait, 5)
+            assert calls and set(calls) == {WRITER}
+
+    anyio.run(main)
