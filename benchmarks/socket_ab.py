@@ -1,9 +1,10 @@
-"""One A/B side of the socket part at 64 connections: `python benchmarks/socket_ab.py [CxD ...]`.
+"""One A/B side of the socket part: `python benchmarks/socket_ab.py [CxD | CxDxB ...]`.
 
 Run from the root of the code to measure (a fresh copy of another commit, with PYTHONPATH set to
 it, measures that commit: `python -m timelined` starts from the working directory), alternating
-the two sides. Prints one JSON line per case (default 64x1 and 64x4): appends/s, the daemon's CPU
-per append and its event loop's and writer's shares, the mean batch, the load generator's CPU.
+the two sides. Prints one JSON line per case (default 64x1 and 64x4; `8x1x100`: 8 connections
+calling AppendBlocks of 100 blocks): appends/s (calls/s), the daemon's CPU per append (call) and
+its event loop's and writer's shares, the mean batch, the load generator's CPU.
 """
 
 from __future__ import annotations
@@ -21,16 +22,17 @@ from benchmarks.report import Results
 
 def main(argv: list[str]) -> None:
     env = Env(quick=False, results=Results(quick=False), root=Path(RESULTS_DIR))
-    cases = [tuple(map(int, c.split("x"))) for c in argv] or [(64, 1), (64, 4)]
+    # CxD: C connections, D calls in flight each; CxDxB: AppendBlocks of B blocks (calls/s).
+    cases = [(*map(int, c.split("x")), 1)[:3] for c in argv] or [(64, 1, 1), (64, 4, 1)]
     try:
         with Daemon(write_config(env.scratch("ab"))) as daemon:
             daemon.start()
-            for conns, depth in cases:
-                m = measure(daemon, conns, env, depth=depth)
+            for conns, depth, blocks in cases:
+                m = measure(daemon, conns, env, depth=depth, blocks=blocks)
                 rate = m["rate"]
                 row = {
                     "code": os.getcwd(),
-                    "case": f"{conns}x{depth}",
+                    "case": f"{conns}x{depth}" + (f"x{blocks}" if blocks > 1 else ""),
                     "rate": round(rate),
                     "daemon_us": round(m["daemon_cpu"] / rate * 1e6, 1),
                     "loop_us": round(m["loop_cpu"] / rate * 1e6, 1),

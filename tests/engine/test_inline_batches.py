@@ -19,7 +19,7 @@ from timelined.auditlog.fileops import Handle, OsFileOps
 from timelined.config import LogConfig, default_config
 from timelined.writer import engine as engine_module
 from timelined.writer import rules
-from timelined.writer.engine import Engine
+from timelined.writer.engine import Engine, Pending
 
 WRITER = "timelined-writer"
 # Real fsyncs, of which a loaded machine makes some slow: the bound the engine compares them
@@ -71,6 +71,16 @@ async def _root(engine: Engine) -> str:
     return conv.root_context_id
 
 
+async def _answered(pending: list[Pending]) -> None:
+    """Wait until the writer has answered each (queued together: one batch), each with success."""
+    for p in pending:
+        done = anyio.Event()
+        p.add_done_callback(done.set)
+        with anyio.fail_after(10):
+            await done.wait()
+        assert p.error is None, p.error
+
+
 def _append(ctx: str, text: str = "x") -> cmd.AppendBlock:
     return cmd.AppendBlock(context_id=ctx, role="user", content=text)
 
@@ -102,15 +112,9 @@ def test_appends_run_on_the_event_loop_and_other_commands_on_the_thread(
             # thread.
             ran.clear()
             pending = [engine.enqueue(_append(root, str(n))) for n in range(2)]
-            pending.append(
-                engine.enqueue(
-                    cmd.AppendBlocks(
-                        context_id=root, blocks=[cmd.NewBlock(role="user", content="y")]
-                    )
-                )
-            )
-            await engine.caught_up()
-            assert all(p.answered and p.error is None for p in pending)
+            block = cmd.NewBlock(role="user", content="y")
+            pending.append(engine.enqueue(cmd.AppendBlocks(context_id=root, blocks=[block])))
+            await _answered(pending)
             assert ran == [("AppendBlock", loop)] * 2 + [("AppendBlocks", loop)]
             assert ops.writers[2:] == [WRITER]
             # An append batched with another command: the whole batch on the thread.
@@ -120,10 +124,35 @@ def test_appends_run_on_the_event_loop_and_other_commands_on_the_thread(
                 engine.enqueue(_append(root)),
                 engine.enqueue(cmd.UpdateConversation(id=other, name="n")),
             ]
-            await engine.caught_up()
-            assert all(p.answered and p.error is None for p in pending)
+            await _answered(pending)
             assert ran == [("AppendBlock", WRITER), ("UpdateConversation", WRITER)]
             assert engine.stats.inline_writes == 1
+
+    anyio.run(main)
+
+
+def test_a_large_batch_of_appends_runs_on_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran: list[str] = []
+    real = rules.execute
+
+    def execute(tx: Any, command: cmd.Command, now: str) -> Any:
+        ran.append(threading.current_thread().name)
+        return real(tx, command, now)
+
+    monkeypatch.setattr(rules, "execute", execute)
+    monkeypatch.setattr(engine_module, "LOOP_MAX_COMMANDS", 2)
+
+    async def main() -> None:
+        loop = threading.current_thread().name
+        async with Engine.open(_config(tmp_path, fsync="always")) as engine:
+            root = await _root(engine)
+            for size, thread in ((2, loop), (3, WRITER)):
+                ran.clear()
+                pending = [engine.enqueue(_append(root, str(n))) for n in range(size)]
+                await _answered(pending)
+                assert ran == [thread] * size
 
     anyio.run(main)
 
@@ -208,8 +237,7 @@ def test_a_batch_of_appends_waits_while_another_call_holds_the_writer(
                 # Not run on the loop beside the thread's call: it waits for the lock.
                 assert not pending.answered and ops.writers == []
                 release.set()
-            await engine.caught_up()
-            assert pending.answered and pending.error is None
+            await _answered([pending])
             assert ops.writers == [threading.current_thread().name]
 
     anyio.run(main)

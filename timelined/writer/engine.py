@@ -112,10 +112,15 @@ COMMIT_MAX_EVENTS = 256
 # for that COMMIT waited for the checkpoint too (docs/performance.md, "Reads while clients
 # append"). A checkpoint from a connection of its own does not do: see "The write path".
 CHECKPOINT_LOG_BYTES = 4 << 20
-# A batch of appends runs its commands on the event loop and only its log write on the
-# writer's thread (`Engine._run_batch_on_loop`); a batch of ONE writes the log on the loop too
-# while the log's last write and fsync took at most this long: the loop is blocked for about
-# that. This machine's fsync is ~0.2 ms at p50; a disk slower than 1 ms a write keeps the thread.
+# A batch of at most LOOP_MAX_COMMANDS appends runs its commands on the event loop and only its
+# log write on the writer's thread (`Engine._run_batch_on_loop`). Larger batches keep the thread:
+# their commands (~20 µs each) would hold the loop from reading the next calls for longer than
+# the hand-off costs (at 64 connections 4 deep, ~135 a batch, the loop-side batch was 4 % fewer
+# appends/s in 4 of 5 pairs; docs/performance.md).
+LOOP_MAX_COMMANDS = 16
+# A batch of ONE writes the log on the loop too while the log's last write and fsync took at
+# most this long: the loop is blocked for about that. This machine's fsync is ~0.2 ms at p50; a
+# disk slower than 1 ms a write keeps the thread.
 INLINE_MAX_WRITE_S = 0.001
 # The commands whose batches run on the event loop: the hot path, bounded in bytes by the call's
 # limits. Every other command (a merge may copy many rows) keeps the whole batch on the thread,
@@ -748,7 +753,11 @@ class Engine:
                     self._queue.popleft()
                     for _ in range(min(len(self._queue), self.config.log.max_batch))
                 ]
-                if self._appends_on_loop and all(type(p.command) in _LOOP_COMMANDS for p in batch):
+                if (
+                    self._appends_on_loop
+                    and len(batch) <= LOOP_MAX_COMMANDS
+                    and all(type(p.command) in _LOOP_COMMANDS for p in batch)
+                ):
                     committed = await self._run_batch_on_loop(batch)
                 else:
                     committed = await self._in_writer_loop(self._run_batch, batch)
@@ -967,17 +976,17 @@ class Engine:
             log.critical("%s", exc.message)
 
     async def _run_batch_on_loop(self, batch: list[Pending]) -> Committed:
-        """A batch of appends: its commands on the event loop, its log write on the writer's
-        thread, or on the loop too for a batch of one while the disk is quick.
+        """A small batch of appends: its commands on the event loop, its log write on the
+        writer's thread, or on the loop too for a batch of one while the disk is quick.
 
-        Why: the event loop and the writer's thread share one GIL. With the commands on the
-        thread, every GIL release of theirs (each SQLite statement) handed the GIL to the loop
-        and getting it back cost both threads CPU (the writer's ~32 µs per append in process
-        was ~55 µs through the socket at 64 connections); the log's write and fsync hold no
-        GIL, so they are what the thread still overlaps with the loop. At one connection every
-        batch is one append, and the hand-off to the thread and back (two cross-thread
-        wake-ups) cost more than the batch: there the loop writes and fsyncs itself, blocked
-        for about INLINE_MAX_WRITE_S at most (docs/performance.md has the figures).
+        Why: the event loop and the writer's thread share one GIL, and a small batch is
+        cheaper than handing it over. With its commands on the thread, each GIL release of
+        theirs (each SQLite statement) handed the GIL to the loop and taking it back cost both
+        threads CPU; the log's write and fsync hold no GIL, so they are what the thread still
+        overlaps with the loop. At one connection every batch is one append, and the hand-off
+        to the thread and back (two cross-thread wake-ups) cost more than the batch: there the
+        loop writes and fsyncs itself, blocked for about INLINE_MAX_WRITE_S at most
+        (docs/performance.md has the figures).
 
         The lock is held throughout, so nothing else uses the write connection (the thread
         runs only the write, which does not touch it) and no `paused()` holder or COMMIT comes
