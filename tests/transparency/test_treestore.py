@@ -125,7 +125,7 @@ async def test_checkpoints_cover_only_what_is_on_disk(tmp_path: Path) -> None:
     transparency = Transparency.open(config, 9, FileLogSource(config.log_dir))
     durable = 6
     transparency.durable_seq = lambda: durable
-    verifier = transparency.signer.verifier()
+    verifier = (await transparency.signer()).verifier()
     assert open_checkpoint(await transparency.checkpoint(), verifier).checkpoint.size == 6
     durable = 9
     signed = open_checkpoint(await transparency.checkpoint(), verifier).checkpoint
