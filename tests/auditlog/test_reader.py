@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from tests.faults.faultops import FaultOps
-from timelined.auditlog.reader import read_last_line, read_lines, read_records
+from timelined.auditlog.reader import (
+    iter_lines_backward,
+    read_last_line,
+    read_line,
+    read_lines,
+    read_records,
+)
 from timelined.auditlog.segments import list_segments
 from timelined.errors import LogDamaged
 
@@ -81,3 +87,42 @@ def test_last_line_found_backwards(tmp_path: Path) -> None:
     for content in [b"", b"a\nb"]:
         path.write_bytes(content)
         assert read_last_line(ops, str(path)) is None
+
+
+def test_lines_backward_are_the_complete_lines_last_first(tmp_path: Path) -> None:
+    ops = FaultOps()
+    path = tmp_path / "f"
+    long = b"x" * 200_000
+    for content in [b"", b"a", b"a\n", b"a\nbb\n", b"a\nbb\ncc", long + b"\n" + long, b"\n\na\n"]:
+        path.write_bytes(content)
+        handle = ops.open_read(str(path))
+        try:
+            for chunk in (1, 3, 65536):
+                got = list(iter_lines_backward(ops, handle, chunk_size=chunk))
+                complete = content[: content.rfind(b"\n") + 1].split(b"\n")[:-1]
+                assert got == complete[::-1], (content[:20], chunk)
+        finally:
+            ops.close(handle)
+
+
+def test_one_line_by_seq_across_segments_and_past_a_torn_tail(log_dir: Path) -> None:
+    items = write_log(log_dir, 40, segment_bytes=4000, batch=3)
+    assert len(segment_files(log_dir)) > 2
+    with segment_files(log_dir)[-1].open("ab") as f:
+        f.write(items[0][1][:50])  # a write in progress, or a torn tail
+    for record, line in items:
+        assert read_line(log_dir, record.seq) == line
+    assert read_line(log_dir, 41) is None
+    assert read_line(log_dir / "none", 1) is None
+
+
+def test_one_damaged_line_read_alone_is_damage_named_by_its_seq(log_dir: Path) -> None:
+    write_log(log_dir, 10)
+    path = segment_files(log_dir)[0]
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[4] = lines[4].replace(b'"ctx_', b'"ctY_', 1)
+    path.write_bytes(b"".join(lines))
+    assert read_line(log_dir, 6) == lines[5]
+    with pytest.raises(LogDamaged) as caught:
+        read_line(log_dir, 5)
+    assert caught.value.params["seq"] == 5

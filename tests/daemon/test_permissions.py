@@ -42,11 +42,13 @@ def _modes(state_dir: Path) -> dict[str, int]:
 
 
 def _busy(daemon: DaemonProcess) -> None:
-    """Enough writes for every kind of file: log segments, state.db with -wal and -shm."""
+    """Enough writes for every kind of file: log segments, state.db with -wal and -shm, and the
+    checkpoint key (created just after READY: asking for it waits for it)."""
     with Client(daemon.socket_path) as tl:
         root = tl.create_conversation("private").root_context_id
         for i in range(20):
             tl.append_block(root, "user", f"secret {i}")
+        tl.get_checkpoint_key()
 
 
 def _stranger_reads(path: Path) -> int:

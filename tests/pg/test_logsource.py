@@ -75,9 +75,29 @@ class LogSourceContract:
             line for _, line in items
         )
 
+    def test_one_line_is_the_line_of_its_range(
+        self, store: Store, items: list[tuple[Record, bytes]]
+    ) -> None:
+        source = store(items)
+        for seq, line in source.lines(0, COUNT):
+            assert source.line(seq) == line
+        assert source.line(COUNT + 1) is None
+
+    def test_one_damaged_line_is_damage_named_by_its_seq(
+        self, store: Store, items: list[tuple[Record, bytes]]
+    ) -> None:
+        damaged = list(items)
+        damaged[20] = (items[20][0], _edit(items[20][1]))
+        source = store(damaged)
+        assert source.line(22) == items[21][1]
+        with pytest.raises(LogDamaged) as caught:
+            source.line(21)
+        assert caught.value.params["seq"] == 21
+
     def test_an_empty_log_has_no_lines(self, store: Store) -> None:
         source = store([])
         assert list(source.lines(0, 10)) == []
+        assert source.line(1) is None
         figures = source.figures()
         assert figures.stored_bytes >= 0 and figures.segments in (0, None)
 

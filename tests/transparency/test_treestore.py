@@ -102,6 +102,29 @@ def test_open_extends_from_the_log_and_recomputes_a_rewritten_one(tmp_path: Path
     files.close()
 
 
+def test_open_reads_the_log_from_its_end_only(tmp_path: Path) -> None:
+    """Each boot checks the tree's last leaf against the log's line: near the log's head, that
+    is a chunk read from the end of its segment, not the whole segment (64 MiB: ~100 ms)."""
+    from timelined.auditlog.fileops import Handle, OsFileOps
+
+    class Counting(OsFileOps):
+        read = 0
+
+        def pread(self, handle: Handle, size: int, offset: int) -> bytes:
+            data = super().pread(handle, size, offset)
+            Counting.read += len(data)
+            return data
+
+    log_dir, tree_dir = tmp_path / "log", tmp_path / "tree"
+    _write_log(log_dir, 3000)
+    segment = (log_dir / f"{1:020d}.jsonl").stat().st_size
+    LogTree.open(tree_dir, FileLogSource(log_dir), 3000).close()
+    source = FileLogSource(log_dir, Counting())
+    tree = LogTree.open(tree_dir, source, 3000)  # the last leaf matches: nothing recomputed
+    assert tree.size == 3000 and Counting.read <= 65536 < segment // 4
+    tree.close()
+
+
 def test_a_reload_reports_that_checkpoint_changes_need_a_restart(tmp_path: Path) -> None:
     import msgspec
 
@@ -125,7 +148,7 @@ async def test_checkpoints_cover_only_what_is_on_disk(tmp_path: Path) -> None:
     transparency = Transparency.open(config, 9, FileLogSource(config.log_dir))
     durable = 6
     transparency.durable_seq = lambda: durable
-    verifier = transparency.signer.verifier()
+    verifier = (await transparency.signer()).verifier()
     assert open_checkpoint(await transparency.checkpoint(), verifier).checkpoint.size == 6
     durable = 9
     signed = open_checkpoint(await transparency.checkpoint(), verifier).checkpoint

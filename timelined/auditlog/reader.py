@@ -87,6 +87,56 @@ def read_last_line(fileops: FileOps, path: str) -> tuple[int, bytes] | None:
         fileops.close(handle)
 
 
+def iter_lines_backward(
+    fileops: FileOps, handle: Handle, chunk_size: int = 65536
+) -> Iterator[bytes]:
+    """Each complete line (without its newline) from the file's last to its first; the bytes
+    after the last newline (a line being written, or a torn tail) are not a line."""
+    pos = fileops.fstat_size(handle)
+    carry = b""  # the bytes from `pos` to the next line boundary, not yet given out
+    trailing = True  # `carry` is still what follows the file's last newline
+    while pos > 0:
+        step = min(chunk_size, pos)
+        pos -= step
+        parts = (fileops.pread(handle, step, pos) + carry).split(b"\n")
+        carry = parts[0]
+        complete = parts[1:]
+        if trailing and complete:
+            complete.pop()
+            trailing = False
+        yield from reversed(complete)
+    if not trailing:
+        yield carry  # the file's first line (b"" when the file starts with a newline)
+
+
+def read_line(
+    log_dir: str | os.PathLike[str], seq: int, fileops: FileOps | None = None
+) -> bytes | None:
+    """The exact line of `seq` (newline included, its frame and hash checked), None when the
+    log does not hold it. Its segment is read backwards from the end: near the log's head (the
+    Merkle tree's check at boot) that is a chunk, where a forward read of a 64 MiB segment to
+    its last line is ~100 ms of CPU; never more than the segment."""
+    fops = fileops or OS_FILEOPS
+    segments = list_segments(log_dir, fops)
+    index = segment_index_for(segments, seq)
+    if index < 0:
+        return None
+    seg = segments[index]
+    handle = fops.open_read(seg.path)
+    try:
+        for content in iter_lines_backward(fops, handle):
+            found = peek_seq(content)
+            if found is None:
+                raise LogDamaged(seq, "unparsable line", seg.name)
+            if found < seq:
+                return None  # a segment's lines ascend: it is not there
+            if found == seq:
+                return next(chained([(seq, content, seg.name)], seq - 1))[1]
+        return None
+    finally:
+        fops.close(handle)
+
+
 def _iter_range(
     log_dir: str | os.PathLike[str], after_seq: int, upto_seq: int | None, fops: FileOps
 ) -> Iterator[tuple[int, bytes, str]]:

@@ -19,6 +19,9 @@ The contract (tests/pg/test_logsource.py runs one suite against both implementat
   a batch of rows) whatever the range. A paused reader (a slow watcher) holds no database
   connection (the table lends one per batch); the file implementation keeps the segment it is
   in open. Close the iterator (or drop it) to stop early.
+- `line(seq)`: the line of one seq, as `lines(seq - 1, seq)` gives it (frame and hash checked;
+  None when the log does not hold it), cheap near the log's head: the Merkle tree's check of
+  its last leaf at every boot (the file log reads the segment backwards from its end).
 - `segment_starts(after_seq, upto_seq)`: the seqs in after_seq < seq <= upto_seq that begin a
   segment file, ascending; None when the log has no segments (the table), in which case
   `timelinectl export-log` cuts segments as the file writer would with `segment_bytes`.
@@ -36,7 +39,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from timelined.auditlog.fileops import OS_FILEOPS, FileOps
-from timelined.auditlog.reader import read_lines
+from timelined.auditlog.reader import read_line, read_lines
 from timelined.auditlog.segments import list_segments
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,8 @@ class LogSource(Protocol):
 
     def lines(self, after_seq: int, upto_seq: int) -> Iterator[tuple[int, bytes]]: ...
 
+    def line(self, seq: int) -> bytes | None: ...
+
     def segment_starts(self, after_seq: int, upto_seq: int) -> list[int] | None: ...
 
     def figures(self) -> LogFigures | None: ...
@@ -75,6 +80,9 @@ class FileLogSource:
 
     def lines(self, after_seq: int, upto_seq: int) -> Iterator[tuple[int, bytes]]:
         return read_lines(self.log_dir, after_seq, upto_seq, self._fops)
+
+    def line(self, seq: int) -> bytes | None:
+        return read_line(self.log_dir, seq, self._fops)
 
     def segment_starts(self, after_seq: int, upto_seq: int) -> list[int]:
         return [

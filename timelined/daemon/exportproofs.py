@@ -11,6 +11,7 @@ import msgspec
 
 from timelined.api.exchange import EventProof, ExportPart
 from timelined.auditlog.record import peek_seq
+from timelined.errors import FeatureUnavailable
 from timelined.replies import ReplyBudget
 from timelined.transparency.merkle import ProofError
 from timelined.treestore.service import Transparency
@@ -80,7 +81,10 @@ async def proven_end(
     assert end.end is not None
     note = None
     if service is not None and seqs:
-        note = await covering_checkpoint(service, max(seqs))
+        try:
+            note = await covering_checkpoint(service, max(seqs))
+        except FeatureUnavailable as exc:  # the key cannot be used: the tree is served, unsigned
+            log.error("export without a checkpoint: %s", exc.message)
     if service is not None and note is not None:
         size = int(note.split("\n", 2)[1])
         try:

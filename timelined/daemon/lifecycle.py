@@ -240,7 +240,7 @@ async def _serve_with(
 
         engine.on_fatal = on_fatal
         server = VarlinkServer(
-            service_info(),
+            service_info,  # called at the first GetInfo (its package metadata: ~30 ms)
             limits=server_limits(config.limits),
             map_error=map_error,
         )
@@ -261,8 +261,9 @@ async def _serve_with(
                     Transparency.open, config, engine.last_seq, app.log
                 )
             except (TimelinedError, OSError) as exc:
-                # A log damaged before its tail (the daemon serves read-only) or an unreadable
-                # key: serve without checkpoints rather than not at all; the methods say why.
+                # A log damaged before its tail (the daemon serves read-only): serve without
+                # checkpoints rather than not at all; the methods say why. (A key that cannot be
+                # used is found after READY, by `load_key`: then only the signing stops.)
                 log.error("serving without the Merkle tree and checkpoints: %s", exc)
             else:
                 engine.subscribe(app.transparency.tree.on_commit)
@@ -292,6 +293,8 @@ async def _serve_with(
                 tg.start_soon(reloader.watch_file, stop)
                 _start_features(tg, app, notifier, stop)
                 if app.transparency is not None:
+                    # The key after READY: nothing is signed before (treestore/service.py).
+                    tg.start_soon(app.transparency.load_key)
                     tg.start_soon(app.transparency.run_forever, stop)
                 await stop.wait()
                 notifier.stopping(StatusText.stopping())

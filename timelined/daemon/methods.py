@@ -561,7 +561,7 @@ def transparency_handlers(app: App) -> dict[str, Handler]:
         return CheckpointReply(await service().checkpoint())
 
     async def get_checkpoint_key(p: EmptyParams, ctx: CallContext) -> CheckpointKeyReply:
-        return CheckpointKeyReply(service().verifier_key)
+        return CheckpointKeyReply(await service().verifier_key())
 
     async def get_inclusion_proof(
         p: GetInclusionProofParams, ctx: CallContext

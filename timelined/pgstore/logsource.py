@@ -63,6 +63,9 @@ class TableLogSource:
     def lines(self, after_seq: int, upto_seq: int) -> Iterator[tuple[int, bytes]]:
         return chained(self._rows(after_seq, upto_seq), after_seq)
 
+    def line(self, seq: int) -> bytes | None:
+        return next((line for _, line in self.lines(seq - 1, seq)), None)  # one indexed row
+
     def _rows(self, after_seq: int, upto_seq: int) -> Iterator[tuple[int, bytes, str | None]]:
         position = after_seq
         while position < upto_seq:

@@ -1,5 +1,10 @@
 """What the daemon runs: the tree subscribed to the engine, signed checkpoints on a timer and at
-a clean stop, and the proof lookups of the Admin methods."""
+a clean stop, and the proof lookups of the Admin methods.
+
+The tree is opened before the daemon serves (it must see every commit); the signing key only
+when something is first signed or asked for its verifier key, which the daemon starts right
+after READY (`load_key`): nothing is signed before, and loading it imports `cryptography`
+(~20 ms of CPU) and, at the first boot, writes two files with their fsyncs."""
 
 from __future__ import annotations
 
@@ -9,16 +14,18 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 import anyio
 
 from timelined.auditlog.source import LogSource
 from timelined.config import Config
-from timelined.transparency.checkpoint import Checkpoint
-from timelined.transparency.note import Signer
-from timelined.treestore import signing
+from timelined.errors import FeatureUnavailable, TimelinedError
 from timelined.treestore.levels import LevelFiles
 from timelined.treestore.logtree import REBUILD_MARK, LogTree, build_from_log
+
+if TYPE_CHECKING:  # what signs is imported where something is signed: after READY
+    from timelined.transparency.note import Signer
 
 log = logging.getLogger(__name__)
 REBUILD_CATCH_UP = 1000  # lines a rebuild reads on the event loop at most, before its swap
@@ -28,7 +35,6 @@ REBUILD_CATCH_UP = 1000  # lines a rebuild reads on the event loop at most, befo
 class Transparency:
     config: Config
     tree: LogTree
-    signer: Signer
     source: LogSource  # what a rebuild reads
     # The last seq on disk (fsynced): with `log.fsync = "interval"` or "off" the tree runs ahead
     # of it, and a checkpoint over events a power cut then loses would read as a rewritten past.
@@ -36,35 +42,66 @@ class Transparency:
     _signed_size: int = -1
     _signed_note: str = ""
     _lock: anyio.Lock = field(default_factory=anyio.Lock)
+    _signer: Signer | None = None
+    _key_error: str | None = None  # why the key cannot be used (decided once, as at a boot)
+    _key_lock: anyio.Lock = field(default_factory=anyio.Lock)
 
     @classmethod
     def open(cls, config: Config, head_seq: int, source: LogSource) -> Transparency:
         """Blocking (reads the log to extend the tree): call before serving, off the loop."""
-        signer = signing.load_or_create_key(config.keys_dir, config.checkpoint.origin)
-        tree = LogTree.open(config.tree_dir, source, head_seq)
-        return cls(config, tree, signer, source)
+        return cls(config, LogTree.open(config.tree_dir, source, head_seq), source)
 
-    @property
-    def verifier_key(self) -> str:
-        return str(self.signer.verifier())
+    def _read_key(self) -> Signer:
+        from timelined.treestore.signing import load_or_create_key
 
-    def _note(self, size: int) -> str:
+        return load_or_create_key(self.config.keys_dir, self.config.checkpoint.origin)
+
+    def _key_failed(self, exc: TimelinedError | OSError) -> None:
+        self._key_error = exc.message if isinstance(exc, TimelinedError) else str(exc)
+        log.error("serving without signed checkpoints: the key: %s", self._key_error)
+
+    async def load_key(self) -> None:
+        """Load the signing key (create it at the first boot), off the loop; a key that cannot
+        be used is logged once and makes the checkpoint methods answer FeatureUnavailable (the
+        tree and its proofs are served all the same)."""
+        async with self._key_lock:
+            if self._signer is None and self._key_error is None:
+                try:
+                    self._signer = await anyio.to_thread.run_sync(self._read_key)
+                except (TimelinedError, OSError) as exc:
+                    self._key_failed(exc)
+
+    async def signer(self) -> Signer:
+        await self.load_key()
+        if self._signer is None:
+            raise FeatureUnavailable("transparency", f"the checkpoint key: {self._key_error}")
+        return self._signer
+
+    async def verifier_key(self) -> str:
+        return str((await self.signer()).verifier())
+
+    def _note(self, size: int, signer: Signer) -> str:
+        from timelined.transparency.checkpoint import Checkpoint
+
         root = self.tree.root(size)
-        return Checkpoint(self.signer.name, size, root).sign(self.signer)
+        return Checkpoint(signer.name, size, root).sign(signer)
+
+    def _keep(self, size: int, note: str) -> None:
+        from timelined.treestore.signing import store_checkpoint
+
+        store_checkpoint(self.config.checkpoints_dir, size, note, self.config.checkpoint.keep)
 
     async def checkpoint(self) -> str:
         """A signed checkpoint of the whole tree as it is now (signed and kept when it grew)."""
+        signer = await self.signer()
         async with self._lock:
             size = self.tree.size
             if self.durable_seq is not None:
                 size = min(size, self.durable_seq())
             if size != self._signed_size:
                 self.tree.files.flush()
-                note = self._note(size)
-                cfg = self.config
-                await anyio.to_thread.run_sync(
-                    signing.store_checkpoint, cfg.checkpoints_dir, size, note, cfg.checkpoint.keep
-                )
+                note = self._note(size, signer)
+                await anyio.to_thread.run_sync(self._keep, size, note)
                 self._signed_size, self._signed_note = size, note
             return self._signed_note
 
@@ -130,14 +167,19 @@ class Transparency:
                 log.error("could not keep a signed checkpoint: %s", exc)
 
     def close(self) -> None:
-        """At a clean stop, once the engine is closed: the last checkpoint, then the files."""
+        """At a clean stop, once the engine is closed: the last checkpoint, then the files (the
+        key is loaded here if nothing asked for it yet: a stop right after READY)."""
         try:
             size = self.tree.size
-            if size != self._signed_size:
+            if size != self._signed_size and self._signer is None and self._key_error is None:
+                try:
+                    self._signer = self._read_key()
+                except (TimelinedError, OSError) as exc:
+                    self._key_failed(exc)
+            if size != self._signed_size and self._signer is not None:
                 self.tree.files.flush()
-                note = self._note(size)
-                cfg = self.config
-                signing.store_checkpoint(cfg.checkpoints_dir, size, note, cfg.checkpoint.keep)
+                note = self._note(size, self._signer)
+                self._keep(size, note)
                 log.info("signed the checkpoint at tree size %d", size)
         finally:
             self.tree.close()

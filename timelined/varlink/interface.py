@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import datetime
 import decimal
-import difflib
 import enum
 import functools
 import inspect
@@ -406,6 +405,8 @@ def check_interface_file(interface: Interface, path: str | Path) -> str | None:
         return f"{p} is missing; generate it with python -m timelined.varlink.gen"
     if have == want:
         return None
+    import difflib  # a check's (tests, the generator): never the daemon's start-up
+
     diff = difflib.unified_diff(
         have.splitlines(keepends=True),
         want.splitlines(keepends=True),

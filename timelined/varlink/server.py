@@ -376,7 +376,7 @@ class VarlinkServer:
 
     def __init__(
         self,
-        info: ServiceInfo,
+        info: ServiceInfo | Callable[[], ServiceInfo],
         *,
         limits: ServerLimits | None = None,
         authorize: Authorizer | None = None,
@@ -475,6 +475,10 @@ class VarlinkServer:
     # --- org.varlink.service ---------------------------------------------------------------
 
     async def _get_info(self, params: GetInfoParams, ctx: CallContext) -> GetInfoReply:
+        if not isinstance(self.info, ServiceInfo):
+            # Given as a function: resolved at the first GetInfo, off the loop, so that what it
+            # reads (the daemon's: its package metadata) is no part of the start-up.
+            self.info = await anyio.to_thread.run_sync(self.info)
         i = self.info
         return GetInfoReply(i.vendor, i.product, i.version, i.url, list(self._interfaces))
 
