@@ -131,7 +131,7 @@ def test_appends_run_on_the_event_loop_and_other_commands_on_the_thread(
     anyio.run(main)
 
 
-def test_a_large_batch_of_appends_runs_on_the_thread(
+def test_a_batch_of_more_blocks_than_loop_max_blocks_runs_on_the_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ran: list[str] = []
@@ -142,17 +142,23 @@ def test_a_large_batch_of_appends_runs_on_the_thread(
         return real(tx, command, now)
 
     monkeypatch.setattr(rules, "execute", execute)
-    monkeypatch.setattr(engine_module, "LOOP_MAX_COMMANDS", 2)
+    monkeypatch.setattr(engine_module, "LOOP_MAX_BLOCKS", 3)
 
     async def main() -> None:
         loop = threading.current_thread().name
         async with Engine.open(_config(tmp_path, fsync="always")) as engine:
             root = await _root(engine)
-            for size, thread in ((2, loop), (3, WRITER)):
+            for size, thread in ((3, loop), (4, WRITER)):
                 ran.clear()
                 pending = [engine.enqueue(_append(root, str(n))) for n in range(size)]
                 await _answered(pending)
                 assert ran == [thread] * size
+            # Counted in blocks: one AppendBlocks of four is too many for the loop, too.
+            for size, thread in ((3, loop), (4, WRITER)):
+                ran.clear()
+                blocks = [cmd.NewBlock(role="user", content=str(n)) for n in range(size)]
+                await _answered([engine.enqueue(cmd.AppendBlocks(context_id=root, blocks=blocks))])
+                assert ran == [thread]
 
     anyio.run(main)
 

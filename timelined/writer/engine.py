@@ -6,7 +6,7 @@ Contract (DESIGN.md's write path):
   `Pending` whose callback the writer calls when the batch is done (the Varlink server's
   deferred replies: no future and no wake-up per command). The writer task takes every waiting
   command (up to `log.max_batch`) and runs the whole batch in ONE call on the writer's own thread
-  (`SerialThread`), or, for a batch of appends only, runs its commands on the event loop and
+  (`SerialThread`), or, for a small batch of appends only, runs its commands on the loop and
   hands only the log's write to the thread (a batch of one with a quick disk: not even that,
   `_run_batch_on_loop`); the write connection is used under `_lock`, one batch at a time: BEGIN;
   for each command a SAVEPOINT, the rules' checks, its events encoded with the next seqs and
@@ -112,20 +112,35 @@ COMMIT_MAX_EVENTS = 256
 # for that COMMIT waited for the checkpoint too (docs/performance.md, "Reads while clients
 # append"). A checkpoint from a connection of its own does not do: see "The write path".
 CHECKPOINT_LOG_BYTES = 4 << 20
-# A batch of at most LOOP_MAX_COMMANDS appends runs its commands on the event loop and only its
-# log write on the writer's thread (`Engine._run_batch_on_loop`). Larger batches keep the thread:
-# their commands (~20 µs each) would hold the loop from reading the next calls for longer than
-# the hand-off costs (at 64 connections 4 deep, ~135 a batch, the loop-side batch was 4 % fewer
-# appends/s in 4 of 5 pairs; docs/performance.md).
-LOOP_MAX_COMMANDS = 16
+# A batch of appends of at most LOOP_MAX_BLOCKS blocks runs its commands on the event loop and
+# only its log write on the writer's thread (`Engine._run_batch_on_loop`). Larger batches keep
+# the thread: their blocks (~20-35 µs each) would hold the loop from reading the next calls for
+# longer than the hand-off costs (at 64 connections 4 deep, ~135 a batch, the loop-side batch
+# was 4 % fewer appends/s in 4 of 5 pairs; docs/performance.md), and the loop is never blocked
+# for more than about half a millisecond by a batch's commands.
+LOOP_MAX_BLOCKS = 16
 # A batch of ONE writes the log on the loop too while the log's last write and fsync took at
 # most this long: the loop is blocked for about that. This machine's fsync is ~0.2 ms at p50; a
 # disk slower than 1 ms a write keeps the thread.
 INLINE_MAX_WRITE_S = 0.001
-# The commands whose batches run on the event loop: the hot path, bounded in bytes by the call's
-# limits. Every other command (a merge may copy many rows) keeps the whole batch on the thread,
-# where its SQL releases the GIL to the loop.
-_LOOP_COMMANDS = frozenset({cmd.AppendBlock, cmd.AppendBlocks})
+
+
+def _small_appends(batch: list[Pending]) -> bool:
+    """Whether `batch` is appends only, of at most LOOP_MAX_BLOCKS blocks in all. Every other
+    command (a merge may copy many rows) keeps the whole batch on the writer's thread, where its
+    SQL releases the GIL to the loop."""
+    if len(batch) > LOOP_MAX_BLOCKS:
+        return False
+    blocks = 0
+    for pending in batch:
+        command = pending.command
+        if type(command) is cmd.AppendBlock:
+            blocks += 1
+        elif type(command) is cmd.AppendBlocks:
+            blocks += len(command.blocks)
+        else:
+            return False
+    return blocks <= LOOP_MAX_BLOCKS
 
 
 def _tail_problem(scan: TailScan) -> LogDamaged | None:
@@ -753,11 +768,7 @@ class Engine:
                     self._queue.popleft()
                     for _ in range(min(len(self._queue), self.config.log.max_batch))
                 ]
-                if (
-                    self._appends_on_loop
-                    and len(batch) <= LOOP_MAX_COMMANDS
-                    and all(type(p.command) in _LOOP_COMMANDS for p in batch)
-                ):
+                if self._appends_on_loop and _small_appends(batch):
                     committed = await self._run_batch_on_loop(batch)
                 else:
                     committed = await self._in_writer_loop(self._run_batch, batch)
