@@ -4,7 +4,9 @@
 [--contend]`. An engine is opened on a scratch directory as tests/engine does; `--tasks`
 callers submit AppendBlock one after another (64: batches of ~64; 1: one append per batch).
 Prints one JSON line: the writer thread's CPU (`pthread_getcpuclockid`) per append, the search
-index's catch-up included; its waits (voluntary context switches, mostly for the GIL back) per
+index's catch-up included, and the whole process's (the callers and the event loop included:
+small batches of appends run on the loop); the writer's waits (voluntary context switches,
+mostly for the GIL back) per
 append; the mean batch and the wall time per append. `--contend` adds a thread that takes and
 drops the GIL as a busy event loop does (Python work between syscalls): what the writer pays
 for the GIL handoffs of its own GIL-releasing calls (SQLite's step and reset, os.urandom,
@@ -68,16 +70,18 @@ async def measure(
                     await engine.submit(append)
 
             switches0 = _switches(writer.native_id or 0)
-            batches0, cpu0, wall0 = (
+            batches0, cpu0, wall0, process0 = (
                 engine.stats.batches,
                 time.clock_gettime(clock),
                 time.perf_counter(),
+                time.process_time(),
             )
             await asyncio.gather(*(caller() for _ in range(tasks)))
             wall = time.perf_counter() - wall0
             stop.set()
             await engine.index_caught_up(10.0)
             cpu = time.clock_gettime(clock) - cpu0
+            process = time.process_time() - process0
             switches = _switches(writer.native_id or 0) - switches0
             done = per_task * tasks
             return {
@@ -85,6 +89,9 @@ async def measure(
                 "fsync": fsync,
                 "contend": contend,
                 "writer_us": round(cpu / done * 1e6, 1),
+                # The event loop's thread too: small batches of appends run their commands
+                # there (and a batch of one its write), not on the writer's thread.
+                "process_us": round(process / done * 1e6, 1),
                 "writer_waits": round(switches / done, 2),
                 "mean_batch": round(done / max(1, engine.stats.batches - batches0), 1),
                 "wall_us": round(wall / done * 1e6, 1),
