@@ -195,6 +195,23 @@ class LevelReader:
             offset = 0
         return data[offset : offset + HASH_SIZE]
 
+    def nodes(self, level: int, index: int, count: int) -> bytes:
+        """`count` hashes of `level` from `index` on, concatenated: shorter where the file
+        ends (and empty for a level not on disk)."""
+        if level >= len(self._fds):
+            return b""
+        want = count * HASH_SIZE
+        parts: list[bytes] = []
+        pos = index * HASH_SIZE
+        while want:
+            data = os.pread(self._fds[level], want, pos)
+            if not data:
+                break
+            parts.append(data)
+            pos += len(data)
+            want -= len(data)
+        return b"".join(parts)
+
     def close(self) -> None:
         for fd in self._fds:
             os.close(fd)

@@ -15,13 +15,15 @@ def check_chain(
     *,
     upto_seq: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    on_lines: Callable[[list[bytes]], None] | None = None,
 ) -> ChainResult:
     """Walk the chain to `upto_seq` (or the log's end); the result names the first bad seq.
 
-    `progress(seq, bytes)` is called every 65536 lines.
+    `progress(seq, bytes)` is called every 65536 lines; `on_lines` is given the good lines
+    (walk_chain's: the tree check's leaves).
     """
     started = time.perf_counter()
-    walked = walk_chain(log_dir, progress, upto_seq=upto_seq)
+    walked = walk_chain(log_dir, progress, upto_seq=upto_seq, on_lines=on_lines)
     damage = walked.damage
     torn = walked.torn
     return ChainResult(

@@ -44,7 +44,7 @@ from timelined.api.verify import (
 from timelined.auditlog.scan import scan_tail
 from timelined.auditlog.source import FileLogSource
 from timelined.ids import utc_now
-from timelined.verifier.chain import chain_damage, check_chain
+from timelined.verifier.chain import chain_damage
 from timelined.verifier.model import MAX_DIFFERENCES, StateResult
 from timelined.verifier.protocol import (
     ChainDone,
@@ -58,7 +58,7 @@ from timelined.verifier.protocol import (
     decode_message,
 )
 from timelined.verifier.reports import report_id
-from timelined.verifier.tree import check_tree
+from timelined.verifier.tree import check_chain_and_tree
 
 ProgressFn = Callable[[VerifyProgress], None]
 PROCESS_THRESHOLD_BYTES = 8 << 20  # below this much log, a run is quicker in-process
@@ -263,11 +263,8 @@ def _run_inline(
         on_snapshot=lambda seq, _hash: on_snapshot(seq),
         progress=progress,
     )
-    chain = check_chain(paths.log_dir)
-    tree = None
-    if paths.tree_dir is not None:
-        tree = check_tree(paths.tree_dir, FileLogSource(paths.log_dir), chain, tree_size)
-    return state, chain, tree, None
+    chain, tree = check_chain_and_tree(paths.log_dir, paths.tree_dir, tree_upto=tree_size)
+    return state, chain, tree if paths.tree_dir is not None else None, None
 
 
 def _run_children(

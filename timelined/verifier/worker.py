@@ -23,7 +23,6 @@ from pathlib import Path
 
 from timelined.api.verify import VerifyProgress
 from timelined.errors import LogDamaged
-from timelined.verifier.chain import check_chain
 from timelined.verifier.protocol import (
     ChainDone,
     Failed,
@@ -35,6 +34,7 @@ from timelined.verifier.protocol import (
     StateDone,
     encode_message,
 )
+from timelined.verifier.tree import check_chain_and_tree
 
 _PR_SET_PDEATHSIG = 1
 
@@ -106,19 +106,16 @@ def _chain(args: argparse.Namespace) -> None:
     upto = args.upto if args.upto is not None and args.upto >= 0 else None
     throttle = _Throttle()
     total = upto or 0
-    result = check_chain(
-        Path(args.log_dir),
+    log_dir = Path(args.log_dir)
+    tree_dir = Path(args.tree_dir) if args.tree_dir is not None else None
+    result, tree = check_chain_and_tree(
+        log_dir,
+        tree_dir,
         upto_seq=upto,
+        tree_upto=args.tree_upto,
         progress=lambda seq, _bytes: throttle(VerifyProgress("chain", seq, max(total, seq))),
     )
-    tree = None
-    if args.tree_dir is not None:
-        from timelined.auditlog.source import FileLogSource
-        from timelined.verifier.tree import check_tree
-
-        source = FileLogSource(Path(args.log_dir))
-        tree = check_tree(Path(args.tree_dir), source, result, args.tree_upto)
-    _emit(ChainDone(result, tree))
+    _emit(ChainDone(result, tree if tree_dir is not None else None))
 
 
 def _rebuild(args: argparse.Namespace) -> None:
