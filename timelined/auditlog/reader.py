@@ -91,22 +91,32 @@ def iter_lines_backward(
     fileops: FileOps, handle: Handle, chunk_size: int = 65536
 ) -> Iterator[bytes]:
     """Each complete line (without its newline) from the file's last to its first; the bytes
-    after the last newline (a line being written, or a torn tail) are not a line."""
+    after the last newline (a line being written, or a torn tail) are not a line. Memory stays
+    bounded by the chunk size and the longest line, as `iter_lines`: a line's pieces are
+    joined once, when the newline before it is read."""
     pos = fileops.fstat_size(handle)
-    carry = b""  # the bytes from `pos` to the next line boundary, not yet given out
+    # The bytes from `pos` to the next line boundary, not yet given out: pieces, last first.
+    carry: list[bytes] = []
     trailing = True  # `carry` is still what follows the file's last newline
     while pos > 0:
         step = min(chunk_size, pos)
         pos -= step
-        parts = (fileops.pread(handle, step, pos) + carry).split(b"\n")
-        carry = parts[0]
+        data = fileops.pread(handle, step, pos)
+        if b"\n" not in data:
+            carry.append(data)
+            continue
+        parts = data.split(b"\n")
+        if carry:
+            carry.append(parts[-1])
+            parts[-1] = b"".join(reversed(carry))
+        carry = [parts[0]]
         complete = parts[1:]
-        if trailing and complete:
+        if trailing:
             complete.pop()
             trailing = False
         yield from reversed(complete)
     if not trailing:
-        yield carry  # the file's first line (b"" when the file starts with a newline)
+        yield b"".join(reversed(carry))  # the first line (b"" when the file starts with \n)
 
 
 def read_line(
