@@ -423,14 +423,15 @@ class Engine:
         self._data_version = data_version(conn)
         # The writer's cache for appends; see hotstate.py for why it stays equal to the state.
         self.hot = HotState()
-        # On the writer's thread: the running batch's block rows not inserted yet (`_CommandTx`);
-        # empty between batches.
+        # Under `_lock` (on the writer's thread or the loop): the running batch's block rows not
+        # inserted yet (`_CommandTx`); empty between batches.
         # None on PostgreSQL (writer/pg.py): each append inserts its own row there.
         self._staged: StagedBlocks | None = StagedBlocks()
         # What the store cannot hold, refused before anything is written (writer/pg.py: NUL).
         self._check_line: Callable[[bytes], None] | None = None
-        # On the writer's thread: log bytes committed since the WAL's last checkpoint
-        # (`_checkpoint_wal`); a read-only engine and PgEngine (no log writer) never checkpoint.
+        # Under `_lock`: log bytes answered since the WAL's last checkpoint, which runs with all
+        # of them committed (`_checkpoint_wal`); an engine without a log writer (read-only,
+        # PgEngine) never checkpoints.
         self._wal_log_bytes = 0
         if writer is not None:
             conn.execute("PRAGMA wal_autocheckpoint = 0")
@@ -439,10 +440,8 @@ class Engine:
         # loop on the event loop (a batch of appends, `_run_batch_on_loop`).
         # Started last: nothing above can fail and leave it running.
         self._thread = SerialThread("timelined-writer")
-        # Whether batches of appends run on the event loop: not on PostgreSQL, whose every
-        # statement is a network round trip. The log's last write (and fsync) took
-        # `_last_write_s`: a slow disk keeps a batch of one's write on the thread.
-        self._appends_on_loop = True
+        # The log's last write (and fsync) took this long: a slow disk keeps a batch of one's
+        # write on the thread (`_run_batch_on_loop`).
         self._last_write_s = 0.0
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -768,7 +767,9 @@ class Engine:
                     self._queue.popleft()
                     for _ in range(min(len(self._queue), self.config.log.max_batch))
                 ]
-                if self._appends_on_loop and _small_appends(batch):
+                # The loop's path splits the log file's write off a batch: an engine without a
+                # log writer (PostgreSQL: every statement a round trip) keeps the thread.
+                if self._writer is not None and _small_appends(batch):
                     committed = await self._run_batch_on_loop(batch)
                 else:
                     committed = await self._in_writer_loop(self._run_batch, batch)
@@ -1005,7 +1006,7 @@ class Engine:
         """
         async with self._lock:
             try:
-                run = self._guarded(batch, self._run_batch_unguarded, batch, False)
+                run = self._guarded(batch, self._run_batch_unguarded, batch)
                 if not isinstance(run, BatchToLog):
                     return run
                 if len(batch) == 1 and self._last_write_s <= INLINE_MAX_WRITE_S:
@@ -1019,9 +1020,10 @@ class Engine:
 
     def _run_batch(self, batch: list[Pending]) -> Committed:
         """The whole batch, on the writer's thread. Returns the committed records."""
-        done = self._guarded(batch, self._run_batch_unguarded, batch, True)
-        assert isinstance(done, Committed), "the batch was written"
-        return done
+        run = self._guarded(batch, self._run_batch_unguarded, batch)
+        if isinstance(run, BatchToLog):
+            return self._guarded(batch, self._write_batch, run)
+        return run
 
     def _guarded(self, batch: list[Pending], fn: Callable[..., T], *args: Any) -> T | Committed:
         """`fn(*args)`, a step of running `batch`; a state database error undoes the batch.
@@ -1037,8 +1039,9 @@ class Engine:
             fatal = FatalStorageError(self.storage_name, 0, f"state database: {exc}")
             return self._abandon(batch, fatal)
 
-    def _run_batch_unguarded(self, batch: list[Pending], write: bool) -> Committed | BatchToLog:
-        """The batch's commands; then its log write (`write`), or what that write needs."""
+    def _run_batch_unguarded(self, batch: list[Pending]) -> Committed | BatchToLog:
+        """The batch's commands: what their log write needs, or the batch done without one
+        (nothing to log, or undone)."""
         conn = self._conn
         seq, prev = self._begin_batch()
         lines: list[bytes] = []
@@ -1094,8 +1097,7 @@ class Engine:
         if not lines:
             self._end_empty_batch()  # only idempotent retries and refusals: nothing to log
             return NOTHING_COMMITTED
-        run = BatchToLog(batch, accepted, records, lines, fts)
-        return self._write_batch(run) if write else run
+        return BatchToLog(batch, accepted, records, lines, fts)
 
     def _insert_staged(self, staged: StagedBlocks, batch: list[Pending]) -> Committed | None:
         """Insert the block rows the batch's appends staged; None, or (they failed) the batch

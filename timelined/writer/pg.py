@@ -114,8 +114,6 @@ class PgEngine(Engine):
         # InternalError (tests/engine/test_stateful.py's PostgreSQL run found it).
         self._staged = None
         self._check_line = refuse_nul
-        # Never on the event loop: every statement is a round trip to the server.
-        self._appends_on_loop = False
         self._password = password  # held for the follower's and snapshots' connections
         # Tells this daemon's notifications from the others' (which wake the follower).
         self._origin = secrets.token_hex(8)
