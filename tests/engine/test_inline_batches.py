@@ -17,6 +17,7 @@ from timelined import commands as cmd
 from timelined.api.model import Conversation
 from timelined.auditlog.fileops import Handle, OsFileOps
 from timelined.config import LogConfig, default_config
+from timelined.errors import FatalStorageError
 from timelined.writer import engine as engine_module
 from timelined.writer import rules
 from timelined.writer.engine import Engine, Pending
@@ -285,3 +286,124 @@ def test_interval_mode_hands_the_fsync_to_the_thread_only_when_one_is_due(
             assert calls and set(calls) == {WRITER}
 
     anyio.run(main)
+
+
+async def _settled(engine: Engine) -> None:
+    """Wait until the writer loop waits with no timer: everything committed and indexed."""
+    with anyio.fail_after(10):
+        while not engine._idle or engine._commit_due() is not None or engine._index_due():  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+
+
+def test_a_lone_append_to_an_idle_writer_is_run_without_waking_the_writer_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`_kick`: the loop round after the call, no writer loop wake-up, no batch of the loop's."""
+    looped: list[int] = []
+    real = Engine._run_batch_on_loop
+
+    async def counted(engine: Engine, batch: list[Pending]) -> Any:
+        looped.append(len(batch))
+        return await real(engine, batch)
+
+    monkeypatch.setattr(Engine, "_run_batch_on_loop", counted)
+    # No COMMIT in the test's time: the first append after one would wake the writer loop, to
+    # arm the timer of the COMMIT it makes due.
+    monkeypatch.setattr(engine_module, "COMMIT_DELAY_S", 3600.0)
+
+    async def main() -> None:
+        async with Engine.open(_config(tmp_path, fsync="always"), fileops=RecordingOps()) as eng:
+            root = await _root(eng)  # uncommitted: the writer loop's timer is for its COMMIT
+            with anyio.fail_after(10):
+                while not eng._idle:  # noqa: ASYNC110 (the writer loop's state: polled)
+                    await anyio.sleep(0.01)
+            wakeups = 0
+            real_set = eng._wakeup.set
+
+            def counted_set() -> None:
+                nonlocal wakeups
+                wakeups += 1
+                real_set()
+
+            monkeypatch.setattr(eng._wakeup, "set", counted_set)
+            for n in range(5):
+                await eng.submit(_append(root, str(n)))
+            assert (looped, wakeups) == ([], 0)
+            assert eng.stats.inline_writes == 5
+            # Calls queued in one round still make one batch, the writer loop's.
+            await _answered([eng.enqueue(_append(root, str(n))) for n in range(3)])
+            assert looped == [3]
+
+    anyio.run(main)
+
+
+def test_a_lone_append_still_gets_its_commit_from_the_timer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer loop waited with no timer (nothing to commit or index); the append run beside
+    it must wake it so that its COMMIT comes COMMIT_DELAY_S later without a read asking."""
+    monkeypatch.setattr(engine_module, "INDEX_DELAY_S", 0.0)
+
+    async def main() -> None:
+        async with Engine.open(_config(tmp_path, fsync="always"), fileops=RecordingOps()) as eng:
+            root = await _root(eng)
+            await eng.submit(_append(root))
+            await _settled(eng)
+            await eng.submit(_append(root, "late"))
+            with anyio.fail_after(10):
+                while eng.committed_seq < eng.acked_seq:  # noqa: ASYNC110 (no caught_up(): no read asks)
+                    await anyio.sleep(0.01)
+
+    anyio.run(main)
+
+
+def test_a_failing_fsync_of_a_lone_append_is_fatal_and_stops_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "INDEX_DELAY_S", 0.0)
+
+    class FailingOps(RecordingOps):
+        fail = False
+
+        def fsync(self, handle: Handle) -> None:
+            if self.fail:
+                raise OSError(5, "Input/output error")
+            super().fsync(handle)
+
+    ops = FailingOps()
+
+    async def main() -> None:
+        async with Engine.open(_config(tmp_path, fsync="always"), fileops=ops) as eng:
+            root = await _root(eng)
+            await eng.submit(_append(root))
+            await _settled(eng)  # the writer loop waits with no timer that would wake it
+            ops.fail = True
+            with pytest.raises(FatalStorageError):
+                await eng.submit(_append(root, "lost"))
+            with anyio.fail_after(10):
+                await eng._stopped.wait()  # the writer loop ended
+            with pytest.raises(FatalStorageError):
+                eng.enqueue(_append(root, "after"))
+
+    anyio.run(main)
+
+
+def test_an_unexpected_error_in_a_lone_append_ends_the_writer_loop_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def main() -> None:
+        async with Engine.open(_config(tmp_path, fsync="always"), fileops=RecordingOps()) as eng:
+            root = await _root(eng)
+            await eng.submit(_append(root))
+            await anyio.sleep(0.01)
+
+            def broken(run: Any) -> float:
+                raise RuntimeError("a bug in the write path")
+
+            monkeypatch.setattr(eng, "_timed_write", broken)
+            eng.enqueue(_append(root, "x"))
+            await anyio.sleep(10)  # cancelled when the writer loop fails
+
+    with pytest.raises(BaseException) as raised:  # an ExceptionGroup
+        anyio.run(main)
+    assert raised.group_contains(RuntimeError, match="a bug in the write path")  # type: ignore[attr-defined]

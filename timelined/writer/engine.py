@@ -413,6 +413,11 @@ class Engine:
         # asyncio's Event, not anyio's: a set anyio Event's wait() still yields to the loop once,
         # and the writer loop waits on this after every batch at one connection.
         self._wakeup = asyncio.Event()
+        # On the event loop: the writer loop waits for `_wakeup`; a call queued meanwhile is
+        # run by `_kick`, or wakes it.
+        self._idle = False
+        self._kick_scheduled = False
+        self._kick_error: BaseException | None = None
         self._closing = False
         self._stopped = anyio.Event()
         self._subscribers: list[Subscriber] = []
@@ -633,7 +638,18 @@ class Engine:
             raise ShuttingDown()
         pending = Pending(command, actor)
         self._queue.append(pending)
-        self._wakeup.set()
+        if not self._idle or self._writer is None:
+            # The writer loop is running (it takes the queue when it is back), or the engine
+            # has no log writer to write a batch inline (PostgreSQL: see `_kick`).
+            self._wakeup.set()
+        elif not self._kick_scheduled:
+            # After the callbacks of this loop round (the other connections' calls join it).
+            self._kick_scheduled = True
+            asyncio.get_running_loop().call_soon(self._kick)
+        else:
+            # A second call this round: a batch for the writer loop, woken now so that it runs
+            # in the same round as `_kick` (which leaves it the queue), not one round later.
+            self._wakeup.set()
         return pending
 
     def degrade(self, damage: LogDamaged) -> None:
@@ -731,15 +747,22 @@ class Engine:
         )
         try:
             while True:
+                if self.fatal is not None:
+                    self._fail_queued(self.fatal)
+                    self._wake_readers()  # a read waiting for a commit that never comes fails
+                    return
+                # Due work before the next batch: a COMMIT a read waits for, or that
+                # COMMIT_MAX_EVENTS bounds, is not put off behind calls queued meanwhile (a
+                # batch run by `_kick` wakes the loop for it a loop round later).
+                commit_due = self._commit_due()
+                if commit_due == 0 or (self._closing and commit_due is not None):
+                    await self._commit_now()
+                    continue
+                index_due = self._index_due()
+                if index_due == 0 or (self._closing and index_due is not None):
+                    await self._index_now()
+                    continue
                 if not self._queue:
-                    commit_due = self._commit_due()
-                    if commit_due == 0 or (self._closing and commit_due is not None):
-                        await self._commit_now()
-                        continue
-                    index_due = self._index_due()
-                    if index_due == 0 or (self._closing and index_due is not None):
-                        await self._index_now()
-                        continue
                     if self._closing:
                         return
                     self._wakeup.clear()
@@ -747,8 +770,12 @@ class Engine:
                         (t for t in (interval, commit_due, index_due) if t is not None),
                         default=None,
                     )
+                    self._idle = True
                     if timeout is None:
-                        await self._wakeup.wait()
+                        try:
+                            await self._wakeup.wait()
+                        finally:
+                            self._idle = False
                     else:
                         # A timer that sets the event, not `move_on_after`: at one connection
                         # the loop waits here after every append (the index's 25 ms), and a
@@ -757,9 +784,12 @@ class Engine:
                         try:
                             await self._wakeup.wait()
                         finally:
+                            self._idle = False
                             timer.cancel()
                         if interval is not None and self._sync_due():
                             await self._in_writer_loop(self._sync_if_due)
+                    if self._kick_error is not None:
+                        raise self._kick_error
                     continue
                 if self._pause_depth:
                     await self._resumed.wait()
@@ -773,31 +803,71 @@ class Engine:
                     committed = await self._run_batch_on_loop(batch)
                 else:
                     committed = await self._in_writer_loop(self._run_batch, batch)
-                if committed.records:
-                    self.acked_seq = max(self.acked_seq, committed.records[-1].seq)
-                for pending in batch:
-                    pending.answer()  # here on SQLite; PgEngine's were answered after its COMMIT
-                if committed.records:
-                    self._publish_state()
-                    # The events are in the log: the subscribers (Watch, the Merkle tree) read
-                    # the log, and get them now, whether or not the state has committed them.
-                    for callback in list(self._subscribers):
-                        try:
-                            callback(committed.records, committed.lines)
-                        except Exception:
-                            log.exception("a commit subscriber failed; it was skipped")
-                if self.fatal is not None:
-                    self._fail_queued(self.fatal)
-                    self._wake_readers()  # a read waiting for a commit that never comes fails
-                    return
-                self._publish_indexed()
-                if self._commit_due() == 0:
-                    await self._commit_now()
-                if self._index_due() == 0:
-                    await self._index_now()
+                self._batch_done(batch, committed)
         finally:
             self._wake_readers()
             self._stopped.set()
+
+    def _batch_done(self, batch: list[Pending], committed: Committed) -> bool:
+        """On the event loop, a batch run: answer it, tell the subscribers; False: the writer
+        went fatal (every queued command gets the error; the writer loop ends)."""
+        if committed.records:
+            self.acked_seq = max(self.acked_seq, committed.records[-1].seq)
+        for pending in batch:
+            pending.answer()  # here on SQLite; PgEngine's were answered after its COMMIT
+        if committed.records:
+            self._publish_state()
+            # The events are in the log: the subscribers (Watch, the Merkle tree) read
+            # the log, and get them now, whether or not the state has committed them.
+            for callback in list(self._subscribers):
+                try:
+                    callback(committed.records, committed.lines)
+                except Exception:
+                    log.exception("a commit subscriber failed; it was skipped")
+        if self.fatal is not None:
+            self._fail_queued(self.fatal)
+            self._wake_readers()  # a read waiting for a commit that never comes fails
+            return False
+        self._publish_indexed()
+        return True
+
+    def _kick(self) -> None:
+        """On the event loop, the round after a call was queued to an idle writer loop: run a
+        lone append here, written and fsynced inline, or wake the writer loop."""
+        self._kick_scheduled = False
+        queue = self._queue
+        if not (
+            len(queue) == 1
+            and self._idle
+            and not self._lock.locked()
+            and not self._pause_depth
+            and not self._closing
+            and self.fatal is None
+            and self._writer is not None
+            and self._last_write_s <= INLINE_MAX_WRITE_S
+            and _small_appends([queue[0]])
+        ):
+            self._wakeup.set()
+            return
+        batch = [queue.popleft()]
+        first_uncommitted = not self._uncommitted
+        try:
+            run = self._guarded(batch, self._run_batch_unguarded, batch)
+            if isinstance(run, BatchToLog):
+                self.stats.inline_writes += 1
+                run = self._guarded(batch, self._after_write, run, self._timed_write(run))
+            self._report_fatal()
+            if not self._batch_done(batch, run):
+                self._wakeup.set()
+                return
+        except Exception as exc:
+            self._kick_error = exc  # the writer loop raises it, as its own batch's would
+            self._wakeup.set()
+            return
+        if (first_uncommitted and self._uncommitted) or self._commit_due() == 0:
+            # The COMMIT's deadline is new (or now): the writer loop's timer, armed before
+            # this batch, knows nothing of it. The index's comes only with a COMMIT.
+            self._wakeup.set()
 
     # --- the state's COMMIT, after the answers ------------------------------------------------
 
