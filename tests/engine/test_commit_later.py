@@ -153,6 +153,76 @@ def test_a_refused_batch_leaves_the_answered_batches_before_it(config: Any) -> N
     anyio.run(main)
 
 
+def test_a_batch_of_appends_joins_the_open_transaction_without_a_savepoint(config: Any) -> None:
+    """Its only statement is its rows' INSERT; a batch with another command keeps its savepoint."""
+
+    async def main() -> None:
+        async with Engine.open(config) as engine:
+            root = await _conversation(engine)
+            await _append(engine, root, "first")  # the open transaction holds answered rows
+            statements: list[str] = []
+            engine._conn.set_trace_callback(statements.append)
+            try:
+                await _append(engine, root, "joined")
+                assert [s.split()[0] for s in statements] == ["INSERT"]
+                statements.clear()
+                await engine.submit(cmd.UpdateConversation(id=await _other(engine), name="n"))
+                assert "SAVEPOINT batch" in statements and "RELEASE batch" in statements
+            finally:
+                engine._conn.set_trace_callback(None)
+        assert dump_state(config.state_db) == replay_dump(
+            config.log_dir, config.state_dir / "replay.db"
+        )
+
+    anyio.run(main)
+
+
+async def _other(engine: Engine) -> str:
+    conv = await engine.submit(cmd.CreateConversation(name="other"))
+    assert isinstance(conv, Conversation)
+    return conv.id
+
+
+def test_a_refused_batch_of_appends_of_every_kind_leaves_no_row(config: Any) -> None:
+    """A batch of appends joined without a savepoint, refused by a full disk, is undone by
+    deleting its blocks' rows: staged ones, an AppendBlocks' (inserted in its own savepoint),
+    and an append to a context the writer's cache did not hold (inserted at once)."""
+    disk = FaultOps()  # armed below
+
+    async def main() -> None:
+        async with Engine.open(config, fileops=disk) as engine:
+            root = await _conversation(engine)
+            other = await engine.submit(cmd.CreateConversation(name="cold"))
+            assert isinstance(other, Conversation)
+            await _append(engine, root, "kept")
+            assert engine.committed_seq < engine.acked_seq  # the open transaction holds it
+            engine._forget_cache("test: the next append to `other` misses the cache")
+            await _append(engine, root, "cached again")
+            disk.arm("write", err=errno.ENOSPC, sticky=True)
+            blocks = [cmd.NewBlock(role="user", content=f"many {n}") for n in range(3)]
+            pending = [
+                engine.enqueue(cmd.AppendBlock(context_id=root, role="user", content="staged")),
+                engine.enqueue(cmd.AppendBlocks(context_id=root, blocks=blocks)),
+                engine.enqueue(
+                    cmd.AppendBlock(context_id=other.root_context_id, role="user", content="cold")
+                ),
+            ]
+            for p in pending:
+                done = anyio.Event()
+                p.add_done_callback(done.set)
+                await done.wait()
+                assert isinstance(p.error, DiskFull)
+            disk.lift()
+            assert engine.fatal is None
+            after = await _append(engine, root, "after")
+            assert after.block.position == 3
+        assert dump_state(config.state_db) == replay_dump(
+            config.log_dir, config.state_dir / "replay.db"
+        )
+
+    anyio.run(main)
+
+
 def test_an_undone_batch_leaves_the_answered_batches_before_it(
     config: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

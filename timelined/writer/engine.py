@@ -125,6 +125,14 @@ LOOP_MAX_BLOCKS = 16
 INLINE_MAX_WRITE_S = 0.001
 
 
+_APPENDS = (cmd.AppendBlock, cmd.AppendBlocks)
+
+
+def _appends_only(batch: list[Pending]) -> bool:
+    """Whether every command of `batch` is an append: its only rows are its blocks'."""
+    return all(type(pending.command) in _APPENDS for pending in batch)
+
+
 def _small_appends(batch: list[Pending]) -> bool:
     """Whether `batch` is appends only, of at most LOOP_MAX_BLOCKS blocks in all. Every other
     command (a merge may copy many rows) keeps the whole batch on the writer's thread, where its
@@ -394,6 +402,9 @@ class Engine:
         self._uncommitted_blocks = 0
         self._uncommitted_since = 0.0
         self._batch_savepoint = False
+        # A batch of appends joined to the open transaction without a savepoint: the seq its
+        # rows come after (`_begin_batch`); None otherwise.
+        self._batch_rows_after: int | None = None
         # On the event loop: a read waits for a commit (`caught_up`): commit now.
         self._commit_wanted = False
         self._unindexed = max(0, meta.last_seq - self._fts_seq)
@@ -559,21 +570,31 @@ class Engine:
         """A long read's snapshot (blocking: called on a worker thread)."""
         return ReadSnapshot(self.config.state_db)
 
-    def _begin_batch(self) -> tuple[int, str]:
-        """On the writer's thread: open the batch's transaction, or join the open one (holding
-        answered batches) behind a savepoint; the head it continues."""
-        if self._uncommitted:
+    def _begin_batch(self, batch: list[Pending]) -> tuple[int, str]:
+        """Under the lock: open the batch's transaction, or join the open one (holding answered
+        batches) behind a savepoint; the head it continues.
+
+        A batch of appends only joins it without a savepoint: everything such a batch writes is
+        its blocks' rows, all with seqs past the head, and `_rollback` undoes it by deleting
+        them. At one connection every batch is one append joining the open transaction, and
+        SAVEPOINT and RELEASE were two of its three statements.
+        """
+        if not self._uncommitted:
+            self._conn.execute("BEGIN IMMEDIATE")
+        elif _appends_only(batch):
+            self._batch_rows_after = self.last_seq
+        else:
             self._conn.execute("SAVEPOINT batch")
             self._batch_savepoint = True
-        else:
-            self._conn.execute("BEGIN IMMEDIATE")
         return self.last_seq, self.last_hash
 
     def _end_empty_batch(self) -> None:
-        """On the writer's thread: a batch that logged nothing (refusals, idempotent retries)."""
+        """Under the lock: a batch that logged nothing (refusals, idempotent retries)."""
         if self._batch_savepoint:
             self._batch_savepoint = False
             self._conn.execute("RELEASE batch")
+        elif self._batch_rows_after is not None:
+            self._batch_rows_after = None  # it wrote no row: nothing to release
         else:
             self._conn.execute("COMMIT")
 
@@ -1113,7 +1134,7 @@ class Engine:
         """The batch's commands: what their log write needs, or the batch done without one
         (nothing to log, or undone)."""
         conn = self._conn
-        seq, prev = self._begin_batch()
+        seq, prev = self._begin_batch(batch)
         lines: list[bytes] = []
         records: list[Record] = []
         fts: FtsRows = []
@@ -1218,6 +1239,7 @@ class Engine:
         self.last_seq, self.last_hash = seq, prev
         self.stats.events += len(records)
         self.stats.observe(len(batch), fsync_s)
+        self._batch_rows_after = None
         if self._batch_savepoint:
             self._batch_savepoint = False
             try:
@@ -1304,6 +1326,16 @@ class Engine:
                 )
             conn.execute("ROLLBACK TO batch")
             conn.execute("RELEASE batch")
+        elif scope == "batch" and self._batch_rows_after is not None:
+            # A batch of appends joined without a savepoint (`_begin_batch`): its rows are the
+            # blocks past the head it began at, and nothing else.
+            after, self._batch_rows_after = self._batch_rows_after, None
+            if not conn.in_transaction:
+                raise sqlite3.OperationalError(
+                    f"the transaction holding {self._uncommitted} answered events was rolled "
+                    "back by SQLite"
+                )
+            conn.execute("DELETE FROM blocks WHERE seq > ?", (after,))
         elif scope == "batch" and conn.in_transaction:
             conn.execute("ROLLBACK")
 

@@ -208,7 +208,7 @@ class PgEngine(Engine):
         self._fts_seq = self._state_seq = self.last_seq
         self._unindexed = 0
 
-    def _begin_batch(self) -> tuple[int, str]:
+    def _begin_batch(self, batch: list[Pending]) -> tuple[int, str]:
         """BEGIN and lock the head row: from here until COMMIT no other daemon's batch runs.
         A head that moved since this daemon's last batch is another daemon's: adopt it."""
         conn = self._pg
