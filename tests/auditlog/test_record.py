@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from timelined import events as ev
 from timelined.auditlog.record import (
     _HEAD,
     GENESIS_PREV,
@@ -23,17 +24,7 @@ from timelined.auditlog.record import (
     encode_record,
     line_hash,
 )
-from timelined.events import (
-    DAEMON,
-    Actor,
-    ActorLike,
-    BlockAppended,
-    BlockData,
-    ContextFocused,
-    Event,
-    Record,
-    encode_data,
-)
+from timelined.events import DAEMON, Actor, BlockAppended, BlockData, ContextFocused, Record
 
 from .conftest import TS, actor_for, make_lines, sample_event
 
@@ -166,7 +157,7 @@ def test_encode_refuses_what_would_break_the_line() -> None:
         encode_record(0, TS, DAEMON, event, GENESIS_PREV)
 
 
-def _line_by_hand(seq: int, ts: str, actor: ActorLike, event: Event, prev: str) -> bytes:
+def _line_by_hand(seq: int, ts: str, actor: ev.ActorLike, event: ev.Event, prev: str) -> bytes:
     """docs/log-format.md's line, built from nothing that encode_record keeps."""
     who: object = (
         actor
@@ -179,7 +170,7 @@ def _line_by_hand(seq: int, ts: str, actor: ActorLike, event: Event, prev: str) 
         ts.encode(),
         event.type_name.encode(),
         actor_json.encode(),
-        encode_data(event),
+        ev.encode_data(event),
         prev.encode(),
     )
     return rehash(body)
@@ -206,7 +197,7 @@ def test_every_line_is_the_rule_s_whatever_was_encoded_before(
     """encode_record reuses the bytes of the last timestamp, type, actor and hash while they
     are the same objects: each line must still be the one built from scratch, whichever
     objects came before (equal or not, refused calls in between)."""
-    actors: list[ActorLike] = [
+    actors: list[ev.ActorLike] = [
         DAEMON,
         Actor(uid=1000, gid=1000, pid=1),
         Actor(uid=1000, gid=1000, pid=1),
