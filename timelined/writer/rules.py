@@ -407,14 +407,15 @@ def _append_blocks(tx: Tx, c: cmd.AppendBlocks, now: str) -> AppendBlocksReply:
     the engine runs the command under a savepoint besides). One BlockAppended per block, at
     consecutive seqs and positions: the log, replay and the verifiers see plain appends.
 
-    Each step is one pass over the blocks (up to MAX_BLOCKS_PER_CALL of them: this loop is
-    most of the writer's work per block, docs/performance.md), in the order of the checks."""
+    Each step is one pass over the blocks (up to MAX_BLOCKS_PER_CALL of them: these passes are
+    most of the writer's Python per block, docs/performance.md), in the order of the checks."""
     context_id, blocks = c.context_id, c.blocks
     datas = [_block_data(b, context_id, now, i) for i, b in enumerate(blocks)]
+    given_ids = _refuse_repeated_ids(blocks)
+    _check_reply_size(tx, datas)
     done = 0
     existed: list[AppendedBlock] = []
-    if _refuse_repeated_ids(blocks):  # with no ids given, nothing can be stored already
-        _check_reply_size(tx, datas)
+    if given_ids:  # with no ids given, no block can be stored already
         stored = [_stored(tx, b, d) for b, d in zip(blocks, datas, strict=True)]
         done = _stored_prefix(tx, context_id, stored)
         existed = [
@@ -423,15 +424,13 @@ def _append_blocks(tx: Tx, c: cmd.AppendBlocks, now: str) -> AppendBlocksReply:
         if done == len(stored):
             return AppendBlocksReply(existed)  # a retry: nothing new
         datas = datas[done:]
-    else:
-        _check_reply_size(tx, datas)
     ctx = _writable_context(tx, context_id)
     limit = tx.limits.max_block_bytes
     events: list[tuple[ev.BlockAppended, bytes]] = []
     for d in datas:
         event = ev.BlockAppended(block=d)
         data = encode_data(event)
-        if len(data) > limit:
+        if len(data) > limit:  # `_check_size`, without its call and `tx.limits` per block
             raise LimitExceeded("max_block_bytes", len(data), limit)
         events.append((event, data))
     emit = tx.emit
