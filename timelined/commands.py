@@ -119,9 +119,13 @@ class NewBlock(_Command, frozen=True):
     sub_blocks: list[SubBlock] | None = None
 
     def __post_init__(self) -> None:
-        check_nesting("metadata", self.metadata)
-        for i, sub in enumerate(self.sub_blocks or ()):
-            check_nesting(f"sub_blocks[{i}].metadata", sub.metadata)
+        # Run by the decoder for every block of a call (AppendBlocks: up to 1,000): most
+        # blocks have neither, and skip both calls.
+        if self.metadata:
+            check_nesting("metadata", self.metadata)
+        if self.sub_blocks:
+            for i, sub in enumerate(self.sub_blocks):
+                check_nesting(f"sub_blocks[{i}].metadata", sub.metadata)
 
 
 class AppendBlock(NewBlock, frozen=True, kw_only=True):

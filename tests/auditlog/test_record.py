@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from timelined import events as ev
 from timelined.auditlog.record import (
     _HEAD,
     GENESIS_PREV,
@@ -154,6 +155,67 @@ def test_encode_refuses_what_would_break_the_line() -> None:
         encode_record(1, TS, DAEMON, event, "A" * 64)
     with pytest.raises(ValueError, match="seq"):
         encode_record(0, TS, DAEMON, event, GENESIS_PREV)
+
+
+def _line_by_hand(seq: int, ts: str, actor: ev.ActorLike, event: ev.Event, prev: str) -> bytes:
+    """docs/log-format.md's line, built from nothing that encode_record keeps."""
+    who: object = (
+        actor
+        if not isinstance(actor, Actor)
+        else {"uid": actor.uid, "gid": actor.gid, "pid": actor.pid}
+    )
+    actor_json = json.dumps(who, separators=(",", ":"))
+    body = b'{"seq":%d,"ts":"%s","type":"%s","actor":%s,"data":%s,"prev":"%s"' % (
+        seq,
+        ts.encode(),
+        event.type_name.encode(),
+        actor_json.encode(),
+        ev.encode_data(event),
+        prev.encode(),
+    )
+    return rehash(body)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["2026-11-22T03:38:00.123456Z", "2026-11-22T03:38:00.123457Z"]),
+            st.booleans(),  # the same timestamp object, or an equal new one
+            st.integers(0, 3),  # the daemon, or one of three actors (two of them equal)
+            st.integers(0, 3),  # the event
+            st.booleans(),  # prev: the hash made just before, or another
+            st.booleans(),  # a refused call first (a timestamp that is not the log's)
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_every_line_is_the_rule_s_whatever_was_encoded_before(
+    calls: list[tuple[str, bool, int, int, bool, bool]],
+) -> None:
+    """encode_record reuses the bytes of the last timestamp, type, actor and hash while they
+    are the same objects: each line must still be the one built from scratch, whichever
+    objects came before (equal or not, refused calls in between)."""
+    actors: list[ev.ActorLike] = [
+        DAEMON,
+        Actor(uid=1000, gid=1000, pid=1),
+        Actor(uid=1000, gid=1000, pid=1),
+        Actor(uid=0, gid=0, pid=2),
+    ]
+    kept: dict[str, str] = {}
+    prev = GENESIS_PREV
+    for seq, (ts, same_ts, actor, kind, chained, refused) in enumerate(calls, start=1):
+        if refused:
+            with pytest.raises(ValueError, match="timestamp"):
+                encode_record(seq, ts[:-1] + "+", DAEMON, sample_event(kind), prev)
+        stamp = kept.setdefault(ts, ts) if same_ts else "".join(list(ts))
+        event = sample_event(kind)
+        link = prev if chained else hashlib.sha256(b"%d" % seq).hexdigest()
+        record, line = encode_record(seq, stamp, actors[actor], event, link)
+        assert line == _line_by_hand(seq, stamp, actors[actor], event, link)
+        assert decode_line(line) == record
+        prev = record.hash
 
 
 def doc_example() -> tuple[bytes, str]:

@@ -42,8 +42,12 @@ _TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", re.ASCII)
 _DAEMON_JSON = b'"daemon"'
 _actor_encoder = msgspec.json.Encoder()  # Actor's fields in class order: uid, gid, pid
 _actor_json: dict[Actor, bytes] = {}  # a few clients write most records: reuse their bytes
+# encode_record's last (ts, type, `_head`), (actor, its JSON) and (hash, its bytes): each swapped
+# whole, so that a caller on another thread reads a consistent pair.
+_last_head: tuple[str | None, str | None, bytes] = (None, None, b"")
+_last_actor: tuple[ActorLike | None, bytes] = (None, b"")
+_last_hash: tuple[str, bytes] = (GENESIS_PREV, GENESIS_PREV.encode())
 _valid_ts = ""
-_valid_prev = GENESIS_PREV
 
 
 class RecordError(Exception):
@@ -90,39 +94,66 @@ def encode_record(
     `data`, when given, must be `encode_data(event)` (the writer encodes an event once, for its
     size check and its line).
     """
-    global _valid_ts, _valid_prev
+    global _last_head, _last_actor, _last_hash
     if seq < 1:
         raise ValueError(f"seq must be >= 1, not {seq}")
-    # The checks keep unescaped text out of the line; skip them for the values seen last
-    # (a batch shares its timestamps, and each prev is the hash made just before).
-    if ts != _valid_ts:
-        if _TS.fullmatch(ts) is None:
-            raise ValueError(f"timestamp {ts!r} is not in the log's format")
-        _valid_ts = ts
-    if prev is not _valid_prev and _HEX64.fullmatch(prev) is None:
-        raise ValueError(f"prev {prev!r} is not 64 lowercase hex digits")
-    if actor == "daemon":
-        actor_json = _DAEMON_JSON
-    elif isinstance(actor, Actor):
-        actor_json = _actor_json.get(actor) or _encode_actor(actor)
+    # A batch's events share one timestamp, an AppendBlocks' one type and actor too, and each
+    # prev is the hash made just before: their bytes (checked once, when made) are reused
+    # while they stay the same objects (docs/performance.md).
+    type_name = event.type_name
+    head = _last_head
+    if ts is not head[0] or type_name is not head[1]:
+        head = _last_head = (ts, type_name, _head(ts, type_name))
+    last_actor = _last_actor
+    if actor is last_actor[0]:
+        actor_json = last_actor[1]
     else:
-        raise TypeError(f"actor must be an Actor or 'daemon', not {actor!r}")
+        actor_json = _actor_bytes(actor)
+        _last_actor = (actor, actor_json)
+    last = _last_hash
+    if prev is last[0]:
+        prev_bytes = last[1]
+    elif _HEX64.fullmatch(prev) is None:
+        raise ValueError(f"prev {prev!r} is not 64 lowercase hex digits")
+    else:
+        prev_bytes = prev.encode()
     body = b"".join(
         (
-            b'{"seq":%d,"ts":"%s","type":"%s","actor":'
-            % (seq, ts.encode(), event.type_name.encode()),
+            b'{"seq":%d' % seq,
+            head[2],
             actor_json,
             b',"data":',
             encode_data(event) if data is None else data,
             b',"prev":"',
-            prev.encode(),
+            prev_bytes,
             b'"',
         )
     )
     digest = sha256(body + b"}").hexdigest()
-    _valid_prev = digest
+    digest_bytes = digest.encode()
+    _last_hash = (digest, digest_bytes)
     record = Record(seq=seq, ts=ts, actor=actor, event=event, prev=prev, hash=digest)
-    return record, b"".join((body, b',"hash":"', digest.encode(), b'"}\n'))
+    return record, b"".join((body, b',"hash":"', digest_bytes, b'"}\n'))
+
+
+def _head(ts: str, type_name: str) -> bytes:
+    """`,"ts":"…","type":"…","actor":`: the line's bytes between its seq and its actor.
+    The check keeps unescaped text out of the line (skipped for the last timestamp seen: a
+    batch of many connections' appends shares it, their actors alternating)."""
+    global _valid_ts
+    if ts != _valid_ts:
+        if _TS.fullmatch(ts) is None:
+            raise ValueError(f"timestamp {ts!r} is not in the log's format")
+        _valid_ts = ts
+    return b',"ts":"%s","type":"%s","actor":' % (ts.encode(), type_name.encode())
+
+
+def _actor_bytes(actor: ActorLike) -> bytes:
+    if isinstance(actor, Actor):
+        return _actor_json.get(actor) or _encode_actor(actor)
+    if actor == "daemon":
+        return _DAEMON_JSON
+    raise TypeError(f"actor must be an Actor or 'daemon', not {actor!r}")
 
 
 def _decode_actor(encoded: bytes) -> Actor | Literal["daemon"]:

@@ -9,6 +9,7 @@ value comes from the record, so replaying the same log gives the same bytes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import chain
 from typing import Any
 
 import msgspec
@@ -311,7 +312,7 @@ class StagedBlocks:
         self.rows = []
         while left:
             n = 1 << (min(left, INSERT_ROWS_MAX).bit_length() - 1)
-            conn.execute(_INSERT_ROWS[n], [v for row in rows[done : done + n] for v in row])
+            conn.execute(_INSERT_ROWS[n], list(chain.from_iterable(rows[done : done + n])))
             done += n
             left -= n
 

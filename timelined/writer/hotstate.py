@@ -26,6 +26,7 @@ Misses are never cached (an unknown id is looked up again), and the cache is bou
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from timelined.events import BlockAppended, Event
@@ -55,11 +56,14 @@ class Reader(Protocol):
 
 
 class HotState:
-    __slots__ = ("_contexts", "_conversations")
+    __slots__ = ("_contexts", "_conversations", "cached")
 
     def __init__(self) -> None:
         self._contexts: dict[str, HotContext] = {}
         self._conversations: dict[str, str] = {}
+        # The context if cached, without reading the state: the dict's own `get` (the writer
+        # asks once per block it stages; no Python frame). `_contexts` is never replaced.
+        self.cached: Callable[[str], HotContext | None] = self._contexts.get
 
     def context(self, reader: Reader, id: str) -> HotContext | None:
         hit = self._contexts.get(id)
@@ -77,10 +81,6 @@ class HotState:
             self._contexts.clear()
         hit = self._contexts[id] = HotContext(id, row[0], row[1], int(row[2]))
         return hit
-
-    def cached(self, id: str) -> HotContext | None:
-        """The context if cached, without reading the state."""
-        return self._contexts.get(id)
 
     def conversation_status(self, reader: Reader, id: str) -> str | None:
         status = self._conversations.get(id)

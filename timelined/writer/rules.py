@@ -32,6 +32,7 @@ from timelined.errors import (
     InvalidTransition,
     LimitExceeded,
 )
+from timelined.events import encode_data
 from timelined.ids import new_id, normalize_ts
 from timelined.replies import REPLY_ENVELOPE, REPLY_LIMIT, json_size
 from timelined.state import queries as q
@@ -308,15 +309,19 @@ def block_from_data(data: ev.BlockData, seq: int, position: int) -> Block:
     )
 
 
-def _block_data(b: cmd.NewBlock, context_id: str, now: str, where: str = "") -> ev.BlockData:
-    """The block as it is logged; `where` prefixes a parameter's name (`blocks[3].`)."""
-    if b.timestamp is not None:
+def _block_data(
+    b: cmd.NewBlock, context_id: str, now: str, index: int | None = None
+) -> ev.BlockData:
+    """The block as it is logged; `index`: its place in an AppendBlocks' `blocks` (named by a
+    refusal: `blocks[3].timestamp`)."""
+    if b.timestamp is None:
+        timestamp = now
+    else:
         try:
             timestamp = normalize_ts(b.timestamp)
         except ValueError as exc:
+            where = "" if index is None else f"blocks[{index}]."
             raise InvalidArgument(f"{where}timestamp", f"not an ISO 8601 time: {exc}") from exc
-    else:
-        timestamp = now
     return ev.BlockData(
         id=b.id or new_id("blk"),
         context_id=context_id,
@@ -349,14 +354,15 @@ def _writable_context(tx: Tx, context_id: str) -> HotContext:
 
     From the writer's cache (hotstate.py): no SELECT after the first append to a context. Same
     checks, same order, same errors as `_context`, `_require` and `_writable_conversation`."""
-    ctx = tx.hot.context(tx, context_id)
+    hot = tx.hot
+    ctx = hot.context(tx, context_id)
     if ctx is None:
         raise ContextNotFound(context_id)
     if ctx.status != "active" and ctx.status != "paused":
         raise InvalidTransition(
             ctx.id, ctx.status, "append a block to", "blocks go to active or paused contexts"
         )
-    conv_status = tx.hot.conversation_status(tx, ctx.conversation_id)
+    conv_status = hot.conversation_status(tx, ctx.conversation_id)
     if conv_status is None:
         raise ConversationNotFound(ctx.conversation_id)
     if conv_status == "archived":
@@ -369,60 +375,69 @@ def _writable_context(tx: Tx, context_id: str) -> HotContext:
     return ctx
 
 
-def _emit(tx: Tx, ctx: HotContext, event: ev.BlockAppended, data: bytes) -> tuple[int, int]:
-    """The block's (seq, position)."""
-    position = ctx.blocks + 1  # `emit` moves the cached count on (hotstate.observe)
-    return tx.emit(event, data).seq, position
-
-
-def _emit_block(tx: Tx, ctx: HotContext, event: ev.BlockAppended, data: bytes) -> AppendResult:
-    seq, position = _emit(tx, ctx, event, data)
-    return AppendResult(block=block_from_data(event.block, seq, position), seq=seq)
-
-
 def _append_block(tx: Tx, c: cmd.AppendBlock, now: str) -> AppendResult:
     data = _block_data(c, c.context_id, now)
-    stored = _stored(tx, c, data)
-    if stored is not None:
-        return AppendResult(block=stored, seq=stored.seq)  # a safe retry: no new event
+    if c.id is not None:
+        stored = _stored(tx, c, data)
+        if stored is not None:
+            return AppendResult(block=stored, seq=stored.seq)  # a safe retry: no new event
     ctx = _writable_context(tx, c.context_id)
     event = ev.BlockAppended(block=data)
+    limits = tx.limits
     encoded = _check_size(tx, event)
-    _check_block_reply_size(tx, encoded)
-    return _emit_block(tx, ctx, event, encoded)
+    _check_block_reply_size(limits, encoded)
+    position = ctx.blocks + 1  # `emit` moves the cached count on (hotstate.observe)
+    seq = tx.emit(event, encoded).seq
+    return AppendResult(block=block_from_data(data, seq, position), seq=seq)
 
 
-def _check_block_reply_size(tx: Tx, data: bytes) -> None:
+def _check_block_reply_size(limits: LimitsConfig, data: bytes) -> None:
     """LimitExceeded, before anything is written, when AppendBlock's reply could pass
     limits.max_message_bytes. The reply is the event's block (`data`, encoded) with its seq and
     position, in the reply's envelope: at most REPLY_ENVELOPE bytes more. Only a limit set with
     max_block_bytes near or past max_message_bytes meets this: a call that fits one frame, and
     an answer to its committed write that would not (nor the retry's)."""
     size = len(data) + REPLY_ENVELOPE
-    if size > tx.limits.max_message_bytes:
-        raise LimitExceeded(REPLY_LIMIT, size, tx.limits.max_message_bytes)
+    if size > limits.max_message_bytes:
+        raise LimitExceeded(REPLY_LIMIT, size, limits.max_message_bytes)
 
 
 def _append_blocks(tx: Tx, c: cmd.AppendBlocks, now: str) -> AppendBlocksReply:
     """All of `c.blocks` or none: every check is made before the first block is emitted (and
     the engine runs the command under a savepoint besides). One BlockAppended per block, at
-    consecutive seqs and positions: the log, replay and the verifiers see plain appends."""
-    datas = [_block_data(b, c.context_id, now, f"blocks[{i}].") for i, b in enumerate(c.blocks)]
-    _refuse_repeated_ids(c.blocks)
+    consecutive seqs and positions: the log, replay and the verifiers see plain appends.
+
+    Each step is one pass over the blocks (up to MAX_BLOCKS_PER_CALL of them: these passes are
+    most of the writer's Python per block, docs/performance.md), in the order of the checks."""
+    context_id, blocks = c.context_id, c.blocks
+    datas = [_block_data(b, context_id, now, i) for i, b in enumerate(blocks)]
+    given_ids = _refuse_repeated_ids(blocks)
     _check_reply_size(tx, datas)
-    stored = [_stored(tx, b, d) for b, d in zip(c.blocks, datas, strict=True)]
-    done = _stored_prefix(tx, c.context_id, stored)
-    existed = [AppendedBlock(s.id, s.seq, s.position, True) for s in stored[:done] if s is not None]
-    if done == len(stored):
-        return AppendBlocksReply(existed)  # a retry: nothing new
-    ctx = _writable_context(tx, c.context_id)
-    events = [ev.BlockAppended(block=d) for d in datas[done:]]
-    encoded = [_check_size(tx, e) for e in events]
-    appended = [
-        AppendedBlock(e.block.id, *_emit(tx, ctx, e, data), False)
-        for e, data in zip(events, encoded, strict=True)
-    ]
-    return AppendBlocksReply(existed + appended)
+    done = 0
+    existed: list[AppendedBlock] = []
+    if given_ids:  # with no ids given, no block can be stored already
+        stored = [_stored(tx, b, d) for b, d in zip(blocks, datas, strict=True)]
+        done = _stored_prefix(tx, context_id, stored)
+        existed = [
+            AppendedBlock(s.id, s.seq, s.position, True) for s in stored[:done] if s is not None
+        ]
+        if done == len(stored):
+            return AppendBlocksReply(existed)  # a retry: nothing new
+        datas = datas[done:]
+    ctx = _writable_context(tx, context_id)
+    limit = tx.limits.max_block_bytes
+    events: list[tuple[ev.BlockAppended, bytes]] = []
+    for d in datas:
+        event = ev.BlockAppended(block=d)
+        data = encode_data(event)
+        if len(data) > limit:  # `_check_size`, without its call and `tx.limits` per block
+            raise LimitExceeded("max_block_bytes", len(data), limit)
+        events.append((event, data))
+    emit = tx.emit
+    for event, data in events:
+        position = ctx.blocks + 1  # `emit` moves the cached count on (hotstate.observe)
+        existed.append(AppendedBlock(event.block.id, emit(event, data).seq, position, False))
+    return AppendBlocksReply(existed)
 
 
 # An id's JSON string at its widest: 128 characters (commands.Id), each escaped as \uXXXX.
@@ -441,7 +456,8 @@ def _check_reply_size(tx: Tx, datas: list[ev.BlockData]) -> None:
         raise LimitExceeded(REPLY_LIMIT, size, maximum)
 
 
-def _refuse_repeated_ids(blocks: list[cmd.NewBlock]) -> None:
+def _refuse_repeated_ids(blocks: list[cmd.NewBlock]) -> bool:
+    """InvalidArgument when two blocks give one id; whether any block gives an id."""
     seen: dict[str, int] = {}
     for i, b in enumerate(blocks):
         if b.id is None:
@@ -449,6 +465,7 @@ def _refuse_repeated_ids(blocks: list[cmd.NewBlock]) -> None:
         first = seen.setdefault(b.id, i)
         if first != i:
             raise InvalidArgument(f"blocks[{i}].id", f"repeats the id of blocks[{first}]")
+    return bool(seen)
 
 
 def _stored_prefix(tx: Tx, context_id: str, stored: list[Block | None]) -> int:
