@@ -330,10 +330,11 @@ class _CommandTx:
             and type(event) is BlockAppended
             and (ctx := self._hot.cached(event.block.context_id)) is not None
         ):
-            staged.stage(record.seq, event.block, ctx.blocks + 1, self.fts)
+            ctx.blocks += 1  # what `self._hot.observe(event)` does for it
+            staged.stage(record.seq, event.block, ctx.blocks, self.fts)
         else:
             apply(self.conn, record, self.fts)
-        self._hot.observe(event)
+            self._hot.observe(event)
         self.seq = record.seq
         self.prev = record.hash
         self.lines.append(line)
