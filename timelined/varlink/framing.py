@@ -298,12 +298,6 @@ class FrameReader:
         return sum(len(f) for f in self._frames) + self._splitter.buffered
 
     @property
-    def has_input(self) -> bool:
-        """Anything left to handle: a complete frame, part of one, or an error to raise (what
-        `pending_bytes or failed` says, without summing the frames: asked once per reply)."""
-        return bool(self._frames) or self._splitter.buffered > 0 or self._error is not None
-
-    @property
     def at_eof(self) -> bool:
         """The peer shut its sending side inside a frame (the error waiting is IncompleteFrame)."""
         return isinstance(self._error, IncompleteFrame)

@@ -780,11 +780,9 @@ class VarlinkServer:
             return  # the start of a frame: wait for the rest
         conn.state = _BUSY
         conn.called = True
-        i = 0
-        for frame in frames:
-            i += 1
+        for i, frame in enumerate(frames):
             if self._closing:
-                reader.put_back(frames[i - 1 :])  # the task answers ServerStopping
+                reader.put_back(frames[i:])  # the task answers ServerStopping
                 self._attach(conn)
                 return
             try:
@@ -799,7 +797,7 @@ class VarlinkServer:
             now = self._dispatch_now(conn, call)
             if now is True:
                 if len(conn.out) > _FLUSH_BYTES:  # many answered at once (errors): the task
-                    reader.put_back(frames[i:])  # writes them as it would, in bounded steps
+                    reader.put_back(frames[i + 1 :])  # writes them as it would, in bounded steps
                     self._attach(conn)
                     return
                 continue
@@ -807,7 +805,7 @@ class VarlinkServer:
                 conn.handoff = functools.partial(self._close_after_reply, conn)
             else:
                 conn.handoff = functools.partial(self._handoff_call, conn, call, now)
-                reader.put_back(frames[i:])
+                reader.put_back(frames[i + 1 :])
             self._attach(conn)
             return
         if reader.failed:
