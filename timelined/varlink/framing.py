@@ -308,9 +308,10 @@ class FrameReader:
         return self._error is not None
 
     def split(self, chunk: bytes) -> list[bytes]:
-        """`feed(chunk)` then `take_frames()`, in one step: a chunk that holds only whole frames,
-        with nothing pending before it and no longer than the limit (the common read of small
-        calls), is split at once, without the splitter's bookkeeping."""
+        """`feed(chunk)` then `take_frames()` (`chunk` non-empty, as for `feed`), in one step: a
+        chunk that holds only whole frames, with nothing pending before it and no longer than
+        the limit (the common read of small calls), is split at once, without the splitter's
+        bookkeeping."""
         splitter = self._splitter
         if (
             chunk[-1] == 0
