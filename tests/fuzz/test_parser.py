@@ -13,15 +13,19 @@ import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 import msgspec
 import pytest
+from anyio.abc import ByteReceiveStream
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fuzz.strategies import IdPool, calls, json_values, raw_frames, render_frame
 from tests.fuzz.wire import METHODS, classify
+from timelined.varlink.budget import ByteBudget
 from timelined.varlink.framing import (
+    FrameReader,
     FrameSplitter,
     FrameTooLarge,
     MalformedMessage,
@@ -75,6 +79,30 @@ def test_any_split_yields_the_same_frames_and_never_too_much(
         # the frames before the first oversized one, none after it
         first_big = next(i for i, f in enumerate([*whole, tail]) if len(f) > limit)
         assert got == whole[:first_big]
+
+
+@FAST
+@given(st.lists(frames, max_size=8), st.lists(st.integers(0, 10_000), max_size=8), st.booleans())
+def test_the_readers_one_step_split_takes_what_feed_then_take_frames_takes(
+    parts: list[bytes], cuts: list[int], terminated: bool
+) -> None:
+    """`FrameReader.split` (the server's read callback: a read of whole frames split at once)
+    leaves the reader as `feed` then `take_frames` do, whatever the reads and the limit."""
+    data = b"\0".join(parts) + (b"\0" if terminated else b"")
+    points = [*sorted({c % (len(data) + 1) for c in cuts}), len(data)]
+    limit = 2048
+    one, two = (
+        FrameReader(cast(ByteReceiveStream, None), limit, budget=ByteBudget(4096)) for _ in range(2)
+    )
+    last = 0
+    for p in points:
+        chunk = data[last:p]
+        last = p
+        if not chunk:
+            continue
+        two.feed(chunk)
+        assert one.split(chunk) == two.take_frames()
+        assert (one.pending_bytes, one.failed) == (two.pending_bytes, two.failed)
 
 
 @FAST

@@ -210,7 +210,7 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
     def append_block(p: cmd.AppendBlock, ctx: CallContext) -> Pending:
         # The hot path: the parameters are the command, the result is the reply.
         peer = ctx.peer
-        return app.engine.enqueue(p, Actor(uid=peer.uid, gid=peer.gid, pid=peer.pid))
+        return app.engine.enqueue(p, Actor(peer.uid, peer.gid, peer.pid))
 
     @deferring
     def append_blocks(p: cmd.AppendBlocks, ctx: CallContext) -> Pending:

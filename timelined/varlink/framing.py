@@ -22,6 +22,7 @@ from anyio.abc import ByteReceiveStream, ByteSendStream, SocketAttribute, Socket
 from timelined.varlink.budget import ByteBudget
 
 __all__ = [
+    "CALL_DECODER",
     "CLIENT_RECEIVE_SIZE",
     "DEFAULT_RECEIVE_SIZE",
     "CallMessage",
@@ -106,13 +107,15 @@ class CallMessage(msgspec.Struct, frozen=True):
     upgrade: bool | None = False
 
 
-_CALL_DECODER = msgspec.json.Decoder(CallMessage)
+# The server's read callback decodes with it directly and calls `decode_call` (the same decode
+# again) only for a frame it refused, to name what is wrong.
+CALL_DECODER = msgspec.json.Decoder(CallMessage)
 
 
 def decode_call(frame: bytes) -> CallMessage:
     """Decode one frame as a call; anything else raises MalformedMessage with a reason."""
     try:
-        return _CALL_DECODER.decode(frame)
+        return CALL_DECODER.decode(frame)
     except msgspec.ValidationError as exc:
         # Valid JSON that is not a call: `[1]`, `"x"`, a missing or non-string method.
         raise MalformedMessage(f"not a Varlink call: {exc}") from None
@@ -165,21 +168,22 @@ class ReceiveBuffer:
     event loop (the server's), read and copied with no await in between.
     """
 
-    __slots__ = ("_buffer", "_view")
+    __slots__ = ("buffer", "view")
 
     def __init__(self, size: int = DEFAULT_RECEIVE_SIZE) -> None:
-        self._buffer = bytearray(size)
-        self._view = memoryview(self._buffer)
+        # Public for the server's read callback, which reads into them without a call between.
+        self.buffer = bytearray(size)
+        self.view = memoryview(self.buffer)
 
     @property
     def size(self) -> int:
-        return len(self._buffer)
+        return len(self.buffer)
 
     def recv(self, sock: socket.socket) -> bytes:
         """What one `sock.recv(self.size)` would return (b"" at the end of the stream); raises
         what it would raise (BlockingIOError when nothing is there)."""
-        n = sock.recv_into(self._buffer)
-        return bytes(self._view[:n])
+        n = sock.recv_into(self.buffer)
+        return bytes(self.view[:n])
 
 
 class FrameSplitter:
@@ -294,12 +298,6 @@ class FrameReader:
         return sum(len(f) for f in self._frames) + self._splitter.buffered
 
     @property
-    def has_input(self) -> bool:
-        """Anything left to handle: a complete frame, part of one, or an error to raise (what
-        `pending_bytes or failed` says, without summing the frames: asked once per reply)."""
-        return bool(self._frames) or self._splitter.buffered > 0 or self._error is not None
-
-    @property
     def at_eof(self) -> bool:
         """The peer shut its sending side inside a frame (the error waiting is IncompleteFrame)."""
         return isinstance(self._error, IncompleteFrame)
@@ -308,6 +306,25 @@ class FrameReader:
     def failed(self) -> bool:
         """A FrameError is waiting to be raised once the frames before it are taken."""
         return self._error is not None
+
+    def split(self, chunk: bytes) -> list[bytes]:
+        """`feed(chunk)` then `take_frames()` (`chunk` non-empty, as for `feed`), in one step: a
+        chunk that holds only whole frames, with nothing pending before it and no longer than
+        the limit (the common read of small calls), is split at once, without the splitter's
+        bookkeeping."""
+        splitter = self._splitter
+        if (
+            chunk[-1] == 0
+            and not splitter._partial
+            and not self._frames
+            and self._error is None
+            and len(chunk) <= splitter.max_message_bytes
+        ):
+            frames = chunk.split(b"\0")
+            frames.pop()  # the empty rest after the last NUL
+            return frames
+        self.feed(chunk)
+        return self.take_frames()
 
     def take_frames(self) -> list[bytes]:
         """The complete frames already buffered (possibly none), without reading."""

@@ -67,6 +67,7 @@ from timelined.varlink.errors import (
     VarlinkError,
 )
 from timelined.varlink.framing import (
+    CALL_DECODER,
     DEFAULT_RECEIVE_SIZE,
     CallMessage,
     FrameError,
@@ -131,6 +132,7 @@ _EMPTY_REPLY = msgspec.Raw(b"{}")
 _NULL = msgspec.Raw(b"null")
 _NO_SECOND_TRY = object()
 _PEERCRED = struct.Struct("3i")
+_decode_call = CALL_DECODER.decode
 
 
 class PeerCredentials(msgspec.Struct, frozen=True):
@@ -312,8 +314,10 @@ class _Conn:
         "outstanding",
         "peer",
         "peer_gone",
+        "queued",
         "reader",
         "reading",
+        "settled",
         "slots",
         "sock",
         "state",
@@ -321,7 +325,7 @@ class _Conn:
         "stream_scope",
         "tier",
         "wake",
-        "write_settled",
+        "write_when_settled",
     )
 
     def __init__(
@@ -334,6 +338,7 @@ class _Conn:
         max_message_bytes: int,
         buffers: ByteBudget,
         into: ReceiveBuffer,
+        settled: Callable[[_Conn], None],
     ) -> None:
         self.id = cid
         self.stream = stream
@@ -351,20 +356,17 @@ class _Conn:
         self.slots: list[tuple[int, Deferred, CallMessage]] = []
         self.outstanding = 0  # of `slots`, how many have no outcome yet
         self.wake: Callable[[], None] | None = None  # wakes `_settle` when `outstanding` is 0
-        self.write_settled: Callable[[], None] | None = None  # `_write_settled` of this conn
+        # Every Deferred's done callback: the server's `_settled` for this connection, made once.
+        self.settled: Callable[[], None] = functools.partial(settled, self)
         # Served by the loop's read callback, without a task (asyncio only; see `_detach`).
         self.detached = False
+        self.write_when_settled = False  # the last outcome writes the read's replies
         self.reading = False  # the read callback is registered
+        self.queued = False  # the callback read more while a batch was in flight
         self.must_read = False  # the callback met EOF or a reset: the task must read to see it
         # What the connection's task must do first when a callback hands the connection over
         # to it (a call to await, an error to send before closing); False: close after it.
         self.handoff: Callable[[], Awaitable[bool]] | None = None
-
-    def one_done(self) -> None:
-        """A Deferred's callback (on the event loop): one fewer outcome to wait for."""
-        self.outstanding -= 1
-        if self.outstanding == 0 and self.wake is not None:
-            self.wake()
 
 
 class VarlinkServer:
@@ -610,6 +612,7 @@ class VarlinkServer:
             limits.max_message_bytes,
             self.buffers,
             self._receive,
+            self._settled,
         )
         # Registered before its task runs, so that a burst of accepts counts it.
         self._conns[cid] = conn
@@ -693,8 +696,7 @@ class VarlinkServer:
             self._drop(conn)
             return
         conn.detached = True
-        if conn.write_settled is None:  # made once: a read's batch is settled through it
-            conn.write_settled = functools.partial(self._write_settled, conn)
+        conn.queued = False
         conn.state = _IDLE
         conn.idle_since = time.monotonic()
         self._resume_reading(conn)
@@ -716,8 +718,9 @@ class VarlinkServer:
         reply the socket did not take whole, the end of the input, the server stopping."""
         self._pause_reading(conn)
         conn.detached = False
+        conn.write_when_settled = False  # the task's `_settle` waits for what is outstanding
         conn.state = _BUSY
-        conn.wake = None  # the task's `_settle` waits for what is still outstanding
+        conn.wake = None
         if self._tg is None or self._loop is None:  # the server has stopped
             self._drop(conn)
             return
@@ -729,31 +732,35 @@ class VarlinkServer:
         """Close a detached connection at once (the server is gone)."""
         self._pause_reading(conn)
         conn.detached = False
+        conn.write_when_settled = False
         conn.wake = None
         self._release(conn)
         conn.sock.close()
 
     def _on_readable(self, conn: _Conn) -> None:
+        receive = self._receive
         try:
-            chunk = self._receive.recv(conn.sock)
+            n = conn.sock.recv_into(receive.buffer)
         except BlockingIOError:
             return
         except OSError:
-            chunk = b""  # reset: the task meets it again (or EOF) and ends the connection
+            n = 0  # reset: the task meets it again (or EOF) and ends the connection
         try:
-            if not chunk:
+            if not n:
                 conn.must_read = True  # EOF, possibly inside a frame: the task says which
                 self._attach(conn)
                 return
+            chunk = bytes(receive.view[:n])
             reader = conn.reader
-            reader.feed(chunk)
             if conn.state != _IDLE:
                 # A batch is in flight: its replies go first. Keep these calls for when it is
                 # written, and stop reading once they fill a read (bounded, like the task).
+                reader.feed(chunk)
+                conn.queued = True
                 if reader.pending_bytes >= DEFAULT_RECEIVE_SIZE or reader.failed:
                     self._pause_reading(conn)
                 return
-            self._run_read(conn)
+            self._run_read(conn, reader.split(chunk))
         except Exception:
             self._callback_failed(conn)
 
@@ -764,10 +771,9 @@ class VarlinkServer:
         if conn.detached:
             self._attach(conn)
 
-    def _run_read(self, conn: _Conn) -> None:
-        """Dispatch the frames read so far; reply now, or when the last Deferred is settled."""
+    def _run_read(self, conn: _Conn, frames: list[bytes]) -> None:
+        """Dispatch the frames read; reply now, or when the last Deferred is settled."""
         reader = conn.reader
-        frames = reader.take_frames()
         if not frames:
             if reader.failed:
                 self._attach(conn)  # the task sends the error
@@ -780,11 +786,14 @@ class VarlinkServer:
                 self._attach(conn)
                 return
             try:
-                call = decode_call(frame)
-            except FrameError as exc:
-                conn.handoff = functools.partial(self._fail_and_close, conn, exc)
-                self._attach(conn)
-                return
+                call = _decode_call(frame)
+            except Exception:
+                try:
+                    call = decode_call(frame)  # the same decode again names what is wrong
+                except FrameError as exc:
+                    conn.handoff = functools.partial(self._fail_and_close, conn, exc)
+                    self._attach(conn)
+                    return
             now = self._dispatch_now(conn, call)
             if now is True:
                 if len(conn.out) > _FLUSH_BYTES:  # many answered at once (errors): the task
@@ -801,16 +810,24 @@ class VarlinkServer:
             return
         if reader.failed:
             self._attach(conn)  # answers the calls above, then the error
-        elif conn.outstanding:
-            conn.wake = conn.write_settled
-        else:
-            self._write_settled(conn)
+            return
+        conn.write_when_settled = True
+        if not conn.outstanding:
+            self._settled(conn)
 
-    def _write_settled(self, conn: _Conn) -> None:
-        """Write the read's replies (every Deferred is settled); then serve what came meanwhile."""
-        conn.wake = None
-        if not conn.detached:
-            return  # dropped at the server's end
+    def _settled(self, conn: _Conn) -> None:
+        """Every Deferred's done callback (on the event loop), and the end of a read answered
+        at once: when no outcome is outstanding, wake the connection's task, or (served by the
+        read callback) write the read's replies and serve what came meanwhile."""
+        if conn.outstanding:
+            conn.outstanding -= 1
+            if conn.outstanding:
+                return
+        if not conn.write_when_settled:
+            if conn.wake is not None:
+                conn.wake()
+            return
+        conn.write_when_settled = False
         try:
             if conn.slots:
                 self._place_deferred(conn)
@@ -834,9 +851,11 @@ class VarlinkServer:
                 return
             conn.state = _IDLE
             conn.idle_since = time.monotonic()
-            self._resume_reading(conn)
-            if conn.reader.has_input:
-                self._run_read(conn)
+            if not conn.reading:
+                self._resume_reading(conn)
+            if conn.queued:
+                conn.queued = False
+                self._run_read(conn, conn.reader.take_frames())
         except Exception:
             self._callback_failed(conn)
 
@@ -872,7 +891,7 @@ class VarlinkServer:
                 await _close_quietly(conn.stream)
 
     def _release(self, conn: _Conn) -> None:
-        conn.write_settled = None  # a cycle (conn → partial → conn): freed now, not by the GC
+        conn.settled = _nothing  # a cycle (conn → partial → conn): freed now, not by the GC
         if self._conns.pop(conn.id, None) is not None:
             self._slots.release(conn.peer.uid, conn.tier)
         conn.reader.release()
@@ -971,16 +990,20 @@ class VarlinkServer:
         entry = self._methods.get(call.method)
         if entry is None:
             return self._unknown_method(conn, call)
-        if self.authorize is not None and not self._authorized(
-            conn, call, entry.interface, entry.method
-        ):
-            return False
+        authorize = self.authorize
+        if authorize is not None:
+            try:
+                authorize(conn.peer, entry.interface, entry.method)
+            except Exception as exc:
+                self._not_authorized(conn, call, exc, entry.interface)
+                return False
         if call.upgrade:
             # No method here takes the connection over, and any plain reply would read as
             # the confirmation of the upgrade: refuse it, and the stream stays Varlink.
             self._invalid(conn, call, "upgrade", "no method of this service upgrades it")
             return True
-        if entry.handler is None:
+        handler: Any = entry.handler
+        if handler is None:
             self._error(conn, call, METHOD_NOT_IMPLEMENTED, {"method": entry.full_name})
             return True
         try:
@@ -1004,18 +1027,24 @@ class VarlinkServer:
             self._errors += 1
             conn.out += self._encode_own(ProtocolViolation(f"malformed JSON: {exc}"))
             return False
+        # The flags are `?bool`: `is True` is `bool()` of them, without a call.
         ctx = CallContext(
-            conn.peer, entry.interface, entry.method, bool(call.more), bool(call.oneway), conn.id
+            conn.peer,
+            entry.interface,
+            entry.method,
+            call.more is True,
+            call.oneway is True,
+            conn.id,
         )
         if entry.defers:
             try:
-                deferred = cast(Deferred, entry.handler(params, ctx))
+                deferred: Deferred = handler(params, ctx)
             except Exception as exc:
                 self._send_exception(conn, call, exc)
                 return True
             conn.slots.append((len(conn.out), deferred, call))
             conn.outstanding += 1
-            deferred.add_done_callback(conn.one_done)
+            deferred.add_done_callback(conn.settled)
             return True
         return entry, params, ctx
 
@@ -1092,27 +1121,27 @@ class VarlinkServer:
 
     def _unknown_method(self, conn: _Conn, call: CallMessage) -> bool:
         interface, _, method = call.method.rpartition(".")
-        if self.authorize is not None and not self._authorized(conn, call, interface, method):
-            return False
+        if self.authorize is not None:
+            try:
+                self.authorize(conn.peer, interface, method)
+            except Exception as exc:
+                self._not_authorized(conn, call, exc, interface)
+                return False
         if interface in self._interfaces:
             self._error(conn, call, METHOD_NOT_FOUND, {"method": call.method})
         else:
             self._error(conn, call, INTERFACE_NOT_FOUND, {"interface": interface})
         return True
 
-    def _authorized(self, conn: _Conn, call: CallMessage, interface: str, method: str) -> bool:
-        """Run the hook; a refusal (or a failing hook: deny by default) is sent, then False."""
-        assert self.authorize is not None
-        try:
-            self.authorize(conn.peer, interface, method)
-        except Exception as exc:
-            named = self._named(exc, interface)
-            if named is None:
-                self._internal_error(conn, call, exc)
-            else:
-                self._refuse(conn, call, exc, named)
-            return False
-        return True
+    def _not_authorized(
+        self, conn: _Conn, call: CallMessage, exc: Exception, interface: str
+    ) -> None:
+        """The hook refused the call (or failed: deny by default): send why."""
+        named = self._named(exc, interface)
+        if named is None:
+            self._internal_error(conn, call, exc)
+        else:
+            self._refuse(conn, call, exc, named)
 
     def _named(
         self, exc: Exception, interface: str | None = None
@@ -1292,6 +1321,10 @@ class VarlinkServer:
         except Exception as exc:
             self._send_exception(conn, call, exc)
         return True
+
+
+def _nothing() -> None:
+    pass
 
 
 def _interface_of(call: CallMessage) -> str:
