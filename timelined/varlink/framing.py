@@ -12,7 +12,6 @@ sending 10 GB without a NUL costs at most one read chunk beyond the limit, never
 from __future__ import annotations
 
 import socket
-from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -34,11 +33,9 @@ __all__ = [
     "MalformedMessage",
     "ReceiveBuffer",
     "decode_call",
-    "method_named",
     "raw_socket",
     "receive_chunk",
     "send_all",
-    "typed_call_decoder",
 ]
 
 DEFAULT_RECEIVE_SIZE = 256 * 1024
@@ -125,35 +122,6 @@ def decode_call(frame: bytes) -> CallMessage:
     except RecursionError:
         # Thousands of nested arrays or objects: msgspec stops at Python's recursion limit.
         raise MalformedMessage("malformed JSON: nested too deeply") from None
-
-
-# How a call usually begins (every client here, and most elsewhere, write `method` first): what
-# `method_named` looks for.
-_METHOD_HEAD = b'{"method":"'
-_NAME_AT = len(_METHOD_HEAD)
-
-
-def method_named(frame: bytes) -> bytes:
-    """The method a frame names when it begins `{"method":"NAME"`, else b"": a hint for picking
-    a `typed_call_decoder`, never trusted (the decoded call's method is what counts)."""
-    if frame.startswith(_METHOD_HEAD):
-        return frame[_NAME_AT : frame.find(b'"', _NAME_AT)]
-    return b""
-
-
-def typed_call_decoder(params: type[Any]) -> msgspec.json.Decoder[CallMessage]:
-    """A decoder of a whole call to one method: the envelope and the parameters, straight into
-    `params`, in one pass (`decode_call` and then the parameters' own decoder is two).
-
-    A call it decodes is one the two-step path decodes the same: the same types and strictness,
-    and the same last-wins rule for a repeated key (the caller checks the method). Anything it
-    refuses (an absent or null `parameters`, an invalid value, malformed JSON) says nothing: the
-    two-step path decides, and names the error as it always did.
-    """
-    call = msgspec.defstruct(
-        f"{params.__name__}Call", [("parameters", params)], bases=(CallMessage,), frozen=True
-    )
-    return msgspec.json.Decoder(call)
 
 
 class ReceiveBuffer:
