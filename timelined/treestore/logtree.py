@@ -82,22 +82,22 @@ class LogTree:
         from the line the writer wrote (newline included)."""
         if self.broken is not None:
             return
-        expected = self.size + 1
+        waiting = self._waiting
+        expected = self._files.size + len(waiting) + 1
         for i, r in enumerate(records):
             if r.seq != expected + i:
-                self._wait(lines[:i])
                 self.broken = f"expected seq {expected + i}, got {r.seq}"
-                log.error("the Merkle tree stops at %d: %s", self.size, self.broken)
-                return
-        if len(lines) != len(records):
-            raise ValueError(f"{len(records)} records, {len(lines)} lines")
-        self._wait(lines)
-
-    def _wait(self, lines: list[bytes]) -> None:
-        self._waiting += lines
+                lines = lines[:i]  # the leaves before the gap are the tree's
+                break
+        else:
+            if len(lines) != len(records):
+                raise ValueError(f"{len(records)} records, {len(lines)} lines")
+        waiting += lines
         self._waiting_bytes += sum(map(len, lines))
-        if len(self._waiting) >= WAIT_LEAVES or self._waiting_bytes >= WAIT_BYTES:
+        if len(waiting) >= WAIT_LEAVES or self._waiting_bytes >= WAIT_BYTES:
             self._catch_up()
+        if self.broken is not None:
+            log.error("the Merkle tree stops at %d: %s", self.size, self.broken)
 
     def _catch_up(self) -> None:
         """Hash the waiting lines into the files (every read of the tree comes here first)."""
