@@ -165,3 +165,20 @@ def test_a_log_damaged_before_its_tail_still_boots_without_checkpoints() -> None
             with pytest.raises(FeatureUnavailable):
                 client.get_checkpoint()
         assert "serving without the Merkle tree" in daemon.log()
+
+
+def test_a_proof_asked_right_after_an_append_covers_it() -> None:
+    """Read-your-writes for proofs: the tree hashes committed lines only when read (a bounded
+    few wait), so each read must take in every answered append first."""
+    with short_tempdir() as base:
+        daemon = DaemonProcess(base)
+        with daemon, Client(daemon.socket_path) as client:
+            conv = client.create_conversation("proven")
+            for i in range(3):
+                appended = client.append_block(conv.root_context_id, "user", f"block {i}")
+                assert client.get_inclusion_proof(appended.seq).tree_size == appended.seq
+                proven = client.prove_event(appended.seq, base / "remembered.json")
+                assert (proven.seq, proven.tree_size) == (appended.seq, appended.seq)
+                client.append_block(conv.root_context_id, "user", f"then {i}")
+                old, new = appended.seq, appended.seq + 1
+                assert len(client.get_consistency_proof(old, new)) >= 1

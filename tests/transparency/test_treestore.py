@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from timelined.auditlog.source import FileLogSource
+from timelined.events import Record
 from timelined.transparency import merkle
-from timelined.treestore.levels import LevelFiles
-from timelined.treestore.logtree import LogTree, check_against_log
+from timelined.treestore.levels import LevelFiles, LevelReader
+from timelined.treestore.logtree import WAIT_BYTES, WAIT_LEAVES, LogTree, check_against_log
 
 
 def _leaf(i: int) -> bytes:
@@ -41,6 +42,32 @@ def test_level_files_match_the_memory_tree_across_reopens(batches: list[int]) ->
                 assert merkle.consistency_proof(files, size, n) == merkle.consistency_proof(
                     memory, size, n
                 )
+            files.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 70)), min_size=1, max_size=8))
+def test_extend_adds_the_same_hashes_as_append(steps: list[tuple[bool, int]]) -> None:
+    """`extend` (a batch of leaves, level by level) makes the nodes `append` makes one leaf at
+    a time, whatever the count already there (odd: a left half waits) and across reopens."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        memory, n = merkle.MemoryTree(), 0
+        for reopen, batch in steps:
+            files = LevelFiles.open(Path(tmp))
+            leaves = [_leaf(n + i) for i in range(batch)]
+            if reopen:
+                files.extend(leaves)
+            else:
+                for leaf in leaves:
+                    files.append(leaf)
+            for leaf in leaves:
+                memory.append_hash(leaf)
+            n += batch
+            assert files.size == n
+            for level, row in enumerate(memory.levels):
+                assert [files.node(level, i) for i in range(len(row))] == row
             files.close()
 
 
@@ -159,17 +186,7 @@ async def test_checkpoints_cover_only_what_is_on_disk(tmp_path: Path) -> None:
 def test_the_commit_subscriber_adds_each_batch_and_stops_at_a_gap(tmp_path: Path) -> None:
     """`on_commit` gets each committed batch on the event loop: one leaf per line, in seq order;
     a record out of order stops the tree there (broken), it never takes a wrong leaf."""
-    from timelined.auditlog.record import GENESIS_PREV, encode_record
-    from timelined.events import ConversationCreated
-
-    prev, batch = GENESIS_PREV, []
-    for seq in range(1, 8):
-        event = ConversationCreated(
-            conversation_id=f"conv_{seq:026d}", name=f"c{seq}", root_context_id=f"ctx_{seq:026d}"
-        )
-        record, line = encode_record(seq, "2026-01-01T00:00:00.000000Z", "daemon", event, prev)
-        prev = record.hash
-        batch.append((record, line))
+    batch = _records(7)
     memory = merkle.MemoryTree()
     for _, line in batch:
         memory.append_hash(merkle.leaf_hash(line[:-1]))
@@ -183,4 +200,59 @@ def test_the_commit_subscriber_adds_each_batch_and_stops_at_a_gap(tmp_path: Path
     assert tree.size == 5 and tree.broken == "expected seq 6, got 7"
     tree.on_commit([batch[5][0]], [batch[5][1]])  # a broken tree takes nothing more
     assert tree.size == 5
+    tree.close()
+
+
+def _records(n: int) -> list[tuple[Record, bytes]]:
+    from timelined.auditlog.record import GENESIS_PREV, encode_record
+    from timelined.events import ConversationCreated
+
+    prev, out = GENESIS_PREV, []
+    for seq in range(1, n + 1):
+        event = ConversationCreated(
+            conversation_id=f"conv_{seq:026d}", name=f"c{seq}", root_context_id=f"ctx_{seq:026d}"
+        )
+        record, line = encode_record(seq, "2026-01-01T00:00:00.000000Z", "daemon", event, prev)
+        prev = record.hash
+        out.append((record, line))
+    return out
+
+
+def test_every_read_of_the_tree_sees_every_committed_leaf(tmp_path: Path) -> None:
+    """The commit subscriber only queues its lines: a root, a proof, a flush for the verifier,
+    each right after a commit, must hash them in first (read-your-writes for proofs)."""
+    batch = _records(9)
+    memory = merkle.MemoryTree()
+    for _, line in batch:
+        memory.append_hash(merkle.leaf_hash(line[:-1]))
+    tree = LogTree(LevelFiles.open(tmp_path / "tree"))
+    tree.on_commit([r for r, _ in batch[:3]], [line for _, line in batch[:3]])
+    assert tree.size == 3
+    assert tree.inclusion(2, 3) == merkle.inclusion_proof(memory, 2, 3)
+    tree.on_commit([batch[3][0]], [batch[3][1]])
+    assert tree.root(4) == merkle.root(memory, 4)
+    tree.on_commit([r for r, _ in batch[4:7]], [line for _, line in batch[4:7]])
+    assert tree.consistency(4, 7) == merkle.consistency_proof(memory, 4, 7)
+    tree.on_commit([r for r, _ in batch[7:]], [line for _, line in batch[7:]])
+    tree.flush()  # what the verifier reads: the files on disk, as another process sees them
+    (tmp_path / "log").mkdir()
+    (tmp_path / "log" / f"{1:020d}.jsonl").write_bytes(b"".join(line for _, line in batch))
+    reader = LevelReader(tmp_path / "tree")
+    assert reader.size() == 9
+    assert check_against_log(reader, 9, FileLogSource(tmp_path / "log")) is None
+    reader.close()
+    tree.close()
+
+
+def test_committed_lines_wait_bounded_in_count_and_bytes(tmp_path: Path) -> None:
+    """Lines nobody reads yet are hashed in once WAIT_LEAVES of them, or WAIT_BYTES, wait."""
+    batch = _records(WAIT_LEAVES + 1)
+    tree = LogTree(LevelFiles.open(tmp_path / "tree"))
+    for record, line in batch[:-1]:
+        tree.on_commit([record], [line])
+    assert tree._files.size == WAIT_LEAVES  # hashed in with no read of the tree
+    big = batch[-1][1][:-1] + b" " * WAIT_BYTES + b"\n"
+    tree.on_commit([batch[-1][0]], [big])
+    assert tree._files.size == WAIT_LEAVES + 1
+    assert tree.root(WAIT_LEAVES + 1) == merkle.root(tree._files, WAIT_LEAVES + 1)
     tree.close()

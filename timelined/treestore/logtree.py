@@ -1,8 +1,10 @@
 """The Merkle tree of the log: leaf i is line seq = i + 1 (its bytes without the newline).
 
 Kept beside the writer, not in it: `on_commit` is an `Engine.subscribe` callback (on the event
-loop, after each committed batch) that re-encodes each record's line, exactly as the writer made
-it (the record's own hash proves it), and appends its leaf hash. `open` trusts the files on disk
+loop, after each committed batch) given each record's line exactly as the writer wrote it; the
+lines wait, bounded, and every read of the tree (`files`, a root, a proof, a flush) first hashes
+them in, many leaves at once (`LevelFiles.extend`): one append costs a list append where it cost
+a leaf's and its nodes' Python steps. `open` trusts the files on disk
 no further than the log: it cuts them to the log's head, checks the last leaf against the log's
 line (a log rewritten behind the daemon's back makes the whole tree be recomputed from it) and
 extends them from the log to its head. The verifier's full check is `check_against_log`.
@@ -11,8 +13,8 @@ extends them from the log to its head. The verifier's full check is `check_again
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass
+from hashlib import sha256
 from pathlib import Path
 
 from timelined.auditlog.source import LogSource
@@ -24,12 +26,23 @@ log = logging.getLogger(__name__)
 # Written in the tree's directory when the verifier finds it differs from the log: the next
 # open recomputes it whole (a rebuild from the log is always valid: the tree is derived).
 REBUILD_MARK = "rebuild"
+# How many committed lines (and bytes of them) wait for the next read of the tree before they
+# are hashed in anyway: a bound on the memory they hold, not a delay (reads catch up first).
+WAIT_LEAVES = 256
+WAIT_BYTES = 256 * 1024
 
 
 class LogTree:
+    """The tree the daemon serves. A commit's lines wait (bounded: WAIT_LEAVES, WAIT_BYTES)
+    and are hashed in when something reads the tree (a root, a proof, a flush) or the bound is
+    reached: the commit subscriber then costs an append to a list, and the hashing runs over
+    many leaves at once. `size` counts the waiting leaves (they are the tree's, in seq order)."""
+
     def __init__(self, files: LevelFiles) -> None:
-        self.files = files
+        self._files = files
         self.broken: str | None = None
+        self._waiting: list[bytes] = []  # committed lines (newline included), not hashed yet
+        self._waiting_bytes = 0
 
     @classmethod
     def open(cls, tree_dir: Path, source: LogSource, head_seq: int) -> LogTree:
@@ -46,38 +59,57 @@ class LogTree:
         if files.size and files.node(0, files.size - 1) != _leaf_from_log(source, files.size):
             log.warning("the Merkle tree does not match the log at seq %d: recomputed", files.size)
             files.truncate(0)
-        tree = cls(files)
         if files.size < head_seq:
             log.info("extending the Merkle tree from seq %d to %d", files.size + 1, head_seq)
-            tree.extend(line[:-1] for _, line in source.lines(files.size, head_seq))
+            build_from_log(files, source, head_seq)
         files.flush()
         if marked:
             (tree_dir / REBUILD_MARK).unlink(missing_ok=True)
-        return tree
+        return cls(files)
 
     @property
     def size(self) -> int:
-        return self.files.size
+        return self._files.size + len(self._waiting)
 
-    def extend(self, lines: Iterable[bytes]) -> None:
-        for line in lines:
-            self.files.append(merkle.leaf_hash(line))
+    @property
+    def files(self) -> LevelFiles:
+        """The level files with every committed leaf in them."""
+        self._catch_up()
+        return self._files
 
     def on_commit(self, records: list[Record], lines: list[bytes]) -> None:
-        """The engine's commit subscriber: one leaf per record, in seq order, hashed from the
-        line the writer wrote (newline included)."""
+        """The engine's commit subscriber: one leaf per record, in seq order, hashed (later)
+        from the line the writer wrote (newline included)."""
         if self.broken is not None:
             return
-        files = self.files
-        append, leaf_hash = files.append, merkle.leaf_hash  # once per batch, not per record
-        expected = files.size + 1
-        for r, line in zip(records, lines, strict=True):
-            if r.seq != expected:
-                self.broken = f"expected seq {expected}, got {r.seq}"
-                log.error("the Merkle tree stops at %d: %s", files.size, self.broken)
-                return
-            append(leaf_hash(line[:-1]))
-            expected += 1
+        waiting = self._waiting
+        expected = self._files.size + len(waiting) + 1
+        for i, r in enumerate(records):
+            if r.seq != expected + i:
+                self.broken = f"expected seq {expected + i}, got {r.seq}"
+                lines = lines[:i]  # the leaves before the gap are the tree's
+                break
+        else:
+            if len(lines) != len(records):
+                raise ValueError(f"{len(records)} records, {len(lines)} lines")
+        waiting += lines
+        self._waiting_bytes += sum(map(len, lines))
+        if len(waiting) >= WAIT_LEAVES or self._waiting_bytes >= WAIT_BYTES:
+            self._catch_up()
+        if self.broken is not None:
+            log.error("the Merkle tree stops at %d: %s", self.size, self.broken)
+
+    def _catch_up(self) -> None:
+        """Hash the waiting lines into the files (every read of the tree comes here first)."""
+        waiting = self._waiting
+        if waiting:
+            self._waiting, self._waiting_bytes = [], 0
+            # merkle.leaf_hash, inlined: one Python step per leaf
+            self._files.extend([sha256(b"\x00" + line[:-1]).digest() for line in waiting])
+
+    def flush(self) -> None:
+        """Every committed leaf into the files, and the files' waiting hashes to disk."""
+        self.files.flush()
 
     def root(self, size: int) -> bytes:
         self._check_size(size)
@@ -92,12 +124,14 @@ class LogTree:
         return merkle.consistency_proof(self.files, old_size, new_size)
 
     def _check_size(self, size: int) -> None:
-        if not 0 <= size <= self.files.size:
-            raise merkle.ProofError(f"tree size {size} is beyond the tree's {self.files.size}")
+        if not 0 <= size <= self.size:
+            raise merkle.ProofError(f"tree size {size} is beyond the tree's {self.size}")
 
     def replace_files(self, files: LevelFiles) -> None:
-        """Serve from `files` (a tree rebuilt from the log, as long as this one) from now on."""
-        old, self.files = self.files, files
+        """Serve from `files` (a tree rebuilt from the log up to `size`, the waiting leaves
+        included: they are in the log) from now on."""
+        old, self._files = self._files, files
+        self._waiting, self._waiting_bytes = [], 0
         old.close()
 
     def close(self) -> None:
@@ -105,9 +139,15 @@ class LogTree:
 
 
 def build_from_log(files: LevelFiles, source: LogSource, upto: int) -> None:
-    """Extend `files` with the log's lines up to seq `upto` (blocking; bounded memory)."""
+    """Extend `files` with the log's lines up to seq `upto` (blocking; bounded memory: the
+    leaves go in by WAIT_LEAVES)."""
+    leaves: list[bytes] = []
     for _, line in source.lines(files.size, upto):
-        files.append(merkle.leaf_hash(line[:-1]))
+        leaves.append(merkle.leaf_hash(line[:-1]))
+        if len(leaves) == WAIT_LEAVES:
+            files.extend(leaves)
+            leaves = []
+    files.extend(leaves)
     files.flush()
 
 

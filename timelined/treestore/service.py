@@ -99,7 +99,7 @@ class Transparency:
             if self.durable_seq is not None:
                 size = min(size, self.durable_seq())
             if size != self._signed_size:
-                self.tree.files.flush()
+                self.tree.flush()
                 note = self._note(size, signer)
                 await anyio.to_thread.run_sync(self._keep, size, note)
                 self._signed_size, self._signed_note = size, note
@@ -115,7 +115,7 @@ class Transparency:
 
     def flushed_size(self) -> int:
         """Write the waiting hashes; the tree's size (on the loop: its files are the loop's)."""
-        self.tree.files.flush()
+        self.tree.flush()
         return self.tree.size
 
     def mark_for_rebuild(self) -> None:
@@ -177,7 +177,7 @@ class Transparency:
                 except (TimelinedError, OSError) as exc:
                     self._key_failed(exc)
             if size != self._signed_size and self._signer is not None:
-                self.tree.files.flush()
+                self.tree.flush()
                 note = self._note(size, self._signer)
                 self._keep(size, note)
                 log.info("signed the checkpoint at tree size %d", size)
