@@ -17,14 +17,17 @@ from typing import Protocol
 
 HASH_SIZE = 32
 EMPTY_ROOT = sha256(b"").digest()
+# The domain separation of RFC 6962, for loops that hash many leaves or nodes inline.
+LEAF_PREFIX = b"\x00"
+NODE_PREFIX = b"\x01"
 
 
 def leaf_hash(data: bytes) -> bytes:
-    return sha256(b"\x00" + data).digest()
+    return sha256(LEAF_PREFIX + data).digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
-    return sha256(b"\x01" + left + right).digest()
+    return sha256(NODE_PREFIX + left + right).digest()
 
 
 class ProofError(ValueError):

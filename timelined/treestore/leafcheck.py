@@ -21,6 +21,7 @@ from __future__ import annotations
 from hashlib import sha256
 
 from timelined.auditlog.source import LogSource
+from timelined.transparency.merkle import LEAF_PREFIX, NODE_PREFIX
 from timelined.treestore.levels import LevelReader
 from timelined.treestore.logtree import TreeMismatch, check_against_log
 
@@ -49,7 +50,7 @@ class LeafCheck:
             return
         if len(lines) > room:
             lines = lines[:room]
-        self._leaves += [sha256(b"\x00" + line).digest() for line in lines]
+        self._leaves += [sha256(LEAF_PREFIX + line).digest() for line in lines]
         self.fed += len(lines)
         size = self.chunk_leaves
         while len(self._leaves) >= size and not self.differs:
@@ -69,7 +70,7 @@ class LeafCheck:
                 break
             end = len(hashes) & ~1  # an odd last hash completes no node of the next level
             pairs = zip(hashes[0:end:2], hashes[1:end:2], strict=True)
-            hashes = [sha256(b"\x01" + a + b).digest() for a, b in pairs]
+            hashes = [sha256(NODE_PREFIX + a + b).digest() for a, b in pairs]
             level += 1
             index >>= 1
         self.checked += len(leaves)
@@ -81,7 +82,7 @@ class LeafCheck:
         above = 0
         while (chunks >> above) & 1 == 0:
             right = stack.pop()
-            digest = sha256(b"\x01" + stack.pop() + right).digest()
+            digest = sha256(NODE_PREFIX + stack.pop() + right).digest()
             above += 1
             node = (chunks >> above) - 1
             if self.reader.nodes(self.chunk_level + above, node, 1) != digest:

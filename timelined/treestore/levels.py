@@ -16,7 +16,7 @@ import os
 from hashlib import sha256
 from pathlib import Path
 
-from timelined.transparency.merkle import HASH_SIZE, node_hash
+from timelined.transparency.merkle import HASH_SIZE, NODE_PREFIX, node_hash
 
 FLUSH_BYTES = 256 * 1024
 MAX_LEVELS = 64
@@ -122,7 +122,7 @@ class LevelFiles:
             counts[level] += 1
             if counts[level] & 1:
                 break
-            digest = sha256(b"\x01" + left + digest).digest()  # merkle.node_hash, inlined
+            digest = sha256(NODE_PREFIX + left + digest).digest()  # merkle.node_hash, inlined
             level += 1
         self._pending_bytes += HASH_SIZE * (level + 1)
         if self._pending_bytes >= FLUSH_BYTES:
@@ -141,9 +141,9 @@ class LevelFiles:
                 self._open_level(level)
             # A level with an odd count holds a left half waiting for its right: new[0].
             first = 1 if counts[level] & 1 else 0
-            up = [sha256(b"\x01" + last[level] + new[0]).digest()] if first else []
+            up = [sha256(NODE_PREFIX + last[level] + new[0]).digest()] if first else []
             up += [
-                sha256(b"\x01" + new[i - 1] + new[i]).digest()  # merkle.node_hash, inlined
+                sha256(NODE_PREFIX + new[i - 1] + new[i]).digest()  # merkle.node_hash, inlined
                 for i in range(first + 1, len(new), 2)
             ]
             pending[level] += b"".join(new)

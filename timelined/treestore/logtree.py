@@ -104,8 +104,8 @@ class LogTree:
         waiting = self._waiting
         if waiting:
             self._waiting, self._waiting_bytes = [], 0
-            # merkle.leaf_hash, inlined: one Python step per leaf
-            self._files.extend([sha256(b"\x00" + line[:-1]).digest() for line in waiting])
+            prefix = merkle.LEAF_PREFIX  # merkle.leaf_hash, inlined: one Python step per leaf
+            self._files.extend([sha256(prefix + line[:-1]).digest() for line in waiting])
 
     def flush(self) -> None:
         """Every committed leaf into the files, and the files' waiting hashes to disk."""

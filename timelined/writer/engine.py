@@ -429,7 +429,7 @@ class Engine:
         # run by `_kick`, or wakes it.
         self._idle = False
         self._kick_scheduled = False
-        self._kick_error: BaseException | None = None
+        self._kick_error: Exception | None = None
         self._closing = False
         self._stopped = anyio.Event()
         self._subscribers: list[Subscriber] = []
@@ -792,24 +792,19 @@ class Engine:
                         (t for t in (interval, commit_due, index_due) if t is not None),
                         default=None,
                     )
+                    # A timer that sets the event, not `move_on_after`: at one connection the
+                    # loop waits here after every append (the index's 25 ms), and a cancel
+                    # scope per wait was ~5 % of the loop's CPU (docs/performance.md).
+                    timer = None if timeout is None else loop.call_later(timeout, self._wakeup.set)
                     self._idle = True
-                    if timeout is None:
-                        try:
-                            await self._wakeup.wait()
-                        finally:
-                            self._idle = False
-                    else:
-                        # A timer that sets the event, not `move_on_after`: at one connection
-                        # the loop waits here after every append (the index's 25 ms), and a
-                        # cancel scope per wait was ~5 % of the loop's CPU (docs/performance.md).
-                        timer = loop.call_later(timeout, self._wakeup.set)
-                        try:
-                            await self._wakeup.wait()
-                        finally:
-                            self._idle = False
+                    try:
+                        await self._wakeup.wait()
+                    finally:
+                        self._idle = False
+                        if timer is not None:
                             timer.cancel()
-                        if interval is not None and self._sync_due():
-                            await self._in_writer_loop(self._sync_if_due)
+                    if interval is not None and self._sync_due():
+                        await self._in_writer_loop(self._sync_if_due)
                     if self._kick_error is not None:
                         raise self._kick_error
                     continue
@@ -830,9 +825,9 @@ class Engine:
             self._wake_readers()
             self._stopped.set()
 
-    def _batch_done(self, batch: list[Pending], committed: Committed) -> bool:
-        """On the event loop, a batch run: answer it, tell the subscribers; False: the writer
-        went fatal (every queued command gets the error; the writer loop ends)."""
+    def _batch_done(self, batch: list[Pending], committed: Committed) -> None:
+        """On the event loop, a batch run: answer it, tell the subscribers. A fatal error is the
+        writer loop's to act on, at its top (it fails the queue and ends)."""
         if committed.records:
             self.acked_seq = max(self.acked_seq, committed.records[-1].seq)
         for pending in batch:
@@ -846,12 +841,8 @@ class Engine:
                     callback(committed.records, committed.lines)
                 except Exception:
                     log.exception("a commit subscriber failed; it was skipped")
-        if self.fatal is not None:
-            self._fail_queued(self.fatal)
-            self._wake_readers()  # a read waiting for a commit that never comes fails
-            return False
-        self._publish_indexed()
-        return True
+        if self.fatal is None:
+            self._publish_indexed()
 
     def _kick(self) -> None:
         """On the event loop, the round after a call was queued to an idle writer loop: run a
@@ -866,7 +857,7 @@ class Engine:
             and not self._closing
             and self.fatal is None
             and self._writer is not None
-            and self._last_write_s <= INLINE_MAX_WRITE_S
+            and self._inline_write_ok()
             and _small_appends([queue[0]])
         ):
             self._wakeup.set()
@@ -874,21 +865,20 @@ class Engine:
         batch = [queue.popleft()]
         first_uncommitted = not self._uncommitted
         try:
-            run = self._guarded(batch, self._run_batch_unguarded, batch)
-            if isinstance(run, BatchToLog):
-                self.stats.inline_writes += 1
-                run = self._guarded(batch, self._after_write, run, self._timed_write(run))
+            committed = self._run_inline(batch)
             self._report_fatal()
-            if not self._batch_done(batch, run):
-                self._wakeup.set()
-                return
+            self._batch_done(batch, committed)
         except Exception as exc:
             self._kick_error = exc  # the writer loop raises it, as its own batch's would
             self._wakeup.set()
             return
-        if (first_uncommitted and self._uncommitted) or self._commit_due() == 0:
-            # The COMMIT's deadline is new (or now): the writer loop's timer, armed before
-            # this batch, knows nothing of it. The index's comes only with a COMMIT.
+        if (
+            self.fatal is not None
+            or (first_uncommitted and self._uncommitted)
+            or self._commit_due() == 0
+        ):
+            # Fatal: the writer loop ends. A COMMIT's deadline new (or now): the loop's timer,
+            # armed before this batch, knows nothing of it. The index's comes only with a COMMIT.
             self._wakeup.set()
 
     # --- the state's COMMIT, after the answers ------------------------------------------------
@@ -1098,17 +1088,28 @@ class Engine:
         """
         async with self._lock:
             try:
+                if len(batch) == 1 and self._inline_write_ok():
+                    return self._run_inline(batch)
                 run = self._guarded(batch, self._run_batch_unguarded, batch)
                 if not isinstance(run, BatchToLog):
                     return run
-                if len(batch) == 1 and self._last_write_s <= INLINE_MAX_WRITE_S:
-                    self.stats.inline_writes += 1
-                    outcome = self._timed_write(run)
-                else:
-                    outcome = await self._thread.submit(self._timed_write, run)
+                outcome = await self._thread.submit(self._timed_write, run)
                 return self._guarded(batch, self._after_write, run, outcome)
             finally:
                 self._report_fatal()
+
+    def _inline_write_ok(self) -> bool:
+        """Whether the loop may write and fsync a batch itself: the log's last write was quick."""
+        return self._last_write_s <= INLINE_MAX_WRITE_S
+
+    def _run_inline(self, batch: list[Pending]) -> Committed:
+        """A batch of one append, wholly on the event loop (the caller holds the lock, or runs
+        with it free and no await): its command, the log's write and fsync, its rows kept."""
+        run = self._guarded(batch, self._run_batch_unguarded, batch)
+        if not isinstance(run, BatchToLog):
+            return run
+        self.stats.inline_writes += 1
+        return self._guarded(batch, self._after_write, run, self._timed_write(run))
 
     def _run_batch(self, batch: list[Pending]) -> Committed:
         """The whole batch, on the writer's thread. Returns the committed records."""
@@ -1315,9 +1316,10 @@ class Engine:
         if scope == "savepoint":
             conn.execute("ROLLBACK TO command")
             conn.execute("RELEASE command")
-        elif scope == "batch" and self._batch_savepoint:
-            # The answered batches before this one stay in the open transaction.
-            self._batch_savepoint = False
+        elif scope == "batch" and (self._batch_savepoint or self._batch_rows_after is not None):
+            # Joined to the open transaction: the answered batches before this one stay in it.
+            savepoint, after = self._batch_savepoint, self._batch_rows_after
+            self._batch_savepoint, self._batch_rows_after = False, None
             if not conn.in_transaction:
                 # SQLite ended the whole transaction on an error (a full or failing disk):
                 # answered events went with it, and only a boot's roll forward brings them back.
@@ -1325,18 +1327,13 @@ class Engine:
                     f"the transaction holding {self._uncommitted} answered events was rolled "
                     "back by SQLite"
                 )
-            conn.execute("ROLLBACK TO batch")
-            conn.execute("RELEASE batch")
-        elif scope == "batch" and self._batch_rows_after is not None:
-            # A batch of appends joined without a savepoint (`_begin_batch`): its rows are the
-            # blocks past the head it began at, and nothing else.
-            after, self._batch_rows_after = self._batch_rows_after, None
-            if not conn.in_transaction:
-                raise sqlite3.OperationalError(
-                    f"the transaction holding {self._uncommitted} answered events was rolled "
-                    "back by SQLite"
-                )
-            conn.execute("DELETE FROM blocks WHERE seq > ?", (after,))
+            if savepoint:
+                conn.execute("ROLLBACK TO batch")
+                conn.execute("RELEASE batch")
+            else:
+                # A batch of appends, joined without a savepoint (`_begin_batch`): its rows are
+                # the blocks past the head it began at, and nothing else.
+                conn.execute("DELETE FROM blocks WHERE seq > ?", (after,))
         elif scope == "batch" and conn.in_transaction:
             conn.execute("ROLLBACK")
 

@@ -32,7 +32,6 @@ from timelined.errors import (
     InvalidTransition,
     LimitExceeded,
 )
-from timelined.events import encode_data
 from timelined.ids import new_id, normalize_ts
 from timelined.replies import REPLY_ENVELOPE, REPLY_LIMIT, json_size
 from timelined.state import queries as q
@@ -93,11 +92,11 @@ def _require(
         raise InvalidTransition(ctx.id, ctx.status, action, why)
 
 
-def _check_size(tx: Tx, event: ev.Event, limit: str = "max_block_bytes") -> bytes:
+def _check_size(limits: LimitsConfig, event: ev.Event) -> bytes:
     """The event's encoded data (passed on to `emit`: encoded once), or LimitExceeded."""
     data = ev.encode_data(event)
-    if len(data) > tx.limits.max_block_bytes:
-        raise LimitExceeded(limit, len(data), tx.limits.max_block_bytes)
+    if len(data) > limits.max_block_bytes:
+        raise LimitExceeded("max_block_bytes", len(data), limits.max_block_bytes)
     return data
 
 
@@ -111,7 +110,7 @@ def _create_conversation(tx: Tx, c: cmd.CreateConversation) -> Conversation:
         root_context_id=new_id("ctx"),
         metadata=c.metadata or {},
     )
-    tx.emit(event, _check_size(tx, event))
+    tx.emit(event, _check_size(tx.limits, event))
     return conversation_or_raise(tx.conn, event.conversation_id)
 
 
@@ -122,7 +121,7 @@ def _update_conversation(tx: Tx, c: cmd.UpdateConversation) -> Conversation:
     if c.name is None and c.metadata is None:
         raise InvalidArgument("name", "give a new name, new metadata, or both")
     event = ev.ConversationUpdated(conversation_id=c.id, name=c.name, metadata=c.metadata)
-    tx.emit(event, _check_size(tx, event))
+    tx.emit(event, _check_size(tx.limits, event))
     return conversation_or_raise(tx.conn, c.id)
 
 
@@ -194,7 +193,7 @@ def _merge(tx: Tx, c: cmd.MergeContext) -> Context:
         block_id=new_id("blk"),
         block_count=q.own_block_count(tx.conn, ctx.id),
     )
-    tx.emit(event, _check_size(tx, event))
+    tx.emit(event, _check_size(tx.limits, event))
     return _context(tx.conn, c.id)
 
 
@@ -384,9 +383,9 @@ def _append_block(tx: Tx, c: cmd.AppendBlock, now: str) -> AppendResult:
     ctx = _writable_context(tx, c.context_id)
     event = ev.BlockAppended(block=data)
     limits = tx.limits
-    encoded = _check_size(tx, event)
+    encoded = _check_size(limits, event)
     _check_block_reply_size(limits, encoded)
-    position = ctx.blocks + 1  # `emit` moves the cached count on (hotstate.observe)
+    position = ctx.blocks + 1  # `emit` moves the cached count on (the writer's `_CommandTx`)
     seq = tx.emit(event, encoded).seq
     return AppendResult(block=block_from_data(data, seq, position), seq=seq)
 
@@ -425,17 +424,12 @@ def _append_blocks(tx: Tx, c: cmd.AppendBlocks, now: str) -> AppendBlocksReply:
             return AppendBlocksReply(existed)  # a retry: nothing new
         datas = datas[done:]
     ctx = _writable_context(tx, context_id)
-    limit = tx.limits.max_block_bytes
-    events: list[tuple[ev.BlockAppended, bytes]] = []
-    for d in datas:
-        event = ev.BlockAppended(block=d)
-        data = encode_data(event)
-        if len(data) > limit:  # `_check_size`, without its call and `tx.limits` per block
-            raise LimitExceeded("max_block_bytes", len(data), limit)
-        events.append((event, data))
+    limits = tx.limits
+    events = [ev.BlockAppended(block=d) for d in datas]
+    encoded = [_check_size(limits, event) for event in events]
     emit = tx.emit
-    for event, data in events:
-        position = ctx.blocks + 1  # `emit` moves the cached count on (hotstate.observe)
+    for event, data in zip(events, encoded, strict=True):
+        position = ctx.blocks + 1  # `emit` moves the cached count on (the writer's `_CommandTx`)
         existed.append(AppendedBlock(event.block.id, emit(event, data).seq, position, False))
     return AppendBlocksReply(existed)
 
@@ -516,7 +510,7 @@ def _import(tx: Tx, c: cmd.ImportEvents) -> Conversation:
         _refuse_existing(tx.conn, c.events)
     for event in c.events:
         if isinstance(event, _SIZE_CHECKED):
-            _check_size(tx, event)  # as for the direct command
+            _check_size(tx.limits, event)  # as for the direct command
         tx.emit(event)
     return conversation_or_raise(tx.conn, first.conversation_id)
 
