@@ -81,10 +81,13 @@ class Store:
 
     def log_lines(self, state_dir: Path) -> list[bytes]:
         if self.backend == "sqlite":
+            # Whole lines only: a running daemon's last segment ends in the space its writer
+            # reserved ahead (NULs, no newline; docs/log-format.md "Files").
             return [
                 line
                 for path in sorted((state_dir / "log").glob("*.jsonl"))
                 for line in path.read_bytes().splitlines(keepends=True)
+                if line.endswith(b"\n")
             ]
         rows = self.query("SELECT line FROM log ORDER BY seq")
         return [bytes(row[0]) for row in rows]

@@ -48,7 +48,13 @@ def test_quick_benchmark_runs_every_part(tmp_path: Path) -> None:
         detail = figure["detail"]
         assert detail["mean_batch"] >= 1.0, figure["name"]
         assert 0.0 < detail["loop_cpu"] <= detail["daemon_cpu"] + 0.05, figure["name"]
-        assert 0.0 < detail["writer_cpu"] <= detail["daemon_cpu"] + 0.05, figure["name"]
+        # At one connection every append is written on the event loop; the writer's thread
+        # only COMMITs and indexes, every 80 ms: in a quick window that may stay under one
+        # clock tick of /proc (10 ms), so there it may read 0.
+        lone = figure["name"].startswith("1 conn")
+        writer_ran = detail["writer_cpu"] >= 0.0 if lone else detail["writer_cpu"] > 0.0
+        assert writer_ran, figure["name"]
+        assert detail["writer_cpu"] <= detail["daemon_cpu"] + 0.05, figure["name"]
         assert detail["load_cpu"] > 0.0, figure["name"]
         both = (detail["daemon_cpu"] + detail["load_cpu"]) / detail["rate"] * 1e6
         assert detail["cpu_us_per_append"] == pytest.approx(both), figure["name"]

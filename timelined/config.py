@@ -45,6 +45,9 @@ class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     fsync: FsyncMode = "always"
     fsync_interval_ms: Annotated[int, msgspec.Meta(ge=1, le=60_000)] = 50
     segment_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 64 * _MiB
+    # Space reserved ahead of the last segment's end (posix_fallocate), so that a batch's sync
+    # does not also write the inode for a new size; 0 appends as before (docs/operations.md).
+    reserve_bytes: Annotated[int, msgspec.Meta(ge=0, le=64 * _MiB)] = 4 * _MiB
     max_batch: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 512
 
 

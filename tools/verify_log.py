@@ -50,6 +50,8 @@ def verify(log_dir: Path) -> tuple[int, str]:
             raise ValueError(f"seq {first}: empty segment {path.name} before the last")
         with path.open("rb") as lines:
             for line in lines:
+                if n == len(segments) - 1 and not line.strip(b"\0"):
+                    break  # NULs from the last newline to the end: space reserved ahead
                 want = seq + 1
                 tail = TAIL.search(line)
                 if tail is None:

@@ -9,8 +9,8 @@ import pytest
 
 from tests.faults.faultops import FaultOps
 from timelined.auditlog.reader import read_records
-from timelined.auditlog.repair import cut_torn_tail
-from timelined.auditlog.scan import scan_tail, walk_chain
+from timelined.auditlog.repair import cut_torn_tail, release_reserved
+from timelined.auditlog.scan import ReservedTail, scan_tail, walk_chain
 from timelined.auditlog.segments import list_segments
 from timelined.auditlog.writer import LogWriter
 from timelined.errors import FatalStorageError, LogDamaged
@@ -107,7 +107,7 @@ def test_cut_refuses_a_segment_that_changed_and_fails_hard_on_fsync(tmp_path: Pa
 
 @pytest.mark.parametrize(
     "garbage",
-    [b"\x00" * 300, b"\x00" * 4096 + b"\n", b'{"seq":99}\n', b"\n", b"junk\njunk"],
+    [b"\x00" * 4096 + b"\n", b'{"seq":99}\n', b"\n", b"junk\njunk"],
 )
 def test_garbage_after_the_last_record_is_torn(log_dir: Path, garbage: bytes) -> None:
     items = write_log(log_dir, 6)
@@ -116,7 +116,46 @@ def test_garbage_after_the_last_record_is_torn(log_dir: Path, garbage: bytes) ->
     scan = scan_tail(log_dir)
     assert scan.damage is None and scan.last_seq == 6
     assert scan.torn is not None and scan.torn.data == garbage
+    assert scan.reserved is None and scan.torn.reserved == 0
     assert scan.end_offset == sum(len(line) for _, line in items)
+
+
+def test_nuls_alone_after_the_last_record_are_reserved_space_not_torn(log_dir: Path) -> None:
+    """Space the writer reserved (posix_fallocate) reads as NULs: released, never quarantined."""
+    items = write_log(log_dir, 6)
+    end = sum(len(line) for _, line in items)
+    with segment_files(log_dir)[-1].open("ab") as f:
+        f.write(b"\x00" * 300)
+    for found in (scan_tail(log_dir), walk_chain(log_dir)):
+        assert found.damage is None and found.torn is None
+        assert found.reserved == ReservedTail(segment_files(log_dir)[-1].name, end, 300)
+    release_reserved(log_dir, scan_tail(log_dir).reserved)  # type: ignore[arg-type]
+    assert segment_files(log_dir)[-1].stat().st_size == end
+    assert not (log_dir.parent / "quarantine").exists()
+
+
+def test_a_torn_line_then_reserved_space_keeps_only_the_torn_bytes(log_dir: Path) -> None:
+    items = write_log(log_dir, 6)
+    end = sum(len(line) for _, line in items)
+    torn_bytes = items[2][1][:100]  # the start of a record, cut
+    with segment_files(log_dir)[-1].open("ab") as f:
+        f.write(torn_bytes + b"\x00" * 5000)
+    scan = scan_tail(log_dir)
+    assert scan.damage is None and scan.reserved is None and scan.torn is not None
+    assert (scan.torn.offset, scan.torn.data, scan.torn.reserved) == (end, torn_bytes, 5000)
+    kept = cut_torn_tail(log_dir, scan.torn)
+    assert Path(kept).read_bytes() == torn_bytes
+    assert segment_files(log_dir)[-1].stat().st_size == end
+
+
+def test_nuls_at_the_end_of_a_segment_before_the_last_are_damage(log_dir: Path) -> None:
+    write_log(log_dir, 12, segment_bytes=2500)
+    first = segment_files(log_dir)[0]
+    with first.open("ab") as f:
+        f.write(b"\x00" * 300)
+    scan = scan_tail(log_dir)
+    assert scan.damage is not None and scan.damage.segment == first.name
+    assert scan.reserved is None and scan.torn is None
 
 
 def test_a_changed_byte_before_the_tail_is_damage_not_torn(log_dir: Path) -> None:

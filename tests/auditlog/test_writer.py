@@ -97,13 +97,22 @@ def test_failed_directory_fsync_on_a_new_segment_is_fatal(log_dir: Path) -> None
     assert writer.failed
 
 
+# reserve_bytes 0: batches appended as before issue 17; 1: each batch reserves exactly its own
+# size (a chunk smaller than any batch), so a full disk refuses the reservation, not the write.
+@pytest.mark.parametrize("reserve", [0, 1])
 @pytest.mark.parametrize("mode", ["always", "interval", "off"])
 def test_enospc_refuses_the_batch_and_leaves_the_log_byte_identical(
-    log_dir: Path, mode: str
+    log_dir: Path, mode: str, reserve: int
 ) -> None:
     ops = FaultOps()
     items = make_lines(30)
-    writer = LogWriter(log_dir, LogHead(), fileops=ops, fsync=mode)  # type: ignore[arg-type]
+    writer = LogWriter(
+        log_dir,
+        LogHead(),
+        fileops=ops,
+        fsync=mode,  # type: ignore[arg-type]
+        reserve_bytes=reserve,
+    )
     writer.write_batch(*batch(items, 0, 10))
     writer.sync()
     before = log_bytes(log_dir)
@@ -122,10 +131,11 @@ def test_enospc_refuses_the_batch_and_leaves_the_log_byte_identical(
     assert walk_chain(log_dir).ok
 
 
-def test_other_write_errors_are_storage_errors_and_recoverable(log_dir: Path) -> None:
+@pytest.mark.parametrize("reserve", [0, 1])
+def test_other_write_errors_are_storage_errors_and_recoverable(log_dir: Path, reserve: int) -> None:
     ops = FaultOps()
     items = make_lines(10)
-    writer = LogWriter(log_dir, LogHead(), fileops=ops)
+    writer = LogWriter(log_dir, LogHead(), fileops=ops, reserve_bytes=reserve)
     writer.write_batch(*batch(items, 0, 5))
     before = log_bytes(log_dir)
     ops.arm("write", err=errno.EIO, sticky=True)
@@ -139,11 +149,12 @@ def test_other_write_errors_are_storage_errors_and_recoverable(log_dir: Path) ->
     assert walk_chain(log_dir).head_seq == 10
 
 
-def test_enospc_on_a_new_segment_removes_it(log_dir: Path) -> None:
+@pytest.mark.parametrize("reserve", [0, 1])
+def test_enospc_on_a_new_segment_removes_it(log_dir: Path, reserve: int) -> None:
     ops = FaultOps()
     items = make_lines(12)
     seg = sum(len(line) for _, line in items[:4])
-    writer = LogWriter(log_dir, LogHead(), fileops=ops, segment_bytes=seg)
+    writer = LogWriter(log_dir, LogHead(), fileops=ops, segment_bytes=seg, reserve_bytes=reserve)
     writer.write_batch(*batch(items, 0, 4))
     before = log_bytes(log_dir)
     ops.space = 0

@@ -20,6 +20,7 @@ KEYS = [
     ("log", "fsync_interval_ms", 50, "200", 200, "0"),
     ("log", "segment_bytes", 64 * 1024 * 1024, "1048576", 1048576, "10"),
     ("log", "max_batch", 512, "64", 64, "-1"),
+    ("log", "reserve_bytes", 4 * 1024 * 1024, "0", 0, "-1"),
     ("verify", "on_boot", True, "false", False, '"yes"'),
     ("verify", "interval_s", 3600, "60", 60, "-5"),
     ("verify", "on_drift", "report", '"repair"', "repair", '"ignore"'),

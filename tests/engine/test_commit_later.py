@@ -2,7 +2,8 @@
 
 A batch is answered once its lines are in the log; its rows wait in the writer's open
 transaction and are committed with the batches after it when a read waits for them, when
-COMMIT_MAX_EVENTS wait, or COMMIT_DELAY_S after the first of them. These tests stretch the delay
+COMMIT_MAX_EVENTS wait (COMMIT_MAX_APPENDS while no savepoint was used in the transaction), or
+COMMIT_DELAY_S after the first of them. These tests stretch the delay
 so that what is committed when is deterministic, and read the state file through a connection of
 their own (what the verifier, a backup or an operator's sqlite3 sees).
 """
@@ -108,10 +109,12 @@ def test_answered_rows_commit_by_themselves_after_the_delay(
     anyio.run(main)
 
 
-def test_commit_max_events_commits_without_a_read(
+def test_commit_max_appends_commits_a_transaction_of_appends_without_a_read(
     config: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(engine_module, "COMMIT_MAX_EVENTS", 10)
+    """AppendBlock batches join the open transaction without a savepoint: the larger bound."""
+    monkeypatch.setattr(engine_module, "COMMIT_MAX_EVENTS", 4)
+    monkeypatch.setattr(engine_module, "COMMIT_MAX_APPENDS", 10)
 
     async def main() -> None:
         async with Engine.open(config) as engine:
@@ -122,6 +125,42 @@ def test_commit_max_events_commits_without_a_read(
                 await _append(engine, root, f"m{n}")
             assert engine.stats.state_commits - commits == 2  # at 10 and 20 events waiting
             assert blocks_seen(config) == 20
+
+    anyio.run(main)
+
+
+def test_a_savepoint_in_the_open_transaction_brings_its_bound_to_commit_max_events(
+    config: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a command behind a savepoint (here an AppendBlocks) joined the transaction, it
+    commits at COMMIT_MAX_EVENTS; the next transaction, of appends only, at COMMIT_MAX_APPENDS."""
+    monkeypatch.setattr(engine_module, "COMMIT_MAX_EVENTS", 10)
+    monkeypatch.setattr(engine_module, "COMMIT_MAX_APPENDS", 1_000)
+    monkeypatch.setattr(engine_module, "INDEX_DELAY_S", 3600.0)  # its pass commits first
+
+    async def main() -> None:
+        async with Engine.open(config) as engine:
+            root = await _conversation(engine)
+            await engine.caught_up()
+            commits = engine.stats.state_commits
+            for n in range(3):
+                await _append(engine, root, f"m{n}")
+            pair = [cmd.NewBlock(role="user", content=f"pair {n}") for n in range(2)]
+            await engine.submit(cmd.AppendBlocks(context_id=root, blocks=pair))
+            for n in range(4):
+                await _append(engine, root, f"n{n}")
+            await anyio.sleep(0.1)  # a COMMIT follows its batch's answer: give it the time
+            assert engine.stats.state_commits == commits  # 9 events wait
+            await _append(engine, root, "tenth")
+            with anyio.fail_after(5):
+                while engine.stats.state_commits == commits:  # noqa: ASYNC110 (a counter)
+                    await anyio.sleep(0.01)
+            assert blocks_seen(config) == 10
+            for n in range(15):  # a new transaction, of appends only
+                await _append(engine, root, f"o{n}")
+            await anyio.sleep(0.1)
+            assert engine.stats.state_commits - commits == 1
+            assert blocks_seen(config) == 10
 
     anyio.run(main)
 

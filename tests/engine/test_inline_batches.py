@@ -46,20 +46,34 @@ class RecordingOps(OsFileOps):
         self.held = threading.Event()
         self.synced = threading.Event()
 
-    def write(self, handle: Handle, data: bytes | memoryview) -> int:
+    def _wrote(self) -> None:
         self.writers.append(threading.current_thread().name)
         if self.hold is not None:
             self.held.set()
             self.hold.wait(10)
+
+    def write(self, handle: Handle, data: bytes | memoryview) -> int:
+        self._wrote()
         return super().write(handle, data)
 
-    def fsync(self, handle: Handle) -> None:
+    def pwrite(self, handle: Handle, data: bytes | memoryview, offset: int) -> int:
+        self._wrote()  # the log writer's, into its reserved space (issue 17)
+        return super().pwrite(handle, data, offset)
+
+    def _synced(self) -> None:
         self.fsyncs += 1
         self.synced.set()
         if self.slow_fsyncs:
             self.slow_fsyncs -= 1
             time.sleep(SLOW_S)
+
+    def fsync(self, handle: Handle) -> None:
+        self._synced()
         super().fsync(handle)
+
+    def fdatasync(self, handle: Handle) -> None:
+        self._synced()  # the log writer's sync (issue 17)
+        super().fdatasync(handle)
 
 
 def _config(tmp_path: Path, **log: Any) -> Any:
@@ -365,10 +379,10 @@ def test_a_failing_fsync_of_a_lone_append_is_fatal_and_stops_the_writer(
     class FailingOps(RecordingOps):
         fail = False
 
-        def fsync(self, handle: Handle) -> None:
+        def fdatasync(self, handle: Handle) -> None:
             if self.fail:
                 raise OSError(5, "Input/output error")
-            super().fsync(handle)
+            super().fdatasync(handle)
 
     ops = FailingOps()
 

@@ -4,11 +4,12 @@ Faults that cannot be caused for real (an fsync that fails, a full disk) are inj
 the one seam every file write goes through. Two ways, combinable:
 
 - an armed fault: the N-th call of a kind fails with an errno (every later one too when
-  sticky). Kinds: write, fsync, fsync_dir, rename, ftruncate, unlink, mkdir, create (a new
-  segment), open_new, fchmod; "sync" counts fsync and fsync_dir together; "any" counts every
-  one of them together.
+  sticky). Kinds: write (write and pwrite), fsync (fsync and fdatasync), fsync_dir, rename,
+  ftruncate, unlink, mkdir, create (a new segment), open_new, fchmod, reserve; "sync" counts
+  fsync and fsync_dir together; "any" counts every one of them together.
 - a full disk: `space` is how many more bytes the disk takes; a write past it is short, the
-  next raises ENOSPC.
+  next raises ENOSPC; a reservation past it grows the file by what fits, then raises ENOSPC
+  (as a fallocate that ran out part way). Writing into reserved space takes no more.
 
 `calls` counts every call by kind (and "sync", "any"); `opened` lists the files opened for
 reading, by name; `fired` says what failed.
@@ -33,6 +34,7 @@ KINDS = (
     "create",
     "open_new",
     "fchmod",
+    "reserve",
 )
 GROUPS = {"any": KINDS, "sync": ("fsync", "fsync_dir")}
 
@@ -100,7 +102,9 @@ class FaultOps(OsFileOps):
         code = self.err if code is None else code
         return OSError(code, os.strerror(code))
 
-    def write(self, handle: Handle, data: bytes | memoryview) -> int:
+    def _write_fault(self, handle: Handle, data: bytes | memoryview) -> memoryview | None:
+        """The armed fault of a write or pwrite: raises, or gives the short prefix to write
+        (the next write raises); None when no fault is due."""
         if self._raise_next_write and not self.lifted:
             self._raise_next_write = False
             raise self._fail("write", handle)
@@ -108,14 +112,52 @@ class FaultOps(OsFileOps):
             if self.partial and len(data) > self.partial:
                 self._raise_next_write = True
                 self.fired.append(f"short write of {self.partial} bytes")
-                return super().write(handle, memoryview(data)[: self.partial])
+                return memoryview(data)[: self.partial]
             raise self._fail("write", handle)
+        return None
+
+    def write(self, handle: Handle, data: bytes | memoryview) -> int:
+        short = self._write_fault(handle, data)
+        if short is not None:
+            return super().write(handle, short)
         if self.space is not None:
             if self.space == 0:
                 raise self._fail("write", handle, errno.ENOSPC)
             data = memoryview(data)[: self.space]
             self.space -= len(data)
         return super().write(handle, data)
+
+    def pwrite(self, handle: Handle, data: bytes | memoryview, offset: int) -> int:
+        short = self._write_fault(handle, data)
+        if short is not None:
+            return super().pwrite(handle, short, offset)
+        if self.space is not None:
+            room = max(self.fstat_size(handle) - offset, 0) + self.space
+            if room <= 0:
+                raise self._fail("write", handle, errno.ENOSPC)
+            data = memoryview(data)[:room]
+            self.space -= max(offset + len(data) - self.fstat_size(handle), 0)
+        return super().pwrite(handle, data, offset)
+
+    def reserve(self, handle: Handle, offset: int, length: int) -> None:
+        self.calls["reserve_bytes"] += length
+        if self._hit("reserve"):
+            raise self._fail("reserve", handle)
+        if self.space is not None:
+            grow = offset + length - self.fstat_size(handle)
+            if grow > self.space:
+                if self.space:
+                    super().reserve(handle, self.fstat_size(handle), self.space)
+                self.space = 0
+                raise self._fail("reserve", handle, errno.ENOSPC)
+            self.space -= max(grow, 0)
+        super().reserve(handle, offset, length)
+
+    def fdatasync(self, handle: Handle) -> None:
+        if self._hit("fsync"):
+            raise self._fail("fsync", handle)  # counted and named as the fsync it replaces
+        self.calls["fdatasync"] += 1
+        super().fdatasync(handle)
 
     def fsync(self, handle: Handle) -> None:
         if self._hit("fsync"):
@@ -159,6 +201,14 @@ class FaultOps(OsFileOps):
         else:
             self.calls["open_append"] += 1
         return super().open_append(path, create=create)
+
+    def open_write(self, path: str, *, create: bool = False) -> Handle:
+        if create:
+            if self._hit("create"):
+                raise self._fail("create", path)
+        else:
+            self.calls["open_write"] += 1
+        return super().open_write(path, create=create)
 
     def open_new(self, path: str, mode: int = 0o640) -> Handle:
         if self._hit("open_new"):

@@ -56,9 +56,19 @@ def fast_dir(prefix: str) -> Iterator[Path]:
 
 
 def make_config(
-    state_dir: Path, segment_bytes: int, fsync: FsyncMode = "always", interval_ms: int = 50
+    state_dir: Path,
+    segment_bytes: int,
+    fsync: FsyncMode = "always",
+    interval_ms: int = 50,
+    reserve_bytes: int = 2048,
 ) -> Config:
-    log = LogConfig(fsync=fsync, segment_bytes=segment_bytes, fsync_interval_ms=interval_ms)
+    # A reservation of a few sectors: the crash states of space reserved ahead stay few.
+    log = LogConfig(
+        fsync=fsync,
+        segment_bytes=segment_bytes,
+        fsync_interval_ms=interval_ms,
+        reserve_bytes=reserve_bytes,
+    )
     return default_config(state_dir, log=log)
 
 
@@ -165,25 +175,52 @@ def record(
 
 
 class FullDisk(SimDisk):
-    """A SimDisk whose `nth` write to a log segment takes `room` bytes, the next none."""
+    """A SimDisk whose `nth` write to a log segment takes `room` bytes, the next none; with
+    `kind="reserve"`, whose `nth` reservation grows the file by `room` bytes and then fails
+    (as a posix_fallocate that ran out of space part way), and so does the writer's retry of
+    the batch's own size; the next batch's succeeds."""
 
-    def __init__(self, root: Path, db: Path, nth: int, room: int) -> None:
+    def __init__(self, root: Path, db: Path, nth: int, room: int, kind: str = "write") -> None:
         super().__init__(root, db_path=db)
-        self.nth, self.room = nth, room
-        self.segment_writes = 0
+        self.nth, self.room, self.kind = nth, room, kind
+        self.segment_writes = self.reservations = 0
         self.full = False
+        self.refused_length = 0  # the failed reservation's: a shorter one next is its retry
+
+    def _short(self, handle: Handle, data: bytes | memoryview) -> int | None:
+        """How much of `data` the disk takes, or None for all of it; raises when full."""
+        opened = self._open.get(handle)
+        if self.kind != "write" or opened is None or not opened.rel.endswith(".jsonl"):
+            return None
+        if self.full:
+            self.full = False  # space comes back for the next batch
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.segment_writes += 1
+        if self.segment_writes == self.nth and self.room < len(data):
+            self.full = True
+            return self.room
+        return None
 
     def write(self, handle: Handle, data: bytes | memoryview) -> int:
+        n = self._short(handle, data)
+        return super().write(handle, data if n is None else memoryview(data)[:n])
+
+    def pwrite(self, handle: Handle, data: bytes | memoryview, offset: int) -> int:
+        n = self._short(handle, data)
+        return super().pwrite(handle, data if n is None else memoryview(data)[:n], offset)
+
+    def reserve(self, handle: Handle, offset: int, length: int) -> None:
         opened = self._open.get(handle)
-        if opened is not None and opened.rel.endswith(".jsonl"):
-            if self.full:
-                self.full = False  # space comes back for the next batch
+        if self.kind == "reserve" and opened is not None and opened.rel.endswith(".jsonl"):
+            self.reservations += 1
+            retry, self.refused_length = length < self.refused_length, 0
+            if self.reservations == self.nth or retry:
+                if not retry:
+                    self.refused_length = length
+                    if self.room:
+                        super().reserve(handle, self.fstat_size(handle), self.room)
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            self.segment_writes += 1
-            if self.segment_writes == self.nth and self.room < len(data):
-                self.full = True
-                return super().write(handle, memoryview(data)[: self.room])
-        return super().write(handle, data)
+        super().reserve(handle, offset, length)
 
 
 # --- trials ---------------------------------------------------------------------------------------
@@ -217,7 +254,9 @@ def check_crash_state(
     if db is not None:
         (trial_dir / "state.db").write_bytes(db)
     log = rec.config.log
-    config = make_config(trial_dir, log.segment_bytes, log.fsync, log.fsync_interval_ms)
+    config = make_config(
+        trial_dir, log.segment_bytes, log.fsync, log.fsync_interval_ms, log.reserve_bytes
+    )
     acked = rec.acked_at(point)
     # Only a log that may lose its last interval can leave a state ahead of it (rebuilt).
     verdicts = ("clean", "recovered") + (("recovered_with_loss",) if log.fsync != "always" else ())

@@ -5,7 +5,9 @@ a real directory (so SQLite, readers and `Path` calls see real files), while eve
 of the audit log goes through `SimDisk`, which keeps a model of what a power cut could leave:
 
 - per file (inode): the *durable* bytes (as of its last fsync) and the *pending* operations since
-  (writes at an offset, truncates). An fsync makes the current bytes durable.
+  (writes at an offset, truncates; a reservation (posix_fallocate) is a size change whose new
+  bytes read as zeros, recorded as a growing truncate). An fsync or fdatasync makes the current
+  bytes and size durable (fdatasync skips only the times, which are not modelled).
 - per directory: the *durable* entries (as of its last directory fsync) and the *pending* entry
   operations since (a created file, a mkdir, a rename, an unlink). A new name survives a crash only
   once its directory is fsynced; a file's own fsync does not make its name durable (POSIX).
@@ -21,6 +23,9 @@ POSIX file system may leave after a power cut there:
 - the unsynced region torn at each 512-byte boundary, a single 512-byte-aligned piece missing
   (reordered sector writes: the file grew but that sector never reached the platter, reading as
   zeros), the unsynced region filled with zeros, or with garbage;
+- writes into space the file already had (reserved): the file keeps its size and each sector
+  of the unsynced writes holds the new bytes or the old ones (zeros in reserved space): torn
+  at each sector, one sector missing, none written;
 - every pending directory operation kept / dropped, each one lost alone (a lost rename or
   creation while later ones made it), and each prefix of them (the later ones lost).
 
@@ -145,7 +150,7 @@ class Image:
 @dataclass(frozen=True, slots=True)
 class TraceOp:
     index: int
-    kind: str  # create, open_new, write, fsync, fsync_dir, ftruncate, mkdir, rename, unlink
+    kind: str  # create, open_new, write, reserve, fsync, fdatasync, fsync_dir, ftruncate, ...
     path: str
     detail: str = ""
 
@@ -406,6 +411,46 @@ class SimDisk:
         self._open[fd] = _Open(rel, ino, append=True)
         return fd
 
+    def open_write(self, path: str, *, create: bool = False) -> Handle:
+        fd = self.open_append(path, create=create)
+        # The same file opened without O_APPEND: writes go where pwrite says.
+        os.close(fd)
+        h = self._open.pop(fd)
+        flags = os.O_WRONLY | os.O_CLOEXEC
+        fd = os.open(path, flags)
+        self._open[fd] = _Open(h.rel, h.ino, append=False)
+        return fd
+
+    def pwrite(self, handle: Handle, data: bytes | memoryview, offset: int) -> int:
+        h = self._open.get(handle)
+        if h is None or h.ino is None:
+            return os.pwrite(handle, data, offset)
+        self._point("write", h.rel, f"{len(data)} bytes at {offset}")
+        n = os.pwrite(handle, data, offset)
+        if n > 0:
+            self._inodes[h.ino] = self._inodes[h.ino].change(
+                DataOp("write", offset, bytes(data[:n]))
+            )
+        return n
+
+    def reserve(self, handle: Handle, offset: int, length: int) -> None:
+        h = self._open.get(handle)
+        if h is None or h.ino is None:
+            os.posix_fallocate(handle, offset, length)
+            return
+        self._point("reserve", h.rel, f"{length} bytes at {offset}")
+        os.posix_fallocate(handle, offset, length)
+        if offset + length > len(self._inodes[h.ino].current):
+            self._inodes[h.ino] = self._inodes[h.ino].change(DataOp("truncate", offset + length))
+
+    def fdatasync(self, handle: Handle) -> None:
+        h = self._open.get(handle)
+        if h is None or h.ino is None:
+            os.fdatasync(handle)
+            return
+        self._point("fdatasync", h.rel)
+        self._inodes[h.ino] = self._inodes[h.ino].synced()
+
     def open_new(self, path: str, mode: int = 0o640) -> Handle:
         rel = self._rel(path)
         tracked = self._tracked(rel)
@@ -587,7 +632,33 @@ def data_variants(inode: Inode, seed: int) -> list[tuple[str, bytes]]:
             out.append((f"ops-without-{i}", content))
             # ...and that size's data reaching the disk in part, as below for the current one.
             out.extend(_sector_variants(f"ops-without-{i}:", durable, content, seed))
-    out.extend(_sector_variants("", durable, current, seed))
+    # Writes into space the file had (reserved by a growing truncate or fallocate): its size
+    # does not depend on them, each sector holds the new bytes or what was there. When that
+    # size is already durable, the file cannot come back shorter or longer.
+    sized = durable
+    for op in ops:
+        if op.kind == "truncate":
+            sized = apply_data(sized, op)
+    in_place = len(sized) == len(current) and sized != current
+    if not (in_place and len(durable) == len(current)):
+        out.extend(_sector_variants("", durable, current, seed))
+    if in_place:
+        out.extend(_in_place_variants(sized, current))
+    return out
+
+
+def _in_place_variants(before: bytes, content: bytes) -> list[tuple[str, bytes]]:
+    """`content` (as long as `before`) with its changed sectors written up to each sector
+    boundary, with one sector not written, or with none written."""
+    lo = _common_prefix(before, content)
+    hi = len(content) - _common_prefix(before[::-1], content[::-1])
+    bounds = list(range((lo // SECTOR + 1) * SECTOR, hi, SECTOR))
+    out = [(f"in-place-torn@{b}", content[:b] + before[b:]) for b in bounds]
+    pieces = [lo, *bounds, hi]
+    if len(pieces) > 2:
+        for a, b in itertools.pairwise(pieces):
+            out.append((f"in-place-hole@{a}-{b}", content[:a] + before[a:b] + content[b:]))
+    out.append(("in-place-none", before))
     return out
 
 

@@ -107,9 +107,19 @@ def test_crash_while_cutting_a_torn_tail(fragment: int) -> None:
         assert_clean(tally, rec, min_points=12, min_trials=25)
 
 
-@pytest.mark.parametrize(("nth", "room"), [(3, 200), (6, 600)])  # truncate back; unlink
-def test_crash_while_undoing_a_refused_write(nth: int, room: int) -> None:
-    """ENOSPC part-way through a batch: truncate back (or unlink a new segment) and fsync."""
+@pytest.mark.parametrize(
+    ("kind", "nth", "room", "reserve"),
+    [
+        ("write", 3, 200, 0),  # appended without reserving: truncate back
+        ("write", 6, 600, 0),  # unlink a new segment
+        ("write", 3, 200, 2048),  # a pwrite into reserved space cut short: truncate back
+        ("reserve", 2, 300, 2048),  # a reservation that grew the file, then ENOSPC
+        ("reserve", 3, 0, 2048),  # ... of a new segment's first batch: unlink the segment
+    ],
+)
+def test_crash_while_undoing_a_refused_write(kind: str, nth: int, room: int, reserve: int) -> None:
+    """ENOSPC part-way through a batch or its reservation: nothing of the batch is kept (the
+    file cut back to the batch's start, or a new segment unlinked) and that is synced."""
     refused: list[DiskFull] = []
 
     async def workload(engine: Engine) -> None:
@@ -123,16 +133,18 @@ def test_crash_while_undoing_a_refused_write(nth: int, room: int) -> None:
                 refused.append(exc)
 
     with fast_dir("tl-crash-") as work:
-        config = make_config(work / "live" / "state", SEGMENT_BYTES)
+        config = make_config(work / "live" / "state", SEGMENT_BYTES, reserve_bytes=reserve)
         rec = record(
             config,
             workload,
             clean=True,
-            sim_factory=lambda root, db: FullDisk(root, db, nth, room),
+            sim_factory=lambda root, db: FullDisk(root, db, nth, room, kind),
         )
         assert len(refused) == 1, "exactly one batch met the full disk"
         kinds = [op.kind for op in rec.sim.trace]
         assert "ftruncate" in kinds or "unlink" in kinds, "the refused bytes were undone"
+        if (kind, nth) == ("reserve", 3):
+            assert "unlink" in kinds, "the segment created for the refused batch was removed"
         tally = Tally()
         check_recording(rec, work, tally)
         assert_clean(tally, rec, min_points=15, min_trials=40)
@@ -180,17 +192,25 @@ class ForgetsDirFsync(SimDisk):
 
 
 class ForgetsFsync(SimDisk):
-    """A broken writer: every other fsync of a segment is skipped but reported as done."""
+    """A broken writer: every other fsync (or fdatasync) of a segment is skipped but reported
+    as done."""
 
     skipped = 0
 
-    def fsync(self, handle: Handle) -> None:
+    def _skip(self, handle: Handle) -> bool:
         opened = self._open.get(handle)
         if opened is not None and opened.rel.endswith(".jsonl"):
             self.skipped += 1
-            if self.skipped % 2:
-                return
-        super().fsync(handle)
+            return bool(self.skipped % 2)
+        return False
+
+    def fsync(self, handle: Handle) -> None:
+        if not self._skip(handle):
+            super().fsync(handle)
+
+    def fdatasync(self, handle: Handle) -> None:
+        if not self._skip(handle):
+            super().fdatasync(handle)
 
 
 @pytest.mark.parametrize("broken", [ForgetsDirFsync, ForgetsFsync])

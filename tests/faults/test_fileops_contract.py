@@ -111,6 +111,34 @@ class FileOpsContract:
         ops.close(h)
         assert (tmp_path / "t").read_bytes() == b"abZ\0\0"
 
+    def test_reserve_pwrite_fdatasync(self, ops: FileOps, tmp_path: Path) -> None:
+        """Reserved space reads as zeros; pwrite writes where it is told (no O_APPEND), also
+        into reserved space without changing the size; a reservation never shrinks a file."""
+        path = str(tmp_path / "r")
+        h = ops.open_write(path, create=True)
+        with pytest.raises(FileExistsError):
+            ops.open_write(path, create=True)
+        ops.reserve(h, 0, 1000)
+        assert ops.fstat_size(h) == 1000
+        write_all(ops, h, b"line one\n", 0)
+        assert ops.pwrite(h, b"two\n", 9) == 4
+        ops.fdatasync(h)
+        assert ops.fstat_size(h) == 1000
+        ops.reserve(h, 13, 10)  # inside the file: the size stays
+        assert ops.fstat_size(h) == 1000
+        ops.reserve(h, 13, 2000)
+        ops.ftruncate(h, 13)
+        ops.fdatasync(h)
+        ops.close(h)
+        assert (tmp_path / "r").read_bytes() == b"line one\ntwo\n"
+        h = ops.open_write(path)
+        ops.reserve(h, 13, 7)
+        write_all(ops, h, b"3", 13)
+        ops.close(h)
+        assert (tmp_path / "r").read_bytes() == b"line one\ntwo\n3" + bytes(6)
+        with pytest.raises(FileNotFoundError):
+            ops.open_write(str(tmp_path / "missing"))
+
     def test_open_new_empties_and_takes_the_mode_through_the_umask(
         self, ops: FileOps, tmp_path: Path
     ) -> None:
@@ -242,3 +270,13 @@ def test_the_fault_injector_fails_the_armed_call_only(tmp_path: Path) -> None:
         ops.write(h, b"cd")
     ops.close(h)
     assert full.value.errno == errno.ENOSPC
+    # A reservation past the space left grows the file by what fits, then fails; writing into
+    # reserved space takes no more space.
+    ops.space = 100
+    h = ops.open_write(str(tmp_path / "c"), create=True)
+    ops.reserve(h, 0, 60)
+    with pytest.raises(OSError) as full:
+        ops.reserve(h, 0, 200)
+    assert full.value.errno == errno.ENOSPC and ops.fstat_size(h) == 100
+    assert ops.pwrite(h, b"x" * 100, 0) == 100 and ops.space == 0
+    ops.close(h)

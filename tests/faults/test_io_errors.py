@@ -42,7 +42,15 @@ ERRNOS = {"EIO": errno.EIO, "ENOSPC": errno.ENOSPC}
 
 
 def log_bytes(log_dir: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(log_dir.iterdir())} if log_dir.exists() else {}
+    """Every file's bytes, the last segment's without the space reserved past its records (a
+    NUL run at its end, which the undo of a refused batch cuts with the batch's bytes)."""
+    if not log_dir.exists():
+        return {}
+    found = {p.name: p.read_bytes() for p in sorted(log_dir.iterdir())}
+    if found:
+        last = max(found)
+        found[last] = found[last].rstrip(b"\0")
+    return found
 
 
 def all_log_text(log_dir: Path) -> bytes:

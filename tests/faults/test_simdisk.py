@@ -184,3 +184,34 @@ def test_the_state_snapshot_is_the_last_commit(tmp_path: Path) -> None:
     assert rows(sim.points[0]) == []
     assert rows(sim.points[1]) == [(1,)]
     assert sim.points[2].db == sim.points[1].db
+
+
+def test_a_pwrite_into_reserved_space_keeps_the_size_and_tears_by_sector(
+    tmp_path: Path,
+) -> None:
+    """posix_fallocate then fdatasync: the size is durable and the space reads as zeros; an
+    unsynced pwrite into it reaches the disk sector by sector, the file keeping its size."""
+    (tmp_path / "f").write_bytes(b"")
+    sim = SimDisk(tmp_path)
+    fd = sim.open_write(str(tmp_path / "f"))
+    sim.reserve(fd, 0, 4096)
+    reserved = len(sim.points)  # a crash after the reservation, before its sync
+    sim.fdatasync(fd)
+    data = bytes(range(1, 256)) * 6  # 1530 bytes, no NUL of its own
+    sim.pwrite(fd, data, 100)
+    sim.finish()
+    assert {b"", bytes(4096)} <= contents(crash_states(sim.points[reserved]), "f")
+    found = {s.name: s.files["f"] for s in crash_states(sim.points[-1])}
+    whole = bytes(100) + data + bytes(4096 - 100 - len(data))
+    assert found["keep-all"] == whole
+    assert all(len(v) == 4096 for v in found.values()), "the size was synced"
+    for cut in (SECTOR, 2 * SECTOR, 3 * SECTOR):
+        assert whole[:cut] + bytes(4096 - cut) in found.values(), cut  # torn, zeros after
+    hole = whole[:512] + bytes(512) + whole[1024:]
+    assert hole in found.values()  # a later sector written, this one not
+    assert bytes(4096) in found.values()  # none of it written
+    sim2 = SimDisk(tmp_path)
+    fd2 = sim2.open_write(str(tmp_path / "f"))
+    sim2.fdatasync(fd2)
+    sim2.finish()
+    assert contents(crash_states(sim2.points[-1]), "f") == {whole}

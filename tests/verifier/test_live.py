@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from tests.verifier.conftest import config_for
@@ -141,6 +142,30 @@ async def test_a_rotation_while_the_baseline_lists_the_segments_is_not_an_alarm(
         while writer.stats().segment == current:
             await populate(engine, engine.last_seq + 5, writers=2)
         assert await anyio.to_thread.run_sync(watch.check, [current]) == []
+
+
+async def test_log_watch_takes_the_space_the_writer_reserved_as_its_own(small_dir: Path) -> None:
+    """The current segment's file is longer than its records (issue 17's reserved space):
+    that size is the writer's; a stranger's bytes past it are not."""
+    config = config_for(small_dir, segment_bytes=4096)
+    config = msgspec.structs.replace(
+        config, log=msgspec.structs.replace(config.log, fsync="always", reserve_bytes=65536)
+    )
+    async with Engine.open(config) as engine:
+        writer = engine.writer
+        assert writer is not None
+        watch = LogWatch(config.log_dir, writer.stats, retries=3, settle=0.01)
+        await anyio.to_thread.run_sync(watch.baseline)
+        await populate(engine, engine.last_seq + 30, writers=4)  # appends and rotations
+        stats = writer.stats()
+        assert stats.segment_reserved == 65536 > stats.segment_size and stats.rotations > 1
+        names = [s.name for s in list_segments(config.log_dir)]
+        assert await anyio.to_thread.run_sync(watch.check, names) == []
+        active = Path(list_segments(config.log_dir)[-1].path)
+        append_bytes(active, b'{"seq":999999}\n')
+        found = await anyio.to_thread.run_sync(watch.check, [active.name])
+        assert found and "15 bytes were added" in found[0][1], found
+        cut_bytes(active, 15)  # the writer's cut at its stop must find its own size
 
 
 async def test_log_watch_tells_our_writes_from_others(small_dir: Path) -> None:

@@ -18,6 +18,7 @@ import pytest
 from tests.daemon.harness import DaemonProcess, short_tempdir
 from tests.verifier.test_daemon import wait_for
 from timelined.client import Client
+from timelined.errors import StorageError
 from timelined.verifier.inotify import IN_CLOSE_WRITE, OUTSIDE_CHANGES, Inotify
 
 FOREIGN_LINE = b'{"seq":999999,"not":"the writer\'s"}\n'
@@ -116,7 +117,10 @@ def test_an_outside_append_to_a_file_kept_open_is_found_by_the_sweep() -> None:
             fh.write(FOREIGN_LINE)
             fh.flush()  # written, not closed: no event the writer's appends do not raise
             started = time.monotonic()
-            client.append_block(root, "user", "after the stranger's line")
+            # The writer reserves space at its logical end: it refuses to write over bytes it
+            # did not write (issue 17), instead of appending after them as O_APPEND did.
+            with pytest.raises(StorageError):
+                client.append_block(root, "user", "after the stranger's line")
             report = found_by_watch(client, 10)
             took = time.monotonic() - started
         assert report["trigger"] == f"watch:log/{segment.name}"

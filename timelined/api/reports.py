@@ -59,6 +59,9 @@ class Report(msgspec.Struct, kw_only=True):
     events_rolled_forward: int = 0
     integrity_check: str = "skipped"
     torn: list[TornTail] = msgspec.field(default_factory=list)
+    # NUL bytes cut off the last segment: space the writer had reserved ahead of its records
+    # (a run that did not stop cleanly). Not a torn tail: nothing was written there.
+    reserved_released: int = 0
     damage: Damage | None = None
     rebuilds: list[Rebuild] = msgspec.field(default_factory=list)
     events_lost: int = 0

@@ -26,6 +26,11 @@ class FileOps(Protocol):
         """Open for appending; `create` makes a new file and fails if it already exists."""
         ...
 
+    def open_write(self, path: str, *, create: bool = False) -> Handle:
+        """Open for writing at explicit offsets (`pwrite`; no O_APPEND: Linux's pwrite would
+        append regardless of its offset); `create` makes a new file and fails if it exists."""
+        ...
+
     def open_new(self, path: str, mode: int = 0o640) -> Handle:
         """Create (or empty) a file for writing; `mode` is filtered by the umask, as open(2)."""
         ...
@@ -36,9 +41,22 @@ class FileOps(Protocol):
         """One write(2): may write fewer bytes than given; returns how many it wrote."""
         ...
 
+    def pwrite(self, handle: Handle, data: bytes | memoryview, offset: int) -> int:
+        """One pwrite(2) at `offset`: may write fewer bytes than given; returns how many."""
+        ...
+
     def pread(self, handle: Handle, size: int, offset: int) -> bytes: ...
 
+    def reserve(self, handle: Handle, offset: int, length: int) -> None:
+        """posix_fallocate(3): allocate [offset, offset+length), growing the file (the new
+        bytes read as zeros); ENOSPC/EDQUOT when the disk cannot hold them."""
+        ...
+
     def fsync(self, handle: Handle) -> None: ...
+
+    def fdatasync(self, handle: Handle) -> None:
+        """The data and the metadata needed to read it back (the size), not the times."""
+        ...
 
     def fsync_dir(self, path: str) -> None:
         """Make the directory's entries (a created, renamed or removed file) durable."""
@@ -74,6 +92,12 @@ class OsFileOps:
             flags |= os.O_CREAT | os.O_EXCL
         return os.open(path, flags, 0o640)
 
+    def open_write(self, path: str, *, create: bool = False) -> Handle:
+        flags = os.O_WRONLY | os.O_CLOEXEC
+        if create:
+            flags |= os.O_CREAT | os.O_EXCL
+        return os.open(path, flags, 0o640)
+
     def open_new(self, path: str, mode: int = 0o640) -> Handle:
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
 
@@ -83,11 +107,20 @@ class OsFileOps:
     def write(self, handle: Handle, data: bytes | memoryview) -> int:
         return os.write(handle, data)
 
+    def pwrite(self, handle: Handle, data: bytes | memoryview, offset: int) -> int:
+        return os.pwrite(handle, data, offset)
+
     def pread(self, handle: Handle, size: int, offset: int) -> bytes:
         return os.pread(handle, size, offset)
 
+    def reserve(self, handle: Handle, offset: int, length: int) -> None:
+        os.posix_fallocate(handle, offset, length)
+
     def fsync(self, handle: Handle) -> None:
         os.fsync(handle)
+
+    def fdatasync(self, handle: Handle) -> None:
+        os.fdatasync(handle)
 
     def fsync_dir(self, path: str) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -127,12 +160,17 @@ class OsFileOps:
 OS_FILEOPS = OsFileOps()
 
 
-def write_all(fileops: FileOps, handle: Handle, data: bytes | memoryview) -> None:
-    """Write every byte, continuing after short writes; a write of 0 bytes is ENOSPC."""
+def write_all(
+    fileops: FileOps, handle: Handle, data: bytes | memoryview, offset: int | None = None
+) -> None:
+    """Write every byte, continuing after short writes; a write of 0 bytes is ENOSPC. With an
+    `offset`, pwrite(2) from there on (a handle opened by `open_write`), else write(2)."""
     view = memoryview(data)
     while view:
-        n = fileops.write(handle, view)
+        n = fileops.write(handle, view) if offset is None else fileops.pwrite(handle, view, offset)
         if n <= 0:
             # write(2) returning 0 for a non-empty buffer means the device took nothing more.
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         view = view[n:]
+        if offset is not None:
+            offset += n

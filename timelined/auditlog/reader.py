@@ -1,9 +1,11 @@
 """Streaming reads of the log: records or raw lines of a seq range, across segments.
 
 Readers run while the writer appends. A last line without its newline is a write in progress
-(or a torn tail the next boot cuts), so readers stop before it; anything wrong before the end of
-the log is damage and raises `LogDamaged`. Pass `upto_seq` = the engine's committed head to read
-only acknowledged records: the writer appends a batch's lines before it commits them.
+(or a torn tail the next boot cuts), so readers stop before it, as before the NUL bytes of
+space the writer reserved past the last segment's records (writer.py); anything wrong before
+the end of the log is damage and raises `LogDamaged`. Pass `upto_seq` = the engine's committed
+head to read only acknowledged records: the writer appends a batch's lines before it commits
+them.
 """
 
 from __future__ import annotations
@@ -27,12 +29,20 @@ CHUNK_SIZE = 1 << 20
 
 
 def iter_lines(
-    fileops: FileOps, handle: Handle, offset: int = 0, chunk_size: int = CHUNK_SIZE
+    fileops: FileOps,
+    handle: Handle,
+    offset: int = 0,
+    chunk_size: int = CHUNK_SIZE,
+    *,
+    stop_at_nul: bool = False,
 ) -> Iterator[tuple[int, bytes, bool]]:
     """(offset, line without its newline, complete) for each line from `offset` to the end.
 
     Only the last item can be incomplete (the bytes after the last newline). Memory stays
-    bounded by the chunk size and the longest line.
+    bounded by the chunk size and the longest line. `stop_at_nul`: a line starting with NUL
+    (the writer never writes one: space it reserved past the last record, which a batch may be
+    filling) ends the lines, yielded as incomplete with what was read of it, so that a reader
+    of a live last segment neither reads nor holds the reserved space.
     """
     pos = offset
     start = offset
@@ -42,6 +52,9 @@ def iter_lines(
         if not data:
             break
         pos += len(data)
+        if stop_at_nul and not pending and data[:1] == b"\0":
+            yield start, data, False
+            return
         if b"\n" not in data:
             pending.append(data)  # joined once, when the line's newline arrives
             continue
@@ -52,9 +65,15 @@ def iter_lines(
         parts = data.split(b"\n")
         rest = parts.pop()
         for part in parts:
+            if stop_at_nul and part[:1] == b"\0":
+                yield start, part, False
+                return
             yield start, part, True
             start += len(part) + 1
         if rest:
+            if stop_at_nul and rest[:1] == b"\0":
+                yield start, rest, False
+                return
             pending.append(rest)
     if pending:
         yield start, b"".join(pending), False
@@ -163,7 +182,8 @@ def _iter_range(
         last = k == len(segments) - 1
         handle = fops.open_read(seg.path)
         try:
-            for _offset, content, complete in iter_lines(fops, handle):
+            # The last segment's end: a write in progress, or the space the writer reserved.
+            for _offset, content, complete in iter_lines(fops, handle, stop_at_nul=last):
                 if not complete:
                     if last:
                         return

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from timelined.auditlog.fileops import OS_FILEOPS, FileOps, Handle, write_all
-from timelined.auditlog.scan import TornTail
+from timelined.auditlog.scan import ReservedTail, TornTail
 from timelined.auditlog.writer import _write_error
 from timelined.errors import FatalStorageError, LogDamaged
 
@@ -28,7 +28,8 @@ def cut_torn_tail(
     `<quarantine>/<segment>.<offset>.torn`, or `<segment>.<offset>.<n>.torn` when an earlier
     crash tore different bytes at the same offset (that copy is kept, never replaced); the
     quarantine directory defaults to the log directory's sibling `quarantine`
-    (STATE_DIR/quarantine).
+    (STATE_DIR/quarantine). The reserved space after the torn bytes (`torn.reserved` NULs) is
+    cut with them and not copied.
     """
     fops = fileops or OS_FILEOPS
     base = os.fspath(log_dir)
@@ -54,7 +55,7 @@ def cut_torn_tail(
             data = fops.pread(handle, torn.length, torn.offset)
         finally:
             fops.close(handle)
-        if size != torn.offset + torn.length or data != torn.data:
+        if size != torn.offset + torn.length + torn.reserved or data != torn.data:
             raise LogDamaged(torn.seq, "the segment changed since it was scanned", torn.segment)
         current = qdir
         final = _quarantine_name(fops, qdir, f"{torn.segment}.{torn.offset}", data)
@@ -70,15 +71,35 @@ def cut_torn_tail(
         fops.rename(tmp, final)
         _fsync_dir(fops, qdir)
         current = seg_path
-        handle = fops.open_append(seg_path)
-        try:
-            fops.ftruncate(handle, torn.offset)
-            _fsync(fops, handle, seg_path)
-        finally:
-            fops.close(handle)
+        _cut(fops, seg_path, torn.offset)
     except OSError as exc:
         raise _write_error(current, exc) from exc
     return final
+
+
+def release_reserved(
+    log_dir: str | os.PathLike[str], reserved: ReservedTail, *, fileops: FileOps | None = None
+) -> None:
+    """Cut the space a writer had reserved (NULs only, nothing anyone wrote) off the last
+    segment, durably: the segment ends at its last record again, as after a clean stop."""
+    fops = fileops or OS_FILEOPS
+    seg_path = os.path.join(os.fspath(log_dir), reserved.segment)  # noqa: PTH118
+    try:
+        if fops.size(seg_path) != reserved.offset + reserved.length:
+            raise LogDamaged(0, "the segment changed since it was scanned", reserved.segment)
+        _cut(fops, seg_path, reserved.offset)
+    except OSError as exc:
+        raise _write_error(seg_path, exc) from exc
+
+
+def _cut(fops: FileOps, path: str, offset: int) -> None:
+    """Truncate `path` at `offset`, durably (a failed fsync is fatal)."""
+    handle = fops.open_write(path)
+    try:
+        fops.ftruncate(handle, offset)
+        _fsync(fops, handle, path)
+    finally:
+        fops.close(handle)
 
 
 def _quarantine_name(fops: FileOps, qdir: str, stem: str, data: bytes) -> str:

@@ -18,6 +18,13 @@ breaks the chain, in log order. Everything from B's first byte to the end of the
 Anything else is **damage**: it is reported with the first bad seq and never repaired. A crash
 can only produce a torn tail: the writer fsyncs a segment before starting the next one, and the
 bytes of an unfinished append are the last bytes of the last segment.
+
+**Reserved space**: the writer grows the last segment ahead of its records (writer.py), so a
+run of NUL bytes from some offset to the end of the last segment is space it had reserved, not
+a record: when B is all NULs to the end it is a `ReservedTail` (released at boot, never
+quarantined, never damage); when a torn tail ends in such a run, the run is not part of the
+torn bytes kept in quarantine (`TornTail.reserved`), and both are cut at B. In any segment but
+the last, a NUL run is what it always was: damage.
 """
 
 from __future__ import annotations
@@ -102,6 +109,17 @@ class TornTail:
     data: bytes
     seq: int  # the seq that was being written there
     reason: str
+    reserved: int = 0  # NUL bytes after `data` to the end: reserved space, cut but not kept
+
+
+@dataclass(frozen=True, slots=True)
+class ReservedTail:
+    """A run of NUL bytes from `offset` to the end of the last segment: space the writer had
+    reserved ahead of its records (a crash, or a live writer's file), released at boot."""
+
+    segment: str
+    offset: int
+    length: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +142,7 @@ class TailScan:
     bytes_scanned: int
     torn: TornTail | None
     damage: Damage | None
+    reserved: ReservedTail | None = None
 
     @property
     def head(self) -> LogHead:
@@ -141,6 +160,7 @@ class ChainReport:
     head_hash: str
     damage: Damage | None
     torn: TornTail | None
+    reserved: ReservedTail | None = None
 
     @property
     def ok(self) -> bool:
@@ -183,6 +203,7 @@ class _Chain:
         self.anchor_hash: bytes | None = None
         self.damage: Damage | None = None
         self.torn: TornTail | None = None
+        self.reserved: ReservedTail | None = None
 
     def run(self, index: int, offset: int, expect: int, prev: bytes | None) -> None:
         try:
@@ -311,7 +332,12 @@ class _Chain:
             self._damage(expect, kind, seg, off, detail)
         size = self.fops.fstat_size(handle)
         data = self.fops.pread(handle, size - off, off)
-        self.torn = TornTail(seg.name, off, len(data), data, expect, reason)
+        kept = data.rstrip(b"\0")
+        nuls = len(data) - len(kept)
+        if kept:
+            self.torn = TornTail(seg.name, off, len(kept), kept, expect, reason, nuls)
+        else:
+            self.reserved = ReservedTail(seg.name, off, nuls)
         raise _Stop
 
     def _damage(
@@ -410,6 +436,7 @@ def scan_tail(
         bytes_scanned=chain.bytes,
         torn=chain.torn,
         damage=chain.damage,
+        reserved=chain.reserved,
     )
 
 
@@ -521,4 +548,5 @@ def walk_chain(
         head_hash=chain.hash.decode(),
         damage=damage,
         torn=chain.torn,
+        reserved=chain.reserved,
     )

@@ -49,8 +49,9 @@ log = logging.getLogger(__name__)
 class LogFigures:
     """What GetStatus says about the log's storage.
 
-    `stored_bytes`: what the log occupies (the segments' sizes; for a table, its relation with
-    indexes and TOAST). `segments`: the number of segment files, None for a table."""
+    `stored_bytes`: what the log occupies (the segments' sizes, with the space the writer
+    reserved past the last record while it runs; for a table, its relation with indexes and
+    TOAST). `segments`: the number of segment files, None for a table."""
 
     backend: str
     stored_bytes: int

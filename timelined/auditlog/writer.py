@@ -1,4 +1,13 @@
-"""The log's single writer: one write and (per `log.fsync`) one fsync per batch.
+"""The log's single writer: one pwrite and (per `log.fsync`) one fdatasync per batch.
+
+Space reserved ahead (issue 17): the last segment's file is grown with posix_fallocate a chunk
+(`reserve_bytes`, 4 MiB) at a time past its logical end (`_size`, where the next record goes),
+and each batch is written into that space. Its size then does not change per batch, so its
+fdatasync writes the data alone: one device round trip instead of two (data, then the inode
+for the new size). At rest the format is unchanged: a rotation cuts the old segment back to
+its logical end (and syncs it) before the next one is created, and a clean `close` cuts the
+last one; only after a crash may the last segment end in a run of NUL bytes, which the boot
+releases (docs/log-format.md, "Torn tail and damage").
 
 Failure rules (docs/log-format.md, "Durability"):
 
@@ -28,6 +37,8 @@ from timelined.config import FsyncMode
 from timelined.errors import DiskFull, FatalStorageError, LogDamaged, StorageError
 
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
+DEFAULT_RESERVE_BYTES = 4 * 1024 * 1024
+_NO_FALLOCATE = frozenset({errno.EOPNOTSUPP, errno.ENOSYS})
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
@@ -57,6 +68,8 @@ class WriterStats:
     write_errors: int
     last_fsync_seconds: float
     failed: bool
+    segment_reserved: int = 0  # the segment file's real size: its logical size + reserved space
+    reservations: int = 0
 
 
 class LogWriter:
@@ -76,11 +89,14 @@ class LogWriter:
         fsync_interval_ms: int = 50,
         on_fsync: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        reserve_bytes: int = DEFAULT_RESERVE_BYTES,
     ) -> None:
         if fsync not in ("always", "interval", "off"):
             raise ValueError(f"unknown fsync mode {fsync!r}")
         if segment_bytes < 1:
             raise ValueError("segment_bytes must be positive")
+        if reserve_bytes < 0:
+            raise ValueError("reserve_bytes must not be negative")
         self._fops = fileops or OS_FILEOPS
         self._dir = os.fspath(log_dir)
         self._segment_bytes = segment_bytes
@@ -91,7 +107,15 @@ class LogWriter:
         self._lock = threading.Lock()
         self._handle: Handle | None = None
         self._path: str | None = None
-        self._size = 0
+        self._size = 0  # the logical end: where the next batch goes
+        self._reserved = 0  # the file's real size: _size plus the space reserved past it
+        # Without fsyncs there is no inode write to save: "off" never reserves.
+        self._reserve_bytes = reserve_bytes if fsync != "off" else 0
+        # Not reserving, the writer appends with O_APPEND as before issue 17: a stranger's
+        # bytes appended meanwhile stay where they are (LogWatch sees the size it did not
+        # write) instead of being overwritten by the next batch's pwrite at the logical end.
+        self._append = not self._reserve_bytes
+        self._reservations = 0
         self._head_seq = head.seq
         self._head_hash = head.hash
         self._durable_seq = head.seq  # what the boot found on disk
@@ -123,11 +147,18 @@ class LogWriter:
         if last.first_seq > head.seq + 1:
             raise LogDamaged(head.seq + 1, "the last segment starts past the head", last.name)
         try:
-            handle = fops.open_append(last.path)
+            handle = self._open_file(last.path)
         except OSError as exc:
             raise _write_error(last.path, exc) from exc
         try:
-            size = fops.fstat_size(handle)
+            real = fops.fstat_size(handle)
+            # A run of NULs past the head is space a run that did not stop cleanly reserved
+            # (the boot releases it; an engine opened without a boot keeps it as its own, or
+            # cuts it when it appends without reserving).
+            size = head.end_offset if _nul_tail(fops, last.path, head.end_offset, real) else real
+            if self._append and size < real:
+                fops.ftruncate(handle, size)
+                real = size
         except OSError as exc:
             fops.close(handle)
             raise _write_error(last.path, exc) from exc
@@ -140,7 +171,7 @@ class LogWriter:
                 f"the last segment holds {size} bytes but the head ends at {head.end_offset}",
                 last.name,
             )
-        self._handle, self._path, self._size = handle, last.path, size
+        self._handle, self._path, self._size, self._reserved = handle, last.path, size, real
 
     def _make_dir(self) -> None:
         try:
@@ -154,7 +185,9 @@ class LogWriter:
     # --- the public API ------------------------------------------------------------------------
 
     def write_batch(self, data: bytes, first_seq: int, last_seq: int, last_hash: str) -> None:
-        """Append a batch's lines (seq first_seq … last_seq) with one write, then fsync per mode.
+        """Append a batch's lines (seq first_seq … last_seq) with one pwrite at the logical end
+        (into reserved space, reserving the next chunk first when it does not fit), then sync
+        per mode.
 
         Raises DiskFull / StorageError with nothing of the batch kept (the writer stays usable),
         or FatalStorageError (the writer is failed for good).
@@ -170,13 +203,17 @@ class LogWriter:
             handle, path, before = self._handle, self._path, self._size
             created = False
             if handle is None or path is None or before >= self._segment_bytes:
-                if handle is not None and self._dirty and self._mode != "off":
-                    # Only the last segment may ever hold a torn tail: sync the old one first.
-                    self._fsync_locked()
+                if handle is not None:
+                    # Only the last segment may ever hold a torn tail or reserved space: cut
+                    # the old one back to its records and sync it before the next one exists.
+                    self._seal_locked()
                 handle, path = self._create_segment(first_seq)
                 before, created = 0, True
+            reserved = 0 if created else self._reserved
+            if self._reserve_bytes and before + len(data) > reserved:
+                reserved = self._reserve(handle, path, before, len(data), created, reserved)
             try:
-                write_all(self._fops, handle, data)
+                write_all(self._fops, handle, data, None if self._append else before)
             except OSError as exc:
                 self._write_errors += 1
                 self._roll_back(handle, path, before, created)
@@ -184,6 +221,7 @@ class LogWriter:
             if created:
                 self._switch_to(handle, path)
             self._size = before + len(data)
+            self._reserved = max(reserved, self._size)
             self._head_seq, self._head_hash = last_seq, last_hash
             self._writes += 1
             self._bytes += len(data)
@@ -220,13 +258,15 @@ class LogWriter:
                 self._fsync_locked()
 
     def close(self) -> None:
-        """Sync (unless "off") and close; a failed writer closes its file and raises again."""
+        """Cut the reserved space, sync (unless "off") and close: at rest after a clean stop the
+        segment ends at its last record. A failed writer closes its file and raises again
+        (its reserved space stays: the boot releases it)."""
         with self._lock:
             if self._closed:
                 return
             try:
-                if self._failure is None and self._dirty and self._mode != "off":
-                    self._fsync_locked()
+                if self._failure is None and self._handle is not None:
+                    self._seal_locked()
             finally:
                 self._closed = True
                 if self._handle is not None:
@@ -279,6 +319,8 @@ class LogWriter:
             durable_seq=self._durable_seq,
             segment=os.path.basename(self._path) if self._path else None,  # noqa: PTH119
             segment_size=self._size,
+            segment_reserved=self._reserved,
+            reservations=self._reservations,
             writes=self._writes,
             bytes_written=self._bytes,
             fsyncs=self._fsyncs,
@@ -309,7 +351,11 @@ class LogWriter:
         assert self._handle is not None and self._path is not None
         start = time.perf_counter()
         try:
-            self._fops.fsync(self._handle)
+            # fdatasync is enough: what a reader needs is the data and the size that makes it
+            # readable (fdatasync writes a changed size: a reservation's, a cut's, a growing
+            # append's); the mtime it skips is nothing the log or its boot relies on. Into
+            # reserved space the size does not change: the data is the sync's only write.
+            self._fops.fdatasync(self._handle)
         except OSError as exc:
             raise self._fail(self._path, exc) from exc
         elapsed = time.perf_counter() - start
@@ -328,10 +374,78 @@ class LogWriter:
             raise self._fail(path, exc) from exc
         self._dir_fsyncs += 1
 
+    def _open_file(self, path: str, *, create: bool = False) -> Handle:
+        if self._append:
+            return self._fops.open_append(path, create=create)
+        return self._fops.open_write(path, create=create)
+
+    def _seal_locked(self) -> None:
+        """Cut the segment back to its logical end (if space is reserved past it) and sync it
+        (unless "off"): before a rotation, so that only the last segment can hold anything but
+        whole records, and at a clean close, so that the log at rest is plain lines."""
+        assert self._handle is not None and self._path is not None
+        cut = self._reserved > self._size
+        if cut:
+            try:
+                found = self._fops.fstat_size(self._handle)
+                if found != self._reserved:
+                    # Someone else appended or cut: the cut must not destroy their bytes (the
+                    # boot keeps them in quarantine, LogWatch has reported them).
+                    why = f"the file holds {found} bytes, the writer left {self._reserved}"
+                    raise OSError(errno.EIO, why)
+                self._fops.ftruncate(self._handle, self._size)
+            except OSError as exc:
+                raise self._fail(self._path, exc, " (while releasing reserved space)") from exc
+            self._reserved = self._size
+        if (self._dirty or cut) and self._mode != "off":
+            self._fsync_locked()
+
+    def _reserve(
+        self, handle: Handle, path: str, before: int, need: int, created: bool, have: int
+    ) -> int:
+        """Reserve a chunk (or the batch's size, if larger) from the logical end `before`;
+        returns the file's new size. A disk that cannot hold it refuses the batch with nothing
+        written and the file as it was (cut back to `before`, durably); a file system without
+        fallocate makes the writer append without reserving from now on. A file whose size is
+        not the `have` this writer left refuses the batch too: someone else wrote or cut it,
+        and the batch's pwrite must not overwrite what a stranger appended (LogWatch reports
+        it; the next boot keeps the stranger's bytes in quarantine, a torn tail)."""
+        fops = self._fops
+        try:
+            found = fops.fstat_size(handle)
+        except OSError as exc:
+            raise _write_error(path, exc) from exc
+        if found != have:
+            self._write_errors += 1
+            raise StorageError(
+                path, errno.EIO, f"the file holds {found} bytes, the writer left {have}"
+            )
+        length = max(self._reserve_bytes, need)
+        while True:
+            try:
+                fops.reserve(handle, before, length)
+                break
+            except OSError as exc:
+                if exc.errno in _NO_FALLOCATE:
+                    self._reserve_bytes = 0
+                    return 0 if created else self._reserved
+                if exc.errno in _FULL and length > need:
+                    length = need  # a nearly full disk still takes what fits
+                    continue
+                self._write_errors += 1
+                self._roll_back(handle, path, before, created)
+                raise _write_error(path, exc) from exc
+        self._reservations += 1
+        try:
+            # The real size: a chunk refused part way may have grown the file past `length`.
+            return fops.fstat_size(handle)
+        except OSError as exc:
+            raise self._fail(path, exc, " (after reserving space)") from exc
+
     def _create_segment(self, first_seq: int) -> tuple[Handle, str]:
         path = os.path.join(self._dir, segment_name(first_seq))  # noqa: PTH118
         try:
-            handle = self._fops.open_append(path, create=True)
+            handle = self._open_file(path, create=True)
         except OSError as exc:
             raise _write_error(path, exc) from exc
         if self._mode != "off":
@@ -364,8 +478,26 @@ class LogWriter:
             fops.ftruncate(handle, before)
         except OSError as exc:
             raise self._fail(path, exc, " (while undoing a refused write)") from exc
+        self._reserved = before
         if self._mode != "off":
             self._fsync_locked()
+
+
+def _nul_tail(fops: FileOps, path: str, start: int, end: int) -> bool:
+    """Whether the bytes [start, end) of `path` are a non-empty run of NULs (reserved space)."""
+    if end <= start:
+        return False
+    handle = fops.open_read(path)
+    try:
+        pos = start
+        while pos < end:
+            data = fops.pread(handle, min(1 << 20, end - pos), pos)
+            if not data or data.count(0) != len(data):
+                return False
+            pos += len(data)
+        return True
+    finally:
+        fops.close(handle)
 
 
 def _write_error(path: str, exc: OSError) -> DiskFull | StorageError:

@@ -83,6 +83,12 @@ def render_summary(report: Report) -> str:
             f"  cut a torn tail of {torn.length} bytes from {torn.segment} at offset "
             f"{torn.offset}; the bytes are kept in {torn.quarantined_to}"
         )
+    if report.reserved_released:
+        done = True
+        lines.append(
+            f"  reserved bytes released: {report.reserved_released} (space the writer had "
+            "reserved ahead of the log's end; no record was there)"
+        )
     for rebuild in report.rebuilds:
         done = True
         lines.append(

@@ -30,7 +30,7 @@ from timelined.api.reports import Damage, Rebuild, Report, TornTail
 from timelined.auditlog.atomic import fsync_path, make_dirs
 from timelined.auditlog.fileops import FileOps, OsFileOps
 from timelined.auditlog.record import GENESIS_PREV
-from timelined.auditlog.repair import cut_torn_tail
+from timelined.auditlog.repair import cut_torn_tail, release_reserved
 from timelined.auditlog.scan import Damage as ScanDamage
 from timelined.auditlog.scan import TailScan, scan_tail, walk_chain
 from timelined.auditlog.segments import list_segments
@@ -308,6 +308,16 @@ def _boot(
             scan.torn.segment,
             scan.torn.offset,
             kept,
+        )
+        report.reserved_released = scan.torn.reserved
+    elif scan.reserved is not None:
+        with report.phase("release-reserved"):
+            release_reserved(config.log_dir, scan.reserved, fileops=ops)
+        report.reserved_released = scan.reserved.length
+        log.info(
+            "released %d bytes reserved ahead of the log's end in %s",
+            scan.reserved.length,
+            scan.reserved.segment,
         )
 
     if conn is None:

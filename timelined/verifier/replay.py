@@ -50,7 +50,9 @@ def log_records(log_dir: Path, upto_seq: int | None = None) -> Iterator[Record]:
         last = index == len(segments) - 1
         handle = fops.open_read(seg.path)
         try:
-            for _offset, content, complete in iter_lines(fops, handle, 0, _READ_CHUNK):
+            # The last segment's end: a write in progress, or the space the writer reserved.
+            lines = iter_lines(fops, handle, 0, _READ_CHUNK, stop_at_nul=last)
+            for _offset, content, complete in lines:
                 if not complete:
                     if last:
                         return

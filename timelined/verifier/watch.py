@@ -3,9 +3,12 @@
 The writer only ever appends to its current segment, and creates the next segment when it
 rotates. So, for a segment that a file event names:
 
-- the current segment: ours if its size is the size the writer says it wrote and it is still
-  the file the writer opened (same inode). Bigger: someone appended; smaller: someone truncated
-  it (the writer's own undo of a refused write never goes below the size it reports);
+- the current segment: ours if its size is between the size the writer says it wrote and the
+  size it reserved ahead (`segment_reserved`: space grown with posix_fallocate, reading as
+  NULs) and it is still the file the writer opened (same inode). Bigger: someone appended;
+  smaller: someone truncated it (the writer's own undo of a refused write never goes below the
+  size it reports). Known limit: bytes written into the reserved space (not past it) keep the
+  size; the next boot finds them (a torn tail, or damage if a whole record follows);
 - an older segment: sealed when the writer rotated past it; ours if its size, inode and mtime
   are what they were when we first saw it sealed. A segment sealed since the last look is
   accepted only if its last line is the record just before the next segment's first;
@@ -176,10 +179,10 @@ class LogWatch:
                 self._active_ino = st.st_ino
             elif st.st_ino != self._active_ino:
                 return f"{name}, the segment the writer appends to, was replaced by another file"
-            if st.st_size > stats.segment_size:
+            ours = max(stats.segment_size, stats.segment_reserved)
+            if st.st_size > ours:
                 return (
-                    f"{st.st_size - stats.segment_size} bytes were added to {name} that the "
-                    "writer did not write"
+                    f"{st.st_size - ours} bytes were added to {name} that the writer did not write"
                 )
             if st.st_size < stats.segment_size:
                 return f"{name} was cut from {stats.segment_size} to {st.st_size} bytes"

@@ -16,7 +16,8 @@ Contract (DESIGN.md's write path):
   then the batch's callers are ANSWERED (the events are durable in the log, which is the
   truth). The batch's rows stay in the open transaction: the writer COMMITs
   them later, with meta(last_seq, last_hash), in a call of its own (`_commit_open`) when a read
-  waits for them, when COMMIT_MAX_EVENTS wait, or COMMIT_DELAY_S after the first of them (a
+  waits for them, when COMMIT_MAX_EVENTS wait (COMMIT_MAX_APPENDS while the transaction holds
+  AppendBlock batches only), or COMMIT_DELAY_S after the first of them (a
   later batch joins the open transaction behind a `SAVEPOINT batch`, so that refusing it whole
   leaves the answered ones in place).
 - The search index follows the commits: a batch's blocks are indexed later, in a transaction
@@ -92,7 +93,11 @@ RollbackScope = Literal["savepoint", "statement", "batch"]
 # statement indexing every block committed since the last: state.apply.index_blocks), when a
 # search waits for it, when this many blocks wait, or this long after the first of them was
 # committed, whichever comes first; docs/performance.md has the measurements behind the values.
-INDEX_DELAY_S = 0.025
+# Every search waits for (and asks for) the index to reach what was acknowledged before it, so
+# the delay only sets how many blocks one index transaction takes when no search asks: FTS5's
+# cost per transaction (a new segment, its merges) made 25 ms ~12 µs of the writer's CPU per
+# append at one connection (~37 blocks a pass) against 80 ms (docs/performance.md).
+INDEX_DELAY_S = 0.080
 INDEX_MAX_BLOCKS = 2_000
 
 # The state's COMMIT follows the answers: a batch's rows wait in the open transaction and are
@@ -100,11 +105,20 @@ INDEX_MAX_BLOCKS = 2_000
 # this many events wait, or this long after the first of them. At one connection every batch is
 # one append, and BEGIN, meta and COMMIT per batch were ~120 us of the writer's ~490 us per
 # append (docs/performance.md); the log, fsynced before each answer, is what makes them durable.
-# The event bound is small on purpose: a batch joining the open transaction runs behind a
-# savepoint, and SQLite copies every page it changes that an earlier batch already changed into
-# the savepoint's journal; with 1,000, AppendBlocks of 100 blocks lost 13 % of their blocks/s.
-COMMIT_DELAY_S = 0.020
+# A read waits for (and asks for) the COMMIT of what was answered before it, so the delay only
+# bounds how far the state database lags the log for an outside reader (a backup, `sqlite3` by
+# hand) and how many rows one COMMIT takes at low rates: 80 ms, with the index's, halved the
+# writer's CPU per append at one connection against 20 ms (docs/performance.md).
+# The event bound is small once a savepoint was used in the open transaction (any command but
+# AppendBlock runs behind one, and so does a batch of them joining it): SQLite copies every page
+# a savepoint's statements change that an earlier batch already changed into the savepoint's
+# journal; with 1,000, AppendBlocks of 100 blocks lost 13 % of their blocks/s. A transaction of
+# AppendBlock batches only (joined without savepoints, `_begin_batch`) takes COMMIT_MAX_APPENDS:
+# at 64 connections a COMMIT per ~1,000 appends instead of ~256 was ~8-16 µs less CPU per append
+# (docs/performance.md).
+COMMIT_DELAY_S = 0.080
 COMMIT_MAX_EVENTS = 256
+COMMIT_MAX_APPENDS = 1_024
 # The state's WAL is checkpointed by the writer after a COMMIT has woken the reads waiting for
 # it, once this many bytes of log lines were committed since the last checkpoint (the WAL grew
 # ~5 bytes per byte of log at 64 connections: ~20 MB, about SQLite's own 4,000 pages). SQLite's
@@ -403,6 +417,9 @@ class Engine:
         self._uncommitted_blocks = 0
         self._uncommitted_since = 0.0
         self._batch_savepoint = False
+        # Whether a savepoint was used in the open transaction (reset at its BEGIN): its COMMIT
+        # bound is then COMMIT_MAX_EVENTS, else COMMIT_MAX_APPENDS.
+        self._savepoint_used = False
         # A batch of appends joined to the open transaction without a savepoint: the seq its
         # rows come after (`_begin_batch`); None otherwise.
         self._batch_rows_after: int | None = None
@@ -530,6 +547,7 @@ class Engine:
                 fsync=config.log.fsync,
                 fsync_interval_ms=config.log.fsync_interval_ms,
                 on_fsync=stats.fsync_seconds.observe,
+                reserve_bytes=config.log.reserve_bytes,
             )
         return cls(config, conn, writer, Readers(config.state_db), read_only, stats)
 
@@ -582,11 +600,12 @@ class Engine:
         """
         if not self._uncommitted:
             self._conn.execute("BEGIN IMMEDIATE")
+            self._savepoint_used = False
         elif _appends_only(batch):
             self._batch_rows_after = self.last_seq
         else:
             self._conn.execute("SAVEPOINT batch")
-            self._batch_savepoint = True
+            self._batch_savepoint = self._savepoint_used = True
         return self.last_seq, self.last_hash
 
     def _end_empty_batch(self) -> None:
@@ -793,8 +812,8 @@ class Engine:
                         default=None,
                     )
                     # A timer that sets the event, not `move_on_after`: at one connection the
-                    # loop waits here after every append (the index's 25 ms), and a cancel
-                    # scope per wait was ~5 % of the loop's CPU (docs/performance.md).
+                    # loop waits here after every append (the COMMIT's or the index's delay),
+                    # and a cancel scope per wait was ~5 % of the loop's CPU (performance.md).
                     timer = None if timeout is None else loop.call_later(timeout, self._wakeup.set)
                     self._idle = True
                     try:
@@ -887,7 +906,10 @@ class Engine:
         """Seconds until the answered rows should be committed (0: now); None: none wait."""
         return _due(
             self._uncommitted > 0 and self.fatal is None,
-            self._commit_wanted or self._index_wanted or self._uncommitted >= COMMIT_MAX_EVENTS,
+            self._commit_wanted
+            or self._index_wanted
+            or self._uncommitted
+            >= (COMMIT_MAX_EVENTS if self._savepoint_used else COMMIT_MAX_APPENDS),
             self._uncommitted_since + COMMIT_DELAY_S,
         )
 
@@ -1163,6 +1185,7 @@ class Engine:
                     if undone is not None:
                         return undone
                 conn.execute("SAVEPOINT command")
+                self._savepoint_used = True
             try:
                 pending.result = rules.execute(tx, command, ts)
                 if guarded and staged:
