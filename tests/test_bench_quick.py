@@ -37,10 +37,18 @@ def test_quick_benchmark_runs_every_part(tmp_path: Path) -> None:
         for figure in part["figures"]:
             assert figure["status"] in ("PASS", "MISS", "info", "n/a"), figure
     assert doc["limits"]["jsonl_fsync_rate"] > 0
+    assert doc["limits"]["jsonl_reserved_p50_ms"] > 0
     assert doc["limits"]["state_blocks64_rate"] > 0
     # The do-nothing server's round trips: the socket ceiling the daemon is read against.
     assert doc["limits"]["echo1_rate"] > 0
     assert doc["limits"]["echo64_rate"] > 0
+    # The one-connection ceiling: what a daemon doing nothing but the log's sync would reach.
+    socket_figures = {f["name"]: f for f in doc["parts"]["socket"]["figures"]}
+    ceiling = socket_figures[
+        "1 conn: the SQLite ratio's ceiling here (do-nothing round trip + the log's sync)"
+    ]
+    floor_ms = doc["limits"]["echo1_p50_ms"] + doc["limits"]["jsonl_reserved_p50_ms"]
+    assert ceiling["value"] == pytest.approx(1000 / floor_ms / doc["limits"]["sqlite_full_rate"])
     # The socket part's profile figures: the daemon's threads and its group-commit batches.
     appends = [f for f in doc["parts"]["socket"]["figures"] if f["name"].endswith("appends/s")]
     assert appends, doc["parts"]["socket"]["figures"]
