@@ -65,6 +65,15 @@ def test_connection_shares_default_to_fractions_of_max_connections() -> None:
     assert (limits.effective_per_uid(), limits.effective_reserved()) == (9, 3)
 
 
+def test_log_space_reserved_past_16_mib_is_refused_by_name() -> None:
+    # A boot after a crash reads the released space into memory once: the bound keeps that
+    # within the daemon's memory target (docs/operations.md).
+    assert parse_config("[log]\nreserve_bytes = 16777216\n").log.reserve_bytes == 16 * 1024**2
+    with pytest.raises(ConfigError) as info:
+        parse_config("[log]\nreserve_bytes = 16777217\n")
+    assert info.value.key == "log.reserve_bytes"
+
+
 def test_a_reserve_that_leaves_read_only_peers_nothing_is_refused() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config("[limits]\nmax_connections = 8\nreserved_for_writers = 8\n")
