@@ -47,9 +47,9 @@ class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     segment_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 64 * _MiB
     # Space reserved ahead of the last segment's end (posix_fallocate), so that a batch's sync
     # does not also write the inode for a new size; 0 appends as before (docs/operations.md).
-    # At most 16 MiB: a boot after a crash reads the released space into memory once (with
-    # 64 MiB, the boot's peak RSS was 161 MB against 46; with 16, 63), and chunks past 4 MiB
-    # save nothing measurable (one fallocate per chunk).
+    # At most 16 MiB: chunks past 4 MiB save nothing measurable (one fallocate per chunk) and
+    # hold that much more disk per daemon; a boot after a crash reads the released space a
+    # chunk at a time (auditlog/scan.py), so its memory does not grow with it.
     reserve_bytes: Annotated[int, msgspec.Meta(ge=0, le=16 * _MiB)] = 4 * _MiB
     max_batch: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 512
 

@@ -8,6 +8,7 @@ import pytest
 
 from tests.faults.faultops import FaultOps
 from timelined.auditlog.reader import (
+    iter_lines,
     iter_lines_backward,
     read_last_line,
     read_line,
@@ -101,6 +102,33 @@ def test_lines_backward_are_the_complete_lines_last_first(tmp_path: Path) -> Non
                 got = list(iter_lines_backward(ops, handle, chunk_size=chunk))
                 complete = content[: content.rfind(b"\n") + 1].split(b"\n")[:-1]
                 assert got == complete[::-1], (content[:20], chunk)
+        finally:
+            ops.close(handle)
+
+
+def test_skipped_nul_chunks_are_put_back_unless_they_end_the_file(tmp_path: Path) -> None:
+    """`skip_nul_chunks`: a line is yielded whole whatever NULs it holds; only the last,
+    incomplete line loses the NUL-only chunks at its end (reserved space, never held)."""
+    ops = FaultOps()
+    path = tmp_path / "f"
+    z = b"\0" * 24
+    cases = [  # content, chunk size, the lines expected (the last may be incomplete)
+        (b"a\n" + z + b"b\nc\n", 4, [(0, b"a", True), (2, z + b"b", True), (28, b"c", True)]),
+        (b"a\n" + z + b"b", 4, [(0, b"a", True), (2, z + b"b", False)]),
+        (b"ab\n" + z, 3, [(0, b"ab", True), (3, b"", False)]),
+        (b"ab\nc" + z, 4, [(0, b"ab", True), (3, b"c", False)]),
+        (b"ab\nc" + z, 64, [(0, b"ab", True), (3, b"c" + z, False)]),  # NULs in a mixed chunk
+        (z, 8, [(0, b"", False)]),
+        (b"", 8, []),
+    ]
+    for content, chunk, expected in cases:
+        path.write_bytes(content)
+        handle = ops.open_read(str(path))
+        try:
+            got = list(iter_lines(ops, handle, 0, chunk, skip_nul_chunks=True))
+            assert got == expected, (content, chunk)
+            plain = list(iter_lines(ops, handle, 0, chunk))
+            assert [line for line in plain if line[2]] == [line for line in got if line[2]]
         finally:
             ops.close(handle)
 

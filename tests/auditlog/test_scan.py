@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,36 @@ def test_a_torn_line_then_reserved_space_keeps_only_the_torn_bytes(log_dir: Path
     kept = cut_torn_tail(log_dir, scan.torn)
     assert Path(kept).read_bytes() == torn_bytes
     assert segment_files(log_dir)[-1].stat().st_size == end
+
+
+@pytest.mark.parametrize("torn", [False, True], ids=["reserved alone", "after a torn line"])
+def test_reserved_space_is_scanned_a_chunk_at_a_time(log_dir: Path, torn: bool) -> None:
+    """16 MiB of reserved space (the most `log.reserve_bytes` allows) after the last record,
+    alone or after a torn line: the boot's tail scan and the verifier's chain walk find what
+    they found before without holding it (a boot after kill -9 once held it twice)."""
+    items = write_log(log_dir, 6)
+    end = sum(len(line) for _, line in items)
+    torn_bytes = items[2][1][:100] if torn else b""
+    nuls = 16 * 1024 * 1024
+    last = segment_files(log_dir)[-1]
+    with last.open("ab") as f:
+        f.write(torn_bytes)
+        f.truncate(end + len(torn_bytes) + nuls)  # reads as NULs, as fallocated space does
+    for walk in (scan_tail, walk_chain):
+        tracemalloc.start()
+        try:
+            found = walk(log_dir)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 4 * 1024 * 1024, (walk.__name__, peak)
+        assert found.damage is None and found.bytes_scanned == end + len(torn_bytes) + nuls
+        if torn:
+            assert found.reserved is None and found.torn is not None
+            assert (found.torn.offset, found.torn.data) == (end, torn_bytes)
+            assert found.torn.reserved == nuls
+        else:
+            assert found.torn is None and found.reserved == ReservedTail(last.name, end, nuls)
 
 
 def test_nuls_at_the_end_of_a_segment_before_the_last_are_damage(log_dir: Path) -> None:

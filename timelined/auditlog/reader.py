@@ -35,6 +35,7 @@ def iter_lines(
     chunk_size: int = CHUNK_SIZE,
     *,
     stop_at_nul: bool = False,
+    skip_nul_chunks: bool = False,
 ) -> Iterator[tuple[int, bytes, bool]]:
     """(offset, line without its newline, complete) for each line from `offset` to the end.
 
@@ -43,10 +44,16 @@ def iter_lines(
     (the writer never writes one: space it reserved past the last record, which a batch may be
     filling) ends the lines, yielded as incomplete with what was read of it, so that a reader
     of a live last segment neither reads nor holds the reserved space.
+
+    `skip_nul_chunks`: read chunks of NULs only (reserved space) are not held while a line
+    waits for its newline; if the line goes on they are put back, so a complete line is
+    always whole, but the incomplete last line is yielded without its trailing NUL chunks
+    (the tail scan's boot then never holds up to `log.reserve_bytes` of them).
     """
     pos = offset
     start = offset
     pending: list[bytes] = []
+    held_nuls = 0  # bytes of NUL-only chunks read into the current line and not held
     while True:
         data = fileops.pread(handle, chunk_size, pos)
         if not data:
@@ -55,6 +62,13 @@ def iter_lines(
         if stop_at_nul and not pending and data[:1] == b"\0":
             yield start, data, False
             return
+        if skip_nul_chunks:
+            if b"\n" not in data and data.count(0) == len(data):
+                held_nuls += len(data)
+                continue
+            if held_nuls:  # the line goes on after them: it is whole, NULs and all
+                pending.append(bytes(held_nuls))
+                held_nuls = 0
         if b"\n" not in data:
             pending.append(data)  # joined once, when the line's newline arrives
             continue
@@ -75,7 +89,7 @@ def iter_lines(
                 yield start, rest, False
                 return
             pending.append(rest)
-    if pending:
+    if pending or held_nuls:
         yield start, b"".join(pending), False
 
 
@@ -183,7 +197,8 @@ def _iter_range(
         handle = fops.open_read(seg.path)
         try:
             # The last segment's end: a write in progress, or the space the writer reserved.
-            for _offset, content, complete in iter_lines(fops, handle, stop_at_nul=last):
+            lines = iter_lines(fops, handle, stop_at_nul=last, skip_nul_chunks=last)
+            for _offset, content, complete in lines:
                 if not complete:
                     if last:
                         return

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Literal, NoReturn
 
 from timelined.auditlog.fileops import OS_FILEOPS, FileOps, Handle
-from timelined.auditlog.reader import iter_lines, read_last_line
+from timelined.auditlog.reader import CHUNK_SIZE, iter_lines, read_last_line
 from timelined.auditlog.record import (
     GENESIS_PREV,
     RecordError,
@@ -204,6 +204,7 @@ class _Chain:
         self.damage: Damage | None = None
         self.torn: TornTail | None = None
         self.reserved: ReservedTail | None = None
+        self._segment_bytes = (0, 0)  # (self.bytes, offset) where the segment's walk began
 
     def run(self, index: int, offset: int, expect: int, prev: bytes | None) -> None:
         try:
@@ -222,12 +223,14 @@ class _Chain:
         last = k == len(self.segments) - 1
         self.segments_walked += 1
         self.segment, self.end_offset = seg.name, offset
+        self._segment_bytes = (self.bytes, offset)  # for `_bad_line`'s count to the end
         at_start = offset == 0
         deep, upto, anchor, progress = self.deep, self.upto_seq, self.anchor_seq, self.progress
         on_lines, good = self.on_lines, self.good
         handle = self.fops.open_read(seg.path)
         try:
-            lines = iter_lines(self.fops, handle, offset)
+            # The last segment may end in reserved space: not held (`_bad_line` reads it).
+            lines = iter_lines(self.fops, handle, offset, skip_nul_chunks=last)
             for off, content, complete in lines:
                 self.lines += 1
                 self.bytes += len(content) + complete
@@ -331,9 +334,13 @@ class _Chain:
             detail = f"{reason}, and a good line follows at offset {later}"
             self._damage(expect, kind, seg, off, detail)
         size = self.fops.fstat_size(handle)
-        data = self.fops.pread(handle, size - off, off)
-        kept = data.rstrip(b"\0")
-        nuls = len(data) - len(kept)
+        end = _content_end(self.fops, handle, off, size)
+        kept = self.fops.pread(handle, end - off, off) if end > off else b""
+        nuls = size - end
+        # Every byte from the segment's start offset to its end was scanned (`iter_lines` did
+        # not hand over NUL chunks it skipped, so they are counted here).
+        before, start = self._segment_bytes
+        self.bytes = before + size - start
         if kept:
             self.torn = TornTail(seg.name, off, len(kept), kept, expect, reason, nuls)
         else:
@@ -351,6 +358,19 @@ class _Chain:
     ) -> NoReturn:
         self.damage = Damage(seq, kind, seg.name, off, detail, found)
         raise _Stop
+
+
+def _content_end(fops: FileOps, handle: Handle, start: int, size: int) -> int:
+    """One past the last byte in [start, size) that is not NUL (`start`: none), reading
+    backwards a chunk at a time: reserved space at the end is never held whole."""
+    end = size
+    while end > start:
+        begin = max(start, end - CHUNK_SIZE)
+        kept = fops.pread(handle, end - begin, begin).rstrip(b"\0")
+        if kept:
+            return begin + len(kept)
+        end = begin
+    return start
 
 
 def _crash_hole(line: bytes, offset: int) -> bool:

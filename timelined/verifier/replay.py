@@ -51,7 +51,7 @@ def log_records(log_dir: Path, upto_seq: int | None = None) -> Iterator[Record]:
         handle = fops.open_read(seg.path)
         try:
             # The last segment's end: a write in progress, or the space the writer reserved.
-            lines = iter_lines(fops, handle, 0, _READ_CHUNK, stop_at_nul=last)
+            lines = iter_lines(fops, handle, 0, _READ_CHUNK, stop_at_nul=last, skip_nul_chunks=last)
             for _offset, content, complete in lines:
                 if not complete:
                     if last:
