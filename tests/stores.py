@@ -133,8 +133,8 @@ class Store:
         """Statements by another program (the sqlite3 CLI; another PostgreSQL session)."""
         if self.backend == "sqlite":
             assert state_dir is not None
-            subprocess.run(
-                ["sqlite3", str(state_dir / "state.db"), sql],
+            subprocess.run(  # waits for the engine's write lock, as an operator's tool would
+                ["sqlite3", "-cmd", ".timeout 5000", str(state_dir / "state.db"), sql],
                 check=True,
                 capture_output=True,
                 timeout=30,

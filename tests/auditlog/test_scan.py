@@ -179,6 +179,59 @@ def test_reserved_space_is_scanned_a_chunk_at_a_time(log_dir: Path, torn: bool) 
             assert found.torn is None and found.reserved == ReservedTail(last.name, end, nuls)
 
 
+def test_bytes_scanned_count_the_skipped_nuls_from_an_anchor_and_at_damage(
+    log_dir: Path,
+) -> None:
+    """The NUL chunks the scan does not hold still count as scanned: over several segments,
+    from an anchor, and when the segment's name is the damage found at its first byte."""
+    items = write_log(log_dir, 30, segment_bytes=3000)
+    assert len(segment_files(log_dir)) > 2
+    anchor = items[20][0]
+    before = [
+        walk_chain(log_dir).bytes_scanned,
+        scan_tail(log_dir, after_seq=anchor.seq, expected_hash=anchor.hash).bytes_scanned,
+    ]
+    nuls = 3 * 1024 * 1024 + 5
+    last = segment_files(log_dir)[-1]
+    with last.open("ab") as f:
+        f.truncate(last.stat().st_size + nuls)
+    after = [
+        walk_chain(log_dir).bytes_scanned,
+        scan_tail(log_dir, after_seq=anchor.seq, expected_hash=anchor.hash).bytes_scanned,
+    ]
+    assert after == [b + nuls for b in before]
+    for path in segment_files(log_dir):
+        path.unlink()
+    lone = log_dir / "00000000000000000002.jsonl"  # a log that starts past seq 1, all NULs
+    lone.write_bytes(bytes(2 * 1024 * 1024))
+    for found in (walk_chain(log_dir), scan_tail(log_dir)):
+        assert found.damage is not None and found.damage.kind == "missing segment"
+        assert found.bytes_scanned == 2 * 1024 * 1024
+
+
+@pytest.mark.parametrize("misaligned", [0, 1], ids=["sector-bounded", "not sector-bounded"])
+def test_a_nul_run_longer_than_a_read_chunk_keeps_its_length(
+    log_dir: Path, misaligned: int
+) -> None:
+    """A NUL run at a line's start longer than the scan's read chunks, then a good line: a
+    sector-bounded run (an unsynced append's missing sectors) makes that line unacknowledged,
+    torn; any other run is damage, named with the good line's true offset."""
+    items = write_log(log_dir, 6)
+    end = sum(len(line) for _, line in items)
+    run = -(-(end + (2 << 20) + 1000) // 512) * 512 - end + misaligned  # a whole read chunk
+    later = make_lines(1, start=7, prev=items[-1][0].hash)[0][1]
+    garbage = bytes(run) + b"junk\n" + later
+    with segment_files(log_dir)[-1].open("ab") as f:
+        f.write(garbage)
+    for found in (scan_tail(log_dir), walk_chain(log_dir)):
+        if misaligned:
+            assert found.damage is not None and found.torn is None
+            assert f"a good line follows at offset {end + run + 5}" in found.damage.detail
+        else:
+            assert found.damage is None and found.torn is not None
+            assert (found.torn.offset, found.torn.data) == (end, garbage)
+
+
 def test_nuls_at_the_end_of_a_segment_before_the_last_are_damage(log_dir: Path) -> None:
     write_log(log_dir, 12, segment_bytes=2500)
     first = segment_files(log_dir)[0]

@@ -204,7 +204,6 @@ class _Chain:
         self.damage: Damage | None = None
         self.torn: TornTail | None = None
         self.reserved: ReservedTail | None = None
-        self._segment_bytes = (0, 0)  # (self.bytes, offset) where the segment's walk began
 
     def run(self, index: int, offset: int, expect: int, prev: bytes | None) -> None:
         try:
@@ -223,7 +222,6 @@ class _Chain:
         last = k == len(self.segments) - 1
         self.segments_walked += 1
         self.segment, self.end_offset = seg.name, offset
-        self._segment_bytes = (self.bytes, offset)  # for `_bad_line`'s count to the end
         at_start = offset == 0
         deep, upto, anchor, progress = self.deep, self.upto_seq, self.anchor_seq, self.progress
         on_lines, good = self.on_lines, self.good
@@ -235,6 +233,7 @@ class _Chain:
                 self.lines += 1
                 self.bytes += len(content) + complete
                 if not complete:
+                    self.bytes += _skipped(self.fops, handle, off, content)
                     self._bad_line(
                         seg, handle, last, lines, off, content, expect, "incomplete line"
                     )
@@ -323,6 +322,7 @@ class _Chain:
             self.lines += 1
             self.bytes += len(content) + complete
             if not complete:
+                self.bytes += _skipped(self.fops, handle, later, content)
                 continue
             try:
                 check_frame(content)
@@ -337,10 +337,6 @@ class _Chain:
         end = _content_end(self.fops, handle, off, size)
         kept = self.fops.pread(handle, end - off, off) if end > off else b""
         nuls = size - end
-        # Every byte from the segment's start offset to its end was scanned (`iter_lines` did
-        # not hand over NUL chunks it skipped, so they are counted here).
-        before, start = self._segment_bytes
-        self.bytes = before + size - start
         if kept:
             self.torn = TornTail(seg.name, off, len(kept), kept, expect, reason, nuls)
         else:
@@ -358,6 +354,12 @@ class _Chain:
     ) -> NoReturn:
         self.damage = Damage(seq, kind, seg.name, off, detail, found)
         raise _Stop
+
+
+def _skipped(fops: FileOps, handle: Handle, offset: int, content: bytes) -> int:
+    """The NUL bytes `iter_lines(skip_nul_chunks=True)` left out of the incomplete last line
+    at `offset`: they were read, so they count as scanned (to the file's size now)."""
+    return max(0, fops.fstat_size(handle) - offset - len(content))
 
 
 def _content_end(fops: FileOps, handle: Handle, start: int, size: int) -> int:
@@ -487,9 +489,11 @@ def _locate_anchor(chain: _Chain, after_seq: int) -> tuple[int, int, bytes] | No
         return (index, 0, digest) if seq == after_seq else None
     handle = fops.open_read(seg.path)
     try:
-        for off, content, complete in iter_lines(fops, handle):
+        for off, content, complete in iter_lines(fops, handle, skip_nul_chunks=True):
             chain.lines += 1
             chain.bytes += len(content) + complete
+            if not complete:
+                chain.bytes += _skipped(fops, handle, off, content)
             claimed = peek_seq(content)
             if not complete or claimed is None or claimed > after_seq or b"\0" in content:
                 return None
