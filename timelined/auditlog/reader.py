@@ -93,6 +93,18 @@ def iter_lines(
         yield start, b"".join(pending), False
 
 
+def content_end(fileops: FileOps, handle: Handle, start: int, end: int) -> int:
+    """One past the last byte in [start, end) that is not NUL (`start`: all NULs), reading
+    backwards a chunk at a time: reserved space at a segment's end is never held whole."""
+    while end > start:
+        begin = max(start, end - CHUNK_SIZE)
+        data = fileops.pread(handle, end - begin, begin)
+        if data.count(0) != len(data):  # a quicker test than rstrip's for a chunk of NULs
+            return begin + len(data.rstrip(b"\0"))
+        end = begin
+    return start
+
+
 def read_last_line(fileops: FileOps, path: str) -> tuple[int, bytes] | None:
     """(offset, line without newline) of a file's last line, reading backwards from its end.
 

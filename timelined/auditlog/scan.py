@@ -30,12 +30,13 @@ the last, a NUL run is what it always was: damage.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal, NoReturn
 
 from timelined.auditlog.fileops import OS_FILEOPS, FileOps, Handle
-from timelined.auditlog.reader import CHUNK_SIZE, iter_lines, read_last_line
+from timelined.auditlog.reader import content_end, iter_lines, read_last_line
 from timelined.auditlog.record import (
     GENESIS_PREV,
     RecordError,
@@ -66,6 +67,7 @@ _GENESIS = GENESIS_PREV.encode()
 _PROGRESS_EVERY = 1 << 16
 _LINES_BATCH = 4096  # the good lines handed to a walk's `on_lines` at a time (~3.5 MB at 1M)
 _SECTOR = 512  # the unit a disk writes atomically (at best): the granularity of a crash hole
+_NUL_RUN = re.compile(rb"\x00+")
 _SELF_INVALID: dict[str, tuple[DamageKind, str]] = {
     "incomplete line": ("incomplete line", "the line has no newline"),
     "framing": ("unparsable", "the line is not framed as a record"),
@@ -334,7 +336,7 @@ class _Chain:
             detail = f"{reason}, and a good line follows at offset {later}"
             self._damage(expect, kind, seg, off, detail)
         size = self.fops.fstat_size(handle)
-        end = _content_end(self.fops, handle, off, size)
+        end = content_end(self.fops, handle, off, size)
         kept = self.fops.pread(handle, end - off, off) if end > off else b""
         nuls = size - end
         if kept:
@@ -362,34 +364,16 @@ def _skipped(fops: FileOps, handle: Handle, offset: int, content: bytes) -> int:
     return max(0, fops.fstat_size(handle) - offset - len(content))
 
 
-def _content_end(fops: FileOps, handle: Handle, start: int, size: int) -> int:
-    """One past the last byte in [start, size) that is not NUL (`start`: none), reading
-    backwards a chunk at a time: reserved space at the end is never held whole."""
-    end = size
-    while end > start:
-        begin = max(start, end - CHUNK_SIZE)
-        kept = fops.pread(handle, end - begin, begin).rstrip(b"\0")
-        if kept:
-            return begin + len(kept)
-        end = begin
-    return start
-
-
 def _crash_hole(line: bytes, offset: int) -> bool:
     """Whether `line` (at file `offset`) holds a run of NULs bounded by sector boundaries.
 
     Such a run is what a power cut leaves when a later sector of an unsynced append reached the
     disk and an earlier one did not: the file grew, the missing sector reads as zeros.
     """
-    i = line.find(b"\0")
-    while i != -1:
-        j = i
-        while j < len(line) and line[j] == 0:
-            j += 1
-        start, end = offset + i, offset + j
-        if (i == 0 or start % _SECTOR == 0) and end % _SECTOR == 0:
+    for run in _NUL_RUN.finditer(line):  # each whole run, found in C: a run may be MiBs long
+        i, j = run.span()
+        if (i == 0 or (offset + i) % _SECTOR == 0) and (offset + j) % _SECTOR == 0:
             return True
-        i = line.find(b"\0", j)
     return False
 
 

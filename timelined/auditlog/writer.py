@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from timelined.auditlog.fileops import OS_FILEOPS, FileOps, Handle, write_all
+from timelined.auditlog.reader import content_end
 from timelined.auditlog.record import GENESIS_PREV
 from timelined.auditlog.segments import list_segments, segment_name
 from timelined.config import FsyncMode
@@ -487,15 +488,9 @@ def _nul_tail(fops: FileOps, path: str, start: int, end: int) -> bool:
     """Whether the bytes [start, end) of `path` are a non-empty run of NULs (reserved space)."""
     if end <= start:
         return False
-    handle = fops.open_read(path)
+    handle = fops.open_read(path)  # the writer's own handle is write-only
     try:
-        pos = start
-        while pos < end:
-            data = fops.pread(handle, min(1 << 20, end - pos), pos)
-            if not data or data.count(0) != len(data):
-                return False
-            pos += len(data)
-        return True
+        return content_end(fops, handle, start, end) == start
     finally:
         fops.close(handle)
 
