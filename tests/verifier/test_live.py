@@ -144,6 +144,43 @@ async def test_a_rotation_while_the_baseline_lists_the_segments_is_not_an_alarm(
         assert await anyio.to_thread.run_sync(watch.check, [current]) == []
 
 
+async def test_a_segment_listed_before_the_writer_switched_to_it_is_not_remembered_sealed(
+    small_dir: Path,
+) -> None:
+    """The writer creates the next segment and writes its first batch before its stats name it:
+    a baseline listing in that window (stats before and after still name the old segment) must
+    not remember the new one as sealed at its first batch (it was reported as changed once the
+    writer rotated past it: a CI failure of the test above)."""
+    config = config_for(small_dir, segment_bytes=4096)
+    async with Engine.open(config) as engine:
+        writer = engine.writer
+        assert writer is not None
+        before = writer.stats()
+        while writer.stats().segment == before.segment:
+            await populate(engine, engine.last_seq + 5, writers=2)
+        current = writer.stats().segment
+        assert current is not None and current != before.segment
+        in_window = True
+
+        def stats() -> Any:  # the window: the new segment is on disk, the stats name the old one
+            return before if in_window else writer.stats()
+
+        watch = LogWatch(config.log_dir, stats, retries=3, settle=0.01)
+        await anyio.to_thread.run_sync(watch.baseline)
+        in_window = False
+        while writer.stats().segment == current:  # more appends, then rotated past
+            await populate(engine, engine.last_seq + 5, writers=2)
+        names = [s.name for s in list_segments(config.log_dir)]
+        assert await anyio.to_thread.run_sync(watch.check, names) == []
+        assert await anyio.to_thread.run_sync(watch.sweep) == []
+        # A stranger's segment past the writer's is still told apart.
+        stranger = config.log_dir / "99999999999999999999.jsonl"
+        stranger.write_bytes(b'{"seq":1}\n')
+        found = await anyio.to_thread.run_sync(watch.check, [stranger.name])
+        assert found and "not a segment this daemon's writer made" in found[0][1], found
+        stranger.unlink()
+
+
 async def test_log_watch_takes_the_space_the_writer_reserved_as_its_own(small_dir: Path) -> None:
     """The current segment's file is longer than its records (issue 17's reserved space):
     that size is the writer's; a stranger's bytes past it are not."""

@@ -81,10 +81,20 @@ class LogWatch:
 
         Taken again when the writer rotated while the segments were listed: a segment the
         writer had just opened would otherwise be remembered as sealed at its first bytes, and
-        its next append reported as someone else's (seen with 64 KiB segments under load)."""
+        its next append reported as someone else's (seen with 64 KiB segments under load).
+
+        A segment past the writer's current one is not remembered at all: the writer creates
+        the next segment and writes its first batch before its stats name it, so one listed in
+        that window is the writer's own, still growing (remembered sealed at its first batch,
+        it was reported as changed once the writer rotated past it: seen in CI). Judged when
+        named, as any unknown segment, it is the writer's once the stats name it and a
+        stranger's otherwise."""
         for _ in range(self._retries):
             stats, _ = self._sample(None)
             active = stats.segment if stats is not None else None
+            # Segments from `limit` on are not sealed. No writer (read-only): every segment is
+            # sealed. A writer with no segment yet: any segment listed is the one it creates.
+            limit = None if stats is None else (parse_segment_name(active or "") or 0)
             sealed: dict[str, _Signature] = {}
             active_ino: int | None = None
             for seg in list_segments(self.log_dir):
@@ -93,7 +103,7 @@ class LogWatch:
                     continue
                 if seg.name == active:
                     active_ino = st.st_ino
-                else:
+                elif limit is None or seg.first_seq < limit:
                     sealed[seg.name] = _Signature.of(st)
             after = self._stats()
             if (after.segment if after is not None else None) == active:
