@@ -8,7 +8,7 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 KEYS = ["seq", "ts", "type", "actor", "data", "prev", "hash"]
 TAIL = re.compile(rb',"prev":"[0-9a-f]{64}"(,"hash":"([0-9a-f]{64})"\}\n)\Z')  # 1: not hashed
@@ -31,6 +31,21 @@ def parse(line: bytes) -> tuple[dict[str, Any], list[str]]:
     return obj, [k for k, _ in objects[-1]] if isinstance(obj, dict) else []
 
 
+def content_end(f: BinaryIO, chunk: int = 1 << 20) -> int:
+    """The offset just past the file's last byte that is not a NUL, read backwards by chunks."""
+    end = f.seek(0, 2)
+    while end > 0:
+        f.seek(max(0, end - chunk))
+        data = f.read(min(chunk, end))
+        kept = len(data.rstrip(b"\0"))
+        if kept:
+            end = end - len(data) + kept
+            break
+        end -= len(data)
+    f.seek(0)
+    return end
+
+
 def verify(log_dir: Path) -> tuple[int, str]:
     """(last seq, last hash) of a good log; raises ValueError('seq N: why') at the first fault."""
     seq, prev = 0, "0" * 64
@@ -49,9 +64,10 @@ def verify(log_dir: Path) -> tuple[int, str]:
         if path.stat().st_size == 0 and n < len(segments) - 1:
             raise ValueError(f"seq {first}: empty segment {path.name} before the last")
         with path.open("rb") as lines:
-            for line in lines:
-                if n == len(segments) - 1 and not line.strip(b"\0"):
-                    break  # NULs from the last newline to the end: space reserved ahead
+            # The last segment may end in NULs (space reserved ahead): read up to them only, so
+            # that they are never held as one line (up to 16 MiB).
+            end = content_end(lines) if n == len(segments) - 1 else None
+            while line := lines.readline(-1 if end is None else end - lines.tell()):
                 want = seq + 1
                 tail = TAIL.search(line)
                 if tail is None:

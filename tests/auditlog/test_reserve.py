@@ -4,9 +4,12 @@ reservation refused with nothing written."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -190,6 +193,45 @@ def test_verify_log_accepts_a_last_segment_ending_in_reserved_space(log_dir: Pat
     last.write_bytes(b"\0" * 10 + data + b"\0" * 10)
     out = subprocess.run(script, capture_output=True, text=True, check=False)
     assert out.returncode == 1 and "FAIL" in out.stderr, out
+
+
+def _verify_log_tool() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("verify_log", REPO / "tools" / "verify_log.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64, 1 << 20])
+def test_verify_log_finds_the_content_end_backwards_by_chunks(tmp_path: Path, chunk: int) -> None:
+    tool = _verify_log_tool()
+    path = tmp_path / "f"
+    cases = [b"", b"\0" * 20, b"ab\n", b"ab\n" + b"\0" * 9, b"\0a\0\0\n\0" + b"\0" * 30, b"x"]
+    for data in cases:
+        path.write_bytes(data)
+        with path.open("rb") as f:
+            assert tool.content_end(f, chunk) == len(data.rstrip(b"\0")), data
+            assert f.tell() == 0
+
+
+def test_verify_log_never_holds_the_reserved_tail(log_dir: Path) -> None:
+    """16 MiB of NULs after the last record (the most `[log] reserve_bytes` allows) are read
+    a chunk at a time, not as one line."""
+    items = make_lines(10)
+    writer = LogWriter(log_dir, LogHead(), reserve_bytes=16 << 20)
+    writer.write_batch(*batch(items, 0, 10))
+    last = segment_files(log_dir)[-1]
+    assert last.stat().st_size >= 16 << 20
+    tool = _verify_log_tool()
+    tracemalloc.start()
+    try:
+        assert tool.verify(log_dir)[0] == 10
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    writer.close()
+    assert peak < 4 << 20, peak
 
 
 def test_readers_stop_at_the_reserved_space_even_while_a_batch_fills_it(log_dir: Path) -> None:
