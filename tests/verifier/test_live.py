@@ -109,6 +109,17 @@ async def test_verification_while_writers_append(large_dir: Path) -> None:
     assert len(list_segments(config.log_dir)) > segments_before + 3  # rotations meanwhile
 
 
+async def rotate(engine: Engine) -> str:
+    """Append until the writer leaves its current segment; the new segment's name."""
+    assert engine.writer is not None
+    current = engine.writer.stats().segment
+    while engine.writer.stats().segment == current:
+        await populate(engine, engine.last_seq + 5, writers=2)
+    new = engine.writer.stats().segment
+    assert new is not None
+    return new
+
+
 async def test_a_rotation_while_the_baseline_lists_the_segments_is_not_an_alarm(
     small_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -120,9 +131,7 @@ async def test_a_rotation_while_the_baseline_lists_the_segments_is_not_an_alarm(
         writer = engine.writer
         assert writer is not None
         before = writer.stats()
-        # Append until the writer has rotated: its stats, taken before, name the old segment.
-        while writer.stats().segment == before.segment:
-            await populate(engine, engine.last_seq + 5, writers=2)
+        await rotate(engine)  # the stats taken before name the old segment
         listed = False
         real_list = watch_module.list_segments
 
@@ -139,8 +148,8 @@ async def test_a_rotation_while_the_baseline_lists_the_segments_is_not_an_alarm(
         await anyio.to_thread.run_sync(watch.baseline)
         # The new segment takes more appends, then is left by the next rotation.
         current = writer.stats().segment
-        while writer.stats().segment == current:
-            await populate(engine, engine.last_seq + 5, writers=2)
+        assert current is not None
+        await rotate(engine)
         assert await anyio.to_thread.run_sync(watch.check, [current]) == []
 
 
@@ -150,16 +159,14 @@ async def test_a_segment_listed_before_the_writer_switched_to_it_is_not_remember
     """The writer creates the next segment and writes its first batch before its stats name it:
     a baseline listing in that window (stats before and after still name the old segment) must
     not remember the new one as sealed at its first batch (it was reported as changed once the
-    writer rotated past it: a CI failure of the test above)."""
+    writer rotated past it: a CI failure of
+    test_verification_while_writers_append)."""
     config = config_for(small_dir, segment_bytes=4096)
     async with Engine.open(config) as engine:
         writer = engine.writer
         assert writer is not None
         before = writer.stats()
-        while writer.stats().segment == before.segment:
-            await populate(engine, engine.last_seq + 5, writers=2)
-        current = writer.stats().segment
-        assert current is not None and current != before.segment
+        await rotate(engine)
         in_window = True
 
         def stats() -> Any:  # the window: the new segment is on disk, the stats name the old one
@@ -168,8 +175,7 @@ async def test_a_segment_listed_before_the_writer_switched_to_it_is_not_remember
         watch = LogWatch(config.log_dir, stats, retries=3, settle=0.01)
         await anyio.to_thread.run_sync(watch.baseline)
         in_window = False
-        while writer.stats().segment == current:  # more appends, then rotated past
-            await populate(engine, engine.last_seq + 5, writers=2)
+        await rotate(engine)  # more appends to the new segment, then rotated past
         names = [s.name for s in list_segments(config.log_dir)]
         assert await anyio.to_thread.run_sync(watch.check, names) == []
         assert await anyio.to_thread.run_sync(watch.sweep) == []
