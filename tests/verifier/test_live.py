@@ -109,6 +109,13 @@ async def test_verification_while_writers_append(large_dir: Path) -> None:
     assert len(list_segments(config.log_dir)) > segments_before + 3  # rotations meanwhile
 
 
+async def watching(log_dir: Path, stats: Any) -> LogWatch:
+    """A LogWatch with short retries, its baseline taken."""
+    watch = LogWatch(log_dir, stats, retries=3, settle=0.01)
+    await anyio.to_thread.run_sync(watch.baseline)
+    return watch
+
+
 async def rotate(engine: Engine) -> str:
     """Append until the writer leaves its current segment; the new segment's name."""
     assert engine.writer is not None
@@ -144,8 +151,7 @@ async def test_a_rotation_while_the_baseline_lists_the_segments_is_not_an_alarm(
             return writer.stats() if listed else before
 
         monkeypatch.setattr(watch_module, "list_segments", listing)
-        watch = LogWatch(config.log_dir, stats, retries=3, settle=0.01)
-        await anyio.to_thread.run_sync(watch.baseline)
+        watch = await watching(config.log_dir, stats)
         # The new segment takes more appends, then is left by the next rotation.
         current = writer.stats().segment
         assert current is not None
@@ -172,8 +178,7 @@ async def test_a_segment_listed_before_the_writer_switched_to_it_is_not_remember
         def stats() -> Any:  # the window: the new segment is on disk, the stats name the old one
             return before if in_window else writer.stats()
 
-        watch = LogWatch(config.log_dir, stats, retries=3, settle=0.01)
-        await anyio.to_thread.run_sync(watch.baseline)
+        watch = await watching(config.log_dir, stats)
         in_window = False
         await rotate(engine)  # more appends to the new segment, then rotated past
         names = [s.name for s in list_segments(config.log_dir)]
@@ -197,8 +202,7 @@ async def test_log_watch_takes_the_space_the_writer_reserved_as_its_own(small_di
     async with Engine.open(config) as engine:
         writer = engine.writer
         assert writer is not None
-        watch = LogWatch(config.log_dir, writer.stats, retries=3, settle=0.01)
-        await anyio.to_thread.run_sync(watch.baseline)
+        watch = await watching(config.log_dir, writer.stats)
         await populate(engine, engine.last_seq + 30, writers=4)  # appends and rotations
         stats = writer.stats()
         assert stats.segment_reserved == 65536 > stats.segment_size and stats.rotations > 1
@@ -216,8 +220,7 @@ async def test_log_watch_tells_our_writes_from_others(small_dir: Path) -> None:
     async with Engine.open(config) as engine:
         writer = engine.writer
         assert writer is not None
-        watch = LogWatch(config.log_dir, writer.stats, retries=3, settle=0.01)
-        await anyio.to_thread.run_sync(watch.baseline)
+        watch = await watching(config.log_dir, writer.stats)
         await populate(engine, engine.last_seq + 60, writers=4)  # appends and rotations
         names = [s.name for s in list_segments(config.log_dir)]
         assert await anyio.to_thread.run_sync(watch.check, names) == []
