@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.faultops import FaultOps
+from timelined.auditlog.fileops import Handle, OsFileOps
 from timelined.auditlog.reader import read_records
 from timelined.auditlog.scan import scan_tail, walk_chain
 from timelined.auditlog.writer import LogHead, LogWriter
@@ -268,3 +269,50 @@ def test_calls_after_close_and_bad_batches_are_refused(log_dir: Path) -> None:
     writer.close()  # idempotent
     with pytest.raises(ValueError, match="closed"):
         writer.write_batch(*batch(items, 0, 1))
+
+
+class _Spy(OsFileOps):
+    """Real file operations that note the writer's stats as each write starts."""
+
+    def __init__(self) -> None:
+        self.writer: LogWriter | None = None
+        self.seen: list[tuple[str | None, str | None]] = []
+
+    def _note(self) -> None:
+        if self.writer is not None:
+            stats = self.writer.stats()
+            self.seen.append((stats.segment, stats.creating))
+
+    def write(self, handle: Handle, data: bytes | memoryview) -> int:
+        self._note()
+        return super().write(handle, data)
+
+    def pwrite(self, handle: Handle, data: bytes | memoryview, offset: int) -> int:
+        self._note()
+        return super().pwrite(handle, data, offset)
+
+
+@pytest.mark.parametrize("reserve", [0, 65536])
+def test_stats_name_the_segment_being_created_until_it_is_current(
+    log_dir: Path, reserve: int
+) -> None:
+    """From before the next segment exists until the stats name it as current, `creating`
+    names it (the verifier's file watcher takes it as the writer's); otherwise None."""
+    spy = _Spy()
+    items = make_lines(6)
+    writer = LogWriter(log_dir, LogHead(), fileops=spy, segment_bytes=1, reserve_bytes=reserve)
+    spy.writer = writer
+    for lo in range(3):  # segment_bytes=1: every batch starts a segment
+        writer.write_batch(*batch(items, lo, lo + 1))
+        assert writer.stats().creating is None
+    names = [p.name for p in segment_files(log_dir)]
+    assert spy.seen == [(None, names[0]), (names[0], names[1]), (names[1], names[2])]
+    writer.close()
+    # A creation refused (the new segment's directory entry fails to sync: fatal) leaves
+    # nothing named.
+    ops = FaultOps()
+    failing = LogWriter(log_dir.parent / "other", LogHead(), fileops=ops)
+    ops.arm("sync")
+    with pytest.raises(FatalStorageError):
+        failing.write_batch(*batch(items, 0, 1))
+    assert failing.stats().creating is None

@@ -3,6 +3,7 @@ writer did not make are told apart from its own appends and rotations."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import time
@@ -190,6 +191,33 @@ async def test_a_segment_listed_before_the_writer_switched_to_it_is_not_remember
         found = await anyio.to_thread.run_sync(watch.check, [stranger.name])
         assert found and "not a segment this daemon's writer made" in found[0][1], found
         stranger.unlink()
+
+
+async def test_the_segment_the_writer_is_creating_is_its_own_at_the_first_look(
+    small_dir: Path,
+) -> None:
+    """A check or sweep naming the segment the writer is creating (its stats: `creating`, not
+    yet `segment`) takes it as the writer's at once, with no retry to wait out the window."""
+    config = config_for(small_dir, segment_bytes=4096)
+    async with Engine.open(config) as engine:
+        writer = engine.writer
+        assert writer is not None
+        before = writer.stats()
+        current = await rotate(engine)
+        window = dataclasses.replace(before, creating=current)
+        in_window = True
+
+        def stats() -> Any:
+            return window if in_window else writer.stats()
+
+        watch = LogWatch(config.log_dir, stats, retries=1, settle=0.0)
+        await anyio.to_thread.run_sync(watch.baseline)
+        assert await anyio.to_thread.run_sync(watch.check, [current]) == []
+        assert await anyio.to_thread.run_sync(watch.sweep) == []
+        window = before  # the same look without `creating`: a stranger's segment
+        found = await anyio.to_thread.run_sync(watch.check, [current])
+        assert found and "not a segment this daemon's writer made" in found[0][1], found
+        in_window = False
 
 
 async def test_log_watch_takes_the_space_the_writer_reserved_as_its_own(small_dir: Path) -> None:

@@ -71,6 +71,8 @@ class WriterStats:
     failed: bool
     segment_reserved: int = 0  # the segment file's real size: its logical size + reserved space
     reservations: int = 0
+    # The segment being created for a batch, until `segment` names it (LogWatch: the writer's).
+    creating: str | None = None
 
 
 class LogWriter:
@@ -126,6 +128,7 @@ class LogWriter:
         self._closed = False
         self._writes = self._bytes = self._fsyncs = self._dir_fsyncs = 0
         self._rotations = self._write_errors = 0
+        self._creating: str | None = None
         self._last_fsync_seconds = 0.0
         self._open(head)
 
@@ -203,24 +206,29 @@ class LogWriter:
                 raise ValueError("a batch must be whole lines")
             handle, path, before = self._handle, self._path, self._size
             created = False
-            if handle is None or path is None or before >= self._segment_bytes:
-                if handle is not None:
-                    # Only the last segment may ever hold a torn tail or reserved space: cut
-                    # the old one back to its records and sync it before the next one exists.
-                    self._seal_locked()
-                handle, path = self._create_segment(first_seq)
-                before, created = 0, True
-            reserved = 0 if created else self._reserved
-            if self._reserve_bytes and before + len(data) > reserved:
-                reserved = self._reserve(handle, path, before, len(data), created, reserved)
             try:
-                write_all(self._fops, handle, data, None if self._append else before)
-            except OSError as exc:
-                self._write_errors += 1
-                self._roll_back(handle, path, before, created)
-                raise _write_error(path, exc) from exc
-            if created:
-                self._switch_to(handle, path)
+                if handle is None or path is None or before >= self._segment_bytes:
+                    if handle is not None:
+                        # Only the last segment may ever hold a torn tail or reserved space:
+                        # cut the old one back to its records and sync it before the next one
+                        # exists.
+                        self._seal_locked()
+                    self._creating = segment_name(first_seq)  # named before the file exists
+                    handle, path = self._create_segment(first_seq)
+                    before, created = 0, True
+                reserved = 0 if created else self._reserved
+                if self._reserve_bytes and before + len(data) > reserved:
+                    reserved = self._reserve(handle, path, before, len(data), created, reserved)
+                try:
+                    write_all(self._fops, handle, data, None if self._append else before)
+                except OSError as exc:
+                    self._write_errors += 1
+                    self._roll_back(handle, path, before, created)
+                    raise _write_error(path, exc) from exc
+                if created:
+                    self._switch_to(handle, path)
+            finally:
+                self._creating = None
             self._size = before + len(data)
             self._reserved = max(reserved, self._size)
             self._head_seq, self._head_hash = last_seq, last_hash
@@ -322,6 +330,7 @@ class LogWriter:
             segment_size=self._size,
             segment_reserved=self._reserved,
             reservations=self._reservations,
+            creating=self._creating,
             writes=self._writes,
             bytes_written=self._bytes,
             fsyncs=self._fsyncs,

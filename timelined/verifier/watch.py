@@ -12,6 +12,8 @@ rotates. So, for a segment that a file event names:
 - an older segment: sealed when the writer rotated past it; ours if its size, inode and mtime
   are what they were when we first saw it sealed. A segment sealed since the last look is
   accepted only if its last line is the record just before the next segment's first;
+- the segment the writer is creating (`creating` in its stats: from before the file exists to
+  the moment its stats name it as current): ours;
 - any other segment file (past the current one, or new in the middle) is not the writer's.
 
 Who calls: the scheduler, for the segments an inotify event names (a close after writing, a
@@ -197,6 +199,8 @@ class LogWatch:
             if st.st_size < stats.segment_size:
                 return f"{name} was cut from {stats.segment_size} to {st.st_size} bytes"
             return None
+        if name == stats.creating:
+            return None  # the writer's next segment: created, its first batch being written
         if name in self._sealed:
             return self._judge_sealed(name, st)
         first = parse_segment_name(name)
