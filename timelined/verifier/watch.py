@@ -13,7 +13,7 @@ rotates. So, for a segment that a file event names:
   are what they were when we first saw it sealed. A segment sealed since the last look is
   accepted only if its last line is the record just before the next segment's first;
 - the segment the writer is creating (`creating` in its stats: from before the file exists to
-  the moment its stats name it as current): ours;
+  the moment its stats name it as current): ours, its size not judged until it is current;
 - any other segment file (past the current one, or new in the middle) is not the writer's.
 
 Who calls: the scheduler, for the segments an inotify event names (a close after writing, a
