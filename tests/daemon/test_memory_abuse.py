@@ -7,6 +7,7 @@ Each test runs a real daemon process and reads its RSS from /proc; scaled down
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,19 +50,27 @@ def served() -> Iterator[Served]:
 
 
 def test_unread_watchers_hold_one_reply_each_not_the_log(served: Served) -> None:
+    """A watcher that never reads holds its reply's frame, the log chunk being read (1 MiB)
+    and the line that did not fit: ~2.4 MiB at a 1 MiB `max_message_bytes`. Before, each read
+    the log 1,000 lines at a time and sent it as one frame (~30 MB each); later it held the
+    reply's lines three more times (the server's and two generators' references, the read
+    chunk beside its lines): ~4.5 MiB."""
     path = served.daemon.socket_path
-    idle = settled_rss(served.pid)
-    watchers = []
-    for _ in range(4):
+
+    def watcher() -> socket.socket:
         s = connect(path)
         send_call(s, "io.timelined.Timeline.Watch", {"after_seq": 0}, more=True)
-        watchers.append(s)
-    time.sleep(2)
-    grown = settled_rss(served.pid) - idle
+        return s
+
+    watchers = [watcher()]  # the first also warms what every later one shares
+    time.sleep(1)
+    base = settled_rss(served.pid)
+    watchers += [watcher() for _ in range(7)]
+    time.sleep(1)
+    each = (settled_rss(served.pid) - base) / 7
     for s in watchers:
         s.close()
-    # Before: each read the log 1,000 lines at a time and sent it as one frame (~30 MB each).
-    assert grown < 4 * 3 * MAX_MESSAGE / MiB + 8, f"RSS grew {grown:.0f} MiB for 4 watchers"
+    assert each < 3.25 * MAX_MESSAGE / MiB, f"RSS grew {each:.1f} MiB per unread watcher"
     largest, events = watch_until_live(path)
     assert largest <= MAX_MESSAGE
     assert events >= BLOCKS + 1

@@ -77,6 +77,9 @@ def iter_lines(
             data = b"".join(pending)
             pending = []
         parts = data.split(b"\n")
+        # The parts are copies: the chunk is not held while they are yielded (a paused reader,
+        # a Watch whose client does not read, would hold both).
+        data = b""
         rest = parts.pop()
         for part in parts:
             if stop_at_nul and part[:1] == b"\0":

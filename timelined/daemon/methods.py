@@ -82,6 +82,7 @@ from timelined.auditlog.source import LogFigures, LogSource
 from timelined.daemon.app import App
 from timelined.daemon.exportproofs import event_seqs, proven_end
 from timelined.daemon.metrics import render as render_metrics
+from timelined.daemon.watch import WatchBatch
 from timelined.errors import (
     FeatureUnavailable,
     InvalidArgument,
@@ -307,8 +308,13 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
             buffer_bytes=limits.max_connection_buffer_bytes,
         )
         try:
-            async for batch in batches:
-                yield WatchReply([msgspec.Raw(line) for line in batch.lines], batch.live)
+            while True:
+                # No local holds the batch while its reply waits in the socket: a client that
+                # does not read holds the reply's frame, not its lines a second time.
+                try:
+                    yield _watch_reply(await anext(batches))
+                except StopAsyncIteration:
+                    return
         finally:
             await batches.aclose()
 
@@ -388,6 +394,10 @@ def _builtins(value: Any) -> dict[str, Any] | None:
     if isinstance(plain, dict):
         return plain
     return {"value": plain}
+
+
+def _watch_reply(batch: WatchBatch) -> WatchReply:
+    return WatchReply([msgspec.Raw(line) for line in batch.lines], batch.live)
 
 
 def _read_log_page(

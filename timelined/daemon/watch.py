@@ -336,7 +336,10 @@ class WatchHub:
                         mask = await keep.mask(records)
                         lines = [c for c, kept in zip(lines, mask, strict=True) if kept]
                     if lines:
-                        yield WatchBatch(lines, False)
+                        # Handed over, not kept: while the reply waits in the socket of a
+                        # client that does not read, only its frame is held, not these lines.
+                        page, lines, records = [lines], [], None
+                        yield WatchBatch(page.pop(), False)
             floor = head if after_seq is None else max(head, after_seq)
             pending: list[bytes] = []
             pending_bytes = 0

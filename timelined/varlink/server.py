@@ -1251,6 +1251,9 @@ class VarlinkServer:
                 buf = bytearray()
                 final = isinstance(item, Final)
                 append_reply(buf, item.reply if final else item, continues=not final)
+                # The frame is what goes out: a peer that does not read holds it, not the reply
+                # object (with every value in it) a second time.
+                del item
                 await self._send_reply(conn, buf)
                 if final:
                     return
