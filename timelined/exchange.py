@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Generator
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -40,6 +40,8 @@ from timelined.state import queries as q
 from timelined.state.apply import apply
 from timelined.state.db import open_scratch
 from timelined.state.lookup import conversation_or_raise
+
+T = TypeVar("T")
 
 FORMAT = "timelined-export/1"
 EVENTS_PER_PART = 500
@@ -122,25 +124,29 @@ def export_parts(
     batch: list[str] = []
     budget = ReplyBudget(part)
     events = 0
+    # A part is handed over, not kept (`_handed`): while it waits in the socket of a client
+    # that does not read, nothing here holds it again, nor the event that starts the next
+    # part but as its text.
     for _, line in log.lines(created - 1, upto_seq):
         content = line[:-1]
+        del line
         record = decode_content(content)
         if members.concerns(record.event):
             text = content.decode()
+            del content, record
             size = json_size(text) + 1
             if not budget.add(size):  # the part closes before it, which starts the next
-                yield ExportPart(events=batch)
-                batch = []
+                yield ExportPart(events=_handed(batch))
                 budget = ReplyBudget(part)
                 budget.add(size)
             batch.append(text)
+            del text
             events += 1
             if len(batch) >= EVENTS_PER_PART:
-                yield ExportPart(events=batch)
-                batch = []
+                yield ExportPart(events=_handed(batch))
                 budget = ReplyBudget(part)
     if batch:
-        yield ExportPart(events=batch)
+        yield ExportPart(events=_handed(batch))
     blocks = 0
     for ctx_id in sorted(members.contexts):
         after: int | None = None
@@ -150,10 +156,17 @@ def export_parts(
             )
             if page:
                 blocks += len(page)
-                yield ExportPart(blocks=page)
+                yield ExportPart(blocks=_handed(page))
             if after is None:
                 break
     yield ExportPart(end=ExportEnd(events=events, blocks=blocks))
+
+
+def _handed(items: list[T]) -> list[T]:
+    """A new list of `items`' contents, `items` emptied: the caller keeps nothing of them."""
+    out = items[:]
+    items.clear()
+    return out
 
 
 # --- import ------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from tests.daemon.memory_abuse import (
     settled_rss,
     watch_until_live,
 )
+from timelined.client import Client
 
 BLOCKS = 60  # ~30 MB of log
 
@@ -71,6 +72,31 @@ def test_unread_watchers_hold_one_reply_each_not_the_log(served: Served) -> None
     for s in watchers:
         s.close()
     assert each < 3.25 * MAX_MESSAGE / MiB, f"RSS grew {each:.1f} MiB per unread watcher"
+
+
+def test_unread_exports_hold_about_one_part_each(served: Served) -> None:
+    """An export whose client never reads holds the part in the socket, the log reader's
+    lines and the event that starts the next part (its text): ~2.7 MiB at a 1 MiB limit. It
+    held ~5 MiB while the part was also kept by two stream generators and the event that did
+    not fit by its line, content and decoded record as well."""
+    path = served.daemon.socket_path
+    with Client(path) as c:
+        conversation = c.get_context(served.context_id).conversation_id
+
+    def exporter() -> socket.socket:
+        s = connect(path)
+        send_call(s, "io.timelined.Timeline.ExportConversation", {"id": conversation}, more=True)
+        return s
+
+    held = [exporter()]  # the first also warms what every later one shares
+    time.sleep(1)
+    base = settled_rss(served.pid)
+    held += [exporter() for _ in range(7)]
+    time.sleep(1)
+    each = (settled_rss(served.pid) - base) / 7
+    for s in held:
+        s.close()
+    assert each < 3.75 * MAX_MESSAGE / MiB, f"RSS grew {each:.1f} MiB per unread export"
     largest, events = watch_until_live(path)
     assert largest <= MAX_MESSAGE
     assert events >= BLOCKS + 1

@@ -174,14 +174,17 @@ async def export_stream(app: App, conversation_id: str) -> AsyncGenerator[Any, N
                 )
                 if not step:
                     raise RuntimeError("the export ended without its end part")
-                for part in step:
+                step.reverse()
+                while step:
+                    part = step[-1]
                     if part.end is not None:
                         ends = proven_end(app.transparency, part, seqs, limit)
                         async for last in ends:
                             yield Final(last) if last.end is not None else last
                         return
                     seqs.extend(event_seqs(part))
-                    yield part
+                    del part  # handed over, not kept while it waits in the socket
+                    yield step.pop()
         finally:
             parts.close()
     finally:
@@ -325,8 +328,11 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
             raise VarlinkErrorReply(EXPECTED_MORE, {})  # the standard's: no parameters
         stream = export_stream(app, p.id)
         try:
-            async for part in stream:
-                yield part
+            while True:
+                try:
+                    yield await anext(stream)  # no local holds the part (as in `watch`)
+                except StopAsyncIteration:
+                    return
         finally:
             await stream.aclose()
 
