@@ -11,6 +11,7 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -50,28 +51,38 @@ def served() -> Iterator[Served]:
         yield Served(d, d.proc.pid, ctx)
 
 
+def rss_each_unread(served: Served, method: str, params: dict[str, Any]) -> float:
+    """The RSS (MiB) each of 7 more unread streams of `method` adds, after a first one (which
+    also warms what every later one shares)."""
+
+    def open_stream() -> socket.socket:
+        s = connect(served.daemon.socket_path)
+        send_call(s, method, params, more=True)
+        return s
+
+    held = [open_stream()]
+    try:
+        time.sleep(1)
+        base = settled_rss(served.pid)
+        held += [open_stream() for _ in range(7)]
+        time.sleep(1)
+        return (settled_rss(served.pid) - base) / 7
+    finally:
+        for s in held:
+            s.close()
+
+
 def test_unread_watchers_hold_one_reply_each_not_the_log(served: Served) -> None:
     """A watcher that never reads holds its reply's frame, the log chunk being read (1 MiB)
     and the line that did not fit: ~2.4 MiB at a 1 MiB `max_message_bytes`. Before, each read
     the log 1,000 lines at a time and sent it as one frame (~30 MB each); later it held the
     reply's lines three more times (the server's and two generators' references, the read
     chunk beside its lines): ~4.5 MiB."""
-    path = served.daemon.socket_path
-
-    def watcher() -> socket.socket:
-        s = connect(path)
-        send_call(s, "io.timelined.Timeline.Watch", {"after_seq": 0}, more=True)
-        return s
-
-    watchers = [watcher()]  # the first also warms what every later one shares
-    time.sleep(1)
-    base = settled_rss(served.pid)
-    watchers += [watcher() for _ in range(7)]
-    time.sleep(1)
-    each = (settled_rss(served.pid) - base) / 7
-    for s in watchers:
-        s.close()
+    each = rss_each_unread(served, "io.timelined.Timeline.Watch", {"after_seq": 0})
     assert each < 3.25 * MAX_MESSAGE / MiB, f"RSS grew {each:.1f} MiB per unread watcher"
+    largest, events = watch_until_live(served.daemon.socket_path)
+    assert largest <= MAX_MESSAGE
+    assert events >= BLOCKS + 1
 
 
 def test_unread_exports_hold_about_one_part_each(served: Served) -> None:
@@ -79,27 +90,10 @@ def test_unread_exports_hold_about_one_part_each(served: Served) -> None:
     lines and the event that starts the next part (its text): ~2.7 MiB at a 1 MiB limit. It
     held ~5 MiB while the part was also kept by two stream generators and the event that did
     not fit by its line, content and decoded record as well."""
-    path = served.daemon.socket_path
-    with Client(path) as c:
+    with Client(served.daemon.socket_path) as c:
         conversation = c.get_context(served.context_id).conversation_id
-
-    def exporter() -> socket.socket:
-        s = connect(path)
-        send_call(s, "io.timelined.Timeline.ExportConversation", {"id": conversation}, more=True)
-        return s
-
-    held = [exporter()]  # the first also warms what every later one shares
-    time.sleep(1)
-    base = settled_rss(served.pid)
-    held += [exporter() for _ in range(7)]
-    time.sleep(1)
-    each = (settled_rss(served.pid) - base) / 7
-    for s in held:
-        s.close()
+    each = rss_each_unread(served, "io.timelined.Timeline.ExportConversation", {"id": conversation})
     assert each < 3.75 * MAX_MESSAGE / MiB, f"RSS grew {each:.1f} MiB per unread export"
-    largest, events = watch_until_live(path)
-    assert largest <= MAX_MESSAGE
-    assert events >= BLOCKS + 1
 
 
 def test_a_huge_token_gives_a_bounded_snippet(served: Served) -> None:
