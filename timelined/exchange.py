@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Generator
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 
@@ -35,13 +35,11 @@ from timelined.auditlog.source import LogSource
 from timelined.errors import ImportRejected
 from timelined.events import Record
 from timelined.ids import new_id, normalize_ts, utc_now
-from timelined.replies import ReplyBudget, item_size, json_size
+from timelined.replies import ReplyBudget, handed, item_size, json_size
 from timelined.state import queries as q
 from timelined.state.apply import apply
 from timelined.state.db import open_scratch
 from timelined.state.lookup import conversation_or_raise
-
-T = TypeVar("T")
 
 FORMAT = "timelined-export/1"
 EVENTS_PER_PART = 500
@@ -124,9 +122,9 @@ def export_parts(
     batch: list[str] = []
     budget = ReplyBudget(part)
     events = 0
-    # A part is handed over, not kept (`_handed`): while it waits in the socket of a client
-    # that does not read, nothing here holds it again, nor the event that starts the next
-    # part but as its text.
+    # A part is handed over, not kept (`replies.handed`): while it waits in the socket of a
+    # client that does not read, nothing here holds it again, nor the event that starts the
+    # next part but as its text.
     for _, line in log.lines(created - 1, upto_seq):
         content = line[:-1]
         del line
@@ -136,17 +134,17 @@ def export_parts(
             del content, record
             size = json_size(text) + 1
             if not budget.add(size):  # the part closes before it, which starts the next
-                yield ExportPart(events=_handed(batch))
+                yield ExportPart(events=handed(batch))
                 budget = ReplyBudget(part)
                 budget.add(size)
             batch.append(text)
             del text
             events += 1
             if len(batch) >= EVENTS_PER_PART:
-                yield ExportPart(events=_handed(batch))
+                yield ExportPart(events=handed(batch))
                 budget = ReplyBudget(part)
     if batch:
-        yield ExportPart(events=_handed(batch))
+        yield ExportPart(events=handed(batch))
     blocks = 0
     for ctx_id in sorted(members.contexts):
         after: int | None = None
@@ -156,17 +154,10 @@ def export_parts(
             )
             if page:
                 blocks += len(page)
-                yield ExportPart(blocks=_handed(page))
+                yield ExportPart(blocks=handed(page))
             if after is None:
                 break
     yield ExportPart(end=ExportEnd(events=events, blocks=blocks))
-
-
-def _handed(items: list[T]) -> list[T]:
-    """A new list of `items`' contents, `items` emptied: the caller keeps nothing of them."""
-    out = items[:]
-    items.clear()
-    return out
 
 
 # --- import ------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ never a frame over the limit.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import msgspec
 
 from timelined.errors import LimitExceeded
@@ -20,6 +22,7 @@ __all__ = [
     "REPLY_ENVELOPE",
     "REPLY_LIMIT",
     "ReplyBudget",
+    "handed",
     "item_size",
     "json_size",
     "text_size",
@@ -84,3 +87,15 @@ class ReplyBudget:
         self.count += 1
         if self.used > self.maximum:
             raise LimitExceeded(REPLY_LIMIT, self.used, self.maximum)
+
+
+T = TypeVar("T")
+
+
+def handed(items: list[T]) -> list[T]:
+    """A new list of `items`' contents, `items` emptied: a stream generator yields it and keeps
+    nothing of it, so a reply waiting in the socket of a client that does not read is held
+    once (its frame), not again by the generator suspended at its `yield`."""
+    out = items[:]
+    items.clear()
+    return out

@@ -44,7 +44,7 @@ from timelined.auditlog.record import decode_content
 from timelined.auditlog.source import LogSource
 from timelined.errors import SlowConsumer
 from timelined.events import Record
-from timelined.replies import ReplyBudget
+from timelined.replies import ReplyBudget, handed
 from timelined.state.lookup import require_conversation
 from timelined.varlink.budget import ByteBudget
 from timelined.writer.engine import Engine
@@ -336,10 +336,8 @@ class WatchHub:
                         mask = await keep.mask(records)
                         lines = [c for c, kept in zip(lines, mask, strict=True) if kept]
                     if lines:
-                        # Handed over, not kept: while the reply waits in the socket of a
-                        # client that does not read, only its frame is held, not these lines.
-                        page, lines, records = [lines], [], None
-                        yield WatchBatch(page.pop(), False)
+                        records = None  # decoded for the filter only
+                        yield WatchBatch(handed(lines), False)
             floor = head if after_seq is None else max(head, after_seq)
             pending: list[bytes] = []
             pending_bytes = 0
