@@ -135,6 +135,25 @@ def test_nuls_alone_after_the_last_record_are_reserved_space_not_torn(log_dir: P
     assert not (log_dir.parent / "quarantine").exists()
 
 
+def test_reserved_space_that_changed_after_the_scan_is_not_cut(log_dir: Path) -> None:
+    """A segment that grew after the scan is refused by name, without a seq, and left as is."""
+    write_log(log_dir, 6)
+    last = segment_files(log_dir)[-1]
+    with last.open("ab") as f:
+        f.write(b"\x00" * 300)
+    reserved = scan_tail(log_dir).reserved
+    assert reserved is not None
+    with last.open("ab") as f:
+        f.write(b"\x00" * 10)
+    size = last.stat().st_size
+    with pytest.raises(LogDamaged) as caught:
+        release_reserved(log_dir, reserved)
+    assert caught.value.params["seq"] is None and caught.value.params["segment"] == last.name
+    assert f"({size} bytes, {size - 10} when scanned)" in str(caught.value)
+    assert "at seq" not in str(caught.value)
+    assert last.stat().st_size == size
+
+
 def test_a_torn_line_then_reserved_space_keeps_only_the_torn_bytes(log_dir: Path) -> None:
     items = write_log(log_dir, 6)
     end = sum(len(line) for _, line in items)

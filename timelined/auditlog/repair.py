@@ -85,8 +85,15 @@ def release_reserved(
     fops = fileops or OS_FILEOPS
     seg_path = os.path.join(os.fspath(log_dir), reserved.segment)  # noqa: PTH118
     try:
-        if fops.size(seg_path) != reserved.offset + reserved.length:
-            raise LogDamaged(0, "the segment changed since it was scanned", reserved.segment)
+        size = fops.size(seg_path)
+        if size != reserved.offset + reserved.length:
+            # No record was being written in reserved space, so there is no seq to name.
+            raise LogDamaged(
+                None,
+                f"the segment changed since it was scanned ({size} bytes, "
+                f"{reserved.offset + reserved.length} when scanned)",
+                reserved.segment,
+            )
         _cut(fops, seg_path, reserved.offset)
     except OSError as exc:
         raise _write_error(seg_path, exc) from exc
