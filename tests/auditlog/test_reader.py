@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,47 @@ def test_one_damaged_line_read_alone_is_damage_named_by_its_seq(log_dir: Path) -
     with pytest.raises(LogDamaged) as caught:
         read_line(log_dir, 5)
     assert caught.value.params["seq"] == 5
+
+
+def _expected_lines(content: bytes, offset: int) -> list[tuple[int, bytes, bool]]:
+    """What iter_lines must yield without its flags: every complete line, then the rest."""
+    out = []
+    start = offset
+    *complete, rest = content[offset:].split(b"\n")
+    for line in complete:
+        out.append((start, line, True))
+        start += len(line) + 1
+    return out + ([(start, rest, False)] if rest else [])
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_lines_are_the_same_whatever_the_chunk_size(tmp_path: Path, seed: int) -> None:
+    """Lines longer and shorter than a read, a line cut at a read's end, a file without a
+    last newline, NUL bytes inside and after the lines, any starting offset."""
+    rng = random.Random(seed)
+    pieces = []
+    for _ in range(rng.randrange(0, 30)):
+        length = rng.choice([0, 1, 2, 5, 17, 64, 300])
+        pieces.append(bytes(rng.choice(b"ab\0") for _ in range(length)))
+    content = b"\n".join(pieces) + rng.choice([b"", b"\n", b"tail", b"\0" * 40])
+    path = tmp_path / "f"
+    path.write_bytes(content)
+    ops = FaultOps()
+    handle = ops.open_read(str(path))
+    try:
+        offset = rng.randrange(0, len(content) + 1)
+        while offset and content[offset - 1 : offset] != b"\n":
+            offset -= 1  # a reader starts at a line's start
+        expected = _expected_lines(content, offset)
+        for chunk in (1, 2, 3, 7, 16, 64, 1 << 20):
+            got = list(iter_lines(ops, handle, offset, chunk))
+            assert got == expected, (seed, chunk)
+            at_nul = list(iter_lines(ops, handle, offset, chunk, stop_at_nul=True))
+            cut = next((i for i, line in enumerate(expected) if line[1][:1] == b"\0"), None)
+            assert at_nul[: len(at_nul) - (cut is not None)] == expected[:cut], (seed, chunk)
+            if cut is not None:
+                start, data, complete = at_nul[-1]
+                assert (start, complete) == (expected[cut][0], False)
+                assert data[:1] == b"\0" and content[start:].startswith(data), (seed, chunk)
+    finally:
+        ops.close(handle)

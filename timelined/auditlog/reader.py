@@ -91,7 +91,12 @@ def iter_lines(
             if stop_at_nul and rest[:1] == b"\0":
                 yield start, rest, False
                 return
-            pending.append(rest)
+            if not skip_nul_chunks:
+                # The next read starts at this line: re-reading its few bytes is cheaper than
+                # joining them to the whole next chunk (a copy of every byte of the log).
+                pos -= len(rest)
+            else:
+                pending.append(rest)
     if pending or held_nuls:
         yield start, b"".join(pending), False
 
