@@ -10,6 +10,7 @@ in one transaction for as long as a long read (an export) takes.
 from __future__ import annotations
 
 import sqlite3
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Concatenate, ParamSpec, Protocol, TypeVar, cast
@@ -35,6 +36,13 @@ def _in_snapshot(
     conn.execute("BEGIN")
     try:
         return fn(conn, *args, **kwargs)
+    except BaseException as exc:
+        # A query that raised with rows left (a reply budget refusing a page) leaves its cursor
+        # alive in the traceback's frames, and an active statement holds this connection's read
+        # snapshot past the COMMIT: every later read on it would miss acknowledged writes until
+        # the garbage collector freed the error. The frames' locals go (their lines stay).
+        traceback.clear_frames(exc.__traceback__)
+        raise
     finally:
         conn.execute("COMMIT")
 
