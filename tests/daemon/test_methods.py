@@ -409,6 +409,21 @@ async def test_block_size_limit(base: Path, store: Store) -> None:
         assert big.value.params["limit"] == "max_block_bytes"
         assert big.value.params["maximum"] == 1024
         assert len((await c.list_blocks(ctx)).blocks) == 1
+        # Every event is held to it, not only a block: a line past it could outgrow the Watch
+        # and ReadLog replies that carry it, for every reader of the log.
+        side = await c.spawn_sidebar(ctx, "small")
+        head = (await c.read_log()).events
+        for refused in (
+            c.set_tags(ctx, [f"tag-{i:04d}-" + "x" * 40 for i in range(40)]),
+            c.spawn_sidebar(ctx, "r" * 5000),
+            c.add_crossref(ctx, side.id, "see-also", "n" * 5000),
+        ):
+            with pytest.raises(LimitExceeded) as event:
+                await refused
+            assert event.value.params["limit"] == "max_block_bytes"
+            assert isinstance(size := event.value.params["size"], int) and size > 1024
+        assert (await c.read_log()).events == head  # nothing written
+        assert (await c.get_context(ctx)).tags == []
 
 
 async def test_read_log_is_the_log_byte_for_byte(base: Path, store: Store) -> None:
