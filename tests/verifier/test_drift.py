@@ -275,3 +275,26 @@ def test_state_ahead_of_the_log(small_dir: Path) -> None:
     diff = next(d for d in daemon.differences if d.entity == "meta")
     assert {f.field for f in diff.fields} >= {"last_seq"}
     assert any("past the daemon's committed head" in note for note in daemon.notes)
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_a_live_log_is_walked_to_the_head_at_the_snapshot(small_dir: Path, processes: bool) -> None:
+    """Past the daemon's head the writer may be filling space it reserved while the walk reads:
+    NULs read before a write, glued to the lines read after it, are what a walk to the log's end
+    can meet on a live log. The daemon's walk stops at its head at the snapshot; at rest (offline)
+    the same bytes are damage."""
+    head = int(str(query(small_dir / "state.db", "SELECT last_seq FROM meta")[0][0]))
+    last = sorted((small_dir / "log").iterdir())[-1]
+    lines = last.read_bytes().splitlines(keepends=True)
+    with last.open("ab") as f:
+        f.write(b"\0" * 37 + lines[-1] + lines[-2])  # a NUL run off the sectors, a good line after
+    daemon = verify_paths(
+        Paths.of(small_dir, small_dir.parent / "work"),
+        trigger="test",
+        head=lambda: head,
+        processes=processes,
+    )
+    assert daemon.state == "ok", daemon.summary
+    assert daemon.chain is not None and daemon.chain.head_seq == head
+    offline = verify_offline(small_dir)
+    assert offline.state == "damaged", offline.summary

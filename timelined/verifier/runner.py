@@ -223,12 +223,18 @@ def verify_paths(
         if head is not None:
             heads.append(head())  # the committed head as the snapshot was taken
 
+    # A live log (the daemon's: `head` given) is walked to the head at the snapshot, not to its
+    # end: past it the writer may be filling reserved space between two of the walk's reads,
+    # and NULs read before the write glued to the line read after it look like damage.
+    chain_upto = (lambda: heads[0] if heads else head()) if head is not None else None
     if processes:
         state, chain, tree, error = _run_children(
-            paths, copy, cap, tree_size, on_snapshot, progress, cancel
+            paths, copy, cap, tree_size, on_snapshot, progress, cancel, chain_upto
         )
     else:
-        state, chain, tree, error = _run_inline(paths, copy, cap, tree_size, on_snapshot, progress)
+        state, chain, tree, error = _run_inline(
+            paths, copy, cap, tree_size, on_snapshot, progress, chain_upto
+        )
     seconds = time.perf_counter() - started
     return build_report(
         started_at=started_at,
@@ -251,6 +257,7 @@ def _run_inline(
     tree_size: int | None,
     on_snapshot: Callable[[int], None],
     progress: ProgressFn | None,
+    chain_upto: Callable[[], int] | None = None,
 ) -> tuple[StateResult | None, ChainResult | None, TreeResult | None, str | None]:
     from timelined.verifier.state import check_state
 
@@ -263,7 +270,12 @@ def _run_inline(
         on_snapshot=lambda seq, _hash: on_snapshot(seq),
         progress=progress,
     )
-    chain, tree = check_chain_and_tree(paths.log_dir, paths.tree_dir, tree_upto=tree_size)
+    chain, tree = check_chain_and_tree(
+        paths.log_dir,
+        paths.tree_dir,
+        upto_seq=chain_upto() if chain_upto is not None else None,
+        tree_upto=tree_size,
+    )
     return state, chain, tree if paths.tree_dir is not None else None, None
 
 
@@ -275,6 +287,7 @@ def _run_children(
     on_snapshot: Callable[[int], None],
     progress: ProgressFn | None,
     cancel: threading.Event | None,
+    chain_upto: Callable[[], int] | None = None,
 ) -> tuple[StateResult | None, ChainResult | None, TreeResult | None, str | None]:
     state_args = [
         "state",
@@ -311,6 +324,8 @@ def _run_children(
         # before S commits, so a walk that lists the segments after that reaches S.
         _pump(children, on_message, cancel, until=lambda: bool(snapshot))
         chain_args = ["chain", "--log-dir", str(paths.log_dir)]
+        if chain_upto is not None:
+            chain_args += ["--upto", str(chain_upto())]
         if paths.tree_dir is not None:
             chain_args += ["--tree-dir", str(paths.tree_dir)]
             if tree_size is not None:
