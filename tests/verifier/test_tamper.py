@@ -248,6 +248,9 @@ def test_offline_exit_code_names_the_seq(
     out = capsys.readouterr().out
     assert f"FIRST BAD SEQ {seq}" in out
     assert "DAMAGED" in out
+    # What the walk read before it stopped, never "the whole log".
+    assert f"log: read until the first bad seq ({seq}): {seq - 1} good records" in out
+    assert "the whole log" not in out
 
 
 def test_data_that_does_not_fit_its_type_is_found_by_the_replay(small_dir: Path) -> None:

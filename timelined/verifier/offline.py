@@ -152,7 +152,12 @@ def render(report: VerifyReport, state_dir: object = None) -> str:
     lines.append(f"result: {report.state.upper()}: {said or report.summary}")
     chain = report.chain
     if chain is not None:
-        scope = f"up to seq {chain.upto_seq}" if chain.upto_seq is not None else "the whole log"
+        if chain.damage is not None:  # the walk stopped there: what it read, not the log
+            scope = f"read until the first bad seq ({chain.damage.seq})"
+        elif chain.upto_seq is not None:
+            scope = f"up to seq {chain.upto_seq}"
+        else:
+            scope = "the whole log"
         # A PostgreSQL store's log is a table: no segments (pgstore/chain.py).
         where = (
             f"{chain.segments} segment(s)"
@@ -160,7 +165,9 @@ def render(report: VerifyReport, state_dir: object = None) -> str:
             else "the log table"
         )
         lines.append(
-            f"log: {scope}: {chain.records} records in {where}, {chain.bytes_scanned} bytes"
+            f"log: {scope}: {chain.records} good records in {where}, {chain.bytes_scanned} bytes"
+            if chain.damage is not None
+            else f"log: {scope}: {chain.records} records in {where}, {chain.bytes_scanned} bytes"
         )
         if chain.damage is not None:
             d = chain.damage
