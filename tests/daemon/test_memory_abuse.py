@@ -172,3 +172,52 @@ def test_a_short_abuse_round_stays_bounded_and_the_writer_writes(served: Served)
     assert not result.append_failures, result.append_failures[:5]
     assert result.appends > 0
     assert result.peak_mib < result.bound_mib, result.line()
+
+
+def test_pipelined_writes_with_large_replies_hold_a_window_not_all_their_replies() -> None:
+    """A peer pipelines hundreds of small Focus calls whose replies are large (a context with
+    ~600 KB of tags) and reads none. The replies of a read's write calls were all built at
+    once: 1,500 such calls on each of 2 connections grew the daemon by 4.7 GiB. Now each
+    connection has at most 32 write calls in flight (fewer once their replies are large),
+    the rest wait unread, and a normal client is served meanwhile; read later, every reply
+    arrives, in order."""
+    calls = 400
+    with short_tempdir("tlf") as base, DaemonProcess(base, limits=LIMITS) as d:
+        assert d.proc is not None
+        path = d.socket_path
+        with Client(path, timeout=30) as c:
+            root = c.create_conversation("focus").root_context_id
+            side = c.spawn_sidebar(root, "large").id
+            c.set_tags(side, [f"{i:06d}" + "t" * 120 for i in range(600_000 // 130)])
+        focus = {"method": "io.timelined.Timeline.Focus", "parameters": {"context_id": side}}
+        frame = json.dumps(focus).encode() + b"\0"
+        idle = settled_rss(d.proc.pid)
+        held = [connect(path) for _ in range(2)]
+        try:
+            for s in held:
+                s.sendall(frame * calls)  # ~40 KB each, one read's worth; nothing read
+            time.sleep(3)
+            grown = settled_rss(d.proc.pid) - idle
+            start = time.monotonic()
+            with Client(path, timeout=10) as c:
+                c.append_block(root, "user", "still served")
+            assert time.monotonic() - start < 2
+            reader = held[0]
+            reader.settimeout(30)
+            replies = 0
+            buf = bytearray()
+            while replies < calls:
+                chunk = reader.recv(1 << 20)
+                assert chunk, f"closed after {replies} replies"
+                buf += chunk
+                while b"\0" in buf:
+                    end = buf.index(b"\0")
+                    reply = json.loads(bytes(buf[:end]))
+                    del buf[: end + 1]
+                    assert reply["parameters"]["context"]["id"] == side, reply.get("error")
+                    replies += 1
+        finally:
+            for s in held:
+                s.close()
+    # 2 connections, 32 replies of ~600 KB each and their objects; before: +783 MiB.
+    assert grown < 200, f"RSS grew {grown:.0f} MiB for 2 x {calls} unread Focus replies"

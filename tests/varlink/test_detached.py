@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 
 from tests.varlink.demo import raw_connect, read_frames
 from tests.varlink.test_pipelining import SVC, Q, call, queue_server
+from timelined.varlink import server as server_module
 from timelined.varlink.server import VarlinkServer
 
 
@@ -70,9 +72,14 @@ async def test_calls_sent_while_a_batch_is_in_flight_are_answered_after_it(
     assert writer.batches[0] == 1  # b came while a's batch was in flight: not in it
 
 
-async def test_a_peer_that_reads_nothing_gets_every_reply_in_order_later(tmp_path: Path) -> None:
+async def test_a_peer_that_reads_nothing_gets_every_reply_in_order_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """More replies than the socket's buffers hold: the callback's write is partial, a task
     writes the rest, and reading stops meanwhile (the calls wait in the kernel, not here)."""
+    # One batch of them all, as before the window of calls in flight (test_pipelining shows
+    # the window): else 20 ms per 32 calls, and the replies never fill the socket in time.
+    monkeypatch.setattr(server_module, "_MAX_IN_FLIGHT", 100_000)
     n = 30_000
     async with queue_server(tmp_path) as (server, writer, path):
         attached = _count_attaches(server)

@@ -144,6 +144,19 @@ async def test_the_calls_of_one_read_share_one_batch(tmp_path: Path) -> None:
     assert writer.batches == [5]  # queued together, not one batch per call
 
 
+async def test_a_connection_has_at_most_a_window_of_writes_in_flight(tmp_path: Path) -> None:
+    """100 writes in one read: 32 are in flight, the rest wait until their replies are
+    written (a peer that pipelines writes with large replies and reads none held them all)."""
+    async with queue_server(tmp_path) as (server, writer, path):
+        stream = await raw_connect(path)
+        await stream.send(b"".join(call(Q + "Put", {"value": f"v{i}"}) for i in range(100)))
+        replies = await read_frames(stream, 100)
+        await stream.aclose()
+        assert server.buffers.used == 0
+    assert [r["parameters"]["position"] for r in replies] == list(range(1, 101))
+    assert writer.batches == [32, 32, 32, 4]
+
+
 async def test_a_read_after_writes_sees_them_and_replies_keep_the_call_order(
     tmp_path: Path,
 ) -> None:

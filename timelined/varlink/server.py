@@ -124,6 +124,16 @@ log = logging.getLogger("timelined.varlink")
 R = TypeVar("R")
 
 _FLUSH_BYTES = 64 * 1024  # a pipelined batch flushes early once its replies exceed this
+# Deferred (write) calls one connection may have in flight: their replies are only known, and
+# held, once the batch is settled, so a peer pipelining thousands of small writes with large
+# replies (a Focus of a context with ~1 MiB of tags) and reading none made the daemon hold them
+# all (1,500 calls: +4.7 GiB). The calls past it wait, unread, until the replies before them
+# are written; a peer that does not read stalls only itself.
+_MAX_IN_FLIGHT = 32
+# ... and fewer after a batch of large replies: the next batch may hold about this many bytes
+# of replies like the last one's (at least one call). Small replies (an AppendBlock's) keep the
+# whole window, so pipelined appends still share the writer's batches.
+_WINDOW_BYTES = 1024 * 1024
 _LINGER_S = 1.0  # after a fatal error: how long to drain input so the peer can read the error
 _HUP_POLL_S = 0.5  # during a stream to a half-closed peer: how often to look for its close
 _MAX_LINGERING = 64  # rejected connections allowed to linger at once; beyond, closed at once
@@ -325,6 +335,7 @@ class _Conn:
         "stream_scope",
         "tier",
         "wake",
+        "window",
         "write_when_settled",
     )
 
@@ -355,6 +366,7 @@ class _Conn:
         # Deferred calls of this read, in call order, each with where its reply goes in `out`.
         self.slots: list[tuple[int, Deferred, CallMessage]] = []
         self.outstanding = 0  # of `slots`, how many have no outcome yet
+        self.window = _MAX_IN_FLIGHT  # deferred calls dispatched before their replies are sent
         self.wake: Callable[[], None] | None = None  # wakes `_settle` when `outstanding` is 0
         # Every Deferred's done callback: the server's `_settled` for this connection, made once.
         self.settled: Callable[[], None] = functools.partial(settled, self)
@@ -800,6 +812,14 @@ class VarlinkServer:
                     reader.put_back(frames[i + 1 :])  # writes them as it would, in bounded steps
                     self._attach(conn)
                     return
+                if len(conn.slots) >= conn.window:
+                    # Enough writes in flight: the rest are dispatched once these replies are
+                    # written (`_settled` takes them again), so their bytes stay bounded.
+                    rest = frames[i + 1 :]
+                    if rest:
+                        reader.put_back(rest)
+                        conn.queued = True
+                    break
                 continue
             if now is False:
                 conn.handoff = functools.partial(self._close_after_reply, conn)
@@ -941,7 +961,7 @@ class VarlinkServer:
                 if not await self._dispatch(conn, call):
                     await self._fatal_reply(conn, b"")
                     return False
-                if len(conn.out) > _FLUSH_BYTES:
+                if len(conn.out) > _FLUSH_BYTES or len(conn.slots) >= conn.window:
                     await self._flush(conn)
             if conn.out or conn.slots:
                 await self._flush(conn)
@@ -953,7 +973,16 @@ class VarlinkServer:
         if conn.out:
             out = conn.out
             conn.out = bytearray()
-            await send_all(conn.stream, conn.sock, cast(bytes, out), self._write_timeout)
+            # Replies the socket did not take at once count in the daemon-wide budget while
+            # they wait for the peer, like a stream's: they are already built, so counted even
+            # past the limit (streams and large frames then wait or are refused), and the
+            # connection dispatches nothing more until they are written.
+            size = len(out)
+            self.buffers.count(size)
+            try:
+                await send_all(conn.stream, conn.sock, cast(bytes, out), self._write_timeout)
+            finally:
+                self.buffers.give(size)
 
     async def _fail_connection(self, conn: _Conn, exc: FrameError) -> None:
         """A frame we cannot trust: answer what came before it, say why, and hang up."""
@@ -1083,7 +1112,8 @@ class VarlinkServer:
         """Put the settled deferred calls' replies into `conn.out` in their calls' places."""
         slots, conn.slots = conn.slots, []
         before = conn.out
-        splice = slots[0][0] < len(before)  # replies of later calls are there already
+        start = len(before)
+        splice = slots[0][0] < start  # replies of later calls are there already
         if splice:
             conn.out = bytearray()
         done = 0
@@ -1101,6 +1131,10 @@ class VarlinkServer:
                 self._send_exception(conn, call, exc)
         if splice:
             conn.out += before[done:]
+        # The next batch's window: about _WINDOW_BYTES of replies the size of these (one
+        # division per batch, not per call).
+        replies = len(conn.out) - start
+        conn.window = max(1, min(_MAX_IN_FLIGHT, _WINDOW_BYTES * len(slots) // (replies or 1)))
 
     async def _until_woken(self, conn: _Conn) -> None:
         """Wait for `conn.wake()`: a bare future on asyncio (measured: an anyio.Event costs a
