@@ -375,6 +375,33 @@ async def test_limits_reload_applies_to_open_connections(running: Running) -> No
     c.close()
 
 
+async def test_a_reply_larger_than_a_frame_is_refused_by_name_and_logged_once(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A small call whose reply would pass max_message_bytes (64 KiB here) is answered with
+    LimitExceeded naming the reply, not with a frame no client with that limit can read; the
+    connection goes on. Before, the 100 KB frame was sent (and held while unread)."""
+    c = await AsyncConnection.open(running.path)
+    raw = await raw_connect(running.path)
+    big = {"text": "x" * 1000, "times": 100}
+    for _ in range(2):
+        with pytest.raises(VarlinkErrorReply) as err:
+            await c.call(ECHO, big)
+        assert err.value.name == "io.timelined.Timeline.LimitExceeded"
+        params = err.value.parameters
+        assert params["limit"] == f"max_message_bytes (reply of {ECHO})"
+        assert params["size"] > 100_000 and params["maximum"] == 64 * 1024
+    assert await c.call(ECHO, {"text": "y"}) == {"text": "y"}
+    c.close()
+    # Whatever the client's own limit: the frame on the wire is the small error.
+    await raw.send(msgspec.json.encode({"method": ECHO, "parameters": big}) + b"\0")
+    (reply,) = await read_frames(raw, 1)
+    assert reply["error"] == "io.timelined.Timeline.LimitExceeded"
+    await raw.aclose()
+    warnings = [r for r in caplog.records if "refused the reply" in r.getMessage()]
+    assert [r.levelname for r in warnings] == ["WARNING"]  # once; the others at debug
+
+
 # --- authorization -----------------------------------------------------------------------------
 
 

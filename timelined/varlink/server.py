@@ -432,6 +432,7 @@ class VarlinkServer:
         self._errors = 0
         self._protocol_errors = 0
         self._internal_errors = 0
+        self._oversized_logged: set[str] = set()  # methods whose too-large reply was logged
         self.register(
             SERVICE,
             {
@@ -1091,6 +1092,9 @@ class VarlinkServer:
                 if isinstance(result, msgspec.Struct) or not hasattr(result, "__anext__"):
                     if not call.oneway:
                         append_reply(conn.out, _EMPTY_REPLY if result is None else result)
+                        size = len(conn.out) - mark - 1  # the limit does not count the NUL
+                        if size > self._limits.max_message_bytes:
+                            raise self._oversized(conn, call, size)
                     return True
         except Exception as exc:
             del conn.out[mark:]
@@ -1117,6 +1121,7 @@ class VarlinkServer:
         if splice:
             conn.out = bytearray()
         done = 0
+        largest = self._limits.max_message_bytes + 1  # a reply's frame, with its NUL
         for offset, deferred, call in slots:
             if splice:
                 conn.out += before[done:offset]
@@ -1126,6 +1131,8 @@ class VarlinkServer:
                 result = deferred.outcome()
                 if not call.oneway:
                     append_reply(conn.out, _EMPTY_REPLY if result is None else result)
+                    if len(conn.out) - mark > largest:
+                        raise self._oversized(conn, call, len(conn.out) - mark - 1)
             except Exception as exc:
                 del conn.out[mark:]
                 self._send_exception(conn, call, exc)
@@ -1135,6 +1142,28 @@ class VarlinkServer:
         # division per batch, not per call).
         replies = len(conn.out) - start
         conn.window = max(1, min(_MAX_IN_FLIGHT, _WINDOW_BYTES * len(slots) // (replies or 1)))
+
+    def _oversized(self, conn: _Conn, call: CallMessage, size: int) -> LimitReached:
+        """The error that replaces a reply too large for one frame (a client with the same
+        limit could not read it, and an unread one was held whole: a GetContext with 500
+        cross-references of 64 KiB notes made a 31 MiB frame). The caller drops the frame.
+
+        Logged as a warning once per method (then at debug): a peer repeating the call must
+        not fill the journal; the operator learns which method outgrew the limit."""
+        maximum = self._limits.max_message_bytes
+        level = logging.DEBUG if call.method in self._oversized_logged else logging.WARNING
+        self._oversized_logged.add(call.method)
+        log.log(
+            level,
+            "refused the reply of %s (connection %d, uid %d): %d bytes > max_message_bytes %d%s",
+            call.method,
+            conn.id,
+            conn.peer.uid,
+            size,
+            maximum,
+            "" if level == logging.DEBUG else "; further ones of this method are logged at debug",
+        )
+        return LimitReached(f"max_message_bytes (reply of {call.method})", size, maximum)
 
     async def _until_woken(self, conn: _Conn) -> None:
         """Wait for `conn.wake()`: a bare future on asyncio (measured: an anyio.Event costs a
@@ -1352,6 +1381,8 @@ class VarlinkServer:
             if not call.oneway:
                 buf = bytearray()  # not straight into conn.out: encoding may fail halfway
                 append_reply(buf, item)
+                if len(buf) - 1 > self._limits.max_message_bytes:
+                    raise self._oversized(conn, call, len(buf) - 1)
                 conn.out += buf
         except StopAsyncIteration:
             self._internal_error(conn, call, RuntimeError(f"{call.method} replied nothing"))
