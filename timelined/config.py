@@ -75,6 +75,10 @@ class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Connection fairness (docs/operations.md, "Connection slots"). None → a quarter of
     # max_connections: no uid may hold more at once.
     max_connections_per_uid: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
+    # Of max_buffered_bytes, what one uid's connections may hold together (partial frames,
+    # replies waiting for it to read). None → a quarter of max_buffered_bytes, and at least
+    # max_message_bytes (one frame must fit).
+    max_buffered_bytes_per_uid: Annotated[int, msgspec.Meta(ge=_MiB)] | None = None
     # Slots only full-access peers (writers, admins) may take. None → max_connections / 16.
     reserved_for_writers: Annotated[int, msgspec.Meta(ge=0, le=100_000)] | None = None
     # The idle timeout of a connection that has not sent a whole call yet (0: idle_timeout_s).
@@ -87,11 +91,22 @@ class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             )
         if self.max_connection_buffer_bytes > self.max_buffered_bytes:
             raise ValueError("max_connection_buffer_bytes must not exceed max_buffered_bytes")
+        share = self.max_buffered_bytes_per_uid
+        if share is not None and not self.max_message_bytes <= share <= self.max_buffered_bytes:
+            raise ValueError(
+                "max_buffered_bytes_per_uid must be at least max_message_bytes (one frame must "
+                "fit) and at most max_buffered_bytes"
+            )
 
     def effective_per_uid(self) -> int:
         if self.max_connections_per_uid is None:
             return max(1, self.max_connections // 4)
         return self.max_connections_per_uid
+
+    def effective_buffered_per_uid(self) -> int:
+        if self.max_buffered_bytes_per_uid is None:
+            return max(self.max_message_bytes, self.max_buffered_bytes // 4)
+        return self.max_buffered_bytes_per_uid
 
     def effective_reserved(self) -> int:
         if self.reserved_for_writers is None:

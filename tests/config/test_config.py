@@ -31,6 +31,7 @@ KEYS = [
     ("limits", "max_connection_buffer_bytes", 64 * 1024 * 1024, "1048576", 1048576, "1024"),
     ("limits", "max_buffered_bytes", 512 * 1024 * 1024, "134217728", 134217728, "1000"),
     ("limits", "max_connections_per_uid", None, "8", 8, "0"),
+    ("limits", "max_buffered_bytes_per_uid", None, "134217728", 134217728, "1000"),
     ("limits", "reserved_for_writers", None, "4", 4, "-1"),
     ("limits", "idle_timeout_new_s", 5, "1", 1, "-1"),
     ("auth", "allow_uids", None, "[0, 1000]", [0, 1000], '["root"]'),
@@ -63,6 +64,16 @@ def test_connection_shares_default_to_fractions_of_max_connections() -> None:
     text = "[limits]\nmax_connections = 8\nreserved_for_writers = 3\nmax_connections_per_uid = 9\n"
     limits = parse_config(text).limits
     assert (limits.effective_per_uid(), limits.effective_reserved()) == (9, 3)
+
+
+def test_the_buffered_bytes_share_defaults_to_a_quarter_and_holds_a_frame() -> None:
+    assert parse_config("").limits.effective_buffered_per_uid() == 128 * 1024**2
+    text = "[limits]\nmax_buffered_bytes = 33554432\nmax_connection_buffer_bytes = 1048576\n"
+    assert parse_config(text).limits.effective_buffered_per_uid() == 16 * 1024**2
+    for share in (8 * 1024**2, 1024**3):  # below one frame, above the whole budget
+        with pytest.raises(ConfigError) as info:
+            parse_config(f"[limits]\nmax_buffered_bytes_per_uid = {share}\n")
+        assert "max_buffered_bytes_per_uid" in str(info.value)
 
 
 def test_log_space_reserved_past_16_mib_is_refused_by_name() -> None:

@@ -12,6 +12,9 @@ another uid (tests/daemon/test_fairness.py copies it into a world-readable direc
   not within SECONDS) and the error it sent first (null: none).
 - `churn`: for SECONDS, connect, send nothing, read until the daemon closes, again; print the
   number of connections made and the errors seen, by name.
+- `partial`: open COUNT connections, each calling GetStatus, then sending PARTIAL bytes of a
+  frame without its end; print one JSON line, each connection's outcome ("held", or the error
+  the daemon sent instead), and hold them until a line (or EOF) arrives on stdin.
 """
 
 from __future__ import annotations
@@ -121,12 +124,47 @@ def churn(path: str, seconds: float) -> None:
     print(json.dumps({"made": made, "outcomes": errors}), flush=True)
 
 
+PARTIAL = 1024 * 1024 - 100  # just under a frame at max_message_bytes 1 MiB
+
+
+def partial(path: str, count: int) -> None:
+    socks = []
+    for _ in range(count):
+        s = connect(path)
+        s.sendall(STATUS)
+        first_frame(s)  # a whole call first: the long idle timeout applies
+        try:
+            s.sendall(b'{"method":"io.timelined.Admin.GetStatus","parameters":{"x":"')
+            s.sendall(b"a" * (PARTIAL - 60))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused: its error waits to be read
+        socks.append(s)
+    time.sleep(0.5)  # the daemon has read what each sent
+    results: list[Any] = []
+    for s in socks:
+        s.setblocking(False)
+        try:
+            data = s.recv(65536)
+        except BlockingIOError:
+            results.append("held")
+            continue
+        except ConnectionResetError:
+            data = b""
+        results.append(outcome(json.loads(data.split(b"\0", 1)[0]) if data else None))
+    print(json.dumps(results), flush=True)
+    sys.stdin.readline()
+    for s in socks:
+        s.close()
+
+
 def main() -> None:
     path, count, mode, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
     if mode == "call":
         call(path, count)
     elif mode == "silent":
         silent(path, count, seconds)
+    elif mode == "partial":
+        partial(path, count)
     else:
         churn(path, seconds)
 

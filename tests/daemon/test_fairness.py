@@ -240,3 +240,43 @@ def test_a_reload_applies_new_auth_and_shares_to_new_connections() -> None:
         assert [(n, p["limit"], p["maximum"]) for n, p in refused] == [
             ("LimitExceeded", "max_connections_per_uid", 2)
         ]
+
+
+def test_one_uid_cannot_fill_the_buffer_budget_for_everyone() -> None:
+    """40 connections of one read-only uid each send a call, then ~1 MiB of a frame without
+    its end, and hold it. Before, 32 of them filled a 32 MiB `max_buffered_bytes`: a writer's
+    600 KB AppendBlock was refused (its connection closed) and every stream stalled. Now the
+    uid holds at most its share (a quarter: 8 MiB); its connections past it are refused,
+    naming the share and what it holds with the refused bytes, and the others are served."""
+    limits = {
+        "max_message_bytes": 1024 * 1024,
+        "max_block_bytes": 1_000_000,
+        "max_buffered_bytes": 32 * 1024 * 1024,
+        "max_connection_buffer_bytes": 1024 * 1024,
+    }
+    with short_tempdir("tlbud") as base, DaemonProcess(base, limits=limits) as d:
+        with Client(d.socket_path, timeout=20) as c:
+            root = c.create_conversation("budget").root_context_id
+        with peer(d, READERS[0], READ_ONLY_GID, 40, "partial") as hog:
+            outcomes = hog.json()
+            held = outcomes.count("held")
+            refused = [o for o in outcomes if o != "held"]
+            with Client(d.socket_path, timeout=20) as c:
+                block = c.append_block(root, "user", "B" * 600_000)
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(10)
+                s.connect(str(d.socket_path))
+                watch = {"method": "io.timelined.Timeline.Watch", "parameters": {"after_seq": 0}}
+                s.sendall(json.dumps({**watch, "more": True}).encode() + b"\0")
+                buf = b""
+                while b'"live":true' not in buf:  # up to the live marker: nothing stalls
+                    chunk = s.recv(1 << 20)
+                    assert chunk, buf[-300:]
+                    buf += chunk
+            hog.release()
+    assert block.block.position == 1
+    assert 4 <= held <= 9, outcomes  # ~1 MiB each within 8 MiB
+    assert refused and all(o[0] == "LimitExceeded" for o in refused), refused
+    params = refused[0][1]
+    assert params["limit"] == f"max_buffered_bytes_per_uid (uid {READERS[0]}: in use + this buffer)"
+    assert params["maximum"] == 8 * 1024 * 1024 and params["size"] > params["maximum"]

@@ -122,6 +122,7 @@ def server_limits(limits: LimitsConfig) -> ServerLimits:
         max_connections=limits.max_connections,
         idle_timeout_s=float(limits.idle_timeout_s),
         max_buffered_bytes=limits.max_buffered_bytes,
+        max_buffered_bytes_per_uid=limits.effective_buffered_per_uid(),
         max_connections_per_uid=limits.effective_per_uid(),
         reserved_connections=limits.effective_reserved(),
         idle_timeout_new_s=float(limits.idle_timeout_new_s),

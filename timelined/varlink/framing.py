@@ -72,7 +72,11 @@ class FrameTooLarge(FrameError):
         frames: list[bytes] | None = None,
         limit: str = "max_message_bytes",
     ) -> None:
-        super().__init__(f"message of at least {size} bytes exceeds the limit of {maximum}")
+        if limit == "max_message_bytes":
+            reason = f"message of at least {size} bytes exceeds the limit of {maximum}"
+        else:  # a buffer budget: `size` is what would be held with this frame's bytes
+            reason = f"{limit}: {size} bytes > {maximum}"
+        super().__init__(reason)
         self.size = size
         self.maximum = maximum
         self.frames: list[bytes] = frames or []
@@ -226,6 +230,7 @@ class FrameReader:
         "_error",
         "_frames",
         "_into",
+        "_owner",
         "_receive_size",
         "_sock",
         "_splitter",
@@ -239,6 +244,7 @@ class FrameReader:
         receive_size: int = DEFAULT_RECEIVE_SIZE,
         budget: ByteBudget | None = None,
         into: ReceiveBuffer | None = None,
+        owner: int | None = None,
     ) -> None:
         self._stream = stream
         self._sock = raw_socket(stream)
@@ -250,6 +256,7 @@ class FrameReader:
         # A large frame still arriving counts in the shared `budget` (a daemon-wide cap): past
         # it the frame is refused (LimitReached naming max_buffered_bytes) instead of growing.
         self._budget = budget
+        self._owner = owner  # the peer's uid: its frames count in its share of the budget
         self._charged = 0
 
     @property
@@ -361,19 +368,21 @@ class FrameReader:
         held = self._splitter.buffered
         want = held if held >= CHARGED_FROM else 0
         if want > self._charged:
-            if not budget.try_take(want - self._charged):
-                self._error = FrameTooLarge(held, budget.limit, limit="max_buffered_bytes")
+            more = want - self._charged
+            if not budget.try_take(more, self._owner):
+                limit, size, maximum = budget.refusal(more, self._owner)
+                self._error = FrameTooLarge(size, maximum, limit=limit)
                 self.release()
                 return
         elif want < self._charged:
-            budget.give(self._charged - want)
+            budget.give(self._charged - want, self._owner)
         self._charged = want
 
     def release(self) -> None:
         """Give back what the incomplete frame counted in the budget (the connection ends)."""
         self._splitter.drop_partial()
         if self._budget is not None and self._charged:
-            self._budget.give(self._charged)
+            self._budget.give(self._charged, self._owner)
         self._charged = 0
 
 

@@ -227,9 +227,11 @@ class ServerLimits(msgspec.Struct, frozen=True):
     max_message_bytes: int = 16 * 1024 * 1024
     max_connections: int = 256
     idle_timeout_s: float = 600.0
-    # All connections' stream replies in flight and large incoming frames together (see
-    # budget.py); 0: unbounded.
+    # All connections' stream replies in flight, replies waiting for their peer to read and
+    # large incoming frames together (see budget.py); 0: unbounded.
     max_buffered_bytes: int = 0
+    # Of that budget, what one uid's connections may hold together (0: no share).
+    max_buffered_bytes_per_uid: int = 0
     max_connections_per_uid: int = 0
     reserved_connections: int = 0
     idle_timeout_new_s: float = 0.0
@@ -353,7 +355,9 @@ class _Conn:
     ) -> None:
         self.id = cid
         self.stream = stream
-        self.reader = FrameReader(stream, max_message_bytes, budget=buffers, into=into)
+        self.reader = FrameReader(
+            stream, max_message_bytes, budget=buffers, into=into, owner=peer.uid
+        )
         self.sock = sock
         self.peer = peer
         self.tier = tier
@@ -401,7 +405,9 @@ class VarlinkServer:
         self.map_error = map_error
         self._limits = limits or ServerLimits()
         # Shared with the application (the daemon's watchers count in it too).
-        self.buffers = ByteBudget(self._limits.max_buffered_bytes)
+        self.buffers = ByteBudget(
+            self._limits.max_buffered_bytes, self._limits.max_buffered_bytes_per_uid
+        )
         # A peer that reads none of its replies for this long is dropped (the idle limit, for
         # the other direction).
         self._write_timeout: float | None = self._limits.idle_timeout_s or None
@@ -470,6 +476,7 @@ class VarlinkServer:
         self._limits = limits
         self._write_timeout = limits.idle_timeout_s or None
         self.buffers.limit = limits.max_buffered_bytes
+        self.buffers.share = limits.max_buffered_bytes_per_uid
         for conn in self._conns.values():
             conn.reader.max_message_bytes = limits.max_message_bytes
 
@@ -979,11 +986,12 @@ class VarlinkServer:
             # past the limit (streams and large frames then wait or are refused), and the
             # connection dispatches nothing more until they are written.
             size = len(out)
-            self.buffers.count(size)
+            uid = conn.peer.uid
+            self.buffers.count(size, uid)
             try:
                 await send_all(conn.stream, conn.sock, cast(bytes, out), self._write_timeout)
             finally:
-                self.buffers.give(size)
+                self.buffers.give(size, uid)
 
     async def _fail_connection(self, conn: _Conn, exc: FrameError) -> None:
         """A frame we cannot trust: answer what came before it, say why, and hang up."""
@@ -1339,11 +1347,12 @@ class VarlinkServer:
         maximum = self._limits.max_message_bytes
         if size - 1 > maximum:  # the limit does not count the NUL
             raise LimitReached("max_message_bytes (reply)", size - 1, maximum)
-        await self.buffers.take(size)
+        uid = conn.peer.uid  # waits for room in the peer's share too
+        await self.buffers.take(size, uid)
         try:
             await send_all(conn.stream, conn.sock, cast(bytes, buf), self._write_timeout)
         finally:
-            self.buffers.give(size)
+            self.buffers.give(size, uid)
 
     async def _watch_peer(self, conn: _Conn, scope: anyio.CancelScope) -> None:
         """During a stream, read ahead (bounded) so that a hang-up ends the stream at once.
