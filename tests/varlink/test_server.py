@@ -318,6 +318,25 @@ async def test_ten_megabyte_frame_is_refused_without_reading_it(tmp_path: Path) 
         await with_bystander(r.path, misbehave)
 
 
+async def test_a_lone_surrogate_escape_is_named_not_called_truncated(running: Running) -> None:
+    """msgspec reports `"\\ud800"` (a high surrogate with no low one after it) as "Input data
+    was truncated", which a whole frame is not: the error names the invalid string."""
+    for where in (b'"text":"a\\ud800b"', b'"text":"\\ud800"'):
+        s = await raw_connect(running.path)
+        async with s:
+            await s.send(b'{"method":"io.timelined.Test.Echo","parameters":{' + where + b"}}\0")
+            replies = await read_until_closed(s)
+        assert replies[0]["error"] == "io.timelined.Timeline.ProtocolError"
+        reason = replies[0]["parameters"]["reason"]
+        assert "lone UTF-16 surrogate" in reason and "truncated" not in reason, reason
+    # A frame that really ends inside a string is still called truncated.
+    s = await raw_connect(running.path)
+    async with s:
+        await s.send(b'{"method":"io.timelined.Test.Echo","parameters":{"text":"ab\0')
+        replies = await read_until_closed(s)
+    assert "truncated" in replies[0]["parameters"]["reason"]
+
+
 async def test_peer_hanging_up_mid_frame_is_harmless(running: Running) -> None:
     async def misbehave() -> None:
         s = await raw_connect(running.path)

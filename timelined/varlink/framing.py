@@ -11,6 +11,7 @@ sending 10 GB without a NUL costs at most one read chunk beyond the limit, never
 
 from __future__ import annotations
 
+import re
 import socket
 
 import anyio
@@ -113,6 +114,21 @@ class CallMessage(msgspec.Struct, frozen=True):
 CALL_DECODER = msgspec.json.Decoder(CallMessage)
 
 
+# A high surrogate escape not followed by a low one (`"\ud800"`): msgspec reports it as
+# "Input data was truncated", the wrong reason for a whole frame.
+_LONE_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])")
+_TRUNCATED = "Input data was truncated"
+
+
+def json_problem(exc: Exception, data: bytes | memoryview | msgspec.Raw) -> str:
+    """What is wrong with JSON that msgspec refused, for the error a peer reads. Called only
+    on the error path: the search costs nothing to a valid call."""
+    text = str(exc)
+    if text == _TRUNCATED and _LONE_SURROGATE.search(bytes(data)):
+        return "malformed JSON: invalid string: a lone UTF-16 surrogate escape (\\ud800-\\udbff)"
+    return f"malformed JSON: {text}"
+
+
 def decode_call(frame: bytes) -> CallMessage:
     """Decode one frame as a call; anything else raises MalformedMessage with a reason."""
     try:
@@ -122,7 +138,7 @@ def decode_call(frame: bytes) -> CallMessage:
         raise MalformedMessage(f"not a Varlink call: {exc}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         # A NUL inside a JSON string ends the frame early, so it lands here as truncated JSON.
-        raise MalformedMessage(f"malformed JSON: {exc}") from None
+        raise MalformedMessage(json_problem(exc, frame)) from None
     except RecursionError:
         # Thousands of nested arrays or objects: msgspec stops at Python's recursion limit.
         raise MalformedMessage("malformed JSON: nested too deeply") from None

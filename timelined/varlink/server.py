@@ -76,6 +76,7 @@ from timelined.varlink.framing import (
     IncompleteFrame,
     ReceiveBuffer,
     decode_call,
+    json_problem,
     send_all,
 )
 from timelined.varlink.interface import (
@@ -1063,7 +1064,7 @@ class VarlinkServer:
             # UTF-8 in them makes the frame malformed JSON, like anywhere else in it.
             self._protocol_errors += 1
             self._errors += 1
-            conn.out += self._encode_own(ProtocolViolation(f"malformed JSON: {exc}"))
+            conn.out += self._encode_own(ProtocolViolation(json_problem(exc, call.parameters)))
             return False
         # The flags are `?bool`: `is True` is `bool()` of them, without a call.
         ctx = CallContext(
