@@ -30,6 +30,10 @@ from timelined.varlink.server import PeerCredentials, ServerLimits
 ECHO = "io.timelined.Test.Echo"
 
 
+def call_frame(method: str, parameters: dict[str, Any]) -> bytes:
+    return msgspec.json.encode({"method": method, "parameters": parameters}) + b"\0"
+
+
 def call(method: str, parameters: Any = None, **flags: Any) -> bytes:
     msg: dict[str, Any] = {"method": method, **flags}
     if parameters is not None:
@@ -382,6 +386,47 @@ async def test_idle_connections_are_closed(tmp_path: Path) -> None:
         c = await AsyncConnection.open(r.path)
         assert await c.call("io.timelined.Test.Slow", {"seconds": 0.6}) == {"slept": 0.6}
         c.close()
+
+
+async def test_a_flood_of_refused_connections_logs_a_line_a_second(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each refused connection logged its own line (a 15 s flood: 340 lines); now at most one
+    a second, and the next (or the idle sweeper's, after a burst) says how many were left
+    out."""
+    caplog.set_level("INFO", logger="timelined.varlink")
+    async with serving(tmp_path, limits=ServerLimits(max_connections=1)) as r:
+        held = await raw_connect(r.path)
+        await held.send(call_frame(ECHO, {"text": "x"}))
+        await read_frames(held, 1)
+
+        async def refused() -> None:
+            s = await raw_connect(r.path)
+            async with s:
+                (reply,) = await read_until_closed(s)
+            assert reply["error"] == "io.timelined.Timeline.LimitExceeded"
+
+        for _ in range(30):
+            await refused()
+        await anyio.sleep(2.2)  # the burst is over: its count is logged without a next one
+        await refused()
+        await anyio.sleep(0.1)
+        for _ in range(3):
+            await refused()
+        await anyio.sleep(1.1)
+        await refused()
+        await held.aclose()
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert lines[0].startswith("refused a connection of uid")
+    assert lines[1].startswith("refused 29 more connections since the last such line")
+    assert lines[2].startswith("refused a connection of uid") and "more" not in lines[2]
+    # The 3 are counted in the last refusal's line, or by the sweeper just before it.
+    if len(lines) == 4:
+        assert lines[3].endswith("(and 3 more connections refused since the last such line)")
+    else:
+        assert len(lines) == 5, lines
+        assert lines[3].startswith("refused 3 more connections since the last such line")
+        assert "more" not in lines[4]
 
 
 async def test_limits_reload_applies_to_open_connections(running: Running) -> None:

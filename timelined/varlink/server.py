@@ -146,6 +146,42 @@ _PEERCRED = struct.Struct("3i")
 _decode_call = CALL_DECODER.decode
 
 
+class _Summarized:
+    """At most one log line per `interval_s` for refused connections, which a peer can repeat
+    at will (a flood of 15 s logged 340 lines); the ones left out are counted, and the next
+    line says how many, or `flush` once the interval is over (a burst then silence must not
+    lose its count)."""
+
+    __slots__ = ("_left_out", "_next", "interval_s")
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self._next = 0.0
+        self._left_out = 0
+
+    def info(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._left_out += 1
+            return
+        self._next = now + self.interval_s
+        if self._left_out:
+            message += " (and %d more connections refused since the last such line)"
+            args = (*args, self._left_out)
+            self._left_out = 0
+        log.info(message, *args)
+
+    def flush(self) -> None:
+        """Log the count left out once its interval is over (the idle sweeper calls it)."""
+        if self._left_out and time.monotonic() >= self._next:
+            log.info(
+                "refused %d more connections since the last such line (by reason: GetStatus)",
+                self._left_out,
+            )
+            self._left_out = 0
+            self._next = time.monotonic() + self.interval_s
+
+
 class PeerCredentials(msgspec.Struct, frozen=True):
     """The connecting process as the kernel saw it at connect time.
 
@@ -440,6 +476,7 @@ class VarlinkServer:
         self._protocol_errors = 0
         self._internal_errors = 0
         self._oversized_logged: set[str] = set()  # methods whose too-large reply was logged
+        self._refusals = _Summarized()  # refused connections: a line a second at most
         self.register(
             SERVICE,
             {
@@ -618,7 +655,7 @@ class VarlinkServer:
             per_uid=limits.max_connections_per_uid,
         )
         if refusal is not None:
-            log.info(
+            self._refusals.info(
                 "refused a connection of uid %d pid %d: %s", peer.uid, peer.pid, refusal.reason
             )
             self._tg.start_soon(self._reject, stream, refusal.error)
@@ -653,7 +690,7 @@ class VarlinkServer:
             log.error("the admission hook failed for uid %d", peer.uid, exc_info=exc)
             frame = self._encode_own(InternalFailure("(connect)", type(exc).__name__))
         else:
-            log.info("refused uid %d pid %d at connect: %s", peer.uid, peer.pid, exc)
+            self._refusals.info("refused uid %d pid %d at connect: %s", peer.uid, peer.pid, exc)
             frame = encode_error(*named)
         try:
             # A fresh socket's buffer is empty: it takes a small frame whole, without a wait.
@@ -691,6 +728,7 @@ class VarlinkServer:
             if new <= 0 or 0 < idle < new:
                 new = idle  # never longer than the idle timeout of a peer that did call
             await anyio.sleep(min(1.0, new / 4) if new > 0 else 1.0)
+            self._refusals.flush()
             now = time.monotonic()
             for conn in list(self._conns.values()):
                 timeout = idle if conn.called else new
