@@ -18,6 +18,8 @@ ADMIN = "io.timelined.Admin."
 EX_USAGE = 64  # sysexits: a bad command line
 EX_DATAERR = 65  # sysexits: bad input data
 EX_NOINPUT = 66  # sysexits: an input file that cannot be read
+EX_CANTCREAT = 73  # sysexits: an output file that cannot be created
+EX_IOERR = 74  # sysexits: writing failed (an output file, stdout)
 
 
 @dataclass

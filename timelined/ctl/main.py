@@ -21,8 +21,9 @@ Exit codes (sysexits):
     66  no input: a file to import does not exist
     69  unavailable: the daemon is not running or cannot be reached
     70  software: an internal error or a reply that breaks the protocol
-    73  cannot create: an output file (export -o, metrics --textfile), export-log's DIR
-    74  I/O error: writing an output file failed
+    73  cannot create: an output file (export -o, metrics --textfile, witness-key --out, the
+        checkpoint file of audit/cosign --since), export-log's DIR
+    74  I/O error: writing an output file or stdout failed (`timelinectl log > /dev/full`)
     77  no permission: this user may not open the daemon's socket, or [auth] refused the call
         (PermissionDenied)
     78  config: the config file (used to find the socket) was refused
@@ -57,8 +58,8 @@ from timelined.ctl import (
     streams,
     transparency,
 )
-from timelined.ctl.common import Ctl
-from timelined.ctl.output import Output, escape
+from timelined.ctl.common import EX_IOERR, Ctl
+from timelined.ctl.output import Output, OutputFailed, escape
 from timelined.errors import (
     BadQuery,
     ConfigError,
@@ -162,9 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     the process (a shell may then print "Broken pipe"), so the write's EPIPE is taken instead.
     The socket's own errors never arrive here as OSError: the client names them."""
     try:
-        code = _run(argv)
-        sys.stdout.flush()  # here, not at exit, where a closed pipe would be reported
-        return code
+        return _run(argv)
     except BrokenPipeError:
         _silence_stdout()
         return EX_PIPE
@@ -188,13 +187,18 @@ def _run(argv: Sequence[str] | None) -> int:
     out = Output(json=args.json)
     ctl = Ctl(args, out, words)
     try:
-        code: int = args.run(ctl)
+        try:
+            code: int = args.run(ctl)
+        except TimelinedError as exc:
+            report_error(out, exc)
+            code = exit_code(exc)
+        except KeyboardInterrupt:
+            code = 130
+        out.flush()  # here, not at exit, where a closed pipe or a full disk would be reported
         return code
-    except TimelinedError as exc:
-        report_error(out, exc)
-        return exit_code(exc)
-    except KeyboardInterrupt:
-        return 130
+    except OutputFailed as exc:  # stdout failed (ENOSPC, EIO): one line, no traceback
+        _silence_stdout()  # what is still buffered would fail again at exit
+        return out.fail(EX_IOERR, "CannotWrite", f"cannot write stdout: {exc}", path="<stdout>")
     finally:
         ctl.close()
 

@@ -27,6 +27,14 @@ def escape(text: str, *, multiline: bool = False) -> str:
     return text.translate(_MULTILINE if multiline else _ONE_LINE)
 
 
+class OutputFailed(Exception):
+    """Writing to stdout failed for another reason than a closed pipe (ENOSPC, EIO, ...)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error.strerror or str(error))
+        self.error = error
+
+
 @dataclass
 class Output:
     """Where and how a verb writes; `json` selects the machine form."""
@@ -42,17 +50,52 @@ class Output:
         else:
             human()
 
+    def write(self, text: str) -> None:
+        """The one place stdout is written: every byte of `text` or an error.
+
+        A closed pipe raises BrokenPipeError (timelinectl exits 141); any other failure
+        (a full disk: ENOSPC) raises OutputFailed (exit 74). Under `python -u` (or
+        PYTHONUNBUFFERED) stdout's binary layer is unbuffered, and its TextIOWrapper drops what
+        a short write leaves over (a pipe whose reader went away mid-write), so the bytes go
+        through a loop that takes short writes, until the next write reports the closed pipe.
+        """
+        try:
+            raw = getattr(self.stdout, "buffer", None)
+            if raw is None:  # not a real file (tests capture it)
+                self.stdout.write(text)
+                return
+            self.stdout.flush()
+            data = memoryview(text.encode(self.stdout.encoding, self.stdout.errors or "strict"))
+            while data:
+                written = raw.write(data)
+                if written is None:  # a non-blocking stdout that is full
+                    raise BlockingIOError(11, "stdout would block")
+                data = data[written:]
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputFailed(exc) from exc
+
+    def flush(self) -> None:
+        """Flush stdout; errors as for write()."""
+        try:
+            self.stdout.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputFailed(exc) from exc
+
     def print_json(self, value: Any) -> None:
         encoded = msgspec.json.format(msgspec.json.encode(value), indent=2)
-        self.stdout.write(encoded.decode("utf-8") + "\n")
+        self.write(encoded.decode("utf-8") + "\n")
 
     def line(self, text: str = "") -> None:
         """One or more lines for people; control characters escaped (newlines and tabs kept)."""
-        self.stdout.write(escape(text, multiline=True) + "\n")
+        self.write(escape(text, multiline=True) + "\n")
 
     def text(self, text: str) -> None:
         """Text that brings its own line ends (metrics), control characters escaped."""
-        self.stdout.write(escape(text, multiline=True))
+        self.write(escape(text, multiline=True))
 
     def lines(self, texts: Iterable[str]) -> None:
         for text in texts:

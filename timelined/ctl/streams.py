@@ -129,8 +129,8 @@ def describe(event: LogEvent) -> str:
 def watch(ctl: Ctl) -> int:
     a = ctl.args
     after: int | None = a.after_seq
-    out = ctl.out.stdout
-    width = ctl.out.width if out.isatty() else None
+    out = ctl.out
+    width = ctl.out.width if out.stdout.isatty() else None
     try:
         while True:
             params: dict[str, Any] = {"conversation_id": a.conversation, "after_seq": after}
@@ -193,9 +193,8 @@ def export(ctl: Ctl) -> int:
     )
     progress = _Progress(ctl)
     if a.output is None:
-        stdout = ctl.out.stdout
-        _write_parts(lambda line: stdout.write(line.decode("utf-8")), replies, progress, a.id)
-        stdout.flush()
+        _write_parts(lambda line: ctl.out.write(line.decode("utf-8")), replies, progress, a.id)
+        ctl.out.flush()
         return 0
     target = Path(a.output)
     partial = target.with_name(target.name + ".partial")

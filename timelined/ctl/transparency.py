@@ -10,7 +10,15 @@ import msgspec
 from timelined.api.exchange import ExportPart
 from timelined.api.transparency import CheckpointKeyReply, CheckpointReply
 from timelined.auditlog.atomic import write_file_atomic
-from timelined.ctl.common import ADMIN, EX_DATAERR, EX_USAGE, Ctl, Verbs, positive
+from timelined.ctl.common import (
+    ADMIN,
+    EX_CANTCREAT,
+    EX_DATAERR,
+    EX_USAGE,
+    Ctl,
+    Verbs,
+    positive,
+)
 from timelined.errors import CheckpointInvalid
 from timelined.transparency import audit as trust
 from timelined.transparency import note
@@ -81,7 +89,7 @@ def checkpoint(ctl: Ctl) -> int:
     reply = ctl.call(ADMIN + "GetCheckpoint")
 
     def human() -> None:
-        ctl.out.stdout.write(reply.checkpoint)  # the note's exact bytes: a verifier reads them
+        ctl.out.write(reply.checkpoint)  # the note's exact bytes: a verifier reads them
 
     ctl.out.reply(reply, human)
     return 0
@@ -137,8 +145,25 @@ def prove(ctl: Ctl) -> int:
     return 0
 
 
+def _audit(ctl: Ctl) -> trust.AuditResult | int:
+    """`client.audit` (which rewrites the --since file), or the exit code of a --since file
+    that cannot be written (its directory is missing, not writable, the disk is full: 73)."""
+    since: str = ctl.args.since
+    try:
+        return ctl.client.audit(since, verifier_key=ctl.args.key)
+    except OSError as exc:  # the socket's errors arrive named, never as OSError
+        return ctl.out.fail(
+            EX_CANTCREAT,
+            "CannotWrite",
+            f"cannot write {since}: {exc.strerror or exc}",
+            path=since,
+        )
+
+
 def audit(ctl: Ctl) -> int:
-    result = ctl.client.audit(ctl.args.since, verifier_key=ctl.args.key)
+    result = _audit(ctl)
+    if isinstance(result, int):
+        return result
 
     def human() -> None:
         if result.old_size is None:
@@ -168,7 +193,15 @@ def witness_key(ctl: Ctl) -> int:
         return ctl.out.fail(
             EX_USAGE, "UsageError", f"{ctl.args.out} exists: keys are never overwritten"
         )
-    write_file_atomic(ctl.args.out, str(signer).encode() + b"\n", mode=0o600, exact_mode=True)
+    try:
+        write_file_atomic(ctl.args.out, str(signer).encode() + b"\n", mode=0o600, exact_mode=True)
+    except OSError as exc:
+        return ctl.out.fail(
+            EX_CANTCREAT,
+            "CannotWrite",
+            f"cannot write {ctl.args.out}: {exc.strerror or exc}",
+            path=ctl.args.out,
+        )
     ctl.out.reply(
         CheckpointKeyReply(str(signer.verifier())), lambda: ctl.out.line(str(signer.verifier()))
     )
@@ -180,11 +213,13 @@ def cosign(ctl: Ctl) -> int:
         witness = Signer.parse(Path(ctl.args.witness_key).read_text(encoding="ascii"))
     except (OSError, NoteError) as exc:
         return ctl.out.fail(EX_USAGE, "UsageError", f"witness key {ctl.args.witness_key}: {exc}")
-    result = ctl.client.audit(ctl.args.since, verifier_key=ctl.args.key)  # raises unless it extends
+    result = _audit(ctl)  # raises unless it extends
+    if isinstance(result, int):
+        return result
     cosigned = note.parse(result.checkpoint).with_signature(witness)
 
     def human() -> None:
-        ctl.out.stdout.write(cosigned)
+        ctl.out.write(cosigned)
 
     ctl.out.reply(CheckpointReply(cosigned), human)
     return 0

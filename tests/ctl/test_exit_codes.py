@@ -1,0 +1,100 @@
+"""timelinectl's exit codes for files it cannot write or read and for a stdout that fails: a
+named error on stderr and the documented code, never a traceback (real subprocess runs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon.harness import DaemonProcess
+from timelined.client import Client
+
+TIMELINECTL = Path(sys.executable).with_name("timelinectl")
+EX_CANTCREAT = 73
+EX_IOERR = 74
+
+
+def _run(
+    daemon: DaemonProcess, *argv: str, stdout: Any = subprocess.PIPE, unbuffered: bool = False
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TIMELINED_SOCKET": str(daemon.socket_path)}
+    env.pop("PYTHONUNBUFFERED", None)
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    return subprocess.run(
+        [str(TIMELINECTL), *argv],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def _no_traceback(done: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "Exception ignored" not in done.stderr, done.stderr
+
+
+def test_a_checkpoint_or_key_file_that_cannot_be_written_exits_73(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-dir" / "x.json"
+    done = _run(daemon, "audit", "--since", str(missing))
+    _no_traceback(done)
+    assert done.returncode == EX_CANTCREAT, done.stderr
+    assert f"cannot write {missing}" in done.stderr
+    done = _run(daemon, "--json", "audit", "--since", str(missing))
+    assert done.returncode == EX_CANTCREAT, done.stderr
+    error = json.loads(done.stderr)
+    assert error["error"] == "timelinectl.CannotWrite"
+    assert error["parameters"]["path"] == str(missing)
+
+    key = tmp_path / "witness.key"
+    assert _run(daemon, "witness-key", "w1", "--out", str(key)).returncode == 0
+    done = _run(daemon, "cosign", "--since", str(missing), "--witness-key", str(key))
+    _no_traceback(done)
+    assert done.returncode == EX_CANTCREAT, done.stderr
+    assert f"cannot write {missing}" in done.stderr
+
+    out = tmp_path / "no-such-dir" / "k"
+    done = _run(daemon, "witness-key", "w2", "--out", str(out))
+    _no_traceback(done)
+    assert done.returncode == EX_CANTCREAT, done.stderr
+    assert f"cannot write {out}" in done.stderr
+    assert not missing.parent.exists()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "unbuffered"])
+def test_a_full_stdout_exits_74_with_one_line(
+    daemon: DaemonProcess, client: Client, unbuffered: bool
+) -> None:
+    conv = client.create_conversation("to a full disk")
+    client.append_block(conv.root_context_id, "user", "hello")
+    for argv in (
+        ["status"],
+        ["--json", "status"],
+        ["log", "--all"],
+        ["--json", "log", "--all"],
+        ["export", conv.id],
+        ["checkpoint"],
+    ):
+        with open("/dev/full", "w") as full:
+            done = _run(daemon, *argv, stdout=full, unbuffered=unbuffered)
+        _no_traceback(done)
+        assert done.returncode == EX_IOERR, (argv, done.stderr)
+        lines = done.stderr.splitlines()
+        assert len(lines) == 1, (argv, done.stderr)
+        if "--json" in argv:
+            error = json.loads(lines[0])
+            assert error["error"] == "timelinectl.CannotWrite"
+            assert "No space left on device" in error["parameters"]["message"]
+        else:
+            assert lines[0] == "timelinectl: cannot write stdout: No space left on device"
