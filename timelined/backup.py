@@ -7,6 +7,11 @@ a prefix of it — and the log always holds at least S, because the writer fsync
 the state commits. A restored copy therefore boots with its state at or behind its log, and the
 boot rolls forward (verdict `recovered`); a partial last line in the copy is an unacknowledged
 write, which the boot cuts into quarantine. Reports are copied too; the marker never is.
+
+The copy is as private as the source: its directories take the state directory's permission
+bits (0700, or 0750 with `[daemon] state_group`), its files the same without execute (0600 or
+0640), whatever the umask. `DESTINATION.partial` is created 0700 before anything is copied into
+it, so no file of the copy is ever readable by others, not even for a moment.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -86,13 +92,18 @@ def backup(
             str(destination),
         )
     try:
-        (partial / "log").mkdir(parents=True)
+        dir_mode = stat.S_IMODE(state_dir.stat().st_mode) & 0o777
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.mkdir(mode=0o700)  # private from the start; its final mode is set at the end
     except OSError as exc:
         raise BackupFailed(
             "destination", f"cannot create {partial}: {exc.strerror}", str(destination)
         ) from exc
     try:
-        return _copy(state_dir, destination, partial, progress or (lambda _: None), fileops)
+        (partial / "log").mkdir(mode=0o700)
+        return _copy(
+            state_dir, destination, partial, progress or (lambda _: None), fileops, dir_mode
+        )
     except BackupFailed:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -114,6 +125,7 @@ def _copy(
     partial: Path,
     say: Callable[[str], None],
     ops: FileOps,
+    dir_mode: int,
 ) -> BackupResult:
     started = time.perf_counter()
     db = state_dir / "state.db"
@@ -145,6 +157,7 @@ def _copy(
             f"the copied log ends at seq {chain.head_seq}, before the state ({state_seq})",
             str(destination),
         )
+    _restrict(partial, dir_mode)
     _fsync_tree(partial, ops)
     if destination.exists():
         destination.rmdir()
@@ -194,7 +207,7 @@ def _copy_prefix(src: Path, dst: Path, ops: FileOps) -> int:
     size = src.stat().st_size
     fin = ops.open_read(str(src))
     try:
-        fout = ops.open_new(str(dst), 0o666)
+        fout = ops.open_new(str(dst), 0o600)
         try:
             copied = written = 0
             tail = b""
@@ -213,6 +226,18 @@ def _copy_prefix(src: Path, dst: Path, ops: FileOps) -> int:
             ops.close(fout)
     finally:
         ops.close(fin)
+
+
+def _restrict(root: Path, dir_mode: int) -> None:
+    """Directories `dir_mode` (the source state directory's bits), regular files the same
+    without execute: the copy is exactly as private as the source, whatever the umask."""
+    file_mode = dir_mode & 0o666
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                path.chmod(file_mode)
+        Path(dirpath).chmod(dir_mode)
 
 
 def _fsync_tree(root: Path, ops: FileOps) -> None:

@@ -181,3 +181,47 @@ def test_a_damaged_source_log_is_named_as_the_cause(tmp_path: Path) -> None:
     assert out.returncode == 74, out.stderr
     assert f"the source's log is damaged (hash mismatch at seq 3 in {first.name})" in out.stderr
     assert not (tmp_path / "copy").exists() and not (tmp_path / "copy.partial").exists()
+
+
+@pytest.mark.parametrize("source_mode", [0o700, 0o750], ids=["private", "state_group"])
+def test_the_copy_is_as_private_as_the_source_whatever_the_umask(
+    tmp_path: Path, source_mode: int
+) -> None:
+    """Directories take the state directory's bits, files the same without execute (0700/0600,
+    or 0750/0640 as with `state_group`), under a umask that would make them world-readable."""
+    import os
+    import stat
+
+    from tests.recovery.test_boot import boot_once, make_config, write_blocks
+
+    config = make_config(tmp_path)
+    write_blocks(config, boot_once(config).head, 3)
+    config.state_dir.chmod(source_mode)
+    to = tmp_path / "backups" / "copy"
+    out = subprocess.run(
+        [
+            sys.executable,
+            *("-m", "timelined", "backup"),
+            *("--state-dir", str(config.state_dir), "--to", str(to)),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        preexec_fn=lambda: os.umask(0o022),
+    )
+    assert out.returncode == 0, out.stderr
+    modes = {
+        str(p.relative_to(to)): stat.S_IMODE(p.stat().st_mode)
+        for p in [to, *to.rglob("*")]
+        if not p.is_symlink()
+    }
+    assert {"log", "state.db"} <= set(modes) and any(m.startswith("log/") for m in modes)
+    assert "reports" in modes, modes
+    file_mode = source_mode & 0o666
+    wrong = {
+        name: oct(mode)
+        for name, mode in modes.items()
+        if mode != (source_mode if (to / name).is_dir() else file_mode)
+    }
+    assert not wrong, wrong
