@@ -98,3 +98,22 @@ def test_a_full_stdout_exits_74_with_one_line(
             assert "No space left on device" in error["parameters"]["message"]
         else:
             assert lines[0] == "timelinectl: cannot write stdout: No space left on device"
+
+
+def test_prove_past_the_tree_reports_the_daemons_invalid_argument(
+    daemon: DaemonProcess, client: Client
+) -> None:
+    """docs/transparency.md: a size beyond the tree is InvalidArgument (exit 65, bad data),
+    not a checkpoint that does not verify (CheckpointInvalid, exit 1)."""
+    client.create_conversation("to prove")
+    done = _run(daemon, "prove", "99999")
+    _no_traceback(done)
+    assert done.returncode == 65, done.stderr
+    assert "io.timelined.Admin.InvalidArgument" in done.stderr, done.stderr
+    assert "leaf index 99998 is not below the tree size" in done.stderr
+    done = _run(daemon, "--json", "prove", "99999")
+    assert done.returncode == 65, done.stderr
+    error = json.loads(done.stderr)
+    assert error["error"] == "io.timelined.Admin.InvalidArgument"
+    assert error["parameters"]["parameter"] == "seq"
+    assert _run(daemon, "prove", "1").returncode == 0
