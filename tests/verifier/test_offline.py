@@ -121,3 +121,30 @@ def test_an_os_error_while_checking_is_json_too(
     assert run_offline(small_dir, as_json=True, progress=False) == 2
     out = capsys.readouterr()
     assert json.loads(out.out)["state"] == "cannot run" and "Permission denied" in out.err
+
+
+def test_a_postgresql_store_it_cannot_reach_is_a_check_that_could_not_run(
+    tmp_path: Path,
+) -> None:
+    """docs/operations.md: exit 2 prints only {"state": "cannot run", "error": ...}, not a
+    "failed" report at seq -1 (the real command line, as an operator runs it)."""
+    import subprocess
+    import sys
+
+    dsn = f"host={tmp_path / 'no-pg-here'} dbname=x"
+    for as_json in (True, False):
+        json_flag = ["--json"] if as_json else []
+        done = subprocess.run(
+            [sys.executable, "-m", "timelined", "verify", *json_flag, "--dsn", dsn],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr and "cannot connect" in done.stderr, done.stderr
+        if as_json:
+            result = json.loads(done.stdout)
+            assert set(result) == {"state", "error"} and result["state"] == "cannot run"
+            assert "cannot connect" in result["error"]
+        else:
+            assert done.stdout == "", done.stdout  # no report: "snapshot at seq -1" was one

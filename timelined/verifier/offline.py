@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 import sys
 import tempfile
 from pathlib import Path
@@ -112,11 +113,15 @@ def run_offline_pg(dsn: str, password_file: str | None, *, as_json: bool, progre
         connect, target = pg_connector(dsn, password_file)
     except ConfigError as exc:
         return _cannot_run(exc.message, as_json=as_json)
+    try:  # a database it cannot reach is a check that could not run (exit 2), not a report
+        conn = connect()
+    except (sqlite3.Error, OSError) as exc:
+        return _cannot_run(f"cannot connect to postgresql {target}: {exc}", as_json=as_json)
     line = _ProgressLine(sys.stderr) if progress and sys.stderr.isatty() else None
     with tempfile.TemporaryDirectory(prefix="timelined-verify-") as work:
         try:
             report = verify_pg(
-                connect, Path(work), trigger="offline", mode="offline", progress=line
+                lambda: conn, Path(work), trigger="offline", mode="offline", progress=line
             )
         finally:
             if line is not None:
