@@ -117,3 +117,28 @@ def test_prove_past_the_tree_reports_the_daemons_invalid_argument(
     assert error["error"] == "io.timelined.Admin.InvalidArgument"
     assert error["parameters"]["parameter"] == "seq"
     assert _run(daemon, "prove", "1").returncode == 0
+
+
+def test_a_missing_witness_key_exits_66_an_existing_key_file_73(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    since = tmp_path / "since.json"
+    done = _run(daemon, "cosign", "--since", str(since), "--witness-key", str(tmp_path / "no-key"))
+    _no_traceback(done)
+    assert done.returncode == 66, done.stderr  # EX_NOINPUT, as verify-export and import
+    assert "cannot read the witness key" in done.stderr
+    done = _run(
+        daemon, "--json", "cosign", "--since", str(since), "--witness-key", str(tmp_path / "nk")
+    )
+    assert done.returncode == 66 and json.loads(done.stderr)["error"] == "timelinectl.CannotRead"
+    assert not since.exists()  # refused before the audit: nothing remembered
+
+    key = tmp_path / "w.key"
+    key.write_text("precious\n")
+    done = _run(daemon, "witness-key", "w3", "--out", str(key))
+    assert done.returncode == EX_CANTCREAT, done.stderr  # EX_CANTCREAT, not a usage error
+    assert "keys are never overwritten" in done.stderr
+    done = _run(daemon, "--json", "witness-key", "w3", "--out", str(key))
+    assert done.returncode == EX_CANTCREAT
+    assert json.loads(done.stderr)["error"] == "timelinectl.CannotWrite"
+    assert key.read_text() == "precious\n"

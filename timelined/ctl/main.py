@@ -18,11 +18,12 @@ Exit codes (sysexits):
     64  usage: bad command line (also `append` with no content argument and empty stdin)
     65  bad data: InvalidParameter, InvalidArgument, BadQuery; a file to import that is cut off;
         a log line export-log received that does not chain (BadLog)
-    66  no input: a file to import does not exist
+    66  no input: a file to import does not exist (also verify-export's files, cosign's
+        --witness-key)
     69  unavailable: the daemon is not running or cannot be reached
     70  software: an internal error or a reply that breaks the protocol
-    73  cannot create: an output file (export -o, metrics --textfile, witness-key --out, the
-        checkpoint file of audit/cosign --since), export-log's DIR
+    73  cannot create: an output file (export -o, metrics --textfile, witness-key --out, which
+        never overwrites a file, the checkpoint file of audit/cosign --since), export-log's DIR
     74  I/O error: writing an output file or stdout failed (`timelinectl log > /dev/full`)
     77  no permission: this user may not open the daemon's socket, or [auth] refused the call
         (PermissionDenied)

@@ -3,6 +3,7 @@ witness-key, cosign, verify-export (docs/transparency.md)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import msgspec
@@ -14,6 +15,7 @@ from timelined.ctl.common import (
     ADMIN,
     EX_CANTCREAT,
     EX_DATAERR,
+    EX_NOINPUT,
     EX_USAGE,
     Ctl,
     Verbs,
@@ -188,9 +190,12 @@ def witness_key(ctl: Ctl) -> int:
         signer = Signer.generate(ctl.args.name)
     except NoteError as exc:
         return ctl.out.fail(EX_USAGE, "UsageError", f"witness-key: {exc}")
-    if Path(ctl.args.out).exists():
+    if os.path.lexists(ctl.args.out):
         return ctl.out.fail(
-            EX_USAGE, "UsageError", f"{ctl.args.out} exists: keys are never overwritten"
+            EX_CANTCREAT,
+            "CannotWrite",
+            f"{ctl.args.out} exists: keys are never overwritten",
+            path=ctl.args.out,
         )
     try:
         write_file_atomic(ctl.args.out, str(signer).encode() + b"\n", mode=0o600, exact_mode=True)
@@ -210,7 +215,14 @@ def witness_key(ctl: Ctl) -> int:
 def cosign(ctl: Ctl) -> int:
     try:
         witness = Signer.parse(Path(ctl.args.witness_key).read_text(encoding="ascii"))
-    except (OSError, NoteError) as exc:
+    except OSError as exc:  # 66, as verify-export and import say of a missing input
+        return ctl.out.fail(
+            EX_NOINPUT,
+            "CannotRead",
+            f"cannot read the witness key {ctl.args.witness_key}: {exc.strerror or exc}",
+            path=ctl.args.witness_key,
+        )
+    except NoteError as exc:
         return ctl.out.fail(EX_USAGE, "UsageError", f"witness key {ctl.args.witness_key}: {exc}")
     result = _audit(ctl)  # raises unless it extends
     if isinstance(result, int):
@@ -236,7 +248,7 @@ def verify_export(ctl: Ctl) -> int:
         parts = _read_parts(a.file)
         other = Path(a.checkpoint).read_text(encoding="utf-8")
     except OSError as exc:
-        return ctl.out.fail(66, "CannotRead", f"cannot read: {exc}")  # 66: EX_NOINPUT
+        return ctl.out.fail(EX_NOINPUT, "CannotRead", f"cannot read: {exc}")
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return ctl.out.fail(EX_DATAERR, "BadExport", f"bad export: {exc}")
     # Raises CheckpointInvalid / HistoryRewritten: exit 1, the first bad seq named.
