@@ -34,6 +34,31 @@ class UsageParser(argparse.ArgumentParser):
         self.exit(os.EX_USAGE, f"{self.prog}: error: {message}\n")
 
 
+class VerbParser(UsageParser):
+    """A verb's parser: its options and positionals in any order (`append CTX --role user
+    TEXT`), which plain argparse refuses when an optional positional (`nargs="?"`) comes
+    before an option ("unrecognized arguments: TEXT"). argparse's intermixed parsing, used
+    where it applies: not for a parser with subcommands of its own (`xref`), whose
+    subcommands' parsers take this class and mix in turn."""
+
+    _mixing = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        nested = any(
+            action.nargs in (argparse.PARSER, argparse.REMAINDER)
+            for action in self._get_positional_actions()
+        )
+        if self._mixing or nested:
+            return super().parse_known_args(args, namespace)
+        self._mixing = True  # parse_known_intermixed_args calls back here, twice
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._mixing = False
+
+
 @contextmanager
 def json_usage_errors(argv: Sequence[str]) -> Iterator[None]:
     """Usage errors as JSON while parsing a command line that asks for --json."""

@@ -339,6 +339,25 @@ def test_json_after_the_verb_and_argument_checks(ctl: Ctl, tmp_path: Path) -> No
     assert "not a socket" in err
 
 
+def test_json_anywhere_among_a_verbs_arguments(ctl: Ctl) -> None:
+    """README: --json may come before or after the verb, so also between its positionals (where
+    argparse alone refused `append CTX --json TEXT`: "unrecognized arguments")."""
+    root = ctl.json("create", "Anywhere")["conversation"]["root_context_id"]
+    for argv in (
+        ["append", root, "--json", "between"],
+        ["append", "--json", root, "before"],
+        ["append", root, "after", "--json"],
+        ["append", root, "--role", "assistant", "--json", "after an option"],
+    ):
+        out, _ = ctl(*argv)
+        assert json.loads(out)["block"]["content"] == argv[-1 if argv[-1] != "--json" else -2]
+    out, _ = ctl("tags", root, "a", "--json", "b")
+    assert json.loads(out)["context"]["tags"] == ["a", "b"]
+    out, _ = ctl("append", root, "--", "--json")  # after `--`: the content, not the flag
+    assert "position" in out and not out.startswith("{")
+    assert ctl.json("blocks", root)["blocks"][-1]["content"] == "--json"
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run timelinectl as another uid")
 def test_a_socket_this_user_may_not_open_exits_77(tmp_path: Path) -> None:
     as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]

@@ -31,7 +31,9 @@ Exit codes (sysexits):
     141 stdout was closed early (`timelinectl log | head`): it stops quietly, as a program
         killed by SIGPIPE would (128 + 13), without its message or a traceback
 
-`--json` may come before or after the verb.
+`--json` may stand anywhere: before the verb or among its arguments (after `--` it is an
+argument). A verb's options and positionals may come in any order (`append CTX --role user
+TEXT`).
 """
 
 from __future__ import annotations
@@ -40,10 +42,9 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from timelined import __version__
-from timelined.argparsing import UsageParser, error_line, json_usage_errors
+from timelined.argparsing import UsageParser, VerbParser, error_line, json_usage_errors
 from timelined.client import (
     InterfaceNotFound,
     InvalidParameter,
@@ -101,24 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="print the Varlink reply as JSON")
     verbs = parser.add_subparsers(
-        dest="verb", required=True, metavar="VERB", parser_class=UsageParser
+        dest="verb", required=True, metavar="VERB", parser_class=VerbParser
     )
     for group in VERB_GROUPS:
         group.register(verbs)
-    _json_after_verbs(verbs)
     return parser
 
 
-def _json_after_verbs(verbs: argparse._SubParsersAction[Any]) -> None:
-    """Accept `--json` after any verb too (`timelinectl status --json`). SUPPRESS: a verb's
-    parser sets it only when given, so it never undoes a `--json` given before the verb."""
-    for parser in set(verbs.choices.values()):
-        parser.add_argument(
-            "--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
-        )
-        for action in parser._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                _json_after_verbs(action)
+def take_json(words: Sequence[str]) -> tuple[list[str], bool]:
+    """`words` without `--json`, and whether it was there: --json may stand anywhere, before
+    the verb or among its arguments (`append CTX --json TEXT`), which argparse cannot take
+    after a verb's optional positional. Safe, as argparse never takes the word `--json` as an
+    option's value or a positional either; after `--` it is a positional and stays."""
+    end = words.index("--") if "--" in words else len(words)
+    kept = [w for w in words[:end] if w != "--json"] + list(words[end:])
+    return kept, len(kept) != len(words)
 
 
 def _no_permission(exc: TimelinedError) -> bool:
@@ -183,9 +181,10 @@ def _silence_stdout() -> None:
 
 def _run(argv: Sequence[str] | None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
+    without_json, as_json = take_json(words)
     with json_usage_errors(words):
-        args = build_parser().parse_args(words)
-    out = Output(json=args.json)
+        args = build_parser().parse_args(without_json)
+    out = Output(json=args.json or as_json)
     ctl = Ctl(args, out, words)
     try:
         try:
