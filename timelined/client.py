@@ -359,8 +359,9 @@ class AsyncClient:
         return reply.stats
 
     async def export_conversation(self, id: str) -> AsyncGenerator[ExportPart, None]:
-        """The conversation as export parts (header, events, blocks, end), streamed; returns
-        once the header is in (a refusal is raised here). Iterate the result for every part."""
+        """The conversation as export parts (header, contexts, events, blocks, proofs, end:
+        docs/interfaces.md), streamed; returns once the header is in (a refusal is raised
+        here). Iterate the result for every part."""
         first, rest = await self._open_stream(
             self._varlink, TIMELINE + "ExportConversation", {"id": id}, ExportPart
         )

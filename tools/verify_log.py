@@ -1,6 +1,7 @@
 """Verify a timelined audit log with the standard library only (the rule: docs/log-format.md).
 
-Usage: python tools/verify_log.py LOGDIR — prints OK, or the first bad seq; exit 0 / 1.
+Usage: python tools/verify_log.py LOGDIR — prints OK, or the first bad seq; exit 0 / 1 (66: no
+such directory, as timelined's tools say of a missing input).
 """
 
 import hashlib
@@ -105,8 +106,12 @@ def verify(log_dir: Path) -> tuple[int, str]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or not Path(sys.argv[1]).is_dir():
+    if len(sys.argv) != 2:
         sys.exit("usage: python tools/verify_log.py LOGDIR")
+    if not Path(sys.argv[1]).is_dir():  # 66: EX_NOINPUT
+        why = "is not a directory" if Path(sys.argv[1]).exists() else "does not exist"
+        print(f"{sys.argv[1]}: {why} (usage: python tools/verify_log.py LOGDIR)", file=sys.stderr)
+        sys.exit(66)
     if (Path(sys.argv[1]) / "log").is_dir():  # a state directory would pass as an empty log
         sys.exit(f"usage: python tools/verify_log.py LOGDIR ({sys.argv[1]}/log, not its parent)")
     try:

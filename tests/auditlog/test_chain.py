@@ -298,12 +298,32 @@ def test_tool_as_a_program(log_dir: Path) -> None:
     assert run.stderr.strip() == "FAIL seq 17: hash mismatch"
     run = subprocess.run([sys.executable, str(TOOL)], capture_output=True, text=True, check=False)
     assert run.returncode != 0 and "usage" in run.stderr
+    for missing, why in (
+        (log_dir / "nonexistent", "does not exist"),
+        (next(log_dir.iterdir()), "is not a directory"),
+    ):
+        run = subprocess.run(
+            [sys.executable, str(TOOL), str(missing)], capture_output=True, text=True, check=False
+        )
+        assert run.returncode == 66, run.stderr  # EX_NOINPUT, not a bare usage line
+        assert run.stderr.startswith(f"{missing}: {why}"), run.stderr
     state_dir = log_dir.parent  # the state directory instead of its log/: not an empty "OK"
     assert log_dir.name == "log", log_dir
     run = subprocess.run(
         [sys.executable, str(TOOL), str(state_dir)], capture_output=True, text=True, check=False
     )
     assert run.returncode == 1 and f"{state_dir}/log, not its parent" in run.stderr, run.stdout
+
+
+def test_the_docs_say_how_long_the_tool_is() -> None:
+    """README and docs/log-format.md: "about N lines"; it stays short, and the docs true."""
+    import re
+
+    lines = len(TOOL.read_text(encoding="utf-8").splitlines())
+    for doc in ("README.md", "docs/log-format.md"):
+        said = re.findall(r"about (\d+) lines", (ROOT / doc).read_text(encoding="utf-8"))
+        assert said, doc
+        assert all(abs(int(n) - lines) <= 10 for n in said), (doc, said, lines)
 
 
 @pytest.mark.parametrize("seq", [b"6.0", b" 6", b"true", b"06", b"-6"])

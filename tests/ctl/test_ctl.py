@@ -438,7 +438,19 @@ def test_human_output_escapes_control_characters_and_json_keeps_them(
         assert "\x07" not in out + err and "\x7f" not in out + err and "\r" not in out, verb
     assert "\\x1b]0;pwned\\x07" in outputs["tree"][0]
     assert "\\x1b[2J" in outputs["history"][0]
-    assert '"why\\x1b[31m not"' in outputs["tree"][0]  # one line: the newline not kept
+    assert '"why\\x1b[31m\\nnot"' in outputs["tree"][0]  # one line: the newline as \n
+    # Every one-line field escapes a newline the same way (README): `\n`, not a space.
+    two = ctl.json("create", "two\nlines")["conversation"]["id"]
+    for verb, argv in {
+        "tree": ["tree", two],
+        "conversations": ["conversations"],
+        "conversation": ["conversation", two],
+        "history": ["history", root],
+        "blocks": ["blocks", root],
+    }.items():
+        out, _ = ctl(*argv)
+        wanted = "first line\\n\\x1b[1A" if verb in ("history", "blocks") else "two\\nlines"
+        assert wanted in out, (verb, out)
     block_id = ctl.json("history", root)["blocks"][0]["block"]["id"]
     out, _ = ctl("block", block_id)  # the content's own newline and tab are kept
     assert "first line\n\\x1b[1A" in out and "over\ttabbed" in out and "\x1b" not in out
@@ -467,6 +479,7 @@ def test_human_output_escapes_control_characters_and_json_keeps_them(
             assert json.loads(line)["data"]["block"]["content"] == HOSTILE_CONTENT
         else:
             assert b"erased" in line and b"\x1b" not in line and b"\\x1b[2J" in line, line
+            assert b"first line\\n\\x1b[1A" in line, line  # the newline as \n, as elsewhere
 
 
 def test_an_auth_refusal_exits_77(capsys: pytest.CaptureFixture[str]) -> None:

@@ -142,3 +142,23 @@ def test_a_missing_witness_key_exits_66_an_existing_key_file_73(
     assert done.returncode == EX_CANTCREAT
     assert json.loads(done.stderr)["error"] == "timelinectl.CannotWrite"
     assert key.read_text() == "precious\n"
+
+
+def test_the_export_parts_are_all_named_in_the_help_and_the_readme() -> None:
+    """`export --help` and the README's export line name every part of an export (proofs too:
+    docs/interfaces.md), in order."""
+    import re
+
+    from timelined.api.exchange import ExportPart
+
+    parts = list(ExportPart.__struct_fields__)
+    done = subprocess.run(
+        [str(TIMELINECTL), "export", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert ", ".join(parts) in " ".join(done.stdout.split()), done.stdout
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    line = re.search(r"export conv_\.\.\. > \S+ +# one part per line: (.*?)\(", readme, re.S)
+    assert line is not None
+    named = " ".join(line.group(1).replace("#", " ").split()).rstrip(", ")
+    assert named == ", ".join(parts), named

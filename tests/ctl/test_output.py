@@ -59,11 +59,11 @@ def test_tree_ascii() -> None:
     assert all(line.isascii() for line in lines)
 
 
-def test_table_cuts_the_last_column_and_flattens_newlines() -> None:
+def test_table_cuts_the_last_column_and_escapes_newlines() -> None:
     out = Output(stdout=Utf8(), stderr=Utf8())
     out.table(["A", "TEXT"], [["1", "line one\nline two " + "x" * 500]])
     text = out.stdout.getvalue()  # type: ignore[attr-defined]
-    assert text.splitlines()[1].startswith("1  line one line two")
+    assert text.splitlines()[1].startswith("1  line one\\nline two")
     assert text.rstrip().endswith("…") and "\n" not in text.splitlines()[1]
     out.table(["A"], [])
     assert "(none)" in out.stderr.getvalue()  # type: ignore[attr-defined]

@@ -223,7 +223,7 @@ def show_block(ctl: Ctl, b: Block) -> None:
         ]
     )
     for sub in b.sub_blocks:
-        out.line(escape(f"sub-block  {sub.type}: {' '.join(sub.content.split())}"))
+        out.line(escape(f"sub-block  {sub.type}: {sub.content}"))
     out.line("")
     out.line(b.content)
 

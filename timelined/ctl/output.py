@@ -23,7 +23,9 @@ _MULTILINE = str.maketrans({c: f"\\x{c:02x}" for c in _CONTROLS if c not in (0x0
 
 def escape(text: str, *, multiline: bool = False) -> str:
     """`text` safe for a terminal: control characters as `\\x1b` (`\\n` and `\\t` too unless
-    `multiline`, where a newline or a tab is the content's own). Idempotent."""
+    `multiline`, where a newline or a tab is the content's own). Idempotent. The one escaping of
+    human output: every one-line field (a table's cell, a `key  value` field, the tree, `log`
+    and `watch` lines) shows a newline as `\\n`, as the README says."""
     return text.translate(_MULTILINE if multiline else _ONE_LINE)
 
 
@@ -167,12 +169,11 @@ def _cell(value: Any) -> str:
         return f"{value:g}"
     if isinstance(value, dict | list):
         return escape(msgspec.json.encode(value).decode("utf-8"))
-    text = str(value)
-    return escape(" ".join(text.split()) if "\n" in text else text)
+    return escape(str(value))
 
 
 def _cut(text: str, width: int) -> str:
-    text = escape(" ".join(text.split()))
+    text = escape(text)
     return text if len(text) <= width else text[: max(1, width - 1)] + "…"
 
 

@@ -50,7 +50,8 @@ def register(verbs: Verbs) -> None:
         "export",
         help="a conversation as JSON lines, one part per line: timelinectl export ID > FILE",
         description="Export a conversation with the audit events behind it, one part per line "
-        "(header, events, blocks, end), for `timelinectl import` here or in another daemon.",
+        "(header, contexts, events, blocks, proofs, end: docs/interfaces.md), for "
+        "`timelinectl import` here or in another daemon, and for `verify-export`.",
     )
     p.add_argument("id", help="the conversation's id")
     p.add_argument("-o", "--output", metavar="FILE", help="write to FILE (default: stdout)")
@@ -123,7 +124,7 @@ def describe(event: LogEvent) -> str:
             f"{k}={v}" for k, v in data.items() if isinstance(v, str | int | float) and v != ""
         )
     text = f"{event.seq:>7}  {event.ts}  {event.type:<22}  {_actor(event.actor)}  {what}"
-    return escape(text.replace("\r", " ").replace("\n", " "))
+    return escape(text)
 
 
 def watch(ctl: Ctl) -> int:
