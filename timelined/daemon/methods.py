@@ -240,7 +240,10 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
         return ConversationReply(await app.engine.read(lookup.conversation_or_raise, p.id))
 
     async def get_context(p: ByIdParams, ctx: CallContext) -> ContextReply:
-        return ContextReply(await app.engine.read(lookup.context_or_raise, p.id))
+        # Bounded while it is read: a context's cross-references are not (each call that
+        # added one fit), and one past a frame would be built whole before the server refused it.
+        limit = app.config.limits.max_message_bytes
+        return ContextReply(await app.engine.read(lookup.context_or_raise, p.id, reply_bytes=limit))
 
     async def get_tree(p: GetTreeParams, ctx: CallContext) -> ContextsReply:
         contexts, next_cursor = await app.engine.read(

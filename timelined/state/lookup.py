@@ -22,8 +22,10 @@ def conversation_or_raise(conn: DbConn, id: str) -> m.Conversation:
     return found
 
 
-def context_or_raise(conn: DbConn, id: str, *, crossrefs: bool = True) -> m.Context:
-    found = q.get_context(conn, id, crossrefs=crossrefs)
+def context_or_raise(
+    conn: DbConn, id: str, *, crossrefs: bool = True, reply_bytes: int | None = None
+) -> m.Context:
+    found = q.get_context(conn, id, crossrefs=crossrefs, reply_bytes=reply_bytes)
     if found is None:
         raise ContextNotFound(id)
     return found

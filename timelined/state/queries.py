@@ -184,25 +184,42 @@ def _page(
 # --- contexts ----------------------------------------------------------------------------------
 
 
-def _crossrefs_of(conn: DbConn, context_id: str) -> list[CrossRef]:
+def _crossrefs_of(
+    conn: DbConn, context_id: str, budget: ReplyBudget | None = None
+) -> list[CrossRef]:
+    """The context's live cross-references; with a `budget`, LimitExceeded as soon as they
+    outgrow it (read one at a time: a context may hold thousands of 64 KiB notes)."""
     rows = conn.execute(
         "SELECT id, from_id, to_id, kind, note, created_at FROM crossrefs "
         "WHERE (from_id = ?1 OR to_id = ?1) AND revoked_seq IS NULL ORDER BY created_seq",
         (context_id,),
-    ).fetchall()
-    return [
-        CrossRef(id=r[0], from_id=r[1], to_id=r[2], kind=r[3], note=r[4], created_at=r[5])
-        for r in rows
-    ]
+    )
+    refs = []
+    for r in rows:
+        ref = CrossRef(id=r[0], from_id=r[1], to_id=r[2], kind=r[3], note=r[4], created_at=r[5])
+        if budget is not None:
+            budget.take(item_size(ref))
+        refs.append(ref)
+    return refs
 
 
-def get_context(conn: DbConn, id: str, *, crossrefs: bool = True) -> Context | None:
+def get_context(
+    conn: DbConn, id: str, *, crossrefs: bool = True, reply_bytes: int | None = None
+) -> Context | None:
+    """The context (with its cross-references unless `crossrefs` is False). `reply_bytes`: the
+    reply's bound, LimitExceeded before the rest of a context too large for it is read."""
     row = conn.execute(
         f"SELECT {_CONTEXT_COLUMNS} FROM contexts c WHERE c.id = ?", (id,)
     ).fetchone()
     if row is None:
         return None
-    return _context(row, _crossrefs_of(conn, id) if crossrefs else None)
+    if not crossrefs:
+        return _context(row, None)
+    budget = None
+    if reply_bytes is not None:
+        budget = ReplyBudget(reply_bytes)
+        budget.take(item_size(_context(row, None)))  # its own fields: tags, reason
+    return _context(row, _crossrefs_of(conn, id, budget))
 
 
 def context_exists(conn: DbConn, id: str) -> bool:
