@@ -169,10 +169,9 @@ def render(report: VerifyReport, state_dir: object = None) -> str:
             if chain.segments or not chain.records
             else "the log table"
         )
+        good = "good " if chain.damage is not None else ""
         lines.append(
-            f"log: {scope}: {chain.records} good records in {where}, {chain.bytes_scanned} bytes"
-            if chain.damage is not None
-            else f"log: {scope}: {chain.records} records in {where}, {chain.bytes_scanned} bytes"
+            f"log: {scope}: {chain.records} {good}records in {where}, {chain.bytes_scanned} bytes"
         )
         if chain.damage is not None:
             d = chain.damage

@@ -65,12 +65,11 @@ from timelined.config import Config, LimitsConfig
 from timelined.errors import (
     FatalStorageError,
     InternalError,
-    LimitExceeded,
     LogDamaged,
     ShuttingDown,
     TimelinedError,
 )
-from timelined.events import DAEMON, ActorLike, BlockAppended, Event, Record, encode_data
+from timelined.events import DAEMON, ActorLike, BlockAppended, Event, Record
 from timelined.histogram import BATCH_SIZE_BOUNDS, SECONDS_BOUNDS, Histogram
 from timelined.ids import utc_now
 from timelined.state.apply import FtsRows, StagedBlocks, apply, index_blocks, set_meta
@@ -336,9 +335,7 @@ class _CommandTx:
             # Every event within max_block_bytes, not only those whose commands check it first
             # (a block's: they pass their data): tags, a reason or a note past it would make a
             # log line no Watch or ReadLog reply of max_message_bytes can carry, for everyone.
-            data = encode_data(event)
-            if len(data) > self._limits.max_block_bytes:
-                raise LimitExceeded("max_block_bytes", len(data), self._limits.max_block_bytes)
+            data = rules.check_size(self._limits, event)
         record, line = encode_record(self.seq + 1, self.ts, self.actor, event, self.prev, data)
         if self._check_line is not None:
             self._check_line(line)  # a refusal here has touched nothing: this command's alone

@@ -92,8 +92,10 @@ def _require(
         raise InvalidTransition(ctx.id, ctx.status, action, why)
 
 
-def _check_size(limits: LimitsConfig, event: ev.Event) -> bytes:
-    """The event's encoded data (passed on to `emit`: encoded once), or LimitExceeded."""
+def check_size(limits: LimitsConfig, event: ev.Event) -> bytes:
+    """The event's encoded data (passed on to `emit`: encoded once), or LimitExceeded. `emit`
+    checks every event it is not handed the data of; a command checks first when it must
+    refuse before anything else (AppendBlocks: every block before the first is written)."""
     data = ev.encode_data(event)
     if len(data) > limits.max_block_bytes:
         raise LimitExceeded("max_block_bytes", len(data), limits.max_block_bytes)
@@ -110,7 +112,7 @@ def _create_conversation(tx: Tx, c: cmd.CreateConversation) -> Conversation:
         root_context_id=new_id("ctx"),
         metadata=c.metadata or {},
     )
-    tx.emit(event, _check_size(tx.limits, event))
+    tx.emit(event, check_size(tx.limits, event))
     return conversation_or_raise(tx.conn, event.conversation_id)
 
 
@@ -121,7 +123,7 @@ def _update_conversation(tx: Tx, c: cmd.UpdateConversation) -> Conversation:
     if c.name is None and c.metadata is None:
         raise InvalidArgument("name", "give a new name, new metadata, or both")
     event = ev.ConversationUpdated(conversation_id=c.id, name=c.name, metadata=c.metadata)
-    tx.emit(event, _check_size(tx.limits, event))
+    tx.emit(event, check_size(tx.limits, event))
     return conversation_or_raise(tx.conn, c.id)
 
 
@@ -193,7 +195,7 @@ def _merge(tx: Tx, c: cmd.MergeContext) -> Context:
         block_id=new_id("blk"),
         block_count=q.own_block_count(tx.conn, ctx.id),
     )
-    tx.emit(event, _check_size(tx.limits, event))
+    tx.emit(event, check_size(tx.limits, event))
     return _context(tx.conn, c.id)
 
 
@@ -383,7 +385,7 @@ def _append_block(tx: Tx, c: cmd.AppendBlock, now: str) -> AppendResult:
     ctx = _writable_context(tx, c.context_id)
     event = ev.BlockAppended(block=data)
     limits = tx.limits
-    encoded = _check_size(limits, event)
+    encoded = check_size(limits, event)
     _check_block_reply_size(limits, encoded)
     position = ctx.blocks + 1  # `emit` moves the cached count on (the writer's `_CommandTx`)
     seq = tx.emit(event, encoded).seq
@@ -426,7 +428,7 @@ def _append_blocks(tx: Tx, c: cmd.AppendBlocks, now: str) -> AppendBlocksReply:
     ctx = _writable_context(tx, context_id)
     limits = tx.limits
     events = [ev.BlockAppended(block=d) for d in datas]
-    encoded = [_check_size(limits, event) for event in events]
+    encoded = [check_size(limits, event) for event in events]
     emit = tx.emit
     for event, data in zip(events, encoded, strict=True):
         position = ctx.blocks + 1  # `emit` moves the cached count on (the writer's `_CommandTx`)
@@ -509,19 +511,8 @@ def _import(tx: Tx, c: cmd.ImportEvents) -> Conversation:
     if c.mode == "keep":
         _refuse_existing(tx.conn, c.events)
     for event in c.events:
-        if isinstance(event, _SIZE_CHECKED):
-            _check_size(tx.limits, event)  # as for the direct command
-        tx.emit(event)
+        tx.emit(event)  # held to max_block_bytes there, as every event is
     return conversation_or_raise(tx.conn, first.conversation_id)
-
-
-# The events whose direct commands check max_block_bytes.
-_SIZE_CHECKED = (
-    ev.ConversationCreated,
-    ev.ConversationUpdated,
-    ev.ContextMerged,
-    ev.BlockAppended,
-)
 
 
 def _refuse_existing(conn: DbConn, events: list[ev.Event]) -> None:
