@@ -79,6 +79,10 @@ class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # replies waiting for it to read). None → a quarter of max_buffered_bytes, and at least
     # max_message_bytes (one frame must fit).
     max_buffered_bytes_per_uid: Annotated[int, msgspec.Meta(ge=_MiB)] | None = None
+    # What one context's live cross-references (from it and to it) may take of a GetContext
+    # reply, in bytes as the reply encodes them; an AddCrossRef past it is refused with
+    # LimitExceeded, so that every context can still be read. None → max_message_bytes / 8.
+    max_crossref_bytes_per_context: Annotated[int, msgspec.Meta(ge=1024)] | None = None
     # Slots only full-access peers (writers, admins) may take. None → max_connections / 16.
     reserved_for_writers: Annotated[int, msgspec.Meta(ge=0, le=100_000)] | None = None
     # The idle timeout of a connection that has not sent a whole call yet (0: idle_timeout_s).
@@ -91,12 +95,23 @@ class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             )
         if self.max_connection_buffer_bytes > self.max_buffered_bytes:
             raise ValueError("max_connection_buffer_bytes must not exceed max_buffered_bytes")
+        crossrefs = self.max_crossref_bytes_per_context
+        if crossrefs is not None and crossrefs > self.max_message_bytes:
+            raise ValueError(
+                "max_crossref_bytes_per_context must be at most max_message_bytes (a context's "
+                "cross-references must fit in its GetContext reply)"
+            )
         share = self.max_buffered_bytes_per_uid
         if share is not None and not self.max_message_bytes <= share <= self.max_buffered_bytes:
             raise ValueError(
                 "max_buffered_bytes_per_uid must be at least max_message_bytes (one frame must "
                 "fit) and at most max_buffered_bytes"
             )
+
+    def effective_crossref_bytes(self) -> int:
+        if self.max_crossref_bytes_per_context is None:
+            return self.max_message_bytes // 8
+        return self.max_crossref_bytes_per_context
 
     def effective_per_uid(self) -> int:
         if self.max_connections_per_uid is None:

@@ -32,6 +32,7 @@ KEYS = [
     ("limits", "max_buffered_bytes", 512 * 1024 * 1024, "134217728", 134217728, "1000"),
     ("limits", "max_connections_per_uid", None, "8", 8, "0"),
     ("limits", "max_buffered_bytes_per_uid", None, "134217728", 134217728, "1000"),
+    ("limits", "max_crossref_bytes_per_context", None, "65536", 65536, "1000"),
     ("limits", "reserved_for_writers", None, "4", 4, "-1"),
     ("limits", "idle_timeout_new_s", 5, "1", 1, "-1"),
     ("auth", "allow_uids", None, "[0, 1000]", [0, 1000], '["root"]'),
@@ -74,6 +75,15 @@ def test_the_buffered_bytes_share_defaults_to_a_quarter_and_holds_a_frame() -> N
         with pytest.raises(ConfigError) as info:
             parse_config(f"[limits]\nmax_buffered_bytes_per_uid = {share}\n")
         assert "max_buffered_bytes_per_uid" in str(info.value)
+
+
+def test_the_crossref_bound_defaults_to_an_eighth_of_a_frame_and_fits_one() -> None:
+    assert parse_config("").limits.effective_crossref_bytes() == 2 * 1024**2
+    text = "[limits]\nmax_message_bytes = 1048576\nmax_block_bytes = 65536\n"
+    assert parse_config(text).limits.effective_crossref_bytes() == 128 * 1024
+    with pytest.raises(ConfigError) as info:  # more than GetContext's reply could hold
+        parse_config(text + "max_crossref_bytes_per_context = 1048577\n")
+    assert "max_crossref_bytes_per_context" in str(info.value)
 
 
 def test_log_space_reserved_past_16_mib_is_refused_by_name() -> None:

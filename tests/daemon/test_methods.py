@@ -426,6 +426,42 @@ async def test_block_size_limit(base: Path, store: Store) -> None:
         assert (await c.get_context(ctx)).tags == []
 
 
+async def test_a_contexts_cross_references_are_bounded(base: Path, store: Store) -> None:
+    """AddCrossRef past `max_crossref_bytes_per_context` (on either side) is refused by name and
+    writes nothing, so every context's GetContext still fits a reply; the bound counts each
+    reference as the reply encodes it (escapes included), and revoking one makes room."""
+    bound = 4096
+    limits = LimitsConfig(max_crossref_bytes_per_context=bound)
+    config = inprocess_config(base, limits=limits, store=store.store_config())
+    async with inprocess_daemon(base, config=config) as run, AsyncClient(run.socket_path) as c:
+        root = (await c.create_conversation("refs")).root_context_id
+        side = (await c.spawn_sidebar(root, "side")).id
+        other = (await c.spawn_sidebar(root, "other")).id
+        # Escapes of every kind the reply writes: a quote, a backslash, short and \u00XX ones.
+        note = 'q"b\\n\n\t\x01\x1f\x7f é—🙂 ' * 8
+        added = []
+        with pytest.raises(LimitExceeded) as full:
+            for _ in range(100):
+                added.append(await c.add_crossref(root, side, "see-also", note))
+        head = (await c.read_log()).events
+        held = sum(len(msgspec.json.encode(r)) + 1 for r in (await c.get_context(root)).crossrefs)
+        like_the_refused = len(msgspec.json.encode(added[0])) + 1
+        assert {k: full.value.params[k] for k in ("limit", "size", "maximum")} == {
+            "limit": f"limits.max_crossref_bytes_per_context (the cross-references of {root})",
+            "size": held + like_the_refused,
+            "maximum": bound,
+        }
+        assert held <= bound < held + like_the_refused and len(added) >= 2
+        # The other side is bounded too: `side` holds the same references.
+        with pytest.raises(LimitExceeded) as target:
+            await c.add_crossref(other, side, "see-also", note)
+        assert target.value.params["limit"].endswith(f"of {side})")
+        assert (await c.read_log()).events == head  # nothing written
+        assert (await c.get_context(side)).crossrefs == added
+        await c.revoke_crossref(added[0].id)
+        assert (await c.add_crossref(other, side, "see-also", note)).to_id == side
+
+
 async def test_read_log_is_the_log_byte_for_byte(base: Path, store: Store) -> None:
     async with (
         inprocess_daemon(base, store=store.store_config()) as run,

@@ -212,6 +212,7 @@ def every_read(conn: DbConn, ids: dict[str, list[str]]) -> dict[str, Any]:
     out["ancestors"] = [q.ancestors(conn, c) for c in ctxs]
     out["own_block_count"] = [q.own_block_count(conn, c) for c in ctxs]
     out["get_crossref"] = [q.get_crossref(conn, r) for r in refs]
+    out["crossref_bytes"] = [q.crossref_bytes(conn, c) for c in ctxs]
     out["is_retracted"] = [q.is_retracted(conn, b) for b in blocks]
     out["get_block"] = [q.get_block(conn, b) for b in blocks]
     out["list_blocks"] = [

@@ -15,9 +15,11 @@ from timelined.errors import (
     ContextNotFound,
     ConversationNotFound,
     CrossRefNotFound,
+    LimitExceeded,
     TimelinedError,
 )
 from timelined.events import Actor, Record
+from timelined.replies import REPLY_ENVELOPE, REPLY_LIMIT, ReplyBudget, item_size
 from timelined.state import lookup
 from timelined.state import queries as q
 from timelined.state.apply import apply
@@ -141,3 +143,58 @@ def test_a_revoked_crossref_is_not_found(conn: sqlite3.Connection) -> None:
         "CrossRefNotFound",
         "xref_1",
     )
+
+
+def _apply_all(conn: sqlite3.Connection, first_seq: int, events: list[ev.Event]) -> None:
+    conn.execute("BEGIN")
+    for seq, event in enumerate(events, first_seq):
+        record = Record(seq=seq, ts=TS, actor=ACTOR, event=event, prev="0" * 64, hash="0" * 64)
+        apply(conn, record)
+    conn.execute("COMMIT")
+
+
+# Every escape a reply writes: a quote, a backslash, short ones, \u00XX ones; and non-ASCII.
+NOTE = 'q"b\\n\n\t\x01\x1f\x7f é—🙂 ' * 100
+
+
+@pytest.fixture
+def wide(conn: sqlite3.Connection) -> sqlite3.Connection:
+    """`conn` with a third context, and ten references of ~2 KB notes from the side to it."""
+    spawned = ev.ContextSpawned(
+        context_id="ctx_other", conversation_id="conv_a", parent_id="ctx_root", reason="x"
+    )
+    refs = [
+        ev.CrossRefAdded(
+            ref_id=f"xref_w{i}", from_id="ctx_side", to_id="ctx_other", kind="k", note=NOTE
+        )
+        for i in range(10)
+    ]
+    _apply_all(conn, 5, [spawned, *refs])
+    return conn
+
+
+def test_crossref_bytes_are_what_the_reply_encodes(wide: sqlite3.Connection) -> None:
+    for context_id in ("ctx_root", "ctx_side", "ctx_other"):
+        found = q.get_context(wide, context_id)
+        assert found is not None
+        assert q.crossref_bytes(wide, context_id) == sum(item_size(r) for r in found.crossrefs)
+    assert q.crossref_bytes(wide, "ctx_nope") == 0
+
+
+def test_a_tree_page_ends_before_a_context_whose_references_do_not_fit(
+    wide: sqlite3.Connection,
+) -> None:
+    sizes = [item_size(c) for c in q.get_tree(wide, "conv_a")]
+    assert sizes[1] > 20_000 and sizes[0] < 2_000  # the side holds all eleven references
+
+    # Room for the root and not the side: the page ends, the cursor names where it did.
+    budget = ReplyBudget(REPLY_ENVELOPE + sizes[0] + sizes[1] - 1)
+    page, after = q.tree_page(wide, "conv_a", budget=budget)
+    assert [c.id for c in page] == ["ctx_root"] and after is not None and budget.full
+    # A page that cannot hold the side alone refuses it by name.
+    with pytest.raises(LimitExceeded) as refused:
+        q.tree_page(wide, "conv_a", after=after, budget=ReplyBudget(REPLY_ENVELOPE + 8_000))
+    assert refused.value.params["limit"] == REPLY_LIMIT
+    # Enough room: the rest, in order.
+    page, rest = q.tree_page(wide, "conv_a", after=after, budget=ReplyBudget(1 << 20))
+    assert [c.id for c in page] == ["ctx_side", "ctx_other"] and rest is None

@@ -26,9 +26,9 @@ from timelined.api.model import (
     SearchHit,
     StartupState,
 )
-from timelined.errors import BadQuery
+from timelined.errors import BadQuery, LimitExceeded
 from timelined.events import SubBlock
-from timelined.replies import ReplyBudget, item_size, json_size, text_size
+from timelined.replies import REPLY_ENVELOPE, ReplyBudget, item_size, json_size, text_size
 from timelined.state.dbapi import DbConn, dialect_of
 
 T = TypeVar("T")
@@ -163,18 +163,19 @@ def list_conversations(
 def _page(
     rows: Iterable[sqlite3.Row | tuple[Any, ...]],
     limit: int | None,
-    make: Callable[[Any], T],
+    make: Callable[[Any], T | None],
     budget: ReplyBudget | None,
 ) -> tuple[list[T], int | None]:
     """Up to `limit` items of `rows` (read one at a time: a page that stops early reads no
-    more), and the cursor after the last one (each row's last column) when any remain."""
+    more), and the cursor after the last one (each row's last column) when any remain.
+    `make` returns None for an item it found too large for what is left of `budget`."""
     page: list[T] = []
     last: int | None = None
     for row in rows:
         if limit is not None and len(page) == limit:
             return page, last
         item = make(row)
-        if budget is not None and not budget.add(item_size(item)):
+        if item is None or (budget is not None and not budget.add(item_size(item))):
             return page, last
         page.append(item)
         last = int(row[-1])
@@ -201,6 +202,31 @@ def _crossrefs_of(
             budget.take(item_size(ref))
         refs.append(ref)
     return refs
+
+
+# The bytes of a context's live cross-references in a reply, each as `item_size` counts it:
+# the quoted strings (their escapes included: json_quote and to_json escape as msgspec does)
+# plus the keys, colons, commas and braces, which are the same for every reference.
+_CROSSREF_FRAME = item_size(CrossRef(id="", from_id="", to_id="", kind="", note="", created_at=""))
+_QUOTED = {
+    "sqlite": "length(CAST(json_quote({}) AS BLOB))",
+    "postgresql": "octet_length(to_json({})::text)",
+}
+
+
+def crossref_bytes(conn: DbConn, context_id: str) -> int:
+    """What the context's live cross-references (either way) take of a `GetContext` reply."""
+    quoted = _QUOTED[dialect_of(conn)]
+    # Each string's quotes are counted by the frame as well as by its quoted length.
+    per_row = " + ".join(
+        quoted.format(c) for c in ("id", "from_id", "to_id", "kind", "note", "created_at")
+    )
+    row = conn.execute(
+        f"SELECT coalesce(sum({per_row}), 0), count(*) FROM crossrefs "
+        "WHERE (from_id = ?1 OR to_id = ?1) AND revoked_seq IS NULL",
+        (context_id,),
+    ).fetchone()
+    return int(row[0]) + int(row[1]) * (_CROSSREF_FRAME - 12)
 
 
 def get_context(
@@ -246,7 +272,23 @@ def tree_page(
         "WHERE c.conversation_id = ? AND c.created_seq > ? ORDER BY c.created_seq",
         (conversation_id, after or 0),
     )
-    return _page(rows, None, lambda r: _context(r, _crossrefs_of(conn, r[0])), budget)
+
+    def make(r: Any) -> Context | None:
+        if budget is None:
+            return _context(r, _crossrefs_of(conn, r[0]))
+        # The context's cross-references are read against what is left of the page, so that
+        # one with many is not read whole only to end the page (or be refused) after.
+        room = ReplyBudget(budget.maximum - budget.used + REPLY_ENVELOPE)
+        try:
+            room.take(item_size(_context(r, None)))
+            return _context(r, _crossrefs_of(conn, r[0], room))
+        except LimitExceeded:
+            if budget.count == 0:
+                raise
+            budget.full = True
+            return None
+
+    return _page(rows, None, make, budget)
 
 
 def ancestors(conn: DbConn, context_id: str) -> list[str]:

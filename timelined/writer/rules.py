@@ -33,7 +33,7 @@ from timelined.errors import (
     LimitExceeded,
 )
 from timelined.ids import new_id, normalize_ts
-from timelined.replies import REPLY_ENVELOPE, REPLY_LIMIT, json_size
+from timelined.replies import REPLY_ENVELOPE, REPLY_LIMIT, item_size, json_size
 from timelined.state import queries as q
 from timelined.state.dbapi import DbConn
 from timelined.state.lookup import (
@@ -259,14 +259,36 @@ def _add_crossref(tx: Tx, c: cmd.AddCrossRef) -> CrossRef:
     if c.from_id == c.to_id:
         raise InvalidArgument("to_id", "a context cannot refer to itself")
     ref_id = new_id("xref")
-    tx.emit(
-        ev.CrossRefAdded(
-            ref_id=ref_id, from_id=c.from_id, to_id=c.to_id, kind=c.kind, note=c.note or ""
-        )
+    added = ev.CrossRefAdded(
+        ref_id=ref_id, from_id=c.from_id, to_id=c.to_id, kind=c.kind, note=c.note or ""
     )
+    _crossrefs_fit(tx, added)
+    tx.emit(added)
     found = q.get_crossref(tx.conn, ref_id)
     assert found is not None
     return found
+
+
+def _crossrefs_fit(tx: Tx, e: ev.CrossRefAdded) -> None:
+    """LimitExceeded unless both contexts' cross-references, with `e`'s, still fit the bound
+    (so that GetContext can always answer: a reply has no room for thousands of notes)."""
+    bound = tx.limits.effective_crossref_bytes()
+    ref = CrossRef(
+        id=e.ref_id, from_id=e.from_id, to_id=e.to_id, kind=e.kind, note=e.note, created_at=_TS
+    )
+    size = item_size(ref)
+    for context_id in (e.from_id, e.to_id):
+        total = q.crossref_bytes(tx.conn, context_id) + size
+        if total > bound:
+            raise LimitExceeded(
+                f"limits.max_crossref_bytes_per_context (the cross-references of {context_id})",
+                total,
+                bound,
+            )
+
+
+# A timestamp as the writer stamps a record (ids.utc_now): what a new reference's will take.
+_TS = "2026-01-01T00:00:00.000000Z"
 
 
 def _revoke_crossref(tx: Tx, c: cmd.RevokeCrossRef) -> CrossRef:
