@@ -14,8 +14,8 @@ from timelined import exchange
 from timelined.api.exchange import ExportDocument, ExportPart, join_parts
 from timelined.api.model import Context, Conversation
 from timelined.auditlog.source import FileLogSource
-from timelined.config import Config, LogConfig, default_config
-from timelined.errors import ImportRejected
+from timelined.config import Config, LimitsConfig, LogConfig, default_config
+from timelined.errors import ImportRejected, LimitExceeded
 from timelined.state import queries as q
 from timelined.writer.engine import Engine
 
@@ -127,3 +127,44 @@ def test_an_edited_export_is_refused_with_the_reason(tmp_path: Path) -> None:
     # A dropped event.
     with pytest.raises(ImportRejected):
         exchange.verify_document(msgspec.structs.replace(doc, events=doc.events[:-1]))
+
+
+def test_an_import_is_held_to_this_daemons_crossref_bound(tmp_path: Path) -> None:
+    """References made under a larger bound elsewhere: the import is refused by name and
+    leaves nothing, as the AddCrossRef calls that would make them here are."""
+
+    async def go() -> None:
+        async with Engine.open(cfg(tmp_path / "a")) as a:
+            conv = await build_source(a)
+            root = conv.root_context_id
+            for _ in range(3):  # the root: ~2.4 KB of references, 1 under 1,500 bytes
+                side = await a.submit(cmd.SpawnSidebar(parent_id=root, reason="more"))
+                assert isinstance(side, Context)
+                await a.submit(
+                    cmd.AddCrossRef(from_id=side.id, to_id=root, kind="x", note="n" * 600)
+                )
+            doc = join_parts(await export(a, conv.id))
+        records = exchange.verify_document(doc)
+        small = default_config(
+            tmp_path / "b",
+            log=LogConfig(fsync="off"),
+            limits=LimitsConfig(max_crossref_bytes_per_context=1500),
+        )
+        async with Engine.open(small) as b:
+            events = exchange.imported_events(records, doc, "new")  # type: ignore[arg-type]
+            head = b.last_seq
+            with pytest.raises(LimitExceeded) as refused:
+                await b.submit(cmd.ImportEvents(events=events, mode="new"))
+            assert refused.value.params["limit"].startswith(
+                "limits.max_crossref_bytes_per_context (the cross-references of "
+            )
+            assert b.last_seq == head
+            listed = await b.read(
+                lambda conn: q.list_conversations(conn, include_archived=True, limit=9, after=None)
+            )
+            assert listed == ([], None)
+        async with Engine.open(cfg(tmp_path / "c")) as c:  # within the default bound it imports
+            imported = await c.submit(cmd.ImportEvents(events=events, mode="new"))
+            assert isinstance(imported, Conversation)
+
+    anyio.run(go)

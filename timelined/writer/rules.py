@@ -533,6 +533,8 @@ def _import(tx: Tx, c: cmd.ImportEvents) -> Conversation:
     if c.mode == "keep":
         _refuse_existing(tx.conn, c.events)
     for event in c.events:
+        if isinstance(event, ev.CrossRefAdded):  # made under another daemon's limits
+            _crossrefs_fit(tx, event)
         tx.emit(event)  # held to max_block_bytes there, as every event is
     return conversation_or_raise(tx.conn, first.conversation_id)
 
