@@ -1,13 +1,14 @@
 """`timelined`: serve, check-config, verify, backup, migrate (one function per verb).
 
-Exit codes (sysexits): 0 ok; 64 a bad command line; 78 a config refused. `serve` as in
-docs/operations.md ("Exit codes"); `verify` 0 verified, 1 a problem found, 2 could not run
-(docs/recovery.md); `backup` 66 the source is not a state directory, 73 the destination cannot
-be created or is not empty, 74 the copy failed (nothing is left at the destination);
-`migrate` 0 migrated and verified, 1 the source's log is damaged or the migrated database did
-not verify (nothing committed), 66 the source is not a stopped daemon's state directory, 73 the
-target cannot be reached or is not empty, 74 the copy failed (nothing committed)
-(docs/operations.md, "Migrating to PostgreSQL").
+Exit codes (sysexits): 0 ok; 64 a bad command line; 78 a config refused; every verb but
+`serve`: 74 stdout could not be written (`> /dev/full`: one line on stderr), 141 stdout's
+reader went away (`| head`: quietly, as timelinectl). `serve` as in docs/operations.md ("Exit
+codes"); `verify` 0 verified, 1 a problem found, 2 could not run (docs/recovery.md); `backup`
+66 the source is not a state directory, 73 the destination cannot be created or is not empty,
+74 the copy failed (nothing is left at the destination); `migrate` 0 migrated and verified, 1
+the source's log is damaged or the migrated database did not verify (nothing committed), 66 the
+source is not a stopped daemon's state directory, 73 the target cannot be reached or is not
+empty, 74 the copy failed (nothing committed) (docs/operations.md, "Migrating to PostgreSQL").
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from timelined import __version__
 from timelined.argparsing import UsageParser, error_line, json_usage_errors
 from timelined.errors import TimelinedError
+from timelined.stdout import OutputFailed, run_writing, write
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -44,14 +46,21 @@ def _check_config(args: argparse.Namespace) -> int:
     if args.json:
         out = msgspec.to_builtins(config, enc_hook=_paths)
         out["store"]["dsn"] = dsn
-        sys.stdout.write(msgspec.json.format(msgspec.json.encode(out)).decode() + "\n")
+        _print(msgspec.json.format(msgspec.json.encode(out)).decode())
     else:
-        print(f"config OK: {config.source or '(defaults)'}")
-        print(f"  state_dir   {config.state_dir}")
-        print(f"  socket_path {config.socket_path}")
-        print(f"  log.fsync   {config.log.fsync}")
-        print(f"  store       {config.store.backend}{f' {dsn}' if dsn else ''}")
+        _print(
+            f"config OK: {config.source or '(defaults)'}\n"
+            f"  state_dir   {config.state_dir}\n"
+            f"  socket_path {config.socket_path}\n"
+            f"  log.fsync   {config.log.fsync}\n"
+            f"  store       {config.store.backend}{f' {dsn}' if dsn else ''}"
+        )
     return 0
+
+
+def _print(text: str) -> None:
+    """A line on stdout, written as timelinectl writes (timelined.stdout: exit 74 or 141)."""
+    write(sys.stdout, text + "\n")
 
 
 def _refused(exc: TimelinedError, what: str, code: int, *, as_json: bool) -> int:
@@ -112,9 +121,9 @@ def _backup(args: argparse.Namespace) -> int:
     except BackupFailed as exc:
         return _refused(exc, "backup failed", _BACKUP_EXIT[exc.side], as_json=args.json)
     if args.json:
-        sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+        _print(msgspec.json.encode(result).decode())
     else:
-        print(
+        _print(
             f"backup in {result.destination}: state at seq {result.state_last_seq}, log to seq "
             f"{result.log_last_seq} ({result.segments} segments, {result.log_bytes} bytes) in "
             f"{result.seconds:.2f}s"
@@ -148,9 +157,9 @@ def _migrate(args: argparse.Namespace) -> int:
         return _refused(exc, "nothing migrated", 1, as_json=args.json)
     line.clear()
     if args.json:
-        sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+        _print(msgspec.json.encode(result).decode())
     else:
-        print(render(result))
+        _print(render(result))
     return 0
 
 
@@ -217,8 +226,22 @@ def main(argv: list[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     with json_usage_errors(words):
         args = build_parser().parse_args(words)
-    code: int = args.run(args)
-    return code
+    if args.verb == "serve":  # the daemon writes nothing on stdout: an EPIPE there is a bug
+        code: int = args.run(args)
+        return code
+    as_json: bool = getattr(args, "json", False)
+
+    def failed(exc: OutputFailed) -> int:
+        message = f"cannot write stdout: {exc}"
+        if as_json:
+            sys.stderr.write(
+                error_line("timelined.CannotWrite", {"path": "<stdout>", "message": message})
+            )
+        else:
+            print(f"timelined: {message}", file=sys.stderr)
+        return os.EX_IOERR
+
+    return run_writing(sys.stdout, lambda: args.run(args), failed)
 
 
 if __name__ == "__main__":

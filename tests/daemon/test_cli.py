@@ -101,3 +101,28 @@ def test_serve_on_a_state_directory_it_cannot_use_exits_70_naming_it(tmp_path: P
     out = _timelined("serve", "--config", str(config))
     assert out.returncode == 70, out.stderr
     assert "Traceback" not in out.stderr and f"{state} exists and is not a directory" in out.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_check_config_to_a_full_or_closed_stdout_exits_74_or_141_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """Every verb but serve writes stdout as timelinectl does (timelined.stdout)."""
+    import os
+
+    config = tmp_path / "config.toml"
+    config.write_text(f'[daemon]\nstate_dir = "{tmp_path / "var"}"\n')
+    argv = [sys.executable, "-m", "timelined", "check-config", "--config", str(config)]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(argv, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert done.returncode == 74, done.stderr
+    assert done.stderr == "timelined: cannot write stdout: No space left on device\n"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write
+    try:
+        done = subprocess.run(
+            [*argv, "--json"], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")

@@ -148,3 +148,68 @@ def test_a_postgresql_store_it_cannot_reach_is_a_check_that_could_not_run(
             assert "cannot connect" in result["error"]
         else:
             assert done.stdout == "", done.stdout  # no report: "snapshot at seq -1" was one
+
+
+def _timelined_verify(*argv: str, stdout: int, unbuffered: bool) -> tuple[int, str]:
+    """`timelined verify ARGV` with stdout on the descriptor `stdout`: exit code and stderr."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-m", "timelined", "verify", *argv],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    return done.returncode, done.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "unbuffered"])
+def test_a_full_stdout_exits_74_with_one_line(small_dir: Path, unbuffered: bool) -> None:
+    """`timelined verify > /dev/full` as `timelinectl status > /dev/full`: exit 74, one line on
+    stderr (JSON with --json), no traceback."""
+    for json_flag in ([], ["--json"]):
+        with open("/dev/full", "w") as full:
+            code, err = _timelined_verify(
+                "--state-dir",
+                str(small_dir),
+                *json_flag,
+                stdout=full.fileno(),
+                unbuffered=unbuffered,
+            )
+        assert code == 74, err
+        lines = err.splitlines()
+        assert len(lines) == 1, err
+        if json_flag:
+            error = json.loads(lines[0])
+            assert error["error"] == "timelined.CannotWrite"
+            assert error["parameters"]["path"] == "<stdout>"
+            assert "No space left on device" in error["parameters"]["message"]
+        else:
+            assert lines[0] == "timelined: cannot write stdout: No space left on device"
+
+
+@pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "unbuffered"])
+def test_a_reader_that_closed_early_ends_verify_quietly_with_141(
+    small_dir: Path, unbuffered: bool
+) -> None:
+    """`timelined verify | head -c1` whose reader is gone before the report: exit 141 (as a
+    program SIGPIPE ended) and nothing on stderr. The read end is closed before the command
+    starts, so its first write meets the closed pipe, whatever the report's size."""
+    for json_flag in ([], ["--json"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            code, err = _timelined_verify(
+                "--state-dir", str(small_dir), *json_flag, stdout=write_end, unbuffered=unbuffered
+            )
+        finally:
+            os.close(write_end)
+        assert code == 141, err
+        assert err == "", err

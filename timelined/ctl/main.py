@@ -39,7 +39,6 @@ TEXT`).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
@@ -61,7 +60,7 @@ from timelined.ctl import (
     transparency,
 )
 from timelined.ctl.common import EX_IOERR, Ctl
-from timelined.ctl.output import Output, OutputFailed, escape
+from timelined.ctl.output import Output, escape
 from timelined.errors import (
     BadQuery,
     ConfigError,
@@ -71,6 +70,7 @@ from timelined.errors import (
     ProtocolError,
     TimelinedError,
 )
+from timelined.stdout import OutputFailed, run_writing
 
 EX_OK = 0
 EX_REFUSED = 1
@@ -80,7 +80,6 @@ EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
 EX_NOPERM = 77
 EX_CONFIG = 78
-EX_PIPE = 128 + 13  # what a shell reports for a program SIGPIPE ended
 
 VERB_GROUPS = (admin, exportlog, conversations, contexts, blocks, streams, transparency)
 
@@ -158,47 +157,31 @@ def report_error(out: Output, exc: TimelinedError) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`timelinectl log | head` ends quietly with EX_PIPE: SIGPIPE's default action would kill
-    the process (a shell may then print "Broken pipe"), so the write's EPIPE is taken instead.
-    The socket's own errors never arrive here as OSError: the client names them."""
-    try:
-        return _run(argv)
-    except BrokenPipeError:
-        _silence_stdout()
-        return EX_PIPE
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null: the interpreter flushes it at exit, into the closed pipe."""
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # not a real file (tests capture it)
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, fd)
-    os.close(devnull)
-
-
-def _run(argv: Sequence[str] | None) -> int:
+    """`timelinectl log | head` ends quietly with EX_PIPE, `timelinectl log > /dev/full` with
+    EX_IOERR and one line (timelined.stdout.run_writing). The socket's own errors never arrive
+    here as OSError: the client names them."""
     words = list(sys.argv[1:] if argv is None else argv)
     without_json, as_json = take_json(words)
+    out = Output(json=as_json)
+
+    def failed(exc: OutputFailed) -> int:
+        return out.fail(EX_IOERR, "CannotWrite", f"cannot write stdout: {exc}", path="<stdout>")
+
+    return run_writing(out.stdout, lambda: _run(words, without_json, out), failed)
+
+
+def _run(words: Sequence[str], without_json: Sequence[str], out: Output) -> int:
     with json_usage_errors(words):
         args = build_parser().parse_args(without_json)
-    out = Output(json=args.json or as_json)
     ctl = Ctl(args, out, words)
     try:
-        try:
-            code: int = args.run(ctl)
-        except TimelinedError as exc:
-            report_error(out, exc)
-            code = exit_code(exc)
-        except KeyboardInterrupt:
-            code = 130
-        out.flush()  # here, not at exit, where a closed pipe or a full disk would be reported
+        code: int = args.run(ctl)
         return code
-    except OutputFailed as exc:  # stdout failed (ENOSPC, EIO): one line, no traceback
-        _silence_stdout()  # what is still buffered would fail again at exit
-        return out.fail(EX_IOERR, "CannotWrite", f"cannot write stdout: {exc}", path="<stdout>")
+    except TimelinedError as exc:
+        report_error(out, exc)
+        return exit_code(exc)
+    except KeyboardInterrupt:
+        return 130
     finally:
         ctl.close()
 

@@ -12,6 +12,8 @@ import msgspec
 
 from timelined.api.model import Context, Conversation
 from timelined.argparsing import error_line
+from timelined.stdout import flush as flush_stream
+from timelined.stdout import write as write_stream
 
 # C0 controls, DEL and C1 controls: what a terminal may take as the start of an escape sequence
 # (CSI, OSC, ...) or as cursor movement. Printed as `\xNN`, so a name or a block's content can
@@ -27,14 +29,6 @@ def escape(text: str, *, multiline: bool = False) -> str:
     human output: every one-line field (a table's cell, a `key  value` field, the tree, `log`
     and `watch` lines) shows a newline as `\\n`, as the README says."""
     return text.translate(_MULTILINE if multiline else _ONE_LINE)
-
-
-class OutputFailed(Exception):
-    """Writing to stdout failed for another reason than a closed pipe (ENOSPC, EIO, ...)."""
-
-    def __init__(self, error: OSError) -> None:
-        super().__init__(error.strerror or str(error))
-        self.error = error
 
 
 @dataclass
@@ -53,39 +47,12 @@ class Output:
             human()
 
     def write(self, text: str) -> None:
-        """The one place stdout is written: every byte of `text` or an error.
-
-        A closed pipe raises BrokenPipeError (timelinectl exits 141); any other failure
-        (a full disk: ENOSPC) raises OutputFailed (exit 74). Under `python -u` (or
-        PYTHONUNBUFFERED) stdout's binary layer is unbuffered, and its TextIOWrapper drops what
-        a short write leaves over (a pipe whose reader went away mid-write), so the bytes go
-        through a loop that takes short writes, until the next write reports the closed pipe.
-        """
-        try:
-            raw = getattr(self.stdout, "buffer", None)
-            if raw is None:  # not a real file (tests capture it)
-                self.stdout.write(text)
-                return
-            self.stdout.flush()
-            data = memoryview(text.encode(self.stdout.encoding, self.stdout.errors or "strict"))
-            while data:
-                written = raw.write(data)
-                if written is None:  # a non-blocking stdout that is full
-                    raise BlockingIOError(11, "stdout would block")
-                data = data[written:]
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise OutputFailed(exc) from exc
+        """The one place stdout is written: all of `text`, or BrokenPipeError / OutputFailed."""
+        write_stream(self.stdout, text)
 
     def flush(self) -> None:
         """Flush stdout; errors as for write()."""
-        try:
-            self.stdout.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise OutputFailed(exc) from exc
+        flush_stream(self.stdout)
 
     def print_json(self, value: Any) -> None:
         encoded = msgspec.json.format(msgspec.json.encode(value), indent=2)

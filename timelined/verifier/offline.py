@@ -21,6 +21,7 @@ from typing import TextIO
 import msgspec
 
 from timelined.api.verify import VerifyProgress, VerifyReport
+from timelined.stdout import write
 from timelined.verifier.runner import Paths, verify_paths
 
 EXIT_OK = 0
@@ -132,9 +133,9 @@ def run_offline_pg(dsn: str, password_file: str | None, *, as_json: bool, progre
 def _print(report: VerifyReport, where: object, *, as_json: bool) -> int:
     """Print a report (human or JSON) and return the exit code its verdict gives."""
     if as_json:
-        sys.stdout.write(msgspec.json.format(msgspec.json.encode(report)).decode() + "\n")
+        write(sys.stdout, msgspec.json.format(msgspec.json.encode(report)).decode() + "\n")
     else:
-        sys.stdout.write(render(report, where) + "\n")
+        write(sys.stdout, render(report, where) + "\n")
     if report.state == "ok":
         return EXIT_OK
     return EXIT_FOUND if report.state in ("drift", "damaged") else EXIT_CANNOT
@@ -143,8 +144,9 @@ def _print(report: VerifyReport, where: object, *, as_json: bool) -> int:
 def _cannot_run(problem: str, *, as_json: bool) -> int:
     """Say why the check could not run (with --json also as an object on stdout); exit 2."""
     if as_json:
-        sys.stdout.write(
-            msgspec.json.encode({"state": "cannot run", "error": problem}).decode() + "\n"
+        write(
+            sys.stdout,
+            msgspec.json.encode({"state": "cannot run", "error": problem}).decode() + "\n",
         )
     print(f"timelined verify: {problem}", file=sys.stderr)
     return EXIT_CANNOT
