@@ -144,6 +144,38 @@ def test_a_missing_witness_key_exits_66_an_existing_key_file_73(
     assert key.read_text() == "precious\n"
 
 
+def test_a_malformed_witness_key_exits_65_naming_the_file_and_the_problem(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """A key file that was read but holds no signer key is bad data (EX_DATAERR), not a bad
+    command line; the message never shows the key's secret."""
+    good = tmp_path / "good.key"
+    made = _run(daemon, "witness-key", "w4", "--out", str(good))
+    assert made.returncode == 0, made.stderr
+    secret = good.read_text().strip()
+    seed = secret.rsplit("+", 1)[1]
+    since = tmp_path / "since.json"
+    for content, problem in (
+        (made.stdout.encode(), "not a signer key"),  # the verifier key printed, not the file
+        (secret[:-6].encode() + b"!!!!!!\n", "the key is not base64"),  # a damaged copy
+        (b"PRIVATE+KEY+w4+\xff\n", "not ASCII text (byte 0xff at offset 15)"),
+    ):
+        key = tmp_path / "bad.key"
+        key.write_bytes(content)
+        done = _run(daemon, "cosign", "--since", str(since), "--witness-key", str(key))
+        _no_traceback(done)
+        assert done.returncode == 65, done.stderr
+        assert f"the witness key {key} is malformed: {problem}" in done.stderr, done.stderr
+        assert seed[:-6] not in done.stderr
+        done = _run(daemon, "--json", "cosign", "--since", str(since), "--witness-key", str(key))
+        assert done.returncode == 65, done.stderr
+        error = json.loads(done.stderr)
+        assert error["error"] == "timelinectl.BadWitnessKey"
+        assert error["parameters"]["path"] == str(key)
+        assert error["parameters"]["problem"].startswith(problem)
+    assert not since.exists()  # refused before the audit: nothing remembered
+
+
 def test_the_export_parts_are_all_named_in_the_help_and_the_readme() -> None:
     """`export --help` and the README's export line name every part of an export (proofs too:
     docs/interfaces.md), in order."""

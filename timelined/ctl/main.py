@@ -6,8 +6,8 @@ Human output by default (tables, a tree for `tree`); `--json` prints the Varlink
 Errors go to stderr; with --json as one JSON object, `{"error": NAME, "parameters": {...,
 "message": ...}}`: the daemon's errors are named by their interface,
 `io.timelined.Timeline.<Name>` or `io.timelined.Admin.<Name>`, as received; timelinectl's own
-refusals `timelinectl.<Name>` (UsageError, CannotRead, CannotWrite, BadExport, and
-export-log's DirectoryNotEmpty, NotADirectory, WriteFailed, BadLog).
+refusals `timelinectl.<Name>` (UsageError, CannotRead, CannotWrite, BadExport, cosign's
+BadWitnessKey, and export-log's DirectoryNotEmpty, NotADirectory, WriteFailed, BadLog).
 Exit codes (sysexits):
 
     0   ok
@@ -17,7 +17,8 @@ Exit codes (sysexits):
         history changed (HistoryRewritten)
     64  usage: bad command line (also `append` with no content argument and empty stdin)
     65  bad data: InvalidParameter, InvalidArgument, BadQuery; a file to import that is cut off;
-        a log line export-log received that does not chain (BadLog)
+        a log line export-log received that does not chain (BadLog); cosign's --witness-key
+        read but holding no signer key (BadWitnessKey, naming the file and the problem)
     66  no input: a file to import does not exist (also verify-export's files, cosign's
         --witness-key)
     69  unavailable: the daemon is not running or cannot be reached

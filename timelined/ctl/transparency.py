@@ -213,17 +213,21 @@ def witness_key(ctl: Ctl) -> int:
 
 
 def cosign(ctl: Ctl) -> int:
+    path: str = ctl.args.witness_key
     try:
-        witness = Signer.parse(Path(ctl.args.witness_key).read_text(encoding="ascii"))
+        witness = Signer.parse(Path(path).read_text(encoding="ascii"))
     except OSError as exc:  # 66, as verify-export and import say of a missing input
         return ctl.out.fail(
             EX_NOINPUT,
             "CannotRead",
-            f"cannot read the witness key {ctl.args.witness_key}: {exc.strerror or exc}",
-            path=ctl.args.witness_key,
+            f"cannot read the witness key {path}: {exc.strerror or exc}",
+            path=path,
         )
-    except NoteError as exc:
-        return ctl.out.fail(EX_USAGE, "UsageError", f"witness key {ctl.args.witness_key}: {exc}")
+    except UnicodeDecodeError as exc:  # read, but not a key: bad data (65), as a NoteError
+        problem = f"not ASCII text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+        return _bad_witness_key(ctl, path, problem)
+    except NoteError as exc:  # its message never holds the key's secret (note._b64decode)
+        return _bad_witness_key(ctl, path, str(exc))
     result = _audit(ctl)  # raises unless it extends
     if isinstance(result, int):
         return result
@@ -234,6 +238,18 @@ def cosign(ctl: Ctl) -> int:
 
     ctl.out.reply(CheckpointReply(cosigned), human)
     return 0
+
+
+def _bad_witness_key(ctl: Ctl, path: str, problem: str) -> int:
+    """A witness key file that was read but holds no signer key: exit 65 (EX_DATAERR)."""
+    return ctl.out.fail(
+        EX_DATAERR,
+        "BadWitnessKey",
+        f"the witness key {path} is malformed: {problem} (expected witness-key's file, "
+        "PRIVATE+KEY+NAME+ID+KEY)",
+        path=path,
+        problem=problem,
+    )
 
 
 def _read_parts(path: str) -> list[ExportPart]:

@@ -37,11 +37,12 @@ def key_id(name: str, public: bytes) -> bytes:
     return sha256(name.encode() + b"\n" + ALG_ED25519 + public).digest()[:4]
 
 
-def _b64decode(text: str) -> bytes:
+def _b64decode(text: str, *, secret: bool = False) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise NoteError(f"not base64: {text!r}") from None
+        # A signer key's base64 is its seed: the error is shown and logged, the seed never.
+        raise NoteError("the key is not base64" if secret else f"not base64: {text!r}") from None
 
 
 def _check_name(name: str) -> str:
@@ -50,7 +51,7 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _parse_key(text: str, parts: int) -> tuple[str, bytes, bytes]:
+def _parse_key(text: str, parts: int, *, secret: bool = False) -> tuple[str, bytes, bytes]:
     """(name, key id, key bytes without the algorithm byte) of `name+hex id+base64`."""
     pieces = text.split("+", parts - 1)
     if len(pieces) != parts:
@@ -59,7 +60,7 @@ def _parse_key(text: str, parts: int) -> tuple[str, bytes, bytes]:
     _check_name(name)
     if not re.fullmatch(r"[0-9a-f]{8}", hex_id):
         raise NoteError("malformed key id")
-    raw = _b64decode(encoded)
+    raw = _b64decode(encoded, secret=secret)
     if len(raw) != 33 or raw[:1] != ALG_ED25519:
         raise NoteError("not an Ed25519 key")
     return name, bytes.fromhex(hex_id), raw[1:]
@@ -115,7 +116,7 @@ class Signer:
     def parse(cls, skey: str) -> Signer:
         if not skey.startswith("PRIVATE+KEY+"):
             raise NoteError("not a signer key")
-        name, kid, seed = _parse_key(skey.strip(), 5)
+        name, kid, seed = _parse_key(skey.strip(), 5, secret=True)
         signer = cls(name, seed)
         if signer.verifier().id != kid:
             raise NoteError("the key id does not match the key")
