@@ -71,6 +71,46 @@ def test_a_checkpoint_or_key_file_that_cannot_be_written_exits_73(
     assert not missing.parent.exists()
 
 
+def _refuses_to_read_since(daemon: DaemonProcess, since: Path, reason: str) -> None:
+    """audit and cosign with `--since since`: exit 66 (EX_NOINPUT), "cannot read", not 73."""
+    key = since.with_name("witness.key")
+    assert _run(daemon, "witness-key", "w5", "--out", str(key)).returncode == 0
+    for verb in (["audit"], ["cosign", "--witness-key", str(key)]):
+        done = _run(daemon, *verb, "--since", str(since))
+        _no_traceback(done)
+        assert done.returncode == 66, done.stderr
+        assert done.stderr == f"timelinectl: cannot read {since}: {reason}\n"
+        done = _run(daemon, "--json", *verb, "--since", str(since))
+        assert done.returncode == 66, done.stderr
+        error = json.loads(done.stderr)
+        assert error["error"] == "timelinectl.CannotRead"
+        assert error["parameters"]["path"] == str(since)
+
+
+def test_a_since_file_that_cannot_be_read_exits_66_not_73(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    since = tmp_path / "a-directory"
+    since.mkdir()
+    _refuses_to_read_since(daemon, since, "Is a directory")
+    assert list(since.iterdir()) == []  # nothing written beside or into it
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file of mode 000")
+def test_a_since_file_without_read_permission_exits_66(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    since = tmp_path / "since.json"
+    assert _run(daemon, "audit", "--since", str(since)).returncode == 0
+    remembered = since.read_bytes()
+    since.chmod(0o000)
+    try:
+        _refuses_to_read_since(daemon, since, "Permission denied")
+    finally:
+        since.chmod(0o644)
+    assert since.read_bytes() == remembered
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 @pytest.mark.parametrize("unbuffered", [False, True], ids=["buffered", "unbuffered"])
 def test_a_full_stdout_exits_74_with_one_line(

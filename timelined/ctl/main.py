@@ -20,11 +20,13 @@ Exit codes (sysexits):
         a log line export-log received that does not chain (BadLog); cosign's --witness-key
         read but holding no signer key (BadWitnessKey, naming the file and the problem)
     66  no input: a file to import does not exist (also verify-export's files, cosign's
-        --witness-key)
+        --witness-key); the checkpoint file of audit/cosign --since cannot be read (a
+        directory, no permission; a missing one is a first audit)
     69  unavailable: the daemon is not running or cannot be reached
     70  software: an internal error or a reply that breaks the protocol
     73  cannot create: an output file (export -o, metrics --textfile, witness-key --out, which
-        never overwrites a file, the checkpoint file of audit/cosign --since), export-log's DIR
+        never overwrites a file, the checkpoint file of audit/cosign --since when it cannot be
+        written), export-log's DIR
     74  I/O error: writing an output file or stdout failed (`timelinectl log > /dev/full`)
     77  no permission: this user may not open the daemon's socket, or [auth] refused the call
         (PermissionDenied)

@@ -148,8 +148,20 @@ def prove(ctl: Ctl) -> int:
 
 def _audit(ctl: Ctl) -> trust.AuditResult | int:
     """`client.audit` (which rewrites the --since file), or the exit code of a --since file
-    that cannot be written (its directory is missing, not writable, the disk is full: 73)."""
+    that cannot be read (a directory, no permission: 66) or written (its directory is missing,
+    not writable, the disk is full: 73)."""
     since: str = ctl.args.since
+    try:
+        # Read once here, before the audit reads and rewrites it, so that an OSError of the
+        # audit's is its write's: the client's audit raises both as OSError.
+        trust.load_remembered(since)
+    except OSError as exc:
+        return ctl.out.fail(
+            EX_NOINPUT,
+            "CannotRead",
+            f"cannot read {since}: {exc.strerror or exc}",
+            path=since,
+        )
     try:
         return ctl.client.audit(since, verifier_key=ctl.args.key)
     except OSError as exc:  # the socket's errors arrive named, never as OSError
