@@ -11,11 +11,15 @@ write, which the boot cuts into quarantine. Reports are copied too; the marker n
 The copy is as private as the source: its directories take the state directory's permission
 bits (0700, or 0750 with `[daemon] state_group`), its files the same without execute (0600 or
 0640), whatever the umask. `DESTINATION.partial` is created 0700 before anything is copied into
-it, so no file of the copy is ever readable by others, not even for a moment.
+it, so no file of the copy is ever readable by others, not even for a moment. It is as shared as
+the source too: everything takes the state directory's group, and a directory whose source is
+setgid is setgid; a user who may not give that group gets a copy private to its owner (0700 and
+0600) and a note in the result that says so.
 """
 
 from __future__ import annotations
 
+import grp
 import os
 import shutil
 import sqlite3
@@ -40,6 +44,7 @@ class BackupResult(msgspec.Struct, frozen=True):
     segments: int
     log_bytes: int
     seconds: float
+    notes: list[str] = msgspec.field(default_factory=list)  # what could not be kept, once each
 
 
 def backup(
@@ -92,7 +97,8 @@ def backup(
             str(destination),
         )
     try:
-        dir_mode = stat.S_IMODE(state_dir.stat().st_mode) & 0o777
+        source_st = state_dir.stat()
+        dir_mode = stat.S_IMODE(source_st.st_mode) & 0o777
         partial.parent.mkdir(parents=True, exist_ok=True)
         partial.mkdir(mode=0o700)  # private from the start; its final mode is set at the end
     except OSError as exc:
@@ -102,7 +108,13 @@ def backup(
     try:
         (partial / "log").mkdir(mode=0o700)
         return _copy(
-            state_dir, destination, partial, progress or (lambda _: None), fileops, dir_mode
+            state_dir,
+            destination,
+            partial,
+            progress or (lambda _: None),
+            fileops,
+            dir_mode,
+            source_st.st_gid,
         )
     except BackupFailed:
         shutil.rmtree(partial, ignore_errors=True)
@@ -126,6 +138,7 @@ def _copy(
     say: Callable[[str], None],
     ops: FileOps,
     dir_mode: int,
+    gid: int,
 ) -> BackupResult:
     started = time.perf_counter()
     db = state_dir / "state.db"
@@ -157,7 +170,7 @@ def _copy(
             f"the copied log ends at seq {chain.head_seq}, before the state ({state_seq})",
             str(destination),
         )
-    _restrict(partial, dir_mode)
+    notes = _restrict(partial, state_dir, dir_mode, gid)
     _fsync_tree(partial, ops)
     if destination.exists():
         destination.rmdir()
@@ -170,6 +183,7 @@ def _copy(
         segments=len(segments),
         log_bytes=total,
         seconds=round(time.perf_counter() - started, 3),
+        notes=notes,
     )
 
 
@@ -228,16 +242,57 @@ def _copy_prefix(src: Path, dst: Path, ops: FileOps) -> int:
         ops.close(fin)
 
 
-def _restrict(root: Path, dir_mode: int) -> None:
-    """Directories `dir_mode` (the source state directory's bits), regular files the same
-    without execute: the copy is exactly as private as the source, whatever the umask."""
+def _restrict(root: Path, source: Path, dir_mode: int, gid: int) -> list[str]:
+    """Directories `dir_mode` (the source state directory's bits) and setgid where their source
+    directory is, regular files the same without execute, all of group `gid` (the source's):
+    the copy as private and as shared as the source, whatever the umask. A user who may not
+    give that group gets a copy private to its owner, and a note saying so (the result's)."""
+    notes: list[str] = []
+    try:
+        # Once, on the top directory: every path of the copy has the same owner and group, so
+        # what is refused here would be refused everywhere.
+        _chgrp(root, gid)
+    except PermissionError as exc:  # neither root nor a member of the group: not a failure
+        group = _group_name(gid)
+        notes.append(
+            f"the copy does not have the source's group {group} ({exc.strerror}): it is "
+            f"private to its owner; run the backup as root or as a member of {group}"
+        )
+        dir_mode &= 0o700  # the group bits were granted to the source's group, not this one
     file_mode = dir_mode & 0o666
     for dirpath, _, files in os.walk(root):
+        here = Path(dirpath)
         for name in files:
-            path = Path(dirpath) / name
+            path = here / name
             if not path.is_symlink():
+                if not notes:
+                    _chgrp(path, gid)
                 path.chmod(file_mode)
-        Path(dirpath).chmod(dir_mode)
+        if not notes:
+            _chgrp(here, gid)
+        here.chmod(dir_mode | _setgid_of(source / here.relative_to(root)))
+    return notes
+
+
+def _chgrp(path: Path, gid: int) -> None:
+    """Give `path` the group `gid`, before its chmod: a chown may clear a setgid bit."""
+    if path.lstat().st_gid != gid:
+        os.chown(path, -1, gid, follow_symlinks=False)
+
+
+def _setgid_of(path: Path) -> int:
+    """S_ISGID if the directory `path` has it, else 0 (also when it is gone since the copy)."""
+    try:
+        return path.stat().st_mode & stat.S_ISGID
+    except OSError:
+        return 0
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return f"{grp.getgrgid(gid).gr_name} (gid {gid})"
+    except KeyError:
+        return f"gid {gid}"
 
 
 def _fsync_tree(root: Path, ops: FileOps) -> None:

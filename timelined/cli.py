@@ -128,6 +128,8 @@ def _backup(args: argparse.Namespace) -> int:
             f"{result.log_last_seq} ({result.segments} segments, {result.log_bytes} bytes) in "
             f"{result.seconds:.2f}s"
         )
+        for note in result.notes:
+            _print(f"note: {note}")
     return 0
 
 

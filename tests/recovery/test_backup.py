@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -225,3 +227,105 @@ def test_the_copy_is_as_private_as_the_source_whatever_the_umask(
         if mode != (source_mode if (to / name).is_dir() else file_mode)
     }
     assert not wrong, wrong
+
+
+def _group_state_dir(tmp_path: Path) -> tuple[Path, int]:
+    """A stopped daemon's state directory with `[daemon] state_group` of a group root is not
+    in: setgid 0750 directories and 0640 files of that group, as the boot leaves them."""
+    import grp
+
+    import msgspec
+
+    from tests.recovery.test_boot import boot_once, make_config, write_blocks
+
+    gid = next((g.gr_gid for g in grp.getgrall() if g.gr_gid not in (0, *os.getgroups())), 4242)
+    config = make_config(tmp_path)
+    daemon = msgspec.structs.replace(config.daemon, state_group=str(gid))
+    config = msgspec.structs.replace(config, daemon=daemon)
+    umask = os.umask(0o077)
+    try:
+        write_blocks(config, boot_once(config).head, 3)
+    finally:
+        os.umask(umask)  # the boot sets the daemon's; the tests that follow keep theirs
+    return config.state_dir, gid
+
+
+def _modes_and_groups(root: Path) -> dict[str, tuple[str, int]]:
+    import stat
+
+    return {
+        str(p.relative_to(root)): (oct(stat.S_IMODE(p.lstat().st_mode)), p.lstat().st_gid)
+        for p in [root, *root.rglob("*")]
+        if not p.is_symlink()
+    }
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or os.geteuid() != 0,
+    reason="needs root, to make a state directory of a group the test user is not in",
+)
+def test_the_copy_keeps_the_sources_group_and_setgid_directories(tmp_path: Path) -> None:
+    state, gid = _group_state_dir(tmp_path)
+    source = _modes_and_groups(state)
+    assert source["."] == (oct(0o2750), gid) and source["log"] == (oct(0o2750), gid), source
+    to = tmp_path / "copy"
+    out = _backup(state, to)
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.splitlines()) == 1 and "note" not in out.stdout, out.stdout
+    copy = _modes_and_groups(to)
+    assert {"log", "reports", "state.db"} <= set(copy) and any(p.startswith("log/") for p in copy)
+    wrong = {
+        path: have
+        for path, have in copy.items()
+        if have != (oct(0o2750 if (to / path).is_dir() else 0o640), gid)
+    }
+    assert not wrong, wrong
+    out = _backup(state, tmp_path / "copy2", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["notes"] == [], out.stderr
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux" or os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root (a state directory of another group) and setpriv (root without chown)",
+)
+def test_a_user_who_may_not_give_the_group_gets_a_private_copy_and_one_note(
+    tmp_path: Path,
+) -> None:
+    """Root without CAP_CHOWN and outside the group, as a user who is not in the group: the
+    chown is refused by the kernel; the backup is made, private to its owner, and says so."""
+    state, gid = _group_state_dir(tmp_path)
+    no_chown = ["setpriv", "--inh-caps=-chown", "--bounding-set=-chown", "--clear-groups"]
+    for n, extra in enumerate(([], ["--json"])):
+        to = tmp_path / f"copy{n}"
+        backup = [sys.executable, "-m", "timelined", "backup", "--state-dir", str(state)]
+        out = subprocess.run(
+            [*no_chown, *backup, "--to", str(to), *extra],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        if extra:
+            notes = json.loads(out.stdout)["notes"]
+        else:
+            notes = [line for line in out.stdout.splitlines() if line.startswith("note: ")]
+            assert len(out.stdout.splitlines()) == 2, out.stdout
+        assert len(notes) == 1, out.stdout
+        assert f"does not have the source's group {_group(gid)}" in notes[0]
+        assert "Operation not permitted" in notes[0] and "private to its owner" in notes[0]
+        wrong = {
+            path: have
+            for path, have in _modes_and_groups(to).items()
+            if have != (oct(0o2700 if (to / path).is_dir() else 0o600), 0)
+        }
+        assert not wrong, wrong
+
+
+def _group(gid: int) -> str:
+    import grp
+
+    try:
+        return f"{grp.getgrgid(gid).gr_name} (gid {gid})"
+    except KeyError:
+        return f"gid {gid}"
