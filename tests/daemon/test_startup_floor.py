@@ -61,7 +61,10 @@ def test_an_sqlite_daemon_imports_nothing_before_ready_that_only_later_paths_nee
     assert info.url == project_url()
 
 
-def test_a_key_that_cannot_be_used_stops_only_the_signing() -> None:
+@pytest.mark.parametrize(
+    "damaged", [b"PRIVATE+KEY+damaged\n", b"PRIVATE+KEY+\xff\xfe\n"], ids=["base64", "not-ascii"]
+)
+def test_a_key_that_cannot_be_used_stops_only_the_signing(damaged: bytes) -> None:
     """The key is read after READY: a damaged one is logged, the checkpoint methods answer
     FeatureUnavailable, and the daemon serves everything else, the tree's proofs included."""
     with short_tempdir() as base:
@@ -69,7 +72,7 @@ def test_a_key_that_cannot_be_used_stops_only_the_signing() -> None:
         with daemon, Client(daemon.socket_path) as client:
             conv = client.create_conversation("key")
             client.append_block(conv.root_context_id, "user", "hello")
-        (daemon.state_dir / "keys" / "checkpoint.key").write_text("PRIVATE+KEY+damaged\n")
+        (daemon.state_dir / "keys" / "checkpoint.key").write_bytes(damaged)
         with daemon, Client(daemon.socket_path) as client:
             with pytest.raises(FeatureUnavailable, match="checkpoint key"):
                 client.get_checkpoint()

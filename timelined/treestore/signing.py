@@ -37,6 +37,11 @@ def load_or_create_key(keys_dir: Path, origin: str) -> Signer:
         write_file_atomic(keys_dir / PUB_FILE, str(signer.verifier()).encode() + b"\n", mode=0o644)
         log.info("created the checkpoint key %s", signer.verifier())
         return signer
+    except UnicodeDecodeError as exc:  # a ValueError: it would end the daemon, not the signing
+        raise ConfigError(
+            "checkpoint",
+            f"{path}: not ASCII text (byte 0x{exc.object[exc.start]:02x} at {exc.start})",
+        ) from None
     try:
         signer = Signer.parse(text)
     except NoteError as exc:
