@@ -48,10 +48,15 @@ class CountParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     delay_s: float = 0.0
     fail_at: int | None = None
     forget_final: bool = False
+    big_at: int | None = None  # this reply carries BIG_PAD bytes (past the tests' frame limit)
 
 
-class CountReply(msgspec.Struct, frozen=True):
+BIG_PAD = 100_000
+
+
+class CountReply(msgspec.Struct, frozen=True, omit_defaults=True):
     i: int
+    pad: str = ""
 
 
 class SlowParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -141,7 +146,7 @@ def handlers(probe: Probe) -> dict[str, Any]:
                     raise SlowConsumer(i)
                 if p.delay_s:
                     await anyio.sleep(p.delay_s)
-                reply = CountReply(i)
+                reply = CountReply(i, "p" * BIG_PAD if p.big_at == i else "")
                 yield Final(reply) if i == p.n - 1 and not p.forget_final else reply
         finally:
             probe.streams_closed += 1

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 
 from tests.varlink.demo import (
+    BIG_PAD,
     BagParams,
     Running,
     raw_connect,
@@ -525,6 +526,33 @@ async def test_stream_through_the_client(running: Running) -> None:
         assert err.value.name == "io.timelined.Timeline.SlowConsumer"
         assert await c.call(ECHO, {"text": "after"}) == {"text": "after"}
     assert running.probe.streams_closed == 3
+
+
+async def test_a_stream_reply_larger_than_a_frame_is_refused_like_any_other(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stream's later reply past max_message_bytes ends the stream with the same error as
+    any oversized reply: LimitExceeded naming the method and the reply's size, logged once
+    per method. It said "max_message_bytes (reply)", without the method, and logged nothing."""
+    count = "io.timelined.Test.Count"
+    s = await raw_connect(running.path)
+    async with s:
+        for _ in range(2):
+            await s.send(call(count, {"n": 4, "big_at": 2}, more=True))
+            replies = await read_frames(s, 3)
+            assert replies[:2] == [
+                {"parameters": {"i": 0}, "continues": True},
+                {"parameters": {"i": 1}, "continues": True},
+            ]
+            assert replies[2]["error"] == "io.timelined.Timeline.LimitExceeded"
+            params = replies[2]["parameters"]
+            assert params["limit"] == f"max_message_bytes (reply of {count})"
+            assert params["size"] > BIG_PAD and params["maximum"] == 64 * 1024
+        await s.send(call(ECHO, {"text": "next"}))  # the connection goes on
+        assert await read_frames(s, 1) == [{"parameters": {"text": "next"}}]
+    warnings = [r for r in caplog.records if "refused the reply" in r.getMessage()]
+    assert [r.levelname for r in warnings] == ["WARNING"]  # once; the other at debug
+    assert count in warnings[0].getMessage()
 
 
 async def test_disconnect_mid_stream_is_harmless(running: Running) -> None:

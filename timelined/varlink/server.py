@@ -1195,6 +1195,10 @@ class VarlinkServer:
         limit could not read it, and an unread one was held whole: a GetContext with 500
         cross-references of 64 KiB notes made a 31 MiB frame). The caller drops the frame.
 
+        Every reply the server builds comes here when it is too large: an awaited handler's,
+        a deferred call's, a streaming method's first reply and every later reply of a
+        stream (which the error then ends), so a client meets one text for all of them.
+
         Logged as a warning once per method (then at debug): a peer repeating the call must
         not fill the journal; the operator learns which method outgrew the limit."""
         maximum = self._limits.max_message_bytes
@@ -1364,7 +1368,7 @@ class VarlinkServer:
                 # The frame is what goes out: a peer that does not read holds it, not the reply
                 # object (with every value in it) a second time.
                 del item
-                await self._send_reply(conn, buf)
+                await self._send_reply(conn, call, buf)
                 if final:
                     return
             raise RuntimeError(f"the stream of {call.method} ended without a Final reply")
@@ -1379,13 +1383,12 @@ class VarlinkServer:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 conn.peer_gone = True
 
-    async def _send_reply(self, conn: _Conn, buf: bytearray) -> None:
-        """One stream reply: refused (LimitReached) when over max_message_bytes, a frame no
-        client with the same limit could read; else sent within the daemon-wide budget."""
+    async def _send_reply(self, conn: _Conn, call: CallMessage, buf: bytearray) -> None:
+        """One stream reply: refused when over max_message_bytes (`_oversized`: a frame no
+        client with the same limit could read); else sent within the daemon-wide budget."""
         size = len(buf)
-        maximum = self._limits.max_message_bytes
-        if size - 1 > maximum:  # the limit does not count the NUL
-            raise LimitReached("max_message_bytes (reply)", size - 1, maximum)
+        if size - 1 > self._limits.max_message_bytes:  # the limit does not count the NUL
+            raise self._oversized(conn, call, size - 1)
         uid = conn.peer.uid  # waits for room in the peer's share too
         await self.buffers.take(size, uid)
         try:
