@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -428,6 +429,38 @@ async def test_a_flood_of_refused_connections_logs_a_line_a_second(
         assert len(lines) == 5, lines
         assert lines[3].startswith("refused 3 more connections since the last such line")
         assert "more" not in lines[4]
+
+
+async def test_only_replies_the_socket_did_not_take_count_in_the_budget(
+    running: Running,
+) -> None:
+    """A peer that reads nothing: the replies the kernel took are out of the daemon's hands,
+    only the rest of the batch waits in the daemon and counts in the buffer budget. So what
+    the peer can read plus what is counted is whole replies. Before, a batch counted whole
+    while its rest waited, the part in the kernel included (a part of a reply more)."""
+    frame = call(ECHO, {"text": "x" * 1000, "times": 60})
+    reply_size = len(b'{"parameters":{"text":""}}\0') + 60_000
+    peer = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    peer.connect(os.fspath(running.path))
+    try:
+        peer.sendall(frame * 40)  # 2.4 MB of replies: more than the socket holds
+        await wait_until(lambda: running.server.buffers.used > 0)
+        await anyio.sleep(0.2)  # the connection waits for the peer, which reads nothing
+        counted = running.server.buffers.used
+        assert running.server.buffers.held_by(os.getuid()) == counted
+        # Read what the kernel holds, without giving the server (this event loop) a turn.
+        peer.setblocking(False)
+        readable = 0
+        while True:
+            try:
+                readable += len(peer.recv(1 << 20))
+            except BlockingIOError:
+                break
+        assert (readable + counted) % reply_size == 0, (readable, counted, reply_size)
+        assert 0 < counted <= 2 * reply_size  # at most the rest of one flush of 2 replies
+    finally:
+        peer.close()
+    await wait_until(lambda: running.server.buffers.used == 0)
 
 
 async def test_limits_reload_applies_to_open_connections(running: Running) -> None:

@@ -37,6 +37,8 @@ __all__ = [
     "raw_socket",
     "receive_chunk",
     "send_all",
+    "send_at_once",
+    "send_rest",
 ]
 
 DEFAULT_RECEIVE_SIZE = 256 * 1024
@@ -456,16 +458,28 @@ async def send_all(
         with anyio.fail_after(timeout_s):
             await stream.send(data)
         return
-    view = memoryview(data)
+    sent = send_at_once(sock, data)
+    if sent < len(data):
+        await send_rest(sock, memoryview(data)[sent:], timeout_s)
+
+
+def send_at_once(sock: socket.socket, data: bytes | bytearray) -> int:
+    """How much of `data` the non-blocking socket takes now (0 when its buffer is full),
+    without a wait; a peer that is gone raises BrokenResourceError."""
     try:
-        sent = sock.send(view)
+        return sock.send(data)
     except BlockingIOError:
-        sent = 0
+        return 0
     except OSError as exc:
         raise _broken(sock, exc) from exc
-    if sent == len(view):
-        return
-    view = view[sent:]
+
+
+async def send_rest(
+    sock: socket.socket, data: bytes | bytearray | memoryview, timeout_s: float | None = None
+) -> None:
+    """Write `data` as the socket drains, at most `timeout_s` (see `send_all`): what
+    `send_at_once` left."""
+    view = memoryview(data)
     try:
         with anyio.fail_after(timeout_s):
             while view:

@@ -78,6 +78,8 @@ from timelined.varlink.framing import (
     decode_call,
     json_problem,
     send_all,
+    send_at_once,
+    send_rest,
 )
 from timelined.varlink.interface import (
     Interface,
@@ -1020,15 +1022,21 @@ class VarlinkServer:
         if conn.out:
             out = conn.out
             conn.out = bytearray()
-            # Replies the socket did not take at once count in the daemon-wide budget while
-            # they wait for the peer, like a stream's: they are already built, so counted even
-            # past the limit (streams and large frames then wait or are refused), and the
-            # connection dispatches nothing more until they are written.
+            sent = send_at_once(conn.sock, out)
+            if sent == len(out):
+                return  # the common case: nothing waits, nothing to count
+            # What the socket did not take waits for the peer, and counts in the daemon-wide
+            # budget and the uid's share meanwhile, like a stream's reply: it is already built,
+            # so counted even past the limit (streams and large frames then wait or are
+            # refused), and the connection starts nothing more until it is written. What the
+            # kernel took is dropped here (freed when it is most of the buffer); the budget
+            # never counted it, the kernel holds its copy.
+            del out[:sent]
             size = len(out)
             uid = conn.peer.uid
             self.buffers.count(size, uid)
             try:
-                await send_all(conn.stream, conn.sock, cast(bytes, out), self._write_timeout)
+                await send_rest(conn.sock, out, self._write_timeout)
             finally:
                 self.buffers.give(size, uid)
 
