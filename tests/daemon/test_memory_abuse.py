@@ -180,9 +180,9 @@ def test_pipelined_writes_with_large_replies_hold_a_window_not_all_their_replies
     """A peer pipelines hundreds of small Focus calls whose replies are large (a context with
     ~600 KB of tags) and reads none. The replies of a read's write calls were all built at
     once: 1,500 such calls on each of 2 connections grew the daemon by 4.7 GiB. Now each
-    connection has at most 32 write calls in flight (fewer once their replies are large),
-    the rest wait unread, and a normal client is served meanwhile; read later, every reply
-    arrives, in order."""
+    connection has at most 32 write calls in flight, and no more than may reply with about
+    1 MiB (a Focus reserves a whole frame: one at a time), the rest wait unread, and a normal
+    client is served meanwhile; read later, every reply arrives, in order."""
     calls = 400
     with short_tempdir("tlf") as base, DaemonProcess(base, limits=LIMITS) as d:
         assert d.proc is not None
@@ -221,8 +221,77 @@ def test_pipelined_writes_with_large_replies_hold_a_window_not_all_their_replies
         finally:
             for s in held:
                 s.close()
-    # 2 connections, 32 replies of ~600 KB each and their objects; before: +783 MiB.
+    # 2 connections, one reply of ~600 KB each (32 and their objects under the guessed
+    # window); before any window: +783 MiB.
     assert grown < 200, f"RSS grew {grown:.0f} MiB for 2 x {calls} unread Focus replies"
+
+
+def test_a_mix_of_small_and_large_replies_holds_a_window_per_connection() -> None:
+    """Peers pipeline, and never read, batches of writes with small replies (Focus of an empty
+    context) then with large ones (Focus of a context with ~580 KB of tags, ~600 KB replies),
+    among small appends and a large read. The window was guessed from the last batch's replies:
+    after a small batch 32 calls started, each answering ~600 KB, and each connection held 32
+    of them (4 connections: +145 MiB). Now a call reserves its largest possible reply as it
+    starts (a Focus a whole frame), so a connection holds about one window (1 MiB) plus one
+    frame. Every reply still arrives, in order, once read."""
+    conns, rounds = 4, 3
+    with short_tempdir("tlw") as base, DaemonProcess(base, limits=LIMITS) as d:
+        assert d.proc is not None
+        path = d.socket_path
+        with Client(path, timeout=30) as c:
+            root = c.create_conversation("mix").root_context_id
+            small = c.spawn_sidebar(root, "small").id
+            big = c.spawn_sidebar(root, "large").id
+            c.set_tags(big, [f"{i:06d}" + "t" * 120 for i in range(580_000 // 130)])
+
+        def frame(method: str, params: dict[str, Any]) -> bytes:
+            body = {"method": "io.timelined.Timeline." + method, "parameters": params}
+            return json.dumps(body).encode() + b"\0"
+
+        batch = (
+            frame("Focus", {"context_id": small}) * 32
+            + frame("Focus", {"context_id": big}) * 32
+            + frame("AppendBlock", {"context_id": root, "role": "user", "content": "hi"}) * 8
+            + frame("GetContext", {"id": big})
+        )
+        per_round = 32 + 32 + 8 + 1
+        idle = settled_rss(d.proc.pid)
+        peak_before = _peak_mib(d.proc.pid)
+        held = [connect(path) for _ in range(conns)]
+        try:
+            for _ in range(rounds):
+                for s in held:
+                    s.sendall(batch)  # ~20 KB: the socket takes it, nothing is read
+                time.sleep(0.5)
+            time.sleep(2)
+            grown = settled_rss(d.proc.pid) - idle
+            peak = _peak_mib(d.proc.pid) - peak_before
+            with Client(path, timeout=10) as c:  # everyone else is served meanwhile
+                c.append_block(root, "user", "still served")
+            reader = held[0]
+            reader.settimeout(30)
+            kinds: list[str] = []
+            buf = bytearray()
+            while len(kinds) < per_round:
+                chunk = reader.recv(1 << 20)
+                assert chunk, f"closed after {len(kinds)} replies"
+                buf += chunk
+                while b"\0" in buf:
+                    end = buf.index(b"\0")
+                    reply = json.loads(bytes(buf[:end]))
+                    del buf[: end + 1]
+                    assert "error" not in reply, reply
+                    params = reply["parameters"]
+                    kinds.append(params["context"]["id"] if "context" in params else "block")
+            assert kinds == [small] * 32 + [big] * 32 + ["block"] * 8 + [big]  # in order
+        finally:
+            for s in held:
+                s.close()
+    # About 1 MiB of window plus one ~600 KB reply and its objects per connection; before:
+    # 32 replies of ~600 KB each, +145 MiB.
+    bound = conns * 3 * MAX_MESSAGE / MiB + 16
+    assert grown < bound, f"RSS grew {grown:.0f} MiB (bound {bound:.0f})"
+    assert peak < bound, f"peak RSS grew {peak:.0f} MiB (bound {bound:.0f})"
 
 
 def _peak_mib(pid: int) -> float:

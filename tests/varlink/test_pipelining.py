@@ -15,7 +15,7 @@ from tests.varlink.demo import INFO, raw_connect, read_frames, serving, wait_unt
 from timelined.daemon.varlink_setup import map_error
 from timelined.errors import ContextNotFound
 from timelined.varlink.client import AsyncVarlinkClient
-from timelined.varlink.deferred import deferring
+from timelined.varlink.deferred import deferring, reply_like_call
 from timelined.varlink.errors import VarlinkErrorReply
 from timelined.varlink.interface import Interface, Method
 from timelined.varlink.server import CallContext, ServerLimits, VarlinkServer, listen_unix
@@ -101,12 +101,18 @@ class Writer:
 
 
 @asynccontextmanager
-async def queue_server(tmp_path: Path) -> AsyncIterator[tuple[VarlinkServer, Writer, Path]]:
+async def queue_server(
+    tmp_path: Path, *, like_call: bool = True
+) -> AsyncIterator[tuple[VarlinkServer, Writer, Path]]:
+    """`like_call`: Put is marked `reply_like_call` (its reply, a position, is small)."""
     writer = Writer()
 
     @deferring
     def put(p: PutParams, ctx: CallContext) -> _Put:
         return writer.put(p.value)
+
+    if like_call:
+        put = reply_like_call(put)
 
     async def get(p: GetParams, ctx: CallContext) -> GetReply:
         return GetReply(list(writer.store))
@@ -155,6 +161,22 @@ async def test_a_connection_has_at_most_a_window_of_writes_in_flight(tmp_path: P
         assert server.buffers.used == 0
     assert [r["parameters"]["position"] for r in replies] == list(range(1, 101))
     assert writer.batches == [32, 32, 32, 4]
+
+
+async def test_deferred_calls_of_unknown_reply_size_reserve_a_whole_frame(tmp_path: Path) -> None:
+    """A deferred call's reply may be as large as a frame, and the replies of a batch all exist
+    at once: without `reply_like_call` each reserves `max_message_bytes` (64 KiB here), so a
+    connection has 16 in flight (1 MiB); at the daemon's 16 MiB, one. The window used to be
+    guessed from the last batch's replies: after small ones 32 calls started whose replies
+    could each be a frame."""
+    async with queue_server(tmp_path, like_call=False) as (server, writer, path):
+        stream = await raw_connect(path)
+        await stream.send(b"".join(call(Q + "Put", {"value": f"v{i}"}) for i in range(40)))
+        replies = await read_frames(stream, 40)
+        await stream.aclose()
+        assert server.buffers.used == 0
+    assert [r["parameters"]["position"] for r in replies] == list(range(1, 41))
+    assert writer.batches == [16, 16, 8]
 
 
 async def test_a_read_after_writes_sees_them_and_replies_keep_the_call_order(

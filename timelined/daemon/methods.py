@@ -95,7 +95,7 @@ from timelined.state import lookup
 from timelined.state import queries as q
 from timelined.transparency.merkle import ProofError
 from timelined.treestore.service import Transparency
-from timelined.varlink.deferred import deferring
+from timelined.varlink.deferred import deferring, reply_like_call
 from timelined.varlink.protocol import EXPECTED_MORE, VarlinkErrorReply
 from timelined.varlink.server import CallContext, Final, Handler, PeerCredentials, VarlinkServer
 from timelined.writer.engine import Pending
@@ -210,13 +210,19 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
     def crossref_command(p: cmd.Command, ctx: CallContext) -> _Wrapped:
         return _Wrapped(app.engine.enqueue(p, _actor(ctx.peer)), CrossRefReply)
 
+    # An append answers with its block (or its blocks' ids): its reply is about its call's size,
+    # so a connection's pipelined appends share a batch (varlink/deferred.py). The other writes
+    # answer with stored state (a context's tags, a conversation's metadata): each reserves a
+    # whole frame, and one connection's run one at a time.
     @deferring
+    @reply_like_call
     def append_block(p: cmd.AppendBlock, ctx: CallContext) -> Pending:
         # The hot path: the parameters are the command, the result is the reply.
         peer = ctx.peer
         return app.engine.enqueue(p, Actor(peer.uid, peer.gid, peer.pid))
 
     @deferring
+    @reply_like_call
     def append_blocks(p: cmd.AppendBlocks, ctx: CallContext) -> Pending:
         return app.engine.enqueue(p, _actor(ctx.peer))  # the rule's result is the reply
 

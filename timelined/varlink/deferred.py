@@ -8,6 +8,14 @@ the calls, in one write. The server waits once per read (not once per call) for 
 them; before it calls a handler that is not deferring (a read, a stream), it waits for the
 deferred calls before it, so such a call sees their effects (read-your-writes).
 
+A deferred call's reply is only known once its batch is answered, and then the replies of every
+call of the batch exist at once: so the server starts a connection's deferred calls only while
+the replies they may produce fit its window (server.py). It cannot know a reply's size before
+the outcome, so it reserves a whole frame (`max_message_bytes`) for each: such calls of one
+connection run one at a time. A handler whose reply is bounded by its call (an append answers
+with the block it was sent) is also marked `@reply_like_call`: the server reserves the call's
+own size (plus a little) instead, and up to 32 such calls of a connection share a batch.
+
 The library asks two things of a Deferred: `add_done_callback(fn)` calls `fn()` once, on the
 event loop, when the outcome is known (at once if it already is); the server registers one
 callback per Deferred. `outcome()` then returns the reply (a Struct, or None for `{}`) or raises
@@ -19,9 +27,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["DEFERRING", "Deferred", "deferring"]
+__all__ = ["DEFERRING", "REPLY_LIKE_CALL", "Deferred", "deferring", "reply_like_call"]
 
 DEFERRING = "__varlink_deferring__"
+REPLY_LIKE_CALL = "__varlink_reply_like_call__"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,4 +46,11 @@ class Deferred(Protocol):
 def deferring(handler: F) -> F:
     """Mark `handler` as returning a `Deferred` (it must be a plain function, not async)."""
     setattr(handler, DEFERRING, True)
+    return handler
+
+
+def reply_like_call(handler: F) -> F:
+    """Mark a `@deferring` handler whose reply is at most a small multiple of its call's
+    parameters plus about a kilobyte (the server's window counts on it; see above)."""
+    setattr(handler, REPLY_LIKE_CALL, True)
     return handler

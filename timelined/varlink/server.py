@@ -57,7 +57,7 @@ from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup, 
 
 from timelined.varlink.admission import ADMISSION_REFUSED, EVERYONE, Admission, Slots
 from timelined.varlink.budget import ByteBudget
-from timelined.varlink.deferred import DEFERRING, Deferred
+from timelined.varlink.deferred import DEFERRING, REPLY_LIKE_CALL, Deferred
 from timelined.varlink.errors import (
     ErrorMapper,
     InternalFailure,
@@ -133,10 +133,17 @@ _FLUSH_BYTES = 64 * 1024  # a pipelined batch flushes early once its replies exc
 # all (1,500 calls: +4.7 GiB). The calls past it wait, unread, until the replies before them
 # are written; a peer that does not read stalls only itself.
 _MAX_IN_FLIGHT = 32
-# ... and fewer after a batch of large replies: the next batch may hold about this many bytes
-# of replies like the last one's (at least one call). Small replies (an AppendBlock's) keep the
-# whole window, so pipelined appends still share the writer's batches.
+# ... and no more than may reply with about this many bytes: each deferred call reserves, as it
+# starts, the most its reply can be (a whole frame; a `reply_like_call` handler's, its call's
+# size: see `_dispatch_now`), and a connection starts no further call once its reservations pass
+# this. One batch then holds about this plus one frame of replies, whatever they turn out to
+# be. (The window used to be guessed from the last batch's replies: a batch of small ones let 32
+# calls start that each answered a large reply, 32 frames on one connection.) Appends reserve
+# their own size: pipelined ones still share the writer's batches, 32 at a time.
 _WINDOW_BYTES = 1024 * 1024
+# A `reply_like_call` reply's own bytes beyond its call's parameters (ids, seq, position,
+# timestamps, the envelope).
+_REPLY_SLACK = 1024
 _LINGER_S = 1.0  # after a fatal error: how long to drain input so the peer can read the error
 _HUP_POLL_S = 0.5  # during a stream to a half-closed peer: how often to look for its close
 _MAX_LINGERING = 64  # rejected connections allowed to linger at once; beyond, closed at once
@@ -304,6 +311,7 @@ class _Entry:
         "method",
         "optional_fields",
         "params",
+        "reply_like_call",
     )
 
     def __init__(
@@ -320,6 +328,7 @@ class _Entry:
         self.handler = handler
         self.is_gen = handler is not None and inspect.isasyncgenfunction(handler)
         self.defers = bool(getattr(handler, DEFERRING, False))
+        self.reply_like_call = bool(getattr(handler, REPLY_LIKE_CALL, False))
 
     def decode_again(self, raw: msgspec.Raw) -> Any:
         """The second try after a failed decode: `"parameters": null` means none, and null and
@@ -368,6 +377,7 @@ class _Conn:
         "queued",
         "reader",
         "reading",
+        "reserved",
         "settled",
         "slots",
         "sock",
@@ -376,7 +386,6 @@ class _Conn:
         "stream_scope",
         "tier",
         "wake",
-        "window",
         "write_when_settled",
     )
 
@@ -409,7 +418,7 @@ class _Conn:
         # Deferred calls of this read, in call order, each with where its reply goes in `out`.
         self.slots: list[tuple[int, Deferred, CallMessage]] = []
         self.outstanding = 0  # of `slots`, how many have no outcome yet
-        self.window = _MAX_IN_FLIGHT  # deferred calls dispatched before their replies are sent
+        self.reserved = 0  # the most bytes the replies of `slots` can be (see `_WINDOW_BYTES`)
         self.wake: Callable[[], None] | None = None  # wakes `_settle` when `outstanding` is 0
         # Every Deferred's done callback: the server's `_settled` for this connection, made once.
         self.settled: Callable[[], None] = functools.partial(settled, self)
@@ -861,7 +870,7 @@ class VarlinkServer:
                     reader.put_back(frames[i + 1 :])  # writes them as it would, in bounded steps
                     self._attach(conn)
                     return
-                if len(conn.slots) >= conn.window:
+                if conn.reserved >= _WINDOW_BYTES or len(conn.slots) >= _MAX_IN_FLIGHT:
                     # Enough writes in flight: the rest are dispatched once these replies are
                     # written (`_settled` takes them again), so their bytes stay bounded.
                     rest = frames[i + 1 :]
@@ -1010,7 +1019,11 @@ class VarlinkServer:
                 if not await self._dispatch(conn, call):
                     await self._fatal_reply(conn, b"")
                     return False
-                if len(conn.out) > _FLUSH_BYTES or len(conn.slots) >= conn.window:
+                if (
+                    len(conn.out) > _FLUSH_BYTES
+                    or conn.reserved >= _WINDOW_BYTES
+                    or len(conn.slots) >= _MAX_IN_FLIGHT
+                ):
                     await self._flush(conn)
             if conn.out or conn.slots:
                 await self._flush(conn)
@@ -1128,6 +1141,12 @@ class VarlinkServer:
                 self._send_exception(conn, call, exc)
                 return True
             conn.slots.append((len(conn.out), deferred, call))
+            if not call.oneway:
+                conn.reserved += (
+                    len(call.parameters) + _REPLY_SLACK
+                    if entry.reply_like_call
+                    else self._limits.max_message_bytes
+                )
             conn.outstanding += 1
             deferred.add_done_callback(conn.settled)
             return True
@@ -1193,10 +1212,7 @@ class VarlinkServer:
                 self._send_exception(conn, call, exc)
         if splice:
             conn.out += before[done:]
-        # The next batch's window: about _WINDOW_BYTES of replies the size of these (one
-        # division per batch, not per call).
-        replies = len(conn.out) - start
-        conn.window = max(1, min(_MAX_IN_FLIGHT, _WINDOW_BYTES * len(slots) // (replies or 1)))
+        conn.reserved = 0
 
     def _oversized(self, conn: _Conn, call: CallMessage, size: int) -> LimitReached:
         """The error that replaces a reply too large for one frame (a client with the same
