@@ -76,8 +76,9 @@ class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # max_connections: no uid may hold more at once.
     max_connections_per_uid: Annotated[int, msgspec.Meta(ge=1, le=100_000)] | None = None
     # Of max_buffered_bytes, what one uid's connections may hold together (partial frames,
-    # replies waiting for it to read). None → a quarter of max_buffered_bytes, and at least
-    # max_message_bytes (one frame must fit).
+    # replies waiting for it to read, its watchers' queues: a watcher past it ends with
+    # SlowConsumer). None → a quarter of max_buffered_bytes, and at least max_message_bytes (one
+    # frame must fit).
     max_buffered_bytes_per_uid: Annotated[int, msgspec.Meta(ge=_MiB)] | None = None
     # What one context's live cross-references (from it and to it) may take of a GetContext
     # reply, in bytes as the reply encodes them; an AddCrossRef past it is refused with

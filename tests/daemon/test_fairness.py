@@ -280,3 +280,51 @@ def test_one_uid_cannot_fill_the_buffer_budget_for_everyone() -> None:
     params = refused[0][1]
     assert params["limit"] == f"max_buffered_bytes_per_uid (uid {READERS[0]}: in use + this buffer)"
     assert params["maximum"] == 8 * 1024 * 1024 and params["size"] > params["maximum"]
+
+
+def test_a_uids_watchers_count_in_its_share() -> None:
+    """A watcher that reads nothing while its own uid appends ~6 MB: its queue counts in the
+    uid's share (2 MiB here) as in the daemon-wide budget (512 MiB) and under its own cap
+    (64 MiB). Past the share it is dropped, and its stream ends with SlowConsumer once read,
+    as past the daemon-wide budget. Before, the share did not see watchers' queues: one uid's
+    lagging watchers could fill the whole budget, and this one held every event."""
+    mib = 1024 * 1024
+    limits = {
+        "max_message_bytes": mib,
+        "max_block_bytes": 600_000,
+        "max_buffered_bytes_per_uid": 2 * mib,
+    }
+    appended = 30
+    with short_tempdir("tlwsh") as base, DaemonProcess(base, limits=limits) as d:
+        with Client(d.socket_path, timeout=20) as c:
+            root = c.create_conversation("share").root_context_id
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(str(d.socket_path))
+            watch = {"method": "io.timelined.Timeline.Watch", "parameters": {}, "more": True}
+            s.sendall(json.dumps(watch).encode() + b"\0")
+            buf = b""
+            while b"\0" not in buf:  # the live marker: subscribed
+                chunk = s.recv(1 << 20)
+                assert chunk, buf
+                buf += chunk
+            buf = buf.split(b"\0", 1)[1]
+            with Client(d.socket_path, timeout=20) as c:  # the watcher reads nothing meanwhile
+                for i in range(appended):
+                    c.append_block(root, "user", f"{i} " + "w" * 200_000)
+            events = 0
+            error = None
+            while error is None and events < appended:
+                while b"\0" not in buf:
+                    chunk = s.recv(1 << 20)
+                    assert chunk, f"closed after {events} events"
+                    buf += chunk
+                frame, buf = buf.split(b"\0", 1)
+                reply = json.loads(frame)
+                error = reply.get("error")
+                if error is None:
+                    events += len(reply["parameters"]["events"])
+        with Client(d.socket_path, timeout=20) as c:  # the uid goes on being served
+            assert c.append_block(root, "user", "after").block.content == "after"
+    assert error == "io.timelined.Timeline.SlowConsumer", (error, events)
+    assert events < appended

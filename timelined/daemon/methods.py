@@ -318,6 +318,7 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
             p.after_seq,
             reply_bytes=limits.max_message_bytes,
             buffer_bytes=limits.max_connection_buffer_bytes,
+            owner=ctx.peer.uid,
         )
         try:
             while True:

@@ -17,8 +17,10 @@ Contract:
   own (written under an earlier, larger `max_block_bytes`; config.py keeps new ones smaller)
   ends the stream with LimitExceeded naming `limits.max_message_bytes`: never a larger frame.
 - Every watcher has a bounded buffer, in events and in bytes (`limits.max_connection_buffer_bytes`
-  each; all of them together count in the daemon-wide `limits.max_buffered_bytes`). The writer
-  never waits for a watcher: when a watcher's buffer is full it is marked, what it buffered is
+  each; all of them together count in the daemon-wide `limits.max_buffered_bytes`, and each in
+  its peer's uid's share, `limits.max_buffered_bytes_per_uid`). The writer never waits for a
+  watcher: when a watcher's buffer is full, or the daemon-wide budget or its uid's share has no
+  room for the next batch, it is marked, what it buffered is
   dropped, and at its next read its stream ends with `io.timelined.Timeline.SlowConsumer`,
   naming how far behind it was; it can reconnect with `after_seq` (the last seq it saw) and lose
   nothing.
@@ -157,9 +159,11 @@ class _Batch:
 
 class _Subscription:
     """A watcher's buffer, bounded in records and in bytes (not batches); its bytes also count
-    in the daemon-wide budget `shared`."""
+    in the daemon-wide budget `shared`, and in the share of its peer's uid `owner` there."""
 
-    def __init__(self, max_records: int, max_bytes: int, shared: ByteBudget) -> None:
+    def __init__(
+        self, max_records: int, max_bytes: int, shared: ByteBudget, owner: int | None = None
+    ) -> None:
         send: MemoryObjectSendStream[_Batch]
         receive: MemoryObjectReceiveStream[_Batch]
         send, receive = anyio.create_memory_object_stream[_Batch](math.inf)
@@ -168,6 +172,9 @@ class _Subscription:
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.shared = shared
+        # A uid's watchers count in its share like its other buffers, so that one uid's
+        # lagging watchers cannot fill the daemon-wide budget for everyone else.
+        self.owner = owner
         self.buffered = 0
         self.buffered_bytes = 0
         self.overflowed = False
@@ -184,7 +191,7 @@ class _Subscription:
         if self.buffered and (
             self.buffered + n > self.max_records
             or self.buffered_bytes + size > self.max_bytes
-            or not self.shared.try_take(size)
+            or not self.shared.try_take(size, self.owner)
         ):
             self.overflowed = True
             self.behind = self.buffered + n
@@ -195,12 +202,12 @@ class _Subscription:
                     self.receive.receive_nowait()
                 except (anyio.WouldBlock, anyio.EndOfStream):
                     break
-            self.shared.give(self.buffered_bytes)
+            self.shared.give(self.buffered_bytes, self.owner)
             self.buffered = 0
             self.buffered_bytes = 0
             return False
         if not self.buffered:
-            self.shared.count(size)
+            self.shared.count(size, self.owner)
         self.buffered += n
         self.buffered_bytes += size
         self.send.send_nowait(batch)
@@ -209,11 +216,11 @@ class _Subscription:
     def taken(self, batch: _Batch) -> None:
         self.buffered -= len(batch.records)
         self.buffered_bytes -= batch.size
-        self.shared.give(batch.size)
+        self.shared.give(batch.size, self.owner)
 
     def close(self) -> None:
         self.send.close()
-        self.shared.give(self.buffered_bytes)
+        self.shared.give(self.buffered_bytes, self.owner)
         self.buffered_bytes = 0
 
 
@@ -299,13 +306,15 @@ class WatchHub:
         *,
         reply_bytes: int = DEFAULT_REPLY_BYTES,
         buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+        owner: int | None = None,
     ) -> AsyncGenerator[WatchBatch, None]:
         """Batches of log lines past `after_seq` (from the log), then of every new event as
         it commits; the first batch after the catch-up is marked live (and may be empty).
-        Each batch's reply holds at most `reply_bytes`; the live buffer `buffer_bytes`."""
+        Each batch's reply holds at most `reply_bytes`; the live buffer `buffer_bytes`,
+        counted in the share of uid `owner` (None: in the daemon-wide budget only)."""
         if conversation_id is not None:
             await self.engine.read(require_conversation, conversation_id)
-        sub = _Subscription(self.buffer_records, buffer_bytes, self.shared)
+        sub = _Subscription(self.buffer_records, buffer_bytes, self.shared, owner)
         self._subs.add(sub)
         # Acknowledged now (in the log; its commit may still be running): the catch-up reads
         # the log up to it, and later batches arrive through `sub` as they commit.
