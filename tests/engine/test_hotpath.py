@@ -11,8 +11,10 @@
 from __future__ import annotations
 
 import errno
+import gc
 import itertools
 import sqlite3
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -321,3 +323,35 @@ def test_the_index_timer_indexes_without_a_search_asking(tmp_path: Path) -> None
                 assert engine.queue_depth == 0
 
     anyio.run(main)
+
+
+def test_an_idle_writer_keeps_nothing_of_its_last_batch(tmp_path: Path) -> None:
+    """Once a batch is answered, the writer loop holds none of it while it waits for the next
+    call: neither its results (each block's content) nor its log lines (16 appends of 1 MB,
+    one batch: ~30 MiB held until the next batch before)."""
+    config = _config(tmp_path)
+
+    async def main() -> float:
+        async with Engine.open(config) as engine:
+            conv = await engine.submit(cmd.CreateConversation(name="c"))
+            assert isinstance(conv, Conversation)
+            ctx = conv.root_context_id
+            gc.collect()
+            tracemalloc.start()
+            try:
+                before = tracemalloc.get_traced_memory()[0]
+                async with anyio.create_task_group() as tg:  # one round: one batch
+                    for i in range(16):
+                        block = cmd.AppendBlock(
+                            context_id=ctx, role="user", content=f"{i:02d}" + "x" * 1_000_000
+                        )
+                        tg.start_soon(engine.submit, block)
+                await engine.index_caught_up(10)  # the COMMIT and the index pass are done too
+                assert engine.queue_depth == 0
+                gc.collect()
+                return (tracemalloc.get_traced_memory()[0] - before) / 2**20
+            finally:
+                tracemalloc.stop()
+
+    held = anyio.run(main)
+    assert held < 4, f"{held:.1f} MiB held by an idle writer"

@@ -845,6 +845,9 @@ class Engine:
                 else:
                     committed = await self._in_writer_loop(self._run_batch, batch)
                 self._batch_done(batch, committed)
+                # Not kept while the loop waits for the next call: the batch's results (each
+                # block's content) and its log lines, up to max_batch large ones.
+                del batch, committed
         finally:
             self._wake_readers()
             self._stopped.set()
