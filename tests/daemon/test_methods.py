@@ -16,6 +16,7 @@ import pytest
 from tests.daemon.harness import inprocess_config, inprocess_daemon, short_tempdir
 from tests.stores import Store
 from timelined.api import ReloadReply
+from timelined.api.timeline import SearchReply
 from timelined.auditlog.record import line_hash
 from timelined.client import (
     AsyncClient,
@@ -460,6 +461,30 @@ async def test_a_contexts_cross_references_are_bounded(base: Path, store: Store)
         assert (await c.get_context(side)).crossrefs == added
         await c.revoke_crossref(added[0].id)
         assert (await c.add_crossref(other, side, "see-also", note)).to_id == side
+
+
+async def test_a_search_after_writes_without_blocks_sees_them_indexed(
+    base: Path, store: Store
+) -> None:
+    """A search waits until everything acknowledged before it is indexed, and says so. After
+    writes that add no block (a conversation, a sidebar, tags) nothing waits for the index: the
+    search answered after its whole wait (1 s) with `indexed_seq` behind them, because only an
+    index pass moved it and no pass had anything to do."""
+    async with (
+        inprocess_daemon(base, store=store.store_config()) as run,
+        AsyncClient(run.socket_path) as c,
+    ):
+        root = (await c.create_conversation("s")).root_context_id  # seq 1
+        side = (await c.spawn_sidebar(root, "look")).id  # 2
+        await c.set_tags(side, ["t"])  # 3
+        reply = await c.call("io.timelined.Timeline.SearchBlocks", {"query": "hello"})
+        assert isinstance(reply, SearchReply)
+        assert reply.hits == [] and reply.indexed_seq == 3
+        await c.append_block(side, "user", "hello")  # 4
+        await c.set_tags(side, ["u"])  # 5
+        reply = await c.call("io.timelined.Timeline.SearchBlocks", {"query": "hello"})
+        assert isinstance(reply, SearchReply)
+        assert len(reply.hits) == 1 and reply.indexed_seq == 5
 
 
 async def test_read_log_is_the_log_byte_for_byte(base: Path, store: Store) -> None:

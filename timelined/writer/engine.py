@@ -925,6 +925,10 @@ class Engine:
         self._commit_wanted = False  # a read asking from here on asks for the next one
         await self._in_writer_loop(self._commit_open)
         self._publish_state()
+        # A COMMIT of events without blocks (a new conversation, a sidebar, tags) moves search
+        # as far as the state when no block waits for the index: a search asking after them
+        # waited its whole SEARCH_INDEX_WAIT_S (1 s) for an index pass that had nothing to do.
+        self._publish_indexed()
         if self.fatal is not None:
             self._wake_readers()
         await self._checkpoint_if_due()
