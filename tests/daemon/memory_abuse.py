@@ -11,6 +11,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,22 @@ def read_frames(sock: socket.socket, until_last: bool = True) -> list[bytes]:
             frames.append(frame)
             if not until_last or b'"continues":true' not in frame[-40:]:
                 return frames
+
+
+def read_replies(sock: socket.socket, count: int) -> Iterator[dict[str, Any]]:
+    """The next `count` replies of a pipelining peer, decoded, as they arrive."""
+    buf = bytearray()
+    read = 0
+    while read < count:
+        chunk = sock.recv(1 << 20)
+        assert chunk, f"closed after {read} replies"
+        buf += chunk
+        while b"\0" in buf and read < count:
+            end = buf.index(b"\0")
+            reply: dict[str, Any] = json.loads(bytes(buf[:end]))
+            del buf[: end + 1]
+            read += 1
+            yield reply
 
 
 def call(path: Path, method: str, params: dict[str, Any]) -> bytes:

@@ -27,6 +27,7 @@ from tests.daemon.memory_abuse import (
     connect,
     fill_log,
     read_frames,
+    read_replies,
     send_call,
     settled_rss,
     watch_until_live,
@@ -206,18 +207,8 @@ def test_pipelined_writes_with_large_replies_hold_a_window_not_all_their_replies
             assert time.monotonic() - start < 2
             reader = held[0]
             reader.settimeout(30)
-            replies = 0
-            buf = bytearray()
-            while replies < calls:
-                chunk = reader.recv(1 << 20)
-                assert chunk, f"closed after {replies} replies"
-                buf += chunk
-                while b"\0" in buf:
-                    end = buf.index(b"\0")
-                    reply = json.loads(bytes(buf[:end]))
-                    del buf[: end + 1]
-                    assert reply["parameters"]["context"]["id"] == side, reply.get("error")
-                    replies += 1
+            for reply in read_replies(reader, calls):
+                assert reply["parameters"]["context"]["id"] == side, reply.get("error")
         finally:
             for s in held:
                 s.close()
@@ -271,18 +262,10 @@ def test_a_mix_of_small_and_large_replies_holds_a_window_per_connection() -> Non
             reader = held[0]
             reader.settimeout(30)
             kinds: list[str] = []
-            buf = bytearray()
-            while len(kinds) < per_round:
-                chunk = reader.recv(1 << 20)
-                assert chunk, f"closed after {len(kinds)} replies"
-                buf += chunk
-                while b"\0" in buf:
-                    end = buf.index(b"\0")
-                    reply = json.loads(bytes(buf[:end]))
-                    del buf[: end + 1]
-                    assert "error" not in reply, reply
-                    params = reply["parameters"]
-                    kinds.append(params["context"]["id"] if "context" in params else "block")
+            for reply in read_replies(reader, per_round):
+                assert "error" not in reply, reply
+                params = reply["parameters"]
+                kinds.append(params["context"]["id"] if "context" in params else "block")
             assert kinds == [small] * 32 + [big] * 32 + ["block"] * 8 + [big]  # in order
         finally:
             for s in held:
