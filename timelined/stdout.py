@@ -7,7 +7,6 @@ import os
 from collections.abc import Callable
 from typing import TextIO
 
-EX_IOERR = 74  # sysexits: writing failed (an output file, stdout)
 EX_PIPE = 128 + 13  # what a shell reports for a program SIGPIPE ended
 
 

@@ -24,14 +24,18 @@ from timelined.api.model import Context
 from timelined.auditlog.atomic import AtomicFile
 from timelined.auditlog.record import peek_seq
 from timelined.client import log_event
-from timelined.ctl.common import TIMELINE, Ctl, Verbs, count
+from timelined.ctl.common import (
+    EX_CANTCREAT,
+    EX_DATAERR,
+    EX_IOERR,
+    EX_USAGE,
+    TIMELINE,
+    Ctl,
+    Verbs,
+    count,
+)
 from timelined.ctl.output import escape, show_conversation
 from timelined.errors import SlowConsumer
-
-EX_USAGE = 64
-EX_DATAERR = 65
-EX_CANTCREAT = 73
-EX_IOERR = 74
 
 
 def register(verbs: Verbs) -> None:

@@ -227,7 +227,7 @@ def witness_key(ctl: Ctl) -> int:
 def cosign(ctl: Ctl) -> int:
     path: str = ctl.args.witness_key
     try:
-        witness = Signer.parse(Path(path).read_text(encoding="ascii"))
+        witness = Signer.read(path)
     except OSError as exc:  # 66, as verify-export and import say of a missing input
         return ctl.out.fail(
             EX_NOINPUT,
@@ -235,10 +235,7 @@ def cosign(ctl: Ctl) -> int:
             f"cannot read the witness key {path}: {exc.strerror or exc}",
             path=path,
         )
-    except UnicodeDecodeError as exc:  # read, but not a key: bad data (65), as a NoteError
-        problem = f"not ASCII text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
-        return _bad_witness_key(ctl, path, problem)
-    except NoteError as exc:  # its message never holds the key's secret (note._b64decode)
+    except NoteError as exc:  # read, but not a key (not ASCII text included): bad data, 65
         return _bad_witness_key(ctl, path, str(exc))
     result = _audit(ctl)  # raises unless it extends
     if isinstance(result, int):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -111,6 +112,21 @@ class Signer:
             serialization.NoEncryption(),
         )
         return cls(_check_name(name), seed)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> Signer:
+        """The signer key in the file `path` (witness-key's, the daemon's checkpoint.key).
+        OSError when it cannot be read; NoteError when it is not a key, not ASCII text
+        included (the message never holds the key's secret)."""
+        with open(path, "rb") as handle:
+            raw = handle.read()
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise NoteError(
+                f"not ASCII text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+            ) from None
+        return cls.parse(text)
 
     @classmethod
     def parse(cls, skey: str) -> Signer:

@@ -28,7 +28,7 @@ def load_or_create_key(keys_dir: Path, origin: str) -> Signer:
     """The signing key, created (0600) on first use with `origin` as its name."""
     path = keys_dir / KEY_FILE
     try:
-        text = path.read_text(encoding="ascii")
+        signer = Signer.read(path)
     except FileNotFoundError:
         make_dirs(keys_dir)
         keys_dir.chmod(0o700)
@@ -37,14 +37,7 @@ def load_or_create_key(keys_dir: Path, origin: str) -> Signer:
         write_file_atomic(keys_dir / PUB_FILE, str(signer.verifier()).encode() + b"\n", mode=0o644)
         log.info("created the checkpoint key %s", signer.verifier())
         return signer
-    except UnicodeDecodeError as exc:  # a ValueError: it would end the daemon, not the signing
-        raise ConfigError(
-            "checkpoint",
-            f"{path}: not ASCII text (byte 0x{exc.object[exc.start]:02x} at {exc.start})",
-        ) from None
-    try:
-        signer = Signer.parse(text)
-    except NoteError as exc:
+    except NoteError as exc:  # not a key (not ASCII text included): only the signing stops
         raise ConfigError("checkpoint", f"{path}: {exc}") from None
     if origin and origin != signer.name:
         log.warning(

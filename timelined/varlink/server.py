@@ -184,7 +184,8 @@ class _Summarized:
         """Log the count left out once its interval is over (the idle sweeper calls it)."""
         if self._left_out and time.monotonic() >= self._next:
             log.info(
-                "refused %d more connections since the last such line (by reason: GetStatus)",
+                "refused %d more connections since the last such line (GetStatus counts them "
+                "by reason)",
                 self._left_out,
             )
             self._left_out = 0
@@ -1190,8 +1191,7 @@ class VarlinkServer:
         """Put the settled deferred calls' replies into `conn.out` in their calls' places."""
         slots, conn.slots = conn.slots, []
         before = conn.out
-        start = len(before)
-        splice = slots[0][0] < start  # replies of later calls are there already
+        splice = slots[0][0] < len(before)  # replies of later calls are there already
         if splice:
             conn.out = bytearray()
         done = 0

@@ -112,7 +112,7 @@ def _create_conversation(tx: Tx, c: cmd.CreateConversation) -> Conversation:
         root_context_id=new_id("ctx"),
         metadata=c.metadata or {},
     )
-    tx.emit(event, check_size(tx.limits, event))
+    tx.emit(event)  # held to max_block_bytes there
     return conversation_or_raise(tx.conn, event.conversation_id)
 
 
@@ -123,7 +123,7 @@ def _update_conversation(tx: Tx, c: cmd.UpdateConversation) -> Conversation:
     if c.name is None and c.metadata is None:
         raise InvalidArgument("name", "give a new name, new metadata, or both")
     event = ev.ConversationUpdated(conversation_id=c.id, name=c.name, metadata=c.metadata)
-    tx.emit(event, check_size(tx.limits, event))
+    tx.emit(event)  # held to max_block_bytes there
     return conversation_or_raise(tx.conn, c.id)
 
 
@@ -195,7 +195,7 @@ def _merge(tx: Tx, c: cmd.MergeContext) -> Context:
         block_id=new_id("blk"),
         block_count=q.own_block_count(tx.conn, ctx.id),
     )
-    tx.emit(event, check_size(tx.limits, event))
+    tx.emit(event)  # held to max_block_bytes there
     return _context(tx.conn, c.id)
 
 
