@@ -8,9 +8,14 @@ import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TextIO, cast
 
 import msgspec
+
+from timelined import stdout
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 
 def error_line(name: str, params: Mapping[str, Any]) -> str:
@@ -32,6 +37,15 @@ class UsageParser(argparse.ArgumentParser):
             self.exit(os.EX_USAGE, error_line(name, {"message": message, "usage": usage}))
         self.print_usage(sys.stderr)
         self.exit(os.EX_USAGE, f"{self.prog}: error: {message}\n")
+
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        # argparse drops a failed write. --help's and --version's text is the command's
+        # output: a full disk must end it with EX_IOERR and a closed pipe with EX_PIPE
+        # (timelined.stdout.run_writing), not pass for success with nothing written.
+        if message and file is sys.stdout:
+            stdout.write(cast("TextIO", file), message)
+        else:
+            super()._print_message(message, file)
 
 
 class VerbParser(UsageParser):

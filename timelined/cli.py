@@ -226,12 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
-    with json_usage_errors(words):
-        args = build_parser().parse_args(words)
-    if args.verb == "serve":  # the daemon writes nothing on stdout: an EPIPE there is a bug
-        code: int = args.run(args)
-        return code
-    as_json: bool = getattr(args, "json", False)
+    parsed: list[argparse.Namespace] = []
+    as_json = "--json" in words  # until the command line is parsed: for --help's failed write
+
+    def parse() -> int:
+        with json_usage_errors(words):
+            parsed.append(build_parser().parse_args(words))
+        return 0
 
     def failed(exc: OutputFailed) -> int:
         message = f"cannot write stdout: {exc}"
@@ -243,6 +244,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"timelined: {message}", file=sys.stderr)
         return os.EX_IOERR
 
+    # --help writes and exits while parsing: through the same writer as every verb's output.
+    code = run_writing(sys.stdout, parse, failed)
+    if not parsed:
+        return code
+    args = parsed[0]
+    if args.verb == "serve":  # the daemon writes nothing on stdout: an EPIPE there is a bug
+        served: int = args.run(args)
+        return served
+    as_json = getattr(args, "json", False)
     return run_writing(sys.stdout, lambda: args.run(args), failed)
 
 

@@ -74,10 +74,17 @@ def run_writing(
     pipe or a full disk would be reported as a traceback). A write that failed returns what
     `failed` returns (it says so on stderr: EX_IOERR); a reader that went away returns EX_PIPE
     with nothing said: SIGPIPE's default action would kill the process (a shell may then print
-    "Broken pipe"), so the write's EPIPE is taken instead."""
+    "Broken pipe"), so the write's EPIPE is taken instead. A SystemExit from `run()` (argparse's
+    --help) goes on once its output is flushed, or ends as a failed write would."""
     try:
         try:
-            code = run()
+            try:
+                code = run()
+            except SystemExit:
+                # argparse's --help and --version end the command here: their text is output
+                # too, and a failure to write it must not pass for success at the exit's flush.
+                flush(stream)
+                raise
             flush(stream)
             return code
         except OutputFailed as exc:

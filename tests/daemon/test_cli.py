@@ -126,3 +126,45 @@ def test_check_config_to_a_full_or_closed_stdout_exits_74_or_141_without_a_trace
     finally:
         os.close(write_end)
     assert (done.returncode, done.stderr) == (141, "")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["timelined", "--help"],
+        ["timelined", "--version"],
+        ["timelined", "verify", "--help"],
+        ["timelinectl", "--help"],
+        ["timelinectl", "--json", "--help"],
+        ["timelinectl", "append", "--help"],
+    ],
+    ids=" ".join,
+)
+def test_help_to_a_full_or_closed_stdout_is_a_failed_write_not_success(argv: list[str]) -> None:
+    """argparse drops a failed write of --help; both tools report it as any other output."""
+    import os
+
+    tool = Path(sys.executable).with_name(argv[0])
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [str(tool), *argv[1:]], stdout=full, stderr=subprocess.PIPE, text=True, timeout=60
+        )
+    assert done.returncode == 74, done.stderr
+    assert "Traceback" not in done.stderr
+    (line,) = done.stderr.splitlines()
+    if "--json" in argv:
+        assert json.loads(line)["error"] == f"{argv[0]}.CannotWrite"
+    else:
+        assert line == f"{argv[0]}: cannot write stdout: No space left on device"
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [str(tool), *argv[1:]], stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")
+    done = subprocess.run([str(tool), *argv[1:]], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout and not done.stderr, done.stderr
