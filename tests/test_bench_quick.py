@@ -6,6 +6,7 @@ It asserts nothing about speed: it keeps the benchmark code from rotting (`make 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,12 @@ def test_quick_benchmark_runs_every_part(tmp_path: Path) -> None:
     ]
     floor_ms = doc["limits"]["echo1_p50_ms"] + doc["limits"]["jsonl_reserved_p50_ms"]
     assert ceiling["value"] == pytest.approx(1000 / floor_ms / doc["limits"]["sqlite_full_rate"])
+    # Issue 17's 1-connection ratio: interleaved pairs, each side measured, the median kept.
+    paired = socket_figures["1 conn: appends/s against an in-process SQLite FULL commit"]
+    assert paired["target"] and paired["detail"]["pairs"], paired
+    assert paired["value"] == pytest.approx(
+        statistics.median(d / q for d, q in paired["detail"]["pairs"])
+    )
     # The socket part's profile figures: the daemon's threads and its group-commit batches.
     appends = [f for f in doc["parts"]["socket"]["figures"] if f["name"].endswith("appends/s")]
     assert appends, doc["parts"]["socket"]["figures"]
