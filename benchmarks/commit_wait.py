@@ -22,7 +22,8 @@ from timelined import commands as cmd
 from timelined.api.model import Conversation
 from timelined.config import LogConfig, default_config
 from timelined.writer import engine as engine_module
-from timelined.writer.engine import Engine, Pending
+from timelined.writer.batch import Pending
+from timelined.writer.engine import Engine
 
 TEXT = "x" * 400 + " a few words for the search index to take"
 SIZES = (256, 1_024)

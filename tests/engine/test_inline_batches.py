@@ -20,7 +20,8 @@ from timelined.config import LogConfig, default_config
 from timelined.errors import FatalStorageError
 from timelined.writer import engine as engine_module
 from timelined.writer import rules
-from timelined.writer.engine import Engine, Pending
+from timelined.writer.batch import Pending
+from timelined.writer.engine import Engine
 
 WRITER = "timelined-writer"
 # Real fsyncs, of which a loaded machine makes some slow: the bound the engine compares them

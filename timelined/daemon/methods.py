@@ -98,7 +98,7 @@ from timelined.treestore.service import Transparency
 from timelined.varlink.deferred import deferring, reply_like_call
 from timelined.varlink.protocol import EXPECTED_MORE, VarlinkErrorReply
 from timelined.varlink.server import CallContext, Final, Handler, PeerCredentials, VarlinkServer
-from timelined.writer.engine import Pending
+from timelined.writer.batch import Pending
 
 __all__ = ["admin_handlers", "register_all", "timeline_handlers"]
 

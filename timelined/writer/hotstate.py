@@ -49,7 +49,7 @@ class HotContext:
 
 class Reader(Protocol):
     """Where a miss reads from: asked for its connection only on a miss, so that the writer
-    can insert the rows it staged first (engine.py's `_CommandTx.conn`)."""
+    can insert the rows it staged first (batch.py's `CommandTx.conn`)."""
 
     @property
     def conn(self) -> DbConn: ...

@@ -49,7 +49,8 @@ from timelined.pgstore.sql import PgConnection, PgOperationalError, connect, ref
 from timelined.state.apply import set_meta
 from timelined.state.dbapi import DbConn
 from timelined.state.reads import ReadSnapshot
-from timelined.writer.engine import BatchToLog, Committed, Engine, EngineStats, Pending, Subscriber
+from timelined.writer.batch import BatchToLog, Committed, EngineStats, Pending, Subscriber
+from timelined.writer.engine import Engine
 
 log = logging.getLogger("timelined.writer.pg")
 

@@ -409,7 +409,7 @@ def _append_block(tx: Tx, c: cmd.AppendBlock, now: str) -> AppendResult:
     limits = tx.limits
     encoded = check_size(limits, event)
     _check_block_reply_size(limits, encoded)
-    position = ctx.blocks + 1  # `emit` moves the cached count on (the writer's `_CommandTx`)
+    position = ctx.blocks + 1  # `emit` moves the cached count on (the writer's `CommandTx`)
     seq = tx.emit(event, encoded).seq
     return AppendResult(block=block_from_data(data, seq, position), seq=seq)
 
@@ -453,7 +453,7 @@ def _append_blocks(tx: Tx, c: cmd.AppendBlocks, now: str) -> AppendBlocksReply:
     encoded = [check_size(limits, event) for event in events]
     emit = tx.emit
     for event, data in zip(events, encoded, strict=True):
-        position = ctx.blocks + 1  # `emit` moves the cached count on (the writer's `_CommandTx`)
+        position = ctx.blocks + 1  # `emit` moves the cached count on (the writer's `CommandTx`)
         existed.append(AppendedBlock(event.block.id, emit(event, data).seq, position, False))
     return AppendBlocksReply(existed)
 
