@@ -18,7 +18,9 @@ Every refusal a client or operator can meet is a subclass of `TimelinedError`. E
   `error` lines are built from it (`timelined.api.errors`), with `doc` as their comment.
 
 Every named error lives in this module, so a client that imports only `timelined.client` knows
-every `io.timelined.<Interface>.<Name>` it may receive.
+every `io.timelined.<Interface>.<Name>` it may receive. The errors no interface declares, met
+only where they are raised (a line that is not a record, a bad input file of timelinectl),
+are `LocalError`s and live beside what raises them: they are never sent under their own name.
 """
 
 from __future__ import annotations
@@ -594,14 +596,33 @@ class HistoryRewritten(TimelinedError):
         )
 
 
+# --- met where they are raised ----------------------------------------------------------------
+
+
+class LocalError(TimelinedError):
+    """An error no interface declares: met where it is raised, never sent under its name.
+
+    Its subclasses live beside what raises them (a record that does not parse, a schema this
+    timelined does not know, a bad input file of timelinectl, stdout that cannot be written).
+    Each has a `name` of its own (what `timelinectl --json` and the logs call it) and says what
+    was wrong in its message and parameters. One that escapes a method of the daemon is a bug:
+    the daemon answers it as InternalError, like any exception nobody named
+    (`timelined.daemon.varlink_setup`); the engine, the boot and the CLIs treat one as they
+    treat an unexpected exception, never as a refusal.
+    """
+
+    name = "LocalError"
+
+
 def all_error_classes() -> list[type[TimelinedError]]:
-    """Every named error class, for the interface files and the client's name → class map."""
+    """Every named error class (not `LocalError`'s), for the interface files and the client's
+    name → class map."""
     seen: list[type[TimelinedError]] = []
     stack: list[type[TimelinedError]] = [TimelinedError]
     while stack:
         cls = stack.pop()
         for sub in cls.__subclasses__():
-            if sub not in seen:
+            if sub not in seen and not issubclass(sub, LocalError):
                 seen.append(sub)
                 stack.append(sub)
     return seen
