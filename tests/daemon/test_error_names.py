@@ -9,25 +9,32 @@
 
 from __future__ import annotations
 
+import importlib
+import logging
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import pytest
 import varlink
 
-from tests.daemon.harness import DaemonProcess, short_tempdir
+from tests.daemon.harness import DaemonProcess, inprocess_daemon, short_tempdir
 from tests.varlink.test_independent_client import declared_error
 from timelined.api import INTERFACES
 from timelined.api.errors import ADMIN_ERRORS, TIMELINE_ERRORS, ErrorClass
-from timelined.client import Client, ExpectedMore, InvalidParameter
+from timelined.auditlog.record import RecordError
+from timelined.client import AsyncClient, Client, ExpectedMore, InvalidParameter
 from timelined.daemon.varlink_setup import map_error, project_url
 from timelined.errors import (
     ADMIN_INTERFACE,
     TIMELINE_INTERFACE,
     ContextNotFound,
+    InternalError,
     InvalidArgument,
+    LocalError,
     TimelinedError,
 )
+from timelined.state import lookup
 from timelined.varlink.client import VarlinkClient
 from timelined.varlink.errors import (
     InternalFailure,
@@ -172,3 +179,84 @@ def test_getinfo_url_is_the_projects_own(daemon: DaemonProcess) -> None:
         info = c.get_info()
     assert "varlink.org" not in info.url
     assert info.url == project_url()  # pyproject's [project.urls], "" while it has none
+
+
+class _Undeclared(TimelinedError):
+    """A named error some module added without declaring it in an interface."""
+
+    name = "Undeclared"
+
+
+def _local_errors() -> list[type[LocalError]]:
+    """Every LocalError class the package defines (their modules imported here)."""
+    for module in _LOCAL_ERROR_MODULES:
+        importlib.import_module(module)
+    found: list[type[LocalError]] = []
+    stack: list[type[LocalError]] = [LocalError]
+    while stack:
+        for sub in stack.pop().__subclasses__():
+            found.append(sub)
+            stack.append(sub)
+    return found
+
+
+_LOCAL_ERROR_MODULES = (
+    "timelined.auditlog.record",
+    "timelined.conninfo",
+    "timelined.ctl.blocks",
+    "timelined.ctl.streams",
+    "timelined.daemon.activation",
+    "timelined.pgstore.schema",
+    "timelined.pgstore.sql",
+    "timelined.state.schema",
+    "timelined.stdout",
+    "timelined.transparency.merkle",
+    "timelined.transparency.note",
+    "timelined.verifier.state",
+)
+
+
+@pytest.mark.parametrize(
+    "cls", [LocalError, *_local_errors(), _Undeclared], ids=lambda c: c.__name__
+)
+@pytest.mark.parametrize("interface", [TIMELINE_INTERFACE, ADMIN_INTERFACE, None])
+def test_a_timelined_error_no_interface_declares_is_not_named(
+    cls: type[TimelinedError], interface: str | None
+) -> None:
+    """The server then answers it as any exception nobody named: InternalError."""
+    assert map_error(_instance(cls), interface) is None
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [RecordError("framing", "a line of a test"), _Undeclared("a test"), RuntimeError("a test")],
+    ids=lambda e: type(e).__name__,
+)
+async def test_an_undeclared_error_escaping_a_handler_is_an_internal_error_as_before(
+    raised: Exception, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a real daemon: a handler that raises a TimelinedError no interface declares answers
+    exactly what an unnamed exception (RuntimeError) answers, and its traceback is logged."""
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise raised
+
+    monkeypatch.setattr(lookup, "context_or_raise", broken)
+    with short_tempdir() as base:
+        async with inprocess_daemon(base) as run:
+            async with AsyncClient(run.socket_path) as c:
+                with pytest.raises(InternalError) as got:
+                    await c.get_context("ctx_any")
+            with VarlinkClient(run.socket_path) as raw, pytest.raises(VarlinkErrorReply) as sent:
+                await anyio.to_thread.run_sync(
+                    raw.call, TIMELINE_INTERFACE + ".GetContext", {"id": "x"}
+                )
+    method = TIMELINE_INTERFACE + ".GetContext"
+    assert sent.value.name == TIMELINE_INTERFACE + ".InternalError"
+    assert sent.value.parameters == {
+        "message": f"internal error in {method}; the daemon's log has the details",
+        "exception": type(raised).__name__,
+    }
+    assert got.value.varlink_name == TIMELINE_INTERFACE + ".InternalError"
+    logged = [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info]
+    assert [r.exc_info[1] for r in logged if r.exc_info] == [raised, raised]

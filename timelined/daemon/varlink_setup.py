@@ -4,7 +4,10 @@ limits, and what GetInfo says of it.
 The library knows no timelined error. `map_error` is the server's error mapper: a
 `TimelinedError` is sent with its parameters under its interface-qualified name, as the Varlink
 spec requires, and the library's own errors are renamed to the daemon's (ProtocolError,
-LimitExceeded, ShuttingDown, InternalError). Which interface qualifies the name:
+LimitExceeded, ShuttingDown, InternalError). A `TimelinedError` whose name no interface declares
+(a `LocalError`: a record that does not parse, a proof asked out of range, ...) is not named: the
+server answers it as any unexpected exception, InternalError, and logs its traceback. Which
+interface qualifies the name:
 
 - the interface of the called method when it declares the error (`timelined.api.errors`):
   `io.timelined.Timeline.ContextNotFound`; an error both interfaces declare (PermissionDenied,
@@ -49,6 +52,10 @@ def error_mapper(interfaces: Iterable[Interface]) -> ErrorMapper:
     """The error mapper for a server of `interfaces`: each error named by the called interface
     when that interface declares it, else by the error's home interface."""
     declared = {i.name: frozenset(e.name for e in i.errors) for i in interfaces}
+    # Only a name some interface declares is sent: any other TimelinedError (a LocalError
+    # escaping a handler, a class added without its declaration) is a bug, answered as an
+    # exception nobody named is (InternalError; the server logs its traceback).
+    sendable = frozenset().union(*declared.values())
 
     def qualified(cls: type[TimelinedError], interface: str | None) -> str:
         if interface is not None and cls.name in declared.get(interface, ()):
@@ -62,6 +69,8 @@ def error_mapper(interfaces: Iterable[Interface]) -> ErrorMapper:
         name. `interface`: the called method's, None outside a call."""
         err: TimelinedError
         if isinstance(exc, TimelinedError):
+            if exc.name not in sendable:
+                return None
             err = exc
         elif isinstance(exc, ProtocolViolation):
             err = ProtocolError(exc.reason)
