@@ -11,13 +11,17 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
+from timelined.errors import LocalError
+
 _URI_SCHEMES = ("postgresql://", "postgres://")
 _KEY = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*")
 REDACTED = "*****"
 
 
-class ConninfoError(ValueError):
+class ConninfoError(LocalError, ValueError):
     """The string is not a libpq connection string; the message says where."""
+
+    name = "ConninfoError"
 
 
 def is_uri(dsn: str) -> bool:

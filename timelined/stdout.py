@@ -7,14 +7,18 @@ import os
 from collections.abc import Callable
 from typing import TextIO
 
+from timelined.errors import LocalError
+
 EX_PIPE = 128 + 13  # what a shell reports for a program SIGPIPE ended
 
 
-class OutputFailed(Exception):
+class OutputFailed(LocalError):
     """Writing to stdout failed for another reason than a closed pipe (ENOSPC, EIO, ...)."""
 
+    name = "OutputFailed"
+
     def __init__(self, error: OSError) -> None:
-        super().__init__(error.strerror or str(error))
+        super().__init__(error.strerror or str(error), errno=error.errno)
         self.error = error
 
 

@@ -17,6 +17,7 @@ from typing import Generic, Literal, TypeVar
 
 import msgspec
 
+from timelined.errors import LocalError
 from timelined.events import (
     Actor,
     ActorLike,
@@ -50,11 +51,13 @@ _last_hash: tuple[str, bytes] = (GENESIS_PREV, GENESIS_PREV.encode())
 _valid_ts = ""
 
 
-class RecordError(Exception):
+class RecordError(LocalError):
     """A line that is not a valid record; `kind` says which check refused it."""
 
+    name = "RecordError"
+
     def __init__(self, kind: RecordErrorKind, detail: str) -> None:
-        super().__init__(f"{kind}: {detail}")
+        super().__init__(f"{kind}: {detail}", kind=kind, detail=detail)
         self.kind: RecordErrorKind = kind
         self.detail = detail
 

@@ -23,6 +23,7 @@ from timelined.ctl.common import (
     positive,
 )
 from timelined.ctl.output import escape
+from timelined.errors import LocalError
 
 
 def register(verbs: Verbs) -> None:
@@ -161,12 +162,16 @@ def append_batch(ctl: Ctl) -> int:
     return 0
 
 
-class BadBatch(Exception):
+class BadBatch(LocalError):
     """A line of a --batch file that is not a block; names the file and the line."""
+
+    name = "BadBatch"
 
     def __init__(self, source: str, line: int, problem: str) -> None:
         where = f"line {line}" if line else "the file"
-        super().__init__(f"append --batch {source}: {where}: {problem}")
+        super().__init__(
+            f"append --batch {source}: {where}: {problem}", file=source, line=line, problem=problem
+        )
         self.source = source
         self.line = line
 

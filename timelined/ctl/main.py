@@ -69,6 +69,7 @@ from timelined.errors import (
     ConfigError,
     DaemonUnavailable,
     InvalidArgument,
+    LocalError,
     PermissionDenied,
     ProtocolError,
     TimelinedError,
@@ -180,6 +181,10 @@ def _run(words: Sequence[str], without_json: Sequence[str], out: Output) -> int:
     try:
         code: int = args.run(ctl)
         return code
+    except LocalError:
+        # Not the daemon's answer: OutputFailed is run_writing's (exit 74), anything else a
+        # bug of timelinectl's, its traceback shown as for any other exception.
+        raise
     except TimelinedError as exc:
         report_error(out, exc)
         return exit_code(exc)

@@ -35,7 +35,7 @@ from timelined.ctl.common import (
     count,
 )
 from timelined.ctl.output import escape, show_conversation
-from timelined.errors import SlowConsumer
+from timelined.errors import LocalError, SlowConsumer
 
 
 def register(verbs: Verbs) -> None:
@@ -267,8 +267,10 @@ def _write_parts(
 # --- import ------------------------------------------------------------------------------------
 
 
-class BadExport(Exception):
-    pass
+class BadExport(LocalError):
+    """An export file to import that is not one (which line, or what is missing)."""
+
+    name = "BadExport"
 
 
 def read_export(lines: Iterable[str], progress: _Progress | None = None) -> ExportDocument:

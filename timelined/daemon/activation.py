@@ -18,6 +18,8 @@ import socket
 from collections.abc import MutableMapping, Sequence
 from typing import NamedTuple
 
+from timelined.errors import LocalError
+
 log = logging.getLogger(__name__)
 
 SD_LISTEN_FDS_START = 3
@@ -27,8 +29,10 @@ LISTENER_NAMES: tuple[str, ...] = ("timelined", "varlink")
 _ENV = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 
 
-class ActivationError(RuntimeError):
+class ActivationError(LocalError, RuntimeError):
     """The activation environment is inconsistent, or no passed socket can be served on."""
+
+    name = "ActivationError"
 
 
 class ListenSocket(NamedTuple):

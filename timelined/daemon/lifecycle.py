@@ -40,6 +40,7 @@ from timelined.errors import (
     BootFailed,
     ConfigError,
     FatalStorageError,
+    LocalError,
     StateLocked,
     StorageError,
     TimelinedError,
@@ -260,6 +261,8 @@ async def _serve_with(
                 app.transparency = await anyio.to_thread.run_sync(
                     Transparency.open, config, engine.last_seq, app.log
                 )
+            except LocalError:  # unexpected, as before it was a TimelinedError: not caught here
+                raise
             except (TimelinedError, OSError) as exc:
                 # A log damaged before its tail (the daemon serves read-only): serve without
                 # checkpoints rather than not at all; the methods say why. (A key that cannot be

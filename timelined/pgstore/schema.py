@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from timelined.errors import LocalError
 from timelined.events import SCHEMA_VERSION as EVENT_SCHEMA_VERSION
 from timelined.pgstore.sql import LOG_APPEND_ONLY_SQLSTATE, PgConnection
 from timelined.state.search_pg import SEARCH_CHARS
@@ -154,25 +155,38 @@ STATE_TABLES: Final = (
 )
 
 
-class PgSchemaError(Exception):
+class PgSchemaError(LocalError):
     """The database cannot be used as it is: nothing was created or changed."""
+
+    name = "PgSchemaError"
 
 
 class ForeignDatabase(PgSchemaError):
+    """The database holds tables that are not timelined's; `tables` names them."""
+
+    name = "ForeignDatabase"
+
     def __init__(self, tables: list[str]) -> None:
         shown = ", ".join(tables[:8]) + (", …" if len(tables) > 8 else "")
         super().__init__(
             f"the database holds tables that are not timelined's ({shown}): "
-            "give timelined an empty database of its own"
+            "give timelined an empty database of its own",
+            tables=tables,
         )
         self.tables = tables
 
 
 class NewerSchema(PgSchemaError):
+    """The database's schema is newer than this timelined knows (`found`, `supported`)."""
+
+    name = "NewerSchema"
+
     def __init__(self, found: int) -> None:
         super().__init__(
             f"the database's timelined schema is version {found}; this timelined knows "
-            f"{PG_SCHEMA_VERSION}: upgrade timelined (never downgrade a database)"
+            f"{PG_SCHEMA_VERSION}: upgrade timelined (never downgrade a database)",
+            found=found,
+            supported=PG_SCHEMA_VERSION,
         )
         self.found = found
         self.supported = PG_SCHEMA_VERSION

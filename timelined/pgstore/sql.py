@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 import psycopg
 from psycopg import pq
 
-from timelined.errors import InvalidArgument
+from timelined.errors import InvalidArgument, LocalError
 from timelined.state.dbapi import DbConn
 
 DIALECT: Final = "postgresql"
@@ -39,8 +39,10 @@ DIALECT: Final = "postgresql"
 LOG_APPEND_ONLY_SQLSTATE: Final = "TL001"
 
 
-class UntranslatableSQL(ValueError):
+class UntranslatableSQL(LocalError, ValueError):
     """A statement the PostgreSQL adapter cannot run (a bug in the shared SQL, not bad input)."""
+
+    name = "UntranslatableSQL"
 
 
 # Quoted text is copied as it is (a `?` inside quotes is no placeholder), except that a `%`
@@ -101,20 +103,33 @@ def _arguments(numbered: bool, params: Sequence[Any] | Mapping[str, Any]) -> Any
 # its SQLSTATE as `.sqlstate`.
 
 
-class PgIntegrityError(sqlite3.IntegrityError):
+# Each is a LocalError too (sqlite3's class first: its paths decide), with the SQLSTATE.
+
+
+class PgIntegrityError(sqlite3.IntegrityError, LocalError):
+    """PostgreSQL refused a constraint (as sqlite3.IntegrityError); `sqlstate` says which."""
+
+    name = "PgIntegrityError"
+
     def __init__(self, message: str, sqlstate: str | None) -> None:
-        super().__init__(message)
+        LocalError.__init__(self, message, sqlstate=sqlstate)
         self.sqlstate = sqlstate
 
 
-class PgOperationalError(sqlite3.OperationalError):
+class PgOperationalError(sqlite3.OperationalError, LocalError):
+    """Any other PostgreSQL failure (as sqlite3.OperationalError); `sqlstate` when it has one."""
+
+    name = "PgOperationalError"
+
     def __init__(self, message: str, sqlstate: str | None) -> None:
-        super().__init__(message)
+        LocalError.__init__(self, message, sqlstate=sqlstate)
         self.sqlstate = sqlstate
 
 
 class LogIsAppendOnly(PgIntegrityError):
     """The log table refused an UPDATE, DELETE or TRUNCATE (its triggers: pgstore/schema.py)."""
+
+    name = "LogIsAppendOnly"
 
 
 def map_error(exc: psycopg.Error) -> sqlite3.DatabaseError | InvalidArgument:

@@ -36,7 +36,7 @@ from timelined.auditlog.scan import TailScan, scan_tail, walk_chain
 from timelined.auditlog.segments import list_segments
 from timelined.auditlog.writer import LogHead
 from timelined.config import Config, read_password
-from timelined.errors import BootFailed, LogDamaged, StorageError, TimelinedError
+from timelined.errors import BootFailed, LocalError, LogDamaged, StorageError, TimelinedError
 from timelined.ids import utc_now
 from timelined.recovery.damage import DamageRecord, clear_damage, recorded_damage
 from timelined.recovery.lock import StateLock
@@ -93,7 +93,8 @@ def boot(
         report.verdict = "failed"
         error = (
             exc.message
-            if isinstance(exc, TimelinedError)
+            # A LocalError is reported as any unexpected exception is: named by its type.
+            if isinstance(exc, TimelinedError) and not isinstance(exc, LocalError)
             else _os_reason(exc)
             if isinstance(exc, OSError)
             else f"{type(exc).__name__}: {exc}"

@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from timelined.errors import LocalError
 from timelined.events import SCHEMA_VERSION as EVENT_SCHEMA_VERSION
 
 SCHEMA_VERSION = 3
@@ -157,11 +158,17 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 
 
-class UnknownSchema(Exception):
+class UnknownSchema(LocalError):
     """The database's version is newer than this code, or has no migration path."""
 
+    name = "UnknownSchema"
+
     def __init__(self, found: int, supported: int) -> None:
-        super().__init__(f"state database schema version {found}; this timelined knows {supported}")
+        super().__init__(
+            f"state database schema version {found}; this timelined knows {supported}",
+            found=found,
+            supported=supported,
+        )
         self.found = found
         self.supported = supported
 

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from hashlib import sha256
 from typing import Protocol
 
+from timelined.errors import LocalError
+
 HASH_SIZE = 32
 EMPTY_ROOT = sha256(b"").digest()
 # The domain separation of RFC 6962, for loops that hash many leaves or nodes inline.
@@ -30,8 +32,10 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     return sha256(NODE_PREFIX + left + right).digest()
 
 
-class ProofError(ValueError):
+class ProofError(LocalError, ValueError):
     """A proof that does not verify, or a request no proof can answer (sizes out of range)."""
+
+    name = "ProofError"
 
 
 class NodeSource(Protocol):

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from hashlib import sha256
 from typing import TYPE_CHECKING
 
+from timelined.errors import LocalError
+
 # `cryptography` is imported where a key is used, not here: it is ~50 ms of the client's import
 # time, and most client programs never audit a checkpoint.
 if TYPE_CHECKING:
@@ -30,8 +32,10 @@ MAX_SIGNATURES = 100
 _NAME = re.compile(r"[^\s+]+")  # a key name: no whitespace, no "+"
 
 
-class NoteError(ValueError):
+class NoteError(LocalError, ValueError):
     """A malformed note or key, or a signature that does not verify."""
+
+    name = "NoteError"
 
 
 def key_id(name: str, public: bytes) -> bytes:

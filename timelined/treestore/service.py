@@ -20,7 +20,7 @@ import anyio
 
 from timelined.auditlog.source import LogSource
 from timelined.config import Config
-from timelined.errors import FeatureUnavailable, TimelinedError
+from timelined.errors import FeatureUnavailable, LocalError, TimelinedError
 from timelined.treestore.levels import LevelFiles
 from timelined.treestore.logtree import REBUILD_MARK, LogTree, build_from_log
 
@@ -68,6 +68,8 @@ class Transparency:
             if self._signer is None and self._key_error is None:
                 try:
                     self._signer = await anyio.to_thread.run_sync(self._read_key)
+                except LocalError:  # not a key's problem (those are ConfigError): unexpected
+                    raise
                 except (TimelinedError, OSError) as exc:
                     self._key_failed(exc)
 
@@ -174,6 +176,8 @@ class Transparency:
             if size != self._signed_size and self._signer is None and self._key_error is None:
                 try:
                     self._signer = self._read_key()
+                except LocalError:  # as in load_key
+                    raise
                 except (TimelinedError, OSError) as exc:
                     self._key_failed(exc)
             if size != self._signed_size and self._signer is not None:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from timelined.api.verify import Difference, VerifyProgress
-from timelined.errors import LogDamaged
+from timelined.errors import LocalError, LogDamaged
 from timelined.state.apply import BlockRows, index_blocks, set_fts_seq
 from timelined.verifier.blocks import BlockStream
 from timelined.verifier.compare import (
@@ -48,8 +48,10 @@ from timelined.verifier.replay import (
 ProgressFn = Callable[[VerifyProgress], None]
 
 
-class ScratchError(RuntimeError):
+class ScratchError(LocalError, RuntimeError):
     """The scratch replay failed for a reason of its own (a full disk, a bug): not drift."""
+
+    name = "ScratchError"
 
 
 def copy_state(state_db: Path, target: Path) -> None:

@@ -63,6 +63,7 @@ from timelined.config import Config
 from timelined.errors import (
     FatalStorageError,
     InternalError,
+    LocalError,
     LogDamaged,
     ShuttingDown,
     TimelinedError,
@@ -197,7 +198,9 @@ def _due(waiting: bool, now: bool, deadline: float) -> float | None:
 def _command_error(command: cmd.Command, exc: Exception) -> TimelinedError:
     """What a failed command is answered with: its refusal, or an InternalError for anything else
     (a bug in one command must not stop the writer, and with it every other client)."""
-    if isinstance(exc, TimelinedError):
+    # A LocalError is no refusal a client can be sent (its name is declared nowhere): it is
+    # as unexpected here as any other exception.
+    if isinstance(exc, TimelinedError) and not isinstance(exc, LocalError):
         return exc
     log.exception("command %s failed unexpectedly", type(command).__name__)
     return InternalError(f"{type(exc).__name__}: {exc}")
@@ -1075,6 +1078,8 @@ class Engine:
             self._writer.write_batch(
                 b"".join(run.lines), records[0].seq, records[-1].seq, records[-1].hash
             )
+        except LocalError:  # never a write's refusal: it goes where any other exception goes
+            raise
         except TimelinedError as exc:  # StorageError, DiskFull, FatalStorageError
             return exc
         self._last_write_s = elapsed = time.perf_counter() - started
