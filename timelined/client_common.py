@@ -21,6 +21,7 @@ from timelined.auditlog.record import RecordError, check_frame
 from timelined.config import find_config_file, load_config
 from timelined.errors import (
     DaemonUnavailable,
+    InternalError,
     InvalidArgument,
     LimitExceeded,
     PermissionDenied,
@@ -31,7 +32,10 @@ from timelined.errors import (
 )
 from timelined.varlink.errors import (
     ConnectionFailed,
+    InternalFailure,
+    LimitReached,
     ProtocolViolation,
+    ServerStopping,
     VarlinkError,
     VarlinkErrorReply,
 )
@@ -169,12 +173,26 @@ def hangs_up(error: str) -> bool:
 
 def local_error(error: VarlinkError) -> Exception:
     """The Varlink library's own failures as timelined's; error replies stay as they are
-    (`error_from_reply` names them)."""
+    (the clients catch them and `error_from_reply` names them).
+
+    Every other `VarlinkError` becomes a TimelinedError, so that nothing of the library reaches
+    a caller of the client: the library's client raises only the first two today, the rest are
+    the server's (a server without the daemon's mapper sends them as `org.varlink.transport.*`,
+    and those arrive as replies), but one raised some day must not leak past this boundary.
+    """
+    if isinstance(error, VarlinkErrorReply):
+        return error
     if isinstance(error, ConnectionFailed):
         return DaemonUnavailable(error.path, error.reason)
     if isinstance(error, ProtocolViolation):
         return ProtocolError(error.reason)
-    return error
+    if isinstance(error, LimitReached):
+        return LimitExceeded(error.limit, error.size, error.maximum)
+    if isinstance(error, ServerStopping):
+        return ShuttingDown()
+    if isinstance(error, InternalFailure):
+        return InternalError(f"{error.exception} in {error.method}")
+    return RemoteError(error.name, error.parameters)
 
 
 def error_from_reply(reply: VarlinkErrorReply) -> TimelinedError:
