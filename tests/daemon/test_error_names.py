@@ -24,7 +24,7 @@ from timelined.api import INTERFACES
 from timelined.api.errors import ADMIN_ERRORS, TIMELINE_ERRORS, ErrorClass
 from timelined.auditlog.record import RecordError
 from timelined.client import AsyncClient, Client, ExpectedMore, InvalidParameter
-from timelined.daemon.varlink_setup import map_error, project_url
+from timelined.daemon.varlink_setup import error_mapper, map_error, project_url
 from timelined.errors import (
     ADMIN_INTERFACE,
     TIMELINE_INTERFACE,
@@ -32,6 +32,7 @@ from timelined.errors import (
     InternalError,
     InvalidArgument,
     LocalError,
+    PermissionDenied,
     TimelinedError,
 )
 from timelined.state import lookup
@@ -260,3 +261,13 @@ async def test_an_undeclared_error_escaping_a_handler_is_an_internal_error_as_be
     assert got.value.varlink_name == TIMELINE_INTERFACE + ".InternalError"
     logged = [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info]
     assert [r.exc_info[1] for r in logged if r.exc_info] == [raised, raised]
+
+
+def test_a_server_of_other_interfaces_names_timelined_s_errors_and_no_others() -> None:
+    """The mapper of a server that serves none of timelined's interfaces (tests/varlink/demo.py)
+    still sends timelined's declared errors, under their home interface, and no other."""
+    other = error_mapper([])
+    named = other(_instance(PermissionDenied), "com.example.Test")
+    assert named is not None and named[0] == f"{TIMELINE_INTERFACE}.PermissionDenied"
+    assert other(_instance(_Undeclared), "com.example.Test") is None
+    assert other(_instance(RecordError), None) is None

@@ -52,10 +52,12 @@ def error_mapper(interfaces: Iterable[Interface]) -> ErrorMapper:
     """The error mapper for a server of `interfaces`: each error named by the called interface
     when that interface declares it, else by the error's home interface."""
     declared = {i.name: frozenset(e.name for e in i.errors) for i in interfaces}
-    # Only a name some interface declares is sent: any other TimelinedError (a LocalError
-    # escaping a handler, a class added without its declaration) is a bug, answered as an
-    # exception nobody named is (InternalError; the server logs its traceback).
-    sendable = frozenset().union(*declared.values())
+    # Only a name some interface declares is sent (timelined's own, `timelined.api.errors`, or
+    # one of `interfaces`: a server of other interfaces still sends timelined's errors under
+    # their home interface): any other TimelinedError (a LocalError escaping a handler, a class
+    # added without its declaration) is a bug, answered as an exception nobody named is
+    # (InternalError; the server logs its traceback).
+    sendable = frozenset(e.name for i in INTERFACES for e in i.errors).union(*declared.values())
 
     def qualified(cls: type[TimelinedError], interface: str | None) -> str:
         if interface is not None and cls.name in declared.get(interface, ()):
