@@ -330,3 +330,51 @@ def test_a_context_too_large_for_a_reply_is_refused_while_it_is_read() -> None:
     # readers at a time held ~12 MB of notes each, and the server the encoded 12 MB frame of
     # each before refusing it (+93 MiB); with GetTree's references read whole: 47-64 MiB.
     assert grown < 36, f"peak RSS grew {grown:.1f} MiB"
+
+
+def test_one_uids_unread_replies_wait_for_its_share_not_one_frame_per_connection() -> None:
+    """One uid opens all its connections and sends each a ListBlocks whose page is nearly a
+    frame, and reads none. Every connection built its reply and held it, counted only past
+    the share: 60 connections at a 4 MiB `max_message_bytes` held +175 MiB against a 16 MiB
+    share (64 at 16 MiB, the defaults: +900 MiB); now +28 MiB. A call reserves a frame of its uid's
+    share before its reply is built and the calls past the share wait, unread; another
+    client is served meanwhile, and every waiting reply arrives once the peer reads."""
+    conns = 60
+    limits = {
+        "max_message_bytes": 4 * MiB,
+        "max_block_bytes": 2 * MiB,
+        "max_buffered_bytes": 64 * MiB,
+        "max_buffered_bytes_per_uid": 16 * MiB,
+    }
+    with short_tempdir("tlr") as base, DaemonProcess(base, limits=limits) as d:
+        assert d.proc is not None
+        path = d.socket_path
+        with Client(path, timeout=30) as c:
+            root = c.create_conversation("pages").root_context_id
+            for i in range(6):
+                c.append_block(root, "user", f"{i} " + "p" * 1_400_000)
+        page = {"context_id": root, "limit": 1000}
+        idle = settled_rss(d.proc.pid)
+        peak_before = _peak_mib(d.proc.pid)
+        held = [connect(path) for _ in range(conns)]
+        try:
+            for s in held:
+                send_call(s, "io.timelined.Timeline.ListBlocks", page)
+            time.sleep(4)
+            grown = settled_rss(d.proc.pid) - idle
+            peak = _peak_mib(d.proc.pid) - peak_before
+            start = time.monotonic()
+            with Client(path, timeout=10) as c:  # a connection of its own: within its limits
+                c.append_block(root, "user", "still served")
+            assert time.monotonic() - start < 2
+            for s in held:  # read at last: every reply arrives, whole
+                s.settimeout(30)
+                reply = json.loads(read_frames(s)[0])
+                assert len(reply["parameters"]["blocks"]) == 2, reply.get("error")
+        finally:
+            for s in held:
+                s.close()
+    # The share (16 MiB), a frame being built, the kernel's socket buffers and each waiting
+    # call's parameters; before: one ~2.8 MB page per connection, +175 MiB.
+    assert grown < 64, f"RSS grew {grown:.0f} MiB for {conns} unread pages"
+    assert peak < 80, f"peak RSS grew {peak:.0f} MiB for {conns} unread pages"

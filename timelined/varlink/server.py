@@ -457,6 +457,14 @@ class VarlinkServer:
         self.buffers = ByteBudget(
             self._limits.max_buffered_bytes, self._limits.max_buffered_bytes_per_uid
         )
+        # The same bounds, for non-stream replies only: those being built (each reserves a
+        # frame first, `_dispatch_awaited`) and those waiting for their peer to read. Apart
+        # from `buffers` so that a uid's lagging watchers, counted there, never hold up its
+        # calls (a client that reads its Watch only between calls would wait on itself).
+        self.replies = ByteBudget(
+            self._limits.max_buffered_bytes, self._limits.max_buffered_bytes_per_uid
+        )
+        self._reply_reserve = self._limits.max_message_bytes + 1  # a frame, with its NUL
         # A peer that reads none of its replies for this long is dropped (the idle limit, for
         # the other direction).
         self._write_timeout: float | None = self._limits.idle_timeout_s or None
@@ -525,8 +533,9 @@ class VarlinkServer:
         """New limits apply at once, to open connections too (config reload)."""
         self._limits = limits
         self._write_timeout = limits.idle_timeout_s or None
-        self.buffers.limit = limits.max_buffered_bytes
-        self.buffers.share = limits.max_buffered_bytes_per_uid
+        self.buffers.limit = self.replies.limit = limits.max_buffered_bytes
+        self.buffers.share = self.replies.share = limits.max_buffered_bytes_per_uid
+        self._reply_reserve = limits.max_message_bytes + 1
         for conn in self._conns.values():
             conn.reader.max_message_bytes = limits.max_message_bytes
 
@@ -1049,10 +1058,12 @@ class VarlinkServer:
             size = len(out)
             uid = conn.peer.uid
             self.buffers.count(size, uid)
+            self.replies.count(size, uid)
             try:
                 await send_rest(conn.sock, out, self._write_timeout)
             finally:
                 self.buffers.give(size, uid)
+                self.replies.give(size, uid)
 
     async def _fail_connection(self, conn: _Conn, exc: FrameError) -> None:
         """A frame we cannot trust: answer what came before it, say why, and hang up."""
@@ -1159,6 +1170,15 @@ class VarlinkServer:
         assert entry.handler is not None
         if conn.slots:
             await self._settle(conn)  # what this call reads must include the writes before it
+        # The reply is built before anything counts it, and may be a whole frame: the call
+        # first reserves that much of its uid's share of `replies` (waiting, unread, while its
+        # uid's unread replies fill it), so that one uid's connections cannot each hold a
+        # frame built past the share (64 unread ListBlocks pages: +900 MiB). A stream's
+        # replies are counted one by one in `_pump` instead (a live Watch waits for events).
+        reserve = 0 if call.oneway or (entry.is_gen and call.more) else self._reply_reserve
+        uid = conn.peer.uid
+        if reserve:
+            await self.replies.take(reserve, uid)
         mark = len(conn.out)
         try:
             result: Any = entry.handler(params, ctx)
@@ -1175,6 +1195,10 @@ class VarlinkServer:
             del conn.out[mark:]
             self._send_exception(conn, call, exc)
             return True
+        finally:
+            if reserve:
+                # What the socket does not take of it is counted again as it is flushed.
+                self.replies.give(reserve, uid)
         return await self._stream(conn, call, result)
 
     async def _settle(self, conn: _Conn) -> None:
