@@ -55,6 +55,7 @@ from timelined.api import (
     ConversationReply,
     ConversationsReply,
     CrossRefReply,
+    CrossRefsReply,
     HistoryReply,
     LogEvent,
     MetricsReply,
@@ -456,6 +457,15 @@ class AsyncClient:
     async def revoke_crossref(self, id: str) -> CrossRef:
         reply = await self._call(TIMELINE + "RevokeCrossRef", {"id": id}, CrossRefReply)
         return reply.crossref
+
+    async def list_crossrefs(
+        self, context_id: str, *, after: int | None = None, limit: int | None = None
+    ) -> CrossRefsReply:
+        """A page of the context's live cross-references (ListCrossRefs); `next` names the rest.
+        A context's are in `Context.crossrefs` too, unless `crossrefs_omitted` says they did
+        not fit one reply: then page them here."""
+        params = call_params(context_id=context_id, after=after, limit=limit)
+        return await self._call(TIMELINE + "ListCrossRefs", params, CrossRefsReply)
 
     # blocks
 

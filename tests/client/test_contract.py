@@ -241,6 +241,21 @@ class ClientContract:
             (stored[1].id, stored[1].seq, "assistant"),
         ]
 
+    def test_a_contexts_cross_references_come_a_page_at_a_time(self, tl: Any) -> None:
+        root = tl.create_conversation("refs").root_context_id
+        side = tl.spawn_sidebar(root, "side").id
+        added = [tl.add_crossref(side, root, "see", note=f"n{i}") for i in range(5)]
+        tl.revoke_crossref(added[1].id)
+        live = [added[0], *added[2:]]
+        first = tl.list_crossrefs(root, limit=2)
+        assert isinstance(first, api.CrossRefsReply) and first.crossrefs == live[:2]
+        rest = tl.list_crossrefs(root, after=first.next)
+        assert rest.crossrefs == live[2:] and rest.next is None
+        assert tl.list_crossrefs(side).crossrefs == tl.get_context(side).crossrefs == live
+        assert not tl.get_context(side).crossrefs_omitted
+        with pytest.raises(ContextNotFound):
+            tl.list_crossrefs("ctx_" + "0" * 26)
+
     def test_every_declared_method_is_callable_through_the_generic_entry(self, tl: Any) -> None:
         """`invoke` (or `invoke_stream`) by the api's declaration reaches every method, typed:
         a method declared in timelined/api needs no client change to be called. Parameters are

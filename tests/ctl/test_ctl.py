@@ -141,6 +141,15 @@ def test_conversation_and_context_verbs(ctl: Ctl) -> None:
     ref = ctl.json("xref", "add", a["id"], b["id"], "see-also", "--note", "n")["crossref"]
     out, _ = ctl("context", a["id"])
     assert ref["id"] in out and "see-also" in out
+    listed = ctl.json("xref", "list", b["id"])
+    assert listed == {"crossrefs": [ref], "next": None}
+    second = ctl.json("xref", "add", b["id"], a["id"], "depends-on")["crossref"]
+    out, err = ctl("xref", "list", a["id"], "--limit", "1")
+    assert ref["id"] in out and second["id"] not in out and "see-also" in out
+    hint = _hint(err)[2:]  # without --socket PATH, which the harness adds itself
+    assert hint[:4] == ["xref", "list", a["id"], "--limit"] and "--after" in hint
+    out, err = ctl(*hint)
+    assert second["id"] in out and ref["id"] not in out and "more: " not in err
     out, _ = ctl("xref", "revoke", ref["id"])
     assert "revoked" in out
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 
+import msgspec
+
 from timelined.api.model import Context
 from timelined.ctl.admin import _failed, _progress, _verify_summary
-from timelined.ctl.output import Output, render_tree
+from timelined.ctl.output import Output, render_tree, show_context
 
 
 def ctx(id: str, parent: str | None, status: str = "active", blocks: int = 0) -> Context:
@@ -79,3 +81,14 @@ def test_verifier_progress_and_verdicts() -> None:
     assert _failed({"state": "drift", "differences": [{"entity": "blocks"}]})
     assert _failed({"state": "damaged"})
     assert not _failed(None)
+
+
+def test_a_context_shown_without_its_references_says_how_to_list_them() -> None:
+    out = Output(stdout=Utf8())
+    wide = msgspec.structs.replace(ctx("side", "root"), crossrefs_omitted=True)
+    show_context(out, wide)
+    text = out.stdout.getvalue()  # type: ignore[attr-defined]
+    assert "xref      too many for one reply: timelinectl xref list side" in text
+    out = Output(stdout=Utf8())
+    show_context(out, ctx("side", "root"))
+    assert "xref" not in out.stdout.getvalue()  # type: ignore[attr-defined]

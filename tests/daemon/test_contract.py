@@ -44,6 +44,7 @@ CONTRACT: dict[str, tuple[str, set[str]]] = {
     "Timeline.ReparentContext": ("write", {"id", "new_parent_id"}),
     "Timeline.GetContext": ("read", {"id"}),
     "Timeline.GetTree": ("read", {"conversation_id", "after"}),
+    "Timeline.ListCrossRefs": ("read", {"context_id", "after", "limit"}),
     "Timeline.AppendBlocks": ("write", {"context_id", "blocks"}),
     "Timeline.Focus": ("write", {"context_id"}),
     "Timeline.GetStartupState": ("read", set()),
@@ -92,6 +93,7 @@ REPLIES: dict[str, set[str]] = {
     "Timeline.ListConversations": {"conversations", "next"},
     "Timeline.SpawnSidebar": {"context"},
     "Timeline.GetTree": {"contexts", "next"},
+    "Timeline.ListCrossRefs": {"crossrefs", "next"},
     "Timeline.AppendBlocks": {"blocks"},
     "Timeline.ExportConversation": {"header", "contexts", "events", "blocks", "proofs", "end"},
     "Timeline.GetStartupState": {"state"},
@@ -314,7 +316,11 @@ def test_every_error_class_lives_in_errors_py() -> None:
     assert {"BootFailed", "FeatureUnavailable"} <= declared
 
 
-_SNAKE_EXCEPTIONS = {"AddCrossRef": "add_crossref", "RevokeCrossRef": "revoke_crossref"}
+_SNAKE_EXCEPTIONS = {
+    "AddCrossRef": "add_crossref",
+    "RevokeCrossRef": "revoke_crossref",
+    "ListCrossRefs": "list_crossrefs",
+}
 
 
 def _snake(name: str) -> str:

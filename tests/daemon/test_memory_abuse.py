@@ -284,17 +284,19 @@ def _peak_mib(pid: int) -> float:
     raise AssertionError("no VmHWM")
 
 
-def test_a_context_too_large_for_a_reply_is_refused_while_it_is_read() -> None:
+def test_a_context_too_large_for_a_reply_comes_without_its_references_read_past_it() -> None:
     """A context grown by calls that each fit a frame and `max_block_bytes`: 200
     cross-references with 60 KB notes (12 MB), written while the limits allowed it
     (`max_crossref_bytes_per_context` now refuses that growth), then served after the operator
     lowered `max_message_bytes`. GetContext's reply (the Context with its cross-references) was
     sent whole (500 cross-references of 64 KiB notes: one frame of 31.3 MiB, held by every
-    connection that did not read it); then built whole and refused by the server. GetContext
-    and GetTree now refuse it by name as soon as what was read outgrows a frame, and the
-    daemon's peak memory does not follow the context's size. (A write's reply carries no
-    cross-references, and every event is held to `max_block_bytes`: with the documented
-    margin no write's reply outgrows a frame; the server refuses any reply that would.)"""
+    connection that did not read it); then built whole and refused by the server; then refused
+    by name, leaving the context (and the rest of its tree) unreadable. GetContext and GetTree
+    now stop reading its references as soon as they outgrow a frame and answer it without them
+    (`crossrefs_omitted`), ListCrossRefs pages them, and the daemon's peak memory does not
+    follow the context's size. (A write's reply carries no cross-references, and every event
+    is held to `max_block_bytes`: with the documented margin no write's reply outgrows a frame;
+    the server refuses any reply that would.)"""
     timeline = "io.timelined.Timeline."
     larger = {**LIMITS, "max_message_bytes": 16 * MiB, "max_crossref_bytes_per_context": 16 * MiB}
     with short_tempdir("tlo") as base:
@@ -302,8 +304,7 @@ def test_a_context_too_large_for_a_reply_is_refused_while_it_is_read() -> None:
             conversation = c.create_conversation("big").id
             root = c.get_conversation(conversation).root_context_id
             side = c.spawn_sidebar(root, "wide").id
-            for _ in range(200):
-                c.add_crossref(side, root, "see-also", "n" * 60_000)
+            added = [c.add_crossref(side, root, "see-also", "n" * 60_000).id for _ in range(200)]
         with DaemonProcess(base, limits=LIMITS) as d:
             assert d.proc is not None
             path = d.socket_path
@@ -316,16 +317,32 @@ def test_a_context_too_large_for_a_reply_is_refused_while_it_is_read() -> None:
 
             with ThreadPoolExecutor(8) as pool:
                 frames = list(pool.map(read, range(24)))
-            for frame in frames:
+            for i, frame in enumerate(frames):
                 assert len(frame) <= MAX_MESSAGE, len(frame)
-                reply = json.loads(frame)
-                assert reply.get("error") == timeline + "LimitExceeded", frame[:200]
-                assert reply["parameters"]["limit"] == "limits.max_message_bytes (reply)"
-                assert reply["parameters"]["size"] > MAX_MESSAGE
+                params = json.loads(frame)["parameters"]
+                # GetTree's first page: the root, whose references fit no page; the side, whose
+                # references do not fit what is left of it, starts the next page.
+                contexts = params["contexts"] if i % 2 else [params["context"]]
+                assert [x["id"] for x in contexts] == ([root] if i % 2 else [side])
+                assert params.get("next") is not None if i % 2 else True
+                for context in contexts:
+                    assert context["crossrefs_omitted"] is True and context["crossrefs"] == []
             grown = _peak_mib(d.proc.pid) - booted
-            with Client(path) as c:  # the daemon goes on; a context that fits is answered
+            with Client(path) as c:  # every reference, a page at a time; a small context whole
+                listed: list[str] = []
+                after = None
+                while True:
+                    page = c.list_crossrefs(side, after=after, limit=1000)
+                    assert page.crossrefs, "a page that fits nothing"
+                    listed += [r.id for r in page.crossrefs]
+                    if (after := page.next) is None:
+                        break
+                assert listed == added
+                tree = c.get_tree(conversation)  # every page: each context, without them
+                assert [(x.id, x.crossrefs_omitted) for x in tree] == [(root, True), (side, True)]
                 other = c.create_conversation("small").root_context_id
-                assert c.get_context(other).id == other
+                found = c.get_context(other)
+                assert found.id == other and not found.crossrefs_omitted
     # 20-25 MiB, most of it the read connections' caches of the rows read. Built whole, three
     # readers at a time held ~12 MB of notes each, and the server the encoded 12 MB frame of
     # each before refusing it (+93 MiB); with GetTree's references read whole: 47-64 MiB.

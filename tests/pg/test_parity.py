@@ -157,14 +157,18 @@ def _pages(fn: Callable[..., tuple[list[Any], int | None]], *args: Any, **kwargs
     raise AssertionError("the cursor never ended")
 
 
-def _tree_pages(conn: DbConn, conversation_id: str, reply_bytes: int) -> Any:
+def _tree_pages(conn: DbConn, conversation_id: str, reply_bytes: int, omit: bool = False) -> Any:
     """Every page of a tree, each page under a fresh byte budget (as GetTree's replies)."""
     out: list[Any] = []
     cursor: int | None = None
     for _ in range(10_000):
         try:
             page, cursor = queries.tree_page(
-                conn, conversation_id, after=cursor, budget=ReplyBudget(reply_bytes)
+                conn,
+                conversation_id,
+                after=cursor,
+                budget=ReplyBudget(reply_bytes),
+                omit_crossrefs=omit,
             )
         except TimelinedError as exc:
             out.append(type(exc).__name__)
@@ -208,7 +212,26 @@ def every_read(conn: DbConn, ids: dict[str, list[str]]) -> dict[str, Any]:
     out["get_context"] = [q.get_context(conn, c, crossrefs=x) for c in ctxs for x in (True, False)]
     out["context_exists"] = [q.context_exists(conn, c) for c in ctxs]
     out["get_tree"] = [q.get_tree(conn, c) for c in convs]
-    out["tree_page"] = [_tree_pages(conn, c, size) for c in convs for size in (2_000, 10**6)]
+    out["tree_page"] = [
+        _tree_pages(conn, c, size, omit)
+        for c in convs
+        for size in (700, 2_000, 10**6)
+        for omit in (False, True)
+    ]
+    out["get_context reply_bytes"] = [
+        _outcome(q.get_context, conn, c, reply_bytes=size) for c in ctxs for size in (700, 10**6)
+    ]
+    out["crossrefs_page"] = [
+        _pages(q.crossrefs_page, conn, c, limit=limit) for c in ctxs for limit in (None, 1, 3)
+    ]
+    out["crossrefs_page budget"] = [
+        _outcome(q.crossrefs_page, conn, c, budget=ReplyBudget(size))
+        for c in ctxs
+        for size in (300, 700, 10**6)
+    ]
+    out["crossrefs_or_raise"] = [
+        _outcome(lk.crossrefs_or_raise, conn, c, limit=2, reply_bytes=10**6) for c in ctxs
+    ]
     out["ancestors"] = [q.ancestors(conn, c) for c in ctxs]
     out["own_block_count"] = [q.own_block_count(conn, c) for c in ctxs]
     out["get_crossref"] = [q.get_crossref(conn, r) for r in refs]
@@ -306,6 +329,8 @@ def test_every_read_answers_the_same(
     for name in want:
         assert got[name] == want[name], name
     # the reads saw something: not a comparison of empty answers
+    omitted = [c for c in want["get_context reply_bytes"] if getattr(c, "crossrefs_omitted", 0)]
+    assert omitted, "no context's cross-references outgrew a 700-byte reply"
     assert any(h for h in want["history"] if isinstance(h, list) and len(h) > 3)
     assert any(isinstance(h, tuple) and h[0] == "LimitExceeded" for h in want["history"])
     assert want["startup_state"].has_data

@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import pytest
 
 from timelined import events as ev
@@ -198,3 +199,79 @@ def test_a_tree_page_ends_before_a_context_whose_references_do_not_fit(
     # Enough room: the rest, in order.
     page, rest = q.tree_page(wide, "conv_a", after=after, budget=ReplyBudget(1 << 20))
     assert [c.id for c in page] == ["ctx_side", "ctx_other"] and rest is None
+
+
+def test_a_tree_page_for_a_reader_omits_the_references_of_a_context_too_large_alone(
+    wide: sqlite3.Connection,
+) -> None:
+    """GetTree's page: a context whose references do not fit a page alone comes without them
+    (`crossrefs_omitted`), rather than making the rest of the tree unreadable; the export's
+    page (no `omit_crossrefs`) still refuses it, whole or not at all."""
+    sizes = [item_size(c) for c in q.get_tree(wide, "conv_a")]
+    page, after = q.tree_page(
+        wide, "conv_a", budget=ReplyBudget(REPLY_ENVELOPE + sizes[0] + 100), omit_crossrefs=True
+    )
+    assert [c.id for c in page] == ["ctx_root"] and after is not None
+    small = ReplyBudget(REPLY_ENVELOPE + 8_000)
+    page, rest = q.tree_page(wide, "conv_a", after=after, budget=small, omit_crossrefs=True)
+    side = page[0]
+    assert side.id == "ctx_side" and side.crossrefs_omitted and side.crossrefs == []
+    assert small.used <= small.maximum  # what was left out was not counted
+    # The next context's references (ten, to it) do not fit that page either: it starts the
+    # next page, where it comes without them too.
+    assert [c.id for c in page] == ["ctx_side"] and rest is not None
+    page, rest = q.tree_page(
+        wide, "conv_a", after=rest, budget=ReplyBudget(REPLY_ENVELOPE + 8_000), omit_crossrefs=True
+    )
+    assert [(c.id, c.crossrefs_omitted) for c in page] == [("ctx_other", True)] and rest is None
+    # Enough room: every context with its references, none omitted.
+    whole, _ = q.tree_page(wide, "conv_a", budget=ReplyBudget(1 << 20), omit_crossrefs=True)
+    assert not any(c.crossrefs_omitted for c in whole) and len(whole[1].crossrefs) == 11
+
+
+def test_get_context_omits_references_that_do_not_fit_the_reply(wide: sqlite3.Connection) -> None:
+    whole = q.get_context(wide, "ctx_side")
+    assert whole is not None and len(whole.crossrefs) == 11 and not whole.crossrefs_omitted
+    assert q.get_context(wide, "ctx_side", reply_bytes=1 << 20) == whole
+    found = q.get_context(wide, "ctx_side", reply_bytes=REPLY_ENVELOPE + 8_000)
+    assert found is not None and found.crossrefs_omitted and found.crossrefs == []
+    assert found == msgspec.structs.replace(whole, crossrefs=[], crossrefs_omitted=True)
+    # Exactly at the bound (the parts counted as read: one separator more than the whole's
+    # encoding), the references fit and are sent.
+    exact = REPLY_ENVELOPE + item_size(whole) + 1
+    assert q.get_context(wide, "ctx_side", reply_bytes=exact) == whole
+    assert q.get_context(wide, "ctx_side", reply_bytes=exact - 1) == found
+    # A context whose own fields do not fit is still refused by name.
+    with pytest.raises(LimitExceeded):
+        q.get_context(wide, "ctx_side", reply_bytes=REPLY_ENVELOPE + 10)
+
+
+def test_crossrefs_page_through_a_contexts_references_in_order(wide: sqlite3.Connection) -> None:
+    every = q.get_context(wide, "ctx_side")
+    assert every is not None
+    seen: list[ev.Event | Any] = []
+    after: int | None = None
+    while True:
+        page, after = lookup.crossrefs_or_raise(
+            wide, "ctx_side", after=after, limit=3, reply_bytes=1 << 20
+        )
+        seen.extend(page)
+        assert len(page) <= 3
+        if after is None:
+            break
+    assert seen == every.crossrefs  # from it and to it, in the order they were added
+    # Bounded by bytes too: a page ends before the reference that would pass the reply.
+    one = item_size(every.crossrefs[1])
+    page, after = q.crossrefs_page(
+        wide, "ctx_side", budget=ReplyBudget(REPLY_ENVELOPE + item_size(every.crossrefs[0]) + one)
+    )
+    assert page == every.crossrefs[:2] and after is not None
+    with pytest.raises(LimitExceeded):  # one that fits no reply alone is refused by name
+        q.crossrefs_page(wide, "ctx_side", after=after, budget=ReplyBudget(REPLY_ENVELOPE + 10))
+    # Revoked references are not listed; an unknown context is named.
+    wide.execute("UPDATE crossrefs SET revoked_seq = 99 WHERE id = 'xref_1'")
+    assert [r.id for r in q.crossrefs_page(wide, "ctx_side")[0]] == [
+        r.id for r in every.crossrefs[1:]
+    ]
+    with pytest.raises(ContextNotFound):
+        lookup.crossrefs_or_raise(wide, "ctx_nope", reply_bytes=1 << 20)

@@ -45,12 +45,14 @@ from timelined.api.timeline import (
     ConversationReply,
     ConversationsReply,
     CrossRefReply,
+    CrossRefsReply,
     GetHistoryParams,
     GetTreeParams,
     HistoryReply,
     ImportConversationParams,
     ListBlocksParams,
     ListConversationsParams,
+    ListCrossRefsParams,
     SearchBlocksParams,
     SearchReply,
     StartupStateReply,
@@ -279,6 +281,15 @@ class Timeline:
         doc="A cross-reference between two contexts.",
     )
     RevokeCrossRef = write("RevokeCrossRef", cmd.RevokeCrossRef, CrossRefReply)
+    ListCrossRefs = read(
+        "ListCrossRefs",
+        ListCrossRefsParams,
+        CrossRefsReply,
+        doc="The context's live cross-references (from it and to it), in the order they were\n"
+        "added, a page at a time: `next` set, pass it back as `after`. GetContext and\n"
+        "GetTree carry them too, but not those of a context whose cross-references do\n"
+        "not fit one reply (`crossrefs_omitted`).",
+    )
     Watch = read(
         "Watch",
         WatchParams,

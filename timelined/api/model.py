@@ -47,6 +47,9 @@ class Context(msgspec.Struct, frozen=True, kw_only=True):
     archive_reason: str | None = None
     tags: list[str] = msgspec.field(default_factory=list)
     crossrefs: list[CrossRef] = msgspec.field(default_factory=list)
+    # True when the context's cross-references did not fit the reply (they grew under larger
+    # limits than this daemon's): `crossrefs` is then empty, and ListCrossRefs pages them.
+    crossrefs_omitted: bool = False
 
 
 class Block(msgspec.Struct, frozen=True, kw_only=True):

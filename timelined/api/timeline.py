@@ -54,6 +54,12 @@ class GetTreeParams(Params, frozen=True):
     after: Cursor | None = None
 
 
+class ListCrossRefsParams(Params, frozen=True):
+    context_id: Id
+    after: Cursor | None = None
+    limit: Limit = DEFAULT_LIMIT
+
+
 class ListBlocksParams(Params, frozen=True):
     context_id: Id
     after: Cursor | None = None
@@ -186,6 +192,14 @@ class StatsReply(msgspec.Struct, frozen=True):
 
 class CrossRefReply(msgspec.Struct, frozen=True):
     crossref: CrossRef
+
+
+class CrossRefsReply(msgspec.Struct, frozen=True):
+    """`next`: more remain (past `limit`, or past what one reply holds); pass it back as
+    `after`."""
+
+    crossrefs: list[CrossRef]
+    next: int | None = None
 
 
 class WatchReply(msgspec.Struct, frozen=True):

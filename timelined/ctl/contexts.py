@@ -4,7 +4,7 @@ reparent, focus, startup, tags, xref."""
 from __future__ import annotations
 
 from timelined.api.timeline import ContextsReply
-from timelined.ctl.common import TIMELINE, Ctl, Verbs, count
+from timelined.ctl.common import TIMELINE, Ctl, Verbs, count, positive
 from timelined.ctl.output import escape, render_tree, show_context, show_conversation
 
 
@@ -67,7 +67,7 @@ def register(verbs: Verbs) -> None:
     p.set_defaults(run=tags)
 
     p = verbs.add_parser("xref", help="cross-references between contexts")
-    sub = p.add_subparsers(dest="xref_verb", required=True, metavar="{add,revoke}")
+    sub = p.add_subparsers(dest="xref_verb", required=True, metavar="{add,revoke,list}")
     q = sub.add_parser("add", help="add a cross-reference FROM -> TO")
     q.add_argument("from_id")
     q.add_argument("to_id")
@@ -77,6 +77,11 @@ def register(verbs: Verbs) -> None:
     q = sub.add_parser("revoke", help="revoke a cross-reference")
     q.add_argument("id")
     q.set_defaults(run=xref_revoke)
+    q = sub.add_parser("list", help="a context's cross-references, a page at a time")
+    q.add_argument("context_id")
+    q.add_argument("--after", type=count, metavar="SEQ", help="the page after this cursor")
+    q.add_argument("--limit", type=positive, help="at most N (1..1000, default 100)")
+    q.set_defaults(run=xref_list)
 
 
 def _context_reply(ctl: Ctl, method: str, **params: object) -> int:
@@ -197,6 +202,27 @@ def startup(ctl: Ctl) -> int:
             out.line("")
             out.line("last active conversation:")
             show_conversation(out, s.last_active_conversation)
+
+    ctl.out.reply(reply, human)
+    return 0
+
+
+def xref_list(ctl: Ctl) -> int:
+    a = ctl.args
+    reply = ctl.call(
+        TIMELINE + "ListCrossRefs", context_id=a.context_id, after=a.after, limit=a.limit
+    )
+
+    def human() -> None:
+        ctl.out.table(
+            ["ID", "FROM", "TO", "KIND", "CREATED", "NOTE"],
+            [
+                [r.id, r.from_id, r.to_id, r.kind, r.created_at, r.note or ""]
+                for r in reply.crossrefs
+            ],
+        )
+        if reply.next is not None:
+            ctl.more("--after", reply.next)
 
     ctl.out.reply(reply, human)
     return 0

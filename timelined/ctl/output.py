@@ -193,6 +193,8 @@ def show_context(out: Output, c: Context) -> None:
             ("tags", ", ".join(c.tags) if c.tags else None),
         ]
     )
+    if c.crossrefs_omitted:
+        out.line(escape(f"xref      too many for one reply: timelinectl xref list {c.id}"))
     for ref in c.crossrefs:
         direction = f"→ {ref.to_id}" if ref.from_id == c.id else f"← {ref.from_id}"
         note = f"  ({ref.note})" if ref.note else ""

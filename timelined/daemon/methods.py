@@ -39,6 +39,7 @@ from timelined.api import (
     ConversationReply,
     ConversationsReply,
     CrossRefReply,
+    CrossRefsReply,
     EmptyParams,
     GetHistoryParams,
     GetRecoveryReportParams,
@@ -47,6 +48,7 @@ from timelined.api import (
     ImportConversationParams,
     ListBlocksParams,
     ListConversationsParams,
+    ListCrossRefsParams,
     ListReportsParams,
     LogStatus,
     MetricsReply,
@@ -260,6 +262,16 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
         )
         return ContextsReply(contexts, next_cursor)
 
+    async def list_crossrefs(p: ListCrossRefsParams, ctx: CallContext) -> CrossRefsReply:
+        refs, next_cursor = await app.engine.read(
+            lookup.crossrefs_or_raise,
+            p.context_id,
+            after=p.after,
+            limit=p.limit,
+            reply_bytes=app.config.limits.max_message_bytes,
+        )
+        return CrossRefsReply(refs, next_cursor)
+
     async def get_startup_state(p: EmptyParams, ctx: CallContext) -> StartupStateReply:
         return StartupStateReply(await app.engine.read(q.startup_state))
 
@@ -392,6 +404,7 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
         "SetTags": context_command,
         "AddCrossRef": crossref_command,
         "RevokeCrossRef": crossref_command,
+        "ListCrossRefs": list_crossrefs,
         "Watch": watch,
         "ExportConversation": export_conversation,
         "ImportConversation": import_conversation,

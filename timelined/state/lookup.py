@@ -67,10 +67,26 @@ def tree_or_raise(
     after: int | None = None,
     reply_bytes: int | None = None,
 ) -> tuple[list[m.Context], int | None]:
-    """A page of the tree (all of it without `reply_bytes`) and the cursor of the rest."""
+    """A page of the tree (all of it without `reply_bytes`) and the cursor of the rest; a
+    context whose cross-references do not fit a page alone comes without them."""
     require_conversation(conn, conversation_id)
     budget = ReplyBudget(reply_bytes) if reply_bytes is not None else None
-    return q.tree_page(conn, conversation_id, after=after, budget=budget)
+    return q.tree_page(conn, conversation_id, after=after, budget=budget, omit_crossrefs=True)
+
+
+def crossrefs_or_raise(
+    conn: DbConn,
+    context_id: str,
+    *,
+    after: int | None = None,
+    limit: int | None = None,
+    reply_bytes: int,
+) -> tuple[list[m.CrossRef], int | None]:
+    """A page of the context's live cross-references and the cursor of the rest."""
+    require_context(conn, context_id)
+    return q.crossrefs_page(
+        conn, context_id, after=after, limit=limit, budget=ReplyBudget(reply_bytes)
+    )
 
 
 def blocks_or_raise(

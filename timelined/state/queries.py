@@ -66,7 +66,10 @@ _CONTEXT_COLUMNS = (
 
 
 def _context(
-    row: sqlite3.Row | tuple[Any, ...], crossrefs: list[CrossRef] | None = None
+    row: sqlite3.Row | tuple[Any, ...],
+    crossrefs: list[CrossRef] | None = None,
+    *,
+    omitted: bool = False,
 ) -> Context:
     return Context(
         id=row[0],
@@ -82,6 +85,7 @@ def _context(
         archive_reason=row[10],
         tags=_tags_decoder.decode(row[11]),
         crossrefs=crossrefs or [],
+        crossrefs_omitted=omitted,
     )
 
 
@@ -185,23 +189,58 @@ def _page(
 # --- contexts ----------------------------------------------------------------------------------
 
 
+_CROSSREFS = (
+    "SELECT id, from_id, to_id, kind, note, created_at, created_seq FROM crossrefs "
+    "WHERE (from_id = ?1 OR to_id = ?1) AND revoked_seq IS NULL AND created_seq > ?2 "
+    "ORDER BY created_seq"
+)
+
+
+def _crossref(r: Any) -> CrossRef:
+    return CrossRef(id=r[0], from_id=r[1], to_id=r[2], kind=r[3], note=r[4], created_at=r[5])
+
+
 def _crossrefs_of(
     conn: DbConn, context_id: str, budget: ReplyBudget | None = None
 ) -> list[CrossRef]:
     """The context's live cross-references; with a `budget`, LimitExceeded as soon as they
     outgrow it (read one at a time: a context may hold thousands of 64 KiB notes)."""
-    rows = conn.execute(
-        "SELECT id, from_id, to_id, kind, note, created_at FROM crossrefs "
-        "WHERE (from_id = ?1 OR to_id = ?1) AND revoked_seq IS NULL ORDER BY created_seq",
-        (context_id,),
-    )
     refs = []
-    for r in rows:
-        ref = CrossRef(id=r[0], from_id=r[1], to_id=r[2], kind=r[3], note=r[4], created_at=r[5])
+    for r in conn.execute(_CROSSREFS, (context_id, 0)):
+        ref = _crossref(r)
         if budget is not None:
             budget.take(item_size(ref))
         refs.append(ref)
     return refs
+
+
+def _crossrefs_or_omitted(
+    conn: DbConn, context_id: str, budget: ReplyBudget
+) -> list[CrossRef] | None:
+    """The context's live cross-references if they fit `budget`, else None (nothing counted:
+    the reply says they were omitted, and ListCrossRefs pages them)."""
+    used, count = budget.used, budget.count
+    try:
+        return _crossrefs_of(conn, context_id, budget)
+    except LimitExceeded:
+        budget.used, budget.count = used, count
+        return None
+
+
+def crossrefs_page(
+    conn: DbConn,
+    context_id: str,
+    *,
+    after: int | None = None,
+    limit: int | None = None,
+    budget: ReplyBudget | None = None,
+) -> tuple[list[CrossRef], int | None]:
+    """The context's live cross-references (from it and to it) added after seq `after`, in
+    the order they were added, at most `limit` and as many as `budget` holds; the cursor of
+    the rest, if any."""
+    sql = _CROSSREFS if limit is None else _CROSSREFS + " LIMIT ?3"
+    args = (context_id, after or 0) if limit is None else (context_id, after or 0, limit + 1)
+    return _page(conn.execute(sql, args), limit, _crossref, budget)
 
 
 # The bytes of a context's live cross-references in a reply, each as `item_size` counts it:
@@ -233,7 +272,8 @@ def get_context(
     conn: DbConn, id: str, *, crossrefs: bool = True, reply_bytes: int | None = None
 ) -> Context | None:
     """The context (with its cross-references unless `crossrefs` is False). `reply_bytes`: the
-    reply's bound, LimitExceeded before the rest of a context too large for it is read."""
+    reply's bound; cross-references that would pass it are not read past it, and the context
+    comes without them (`crossrefs_omitted`: ListCrossRefs pages them)."""
     row = conn.execute(
         f"SELECT {_CONTEXT_COLUMNS} FROM contexts c WHERE c.id = ?", (id,)
     ).fetchone()
@@ -241,11 +281,12 @@ def get_context(
         return None
     if not crossrefs:
         return _context(row, None)
-    budget = None
-    if reply_bytes is not None:
-        budget = ReplyBudget(reply_bytes)
-        budget.take(item_size(_context(row, None)))  # its own fields: tags, reason
-    return _context(row, _crossrefs_of(conn, id, budget))
+    if reply_bytes is None:
+        return _context(row, _crossrefs_of(conn, id))
+    budget = ReplyBudget(reply_bytes)
+    budget.take(item_size(_context(row, None)))  # its own fields: tags, reason
+    refs = _crossrefs_or_omitted(conn, id, budget)
+    return _context(row, refs, omitted=refs is None)
 
 
 def context_exists(conn: DbConn, id: str) -> bool:
@@ -263,10 +304,12 @@ def tree_page(
     *,
     after: int | None = None,
     budget: ReplyBudget | None = None,
+    omit_crossrefs: bool = False,
 ) -> tuple[list[Context], int | None]:
     """The contexts created after seq `after`, in creation order, as many as `budget` holds;
     the cursor of the rest, if any (a tree of many sidebars, tags and cross-references can
-    outgrow one reply)."""
+    outgrow one reply). A context whose cross-references do not fit a page alone is refused
+    (LimitExceeded), or with `omit_crossrefs` comes without them (`crossrefs_omitted`)."""
     rows = conn.execute(
         f"SELECT {_CONTEXT_COLUMNS}, c.created_seq FROM contexts c "
         "WHERE c.conversation_id = ? AND c.created_seq > ? ORDER BY c.created_seq",
@@ -284,6 +327,8 @@ def tree_page(
             return _context(r, _crossrefs_of(conn, r[0], room))
         except LimitExceeded:
             if budget.count == 0:
+                if omit_crossrefs:
+                    return _context(r, None, omitted=True)  # `add` refuses it if too large
                 raise
             budget.full = True
             return None
