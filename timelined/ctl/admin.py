@@ -7,7 +7,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from timelined.api import LogStatus, ReadLogReply
+from timelined.api.verify import Difference
 from timelined.auditlog.atomic import write_file_atomic
 from timelined.ctl.common import ADMIN, Ctl, Verbs, count, positive
 from timelined.ctl.output import escape
@@ -247,7 +250,17 @@ def _show_result(ctl: Ctl, result: dict[str, Any]) -> None:
     scalars = [(k, v) for k, v in sorted(result.items()) if not isinstance(v, dict | list)]
     ctl.out.fields([(k, v) for k, v in scalars if k != "summary"])
     for diff in result.get("differences") or []:
-        ctl.out.line(escape(f"difference  {_inline(diff) if isinstance(diff, dict) else diff}"))
+        ctl.out.line(escape(f"difference  {_describe_difference(diff)}"))
+
+
+def _describe_difference(diff: Any) -> str:
+    """One difference as the journal and `timelined verify` word it: its fields, both values."""
+    if not isinstance(diff, dict):
+        return str(diff)
+    try:
+        return msgspec.convert(diff, Difference).describe()
+    except msgspec.ValidationError:  # a report of another version: its scalars at least
+        return _inline(diff)
 
 
 def verify(ctl: Ctl) -> int:
