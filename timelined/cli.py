@@ -3,12 +3,14 @@
 Exit codes (sysexits): 0 ok; 64 a bad command line; 78 a config refused; every verb but
 `serve`: 74 stdout could not be written (`> /dev/full`: one line on stderr), 141 stdout's
 reader went away (`| head`: quietly, as timelinectl). `serve` as in docs/operations.md ("Exit
-codes"); `verify` 0 verified, 1 a problem found, 2 could not run (docs/recovery.md); `backup`
-66 the source is not a state directory, 73 the destination cannot be created or is not empty,
-74 the copy failed (nothing is left at the destination); `migrate` 0 migrated and verified, 1
-the source's log is damaged or the migrated database did not verify (nothing committed), 66 the
-source is not a stopped daemon's state directory, 73 the target cannot be reached or is not
-empty, 74 the copy failed (nothing committed) (docs/operations.md, "Migrating to PostgreSQL").
+codes and restarts"); `verify` 0 verified, 1 a problem found, 2 could not run
+(docs/operations.md, "Offline verification for auditors"; what to do: docs/recovery.md);
+`backup` 66 the source is not a state directory, 73 the destination cannot be created or is not
+empty, 74 the copy failed (nothing is left at the destination); `migrate` 0 migrated and
+verified, 1 the source's log is damaged or the migrated database did not verify (nothing
+committed), 66 the source is not a stopped daemon's state directory, 73 the target cannot be
+reached or is not empty, 74 the copy failed (nothing committed), 78 a dsn with a password or
+an unreadable password file (docs/operations.md, "Migrating to PostgreSQL").
 """
 
 from __future__ import annotations
