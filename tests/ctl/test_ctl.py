@@ -368,7 +368,7 @@ def test_json_anywhere_among_a_verbs_arguments(ctl: Ctl) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run timelinectl as another uid")
-def test_a_socket_this_user_may_not_open_exits_77(tmp_path: Path) -> None:
+def test_a_socket_this_user_may_not_open_exits_77() -> None:
     as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     probe = subprocess.run(
         [*as_nobody, sys.executable, "-c", "import timelined"],
@@ -379,28 +379,39 @@ def test_a_socket_this_user_may_not_open_exits_77(tmp_path: Path) -> None:
     )
     if probe.returncode != 0:
         pytest.skip("uid 65534 cannot run this venv's python (it lives in a private directory)")
-    private = tmp_path / "private"
-    private.mkdir(mode=0o700)
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(private / "s.sock"))
-    listener.listen()
-    try:
-        done = subprocess.run(
-            [
-                *as_nobody,
-                *(sys.executable, "-m", "timelined.ctl", "--socket", str(private / "s.sock")),
-                "status",
-            ],
-            cwd=Path(__file__).resolve().parents[2],
-            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    finally:
-        listener.close()
-    assert done.returncode == 77, done.stderr
-    assert "permission denied" in done.stderr and "socket's group" in done.stderr
+    with short_tempdir() as base:  # world-searchable, unlike pytest's tmp_path
+        private = base / "private"  # as a state directory holding the socket (`make run`)
+        private.mkdir(mode=0o700)
+        shared = base / "shared"  # as /run/timelined: the socket's own mode decides
+        shared.mkdir(mode=0o755)
+        found: dict[Path, str] = {}
+        for directory in (private, shared):
+            listener = socket.socket(socket.AF_UNIX)
+            listener.bind(str(directory / "s.sock"))
+            (directory / "s.sock").chmod(0o660)
+            listener.listen()
+            try:
+                done = subprocess.run(
+                    [
+                        *as_nobody,
+                        *(sys.executable, "-m", "timelined.ctl"),
+                        *("--socket", str(directory / "s.sock"), "status"),
+                    ],
+                    cwd=Path(__file__).resolve().parents[2],
+                    env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+            finally:
+                listener.close()
+            assert done.returncode == 77, done.stderr
+            found[directory] = done.stderr
+        # The directory is what refuses: named, and the advice is about it, not the socket's group.
+        assert f"may not enter the socket's directory {private}" in found[private], found[private]
+        assert "socket_path" in found[private] and "socket's group" not in found[private]
+        assert "permission denied on the socket" in found[shared], found[shared]
+        assert "socket's group" in found[shared]
 
 
 def test_a_nan_anywhere_in_the_parameters_is_refused(client: Client) -> None:

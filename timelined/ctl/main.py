@@ -148,7 +148,14 @@ def report_error(out: Output, exc: TimelinedError) -> None:
         out.stderr.write(error_line(exc.varlink_name, exc.params))
         return
     out.stderr.write(f"timelinectl: {escape(exc.message)} ({escape(exc.varlink_name)})\n")
-    if _no_permission(exc):
+    if _no_permission(exc) and "directory" in str(exc.params.get("reason", "")):
+        out.stderr.write(
+            "timelinectl: the socket lies in a directory this user may not enter (a state "
+            "directory is private to the daemon's user and `state_group`): put `socket_path` "
+            "outside it to share the socket (see docs/operations.md, 'Who may read the state "
+            "directory')\n"
+        )
+    elif _no_permission(exc):
         out.stderr.write(
             "timelinectl: this user may not open the socket: it is for the socket's group "
             "(`timelined` under systemd; see docs/operations.md, 'Who may use the socket')\n"

@@ -231,8 +231,23 @@ def _unreachable(path: str, exc: OSError) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (the socket exists but nothing listens on it)"
     if isinstance(exc, PermissionError):
+        closed = _unsearchable_directory(path)
+        if closed is not None:
+            return f"permission denied: this user may not enter the socket's directory {closed}"
         return "permission denied on the socket"
     return exc.strerror or str(exc)
+
+
+def _unsearchable_directory(path: str) -> str | None:
+    """The outermost directory on the way to `path` this process may not search, if any."""
+    parents = list(reversed(Path(path).absolute().parents))
+    for directory in parents:
+        try:
+            if not os.access(directory, os.X_OK):
+                return str(directory)
+        except OSError:
+            return None
+    return None
 
 
 def _is_socket(path: str) -> bool:
