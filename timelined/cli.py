@@ -60,6 +60,14 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# The lookup order of timelined.config.find_config_file.
+_CONFIG_HELP = (
+    "config.toml (default: $TIMELINED_CONFIG, else $CONFIGURATION_DIRECTORY/config.toml, else "
+    "./config.toml; with none of them, every key's default). Relative paths in it are resolved "
+    "against its directory"
+)
+
+
 def _print(text: str) -> None:
     """A line on stdout, written as timelinectl writes (timelined.stdout: exit 74 or 141)."""
     write(sys.stdout, text + "\n")
@@ -186,11 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"timelined {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=UsageParser)
     p = verbs.add_parser("serve", help="run the daemon in the foreground")
-    p.add_argument("--config", help="config.toml (default: $TIMELINED_CONFIG, ...)")
+    p.add_argument("--config", help=_CONFIG_HELP)
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(run=_serve)
     p = verbs.add_parser("check-config", help="validate a config file and exit")
-    p.add_argument("--config")
+    p.add_argument("--config", help=_CONFIG_HELP)
     p.add_argument("--json", action="store_true", help="print the resolved config as JSON")
     p.set_defaults(run=_check_config)
     p = verbs.add_parser("verify", help="verify a stopped daemon's state directory, read-only")

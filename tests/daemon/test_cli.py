@@ -168,3 +168,13 @@ def test_help_to_a_full_or_closed_stdout_is_a_failed_write_not_success(argv: lis
     assert (done.returncode, done.stderr) == (141, "")
     done = subprocess.run([str(tool), *argv[1:]], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout and not done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("verb", ["serve", "check-config"])
+def test_help_says_where_the_config_is_looked_for(verb: str) -> None:
+    """The lookup order of timelined/config.py, not "$TIMELINED_CONFIG, ..." (or nothing)."""
+    out = _timelined(verb, "--help")
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())  # argparse wraps the help
+    for where in ("$TIMELINED_CONFIG", "$CONFIGURATION_DIRECTORY/config.toml", "./config.toml"):
+        assert where in text, (where, out.stdout)
