@@ -42,6 +42,17 @@ def flip_byte(path: Path, offset: int) -> None:
     path.write_bytes(bytes(data))
 
 
+def flip_byte_in_place(path: Path, offset: int) -> None:
+    """As `dd conv=notrunc` would: the same file, the same size, one byte changed."""
+    size = path.stat().st_size
+    with path.open("r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 1]))
+    assert path.stat().st_size == size
+
+
 def remove(path: Path) -> None:
     path.unlink()
 
@@ -308,6 +319,36 @@ async def test_changed_sealed_segment_starts_a_run(small_dir: Path, how: str) ->
     assert latest.state == "damaged", latest.summary
     assert latest.chain is not None and latest.chain.damage is not None
     assert latest.chain.damage.seq == seq
+
+
+async def test_an_edit_in_place_of_the_segment_being_appended_to_starts_a_run(
+    small_dir: Path,
+) -> None:
+    """Same inode, same size: LogWatch takes it for the writer's own bytes. But the writer never
+    closes the segment it appends to, so a close after writing it is someone else's: verify."""
+    config = config_for(small_dir)
+    async with Engine.open(config) as engine:
+        verifier = Verifier(config, engine)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(verifier.run_forever)
+            await anyio.sleep(0.5)  # the watcher's baseline
+            last = list_segments(config.log_dir)[-1]
+            target = Path(last.path)
+            flip_byte_in_place(target, first_line_length(target) + 60)  # inside the second line
+            started = time.monotonic()
+            while time.monotonic() - started < 8:
+                latest = verifier.latest()
+                if latest is not None and latest.trigger.startswith("watch:log/"):
+                    break
+                await anyio.sleep(0.05)
+            else:
+                raise AssertionError(f"no watch-triggered run; latest: {verifier.latest()}")
+            tg.cancel_scope.cancel()
+    assert latest is not None
+    assert latest.trigger == f"watch:log/{target.name}"
+    assert latest.state == "damaged", latest.summary
+    assert latest.chain is not None and latest.chain.damage is not None
+    assert latest.chain.damage.seq == last.first_seq + 1
 
 
 async def test_damage_found_while_serving_refuses_writes_and_says_so(small_dir: Path) -> None:

@@ -11,9 +11,11 @@ Runs happen:
   writing, a create, a rename, a removal, a chmod) and never IN_MODIFY, the only event the
   writer's own appends and commits raise (it keeps its files open): the kernel filters the
   daemon's writes out, so they cost no wake-up. A segment an event names is judged by
-  watch.py (the writer's own rotations are accepted); an event on state.db or its WAL makes the
-  verifier ask the engine whether `PRAGMA data_version` moved on the write connection, which
-  happens only when another connection committed;
+  watch.py (the writer's own rotations are accepted); a close after writing the segment the
+  writer appends to starts a run even when its size is one the writer could have written (an
+  edit in place: the writer never closes that segment while it is current); an event on
+  state.db or its WAL makes the verifier ask the engine whether `PRAGMA data_version` moved on
+  the write connection, which happens only when another connection committed;
 - within a second when a process writes without closing: every second, every segment is
   compared with what the writer says it wrote (watch.py's sweep) and the data version is polled.
 
@@ -59,6 +61,7 @@ from timelined.errors import LogDamaged
 from timelined.ids import utc_now
 from timelined.recovery.damage import record_damage
 from timelined.verifier.inotify import (
+    IN_CLOSE_WRITE,
     IN_IGNORED,
     IN_ONLYDIR,
     IN_Q_OVERFLOW,
@@ -573,12 +576,16 @@ class Verifier:
             segments = {
                 e.name for e in events if e.wd == log_wd and parse_segment_name(e.name) is not None
             }
+            closed = {e.name for e in events if e.name in segments and e.mask & IN_CLOSE_WRITE}
             lost = any(e.mask & (IN_Q_OVERFLOW | IN_IGNORED) for e in events)
             if lost:  # events dropped, or the log directory itself went away: look at all
                 self._poke_data_version.set()
                 self._on_foreign(await self._in_watch_thread(self._logwatch.sweep))
             if segments:
-                self._on_foreign(await self._in_watch_thread(self._logwatch.check, segments))
+                found = await self._in_watch_thread(self._logwatch.check, segments)
+                self._on_foreign(found)
+                if not found:
+                    self._on_closed_after_writing(closed)
 
     async def _sweep_segments(self) -> None:
         """A process that keeps a segment open and writes raises no event the writer's own
@@ -604,6 +611,21 @@ class Verifier:
                 "; ".join(problem for _name, problem in found),
             )
             self._request(f"watch:log/{found[0][0]}", debounce=True)
+
+    def _on_closed_after_writing(self, closed: set[str]) -> None:
+        """The segment the writer appends to, written and closed by another process: the writer
+        keeps it open until it rotates past it (and then the segment is no longer current), so
+        the close is someone else's. Its size may still be one the writer could have written (an
+        edit in place, `dd conv=notrunc`), which LogWatch cannot tell from an append: verify."""
+        stats = self._writer_stats()
+        current = stats.segment if stats is not None else None
+        if current is not None and current in closed:
+            log.warning(
+                "%s, the segment the writer appends to, was opened for writing and closed by "
+                "another process; verifying the log",
+                current,
+            )
+            self._request(f"watch:log/{current}", debounce=True)
 
     async def _poll_data_version(self) -> None:
         while True:

@@ -23,8 +23,10 @@ appends do not raise too). The sweep reports each problem once.
 
 `WriterStats` is read without the writer's lock, so a sample can fall between a write and the
 size update: a mismatch is looked at again, for up to about a second, before it
-counts. Known limit: an edit of the current segment that keeps its size, made while the writer
-is appending, looks like an append; the periodic full verification catches it.
+counts. Known limit: an edit of the current segment that keeps its size looks like the writer's
+own bytes here, whether or not the writer is appending. The scheduler starts a run when such a
+segment is closed after writing (the writer keeps it open: the close is someone else's); an
+edit by a process that keeps it open, or through mmap, is left to the next full verification.
 """
 
 from __future__ import annotations
