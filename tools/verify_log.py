@@ -106,6 +106,9 @@ def verify(log_dir: Path) -> tuple[int, str]:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] in (["-h"], ["--help"]):
+        print(__doc__.strip())
+        sys.exit(0)
     if len(sys.argv) != 2:
         sys.exit("usage: python tools/verify_log.py LOGDIR")
     if not Path(sys.argv[1]).is_dir():  # 66: EX_NOINPUT

@@ -298,6 +298,11 @@ def test_tool_as_a_program(log_dir: Path) -> None:
     assert run.stderr.strip() == "FAIL seq 17: hash mismatch"
     run = subprocess.run([sys.executable, str(TOOL)], capture_output=True, text=True, check=False)
     assert run.returncode != 0 and "usage" in run.stderr
+    for flag in ("-h", "--help"):  # was taken for a log directory: "--help: does not exist"
+        run = subprocess.run(
+            [sys.executable, str(TOOL), flag], capture_output=True, text=True, check=False
+        )
+        assert run.returncode == 0 and run.stdout.startswith("Verify a timelined audit log")
     for missing, why in (
         (log_dir / "nonexistent", "does not exist"),
         (next(log_dir.iterdir()), "is not a directory"),

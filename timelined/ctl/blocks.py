@@ -280,7 +280,7 @@ def history(ctl: Ctl) -> int:
 
     def human() -> None:
         ctl.out.table(
-            ["FROM", "", "ROLE", "CONTENT"],
+            ["FROM", "HOW", "ROLE", "CONTENT"],
             [
                 [
                     h.source_context_id,
