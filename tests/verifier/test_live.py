@@ -289,6 +289,17 @@ async def test_log_watch_tells_our_writes_from_others(small_dir: Path) -> None:
         assert found and "removed" in found[0][1], found
 
 
+async def _watch_triggered_run(verifier: Verifier) -> VerifyReport:
+    """The first run the log watcher started, waited for up to 8 s."""
+    started = time.monotonic()
+    while time.monotonic() - started < 8:
+        latest = verifier.latest()
+        if latest is not None and latest.trigger.startswith("watch:log/"):
+            return latest
+        await anyio.sleep(0.05)
+    raise AssertionError(f"no watch-triggered run; latest: {verifier.latest()}")
+
+
 @pytest.mark.parametrize("how", ["flip a byte", "remove"])
 async def test_changed_sealed_segment_starts_a_run(small_dir: Path, how: str) -> None:
     config = config_for(small_dir)
@@ -305,16 +316,8 @@ async def test_changed_sealed_segment_starts_a_run(small_dir: Path, how: str) ->
             else:
                 flip_byte(target, first_line_length(target) + 60)  # inside the second line
                 seq = segments[len(segments) // 2].first_seq + 1
-            started = time.monotonic()
-            while time.monotonic() - started < 8:
-                latest = verifier.latest()
-                if latest is not None and latest.trigger.startswith("watch:log/"):
-                    break
-                await anyio.sleep(0.05)
-            else:
-                raise AssertionError(f"no watch-triggered run; latest: {verifier.latest()}")
+            latest = await _watch_triggered_run(verifier)
             tg.cancel_scope.cancel()
-    assert latest is not None
     assert latest.trigger == f"watch:log/{target.name}"
     assert latest.state == "damaged", latest.summary
     assert latest.chain is not None and latest.chain.damage is not None
@@ -335,16 +338,8 @@ async def test_an_edit_in_place_of_the_segment_being_appended_to_starts_a_run(
             last = list_segments(config.log_dir)[-1]
             target = Path(last.path)
             flip_byte_in_place(target, first_line_length(target) + 60)  # inside the second line
-            started = time.monotonic()
-            while time.monotonic() - started < 8:
-                latest = verifier.latest()
-                if latest is not None and latest.trigger.startswith("watch:log/"):
-                    break
-                await anyio.sleep(0.05)
-            else:
-                raise AssertionError(f"no watch-triggered run; latest: {verifier.latest()}")
+            latest = await _watch_triggered_run(verifier)
             tg.cancel_scope.cancel()
-    assert latest is not None
     assert latest.trigger == f"watch:log/{target.name}"
     assert latest.state == "damaged", latest.summary
     assert latest.chain is not None and latest.chain.damage is not None
