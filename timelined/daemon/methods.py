@@ -97,9 +97,17 @@ from timelined.state import lookup
 from timelined.state import queries as q
 from timelined.transparency.merkle import ProofError
 from timelined.treestore.service import Transparency
+from timelined.varlink.budget import ByteBudget
 from timelined.varlink.deferred import deferring, reply_like_call
 from timelined.varlink.protocol import EXPECTED_MORE, VarlinkErrorReply
-from timelined.varlink.server import CallContext, Final, Handler, PeerCredentials, VarlinkServer
+from timelined.varlink.server import (
+    CallContext,
+    Final,
+    Handler,
+    Live,
+    PeerCredentials,
+    VarlinkServer,
+)
 from timelined.writer.batch import Pending
 
 __all__ = ["admin_handlers", "register_all", "timeline_handlers"]
@@ -153,11 +161,27 @@ def _timestamp(name: str, value: str | None) -> str | None:
 # only once the previous one was written to the socket (back-pressure, issue 18).
 EXPORT_PARTS_PER_STEP = 1
 IMPORT_VERIFICATIONS = 2  # documents verified at once (CPU and memory); more calls wait
+# Exports reading at once, each on a snapshot of its own (a connection holding state.db and its
+# WAL open; on PostgreSQL a database connection); more wait, holding nothing, before they read.
+# Without a bound one uid's 64 connections held 64 snapshots (192 descriptors with their
+# sockets, and SQLite keeps a closed file's descriptor while another connection of the process
+# locks the file: as many stayed open after). docs/operations.md derives LimitNOFILE from it.
+EXPORT_SNAPSHOTS = 16
+EXPORT_SNAPSHOTS_PER_UID = 4  # so that one uid cannot hold every export up (a quarter, as
+# max_connections_per_uid)
 
 
-async def export_stream(app: App, conversation_id: str) -> AsyncGenerator[Any, None]:
-    """The parts of an export, the last one wrapped in `Final`."""
-    snap = await app.engine.read_snapshot()  # sees everything acknowledged before
+async def export_stream(
+    app: App, conversation_id: str, snapshots: ByteBudget, uid: int
+) -> AsyncGenerator[Any, None]:
+    """The parts of an export, the last one wrapped in `Final`; it reads within `snapshots`
+    (one unit each), counted for `uid`."""
+    await snapshots.take(1, uid)
+    try:
+        snap = await app.engine.read_snapshot()  # sees everything acknowledged before
+    except BaseException:
+        snapshots.give(1, uid)
+        raise
     limit = app.config.limits.max_message_bytes
     seqs: list[int] = []  # the events sent: each gets its inclusion proof before the end
     try:
@@ -190,8 +214,11 @@ async def export_stream(app: App, conversation_id: str) -> AsyncGenerator[Any, N
         finally:
             parts.close()
     finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(snap.close)
+        try:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(snap.close)
+        finally:
+            snapshots.give(1, uid)
 
 
 # --- io.timelined.Timeline ---------------------------------------------------------------------
@@ -323,7 +350,9 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
     async def get_conversation_stats(p: ByIdParams, ctx: CallContext) -> StatsReply:
         return StatsReply(await app.engine.read(lookup.stats_or_raise, p.id))
 
-    async def watch(p: WatchParams, ctx: CallContext) -> AsyncIterator[WatchReply]:
+    snapshots = ByteBudget(EXPORT_SNAPSHOTS, EXPORT_SNAPSHOTS_PER_UID)  # counts exports
+
+    async def watch(p: WatchParams, ctx: CallContext) -> AsyncIterator[WatchReply | Live[Any]]:
         limits = app.config.limits
         batches = app.watch.watch_batches(
             p.conversation_id,
@@ -332,10 +361,22 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
             buffer_bytes=limits.max_connection_buffer_bytes,
             owner=ctx.peer.uid,
         )
+        # No local holds a batch while its reply waits in the socket: a client that does not
+        # read holds the reply's frame, not its lines a second time (hence the list, popped).
+        got: list[WatchBatch] = []
         try:
             while True:
-                # No local holds the batch while its reply waits in the socket: a client that
-                # does not read holds the reply's frame, not its lines a second time.
+                try:
+                    got.append(await anext(batches))
+                except StopAsyncIteration:
+                    return
+                if got[0].live:
+                    break
+                yield _watch_reply(got.pop())
+            # Live from here: each step waits for events, and builds from the watcher's queue
+            # (counted in the buffer budget), so the server reserves no frame for it.
+            yield Live(_watch_reply(got.pop()))
+            while True:
                 try:
                     yield _watch_reply(await anext(batches))
                 except StopAsyncIteration:
@@ -348,7 +389,7 @@ def timeline_handlers(app: App) -> dict[str, Handler]:
             # Its first part alone is a header, not an export: answering with it would hand a
             # client that forgot `more` a truncated document without a word.
             raise VarlinkErrorReply(EXPECTED_MORE, {})  # the standard's: no parameters
-        stream = export_stream(app, p.id)
+        stream = export_stream(app, p.id, snapshots, ctx.peer.uid)
         try:
             while True:
                 try:

@@ -26,7 +26,9 @@ sent and the connection is closed.
 
 Streaming (`more: true`): a handler that is an async generator (or returns an async iterator)
 yields replies; each is sent at once with `continues: true`, and the one wrapped in `Final` is
-sent last without it. An exception from the iterator ends the stream with that error. While a
+sent last without it. Each step (pulling and sending one reply) holds a frame of the uid's share
+of `replies`, until the stream yields a reply wrapped in `Live`: from then on it waits for events
+and holds none. An exception from the iterator ends the stream with that error. While a
 stream runs, the connection is watched for a hang-up, so an idle `Watch` whose client went away
 is torn down at once rather than at its next event. Without `more`, a streaming handler's first
 reply is the answer (a handler whose first reply means nothing alone raises ExpectedMore).
@@ -112,6 +114,7 @@ __all__ = [
     "CallContext",
     "Final",
     "Handler",
+    "Live",
     "PeerCredentials",
     "ServerLimits",
     "ServerStats",
@@ -246,6 +249,15 @@ class CallContext(msgspec.Struct, frozen=True):
 @dataclass(frozen=True, slots=True)
 class Final(Generic[R]):
     """Wraps the last reply of a stream: sent without `continues`, then the stream ends."""
+
+    reply: R
+
+
+@dataclass(frozen=True, slots=True)
+class Live(Generic[R]):
+    """Wraps the reply after which a stream waits for events: its later replies are built
+    from what the application already counts (a watcher's queue in `VarlinkServer.buffers`),
+    so its steps stop reserving a frame of the uid's share (`VarlinkServer._pump`)."""
 
     reply: R
 
@@ -1406,20 +1418,41 @@ class VarlinkServer:
 
         The next reply is pulled only once this one is in the socket (`send_all` returns when
         the kernel took it all): a peer that does not read holds up its own stream, and the
-        daemon holds one reply for it. Each reply counts in the daemon-wide buffer budget while
-        it is on its way; past the budget a stream waits before it sends (back-pressure)."""
+        daemon holds one reply for it. Each step first reserves a frame of its uid's share of
+        `replies`, as a call does (`_dispatch_awaited`), and holds it until its reply is in the
+        socket: a part is built (up to a frame) before anything else could count it, and one
+        uid's unread exports each held one past the share (48 at a 1 MiB frame: +128 MiB).
+        Once the stream is `Live` its steps wait for events and build from a queue counted in
+        `buffers`: they wait there for room instead, holding no reservation."""
+        uid = conn.peer.uid
+        live = False
         try:
-            async for item in iterator:
-                buf = bytearray()
-                final = isinstance(item, Final)
-                append_reply(buf, item.reply if final else item, continues=not final)
-                # The frame is what goes out: a peer that does not read holds it, not the reply
-                # object (with every value in it) a second time.
-                del item
-                await self._send_reply(conn, call, buf)
+            while True:
+                reserve = 0 if live else self._reply_reserve
+                if reserve:
+                    await self.replies.take(reserve, uid)
+                try:
+                    try:
+                        item = await iterator.__anext__()
+                    except StopAsyncIteration:
+                        raise RuntimeError(
+                            f"the stream of {call.method} ended without a Final reply"
+                        ) from None
+                    if isinstance(item, Live):
+                        live = True
+                        item = item.reply
+                    buf = bytearray()
+                    final = isinstance(item, Final)
+                    append_reply(buf, item.reply if final else item, continues=not final)
+                    # The frame is what goes out: a peer that does not read holds it, not the
+                    # reply object (with every value in it) a second time.
+                    del item
+                    await self._send_reply(conn, call, buf, reserved=bool(reserve))
+                finally:
+                    if reserve:
+                        self.replies.give(reserve, uid)
                 if final:
                     return
-            raise RuntimeError(f"the stream of {call.method} ended without a Final reply")
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             conn.peer_gone = True
         except Exception as exc:
@@ -1431,14 +1464,24 @@ class VarlinkServer:
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 conn.peer_gone = True
 
-    async def _send_reply(self, conn: _Conn, call: CallMessage, buf: bytearray) -> None:
+    async def _send_reply(
+        self, conn: _Conn, call: CallMessage, buf: bytearray, *, reserved: bool
+    ) -> None:
         """One stream reply: refused when over max_message_bytes (`_oversized`: a frame no
-        client with the same limit could read); else sent within the daemon-wide budget."""
+        client with the same limit could read); else sent within the daemon-wide budget.
+
+        A reply built under a reservation (`reserved`) is counted there at once, even past
+        the limit, like a call's unsent reply (`_flush`): it must not wait for room that the
+        uid's watchers hold while it holds a frame of the uid's calls. A live stream's reply
+        waits for room in `buffers` first (back-pressure)."""
         size = len(buf)
         if size - 1 > self._limits.max_message_bytes:  # the limit does not count the NUL
             raise self._oversized(conn, call, size - 1)
         uid = conn.peer.uid  # waits for room in the peer's share too
-        await self.buffers.take(size, uid)
+        if reserved:
+            self.buffers.count(size, uid)
+        else:
+            await self.buffers.take(size, uid)
         try:
             await send_all(conn.stream, conn.sock, cast(bytes, buf), self._write_timeout)
         finally:
@@ -1475,7 +1518,7 @@ class VarlinkServer:
                 item = await iterator.__anext__()
             finally:
                 await _aclose_iterator(iterator)
-            if isinstance(item, Final):
+            if isinstance(item, Final | Live):
                 item = item.reply
             if not call.oneway:
                 buf = bytearray()  # not straight into conn.out: encoding may fail halfway
