@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -635,6 +636,9 @@ async def test_client_replaces_a_connection_the_server_closed(tmp_path: Path) ->
 
 
 async def test_graceful_shutdown_finishes_calls_in_flight(tmp_path: Path) -> None:
+    """Shutdown waits for a call in flight, and no longer: an idle connection is hung up and
+    a stream ends at once (ServerStopping), well before the grace period."""
+    grace_s = 5.0
     async with serving(tmp_path) as r:
         idle = await raw_connect(r.path)
         busy = await AsyncConnection.open(r.path)
@@ -643,14 +647,23 @@ async def test_graceful_shutdown_finishes_calls_in_flight(tmp_path: Path) -> Non
         results: list[Any] = []
 
         async def slow_call() -> None:
-            results.append(await busy.call("io.timelined.Test.Slow", {"seconds": 0.3}))
+            results.append(await busy.call("io.timelined.Test.Slow", {"seconds": 1.0}))
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(slow_call)
-            await anyio.sleep(0.1)
-            with anyio.fail_after(3):
-                await r.server.shutdown(grace_s=2)
-        assert results == [{"slept": 0.3}]
+            # Both calls under way, however slow the host: a fixed sleep (0.1 s) let shutdown
+            # start, under load, before the server had read them.
+            await wait_until(
+                lambda: r.server.stats().streams_open == 1 and r.server.stats().calls_total >= 2,
+                limit_s=30,
+            )
+            assert r.probe.slow_done == 0  # still in flight
+            start = time.monotonic()
+            with anyio.fail_after(grace_s + 5):
+                await r.server.shutdown(grace_s=grace_s)
+            took = time.monotonic() - start
+        assert results == [{"slept": 1.0}]
+        assert took < grace_s - 1, f"shutdown took {took:.1f} s: it waited for the stream"
         assert await read_until_closed(idle) == []
         stream_replies = await read_until_closed(streaming)
         assert stream_replies[-1]["error"] == "io.timelined.Timeline.ShuttingDown"

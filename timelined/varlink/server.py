@@ -1397,6 +1397,8 @@ class VarlinkServer:
         try:
             with anyio.CancelScope() as scope:
                 conn.stream_scope = scope
+                if self._closing:  # began after `shutdown` ended the streams: ends at once
+                    scope.cancel()
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._watch_peer, conn, scope)
                     await self._pump(conn, call, iterator)
