@@ -76,10 +76,13 @@ async def test_a_cancelled_caller_waits_for_its_call_to_end() -> None:
 async def test_close_finishes_queued_calls_then_refuses_new_ones() -> None:
     thread = SerialThread("tl-test")
     done: list[int] = []
+    # The first call holds the thread until the test has looked: a fixed 0.2 s sleep could
+    # end before the loop got back to the assertion on a loaded machine.
+    release = threading.Event()
 
     def slow_then(i: int) -> None:
         if i == 0:
-            time.sleep(0.2)  # the others queue up behind this one
+            release.wait(10)  # the others queue up behind this one
         done.append(i)
 
     async with anyio.create_task_group() as tg:
@@ -87,6 +90,7 @@ async def test_close_finishes_queued_calls_then_refuses_new_ones() -> None:
             tg.start_soon(thread.run, slow_then, i)
         await anyio.sleep(0.05)  # all five submitted; the first still running
         assert done == []
+        release.set()
         thread.close()  # waits for the queued calls, then joins
         assert done == list(range(5))
         assert not thread._thread.is_alive()
