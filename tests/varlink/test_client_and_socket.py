@@ -80,7 +80,10 @@ async def test_blocking_client_timeout_discards_the_connection(tmp_path: Path) -
             with VarlinkClient(r.path, timeout=0.1) as c:
                 with pytest.raises(ConnectionFailed, match="no reply within"):
                     c.call("io.timelined.Test.Slow", {"seconds": 0.3})
-                # The late reply must not be taken for the next call's.
+                # The late reply must not be taken for the next call's. That call gets a new
+                # connection; a generous timeout for it, since 0.1 s for an echo can pass on a
+                # loaded machine (a reused connection would still answer {"slept": 0.3}).
+                c.timeout = 30
                 assert c.call(ECHO, {"text": "fresh"}) == {"text": "fresh"}
 
         await anyio.to_thread.run_sync(work)
