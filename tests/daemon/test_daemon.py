@@ -548,8 +548,9 @@ def test_signals_during_a_stop_do_not_cut_it_short() -> None:
         try:
             with Client(daemon.socket_path, timeout=30) as c:
                 ctx = c.create_conversation("stop").root_context_id
-            with Writers(daemon.socket_path, ctx, 0):
+            with Writers(daemon.socket_path, ctx, 0) as writers:
                 time.sleep(0.5)
+                writers.wait_acked(1)  # the stop comes under load, however slow the machine
                 assert daemon.proc is not None
                 daemon.signal(signal.SIGTERM)
                 for _ in range(2000):  # until it has exited: every 2 ms, each of the three

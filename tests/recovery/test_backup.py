@@ -15,7 +15,13 @@ import pytest
 
 from tests.daemon.harness import DaemonProcess, short_tempdir
 from tests.helpers import dump_state, replay_dump
-from tests.recovery.test_real_daemon import Writers, create_root, newest_boot, stored_ids
+from tests.recovery.test_real_daemon import (
+    WRITERS,
+    Writers,
+    create_root,
+    newest_boot,
+    stored_ids,
+)
 
 
 @pytest.fixture
@@ -31,6 +37,7 @@ def test_backup_while_writing_restores_everything_acknowledged_before_it(
     root = create_root(daemon)
     with Writers(daemon.socket_path, root, 0) as writers:
         time.sleep(0.3)
+        writers.wait_acked(WRITERS)  # something acknowledged before the backup, when loaded too
         with writers.lock:
             before = list(writers.acked)
         out = subprocess.run(

@@ -73,6 +73,17 @@ class Writers:
         finally:
             conn.close()
 
+    def wait_acked(self, n: int, timeout: float = 30.0) -> None:
+        """Wait until `n` appends were acknowledged: a fixed sleep may see none of them on a
+        loaded machine, where the threads take longer to connect and get their first replies."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                if len(self.acked) >= n:
+                    return
+            assert time.monotonic() < deadline, f"only {len(self.acked)} of {n} acknowledged"
+            time.sleep(0.02)
+
     def __enter__(self) -> Writers:
         for t in self.threads:
             t.start()
@@ -214,8 +225,9 @@ def test_kill9_at_one_connection_loses_nothing_acknowledged(base: Path, tmp_path
     daemon = DaemonProcess(base).start()
     try:
         root = create_root(daemon)
-        with Writers(daemon.socket_path, root, rounds, 1):
+        with Writers(daemon.socket_path, root, rounds, 1) as one:
             time.sleep(0.3)
+            one.wait_acked(50)  # enough appends for some to be quick even on a loaded disk
         conn = Connection.open(daemon.socket_path, timeout=10)
         try:
             metrics = conn.call("io.timelined.Admin.GetMetrics", {})["text"]
@@ -236,6 +248,7 @@ def test_sigterm_under_load_is_a_clean_stop(base: Path, tmp_path: Path) -> None:
     root = create_root(daemon)
     with Writers(daemon.socket_path, root, 0) as writers:
         time.sleep(0.5)
+        writers.wait_acked(WRITERS + 1)  # the stop comes under load, however slow the machine
         daemon.signal(signal.SIGTERM)  # in-flight commands finish, then the marker
         assert daemon.proc is not None
         code = daemon.proc.wait(30)
