@@ -238,8 +238,10 @@ async def read_until_closed(stream: anyio.abc.SocketStream, limit_s: float = 5) 
     return [msgspec.json.decode(f) for f in buf.split(b"\0") if f]
 
 
-async def wait_until(predicate: Callable[[], bool], limit_s: float = 2) -> None:
-    """Poll a condition that nothing signals (a counter of the server, a handler's probe)."""
+async def wait_until(predicate: Callable[[], bool], limit_s: float = 10) -> None:
+    """Poll a condition that nothing signals (a counter of the server, a handler's probe).
+    The default deadline is generous (it was 2 s): it only bounds how long a condition that
+    never holds takes to fail, and a loaded machine can hold the loop back for seconds."""
     with anyio.fail_after(limit_s):
         while not predicate():  # noqa: ASYNC110
             await anyio.sleep(0.01)
