@@ -88,6 +88,14 @@ def _undo_slow_index(state_db: Path) -> None:
         conn.close()
 
 
+def _committed_blocks(state_db: Path) -> int:
+    conn = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM blocks").fetchone()[0])
+    finally:
+        conn.close()
+
+
 def test_kill_9_with_an_index_gap_then_boot_finds_everything(tmp_path: Path) -> None:
     tokens = [f"gap{i}word" for i in range(30)]
 
@@ -113,7 +121,14 @@ def test_kill_9_with_an_index_gap_then_boot_finds_everything(tmp_path: Path) -> 
         daemon.start()
         try:
             ids = anyio.run(append, daemon.socket_path)
-            time.sleep(0.3)  # the index transaction has begun, and takes about a second
+            # The answered appends are committed COMMIT_DELAY_S later: wait for that rather than
+            # trust a fixed sleep to cover it on a loaded machine. Then 0.3 s: the index
+            # transaction has begun, and takes seconds.
+            deadline = time.monotonic() + 30
+            while _committed_blocks(state_db) < len(tokens):
+                assert time.monotonic() < deadline, "the answered appends were not committed"
+                time.sleep(0.02)
+            time.sleep(0.3)
         finally:
             daemon.kill()
         conn = sqlite3.connect(f"file:{state_db}?mode=ro", uri=True)
