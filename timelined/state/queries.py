@@ -214,19 +214,6 @@ def _crossrefs_of(
     return refs
 
 
-def _crossrefs_or_omitted(
-    conn: DbConn, context_id: str, budget: ReplyBudget
-) -> list[CrossRef] | None:
-    """The context's live cross-references if they fit `budget`, else None (nothing counted:
-    the reply says they were omitted, and ListCrossRefs pages them)."""
-    used, count = budget.used, budget.count
-    try:
-        return _crossrefs_of(conn, context_id, budget)
-    except LimitExceeded:
-        budget.used, budget.count = used, count
-        return None
-
-
 def crossrefs_page(
     conn: DbConn,
     context_id: str,
@@ -285,8 +272,10 @@ def get_context(
         return _context(row, _crossrefs_of(conn, id))
     budget = ReplyBudget(reply_bytes)
     budget.take(item_size(_context(row, None)))  # its own fields: tags, reason
-    refs = _crossrefs_or_omitted(conn, id, budget)
-    return _context(row, refs, omitted=refs is None)
+    try:
+        return _context(row, _crossrefs_of(conn, id, budget))
+    except LimitExceeded:  # read no further: ListCrossRefs pages them
+        return _context(row, None, omitted=True)
 
 
 def context_exists(conn: DbConn, id: str) -> bool:

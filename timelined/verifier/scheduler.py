@@ -584,7 +584,7 @@ class Verifier:
             if segments:
                 found = await self._in_watch_thread(self._logwatch.check, segments)
                 self._on_foreign(found)
-                if not found:
+                if closed and not found:
                     self._on_closed_after_writing(closed)
 
     async def _sweep_segments(self) -> None:
